@@ -1,0 +1,47 @@
+/*
+ * engine_cuda.h - the CUDA backend of engine.h, behind a small vtable-free API.
+ *
+ * engine.c owns engine_t and, when opts->backend == ENGINE_CUDA, holds one
+ * engine_cuda_t made by engine_cuda_new and forwards engine_run /
+ * engine_peak_mem_bytes / engine_destroy to the functions below. The semantics
+ * are exactly engine.h's (loss as a sum, dstate0 accumulated +=, states fp32 in
+ * the official layout (L, H, N, N)); inputs and outputs are host pointers, the
+ * backend copies them to and from the device itself.
+ *
+ * Precision (SPEC section 8, shared/fixtures/README.md tolerances):
+ *   ENGINE_FP32 - fp32 weights and activations everywhere;
+ *   ENGINE_BF16 - bf16 weights and activations, fp32 WKV state, fp32
+ *                 accumulators and fp32 dstate0.
+ *
+ * Builds without CUDA link a stub (engine/cuda/nocuda/) whose engine_cuda_new
+ * returns NULL with "this build has no CUDA backend", so engine.c calls these
+ * functions without any #ifdef.
+ */
+#ifndef ST_ENGINE_CUDA_H
+#define ST_ENGINE_CUDA_H
+
+#include "engine/engine.h"
+
+#include <stddef.h>
+
+typedef struct engine_cuda engine_cuda_t;
+
+/* Uploads the model to opts->device (converted to opts->precision) and
+ * allocates the activation plan for opts->max_batch x opts->max_ctx in one
+ * allocation. Returns NULL and fills err when there is no device, the plan
+ * does not fit (the sentence says needed vs free) or the build has no CUDA.
+ * The model must outlive the engine. Caller owns the result. */
+engine_cuda_t *engine_cuda_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err);
+
+/* Frees device memory, streams and handles; accepts NULL; sets *self_p NULL. */
+void engine_cuda_destroy(engine_cuda_t **self_p);
+
+/* engine_run on the GPU (see engine_batch_t in engine.h). Returns ST_OK or a
+ * negative st_err code; ST_EUNSUPPORTED for outputs this backend does not
+ * produce yet (the sentence names them). */
+int engine_cuda_run(engine_cuda_t *self, engine_batch_t *batch, char *err);
+
+/* Bytes of device memory planned: weights + activations + workspace. */
+size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self);
+
+#endif
