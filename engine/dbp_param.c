@@ -1,0 +1,80 @@
+/*
+ * dbp_param.c - S0 = A R, dL/dA and the decorrelation update of R (see
+ * dbp_param.h and SPEC section 4).
+ *
+ * Blocks are 64 x 64: the products go through OpenBLAS (row-major sgemm and
+ * dgemm), one call per block. The R update runs in double because Q sums
+ * thousands of outer products and C's off-diagonal entries, which drive the
+ * update, are small differences of large numbers.
+ */
+#include "engine/dbp_param.h"
+
+#include <cblas.h>
+#include <string.h>
+
+void dbp_state(int nblk, int N, const float *A, const float *R, float *S0)
+{
+    size_t nn = (size_t)N * N;
+    for (int b = 0; b < nblk; b++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, A + b * nn, N, R + b * nn, N, 0.0f,
+                    S0 + b * nn, N);
+}
+
+void dbp_grad_A(int nblk, int N, const float *dS0, const float *R, float *dA)
+{
+    size_t nn = (size_t)N * N;
+    for (int b = 0; b < nblk; b++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, N, 1.0f, dS0 + b * nn, N, R + b * nn, N, 0.0f,
+                    dA + b * nn, N);
+}
+
+void dbp_update_R(int nblk, int N, float *R, const double *Q, double n_pairs,
+                  double eta, double kappa, double *scratch)
+{
+    if (!(n_pairs > 0)) return;
+    size_t nn = (size_t)N * N;
+    double *Rd = scratch;          /* (N, N) R of this block in double */
+    double *T = scratch + nn;      /* (N, N) R E[xx^T], then the update matrix */
+    double *C = scratch + 2 * nn;  /* (N, N) R E[xx^T] R^T, then M R */
+    for (int b = 0; b < nblk; b++) {
+        float *Rb = R + b * nn;
+        for (size_t i = 0; i < nn; i++) Rd[i] = Rb[i];
+        /* T = R (Q / n), C = T R^T */
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0 / n_pairs, Rd, N, Q + b * nn, N, 0.0,
+                    T, N);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, N, 1.0, T, N, Rd, N, 0.0, C, N);
+        /* M = (1 - kappa) offdiag(C) + kappa diag(diag(C) - 1), into T */
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++)
+                T[i * N + j] = i == j ? kappa * (C[i * N + i] - 1.0) : (1.0 - kappa) * C[i * N + j];
+        /* R <- R - eta M R */
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0, T, N, Rd, N, 0.0, C, N);
+        for (size_t i = 0; i < nn; i++) Rb[i] = (float)(Rd[i] - eta * C[i]);
+    }
+}
+
+void dbp_identity(int nblk, int N, float *R)
+{
+    size_t nn = (size_t)N * N;
+    memset(R, 0, (size_t)nblk * nn * sizeof *R);
+    for (int b = 0; b < nblk; b++)
+        for (int i = 0; i < N; i++) R[b * nn + (size_t)i * N + i] = 1.0f;
+}
+
+/* splitmix64's finaliser: a good 64-bit mix of the three inputs. */
+static uint64_t s_mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+int dbp_row_sampled(uint64_t seed, int64_t step, int64_t index, double fraction)
+{
+    if (fraction >= 1.0) return 1;
+    if (!(fraction > 0.0)) return 0;
+    uint64_t h = s_mix(s_mix(s_mix(seed ^ 0x44425021ULL) ^ (uint64_t)step) ^ (uint64_t)index);
+    double u = (double)(h >> 11) * (1.0 / 9007199254740992.0); /* [0, 1) from 53 bits */
+    return u < fraction;
+}

@@ -1,0 +1,306 @@
+/*
+ * test_tune.c - the tuning loop's parts: Adam, the schedule, clipping, DBP's
+ * S0 = A R parametrisation and R update, checkpoints, and (with the fixture
+ * model) the loop itself: tuning lowers eval loss, resume reproduces an
+ * uninterrupted run bit for bit, and the exported state gives the same
+ * logits in RNN mode as in GPT mode.
+ */
+#include "harness.h"
+
+#include "common/st_err.h"
+#include "engine/adam.h"
+#include "engine/dbp_param.h"
+#include "engine/schedule.h"
+
+#include <stdint.h>
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static uint64_t s_rng = 0x1234567887654321ULL;
+static double s_uniform(void) /* xorshift64*, [0, 1) */
+{
+    s_rng ^= s_rng >> 12;
+    s_rng ^= s_rng << 25;
+    s_rng ^= s_rng >> 27;
+    return (double)((s_rng * 2685821657736338717ULL) >> 11) * (1.0 / 9007199254740992.0);
+}
+static double s_gauss(void)
+{
+    double u = s_uniform() + 1e-12, v = s_uniform();
+    return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
+}
+
+/* ---- Adam, schedule, clipping --------------------------------------------- */
+
+static int test_adam_matches_torch(void)
+{
+    /* Expected values: torch.optim.Adam(lr=0.1, betas=(0.9, 0.99), eps=1e-8)
+     * on the same three gradients (torch 1.13), printed to 8 digits. */
+    const float grads[3][3] = {{0.5f, 0.25f, -1.0f}, {-1.0f, 0.25f, 3.0f}, {0.1f, 0.0f, -2.0f}};
+    const double want[3][3] = {{0.89999998, -2.0999999, 0.10000000},
+                               {0.93656075, -2.1999998, 0.050670184},
+                               {0.95907331, -2.2774760, 0.052547149}};
+    char err[ST_ERR_LEN];
+    adam_t *a = adam_new(3, 0.9, 0.99, 1e-8, err);
+    CHECKF(a, "%s", err);
+    float p[3] = {1.0f, -2.0f, 0.0f};
+    for (int s = 0; s < 3; s++) {
+        adam_step(a, p, grads[s], 0.1);
+        for (int i = 0; i < 3; i++) CHECKF(fabs(p[i] - want[s][i]) < 2e-6, "step %d param %d: %.8f vs %.8f", s, i, p[i], want[s][i]);
+    }
+    CHECK(adam_t_count(a) == 3);
+    adam_destroy(&a);
+    CHECK(a == NULL);
+    adam_destroy(&a);
+    CHECK(adam_new(3, 1.0, 0.99, 1e-8, err) == NULL && strstr(err, "beta1"));
+    return 0;
+}
+
+static int test_schedule_warmup_cosine(void)
+{
+    schedule_t s = {.lr_init = 1.0, .lr_final = 0.01, .warmup_steps = 3, .steps = 10};
+    /* warmup: 1/3, 2/3, 1; then cosine from 1 (step 3) to 0.01 (step 9);
+     * halfway (step 6) is the mean of the two. */
+    CHECK(fabs(schedule_lr(&s, 0) - 1.0 / 3) < 1e-12);
+    CHECK(fabs(schedule_lr(&s, 1) - 2.0 / 3) < 1e-12);
+    CHECK(fabs(schedule_lr(&s, 2) - 1.0) < 1e-12);
+    CHECK(fabs(schedule_lr(&s, 3) - 1.0) < 1e-12);
+    CHECK(fabs(schedule_lr(&s, 6) - 0.505) < 1e-12);
+    CHECK(fabs(schedule_lr(&s, 9) - 0.01) < 1e-12);
+    CHECK(fabs(schedule_lr(&s, 50) - 0.01) < 1e-12);
+    for (int i = 3; i < 9; i++) CHECK(schedule_lr(&s, i + 1) < schedule_lr(&s, i));
+    schedule_t nowarm = {.lr_init = 0.5, .lr_final = 0.5, .warmup_steps = 0, .steps = 4};
+    for (int i = 0; i < 4; i++) CHECK(fabs(schedule_lr(&nowarm, i) - 0.5) < 1e-12);
+    return 0;
+}
+
+static int test_clip_global_norm(void)
+{
+    float g[2] = {3.0f, 4.0f};
+    double n = adam_clip_grad_norm(g, 2, 1.0);
+    CHECK(fabs(n - 5.0) < 1e-9);
+    CHECK(fabs(g[0] - 0.6) < 1e-6 && fabs(g[1] - 0.8) < 1e-6);
+    float h[2] = {0.3f, 0.4f};
+    adam_clip_grad_norm(h, 2, 1.0); /* under the limit: untouched */
+    CHECK(h[0] == 0.3f && h[1] == 0.4f);
+    float k[2] = {30.0f, 40.0f};
+    adam_clip_grad_norm(k, 2, 0.0); /* 0 disables */
+    CHECK(k[0] == 30.0f);
+    float bad[2] = {NAN, 1.0f};
+    CHECK(!isfinite(adam_clip_grad_norm(bad, 2, 1.0)));
+    return 0;
+}
+
+/* ---- DBP ------------------------------------------------------------------ */
+
+/* The rule of SPEC section 4 written out directly, in double, for one block. */
+static void s_direct_update(int N, double *R, const double *Q, double n, double eta, double kappa)
+{
+    double *E = calloc((size_t)N * N, sizeof *E), *C = calloc((size_t)N * N, sizeof *C);
+    double *M = calloc((size_t)N * N, sizeof *M), *MR = calloc((size_t)N * N, sizeof *MR);
+    for (int i = 0; i < N * N; i++) E[i] = Q[i] / n;
+    for (int i = 0; i < N; i++) /* C = R E R^T */
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int p = 0; p < N; p++)
+                for (int q = 0; q < N; q++) s += R[i * N + p] * E[p * N + q] * R[j * N + q];
+            C[i * N + j] = s;
+        }
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) M[i * N + j] = i == j ? kappa * (C[i * N + i] - 1) : (1 - kappa) * C[i * N + j];
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int p = 0; p < N; p++) s += M[i * N + p] * R[p * N + j];
+            MR[i * N + j] = s;
+        }
+    for (int i = 0; i < N * N; i++) R[i] -= eta * MR[i];
+    free(E);
+    free(C);
+    free(M);
+    free(MR);
+}
+
+/* Q = sum of x x^T over n random correlated vectors x = W g. */
+static void s_random_Q(int N, int n, double *Q)
+{
+    double *W = malloc(sizeof(double) * N * N), *x = malloc(sizeof(double) * N), *g = malloc(sizeof(double) * N);
+    for (int i = 0; i < N * N; i++) W[i] = s_gauss() / sqrt(N) + ((i / N) == (i % N) ? 1.0 : 0.0);
+    memset(Q, 0, sizeof(double) * N * N);
+    for (int s = 0; s < n; s++) {
+        for (int i = 0; i < N; i++) g[i] = s_gauss();
+        for (int i = 0; i < N; i++) {
+            x[i] = 0;
+            for (int j = 0; j < N; j++) x[i] += W[i * N + j] * g[j];
+        }
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) Q[i * N + j] += x[i] * x[j];
+    }
+    free(W);
+    free(x);
+    free(g);
+}
+
+static int test_dbp_update_matches_rule(void)
+{
+    const int N = 64, nblk = 2, npairs = 300;
+    size_t nn = (size_t)N * N;
+    double *Q = malloc(sizeof(double) * nn * nblk), *Rd = malloc(sizeof(double) * nn * nblk);
+    float *R = malloc(sizeof(float) * nn * nblk);
+    double *scratch = malloc(sizeof(double) * 3 * nn);
+    for (int b = 0; b < nblk; b++) s_random_Q(N, npairs, Q + b * nn);
+    /* start from a non-trivial R so that every product in the rule matters */
+    for (size_t i = 0; i < nn * nblk; i++) {
+        size_t r = (i % nn) / N, c = i % N;
+        R[i] = (float)((r == c ? 1.0 : 0.0) + 0.05 * s_gauss());
+        Rd[i] = R[i];
+    }
+    const double eta = 1e-2, kappa = 0.01;
+    dbp_update_R(nblk, N, R, Q, npairs, eta, kappa, scratch);
+    for (int b = 0; b < nblk; b++) s_direct_update(N, Rd + b * nn, Q + b * nn, npairs, eta, kappa);
+    double num = 0, den = 0, moved = 0;
+    for (size_t i = 0; i < nn * nblk; i++) {
+        num += (R[i] - Rd[i]) * (R[i] - Rd[i]);
+        den += Rd[i] * Rd[i];
+    }
+    (void)moved;
+    CHECKF(sqrt(num / den) < 1e-6, "rel err %.3g", sqrt(num / den));
+    /* no sampled pairs: R is left alone */
+    float before = R[5];
+    dbp_update_R(nblk, N, R, Q, 0, eta, kappa, scratch);
+    CHECK(R[5] == before);
+    free(Q);
+    free(Rd);
+    free(R);
+    free(scratch);
+    return 0;
+}
+
+/* The point of the rule: iterating it whitens z = R x (off-diagonal
+ * correlation shrinks, the diagonal goes towards 1). */
+static int test_dbp_decorrelates(void)
+{
+    const int N = 64, npairs = 2000;
+    size_t nn = (size_t)N * N;
+    double *Q = malloc(sizeof(double) * nn), *scratch = malloc(sizeof(double) * 3 * nn);
+    float *R = malloc(sizeof(float) * nn);
+    s_random_Q(N, npairs, Q);
+    dbp_identity(1, N, R);
+    double off0 = 0, off1 = 0;
+    /* off-diagonal mass of C = R E R^T, via the direct implementation */
+    double *Rd = malloc(sizeof(double) * nn), *C = malloc(sizeof(double) * nn);
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < nn; i++) Rd[i] = R[i];
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                double s = 0;
+                for (int p = 0; p < N; p++)
+                    for (int q = 0; q < N; q++) s += Rd[i * N + p] * Q[p * N + q] / npairs * Rd[j * N + q];
+                C[i * N + j] = s;
+            }
+        double off = 0;
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++)
+                if (i != j) off += C[i * N + j] * C[i * N + j];
+        if (pass == 0) {
+            off0 = off;
+            for (int it = 0; it < 200; it++) dbp_update_R(1, N, R, Q, npairs, 0.05, 0.01, scratch);
+        } else {
+            off1 = off;
+        }
+    }
+    CHECKF(off1 < 0.2 * off0, "off-diagonal mass %.4g -> %.4g", off0, off1);
+    free(Q);
+    free(scratch);
+    free(R);
+    free(Rd);
+    free(C);
+    return 0;
+}
+
+/* dL/dA = (dL/dS0) R^T, checked by central differences of a nonlinear loss
+ * L(S0) = sum(c S0^2 / 2 + d sin(S0)) with S0 = A R, in double. */
+static double s_loss_of_A(int N, const double *A, const double *R, const double *c, const double *d)
+{
+    double L = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int p = 0; p < N; p++) s += A[i * N + p] * R[p * N + j];
+            L += c[i * N + j] * s * s / 2 + d[i * N + j] * sin(s);
+        }
+    return L;
+}
+
+static int test_dbp_grad_identity_fd(void)
+{
+    const int N = 64;
+    size_t nn = (size_t)N * N;
+    double *A = malloc(sizeof(double) * nn), *R = malloc(sizeof(double) * nn);
+    double *c = malloc(sizeof(double) * nn), *d = malloc(sizeof(double) * nn);
+    float *Af = malloc(sizeof(float) * nn), *Rf = malloc(sizeof(float) * nn), *S = malloc(sizeof(float) * nn);
+    float *dS = malloc(sizeof(float) * nn), *dA = malloc(sizeof(float) * nn);
+    for (size_t i = 0; i < nn; i++) {
+        Af[i] = (float)(0.3 * s_gauss());
+        Rf[i] = (float)(((i / N) == (i % N) ? 1.0 : 0.0) + 0.1 * s_gauss());
+        A[i] = Af[i];
+        R[i] = Rf[i];
+        c[i] = s_uniform();
+        d[i] = s_gauss();
+    }
+    dbp_state(1, N, Af, Rf, S);
+    for (size_t i = 0; i < nn; i++) dS[i] = (float)(c[i] * S[i] + d[i] * cos(S[i]));
+    dbp_grad_A(1, N, dS, Rf, dA);
+    const int probes[5][2] = {{0, 0}, {3, 17}, {63, 63}, {40, 2}, {10, 55}};
+    for (int k = 0; k < 5; k++) {
+        size_t idx = (size_t)probes[k][0] * N + probes[k][1];
+        double h = 1e-5, keep = A[idx];
+        A[idx] = keep + h;
+        double lp = s_loss_of_A(N, A, R, c, d);
+        A[idx] = keep - h;
+        double lm = s_loss_of_A(N, A, R, c, d);
+        A[idx] = keep;
+        double fd = (lp - lm) / (2 * h);
+        CHECKF(fabs(fd - dA[idx]) <= 1e-4 * (1 + fabs(fd)), "dA[%zu] = %.6g, finite differences %.6g", idx, dA[idx], fd);
+    }
+    /* with R = I the parametrisation is the identity */
+    dbp_identity(1, N, Rf);
+    dbp_state(1, N, Af, Rf, S);
+    CHECK(memcmp(S, Af, sizeof(float) * nn) == 0);
+    free(A);
+    free(R);
+    free(c);
+    free(d);
+    free(Af);
+    free(Rf);
+    free(S);
+    free(dS);
+    free(dA);
+    return 0;
+}
+
+static int test_dbp_row_sampling(void)
+{
+    int hits = 0, n = 20000;
+    for (int i = 0; i < n; i++) hits += dbp_row_sampled(7, i / 16, i % 16, 0.25);
+    CHECKF(fabs(hits / (double)n - 0.25) < 0.02, "sampled %d of %d", hits, n);
+    for (int i = 0; i < 100; i++) CHECK(dbp_row_sampled(7, 3, i, 0.25) == dbp_row_sampled(7, 3, i, 0.25));
+    int differ = 0;
+    for (int i = 0; i < 100; i++) differ += dbp_row_sampled(7, 3, i, 0.5) != dbp_row_sampled(8, 3, i, 0.5);
+    CHECK(differ > 10); /* the seed matters */
+    CHECK(dbp_row_sampled(1, 1, 1, 1.0) == 1);
+    return 0;
+}
+
+static const st_test_t s_tests[] = {
+    {"adam_matches_torch", test_adam_matches_torch},
+    {"schedule_warmup_cosine", test_schedule_warmup_cosine},
+    {"clip_global_norm", test_clip_global_norm},
+    {"dbp_update_matches_rule", test_dbp_update_matches_rule},
+    {"dbp_decorrelates", test_dbp_decorrelates},
+    {"dbp_grad_identity_fd", test_dbp_grad_identity_fd},
+    {"dbp_row_sampling", test_dbp_row_sampling},
+    {NULL, NULL},
+};
+
+int main(int argc, char **argv) { return st_test_main(argc, argv, s_tests); }

@@ -1,0 +1,289 @@
+/*
+ * dist.c - the worker group over MPI, with a watchdog against hangs (see
+ * dist.h). This is the only file of statetune that includes mpi.h.
+ *
+ * Design notes:
+ *   - A process not started by a launcher never calls MPI_Init: a plain
+ *     `statetune-worker tune` must work on machines where MPI is installed
+ *     but not configured (and MPI_Init alone can take a second).
+ *   - Every collective goes through s_enter/s_leave, which arm and disarm the
+ *     watchdog. The watchdog thread sleeps on a condition variable with the
+ *     armed deadline; if the deadline passes while still armed, the collective
+ *     is stuck (a peer died or hangs), so it prints which collective timed out
+ *     and calls MPI_Abort. If even that does not end the process within a few
+ *     seconds, it _exits, and the launcher ends the rest of the group.
+ *   - MPI counts are int: buffers are sent in chunks of at most 2^30 elements.
+ */
+#include "worker/dist.h"
+
+#include "common/st_err.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <mpi.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIST_DEFAULT_TIMEOUT_S 30.0
+#define DIST_CHUNK ((size_t)1 << 30)
+
+struct dist {
+    int rank;             /* in MPI_COMM_WORLD */
+    int size;             /* ranks in the group */
+    int local_rank;       /* rank on this node */
+    int mpi;              /* MPI was initialised by us */
+    double timeout_s;     /* watchdog limit per collective, <= 0 = off */
+    /* watchdog */
+    pthread_t thread;     /* the watchdog thread (when mpi) */
+    int thread_started;   /* thread is running */
+    pthread_mutex_t mu;   /* guards the fields below */
+    pthread_cond_t cv;    /* signalled on arm, disarm and stop */
+    int armed;            /* a collective is in progress */
+    int stop;             /* destroy asks the thread to leave */
+    struct timespec deadline; /* CLOCK_MONOTONIC time the collective must end by */
+    const char *what;     /* name of the collective in progress */
+};
+
+static int s_env_int(const char *name, int fallback)
+{
+    const char *v = getenv(name);
+    if (!v || !*v) return fallback;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*end || x < 0 || x > INT_MAX) return fallback;
+    return (int)x;
+}
+
+static int s_mpi_fail(char *err, int rc, const char *what)
+{
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "code %d", rc);
+    return st_fail(err, ST_EMPI, "%s failed: %s (a rank of the group was probably lost)", what, msg);
+}
+
+/* ---- watchdog ----------------------------------------------------------- */
+
+static void *s_watchdog(void *arg)
+{
+    dist_t *self = arg;
+    pthread_mutex_lock(&self->mu);
+    while (!self->stop) {
+        if (!self->armed) {
+            pthread_cond_wait(&self->cv, &self->mu);
+            continue;
+        }
+        struct timespec deadline = self->deadline;
+        int rc = pthread_cond_timedwait(&self->cv, &self->mu, &deadline);
+        if (rc == ETIMEDOUT && self->armed && !self->stop) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec > self->deadline.tv_sec ||
+                (now.tv_sec == self->deadline.tv_sec && now.tv_nsec >= self->deadline.tv_nsec)) {
+                fprintf(stderr, "statetune-worker: rank %d: %s took longer than %.0f s: another rank of the group "
+                                "died or hangs; ending the group\n", self->rank, self->what, self->timeout_s);
+                fflush(stderr);
+                pthread_mutex_unlock(&self->mu);
+                MPI_Abort(MPI_COMM_WORLD, 1);
+                sleep(5); /* MPI_Abort should not return; if it hangs, leave anyway */
+                _exit(1);
+            }
+        }
+    }
+    pthread_mutex_unlock(&self->mu);
+    return NULL;
+}
+
+static void s_enter(dist_t *self, const char *what)
+{
+    if (!self->thread_started || self->timeout_s <= 0) return;
+    pthread_mutex_lock(&self->mu);
+    clock_gettime(CLOCK_MONOTONIC, &self->deadline);
+    double whole = (double)(int64_t)self->timeout_s;
+    self->deadline.tv_sec += (time_t)whole;
+    self->deadline.tv_nsec += (long)((self->timeout_s - whole) * 1e9);
+    if (self->deadline.tv_nsec >= 1000000000L) {
+        self->deadline.tv_sec++;
+        self->deadline.tv_nsec -= 1000000000L;
+    }
+    self->what = what;
+    self->armed = 1;
+    pthread_cond_signal(&self->cv);
+    pthread_mutex_unlock(&self->mu);
+}
+
+static void s_leave(dist_t *self)
+{
+    if (!self->thread_started) return;
+    pthread_mutex_lock(&self->mu);
+    self->armed = 0;
+    pthread_cond_signal(&self->cv);
+    pthread_mutex_unlock(&self->mu);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+dist_t *dist_new(int *argc, char ***argv, char *err)
+{
+    dist_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        st_fail(err, ST_ENOMEM, "out of memory for the worker group");
+        return NULL;
+    }
+    self->size = 1;
+    self->timeout_s = DIST_DEFAULT_TIMEOUT_S;
+    const char *t = getenv("STATETUNE_DIST_TIMEOUT_S");
+    if (t && *t) {
+        char *end;
+        double x = strtod(t, &end);
+        if (!*end) self->timeout_s = x;
+    }
+    int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+    if (!launched) return self;
+
+    int provided = 0;
+    int rc = MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
+    if (rc != MPI_SUCCESS) {
+        st_fail(err, ST_EMPI, "MPI_Init_thread failed (code %d): is this process started by mpirun?", rc);
+        free(self);
+        return NULL;
+    }
+    self->mpi = 1;
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &self->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &self->size);
+    self->local_rank = s_env_int("OMPI_COMM_WORLD_LOCAL_RANK", s_env_int("MPI_LOCALRANKID", 0));
+
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&self->mu, NULL);
+    pthread_cond_init(&self->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (self->size > 1 && pthread_create(&self->thread, NULL, s_watchdog, self) == 0) self->thread_started = 1;
+    return self;
+}
+
+void dist_destroy(dist_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    dist_t *self = *self_p;
+    if (self->thread_started) {
+        pthread_mutex_lock(&self->mu);
+        self->stop = 1;
+        pthread_cond_signal(&self->cv);
+        pthread_mutex_unlock(&self->mu);
+        pthread_join(self->thread, NULL);
+    }
+    if (self->mpi) {
+        pthread_cond_destroy(&self->cv);
+        pthread_mutex_destroy(&self->mu);
+        MPI_Finalize();
+    }
+    free(self);
+    *self_p = NULL;
+}
+
+int dist_rank(const dist_t *self) { return self ? self->rank : 0; }
+int dist_size(const dist_t *self) { return self ? self->size : 1; }
+int dist_local_rank(const dist_t *self) { return self ? self->local_rank : 0; }
+int dist_is_root(const dist_t *self) { return dist_rank(self) == 0; }
+int dist_uses_mpi(const dist_t *self) { return self ? self->mpi : 0; }
+
+void dist_set_timeout(dist_t *self, double seconds)
+{
+    if (self) self->timeout_s = seconds;
+}
+
+/* ---- collectives -------------------------------------------------------- */
+
+int dist_bcast(dist_t *self, void *buf, size_t len, char *err)
+{
+    if (!self || !self->mpi || self->size == 1) return ST_OK;
+    s_enter(self, "MPI_Bcast");
+    for (size_t off = 0; off < len; off += DIST_CHUNK) {
+        size_t n = len - off < DIST_CHUNK ? len - off : DIST_CHUNK;
+        int rc = MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) {
+            s_leave(self);
+            return s_mpi_fail(err, rc, "MPI_Bcast");
+        }
+    }
+    s_leave(self);
+    return ST_OK;
+}
+
+int dist_bcast_string(dist_t *self, char **str, char *err)
+{
+    int root = dist_is_root(self);
+    if (!self || !self->mpi || self->size == 1) {
+        if (root && !*str) return st_fail(err, ST_ECANCELLED, "rank 0 failed before sending the job");
+        return ST_OK;
+    }
+    int64_t len = -1;
+    if (root && *str) len = (int64_t)strlen(*str);
+    int rc = dist_bcast(self, &len, sizeof len, err);
+    if (rc) return rc;
+    if (len < 0) return st_fail(err, ST_ECANCELLED, "rank 0 failed before sending the job");
+    if (root) return dist_bcast(self, *str, (size_t)len, err);
+    char *s = malloc((size_t)len + 1);
+    if (!s) return st_fail(err, ST_ENOMEM, "out of memory for a %lld-byte broadcast", (long long)len);
+    rc = dist_bcast(self, s, (size_t)len, err);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    s[len] = 0;
+    *str = s;
+    return ST_OK;
+}
+
+static int s_allreduce(dist_t *self, void *buf, size_t n, size_t elem, MPI_Datatype type, char *err)
+{
+    if (!self || !self->mpi || self->size == 1) return ST_OK;
+    s_enter(self, "MPI_Allreduce");
+    for (size_t off = 0; off < n; off += DIST_CHUNK) {
+        size_t c = n - off < DIST_CHUNK ? n - off : DIST_CHUNK;
+        int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * elem, (int)c, type, MPI_SUM, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) {
+            s_leave(self);
+            return s_mpi_fail(err, rc, "MPI_Allreduce");
+        }
+    }
+    s_leave(self);
+    return ST_OK;
+}
+
+int dist_allreduce_sum_f64(dist_t *self, double *buf, size_t n, char *err)
+{
+    return s_allreduce(self, buf, n, sizeof(double), MPI_DOUBLE, err);
+}
+
+int dist_allreduce_sum_f32(dist_t *self, float *buf, size_t n, char *err)
+{
+    return s_allreduce(self, buf, n, sizeof(float), MPI_FLOAT, err);
+}
+
+int dist_barrier(dist_t *self, char *err)
+{
+    if (!self || !self->mpi || self->size == 1) return ST_OK;
+    s_enter(self, "MPI_Barrier");
+    int rc = MPI_Barrier(MPI_COMM_WORLD);
+    s_leave(self);
+    if (rc != MPI_SUCCESS) return s_mpi_fail(err, rc, "MPI_Barrier");
+    return ST_OK;
+}
+
+void dist_abort(dist_t *self, int code, const char *msg)
+{
+    if (!self || !self->mpi || self->size == 1) return;
+    if (msg && *msg) fprintf(stderr, "statetune-worker: rank %d: %s\n", self->rank, msg);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code ? code : 1);
+    _exit(code ? code : 1);
+}

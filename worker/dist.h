@@ -1,0 +1,78 @@
+/*
+ * dist.h - the worker group: every MPI (and, on GPUs, NCCL) call of statetune
+ * lives behind this one type (SPEC section 7; STYLE section 5, worker/).
+ *
+ * A dist_t is the group a rank belongs to. Under mpirun (detected from the
+ * launcher's environment, OMPI_COMM_WORLD_SIZE or PMI_SIZE) it initialises
+ * MPI and speaks MPI_COMM_WORLD; a plain process uses no MPI at all and every
+ * collective is a single-rank no-op, so the tuning loop calls the same
+ * functions either way and has no #ifdef. A NULL dist_t * is accepted
+ * everywhere and means "a single process".
+ *
+ * Failure policy: MPI errors are returned (MPI_ERRORS_RETURN), never fatal
+ * inside MPI. A rank that dies makes mpirun end the group; a rank that hangs
+ * (stopped, stuck in a driver, a peer that vanished without the launcher
+ * noticing) is caught by a watchdog thread: when one collective takes longer
+ * than the timeout (STATETUNE_DIST_TIMEOUT_S, default 30 s; dist_set_timeout)
+ * it says so on stderr and calls MPI_Abort, which ends every rank. A group
+ * therefore fails with a clear error instead of hanging.
+ *
+ * Collectives must be called by every rank in the same order, as in MPI.
+ */
+#ifndef ST_WORKER_DIST_H
+#define ST_WORKER_DIST_H
+
+#include <stddef.h>
+
+typedef struct dist dist_t;
+
+/* Joins the group. Under a launcher this calls MPI_Init_thread (which may
+ * consume MPI's own arguments from argc/argv); otherwise it only records a
+ * single rank. Returns NULL and fills err when MPI fails to start. */
+dist_t *dist_new(int *argc, char ***argv, char *err);
+
+/* Leaves the group (MPI_Finalize when MPI was started). Accepts NULL. */
+void dist_destroy(dist_t **self_p);
+
+int dist_rank(const dist_t *self);       /* 0 .. size-1 */
+int dist_size(const dist_t *self);       /* ranks in the group */
+int dist_local_rank(const dist_t *self); /* rank among this node's ranks: picks the GPU */
+int dist_is_root(const dist_t *self);    /* rank 0: talks, prints, writes files */
+int dist_uses_mpi(const dist_t *self);   /* whether MPI was started */
+
+/* The watchdog's limit for one collective, in seconds (<= 0 disables it). */
+void dist_set_timeout(dist_t *self, double seconds);
+
+/* Broadcasts len bytes of buf from rank 0 to every rank. */
+int dist_bcast(dist_t *self, void *buf, size_t len, char *err);
+
+/* Broadcasts a NUL-terminated string from rank 0: on rank 0 *str is the input
+ * (NULL means "rank 0 failed": every rank then returns ST_ECANCELLED so that
+ * the group stops together); on the other ranks *str receives a malloc'd
+ * copy the caller frees. */
+int dist_bcast_string(dist_t *self, char **str, char *err);
+
+/* In-place sums over every rank of n values (the gradient all-reduce: one
+ * buffer per step holds dS0, the DBP statistics and the loss sums). */
+int dist_allreduce_sum_f64(dist_t *self, double *buf, size_t n, char *err);
+int dist_allreduce_sum_f32(dist_t *self, float *buf, size_t n, char *err);
+
+/* Waits until every rank has arrived. */
+int dist_barrier(dist_t *self, char *err);
+
+/* Ends every rank of the group with exit status code after writing msg on
+ * stderr (rank-tagged). Under MPI it does not return (MPI_Abort); in a single
+ * process it returns, and the caller reports and exits as usual. */
+void dist_abort(dist_t *self, int code, const char *msg);
+
+/* ---- NCCL (GPU groups) -------------------------------------------------
+ * Reserved for the CUDA backend, behind STATETUNE_HAVE_CUDA: the NCCL
+ * communicator is created in dist_init_nccl (rank 0 makes the unique id and
+ * sends it with dist_bcast), and dist_allreduce_sum_device sums a device
+ * buffer on the group's communication stream. The tuning loop will call
+ * dist_allreduce_sum_device when its buffer lives on the GPU; single-rank and
+ * CPU groups fall back to the host functions above.
+ * (Not implemented yet: added with the CUDA backend.)
+ */
+
+#endif
