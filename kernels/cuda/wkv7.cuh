@@ -1,0 +1,111 @@
+/*
+ * wkv7.cuh - the WKV7 recurrence on the GPU: plain C launchers, callable from
+ * C (tests) and from CUDA (the engine). SPEC section 4, same math and argument
+ * order as kernels/cpu/wkv7.h, plus a stream, an err buffer and a workspace:
+ *
+ *   S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T,   y_t = S_t r_t
+ *
+ * per batch row and head; S is N x N, row = value index i, column = key index
+ * j (official layout). Shapes: B batch, T time, H heads, N = 64; activations
+ * are (B, T, H, N) contiguous; s0 and ds0 are (H, N, N), shared by the batch.
+ *
+ * Algorithm (the official RWKV-7 CUDA kernel's, BlinkDL/RWKV-CUDA; see
+ * shared/notes/wkv7-kernels.md section 2): one block of 64 threads per (b, h).
+ * Forward: thread i holds value row i of S in 64 fp32 registers; the block
+ * stages WKV7_CUDA_CHUNK tokens of r, w, k, v, a, b in shared memory at a time
+ * (one barrier pair per chunk, since rows never talk to each other), writes
+ * y, sa_t = S_{t-1} a_t (fp32, for the backward) and, at the end of every
+ * chunk, the fp32 state transposed (the checkpoint). Backward: thread j holds
+ * key column j of S and both column j and row j of dS (192 registers), so
+ * every gradient is a register-local sum; it walks the tokens in reverse,
+ * reloading the checkpoint at each chunk end and stepping the state back
+ * exactly: S_{t-1} = (S_t - v k^T - sa b^T) diag(1/w). One barrier per token
+ * (dsa = dS b, double-buffered, is the only vector exchanged).
+ *
+ * Preconditions the caller guarantees (not checked on the device): w in
+ * [0.5, 1]; the model's w = exp(-0.606531 sigmoid(.)) is >= 0.545, which keeps
+ * the step-back's error growth within a chunk under 1.83^15 (the official
+ * kernel's clamp). dS_T is zero (state tuning: nothing flows into the final
+ * state).
+ *
+ * Conventions: y, sa, checkpoints, s_final and dr..db are overwritten; ds0 is
+ * accumulated (+=, fp32 atomics) because it sums over batch rows, micro-batches
+ * and ranks. Precisions: the fp32 launchers take fp32 everywhere; the _bf16
+ * launchers take r, w, k, v, a, b, dy as bf16 and write y and dr..db as bf16,
+ * with the state, sa, checkpoints, s0, s_final and ds0 in fp32.
+ *
+ * All pointers are device pointers; launchers only enqueue on `stream`, check
+ * shapes, and return ST_OK or a negative st_err code with the detail in err.
+ */
+#ifndef ST_KERNELS_CUDA_WKV7_CUH
+#define ST_KERNELS_CUDA_WKV7_CUH
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+typedef __nv_bfloat16 wkv_bf16_t;
+#else
+typedef uint16_t wkv_bf16_t; /* bf16 bit pattern; same size and ABI as __nv_bfloat16 */
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WKV7_CUDA_N 64
+/* Tokens per checkpoint; the launchers refuse any other ckpt_every. */
+#define WKV7_CUDA_CHUNK 16
+
+/* Floats of the checkpoint workspace: (B, H, ceil(T/16), N, N); entry c is the
+ * state after chunk c, transposed ([j][i]). This layout is the CUDA kernels'
+ * own (the CPU's checkpoints hold the state before each chunk). */
+size_t wkv7_cuda_ckpt_floats(int B, int T, int H);
+/* Floats of the sa workspace: (B, T, H, N). */
+size_t wkv7_cuda_sa_floats(int B, int T, int H);
+
+int wkv7_forward_cuda(int B, int T, int H,
+                      const float *r, const float *w, const float *k,
+                      const float *v, const float *a, const float *b,
+                      const float *s0,      /* (H, N, N) */
+                      float *y,             /* (B, T, H, N) out */
+                      float *s_final,       /* (B, H, N, N) out, optional */
+                      float *s_ckpt,        /* wkv7_cuda_ckpt_floats out */
+                      int ckpt_every,       /* must be WKV7_CUDA_CHUNK */
+                      float *sa,            /* (B, T, H, N) out */
+                      cudaStream_t stream, char *err);
+
+int wkv7_backward_cuda(int B, int T, int H,
+                       const float *r, const float *w, const float *k,
+                       const float *v, const float *a, const float *b,
+                       const float *s_ckpt, int ckpt_every,
+                       const float *sa,     /* from the forward */
+                       const float *dy,     /* (B, T, H, N) */
+                       float *dr, float *dw, float *dk, float *dv,
+                       float *da, float *db, /* (B, T, H, N) out */
+                       float *ds0,           /* (H, N, N) += */
+                       cudaStream_t stream, char *err);
+
+int wkv7_forward_cuda_bf16(int B, int T, int H,
+                           const wkv_bf16_t *r, const wkv_bf16_t *w, const wkv_bf16_t *k,
+                           const wkv_bf16_t *v, const wkv_bf16_t *a, const wkv_bf16_t *b,
+                           const float *s0, wkv_bf16_t *y, float *s_final,
+                           float *s_ckpt, int ckpt_every, float *sa,
+                           cudaStream_t stream, char *err);
+
+int wkv7_backward_cuda_bf16(int B, int T, int H,
+                            const wkv_bf16_t *r, const wkv_bf16_t *w, const wkv_bf16_t *k,
+                            const wkv_bf16_t *v, const wkv_bf16_t *a, const wkv_bf16_t *b,
+                            const float *s_ckpt, int ckpt_every, const float *sa,
+                            const wkv_bf16_t *dy,
+                            wkv_bf16_t *dr, wkv_bf16_t *dw, wkv_bf16_t *dk, wkv_bf16_t *dv,
+                            wkv_bf16_t *da, wkv_bf16_t *db,
+                            float *ds0, cudaStream_t stream, char *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
