@@ -20,6 +20,10 @@
 
 #include <stddef.h>
 
+/* Largest ckpt_every the CPU backward pass accepts: it recomputes one block
+ * of states on the stack ((ckpt_every + 1) * 16 KB). */
+#define WKV7_CPU_MAX_CKPT 16
+
 /* Forward. s_ckpt, when not NULL, receives the state before every block of
  * ckpt_every steps: (B, ceil(T / ckpt_every), H, N, N), which the backward pass
  * recomputes from. s_final, when not NULL, receives S_T: (B, H, N, N). */
