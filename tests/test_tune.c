@@ -8,11 +8,14 @@
 #include "harness.h"
 
 #include "common/st_err.h"
+#include "common/st_fs.h"
 #include "engine/adam.h"
+#include "engine/checkpoint.h"
 #include "engine/dbp_param.h"
 #include "engine/schedule.h"
 
 #include <stdint.h>
+#include <unistd.h>
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -292,6 +295,66 @@ static int test_dbp_row_sampling(void)
     return 0;
 }
 
+
+/* ---- checkpoints ---------------------------------------------------------- */
+
+static int test_checkpoint_round_trip(void)
+{
+    char err[ST_ERR_LEN], path[512];
+    snprintf(path, sizeof path, "%s/ck.bin", st_test_tmpdir());
+    checkpoint_t *ck = checkpoint_new(2, 3, 8, err);
+    CHECKF(ck, "%s", err);
+    size_t n = checkpoint_elems(ck);
+    CHECK(n == 2 * 3 * 8 * 8);
+    for (size_t i = 0; i < n; i++) {
+        ck->A[i] = (float)s_gauss();
+        ck->R[i] = (float)s_gauss();
+        ck->adam_m[i] = (float)s_gauss();
+        ck->adam_v[i] = (float)s_uniform();
+    }
+    ck->dbp = 1;
+    ck->step = 17;
+    ck->adam_t = 17;
+    ck->rng[0] = 0xdeadbeefcafef00dULL;
+    ck->rng[3] = 42;
+    memset(ck->spec_sha256, 'a', 64);
+    CHECK(checkpoint_set_data_pos(ck, "\x01\x02\x03", 3, err) == ST_OK);
+    CHECK(checkpoint_set_metrics(ck, "{\"train_loss_first\": 1.5}", err) == ST_OK);
+    CHECKF(checkpoint_write(ck, path, err) == ST_OK, "%s", err);
+    checkpoint_t *back = NULL;
+    CHECKF(checkpoint_read(path, &back, err) == ST_OK, "%s", err);
+    CHECK(back->n_layer == 2 && back->n_head == 3 && back->head_size == 8 && back->dbp == 1);
+    CHECK(back->step == 17 && back->adam_t == 17 && back->rng[0] == ck->rng[0] && back->rng[3] == 42);
+    CHECK(!strcmp(back->spec_sha256, ck->spec_sha256));
+    CHECK(back->data_pos_len == 3 && !memcmp(back->data_pos, "\x01\x02\x03", 3));
+    CHECK(back->metrics_json && !strcmp(back->metrics_json, ck->metrics_json));
+    CHECK(!memcmp(back->A, ck->A, n * 4) && !memcmp(back->R, ck->R, n * 4));
+    CHECK(!memcmp(back->adam_m, ck->adam_m, n * 4) && !memcmp(back->adam_v, ck->adam_v, n * 4));
+    checkpoint_destroy(&back);
+
+    /* damaged, truncated, foreign, other version, absent: each refused with a
+     * sentence that says so */
+    char *data = NULL;
+    size_t len = 0;
+    CHECK(st_read_file(path, 1 << 24, &data, &len, err) == ST_OK);
+    data[200] ^= 1;
+    CHECK(st_write_file_atomic(path, data, len, err) == ST_OK);
+    CHECK(checkpoint_read(path, &back, err) == ST_EFORMAT && strstr(err, "damaged") && !back);
+    data[200] ^= 1;
+    CHECK(st_write_file_atomic(path, data, len / 2, err) == ST_OK);
+    CHECK(checkpoint_read(path, &back, err) == ST_EFORMAT && !back);
+    data[8] = 9; /* version 9 */
+    CHECK(st_write_file_atomic(path, data, len, err) == ST_OK);
+    CHECK(checkpoint_read(path, &back, err) == ST_EFORMAT && strstr(err, "version 9"));
+    CHECK(st_write_file_atomic(path, "hello, world, this is not a checkpoint at all, not at all, no no no no no no", 77, err) == ST_OK);
+    CHECK(checkpoint_read(path, &back, err) == ST_EFORMAT && strstr(err, "magic"));
+    unlink(path);
+    CHECK(checkpoint_read(path, &back, err) == ST_ENOTFOUND);
+    free(data);
+    checkpoint_destroy(&ck);
+    return 0;
+}
+
 static const st_test_t s_tests[] = {
     {"adam_matches_torch", test_adam_matches_torch},
     {"schedule_warmup_cosine", test_schedule_warmup_cosine},
@@ -300,6 +363,7 @@ static const st_test_t s_tests[] = {
     {"dbp_decorrelates", test_dbp_decorrelates},
     {"dbp_grad_identity_fd", test_dbp_grad_identity_fd},
     {"dbp_row_sampling", test_dbp_row_sampling},
+    {"checkpoint_round_trip", test_checkpoint_round_trip},
     {NULL, NULL},
 };
 
