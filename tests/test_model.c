@@ -10,6 +10,8 @@
 #include "tests/harness.h"
 
 #include <stdint.h>
+#include <sys/stat.h>
+#include <zip.h>
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -52,6 +54,76 @@ static int s_expect_refusal(const char *path, const char *want)
     CHECKF(strstr(err, want) != NULL, "message '%s' does not mention '%s'", err, want);
     printf("   refused as expected: %s\n", err);
     return 0;
+}
+
+
+/* Opens two files and checks they hold the same tensors (names, official
+ * shapes) with values that agree bit for bit (max_rel 0) or within max_rel of
+ * the larger magnitude (fp16 rounding). Returns the number compared. */
+static int s_compare_files(const char *pa, const char *pb, double max_rel, int *n_compared)
+{
+    char err[ST_ERR_LEN];
+    tensorfile_t *a = tensorfile_open(pa, err);
+    CHECKF(a != NULL, "%s", err);
+    tensorfile_t *b = tensorfile_open(pb, err);
+    CHECKF(b != NULL, "%s", err);
+    CHECKF(tensorfile_count(a) == tensorfile_count(b), "%d vs %d tensors", tensorfile_count(a),
+           tensorfile_count(b));
+    *n_compared = 0;
+    for (int i = 0; i < tensorfile_count(a); i++) {
+        const tf_tensor_info_t *ta = tensorfile_info(a, i);
+        const tf_tensor_info_t *tb = tensorfile_find(b, ta->name);
+        CHECKF(tb != NULL, "'%s' missing from %s", ta->name, pb);
+        CHECKF(ta->ndim == tb->ndim, "'%s': %d vs %d dims", ta->name, ta->ndim, tb->ndim);
+        for (int d = 0; d < ta->ndim; d++)
+            CHECKF(ta->shape[d] == tb->shape[d], "'%s' dim %d: %lld vs %lld", ta->name, d,
+                   (long long)ta->shape[d], (long long)tb->shape[d]);
+        float *xa = malloc((size_t)ta->numel * sizeof *xa + 4);
+        float *xb = malloc((size_t)tb->numel * sizeof *xb + 4);
+        CHECK(xa && xb);
+        CHECKF(tensorfile_read_f32(a, ta, xa, err) == ST_OK, "%s", err);
+        CHECKF(tensorfile_read_f32(b, tb, xb, err) == ST_OK, "%s", err);
+        for (int64_t k = 0; k < ta->numel; k++) {
+            if (max_rel == 0)
+                CHECKF(memcmp(&xa[k], &xb[k], 4) == 0, "'%s'[%lld]: %.9g vs %.9g", ta->name,
+                       (long long)k, (double)xa[k], (double)xb[k]);
+            else
+                CHECKF(fabsf(xa[k] - xb[k]) <= max_rel * fmaxf(fabsf(xa[k]), 6.1e-5f),
+                       "'%s'[%lld]: %.9g vs %.9g", ta->name, (long long)k, (double)xa[k],
+                       (double)xb[k]);
+        }
+        free(xa);
+        free(xb);
+        (*n_compared)++;
+    }
+    tensorfile_close(&a);
+    tensorfile_close(&b);
+    return 0;
+}
+
+/* A zip holding the given (name, bytes, len) entries, like torch.save's. */
+typedef struct {
+    const char *name;
+    const void *data;
+    size_t len;
+} zip_item_t;
+
+static const char *s_write_zip(const char *name, const zip_item_t *items, int n)
+{
+    static char path[1024];
+    snprintf(path, sizeof path, "%s/%s", st_test_tmpdir(), name);
+    int zerr;
+    zip_t *z = zip_open(path, ZIP_CREATE | ZIP_TRUNCATE, &zerr);
+    if (!z) return NULL;
+    for (int i = 0; i < n; i++) {
+        zip_source_t *src = zip_source_buffer(z, items[i].data, items[i].len, 0);
+        if (!src || zip_file_add(z, items[i].name, src, ZIP_FL_OVERWRITE) < 0) {
+            zip_discard(z);
+            return NULL;
+        }
+    }
+    if (zip_close(z) != 0) return NULL;
+    return path;
 }
 
 /* ---- safetensors ------------------------------------------------------------ */
@@ -167,6 +239,97 @@ static int test_safetensors_hostile(void)
     return rc;
 }
 
+
+/* ---- .pth ------------------------------------------------------------------- */
+
+static int test_pth_matches_safetensors(void)
+{
+    const char *pairs[][2] = {
+        {"rwkv7/tiny.pth", "rwkv7/tiny.safetensors"},
+        {"rwkv7/tiny-rwkv7-834K.pth", "rwkv7/tiny-rwkv7-834K.safetensors"},
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        char a[2048], b[2048];
+        const char *p = st_test_fixture(pairs[i][0]);
+        if (!p) return ST_TEST_SKIP;
+        snprintf(a, sizeof a, "%s", p);
+        p = st_test_fixture(pairs[i][1]);
+        if (!p) return ST_TEST_SKIP;
+        snprintf(b, sizeof b, "%s", p);
+        char err[ST_ERR_LEN];
+        tensorfile_t *tf = tensorfile_open(a, err);
+        CHECKF(tf != NULL, "%s", err);
+        CHECK(tensorfile_format(tf) == TF_FORMAT_PTH);
+        const tf_tensor_info_t *emb = tensorfile_find(tf, "emb.weight");
+        CHECK(emb && emb->ndim == 2);
+        tensorfile_close(&tf);
+        int n = 0;
+        if (s_compare_files(a, b, 0, &n)) return 1;
+        printf("   %s: %d tensors bit-identical to the safetensors copy\n", pairs[i][0], n);
+        CHECK(n > 20);
+    }
+    return 0;
+}
+
+static int test_pth_hostile(void)
+{
+    int rc = 0;
+    /* pickle.loads of this would run os.system("echo pwned") */
+    static const unsigned char evil[] = "\x80\x02" "cos\nsystem\n" "\x8c\x0a" "echo pwned"
+                                        "\x85" "R" ".";
+    zip_item_t items[] = {{"evil/data.pkl", evil, sizeof evil - 1},
+                          {"evil/byteorder", "little", 6}};
+    rc |= s_expect_refusal(s_write_zip("evil.pth", items, 2), "refusing pickle global 'os system'");
+    /* the same through STACK_GLOBAL with builtins.eval */
+    static const unsigned char evil2[] = "\x80\x04" "\x8c\x08" "builtins" "\x8c\x04" "eval"
+                                         "\x93" "\x8c\x01" "1" "\x85" "R" ".";
+    zip_item_t items2[] = {{"e2/data.pkl", evil2, sizeof evil2 - 1}};
+    rc |= s_expect_refusal(s_write_zip("evil2.pth", items2, 1), "refusing pickle global 'builtins eval'");
+    /* an opcode outside the subset (INST) */
+    static const unsigned char inst[] = "\x80\x02" "(" "ios\nsystem\n" ".";
+    zip_item_t items3[] = {{"e3/data.pkl", inst, sizeof inst - 1}};
+    rc |= s_expect_refusal(s_write_zip("inst.pth", items3, 1), "outside the state-dict subset");
+    /* a pickle cut short */
+    zip_item_t items4[] = {{"e4/data.pkl", evil, 5}};
+    rc |= s_expect_refusal(s_write_zip("short.pth", items4, 1), "pickle");
+    /* a tensor whose storage entry is shorter than the pickle claims */
+    static const unsigned char one[] =
+        "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
+        "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"
+        "X\x03\x00\x00\x00" "cpu" "K\x04tQK\x00K\x04\x85K\x01\x85\x89" "ccollections\nOrderedDict\n"
+        ")RtRu" ".";
+    float four[4] = {1, 2, 3, 4};
+    zip_item_t items5[] = {{"m/data.pkl", one, sizeof one - 1}, {"m/data/0", four, 12}};
+    rc |= s_expect_refusal(s_write_zip("storage.pth", items5, 2), "holds 12 bytes");
+    /* ...and with the right size it loads and reads back */
+    zip_item_t items6[] = {{"m/data.pkl", one, sizeof one - 1}, {"m/data/0", four, 16}};
+    char err[ST_ERR_LEN];
+    tensorfile_t *tf = tensorfile_open(s_write_zip("ok.pth", items6, 2), err);
+    CHECKF(tf != NULL, "%s", err);
+    const tf_tensor_info_t *x = tensorfile_find(tf, "x");
+    CHECK(x && x->numel == 4 && x->dtype == TF_F32);
+    float got[4];
+    CHECKF(tensorfile_read_f32(tf, x, got, err) == ST_OK, "%s", err);
+    CHECK(memcmp(got, four, sizeof four) == 0);
+    tensorfile_close(&tf);
+    /* a checkpoint cut in half: the zip directory is gone */
+    const char *src = st_test_fixture("rwkv7/tiny.pth");
+    if (src) {
+        char *data = NULL;
+        FILE *f = fopen(src, "rb");
+        CHECK(f);
+        fseek(f, 0, SEEK_END);
+        long len = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        data = malloc((size_t)len);
+        CHECK(data && fread(data, 1, (size_t)len, f) == (size_t)len);
+        fclose(f);
+        rc |= s_expect_refusal(s_write_tmp("half.pth", data, (size_t)len / 2), "zip");
+        free(data);
+    }
+    return rc;
+}
+
 static int test_not_a_model(void)
 {
     int rc = 0;
@@ -188,6 +351,8 @@ static int test_not_a_model(void)
 static const st_test_t tests[] = {
     {"safetensors_ref_dump", test_safetensors_ref_dump},
     {"safetensors_hostile", test_safetensors_hostile},
+    {"pth_matches_safetensors", test_pth_matches_safetensors},
+    {"pth_hostile", test_pth_hostile},
     {"not_a_model", test_not_a_model},
     {NULL, NULL},
 };
