@@ -1,0 +1,227 @@
+/*
+ * wkv7_bench.cu - dev program for the WKV7 kernels (llm.c's dev/cuda style):
+ * checks every variant against the float64 reference on fresh random inputs,
+ * then times forward and backward at SPEC section 8's shapes.
+ *
+ *   dev_wkv7_bench [--seed S] [--reps R] [--check-only]
+ *
+ * Targets (SPEC section 8; bf16 inputs, fp32 state, with s0 and its gradient,
+ * one H100): (B, T, H) = (8, 4096, 64) <= 7 ms, (8, 1024, 32) <= 1.5 ms,
+ * (16, 512, 12) <= 0.8 ms for forward + backward; the official CUDA kernel
+ * takes 14.4 / 2.91 / 1.45 ms, fla's Triton 25.6 / 3.33 / 2.39 ms.
+ *
+ * Napkin math per (b, t, h) row of N = 64 (shared/notes/wkv7-kernels.md):
+ *   bytes  fwd: 6 bf16 inputs + bf16 y + fp32 sa = 18 B/elem, plus the fp32
+ *          checkpoint (16 KB per head every 16 tokens = 16 B/elem);
+ *          bwd: 7 bf16 inputs + fp32 sa + 6 bf16 grads = 30 B/elem + 16 B/elem
+ *          checkpoint read. Total about 80 B/elem: (8,4096,64) moves 10.7 GB,
+ *          3.6 ms at 3.0 TB/s.
+ *   flops  fwd 4 FMA per state element (sa, decay+2 rank-1, y) = 8 N^2;
+ *          bwd about 13 FMA per state element = 26 N^2 (plus the divides):
+ *          (8,4096,64): 2^21 rows x 34 x 4096 = 292 GFLOP, 4.4 ms at the fp32
+ *          FMA peak (67 TF/s) -- this recurrent algorithm cannot reach 7 ms
+ *          at that shape without tensor cores (notes section 1).
+ * Timing: CUDA events, 3 warm-ups, the median of --reps runs (default 20).
+ */
+#include "kernels/cuda/st_cuda.h"
+#include "kernels/cuda/wkv7.cuh"
+#include "kernels/dev/wkv7_ref.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <vector>
+
+#define CK(call)                                                                          \
+    do {                                                                                  \
+        cudaError_t e_ = (call);                                                          \
+        if (e_ != cudaSuccess) {                                                          \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(1);                                                                      \
+        }                                                                                 \
+    } while (0)
+#define CKST(call)                                                                        \
+    do {                                                                                  \
+        int rc_ = (call);                                                                 \
+        if (rc_) { fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, err); exit(1); }    \
+    } while (0)
+
+static const int N = WKV7_REF_N;
+
+static uint16_t f2bf(float f) { __nv_bfloat16 b = __float2bfloat16_rn(f); uint16_t u; memcpy(&u, &b, 2); return u; }
+static float bf2f(uint16_t u) { uint32_t x = (uint32_t)u << 16; float f; memcpy(&f, &x, 4); return f; }
+
+/* One precision's check on fresh inputs; returns the worst relative error. */
+static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed)
+{
+    char err[ST_ERR_LEN];
+    size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N, nf = (size_t)B * H * N * N;
+    std::vector<std::vector<float>> in(8);
+    for (int i = 0; i < 8; i++) in[i].resize(i == 6 ? ns : n);
+    wkv7_ref_random_inputs(B, T, H, seed, regime, in[0].data(), in[1].data(), in[2].data(), in[3].data(),
+                           in[4].data(), in[5].data(), in[6].data(), in[7].data());
+    if (bf16)
+        for (int i = 0; i < 8; i++)
+            if (i != 6) for (auto &x : in[i]) x = bf2f(f2bf(x));
+    std::vector<double> ry(n), rsf(nf);
+    std::vector<std::vector<double>> rg(7);
+    for (int i = 0; i < 7; i++) rg[i].resize(i == 6 ? ns : n);
+    wkv7_ref_forward(B, T, H, in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(),
+                     in[5].data(), in[6].data(), ry.data(), rsf.data());
+    wkv7_ref_backward(B, T, H, in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(),
+                      in[5].data(), in[6].data(), in[7].data(), rg[0].data(), rg[1].data(), rg[2].data(),
+                      rg[3].data(), rg[4].data(), rg[5].data(), rg[6].data());
+    size_t esz = bf16 ? 2 : 4;
+    void *d[14];
+    float *s0, *sf, *ck, *sa, *ds0;
+    for (int i = 0; i < 14; i++) CK(cudaMalloc(&d[i], esz * n));
+    CK(cudaMalloc(&s0, 4 * ns)); CK(cudaMalloc(&sf, 4 * nf)); CK(cudaMalloc(&ds0, 4 * ns));
+    CK(cudaMalloc(&ck, 4 * wkv7_cuda_ckpt_floats(B, T, H)));
+    CK(cudaMalloc(&sa, 4 * wkv7_cuda_sa_floats(B, T, H)));
+    const int src[7] = {0, 1, 2, 3, 4, 5, 7};
+    std::vector<uint16_t> hb(n);
+    for (int i = 0; i < 7; i++) {
+        if (bf16) {
+            for (size_t x = 0; x < n; x++) hb[x] = f2bf(in[src[i]][x]);
+            CK(cudaMemcpy(d[i], hb.data(), 2 * n, cudaMemcpyHostToDevice));
+        } else {
+            CK(cudaMemcpy(d[i], in[src[i]].data(), 4 * n, cudaMemcpyHostToDevice));
+        }
+    }
+    CK(cudaMemcpy(s0, in[6].data(), 4 * ns, cudaMemcpyHostToDevice));
+    for (int i = 7; i < 14; i++) CK(cudaMemset(d[i], 0xff, esz * n)); /* NaN poison */
+    CK(cudaMemset(sf, 0xff, 4 * nf));
+    CK(cudaMemset(ds0, 0, 4 * ns));
+    if (bf16) {
+        typedef __nv_bfloat16 bf;
+        CKST(wkv7_forward_cuda_bf16(B, T, H, (bf *)d[0], (bf *)d[1], (bf *)d[2], (bf *)d[3], (bf *)d[4],
+                                    (bf *)d[5], s0, (bf *)d[7], sf, ck, WKV7_CUDA_CHUNK, sa, 0, err));
+        CKST(wkv7_backward_cuda_bf16(B, T, H, (bf *)d[0], (bf *)d[1], (bf *)d[2], (bf *)d[3], (bf *)d[4],
+                                     (bf *)d[5], ck, WKV7_CUDA_CHUNK, sa, (bf *)d[6], (bf *)d[8], (bf *)d[9],
+                                     (bf *)d[10], (bf *)d[11], (bf *)d[12], (bf *)d[13], ds0, 0, err));
+    } else {
+        typedef float fl;
+        CKST(wkv7_forward_cuda(B, T, H, (fl *)d[0], (fl *)d[1], (fl *)d[2], (fl *)d[3], (fl *)d[4],
+                               (fl *)d[5], s0, (fl *)d[7], sf, ck, WKV7_CUDA_CHUNK, sa, 0, err));
+        CKST(wkv7_backward_cuda(B, T, H, (fl *)d[0], (fl *)d[1], (fl *)d[2], (fl *)d[3], (fl *)d[4],
+                                (fl *)d[5], ck, WKV7_CUDA_CHUNK, sa, (fl *)d[6], (fl *)d[8], (fl *)d[9],
+                                (fl *)d[10], (fl *)d[11], (fl *)d[12], (fl *)d[13], ds0, 0, err));
+    }
+    CK(cudaDeviceSynchronize());
+    std::vector<float> got(std::max(n, nf));
+    auto fetch = [&](void *p) {
+        if (bf16) {
+            CK(cudaMemcpy(hb.data(), p, 2 * n, cudaMemcpyDeviceToHost));
+            for (size_t x = 0; x < n; x++) got[x] = bf2f(hb[x]);
+        } else {
+            CK(cudaMemcpy(got.data(), p, 4 * n, cudaMemcpyDeviceToHost));
+        }
+    };
+    const char *names[9] = {"y", "dr", "dw", "dk", "dv", "da", "db", "s_final", "ds0"};
+    double e[9];
+    fetch(d[7]); e[0] = wkv7_ref_rel(got.data(), ry.data(), n);
+    for (int g = 0; g < 6; g++) { fetch(d[8 + g]); e[1 + g] = wkv7_ref_rel(got.data(), rg[g].data(), n); }
+    CK(cudaMemcpy(got.data(), sf, 4 * nf, cudaMemcpyDeviceToHost)); e[7] = wkv7_ref_rel(got.data(), rsf.data(), nf);
+    CK(cudaMemcpy(got.data(), ds0, 4 * ns, cudaMemcpyDeviceToHost)); e[8] = wkv7_ref_rel(got.data(), rg[6].data(), ns);
+    double worst = 0;
+    printf("check %s (%d,%d,%d) regime %d:", bf16 ? "bf16" : "fp32", B, T, H, regime);
+    for (int i = 0; i < 9; i++) { printf(" %s %.1e", names[i], e[i]); worst = std::max(worst, e[i]); }
+    printf("\n");
+    for (int i = 0; i < 14; i++) CK(cudaFree(d[i]));
+    CK(cudaFree(s0)); CK(cudaFree(sf)); CK(cudaFree(ds0)); CK(cudaFree(ck)); CK(cudaFree(sa));
+    return worst;
+}
+
+static float median(std::vector<float> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; }
+
+/* Times bf16 forward and backward at one shape; inputs are a random pool of
+ * 256 tokens tiled over T (random, never zeros). */
+static void bench(int B, int T, int H, int reps, uint64_t seed, double target_ms, double official_ms)
+{
+    char err[ST_ERR_LEN];
+    typedef __nv_bfloat16 bf;
+    size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N;
+    const int PT = 256;
+    size_t np = (size_t)PT * H * N;
+    std::vector<std::vector<float>> in(8);
+    for (int i = 0; i < 8; i++) in[i].resize(i == 6 ? ns : np);
+    wkv7_ref_random_inputs(1, PT, H, seed, 0, in[0].data(), in[1].data(), in[2].data(), in[3].data(),
+                           in[4].data(), in[5].data(), in[6].data(), in[7].data());
+    bf *d[14];
+    float *s0, *ck, *sa, *ds0;
+    for (int i = 0; i < 14; i++) CK(cudaMalloc(&d[i], 2 * n));
+    CK(cudaMalloc(&s0, 4 * ns)); CK(cudaMalloc(&ds0, 4 * ns));
+    CK(cudaMalloc(&ck, 4 * wkv7_cuda_ckpt_floats(B, T, H)));
+    CK(cudaMalloc(&sa, 4 * wkv7_cuda_sa_floats(B, T, H)));
+    const int src[7] = {0, 1, 2, 3, 4, 5, 7};
+    std::vector<uint16_t> hb(np);
+    for (int i = 0; i < 7; i++) {
+        for (size_t x = 0; x < np; x++) hb[x] = f2bf(in[src[i]][x]);
+        for (size_t off = 0; off < n; off += np)
+            CK(cudaMemcpy((char *)d[i] + 2 * off, hb.data(), 2 * std::min(np, n - off), cudaMemcpyHostToDevice));
+    }
+    CK(cudaMemcpy(s0, in[6].data(), 4 * ns, cudaMemcpyHostToDevice));
+    CK(cudaMemset(ds0, 0, 4 * ns));
+    cudaEvent_t e0, e1, e2;
+    CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1)); CK(cudaEventCreate(&e2));
+    std::vector<float> tf, tb, tt;
+    for (int it = 0; it < reps + 3; it++) {
+        CK(cudaEventRecord(e0));
+        CKST(wkv7_forward_cuda_bf16(B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], s0, d[7], NULL, ck,
+                                    WKV7_CUDA_CHUNK, sa, 0, err));
+        CK(cudaEventRecord(e1));
+        CKST(wkv7_backward_cuda_bf16(B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], ck, WKV7_CUDA_CHUNK, sa,
+                                     d[6], d[8], d[9], d[10], d[11], d[12], d[13], ds0, 0, err));
+        CK(cudaEventRecord(e2));
+        CK(cudaEventSynchronize(e2));
+        float a, b2;
+        CK(cudaEventElapsedTime(&a, e0, e1));
+        CK(cudaEventElapsedTime(&b2, e1, e2));
+        if (it >= 3) { tf.push_back(a); tb.push_back(b2); tt.push_back(a + b2); }
+    }
+    double rows = (double)B * T * H;
+    double bytes = rows * N * (18 + 30) + 2.0 * wkv7_cuda_ckpt_floats(B, T, H) * 4;
+    double flops = rows * 34.0 * N * N;
+    float mt = median(tt);
+    printf("bench bf16 (%2d,%4d,%2d): fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms | %5.2f TB/s %5.1f TFLOP/s | "
+           "target %.2f ms, official %.2f ms\n",
+           B, T, H, median(tf), median(tb), mt, bytes / (mt * 1e-3) / 1e12, flops / (mt * 1e-3) / 1e12,
+           target_ms, official_ms);
+    for (int i = 0; i < 14; i++) CK(cudaFree(d[i]));
+    CK(cudaFree(s0)); CK(cudaFree(ds0)); CK(cudaFree(ck)); CK(cudaFree(sa));
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t seed = (uint64_t)time(NULL);
+    int reps = 20;
+    bool check_only = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--check-only")) check_only = true;
+        else { fprintf(stderr, "usage: %s [--seed S] [--reps R] [--check-only]\n", argv[0]); return 2; }
+    }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, %d SMs; seed %llu\n", prop.name, prop.multiProcessorCount, (unsigned long long)seed);
+    bool ok = true;
+    const struct { int B, T, H, regime; } cs[] = {{2, 100, 4, 0}, {2, 100, 4, 1}, {2, 100, 4, 2}, {1, 300, 2, 0}};
+    for (auto &c : cs) {
+        double e32 = check(c.B, c.T, c.H, c.regime, false, seed);
+        double e16 = check(c.B, c.T, c.H, c.regime, true, seed);
+        if (!(e32 <= 1e-4) || !(e16 <= 1e-2)) ok = false;
+    }
+    printf("checks: %s (fp32 <= 1e-4, bf16 <= 1e-2)\n", ok ? "PASS" : "FAIL");
+    if (!ok) return 1;
+    if (check_only) return 0;
+    bench(8, 4096, 64, reps, seed, 7.0, 14.4);
+    bench(8, 1024, 32, reps, seed, 1.5, 2.91);
+    bench(16, 512, 12, reps, seed, 0.8, 1.45);
+    return 0;
+}

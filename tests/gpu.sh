@@ -1,0 +1,103 @@
+#!/bin/bash
+# tests/gpu.sh - the GPU checks, in two halves.
+#
+#   tests/gpu.sh pack   (here, on the build machine, which has nvcc but no GPU)
+#       builds build-cuda with -Werror, copies the GPU test programs, the dev
+#       benchmarks and statetune-worker into rt/bin, the fixtures that have a
+#       reference dump into rt/fixtures, and packs the shared libraries the GPU
+#       machine lacks into rt/runtime.tar.xz (../shared/device/pack-runtime.sh).
+#       rt/ is git-ignored; the device tool carries it (carry: ["rt"]).
+#   tests/gpu.sh run [tests|bench|verify|all]   (on the GPU machine)
+#       unpacks the runtime, runs every gpu-labelled test program (the same
+#       tests ctest -L gpu runs), statetune-worker verify --backend cuda on
+#       every fixture in fp32 and bf16, the WKV7 dev benchmark and
+#       statetune-worker bench --backend cuda at SPEC section 8's shapes.
+#       Logs go to $OUT (the device tool brings it back); a summary is printed
+#       last. Exit status: nonzero when any check failed.
+#
+# Why not ctest on the GPU machine: the build tree's CTest files hold this
+# machine's absolute paths and the whole tree is not carried; the test
+# programs run all their tests when given no name, which is what ctest -L gpu
+# would do one by one.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+rt=$root/rt
+mode=${1:-}
+
+if [ "$mode" = pack ]; then
+  set -e
+  build=$root/build-cuda
+  cmake -S "$root" -B "$build" -DSTATETUNE_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+  # only what the GPU machine runs (other folders may be mid-edit); the
+  # worker is optional until the CUDA engine exists
+  cmake --build "$build" -j2 --target test_cuda_wkv dev_wkv7_bench
+  cmake --build "$build" -j2 --target statetune-worker || echo "gpu.sh: statetune-worker did not build; packing without it" >&2
+  rm -rf "$rt"; mkdir -p "$rt/bin" "$rt/fixtures/rwkv7"
+  for f in "$build"/tests/test_cuda_* "$build"/kernels/dev_* "$build"/worker/statetune-worker; do
+    if [ -x "$f" ]; then cp "$f" "$rt/bin/"; fi
+  done
+  fx=${STATETUNE_FIXTURES:-$root/../shared/fixtures}
+  for ref in "$fx"/rwkv7/*.ref.safetensors; do
+    [ -f "$ref" ] || continue
+    m=${ref%.ref.safetensors}
+    cp "$ref" "$rt/fixtures/rwkv7/"
+    [ -f "$m.safetensors" ] && cp "$m.safetensors" "$rt/fixtures/rwkv7/"
+    [ -f "$m.json" ] && cp "$m.json" "$rt/fixtures/rwkv7/"
+  done
+  cp "$fx/README.md" "$rt/fixtures/" 2>/dev/null || true
+  bash "$root/../shared/device/pack-runtime.sh" "$rt/runtime.tar.xz" "$rt"/bin/*
+  du -sh "$rt"
+  exit 0
+fi
+
+if [ "$mode" != run ]; then
+  echo "usage: tests/gpu.sh pack | run [tests|bench|verify|all]" >&2
+  exit 2
+fi
+what=${2:-all}
+OUT=${OUT:-/tmp/statetune-gpu}
+mkdir -p "$OUT" /tmp/strt
+export NCCL_NVLS_ENABLE=0
+tar -xJf "$rt/runtime.tar.xz" -C /tmp/strt
+export LD_LIBRARY_PATH=/tmp/strt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export STATETUNE_FIXTURES=$rt/fixtures
+summary=()
+fail=0
+step() { # name, command...: runs, logs to $OUT/name.log, records the outcome
+  local name=$1; shift
+  local t0=$(date +%s.%N)
+  "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local dt=$(echo "$(date +%s.%N) - $t0" | bc)
+  summary+=("$(printf '%-40s rc=%-3d %6.1fs' "$name" "$rc" "$dt")")
+  [ $rc -eq 0 ] || [ $rc -eq 77 ] || fail=1
+  tail -n 25 "$OUT/$name.log"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+date -u | tee -a "$OUT/device.txt"
+
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  for t in "$rt"/bin/test_cuda_*; do
+    [ -x "$t" ] && step "$(basename "$t")" "$t"
+  done
+fi
+if [ "$what" = verify ] || [ "$what" = all ]; then
+  w=$rt/bin/statetune-worker
+  for ref in "$rt"/fixtures/rwkv7/*.ref.safetensors; do
+    m=${ref%.ref.safetensors}.safetensors
+    for p in fp32 bf16; do
+      step "verify-$(basename "${ref%.ref.safetensors}")-$p" "$w" verify "$m" "$ref" --backend cuda --precision "$p"
+    done
+  done
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  [ -x "$rt/bin/dev_wkv7_bench" ] && step dev_wkv7_bench "$rt/bin/dev_wkv7_bench"
+  w=$rt/bin/statetune-worker
+  for shape in "12 768" "24 1024" "24 2048"; do
+    set -- $shape
+    step "bench-${1}x${2}" "$w" bench --layers "$1" --embd "$2" --vocab 65536 --batch 8 --ctx 1024 --backend cuda --steps 5
+  done
+fi
+echo "==== summary ($(date -u +%H:%M:%S) UTC) ===="
+printf '%s\n' "${summary[@]}"
+exit $fail
