@@ -88,7 +88,7 @@ static int s_compare_files(const char *pa, const char *pb, double max_rel, int *
                 CHECKF(memcmp(&xa[k], &xb[k], 4) == 0, "'%s'[%lld]: %.9g vs %.9g", ta->name,
                        (long long)k, (double)xa[k], (double)xb[k]);
             else
-                CHECKF(fabsf(xa[k] - xb[k]) <= max_rel * fmaxf(fabsf(xa[k]), 6.1e-5f),
+                CHECKF(fabsf(xa[k] - xb[k]) <= max_rel * fmaxf(fabsf(xa[k]), 0x1p-14f) /* fp16 normal range */,
                        "'%s'[%lld]: %.9g vs %.9g", ta->name, (long long)k, (double)xa[k],
                        (double)xb[k]);
         }
@@ -330,6 +330,82 @@ static int test_pth_hostile(void)
     return rc;
 }
 
+/* ---- rwkv.cpp .bin ------------------------------------------------------------- */
+
+static int test_ggmf_matches_pth(void)
+{
+    char pth[2048], b32[2048], b16[2048];
+    const char *p = st_test_fixture("rwkv7/tiny-rwkv7-834K.pth");
+    if (!p) return ST_TEST_SKIP;
+    snprintf(pth, sizeof pth, "%s", p);
+    if (!(p = st_test_fixture("rwkv7/tiny-rwkv7-834K-FP32.bin"))) return ST_TEST_SKIP;
+    snprintf(b32, sizeof b32, "%s", p);
+    if (!(p = st_test_fixture("rwkv7/tiny-rwkv7-834K-FP16.bin"))) return ST_TEST_SKIP;
+    snprintf(b16, sizeof b16, "%s", p);
+    char err[ST_ERR_LEN];
+    tensorfile_t *tf = tensorfile_open(b32, err);
+    CHECKF(tf != NULL, "%s", err);
+    CHECK(tensorfile_format(tf) == TF_FORMAT_GGMF);
+    /* the concatenated x_rwkvag is exposed as the six official vectors */
+    CHECK(tensorfile_find(tf, "blocks.3.att.x_rwkvag") == NULL);
+    const tf_tensor_info_t *xa = tensorfile_find(tf, "blocks.3.att.x_a");
+    CHECK(xa && xa->ndim == 3 && xa->shape[0] == 1 && xa->shape[2] == 64);
+    /* reversed dims and transposed LoRA are undone */
+    const tf_tensor_info_t *emb = tensorfile_find(tf, "emb.weight");
+    CHECK(emb && emb->shape[0] == 256 && emb->shape[1] == 64);
+    const tf_tensor_info_t *w1 = tensorfile_find(tf, "blocks.0.att.w1");
+    CHECK(w1 && w1->shape[0] == 64 && w1->shape[1] == 32);
+    tensorfile_close(&tf);
+    int n = 0;
+    if (s_compare_files(b32, pth, 0, &n)) return 1;
+    printf("   FP32 .bin: %d tensors bit-identical to the .pth\n", n);
+    if (s_compare_files(b16, pth, (1.0 / 2048) * 1.001, &n)) return 1;
+    printf("   FP16 .bin: %d tensors within fp16 rounding of the .pth\n", n);
+    return 0;
+}
+
+static void s_put_i32(unsigned char *p, int32_t v)
+{
+    uint32_t u = (uint32_t)v;
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(u >> (8 * i));
+}
+
+static int test_ggmf_hostile(void)
+{
+    const char *src = st_test_fixture("rwkv7/tiny-rwkv7-834K-FP32.bin");
+    if (!src) return ST_TEST_SKIP;
+    FILE *f = fopen(src, "rb");
+    CHECK(f);
+    fseek(f, 0, SEEK_END);
+    size_t len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *data = malloc(len), *copy = malloc(len);
+    CHECK(data && copy && fread(data, 1, len, f) == len);
+    fclose(f);
+    int rc = 0;
+    memcpy(copy, data, len);
+    copy[0] = 'g'; /* "gmgg": no longer a ggmf magic, nor anything else */
+    rc |= s_expect_refusal(s_write_tmp("magic.bin", copy, len), "not a model file");
+    memcpy(copy, data, len);
+    s_put_i32(copy + 4, 7);
+    rc |= s_expect_refusal(s_write_tmp("version.bin", copy, len), "version 7");
+    rc |= s_expect_refusal(s_write_tmp("cut.bin", data, len / 2), "remain in the file");
+    rc |= s_expect_refusal(s_write_tmp("cut2.bin", data, 30), "cut short");
+    memcpy(copy, data, len);
+    s_put_i32(copy + 24 + 8, 2); /* first parameter claims Q4_0 */
+    rc |= s_expect_refusal(s_write_tmp("q4.bin", copy, len), "Q4_0");
+    memcpy(copy, data, len);
+    s_put_i32(copy + 24 + 12, 1 << 30); /* absurd dimension */
+    s_put_i32(copy + 24 + 16, 1 << 30);
+    rc |= s_expect_refusal(s_write_tmp("dims.bin", copy, len), "emb.weight");
+    memcpy(copy, data, len);
+    s_put_i32(copy + 24 + 4, -5); /* negative name length */
+    rc |= s_expect_refusal(s_write_tmp("key.bin", copy, len), "name of -5 bytes");
+    free(data);
+    free(copy);
+    return rc;
+}
+
 static int test_not_a_model(void)
 {
     int rc = 0;
@@ -353,6 +429,8 @@ static const st_test_t tests[] = {
     {"safetensors_hostile", test_safetensors_hostile},
     {"pth_matches_safetensors", test_pth_matches_safetensors},
     {"pth_hostile", test_pth_hostile},
+    {"ggmf_matches_pth", test_ggmf_matches_pth},
+    {"ggmf_hostile", test_ggmf_hostile},
     {"not_a_model", test_not_a_model},
     {NULL, NULL},
 };
