@@ -23,8 +23,10 @@
 #
 # ETC is /etc/statetune unless STATETUNE_ETC says otherwise; the files are
 # handed to STATETUNE_USER (default statetune) when that user exists, so the
-# services can read them. The coordinator reads the allow-list at start:
-# restart it after a change (docs/operations.md, key rotation).
+# services can read them. The coordinator reads the allow-list at every
+# CURVE handshake, so an added key works at once; a revoked key is refused
+# from its next connection on, and a restart of the coordinator cuts the
+# connections already open (docs/operations.md, key rotation).
 set -euo pipefail
 
 etc=${STATETUNE_ETC:-/etc/statetune}
@@ -80,14 +82,14 @@ add)
     [ -d "$etc/allow" ] || die "run 'keys.sh init' first ('$etc/allow' is missing)"
     gen_pair "$1"
     install -m 0644 "$etc/keys/$1.pub" "$etc/allow/$1.pub"
-    echo "allowed '$1'; give it $etc/keys/$1.key, $etc/keys/$1.pub and $etc/keys/coordinator.pub, then restart the coordinator"
+    echo "allowed '$1'; give it $etc/keys/$1.key, $etc/keys/$1.pub and $etc/keys/coordinator.pub"
     ;;
 revoke)
     [ $# -eq 1 ] || usage
     check_name "$1"
     [ -e "$etc/allow/$1.pub" ] || die "'$1' is not in the allow-list '$etc/allow'"
     rm -f "$etc/allow/$1.pub"
-    echo "revoked '$1'; restart the coordinator for it to take effect"
+    echo "revoked '$1': refused from its next connection on; restart the coordinator to cut an open one"
     ;;
 rotate)
     [ $# -eq 1 ] || usage
