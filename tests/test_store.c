@@ -670,7 +670,55 @@ static const st_test_t tests[] = {
     {NULL, NULL},
 };
 
+/* Helpers for tests/store_torch.py, which checks our files with real torch:
+ *   test_store --write-exports DIR   writes DIR/state.{pth,safetensors,st} and
+ *                                    DIR/state.f32 (the raw expected data);
+ *   test_store --check-import FILE RAW L H N   reads FILE with state_read and
+ *                                    compares it bit for bit with RAW. */
+static int s_write_exports(const char *dir)
+{
+    char err[ST_ERR_LEN], path[1024];
+    float *d = malloc(NUMEL * sizeof(float));
+    s_fill(d, NUMEL, 2024);
+    const char *ext[3] = {"pth", "safetensors", "st"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/state.%s", dir, ext[i]);
+        if (state_write(path, STATE_FMT_AUTO, L_, H_, N_, d, 0, err)) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+    }
+    snprintf(path, sizeof path, "%s/state.f32", dir);
+    int rc = st_write_file_atomic(path, d, NUMEL * sizeof(float), err);
+    free(d);
+    if (rc) fprintf(stderr, "%s\n", err);
+    printf("%d %d %d\n", L_, H_, N_);
+    return rc ? 1 : 0;
+}
+
+static int s_check_import(const char *file, const char *raw, int L, int H, int N)
+{
+    char err[ST_ERR_LEN];
+    state_file_t s;
+    char *want = NULL;
+    size_t n = 0;
+    if (state_read(file, STATE_FMT_AUTO, &s, err) || st_read_file(raw, 1u << 30, &want, &n, err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    int ok = s.n_layer == L && s.n_head == H && s.head_size == N && n == (size_t)L * H * N * N * 4 &&
+             !memcmp(s.data, want, n);
+    fprintf(ok ? stdout : stderr, "%s: [%d, %d, %d, %d] %s\n", file, s.n_layer, s.n_head, s.head_size, s.head_size,
+            ok ? "matches" : "DIFFERS");
+    state_file_free(&s);
+    free(want);
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "--write-exports")) return s_write_exports(argv[2]);
+    if (argc == 7 && !strcmp(argv[1], "--check-import"))
+        return s_check_import(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
     return st_test_main(argc, argv, tests);
 }
