@@ -1,0 +1,405 @@
+/*
+ * engine_cpu.c - the CPU backend: RWKV-7 forward, loss, and backward to every
+ * layer's initial WKV state (SPEC section 4), fp32, matrix products through
+ * OpenBLAS and element-wise loops through OpenMP (kernels/cpu/).
+ *
+ * Memory plan. Everything the passes touch lives in one allocation carved by
+ * s_plan's table of {name, elements}: per-layer activations that the backward
+ * pass needs (residual stream, LayerNorm statistics, r, w, k, v, a, gates,
+ * WKV output and state checkpoints, the FFN pre-activation), then scratch
+ * shared by all layers. Backward scratch aliases forward scratch that is dead
+ * by then (the lerp outputs become their gradients, the LoRA hidden becomes
+ * its gradient). engine_peak_mem_bytes reports weights + this plan.
+ *
+ * Backward, per layer from the top (input gradients only; weights frozen):
+ *   ffn:  dx += LN2'(CMix'(dx))
+ *   att:  d(o) = dx Wo;  GroupNorm/bonus/gate' -> dy, dg, bonus parts of dr dk dv
+ *         WKV7' -> dr dw dk dv da db and dS0 += (the adjoint recursion)
+ *         time-mix' -> LoRA' and linear' -> the six lerp inputs -> token
+ *         shift' -> LN1' -> dx +=
+ *   v_first: later layers' share of d v_first is summed and joins layer 0's dv.
+ * Layer 0 stops after its WKV backward: nothing below it depends on S0.
+ */
+#include "engine/engine_cpu.h"
+
+#include "common/st_err.h"
+#include "kernels/cpu/channelmix.h"
+#include "kernels/cpu/dbp.h"
+#include "kernels/cpu/groupnorm.h"
+#include "kernels/cpu/head.h"
+#include "kernels/cpu/layernorm.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/timemix.h"
+#include "kernels/cpu/tokenshift.h"
+#include "kernels/cpu/wkv7.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define CKPT_EVERY 16
+#define HEAD_CHUNK_FLOATS (4u << 20) /* 16 MB of logits per head chunk */
+
+struct engine_cpu {
+    const rwkv_model_t *m;
+    int maxB, maxT, nck, head_chunk;
+    float *mem;
+    size_t mem_floats;
+    /* per layer, [L] blocks of the sizes in s_plan */
+    float *x_res, *x_mid;                          /* (L+1, R, C), (L, R, C) */
+    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd; /* (L, R) */
+    float *r, *w, *wl, *kraw, *kf, *kk, *a, *v, *vraw, *vs, *g, *y; /* (L, R, C) */
+    float *whid, *ghid;                            /* (L, R, Dw), (L, R, Dg) */
+    float *gn_mean, *gn_rstd;                      /* (L, R, H) */
+    float *kpre;                                   /* (L, R, F) */
+    float *ckpt;                                   /* (L, B, nck, H, N, N) */
+    /* scratch */
+    float *h, *lerp[6];                            /* (R, C); lerp outputs, then their grads */
+    float *hid;                                    /* (R, Dmax) LoRA hidden / its grad */
+    float *wa, *wb, *oin, *tmp;                    /* (R, C) */
+    float *act;                                    /* (R, F) FFN activation / its grad */
+    float *sfin;                                   /* (B, H, N, N) */
+    float *lnout, *lnout_mean, *lnout_rstd;        /* (R, C), (R), (R) */
+    float *head_scratch;                           /* (chunk, V) */
+    float *dx, *dh, *dr, *dw, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv; /* (R, C) */
+    float *dwl, *dal, *dkraw, *dvraw, *dvl, *dvfirst, *dxh; /* (R, C) */
+};
+
+typedef struct {
+    const char *name;
+    float **ptr;
+    size_t elements;
+} plan_entry_t;
+
+#define PLAN_MAX 64
+
+/* The activation plan for B x T: fills tab and returns its length. One pure
+ * function of the shapes, so peak memory is known before any allocation. */
+static int s_plan(engine_cpu_t *e, const rwkv_config_t *c, int B, int T, int nck,
+                  int head_chunk, plan_entry_t *tab)
+{
+    size_t R = (size_t)B * T, C = c->n_embd, L = c->n_layer, H = c->n_head, F = c->ffn_dim;
+    size_t NN = (size_t)c->head_size * c->head_size;
+    size_t D = c->d_decay;
+    if ((size_t)c->d_aaa > D) D = c->d_aaa;
+    if ((size_t)c->d_mv > D) D = c->d_mv;
+    if ((size_t)c->d_gate > D) D = c->d_gate;
+    int n = 0;
+#define P(nm, field, cnt) tab[n++] = (plan_entry_t){nm, &e->field, (cnt)}
+    P("layer.x_res", x_res, (L + 1) * R * C);
+    P("layer.x_mid", x_mid, L * R * C);
+    P("layer.ln1_mean", ln1_mean, L * R);
+    P("layer.ln1_rstd", ln1_rstd, L * R);
+    P("layer.ln2_mean", ln2_mean, L * R);
+    P("layer.ln2_rstd", ln2_rstd, L * R);
+    P("layer.r", r, L * R * C);
+    P("layer.w", w, L * R * C);
+    P("layer.wl", wl, L * R * C);
+    P("layer.kraw", kraw, L * R * C);
+    P("layer.kf", kf, L * R * C);
+    P("layer.kk", kk, L * R * C);
+    P("layer.a", a, L * R * C);
+    P("layer.v", v, L * R * C);
+    P("layer.vraw", vraw, L * R * C);
+    P("layer.vs", vs, L * R * C);
+    P("layer.g", g, L * R * C);
+    P("layer.y", y, L * R * C);
+    P("layer.whid", whid, L * R * c->d_decay);
+    P("layer.ghid", ghid, L * R * c->d_gate);
+    P("layer.gn_mean", gn_mean, L * R * H);
+    P("layer.gn_rstd", gn_rstd, L * R * H);
+    P("layer.kpre", kpre, L * R * F);
+    P("layer.ckpt", ckpt, L * B * nck * H * NN);
+    P("h", h, R * C);
+    P("lerp.r", lerp[0], R * C);
+    P("lerp.w", lerp[1], R * C);
+    P("lerp.k", lerp[2], R * C);
+    P("lerp.v", lerp[3], R * C);
+    P("lerp.a", lerp[4], R * C);
+    P("lerp.g", lerp[5], R * C);
+    P("hid", hid, R * D);
+    P("wa", wa, R * C);
+    P("wb", wb, R * C);
+    P("oin", oin, R * C);
+    P("tmp", tmp, R * C);
+    P("act", act, R * F);
+    P("sfin", sfin, B * H * NN);
+    P("lnout", lnout, R * C);
+    P("lnout_mean", lnout_mean, R);
+    P("lnout_rstd", lnout_rstd, R);
+    P("head_scratch", head_scratch, (size_t)head_chunk * c->vocab);
+    P("dx", dx, R * C);
+    P("dh", dh, R * C);
+    P("dr", dr, R * C);
+    P("dw", dw, R * C);
+    P("dk", dk, R * C);
+    P("dv", dv, R * C);
+    P("da", da, R * C);
+    P("db", db, R * C);
+    P("dy", dy, R * C);
+    P("dg", dg, R * C);
+    P("dbr", dbr, R * C);
+    P("dbk", dbk, R * C);
+    P("dbv", dbv, R * C);
+    P("dwl", dwl, R * C);
+    P("dal", dal, R * C);
+    P("dkraw", dkraw, R * C);
+    P("dvraw", dvraw, R * C);
+    P("dvl", dvl, R * C);
+    P("dvfirst", dvfirst, R * C);
+    P("dxh", dxh, R * C);
+#undef P
+    return n;
+}
+
+engine_cpu_t *engine_cpu_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err)
+{
+    const rwkv_config_t *c = &model->cfg;
+    if (opts->precision != ENGINE_FP32) {
+        st_fail(err, ST_EUNSUPPORTED, "the CPU backend computes in fp32 only (use --precision fp32)");
+        return NULL;
+    }
+    if (c->head_size != 64 || c->n_embd != c->n_head * 64) {
+        st_fail(err, ST_EUNSUPPORTED, "the CPU backend needs head size 64 (model has %d)", c->head_size);
+        return NULL;
+    }
+    engine_cpu_t *e = calloc(1, sizeof *e);
+    if (!e) {
+        st_fail(err, ST_ENOMEM, "out of memory creating the CPU engine");
+        return NULL;
+    }
+    e->m = model;
+    e->maxB = opts->max_batch;
+    e->maxT = opts->max_ctx;
+    e->nck = (opts->max_ctx + CKPT_EVERY - 1) / CKPT_EVERY;
+    size_t R = (size_t)e->maxB * e->maxT;
+    size_t chunk = HEAD_CHUNK_FLOATS / (size_t)c->vocab;
+    if (chunk < 1) chunk = 1;
+    if (chunk > R) chunk = R;
+    e->head_chunk = (int)chunk;
+    plan_entry_t tab[PLAN_MAX];
+    int n = s_plan(e, c, e->maxB, e->maxT, e->nck, e->head_chunk, tab);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += (tab[i].elements + 15) & ~(size_t)15; /* 64-byte aligned */
+    e->mem_floats = total;
+    if (posix_memalign((void **)&e->mem, 64, total * sizeof(float)) != 0) {
+        st_fail(err, ST_ENOMEM,
+                "the CPU engine needs %.1f MB of activation memory for %d x %d tokens and could not get it",
+                total * 4.0 / 1e6, e->maxB, e->maxT);
+        free(e);
+        return NULL;
+    }
+    memset(e->mem, 0, total * sizeof(float));
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        *tab[i].ptr = e->mem + off;
+        off += (tab[i].elements + 15) & ~(size_t)15;
+    }
+    if (opts->threads > 0) {
+#ifdef _OPENMP
+        omp_set_num_threads(opts->threads);
+#endif
+        openblas_set_num_threads(opts->threads);
+    }
+    return e;
+}
+
+void engine_cpu_destroy(engine_cpu_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    free((*self_p)->mem);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+size_t engine_cpu_peak_mem_bytes(const engine_cpu_t *self)
+{
+    return (self->mem_floats + self->m->arena_floats) * sizeof(float);
+}
+
+/* Forward through layer l; x_res[l] in, x_res[l+1] out. */
+static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s0,
+                            float *final_state)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    const rwkv_layer_t *p = &e->m->layers[l];
+    int C = c->n_embd, H = c->n_head, F = c->ffn_dim, L = c->n_layer;
+    int R = B * T;
+    size_t RC = (size_t)R * C, NN = (size_t)c->head_size * c->head_size;
+    /* per-layer blocks are laid out for the planned R = maxB * maxT */
+    size_t RCp = (size_t)e->maxB * e->maxT * C, Rp = (size_t)e->maxB * e->maxT;
+    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + l * RCp, *xout = e->x_res + (l + 1) * RCp;
+    float *r = e->r + l * RCp, *w = e->w + l * RCp, *wl = e->wl + l * RCp;
+    float *kraw = e->kraw + l * RCp, *kf = e->kf + l * RCp, *kk = e->kk + l * RCp;
+    float *a = e->a + l * RCp, *v = e->v + l * RCp, *vraw = e->vraw + l * RCp;
+    float *vs = e->vs + l * RCp, *g = e->g + l * RCp, *y = e->y + l * RCp;
+    float *whid = e->whid + l * Rp * c->d_decay, *ghid = e->ghid + l * Rp * c->d_gate;
+    float *gnm = e->gn_mean + l * Rp * H, *gnr = e->gn_rstd + l * Rp * H;
+    float *kpre = e->kpre + l * Rp * F;
+    float *ckpt = e->ckpt + (size_t)l * e->maxB * e->nck * H * NN;
+
+    layernorm_forward_cpu(R, C, xin, p->ln1_w, p->ln1_b, RWKV_LN_EPS, e->h,
+                          e->ln1_mean + l * Rp, e->ln1_rstd + l * Rp);
+    const float *mix[6] = {p->x_r, p->x_w, p->x_k, p->x_v, p->x_a, p->x_g};
+    tokenshift_forward_cpu(B, T, C, e->h, NULL, 6, mix, e->lerp);
+    linear_forward_cpu(R, C, C, e->lerp[0], p->receptance, r);
+    linear_forward_cpu(R, C, C, e->lerp[2], p->key, kraw);
+    linear_forward_cpu(R, C, C, e->lerp[3], p->value, vraw);
+    lora_forward_cpu(R, C, c->d_decay, e->lerp[1], p->w1, p->w2, LORA_TANH, whid, wl);
+    lora_forward_cpu(R, C, c->d_aaa, e->lerp[4], p->a1, p->a2, LORA_NONE, e->hid, e->tmp);
+    timemix_forward_cpu(R, H, c->head_size, wl, e->tmp, kraw, p->w0, p->a0, p->k_k, p->k_a, w, a,
+                        kk, kf, e->wa, e->wb);
+    if (l == 0) {
+        memcpy(v, vraw, RC * sizeof(float));
+    } else {
+        lora_forward_cpu(R, C, c->d_mv, e->lerp[3], p->v1, p->v2, LORA_NONE, e->hid, vs);
+        vmix_forward_cpu(R, C, vraw, e->v /* layer 0's v is v_first */, p->v0, vs, v);
+    }
+    lora_forward_cpu(R, C, c->d_gate, e->lerp[5], p->g1, p->g2, LORA_SIGMOID, ghid, g);
+    wkv7_forward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, s0, y, final_state ? e->sfin : NULL, ckpt,
+                     CKPT_EVERY);
+    if (final_state) {
+        size_t HNN = (size_t)H * NN;
+        for (int b = 0; b < B; b++)
+            memcpy(final_state + ((size_t)b * L + l) * HNN, e->sfin + (size_t)b * HNN,
+                   HNN * sizeof(float));
+    }
+    groupnorm_forward_cpu(R, H, c->head_size, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, gnm, gnr,
+                          e->oin);
+    linear_forward_cpu(R, C, C, e->oin, p->output, e->tmp);
+    for (size_t i = 0; i < RC; i++) xmid[i] = xin[i] + e->tmp[i];
+    layernorm_forward_cpu(R, C, xmid, p->ln2_w, p->ln2_b, RWKV_LN_EPS, e->h, e->ln2_mean + l * Rp,
+                          e->ln2_rstd + l * Rp);
+    channelmix_forward_cpu(B, T, C, F, e->h, NULL, p->ffn_x_k, p->ffn_key, p->ffn_value, e->tmp,
+                           kpre, e->act, e->oin);
+    for (size_t i = 0; i < RC; i++) xout[i] = xmid[i] + e->oin[i];
+}
+
+/* Backward through layer l: e->dx holds dL/dx_res[l+1] on entry and
+ * dL/dx_res[l] on exit (not computed for layer 0). ds0 (H, N, N) +=. */
+static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    const rwkv_layer_t *p = &e->m->layers[l];
+    int C = c->n_embd, H = c->n_head, F = c->ffn_dim, N = c->head_size;
+    int R = B * T;
+    size_t RC = (size_t)R * C, NN = (size_t)N * N;
+    size_t RCp = (size_t)e->maxB * e->maxT * C, Rp = (size_t)e->maxB * e->maxT;
+    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + l * RCp;
+    float *r = e->r + l * RCp, *w = e->w + l * RCp, *wl = e->wl + l * RCp;
+    float *kraw = e->kraw + l * RCp, *kf = e->kf + l * RCp, *kk = e->kk + l * RCp;
+    float *a = e->a + l * RCp, *v = e->v + l * RCp, *vraw = e->vraw + l * RCp;
+    float *vs = e->vs + l * RCp, *g = e->g + l * RCp, *y = e->y + l * RCp;
+    float *whid = e->whid + l * Rp * c->d_decay, *ghid = e->ghid + l * Rp * c->d_gate;
+    float *gnm = e->gn_mean + l * Rp * H, *gnr = e->gn_rstd + l * Rp * H;
+    float *kpre = e->kpre + l * Rp * F;
+    float *ckpt = e->ckpt + (size_t)l * e->maxB * e->nck * H * NN;
+    float *dx = e->dx;
+
+    /* channel mix: dx += LN2'(CMix'(dx)) */
+    memset(e->dh, 0, RC * sizeof(float));
+    channelmix_backward_cpu(B, T, C, F, p->ffn_x_k, p->ffn_key, p->ffn_value, kpre, dx, e->act,
+                            e->tmp, e->dh);
+    layernorm_backward_cpu(R, C, xmid, p->ln2_w, e->ln2_mean + l * Rp, e->ln2_rstd + l * Rp, e->dh,
+                           dx);
+
+    /* output projection, then GroupNorm + bonus + gate */
+    memset(e->oin, 0, RC * sizeof(float));
+    linear_backward_cpu(R, C, C, dx, p->output, e->oin);
+    memset(e->dbr, 0, RC * sizeof(float));
+    memset(e->dbk, 0, RC * sizeof(float));
+    memset(e->dbv, 0, RC * sizeof(float));
+    groupnorm_backward_cpu(R, H, N, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, gnm, gnr, e->oin,
+                           e->dy, e->dbr, e->dbk, e->dbv, e->dg);
+
+    /* WKV7: the wkv "a" and "b" inputs are recomputed from kk and a */
+    for (size_t i = 0; i < RC; i++) {
+        e->wa[i] = -kk[i];
+        e->wb[i] = kk[i] * a[i];
+    }
+    wkv7_backward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, ckpt, CKPT_EVERY, e->dy, e->dr, e->dw,
+                      e->dk, e->dv, e->da, e->db, ds0);
+    if (l == 0) return; /* nothing below layer 0's WKV depends on S0 */
+    for (size_t i = 0; i < RC; i++) {
+        e->dr[i] += e->dbr[i];
+        e->dk[i] += e->dbk[i];
+        e->dv[i] += e->dbv[i];
+    }
+
+    /* back to the six lerp outputs (each gradient overwrites its input) */
+    float **dl = e->lerp;
+    for (int i = 0; i < 6; i++) memset(dl[i], 0, RC * sizeof(float));
+    lora_backward_cpu(R, C, c->d_gate, p->g1, p->g2, LORA_SIGMOID, ghid, e->dg, e->hid, dl[5]);
+    linear_backward_cpu(R, C, C, e->dr, p->receptance, dl[0]);
+    timemix_backward_cpu(R, H, N, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, e->dw, e->dk, e->da,
+                         e->db, e->dwl, e->dal, e->dkraw);
+    lora_backward_cpu(R, C, c->d_decay, p->w1, p->w2, LORA_TANH, whid, e->dwl, e->hid, dl[1]);
+    lora_backward_cpu(R, C, c->d_aaa, p->a1, p->a2, LORA_NONE, NULL, e->dal, e->hid, dl[4]);
+    linear_backward_cpu(R, C, C, e->dkraw, p->key, dl[2]);
+    vmix_backward_cpu(R, C, vraw, e->v, vs, e->dv, e->dvraw, e->dvfirst, e->dvl);
+    lora_backward_cpu(R, C, c->d_mv, p->v1, p->v2, LORA_NONE, NULL, e->dvl, e->hid, dl[3]);
+    linear_backward_cpu(R, C, C, e->dvraw, p->value, dl[3]);
+    const float *mix[6] = {p->x_r, p->x_w, p->x_k, p->x_v, p->x_a, p->x_g};
+    memset(e->dh, 0, RC * sizeof(float));
+    tokenshift_backward_cpu(B, T, C, 6, mix, (const float *const *)dl, e->dh);
+    layernorm_backward_cpu(R, C, xin, p->ln1_w, e->ln1_mean + l * Rp, e->ln1_rstd + l * Rp, e->dh,
+                           dx);
+}
+
+int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
+{
+    const rwkv_model_t *m = e->m;
+    const rwkv_config_t *c = &m->cfg;
+    int B = bt->B, T = bt->T, C = c->n_embd, L = c->n_layer, V = c->vocab;
+    int R = B * T;
+    size_t RC = (size_t)R * C, HNN = rwkv_state_layer_size(c);
+
+    /* embedding, then ln0 (layer 0 only) into the residual stream */
+    float *x0 = e->x_res;
+    for (int i = 0; i < R; i++)
+        memcpy(x0 + (size_t)i * C, m->emb + (size_t)bt->tokens[i] * C, C * sizeof(float));
+    layernorm_forward_cpu(R, C, x0, m->layers[0].ln0_w, m->layers[0].ln0_b, RWKV_LN_EPS, x0, NULL,
+                          NULL);
+    for (int l = 0; l < L; l++)
+        s_layer_forward(e, l, B, T, bt->state0 + (size_t)l * HNN, bt->final_state);
+
+    size_t RCp = (size_t)e->maxB * e->maxT * C;
+    float *xL = e->x_res + (size_t)L * RCp;
+    layernorm_forward_cpu(R, C, xL, m->ln_out_w, m->ln_out_b, RWKV_LN_EPS, e->lnout, e->lnout_mean,
+                          e->lnout_rstd);
+    int backward = bt->dstate0 != NULL && bt->targets != NULL;
+    head_result_t hr;
+    head_ce_cpu(R, C, V, e->lnout, m->head, bt->targets, bt->logits, backward ? e->dxh : NULL,
+                e->head_scratch, e->head_chunk, &hr);
+    bt->loss_sum = hr.loss_sum;
+    bt->n_targets = hr.n_targets;
+    bt->n_correct = hr.n_correct;
+
+    if (bt->dbp_q && bt->dbp_rows) {
+        size_t RCl = RCp;
+        for (int l = 0; l < L; l++) {
+            const float *kk = e->kk + l * RCl, *a = e->a + l * RCl;
+            for (size_t i = 0; i < RC; i++) {
+                e->wa[i] = -kk[i];
+                e->wb[i] = kk[i] * a[i];
+            }
+            dbp_q_cpu(B, T, c->n_head, e->r + l * RCl, e->w + l * RCl, e->wa, e->wb, bt->dbp_rows,
+                      bt->dbp_q + (size_t)l * HNN);
+        }
+    }
+    if (!backward) return ST_OK;
+    if (!(hr.loss_sum == hr.loss_sum))
+        return st_fail(err, ST_ENUMERIC, "the loss is NaN: the model or the state holds non-finite values");
+
+    memset(e->dx, 0, RC * sizeof(float));
+    layernorm_backward_cpu(R, C, xL, m->ln_out_w, e->lnout_mean, e->lnout_rstd, e->dxh, e->dx);
+    memset(e->dvfirst, 0, RC * sizeof(float));
+    /* Layer 0's v is v_first; the later layers' share of its gradient
+     * (dvfirst) would join layer 0's dv, but nothing of layer 0 below its WKV
+     * depends on S0, so s_layer_backward stops there and dvfirst is unused. */
+    for (int l = L - 1; l >= 0; l--) s_layer_backward(e, l, B, T, bt->dstate0 + (size_t)l * HNN);
+    return ST_OK;
+}
