@@ -65,11 +65,11 @@ summary=()
 fail=0
 step() { # name, command...: runs, logs to $OUT/name.log, records the outcome
   local name=$1; shift
-  local t0=$(date +%s.%N)
+  local t0=$(date +%s%N)
   "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
-  local dt=$(echo "$(date +%s.%N) - $t0" | bc)
-  summary+=("$(printf '%-40s rc=%-3d %6.1fs' "$name" "$rc" "$dt")")
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  summary+=("$(printf '%-40s rc=%-3d %8d ms' "$name" "$rc" "$ms")")
   [ $rc -eq 0 ] || [ $rc -eq 77 ] || fail=1
   tail -n 25 "$OUT/$name.log"
 }

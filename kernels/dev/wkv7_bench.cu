@@ -128,10 +128,15 @@ static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed)
     for (int g = 0; g < 6; g++) { fetch(d[8 + g]); e[1 + g] = wkv7_ref_rel(got.data(), rg[g].data(), n); }
     CK(cudaMemcpy(got.data(), sf, 4 * nf, cudaMemcpyDeviceToHost)); e[7] = wkv7_ref_rel(got.data(), rsf.data(), nf);
     CK(cudaMemcpy(got.data(), ds0, 4 * ns, cudaMemcpyDeviceToHost)); e[8] = wkv7_ref_rel(got.data(), rg[6].data(), ns);
-    double worst = 0;
+    /* tolerances as in tests/test_cuda_wkv.c: dr, dw, da depend on the
+     * stepped-back state; bf16 outputs carry their own rounding */
+    const double tol_exact = 1e-5, tol_out = bf16 ? 5e-3 : 1e-5, tol_back = bf16 ? 5e-3 : 1e-3;
+    const double tol[9] = {tol_out, tol_back, tol_back, tol_out, tol_out, tol_back, tol_out, tol_exact, tol_exact};
+    double worst = 0; /* worst error / tolerance */
     printf("check %s (%d,%d,%d) regime %d:", bf16 ? "bf16" : "fp32", B, T, H, regime);
-    for (int i = 0; i < 9; i++) { printf(" %s %.1e", names[i], e[i]); worst = std::max(worst, e[i]); }
-    printf("\n");
+    for (int i = 0; i < 9; i++) { printf(" %s %.1e", names[i], e[i]); worst = std::max(worst, e[i] / tol[i]); }
+    if (!(worst <= 1)) worst = 2;
+    printf("%s\n", worst <= 1 ? "" : "  <- over tolerance");
     for (int i = 0; i < 14; i++) CK(cudaFree(d[i]));
     CK(cudaFree(s0)); CK(cudaFree(sf)); CK(cudaFree(ds0)); CK(cudaFree(ck)); CK(cudaFree(sa));
     return worst;
@@ -213,11 +218,10 @@ int main(int argc, char **argv)
     bool ok = true;
     const struct { int B, T, H, regime; } cs[] = {{2, 100, 4, 0}, {2, 100, 4, 1}, {2, 100, 4, 2}, {1, 300, 2, 0}};
     for (auto &c : cs) {
-        double e32 = check(c.B, c.T, c.H, c.regime, false, seed);
-        double e16 = check(c.B, c.T, c.H, c.regime, true, seed);
-        if (!(e32 <= 1e-4) || !(e16 <= 1e-2)) ok = false;
+        if (check(c.B, c.T, c.H, c.regime, false, seed) > 1) ok = false;
+        if (check(c.B, c.T, c.H, c.regime, true, seed) > 1) ok = false;
     }
-    printf("checks: %s (fp32 <= 1e-4, bf16 <= 1e-2)\n", ok ? "PASS" : "FAIL");
+    printf("checks: %s\n", ok ? "PASS" : "FAIL");
     if (!ok) return 1;
     if (check_only) return 0;
     bench(8, 4096, 64, reps, seed, 7.0, 14.4);
