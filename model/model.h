@@ -18,6 +18,8 @@
 #ifndef ST_MODEL_H
 #define ST_MODEL_H
 
+#include "model/tensorfile.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -88,6 +90,11 @@ rwkv_model_t *rwkv_model_load(const char *path, char *err);
 rwkv_model_t *rwkv_model_new_random(const rwkv_config_t *cfg, uint64_t seed, char *err);
 
 void rwkv_model_destroy(rwkv_model_t **self_p);
+
+/* The configuration of the model in an open tensor file, from tensor shapes
+ * alone (no weights are read): cheap enough for validating a job. Fails with
+ * a sentence naming the tensor that is missing or has an unusable shape. */
+int rwkv_config_from_tensorfile(tensorfile_t *tf, rwkv_config_t *cfg, char *err);
 
 /* Number of frozen parameters (P, for the 4P FLOP/token count). */
 int64_t rwkv_model_param_count(const rwkv_model_t *self);

@@ -6,9 +6,12 @@
  * names the problem instead of crashing.
  */
 #include "common/st_err.h"
+#include "model/model.h"
 #include "model/tensorfile.h"
 #include "tests/harness.h"
 
+#include <jansson.h>
+#include <sodium.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <zip.h>
@@ -406,6 +409,296 @@ static int test_ggmf_hostile(void)
     return rc;
 }
 
+/* ---- the model in memory ---------------------------------------------------- */
+
+/* Expected configuration from a fixture's .json (n_layer, n_embd, vocab, lora). */
+static int s_expected_config(const char *json_rel, rwkv_config_t *c)
+{
+    const char *p = st_test_fixture(json_rel);
+    if (!p) return ST_TEST_SKIP;
+    json_error_t je;
+    json_t *j = json_load_file(p, JSON_ALLOW_NUL, &je);
+    CHECKF(j != NULL, "%s", je.text);
+    json_t *lora = json_object_get(j, "lora");
+    memset(c, 0, sizeof *c);
+    c->n_layer = (int)json_integer_value(json_object_get(j, "n_layer"));
+    c->n_embd = (int)json_integer_value(json_object_get(j, "n_embd"));
+    json_t *v = json_object_get(j, "vocab_size");
+    c->vocab = (int)json_integer_value(v ? v : json_object_get(j, "vocab"));
+    c->d_decay = (int)json_integer_value(json_object_get(lora, "decay"));
+    c->d_aaa = (int)json_integer_value(json_object_get(lora, "aaa"));
+    c->d_mv = (int)json_integer_value(json_object_get(lora, "mv"));
+    c->d_gate = (int)json_integer_value(json_object_get(lora, "gate"));
+    json_decref(j);
+    CHECK(c->n_layer > 0 && c->n_embd > 0 && c->vocab > 0 && c->d_gate > 0);
+    return 0;
+}
+
+static int s_config_equal(const rwkv_config_t *got, const rwkv_config_t *want, const char *what)
+{
+    CHECKF(got->n_layer == want->n_layer && got->n_embd == want->n_embd &&
+               got->vocab == want->vocab && got->d_decay == want->d_decay &&
+               got->d_aaa == want->d_aaa && got->d_mv == want->d_mv &&
+               got->d_gate == want->d_gate,
+           "%s: got L%d C%d V%d lora %d/%d/%d/%d, expected L%d C%d V%d lora %d/%d/%d/%d", what,
+           got->n_layer, got->n_embd, got->vocab, got->d_decay, got->d_aaa, got->d_mv, got->d_gate,
+           want->n_layer, want->n_embd, want->vocab, want->d_decay, want->d_aaa, want->d_mv,
+           want->d_gate);
+    CHECK(got->n_head == got->n_embd / 64 && got->head_size == 64);
+    CHECK(got->ffn_dim == 4 * got->n_embd);
+    return 0;
+}
+
+/* The parameters in the file, less the ones RWKV-7 never uses: layer 0's
+ * v0/v1/v2 and ln0 of later layers (the random fixtures carry both). */
+static int64_t s_file_params(const char *path)
+{
+    char err[ST_ERR_LEN];
+    tensorfile_t *tf = tensorfile_open(path, err);
+    if (!tf) return -1;
+    int64_t n = 0;
+    for (int i = 0; i < tensorfile_count(tf); i++) {
+        const tf_tensor_info_t *t = tensorfile_info(tf, i);
+        if (!strcmp(t->name, "blocks.0.att.v0") || !strcmp(t->name, "blocks.0.att.v1") ||
+            !strcmp(t->name, "blocks.0.att.v2"))
+            continue;
+        if (strstr(t->name, ".ln0.") && strncmp(t->name, "blocks.0.", 9) != 0) continue;
+        n += t->numel;
+    }
+    tensorfile_close(&tf);
+    return n;
+}
+
+/* Loads path, checks its config, its parameter count, that layer 0 has no
+ * v0/v1/v2 and others do, and that its identity is the file's sha256. */
+static int s_check_load(const char *rel, const rwkv_config_t *want, rwkv_model_t **out)
+{
+    const char *p = st_test_fixture(rel);
+    if (!p) return ST_TEST_SKIP;
+    char path[2048];
+    snprintf(path, sizeof path, "%s", p);
+    char err[ST_ERR_LEN];
+    rwkv_model_t *m = rwkv_model_load(path, err);
+    CHECKF(m != NULL, "%s", err);
+    if (s_config_equal(&m->cfg, want, rel)) return 1;
+    CHECK(m->layers[0].v0 == NULL && m->layers[0].v1 == NULL && m->layers[0].v2 == NULL);
+    CHECK(m->layers[0].ln0_w != NULL && (m->cfg.n_layer < 2 || m->layers[1].ln0_w == NULL));
+    for (int l = 1; l < m->cfg.n_layer; l++) CHECK(m->layers[l].v1 != NULL);
+    CHECK(m->emb && m->head && m->layers[m->cfg.n_layer - 1].ffn_value);
+    int64_t np = rwkv_model_param_count(m);
+    CHECKF(np == s_file_params(path), "%lld params, file has %lld", (long long)np,
+           (long long)s_file_params(path));
+    /* identity: sha256 of the file's bytes, computed here independently */
+    FILE *f = fopen(path, "rb");
+    CHECK(f);
+    crypto_hash_sha256_state st;
+    crypto_hash_sha256_init(&st);
+    unsigned char buf[65536];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, f)) > 0) crypto_hash_sha256_update(&st, buf, got);
+    fclose(f);
+    unsigned char h[32];
+    crypto_hash_sha256_final(&st, h);
+    char hex[65];
+    sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+    CHECKF(strcmp(hex, m->sha256) == 0, "sha256 %s, file %s", m->sha256, hex);
+    CHECK(m->path && strcmp(m->path, path) == 0);
+    printf("   %s: L%d C%d V%d, %lld params, %s weights\n", rel, m->cfg.n_layer, m->cfg.n_embd,
+           m->cfg.vocab, (long long)np, tf_dtype_name((tf_dtype_t)m->source_dtype));
+    if (out) *out = m;
+    else rwkv_model_destroy(&m);
+    return 0;
+}
+
+static int test_model_load_random_fixtures(void)
+{
+    rwkv_config_t tiny, small;
+    int rc = s_expected_config("rwkv7/tiny.json", &tiny);
+    if (rc) return rc;
+    if ((rc = s_expected_config("rwkv7/small.json", &small))) return rc;
+    rwkv_model_t *a = NULL, *b = NULL;
+    if ((rc = s_check_load("rwkv7/tiny.pth", &tiny, &a))) return rc;
+    if ((rc = s_check_load("rwkv7/tiny.safetensors", &tiny, &b))) return rc;
+    CHECK(a->source_dtype == TF_BF16);
+    /* the two containers give the same weights, bit for bit */
+    CHECK(a->arena_floats == b->arena_floats);
+    CHECK(memcmp(a->arena, b->arena, a->arena_floats * sizeof(float)) == 0);
+    CHECK(strcmp(a->sha256, b->sha256) != 0);
+    rwkv_model_destroy(&a);
+    rwkv_model_destroy(&b);
+    CHECK(a == NULL);
+    rwkv_model_destroy(&a);
+    return s_check_load("rwkv7/small.safetensors", &small, NULL);
+}
+
+static int test_model_load_834k_all_formats(void)
+{
+    /* shared/fixtures/README.md: 12 layers, n_embd 64, vocab 256, LoRA 32 */
+    rwkv_config_t want = {.n_layer = 12, .n_embd = 64, .vocab = 256,
+                          .d_decay = 32, .d_aaa = 32, .d_mv = 32, .d_gate = 32};
+    const char *files[] = {"rwkv7/tiny-rwkv7-834K.pth", "rwkv7/tiny-rwkv7-834K.safetensors",
+                           "rwkv7/tiny-rwkv7-834K-FP32.bin", "rwkv7/tiny-rwkv7-834K-FP16.bin"};
+    rwkv_model_t *m[4] = {0};
+    for (int i = 0; i < 4; i++) {
+        int rc = s_check_load(files[i], &want, &m[i]);
+        if (rc) return rc;
+    }
+    size_t n = m[0]->arena_floats;
+    for (int i = 1; i < 3; i++) {
+        CHECK(m[i]->arena_floats == n);
+        CHECKF(memcmp(m[0]->arena, m[i]->arena, n * sizeof(float)) == 0,
+               "%s differs from the .pth", files[i]);
+    }
+    CHECK(m[3]->source_dtype == TF_F16 && m[0]->source_dtype == TF_F32);
+    double worst = 0;
+    for (size_t k = 0; k < n; k++) {
+        float a = m[0]->arena[k], b = m[3]->arena[k];
+        double tol = fmax(fabs(a), 0x1p-14) / 2048.0 * 1.001;
+        CHECKF(fabs(a - b) <= tol, "FP16 weight %zu: %g vs %g", k, (double)b, (double)a);
+        if (fabs(a) >= 0x1p-14) worst = fmax(worst, fabs(a - b) / fabs(a));
+    }
+    printf("   FP16 .bin weights in the fp16 normal range within %.2e relative of the fp32 ones\n", worst);
+    for (int i = 0; i < 4; i++) rwkv_model_destroy(&m[i]);
+    return 0;
+}
+
+static int test_model_load_pysrc_5m(void)
+{
+    rwkv_config_t want;
+    int rc = s_expected_config("rwkv7/pysrc-rwkv7-5M.json", &want);
+    if (rc) return rc;
+    CHECK(want.n_layer == 6 && want.n_embd == 256);
+    return s_check_load("rwkv7/pysrc-rwkv7-5M.pth", &want, NULL);
+}
+
+static int test_model_config_only(void)
+{
+    const char *p = st_test_fixture("rwkv7/small.safetensors");
+    if (!p) return ST_TEST_SKIP;
+    rwkv_config_t want;
+    int rc = s_expected_config("rwkv7/small.json", &want);
+    if (rc) return rc;
+    p = st_test_fixture("rwkv7/small.safetensors");
+    char err[ST_ERR_LEN];
+    tensorfile_t *tf = tensorfile_open(p, err);
+    CHECKF(tf != NULL, "%s", err);
+    rwkv_config_t c;
+    CHECKF(rwkv_config_from_tensorfile(tf, &c, err) == ST_OK, "%s", err);
+    tensorfile_close(&tf);
+    return s_config_equal(&c, &want, "small.safetensors");
+}
+
+/* A copy of tiny.safetensors with one edit to its JSON header (same length). */
+static const char *s_edited_tiny(const char *name, const char *from, const char *to)
+{
+    const char *src = st_test_fixture("rwkv7/tiny.safetensors");
+    if (!src || strlen(from) != strlen(to)) return NULL;
+    FILE *f = fopen(src, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    size_t len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *data = malloc(len + 1);
+    if (!data || fread(data, 1, len, f) != len) {
+        fclose(f);
+        free(data);
+        return NULL;
+    }
+    fclose(f);
+    data[len] = 0;
+    char *hit = memmem(data, len, from, strlen(from));
+    const char *path = NULL;
+    if (hit) {
+        memcpy(hit, to, strlen(to));
+        path = s_write_tmp(name, data, len);
+    }
+    free(data);
+    return path;
+}
+
+static int s_expect_model_refusal(const char *path, const char *want)
+{
+    CHECK(path != NULL);
+    char err[ST_ERR_LEN] = "";
+    rwkv_model_t *m = rwkv_model_load(path, err);
+    CHECKF(m == NULL, "'%s' was accepted", path);
+    CHECKF(strstr(err, want) != NULL, "message '%s' does not mention '%s'", err, want);
+    CHECKF(strstr(err, path) != NULL, "message '%s' does not name the file", err);
+    printf("   refused as expected: %s\n", err);
+    return 0;
+}
+
+static int test_model_errors(void)
+{
+    if (!st_test_fixture("rwkv7/tiny.safetensors")) return ST_TEST_SKIP;
+    int rc = 0;
+    rc |= s_expect_model_refusal(
+        s_edited_tiny("missing.safetensors", "\"blocks.1.att.key.weight\"", "\"blocks.1.att.kez.weight\""),
+        "tensor 'blocks.1.att.key.weight' is missing");
+    rc |= s_expect_model_refusal(
+        s_edited_tiny("shape.safetensors", "\"blocks.1.att.a1\":{\"dtype\":\"BF16\",\"shape\":[128,16]",
+                      "\"blocks.1.att.a1\":{\"dtype\":\"BF16\",\"shape\":[16,128]"),
+        "tensor 'blocks.1.att.a1' has shape [16, 128], expected [128, 16]");
+    rc |= s_expect_model_refusal(
+        s_edited_tiny("noemb.safetensors", "\"emb.weight\"", "\"emb.weigh_\""),
+        "'emb.weight' is missing");
+    /* a reference dump is a tensor file but not a model */
+    const char *ref = st_test_fixture("rwkv7/tiny.ref.safetensors");
+    if (ref) rc |= s_expect_model_refusal(ref, "emb.weight");
+    rc |= s_expect_model_refusal(s_write_tmp("empty.pth", "", 0), "empty");
+    return rc;
+}
+
+static int test_model_random(void)
+{
+    rwkv_config_t c = {.n_layer = 3, .n_embd = 128, .vocab = 300, .ffn_dim = 512,
+                       .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    char err[ST_ERR_LEN];
+    rwkv_model_t *a = rwkv_model_new_random(&c, 42, err);
+    CHECKF(a != NULL, "%s", err);
+    rwkv_model_t *b = rwkv_model_new_random(&c, 42, err);
+    rwkv_model_t *d = rwkv_model_new_random(&c, 43, err);
+    CHECK(b && d);
+    CHECK(a->cfg.n_head == 2 && a->cfg.head_size == 64);
+    /* deterministic in the seed, different across seeds */
+    CHECK(memcmp(a->arena, b->arena, a->arena_floats * sizeof(float)) == 0);
+    CHECK(memcmp(a->arena, d->arena, a->arena_floats * sizeof(float)) != 0);
+    CHECK(strcmp(a->sha256, b->sha256) == 0 && strcmp(a->sha256, d->sha256) != 0);
+    for (size_t k = 0; k < a->arena_floats; k++) CHECK(isfinite(a->arena[k]));
+    CHECK(a->layers[0].v1 == NULL && a->layers[1].v1 != NULL);
+    /* the count the 4P FLOP figure uses: every weight once */
+    int64_t C = 128, V = 300, F = 512, L = 3;
+    int64_t per_layer = 4 * C + 6 * C + 4 * C + 2 * C * 16 + 2 * C * 16 + 2 * C * 32 + C +
+                        4 * C * C + 2 * C + C + 2 * F * C;
+    int64_t want = 2 * V * C + 2 * C + 2 * C + L * per_layer + (L - 1) * (C + 2 * C * 8);
+    CHECKF(rwkv_model_param_count(a) == want, "%lld vs %lld", (long long)rwkv_model_param_count(a),
+           (long long)want);
+    /* the official initialisation's shapes: token-shift ramps in [0, 1],
+     * decay speeds from fast to slow across channels, unit layer norms */
+    const rwkv_layer_t *y = &a->layers[1];
+    for (int i = 0; i < C; i++) CHECK(y->x_r[i] >= 0 && y->x_r[i] <= 1 && y->ln1_w[i] == 1);
+    CHECK(y->w0[0] < y->w0[C - 1]);
+    /* logits through embedding, ln_out and head alone are finite and not flat */
+    float x[128], mu = 0, var = 0;
+    for (int i = 0; i < C; i++) mu += (x[i] = a->emb[65 * C + i]) / C;
+    for (int i = 0; i < C; i++) var += (x[i] - mu) * (x[i] - mu) / C;
+    double lo = 1e30, hi = -1e30;
+    for (int v = 0; v < V; v++) {
+        double s = 0;
+        for (int i = 0; i < C; i++) s += a->head[v * C + i] * (x[i] - mu) / sqrt(var + 1e-5);
+        CHECK(isfinite(s));
+        lo = fmin(lo, s), hi = fmax(hi, s);
+    }
+    CHECKF(hi - lo > 0.5 && hi - lo < 50, "logit range %g", hi - lo);
+    rwkv_model_destroy(&a);
+    rwkv_model_destroy(&b);
+    rwkv_model_destroy(&d);
+    /* impossible shapes are refused */
+    c.n_embd = 100;
+    CHECK(rwkv_model_new_random(&c, 1, err) == NULL && strstr(err, "n_embd"));
+    return 0;
+}
+
 static int test_not_a_model(void)
 {
     int rc = 0;
@@ -432,6 +725,12 @@ static const st_test_t tests[] = {
     {"ggmf_matches_pth", test_ggmf_matches_pth},
     {"ggmf_hostile", test_ggmf_hostile},
     {"not_a_model", test_not_a_model},
+    {"model_load_random_fixtures", test_model_load_random_fixtures},
+    {"model_load_834k_all_formats", test_model_load_834k_all_formats},
+    {"model_load_pysrc_5m", test_model_load_pysrc_5m},
+    {"model_config_only", test_model_config_only},
+    {"model_errors", test_model_errors},
+    {"model_random", test_model_random},
     {NULL, NULL},
 };
 
