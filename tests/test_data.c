@@ -12,6 +12,10 @@
 #include "harness.h"
 
 #include "common/st_err.h"
+#include "common/st_fs.h"
+#include "data/batcher.h"
+#include "data/dataset.h"
+#include "data/jobspec.h"
 #include "data/tokenizer.h"
 
 #include <jansson.h>
@@ -288,11 +292,776 @@ static int test_tokenizer_vocab_file(void)
     return 0;
 }
 
+/* ---- job files ------------------------------------------------------------------ */
+
+/* A job file in a fresh folder; returns its path (static buffer). */
+static const char *s_job_file(const char *dir, const char *name, const char *json)
+{
+    static char path[600];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return s_write_file(path, json) == 0 ? path : NULL;
+}
+
+static int test_jobspec_defaults(void)
+{
+    const char *dir = st_test_tmpdir();
+    const char *path = s_job_file(dir, "job.json", "{\"name\": \"support-style\", \"model\": \"models/m.pth\", "
+                                                   "\"train\": \"data/train.jsonl\"}");
+    CHECK(path);
+    char err[ST_ERR_LEN];
+    jobspec_t *j = NULL;
+    CHECKF(jobspec_parse_file(path, &j, err) == ST_OK, "%s", err);
+    CHECK(strcmp(j->name, "support-style") == 0);
+    /* relative paths are relative to the job file, stored absolute */
+    char want[700];
+    snprintf(want, sizeof want, "%s/models/m.pth", dir);
+    CHECKF(j->model_path && strcmp(j->model_path, want) == 0, "model_path %s", j->model_path);
+    CHECK(j->model_name == NULL);
+    snprintf(want, sizeof want, "%s/data/train.jsonl", dir);
+    CHECK(strcmp(j->train, want) == 0);
+    CHECK(j->eval == NULL && j->tokenizer == NULL);
+    CHECK(j->ctx_len == 512 && j->micro_batch == 4 && j->global_batch == 16);
+    CHECK(j->steps == 0 && j->epochs == 1);
+    CHECK(j->lr_init == 1.0 && j->lr_final == 0.01 && j->warmup_steps == 10 && j->grad_clip == 1.0);
+    CHECK(j->beta1 == 0.9 && j->beta2 == 0.99 && j->eps == 1e-8 && j->eval_fraction == 0.1);
+    CHECK(!j->dbp.enabled && j->dbp.lr == 1e-3 && j->dbp.kappa == 0.01 && j->dbp.sample_fraction == 0.25);
+    CHECK(!j->observer.teacher_path && !j->observer.teacher_name && j->observer.alpha == 0.5 &&
+          j->observer.temperature == 1.0 && j->observer.top_k == 64);
+    CHECK(j->kernel_state.features == 0 && j->kernel_state.gamma == 1.0 &&
+          strcmp(j->kernel_state.support, "kmeans") == 0);
+    CHECK(j->eval_every == 50 && j->checkpoint_every == 50 && j->seed == 1 && j->priority == 0 && j->gpus == 1);
+    CHECK(strcmp(j->backend, "cpu") == 0 && strcmp(j->precision, "fp32") == 0 && strcmp(j->alias, "latest") == 0);
+    CHECK(j->truncate == JOB_TRUNCATE);
+
+    /* canonical JSON holds every key and parses back to the same record */
+    char *text = jobspec_to_json(j);
+    CHECK(text);
+    CHECK(strstr(text, "\"lr_init\"") && strstr(text, "\"sample_fraction\"") && strstr(text, "\"truncate\""));
+    CHECKF(strstr(text, "\"beta1\": 0.9,"), "%s", text); /* written as people write it */
+    jobspec_t *k = NULL;
+    CHECKF(jobspec_parse_string(text, NULL, &k, err) == ST_OK, "%s\n%s", err, text);
+    CHECK(jobspec_equal(j, k));
+    char *text2 = jobspec_to_json(k);
+    CHECK(text2 && strcmp(text, text2) == 0);
+    free(text);
+    free(text2);
+    jobspec_destroy(&j);
+    jobspec_destroy(&k);
+    CHECK(j == NULL);
+    jobspec_destroy(&j);
+    return 0;
+}
+
+static int test_jobspec_round_trip(void)
+{
+    const char *dir = st_test_tmpdir();
+    const char *json =
+        "{\"name\": \"a.b-c_1\", \"model\": \"/abs/model.safetensors\", \"tokenizer\": \"vocab.txt\","
+        " \"train\": \"t.jsonl\", \"eval\": \"e.jsonl\", \"ctx_len\": 1024, \"micro_batch\": 2,"
+        " \"global_batch\": 8, \"steps\": 200, \"lr_init\": 0.12345678901234567, \"lr_final\": 0.0, \"warmup_steps\": 0,"
+        " \"grad_clip\": 0, \"beta1\": 0.8, \"beta2\": 0.999, \"eps\": 1e-6, \"eval_fraction\": 0.3,"
+        " \"dbp\": {\"enabled\": true, \"lr\": 0.002, \"kappa\": 0.5, \"sample_fraction\": 1},"
+        " \"observer\": {\"teacher\": \"rwkv7-2.9b\", \"alpha\": 0.25, \"temperature\": 2, \"top_k\": 32},"
+        " \"kernel_state\": {\"features\": 16, \"gamma\": 0.5, \"support\": \"random\"},"
+        " \"eval_every\": 0, \"checkpoint_every\": 7, \"seed\": 1234567890123, \"priority\": -3, \"gpus\": 4,"
+        " \"backend\": \"cuda\", \"precision\": \"bf16\", \"alias\": \"prod\", \"truncate\": \"split\"}";
+    char err[ST_ERR_LEN];
+    jobspec_t *j = NULL, *k = NULL;
+    CHECKF(jobspec_parse_string(json, dir, &j, err) == ST_OK, "%s", err);
+    CHECK(strcmp(j->model_path, "/abs/model.safetensors") == 0);
+    CHECK(j->observer.teacher_name && strcmp(j->observer.teacher_name, "rwkv7-2.9b") == 0);
+    CHECK(j->tokenizer[0] == '/' && strstr(j->tokenizer, "/vocab.txt"));
+    CHECK(j->steps == 200 && j->epochs == 0 && j->dbp.enabled && j->seed == 1234567890123ull);
+    CHECK(j->priority == -3 && j->gpus == 4 && j->truncate == JOB_SPLIT && j->eps == 1e-6);
+    char *text = jobspec_to_json(j);
+    CHECK(text);
+    CHECKF(jobspec_parse_string(text, "/elsewhere/job.json", &k, err) == ST_OK, "%s", err);
+    CHECK(jobspec_equal(j, k));
+    free(text);
+    jobspec_destroy(&j);
+    jobspec_destroy(&k);
+    return 0;
+}
+
+/* Every kind of refusal names its key. */
+static int test_jobspec_refusals(void)
+{
+    static const struct {
+        const char *extra; /* added to a valid minimal job */
+        const char *want;  /* must appear in the message */
+    } cases[] = {
+        {"\"ctx_len\": -3", "'ctx_len' must be a positive integer, got -3"},
+        {"\"ctx_len\": \"512\"", "'ctx_len' must be a positive integer, got \"512\""},
+        {"\"ctx_len\": 512.5", "'ctx_len'"},
+        {"\"lr\": 1", "unknown key 'lr'"},
+        {"\"global_batch\": 10", "'global_batch' (10) must be a multiple of 'micro_batch' (4)"},
+        {"\"lr_init\": 0.1, \"lr_final\": 0.5", "'lr_final'"},
+        {"\"lr_init\": 0", "'lr_init'"},
+        {"\"eval_fraction\": 0", "'eval_fraction'"},
+        {"\"eval_fraction\": 1.5", "'eval_fraction'"},
+        {"\"beta2\": 1", "'beta2'"},
+        {"\"eps\": -1", "'eps'"},
+        {"\"dbp\": {\"sample_fraction\": 0}", "'dbp.sample_fraction'"},
+        {"\"dbp\": {\"enabled\": \"yes\"}", "'dbp.enabled' must be true or false"},
+        {"\"dbp\": {\"foo\": 1}", "unknown key 'dbp.foo'"},
+        {"\"dbp\": 3", "'dbp' must be an object"},
+        {"\"observer\": {\"top_k\": 0}", "'observer.top_k'"},
+        {"\"observer\": {\"alpha\": 1.5}", "'observer.alpha'"},
+        {"\"kernel_state\": {\"support\": \"pca\"}", "'kernel_state.support' must be one of \"kmeans\", \"random\""},
+        {"\"kernel_state\": {\"features\": -1}", "'kernel_state.features'"},
+        {"\"steps\": 10, \"epochs\": 1", "'steps' or 'epochs', not both"},
+        {"\"steps\": 0", "'steps'"},
+        {"\"backend\": \"tpu\"", "'backend'"},
+        {"\"precision\": \"bf16\"", "'precision'"},
+        {"\"truncate\": \"cut\"", "'truncate'"},
+        {"\"alias\": \"\"", "'alias'"},
+        {"\"alias\": \"no spaces\"", "'alias'"},
+        {"\"gpus\": 3", "'gpus'"},
+        {"\"gpus\": 0", "'gpus'"},
+        {"\"seed\": -1", "'seed'"},
+        {"\"eval\": 5", "'eval'"},
+        {"\"tokenizer\": \"\"", "'tokenizer'"},
+        {"\"name\": \"x\"", "invalid JSON"}, /* duplicate key */
+    };
+    char err[ST_ERR_LEN], json[1024];
+    const char *dir = st_test_tmpdir();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(json, sizeof json, "{\"name\": \"s\", \"model\": \"/m.pth\", \"train\": \"t.jsonl\", %s}",
+                 cases[i].extra);
+        const char *path = s_job_file(dir, "x.json", json);
+        CHECK(path);
+        jobspec_t *j = NULL;
+        err[0] = 0;
+        int rc = jobspec_parse_file(path, &j, err);
+        CHECKF(rc != ST_OK && j == NULL, "accepted: %s", cases[i].extra);
+        CHECKF(strstr(err, cases[i].want), "%s: message '%s' lacks '%s'", cases[i].extra, err, cases[i].want);
+        CHECKF(strstr(err, "x.json"), "message '%s' does not name the file", err);
+    }
+    static const struct {
+        const char *json;
+        const char *want;
+    } whole[] = {
+        {"{\"model\": \"/m.pth\", \"train\": \"t.jsonl\"}", "'name' is required"},
+        {"{\"name\": \"s\", \"train\": \"t.jsonl\"}", "'model' is required"},
+        {"{\"name\": \"s\", \"model\": \"/m.pth\"}", "'train' is required"},
+        {"{\"name\": \"bad name!\", \"model\": \"/m.pth\", \"train\": \"t\"}", "'name'"},
+        {"{\"name\": \"s\", \"model\": \"no such model!\", \"train\": \"t\"}", "model 'no such model!'"},
+        {"[1, 2]", "JSON object"},
+        {"{\"name\": ", "invalid JSON"},
+    };
+    for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++) {
+        jobspec_t *j = NULL;
+        CHECKF(jobspec_parse_string(whole[i].json, NULL, &j, err) != ST_OK, "accepted: %s", whole[i].json);
+        CHECKF(strstr(err, whole[i].want), "%s: message '%s' lacks '%s'", whole[i].json, err, whole[i].want);
+    }
+    jobspec_t *j = NULL;
+    CHECK(jobspec_parse_file("/nonexistent/job.json", &j, err) != ST_OK && strstr(err, "/nonexistent/job.json"));
+    return 0;
+}
+
+/* "model" as a file beside the job, as a path, or as a registered name. */
+static int test_jobspec_model_names(void)
+{
+    const char *dir = st_test_tmpdir();
+    char path[600], err[ST_ERR_LEN];
+    snprintf(path, sizeof path, "%s/local.pth", dir);
+    CHECK(s_write_file(path, "x") == 0);
+    jobspec_t *j = NULL;
+    const char *job = s_job_file(dir, "j.json", "{\"name\": \"s\", \"model\": \"local.pth\", \"train\": \"t\"}");
+    CHECKF(jobspec_parse_file(job, &j, err) == ST_OK, "%s", err);
+    CHECK(j->model_path && strcmp(j->model_path, path) == 0 && !j->model_name);
+    jobspec_destroy(&j);
+    job = s_job_file(dir, "j.json", "{\"name\": \"s\", \"model\": \"rwkv7-1.5b\", \"train\": \"t\"}");
+    CHECKF(jobspec_parse_file(job, &j, err) == ST_OK, "%s", err);
+    CHECK(!j->model_path && j->model_name && strcmp(j->model_name, "rwkv7-1.5b") == 0);
+    char *text = jobspec_to_json(j);
+    CHECK(text && strstr(text, "\"model\": \"rwkv7-1.5b\""));
+    free(text);
+    /* inputs cannot be checked before the coordinator resolves the name */
+    CHECK(jobspec_check_inputs(j, err) == ST_ENOTFOUND && strstr(err, "rwkv7-1.5b"));
+    jobspec_destroy(&j);
+    return 0;
+}
+
+/* Everything checkable before GPU time, against the fixture models. */
+static int test_jobspec_check_inputs(void)
+{
+    const char *fx = st_test_fixture("rwkv7/tiny.safetensors");
+    if (!fx) return ST_TEST_SKIP;
+    char tiny[4096], small[4096], vocab[4096];
+    snprintf(tiny, sizeof tiny, "%s", fx);
+    if (!(fx = st_test_fixture("rwkv7/small.safetensors"))) return ST_TEST_SKIP;
+    snprintf(small, sizeof small, "%s", fx);
+    if (!(fx = st_test_fixture("rwkv_vocab_v20230424.txt"))) return ST_TEST_SKIP;
+    snprintf(vocab, sizeof vocab, "%s", fx);
+    const char *dir = st_test_tmpdir();
+    char path[600], json[16384], err[ST_ERR_LEN];
+    snprintf(path, sizeof path, "%s/train.jsonl", dir);
+    CHECK(s_write_file(path, "{\"text\": \"hello world\"}\n{\"text\": \"goodbye\"}\n\n{\"prompt\": \"a\", "
+                             "\"completion\": \"b\"}\n") == 0);
+
+    /* vocab-256 model, no tokenizer: bytes */
+    snprintf(json, sizeof json, "{\"name\": \"s\", \"model\": \"%s\", \"train\": \"train.jsonl\", \"ctx_len\": 8}",
+             tiny);
+    jobspec_t *j = NULL;
+    CHECKF(jobspec_parse_file(s_job_file(dir, "job.json", json), &j, err) == ST_OK, "%s", err);
+    CHECKF(jobspec_check_inputs(j, err) == ST_OK, "%s", err);
+    CHECKF(jobspec_set_model(j, NULL, err) == ST_OK, "%s", err);
+    CHECK(j->tokenizer && strcmp(j->tokenizer, "bytes") == 0);
+    jobspec_destroy(&j);
+
+    /* World tokenizer with a vocab-256 model: refused, naming both */
+    snprintf(json, sizeof json, "{\"name\": \"s\", \"model\": \"%s\", \"tokenizer\": \"%s\", \"train\": \"train.jsonl\"}",
+             tiny, vocab);
+    CHECKF(jobspec_parse_file(s_job_file(dir, "job.json", json), &j, err) == ST_OK, "%s", err);
+    CHECK(jobspec_check_inputs(j, err) == ST_EINVAL);
+    CHECKF(strstr(err, "'tokenizer'") && strstr(err, "256"), "%s", err);
+    jobspec_destroy(&j);
+
+    /* vocab-1024 model without a tokenizer: refused */
+    snprintf(json, sizeof json, "{\"name\": \"s\", \"model\": \"%s\", \"train\": \"train.jsonl\"}", small);
+    CHECKF(jobspec_parse_file(s_job_file(dir, "job.json", json), &j, err) == ST_OK, "%s", err);
+    CHECK(jobspec_check_inputs(j, err) == ST_EINVAL && strstr(err, "'tokenizer' is required"));
+    CHECK(jobspec_set_model(j, NULL, err) == ST_EINVAL);
+    jobspec_destroy(&j);
+
+    /* a bad data line fails validation with its line number */
+    CHECK(s_write_file(path, "{\"text\": \"ok\"}\n\n{\"text\": 5}\n") == 0);
+    snprintf(json, sizeof json, "{\"name\": \"s\", \"model\": \"%s\", \"train\": \"train.jsonl\"}", tiny);
+    CHECKF(jobspec_parse_file(s_job_file(dir, "job.json", json), &j, err) == ST_OK, "%s", err);
+    CHECK(jobspec_check_inputs(j, err) == ST_EFORMAT);
+    CHECKF(strstr(err, "line 3") && strstr(err, "train.jsonl"), "%s", err);
+    jobspec_destroy(&j);
+
+    /* a missing model file is named */
+    snprintf(json, sizeof json, "{\"name\": \"s\", \"model\": \"gone/m.pth\", \"train\": \"train.jsonl\"}");
+    CHECKF(jobspec_parse_file(s_job_file(dir, "job.json", json), &j, err) == ST_OK, "%s", err);
+    CHECK(jobspec_check_inputs(j, err) != ST_OK && strstr(err, "gone/m.pth"));
+    jobspec_destroy(&j);
+    return 0;
+}
+
+/* ---- datasets ------------------------------------------------------------------- */
+
+static dataset_t *s_load(const char *text, int ctx_len, job_long_t mode, char *err)
+{
+    tokenizer_t *tok = tokenizer_new_bytes();
+    dataset_t *ds = NULL;
+    if (tok) dataset_load_buffer("mem.jsonl", text, strlen(text), tok, ctx_len, mode, &ds, err);
+    tokenizer_destroy(&tok);
+    return ds;
+}
+
+/* The sample as text, with trained bytes upper-cased by a marker: '[' ... ']'
+ * around each trained run, for readable comparisons. */
+static void s_render_mask(dataset_sample_t s, char *out, size_t n)
+{
+    size_t k = 0;
+    int in = 0;
+    for (int i = 0; i < s.n && k + 3 < n; i++) {
+        if (s.train[i] && !in) out[k++] = '[';
+        if (!s.train[i] && in) out[k++] = ']';
+        in = s.train[i];
+        out[k++] = (char)s.tokens[i];
+    }
+    if (in && k + 1 < n) out[k++] = ']';
+    out[k] = 0;
+}
+
+static int test_dataset_formats(void)
+{
+    char err[ST_ERR_LEN], got[512];
+    const char *text =
+        "{\"text\": \"hello\"}\n"
+        "\n"
+        "   \n"
+        "{\"prompt\": \"Q: 2+2?\", \"completion\": \" 4\", \"id\": 7}\n"
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"},"
+        " {\"role\": \"user\", \"content\": \"Hi\\r\\n\\r\\n\\r\\nthere \"},"
+        " {\"role\": \"assistant\", \"content\": \"Hello!\"},"
+        " {\"role\": \"user\", \"content\": \"Bye\"},"
+        " {\"role\": \"assistant\", \"content\": \"See\\n\\nyou\"}]}\n"
+        "{\"text\": \"a\\u0000b\"}";
+    dataset_t *ds = s_load(text, 512, JOB_TRUNCATE, err);
+    CHECKF(ds, "%s", err);
+    CHECK(dataset_count(ds) == 4);
+    const dataset_stats_t *st = dataset_stats(ds);
+    CHECK(st->lines == 4 && st->samples == 4 && st->truncated == 0 && st->dropped == 0);
+
+    dataset_sample_t s = dataset_get(ds, 0);
+    s_render_mask(s, got, sizeof got);
+    CHECKF(strcmp(got, "h[ello]") == 0, "%s", got); /* every token but the first is a target */
+    CHECK(s.line == 1);
+
+    s = dataset_get(ds, 1);
+    s_render_mask(s, got, sizeof got);
+    CHECKF(strcmp(got, "Q: 2+2?[ 4]") == 0, "%s", got);
+    CHECK(s.line == 4);
+
+    s = dataset_get(ds, 2);
+    s_render_mask(s, got, sizeof got);
+    CHECKF(strcmp(got, "System: Be brief.\n\nUser: Hi\nthere\n\nAssistant:[ Hello!\n\n]User: Bye\n\n"
+                       "Assistant:[ See\nyou\n\n]") == 0,
+           "%s", got);
+
+    s = dataset_get(ds, 3); /* NUL inside text is a byte like any other */
+    CHECK(s.n == 3 && s.tokens[1] == 0);
+    int64_t targets = 0;
+    for (int i = 0; i < dataset_count(ds); i++) {
+        dataset_sample_t x = dataset_get(ds, i);
+        CHECK(x.train[0] == 0);
+        for (int t = 0; t < x.n; t++) targets += x.train[t];
+    }
+    CHECK(targets == st->targets);
+    char hex[65];
+    st_sha256_hex(text, strlen(text), hex);
+    CHECK(strcmp(hex, st->sha256) == 0);
+    dataset_destroy(&ds);
+    CHECK(ds == NULL);
+
+    /* a file: the hash is the file's */
+    const char *dir = st_test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/d.jsonl", dir);
+    CHECK(s_write_file(path, text) == 0);
+    tokenizer_t *tok = tokenizer_new_bytes();
+    CHECK(dataset_load(path, tok, 512, JOB_TRUNCATE, &ds, err) == ST_OK);
+    char fhex[65];
+    CHECK(st_sha256_file(path, fhex, err) == ST_OK);
+    CHECK(strcmp(fhex, dataset_stats(ds)->sha256) == 0);
+    dataset_destroy(&ds);
+    CHECK(dataset_load("/nonexistent.jsonl", tok, 512, JOB_TRUNCATE, &ds, err) != ST_OK && !ds);
+    tokenizer_destroy(&tok);
+    return 0;
+}
+
+/* With the World tokenizer, prompt and completion are tokenized apart: the
+ * ids are the concatenation, and the mask covers the completion's ids. */
+static int test_dataset_world_segments(void)
+{
+    const char *vp = st_test_fixture("rwkv_vocab_v20230424.txt");
+    if (!vp) return ST_TEST_SKIP;
+    char err[ST_ERR_LEN];
+    tokenizer_t *tok = tokenizer_new_world(vp, err);
+    CHECKF(tok, "%s", err);
+    const char *line = "{\"prompt\": \"The Eiffel tower is in\", \"completion\": \" the city of Paris\"}\n";
+    dataset_t *ds = NULL;
+    CHECKF(dataset_load_buffer("w.jsonl", line, strlen(line), tok, 512, JOB_TRUNCATE, &ds, err) == ST_OK, "%s", err);
+    int32_t *p = NULL, *c = NULL;
+    size_t np = 0, nc = 0;
+    CHECK(tokenizer_encode(tok, "The Eiffel tower is in", 22, &p, &np, err) == ST_OK);
+    CHECK(tokenizer_encode(tok, " the city of Paris", 18, &c, &nc, err) == ST_OK);
+    dataset_sample_t s = dataset_get(ds, 0);
+    CHECK((size_t)s.n == np + nc);
+    for (size_t i = 0; i < np; i++) CHECK(s.tokens[i] == p[i] && s.train[i] == 0);
+    for (size_t i = 0; i < nc; i++) CHECK(s.tokens[np + i] == c[i] && s.train[np + i] == 1);
+    free(p);
+    free(c);
+    dataset_destroy(&ds);
+    tokenizer_destroy(&tok);
+    return 0;
+}
+
+static int test_dataset_bad_lines(void)
+{
+    static const struct {
+        const char *line;
+        const char *want;
+    } cases[] = {
+        {"{\"text\": \"unterminated}", "invalid JSON"},
+        {"[\"text\"]", "JSON object"},
+        {"{\"txt\": \"typo\"}", "expected \"text\""},
+        {"{\"text\": 5}", "'text' must be a string"},
+        {"{\"text\": \"\"}", "'text' is empty"},
+        {"{\"text\": \"a\", \"prompt\": \"b\", \"completion\": \"c\"}", "only one"},
+        {"{\"prompt\": \"a\"}", "'completion' is missing"},
+        {"{\"prompt\": \"a\", \"completion\": \"\"}", "'completion' is empty"},
+        {"{\"completion\": \"a\"}", "'prompt' is missing"},
+        {"{\"messages\": \"hi\"}", "'messages' must be a non-empty array"},
+        {"{\"messages\": []}", "'messages' must be a non-empty array"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", "no assistant turn"},
+        {"{\"messages\": [{\"role\": \"bot\", \"content\": \"hi\"}]}", "messages[0].role must be"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\"}]}",
+         "'messages[1].content' is missing"},
+        {"{\"messages\": [1]}", "messages[0] must be an object"},
+        {"{\"text\": \"a\", \"text\": \"b\"}", "invalid JSON"},
+    };
+    char err[ST_ERR_LEN], text[512];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(text, sizeof text, "{\"text\": \"fine\"}\n\n%s\n{\"text\": \"fine\"}\n", cases[i].line);
+        dataset_t *ds = s_load(text, 64, JOB_TRUNCATE, err);
+        CHECKF(!ds, "accepted: %s", cases[i].line);
+        CHECKF(strstr(err, "line 3") && strstr(err, "mem.jsonl"), "%s: '%s' lacks the line", cases[i].line, err);
+        CHECKF(strstr(err, cases[i].want), "%s: '%s' lacks '%s'", cases[i].line, err, cases[i].want);
+    }
+    return 0;
+}
+
+static int test_dataset_truncate_split(void)
+{
+    char err[ST_ERR_LEN], text[512], body[128];
+    for (int i = 0; i < 100; i++) body[i] = (char)('a' + i % 26);
+    body[100] = 0;
+    snprintf(text, sizeof text, "{\"text\": \"%s\"}\n{\"prompt\": \"%s\", \"completion\": \"late\"}\n", body, body);
+
+    dataset_t *ds = s_load(text, 16, JOB_TRUNCATE, err);
+    CHECKF(ds, "%s", err);
+    /* the text is cut to ctx_len + 1 tokens; the completion falls past the cut: dropped */
+    CHECK(dataset_count(ds) == 1);
+    CHECK(dataset_get(ds, 0).n == 17 && memcmp(body, "abcdefghijklmnopq", 17) == 0);
+    for (int t = 0; t < 17; t++) CHECK(dataset_get(ds, 0).tokens[t] == body[t]);
+    CHECK(dataset_stats(ds)->truncated == 2 && dataset_stats(ds)->dropped == 1);
+    dataset_destroy(&ds);
+
+    ds = s_load(text, 16, JOB_SPLIT, err);
+    CHECKF(ds, "%s", err);
+    /* text: pieces start every 16 tokens and overlap by one; every target once */
+    char back[128];
+    int targets = 0, n_text = 0, k = 0;
+    for (int i = 0; i < dataset_count(ds); i++) {
+        dataset_sample_t s = dataset_get(ds, i);
+        CHECK(s.n <= 17 && s.n >= 2 && s.train[0] == 0);
+        if (s.line != 1) continue;
+        CHECK(s.piece == n_text);
+        n_text++;
+        for (int t = 0; t < s.n; t++) {
+            if (t > 0 || i == 0) back[k++] = (char)s.tokens[t];
+            targets += s.train[t];
+        }
+    }
+    back[k] = 0;
+    CHECK(n_text == 7);
+    CHECKF(targets == 99, "%d targets", targets);
+    CHECK(strcmp(back, body) == 0);
+    /* prompt/completion: the pieces holding only prompt tokens are dropped */
+    int completion_pieces = 0;
+    for (int i = 0; i < dataset_count(ds); i++)
+        if (dataset_get(ds, i).line == 2) completion_pieces++;
+    CHECK(completion_pieces == 1);
+    CHECK(dataset_stats(ds)->split == 2 && dataset_stats(ds)->dropped == 6);
+    dataset_destroy(&ds);
+    return 0;
+}
+
+static int test_dataset_eval_split(void)
+{
+    char err[ST_ERR_LEN];
+    size_t cap = 1 << 16, k = 0;
+    char *text = malloc(cap);
+    CHECK(text);
+    for (int i = 0; i < 100; i++) k += (size_t)snprintf(text + k, cap - k, "{\"text\": \"sample %d\"}\n", i);
+    dataset_t *all = s_load(text, 64, JOB_TRUNCATE, err);
+    CHECKF(all, "%s", err);
+    dataset_t *tr = NULL, *ev = NULL, *tr2 = NULL, *ev2 = NULL, *tr3 = NULL, *ev3 = NULL;
+    CHECKF(dataset_split(all, 0.1, 7, &tr, &ev, err) == ST_OK, "%s", err);
+    CHECK(dataset_count(ev) == 10 && dataset_count(tr) == 90);
+    CHECK(dataset_stats(ev)->lines == 10 && dataset_stats(tr)->lines == 90);
+    CHECK(strcmp(dataset_stats(ev)->sha256, dataset_stats(all)->sha256) == 0);
+    /* disjoint and complete */
+    int seen[101] = {0};
+    for (int i = 0; i < dataset_count(tr); i++) seen[dataset_get(tr, i).line]++;
+    for (int i = 0; i < dataset_count(ev); i++) seen[dataset_get(ev, i).line]++;
+    for (int i = 1; i <= 100; i++) CHECK(seen[i] == 1);
+    /* the same seed gives the same split; another seed another one */
+    CHECK(dataset_split(all, 0.1, 7, &tr2, &ev2, err) == ST_OK);
+    CHECK(dataset_split(all, 0.1, 8, &tr3, &ev3, err) == ST_OK);
+    int same2 = 1, same3 = 1;
+    for (int i = 0; i < 10; i++) {
+        same2 &= dataset_get(ev, i).line == dataset_get(ev2, i).line;
+        same3 &= dataset_get(ev, i).line == dataset_get(ev3, i).line;
+    }
+    CHECK(same2 && !same3);
+    /* the held-out lines are spread over the file, not its tail */
+    int first_half = 0;
+    for (int i = 0; i < 10; i++) first_half += dataset_get(ev, i).line <= 50;
+    CHECK(first_half > 0 && first_half < 10);
+    dataset_destroy(&tr);
+    dataset_destroy(&ev);
+    dataset_destroy(&tr2);
+    dataset_destroy(&ev2);
+    dataset_destroy(&tr3);
+    dataset_destroy(&ev3);
+    dataset_destroy(&all);
+    /* one line cannot be split */
+    all = s_load("{\"text\": \"only\"}\n", 64, JOB_TRUNCATE, err);
+    CHECK(all);
+    CHECK(dataset_split(all, 0.1, 1, &tr, &ev, err) == ST_EINVAL && strstr(err, "'eval'"));
+    dataset_destroy(&all);
+    free(text);
+    return 0;
+}
+
+/* ---- batcher -------------------------------------------------------------------- */
+
+/* n texts of pseudo-random lengths in [2, maxlen] (bytes). */
+static dataset_t *s_random_dataset(int n, int maxlen, uint64_t seed)
+{
+    size_t cap = (size_t)n * ((size_t)maxlen + 20) + 1, k = 0;
+    char *text = malloc(cap);
+    if (!text) return NULL;
+    uint64_t x = seed;
+    for (int i = 0; i < n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int len = 2 + (int)((x >> 33) % (uint64_t)(maxlen - 1));
+        k += (size_t)snprintf(text + k, cap - k, "{\"text\": \"");
+        for (int t = 0; t < len; t++) text[k++] = (char)('a' + (i + t) % 26);
+        k += (size_t)snprintf(text + k, cap - k, "\"}\n");
+    }
+    text[k] = 0;
+    char err[ST_ERR_LEN];
+    dataset_t *ds = s_load(text, maxlen, JOB_TRUNCATE, err);
+    free(text);
+    return ds;
+}
+
+/* The samples of one global step on one rank, in order, plus a checksum of
+ * the token and target arrays. */
+static int s_step(batcher_t *b, int *rows, int *n_rows, uint64_t *sum, int64_t *global_targets, int64_t *mine)
+{
+    char err[ST_ERR_LEN];
+    batch_t out;
+    if (batcher_next(b, &out, err) != ST_OK) return -1;
+    *n_rows = 0;
+    *global_targets = out.global_targets;
+    *mine = 0;
+    uint64_t h = 1469598103934665603ull;
+    for (int m = 0; m < out.n_micro; m++) {
+        micro_batch_t *mb = &out.micro[m];
+        for (int i = 0; i < mb->B; i++) rows[(*n_rows)++] = mb->sample[i];
+        for (int i = 0; i < mb->B * mb->T; i++) {
+            h = (h ^ (uint64_t)(uint32_t)mb->tokens[i]) * 1099511628211ull;
+            h = (h ^ (uint64_t)(uint32_t)mb->targets[i]) * 1099511628211ull;
+        }
+        *mine += mb->n_targets;
+    }
+    *sum = h;
+    return 0;
+}
+
+static int test_batcher_deterministic(void)
+{
+    dataset_t *ds = s_random_dataset(200, 60, 3);
+    CHECK(ds);
+    char err[ST_ERR_LEN];
+    batcher_t *a = batcher_new(ds, 16, 4, 60, 42, 0, 1, err);
+    batcher_t *b = batcher_new(ds, 16, 4, 60, 42, 0, 1, err);
+    batcher_t *c = batcher_new(ds, 16, 4, 60, 43, 0, 1, err);
+    CHECKF(a && b && c, "%s", err);
+    int64_t spe = batcher_steps_per_epoch(a);
+    CHECK(spe == 13); /* ceil(200 / 16) */
+    int rows_a[16], rows_b[16], rows_c[16], na, nb, nc, differ = 0;
+    int count[200] = {0};
+    for (int step = 0; step < 2 * spe; step++) {
+        uint64_t ha, hb, hc;
+        int64_t ga, gb, gc, ma, mb2, mc;
+        CHECK(s_step(a, rows_a, &na, &ha, &ga, &ma) == 0);
+        CHECK(s_step(b, rows_b, &nb, &hb, &gb, &mb2) == 0);
+        CHECK(s_step(c, rows_c, &nc, &hc, &gc, &mc) == 0);
+        CHECK(na == 16 && nb == 16 && nc == 16);
+        CHECK(memcmp(rows_a, rows_b, sizeof rows_a) == 0 && ha == hb && ga == gb);
+        differ |= memcmp(rows_a, rows_c, sizeof rows_a) != 0;
+        CHECK(ga == ma); /* one rank holds the whole global batch */
+        if (step < spe)
+            for (int i = 0; i < 16; i++) count[rows_a[i]]++;
+    }
+    CHECK(differ);
+    /* one epoch covers every sample, 8 of them twice to fill the last batch */
+    int twice = 0;
+    for (int i = 0; i < 200; i++) {
+        CHECK(count[i] >= 1 && count[i] <= 2);
+        twice += count[i] == 2;
+    }
+    CHECK(twice == 13 * 16 - 200);
+    CHECK(batcher_position(a).epoch == 2 && batcher_position(a).index == 0);
+
+    /* tokens and targets: inputs are tokens[0..n-2], targets the next token, -1 past the end */
+    batch_t out;
+    CHECK(batcher_next(a, &out, err) == ST_OK);
+    for (int m = 0; m < out.n_micro; m++) {
+        micro_batch_t *mb = &out.micro[m];
+        CHECK(mb->B <= 4 && mb->T <= 60);
+        for (int i = 0; i < mb->B; i++) {
+            dataset_sample_t s = dataset_get(ds, mb->sample[i]);
+            CHECK(s.n - 1 <= mb->T);
+            for (int t = 0; t < mb->T; t++) {
+                int32_t tok = mb->tokens[i * mb->T + t], tgt = mb->targets[i * mb->T + t];
+                if (t < s.n - 1) {
+                    CHECK(tok == s.tokens[t] && tgt == s.tokens[t + 1]);
+                } else {
+                    CHECK(tgt == -1);
+                }
+            }
+        }
+    }
+    batcher_destroy(&a);
+    batcher_destroy(&b);
+    batcher_destroy(&c);
+    CHECK(a == NULL);
+    dataset_destroy(&ds);
+    return 0;
+}
+
+/* Ranks' slices partition the global batch exactly, in order, and every rank
+ * knows the global target count. */
+static int test_batcher_ranks(void)
+{
+    dataset_t *ds = s_random_dataset(150, 40, 5);
+    CHECK(ds);
+    char err[ST_ERR_LEN];
+    batcher_t *one = batcher_new(ds, 16, 2, 40, 9, 0, 1, err);
+    CHECKF(one, "%s", err);
+    batcher_t *r4[4];
+    for (int r = 0; r < 4; r++) {
+        r4[r] = batcher_new(ds, 16, 2, 40, 9, r, 4, err);
+        CHECKF(r4[r], "%s", err);
+    }
+    for (int step = 0; step < 25; step++) {
+        int all[16], n_all, part[16], n_part, k = 0;
+        uint64_t h;
+        int64_t g1, m1, sum_mine = 0;
+        CHECK(s_step(one, all, &n_all, &h, &g1, &m1) == 0);
+        for (int r = 0; r < 4; r++) {
+            int64_t g, m;
+            CHECK(s_step(r4[r], part, &n_part, &h, &g, &m) == 0);
+            CHECK(n_part == 4 && g == g1);
+            for (int i = 0; i < n_part; i++) CHECK(part[i] == all[k++]);
+            sum_mine += m;
+        }
+        CHECK(k == 16 && sum_mine == g1);
+    }
+    for (int r = 0; r < 4; r++) batcher_destroy(&r4[r]);
+    batcher_destroy(&one);
+    CHECK(!batcher_new(ds, 16, 2, 40, 9, 0, 3, err)); /* 16 samples cannot go evenly to 3 ranks */
+    CHECK(!batcher_new(ds, 16, 2, 20, 9, 0, 1, err)); /* samples longer than ctx_len */
+    dataset_destroy(&ds);
+    return 0;
+}
+
+/* A saved position continues with exactly the batches that would have come. */
+static int test_batcher_seek(void)
+{
+    dataset_t *ds = s_random_dataset(50, 30, 11);
+    CHECK(ds);
+    char err[ST_ERR_LEN];
+    batcher_t *a = batcher_new(ds, 8, 4, 30, 5, 1, 2, err);
+    CHECKF(a, "%s", err);
+    int rows[8], n;
+    uint64_t h, want[12];
+    int64_t g, m;
+    for (int i = 0; i < 5; i++) CHECK(s_step(a, rows, &n, &h, &g, &m) == 0);
+    batcher_pos_t pos = batcher_position(a);
+    CHECK(pos.epoch == 0 && pos.index == 5);
+    for (int i = 0; i < 12; i++) CHECK(s_step(a, rows, &n, &want[i], &g, &m) == 0); /* crosses into epoch 2 */
+    batcher_t *b = batcher_new(ds, 8, 4, 30, 5, 1, 2, err);
+    CHECK(b);
+    CHECK(batcher_seek(b, pos, err) == ST_OK);
+    for (int i = 0; i < 12; i++) {
+        CHECK(s_step(b, rows, &n, &h, &g, &m) == 0);
+        CHECKF(h == want[i], "step %d after seek differs", i);
+    }
+    CHECK(batcher_position(a).epoch == batcher_position(b).epoch &&
+          batcher_position(a).index == batcher_position(b).index);
+    batcher_pos_t bad = {0, 7}; /* an epoch of 50 samples has 7 batches of 8 */
+    CHECK(batcher_seek(b, bad, err) == ST_EINVAL && strstr(err, "7"));
+    batcher_destroy(&a);
+    batcher_destroy(&b);
+    dataset_destroy(&ds);
+    return 0;
+}
+
+/* Bucketing keeps padding small: far below batches drawn in plain shuffled order. */
+static int test_batcher_padding(void)
+{
+    dataset_t *ds = s_random_dataset(2000, 200, 17);
+    CHECK(ds);
+    char err[ST_ERR_LEN];
+    batcher_t *b = batcher_new(ds, 16, 4, 200, 1, 0, 1, err);
+    CHECKF(b, "%s", err);
+    int64_t cells = 0, real = 0;
+    for (int64_t step = 0; step < batcher_steps_per_epoch(b); step++) {
+        batch_t out;
+        CHECK(batcher_next(b, &out, err) == ST_OK);
+        for (int m = 0; m < out.n_micro; m++) {
+            cells += (int64_t)out.micro[m].B * out.micro[m].T;
+            for (int i = 0; i < out.micro[m].B; i++) real += dataset_get(ds, out.micro[m].sample[i]).n - 1;
+        }
+    }
+    /* the same samples in groups of 4 as they come in the file (random lengths) */
+    int64_t naive_cells = 0, naive_real = 0;
+    for (int i = 0; i + 4 <= dataset_count(ds); i += 4) {
+        int T = 0;
+        for (int k = 0; k < 4; k++) {
+            int len = dataset_get(ds, i + k).n - 1;
+            T = len > T ? len : T;
+            naive_real += len;
+        }
+        naive_cells += 4 * T;
+    }
+    double pad = 1.0 - (double)real / (double)cells;
+    double naive = 1.0 - (double)naive_real / (double)naive_cells;
+    printf("padding: %.2f%% bucketed, %.2f%% unbucketed\n", 100 * pad, 100 * naive);
+    CHECKF(pad < 0.05 && pad < naive / 5, "padding %.3f (unbucketed %.3f)", pad, naive);
+    batcher_destroy(&b);
+    dataset_destroy(&ds);
+    return 0;
+}
+
+/* Eval: a fixed order, every sample exactly once across ranks. */
+static int test_batcher_eval(void)
+{
+    dataset_t *ds = s_random_dataset(37, 30, 23);
+    CHECK(ds);
+    char err[ST_ERR_LEN];
+    int seen[37] = {0};
+    int64_t targets = 0, total = 0;
+    for (int i = 0; i < 37; i++) total += dataset_get(ds, i).n - 1;
+    for (int r = 0; r < 3; r++) {
+        batcher_t *b = batcher_new_eval(ds, 4, 30, r, 3, err);
+        CHECKF(b, "%s", err);
+        for (int pass = 0; pass < 2; pass++) {
+            uint64_t h = 0;
+            for (;;) {
+                batch_t out;
+                CHECK(batcher_next(b, &out, err) == ST_OK);
+                if (out.n_micro == 0) break;
+                micro_batch_t *mb = &out.micro[0];
+                for (int i = 0; i < mb->B; i++) {
+                    if (pass == 0) seen[mb->sample[i]]++;
+                    h = h * 31 + (uint64_t)mb->sample[i];
+                }
+                if (pass == 0) targets += mb->n_targets;
+            }
+            CHECK(batcher_seek(b, batcher_position(b), err) == ST_OK); /* rewinds */
+            (void)h;
+        }
+        batcher_destroy(&b);
+    }
+    for (int i = 0; i < 37; i++) CHECK(seen[i] == 1);
+    CHECK(targets == total);
+    dataset_destroy(&ds);
+    return 0;
+}
+
 static const st_test_t tests[] = {
     {"tokenizer_world_fixtures", test_tokenizer_world_fixtures},
     {"tokenizer_round_trip", test_tokenizer_round_trip},
     {"tokenizer_bytes", test_tokenizer_bytes},
     {"tokenizer_vocab_file", test_tokenizer_vocab_file},
+    {"jobspec_defaults", test_jobspec_defaults},
+    {"jobspec_round_trip", test_jobspec_round_trip},
+    {"jobspec_refusals", test_jobspec_refusals},
+    {"jobspec_model_names", test_jobspec_model_names},
+    {"jobspec_check_inputs", test_jobspec_check_inputs},
+    {"dataset_formats", test_dataset_formats},
+    {"dataset_world_segments", test_dataset_world_segments},
+    {"dataset_bad_lines", test_dataset_bad_lines},
+    {"dataset_truncate_split", test_dataset_truncate_split},
+    {"dataset_eval_split", test_dataset_eval_split},
+    {"batcher_deterministic", test_batcher_deterministic},
+    {"batcher_ranks", test_batcher_ranks},
+    {"batcher_seek", test_batcher_seek},
+    {"batcher_padding", test_batcher_padding},
+    {"batcher_eval", test_batcher_eval},
     {NULL, NULL},
 };
 
