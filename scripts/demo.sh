@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh - statetune end to end on one machine, no GPU needed (issue #9).
 #
-#   ./scripts/demo.sh [MODEL]
+#   ./scripts/demo.sh [MODEL [VOCAB]]
 #
 # On a fresh Debian 12 (as root, or with sudo) it installs the packages it
 # needs, builds, starts a coordinator on loopback with a fresh registry and
@@ -15,7 +15,9 @@
 # pysrc-rwkv7-5M.pth from the fixtures (../shared/fixtures or
 # $STATETUNE_FIXTURES), a small model trained on Python's standard library,
 # which tuning moves a lot. With neither, a small random RWKV-7 is made: the
-# pipeline runs the same, but a random model has little to steer.
+# pipeline runs the same, but a random model has little to steer. VOCAB: the
+# World vocabulary file (rwkv_vocab_v20230424.txt) for a model with the
+# 65536-token vocabulary; byte-level (vocab 256) models need none.
 #
 # Should the service path (coordinator + worker group) not be available in
 # this build, the demo says so and runs the same job with
@@ -54,6 +56,7 @@ work=${STATETUNE_DEMO_DIR:-$(mktemp -d /tmp/statetune-demo.XXXXXX)}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 model=${1:-}
+vocab=${2:-}
 if [ -n "$model" ]; then
     [ -r "$model" ] || die "cannot read model '$model'"
     model=$(cd "$(dirname "$model")" && pwd)/$(basename "$model")
@@ -66,31 +69,30 @@ else
     /usr/bin/python3 "$here/scripts/make_demo_data.py" random-model "$work/random-rwkv7.safetensors"
     model=$work/random-rwkv7.safetensors
 fi
+if [ -n "$vocab" ]; then
+    [ -r "$vocab" ] || die "cannot read vocabulary '$vocab'"
+    vocab=$(cd "$(dirname "$vocab")" && pwd)/$(basename "$vocab")
+fi
 say "data: Python standard-library code re-indented with tabs (train and eval from different files)"
 /usr/bin/python3 "$here/tests/make_tabs_data.py" "$work/data" --task tabs --train 1024 --eval 64 --bytes 170
 
 # Global batch 16 split over 2 ranks; the learning rate that works for state
 # tuning (SPEC 2.2 defaults: 1.0 decaying to 0.01).
-cat >"$work/job.json" <<EOF
-{
-  "name": "demo-tabs",
-  "model": "$model",
-  "tokenizer": "bytes",
-  "train": "data/train.jsonl",
-  "eval": "data/eval.jsonl",
-  "ctx_len": 256,
-  "micro_batch": 8,
-  "global_batch": 16,
-  "steps": $steps,
-  "lr_init": 1.0,
-  "lr_final": 0.01,
-  "warmup_steps": 5,
-  "eval_every": $steps,
-  "checkpoint_every": 20,
-  "seed": 1,
-  "backend": "cpu",
-  "alias": "demo"
+/usr/bin/python3 - "$work/job.json" "$model" "$vocab" "$steps" <<'EOF'
+import json, sys
+path, model, vocab, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+job = {
+    "name": "demo-tabs", "model": model,
+    "train": "data/train.jsonl", "eval": "data/eval.jsonl",
+    "ctx_len": 256, "micro_batch": 8, "global_batch": 16, "steps": steps,
+    "lr_init": 1.0, "lr_final": 0.01, "warmup_steps": 5,
+    "eval_every": steps, "checkpoint_every": 20, "seed": 1,
+    "backend": "cpu", "alias": "demo",
 }
+if vocab:  # else the default: bytes, right for vocab-256 models
+    job["tokenizer"] = vocab
+with open(path, "w") as f:
+    json.dump(job, f, indent=2)
 EOF
 echo "model: $model"
 echo "job:   $work/job.json"
