@@ -16,6 +16,7 @@
 #include "data/tokenizer.h"
 #include "common/st_err.h"
 #include "common/st_fs.h"
+#include "model/model.h"
 #include "model/tensorfile.h"
 
 #include <jansson.h>
@@ -598,13 +599,12 @@ int jobspec_model_vocab(const char *model_path, int *vocab_out, char *err)
     *vocab_out = 0;
     tensorfile_t *tf = tensorfile_open(model_path, err);
     if (!tf) return st_wrap(err, ST_EFORMAT, "model '%s': ", model_path);
-    const tf_tensor_info_t *head = tensorfile_find(tf, "head.weight");
-    int rc = ST_OK;
-    if (!head || head->ndim != 2 || head->shape[0] < 1 || head->shape[0] > INT_MAX)
-        rc = st_fail(err, ST_EFORMAT, "model '%s': no 2-D 'head.weight' to read the vocabulary size from",
-                     model_path);
-    else
-        *vocab_out = (int)head->shape[0];
+    /* the whole configuration from shapes: a model that would fail to load
+     * on the workers fails here, before the job is queued */
+    rwkv_config_t cfg;
+    int rc = rwkv_config_from_tensorfile(tf, &cfg, err);
+    if (rc != ST_OK) st_wrap(err, rc, "model '%s': ", model_path);
+    else *vocab_out = cfg.vocab;
     tensorfile_close(&tf);
     return rc;
 }

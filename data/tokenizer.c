@@ -371,9 +371,10 @@ tokenizer_t *tokenizer_new_world(const char *vocab_path, char *err)
         const char *line = p, *eol = nl ? nl : stop;
         p = nl ? nl + 1 : stop;
         lineno++;
-        if (eol > line && eol[-1] == '\r') eol--;
-        if (eol == line) continue; /* blank line */
         size_t len = (size_t)(eol - line);
+        if (len > 0 && line[len - 1] == '\r') len--;
+        if (len == 0) continue; /* blank line */
+        eol = line + len;
         const char *sp1 = memchr(line, ' ', len);
         const char *sp2 = line + len;
         while (sp2 > line && sp2[-1] != ' ') sp2--;

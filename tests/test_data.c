@@ -17,6 +17,7 @@
 #include "data/dataset.h"
 #include "data/jobspec.h"
 #include "data/tokenizer.h"
+#include "model/tensorfile.h"
 
 #include <jansson.h>
 #include <stdint.h>
@@ -26,51 +27,28 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-/* Reads an I64 tensor from a safetensors file. A small local reader, kept
- * until the project's tensorfile reader handles safetensors. Returns a
- * malloc'd array or NULL. */
+/* Reads an I64 tensor of a reference dump with the project's tensor file
+ * reader. Returns a malloc'd array or NULL (with the reason on stderr). */
 static int64_t *s_read_i64_tensor(const char *path, const char *name, size_t *n_out)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    uint8_t h8[8];
+    char err[ST_ERR_LEN];
+    tensorfile_t *tf = tensorfile_open(path, err);
+    if (!tf) {
+        fprintf(stderr, "%s\n", err);
+        return NULL;
+    }
     int64_t *out = NULL;
-    char *hdr = NULL;
-    json_t *root = NULL;
-    if (fread(h8, 1, 8, fp) != 8) goto done;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | h8[i];
-    if (hlen > (1u << 24)) goto done;
-    hdr = malloc(hlen + 1);
-    if (!hdr || fread(hdr, 1, hlen, fp) != hlen) goto done;
-    hdr[hlen] = 0;
-    root = json_loads(hdr, 0, NULL);
-    json_t *t = root ? json_object_get(root, name) : NULL;
-    if (!t || strcmp(json_string_value(json_object_get(t, "dtype")), "I64") != 0) goto done;
-    json_t *offs = json_object_get(t, "data_offsets");
-    uint64_t a = (uint64_t)json_integer_value(json_array_get(offs, 0));
-    uint64_t b = (uint64_t)json_integer_value(json_array_get(offs, 1));
-    size_t n = (size_t)((b - a) / 8);
-    out = malloc((n + 1) * sizeof *out);
-    if (!out || fseek(fp, (long)(8 + hlen + a), SEEK_SET) != 0) goto done;
-    uint8_t *raw = malloc(n * 8 + 1);
-    if (!raw || fread(raw, 1, n * 8, fp) != n * 8) {
-        free(raw);
-        free(out);
-        out = NULL;
-        goto done;
+    const tf_tensor_info_t *t = tensorfile_find(tf, name);
+    if (t && t->dtype == TF_I64 && (out = malloc((size_t)(t->numel + 1) * sizeof *out))) {
+        if (tensorfile_read_i64(tf, t, out, err) != ST_OK) {
+            fprintf(stderr, "%s\n", err);
+            free(out);
+            out = NULL;
+        } else {
+            *n_out = (size_t)t->numel;
+        }
     }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t v = 0;
-        for (int k = 7; k >= 0; k--) v = v << 8 | raw[i * 8 + (size_t)k];
-        out[i] = (int64_t)v;
-    }
-    free(raw);
-    *n_out = n;
-done:
-    json_decref(root);
-    free(hdr);
-    fclose(fp);
+    tensorfile_close(&tf);
     return out;
 }
 
@@ -1042,6 +1020,132 @@ static int test_batcher_eval(void)
     return 0;
 }
 
+/* ---- fuzzing ---------------------------------------------------------------------- */
+
+/* One random edit of buf (len bytes, capacity cap): flip, insert, delete,
+ * duplicate a span or truncate. */
+static size_t s_mutate(char *buf, size_t len, size_t cap, uint64_t *x)
+{
+    *x = *x * 6364136223846793005ull + 1442695040888963407ull;
+    uint64_t r = *x >> 16;
+    size_t pos = len ? (size_t)(r % len) : 0;
+    static const char interesting[] = "\"\\'{}[]:,0-9.eEbxu \n\r\t\x80\xff";
+    switch ((r >> 40) % 6) {
+    case 0: /* replace with a byte that matters to the grammar */
+        if (len) buf[pos] = interesting[(r >> 20) % (sizeof interesting - 1)];
+        break;
+    case 1: /* random byte */
+        if (len) buf[pos] = (char)(r >> 24);
+        break;
+    case 2: /* insert */
+        if (len + 1 < cap) {
+            memmove(buf + pos + 1, buf + pos, len - pos);
+            buf[pos] = interesting[(r >> 20) % (sizeof interesting - 1)];
+            len++;
+        }
+        break;
+    case 3: /* delete */
+        if (len) {
+            memmove(buf + pos, buf + pos + 1, len - pos - 1);
+            len--;
+        }
+        break;
+    case 4: { /* duplicate a span */
+        size_t n = (size_t)((r >> 8) % 16);
+        if (pos + n <= len && len + n < cap) {
+            memmove(buf + pos + n, buf + pos, len - pos);
+            len += n;
+        }
+        break;
+    }
+    default: /* truncate */
+        len = pos;
+    }
+    buf[len] = 0;
+    return len;
+}
+
+/* The parsers of untrusted input (vocabulary, job file, JSONL) under random
+ * edits: errors are fine, crashes are not (run under ASan/UBSan with
+ * -DSTATETUNE_SANITIZE=ON), and whatever is accepted keeps its invariants. */
+static int test_fuzz_parsers(void)
+{
+    char err[ST_ERR_LEN];
+    const char *dir = st_test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/v.txt", dir);
+    static const char vocab[] = "1 '\\x00' 1\n2 'a' 1\n3 'b' 1\n4 'ab' 2\n5 b'\\xe4\\xbd' 2\n6 '\\u4f60' 3\n"
+                                "7 \"it's\" 4\n8 '\\\\n\\t' 3\n9 '\\101\\n' 2\n10 '  ' 2\n";
+    static const char job[] =
+        "{\"name\": \"s\", \"model\": \"/m.pth\", \"train\": \"t.jsonl\", \"ctx_len\": 64, \"steps\": 3,"
+        " \"dbp\": {\"enabled\": true, \"kappa\": 0.5}, \"observer\": {\"teacher\": null, \"top_k\": 8},"
+        " \"kernel_state\": {\"features\": 4}, \"backend\": \"cuda\", \"precision\": \"bf16\", \"truncate\": \"split\"}";
+    static const char jsonl[] =
+        "{\"text\": \"hello\\u0000 w\\u00f6rld\"}\n\n{\"prompt\": \"Q\", \"completion\": \"A\"}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\\n\\n\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n";
+    char buf[1024];
+    uint64_t x = 99;
+    tokenizer_t *bytes = tokenizer_new_bytes();
+    CHECK(bytes);
+    int accepted[3] = {0, 0, 0};
+    for (int iter = 0; iter < 3000; iter++) {
+        int which = iter % 3;
+        const char *base = which == 0 ? vocab : which == 1 ? job : jsonl;
+        size_t len = strlen(base);
+        memcpy(buf, base, len + 1);
+        int edits = 1 + (int)((x >> 50) % 4);
+        for (int e = 0; e < edits; e++) len = s_mutate(buf, len, sizeof buf, &x);
+        if (which == 0) {
+            FILE *fp = fopen(path, "wb");
+            CHECK(fp);
+            CHECK(fwrite(buf, 1, len, fp) == len);
+            CHECK(fclose(fp) == 0);
+            tokenizer_t *tok = tokenizer_new_world(path, err);
+            if (!tok) continue;
+            accepted[0]++;
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (tokenizer_encode(tok, "ab\x00\xe4\xbd\xa0  it's", 12, &ids, &n, err) == ST_OK) {
+                char *back = NULL;
+                size_t blen = 0;
+                CHECK(tokenizer_decode(tok, ids, n, &back, &blen, err) == ST_OK);
+                CHECK(blen == 12 && memcmp(back, "ab\x00\xe4\xbd\xa0  it's", 12) == 0);
+                free(back);
+            }
+            free(ids);
+            tokenizer_destroy(&tok);
+        } else if (which == 1) {
+            jobspec_t *j = NULL, *k = NULL;
+            if (jobspec_parse_string(buf, "/tmp/fuzz/job.json", &j, err) != ST_OK) continue;
+            accepted[1]++;
+            char *text = jobspec_to_json(j);
+            CHECK(text);
+            CHECKF(jobspec_parse_string(text, NULL, &k, err) == ST_OK, "%s\n%s", err, text);
+            CHECK(jobspec_equal(j, k));
+            free(text);
+            jobspec_destroy(&j);
+            jobspec_destroy(&k);
+        } else {
+            dataset_t *ds = NULL;
+            if (dataset_load_buffer("f.jsonl", buf, len, bytes, 8, (job_long_t)(iter & 1), &ds, err) != ST_OK)
+                continue;
+            accepted[2]++;
+            for (int i = 0; i < dataset_count(ds); i++) {
+                dataset_sample_t s = dataset_get(ds, i);
+                int any = 0;
+                CHECK(s.n >= 2 && s.n <= 9 && s.train[0] == 0);
+                for (int t = 1; t < s.n; t++) any |= s.train[t];
+                CHECK(any);
+            }
+            dataset_destroy(&ds);
+        }
+    }
+    printf("fuzz: accepted %d vocabularies, %d job files, %d datasets of 1000 each\n", accepted[0], accepted[1],
+           accepted[2]);
+    tokenizer_destroy(&bytes);
+    return 0;
+}
+
 static const st_test_t tests[] = {
     {"tokenizer_world_fixtures", test_tokenizer_world_fixtures},
     {"tokenizer_round_trip", test_tokenizer_round_trip},
@@ -1062,6 +1166,7 @@ static const st_test_t tests[] = {
     {"batcher_seek", test_batcher_seek},
     {"batcher_padding", test_batcher_padding},
     {"batcher_eval", test_batcher_eval},
+    {"fuzz_parsers", test_fuzz_parsers},
     {NULL, NULL},
 };
 
