@@ -7,6 +7,7 @@
  */
 #include "common/st_err.h"
 #include "model/model.h"
+#include "model/pickle.h"
 #include "model/tensorfile.h"
 #include "tests/harness.h"
 
@@ -699,6 +700,174 @@ static int test_model_random(void)
     return 0;
 }
 
+/* ---- mutation smoke test ------------------------------------------------------ */
+
+/* Opens a file and, when it opens, reads every tensor: must never crash. */
+static int s_open_and_read_all(const char *path)
+{
+    char err[ST_ERR_LEN];
+    tensorfile_t *tf = tensorfile_open(path, err);
+    if (!tf) return 0;
+    for (int i = 0; i < tensorfile_count(tf); i++) {
+        const tf_tensor_info_t *t = tensorfile_info(tf, i);
+        if (t->numel > (1 << 20)) continue; /* a valid but huge claim; reading is checked elsewhere */
+        void *buf = malloc((size_t)t->numel * 8 + 8);
+        if (!buf) continue;
+        if (t->dtype == TF_I64 || t->dtype == TF_I32) tensorfile_read_i64(tf, t, buf, err);
+        else tensorfile_read_f64(tf, t, buf, err);
+        free(buf);
+    }
+    tensorfile_close(&tf);
+    return 1;
+}
+
+/* A small valid rwkv.cpp file: emb [V=8, C=4], x_rwkvag, a transposed w1. */
+static size_t s_small_ggmf(unsigned char *out)
+{
+    size_t o = 0;
+    int32_t hdr[6] = {0x67676d66, 101, 8, 4, 1, 0};
+    for (int i = 0; i < 6; i++, o += 4) s_put_i32(out + o, hdr[i]);
+    struct { const char *name; int nd; int32_t dims[3]; int type; } p[] = {
+        {"emb.weight", 2, {4, 8}, 0}, {"blocks.0.att.x_rwkvag", 3, {4, 1, 6}, 0},
+        {"blocks.0.att.w1", 2, {4, 2}, 1}};
+    for (int k = 0; k < 3; k++) {
+        s_put_i32(out + o, p[k].nd);
+        s_put_i32(out + o + 4, (int32_t)strlen(p[k].name));
+        s_put_i32(out + o + 8, p[k].type);
+        o += 12;
+        int n = 1;
+        for (int d = 0; d < p[k].nd; d++, o += 4) {
+            s_put_i32(out + o, p[k].dims[d]);
+            n *= p[k].dims[d];
+        }
+        memcpy(out + o, p[k].name, strlen(p[k].name));
+        o += strlen(p[k].name);
+        for (int e = 0; e < n * (p[k].type ? 2 : 4); e++) out[o++] = (unsigned char)(e * 7 + k);
+    }
+    return o;
+}
+
+static int test_mutated_files(void)
+{
+    /* three small valid files, one per format */
+    unsigned char seeds[3][2048];
+    size_t lens[3];
+    const char *st = s_write_safetensors(
+        "seed.safetensors",
+        "{\"__metadata__\":{\"format\":\"pt\"},"
+        "\"emb.weight\":{\"dtype\":\"BF16\",\"shape\":[2,4],\"data_offsets\":[0,16]},"
+        "\"tokens\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[16,32]},"
+        "\"loss\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[32,40]}}", 40);
+    CHECK(st);
+    FILE *f = fopen(st, "rb");
+    CHECK(f);
+    lens[0] = fread(seeds[0], 1, sizeof seeds[0], f);
+    fclose(f);
+    static const unsigned char one[] =
+        "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
+        "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"
+        "X\x03\x00\x00\x00" "cpu" "K\x04tQK\x00K\x04\x85K\x01\x85\x89" "ccollections\nOrderedDict\n"
+        ")RtRu" ".";
+    float four[4] = {1, 2, 3, 4};
+    zip_item_t items[] = {{"m/data.pkl", one, sizeof one - 1}, {"m/data/0", four, 16}};
+    const char *zp = s_write_zip("seed.pth", items, 2);
+    CHECK(zp);
+    f = fopen(zp, "rb");
+    CHECK(f);
+    lens[1] = fread(seeds[1], 1, sizeof seeds[1], f);
+    fclose(f);
+    lens[2] = s_small_ggmf(seeds[2]);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/mutant", st_test_tmpdir());
+    for (int k = 0; k < 3; k++) {
+        FILE *w = fopen(path, "wb");
+        CHECK(w && fwrite(seeds[k], 1, lens[k], w) == lens[k]);
+        fclose(w);
+        CHECKF(s_open_and_read_all(path), "seed %d does not open", k);
+    }
+    /* flips, overwrites with extreme bytes and truncations, from a fixed seed */
+    uint64_t x = 0x243f6a8885a308d3ull;
+    int opened = 0, total = 0;
+    for (int it = 0; it < 1500; it++) {
+        int k = it % 3;
+        unsigned char buf[2048];
+        size_t len = lens[k];
+        memcpy(buf, seeds[k], len);
+        int edits = 1 + (int)(x % 4);
+        for (int e = 0; e < edits; e++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            size_t at = (size_t)(x >> 16) % len;
+            switch ((x >> 8) % 4) {
+            case 0: buf[at] ^= (unsigned char)(1u << (x % 8)); break;
+            case 1: buf[at] = 0xff; break;
+            case 2: buf[at] = 0x00; break;
+            default: len = at + 1; break;
+            }
+        }
+        FILE *w = fopen(path, "wb");
+        CHECK(w && fwrite(buf, 1, len, w) == len);
+        fclose(w);
+        opened += s_open_and_read_all(path);
+        total++;
+    }
+    printf("   %d mutated files, %d still opened, none crashed\n", total, opened);
+    return 0;
+}
+
+static int s_count_tensor(void *ctx, const pickle_tensor_t *t, char *err)
+{
+    (*(int *)ctx)++;
+    return ST_OK;
+}
+
+/* The pickle interpreter alone (inside a zip, mutations mostly trip the CRC):
+ * a real state dict's data.pkl with bytes flipped, zeroed, set and cut. */
+static int test_mutated_pickles(void)
+{
+    const char *src = st_test_fixture("rwkv7/tiny.pth");
+    if (!src) return ST_TEST_SKIP;
+    int zerr;
+    zip_t *z = zip_open(src, ZIP_RDONLY, &zerr);
+    CHECK(z);
+    zip_stat_t zs;
+    CHECK(zip_stat(z, "tiny/data.pkl", 0, &zs) == 0);
+    unsigned char *orig = malloc(zs.size), *buf = malloc(zs.size);
+    CHECK(orig && buf);
+    zip_file_t *zf = zip_fopen(z, "tiny/data.pkl", 0);
+    CHECK(zf && zip_fread(zf, orig, zs.size) == (zip_int64_t)zs.size);
+    zip_fclose(zf);
+    zip_close(z);
+    char err[ST_ERR_LEN];
+    int n = 0;
+    CHECKF(pickle_state_dict(orig, zs.size, s_count_tensor, &n, err) == ST_OK, "%s", err);
+    CHECK(n == 74);
+    uint64_t x = 0x13198a2e03707344ull;
+    int accepted = 0, total = 3000;
+    for (int it = 0; it < total; it++) {
+        size_t len = zs.size;
+        memcpy(buf, orig, len);
+        int edits = 1 + (int)(x % 3);
+        for (int e = 0; e < edits; e++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            size_t at = (size_t)(x >> 16) % len;
+            switch ((x >> 8) % 5) {
+            case 0: buf[at] ^= (unsigned char)(1u << (x % 8)); break;
+            case 1: buf[at] = 0xff; break;
+            case 2: buf[at] = (unsigned char)"(tuRQbch.q"[x % 10]; break; /* opcodes */
+            case 3: buf[at] = 0x00; break;
+            default: len = at + 1; break;
+            }
+        }
+        n = 0;
+        if (pickle_state_dict(buf, len, s_count_tensor, &n, err) == ST_OK) accepted++;
+        else CHECK(err[0] != 0);
+    }
+    printf("   %d mutated pickles, %d still a state dict, none crashed\n", total, accepted);
+    free(orig);
+    free(buf);
+    return 0;
+}
+
 static int test_not_a_model(void)
 {
     int rc = 0;
@@ -731,6 +900,8 @@ static const st_test_t tests[] = {
     {"model_config_only", test_model_config_only},
     {"model_errors", test_model_errors},
     {"model_random", test_model_random},
+    {"mutated_files", test_mutated_files},
+    {"mutated_pickles", test_mutated_pickles},
     {NULL, NULL},
 };
 
