@@ -45,7 +45,10 @@ if [ "${STATETUNE_DEMO_SKIP_DEPS:-0}" != 1 ]; then
     "$here/scripts/install-deps.sh"
 fi
 say "build ($build)"
-cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTATETUNE_WERROR=OFF >/dev/null
+# A build directory that exists keeps its own settings (CI's has -Werror).
+if [ ! -f "$build/CMakeCache.txt" ]; then
+    cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTATETUNE_WERROR=OFF >/dev/null
+fi
 cmake --build "$build" -j "$(nproc)" --target statetune statetune-coordinator statetune-worker >/dev/null
 st_client=$build/client/statetune
 st_coord=$build/coordinator/statetune-coordinator
