@@ -1,0 +1,582 @@
+/*
+ * sched.c - the job state machine, the queue and job-to-group matching (see
+ * sched.h). The registry holds the truth; the array here mirrors the jobs
+ * that are not finished, so choosing the next job is a scan in memory.
+ *
+ * Job states (SPEC section 5) and the function making each transition:
+ *
+ *                 sched_submit            sched_submit
+ *   (new) ───────────────> VALIDATING ─────────────────> QUEUED <──────────────┐
+ *                              │ sched_submit              │  │                 │ sched_requeue
+ *                              │ (inputs refused)          │  │ sched_assign    │ (group lost; or
+ *                              v                           │  v sched_reclaim   │  sched_new on a
+ *                           FAILED <───── sched_fail ───── │ RUNNING ───────────┘  restart)
+ *                                                          │  │   │
+ *                               sched_cancel (queued)      │  │   │ sched_succeed
+ *                  CANCELLED <─────────────────────────────┘  │   └────────────> SUCCEEDED
+ *                      ^                                      │
+ *                      └── sched_fail (cancel requested, ─────┘
+ *                          or the group reports it cancelled)
+ *
+ * Invariants:
+ *   1. A job is in the in-memory array iff its registry status is validating,
+ *      queued or running; every transition writes the registry first and
+ *      changes memory only when that write succeeded.
+ *   2. A running job has exactly one group (its `group`), and a group runs at
+ *      most one job; reports from any other group are refused.
+ *   3. Cancelling a running job only sets cancel_requested: the job ends
+ *      (cancelled) when its group stops and says so, or when the group is lost.
+ *   4. Requeued jobs keep their id, spec and output directory, so the next
+ *      group resumes from the checkpoints already there (shared filesystem).
+ *
+ * Validation runs in the broker's thread: it opens the model header and reads
+ * the datasets, which for realistic sizes takes well under a second; the cost
+ * is that the broker answers nothing meanwhile (heartbeats have 3 s of slack).
+ */
+#include "coordinator/sched.h"
+
+#include "common/st_err.h"
+#include "common/st_fs.h"
+#include "data/jobspec.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define JOB_GROW 16
+
+typedef enum { JOB_VALIDATING, JOB_QUEUED, JOB_RUNNING } job_status_t;
+
+typedef struct {
+    int64_t id;            /* registry job id; also FIFO order */
+    job_status_t status;   /* one of the three live states */
+    char name[128];        /* state name the job produces */
+    char alias[128];       /* alias moved to its state ("" = none) */
+    char backend[8];       /* "cpu" or "cuda" */
+    int priority;          /* higher runs first */
+    int gpus;              /* ranks/GPUs it asks for */
+    int attempt;           /* times it became running */
+    int cancel_requested;  /* a cancel arrived while running */
+    char group[128];       /* group running it ("" unless running) */
+    char *spec_json;       /* canonical spec, owned */
+    char *out_dir;         /* <jobs_dir>/<id>, owned */
+    json_t *progress;      /* latest progress notification, owned (NULL = none) */
+} job_t;
+
+struct sched {
+    registry_t *reg;       /* borrowed */
+    char *jobs_dir;        /* parent of every job's directory, owned */
+    job_t *jobs;           /* live jobs (invariant 1) */
+    size_t n_jobs, cap_jobs;
+};
+
+static job_t *s_find(sched_t *self, int64_t id)
+{
+    for (size_t i = 0; i < self->n_jobs; i++)
+        if (self->jobs[i].id == id) return &self->jobs[i];
+    return NULL;
+}
+
+static void s_remove(sched_t *self, int64_t id)
+{
+    for (size_t i = 0; i < self->n_jobs; i++) {
+        if (self->jobs[i].id != id) continue;
+        free(self->jobs[i].spec_json);
+        free(self->jobs[i].out_dir);
+        json_decref(self->jobs[i].progress);
+        self->jobs[i] = self->jobs[--self->n_jobs];
+        return;
+    }
+}
+
+/* Adds a live job from its canonical spec; the spec's fields that scheduling
+ * needs are read once here. */
+static job_t *s_add(sched_t *self, int64_t id, const char *spec_json, job_status_t status, int attempt, char *err)
+{
+    json_error_t jerr;
+    json_t *spec = json_loads(spec_json, 0, &jerr);
+    if (!json_is_object(spec)) {
+        json_decref(spec);
+        st_fail(err, ST_EFORMAT, "job %lld: its stored spec is not a JSON object", (long long)id);
+        return NULL;
+    }
+    if (self->n_jobs == self->cap_jobs) {
+        size_t cap = self->cap_jobs + JOB_GROW;
+        job_t *p = realloc(self->jobs, cap * sizeof *p);
+        if (!p) {
+            json_decref(spec);
+            st_fail(err, ST_ENOMEM, "out of memory");
+            return NULL;
+        }
+        self->jobs = p;
+        self->cap_jobs = cap;
+    }
+    job_t *j = &self->jobs[self->n_jobs];
+    memset(j, 0, sizeof *j);
+    j->id = id;
+    j->status = status;
+    j->attempt = attempt;
+    const char *s = json_string_value(json_object_get(spec, "name"));
+    snprintf(j->name, sizeof j->name, "%s", s ? s : "");
+    s = json_string_value(json_object_get(spec, "alias"));
+    snprintf(j->alias, sizeof j->alias, "%s", s ? s : "");
+    s = json_string_value(json_object_get(spec, "backend"));
+    snprintf(j->backend, sizeof j->backend, "%s", s ? s : "cpu");
+    json_t *v = json_object_get(spec, "priority");
+    j->priority = json_is_integer(v) ? (int)json_integer_value(v) : 0;
+    v = json_object_get(spec, "gpus");
+    j->gpus = json_is_integer(v) ? (int)json_integer_value(v) : 1;
+    json_decref(spec);
+    j->spec_json = strdup(spec_json);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%lld", self->jobs_dir, (long long)id);
+    j->out_dir = strdup(dir);
+    if (!j->spec_json || !j->out_dir) {
+        free(j->spec_json);
+        free(j->out_dir);
+        st_fail(err, ST_ENOMEM, "out of memory");
+        return NULL;
+    }
+    self->n_jobs++;
+    return j;
+}
+
+/* Parses and checks an untrusted spec (every key, then the inputs: the model
+ * opens, the tokenizer fits it, every dataset line parses) and returns the
+ * canonical JSON the workers will get (caller frees). */
+static int s_validate(sched_t *self, const char *spec_json, char **canon_out, char *err)
+{
+    *canon_out = NULL;
+    jobspec_t *spec = NULL;
+    /* The client resolved every path to an absolute one before sending;
+     * anything relative is taken relative to the root, never to our cwd. */
+    int rc = jobspec_parse_string(spec_json, "/", &spec, err);
+    if (rc) return rc;
+    if (spec->model_name) { /* a registered model: its file is on record here */
+        json_t *model = NULL;
+        rc = registry_find_model(self->reg, spec->model_name, &model, err);
+        const char *path = json_string_value(json_object_get(model, "path"));
+        if (rc == ST_OK && !path)
+            rc = st_fail(err, ST_ENOTFOUND, "registered model '%s' has no file path", spec->model_name);
+        if (rc == ST_OK) rc = jobspec_set_model(spec, path, err);
+        json_decref(model);
+    } else if (!spec->tokenizer) {
+        rc = jobspec_set_model(spec, NULL, err);
+    }
+    if (rc == ST_OK) rc = jobspec_check_inputs(spec, err);
+    if (rc == ST_OK) {
+        *canon_out = jobspec_to_json(spec);
+        if (!*canon_out) rc = st_fail(err, ST_ENOMEM, "cannot encode the job spec");
+    }
+    jobspec_destroy(&spec);
+    return rc;
+}
+
+/* validating -> queued | failed, for a job already recorded as validating. */
+static int s_validate_job(sched_t *self, int64_t id, const char *spec_json, char *err)
+{
+    char *canon = NULL;
+    int rc = s_validate(self, spec_json, &canon, err);
+    char e2[ST_ERR_LEN];
+    if (rc) {
+        char why[ST_ERR_LEN];
+        snprintf(why, sizeof why, "%s", err);
+        if (registry_job_set_status(self->reg, id, "failed", NULL, why, e2))
+            st_wrap(err, rc, "job %lld (its failure could not be recorded: %.200s): ", (long long)id, e2);
+        return rc;
+    }
+    rc = registry_job_set_status(self->reg, id, "queued", NULL, NULL, err);
+    if (rc == ST_OK && !s_add(self, id, canon, JOB_QUEUED, 0, err)) rc = ST_ENOMEM;
+    free(canon);
+    return rc;
+}
+
+static int s_spec_from_record(json_t *rec, char **out)
+{
+    json_t *spec = json_object_get(rec, "spec");
+    if (json_is_string(spec))
+        *out = strdup(json_string_value(spec));
+    else if (json_is_object(spec))
+        *out = json_dumps(spec, JSON_COMPACT | JSON_SORT_KEYS);
+    else
+        *out = NULL;
+    return *out ? ST_OK : ST_EFORMAT;
+}
+
+/* Brings back the live jobs after a (re)start: SPEC section 9, a killed
+ * coordinator loses no job. */
+static int s_recover(sched_t *self, char *err)
+{
+    static const char *statuses[] = {"queued", "running", "validating"};
+    for (size_t k = 0; k < 3; k++) {
+        json_t *list = NULL;
+        int rc = registry_job_list(self->reg, statuses[k], &list, err);
+        if (rc) return rc;
+        /* newest first in the registry; oldest first here keeps FIFO order */
+        for (size_t i = json_array_size(list); i-- > 0;) {
+            json_t *rec = json_array_get(list, i);
+            int64_t id = json_integer_value(json_object_get(rec, "id"));
+            int attempt = (int)json_integer_value(json_object_get(rec, "attempt"));
+            char *spec = NULL;
+            if (s_spec_from_record(rec, &spec)) {
+                char e2[ST_ERR_LEN];
+                registry_job_set_status(self->reg, id, "failed", NULL, "its stored spec is unreadable", e2);
+                continue;
+            }
+            if (k == 2) {
+                char e2[ST_ERR_LEN];
+                s_validate_job(self, id, spec, e2); /* a refusal is recorded on the job */
+            } else {
+                if (k == 1) {
+                    rc = registry_job_set_status(self->reg, id, "queued", NULL, NULL, err);
+                    if (rc == ST_OK) {
+                        json_t *ev = json_pack("{s:s}", "message", "requeued: the coordinator restarted");
+                        char *t = json_dumps(ev, JSON_COMPACT);
+                        registry_job_add_event(self->reg, id, "message", t, NULL, err);
+                        free(t);
+                        json_decref(ev);
+                    }
+                }
+                if (rc == ST_OK && !s_add(self, id, spec, JOB_QUEUED, attempt, err)) rc = ST_ENOMEM;
+            }
+            free(spec);
+            if (rc) {
+                json_decref(list);
+                return rc;
+            }
+        }
+        json_decref(list);
+    }
+    return ST_OK;
+}
+
+sched_t *sched_new(registry_t *reg, const char *jobs_dir, char *err)
+{
+    sched_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        st_fail(err, ST_ENOMEM, "out of memory");
+        return NULL;
+    }
+    self->reg = reg;
+    self->jobs_dir = strdup(jobs_dir);
+    if (!self->jobs_dir || st_mkdirs(jobs_dir, err) || s_recover(self, err)) {
+        if (!self->jobs_dir) st_fail(err, ST_ENOMEM, "out of memory");
+        sched_destroy(&self);
+        return NULL;
+    }
+    return self;
+}
+
+void sched_destroy(sched_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    sched_t *self = *self_p;
+    for (size_t i = 0; i < self->n_jobs; i++) {
+        free(self->jobs[i].spec_json);
+        free(self->jobs[i].out_dir);
+        json_decref(self->jobs[i].progress);
+    }
+    free(self->jobs);
+    free(self->jobs_dir);
+    free(self);
+    *self_p = NULL;
+}
+
+int sched_submit(sched_t *self, const char *spec_json, int64_t *id_out, char *err)
+{
+    *id_out = 0;
+    /* Only what the jobs table needs is read before the job exists; the spec
+     * is validated as a whole below, once the job has an id to report on. */
+    json_error_t jerr;
+    json_t *spec = json_loads(spec_json, 0, &jerr);
+    if (!json_is_object(spec)) {
+        json_decref(spec);
+        return st_fail(err, ST_EFORMAT, "the job spec is not a JSON object (%s at line %d)", jerr.text, jerr.line);
+    }
+    const char *name = json_string_value(json_object_get(spec, "name"));
+    json_t *jp = json_object_get(spec, "priority"), *jg = json_object_get(spec, "gpus");
+    int priority = json_is_integer(jp) ? (int)json_integer_value(jp) : 0;
+    int gpus = json_is_integer(jg) ? (int)json_integer_value(jg) : 1;
+    int64_t id = 0;
+    int rc = registry_job_create(self->reg, name ? name : "", spec_json, priority, gpus, "validating", &id, err);
+    json_decref(spec);
+    if (rc) return rc;
+    *id_out = id;
+    return s_validate_job(self, id, spec_json, err);
+}
+
+int sched_assign(sched_t *self, const char *group, int group_gpus, const char *backend, sched_assignment_t *out,
+                 char *err)
+{
+    job_t *best = NULL;
+    for (size_t i = 0; i < self->n_jobs; i++) {
+        job_t *j = &self->jobs[i];
+        if (j->status != JOB_QUEUED || j->gpus > group_gpus || strcmp(j->backend, backend) != 0) continue;
+        if (!best || j->priority > best->priority || (j->priority == best->priority && j->id < best->id)) best = j;
+    }
+    if (!best) return st_fail(err, ST_ENOTFOUND, "no queued job fits group '%s'", group);
+    int rc = registry_job_set_status(self->reg, best->id, "running", group, NULL, err);
+    if (rc) return rc;
+    best->status = JOB_RUNNING;
+    best->attempt++;
+    best->cancel_requested = 0;
+    snprintf(best->group, sizeof best->group, "%s", group);
+    out->id = best->id;
+    out->spec_json = best->spec_json;
+    out->out_dir = best->out_dir;
+    out->attempt = best->attempt;
+    return ST_OK;
+}
+
+int sched_reclaim(sched_t *self, int64_t job, const char *group, char *err)
+{
+    job_t *j = s_find(self, job);
+    if (j && j->status == JOB_RUNNING && !strcmp(j->group, group)) return ST_OK;
+    if (!j || j->status != JOB_QUEUED)
+        return st_fail(err, ST_EBUSY, "job %lld is no longer group '%s''s to run", (long long)job, group);
+    int rc = registry_job_set_status(self->reg, job, "running", group, NULL, err);
+    if (rc) return rc;
+    j->status = JOB_RUNNING;
+    j->attempt++;
+    snprintf(j->group, sizeof j->group, "%s", group);
+    return ST_OK;
+}
+
+static void s_message_event(sched_t *self, int64_t job, const char *text)
+{
+    json_t *ev = json_pack("{s:s}", "message", text);
+    char *t = json_dumps(ev, JSON_COMPACT);
+    char e2[ST_ERR_LEN];
+    if (t) registry_job_add_event(self->reg, job, "message", t, NULL, e2);
+    free(t);
+    json_decref(ev);
+}
+
+int sched_requeue(sched_t *self, int64_t job, const char *why, char *err)
+{
+    job_t *j = s_find(self, job);
+    if (!j || j->status != JOB_RUNNING) return st_fail(err, ST_EINVAL, "job %lld is not running", (long long)job);
+    if (j->cancel_requested) /* invariant 3: nobody will report it now */
+        return sched_fail(self, job, j->group, why, 1, err);
+    int rc = registry_job_set_status(self->reg, job, "queued", NULL, NULL, err);
+    if (rc) return rc;
+    j->status = JOB_QUEUED;
+    j->group[0] = 0;
+    char text[ST_ERR_LEN + 32];
+    snprintf(text, sizeof text, "requeued: %s", why);
+    s_message_event(self, job, text);
+    return ST_OK;
+}
+
+int sched_cancel(sched_t *self, int64_t job, char group_out[128], char *err)
+{
+    group_out[0] = 0;
+    job_t *j = s_find(self, job);
+    if (!j) {
+        json_t *rec = NULL;
+        int rc = registry_job_get(self->reg, job, &rec, err);
+        if (rc) return rc;
+        const char *st = json_string_value(json_object_get(rec, "status"));
+        rc = st_fail(err, ST_EINVAL, "job %lld has already ended (%s)", (long long)job, st ? st : "?");
+        json_decref(rec);
+        return rc;
+    }
+    if (j->status == JOB_RUNNING) {
+        j->cancel_requested = 1;
+        snprintf(group_out, 128, "%s", j->group);
+        s_message_event(self, job, "cancel requested");
+        return ST_OK;
+    }
+    int rc = registry_job_set_status(self->reg, job, "cancelled", NULL, "cancelled by request", err);
+    if (rc) return rc;
+    s_remove(self, job);
+    return ST_OK;
+}
+
+static int s_check_group(job_t *j, int64_t job, const char *group, char *err)
+{
+    if (!j || j->status != JOB_RUNNING)
+        return st_fail(err, ST_EINVAL, "job %lld is not running", (long long)job);
+    if (strcmp(j->group, group) != 0)
+        return st_fail(err, ST_EINVAL, "job %lld runs on group '%s', not '%s'", (long long)job, j->group, group);
+    return ST_OK;
+}
+
+/* The metrics of a finished job as registry metrics: every "<m>_after" with a
+ * "<m>_before" beside it is a metric with its untuned baseline; the rest of
+ * the numbers are kept without one. */
+static int s_metrics(json_t *metrics, registry_metric_t **out, int *n_out)
+{
+    size_t cap = json_object_size(metrics) + 1;
+    registry_metric_t *m = calloc(cap, sizeof *m);
+    if (!m) return ST_ENOMEM;
+    int n = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(metrics, key, val)
+    {
+        if (!json_is_number(val)) continue;
+        size_t len = strlen(key);
+        if (len > 7 && !strcmp(key + len - 7, "_before")) continue; /* paired with _after */
+        m[n].name = key;
+        m[n].value = json_number_value(val);
+        if (len > 6 && !strcmp(key + len - 6, "_after")) {
+            char base[256];
+            snprintf(base, sizeof base, "%.*s_before", (int)(len - 6), key);
+            json_t *b = json_object_get(metrics, base);
+            if (json_is_number(b)) {
+                m[n].baseline = json_number_value(b);
+                m[n].has_baseline = 1;
+            }
+        }
+        n++;
+    }
+    *out = m;
+    *n_out = n;
+    return ST_OK;
+}
+
+int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics, const char *model_sha256,
+                  int layers, int heads, int head_size, const float *data, int *version_out, char *err)
+{
+    *version_out = 0;
+    job_t *j = s_find(self, job);
+    if (!j) { /* a repeated result: answer with the version already made */
+        json_t *rec = NULL;
+        int rc = registry_job_get(self->reg, job, &rec, err);
+        if (rc) return rc;
+        const char *st = json_string_value(json_object_get(rec, "status"));
+        if (st && !strcmp(st, "succeeded")) {
+            json_t *list = NULL;
+            if (registry_list_states(self->reg, &list, err) == ST_OK) {
+                size_t i;
+                json_t *s;
+                json_array_foreach(list, i, s)
+                {
+                    if (json_integer_value(json_object_get(s, "job_id")) == job)
+                        *version_out = (int)json_integer_value(json_object_get(s, "version"));
+                }
+            }
+            json_decref(list);
+            json_decref(rec);
+            return ST_OK;
+        }
+        rc = st_fail(err, ST_EINVAL, "job %lld has already ended (%s)", (long long)job, st ? st : "?");
+        json_decref(rec);
+        return rc;
+    }
+    int rc = s_check_group(j, job, group, err);
+    if (rc) return rc;
+    registry_metric_t *m = NULL;
+    int n_m = 0;
+    if (json_is_object(metrics) && s_metrics(metrics, &m, &n_m)) return st_fail(err, ST_ENOMEM, "out of memory");
+    registry_new_state_t ns = {
+        .name = j->name,
+        .model_sha256 = model_sha256,
+        .job_id = job,
+        .n_layer = layers,
+        .n_head = heads,
+        .head_size = head_size,
+        .data = data,
+        .metrics = m,
+        .n_metrics = n_m,
+        .alias = j->alias[0] ? j->alias : NULL,
+    };
+    rc = registry_add_state(self->reg, &ns, version_out, err);
+    free(m);
+    if (rc) return rc;
+    rc = registry_job_set_status(self->reg, job, "succeeded", NULL, NULL, err);
+    if (rc) return rc;
+    json_t *ev = json_pack("{s:s, s:i, s:O*}", "name", j->name, "version", *version_out, "metrics", metrics);
+    char *t = json_dumps(ev, JSON_COMPACT);
+    char e2[ST_ERR_LEN];
+    if (t) registry_job_add_event(self->reg, job, "result", t, NULL, e2);
+    free(t);
+    json_decref(ev);
+    s_remove(self, job);
+    return ST_OK;
+}
+
+int sched_fail(sched_t *self, int64_t job, const char *group, const char *error, int cancelled, char *err)
+{
+    job_t *j = s_find(self, job);
+    int rc = s_check_group(j, job, group, err);
+    if (rc) return rc;
+    int as_cancel = cancelled || j->cancel_requested;
+    rc = registry_job_set_status(self->reg, job, as_cancel ? "cancelled" : "failed", NULL,
+                                 as_cancel ? "cancelled by request" : error, err);
+    if (rc) return rc;
+    s_remove(self, job);
+    return ST_OK;
+}
+
+int sched_event(sched_t *self, int64_t job, const char *group, const char *kind, json_t *data, char *err)
+{
+    job_t *j = s_find(self, job);
+    int rc = s_check_group(j, job, group, err);
+    if (rc) return rc;
+    if (!strcmp(kind, "progress")) {
+        json_decref(j->progress);
+        j->progress = json_incref(data);
+    }
+    char *t = json_dumps(data, JSON_COMPACT);
+    if (!t) return st_fail(err, ST_ENOMEM, "out of memory");
+    rc = registry_job_add_event(self->reg, job, kind, t, NULL, err);
+    free(t);
+    if (rc == ST_OK && !strcmp(kind, "checkpoint")) {
+        json_t *step = json_object_get(data, "step"), *path = json_object_get(data, "path");
+        if (json_is_integer(step) && json_is_string(path))
+            rc = registry_checkpoint_add(self->reg, job, json_integer_value(step), json_string_value(path), err);
+    }
+    return rc;
+}
+
+/* Adds what only memory knows (cancel requested, latest progress) to a record. */
+static void s_decorate(sched_t *self, json_t *rec)
+{
+    json_object_del(rec, "spec"); /* large and not what a listing is for */
+    int64_t id = json_integer_value(json_object_get(rec, "id"));
+    job_t *j = s_find(self, id);
+    json_object_set_new(rec, "cancel_requested", json_boolean(j && j->cancel_requested));
+    if (j && j->progress) {
+        static const char *keys[] = {"step", "steps", "loss", "tokens_per_s", "eta_s", "lr"};
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+            json_t *v = json_object_get(j->progress, keys[k]);
+            if (v) json_object_set(rec, keys[k], v);
+        }
+    }
+    if (j) json_object_set_new(rec, "out_dir", json_string(j->out_dir));
+}
+
+int sched_job_json(sched_t *self, int64_t job, json_t **out, char *err)
+{
+    int rc = registry_job_get(self->reg, job, out, err);
+    if (rc) return rc;
+    s_decorate(self, *out);
+    return ST_OK;
+}
+
+int sched_jobs_json(sched_t *self, json_t **out, char *err)
+{
+    int rc = registry_job_list(self->reg, NULL, out, err);
+    if (rc) return rc;
+    size_t i;
+    json_t *rec;
+    json_array_foreach(*out, i, rec) s_decorate(self, rec);
+    return ST_OK;
+}
+
+int64_t sched_job_of_group(sched_t *self, const char *group)
+{
+    for (size_t i = 0; i < self->n_jobs; i++)
+        if (self->jobs[i].status == JOB_RUNNING && !strcmp(self->jobs[i].group, group)) return self->jobs[i].id;
+    return 0;
+}
+
+int sched_cancel_requested(sched_t *self, int64_t job)
+{
+    job_t *j = s_find(self, job);
+    return j && j->cancel_requested;
+}

@@ -1,0 +1,89 @@
+/*
+ * sched.h - the coordinator's jobs: the state machine, the priority queue and
+ * the matching of jobs to worker groups (SPEC sections 5-7). The registry is
+ * the record (every transition is written there first); sched_t keeps the
+ * jobs that are not finished in memory so that scheduling needs no SQL.
+ *
+ * The state diagram and the function of each transition are at the top of
+ * sched.c.
+ */
+#ifndef ST_COORD_SCHED_H
+#define ST_COORD_SCHED_H
+
+#include "store/registry.h"
+
+#include <jansson.h>
+#include <stdint.h>
+
+typedef struct sched sched_t;
+
+/* A job handed to a group (sched_assign fills it; strings owned by sched and
+ * valid until the next call). */
+typedef struct {
+    int64_t id;
+    const char *spec_json; /* canonical job spec */
+    const char *out_dir;   /* output and checkpoint directory of the job */
+    int attempt;           /* 1 for the first run, +1 per requeue */
+} sched_assignment_t;
+
+/* Creates the scheduler over an open registry (borrowed) and recovers its
+ * state: queued jobs stay queued, running ones go back to queued (their groups
+ * may be gone; a group still running one claims it back with hello), jobs
+ * caught validating are validated again. jobs_dir is where each job's output
+ * and checkpoint directory is made (<jobs_dir>/<id>). */
+sched_t *sched_new(registry_t *reg, const char *jobs_dir, char *err);
+void sched_destroy(sched_t **self_p);
+
+/* validating -> queued | failed. spec_json is untrusted. On success *id_out is
+ * the new job's id. A job whose inputs fail validation is recorded as failed
+ * and the call returns the validation error (with *id_out set, >0). */
+int sched_submit(sched_t *self, const char *spec_json, int64_t *id_out, char *err);
+
+/* Picks the best queued job a group can run (highest priority, then oldest;
+ * the job's gpus <= the group's, same backend) and moves it to running on
+ * that group. ST_ENOTFOUND when there is nothing for it. */
+int sched_assign(sched_t *self, const char *group, int group_gpus, const char *backend,
+                 sched_assignment_t *out, char *err);
+
+/* A group that says hello after a coordinator restart still running job:
+ * queued -> running on that group, if the job is still queued. ST_EBUSY when
+ * the job is no longer this group's to run (it should stop). */
+int sched_reclaim(sched_t *self, int64_t job, const char *group, char *err);
+
+/* running -> queued: the group running it was lost. */
+int sched_requeue(sched_t *self, int64_t job, const char *why, char *err);
+
+/* Cancels: queued -> cancelled at once; running -> cancel requested (the
+ * caller tells the group; *group_out gets its id, "" when none). */
+int sched_cancel(sched_t *self, int64_t job, char group_out[128], char *err);
+
+/* running -> succeeded: registers the state with its metrics and baseline and
+ * moves the job's alias (one registry transaction), then records the job's
+ * end. data is [layers, heads, head_size, head_size]. A repeated result for a
+ * job already succeeded returns its version again. */
+int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics, const char *model_sha256,
+                  int layers, int heads, int head_size, const float *data, int *version_out, char *err);
+
+/* running -> failed, or -> cancelled when cancelled is nonzero or a cancel was
+ * requested. */
+int sched_fail(sched_t *self, int64_t job, const char *group, const char *error, int cancelled, char *err);
+
+/* Records a progress/eval/checkpoint notification of a running job as an
+ * event (and keeps the latest progress for status). Only the group running
+ * the job may report on it (ST_EINVAL otherwise). */
+int sched_event(sched_t *self, int64_t job, const char *group, const char *kind, json_t *data, char *err);
+
+/* The job record for replies (registry row plus live progress); caller
+ * decrefs. */
+int sched_job_json(sched_t *self, int64_t job, json_t **out, char *err);
+
+/* All jobs, newest first. */
+int sched_jobs_json(sched_t *self, json_t **out, char *err);
+
+/* The id of the job a group is running, or 0. */
+int64_t sched_job_of_group(sched_t *self, const char *group);
+
+/* Whether a cancel was requested for a running job. */
+int sched_cancel_requested(sched_t *self, int64_t job);
+
+#endif
