@@ -40,7 +40,8 @@ typedef struct {
     int micro_batch;     /* samples per forward/backward on one rank */
     int global_batch;    /* samples per optimizer step over all ranks */
     int64_t steps;       /* optimizer steps, or 0 when epochs is set */
-    int64_t epochs;      /* passes over train, or 0 when steps is set */
+    int64_t epochs;      /* passes over train, or 0 when steps is set; 1 when the
+                            job gives neither */
     double lr_init;      /* Adam learning rate after warmup */
     double lr_final;     /* learning rate at the last step (<= lr_init) */
     int warmup_steps;    /* linear warmup from 0 */

@@ -181,6 +181,90 @@ static int test_tokenizer_round_trip(void)
     return 0;
 }
 
+/* An independent greedy longest match: every token in a sorted table, and at
+ * each position the longest length (down from 128 bytes) found by binary
+ * search. Slow but obviously right; the trie must agree with it. */
+typedef struct {
+    const char *b;
+    size_t n;
+    int32_t id;
+} s_tok_t;
+
+static int s_cmp_tok(const void *x, const void *y)
+{
+    const s_tok_t *a = x, *b = y;
+    size_t n = a->n < b->n ? a->n : b->n;
+    int c = memcmp(a->b, b->b, n);
+    if (c) return c;
+    return a->n < b->n ? -1 : a->n > b->n;
+}
+
+static int test_tokenizer_brute_force(void)
+{
+    const char *vp = st_test_fixture("rwkv_vocab_v20230424.txt");
+    if (!vp) return ST_TEST_SKIP;
+    char err[ST_ERR_LEN], rp[4096];
+    tokenizer_t *tok = tokenizer_new_world(vp, err);
+    CHECKF(tok, "%s", err);
+    const char *p = st_test_fixture("README.md");
+    if (!p) return ST_TEST_SKIP;
+    snprintf(rp, sizeof rp, "%s", p);
+    char *text = NULL;
+    size_t len = 0;
+    CHECKF(st_read_file(rp, 1 << 20, &text, &len, err) == ST_OK, "%s", err);
+    s_tok_t *table = malloc(65536 * sizeof *table);
+    CHECK(table);
+    size_t nt = 0;
+    for (int32_t id = 1; id < 65536; id++) {
+        size_t n = 0;
+        const char *b = tokenizer_token(tok, id, &n);
+        if (b) table[nt++] = (s_tok_t){b, n, id};
+    }
+    qsort(table, nt, sizeof *table, s_cmp_tok);
+    /* the README, then 20000 random tokens back to back: their joins make
+     * the longest matches cross token boundaries in every way */
+    size_t cap = len + 20000 * 128 + 1;
+    char *grown = realloc(text, cap);
+    CHECK(grown);
+    text = grown;
+    uint64_t x = 7;
+    for (int i = 0; i < 20000; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        size_t n = 0;
+        const char *b = tokenizer_token(tok, 1 + (int32_t)((x >> 33) % 65529), &n);
+        CHECK(b);
+        memcpy(text + len, b, n);
+        len += n;
+    }
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    CHECK(tokenizer_encode(tok, text, len, &ids, &n_ids, err) == ST_OK);
+    size_t pos = 0, k = 0;
+    while (pos < len) {
+        int32_t want = -1;
+        size_t step = 0;
+        for (size_t l = len - pos < 128 ? len - pos : 128; l >= 1 && want < 0; l--) {
+            s_tok_t key = {text + pos, l, 0};
+            s_tok_t *hit = bsearch(&key, table, nt, sizeof *table, s_cmp_tok);
+            if (hit) {
+                want = hit->id;
+                step = l;
+            }
+        }
+        CHECK(want >= 0 && k < n_ids);
+        CHECKF(ids[k] == want, "at byte %zu: trie gives %d, brute force %d", pos, (int)ids[k], (int)want);
+        k++;
+        pos += step;
+    }
+    CHECK(k == n_ids);
+    printf("%zu bytes -> %zu tokens, same as brute force\n", len, n_ids);
+    free(ids);
+    free(table);
+    free(text);
+    tokenizer_destroy(&tok);
+    return 0;
+}
+
 static int test_tokenizer_bytes(void)
 {
     char err[ST_ERR_LEN];
@@ -1149,6 +1233,7 @@ static int test_fuzz_parsers(void)
 static const st_test_t tests[] = {
     {"tokenizer_world_fixtures", test_tokenizer_world_fixtures},
     {"tokenizer_round_trip", test_tokenizer_round_trip},
+    {"tokenizer_brute_force", test_tokenizer_brute_force},
     {"tokenizer_bytes", test_tokenizer_bytes},
     {"tokenizer_vocab_file", test_tokenizer_vocab_file},
     {"jobspec_defaults", test_jobspec_defaults},

@@ -715,8 +715,59 @@ static int s_check_import(const char *file, const char *raw, int L, int H, int N
     return ok ? 0 : 1;
 }
 
+/* test_store --make-db FILE: a small registry for tests/store_cli.sh - model
+ * "tiny", job 1 "style" (succeeded), style@1..3 with metrics, aliases
+ * latest -> 3 and prod -> 1 -> 2, and "plain" (imported, no metrics). */
+static int s_make_db(const char *db)
+{
+    char err[ST_ERR_LEN];
+    registry_t *r = registry_open(db, 0, err);
+    int64_t job = 0;
+    int v, rc = r ? ST_OK : ST_EIO;
+    if (!rc) rc = registry_register_model(r, "tiny", s_model, "{\"n_layer\":2,\"n_embd\":128,\"vocab\":256}",
+                                          "/models/tiny.pth", err);
+    if (!rc) rc = registry_job_create(r, "style", "{\"name\":\"style\",\"train\":\"train.jsonl\",\"steps\":60}", 0, 1,
+                                      "running", &job, err);
+    for (int i = 1; i <= 3 && !rc; i++) {
+        registry_metric_t m[2] = {{"eval_loss", 2.0 - 0.25 * i, 2.5, 1}, {"token_accuracy", 0.5 + 0.1 * i, 0.4, 1}};
+        float d[NUMEL];
+        s_fill(d, NUMEL, (uint32_t)i);
+        registry_new_state_t s = {.name = "style", .model_sha256 = s_model, .job_id = job, .n_layer = L_,
+                                  .n_head = H_, .head_size = N_, .data = d, .metrics = m, .n_metrics = 2,
+                                  .alias = "latest"};
+        rc = registry_add_state(r, &s, &v, err);
+    }
+    if (!rc) rc = registry_set_alias(r, "style", "prod", 1, err);
+    if (!rc) rc = registry_set_alias(r, "style", "prod", 2, err);
+    if (!rc) rc = registry_job_set_status(r, job, "succeeded", "group-1", NULL, err);
+    if (!rc) {
+        float d[NUMEL];
+        s_fill(d, NUMEL, 99);
+        registry_new_state_t s = {.name = "plain", .model_sha256 = s_model, .n_layer = L_, .n_head = H_,
+                                  .head_size = N_, .data = d};
+        rc = registry_add_state(r, &s, &v, err);
+    }
+    if (!rc) {
+        float d[NUMEL];
+        s_fill(d, NUMEL, 7);
+        registry_new_state_t s = {.name = "kernel", .model_sha256 = s_model, .n_layer = L_, .n_head = H_,
+                                  .head_size = N_, .data = d, .kernel_features = 16};
+        rc = registry_add_state(r, &s, &v, err);
+    }
+    registry_close(&r);
+    if (rc) fprintf(stderr, "%s\n", err);
+    /* the expected data of style@2, for byte comparisons */
+    char path[1024];
+    float d[NUMEL];
+    s_fill(d, NUMEL, 2);
+    snprintf(path, sizeof path, "%s.style2.f32", db);
+    if (!rc) rc = st_write_file_atomic(path, d, sizeof d, err);
+    return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "--make-db")) return s_make_db(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "--write-exports")) return s_write_exports(argv[2]);
     if (argc == 7 && !strcmp(argv[1], "--check-import"))
         return s_check_import(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
