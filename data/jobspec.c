@@ -196,14 +196,27 @@ static int s_is_file(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* A model reference: a path (resolved), or a registered name (no '/' and no
- * such file beside the job file). */
+/* A name ending like a model file is a path even when the file is missing,
+ * so that a typo reports "cannot open" rather than "no such registered model". */
+static int s_has_model_ext(const char *s)
+{
+    static const char *const exts[] = {".pth", ".safetensors", ".bin", NULL};
+    size_t n = strlen(s);
+    for (const char *const *e = exts; *e; e++) {
+        size_t k = strlen(*e);
+        if (n > k && strcmp(s + n - k, *e) == 0) return 1;
+    }
+    return 0;
+}
+
+/* A model reference: a path (resolved), or a registered name (no '/', no
+ * model-file extension and no such file beside the job file). */
 static int s_model_ref(const s_ctx_t *c, const char *given, char **path_out, char **name_out)
 {
     *path_out = *name_out = NULL;
     char *abs = s_resolve(c, given);
     if (!abs) return st_fail(c->err, ST_ENOMEM, "out of memory");
-    if (!strchr(given, '/') && !s_is_file(abs)) {
+    if (!strchr(given, '/') && !s_is_file(abs) && !s_has_model_ext(given)) {
         free(abs);
         if (!jobspec_valid_name(given))
             return st_fail(c->err, ST_EINVAL,

@@ -542,6 +542,12 @@ static int test_jobspec_model_names(void)
     /* inputs cannot be checked before the coordinator resolves the name */
     CHECK(jobspec_check_inputs(j, err) == ST_ENOTFOUND && strstr(err, "rwkv7-1.5b"));
     jobspec_destroy(&j);
+    /* a missing file named like a model is a path, so its error says so */
+    job = s_job_file(dir, "j.json", "{\"name\": \"s\", \"model\": \"missing.pth\", \"train\": \"t\"}");
+    CHECKF(jobspec_parse_file(job, &j, err) == ST_OK, "%s", err);
+    CHECK(j->model_path && !j->model_name && strstr(j->model_path, "/missing.pth"));
+    CHECK(jobspec_check_inputs(j, err) != ST_OK && strstr(err, "missing.pth"));
+    jobspec_destroy(&j);
     return 0;
 }
 
