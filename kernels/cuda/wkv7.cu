@@ -23,10 +23,6 @@ namespace {
 
 constexpr int N = WKV7_CUDA_N;
 constexpr int CH = WKV7_CUDA_CHUNK;
-/* Threads per state row (forward) and per state column (backward) that the
- * public launchers use; kernels/dev/wkv7_bench.cu times every choice. */
-constexpr int WKV7_FWD_SPLIT = 1;
-constexpr int WKV7_BWD_SPLIT = 1;
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -34,22 +30,9 @@ template <typename F> __device__ __forceinline__ F from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-/* Sums a partial over the SPLIT adjacent lanes that share one state row or
- * column (every one of them gets the total). */
-template <int SPLIT>
-__device__ __forceinline__ float split_sum(float x)
-{
-#pragma unroll
-    for (int o = 1; o < SPLIT; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
-/* One block per (h, b) of N * SPLIT threads; SPLIT adjacent threads share
- * value row i of S, each holding NS = N / SPLIT of its columns. Splitting
- * shortens each thread's serial dot products and puts more warps on an SM
- * (the kernel is latency-bound: 64 threads per head are too few). */
-template <typename F, int SPLIT>
-__global__ void __launch_bounds__(N * SPLIT) wkv7_fwd_kernel(
+/* One block per (h, b); thread i owns value row i of S. */
+template <typename F>
+__global__ void __launch_bounds__(N) wkv7_fwd_kernel(
     int T, int H, int nck,
     const F *__restrict__ r, const F *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
@@ -59,15 +42,13 @@ __global__ void __launch_bounds__(N * SPLIT) wkv7_fwd_kernel(
     float *__restrict__ ckpt,       /* (B, H, nck, N, N) transposed */
     float *__restrict__ sa_out)     /* (B, T, H, N) */
 {
-    constexpr int NS = N / SPLIT;
-    const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
-    const int i = tid / SPLIT, j0 = (tid % SPLIT) * NS;
+    const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
     __shared__ __align__(16) float sr[CH][N], sw[CH][N], sk[CH][N], sv[CH][N], sa_[CH][N], sb[CH][N];
 
-    float S[NS];
-    const float *s0row = s0 + ((size_t)h * N + i) * N + j0;
+    float S[N];
+    const float *s0row = s0 + ((size_t)h * N + i) * N;
 #pragma unroll
-    for (int j = 0; j < NS; j += 4) {
+    for (int j = 0; j < N; j += 4) {
         float4 q = *reinterpret_cast<const float4 *>(s0row + j);
         S[j] = q.x; S[j + 1] = q.y; S[j + 2] = q.z; S[j + 3] = q.w;
     }
@@ -77,32 +58,32 @@ __global__ void __launch_bounds__(N * SPLIT) wkv7_fwd_kernel(
         const int t0 = c * CH;
         const int n = min(CH, T - t0);
         __syncthreads(); /* everyone is done reading the previous chunk */
-        for (int u = tid / N; u < n; u += SPLIT) {
-            const int col = tid % N;
-            size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + col;
-            sr[u][col] = to_f(r[idx]); sw[u][col] = to_f(w[idx]); sk[u][col] = to_f(k[idx]);
-            sv[u][col] = to_f(v[idx]); sa_[u][col] = to_f(a[idx]); sb[u][col] = to_f(b[idx]);
+        for (int u = 0; u < n; u++) {
+            size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + i;
+            sr[u][i] = to_f(r[idx]); sw[u][i] = to_f(w[idx]); sk[u][i] = to_f(k[idx]);
+            sv[u][i] = to_f(v[idx]); sa_[u][i] = to_f(a[idx]); sb[u][i] = to_f(b[idx]);
         }
         __syncthreads();
         for (int u = 0; u < n; u++) {
-            const float4 *a4 = reinterpret_cast<const float4 *>(sa_[u] + j0);
-            const float4 *w4 = reinterpret_cast<const float4 *>(sw[u] + j0);
-            const float4 *k4 = reinterpret_cast<const float4 *>(sk[u] + j0);
-            const float4 *b4 = reinterpret_cast<const float4 *>(sb[u] + j0);
-            const float4 *r4 = reinterpret_cast<const float4 *>(sr[u] + j0);
+            size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + i;
+            const float4 *a4 = reinterpret_cast<const float4 *>(sa_[u]);
+            const float4 *w4 = reinterpret_cast<const float4 *>(sw[u]);
+            const float4 *k4 = reinterpret_cast<const float4 *>(sk[u]);
+            const float4 *b4 = reinterpret_cast<const float4 *>(sb[u]);
+            const float4 *r4 = reinterpret_cast<const float4 *>(sr[u]);
             /* four partial sums: the dot product is the serial chain per token */
             float p0 = 0.f, p1 = 0.f, p2 = 0.f, p3 = 0.f;
 #pragma unroll
-            for (int j = 0; j < NS; j += 4) {
+            for (int j = 0; j < N; j += 4) {
                 float4 q = a4[j / 4];
                 p0 = fmaf(S[j], q.x, p0); p1 = fmaf(S[j + 1], q.y, p1);
                 p2 = fmaf(S[j + 2], q.z, p2); p3 = fmaf(S[j + 3], q.w, p3);
             }
-            const float sa = split_sum<SPLIT>((p0 + p1) + (p2 + p3));
+            const float sa = (p0 + p1) + (p2 + p3);
             const float vi = sv[u][i];
             float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
 #pragma unroll
-            for (int j = 0; j < NS; j += 4) {
+            for (int j = 0; j < N; j += 4) {
                 float4 ww = w4[j / 4], kk = k4[j / 4], bv = b4[j / 4], rr = r4[j / 4];
                 S[j] = fmaf(S[j], ww.x, fmaf(sa, bv.x, vi * kk.x));
                 S[j + 1] = fmaf(S[j + 1], ww.y, fmaf(sa, bv.y, vi * kk.y));
@@ -111,32 +92,27 @@ __global__ void __launch_bounds__(N * SPLIT) wkv7_fwd_kernel(
                 y0 = fmaf(S[j], rr.x, y0); y1 = fmaf(S[j + 1], rr.y, y1);
                 y2 = fmaf(S[j + 2], rr.z, y2); y3 = fmaf(S[j + 3], rr.w, y3);
             }
-            const float yi = split_sum<SPLIT>((y0 + y1) + (y2 + y3));
-            if (j0 == 0) {
-                size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + i;
-                y[idx] = from_f<F>(yi);
-                sa_out[idx] = sa;
-            }
+            y[idx] = from_f<F>((y0 + y1) + (y2 + y3));
+            sa_out[idx] = sa;
         }
         /* checkpoint: the state after this chunk, transposed so that the
-         * backward's threads read their column contiguously */
+         * backward's thread j reads its column contiguously */
         float *ckc = ck + (size_t)c * N * N;
 #pragma unroll
-        for (int j = 0; j < NS; j++) ckc[(j0 + j) * N + i] = S[j];
+        for (int j = 0; j < N; j++) ckc[j * N + i] = S[j];
     }
     if (s_final) {
-        float *sf = s_final + ((size_t)(bb * H + h) * N + i) * N + j0;
+        float *sf = s_final + ((size_t)(bb * H + h) * N + i) * N;
 #pragma unroll
-        for (int j = 0; j < NS; j += 4)
+        for (int j = 0; j < N; j += 4)
             *reinterpret_cast<float4 *>(sf + j) = make_float4(S[j], S[j + 1], S[j + 2], S[j + 3]);
     }
 }
 
-/* One block per (h, b) of N * SPLIT threads; SPLIT adjacent threads share key
- * column j of S and of dS and value row j of dS, each holding NS = N / SPLIT
- * entries of each. See wkv7.cuh for the per-token algebra. */
-template <typename F, int SPLIT>
-__global__ void __launch_bounds__(N * SPLIT) wkv7_bwd_kernel(
+/* One block per (h, b); thread j owns key column j of S and of dS, and value
+ * row j of dS. See wkv7.cuh for the per-token algebra. */
+template <typename F>
+__global__ void __launch_bounds__(N) wkv7_bwd_kernel(
     int T, int H, int nck,
     const F *__restrict__ r, const F *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
@@ -146,49 +122,47 @@ __global__ void __launch_bounds__(N * SPLIT) wkv7_bwd_kernel(
     F *__restrict__ da, F *__restrict__ db,
     float *__restrict__ ds0)        /* (H, N, N) += */
 {
-    constexpr int NS = N / SPLIT;
-    const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
-    const int j = tid / SPLIT, part = tid % SPLIT, i0 = part * NS;
+    const int h = blockIdx.x, bb = blockIdx.y, j = threadIdx.x;
     __shared__ __align__(16) float sr[CH][N], sw[CH][N], sk[CH][N], sv[CH][N];
     __shared__ __align__(16) float sa_[CH][N], sb[CH][N], sdy[CH][N], ssa[CH][N];
     __shared__ __align__(16) float sdsa[2][N];
 
-    float Sc[NS], dSc[NS], dSr[NS];
+    float Sc[N], dSc[N], dSr[N];
 #pragma unroll
-    for (int i = 0; i < NS; i++) { dSc[i] = 0.f; dSr[i] = 0.f; }
+    for (int i = 0; i < N; i++) { dSc[i] = 0.f; dSr[i] = 0.f; }
     const float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
 
     for (int c = nck - 1; c >= 0; c--) {
         const int t0 = c * CH;
         const int n = min(CH, T - t0);
-        const float *col = ck + (size_t)c * N * N + (size_t)j * N + i0;
+        const float *col = ck + (size_t)c * N * N + (size_t)j * N;
 #pragma unroll
-        for (int i = 0; i < NS; i += 4) {
+        for (int i = 0; i < N; i += 4) {
             float4 q = *reinterpret_cast<const float4 *>(col + i);
             Sc[i] = q.x; Sc[i + 1] = q.y; Sc[i + 2] = q.z; Sc[i + 3] = q.w;
         }
         __syncthreads();
-        for (int u = tid / N; u < n; u += SPLIT) {
-            const int cc = tid % N;
-            size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + cc;
-            sr[u][cc] = to_f(r[idx]); sw[u][cc] = to_f(w[idx]); sk[u][cc] = to_f(k[idx]);
-            sv[u][cc] = to_f(v[idx]); sa_[u][cc] = to_f(a[idx]); sb[u][cc] = to_f(b[idx]);
-            sdy[u][cc] = to_f(dy[idx]); ssa[u][cc] = sa_in[idx];
+        for (int u = 0; u < n; u++) {
+            size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + j;
+            sr[u][j] = to_f(r[idx]); sw[u][j] = to_f(w[idx]); sk[u][j] = to_f(k[idx]);
+            sv[u][j] = to_f(v[idx]); sa_[u][j] = to_f(a[idx]); sb[u][j] = to_f(b[idx]);
+            sdy[u][j] = to_f(dy[idx]); ssa[u][j] = sa_in[idx];
         }
         __syncthreads();
         for (int u = n - 1; u >= 0; u--) {
+            const size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + j;
             const int p = (t0 + u) & 1;
             const float rj = sr[u][j], wj = sw[u][j], kj = sk[u][j], aj = sa_[u][j], bj = sb[u][j];
             const float dyj = sdy[u][j];
-            const float4 *dy4 = reinterpret_cast<const float4 *>(sdy[u] + i0);
-            const float4 *r4 = reinterpret_cast<const float4 *>(sr[u] + i0);
-            const float4 *k4 = reinterpret_cast<const float4 *>(sk[u] + i0);
-            const float4 *b4 = reinterpret_cast<const float4 *>(sb[u] + i0);
+            const float4 *dy4 = reinterpret_cast<const float4 *>(sdy[u]);
+            const float4 *r4 = reinterpret_cast<const float4 *>(sr[u]);
+            const float4 *k4 = reinterpret_cast<const float4 *>(sk[u]);
+            const float4 *b4 = reinterpret_cast<const float4 *>(sb[u]);
             /* y_t = S_t r_t: dr = S_t^T dy, dS_t += dy r^T (both copies);
              * then the row sums dv = dS_t k and dsa = dS_t b */
             float gr = 0.f, gv = 0.f, gsa = 0.f;
 #pragma unroll
-            for (int i = 0; i < NS; i += 4) {
+            for (int i = 0; i < N; i += 4) {
                 float4 d = dy4[i / 4], rr = r4[i / 4], kk = k4[i / 4], bv = b4[i / 4];
                 gr = fmaf(Sc[i], d.x, gr); gr = fmaf(Sc[i + 1], d.y, gr);
                 gr = fmaf(Sc[i + 2], d.z, gr); gr = fmaf(Sc[i + 3], d.w, gr);
@@ -201,28 +175,19 @@ __global__ void __launch_bounds__(N * SPLIT) wkv7_bwd_kernel(
                 gsa = fmaf(dSr[i], bv.x, gsa); gsa = fmaf(dSr[i + 1], bv.y, gsa);
                 gsa = fmaf(dSr[i + 2], bv.z, gsa); gsa = fmaf(dSr[i + 3], bv.w, gsa);
             }
-            gr = split_sum<SPLIT>(gr);
-            gv = split_sum<SPLIT>(gv);
-            gsa = split_sum<SPLIT>(gsa);
-            const size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + j;
-            if (part == 0) {
-                /* stored now: fewer live registers across the step-back */
-                sdsa[p][j] = gsa;
-                dr[idx] = from_f<F>(gr);
-                dv[idx] = from_f<F>(gv);
-            }
+            sdsa[p][j] = gsa;
             __syncthreads();
             /* step back: S_{t-1} = (S_t - v k^T - sa b^T) diag(1/w); then the
              * column sums dk, db, dw, da and dS_{t-1} = dS_t diag(w) + dsa a^T */
             const float iw = 1.f / wj;
-            const float4 *v4 = reinterpret_cast<const float4 *>(sv[u] + i0);
-            const float4 *sa4 = reinterpret_cast<const float4 *>(ssa[u] + i0);
-            const float4 *ds4 = reinterpret_cast<const float4 *>(sdsa[p] + i0);
-            const float4 *w4 = reinterpret_cast<const float4 *>(sw[u] + i0);
-            const float4 *a4 = reinterpret_cast<const float4 *>(sa_[u] + i0);
+            const float4 *v4 = reinterpret_cast<const float4 *>(sv[u]);
+            const float4 *sa4 = reinterpret_cast<const float4 *>(ssa[u]);
+            const float4 *ds4 = reinterpret_cast<const float4 *>(sdsa[p]);
+            const float4 *w4 = reinterpret_cast<const float4 *>(sw[u]);
+            const float4 *a4 = reinterpret_cast<const float4 *>(sa_[u]);
             float gk = 0.f, gb = 0.f, gw = 0.f, ga = 0.f;
 #pragma unroll
-            for (int i = 0; i < NS; i += 4) {
+            for (int i = 0; i < N; i += 4) {
                 float4 vv = v4[i / 4], ss = sa4[i / 4], dd = ds4[i / 4], ww = w4[i / 4], aa = a4[i / 4];
                 float vx[4] = {vv.x, vv.y, vv.z, vv.w}, sx[4] = {ss.x, ss.y, ss.z, ss.w};
                 float dx[4] = {dd.x, dd.y, dd.z, dd.w}, wx[4] = {ww.x, ww.y, ww.z, ww.w};
@@ -238,20 +203,14 @@ __global__ void __launch_bounds__(N * SPLIT) wkv7_bwd_kernel(
                     dSr[i + e] = fmaf(dSr[i + e], wx[e], gsa * ax[e]);
                 }
             }
-            gk = split_sum<SPLIT>(gk);
-            gb = split_sum<SPLIT>(gb);
-            gw = split_sum<SPLIT>(gw);
-            ga = split_sum<SPLIT>(ga);
-            if (part == 0) {
-                dw[idx] = from_f<F>(gw); dk[idx] = from_f<F>(gk);
-                da[idx] = from_f<F>(ga); db[idx] = from_f<F>(gb);
-            }
+            dr[idx] = from_f<F>(gr); dw[idx] = from_f<F>(gw); dk[idx] = from_f<F>(gk);
+            dv[idx] = from_f<F>(gv); da[idx] = from_f<F>(ga); db[idx] = from_f<F>(gb);
         }
     }
     /* dS is now dS_0, shared by every batch row: accumulate row j */
-    float *ds0row = ds0 + ((size_t)h * N + j) * N + i0;
+    float *ds0row = ds0 + ((size_t)h * N + j) * N;
 #pragma unroll
-    for (int i = 0; i < NS; i++) atomicAdd(ds0row + i, dSr[i]);
+    for (int i = 0; i < N; i++) atomicAdd(ds0row + i, dSr[i]);
 }
 
 int check_shapes(int B, int T, int H, int ckpt_every, char *err)
@@ -266,7 +225,7 @@ int check_shapes(int B, int T, int H, int ckpt_every, char *err)
 }
 
 template <typename F>
-int launch_fwd(int split, int B, int T, int H, const F *r, const F *w, const F *k, const F *v, const F *a,
+int launch_fwd(int B, int T, int H, const F *r, const F *w, const F *k, const F *v, const F *a,
                const F *b, const float *s0, F *y, float *s_final, float *s_ckpt, int ckpt_every,
                float *sa, cudaStream_t stream, char *err)
 {
@@ -275,22 +234,13 @@ int launch_fwd(int split, int B, int T, int H, const F *r, const F *w, const F *
     if (!r || !w || !k || !v || !a || !b || !s0 || !y || !s_ckpt || !sa)
         return st_fail(err, ST_EINVAL, "wkv7_forward_cuda: a required pointer is NULL");
     const int nck = (T + CH - 1) / CH;
-    if (split == 0) split = WKV7_FWD_SPLIT;
-    const dim3 grid(H, B);
-    if (split == 1)
-        wkv7_fwd_kernel<F, 1><<<grid, N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa);
-    else if (split == 2)
-        wkv7_fwd_kernel<F, 2><<<grid, 2 * N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa);
-    else if (split == 4)
-        wkv7_fwd_kernel<F, 4><<<grid, 4 * N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa);
-    else
-        return st_fail(err, ST_EINVAL, "wkv7_forward_cuda: split must be 1, 2 or 4 (got %d)", split);
+    wkv7_fwd_kernel<F><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa);
     ST_CUDA_CHECK_LAUNCH("wkv7_fwd_kernel");
     return ST_OK;
 }
 
 template <typename F>
-int launch_bwd(int split, int B, int T, int H, const F *r, const F *w, const F *k, const F *v, const F *a,
+int launch_bwd(int B, int T, int H, const F *r, const F *w, const F *k, const F *v, const F *a,
                const F *b, const float *s_ckpt, int ckpt_every, const float *sa, const F *dy,
                F *dr, F *dw, F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
 {
@@ -300,19 +250,8 @@ int launch_bwd(int split, int B, int T, int H, const F *r, const F *w, const F *
         !da || !db || !ds0)
         return st_fail(err, ST_EINVAL, "wkv7_backward_cuda: a required pointer is NULL");
     const int nck = (T + CH - 1) / CH;
-    if (split == 0) split = WKV7_BWD_SPLIT;
-    const dim3 grid(H, B);
-    if (split == 1)
-        wkv7_bwd_kernel<F, 1><<<grid, N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa, dy, dr, dw,
-                                                      dk, dv, da, db, ds0);
-    else if (split == 2)
-        wkv7_bwd_kernel<F, 2><<<grid, 2 * N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa, dy, dr,
-                                                          dw, dk, dv, da, db, ds0);
-    else if (split == 4)
-        wkv7_bwd_kernel<F, 4><<<grid, 4 * N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa, dy, dr,
-                                                          dw, dk, dv, da, db, ds0);
-    else
-        return st_fail(err, ST_EINVAL, "wkv7_backward_cuda: split must be 1, 2 or 4 (got %d)", split);
+    wkv7_bwd_kernel<F><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa, dy,
+                                                     dr, dw, dk, dv, da, db, ds0);
     ST_CUDA_CHECK_LAUNCH("wkv7_bwd_kernel");
     return ST_OK;
 }
@@ -334,7 +273,7 @@ extern "C" int wkv7_forward_cuda(int B, int T, int H, const float *r, const floa
                                  float *y, float *s_final, float *s_ckpt, int ckpt_every, float *sa,
                                  cudaStream_t stream, char *err)
 {
-    return launch_fwd<float>(0, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every, sa, stream, err);
+    return launch_fwd<float>(B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every, sa, stream, err);
 }
 
 extern "C" int wkv7_backward_cuda(int B, int T, int H, const float *r, const float *w, const float *k,
@@ -343,7 +282,7 @@ extern "C" int wkv7_backward_cuda(int B, int T, int H, const float *r, const flo
                                   float *dw, float *dk, float *dv, float *da, float *db, float *ds0,
                                   cudaStream_t stream, char *err)
 {
-    return launch_bwd<float>(0, B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw, dk, dv,
+    return launch_bwd<float>(B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw, dk, dv,
                              da, db, ds0, stream, err);
 }
 
@@ -353,7 +292,7 @@ extern "C" int wkv7_forward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r, 
                                       float *s_final, float *s_ckpt, int ckpt_every, float *sa,
                                       cudaStream_t stream, char *err)
 {
-    return launch_fwd<__nv_bfloat16>(0, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every,
+    return launch_fwd<__nv_bfloat16>(B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every,
                                      sa, stream, err);
 }
 
@@ -365,29 +304,6 @@ extern "C" int wkv7_backward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r,
                                        wkv_bf16_t *da, wkv_bf16_t *db, float *ds0,
                                        cudaStream_t stream, char *err)
 {
-    return launch_bwd<__nv_bfloat16>(0, B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw,
+    return launch_bwd<__nv_bfloat16>(B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw,
                                      dk, dv, da, db, ds0, stream, err);
-}
-
-extern "C" int wkv7_forward_cuda_bf16_split(int split, int B, int T, int H, const wkv_bf16_t *r,
-                                            const wkv_bf16_t *w, const wkv_bf16_t *k, const wkv_bf16_t *v,
-                                            const wkv_bf16_t *a, const wkv_bf16_t *b, const float *s0,
-                                            wkv_bf16_t *y, float *s_final, float *s_ckpt, int ckpt_every,
-                                            float *sa, cudaStream_t stream, char *err)
-{
-    return launch_fwd<__nv_bfloat16>(split, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt,
-                                     ckpt_every, sa, stream, err);
-}
-
-extern "C" int wkv7_backward_cuda_bf16_split(int split, int B, int T, int H, const wkv_bf16_t *r,
-                                             const wkv_bf16_t *w, const wkv_bf16_t *k,
-                                             const wkv_bf16_t *v, const wkv_bf16_t *a,
-                                             const wkv_bf16_t *b, const float *s_ckpt, int ckpt_every,
-                                             const float *sa, const wkv_bf16_t *dy, wkv_bf16_t *dr,
-                                             wkv_bf16_t *dw, wkv_bf16_t *dk, wkv_bf16_t *dv,
-                                             wkv_bf16_t *da, wkv_bf16_t *db, float *ds0,
-                                             cudaStream_t stream, char *err)
-{
-    return launch_bwd<__nv_bfloat16>(split, B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr,
-                                     dw, dk, dv, da, db, ds0, stream, err);
 }

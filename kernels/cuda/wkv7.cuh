@@ -104,25 +104,6 @@ int wkv7_backward_cuda_bf16(int B, int T, int H,
                             wkv_bf16_t *da, wkv_bf16_t *db,
                             float *ds0, cudaStream_t stream, char *err);
 
-/* The bf16 launchers with the number of threads per state row (forward) or
- * column (backward) chosen explicitly: 1, 2 or 4; 0 = the default. For
- * kernels/dev/wkv7_bench.cu, which times each; results are identical up to
- * the order of fp32 sums. */
-int wkv7_forward_cuda_bf16_split(int split, int B, int T, int H,
-                                 const wkv_bf16_t *r, const wkv_bf16_t *w, const wkv_bf16_t *k,
-                                 const wkv_bf16_t *v, const wkv_bf16_t *a, const wkv_bf16_t *b,
-                                 const float *s0, wkv_bf16_t *y, float *s_final,
-                                 float *s_ckpt, int ckpt_every, float *sa,
-                                 cudaStream_t stream, char *err);
-int wkv7_backward_cuda_bf16_split(int split, int B, int T, int H,
-                                  const wkv_bf16_t *r, const wkv_bf16_t *w, const wkv_bf16_t *k,
-                                  const wkv_bf16_t *v, const wkv_bf16_t *a, const wkv_bf16_t *b,
-                                  const float *s_ckpt, int ckpt_every, const float *sa,
-                                  const wkv_bf16_t *dy,
-                                  wkv_bf16_t *dr, wkv_bf16_t *dw, wkv_bf16_t *dk, wkv_bf16_t *dv,
-                                  wkv_bf16_t *da, wkv_bf16_t *db,
-                                  float *ds0, cudaStream_t stream, char *err);
-
 #ifdef __cplusplus
 }
 #endif

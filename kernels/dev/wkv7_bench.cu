@@ -57,7 +57,7 @@ static uint16_t f2bf(float f) { __nv_bfloat16 b = __float2bfloat16_rn(f); uint16
 static float bf2f(uint16_t u) { uint32_t x = (uint32_t)u << 16; float f; memcpy(&f, &x, 4); return f; }
 
 /* One precision's check on fresh inputs; returns the worst relative error. */
-static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed, int fsplit, int bsplit)
+static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed)
 {
     char err[ST_ERR_LEN];
     size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N, nf = (size_t)B * H * N * N;
@@ -99,9 +99,9 @@ static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed, i
     CK(cudaMemset(ds0, 0, 4 * ns));
     if (bf16) {
         typedef __nv_bfloat16 bf;
-        CKST(wkv7_forward_cuda_bf16_split(fsplit, B, T, H, (bf *)d[0], (bf *)d[1], (bf *)d[2], (bf *)d[3], (bf *)d[4],
+        CKST(wkv7_forward_cuda_bf16(B, T, H, (bf *)d[0], (bf *)d[1], (bf *)d[2], (bf *)d[3], (bf *)d[4],
                                     (bf *)d[5], s0, (bf *)d[7], sf, ck, WKV7_CUDA_CHUNK, sa, 0, err));
-        CKST(wkv7_backward_cuda_bf16_split(bsplit, B, T, H, (bf *)d[0], (bf *)d[1], (bf *)d[2], (bf *)d[3], (bf *)d[4],
+        CKST(wkv7_backward_cuda_bf16(B, T, H, (bf *)d[0], (bf *)d[1], (bf *)d[2], (bf *)d[3], (bf *)d[4],
                                      (bf *)d[5], ck, WKV7_CUDA_CHUNK, sa, (bf *)d[6], (bf *)d[8], (bf *)d[9],
                                      (bf *)d[10], (bf *)d[11], (bf *)d[12], (bf *)d[13], ds0, 0, err));
     } else {
@@ -133,7 +133,7 @@ static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed, i
     const double tol_exact = 1e-5, tol_out = bf16 ? 5e-3 : 1e-5, tol_back = bf16 ? 5e-3 : 1e-3;
     const double tol[9] = {tol_out, tol_back, tol_back, tol_out, tol_out, tol_back, tol_out, tol_exact, tol_exact};
     double worst = 0; /* worst error / tolerance */
-    printf("check %s split %d/%d (%d,%d,%d) regime %d:", bf16 ? "bf16" : "fp32", fsplit, bsplit, B, T, H, regime);
+    printf("check %s (%d,%d,%d) regime %d:", bf16 ? "bf16" : "fp32", B, T, H, regime);
     for (int i = 0; i < 9; i++) { printf(" %s %.1e", names[i], e[i]); worst = std::max(worst, e[i] / tol[i]); }
     if (!(worst <= 1)) worst = 2;
     printf("%s\n", worst <= 1 ? "" : "  <- over tolerance");
@@ -174,36 +174,28 @@ static void bench(int B, int T, int H, int reps, uint64_t seed, double target_ms
     CK(cudaMemset(ds0, 0, 4 * ns));
     cudaEvent_t e0, e1, e2;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1)); CK(cudaEventCreate(&e2));
+    std::vector<float> tf, tb, tt;
+    for (int it = 0; it < reps + 3; it++) {
+        CK(cudaEventRecord(e0));
+        CKST(wkv7_forward_cuda_bf16(B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], s0, d[7], NULL, ck,
+                                    WKV7_CUDA_CHUNK, sa, 0, err));
+        CK(cudaEventRecord(e1));
+        CKST(wkv7_backward_cuda_bf16(B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], ck, WKV7_CUDA_CHUNK, sa,
+                                     d[6], d[8], d[9], d[10], d[11], d[12], d[13], ds0, 0, err));
+        CK(cudaEventRecord(e2));
+        CK(cudaEventSynchronize(e2));
+        float a, b2;
+        CK(cudaEventElapsedTime(&a, e0, e1));
+        CK(cudaEventElapsedTime(&b2, e1, e2));
+        if (it >= 3) { tf.push_back(a); tb.push_back(b2); tt.push_back(a + b2); }
+    }
     double rows = (double)B * T * H;
     double bytes = rows * N * (18 + 30) + 2.0 * wkv7_cuda_ckpt_floats(B, T, H) * 4;
     double flops = rows * 34.0 * N * N;
-    float best_f = 1e30f, best_b = 1e30f;
-    for (int sp = 1; sp <= 4; sp *= 2) {
-        std::vector<float> tf, tb;
-        for (int it = 0; it < reps + 3; it++) {
-            CK(cudaEventRecord(e0));
-            CKST(wkv7_forward_cuda_bf16_split(sp, B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], s0, d[7], NULL,
-                                              ck, WKV7_CUDA_CHUNK, sa, 0, err));
-            CK(cudaEventRecord(e1));
-            CKST(wkv7_backward_cuda_bf16_split(sp, B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], ck,
-                                               WKV7_CUDA_CHUNK, sa, d[6], d[8], d[9], d[10], d[11], d[12],
-                                               d[13], ds0, 0, err));
-            CK(cudaEventRecord(e2));
-            CK(cudaEventSynchronize(e2));
-            float a, b2;
-            CK(cudaEventElapsedTime(&a, e0, e1));
-            CK(cudaEventElapsedTime(&b2, e1, e2));
-            if (it >= 3) { tf.push_back(a); tb.push_back(b2); }
-        }
-        float mf = median(tf), mb = median(tb);
-        best_f = std::min(best_f, mf); best_b = std::min(best_b, mb);
-        printf("bench bf16 (%2d,%4d,%2d) split %d: fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms\n", B, T, H, sp, mf,
-               mb, mf + mb);
-    }
-    float mt = best_f + best_b;
-    printf("best   bf16 (%2d,%4d,%2d): fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms | %5.2f TB/s %5.1f TFLOP/s | "
+    float mt = median(tt);
+    printf("bench bf16 (%2d,%4d,%2d): fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms | %5.2f TB/s %5.1f TFLOP/s | "
            "target %.2f ms, official %.2f ms\n",
-           B, T, H, best_f, best_b, mt, bytes / (mt * 1e-3) / 1e12, flops / (mt * 1e-3) / 1e12,
+           B, T, H, median(tf), median(tb), mt, bytes / (mt * 1e-3) / 1e12, flops / (mt * 1e-3) / 1e12,
            target_ms, official_ms);
     for (int i = 0; i < 14; i++) CK(cudaFree(d[i]));
     CK(cudaFree(s0)); CK(cudaFree(ds0)); CK(cudaFree(ck)); CK(cudaFree(sa));
@@ -226,9 +218,8 @@ int main(int argc, char **argv)
     bool ok = true;
     const struct { int B, T, H, regime; } cs[] = {{2, 100, 4, 0}, {2, 100, 4, 1}, {2, 100, 4, 2}, {1, 300, 2, 0}};
     for (auto &c : cs) {
-        if (check(c.B, c.T, c.H, c.regime, false, seed, 0, 0) > 1) ok = false;
-        for (int sp = 1; sp <= 4; sp *= 2)
-            if (check(c.B, c.T, c.H, c.regime, true, seed, sp, sp) > 1) ok = false;
+        if (check(c.B, c.T, c.H, c.regime, false, seed) > 1) ok = false;
+        if (check(c.B, c.T, c.H, c.regime, true, seed) > 1) ok = false;
     }
     printf("checks: %s\n", ok ? "PASS" : "FAIL");
     if (!ok) return 1;
