@@ -652,7 +652,92 @@ static int test_kill_writer(void)
     return 0;
 }
 
+#ifdef STORE_TEST_ENGINE
+#include "engine/engine.h"
+#include "model/model.h"
+
+/* Runs the model in RNN mode from state0 over text; logits (T, V) out. */
+static int s_rnn_logits(const rwkv_model_t *m, const float *state0, const char *text, float *logits, char *err)
+{
+    rwkv_rnn_t *rnn = rwkv_rnn_new(m, state0, err);
+    if (!rnn) return ST_EINVAL;
+    int rc = ST_OK;
+    for (size_t t = 0; text[t] && rc == ST_OK; t++)
+        rc = rwkv_rnn_step(rnn, (unsigned char)text[t], logits + t * (size_t)m->cfg.vocab, err);
+    rwkv_rnn_destroy(&rnn);
+    return rc;
+}
+
+/* SPEC section 5: a state loaded back from any export gives the same logits.
+ * fp32 formats give bit-identical logits; .st (fp16) gives exactly the
+ * logits of the fp16-rounded state. The model is pysrc-rwkv7-5M, whose output
+ * depends strongly on its state, so an export that lost or scrambled the
+ * state (a wrong transpose, a swapped layer) cannot pass. */
+static int test_export_logits(void)
+{
+    const char *mp = st_test_fixture("rwkv7/pysrc-rwkv7-5M.pth");
+    if (!mp) return ST_TEST_SKIP;
+    char err[ST_ERR_LEN];
+    rwkv_model_t *m = rwkv_model_load(mp, err);
+    CHECKF(m != NULL, "%s", err);
+    const int L = m->cfg.n_layer, H = m->cfg.n_head, N = m->cfg.head_size, V = m->cfg.vocab;
+    const size_t n = (size_t)L * H * N * N;
+    static const char text[] = "def f(x):\n\treturn x";
+    const size_t T = sizeof text - 1;
+    float *state = malloc(n * sizeof(float)), *half = malloc(n * sizeof(float));
+    float *want = malloc(T * V * sizeof(float)), *want16 = malloc(T * V * sizeof(float));
+    float *got = malloc(T * V * sizeof(float)), *zero = malloc(T * V * sizeof(float));
+    s_fill(state, n, 31337);
+    for (size_t i = 0; i < n; i++) half[i] = st_f16_to_f32(st_f32_to_f16(state[i]));
+    CHECKF(s_rnn_logits(m, state, text, want, err) == ST_OK, "%s", err);
+    CHECKF(s_rnn_logits(m, half, text, want16, err) == ST_OK, "%s", err);
+    CHECKF(s_rnn_logits(m, NULL, text, zero, err) == ST_OK, "%s", err);
+    double moved = st_rel_err_ff(zero, want, T * V);
+    CHECKF(moved > 1e-2, "the state barely changes the logits (%g); the test could not see a broken export", moved);
+
+    registry_t *r = registry_open(s_path("logits.db"), 0, err);
+    CHECKF(r != NULL, "%s", err);
+    registry_new_state_t ns = {.name = "pysrc", .model_sha256 = m->sha256, .n_layer = L, .n_head = H,
+                               .head_size = N, .data = state};
+    int v;
+    CHECKF(registry_add_state(r, &ns, &v, err) == ST_OK, "%s", err);
+    registry_state_info_t in;
+    float *stored = NULL;
+    CHECKF(registry_get_state(r, "pysrc", &in, &stored, err) == ST_OK, "%s", err);
+    registry_close(&r);
+    const state_format_t fmts[3] = {STATE_FMT_SAFETENSORS, STATE_FMT_PTH, STATE_FMT_ST};
+    const char *files[3] = {"l.safetensors", "l.pth", "l.st"};
+    for (int f = 0; f < 3; f++) {
+        const char *path = s_path(files[f]);
+        CHECKF(state_write(path, fmts[f], in.n_layer, in.n_head, in.head_size, stored, 0, err) == ST_OK, "%s", err);
+        state_file_t sf;
+        CHECKF(state_read(path, STATE_FMT_AUTO, &sf, err) == ST_OK, "%s", err);
+        CHECK(sf.n_layer == L && sf.n_head == H && sf.head_size == N);
+        CHECKF(s_rnn_logits(m, sf.data, text, got, err) == ST_OK, "%s", err);
+        state_file_free(&sf);
+        const float *ref = fmts[f] == STATE_FMT_ST ? want16 : want;
+        double rel = st_rel_err_ff(got, want, T * V);
+        printf("%-11s logits vs the registry's state: rel err %.3g%s\n", state_format_name(fmts[f]), rel,
+               fmts[f] == STATE_FMT_ST ? " (fp16 state)" : "");
+        CHECKF(!memcmp(got, ref, T * V * sizeof(float)), "%s: logits differ from the %s state's", files[f],
+               fmts[f] == STATE_FMT_ST ? "fp16-rounded" : "original");
+    }
+    free(stored);
+    free(state);
+    free(half);
+    free(want);
+    free(want16);
+    free(got);
+    free(zero);
+    rwkv_model_destroy(&m);
+    return 0;
+}
+#endif
+
 static const st_test_t tests[] = {
+#ifdef STORE_TEST_ENGINE
+    {"export_logits", test_export_logits},
+#endif
     {"schema_migrations", test_schema_migrations},
     {"versions_count_up", test_versions_count_up},
     {"blob_dedup", test_blob_dedup},
