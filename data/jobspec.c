@@ -306,9 +306,10 @@ static int s_parse(const s_ctx_t *c, const json_t *root, jobspec_t *j)
         rc = st_fail(c->err, ST_EINVAL, "%s: give 'steps' or 'epochs', not both", c->label);
         goto done;
     }
-    TRY(s_int(c, root, "steps", "steps", 1, LLONG_MAX, 0, "a positive integer", &ll));
+    /* bounds far beyond any real job keep steps * samples within int64 downstream */
+    TRY(s_int(c, root, "steps", "steps", 1, 1000000000000LL, 0, "a positive integer up to 10^12", &ll));
     j->steps = ll;
-    TRY(s_int(c, root, "epochs", "epochs", 1, LLONG_MAX, j->steps ? 0 : 1, "a positive integer", &ll));
+    TRY(s_int(c, root, "epochs", "epochs", 1, 1000000, j->steps ? 0 : 1, "a positive integer up to 10^6", &ll));
     j->epochs = ll;
 
     TRY(s_num(c, root, "lr_init", "lr_init", 0, 1, INFINITY, 0, 1.0, "a positive number", &j->lr_init));

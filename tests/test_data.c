@@ -475,6 +475,7 @@ static int test_jobspec_refusals(void)
         {"\"kernel_state\": {\"features\": -1}", "'kernel_state.features'"},
         {"\"steps\": 10, \"epochs\": 1", "'steps' or 'epochs', not both"},
         {"\"steps\": 0", "'steps'"},
+        {"\"epochs\": 10000000", "'epochs'"},
         {"\"backend\": \"tpu\"", "'backend'"},
         {"\"precision\": \"bf16\"", "'precision'"},
         {"\"truncate\": \"cut\"", "'truncate'"},
