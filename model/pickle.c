@@ -24,7 +24,7 @@
 /* Bounds that a state dict never reaches and a hostile stream must not pass. */
 #define PK_MAX_STACK ((size_t)1 << 20)   /* values on the stack */
 #define PK_MAX_MEMO ((size_t)1 << 22)    /* highest memo index + 1 */
-#define PK_MAX_VALUES ((size_t)1 << 24)  /* values created in all */
+#define PK_MAX_VALUES ((size_t)1 << 21)  /* values created in all (a 14B state dict needs ~30k) */
 #define PK_MAX_STRING ((size_t)1 << 20)  /* bytes of one string */
 #define PK_MAX_GLOBAL 256                /* bytes of a GLOBAL module or name line */
 

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PTH_MAX_PICKLE ((zip_uint64_t)256 << 20) /* data.pkl of a state dict is far smaller */
+#define PTH_MAX_PICKLE ((zip_uint64_t)64 << 20) /* a 14B state dict's data.pkl is ~100 KB */
 #define PTH_CHUNK ((size_t)1 << 20)
 
 typedef struct {

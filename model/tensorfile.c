@@ -180,7 +180,8 @@ tensorfile_t *tensorfile_open(const char *path, char *err)
     }
     if (rc) goto fail;
 
-    qsort(self->entries, (size_t)self->n_entries, sizeof *self->entries, s_entry_cmp);
+    if (self->n_entries > 1) /* entries is NULL for a file without tensors */
+        qsort(self->entries, (size_t)self->n_entries, sizeof *self->entries, s_entry_cmp);
     for (int i = 0; i < self->n_entries; i++) self->entries[i].info.name = self->entries[i].name;
     for (int i = 1; i < self->n_entries; i++)
         if (strcmp(self->entries[i - 1].name, self->entries[i].name) == 0) {

@@ -275,6 +275,56 @@ static int test_pth_matches_safetensors(void)
     return 0;
 }
 
+/* torch.save with pickle protocols 2 and 4 (FRAME, MEMOIZE, STACK_GLOBAL),
+ * an OrderedDict with _metadata (BUILD), a tensor at a storage offset, a 0-d
+ * tensor and every dtype; written by torch 1.13 into tests/fuzz/seeds. */
+static int test_pth_protocols(void)
+{
+    const char *src = getenv("STATETUNE_SOURCE_DIR");
+    if (!src) {
+        printf("skipped: STATETUNE_SOURCE_DIR is not set\n");
+        return ST_TEST_SKIP;
+    }
+    for (int proto = 2; proto <= 4; proto += 2) {
+        char path[2048], err[ST_ERR_LEN];
+        snprintf(path, sizeof path, "%s/tests/fuzz/seeds/model_tensorfile/p%d.pth", src, proto);
+        tensorfile_t *tf = tensorfile_open(path, err);
+        CHECKF(tf != NULL, "%s", err);
+        CHECK(tensorfile_count(tf) == 8);
+        const tf_tensor_info_t *t = tensorfile_find(tf, "slice");
+        CHECK(t && t->dtype == TF_F32 && t->ndim == 1 && t->numel == 4);
+        float f[6];
+        CHECKF(tensorfile_read_f32(tf, t, f, err) == ST_OK, "%s", err);
+        for (int i = 0; i < 4; i++) CHECK(f[i] == (float)(i + 2)); /* arange(8)[2:6] */
+        t = tensorfile_find(tf, "half");
+        CHECK(t && t->dtype == TF_F16 && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 3);
+        CHECKF(tensorfile_read_f32(tf, t, f, err) == ST_OK, "%s", err);
+        for (int i = 0; i < 6; i++) CHECK(f[i] == (float)i);
+        int64_t iv[3];
+        t = tensorfile_find(tf, "steps");
+        CHECK(t && t->dtype == TF_I64);
+        CHECKF(tensorfile_read_i64(tf, t, iv, err) == ST_OK, "%s", err);
+        CHECK(iv[0] == 5 && iv[1] == -7);
+        t = tensorfile_find(tf, "i32");
+        CHECK(t && t->dtype == TF_I32);
+        CHECKF(tensorfile_read_i64(tf, t, iv, err) == ST_OK, "%s", err);
+        CHECK(iv[0] == 1 && iv[1] == 2 && iv[2] == 3);
+        double d;
+        t = tensorfile_find(tf, "f64");
+        CHECK(t && t->dtype == TF_F64);
+        CHECKF(tensorfile_read_f64(tf, t, &d, err) == ST_OK, "%s", err);
+        CHECK(d == 0.5);
+        t = tensorfile_find(tf, "scalar");
+        CHECK(t && t->ndim == 0 && t->numel == 1);
+        CHECKF(tensorfile_read_f32(tf, t, f, err) == ST_OK, "%s", err);
+        CHECK(f[0] == 3.0f);
+        t = tensorfile_find(tf, "lin.weight");
+        CHECK(t && t->dtype == TF_BF16 && t->shape[0] == 3 && t->shape[1] == 4);
+        tensorfile_close(&tf);
+    }
+    return 0;
+}
+
 static int test_pth_hostile(void)
 {
     int rc = 0;
@@ -890,6 +940,7 @@ static const st_test_t tests[] = {
     {"safetensors_ref_dump", test_safetensors_ref_dump},
     {"safetensors_hostile", test_safetensors_hostile},
     {"pth_matches_safetensors", test_pth_matches_safetensors},
+    {"pth_protocols", test_pth_protocols},
     {"pth_hostile", test_pth_hostile},
     {"ggmf_matches_pth", test_ggmf_matches_pth},
     {"ggmf_hostile", test_ggmf_hostile},
