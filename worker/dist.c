@@ -36,6 +36,7 @@ struct dist {
     int rank;             /* in MPI_COMM_WORLD */
     int size;             /* ranks in the group */
     int local_rank;       /* rank on this node */
+    int local_size;       /* ranks on this node */
     int mpi;              /* MPI was initialised by us */
     double timeout_s;     /* watchdog limit per collective, <= 0 = off */
     /* watchdog */
@@ -136,6 +137,7 @@ dist_t *dist_new(int *argc, char ***argv, char *err)
         return NULL;
     }
     self->size = 1;
+    self->local_size = 1;
     self->timeout_s = DIST_DEFAULT_TIMEOUT_S;
     const char *t = getenv("STATETUNE_DIST_TIMEOUT_S");
     if (t && *t) {
@@ -158,6 +160,8 @@ dist_t *dist_new(int *argc, char ***argv, char *err)
     MPI_Comm_rank(MPI_COMM_WORLD, &self->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &self->size);
     self->local_rank = s_env_int("OMPI_COMM_WORLD_LOCAL_RANK", s_env_int("MPI_LOCALRANKID", 0));
+    self->local_size = s_env_int("OMPI_COMM_WORLD_LOCAL_SIZE", s_env_int("MPI_LOCALNRANKS", 1));
+    if (self->local_size < 1) self->local_size = 1;
 
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -192,6 +196,7 @@ void dist_destroy(dist_t **self_p)
 int dist_rank(const dist_t *self) { return self ? self->rank : 0; }
 int dist_size(const dist_t *self) { return self ? self->size : 1; }
 int dist_local_rank(const dist_t *self) { return self ? self->local_rank : 0; }
+int dist_local_size(const dist_t *self) { return self ? self->local_size : 1; }
 int dist_is_root(const dist_t *self) { return dist_rank(self) == 0; }
 int dist_uses_mpi(const dist_t *self) { return self ? self->mpi : 0; }
 
@@ -229,6 +234,43 @@ int dist_bcast_string(dist_t *self, char **str, char *err)
     if (root && *str) len = (int64_t)strlen(*str);
     int rc = dist_bcast(self, &len, sizeof len, err);
     if (rc) return rc;
+    if (len < 0) return st_fail(err, ST_ECANCELLED, "rank 0 failed before sending the job");
+    if (root) return dist_bcast(self, *str, (size_t)len, err);
+    char *s = malloc((size_t)len + 1);
+    if (!s) return st_fail(err, ST_ENOMEM, "out of memory for a %lld-byte broadcast", (long long)len);
+    rc = dist_bcast(self, s, (size_t)len, err);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    s[len] = 0;
+    *str = s;
+    return ST_OK;
+}
+
+int dist_bcast_string_idle(dist_t *self, char **str, int poll_ms, char *err)
+{
+    int root = dist_is_root(self);
+    if (!self || !self->mpi || self->size == 1) return dist_bcast_string(self, str, err);
+    /* Only the length is waited for without spinning: once it arrives rank 0
+     * is sending, and the rest is an ordinary broadcast. Every rank uses the
+     * nonblocking call for it (blocking and nonblocking collectives never
+     * match each other in MPI). */
+    int64_t len = -1;
+    if (root && *str) len = (int64_t)strlen(*str);
+    MPI_Request req;
+    /* No watchdog here: a group may idle for hours between jobs; a lost
+     * peer shows up as an MPI error or is ended by the launcher. */
+    int rc = MPI_Ibcast(&len, (int)sizeof len, MPI_BYTE, 0, MPI_COMM_WORLD, &req);
+    int done = 0;
+    while (rc == MPI_SUCCESS && !done) {
+        rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        if (rc == MPI_SUCCESS && !done) {
+            struct timespec ts = {poll_ms / 1000, (long)(poll_ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (rc != MPI_SUCCESS) return s_mpi_fail(err, rc, "MPI_Ibcast");
     if (len < 0) return st_fail(err, ST_ECANCELLED, "rank 0 failed before sending the job");
     if (root) return dist_bcast(self, *str, (size_t)len, err);
     char *s = malloc((size_t)len + 1);

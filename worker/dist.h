@@ -37,6 +37,7 @@ void dist_destroy(dist_t **self_p);
 int dist_rank(const dist_t *self);       /* 0 .. size-1 */
 int dist_size(const dist_t *self);       /* ranks in the group */
 int dist_local_rank(const dist_t *self); /* rank among this node's ranks: picks the GPU */
+int dist_local_size(const dist_t *self);  /* ranks on this node: shares its cores */
 int dist_is_root(const dist_t *self);    /* rank 0: talks, prints, writes files */
 int dist_uses_mpi(const dist_t *self);   /* whether MPI was started */
 
@@ -51,6 +52,12 @@ int dist_bcast(dist_t *self, void *buf, size_t len, char *err);
  * the group stops together); on the other ranks *str receives a malloc'd
  * copy the caller frees. */
 int dist_bcast_string(dist_t *self, char **str, char *err);
+
+/* dist_bcast_string for a group idling between jobs: ranks other than 0
+ * sleep poll_ms between checks (MPI_Ibcast + MPI_Test) instead of spinning
+ * in MPI's progress loop, which would take a core from real work. Every
+ * rank must call this one (not dist_bcast_string) for the same broadcast. */
+int dist_bcast_string_idle(dist_t *self, char **str, int poll_ms, char *err);
 
 /* In-place sums over every rank of n values (the gradient all-reduce: one
  * buffer per step holds dS0, the DBP statistics and the loss sums). */
