@@ -659,8 +659,21 @@ int jobspec_set_model(jobspec_t *self, const char *model_path, char *err)
     return ST_OK;
 }
 
-int jobspec_check_inputs(const jobspec_t *self, char *err)
+static json_t *s_dataset_json(const char *role, const char *path, int held_out, const dataset_t *ds)
 {
+    const dataset_stats_t *st = dataset_stats(ds);
+    json_t *counts = json_pack("{sI sI sI sI sI sI sI si}", "lines", (json_int_t)st->lines, "samples",
+                               (json_int_t)st->samples, "tokens", (json_int_t)st->tokens, "targets",
+                               (json_int_t)st->targets, "truncated", (json_int_t)st->truncated, "split",
+                               (json_int_t)st->split, "dropped", (json_int_t)st->dropped, "max_len", st->max_len);
+    if (!counts) return NULL;
+    return json_pack("{ss ss ss sb so}", "role", role, "path", path, "sha256", st->sha256, "held_out", held_out,
+                     "counts", counts);
+}
+
+int jobspec_check_inputs_report(const jobspec_t *self, char **report_out, char *err)
+{
+    if (report_out) *report_out = NULL;
     if (!self->model_path)
         return st_fail(err, ST_ENOTFOUND, "model '%s' must be resolved to a file before the inputs are checked",
                        self->model_name ? self->model_name : "?");
@@ -681,7 +694,8 @@ int jobspec_check_inputs(const jobspec_t *self, char *err)
         return st_fail(err, ST_EINVAL, "'observer.top_k' (%d) exceeds the model's vocab (%d)", self->observer.top_k,
                        vocab);
 
-    tokenizer_t *tok = tokenizer_new(self->tokenizer ? self->tokenizer : "bytes", err);
+    const char *tok_spec = self->tokenizer ? self->tokenizer : "bytes";
+    tokenizer_t *tok = tokenizer_new(tok_spec, err);
     if (!tok) return st_wrap(err, ST_EFORMAT, "tokenizer: ");
     dataset_t *train = NULL, *eval = NULL;
     rc = dataset_load_job(self, tok, &train, &eval, err);
@@ -689,8 +703,24 @@ int jobspec_check_inputs(const jobspec_t *self, char *err)
         rc = st_fail(err, ST_EINVAL, "train data '%s' yields no sample to train on", self->train);
     if (rc == ST_OK && dataset_count(eval) < 1)
         rc = st_fail(err, ST_EINVAL, "eval data yields no sample to evaluate on");
+    if (rc == ST_OK && report_out) {
+        json_t *sets = json_array();
+        json_t *r = sets ? json_pack("{si ss so}", "model_vocab", vocab, "tokenizer", tok_spec, "datasets", sets)
+                         : NULL;
+        if (!r || json_array_append_new(sets, s_dataset_json("train", self->train, 0, train)) != 0 ||
+            json_array_append_new(sets, s_dataset_json("eval", self->eval ? self->eval : self->train, !self->eval,
+                                                       eval)) != 0 ||
+            !(*report_out = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+            rc = st_fail(err, ST_ENOMEM, "out of memory");
+        json_decref(r);
+    }
     dataset_destroy(&train);
     dataset_destroy(&eval);
     tokenizer_destroy(&tok);
     return rc;
+}
+
+int jobspec_check_inputs(const jobspec_t *self, char *err)
+{
+    return jobspec_check_inputs_report(self, NULL, err);
 }

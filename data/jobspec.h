@@ -100,7 +100,17 @@ int jobspec_set_model(jobspec_t *self, const char *model_path, char *err);
  * train/eval data parse (bad lines named by number) and yield samples. */
 int jobspec_check_inputs(const jobspec_t *self, char *err);
 
-/* Vocabulary size of a model file, from the rows of head.weight. */
+/* jobspec_check_inputs, and on success a JSON report for the registry
+ * (caller frees; report_out may be NULL):
+ *   {"model_vocab": V, "tokenizer": "bytes" | path,
+ *    "datasets": [{"role": "train" | "eval", "path": ..., "sha256": ...,
+ *                  "held_out": bool, "counts": {"lines", "samples", "tokens",
+ *                  "targets", "truncated", "split", "dropped", "max_len"}}]}
+ * held_out marks an eval set taken from the train file (same path and hash;
+ * the counts are each side's). */
+int jobspec_check_inputs_report(const jobspec_t *self, char **report_out, char *err);
+
+/* Vocabulary size of a model file (its whole configuration is checked). */
 int jobspec_model_vocab(const char *model_path, int *vocab_out, char *err);
 
 /* 1 when s is a valid registry name: [A-Za-z0-9._-]{1,64}. */

@@ -576,7 +576,25 @@ static int test_jobspec_check_inputs(void)
              tiny);
     jobspec_t *j = NULL;
     CHECKF(jobspec_parse_file(s_job_file(dir, "job.json", json), &j, err) == ST_OK, "%s", err);
-    CHECKF(jobspec_check_inputs(j, err) == ST_OK, "%s", err);
+    char *report = NULL;
+    CHECKF(jobspec_check_inputs_report(j, &report, err) == ST_OK, "%s", err);
+    json_t *rep = json_loads(report, 0, NULL);
+    CHECKF(rep, "%s", report);
+    CHECK(json_integer_value(json_object_get(rep, "model_vocab")) == 256);
+    json_t *sets = json_object_get(rep, "datasets");
+    CHECK(json_array_size(sets) == 2);
+    char hex[65];
+    CHECK(st_sha256_file(path, hex, err) == ST_OK);
+    json_int_t samples = 0;
+    for (size_t i = 0; i < 2; i++) {
+        json_t *d = json_array_get(sets, i);
+        CHECK(strcmp(json_string_value(json_object_get(d, "sha256")), hex) == 0);
+        CHECK(json_is_true(json_object_get(d, "held_out")) == (i == 1)); /* no eval file: held out of train */
+        samples += json_integer_value(json_object_get(json_object_get(d, "counts"), "samples"));
+    }
+    CHECKF(samples == 3, "%s", report); /* three lines, one held out */
+    json_decref(rep);
+    free(report);
     CHECKF(jobspec_set_model(j, NULL, err) == ST_OK, "%s", err);
     CHECK(j->tokenizer && strcmp(j->tokenizer, "bytes") == 0);
     jobspec_destroy(&j);
