@@ -446,6 +446,62 @@ static int test_st_layout(void)
     return 0;
 }
 
+/* Imports read untrusted files: truncated or bit-flipped exports give an
+ * error sentence or (when the damage hit only data bytes) a state, never a
+ * crash (run under ASan/UBSan with -DSTATETUNE_SANITIZE=ON). */
+static int test_import_hostile(void)
+{
+    char err[ST_ERR_LEN];
+    float d[NUMEL];
+    s_fill(d, NUMEL, 5);
+    const char *files[3] = {"h.safetensors", "h.pth", "h.st"};
+    uint32_t x = 12345;
+    int refused = 0, read_ok = 0;
+    for (int f = 0; f < 3; f++) {
+        const char *src = s_path(files[f]);
+        CHECK(state_write(src, STATE_FMT_AUTO, L_, H_, N_, d, 0, err) == ST_OK);
+        char *orig = NULL;
+        size_t n = 0;
+        CHECK(st_read_file(src, 1 << 26, &orig, &n, err) == ST_OK);
+        char *buf = malloc(n);
+        char mutant[1100];
+        snprintf(mutant, sizeof mutant, "%s.mut%s", src, strrchr(files[f], '.'));
+        for (int round = 0; round < 150; round++) {
+            memcpy(buf, orig, n);
+            size_t len = n;
+            x = x * 1664525u + 1013904223u;
+            if (round % 3 == 0) {
+                len = x % n; /* truncated */
+            } else {
+                /* flip bytes, mostly in the header/pickle where parsing happens */
+                int flips = 1 + (int)(x >> 28);
+                for (int k = 0; k < flips; k++) {
+                    x = x * 1664525u + 1013904223u;
+                    size_t at = (x >> 8) % (n < 4096 || (x & 1) ? n : 4096);
+                    buf[at] = (char)(buf[at] ^ (1 << (x % 8)));
+                }
+            }
+            FILE *fp = fopen(mutant, "wb"); /* no fsync: 450 of them cost seconds */
+            CHECK(fp && fwrite(buf, 1, len, fp) == len && fclose(fp) == 0);
+            state_file_t sf;
+            int rc = state_read(mutant, STATE_FMT_AUTO, &sf, err);
+            if (rc == ST_OK) {
+                CHECK(sf.data && sf.n_layer >= 1);
+                state_file_free(&sf);
+                read_ok++;
+            } else {
+                CHECKF(err[0] != '\0' && sf.data == NULL, "%s round %d: empty error", files[f], round);
+                refused++;
+            }
+        }
+        free(buf);
+        free(orig);
+    }
+    printf("import_hostile: %d mutants refused with a sentence, %d read (damage in data only)\n", refused, read_ok);
+    CHECK(refused > 100);
+    return 0;
+}
+
 /* ---- many processes -------------------------------------------------------- */
 
 static double s_now(void)
@@ -749,6 +805,7 @@ static const st_test_t tests[] = {
     {"export_st", test_export_st},
     {"export_pth", test_export_pth},
     {"st_layout", test_st_layout},
+    {"import_hostile", test_import_hostile},
     {"concurrent_readers", test_concurrent_readers},
     {"concurrent_readers_30s", test_concurrent_readers_30s},
     {"kill_writer", test_kill_writer},
