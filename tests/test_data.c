@@ -1199,7 +1199,10 @@ static int test_fuzz_parsers(void)
     tokenizer_t *bytes = tokenizer_new_bytes();
     CHECK(bytes);
     int accepted[3] = {0, 0, 0};
-    for (int iter = 0; iter < 3000; iter++) {
+    /* STATETUNE_FUZZ_ITERS runs longer campaigns (e.g. under ASan) */
+    const char *env = getenv("STATETUNE_FUZZ_ITERS");
+    int iters = env && atoi(env) > 0 ? atoi(env) : 3000;
+    for (int iter = 0; iter < iters; iter++) {
         int which = iter % 3;
         const char *base = which == 0 ? vocab : which == 1 ? job : jsonl;
         size_t len = strlen(base);
@@ -1254,8 +1257,8 @@ static int test_fuzz_parsers(void)
             dataset_destroy(&ds);
         }
     }
-    printf("fuzz: accepted %d vocabularies, %d job files, %d datasets of 1000 each\n", accepted[0], accepted[1],
-           accepted[2]);
+    printf("fuzz: accepted %d vocabularies, %d job files, %d datasets of %d each\n", accepted[0], accepted[1],
+           accepted[2], iters / 3);
     tokenizer_destroy(&bytes);
     return 0;
 }
