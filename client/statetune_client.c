@@ -19,7 +19,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#define LINGER_MS 2000          /* time a closing socket keeps unsent results */
 #define STATE_TIMEOUT_MS 30000  /* states_get: a large state on a slow link */
 
 struct statetune_client {
@@ -145,8 +144,6 @@ statetune_client_t *statetune_client_new(const char *endpoint, const statetune_c
         st_fail(err, ST_ENET, "zmq_socket: %s", zmq_strerror(errno));
         goto fail;
     }
-    int linger = LINGER_MS;
-    zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger);
     /* Our own receive limit: a reply is at most one JSON frame plus one state. */
     int64_t maxmsg = (int64_t)ST_PROTO_MAX_PAYLOAD + ST_PROTO_MAX_JSON;
     zmq_setsockopt(self->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
@@ -190,6 +187,10 @@ void statetune_client_destroy(statetune_client_t **self_p)
 {
     if (!self_p || !*self_p) return;
     statetune_client_t *self = *self_p;
+    /* Every request is confirmed by its reply, so nothing unsent is worth
+     * waiting for: a client of an unreachable coordinator exits at once. */
+    int zero = 0;
+    if (self->sock) zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
     if (self->sock) zmq_close(self->sock);
     if (self->ctx) zmq_ctx_term(self->ctx);
     free(self);

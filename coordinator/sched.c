@@ -28,6 +28,9 @@
  *      (cancelled) when its group stops and says so, or when the group is lost.
  *   4. Requeued jobs keep their id, spec and output directory, so the next
  *      group resumes from the checkpoints already there (shared filesystem).
+ *   5. After a restart, a job that was running is held back from other groups
+ *      for RECLAIM_GRACE_MS, so the group still running it can reclaim it
+ *      (sched_reclaim) before anyone else starts it a second time.
  *
  * Validation runs in the broker's thread: it opens the model header and reads
  * the datasets, which for realistic sizes takes well under a second; the cost
@@ -46,6 +49,17 @@
 #include <time.h>
 
 #define JOB_GROW 16
+/* After a restart, a job that was running stays reserved this long for the
+ * group that was running it (it reclaims it with its next hello, within a
+ * heartbeat or two), so the job is not started twice. */
+#define RECLAIM_GRACE_MS 5000
+
+static int64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 typedef enum { JOB_VALIDATING, JOB_QUEUED, JOB_RUNNING } job_status_t;
 
@@ -63,6 +77,7 @@ typedef struct {
     char *spec_json;       /* canonical spec, owned */
     char *out_dir;         /* <jobs_dir>/<id>, owned */
     json_t *progress;      /* latest progress notification, owned (NULL = none) */
+    int64_t hold_until_ms; /* not assigned before this (its old group may reclaim it) */
 } job_t;
 
 struct sched {
@@ -239,7 +254,9 @@ static int s_recover(sched_t *self, char *err)
                         json_decref(ev);
                     }
                 }
-                if (rc == ST_OK && !s_add(self, id, spec, JOB_QUEUED, attempt, err)) rc = ST_ENOMEM;
+                job_t *j = rc == ST_OK ? s_add(self, id, spec, JOB_QUEUED, attempt, err) : NULL;
+                if (rc == ST_OK && !j) rc = ST_ENOMEM;
+                if (j && k == 1) j->hold_until_ms = s_now_ms() + RECLAIM_GRACE_MS;
             }
             free(spec);
             if (rc) {
@@ -287,24 +304,31 @@ void sched_destroy(sched_t **self_p)
 int sched_submit(sched_t *self, const char *spec_json, int64_t *id_out, char *err)
 {
     *id_out = 0;
-    /* Only what the jobs table needs is read before the job exists; the spec
-     * is validated as a whole below, once the job has an id to report on. */
+    /* The job is recorded with its canonical spec (every default filled, the
+     * registered model resolved to its file), so what a group gets after any
+     * restart is exactly what was validated. A refused spec is recorded as
+     * sent, with the reason. */
+    char *canon = NULL;
+    char verr[ST_ERR_LEN];
+    int vrc = s_validate(self, spec_json, &canon, verr);
+    const char *stored = vrc ? spec_json : canon;
     json_error_t jerr;
-    json_t *spec = json_loads(spec_json, 0, &jerr);
-    if (!json_is_object(spec)) {
-        json_decref(spec);
-        return st_fail(err, ST_EFORMAT, "the job spec is not a JSON object (%s at line %d)", jerr.text, jerr.line);
-    }
+    json_t *spec = json_loads(stored, 0, &jerr);
     const char *name = json_string_value(json_object_get(spec, "name"));
     json_t *jp = json_object_get(spec, "priority"), *jg = json_object_get(spec, "gpus");
     int priority = json_is_integer(jp) ? (int)json_integer_value(jp) : 0;
     int gpus = json_is_integer(jg) ? (int)json_integer_value(jg) : 1;
     int64_t id = 0;
-    int rc = registry_job_create(self->reg, name ? name : "", spec_json, priority, gpus, "validating", &id, err);
+    int rc = registry_job_create(self->reg, name ? name : "", stored, priority, gpus, "validating", &id, err);
     json_decref(spec);
-    if (rc) return rc;
-    *id_out = id;
-    return s_validate_job(self, id, spec_json, err);
+    if (rc == ST_OK) {
+        *id_out = id;
+        rc = registry_job_set_status(self->reg, id, vrc ? "failed" : "queued", NULL, vrc ? verr : NULL, err);
+    }
+    if (rc == ST_OK && vrc) rc = st_fail(err, vrc, "%s", verr);
+    if (rc == ST_OK && !s_add(self, id, canon, JOB_QUEUED, 0, err)) rc = ST_ENOMEM;
+    free(canon);
+    return rc;
 }
 
 int sched_assign(sched_t *self, const char *group, int group_gpus, const char *backend, sched_assignment_t *out,
@@ -314,6 +338,7 @@ int sched_assign(sched_t *self, const char *group, int group_gpus, const char *b
     for (size_t i = 0; i < self->n_jobs; i++) {
         job_t *j = &self->jobs[i];
         if (j->status != JOB_QUEUED || j->gpus > group_gpus || strcmp(j->backend, backend) != 0) continue;
+        if (j->hold_until_ms && s_now_ms() < j->hold_until_ms) continue;
         if (!best || j->priority > best->priority || (j->priority == best->priority && j->id < best->id)) best = j;
     }
     if (!best) return st_fail(err, ST_ENOTFOUND, "no queued job fits group '%s'", group);
@@ -404,14 +429,20 @@ static int s_check_group(job_t *j, int64_t job, const char *group, char *err)
     return ST_OK;
 }
 
-/* The metrics of a finished job as registry metrics: every "<m>_after" with a
- * "<m>_before" beside it is a metric with its untuned baseline; the rest of
- * the numbers are kept without one. */
-static int s_metrics(json_t *metrics, registry_metric_t **out, int *n_out)
+/* The metrics of a finished job as registry metrics: every "<m>_after" with
+ * a "<m>_before" beside it becomes metric <m> with its untuned baseline; the
+ * other numbers (steps, tokens_per_s, train losses...) are kept without one.
+ * names must hold one 128-byte slot per entry. */
+static int s_metrics(json_t *metrics, registry_metric_t **out, char (**names)[128], int *n_out)
 {
     size_t cap = json_object_size(metrics) + 1;
     registry_metric_t *m = calloc(cap, sizeof *m);
-    if (!m) return ST_ENOMEM;
+    char(*nm)[128] = calloc(cap, sizeof *nm);
+    if (!m || !nm) {
+        free(m);
+        free(nm);
+        return ST_ENOMEM;
+    }
     int n = 0;
     const char *key;
     json_t *val;
@@ -420,20 +451,23 @@ static int s_metrics(json_t *metrics, registry_metric_t **out, int *n_out)
         if (!json_is_number(val)) continue;
         size_t len = strlen(key);
         if (len > 7 && !strcmp(key + len - 7, "_before")) continue; /* paired with _after */
-        m[n].name = key;
+        snprintf(nm[n], sizeof nm[n], "%s", key);
         m[n].value = json_number_value(val);
-        if (len > 6 && !strcmp(key + len - 6, "_after")) {
-            char base[256];
+        if (len > 6 && len < 120 && !strcmp(key + len - 6, "_after")) {
+            char base[128];
             snprintf(base, sizeof base, "%.*s_before", (int)(len - 6), key);
             json_t *b = json_object_get(metrics, base);
             if (json_is_number(b)) {
                 m[n].baseline = json_number_value(b);
                 m[n].has_baseline = 1;
+                nm[n][len - 6] = 0; /* "eval_loss_after" is stored as "eval_loss" */
             }
         }
+        m[n].name = nm[n];
         n++;
     }
     *out = m;
+    *names = nm;
     *n_out = n;
     return ST_OK;
 }
@@ -470,8 +504,10 @@ int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics
     int rc = s_check_group(j, job, group, err);
     if (rc) return rc;
     registry_metric_t *m = NULL;
+    char(*names)[128] = NULL;
     int n_m = 0;
-    if (json_is_object(metrics) && s_metrics(metrics, &m, &n_m)) return st_fail(err, ST_ENOMEM, "out of memory");
+    if (json_is_object(metrics) && s_metrics(metrics, &m, &names, &n_m))
+        return st_fail(err, ST_ENOMEM, "out of memory");
     registry_new_state_t ns = {
         .name = j->name,
         .model_sha256 = model_sha256,
@@ -486,6 +522,7 @@ int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics
     };
     rc = registry_add_state(self->reg, &ns, version_out, err);
     free(m);
+    free(names);
     if (rc) return rc;
     rc = registry_job_set_status(self->reg, job, "succeeded", NULL, NULL, err);
     if (rc) return rc;

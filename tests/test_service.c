@@ -1,0 +1,443 @@
+/*
+ * test_service.c - the coordinator's wire protocol against a real
+ * statetune-coordinator process (docs/protocol.md, SPEC sections 6 and 9):
+ * every malformed or oversized message gets an error reply and the
+ * coordinator keeps serving; requests are answered exactly once; many
+ * clients at once are all served; jobs that fail validation are refused with
+ * the key's name and recorded; CURVE lets in only allowed keys and logs the
+ * refusals.
+ *
+ * The multi-process scenarios with worker groups (submit to registered
+ * state, priorities, cancel, SIGKILL of a group or of the coordinator) are in
+ * tests/test_service.sh.
+ */
+#include "client/statetune_client.h"
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+extern char **environ;
+
+typedef struct {
+    pid_t pid;
+    char dir[256];
+    char endpoint[300];
+    char log[300];
+} coord_t;
+
+static const char *s_build_dir(void)
+{
+    const char *b = getenv("STATETUNE_BUILD_DIR");
+    return b && *b ? b : ".";
+}
+
+/* Starts a coordinator in a fresh folder; extra are more arguments. Returns
+ * 0 when it answers a ping within 10 s. */
+static int s_coord_start(coord_t *c, const char *const *extra)
+{
+    snprintf(c->dir, sizeof c->dir, "%s", st_test_tmpdir());
+    snprintf(c->endpoint, sizeof c->endpoint, "ipc://%s/c.sock", c->dir);
+    snprintf(c->log, sizeof c->log, "%s/coordinator.log", c->dir);
+    char exe[512], db[300];
+    snprintf(exe, sizeof exe, "%s/coordinator/statetune-coordinator", s_build_dir());
+    snprintf(db, sizeof db, "%s/registry.db", c->dir);
+    const char *argv[16] = {exe, "--bind", c->endpoint, "--db", db, "--heartbeat-ms", "200"};
+    int n = 7;
+    for (int i = 0; extra && extra[i] && n < 15; i++) argv[n++] = extra[i];
+    argv[n] = NULL;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, c->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int rc = posix_spawn(&c->pid, exe, &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc) {
+        fprintf(stderr, "cannot start %s: %s\n", exe, strerror(rc));
+        return 1;
+    }
+    /* the socket file appears once it is bound */
+    char sock[300];
+    snprintf(sock, sizeof sock, "%s/c.sock", c->dir);
+    for (int i = 0; i < 100; i++) {
+        struct stat st;
+        if (stat(sock, &st) == 0) return 0;
+        usleep(100000);
+    }
+    fprintf(stderr, "the coordinator did not bind %s within 10 s\n", c->endpoint);
+    return 1;
+}
+
+static void s_coord_stop(coord_t *c)
+{
+    if (c->pid > 0) {
+        kill(c->pid, SIGTERM);
+        waitpid(c->pid, NULL, 0);
+        c->pid = 0;
+    }
+}
+
+/* Whether the coordinator is still alive. */
+static int s_coord_alive(coord_t *c)
+{
+    return c->pid > 0 && waitpid(c->pid, NULL, WNOHANG) == 0;
+}
+
+static int s_log_contains(coord_t *c, const char *needle)
+{
+    char *text = NULL;
+    FILE *f = fopen(c->log, "rb");
+    if (!f) return 0;
+    text = calloc(1, 1 << 20);
+    size_t n = fread(text, 1, (1 << 20) - 1, f);
+    fclose(f);
+    text[n] = 0;
+    int found = strstr(text, needle) != NULL;
+    free(text);
+    return found;
+}
+
+/* A raw DEALER for sending what a well-behaved client never would. */
+typedef struct {
+    void *ctx, *sock;
+} raw_t;
+
+static int s_raw_open(raw_t *r, const char *endpoint)
+{
+    r->ctx = zmq_ctx_new();
+    r->sock = zmq_socket(r->ctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero);
+    return zmq_connect(r->sock, endpoint);
+}
+
+static void s_raw_close(raw_t *r)
+{
+    zmq_close(r->sock);
+    zmq_ctx_term(r->ctx);
+}
+
+/* Receives one reply (first frame as JSON) within 5 s; NULL on timeout. */
+static json_t *s_raw_reply(raw_t *r)
+{
+    zmq_pollitem_t it = {r->sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 5000) <= 0) return NULL;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    zmq_msg_recv(&m, r->sock, 0);
+    json_error_t jerr;
+    json_t *doc = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, &jerr);
+    int more = zmq_msg_more(&m);
+    zmq_msg_close(&m);
+    while (more) {
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, r->sock, 0);
+        more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+    }
+    return doc;
+}
+
+static int s_is_error(json_t *rep, const char *code)
+{
+    const char *type = json_string_value(json_object_get(rep, "type"));
+    const char *c = json_string_value(json_object_get(rep, "code"));
+    const char *e = json_string_value(json_object_get(rep, "error"));
+    if (rep) printf("   reply: %s / %s: %s\n", type ? type : "?", c ? c : "-", e ? e : "-");
+    return type && !strcmp(type, "error") && (!code || (c && !strcmp(c, code))) && e && strlen(e) > 10;
+}
+
+static int s_ping(const char *endpoint, const statetune_client_opts_t *opts, int timeout_ms, char *err)
+{
+    statetune_client_t *c = statetune_client_new(endpoint, opts, err);
+    if (!c) return ST_ENET;
+    json_t *req = json_pack("{s:s}", "type", "ping"), *rep = NULL;
+    int rc = statetune_client_request(c, req, NULL, 0, timeout_ms, &rep, NULL, NULL, err);
+    json_decref(req);
+    json_decref(rep);
+    statetune_client_destroy(&c);
+    return rc;
+}
+
+/* ---- tests --------------------------------------------------------------- */
+
+static int test_malformed_messages(void)
+{
+    coord_t c = {0};
+    const char *extra[] = {"--insecure", NULL};
+    CHECK(s_coord_start(&c, extra) == 0);
+    raw_t r;
+    CHECK(s_raw_open(&r, c.endpoint) == 0);
+    json_t *rep;
+
+    /* not JSON at all */
+    zmq_send(r.sock, "\x01\x02{garbage", 10, 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "format"));
+    json_decref(rep);
+
+    /* JSON, but not an object */
+    zmq_send(r.sock, "[1,2,3]", 7, 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "format"));
+    json_decref(rep);
+
+    /* an object without the protocol version */
+    const char *nov = "{\"type\":\"ping\",\"rid\":5}";
+    zmq_send(r.sock, nov, strlen(nov), 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "version"));
+    CHECK(json_integer_value(json_object_get(rep, "rid")) == 5); /* the reply names the request */
+    json_decref(rep);
+
+    /* unknown type, and a request without rid */
+    const char *unk = "{\"v\":1,\"type\":\"rm -rf\",\"rid\":6}";
+    zmq_send(r.sock, unk, strlen(unk), 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "format"));
+    json_decref(rep);
+    const char *norid = "{\"v\":1,\"type\":\"jobs\"}";
+    zmq_send(r.sock, norid, strlen(norid), 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "format"));
+    json_decref(rep);
+
+    /* wrong field types */
+    const char *badjob = "{\"v\":1,\"type\":\"status\",\"rid\":7,\"job\":\"seven\"}";
+    zmq_send(r.sock, badjob, strlen(badjob), 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "format"));
+    json_decref(rep);
+    const char *nojob = "{\"v\":1,\"type\":\"status\",\"rid\":8,\"job\":424242}";
+    zmq_send(r.sock, nojob, strlen(nojob), 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "not_found"));
+    json_decref(rep);
+
+    /* three frames after the identity */
+    zmq_send(r.sock, "{}", 2, ZMQ_SNDMORE);
+    zmq_send(r.sock, "a", 1, ZMQ_SNDMORE);
+    zmq_send(r.sock, "b", 1, 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "format"));
+    json_decref(rep);
+
+    /* an oversized JSON frame (2 MiB, over the 1 MiB limit) */
+    size_t big = 2u << 20;
+    char *buf = malloc(big);
+    memset(buf, ' ', big);
+    memcpy(buf, "{\"v\":1,\"type\":\"ping\",\"rid\":9,\"pad\":\"", 37);
+    buf[big - 2] = '"';
+    buf[big - 1] = '}';
+    zmq_send(r.sock, buf, big, 0);
+    free(buf);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, "too_large"));
+    json_decref(rep);
+
+    /* a worker-only message from a stranger */
+    const char *res = "{\"v\":1,\"type\":\"result\",\"rid\":10,\"group\":\"nobody\",\"job\":1}";
+    zmq_send(r.sock, res, strlen(res), 0);
+    rep = s_raw_reply(&r);
+    CHECK(s_is_error(rep, NULL));
+    json_decref(rep);
+    s_raw_close(&r);
+
+    /* still serving, and still alive */
+    char err[ST_ERR_LEN];
+    CHECKF(s_ping(c.endpoint, NULL, 5000, err) == ST_OK, "%s", err);
+    CHECK(s_coord_alive(&c));
+    s_coord_stop(&c);
+    return 0;
+}
+
+/* Hundreds of requests from many clients at once, each answered once. */
+static int test_many_clients(void)
+{
+    coord_t c = {0};
+    const char *extra[] = {"--insecure", NULL};
+    CHECK(s_coord_start(&c, extra) == 0);
+    enum { CLIENTS = 50, EACH = 6 };
+    statetune_client_t *cl[CLIENTS];
+    char err[ST_ERR_LEN];
+    for (int i = 0; i < CLIENTS; i++) {
+        cl[i] = statetune_client_new(c.endpoint, NULL, err);
+        CHECKF(cl[i], "%s", err);
+    }
+    /* send everything first, then collect: the coordinator sees them all queued */
+    for (int k = 0; k < EACH; k++)
+        for (int i = 0; i < CLIENTS; i++) {
+            json_t *m = json_pack("{s:s, s:I}", "type", k % 2 ? "jobs" : "states_list", "rid", (json_int_t)(k + 1));
+            CHECK(statetune_client_send(cl[i], m, NULL, 0, err) == ST_OK);
+            json_decref(m);
+        }
+    int got = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        int seen[EACH] = {0};
+        for (int k = 0; k < EACH; k++) {
+            json_t *m = NULL;
+            int rc = statetune_client_recv(cl[i], 5000, &m, NULL, NULL, err);
+            CHECKF(rc == ST_OK, "client %d reply %d: %s", i, k, err);
+            CHECK(!strcmp(json_string_value(json_object_get(m, "type")), "ok"));
+            int rid = (int)json_integer_value(json_object_get(m, "rid"));
+            CHECK(rid >= 1 && rid <= EACH && !seen[rid - 1]);
+            seen[rid - 1] = 1;
+            got++;
+            json_decref(m);
+        }
+        statetune_client_destroy(&cl[i]);
+    }
+    printf("   %d requests from %d clients, all answered once\n", got, CLIENTS);
+    CHECK(got == CLIENTS * EACH);
+    s_coord_stop(&c);
+    return 0;
+}
+
+/* A job that cannot run is refused at submit, with the key's name, and the
+ * refusal is on record. */
+static int test_submit_refused(void)
+{
+    const char *model = st_test_fixture("rwkv7/tiny.pth");
+    if (!model) return ST_TEST_SKIP;
+    coord_t c = {0};
+    const char *extra[] = {"--insecure", NULL};
+    CHECK(s_coord_start(&c, extra) == 0);
+    char err[ST_ERR_LEN], train[400];
+    snprintf(train, sizeof train, "%s/train.jsonl", c.dir);
+    FILE *f = fopen(train, "w");
+    fputs("{\"text\": \"hello\"}\n{\"text\": broken line\n", f);
+    fclose(f);
+    statetune_client_t *cl = statetune_client_new(c.endpoint, NULL, err);
+    CHECK(cl);
+    /* a bad line in the data: named by number */
+    json_t *req = json_pack("{s:s, s:{s:s, s:s, s:s, s:i}}", "type", "submit", "spec", "name", "x", "model", model,
+                            "train", train, "steps", 3),
+           *rep = NULL;
+    int rc = statetune_client_request(cl, req, NULL, 0, 10000, &rep, NULL, NULL, err);
+    json_decref(req);
+    printf("   refused: %s\n", err);
+    CHECK(rc != ST_OK && strstr(err, "line 2"));
+    /* an unknown key: named */
+    req = json_pack("{s:s, s:{s:s, s:s, s:s, s:f}}", "type", "submit", "spec", "name", "x", "model", model, "train",
+                    train, "lr", 0.5);
+    rc = statetune_client_request(cl, req, NULL, 0, 10000, &rep, NULL, NULL, err);
+    json_decref(req);
+    printf("   refused: %s\n", err);
+    CHECK(rc != ST_OK && strstr(err, "'lr'"));
+    /* both are recorded as failed jobs */
+    req = json_pack("{s:s}", "type", "jobs");
+    rc = statetune_client_request(cl, req, NULL, 0, 5000, &rep, NULL, NULL, err);
+    json_decref(req);
+    CHECK(rc == ST_OK);
+    json_t *jobs = json_object_get(rep, "jobs");
+    CHECK(json_array_size(jobs) == 2);
+    for (size_t i = 0; i < 2; i++)
+        CHECK(!strcmp(json_string_value(json_object_get(json_array_get(jobs, i), "status")), "failed"));
+    json_decref(rep);
+    statetune_client_destroy(&cl);
+    s_coord_stop(&c);
+    return 0;
+}
+
+/* CURVE: a client whose key is not allowed gets nothing (a timeout that says
+ * so) and the refusal is logged; with an allowed key it is served. */
+static int test_curve(void)
+{
+    char err[ST_ERR_LEN];
+    const char *dir = st_test_tmpdir();
+    char allow[300], server[300], good[300], bad[300], path[400];
+    snprintf(allow, sizeof allow, "%s/allow", dir);
+    mkdir(allow, 0700);
+    snprintf(server, sizeof server, "%s/server", dir);
+    snprintf(good, sizeof good, "%s/allow/alice", dir); /* alice.pub lands in the allow folder */
+    snprintf(bad, sizeof bad, "%s/mallory", dir);
+    CHECKF(statetune_keys_generate(server, err) == ST_OK, "%s", err);
+    CHECKF(statetune_keys_generate(good, err) == ST_OK, "%s", err);
+    CHECKF(statetune_keys_generate(bad, err) == ST_OK, "%s", err);
+    /* the secret key file is private */
+    struct stat st;
+    snprintf(path, sizeof path, "%s.key", good);
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    /* and a second gen never overwrites it */
+    CHECK(statetune_keys_generate(good, err) != ST_OK);
+
+    coord_t c = {0};
+    char sec[400];
+    snprintf(sec, sizeof sec, "%s.key", server);
+    const char *extra[] = {"--curve-secret", sec, "--allow", allow, NULL};
+    CHECK(s_coord_start(&c, extra) == 0);
+    char spub[400], gsec[400], bsec[400];
+    snprintf(spub, sizeof spub, "%s.pub", server);
+    snprintf(gsec, sizeof gsec, "%s.key", good);
+    snprintf(bsec, sizeof bsec, "%s.key", bad);
+
+    /* no keys at all: plain text to a CURVE server */
+    int rc = s_ping(c.endpoint, NULL, 1500, err);
+    printf("   without keys: %s\n", err);
+    CHECK(rc == ST_ENET && strstr(err, "did not answer"));
+    /* a key that is not allowed */
+    statetune_client_opts_t o = {.curve_secret = bsec, .server_key = spub};
+    rc = s_ping(c.endpoint, &o, 1500, err);
+    printf("   mallory: %s\n", err);
+    CHECK(rc == ST_ENET && strstr(err, "key"));
+    CHECK(s_log_contains(&c, "refused"));
+    /* an allowed key */
+    o.curve_secret = gsec;
+    rc = s_ping(c.endpoint, &o, 5000, err);
+    CHECKF(rc == ST_OK, "%s", err);
+    /* the wrong server key (a valid key, not the server's): no answer either */
+    char bpub[400];
+    snprintf(bpub, sizeof bpub, "%s.pub", bad);
+    o.server_key = bpub;
+    rc = s_ping(c.endpoint, &o, 1500, err);
+    CHECK(rc == ST_ENET);
+    CHECK(s_coord_alive(&c));
+    s_coord_stop(&c);
+    /* no secret, no allow: the coordinator refuses to start in the clear */
+    char exe[512];
+    snprintf(exe, sizeof exe, "%s/coordinator/statetune-coordinator --bind ipc://%s/x.sock --db %s/x.db 2>/dev/null",
+             s_build_dir(), dir, dir);
+    CHECK(WEXITSTATUS(system(exe)) == 2);
+    return 0;
+}
+
+static int test_key_files(void)
+{
+    char err[ST_ERR_LEN], z[ST_CURVE_KEY_LEN + 1];
+    const char *dir = st_test_tmpdir();
+    char p[400];
+    snprintf(p, sizeof p, "%s/short.pub", dir);
+    FILE *f = fopen(p, "w");
+    fputs("tooshort\n", f);
+    fclose(f);
+    CHECK(statetune_key_read(p, z, err) == ST_EFORMAT);
+    printf("   %s\n", err);
+    snprintf(p, sizeof p, "%s/missing.pub", dir);
+    CHECK(statetune_key_read(p, z, err) == ST_EIO);
+    /* a client with a bad key file is refused before connecting */
+    statetune_client_opts_t o = {.curve_secret = p, .server_key = p};
+    CHECK(statetune_client_new("ipc:///nonexistent", &o, err) == NULL);
+    printf("   %s\n", err);
+    return 0;
+}
+
+static const st_test_t tests[] = {
+    {"malformed_messages", test_malformed_messages},
+    {"many_clients", test_many_clients},
+    {"submit_refused", test_submit_refused},
+    {"curve", test_curve},
+    {"key_files", test_key_files},
+    {NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    return st_test_main(argc, argv, tests);
+}
