@@ -265,6 +265,13 @@ static int s_add_line(dataset_t *self, s_build_t *b, int ctx_len, job_long_t mod
     size_t n = b->n;
     size_t max = (size_t)ctx_len + 1;
     b->train[0] = 0; /* nothing precedes the first token */
+    /* tokens after the last trained one change no loss (the model is causal):
+     * a chat ending in a user turn does not pay for it */
+    while (n > 0 && !b->train[n - 1]) n--;
+    if (n == 0) {
+        self->stats.dropped++;
+        return ST_OK;
+    }
     if (n > max) {
         if (mode == JOB_TRUNCATE) {
             n = max;
@@ -290,7 +297,6 @@ static int s_add_line(dataset_t *self, s_build_t *b, int ctx_len, job_long_t mod
         piece++;
         if (mode == JOB_TRUNCATE) break;
     }
-    if (n < 2) self->stats.dropped++;
     return ST_OK;
 }
 

@@ -17,7 +17,9 @@
  * A sample is its tokens and, per token, whether that token is a trained
  * target (predicted from the tokens before it; token 0 never is, as nothing
  * precedes it). Samples are never packed together: each starts from the tuned
- * state. A sample longer than ctx_len + 1 tokens (ctx_len inputs) is cut, or
+ * state. Tokens after the last trained one are dropped (a causal model's loss
+ * does not depend on them). A sample longer than ctx_len + 1 tokens (ctx_len
+ * inputs) is cut, or
  * split into pieces of ctx_len + 1 tokens that overlap by one token so that
  * every target is trained exactly once. Samples (or pieces) with no trained
  * target are dropped and counted.

@@ -669,7 +669,8 @@ static int test_dataset_formats(void)
         " {\"role\": \"user\", \"content\": \"Hi\\r\\n\\r\\n\\r\\nthere \"},"
         " {\"role\": \"assistant\", \"content\": \"Hello!\"},"
         " {\"role\": \"user\", \"content\": \"Bye\"},"
-        " {\"role\": \"assistant\", \"content\": \"See\\n\\nyou\"}]}\n"
+        " {\"role\": \"assistant\", \"content\": \"See\\n\\nyou\"},"
+        " {\"role\": \"user\", \"content\": \"trailing turns train nothing and are cut\"}]}\n"
         "{\"text\": \"a\\u0000b\"}";
     dataset_t *ds = s_load(text, 512, JOB_TRUNCATE, err);
     CHECKF(ds, "%s", err);
