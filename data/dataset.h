@@ -19,10 +19,9 @@
  * precedes it). Samples are never packed together: each starts from the tuned
  * state. Tokens after the last trained one are dropped (a causal model's loss
  * does not depend on them). A sample longer than ctx_len + 1 tokens (ctx_len
- * inputs) is cut, or
- * split into pieces of ctx_len + 1 tokens that overlap by one token so that
- * every target is trained exactly once. Samples (or pieces) with no trained
- * target are dropped and counted.
+ * inputs) is cut, or split into pieces of ctx_len + 1 tokens that overlap
+ * by one token so that every target is trained exactly once. Samples (or
+ * pieces) with no trained target are dropped and counted.
  *
  * Blank lines are skipped. A bad line (invalid JSON, missing or mistyped
  * fields, empty text) fails the whole load with ST_EFORMAT naming the file
