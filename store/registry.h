@@ -95,12 +95,21 @@ typedef struct {
     const registry_metric_t *metrics; /* n_metrics entries, may be NULL */
     int n_metrics;
     const char *alias;                /* alias to move to the new version, or NULL */
+    int finish_job;                   /* 1: also mark job_id succeeded, in the same transaction */
 } registry_new_state_t;
 
 /* Adds the next version of a state in ONE transaction: the blob (stored once
  * per content), the version row (max + 1 for the name), its metrics and the
- * alias move with its history. *version_out gets the new version. */
+ * alias move with its history. *version_out gets the new version.
+ *
+ * With finish_job and a job_id, the same transaction marks the job succeeded,
+ * and the call is idempotent per job: when that job has already produced a
+ * version (a result delivered twice, or again after a coordinator crash),
+ * nothing is written and *version_out gets the existing version. */
 int registry_add_state(registry_t *self, const registry_new_state_t *s, int *version_out, char *err);
+
+/* The state version a job produced; ST_ENOTFOUND when it produced none. */
+int registry_state_of_job(registry_t *self, int64_t job_id, registry_state_info_t *out, char *err);
 
 /* Points NAME@alias at an existing version, recording the move in the alias
  * history (a move to the version it already names records nothing). */

@@ -447,12 +447,53 @@ typedef struct {
     int *version;
 } s_add_ctx;
 
+/* The version job_id produced, inside the caller's transaction: 1 found, 0 none. */
+static int s_job_state(registry_t *self, int64_t job_id, registry_state_info_t *out, char *err)
+{
+    sqlite3_stmt *st;
+    int rc = reg_prepare(self, "SELECT " STATE_COLS " FROM states s WHERE s.job_id = ?1 ORDER BY s.id LIMIT 1", &st, err);
+    if (rc) return rc;
+    sqlite3_bind_int64(st, 1, job_id);
+    rc = reg_step(self, st, "looking up the state of a job", err);
+    if (rc == 1) s_row_info(st, out);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+typedef struct {
+    int64_t job;
+    registry_state_info_t *out;
+} s_job_state_ctx;
+
+static int s_state_of_job_txn(registry_t *self, void *vctx, char *err)
+{
+    s_job_state_ctx *c = vctx;
+    int rc = s_job_state(self, c->job, c->out, err);
+    if (rc == 0) return st_fail(err, ST_ENOTFOUND, "job %lld has produced no state", (long long)c->job);
+    return rc < 0 ? rc : ST_OK;
+}
+
+int registry_state_of_job(registry_t *self, int64_t job_id, registry_state_info_t *out, char *err)
+{
+    s_job_state_ctx c = {job_id, out};
+    return reg_txn(self, 0, s_state_of_job_txn, &c, err);
+}
+
 static int s_add_txn(registry_t *self, void *vctx, char *err)
 {
     s_add_ctx *c = vctx;
     const registry_new_state_t *s = c->s;
     sqlite3_stmt *st;
     char shape[96];
+    if (s->finish_job && s->job_id) {
+        registry_state_info_t prev;
+        int found = s_job_state(self, s->job_id, &prev, err);
+        if (found < 0) return found;
+        if (found) { /* delivered before: keep exactly one version per job */
+            *c->version = prev.version;
+            return ST_OK;
+        }
+    }
     snprintf(shape, sizeof shape, "[%d,%d,%d,%d]", s->n_layer, s->n_head, s->head_size, s->head_size);
     int rc = reg_prepare(self,
                          "INSERT OR IGNORE INTO state_blobs(sha256, bytes, dtype, shape, data)"
@@ -514,6 +555,15 @@ static int s_add_txn(registry_t *self, void *vctx, char *err)
         if (rc < 0) return rc;
     }
     if (s->alias && (rc = s_move_alias(self, s->name, s->alias, version, err))) return rc;
+    if (s->finish_job && s->job_id) {
+        if ((rc = reg_prepare(self, "UPDATE jobs SET status = 'succeeded', finished = ?2 WHERE id = ?1", &st, err)))
+            return rc;
+        sqlite3_bind_int64(st, 1, s->job_id);
+        sqlite3_bind_double(st, 2, reg_now());
+        rc = reg_step(self, st, "marking the job succeeded", err);
+        sqlite3_finalize(st);
+        if (rc < 0) return rc;
+    }
     *c->version = version;
     return ST_OK;
 }
