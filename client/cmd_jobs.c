@@ -275,12 +275,24 @@ static void s_show_event(json_t *ev, int tty, int *bar_shown)
         putchar('\n');
         *bar_shown = 0;
     }
-    char *t = json_dumps(d, JSON_COMPACT);
-    if (!strcmp(kind, "message") && json_is_string(json_object_get(d, "message")))
+    json_int_t step = json_integer_value(json_object_get(d, "step"));
+    if (!strcmp(kind, "message") && json_is_string(json_object_get(d, "message"))) {
         printf("%s\n", json_string_value(json_object_get(d, "message")));
-    else
+    } else if (!strcmp(kind, "eval")) {
+        json_t *m = json_object_get(d, "metrics"), *b = json_object_get(m, "baseline");
+        printf("eval @ step %" JSON_INTEGER_FORMAT ": loss %.4f (untuned %.4f), accuracy %.3f\n", step,
+               json_number_value(json_object_get(m, "eval_loss")), json_number_value(json_object_get(b, "eval_loss")),
+               json_number_value(json_object_get(m, "accuracy")));
+    } else if (!strcmp(kind, "checkpoint")) {
+        printf("checkpoint @ step %" JSON_INTEGER_FORMAT "\n", step);
+    } else if (!strcmp(kind, "result")) {
+        printf("registered %s@%" JSON_INTEGER_FORMAT "\n", s_str(d, "name"),
+               json_integer_value(json_object_get(d, "version")));
+    } else {
+        char *t = json_dumps(d, JSON_COMPACT);
         printf("%s %s\n", kind, t ? t : "");
-    free(t);
+        free(t);
+    }
     fflush(stdout);
 }
 

@@ -14,31 +14,34 @@
  * and exits 1; to add one, fill in its `remote` function in s_commands.
  */
 #include "client/client.h"
+#include "client/cmd_service.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const s_submit_usage[] = {"[--endpoint ENDPOINT] submit JOB.json", NULL};
-static const char *const s_status_usage[] = {"[--endpoint ENDPOINT] status JOB [--json]", NULL};
-static const char *const s_wait_usage[] = {"[--endpoint ENDPOINT] wait JOB [--timeout S]", NULL};
-static const char *const s_watch_usage[] = {"[--endpoint ENDPOINT] watch JOB", NULL};
-static const char *const s_cancel_usage[] = {"[--endpoint ENDPOINT] cancel JOB", NULL};
-static const char *const s_jobs_usage[] = {"[--endpoint ENDPOINT] jobs [--json]", NULL};
-static const char *const s_events_usage[] = {"[--endpoint ENDPOINT] events JOB [--json]", NULL};
+/* Every command that talks to the coordinator also takes these (cmd_service.h). */
+#define CURVE_OPTS " [--curve-public F --curve-secret F --server-key F] [--timeout-ms MS]"
+static const char *const s_submit_usage[] = {"[--endpoint ENDPOINT] submit JOB.json" CURVE_OPTS, NULL};
+static const char *const s_status_usage[] = {"[--endpoint ENDPOINT] status JOB [--json]" CURVE_OPTS, NULL};
+static const char *const s_wait_usage[] = {"[--endpoint ENDPOINT] wait JOB [--timeout S]" CURVE_OPTS, NULL};
+static const char *const s_watch_usage[] = {"[--endpoint ENDPOINT] watch JOB" CURVE_OPTS, NULL};
+static const char *const s_cancel_usage[] = {"[--endpoint ENDPOINT] cancel JOB" CURVE_OPTS, NULL};
+static const char *const s_jobs_usage[] = {"[--endpoint ENDPOINT] jobs [--json]" CURVE_OPTS, NULL};
+static const char *const s_events_usage[] = {"[--endpoint ENDPOINT] events JOB [--json] [--since N]" CURVE_OPTS, NULL};
 static const char *const s_keys_usage[] = {"keys gen DIR/NAME", NULL};
 
 static const client_cmd_t s_commands[] = {
-    {"submit", NULL, NULL, s_submit_usage, "submit a tuning job; prints its id", "#7"},
-    {"status", NULL, NULL, s_status_usage, "show a job's status", "#7"},
-    {"wait", NULL, NULL, s_wait_usage, "wait for a job; exit 0 when it succeeded", "#7"},
-    {"watch", NULL, NULL, s_watch_usage, "follow a job with a live progress bar", "#7"},
-    {"cancel", NULL, NULL, s_cancel_usage, "cancel a job", "#7"},
-    {"jobs", NULL, NULL, s_jobs_usage, "list jobs", "#7"},
-    {"events", NULL, NULL, s_events_usage, "list a job's events", "#7"},
-    {"states", NULL, cmd_states_local, cmd_states_usage, "list, show, fetch and alias tuned states", "#7"},
+    {"submit", cmd_submit, NULL, s_submit_usage, "submit a tuning job; prints its id", "#7"},
+    {"status", cmd_status, NULL, s_status_usage, "show a job's status", "#7"},
+    {"wait", cmd_wait, NULL, s_wait_usage, "wait for a job; exit 0 when it succeeded", "#7"},
+    {"watch", cmd_watch, NULL, s_watch_usage, "follow a job with a live progress bar", "#7"},
+    {"cancel", cmd_cancel, NULL, s_cancel_usage, "cancel a job", "#7"},
+    {"jobs", cmd_jobs, NULL, s_jobs_usage, "list jobs", "#7"},
+    {"events", cmd_events, NULL, s_events_usage, "list a job's events", "#7"},
+    {"states", cmd_states_remote, cmd_states_local, cmd_states_usage, "list, show, fetch and alias tuned states", "#7"},
     {"models", NULL, cmd_models_local, cmd_models_usage, "list registered models", "#7"},
-    {"keys", NULL, NULL, s_keys_usage, "generate CURVE key pairs", "#7"},
+    {"keys", cmd_keys, NULL, s_keys_usage, "generate CURVE key pairs", "#7"},
     {NULL, NULL, NULL, NULL, NULL, NULL},
 };
 
