@@ -54,7 +54,7 @@ chown_if_user() {
 gen_pair() { # gen_pair NAME: writes keys/NAME.key (0600) and keys/NAME.pub
     local name=$1
     [ -e "$etc/keys/$name.key" ] && die "'$etc/keys/$name.key' exists already; use 'rotate $name'"
-    (umask 077 && "$statetune" keys gen "$etc/keys/$name") || die "'statetune keys gen' failed for '$name'"
+    (umask 077 && "$statetune" keys gen "$etc/keys/$name" >/dev/null) || die "'statetune keys gen' failed for '$name'"
     if [ ! -s "$etc/keys/$name.key" ] || [ ! -s "$etc/keys/$name.pub" ]; then
         die "'statetune keys gen' did not write $name.key and $name.pub"
     fi

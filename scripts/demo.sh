@@ -36,7 +36,11 @@ steps=${STATETUNE_DEMO_STEPS:-60}
 fixtures=${STATETUNE_FIXTURES:-$here/../shared/fixtures}
 t_start=$SECONDS
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then
+    say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    say() { printf '\n== %s\n' "$*"; }
+fi
 die() { echo "demo: $*" >&2; exit 1; }
 
 # ---- 1. packages and build ---------------------------------------------------
