@@ -12,9 +12,14 @@
 #include "engine/adam.h"
 #include "engine/checkpoint.h"
 #include "engine/dbp_param.h"
+#include "engine/eval.h"
 #include "engine/schedule.h"
+#include "engine/tune.h"
+#include "model/model.h"
+#include "store/state_formats.h"
 
 #include <stdint.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -355,6 +360,206 @@ static int test_checkpoint_round_trip(void)
     return 0;
 }
 
+/* ---- the loop, on the fixture model ------------------------------------------ */
+
+/* Makes a small tabs dataset and a job in a fresh folder; returns the parsed
+ * and checked spec, or NULL (after printing why: fixtures or Python sources
+ * absent gives ST_TEST_SKIP in *skip). */
+static jobspec_t *s_small_job(const char *extra_json, char *dir_out, size_t dir_len, int *skip)
+{
+    *skip = 0;
+    const char *model = st_test_fixture("rwkv7/pysrc-rwkv7-5M.pth");
+    if (!model) {
+        *skip = 1;
+        return NULL;
+    }
+    const char *src = getenv("STATETUNE_SOURCE_DIR");
+    char cmd[4096], path[4200], err[ST_ERR_LEN];
+    snprintf(dir_out, dir_len, "%s", st_test_tmpdir());
+    /* the script sits beside this file (CMake passes absolute paths) */
+    char here[2048];
+    snprintf(here, sizeof here, "%s", __FILE__);
+    char *slash = strrchr(here, '/');
+    if (slash) *slash = 0;
+    if (src && *src)
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/make_tabs_data.py %s --train 48 --eval 8 --bytes 80 >/dev/null",
+                 src, dir_out);
+    else
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/make_tabs_data.py %s --train 48 --eval 8 --bytes 80 >/dev/null",
+                 slash ? here : "tests", dir_out);
+    if (system(cmd) != 0) {
+        printf("skipped: could not make the dataset (%s)\n", cmd);
+        *skip = 1;
+        return NULL;
+    }
+    snprintf(path, sizeof path, "%s/job.json", dir_out);
+    FILE *f = fopen(path, "w");
+    if (!f) return NULL;
+    fprintf(f, "{\"name\": \"t\", \"model\": \"%s\", \"train\": \"train.jsonl\", \"eval\": \"eval.jsonl\", "
+               "\"ctx_len\": 48, \"micro_batch\": 4, \"global_batch\": 8, \"steps\": 3, \"lr_init\": 1.0, "
+               "\"lr_final\": 0.1, \"warmup_steps\": 1, \"eval_every\": 0, \"checkpoint_every\": 0%s%s}\n",
+            model, extra_json ? ", " : "", extra_json ? extra_json : "");
+    fclose(f);
+    jobspec_t *spec = NULL;
+    if (jobspec_parse_file(path, &spec, err) || jobspec_set_model(spec, NULL, err) || jobspec_check_inputs(spec, err)) {
+        fprintf(stderr, "job: %s\n", err);
+        jobspec_destroy(&spec);
+        return NULL;
+    }
+    return spec;
+}
+
+static int s_cancel_after_two(void *ctx)
+{
+    int *calls = ctx;
+    return ++*calls > 2;
+}
+
+static int test_tune_cancel_writes_nothing(void)
+{
+    char dir[512], out[600], err[ST_ERR_LEN], path[700];
+    int skip;
+    jobspec_t *spec = s_small_job(NULL, dir, sizeof dir, &skip);
+    if (skip) return ST_TEST_SKIP;
+    CHECK(spec);
+    snprintf(out, sizeof out, "%s/out", dir);
+    int calls = 0;
+    tune_callbacks_t cb = {.ctx = &calls, .should_cancel = s_cancel_after_two};
+    tune_opts_t opts = {.out_dir = out, .threads = 1};
+    tune_result_t res;
+    int rc = tune_run(spec, &opts, &cb, &res, err);
+    CHECKF(rc == ST_ECANCELLED, "rc %d: %s", rc, err);
+    CHECK(strstr(err, "cancelled") && res.state == NULL);
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", out, TUNE_STATE_FILE);
+    CHECK(stat(path, &st) != 0);
+    jobspec_destroy(&spec);
+    return 0;
+}
+
+static int test_tune_nan_fails_cleanly(void)
+{
+    char dir[512], out[600], err[ST_ERR_LEN], path[700];
+    int skip;
+    jobspec_t *spec = s_small_job(NULL, dir, sizeof dir, &skip);
+    if (skip) return ST_TEST_SKIP;
+    CHECK(spec);
+    snprintf(out, sizeof out, "%s/out", dir);
+    /* a NaN in the initial state poisons the first step's loss */
+    size_t n = 6 * 4 * 64 * 64;
+    float *init = calloc(n, sizeof(float));
+    init[1234] = NAN;
+    tune_opts_t opts = {.out_dir = out, .threads = 1, .init_state = init};
+    tune_result_t res;
+    int rc = tune_run(spec, &opts, NULL, &res, err);
+    CHECKF(rc == ST_ENUMERIC, "rc %d: %s", rc, err);
+    CHECKF(strstr(err, "NaN") || strstr(err, "nan"), "%s", err);
+    CHECK(res.state == NULL);
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", out, TUNE_STATE_FILE);
+    CHECK(stat(path, &st) != 0);
+    snprintf(path, sizeof path, "%s/%s", out, TUNE_METRICS_FILE);
+    CHECK(stat(path, &st) != 0);
+    free(init);
+    jobspec_destroy(&spec);
+    return 0;
+}
+
+/* The exported state, read back from state.safetensors, drives the model in
+ * RNN mode (one token at a time, as an inference client does) to the same
+ * logits as the GPT-mode engine. */
+static int test_tune_state_rnn_matches_gpt(void)
+{
+    char dir[512], out[600], err[ST_ERR_LEN], path[700];
+    int skip;
+    jobspec_t *spec = s_small_job(NULL, dir, sizeof dir, &skip);
+    if (skip) return ST_TEST_SKIP;
+    CHECK(spec);
+    snprintf(out, sizeof out, "%s/out", dir);
+    tune_opts_t opts = {.out_dir = out, .threads = 1};
+    tune_result_t res;
+    CHECKF(tune_run(spec, &opts, NULL, &res, err) == ST_OK, "%s", err);
+    CHECK(res.finished && res.state && res.steps == 3);
+    CHECK(isfinite(res.eval_loss_before) && isfinite(res.eval_loss_after) && isfinite(res.train_loss_first));
+
+    state_file_t sf = {0};
+    snprintf(path, sizeof path, "%s/%s", out, TUNE_STATE_FILE);
+    CHECKF(state_read(path, STATE_FMT_SAFETENSORS, &sf, err) == ST_OK, "%s", err);
+    CHECK(sf.n_layer == 6 && sf.n_head == 4 && sf.head_size == 64);
+    size_t nS = (size_t)6 * 4 * 64 * 64;
+    CHECK(memcmp(sf.data, res.state, nS * sizeof(float)) == 0);
+    double mag = 0;
+    for (size_t i = 0; i < nS; i++) mag += fabs(sf.data[i]);
+    CHECK(mag > 0); /* tuning moved the state away from zeros */
+
+    rwkv_model_t *model = rwkv_model_load(spec->model_path, err);
+    CHECKF(model, "%s", err);
+    const char *text = "\tdef run(self):\n\t\treturn self.value";
+    int T = (int)strlen(text), V = model->cfg.vocab;
+    int32_t tokens[64];
+    for (int t = 0; t < T; t++) tokens[t] = (unsigned char)text[t];
+    float *gpt = malloc(sizeof(float) * (size_t)T * V), *rnn = malloc(sizeof(float) * (size_t)T * V);
+    engine_opts_t eo = {.backend = ENGINE_CPU, .max_batch = 1, .max_ctx = T, .threads = 1};
+    engine_t *eng = engine_new(model, &eo, err);
+    CHECKF(eng, "%s", err);
+    engine_batch_t b = {.tokens = tokens, .B = 1, .T = T, .state0 = sf.data, .logits = gpt};
+    CHECKF(engine_run(eng, &b, err) == ST_OK, "%s", err);
+    rwkv_rnn_t *r = rwkv_rnn_new(model, sf.data, err);
+    CHECKF(r, "%s", err);
+    for (int t = 0; t < T; t++) CHECKF(rwkv_rnn_step(r, tokens[t], rnn + (size_t)t * V, err) == ST_OK, "%s", err);
+    double rel = st_rel_err_ff(rnn, gpt, (size_t)T * V);
+    printf("   RNN vs GPT logits from the tuned state: rel err %.3g\n", rel);
+    CHECKF(rel < 1e-4, "rel err %.3g", rel);
+    /* and greedy generation runs from it */
+    int32_t gen[8];
+    int ng = 0;
+    CHECKF(eval_generate(model, sf.data, tokens, T, 8, gen, &ng, err) == ST_OK && ng == 8, "%s", err);
+    rwkv_rnn_destroy(&r);
+    engine_destroy(&eng);
+    rwkv_model_destroy(&model);
+    free(gpt);
+    free(rnn);
+    state_file_free(&sf);
+    tune_result_clear(&res);
+    jobspec_destroy(&spec);
+    return 0;
+}
+
+/* With DBP on, R leaves the identity, the exported state is A R, and
+ * training still lowers the loss. */
+static int test_tune_dbp_trains_R(void)
+{
+    char dir[512], out[600], err[ST_ERR_LEN], path[700];
+    int skip;
+    jobspec_t *spec = s_small_job("\"dbp\": {\"enabled\": true, \"lr\": 0.01, \"sample_fraction\": 0.5}", dir,
+                                  sizeof dir, &skip);
+    if (skip) return ST_TEST_SKIP;
+    CHECK(spec);
+    snprintf(out, sizeof out, "%s/out", dir);
+    tune_opts_t opts = {.out_dir = out, .threads = 1};
+    tune_result_t res;
+    CHECKF(tune_run(spec, &opts, NULL, &res, err) == ST_OK, "%s", err);
+    checkpoint_t *ck = NULL;
+    snprintf(path, sizeof path, "%s/%s", out, TUNE_CHECKPOINT_FILE);
+    CHECKF(checkpoint_read(path, &ck, err) == ST_OK, "%s", err);
+    CHECK(ck->dbp == 1 && ck->step == 3);
+    size_t n = checkpoint_elems(ck);
+    float *I = malloc(n * sizeof(float)), *S = malloc(n * sizeof(float));
+    dbp_identity(6 * 4, 64, I);
+    double moved = 0;
+    for (size_t i = 0; i < n; i++) moved += fabs(ck->R[i] - I[i]);
+    CHECKF(moved > 1e-3, "R moved by %.3g only", moved);
+    dbp_state(6 * 4, 64, ck->A, ck->R, S);
+    CHECK(memcmp(S, res.state, n * sizeof(float)) == 0);
+    CHECKF(res.eval_loss_after < res.eval_loss_before, "%.4f -> %.4f", res.eval_loss_before, res.eval_loss_after);
+    free(I);
+    free(S);
+    checkpoint_destroy(&ck);
+    tune_result_clear(&res);
+    jobspec_destroy(&spec);
+    return 0;
+}
+
 static const st_test_t s_tests[] = {
     {"adam_matches_torch", test_adam_matches_torch},
     {"schedule_warmup_cosine", test_schedule_warmup_cosine},
@@ -364,6 +569,10 @@ static const st_test_t s_tests[] = {
     {"dbp_grad_identity_fd", test_dbp_grad_identity_fd},
     {"dbp_row_sampling", test_dbp_row_sampling},
     {"checkpoint_round_trip", test_checkpoint_round_trip},
+    {"tune_cancel_writes_nothing", test_tune_cancel_writes_nothing},
+    {"tune_nan_fails_cleanly", test_tune_nan_fails_cleanly},
+    {"tune_state_rnn_matches_gpt", test_tune_state_rnn_matches_gpt},
+    {"tune_dbp_trains_R", test_tune_dbp_trains_R},
     {NULL, NULL},
 };
 
