@@ -343,6 +343,24 @@ static int test_pth_hostile(void)
     static const unsigned char inst[] = "\x80\x02" "(" "ios\nsystem\n" ".";
     zip_item_t items3[] = {{"e3/data.pkl", inst, sizeof inst - 1}};
     rc |= s_expect_refusal(s_write_zip("inst.pth", items3, 1), "outside the state-dict subset");
+    /* torch's own escape hatch for old storages runs pickle.loads: refused */
+    static const unsigned char lfb[] = "\x80\x02" "ctorch.storage\n_load_from_bytes\n" "C\x01x" "\x85R.";
+    zip_item_t items_lfb[] = {{"l/data.pkl", lfb, sizeof lfb - 1}};
+    rc |= s_expect_refusal(s_write_zip("lfb.pth", items_lfb, 1),
+                           "refusing pickle global 'torch.storage _load_from_bytes'");
+    /* resource bombs: a memo index of 2^32-1, and a million nested MARKs */
+    static const unsigned char memo[] = "\x80\x02}r\xff\xff\xff\xff.";
+    zip_item_t items_memo[] = {{"b/data.pkl", memo, sizeof memo - 1}};
+    rc |= s_expect_refusal(s_write_zip("memo.pth", items_memo, 1), "memo index");
+    size_t nmarks = (size_t)1 << 21;
+    unsigned char *marks = malloc(nmarks + 3);
+    CHECK(marks);
+    marks[0] = 0x80, marks[1] = 2;
+    memset(marks + 2, '(', nmarks);
+    marks[nmarks + 2] = '.';
+    zip_item_t items_marks[] = {{"k/data.pkl", marks, nmarks + 3}};
+    rc |= s_expect_refusal(s_write_zip("marks.pth", items_marks, 1), "stack");
+    free(marks);
     /* a pickle cut short */
     zip_item_t items4[] = {{"e4/data.pkl", evil, 5}};
     rc |= s_expect_refusal(s_write_zip("short.pth", items4, 1), "pickle");
@@ -366,6 +384,14 @@ static int test_pth_hostile(void)
     CHECKF(tensorfile_read_f32(tf, x, got, err) == ST_OK, "%s", err);
     CHECK(memcmp(got, four, sizeof four) == 0);
     tensorfile_close(&tf);
+    /* a transposed view (strides 1, 2): we read bytes straight through, so refuse */
+    static const unsigned char tr[] =
+        "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
+        "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"
+        "X\x03\x00\x00\x00" "cpu" "K\x04tQK\x00K\x02K\x02\x86K\x01K\x02\x86\x89"
+        "ccollections\nOrderedDict\n" ")RtRu" ".";
+    zip_item_t items7[] = {{"t/data.pkl", tr, sizeof tr - 1}, {"t/data/0", four, 16}};
+    rc |= s_expect_refusal(s_write_zip("strided.pth", items7, 2), "not stored contiguously");
     /* a checkpoint cut in half: the zip directory is gone */
     const char *src = st_test_fixture("rwkv7/tiny.pth");
     if (src) {
