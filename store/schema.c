@@ -296,6 +296,8 @@ registry_t *registry_open(const char *path, int readonly, char *err)
          * that read-only openers always find it. */
         if ((rc = s_exec(self, "PRAGMA journal_mode = WAL", "switching the registry to WAL", err))) goto fail;
         if ((rc = s_exec(self, "PRAGMA synchronous = FULL", "setting synchronous", err))) goto fail;
+        /* A WAL that once held a big state shrinks back after a checkpoint. */
+        if ((rc = s_exec(self, "PRAGMA journal_size_limit = 67108864", "limiting the WAL", err))) goto fail;
         int persist = 1;
         sqlite3_file_control(self->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
         for (int target = 1; target <= N_MIGRATIONS; target++) {
