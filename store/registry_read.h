@@ -13,7 +13,20 @@
  * snapshot and a concurrent writer can never show a half-written version. A
  * busy database is waited for (up to the busy timeout) and retried here: a
  * caller never sees SQLITE_BUSY. Every function returns ST_OK or a negative
- * st_err code with one sentence in err (ST_ERR_LEN bytes).
+ * st_err code with one sentence in err (ST_ERR_LEN bytes). A registry_t
+ * belongs to one thread at a time (open one per thread).
+ *
+ * An inference program pulls a state in a few lines:
+ *
+ *     char err[ST_ERR_LEN];
+ *     registry_t *r = registry_open("/srv/statetune/registry.db", 1, err);
+ *     registry_state_info_t info;
+ *     float *s0 = NULL;
+ *     if (r && registry_get_state(r, "support-style@prod", &info, &s0, err) == ST_OK) {
+ *         ... s0 is [info.n_layer, info.n_head, 64, 64], e.g. rwkv_rnn_new(model, s0, err) ...
+ *         free(s0);
+ *     }
+ *     registry_close(&r);
  */
 #ifndef ST_REGISTRY_READ_H
 #define ST_REGISTRY_READ_H
