@@ -53,6 +53,7 @@
  * group that was running it (it reclaims it with its next hello, within a
  * heartbeat or two), so the job is not started twice. */
 #define RECLAIM_GRACE_MS 5000
+#define PROGRESS_SAVE_MS 250 /* at most ~4 progress events a second per job on record */
 
 static int64_t s_now_ms(void)
 {
@@ -78,6 +79,7 @@ typedef struct {
     char *out_dir;         /* <jobs_dir>/<id>, owned */
     json_t *progress;      /* latest progress notification, owned (NULL = none) */
     int64_t hold_until_ms; /* not assigned before this (its old group may reclaim it) */
+    int64_t progress_saved_ms; /* when a progress event of it was last written */
 } job_t;
 
 struct sched {
@@ -557,6 +559,15 @@ int sched_event(sched_t *self, int64_t job, const char *group, const char *kind,
     if (!strcmp(kind, "progress")) {
         json_decref(j->progress);
         j->progress = json_incref(data);
+        /* Memory always has the latest step (status, watch); the registry
+         * gets at most PROGRESS_SAVE_MS worth of them, and the last step, so
+         * a fast job does not turn into one SQLite transaction per step. */
+        int64_t now = s_now_ms();
+        json_t *step = json_object_get(data, "step"), *steps = json_object_get(data, "steps");
+        int last = json_is_integer(step) && json_is_integer(steps) &&
+                   json_integer_value(step) >= json_integer_value(steps);
+        if (!last && now - j->progress_saved_ms < PROGRESS_SAVE_MS) return ST_OK;
+        j->progress_saved_ms = now;
     }
     char *t = json_dumps(data, JSON_COMPACT);
     if (!t) return st_fail(err, ST_ENOMEM, "out of memory");

@@ -154,7 +154,10 @@ static void s_pending_try(serve_link_t *link, const char *group, s_pending_t *p)
     if (!req) return;
     int rc = serve_link_request(link, req, p->payload, p->plen, REQUEST_MS, &rep, err);
     json_decref(req);
-    if (rc == ST_EBUSY) return; /* no answer yet: try again next round */
+    if (rc == ST_EBUSY) { /* no answer yet: try again next round */
+        usleep(IDLE_US / 2);
+        return;
+    }
     const char *type = json_string_value(json_object_get(p->msg, "type"));
     json_int_t job = json_integer_value(json_object_get(p->msg, "job"));
     if (rc == ST_OK && !strcmp(type, "result"))
@@ -164,6 +167,10 @@ static void s_pending_try(serve_link_t *link, const char *group, s_pending_t *p)
         s_log(group, "job %lld: the coordinator refused our %s: %s", (long long)job, type, err);
     json_decref(rep);
     s_pending_clear(p);
+    /* Only now is the job no longer ours: until its report is in, a renewed
+     * hello (after a coordinator restart) names it, so that the restarted
+     * coordinator gives it back to us and accepts the report. */
+    serve_link_set_job(link, 0);
 }
 
 /* Returns the command for the group (malloc'd JSON text). */
@@ -176,10 +183,10 @@ static char *s_next_command(serve_link_t *link, const char *group, const char *e
         snprintf(text, sizeof text, "the coordinator at '%s' has not answered for %.0f s; giving up", endpoint,
                  timeout_s);
         cmd = json_pack("{s:s, s:s}", "op", "exit", "error", text);
+    } else if (!serve_link_ready(link)) {
+        usleep(IDLE_US / 2); /* the link is (re)introducing the group */
     } else if (pending->msg) {
         s_pending_try(link, group, pending);
-    } else if (!serve_link_ready(link)) {
-        usleep(IDLE_US / 2);
     } else {
         json_t *req = json_pack("{s:s}", "type", "job_request"), *rep = NULL;
         char err[ST_ERR_LEN];
@@ -264,7 +271,6 @@ static int s_run_job(dist_t *dist, serve_link_t *link, const char *group, json_t
     int end_group = 0;
     if (root) {
         int lost = serve_link_lost(link);
-        serve_link_set_job(link, 0);
         if (rc == ST_OK && res.state) {
             size_t n = (size_t)res.n_layer * res.n_head * res.head_size * res.head_size;
             json_error_t jerr;
@@ -284,6 +290,7 @@ static int s_run_job(dist_t *dist, serve_link_t *link, const char *group, json_t
         }
         if (rc == ST_ECANCELLED && lost) {
             end_group = 1; /* nobody to report to; the next round says why */
+            serve_link_set_job(link, 0);
         } else if (rc) {
             int cancelled = rc == ST_ECANCELLED;
             s_log(group, "job %lld: %s%s", (long long)job, cancelled ? "cancelled" : "failed: ", cancelled ? "" : err);

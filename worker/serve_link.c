@@ -300,7 +300,10 @@ int serve_link_request(serve_link_t *self, json_t *req, const void *payload, siz
             return ST_OK;
         }
         const char *e = json_string_value(json_object_get(msg, "error"));
-        int code = statetune_code_from_name(json_string_value(json_object_get(msg, "code")));
+        const char *cname = json_string_value(json_object_get(msg, "code"));
+        /* "unknown_group": the coordinator restarted and the link is saying
+         * hello again; the caller retries like after a timeout. */
+        int code = cname && !strcmp(cname, "unknown_group") ? ST_EBUSY : statetune_code_from_name(cname);
         st_fail(err, code, "%s", e ? e : "the coordinator refused the request without a reason");
         json_decref(msg);
         return code;

@@ -34,7 +34,8 @@ void serve_link_destroy(serve_link_t **self_p);
 /* A request from the main thread: sends req (with optional payload), waits up
  * to timeout_ms for its reply. ST_OK with *rep (caller decrefs) for an ok
  * reply; the error's code and sentence for an error reply; ST_EBUSY on
- * timeout. */
+ * timeout and when the coordinator does not know the group yet (it restarted:
+ * the link is saying hello again), so the caller simply retries. */
 int serve_link_request(serve_link_t *self, json_t *req, const void *payload, size_t plen, int timeout_ms,
                        json_t **rep, char *err);
 

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# test_service.sh - the service end to end with the real binaries (issue #7;
+# SPEC sections 2.1, 6, 7 and 9): a coordinator, CPU worker groups under
+# mpirun, and the statetune client, on an ipc:// endpoint in a fresh folder.
+#
+#   test_service.sh e2e               submit, watch, wait, states get/show: the tuned state and its metrics
+#   test_service.sh priority          5 jobs on 2 groups start in priority order and all succeed
+#   test_service.sh cancel            a running job stops within 5 s and the group serves on
+#   test_service.sh kill_group        SIGKILL a group mid-job; another group finishes it from its checkpoint
+#   test_service.sh kill_coordinator  SIGKILL the coordinator mid-job and restart it: queue, running job
+#                                     and registry intact, the job finishes on the group that had it
+#
+# Jobs use the tiny fixture model and a few dozen short samples, so each takes
+# seconds; exit 77 (skipped) when the fixtures or mpirun are absent.
+set -u
+
+scenario=${1:?usage: test_service.sh e2e|priority|cancel|kill_group|kill_coordinator}
+B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
+FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
+MODEL=$FIX/rwkv7/tiny.pth
+PY=/usr/bin/python3
+[ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
+command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
+[ -x "$PY" ] || { echo "skipped: $PY not found"; exit 77; }
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-service-XXXXXX")
+EP="ipc://$T/c.sock"
+ST="$B/client/statetune"
+export STATETUNE_ENDPOINT="$EP"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+HB_MS=400          # heartbeat: a group silent for 3 x 400 ms is lost
+PIDS=()            # everything this script started, killed by id at exit
+
+cleanup() {
+    for p in "${PIDS[@]}"; do
+        kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null
+    done
+    wait 2>/dev/null
+}
+trap cleanup EXIT
+[ -n "${KEEP:-}" ] && echo "folder: $T"
+
+fail() {
+    echo "FAIL ($scenario): $*"
+    for f in "$T"/*.log; do echo "---- $f"; tail -n 25 "$f"; done
+    exit 1
+}
+
+start_coordinator() {
+    "$B/coordinator/statetune-coordinator" --bind "$EP" --db "$T/registry.db" --insecure \
+        --heartbeat-ms $HB_MS >>"$T/coordinator.log" 2>&1 &
+    COORD=$!
+    PIDS+=("$COORD")
+    for _ in $(seq 100); do
+        "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    fail "the coordinator did not come up"
+}
+
+# start_group NAME RANKS: one worker group under mpirun; its pid in GROUP_PID
+start_group() {
+    mpirun -np "$2" "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 \
+        --coordinator-timeout 30 >"$T/group-$1.log" 2>&1 &
+    GROUP_PID=$!
+    PIDS+=("$GROUP_PID")
+}
+
+# kill_group PID: SIGKILL the ranks and their launcher
+kill_group() {
+    local ranks
+    ranks=$(pgrep -P "$1")
+    kill -9 $ranks "$1" 2>/dev/null
+}
+
+# make_job NAME STEPS PRIORITY CHECKPOINT_EVERY -> $T/NAME.json (relative data paths:
+# the client resolves them against the job file's folder)
+make_job() {
+    cat >"$T/$1.json" <<EOF
+{"name": "$1", "model": "$MODEL", "train": "train.jsonl", "eval": "eval.jsonl",
+ "ctx_len": 32, "micro_batch": 2, "global_batch": 4, "steps": $2, "priority": $3,
+ "checkpoint_every": $4, "eval_every": 0, "warmup_steps": 2, "seed": 7}
+EOF
+}
+
+# json EXPR: evaluates a Python expression over the JSON document on stdin (as d)
+json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+status_of() { "$ST" status "$1" --json | json 'd["status"]'; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds
+wait_for() {
+    local what=$1 secs=$2
+    shift 2
+    local end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $end ] || fail "timed out after ${secs}s waiting for $what"
+        sleep 0.2
+    done
+}
+
+# checkpoint_at_least JOB STEP: a checkpoint event at or past STEP exists
+checkpoint_at_least() {
+    "$ST" events "$1" --json | json "int(max([e['data']['step'] if isinstance(e['data'], dict) else json.loads(e['data'])['step'] for e in d if e['kind']=='checkpoint'] or [0]) >= $2 or exit(1))"
+}
+
+running_with_progress() {
+    "$ST" status "$1" --json | json "int(d['status']=='running' and d.get('step',0) >= 1 or exit(1))"
+}
+
+# ---- data: 40 short tab-separated lines, 8 for eval --------------------------
+"$PY" - "$T" <<'EOF'
+import json, random, sys
+random.seed(3)
+words = "the quick brown fox jumps over a lazy dog while seven tabs indent code".split()
+for name, n in (("train", 40), ("eval", 8)):
+    with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"text": "\t".join(random.choice(words) for _ in range(8))}) + "\n")
+EOF
+
+case "$scenario" in
+e2e)
+    start_coordinator
+    start_group a 2
+    make_job tabs 12 0 4
+    J=$("$ST" submit "$T/tabs.json") || fail "submit failed"
+    echo "submitted job $J"
+    "$ST" watch "$J" >"$T/watch.log" 2>&1 || fail "watch did not end in success"
+    grep -q "step 12/12" "$T/watch.log" || fail "watch showed no progress up to step 12"
+    grep -q "registered tabs@1" "$T/watch.log" || fail "watch did not report the registered state"
+    "$ST" wait "$J" --timeout 60 || fail "wait did not exit 0 for a succeeded job"
+    [ "$(status_of "$J")" = succeeded ] || fail "status is not succeeded"
+    # the registry's state is the worker's output, bit for bit
+    "$ST" states get tabs@latest -o "$T/got.safetensors" || fail "states get failed"
+    "$PY" - "$T/got.safetensors" "$T/registry.db.jobs/$J/state.safetensors" <<'EOF' || fail "fetched state differs from the tuned one"
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+assert sorted(a) == ["blocks.0.att.time_state", "blocks.1.att.time_state"], sorted(a)
+assert a == b
+assert any(x != 0 for x in a["blocks.0.att.time_state"]), "the tuned state is all zeros"
+print("state matches:", sorted(a))
+EOF
+    # metrics beside the untuned baseline, and the tuning helped
+    "$ST" states show tabs@latest --json | json 'int(not [m for m in d["metrics"] if m["name"]=="eval_loss" and m["baseline"] is not None and m["value"] < m["baseline"]] and exit(1))' \
+        || fail "states show has no eval_loss below its baseline"
+    "$ST" states show tabs@latest | grep -q "eval_loss" || fail "human states show lacks the metrics table"
+    "$ST" states list | grep -q "^tabs " || fail "states list lacks tabs"
+    "$ST" jobs | grep -q "succeeded" || fail "jobs lacks the job"
+    # an unknown job is one clear sentence and exit 1
+    "$ST" status 999 2>"$T/err.txt" && fail "status of an unknown job succeeded"
+    grep -q "999" "$T/err.txt" || fail "unknown job error does not name it: $(cat "$T/err.txt")"
+    ;;
+
+priority)
+    start_coordinator
+    prios=(1 5 2 9 0)
+    for i in 0 1 2 3 4; do
+        make_job "p$i" 6 "${prios[$i]}" 0
+        "$ST" submit "$T/p$i.json" >/dev/null || fail "submit p$i failed"
+    done
+    start_group a 1
+    start_group b 1
+    for j in 1 2 3 4 5; do
+        "$ST" wait "$j" --timeout 120 || fail "job $j did not succeed"
+    done
+    "$ST" jobs --json | json '
+(lambda jobs: [print(j["id"], j["priority"], j["started"], j["worker_group"]) for j in sorted(jobs, key=lambda j: j["started"])]
+ and (all(a["started"] <= b["started"] for a in jobs for b in jobs if a["priority"] > b["priority"]) or exit(1)))(d)' \
+        || fail "jobs did not start in priority order"
+    ;;
+
+cancel)
+    start_coordinator
+    start_group a 2
+    make_job long 1000000 0 0
+    J=$("$ST" submit "$T/long.json") || fail "submit failed"
+    wait_for "job $J to run" 60 running_with_progress "$J"
+    t0=$(date +%s.%N)
+    "$ST" cancel "$J" || fail "cancel failed"
+    wait_for "job $J to be cancelled" 10 sh -c "[ \"\$('$ST' status $J --json | $PY -c 'import json,sys; print(json.load(sys.stdin)[\"status\"])')\" = cancelled ]"
+    t1=$(date +%s.%N)
+    dt=$("$PY" -c "print(round($t1 - $t0, 2))")
+    echo "cancelled within $dt s"
+    "$PY" -c "exit(0 if $t1 - $t0 <= 5 else 1)" || fail "cancel took $dt s (over 5 s)"
+    "$ST" wait "$J" && fail "wait exited 0 for a cancelled job"
+    # the group is free again and serves the next job
+    make_job short 4 0 0
+    J2=$("$ST" submit "$T/short.json") || fail "submit failed"
+    "$ST" wait "$J2" --timeout 60 || fail "the group did not serve a job after the cancel"
+    ;;
+
+kill_group)
+    start_coordinator
+    start_group a 2
+    A=$GROUP_PID
+    make_job resume 200 0 10
+    J=$("$ST" submit "$T/resume.json") || fail "submit failed"
+    wait_for "a checkpoint of job $J" 60 checkpoint_at_least "$J" 20
+    kill_group "$A"
+    echo "killed group a (pid $A) with SIGKILL"
+    wait_for "job $J to go back to the queue" 15 sh -c "[ \"\$('$ST' status $J --json | $PY -c 'import json,sys; print(json.load(sys.stdin)[\"status\"])')\" = queued ]"
+    start_group b 2
+    "$ST" wait "$J" --timeout 120 || fail "job $J did not finish on the second group"
+    "$ST" events "$J" | grep -q "requeued" || fail "no requeue event"
+    "$ST" status "$J" --json | json 'int(d["attempt"] == 2 or exit(1))' || fail "the job did not run twice"
+    from=$("$ST" states show resume@latest --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
+    echo "second group resumed from step $from"
+    "$PY" -c "exit(0 if $from >= 20 else 1)" || fail "the second group did not resume from the checkpoint (from $from)"
+    ;;
+
+kill_coordinator)
+    start_coordinator
+    start_group a 2
+    make_job first 200 5 10
+    make_job second 4 0 0
+    J1=$("$ST" submit "$T/first.json") || fail "submit failed"
+    wait_for "job $J1 to run" 60 running_with_progress "$J1"
+    J2=$("$ST" submit "$T/second.json") || fail "submit failed"
+    wait_for "a checkpoint of job $J1" 60 checkpoint_at_least "$J1" 20
+    kill -9 "$COORD"
+    wait "$COORD" 2>/dev/null
+    echo "killed the coordinator (pid $COORD) with SIGKILL"
+    sleep 1
+    start_coordinator
+    # the queue survived: the second job is still queued or done
+    st2=$(status_of "$J2")
+    case "$st2" in queued|running|succeeded) ;; *) fail "job $J2 is '$st2' after the restart" ;; esac
+    "$ST" wait "$J1" --timeout 120 || fail "job $J1 did not finish after the restart"
+    "$ST" wait "$J2" --timeout 60 || fail "job $J2 did not finish after the restart"
+    "$ST" events "$J1" | grep -q "coordinator restarted" || fail "no restart event on job $J1"
+    n=$("$ST" states list --json | json 'len(d)')
+    [ "$n" = 2 ] || fail "expected 2 registered states, found $n"
+    grep -q "carries on with job $J1" "$T/coordinator.log" || echo "note: job $J1 was not reclaimed by its group (another took it)"
+    ;;
+
+*)
+    echo "unknown scenario '$scenario'"
+    exit 2
+    ;;
+esac
+echo "ok: $scenario"
+exit 0
