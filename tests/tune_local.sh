@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# tune_local.sh MODE - drives the real `statetune-worker tune --local` binary
+# on the 5M fixture model (pysrc-rwkv7-5M) with data made from this machine's
+# Python sources (tests/make_tabs_data.py). Modes:
+#
+#   decrease  a short job lowers the held-out loss clearly, writes
+#             state.safetensors + metrics.json, prints one progress line per
+#             step on a non-terminal stderr
+#   resume    a job stopped after 4 steps and rerun with the same --out ends
+#             with a state bit-identical to an uninterrupted run (CPU, one
+#             thread: the engine's multi-threaded reductions are not ordered)
+#   mpi       mpirun -np 2 gives the state of -np 1 for the same global batch
+#             (relative difference <= 1e-5)
+#   kill      kill -9 of one rank under mpirun ends the group with an error
+#             within 30 s and no state is written
+#   validate  a bad job file or a bad JSONL line fails before any compute,
+#             naming the key or the line
+#
+# Exit 77 (skipped) when the fixtures, the Python sources or mpirun are absent.
+set -u
+mode=${1:?usage: tune_local.sh decrease|resume|mpi|kill|validate}
+here=$(cd "$(dirname "$0")" && pwd)
+build=${STATETUNE_BUILD_DIR:-$here/../build}
+worker=$build/worker/statetune-worker
+fixtures=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$here/../../shared/fixtures}}
+model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
+py=/usr/bin/python3
+
+skip() { echo "skipped: $*"; exit 77; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+[ -x "$worker" ] || fail "no worker binary at $worker"
+[ -f "$model" ] || skip "fixture model $model not found"
+[ -x "$py" ] || skip "$py not found"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/tune-$mode-XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+"$py" "$here/make_tabs_data.py" "$tmp" --train 128 --eval 16 --bytes 100 >/dev/null ||
+    skip "could not make the dataset from Python sources"
+
+# job NAME STEPS GLOBAL MICRO [EXTRA_JSON]
+job() {
+    cat >"$tmp/$1.json" <<EOF
+{"name": "$1", "model": "$model", "train": "train.jsonl", "eval": "eval.jsonl",
+ "ctx_len": 64, "micro_batch": $4, "global_batch": $3, "steps": $2,
+ "lr_init": 1.0, "lr_final": 0.05, "warmup_steps": 2, "eval_every": 0, "checkpoint_every": 5${5:+, $5}}
+EOF
+}
+
+metric() { "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+
+# relative L2 difference of two state.safetensors files
+state_rel() {
+    "$py" - "$1" "$2" <<'EOF'
+import array, json, struct, sys
+def load(p):
+    b = open(p, 'rb').read()
+    n = struct.unpack('<Q', b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in h.items():
+        if k == '__metadata__':
+            continue
+        assert v['dtype'] == 'F32', v
+        s, e = v['data_offsets']
+        a = array.array('f')
+        a.frombytes(b[8 + n + s:8 + n + e])
+        out[k] = a
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+num = sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k]))
+den = sum(x * x for k in a for x in a[k])
+print((num / den) ** 0.5 if den else num ** 0.5)
+EOF
+}
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+
+case $mode in
+decrease)
+    job dec 10 8 8
+    "$worker" tune "$tmp/dec.json" --local --out "$tmp/out" --threads 1 >"$tmp/stdout" 2>"$tmp/stderr" ||
+        fail "tune failed: $(cat "$tmp/stderr")"
+    [ -s "$tmp/out/state.safetensors" ] || fail "no state.safetensors"
+    [ -s "$tmp/out/metrics.json" ] || fail "no metrics.json"
+    for k in eval_loss_before eval_loss_after train_loss_first train_loss_last steps tokens_per_s \
+             perplexity_before perplexity_after accuracy_before accuracy_after exact_match_before exact_match_after; do
+        metric "$tmp/out/metrics.json" $k >/dev/null || fail "metrics.json has no '$k'"
+    done
+    before=$(metric "$tmp/out/metrics.json" eval_loss_before)
+    after=$(metric "$tmp/out/metrics.json" eval_loss_after)
+    echo "eval loss $before -> $after"
+    "$py" -c "import sys; b, a = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if a < 0.9 * b else 1)" "$before" "$after" ||
+        fail "eval loss did not drop by 10%: $before -> $after"
+    [ "$(metric "$tmp/out/metrics.json" steps)" = 10 ] || fail "steps is not 10"
+    n=$(grep -c '^step [0-9]*/10 ' "$tmp/stderr")
+    [ "$n" = 10 ] || fail "expected 10 progress lines on stderr, got $n: $(cat "$tmp/stderr")"
+    grep -q 'tok/s' "$tmp/stderr" && grep -q 'ETA' "$tmp/stderr" || fail "progress lines lack tok/s or ETA"
+    grep -q 'eval loss' "$tmp/stdout" || fail "no summary on stdout"
+    ;;
+resume)
+    job res 10 8 8
+    "$worker" tune "$tmp/res.json" --local --out "$tmp/full" --threads 1 >/dev/null 2>"$tmp/e1" || fail "$(cat "$tmp/e1")"
+    "$worker" tune "$tmp/res.json" --local --out "$tmp/part" --threads 1 --max-steps 4 >/dev/null 2>"$tmp/e2" ||
+        fail "$(cat "$tmp/e2")"
+    [ -f "$tmp/part/checkpoint.stck" ] || fail "no checkpoint after the interrupted run"
+    [ ! -e "$tmp/part/state.safetensors" ] || fail "an interrupted run wrote a state"
+    "$worker" tune "$tmp/res.json" --local --out "$tmp/part" --threads 1 >/dev/null 2>"$tmp/e3" || fail "$(cat "$tmp/e3")"
+    grep -q '^step 5/10 ' "$tmp/e3" || fail "the rerun did not continue at step 5: $(head -3 "$tmp/e3")"
+    grep -q '^step 1/10 ' "$tmp/e3" && fail "the rerun started over"
+    cmp "$tmp/full/state.safetensors" "$tmp/part/state.safetensors" ||
+        fail "resumed state differs from the uninterrupted one (rel $(state_rel "$tmp/full/state.safetensors" "$tmp/part/state.safetensors"))"
+    # a checkpoint of another job is refused, not silently reused
+    job other 10 8 8 '"seed": 2'
+    "$worker" tune "$tmp/other.json" --local --out "$tmp/part" --threads 1 >/dev/null 2>"$tmp/e4" &&
+        fail "a checkpoint of another job was accepted"
+    grep -q 'different job' "$tmp/e4" || fail "unclear refusal: $(cat "$tmp/e4")"
+    echo "resumed state is bit-identical"
+    ;;
+mpi)
+    command -v mpirun >/dev/null || skip "mpirun not found"
+    job mpi 4 8 4
+    "$worker" tune "$tmp/mpi.json" --local --out "$tmp/one" --threads 1 >/dev/null 2>"$tmp/e1" || fail "$(cat "$tmp/e1")"
+    mpirun -np 2 --oversubscribe "$worker" tune "$tmp/mpi.json" --local --out "$tmp/two" >"$tmp/o2" 2>"$tmp/e2" ||
+        fail "mpirun -np 2 failed: $(cat "$tmp/e2")"
+    [ "$(grep -c '^tuned' "$tmp/o2")" = 1 ] || fail "expected one summary (rank 0 only): $(cat "$tmp/o2")"
+    [ "$(grep -c '^step 4/4' "$tmp/e2")" = 1 ] || fail "expected rank 0 alone to print progress"
+    rel=$(state_rel "$tmp/one/state.safetensors" "$tmp/two/state.safetensors") || fail "could not compare states"
+    echo "np 2 vs np 1: relative difference $rel"
+    "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-5 else 1)" "$rel" || fail "states differ by $rel"
+    [ "$(metric "$tmp/two/metrics.json" ranks)" = 2 ] || fail "metrics.json does not say 2 ranks"
+    ;;
+kill)
+    command -v mpirun >/dev/null || skip "mpirun not found"
+    job kill 500 8 4
+    mpirun -np 2 --oversubscribe "$worker" tune "$tmp/kill.json" --local --out "$tmp/out" >"$tmp/o" 2>"$tmp/e" &
+    mp=$!
+    for _ in $(seq 1 120); do
+        grep -q '^step 2/' "$tmp/e" 2>/dev/null && break
+        sleep 0.5
+    done
+    grep -q '^step 2/' "$tmp/e" || { kill -9 $mp; fail "the group never started stepping: $(cat "$tmp/e")"; }
+    victim=$(pgrep -P $mp -f statetune-worker | tail -1)
+    [ -n "$victim" ] || { kill -9 $mp; fail "no rank process found under mpirun $mp"; }
+    t0=$(date +%s)
+    kill -9 "$victim"
+    rc=0
+    for _ in $(seq 1 60); do
+        kill -0 $mp 2>/dev/null || break
+        sleep 0.5
+    done
+    if kill -0 $mp 2>/dev/null; then
+        kill -9 $mp
+        fail "the group was still running 30 s after a rank was killed"
+    fi
+    wait $mp || rc=$?
+    t1=$(date +%s)
+    echo "group ended $((t1 - t0)) s after kill -9 of rank pid $victim, exit $rc"
+    [ $rc -ne 0 ] || fail "the group exited 0 after losing a rank"
+    [ ! -e "$tmp/out/state.safetensors" ] || fail "a state was written by a broken group"
+    ;;
+validate)
+    echo '{"name": "v", "model": "'"$model"'", "train": "train.jsonl", "lr": 1.0}' >"$tmp/bad.json"
+    "$worker" tune "$tmp/bad.json" --local --out "$tmp/o1" >/dev/null 2>"$tmp/e1" && fail "a job with an unknown key ran"
+    grep -q "'lr'" "$tmp/e1" || fail "the error does not name the key: $(cat "$tmp/e1")"
+    [ "$(wc -l <"$tmp/e1")" = 1 ] || fail "expected one sentence: $(cat "$tmp/e1")"
+    [ ! -e "$tmp/o1" ] || fail "the out dir was created before validation passed"
+    printf '{"text": "fine"}\n{"text": oops}\n' >"$tmp/badlines.jsonl"
+    job vl 2 8 8
+    sed -i 's/"train.jsonl"/"badlines.jsonl"/' "$tmp/vl.json"
+    "$worker" tune "$tmp/vl.json" --local --out "$tmp/o2" >/dev/null 2>"$tmp/e2" && fail "a job with a bad line ran"
+    grep -q 'line 2' "$tmp/e2" || fail "the error does not name line 2: $(cat "$tmp/e2")"
+    "$worker" tune "$tmp/vl.json" --out "$tmp/o3" >/dev/null 2>&1
+    [ $? = 2 ] || fail "missing --local is not a usage error"
+    ;;
+*)
+    fail "unknown mode '$mode'"
+    ;;
+esac
+echo "tune_local $mode: OK"
