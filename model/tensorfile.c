@@ -123,6 +123,11 @@ static int s_detect(const uint8_t *head, size_t n, size_t file_len, tf_format_t 
         return ST_OK;
     }
     if (file_len == 0) return st_fail(err, ST_EFORMAT, "the file is empty");
+    /* torch.save before PyTorch 1.6 wrote a bare pickle starting with a magic long */
+    if (n >= 4 && head[0] == 0x80 && head[1] == 2 && head[2] == 0x8a && head[3] == 10)
+        return st_fail(err, ST_EUNSUPPORTED,
+                       "this is the legacy (pre-1.6) torch.save format; load and save it again "
+                       "with a current PyTorch to get the zip format");
     return st_fail(err, ST_EFORMAT,
                    "not a model file: it is neither a zip (.pth), a rwkv.cpp .bin nor safetensors");
 }
