@@ -956,7 +956,7 @@ static int test_not_a_model(void)
     }
     junk[8] = 'x'; /* make sure it does not look like safetensors by chance */
     rc |= s_expect_refusal(s_write_tmp("junk.bin", junk, sizeof junk), "not a model file");
-    static const unsigned char legacy[] = "\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
+    static const unsigned char legacy[] = "\x80\x02\x8a\x0al\xfc\x9c" "F\xf9 j\xa8P\x19.";
     rc |= s_expect_refusal(s_write_tmp("legacy.pth", legacy, sizeof legacy - 1), "legacy");
     char err[ST_ERR_LEN];
     CHECK(tensorfile_open("/nonexistent/model.pth", err) == NULL);
