@@ -18,6 +18,9 @@
  *
  * Every byte of the file is untrusted: a corrupt, truncated or hostile file
  * gives ST_EFORMAT with one clear sentence in err, never a crash.
+ *
+ * A tensorfile is used by one thread at a time (reads of a .pth share one
+ * libzip handle); open the file once per thread to read in parallel.
  */
 #ifndef ST_TENSORFILE_H
 #define ST_TENSORFILE_H
