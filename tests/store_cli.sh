@@ -72,7 +72,7 @@ expect 2 "'states frob' is not a command" $ST $DB states frob
 expect 2 'unknown option' $ST --bogus states list
 expect 1 'does not exist' $ST --db "$T/none.db" states list
 expect 1 'only the coordinator' $ST $DB states alias style@prod 3
-expect 1 "'models' over the endpoint arrives with issue #7" $ST --endpoint tcp://127.0.0.1:1 models list
+expect 2 'not both' $ST --endpoint tcp://127.0.0.1:1 $DB states list
 expect 2 'needs the coordinator' $ST $DB submit job.json
 expect 0 '^usage: statetune' $ST states get --help
 expect 0 'commands:' $ST --help
