@@ -6,6 +6,7 @@
  */
 #include "client/cmd_service.h"
 
+#include "common/st_fs.h"
 #include "store/state_formats.h"
 
 #include <errno.h>
@@ -319,4 +320,89 @@ int cmd_states_remote(int argc, char **argv, const char *endpoint)
         status = s_states_alias(c, &o, pos[0], pos[1]);
     statetune_client_destroy(&c);
     return cmd_finish(status);
+}
+
+/* ---- models over the endpoint ---------------------------------------------- */
+
+static const char *const s_models_usage =
+    "usage: statetune [--endpoint E] models list [--json]\n"
+    "       statetune [--endpoint E] models register NAME MODEL_FILE\n"
+    "  with [--curve-public F --curve-secret F --server-key F] [--timeout-ms MS]\n"
+    "A registered model's name can stand for its file in a job's \"model\".\n";
+
+int cmd_models_remote(int argc, char **argv, const char *endpoint)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(s_models_usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *sub = argv[1];
+    cmd_conn_opts_t o = {0};
+    const char *pos[2] = {NULL, NULL};
+    int npos = 0;
+    for (int i = 2; i < argc; i++) {
+        int r = cmd_conn_option(&o, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r) continue;
+        if (argv[i][0] == '-' || npos >= 2) {
+            fprintf(stderr, "statetune: models %s: unexpected argument '%s'\n%s", sub, argv[i], s_models_usage);
+            return 2;
+        }
+        pos[npos++] = argv[i];
+    }
+    int is_list = !strcmp(sub, "list"), is_reg = !strcmp(sub, "register");
+    if ((!is_list && !is_reg) || npos != (is_list ? 0 : 2)) {
+        fprintf(stderr, "statetune: models: wrong arguments\n%s", s_models_usage);
+        return 2;
+    }
+    json_t *req;
+    if (is_reg) {
+        char abs[4096], sha[65], err[ST_ERR_LEN];
+        if (!realpath(pos[1], abs)) {
+            fprintf(stderr, "statetune: model file '%s': %s\n", pos[1], strerror(errno));
+            return 1;
+        }
+        if (st_sha256_file(abs, sha, err)) { /* streamed: fine for a 15 GB checkpoint */
+            fprintf(stderr, "statetune: %s\n", err);
+            return 1;
+        }
+        req = json_pack("{s:s, s:s, s:s, s:s}", "type", "models_register", "name", pos[0], "path", abs, "sha256", sha);
+    } else {
+        req = json_pack("{s:s}", "type", "models_list");
+    }
+    statetune_client_t *c = cmd_connect(endpoint, &o);
+    if (!c) {
+        json_decref(req);
+        return 1;
+    }
+    json_t *rep = NULL;
+    int rc = cmd_request(c, &o, req, &rep, NULL, NULL);
+    json_decref(req);
+    statetune_client_destroy(&c);
+    if (rc) return 1;
+    if (is_reg) {
+        printf("%s %s\n", json_string_value(json_object_get(rep, "name")), json_string_value(json_object_get(rep, "sha256")));
+    } else if (o.json) {
+        cmd_print_json(json_object_get(rep, "models"));
+    } else {
+        printf("%-24s %-12s %6s %6s %6s  %s\n", "NAME", "SHA256", "LAYERS", "EMBD", "VOCAB", "PATH");
+        size_t i;
+        json_t *m;
+        json_array_foreach(json_object_get(rep, "models"), i, m)
+        {
+            json_t *cfg = json_object_get(m, "config");
+            if (json_is_string(cfg)) { /* stored as text */
+                json_error_t jerr;
+                cfg = json_loads(json_string_value(cfg), 0, &jerr);
+                json_object_set_new(m, "config", cfg ? cfg : json_null());
+            }
+            const char *sha = json_string_value(json_object_get(m, "sha256"));
+            printf("%-24s %-12.12s %6" JSON_INTEGER_FORMAT " %6" JSON_INTEGER_FORMAT " %6" JSON_INTEGER_FORMAT "  %s\n",
+                   json_string_value(json_object_get(m, "name")), sha ? sha : "-",
+                   json_integer_value(json_object_get(cfg, "n_layer")), json_integer_value(json_object_get(cfg, "n_embd")),
+                   json_integer_value(json_object_get(cfg, "vocab")), json_string_value(json_object_get(m, "path")));
+        }
+    }
+    json_decref(rep);
+    return cmd_finish(0);
 }

@@ -32,6 +32,10 @@ int cmd_keys(int argc, char **argv, const char *endpoint);   /* keys gen DIR/NAM
  * argv[0] is "states", argv[1] the subcommand. */
 int cmd_states_remote(int argc, char **argv, const char *endpoint);
 
+/* models list|register over the endpoint (register hashes the file here and
+ * the coordinator checks it opens as a model). */
+int cmd_models_remote(int argc, char **argv, const char *endpoint);
+
 /* ---- shared by the commands above (cmd_service.c) ---- */
 
 /* Options every connecting command accepts. */

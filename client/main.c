@@ -40,7 +40,7 @@ static const client_cmd_t s_commands[] = {
     {"jobs", cmd_jobs, NULL, s_jobs_usage, "list jobs", "#7"},
     {"events", cmd_events, NULL, s_events_usage, "list a job's events", "#7"},
     {"states", cmd_states_remote, cmd_states_local, cmd_states_usage, "list, show, fetch and alias tuned states", "#7"},
-    {"models", NULL, cmd_models_local, cmd_models_usage, "list registered models", "#7"},
+    {"models", cmd_models_remote, cmd_models_local, cmd_models_usage, "list registered models", "#7"},
     {"keys", cmd_keys, NULL, s_keys_usage, "generate CURVE key pairs", "#7"},
     {NULL, NULL, NULL, NULL, NULL, NULL},
 };

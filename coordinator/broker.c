@@ -22,6 +22,8 @@
 
 #include "client/statetune_client.h"
 #include "common/st_fs.h"
+#include "model/model.h"
+#include "model/tensorfile.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -435,6 +437,53 @@ static int s_on_alias(broker_t *self, json_t *msg, reply_t *r, char *err)
     return ST_OK;
 }
 
+static int s_on_models_list(broker_t *self, json_t *msg, reply_t *r, char *err)
+{
+    json_t *list = NULL;
+    int rc = registry_list_models(self->reg, &list, err);
+    if (rc) return rc;
+    json_object_set_new(r->rep, "models", list);
+    return ST_OK;
+}
+
+/* Registers a model file under a name. The client hashed the file (a 15 GB
+ * checkpoint takes the better part of a minute, which the broker's thread
+ * cannot spend); here the file must open as a model, and its config is read
+ * from the tensor shapes. Workers hash the model again for every result, so
+ * a wrong hash cannot go unnoticed in a state's lineage. */
+static int s_on_models_register(broker_t *self, json_t *msg, reply_t *r, char *err)
+{
+    const char *name = NULL, *path = NULL, *sha = NULL;
+    int rc = s_str_field(msg, "name", &name, err);
+    if (rc == ST_OK) rc = s_str_field(msg, "path", &path, err);
+    if (rc == ST_OK) rc = s_str_field(msg, "sha256", &sha, err);
+    if (rc) return rc;
+    if (path[0] != '/') return st_fail(err, ST_EINVAL, "field 'path' must be an absolute path, got '%s'", path);
+    if (strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64)
+        return st_fail(err, ST_EINVAL, "field 'sha256' must be 64 lowercase hex digits");
+    tensorfile_t *tf = tensorfile_open(path, err);
+    if (!tf) return ST_EFORMAT;
+    rwkv_config_t cfg;
+    rc = rwkv_config_from_tensorfile(tf, &cfg, err);
+    tensorfile_close(&tf);
+    if (rc) return rc;
+    json_t *jc = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i}", "n_layer", cfg.n_layer, "n_embd", cfg.n_embd, "n_head",
+                           cfg.n_head, "head_size", cfg.head_size, "vocab", cfg.vocab, "ffn_dim", cfg.ffn_dim);
+    char *text = jc ? json_dumps(jc, JSON_COMPACT) : NULL;
+    rc = text ? registry_register_model(self->reg, name, sha, text, path, err) : st_fail(err, ST_ENOMEM, "out of memory");
+    free(text);
+    if (rc == ST_OK) {
+        json_object_set_new(r->rep, "name", json_string(name));
+        json_object_set_new(r->rep, "sha256", json_string(sha));
+        json_object_set_new(r->rep, "config", jc);
+        s_log(self, "model '%s' registered: %s (%d layers, %d embd, vocab %d)", name, path, cfg.n_layer, cfg.n_embd,
+              cfg.vocab);
+    } else {
+        json_decref(jc);
+    }
+    return rc;
+}
+
 /* ---- worker group requests and notifications ---------------------------- */
 
 /* The group id is the sender's routing id; a message naming another group is
@@ -735,6 +784,10 @@ static void s_handle(broker_t *self, inmsg_t *in)
         rc = s_on_states_get(self, msg, &r, err);
     } else if (!strcmp(type, "alias")) {
         rc = s_on_alias(self, msg, &r, err);
+    } else if (!strcmp(type, "models_list")) {
+        rc = s_on_models_list(self, msg, &r, err);
+    } else if (!strcmp(type, "models_register")) {
+        rc = s_on_models_register(self, msg, &r, err);
     } else if (!strcmp(type, "hello")) {
         rc = s_on_hello(self, msg, ident, &r, err);
     } else if (!strcmp(type, "job_request")) {

@@ -9,12 +9,14 @@
 #   test_service.sh kill_group        SIGKILL a group mid-job; another group finishes it from its checkpoint
 #   test_service.sh kill_coordinator  SIGKILL the coordinator mid-job and restart it: queue, running job
 #                                     and registry intact, the job finishes on the group that had it
+#   test_service.sh curve             CURVE on: a refused key gets nothing (logged), allowed keys work
+#   test_service.sh coordinator_gone  a group without a coordinator exits with a clear error
 #
 # Jobs use the tiny fixture model and a few dozen short samples, so each takes
 # seconds; exit 77 (skipped) when the fixtures or mpirun are absent.
 set -u
 
-scenario=${1:?usage: test_service.sh e2e|priority|cancel|kill_group|kill_coordinator}
+scenario=${1:?usage: test_service.sh e2e|priority|cancel|kill_group|kill_coordinator|curve|coordinator_gone}
 B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
 FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
 MODEL=$FIX/rwkv7/tiny.pth
@@ -153,6 +155,16 @@ EOF
     "$ST" states show tabs@latest | grep -q "eval_loss" || fail "human states show lacks the metrics table"
     "$ST" states list | grep -q "^tabs " || fail "states list lacks tabs"
     "$ST" jobs | grep -q "succeeded" || fail "jobs lacks the job"
+    # a registered model stands for its file in a job
+    "$ST" models register tiny "$MODEL" >/dev/null || fail "models register failed"
+    "$ST" models list | grep -q "^tiny " || fail "models list lacks the registered model"
+    sed 's|"model": "[^"]*"|"model": "tiny"|; s|"name": "tabs"|"name": "byname"|; s|"steps": 12|"steps": 3|' \
+        "$T/tabs.json" >"$T/byname.json"
+    J2=$("$ST" submit "$T/byname.json") || fail "submit with a registered model name failed"
+    "$ST" wait "$J2" --timeout 60 || fail "the job on a registered model did not succeed"
+    sha=$(sha256sum "$MODEL" | cut -d' ' -f1)
+    "$ST" states show byname@latest --json | json "int(d['model_sha256'] == '$sha' or exit(1))" \
+        || fail "the state's model_sha256 is not the model file's"
     # an unknown job is one clear sentence and exit 1
     "$ST" status 999 2>"$T/err.txt" && fail "status of an unknown job succeeded"
     grep -q "999" "$T/err.txt" || fail "unknown job error does not name it: $(cat "$T/err.txt")"
@@ -238,6 +250,48 @@ kill_coordinator)
     n=$("$ST" states list --json | json 'len(d)')
     [ "$n" = 2 ] || fail "expected 2 registered states, found $n"
     grep -q "carries on with job $J1" "$T/coordinator.log" || echo "note: job $J1 was not reclaimed by its group (another took it)"
+    ;;
+
+curve)
+    # keys for the coordinator, one client and one group; only the latter two are allowed
+    mkdir -p "$T/allow"
+    "$ST" keys gen "$T/keys/server" >/dev/null || fail "keys gen failed"
+    "$ST" keys gen "$T/allow/alice" >/dev/null || fail "keys gen failed"
+    "$ST" keys gen "$T/allow/group" >/dev/null || fail "keys gen failed"
+    "$ST" keys gen "$T/keys/mallory" >/dev/null || fail "keys gen failed"
+    [ "$(stat -c %a "$T/allow/alice.key")" = 600 ] || fail "a secret key file is not 0600"
+    "$B/coordinator/statetune-coordinator" --bind "$EP" --db "$T/registry.db" --curve-secret "$T/keys/server.key" \
+        --allow "$T/allow" --heartbeat-ms $HB_MS >>"$T/coordinator.log" 2>&1 &
+    COORD=$!
+    PIDS+=("$COORD")
+    mpirun -np 2 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 --curve-secret "$T/allow/group.key" \
+        --curve-public "$T/allow/group.pub" --server-key "$T/keys/server.pub" >"$T/group-a.log" 2>&1 &
+    PIDS+=("$!")
+    # a client with a key that is not allowed gets nothing, and is told so
+    "$ST" jobs --timeout-ms 1500 --curve-secret "$T/keys/mallory.key" --server-key "$T/keys/server.pub" \
+        2>"$T/mallory.txt" && fail "a client with a refused key was served"
+    grep -q "did not answer" "$T/mallory.txt" || fail "the refused client's error is unclear: $(cat "$T/mallory.txt")"
+    grep -q "refused" "$T/coordinator.log" || fail "the refusal is not logged"
+    # with an allowed key (from the environment) everything works
+    export STATETUNE_CURVE_SECRET="$T/allow/alice.key" STATETUNE_SERVER_KEY="$T/keys/server.pub"
+    make_job secret 4 0 0
+    J=$("$ST" submit "$T/secret.json") || fail "submit with an allowed key failed"
+    "$ST" wait "$J" --timeout 60 || fail "the job did not succeed over CURVE"
+    "$ST" states get secret@latest -o "$T/s.st" || fail "states get over CURVE failed"
+    ;;
+
+coordinator_gone)
+    # a group whose coordinator never answers gives up with a clear error
+    mpirun -np 2 "$B/worker/statetune-worker" --coordinator "$EP" --coordinator-timeout 2 >"$T/group-a.log" 2>&1 &
+    G=$!
+    PIDS+=("$G")
+    end=$((SECONDS + 30))
+    while kill -0 "$G" 2>/dev/null; do
+        [ $SECONDS -lt $end ] || fail "the group did not give up within 30 s"
+        sleep 0.2
+    done
+    wait "$G" && fail "the group exited 0 without a coordinator"
+    grep -q "has not answered for 2 s" "$T/group-a.log" || fail "the group's error is unclear: $(tail -3 "$T/group-a.log")"
     ;;
 
 *)
