@@ -198,12 +198,14 @@ engine_cpu_t *engine_cpu_new(const rwkv_model_t *model, const engine_opts_t *opt
         *tab[i].ptr = e->mem + off;
         off += (tab[i].elements + 15) & ~(size_t)15;
     }
-    if (opts->threads > 0) {
+    /* One thread pool: OpenMP splits the work (sgemm_rows_cpu hands each
+     * thread a block of rows) and OpenBLAS runs single-threaded inside it,
+     * so two pools never spin against each other. Both settings are
+     * process-wide, as the libraries define them. */
+    openblas_set_num_threads(1);
 #ifdef _OPENMP
-        omp_set_num_threads(opts->threads);
+    if (opts->threads > 0) omp_set_num_threads(opts->threads);
 #endif
-        openblas_set_num_threads(opts->threads);
-    }
     return e;
 }
 

@@ -36,12 +36,14 @@ static const char *s_usage =
     "usage: statetune-worker bench --layers L --embd C --vocab V --batch B --ctx T "
     "[--backend cpu|cuda] [--precision fp32|bf16] [--steps S] [--threads N]\n";
 
-static double s_now(void)
+static double s_clock(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+
+static double s_now(void) { return s_clock(CLOCK_MONOTONIC); }
 
 static int s_int_arg(const char *name, const char *v, long lo, long hi, int *out)
 {
@@ -153,9 +155,12 @@ int cmd_bench(int argc, char **argv)
     }
     for (size_t i = 0; i < n; i++) tgt[i] = (i + 1) % T ? tok[i + 1] : -1;
 
-    double t0 = 0, loss_first = 0, loss_last = 0;
+    double t0 = 0, c0 = 0, loss_first = 0, loss_last = 0;
     for (int s = 0; s <= steps; s++) {
-        if (s == 1) t0 = s_now(); /* step 0 warms caches and thread pools */
+        if (s == 1) { /* step 0 warms caches and thread pools */
+            t0 = s_now();
+            c0 = s_clock(CLOCK_PROCESS_CPUTIME_ID);
+        }
         memset(grad, 0, ns * sizeof *grad);
         engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T, .state0 = s0, .dstate0 = grad};
         if (engine_run(eng, &bt, err) != ST_OK) goto done;
@@ -167,10 +172,14 @@ int cmd_bench(int argc, char **argv)
         loss_last = bt.loss_sum * inv;
     }
     double dt = s_now() - t0;
+    /* CPU seconds per step over all threads: on a shared machine the wall
+     * clock measures the neighbours too, this does not (spin-waiting
+     * threads count, though). */
+    double cpu_per_step = (s_clock(CLOCK_PROCESS_CPUTIME_ID) - c0) / steps;
     double tps = (double)n * steps / dt;
     double P = (double)rwkv_model_param_count(model);
     size_t peak = engine_peak_mem_bytes(eng) + 4 * ns * sizeof(float); /* S0, grad, m, v */
-    json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f}",
+    json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f}",
                             "backend", backend == ENGINE_CUDA ? "cuda" : "cpu",
                             "precision", precision == ENGINE_BF16 ? "bf16" : "fp32",
                             "layers", L, "embd", C, "vocab", V, "batch", B, "ctx", T, "steps", steps,
@@ -178,7 +187,7 @@ int cmd_bench(int argc, char **argv)
                             "params", (json_int_t)P, "tokens_per_s", tps,
                             "step_ms", dt * 1e3 / steps, "tflops", 4.0 * P * tps / 1e12,
                             "peak_mem_bytes", (json_int_t)peak, "loss_first", loss_first,
-                            "loss_last", loss_last);
+                            "loss_last", loss_last, "cpu_s_per_step", cpu_per_step);
     char *line = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(out);
     if (!line) {

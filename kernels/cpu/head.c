@@ -8,7 +8,8 @@
  */
 #include "kernels/cpu/head.h"
 
-#include <cblas.h>
+#include "kernels/cpu/matmul.h"
+
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -21,8 +22,7 @@ void head_ce_cpu(int R, int C, int V, const float *x, const float *head, const i
     for (int r0 = 0; r0 < R; r0 += chunk) {
         int n = R - r0 < chunk ? R - r0 : chunk;
         float *lg = scratch;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, 1.0f, x + (size_t)r0 * C, C,
-                    head, C, 0.0f, lg, V);
+        sgemm_rows_cpu(1, n, V, C, 1.0f, x + (size_t)r0 * C, C, head, C, 0.0f, lg, V);
         if (logits_out) memcpy(logits_out + (size_t)r0 * V, lg, (size_t)n * V * sizeof(float));
         double closs = 0;
         int64_t cnt = 0, ccor = 0;
@@ -58,8 +58,7 @@ void head_ce_cpu(int R, int C, int V, const float *x, const float *head, const i
         nt += cnt;
         nc += ccor;
         if (dx)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, 1.0f, lg, V, head, C,
-                        0.0f, dx + (size_t)r0 * C, C);
+            sgemm_rows_cpu(0, n, C, V, 1.0f, lg, V, head, C, 0.0f, dx + (size_t)r0 * C, C);
     }
     res->loss_sum = loss;
     res->n_targets = nt;

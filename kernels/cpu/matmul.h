@@ -13,6 +13,12 @@
 
 typedef enum { LORA_NONE = 0, LORA_TANH = 1, LORA_SIGMOID = 2 } lora_act_t;
 
+/* C (M, N) = alpha A (M, K) op(B) + beta C, row-major, op(B) = B^T when
+ * transB (B is (N, K)) else B (K, N). Rows are split over the OpenMP threads,
+ * each block one OpenBLAS call; expects OpenBLAS set to one thread. */
+void sgemm_rows_cpu(int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc);
+
 /* out (R, OUT) = inp (R, IN) @ w^T, w (OUT, IN). */
 void linear_forward_cpu(int R, int IN, int OUT, const float *inp, const float *w, float *out);
 
