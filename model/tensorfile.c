@@ -123,6 +123,13 @@ static int s_detect(const uint8_t *head, size_t n, size_t file_len, tf_format_t 
         return ST_OK;
     }
     if (file_len == 0) return st_fail(err, ST_EFORMAT, "the file is empty");
+    /* other ggml-family files: say what they are rather than "not a model" */
+    if (n >= 4 && (memcmp(head, "GGUF", 4) == 0 || memcmp(head, "lmgg", 4) == 0 ||
+                   memcmp(head, "tjgg", 4) == 0 || memcmp(head, "algg", 4) == 0))
+        return st_fail(err, ST_EUNSUPPORTED,
+                       "this is a ggml-family file with magic '%.4s', not rwkv.cpp's own .bin "
+                       "(magic 'fmgg'); convert the model with rwkv.cpp or use the .pth",
+                       (const char *)head);
     /* torch.save before PyTorch 1.6 wrote a bare pickle starting with a magic long */
     if (n >= 4 && head[0] == 0x80 && head[1] == 2 && head[2] == 0x8a && head[3] == 10)
         return st_fail(err, ST_EUNSUPPORTED,

@@ -469,6 +469,8 @@ static int test_ggmf_hostile(void)
     memcpy(copy, data, len);
     s_put_i32(copy + 4, 7);
     rc |= s_expect_refusal(s_write_tmp("version.bin", copy, len), "version 7");
+    memcpy(copy, "GGUF", 4);
+    rc |= s_expect_refusal(s_write_tmp("gguf.bin", copy, len), "magic 'GGUF'");
     rc |= s_expect_refusal(s_write_tmp("cut.bin", data, len / 2), "remain in the file");
     rc |= s_expect_refusal(s_write_tmp("cut2.bin", data, 30), "cut short");
     memcpy(copy, data, len);
