@@ -72,6 +72,7 @@ typedef struct {
     char backend[8];       /* "cpu" or "cuda" */
     int priority;          /* higher runs first */
     int gpus;              /* ranks/GPUs it asks for */
+    int global_batch;      /* samples per step: must split evenly over a group's ranks */
     int attempt;           /* times it became running */
     int cancel_requested;  /* a cancel arrived while running */
     char group[128];       /* group running it ("" unless running) */
@@ -145,6 +146,8 @@ static job_t *s_add(sched_t *self, int64_t id, const char *spec_json, job_status
     j->priority = json_is_integer(v) ? (int)json_integer_value(v) : 0;
     v = json_object_get(spec, "gpus");
     j->gpus = json_is_integer(v) ? (int)json_integer_value(v) : 1;
+    v = json_object_get(spec, "global_batch");
+    j->global_batch = json_is_integer(v) ? (int)json_integer_value(v) : 0;
     json_decref(spec);
     j->spec_json = strdup(spec_json);
     char dir[4096];
@@ -227,6 +230,13 @@ static int s_spec_from_record(json_t *rec, char **out)
 static int s_recover(sched_t *self, char *err)
 {
     static const char *statuses[] = {"queued", "running", "validating"};
+    /* A crash between registering a job's state and recording the job's end
+     * (two transactions) leaves a running job whose state is on record:
+     * finish it instead of running it again (which would make a second
+     * version). */
+    json_t *states = NULL;
+    int rc0 = registry_list_states(self->reg, &states, err);
+    if (rc0) return rc0;
     for (size_t k = 0; k < 3; k++) {
         json_t *list = NULL;
         int rc = registry_job_list(self->reg, statuses[k], &list, err);
@@ -242,7 +252,13 @@ static int s_recover(sched_t *self, char *err)
                 registry_job_set_status(self->reg, id, "failed", NULL, "its stored spec is unreadable", e2);
                 continue;
             }
-            if (k == 2) {
+            int has_state = 0;
+            size_t si;
+            json_t *st;
+            json_array_foreach(states, si, st) has_state |= json_integer_value(json_object_get(st, "job_id")) == id;
+            if (has_state && k == 1) {
+                rc = registry_job_set_status(self->reg, id, "succeeded", NULL, NULL, err);
+            } else if (k == 2) {
                 char e2[ST_ERR_LEN];
                 s_validate_job(self, id, spec, e2); /* a refusal is recorded on the job */
             } else {
@@ -263,11 +279,13 @@ static int s_recover(sched_t *self, char *err)
             free(spec);
             if (rc) {
                 json_decref(list);
+                json_decref(states);
                 return rc;
             }
         }
         json_decref(list);
     }
+    json_decref(states);
     return ST_OK;
 }
 
@@ -340,6 +358,9 @@ int sched_assign(sched_t *self, const char *group, int group_gpus, const char *b
     for (size_t i = 0; i < self->n_jobs; i++) {
         job_t *j = &self->jobs[i];
         if (j->status != JOB_QUEUED || j->gpus > group_gpus || strcmp(j->backend, backend) != 0) continue;
+        /* a larger group runs the same global batch, split over more ranks
+         * (SPEC 7: same result), which needs an even split */
+        if (j->global_batch > 0 && j->global_batch % group_gpus != 0) continue;
         if (j->hold_until_ms && s_now_ms() < j->hold_until_ms) continue;
         if (!best || j->priority > best->priority || (j->priority == best->priority && j->id < best->id)) best = j;
     }

@@ -40,8 +40,9 @@ void sched_destroy(sched_t **self_p);
 int sched_submit(sched_t *self, const char *spec_json, int64_t *id_out, char *err);
 
 /* Picks the best queued job a group can run (highest priority, then oldest;
- * the job's gpus <= the group's, same backend) and moves it to running on
- * that group. ST_ENOTFOUND when there is nothing for it. */
+ * the job's gpus <= the group's, same backend, and its global batch splits
+ * evenly over the group's ranks) and moves it to running on that group.
+ * ST_ENOTFOUND when there is nothing for it. */
 int sched_assign(sched_t *self, const char *group, int group_gpus, const char *backend,
                  sched_assignment_t *out, char *err);
 

@@ -7,12 +7,18 @@
  * the key's name and recorded; CURVE lets in only allowed keys and logs the
  * refusals.
  *
+ * The scheduler (coordinator/sched.c) is also driven in-process: priority
+ * and FIFO order, matching by gpus and backend, every transition of the job
+ * state machine and recovery after a restart.
+ *
  * The multi-process scenarios with worker groups (submit to registered
  * state, priorities, cancel, SIGKILL of a group or of the coordinator) are in
  * tests/test_service.sh.
  */
 #include "client/statetune_client.h"
+#include "coordinator/sched.h"
 #include "harness.h"
+#include "store/registry.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -427,12 +433,213 @@ static int test_key_files(void)
     return 0;
 }
 
+
+/* ---- the scheduler in-process ------------------------------------------------ */
+
+typedef struct {
+    registry_t *reg;
+    sched_t *sched;
+    char dir[256];
+    char db[300];
+    char train[300];
+} sched_env_t;
+
+static int s_sched_env(sched_env_t *e, const char *model)
+{
+    snprintf(e->dir, sizeof e->dir, "%s", st_test_tmpdir());
+    snprintf(e->db, sizeof e->db, "%s/registry.db", e->dir);
+    snprintf(e->train, sizeof e->train, "%s/train.jsonl", e->dir);
+    FILE *f = fopen(e->train, "w");
+    if (!f) return 1;
+    for (int i = 0; i < 8; i++) fprintf(f, "{\"text\": \"sample %d\\tindented\"}\n", i);
+    fclose(f);
+    char err[ST_ERR_LEN], jobs[400];
+    e->reg = registry_open(e->db, 0, err);
+    if (!e->reg) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    snprintf(jobs, sizeof jobs, "%s/jobs", e->dir);
+    e->sched = sched_new(e->reg, jobs, err);
+    if (!e->sched) fprintf(stderr, "%s\n", err);
+    (void)model;
+    return e->sched ? 0 : 1;
+}
+
+static void s_sched_env_free(sched_env_t *e)
+{
+    sched_destroy(&e->sched);
+    registry_close(&e->reg);
+}
+
+static int64_t s_submit(sched_env_t *e, const char *model, const char *name, int priority, int gpus,
+                        const char *backend)
+{
+    char spec[2048], err[ST_ERR_LEN];
+    snprintf(spec, sizeof spec,
+             "{\"name\":\"%s\",\"model\":\"%s\",\"train\":\"%s\",\"steps\":2,\"ctx_len\":16,\"micro_batch\":1,"
+             "\"global_batch\":4,\"priority\":%d,\"gpus\":%d,\"backend\":\"%s\"}",
+             name, model, e->train, priority, gpus, backend);
+    int64_t id = 0;
+    int rc = sched_submit(e->sched, spec, &id, err);
+    if (rc) fprintf(stderr, "submit %s: %s\n", name, err);
+    return rc ? -1 : id;
+}
+
+static const char *s_status(sched_env_t *e, int64_t id, char *buf)
+{
+    json_t *rec = NULL;
+    char err[ST_ERR_LEN];
+    buf[0] = 0;
+    if (sched_job_json(e->sched, id, &rec, err) == ST_OK)
+        snprintf(buf, 32, "%s", json_string_value(json_object_get(rec, "status")));
+    json_decref(rec);
+    return buf;
+}
+
+static int test_sched_order(void)
+{
+    const char *model = st_test_fixture("rwkv7/tiny.pth");
+    if (!model) return ST_TEST_SKIP;
+    sched_env_t e;
+    CHECK(s_sched_env(&e, model) == 0);
+    int64_t low = s_submit(&e, model, "low", 1, 1, "cpu");
+    int64_t hi1 = s_submit(&e, model, "hi1", 3, 1, "cpu");
+    int64_t hi2 = s_submit(&e, model, "hi2", 3, 1, "cpu");
+    int64_t big = s_submit(&e, model, "big", 9, 4, "cpu");
+    int64_t gpu = s_submit(&e, model, "gpu", 9, 1, "cuda");
+    CHECK(low > 0 && hi1 > 0 && hi2 > 0 && big > 0 && gpu > 0);
+    char err[ST_ERR_LEN], st[32];
+    sched_assignment_t a;
+    /* a 2-rank CPU group: the 4-GPU job and the CUDA job are not for it */
+    CHECK(sched_assign(e.sched, "g2", 2, "cpu", &a, err) == ST_OK && a.id == hi1); /* priority, then FIFO */
+    CHECK(a.attempt == 1 && strstr(a.out_dir, "/jobs/") && strstr(a.spec_json, "\"hi1\""));
+    CHECK(sched_assign(e.sched, "g2b", 2, "cpu", &a, err) == ST_OK && a.id == hi2);
+    CHECK(sched_assign(e.sched, "g2c", 2, "cpu", &a, err) == ST_OK && a.id == low);
+    CHECK(sched_assign(e.sched, "g2d", 2, "cpu", &a, err) == ST_ENOTFOUND);
+    CHECK(sched_assign(e.sched, "g4", 4, "cpu", &a, err) == ST_OK && a.id == big);
+    CHECK(sched_assign(e.sched, "gc", 1, "cuda", &a, err) == ST_OK && a.id == gpu);
+    /* a 3-rank group cannot split a global batch of 4 evenly */
+    int64_t odd = s_submit(&e, model, "odd", 0, 1, "cpu");
+    CHECK(sched_assign(e.sched, "g3", 3, "cpu", &a, err) == ST_ENOTFOUND);
+    CHECK(sched_assign(e.sched, "g1", 1, "cpu", &a, err) == ST_OK && a.id == odd);
+    CHECK(!strcmp(s_status(&e, hi1, st), "running"));
+    CHECK(sched_job_of_group(e.sched, "g2") == hi1);
+    s_sched_env_free(&e);
+    return 0;
+}
+
+static int test_sched_transitions(void)
+{
+    const char *model = st_test_fixture("rwkv7/tiny.pth");
+    if (!model) return ST_TEST_SKIP;
+    sched_env_t e;
+    CHECK(s_sched_env(&e, model) == 0);
+    char err[ST_ERR_LEN], st[32], group[128];
+    sched_assignment_t a;
+    int64_t j1 = s_submit(&e, model, "one", 0, 1, "cpu");
+    int64_t j2 = s_submit(&e, model, "two", 0, 1, "cpu");
+    CHECK(j1 > 0 && j2 > 0);
+    /* queued -> cancelled at once */
+    CHECK(sched_cancel(e.sched, j2, group, err) == ST_OK && group[0] == 0);
+    CHECK(!strcmp(s_status(&e, j2, st), "cancelled"));
+    CHECK(sched_cancel(e.sched, j2, group, err) == ST_EINVAL); /* already ended */
+    /* running: only its own group may report */
+    CHECK(sched_assign(e.sched, "ga", 1, "cpu", &a, err) == ST_OK && a.id == j1);
+    json_t *prog = json_pack("{s:i, s:i, s:f}", "step", 1, "steps", 2, "loss", 3.5);
+    CHECK(sched_event(e.sched, j1, "intruder", "progress", prog, err) == ST_EINVAL);
+    CHECK(sched_event(e.sched, j1, "ga", "progress", prog, err) == ST_OK);
+    json_decref(prog);
+    /* the group is lost: back to the queue, and the next run is attempt 2 */
+    CHECK(sched_requeue(e.sched, j1, "group 'ga' was lost", err) == ST_OK);
+    CHECK(!strcmp(s_status(&e, j1, st), "queued"));
+    CHECK(sched_assign(e.sched, "gb", 1, "cpu", &a, err) == ST_OK && a.id == j1 && a.attempt == 2);
+    /* a result from the old group is refused; from the new one it registers */
+    float state[2 * 2 * 64 * 64];
+    for (size_t i = 0; i < sizeof state / sizeof state[0]; i++) state[i] = (float)i * 1e-4f;
+    json_t *metrics = json_pack("{s:f, s:f, s:i}", "eval_loss_before", 2.0, "eval_loss_after", 1.5, "steps", 2);
+    int version = 0;
+    const char *sha = "798f0836d36dedad2ef8a238349600a54ab6d36c4f25f61569a0a0ea8330ed60";
+    CHECK(sched_succeed(e.sched, j1, "ga", metrics, sha, 2, 2, 64, state, &version, err) == ST_EINVAL);
+    CHECK(sched_succeed(e.sched, j1, "gb", metrics, sha, 2, 2, 64, state, &version, err) == ST_OK && version == 1);
+    CHECK(!strcmp(s_status(&e, j1, st), "succeeded"));
+    /* a repeated result (the reply was lost) answers the same version */
+    version = 0;
+    CHECK(sched_succeed(e.sched, j1, "gb", metrics, sha, 2, 2, 64, state, &version, err) == ST_OK && version == 1);
+    json_decref(metrics);
+    /* the state is on record with its metric beside the baseline and the alias moved */
+    json_t *show = NULL;
+    CHECKF(registry_show_state(e.reg, "one@latest", &show, err) == ST_OK, "%s", err);
+    int found = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(show, "metrics"), i, m)
+    {
+        if (!strcmp(json_string_value(json_object_get(m, "name")), "eval_loss"))
+            found = json_number_value(json_object_get(m, "value")) == 1.5 &&
+                    json_number_value(json_object_get(m, "baseline")) == 2.0;
+    }
+    json_decref(show);
+    CHECK(found);
+    /* running -> cancel requested -> the group stops -> cancelled */
+    int64_t j3 = s_submit(&e, model, "three", 0, 1, "cpu");
+    CHECK(sched_assign(e.sched, "gb", 1, "cpu", &a, err) == ST_OK && a.id == j3);
+    CHECK(sched_cancel(e.sched, j3, group, err) == ST_OK && !strcmp(group, "gb"));
+    CHECK(sched_cancel_requested(e.sched, j3));
+    CHECK(!strcmp(s_status(&e, j3, st), "running"));
+    CHECK(sched_fail(e.sched, j3, "gb", "cancelled", 1, err) == ST_OK);
+    CHECK(!strcmp(s_status(&e, j3, st), "cancelled"));
+    /* running -> failed with the group's reason */
+    int64_t j4 = s_submit(&e, model, "four", 0, 1, "cpu");
+    CHECK(sched_assign(e.sched, "gb", 1, "cpu", &a, err) == ST_OK && a.id == j4);
+    CHECK(sched_fail(e.sched, j4, "gb", "NaN in the loss at step 3", 0, err) == ST_OK);
+    json_t *rec = NULL;
+    CHECK(sched_job_json(e.sched, j4, &rec, err) == ST_OK);
+    CHECK(!strcmp(json_string_value(json_object_get(rec, "status")), "failed"));
+    CHECK(strstr(json_string_value(json_object_get(rec, "error")), "NaN"));
+    json_decref(rec);
+    s_sched_env_free(&e);
+    return 0;
+}
+
+static int test_sched_recovery(void)
+{
+    const char *model = st_test_fixture("rwkv7/tiny.pth");
+    if (!model) return ST_TEST_SKIP;
+    sched_env_t e;
+    CHECK(s_sched_env(&e, model) == 0);
+    char err[ST_ERR_LEN], st[32], jobs[400];
+    sched_assignment_t a;
+    int64_t run = s_submit(&e, model, "run", 5, 1, "cpu");
+    int64_t wait1 = s_submit(&e, model, "wait1", 1, 1, "cpu");
+    int64_t wait2 = s_submit(&e, model, "wait2", 2, 1, "cpu");
+    CHECK(sched_assign(e.sched, "ga", 1, "cpu", &a, err) == ST_OK && a.id == run);
+    /* the coordinator dies: a new scheduler over the same registry */
+    sched_destroy(&e.sched);
+    snprintf(jobs, sizeof jobs, "%s/jobs", e.dir);
+    e.sched = sched_new(e.reg, jobs, err);
+    CHECKF(e.sched, "%s", err);
+    CHECK(!strcmp(s_status(&e, run, st), "queued"));
+    CHECK(!strcmp(s_status(&e, wait1, st), "queued") && !strcmp(s_status(&e, wait2, st), "queued"));
+    /* the running job is held for its group; others get the rest, in order */
+    CHECK(sched_assign(e.sched, "gx", 1, "cpu", &a, err) == ST_OK && a.id == wait2);
+    CHECK(sched_reclaim(e.sched, run, "ga", err) == ST_OK);
+    CHECK(!strcmp(s_status(&e, run, st), "running"));
+    CHECK(sched_reclaim(e.sched, run, "gy", err) == ST_EBUSY); /* it is ga's */
+    CHECK(sched_assign(e.sched, "gz", 1, "cpu", &a, err) == ST_OK && a.id == wait1);
+    s_sched_env_free(&e);
+    return 0;
+}
+
 static const st_test_t tests[] = {
     {"malformed_messages", test_malformed_messages},
     {"many_clients", test_many_clients},
     {"submit_refused", test_submit_refused},
     {"curve", test_curve},
     {"key_files", test_key_files},
+    {"sched_order", test_sched_order},
+    {"sched_transitions", test_sched_transitions},
+    {"sched_recovery", test_sched_recovery},
     {NULL, NULL},
 };
 
