@@ -25,7 +25,8 @@
 #
 # Environment: STATETUNE_BUILD (build dir, default ./build), STATETUNE_DEMO_DIR
 # (work dir, default a new /tmp/statetune-demo.*; kept afterwards),
-# STATETUNE_DEMO_STEPS (default 60), STATETUNE_DEMO_PORT (default: a free one),
+# STATETUNE_DEMO_STEPS (default 60), STATETUNE_DEMO_TRAIN and _EVAL (samples,
+# default 1024 and 64), STATETUNE_DEMO_PORT (default: a free one),
 # STATETUNE_DEMO_SKIP_DEPS=1 (do not run install-deps.sh),
 # STATETUNE_DEMO_LOCAL=1 (go straight to the local path).
 set -euo pipefail
@@ -33,6 +34,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=${STATETUNE_BUILD:-$here/build}
 steps=${STATETUNE_DEMO_STEPS:-60}
+n_train=${STATETUNE_DEMO_TRAIN:-1024}
+n_eval=${STATETUNE_DEMO_EVAL:-64}
 fixtures=${STATETUNE_FIXTURES:-$here/../shared/fixtures}
 t_start=$SECONDS
 
@@ -81,7 +84,7 @@ if [ -n "$vocab" ]; then
     vocab=$(cd "$(dirname "$vocab")" && pwd)/$(basename "$vocab")
 fi
 say "data: Python standard-library code re-indented with tabs (train and eval from different files)"
-/usr/bin/python3 "$here/tests/make_tabs_data.py" "$work/data" --task tabs --train 1024 --eval 64 --bytes 170
+/usr/bin/python3 "$here/tests/make_tabs_data.py" "$work/data" --task tabs --train "$n_train" --eval "$n_eval" --bytes 170
 
 # Global batch 16 split over 2 ranks; the learning rate that works for state
 # tuning (SPEC 2.2 defaults: 1.0 decaying to 0.01).
@@ -213,6 +216,14 @@ run_service() {
     fi
     say "statetune states show demo-tabs@demo (tuned vs untuned baseline)"
     "$st_client" states show demo-tabs@demo
+    "$st_client" states show demo-tabs@demo --json | /usr/bin/python3 -c '
+import json, sys
+m = {r["name"]: r for r in json.load(sys.stdin).get("metrics", [])}
+e = m.get("eval_loss") or {}
+if isinstance(e.get("value"), float) and isinstance(e.get("baseline"), float):
+    b, a = e["baseline"], e["value"]
+    print("\neval loss %.4f (untuned) -> %.4f (tuned): %.1f%% lower" % (b, a, 100 * (b - a) / b))
+' || true
     say "statetune states get demo-tabs@demo -o demo-tabs.safetensors"
     "$st_client" states get demo-tabs@demo -o "$work/demo-tabs.safetensors"
     ls -l "$work/demo-tabs.safetensors"
