@@ -1,36 +1,769 @@
 /*
- * engine_cuda.cu - the CUDA backend of engine.h (see engine/engine_cuda.h).
+ * engine_cuda.cu - the CUDA backend of engine.h (see engine/engine_cuda.h):
+ * the whole RWKV-7 forward, loss and backward to every layer's initial WKV
+ * state on one GPU, the same algorithm as engine/engine_cpu.c (which is the
+ * readable reference; its header comment lists the backward step by step).
  *
- * First piece: the entry points exist and refuse cleanly, so engine.c can
- * dispatch to them while the GPU step is being written.
+ * Precision. The engine is one template over the storage type T of weights
+ * and activations: float (ENGINE_FP32) or bf16 (ENGINE_BF16). Matrix products
+ * go through cuBLAS (cublasGemmEx, fp32 accumulation, no TF32 in fp32 mode);
+ * everything element-wise is fused into the kernels of kernels/cuda/*.cuh and
+ * computes in fp32. Always fp32 whatever T: the residual stream and its
+ * gradient, LayerNorm/GroupNorm statistics, the WKV state, its checkpoints and
+ * sa, dS0, per-row losses, the decay w and the decay LoRA's output wl (a
+ * bf16 decay loses the long memory of a trained model: kernels/cuda/wkv7.cuh).
+ * The head runs in row chunks: each chunk's logits come out of cuBLAS in fp32
+ * (bf16 logits made the softmax gradient several percent off) and the
+ * cross-entropy turns them into the gradient in T (kernels/cuda/head.cuh), so
+ * the (B*T, V) logits never exist at once.
+ *
+ * Memory plan. Weights are uploaded once into one allocation (matrices in T,
+ * vectors fp32). Activations are one more allocation carved by s_plan, a pure
+ * function of (config, max_batch, max_ctx, precision), so the size is known
+ * and checked against free device memory before anything is allocated:
+ * per-layer tensors the backward needs (L copies), then scratch shared by all
+ * layers; backward scratch reuses forward scratch that is dead by then (the
+ * six lerp outputs become their gradients). peak_mem = weights + plan.
+ *
+ * Not yet on the GPU: the DBP correlation (dbp_q) -- refused with
+ * ST_EUNSUPPORTED; the tuning loop uses the CPU engine for DBP jobs.
  */
 extern "C" {
 #include "engine/engine_cuda.h"
 #include "common/st_err.h"
+#include "common/st_half.h"
 }
+#include "kernels/cuda/channelmix.cuh"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/groupnorm.cuh"
+#include "kernels/cuda/head.cuh"
+#include "kernels/cuda/layernorm.cuh"
+#include "kernels/cuda/st_cuda.h"
+#include "kernels/cuda/timemix.cuh"
+#include "kernels/cuda/wkv7.cuh"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CUBLAS_CHECK(call)                                                                  \
+    do {                                                                                    \
+        cublasStatus_t st_s_ = (call);                                                      \
+        if (st_s_ != CUBLAS_STATUS_SUCCESS)                                                 \
+            return st_fail(err, ST_ECUDA, "%s:%d: %s failed: %s", __FILE__, __LINE__, #call, \
+                           cublasGetStatusString(st_s_));                                   \
+    } while (0)
+
+#define RUN(expr)                  \
+    do {                           \
+        int st_rc_ = (expr);       \
+        if (st_rc_) return st_rc_; \
+    } while (0)
+
+namespace {
+
+const uint32_t ENGINE_CUDA_TAG = 0x57435544u; /* "WCUD" */
+const float LN_EPS = 1e-5f;
+const size_t ALIGN = 256;
+const size_t HEAD_CHUNK_BYTES = (size_t)256 << 20; /* logits of one head chunk */
+const int EW_THREADS = 256;                          /* element-wise blocks */
+
+struct dev_layer_t {
+    void *receptance, *key, *value, *output, *ffn_key, *ffn_value; /* T, [out, in] */
+    void *w1, *w2, *a1, *a2, *v1, *v2, *g1, *g2;                   /* T, LoRA */
+    float *ln0_w, *ln0_b, *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    float *mix[6]; /* x_r, x_w, x_k, x_v, x_a, x_g */
+    float *w0, *a0, *v0, *k_k, *k_a, *r_k, *ln_x_w, *ln_x_b, *ffn_x_k;
+};
+
+/* Carves 256-byte aligned pieces out of one allocation; with base NULL it
+ * only counts (the dry run that sizes the plan). */
+struct carver_t {
+    char *base;
+    size_t off;
+};
+
+void *carve(carver_t *cv, size_t bytes)
+{
+    size_t o = (cv->off + ALIGN - 1) & ~(ALIGN - 1);
+    cv->off = o + bytes;
+    return cv->base ? cv->base + o : NULL;
+}
+
+} // namespace
+
+struct engine_cuda {
+    uint32_t tag;
+    const rwkv_model_t *m;
+    int maxB, maxT, nck, bf16, head_chunk;
+    size_t esz; /* bytes of one T */
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    char *wmem, *amem;
+    size_t wbytes, abytes;
+    dev_layer_t *L;
+    void *emb, *head;
+    float *ln_out_w, *ln_out_b;
+    /* per layer: L blocks (x_res has L + 1) */
+    float *x_res, *x_mid, *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *gn_mean, *gn_rstd, *ckpt, *sa;
+    float *w, *wl; /* the decay and its LoRA output stay fp32 in bf16 mode too (wkv7.cuh says why) */
+    void *r, *kraw, *kf, *kk, *a, *v, *vraw, *vs, *g, *y, *whid, *ghid, *kpre;
+    /* scratch */
+    void *h, *lerp[6], *hid, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
+    float *logits; /* one chunk of rows, fp32: the softmax and its gradient read exact products */
+    float *dw;
+    void *dh, *dr, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv, *dwl, *dal, *dkraw, *dvraw, *dvl, *dxh;
+    float *dx, *sfin, *lnout_mean, *lnout_rstd, *row_loss, *state0, *ds0;
+    int32_t *tokens, *targets, *row_correct;
+    /* host staging */
+    float *h_loss, *h_ds0;
+    int32_t *h_correct;
+};
+
+namespace {
+
+/* ---- memory plans ---------------------------------------------------------- */
+
+void plan_weights(engine_cuda_t *e, carver_t *cv)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    size_t C = c->n_embd, F = c->ffn_dim, V = c->vocab, es = e->esz;
+    e->emb = carve(cv, V * C * es);
+    e->head = carve(cv, V * C * es);
+    e->ln_out_w = (float *)carve(cv, C * 4);
+    e->ln_out_b = (float *)carve(cv, C * 4);
+    for (int l = 0; l < c->n_layer; l++) {
+        dev_layer_t *d = &e->L[l];
+        const rwkv_layer_t *p = &e->m->layers[l];
+        d->receptance = carve(cv, C * C * es);
+        d->key = carve(cv, C * C * es);
+        d->value = carve(cv, C * C * es);
+        d->output = carve(cv, C * C * es);
+        d->ffn_key = carve(cv, F * C * es);
+        d->ffn_value = carve(cv, C * F * es);
+        d->w1 = carve(cv, C * c->d_decay * es);
+        d->w2 = carve(cv, C * c->d_decay * es);
+        d->a1 = carve(cv, C * c->d_aaa * es);
+        d->a2 = carve(cv, C * c->d_aaa * es);
+        d->v1 = p->v1 ? carve(cv, C * c->d_mv * es) : NULL;
+        d->v2 = p->v2 ? carve(cv, C * c->d_mv * es) : NULL;
+        d->g1 = carve(cv, C * c->d_gate * es);
+        d->g2 = carve(cv, C * c->d_gate * es);
+        d->ln0_w = p->ln0_w ? (float *)carve(cv, C * 4) : NULL;
+        d->ln0_b = p->ln0_b ? (float *)carve(cv, C * 4) : NULL;
+        d->ln1_w = (float *)carve(cv, C * 4);
+        d->ln1_b = (float *)carve(cv, C * 4);
+        d->ln2_w = (float *)carve(cv, C * 4);
+        d->ln2_b = (float *)carve(cv, C * 4);
+        for (int i = 0; i < 6; i++) d->mix[i] = (float *)carve(cv, C * 4);
+        d->w0 = (float *)carve(cv, C * 4);
+        d->a0 = (float *)carve(cv, C * 4);
+        d->v0 = p->v0 ? (float *)carve(cv, C * 4) : NULL;
+        d->k_k = (float *)carve(cv, C * 4);
+        d->k_a = (float *)carve(cv, C * 4);
+        d->r_k = (float *)carve(cv, C * 4);
+        d->ln_x_w = (float *)carve(cv, C * 4);
+        d->ln_x_b = (float *)carve(cv, C * 4);
+        d->ffn_x_k = (float *)carve(cv, C * 4);
+    }
+}
+
+/* The activation plan for maxB x maxT (see the file comment). */
+void plan_activations(engine_cuda_t *e, carver_t *cv)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    size_t R = (size_t)e->maxB * e->maxT, C = c->n_embd, L = c->n_layer, H = c->n_head, F = c->ffn_dim;
+    size_t V = c->vocab, es = e->esz, RC = R * C;
+    size_t D = c->d_decay;
+    if ((size_t)c->d_aaa > D) D = c->d_aaa;
+    if ((size_t)c->d_mv > D) D = c->d_mv;
+    if ((size_t)c->d_gate > D) D = c->d_gate;
+    size_t HNN = rwkv_state_layer_size(c);
+    e->x_res = (float *)carve(cv, (L + 1) * RC * 4);
+    e->x_mid = (float *)carve(cv, L * RC * 4);
+    e->ln1_mean = (float *)carve(cv, L * R * 4);
+    e->ln1_rstd = (float *)carve(cv, L * R * 4);
+    e->ln2_mean = (float *)carve(cv, L * R * 4);
+    e->ln2_rstd = (float *)carve(cv, L * R * 4);
+    e->gn_mean = (float *)carve(cv, L * R * H * 4);
+    e->gn_rstd = (float *)carve(cv, L * R * H * 4);
+    e->ckpt = (float *)carve(cv, L * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, (int)H) * 4);
+    e->sa = (float *)carve(cv, L * RC * 4);
+    e->w = (float *)carve(cv, L * RC * 4);
+    e->wl = (float *)carve(cv, L * RC * 4);
+    e->dw = (float *)carve(cv, RC * 4);
+    void **per_layer[] = {&e->r, &e->kraw, &e->kf, &e->kk, &e->a,
+                          &e->v, &e->vraw, &e->vs, &e->g, &e->y};
+    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) *per_layer[i] = carve(cv, L * RC * es);
+    e->whid = carve(cv, L * R * c->d_decay * es);
+    e->ghid = carve(cv, L * R * c->d_gate * es);
+    e->kpre = carve(cv, L * R * F * es);
+    void **scratch[] = {&e->h, &e->lerp[0], &e->lerp[1], &e->lerp[2], &e->lerp[3], &e->lerp[4],
+                        &e->lerp[5], &e->wa, &e->wb, &e->oin, &e->tmp, &e->lnout, &e->dxT, &e->dh,
+                        &e->dr, &e->dk, &e->dv, &e->da, &e->db, &e->dy, &e->dg, &e->dbr,
+                        &e->dbk, &e->dbv, &e->dwl, &e->dal, &e->dkraw, &e->dvraw, &e->dvl, &e->dxh};
+    for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++) *scratch[i] = carve(cv, RC * es);
+    e->hid = carve(cv, R * D * es);
+    e->act = carve(cv, R * F * es);
+    e->logits = (float *)carve(cv, (size_t)e->head_chunk * V * 4);
+    e->dlogits = e->bf16 ? carve(cv, (size_t)e->head_chunk * V * es) : (void *)e->logits;
+    e->dx = (float *)carve(cv, RC * 4);
+    e->sfin = (float *)carve(cv, (size_t)e->maxB * HNN * 4);
+    e->lnout_mean = (float *)carve(cv, R * 4);
+    e->lnout_rstd = (float *)carve(cv, R * 4);
+    e->row_loss = (float *)carve(cv, R * 4);
+    e->state0 = (float *)carve(cv, L * HNN * 4);
+    e->ds0 = (float *)carve(cv, L * HNN * 4);
+    e->tokens = (int32_t *)carve(cv, R * 4);
+    e->targets = (int32_t *)carve(cv, R * 4);
+    e->row_correct = (int32_t *)carve(cv, R * 4);
+}
+
+/* Copies n fp32 values to the device as T (bf16 rounded to nearest even, as
+ * torch does). stage holds n uint16. */
+int upload(engine_cuda_t *e, void *dst, const float *src, size_t n, bool as_t, uint16_t *stage, char *err)
+{
+    if (!dst) return ST_OK;
+    if (!src) return st_fail(err, ST_EINVAL, "the model lacks a tensor the CUDA engine planned for");
+    if (as_t && e->bf16) {
+        for (size_t i = 0; i < n; i++) stage[i] = st_f32_to_bf16(src[i]);
+        ST_CUDA_CHECK(cudaMemcpy(dst, stage, n * 2, cudaMemcpyHostToDevice));
+    } else {
+        ST_CUDA_CHECK(cudaMemcpy(dst, src, n * 4, cudaMemcpyHostToDevice));
+    }
+    return ST_OK;
+}
+
+int upload_weights(engine_cuda_t *e, char *err)
+{
+    const rwkv_model_t *m = e->m;
+    const rwkv_config_t *c = &m->cfg;
+    size_t C = c->n_embd, F = c->ffn_dim, V = c->vocab;
+    size_t maxn = V * C > F * C ? V * C : F * C;
+    uint16_t *stage = (uint16_t *)malloc(maxn * 2);
+    if (!stage) return st_fail(err, ST_ENOMEM, "out of host memory staging the weights");
+    int rc = ST_OK;
+#define UP(dst, src, n, ast) \
+    if (rc == ST_OK) rc = upload(e, dst, src, n, ast, stage, err)
+    UP(e->emb, m->emb, V * C, true);
+    UP(e->head, m->head, V * C, true);
+    UP(e->ln_out_w, m->ln_out_w, C, false);
+    UP(e->ln_out_b, m->ln_out_b, C, false);
+    for (int l = 0; l < c->n_layer && rc == ST_OK; l++) {
+        dev_layer_t *d = &e->L[l];
+        const rwkv_layer_t *p = &m->layers[l];
+        UP(d->receptance, p->receptance, C * C, true);
+        UP(d->key, p->key, C * C, true);
+        UP(d->value, p->value, C * C, true);
+        UP(d->output, p->output, C * C, true);
+        UP(d->ffn_key, p->ffn_key, F * C, true);
+        UP(d->ffn_value, p->ffn_value, C * F, true);
+        UP(d->w1, p->w1, C * c->d_decay, true);
+        UP(d->w2, p->w2, C * c->d_decay, true);
+        UP(d->a1, p->a1, C * c->d_aaa, true);
+        UP(d->a2, p->a2, C * c->d_aaa, true);
+        UP(d->v1, p->v1, C * c->d_mv, true);
+        UP(d->v2, p->v2, C * c->d_mv, true);
+        UP(d->g1, p->g1, C * c->d_gate, true);
+        UP(d->g2, p->g2, C * c->d_gate, true);
+        UP(d->ln0_w, p->ln0_w, C, false);
+        UP(d->ln0_b, p->ln0_b, C, false);
+        UP(d->ln1_w, p->ln1_w, C, false);
+        UP(d->ln1_b, p->ln1_b, C, false);
+        UP(d->ln2_w, p->ln2_w, C, false);
+        UP(d->ln2_b, p->ln2_b, C, false);
+        const float *mix[6] = {p->x_r, p->x_w, p->x_k, p->x_v, p->x_a, p->x_g};
+        for (int i = 0; i < 6; i++) UP(d->mix[i], mix[i], C, false);
+        UP(d->w0, p->w0, C, false);
+        UP(d->a0, p->a0, C, false);
+        UP(d->v0, p->v0, C, false);
+        UP(d->k_k, p->k_k, C, false);
+        UP(d->k_a, p->k_a, C, false);
+        UP(d->r_k, p->r_k, C, false);
+        UP(d->ln_x_w, p->ln_x_w, C, false);
+        UP(d->ln_x_b, p->ln_x_b, C, false);
+        UP(d->ffn_x_k, p->ffn_x_k, C, false);
+    }
+#undef UP
+    free(stage);
+    return rc;
+}
+
+/* ---- matrix products (row-major in our terms; cuBLAS is column-major, so a
+ * row-major (R, IN) matrix is its transpose (IN, R) with leading dim IN) ---- */
+
+template <typename T> cudaDataType_t dtype_of();
+template <> cudaDataType_t dtype_of<float>() { return CUDA_R_32F; }
+template <> cudaDataType_t dtype_of<__nv_bfloat16>() { return CUDA_R_16BF; }
+
+/* A and B of storage type T; the output is T, or fp32 when c_f32 (bf16
+ * products whose result feeds something sensitive: the decay LoRA, logits). */
+template <typename T>
+int gemm(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
+         int lda, const void *B, int ldb, void *Cm, int ldc, float beta, char *err, bool c_f32 = false)
+{
+    const float alpha = 1.f;
+    const cudaDataType_t t = dtype_of<T>();
+    CUBLAS_CHECK(cublasGemmEx(e->blas, ta, tb, m, n, k, &alpha, A, t, lda, B, t, ldb, &beta, Cm,
+                              c_f32 ? CUDA_R_32F : t, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return ST_OK;
+}
+
+/* out (R, OUT) = x (R, IN) W^T, W (OUT, IN) */
+template <typename T>
+int linear_fwd(engine_cuda_t *e, int R, int IN, int OUT, const void *x, const void *W, void *out, char *err,
+               bool out_f32 = false)
+{
+    return gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, OUT, R, IN, W, IN, x, IN, out, OUT, 0.f, err, out_f32);
+}
+
+/* dinp (R, IN) = beta dinp + dout (R, OUT) W */
+template <typename T>
+int linear_bwd(engine_cuda_t *e, int R, int IN, int OUT, const void *dout, const void *W, void *dinp,
+               float beta, char *err)
+{
+    return gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, IN, R, OUT, W, IN, dout, OUT, dinp, IN, beta, err);
+}
+
+template <typename T>
+int lora_fwd(engine_cuda_t *e, int R, int C, int D, const void *x, const void *w1, const void *w2, int act,
+             void *hid, void *out, char *err, bool out_f32 = false)
+{
+    RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1, D, x, C, hid, D, 0.f, err));
+    if (act) {
+        size_t n = (size_t)R * D;
+        st::lora_act_fwd_kernel<T><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, act, (T *)hid);
+        ST_CUDA_CHECK_LAUNCH("lora_act_fwd_kernel");
+    }
+    return gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, w2, C, hid, D, out, C, 0.f, err, out_f32);
+}
+
+/* dx = beta dx + (act'(z) * (dout w2^T)) w1^T */
+template <typename T>
+int lora_bwd(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *w2, int act, const void *hid,
+             const void *dout, void *dhid, void *dx, float beta, char *err)
+{
+    RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2, C, dout, C, dhid, D, 0.f, err));
+    if (act) {
+        size_t n = (size_t)R * D;
+        st::lora_act_bwd_kernel<T><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, act, (const T *)hid,
+                                                                                   (T *)dhid);
+        ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
+    }
+    return gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1, D, dhid, D, dx, C, beta, err);
+}
+
+/* ---- WKV7 by storage type ---- */
+
+int wkv_fwd(int B, int T, int H, const float *r, const float *w, const float *k, const float *v,
+            const float *a, const float *b, const float *s0, float *y, float *sf, float *ck, float *sa,
+            cudaStream_t st, char *err)
+{
+    return wkv7_forward_cuda(B, T, H, r, w, k, v, a, b, s0, y, sf, ck, WKV7_CUDA_CHUNK, sa, st, err);
+}
+int wkv_fwd(int B, int T, int H, const __nv_bfloat16 *r, const float *w, const __nv_bfloat16 *k,
+            const __nv_bfloat16 *v, const __nv_bfloat16 *a, const __nv_bfloat16 *b, const float *s0,
+            __nv_bfloat16 *y, float *sf, float *ck, float *sa, cudaStream_t st, char *err)
+{
+    return wkv7_forward_cuda_bf16(B, T, H, r, w, k, v, a, b, s0, y, sf, ck, WKV7_CUDA_CHUNK, sa, st, err);
+}
+int wkv_bwd(int B, int T, int H, const float *r, const float *w, const float *k, const float *v,
+            const float *a, const float *b, const float *ck, const float *sa, const float *dy, float *dr,
+            float *dw, float *dk, float *dv, float *da, float *db, float *ds0, cudaStream_t st, char *err)
+{
+    return wkv7_backward_cuda(B, T, H, r, w, k, v, a, b, ck, WKV7_CUDA_CHUNK, sa, dy, dr, dw, dk, dv, da, db,
+                              ds0, st, err);
+}
+int wkv_bwd(int B, int T, int H, const __nv_bfloat16 *r, const float *w, const __nv_bfloat16 *k,
+            const __nv_bfloat16 *v, const __nv_bfloat16 *a, const __nv_bfloat16 *b, const float *ck,
+            const float *sa, const __nv_bfloat16 *dy, __nv_bfloat16 *dr, float *dw,
+            __nv_bfloat16 *dk, __nv_bfloat16 *dv, __nv_bfloat16 *da, __nv_bfloat16 *db, float *ds0,
+            cudaStream_t st, char *err)
+{
+    return wkv7_backward_cuda_bf16(B, T, H, r, w, k, v, a, b, ck, WKV7_CUDA_CHUNK, sa, dy, dr, dw, dk, dv, da,
+                                   db, ds0, st, err);
+}
+
+/* ---- one layer ---- */
+
+template <typename T> T *lay(void *base, int l, size_t per) { return (T *)base + (size_t)l * per; }
+
+template <typename T>
+int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, char *err)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    const dev_layer_t *p = &e->L[l];
+    const int C = c->n_embd, H = c->n_head, F = c->ffn_dim, R = B * Tn;
+    const size_t RC = (size_t)R * C, Rp = (size_t)e->maxB * e->maxT, RCp = Rp * C;
+    const size_t HNN = rwkv_state_layer_size(c);
+    cudaStream_t st = e->stream;
+    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + l * RCp, *xout = e->x_res + (l + 1) * RCp;
+    T *r = lay<T>(e->r, l, RCp);
+    float *w = e->w + l * RCp, *wl = e->wl + l * RCp;
+    T *kraw = lay<T>(e->kraw, l, RCp), *kf = lay<T>(e->kf, l, RCp), *kk = lay<T>(e->kk, l, RCp);
+    T *a = lay<T>(e->a, l, RCp), *v = lay<T>(e->v, l, RCp), *vraw = lay<T>(e->vraw, l, RCp);
+    T *vs = lay<T>(e->vs, l, RCp), *g = lay<T>(e->g, l, RCp), *y = lay<T>(e->y, l, RCp);
+    T *whid = lay<T>(e->whid, l, Rp * c->d_decay), *ghid = lay<T>(e->ghid, l, Rp * c->d_gate);
+    T *kpre = lay<T>(e->kpre, l, Rp * F);
+    float *ckpt = e->ckpt + (size_t)l * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
+    float *sa = e->sa + l * RCp;
+    T *h = (T *)e->h, *tmp = (T *)e->tmp, *oin = (T *)e->oin;
+    T **lerp = (T **)e->lerp;
+
+    st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
+                                                                      e->ln1_mean + l * Rp, e->ln1_rstd + l * Rp);
+    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    st::mix6_t mix;
+    st::ptr6_t<T> outs;
+    for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; outs.p[i] = lerp[i]; }
+    st::tokenshift_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, h, mix, outs);
+    ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
+    RUN(linear_fwd<T>(e, R, C, C, lerp[0], p->receptance, r, err));
+    RUN(linear_fwd<T>(e, R, C, C, lerp[2], p->key, kraw, err));
+    RUN(linear_fwd<T>(e, R, C, C, lerp[3], p->value, vraw, err));
+    RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
+    RUN(lora_fwd<T>(e, R, C, c->d_aaa, lerp[4], p->a1, p->a2, 0, e->hid, tmp, err));
+    const int RH = R * H;
+    st::timemix_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, tmp, kraw, p->w0, p->a0, p->k_k, p->k_a,
+                                                            w, a, kk, kf, (T *)e->wa, (T *)e->wb);
+    ST_CUDA_CHECK_LAUNCH("timemix_fwd_kernel");
+    if (l == 0) {
+        ST_CUDA_CHECK(cudaMemcpyAsync(v, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
+    } else {
+        RUN(lora_fwd<T>(e, R, C, c->d_mv, lerp[3], p->v1, p->v2, 0, e->hid, vs, err));
+        st::vmix_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, C, vraw, lay<T>(e->v, 0, RCp), p->v0,
+                                                                        vs, v);
+        ST_CUDA_CHECK_LAUNCH("vmix_fwd_kernel");
+    }
+    RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, ghid, g, err));
+    RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, e->state0 + l * HNN, y,
+                final_state ? e->sfin : NULL, ckpt, sa, st, err));
+    if (final_state)
+        ST_CUDA_CHECK(cudaMemcpy2DAsync(final_state + l * HNN, (size_t)c->n_layer * HNN * 4, e->sfin, HNN * 4,
+                                        HNN * 4, B, cudaMemcpyDeviceToHost, st));
+    st::groupnorm_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k,
+                                                              g, e->gn_mean + l * Rp * H,
+                                                              e->gn_rstd + l * Rp * H, oin);
+    ST_CUDA_CHECK_LAUNCH("groupnorm_fwd_kernel");
+    RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err));
+    st::residual_add_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, xin, tmp, xmid);
+    ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
+    st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, p->ln2_b, LN_EPS, h,
+                                                                      e->ln2_mean + l * Rp, e->ln2_rstd + l * Rp);
+    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    st::mix6_t mk;
+    st::ptr6_t<T> ok;
+    mk.m[0] = p->ffn_x_k;
+    ok.p[0] = lerp[0];
+    st::tokenshift_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, h, mk, ok);
+    ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
+    RUN(linear_fwd<T>(e, R, C, F, lerp[0], p->ffn_key, kpre, err));
+    size_t RF = (size_t)R * F;
+    st::relu2_fwd_kernel<T><<<st::grid_for(RF), EW_THREADS, 0, st>>>(RF, kpre, (T *)e->act);
+    ST_CUDA_CHECK_LAUNCH("relu2_fwd_kernel");
+    RUN(linear_fwd<T>(e, R, F, C, e->act, p->ffn_value, tmp, err));
+    st::residual_add_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, xmid, tmp, xout);
+    ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
+    return ST_OK;
+}
+
+/* dx (fp32) as T, for the matrix products (a copy-free alias in fp32 mode). */
+template <typename T>
+void *dx_as_t(engine_cuda_t *e, size_t n)
+{
+    if (!e->bf16) return e->dx;
+    st::convert_kernel<T, float><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, e->dx, (T *)e->dxT);
+    return e->dxT;
+}
+
+/* e->dx holds dL/dx_res[l+1] on entry and dL/dx_res[l] on exit (not computed
+ * for layer 0); ds0 (H, N, N) +=. */
+template <typename T>
+int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    const dev_layer_t *p = &e->L[l];
+    const int C = c->n_embd, H = c->n_head, F = c->ffn_dim, R = B * Tn;
+    const size_t RC = (size_t)R * C, Rp = (size_t)e->maxB * e->maxT, RCp = Rp * C;
+    const size_t HNN = rwkv_state_layer_size(c);
+    cudaStream_t st = e->stream;
+    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + l * RCp;
+    T *r = lay<T>(e->r, l, RCp);
+    float *w = e->w + l * RCp, *wl = e->wl + l * RCp;
+    T *kraw = lay<T>(e->kraw, l, RCp), *kf = lay<T>(e->kf, l, RCp), *kk = lay<T>(e->kk, l, RCp);
+    T *a = lay<T>(e->a, l, RCp), *v = lay<T>(e->v, l, RCp), *vraw = lay<T>(e->vraw, l, RCp);
+    T *vs = lay<T>(e->vs, l, RCp), *g = lay<T>(e->g, l, RCp), *y = lay<T>(e->y, l, RCp);
+    T *whid = lay<T>(e->whid, l, Rp * c->d_decay), *ghid = lay<T>(e->ghid, l, Rp * c->d_gate);
+    T *kpre = lay<T>(e->kpre, l, Rp * F);
+    float *ckpt = e->ckpt + (size_t)l * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
+    float *sa = e->sa + l * RCp;
+    T **dl = (T **)e->lerp; /* the lerp outputs are dead: they hold their gradients now */
+    T *dh = (T *)e->dh, *act = (T *)e->act, *oin = (T *)e->oin;
+    float *dw = e->dw;
+    T *dr = (T *)e->dr, *dk = (T *)e->dk, *dv = (T *)e->dv, *da = (T *)e->da, *db = (T *)e->db;
+    const int RH = R * H;
+
+    /* channel mix: dx += LN2'(CMix'(dx)) */
+    void *dxt = dx_as_t<T>(e, RC);
+    ST_CUDA_CHECK_LAUNCH("convert_kernel");
+    RUN(linear_bwd<T>(e, R, F, C, dxt, p->ffn_value, act, 0.f, err));
+    size_t RF = (size_t)R * F;
+    st::relu2_bwd_kernel<T><<<st::grid_for(RF), EW_THREADS, 0, st>>>(RF, kpre, act);
+    ST_CUDA_CHECK_LAUNCH("relu2_bwd_kernel");
+    RUN(linear_bwd<T>(e, R, C, F, act, p->ffn_key, dl[0], 0.f, err));
+    st::mix6_t mk;
+    st::ptr6_t<T> dk1;
+    mk.m[0] = p->ffn_x_k;
+    dk1.p[0] = dl[0];
+    st::tokenshift_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, mk, dk1, dh);
+    ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
+    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + l * Rp,
+                                                               e->ln2_rstd + l * Rp, dh, e->dx);
+    ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
+
+    /* output projection, GroupNorm + bonus + gate */
+    dxt = dx_as_t<T>(e, RC);
+    ST_CUDA_CHECK_LAUNCH("convert_kernel");
+    RUN(linear_bwd<T>(e, R, C, C, dxt, p->output, oin, 0.f, err));
+    st::groupnorm_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(
+        RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, e->gn_mean + l * Rp * H, e->gn_rstd + l * Rp * H, oin,
+        (T *)e->dy, (T *)e->dbr, (T *)e->dbk, (T *)e->dbv, (T *)e->dg);
+    ST_CUDA_CHECK_LAUNCH("groupnorm_bwd_kernel");
+
+    /* WKV7, its a and b inputs rebuilt from kk and a */
+    st::wkv_ab_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, kk, a, (T *)e->wa, (T *)e->wb);
+    ST_CUDA_CHECK_LAUNCH("wkv_ab_kernel");
+    RUN(wkv_bwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, ckpt, sa, (const T *)e->dy, dr, dw, dk,
+                dv, da, db, e->ds0 + l * HNN, st, err));
+    if (l == 0) return ST_OK; /* nothing below layer 0's WKV depends on S0 */
+    st::add3_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr, dk, (const T *)e->dbk,
+                                                                 dv, (const T *)e->dbv);
+    ST_CUDA_CHECK_LAUNCH("add3_kernel");
+
+    /* back to the six lerp outputs */
+    RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, ghid, e->dg, e->hid, dl[5], 0.f, err));
+    RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err));
+    st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, dw, dk,
+                                                            da, db, (T *)e->dwl, (T *)e->dal, (T *)e->dkraw);
+    ST_CUDA_CHECK_LAUNCH("timemix_bwd_kernel");
+    RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
+    RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
+    RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err));
+    st::vmix_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, vraw, lay<T>(e->v, 0, RCp), vs, dv,
+                                                                    (T *)e->dvraw, (T *)e->dvl);
+    ST_CUDA_CHECK_LAUNCH("vmix_bwd_kernel");
+    RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 0.f, err));
+    RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err));
+    st::mix6_t mix;
+    st::ptr6_t<T> douts;
+    for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; douts.p[i] = dl[i]; }
+    st::tokenshift_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, mix, douts, dh);
+    ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
+    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + l * Rp,
+                                                               e->ln1_rstd + l * Rp, dh, e->dx);
+    ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
+    return ST_OK;
+}
+
+template <typename T>
+int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
+{
+    const rwkv_model_t *m = e->m;
+    const rwkv_config_t *c = &m->cfg;
+    const int B = bt->B, Tn = bt->T, C = c->n_embd, L = c->n_layer, V = c->vocab, R = B * Tn;
+    const size_t RC = (size_t)R * C, RCp = (size_t)e->maxB * e->maxT * C, HNN = rwkv_state_layer_size(c);
+    cudaStream_t st = e->stream;
+    const bool backward = bt->dstate0 != NULL && bt->targets != NULL;
+
+    ST_CUDA_CHECK(cudaMemcpyAsync(e->tokens, bt->tokens, (size_t)R * 4, cudaMemcpyHostToDevice, st));
+    if (bt->targets)
+        ST_CUDA_CHECK(cudaMemcpyAsync(e->targets, bt->targets, (size_t)R * 4, cudaMemcpyHostToDevice, st));
+    ST_CUDA_CHECK(cudaMemcpyAsync(e->state0, bt->state0, (size_t)L * HNN * 4, cudaMemcpyHostToDevice, st));
+    if (backward) ST_CUDA_CHECK(cudaMemsetAsync(e->ds0, 0, (size_t)L * HNN * 4, st));
+
+    st::embed_kernel<T><<<R, 256, 0, st>>>(C, e->tokens, (const T *)e->emb, e->x_res);
+    ST_CUDA_CHECK_LAUNCH("embed_kernel");
+    st::layernorm_fwd_kernel<float, float><<<R, st::LN_THREADS, 0, st>>>(C, e->x_res, e->L[0].ln0_w, e->L[0].ln0_b,
+                                                                          LN_EPS, e->x_res, NULL, NULL);
+    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    for (int l = 0; l < L; l++) RUN(layer_fwd<T>(e, l, B, Tn, bt->final_state, err));
+
+    float *xL = e->x_res + (size_t)L * RCp;
+    st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->ln_out_b, LN_EPS,
+                                                                      (T *)e->lnout, e->lnout_mean, e->lnout_rstd);
+    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    for (int r0 = 0; r0 < R; r0 += e->head_chunk) {
+        const int n = R - r0 < e->head_chunk ? R - r0 : e->head_chunk;
+        RUN(linear_fwd<T>(e, n, C, V, (T *)e->lnout + (size_t)r0 * C, e->head, e->logits, err, true));
+        if (bt->logits)
+            ST_CUDA_CHECK(cudaMemcpyAsync(bt->logits + (size_t)r0 * V, e->logits, (size_t)n * V * 4,
+                                          cudaMemcpyDeviceToHost, st));
+        st::ce_kernel<T><<<n, st::CE_THREADS, 0, st>>>(V, e->logits, (T *)e->dlogits,
+                                                       bt->targets ? e->targets + r0 : NULL, e->row_loss + r0,
+                                                       e->row_correct + r0, backward);
+        ST_CUDA_CHECK_LAUNCH("ce_kernel");
+        if (backward)
+            RUN(linear_bwd<T>(e, n, C, V, e->dlogits, e->head, (T *)e->dxh + (size_t)r0 * C, 0.f, err));
+    }
+    ST_CUDA_CHECK(cudaMemcpyAsync(e->h_loss, e->row_loss, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
+    ST_CUDA_CHECK(cudaMemcpyAsync(e->h_correct, e->row_correct, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
+    ST_CUDA_CHECK(cudaStreamSynchronize(st));
+    double loss = 0;
+    int64_t nt = 0, nc = 0;
+    if (bt->targets)
+        for (int i = 0; i < R; i++)
+            if (bt->targets[i] >= 0) {
+                loss += e->h_loss[i];
+                nc += e->h_correct[i];
+                nt++;
+            }
+    bt->loss_sum = loss;
+    bt->n_targets = nt;
+    bt->n_correct = nc;
+    if (!backward) return ST_OK;
+    if (!(loss == loss) || loss == INFINITY)
+        return st_fail(err, ST_ENUMERIC, "the loss is not finite: the model or the state holds non-finite values");
+
+    ST_CUDA_CHECK(cudaMemsetAsync(e->dx, 0, RC * 4, st));
+    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->lnout_mean, e->lnout_rstd,
+                                                               (const T *)e->dxh, e->dx);
+    ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
+    for (int l = L - 1; l >= 0; l--) RUN(layer_bwd<T>(e, l, B, Tn, err));
+    ST_CUDA_CHECK(cudaMemcpyAsync(e->h_ds0, e->ds0, (size_t)L * HNN * 4, cudaMemcpyDeviceToHost, st));
+    ST_CUDA_CHECK(cudaStreamSynchronize(st));
+    for (size_t i = 0; i < (size_t)L * HNN; i++) bt->dstate0[i] += e->h_ds0[i];
+    return ST_OK;
+}
+
+int setup(engine_cuda_t *e, const engine_opts_t *opts, char *err)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0)
+        return st_fail(err, ST_ECUDA, "no CUDA device is visible (cudaGetDeviceCount found none)");
+    if (opts->device < 0 || opts->device >= ndev)
+        return st_fail(err, ST_EINVAL, "CUDA device %d does not exist (%d visible)", opts->device, ndev);
+    ST_CUDA_CHECK(cudaSetDevice(opts->device));
+    ST_CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&e->blas));
+    CUBLAS_CHECK(cublasSetStream(e->blas, e->stream));
+    CUBLAS_CHECK(cublasSetMathMode(e->blas, CUBLAS_DEFAULT_MATH)); /* no TF32 in fp32 mode */
+
+    carver_t cw = {NULL, 0}, ca = {NULL, 0};
+    plan_weights(e, &cw);
+    plan_activations(e, &ca);
+    e->wbytes = cw.off;
+    e->abytes = ca.off;
+    size_t freeb = 0, totalb = 0;
+    ST_CUDA_CHECK(cudaMemGetInfo(&freeb, &totalb));
+    size_t need = e->wbytes + e->abytes;
+    if (need > freeb)
+        return st_fail(err, ST_ENOMEM,
+                       "the CUDA engine needs %.2f GB for %d x %d tokens of this %d x %d model (%s) but the device "
+                       "has %.2f GB free",
+                       need / 1e9, e->maxB, e->maxT, c->n_layer, c->n_embd, e->bf16 ? "bf16" : "fp32", freeb / 1e9);
+    ST_CUDA_CHECK(cudaMalloc((void **)&e->wmem, e->wbytes));
+    ST_CUDA_CHECK(cudaMalloc((void **)&e->amem, e->abytes));
+    ST_CUDA_CHECK(cudaMemset(e->amem, 0, e->abytes));
+    cw.base = e->wmem;
+    cw.off = 0;
+    ca.base = e->amem;
+    ca.off = 0;
+    plan_weights(e, &cw);
+    plan_activations(e, &ca);
+    RUN(upload_weights(e, err));
+    size_t R = (size_t)e->maxB * e->maxT;
+    e->h_loss = (float *)malloc(R * 4);
+    e->h_correct = (int32_t *)malloc(R * 4);
+    e->h_ds0 = (float *)malloc((size_t)c->n_layer * rwkv_state_layer_size(c) * 4);
+    if (!e->h_loss || !e->h_correct || !e->h_ds0)
+        return st_fail(err, ST_ENOMEM, "out of host memory for the CUDA engine's staging buffers");
+    return ST_OK;
+}
+
+} // namespace
 
 extern "C" engine_cuda_t *engine_cuda_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err)
 {
-    (void)model;
-    (void)opts;
-    st_fail(err, ST_EUNSUPPORTED, "the CUDA engine is not finished yet (only the WKV7 kernels are)");
-    return NULL;
+    const rwkv_config_t *c = &model->cfg;
+    if (c->head_size != WKV7_CUDA_N || c->n_embd != c->n_head * WKV7_CUDA_N) {
+        st_fail(err, ST_EUNSUPPORTED, "the CUDA engine needs head size 64 (model has %d)", c->head_size);
+        return NULL;
+    }
+    engine_cuda_t *e = (engine_cuda_t *)calloc(1, sizeof *e);
+    if (!e) {
+        st_fail(err, ST_ENOMEM, "out of memory creating the CUDA engine");
+        return NULL;
+    }
+    e->L = (dev_layer_t *)calloc((size_t)c->n_layer, sizeof *e->L);
+    if (!e->L) {
+        free(e);
+        st_fail(err, ST_ENOMEM, "out of memory creating the CUDA engine");
+        return NULL;
+    }
+    e->tag = ENGINE_CUDA_TAG;
+    e->m = model;
+    e->maxB = opts->max_batch;
+    e->maxT = opts->max_ctx;
+    e->nck = (opts->max_ctx + WKV7_CUDA_CHUNK - 1) / WKV7_CUDA_CHUNK;
+    e->bf16 = opts->precision == ENGINE_BF16;
+    e->esz = e->bf16 ? 2 : 4;
+    size_t R = (size_t)e->maxB * e->maxT;
+    size_t chunk = HEAD_CHUNK_BYTES / ((size_t)c->vocab * 4);
+    if (chunk < 1) chunk = 1;
+    if (chunk > R) chunk = R;
+    e->head_chunk = (int)chunk;
+    if (setup(e, opts, err) != ST_OK) {
+        engine_cuda_destroy(&e);
+        return NULL;
+    }
+    return e;
 }
 
 extern "C" void engine_cuda_destroy(engine_cuda_t **self_p)
 {
-    if (self_p) *self_p = NULL;
+    if (!self_p || !*self_p) return;
+    engine_cuda_t *e = *self_p;
+    if (e->blas) cublasDestroy(e->blas);
+    if (e->stream) cudaStreamDestroy(e->stream);
+    cudaFree(e->wmem);
+    cudaFree(e->amem);
+    free(e->L);
+    free(e->h_loss);
+    free(e->h_correct);
+    free(e->h_ds0);
+    e->tag = 0;
+    free(e);
+    *self_p = NULL;
 }
 
 extern "C" int engine_cuda_run(engine_cuda_t *self, engine_batch_t *batch, char *err)
 {
-    (void)self;
-    (void)batch;
-    return st_fail(err, ST_EUNSUPPORTED, "the CUDA engine is not finished yet");
+    if (!self || self->tag != ENGINE_CUDA_TAG)
+        return st_fail(err, ST_EINVAL, "engine_cuda_run was given something that is not a CUDA engine");
+    if (batch->B < 1 || batch->T < 1 || batch->B > self->maxB || batch->T > self->maxT)
+        return st_fail(err, ST_EINVAL, "a batch of %d x %d does not fit the CUDA engine's plan of %d x %d", batch->B,
+                       batch->T, self->maxB, self->maxT);
+    if (batch->dbp_q && batch->dbp_rows)
+        return st_fail(err, ST_EUNSUPPORTED,
+                       "the CUDA engine does not compute the DBP correlation (dbp_q) yet; run DBP jobs on the CPU "
+                       "backend");
+    int rc = self->bf16 ? run<__nv_bfloat16>(self, batch, err) : run<float>(self, batch, err);
+    if (rc == ST_OK) {
+        /* errors raised while kernels ran surface here */
+        cudaError_t ce = cudaStreamSynchronize(self->stream);
+        if (ce == cudaSuccess) ce = cudaGetLastError();
+        if (ce != cudaSuccess)
+            return st_fail(err, ST_ECUDA, "%s:%d: the CUDA step failed: %s", __FILE__, __LINE__,
+                           cudaGetErrorString(ce));
+    }
+    return rc;
 }
 
 extern "C" size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self)
 {
-    (void)self;
-    return 0;
+    return self ? self->wbytes + self->abytes : 0;
 }

@@ -31,10 +31,10 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 /* One block per (h, b); thread i owns value row i of S. */
-template <typename F>
+template <typename F, typename FW>
 __global__ void __launch_bounds__(N) wkv7_fwd_kernel(
     int T, int H, int nck,
-    const F *__restrict__ r, const F *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ r, const FW *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
     const float *__restrict__ s0,   /* (H, N, N) */
     F *__restrict__ y,              /* (B, T, H, N) */
@@ -111,14 +111,14 @@ __global__ void __launch_bounds__(N) wkv7_fwd_kernel(
 
 /* One block per (h, b); thread j owns key column j of S and of dS, and value
  * row j of dS. See wkv7.cuh for the per-token algebra. */
-template <typename F>
+template <typename F, typename FW>
 __global__ void __launch_bounds__(N) wkv7_bwd_kernel(
     int T, int H, int nck,
-    const F *__restrict__ r, const F *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ r, const FW *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
     const float *__restrict__ ckpt, const float *__restrict__ sa_in,
     const F *__restrict__ dy,
-    F *__restrict__ dr, F *__restrict__ dw, F *__restrict__ dk, F *__restrict__ dv,
+    F *__restrict__ dr, FW *__restrict__ dw, F *__restrict__ dk, F *__restrict__ dv,
     F *__restrict__ da, F *__restrict__ db,
     float *__restrict__ ds0)        /* (H, N, N) += */
 {
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(N) wkv7_bwd_kernel(
                     dSr[i + e] = fmaf(dSr[i + e], wx[e], gsa * ax[e]);
                 }
             }
-            dr[idx] = from_f<F>(gr); dw[idx] = from_f<F>(gw); dk[idx] = from_f<F>(gk);
+            dr[idx] = from_f<F>(gr); dw[idx] = from_f<FW>(gw); dk[idx] = from_f<F>(gk);
             dv[idx] = from_f<F>(gv); da[idx] = from_f<F>(ga); db[idx] = from_f<F>(gb);
         }
     }
@@ -224,8 +224,8 @@ int check_shapes(int B, int T, int H, int ckpt_every, char *err)
     return ST_OK;
 }
 
-template <typename F>
-int launch_fwd(int B, int T, int H, const F *r, const F *w, const F *k, const F *v, const F *a,
+template <typename F, typename FW>
+int launch_fwd(int B, int T, int H, const F *r, const FW *w, const F *k, const F *v, const F *a,
                const F *b, const float *s0, F *y, float *s_final, float *s_ckpt, int ckpt_every,
                float *sa, cudaStream_t stream, char *err)
 {
@@ -234,15 +234,15 @@ int launch_fwd(int B, int T, int H, const F *r, const F *w, const F *k, const F 
     if (!r || !w || !k || !v || !a || !b || !s0 || !y || !s_ckpt || !sa)
         return st_fail(err, ST_EINVAL, "wkv7_forward_cuda: a required pointer is NULL");
     const int nck = (T + CH - 1) / CH;
-    wkv7_fwd_kernel<F><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa);
+    wkv7_fwd_kernel<F, FW><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa);
     ST_CUDA_CHECK_LAUNCH("wkv7_fwd_kernel");
     return ST_OK;
 }
 
-template <typename F>
-int launch_bwd(int B, int T, int H, const F *r, const F *w, const F *k, const F *v, const F *a,
+template <typename F, typename FW>
+int launch_bwd(int B, int T, int H, const F *r, const FW *w, const F *k, const F *v, const F *a,
                const F *b, const float *s_ckpt, int ckpt_every, const float *sa, const F *dy,
-               F *dr, F *dw, F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
+               F *dr, FW *dw, F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
 {
     int rc = check_shapes(B, T, H, ckpt_every, err);
     if (rc) return rc;
@@ -250,7 +250,7 @@ int launch_bwd(int B, int T, int H, const F *r, const F *w, const F *k, const F 
         !da || !db || !ds0)
         return st_fail(err, ST_EINVAL, "wkv7_backward_cuda: a required pointer is NULL");
     const int nck = (T + CH - 1) / CH;
-    wkv7_bwd_kernel<F><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa, dy,
+    wkv7_bwd_kernel<F, FW><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa, dy,
                                                      dr, dw, dk, dv, da, db, ds0);
     ST_CUDA_CHECK_LAUNCH("wkv7_bwd_kernel");
     return ST_OK;
@@ -273,7 +273,7 @@ extern "C" int wkv7_forward_cuda(int B, int T, int H, const float *r, const floa
                                  float *y, float *s_final, float *s_ckpt, int ckpt_every, float *sa,
                                  cudaStream_t stream, char *err)
 {
-    return launch_fwd<float>(B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every, sa, stream, err);
+    return launch_fwd<float, float>(B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every, sa, stream, err);
 }
 
 extern "C" int wkv7_backward_cuda(int B, int T, int H, const float *r, const float *w, const float *k,
@@ -282,28 +282,28 @@ extern "C" int wkv7_backward_cuda(int B, int T, int H, const float *r, const flo
                                   float *dw, float *dk, float *dv, float *da, float *db, float *ds0,
                                   cudaStream_t stream, char *err)
 {
-    return launch_bwd<float>(B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw, dk, dv,
+    return launch_bwd<float, float>(B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw, dk, dv,
                              da, db, ds0, stream, err);
 }
 
-extern "C" int wkv7_forward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r, const wkv_bf16_t *w,
+extern "C" int wkv7_forward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r, const float *w,
                                       const wkv_bf16_t *k, const wkv_bf16_t *v, const wkv_bf16_t *a,
                                       const wkv_bf16_t *b, const float *s0, wkv_bf16_t *y,
                                       float *s_final, float *s_ckpt, int ckpt_every, float *sa,
                                       cudaStream_t stream, char *err)
 {
-    return launch_fwd<__nv_bfloat16>(B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every,
+    return launch_fwd<__nv_bfloat16, float>(B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every,
                                      sa, stream, err);
 }
 
-extern "C" int wkv7_backward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r, const wkv_bf16_t *w,
+extern "C" int wkv7_backward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r, const float *w,
                                        const wkv_bf16_t *k, const wkv_bf16_t *v, const wkv_bf16_t *a,
                                        const wkv_bf16_t *b, const float *s_ckpt, int ckpt_every,
                                        const float *sa, const wkv_bf16_t *dy, wkv_bf16_t *dr,
-                                       wkv_bf16_t *dw, wkv_bf16_t *dk, wkv_bf16_t *dv,
+                                       float *dw, wkv_bf16_t *dk, wkv_bf16_t *dv,
                                        wkv_bf16_t *da, wkv_bf16_t *db, float *ds0,
                                        cudaStream_t stream, char *err)
 {
-    return launch_bwd<__nv_bfloat16>(B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw,
+    return launch_bwd<__nv_bfloat16, float>(B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw,
                                      dk, dv, da, db, ds0, stream, err);
 }

@@ -1,0 +1,210 @@
+/*
+ * timemix.cuh - the element-wise parts of RWKV-7's time mix on the GPU, the
+ * same math as kernels/cpu/tokenshift.c, timemix.c and matmul.c's LoRA
+ * activations (see those files for the gradient formulas):
+ *
+ *   token shift:  out_m,t = h_t + (h_{t-1} - h_t) mix_m   (h_{-1} = 0)
+ *   decay:        w = exp(-0.606531 sigmoid(w0 + wl))
+ *   in-context lr a = sigmoid(a0 + al)
+ *   kk = normalize(kraw * k_k) per head (eps 1e-12), kf = kraw (1 + (a-1) k_a)
+ *   WKV inputs    wa = -kk, wb = kk * a
+ *   value mix     s = sigmoid(v0 + vl), v = vraw + (v_first - vraw) s
+ *
+ * Shapes: rows R = B * T, width C = H * N, N = 64; every activation is (R, C)
+ * of storage type T (float or bf16), except the decay w, its LoRA output wl
+ * and the gradient dw, always fp32 (kernels/cuda/wkv7.cuh says why); parameter vectors are fp32 (C). Per-head
+ * reductions use one warp per (row, head), two channels per lane. Outputs are
+ * overwritten unless a comment says +=.
+ */
+#ifndef ST_KERNELS_CUDA_TIMEMIX_CUH
+#define ST_KERNELS_CUDA_TIMEMIX_CUH
+
+#include "kernels/cuda/common.cuh"
+
+namespace st {
+
+constexpr float DECAY_SCALE = 0.6065306597126334f; /* exp(-0.5) */
+constexpr float KK_EPS = 1e-12f;
+
+struct mix6_t { const float *m[6]; };
+template <typename T> struct ptr6_t { T *p[6]; };
+
+template <typename T>
+__global__ void tokenshift_fwd_kernel(size_t n, int Tlen, int C, int nmix, const T *__restrict__ h,
+                                      mix6_t mix, ptr6_t<T> out)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int c = (int)(i % C);
+    const int t = (int)((i / C) % Tlen);
+    const float x = to_f(h[i]);
+    const float xp = t > 0 ? to_f(h[i - C]) : 0.f;
+    for (int m = 0; m < nmix; m++) out.p[m][i] = from_f<T>(x + (xp - x) * mix.m[m][c]);
+}
+
+/* dh (overwritten) = sum_m dout_m,t (1 - mix_m) + dout_m,t+1 mix_m */
+template <typename T>
+__global__ void tokenshift_bwd_kernel(size_t n, int Tlen, int C, int nmix, mix6_t mix, ptr6_t<T> dout,
+                                      T *__restrict__ dh)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int c = (int)(i % C);
+    const int t = (int)((i / C) % Tlen);
+    float d = 0.f;
+    for (int m = 0; m < nmix; m++) {
+        const float mm = mix.m[m][c];
+        d += to_f(dout.p[m][i]) * (1.f - mm);
+        if (t + 1 < Tlen) d += to_f(dout.p[m][i + C]) * mm;
+    }
+    dh[i] = from_f<T>(d);
+}
+
+enum { ACT_TANH = 1, ACT_SIGMOID = 2 };
+
+template <typename T>
+__global__ void lora_act_fwd_kernel(size_t n, int act, T *__restrict__ hid)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float z = to_f(hid[i]);
+    hid[i] = from_f<T>(act == ACT_TANH ? tanhf(z) : sigmoidf_(z));
+}
+
+/* dhid *= act'(z), from the stored activation hid */
+template <typename T>
+__global__ void lora_act_bwd_kernel(size_t n, int act, const T *__restrict__ hid, T *__restrict__ dhid)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float hv = to_f(hid[i]);
+    float g = act == ACT_TANH ? 1.f - hv * hv : hv * (1.f - hv);
+    dhid[i] = from_f<T>(to_f(dhid[i]) * g);
+}
+
+/* One warp per (row, head). */
+template <typename T>
+__global__ void timemix_fwd_kernel(int RH, int H, const float *__restrict__ wl, const T *__restrict__ al,
+                                   const T *__restrict__ kraw, const float *__restrict__ w0,
+                                   const float *__restrict__ a0, const float *__restrict__ k_k,
+                                   const float *__restrict__ k_a, float *__restrict__ w, T *__restrict__ a,
+                                   T *__restrict__ kk, T *__restrict__ kf, T *__restrict__ wa,
+                                   T *__restrict__ wb)
+{
+    const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (gw >= RH) return;
+    const int h = gw % H;
+    const size_t base = (size_t)gw * 64; /* (row * H + h) * N */
+    float u[2], av[2], kr[2];
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int n = lane + 32 * e, c = h * 64 + n;
+        const size_t i = base + n;
+        w[i] = expf(-DECAY_SCALE * sigmoidf_(w0[c] + wl[i]));
+        av[e] = sigmoidf_(a0[c] + to_f(al[i]));
+        a[i] = from_f<T>(av[e]);
+        kr[e] = to_f(kraw[i]);
+        u[e] = kr[e] * k_k[c];
+        ss += u[e] * u[e];
+    }
+    const float nrm = sqrtf(warp_sum(ss));
+    const float inv = 1.f / (nrm > KK_EPS ? nrm : KK_EPS);
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int n = lane + 32 * e, c = h * 64 + n;
+        const size_t i = base + n;
+        const float q = u[e] * inv;
+        kk[i] = from_f<T>(q);
+        kf[i] = from_f<T>(kr[e] * (1.f + (av[e] - 1.f) * k_a[c]));
+        wa[i] = from_f<T>(-q);
+        wb[i] = from_f<T>(q * av[e]);
+    }
+}
+
+/* The WKV kernel's a and b inputs again, for the backward (wa = -kk, wb = kk a). */
+template <typename T>
+__global__ void wkv_ab_kernel(size_t n, const T *__restrict__ kk, const T *__restrict__ a,
+                              T *__restrict__ wa, T *__restrict__ wb)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float q = to_f(kk[i]);
+    wa[i] = from_f<T>(-q);
+    wb[i] = from_f<T>(q * to_f(a[i]));
+}
+
+/* One warp per (row, head); see kernels/cpu/timemix.c for the formulas. */
+template <typename T>
+__global__ void timemix_bwd_kernel(int RH, int H, const float *__restrict__ wl, const float *__restrict__ w0,
+                                   const T *__restrict__ a, const T *__restrict__ kk,
+                                   const T *__restrict__ kraw, const float *__restrict__ k_k,
+                                   const float *__restrict__ k_a, const float *__restrict__ dw,
+                                   const T *__restrict__ dkf, const T *__restrict__ dwa,
+                                   const T *__restrict__ dwb, T *__restrict__ dwl, T *__restrict__ dal,
+                                   T *__restrict__ dkraw)
+{
+    const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (gw >= RH) return;
+    const int h = gw % H;
+    const size_t base = (size_t)gw * 64;
+    float ss = 0.f, dot = 0.f, dkk[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int n = lane + 32 * e, c = h * 64 + n;
+        const size_t i = base + n;
+        const float sg = sigmoidf_(w0[c] + wl[i]);
+        const float wv = expf(-DECAY_SCALE * sg);
+        dwl[i] = from_f<T>(dw[i] * wv * (-DECAY_SCALE) * sg * (1.f - sg));
+        const float u = to_f(kraw[i]) * k_k[c];
+        ss += u * u;
+        dkk[e] = -to_f(dwa[i]) + to_f(dwb[i]) * to_f(a[i]);
+        dot += dkk[e] * to_f(kk[i]);
+    }
+    ss = warp_sum(ss);
+    dot = warp_sum(dot);
+    const float nrm = sqrtf(ss);
+    const bool clamped = !(nrm > KK_EPS);
+    const float inv = 1.f / (clamped ? KK_EPS : nrm);
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int n = lane + 32 * e, c = h * 64 + n;
+        const size_t i = base + n;
+        const float av = to_f(a[i]), q = to_f(kk[i]), kr = to_f(kraw[i]), g = to_f(dkf[i]);
+        const float du = clamped ? dkk[e] * inv : (dkk[e] - q * dot) * inv;
+        const float da = to_f(dwb[i]) * q + g * kr * k_a[c];
+        dal[i] = from_f<T>(da * av * (1.f - av));
+        dkraw[i] = from_f<T>(g * (1.f + (av - 1.f) * k_a[c]) + du * k_k[c]);
+    }
+}
+
+/* vs: in the LoRA output vl, out s = sigmoid(v0 + vl); v = vraw + (v_first - vraw) s */
+template <typename T>
+__global__ void vmix_fwd_kernel(size_t n, int C, const T *__restrict__ vraw, const T *__restrict__ vfirst,
+                                const float *__restrict__ v0, T *__restrict__ vs, T *__restrict__ v)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float s = sigmoidf_(v0[i % C] + to_f(vs[i]));
+    vs[i] = from_f<T>(s);
+    const float vr = to_f(vraw[i]);
+    v[i] = from_f<T>(vr + (to_f(vfirst[i]) - vr) * s);
+}
+
+/* dvraw = dv (1 - s), dvl = dv (v_first - vraw) s (1 - s); d v_first is not
+ * needed (nothing that feeds v_first depends on a state). */
+template <typename T>
+__global__ void vmix_bwd_kernel(size_t n, const T *__restrict__ vraw, const T *__restrict__ vfirst,
+                                const T *__restrict__ s, const T *__restrict__ dv, T *__restrict__ dvraw,
+                                T *__restrict__ dvl)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float sv = to_f(s[i]), g = to_f(dv[i]);
+    dvraw[i] = from_f<T>(g * (1.f - sv));
+    dvl[i] = from_f<T>(g * (to_f(vfirst[i]) - to_f(vraw[i])) * sv * (1.f - sv));
+}
+
+} // namespace st
+
+#endif
