@@ -357,8 +357,7 @@ static int s_read(tensorfile_t *self, const tf_tensor_info_t *t, void *out, out_
     if (t->numel == 0) return ST_OK;
     if (self->zip) {
         sink_ctx_t c = {t->dtype, out, kind};
-        int rc = tf_pth_stream(self, e, s_sink, &c, err);
-        return rc ? st_wrap(err, rc, "'%s': ", self->path) : ST_OK;
+        return tf_pth_stream(self, e, s_sink, &c, err); /* messages name the tensor */
     }
     const uint8_t *src = self->map + e->offset;
     if (e->layout == TF_LAYOUT_TRANSPOSE)
