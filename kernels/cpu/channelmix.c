@@ -8,7 +8,6 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/tokenshift.h"
 
-#include <math.h>
 #include <stddef.h>
 
 void channelmix_forward_cpu(int B, int T, int C, int F, const float *h, const float *prev,
@@ -21,9 +20,9 @@ void channelmix_forward_cpu(int B, int T, int C, int F, const float *h, const fl
     tokenshift_forward_cpu(B, T, C, h, prev, 1, mix, outs);
     linear_forward_cpu(R, C, F, xk, key, kpre);
     size_t n = (size_t)R * F;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(dynamic, 8192)
     for (size_t i = 0; i < n; i++) {
-        float z = fmaxf(kpre[i], 0.0f);
+        float z = kpre[i] > 0.0f ? kpre[i] : 0.0f; /* not fmaxf: a libm call at -O2 */
         act[i] = z * z;
     }
     linear_forward_cpu(R, F, C, act, value, out);
@@ -36,8 +35,8 @@ void channelmix_backward_cpu(int B, int T, int C, int F, const float *x_k, const
     int R = B * T;
     sgemm_rows_cpu(0, R, F, C, 1.0f, dout, C, value, F, 0.0f, dact, F);
     size_t n = (size_t)R * F;
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) dact[i] *= 2.0f * fmaxf(kpre[i], 0.0f);
+#pragma omp parallel for simd schedule(dynamic, 8192)
+    for (size_t i = 0; i < n; i++) dact[i] *= kpre[i] > 0.0f ? 2.0f * kpre[i] : 0.0f;
     sgemm_rows_cpu(0, R, C, F, 1.0f, dact, F, key, C, 0.0f, dxk, C);
     const float *mix[1] = {x_k};
     const float *douts[1] = {dxk};

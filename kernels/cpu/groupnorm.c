@@ -17,7 +17,7 @@ void groupnorm_forward_cpu(int R, int H, int N, const float *y, const float *ln_
                            float *out)
 {
     int C = H * N;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 16)
     for (int row = 0; row < R; row++) {
         for (int h = 0; h < H; h++) {
             size_t p = (size_t)row * C + (size_t)h * N;
@@ -49,7 +49,7 @@ void groupnorm_backward_cpu(int R, int H, int N, const float *y, const float *ln
                             float *dk, float *dv, float *dg)
 {
     int C = H * N;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 16)
     for (int row = 0; row < R; row++) {
         for (int h = 0; h < H; h++) {
             size_t p = (size_t)row * C + (size_t)h * N;

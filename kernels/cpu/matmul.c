@@ -33,18 +33,18 @@ void sgemm_rows_cpu(int transB, int M, int N, int K, float alpha, const float *A
         cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-#pragma omp parallel num_threads(nt)
-    {
-        int t = 0, n = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        n = omp_get_num_threads();
-#endif
-        int per = ((M + n - 1) / n + 7) & ~7;
-        int m0 = t * per, m1 = m0 + per < M ? m0 + per : M;
-        if (m1 > m0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, m1 - m0, N, K, alpha, A + (size_t)m0 * lda,
-                        lda, B, ldb, beta, C + (size_t)m0 * ldc, ldc);
+    /* Blocks of at least 64 rows, a few per thread, handed out dynamically: on
+     * a shared machine a descheduled thread then delays only its current
+     * block, not half of the product. */
+    int per = (M + 4 * nt - 1) / (4 * nt);
+    if (per < 64) per = 64;
+    per = (per + 7) & ~7;
+    int nb = (M + per - 1) / per;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int blk = 0; blk < nb; blk++) {
+        int m0 = blk * per, m1 = m0 + per < M ? m0 + per : M;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, m1 - m0, N, K, alpha, A + (size_t)m0 * lda,
+                    lda, B, ldb, beta, C + (size_t)m0 * ldc, ldc);
     }
 }
 
@@ -64,10 +64,10 @@ void lora_forward_cpu(int R, int C, int D, const float *x, const float *w1, cons
     sgemm_rows_cpu(0, R, D, C, 1.0f, x, C, w1, D, 0.0f, hid, D);
     size_t n = (size_t)R * D;
     if (act == LORA_TANH) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 8192)
         for (size_t i = 0; i < n; i++) hid[i] = tanhf(hid[i]);
     } else if (act == LORA_SIGMOID) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 8192)
         for (size_t i = 0; i < n; i++) hid[i] = 1.0f / (1.0f + expf(-hid[i]));
     }
     sgemm_rows_cpu(0, R, C, D, 1.0f, hid, D, w2, C, 0.0f, out, C);
@@ -79,10 +79,10 @@ void lora_backward_cpu(int R, int C, int D, const float *w1, const float *w2, lo
     sgemm_rows_cpu(1, R, D, C, 1.0f, dout, C, w2, C, 0.0f, dhid, D);
     size_t n = (size_t)R * D;
     if (act == LORA_TANH) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 8192)
         for (size_t i = 0; i < n; i++) dhid[i] *= 1.0f - hid[i] * hid[i];
     } else if (act == LORA_SIGMOID) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 8192)
         for (size_t i = 0; i < n; i++) dhid[i] *= hid[i] * (1.0f - hid[i]);
     }
     sgemm_rows_cpu(1, R, C, D, 1.0f, dhid, D, w1, D, 1.0f, dx, C);
