@@ -384,6 +384,21 @@ static int test_pth_hostile(void)
     CHECKF(tensorfile_read_f32(tf, x, got, err) == ST_OK, "%s", err);
     CHECK(memcmp(got, four, sizeof four) == 0);
     tensorfile_close(&tf);
+    /* a tensor at storage offset 2 in a deflated entry (libzip's default, unlike
+     * torch's stored entries): the reader cannot seek and skips by reading */
+    static const unsigned char off2[] =
+        "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
+        "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"
+        "X\x03\x00\x00\x00" "cpu" "K\x04tQK\x02K\x02\x85K\x01\x85\x89"
+        "ccollections\nOrderedDict\n" ")RtRu" ".";
+    zip_item_t items8[] = {{"o/data.pkl", off2, sizeof off2 - 1}, {"o/data/0", four, 16}};
+    tf = tensorfile_open(s_write_zip("offset.pth", items8, 2), err);
+    CHECKF(tf != NULL, "%s", err);
+    x = tensorfile_find(tf, "x");
+    CHECK(x && x->numel == 2);
+    CHECKF(tensorfile_read_f32(tf, x, got, err) == ST_OK, "%s", err);
+    CHECK(got[0] == 3 && got[1] == 4);
+    tensorfile_close(&tf);
     /* a transposed view (strides 1, 2): we read bytes straight through, so refuse */
     static const unsigned char tr[] =
         "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
