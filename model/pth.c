@@ -184,8 +184,15 @@ int tf_pth_stream(tensorfile_t *self, const tf_entry_t *e, tf_sink_fn sink, void
         rc = st_fail(err, ST_ENOMEM, "out of memory reading tensor '%s'", e->name);
         goto done;
     }
-    /* torch stores entries uncompressed, so seeking works; otherwise skip by reading */
+    /* torch stores entries uncompressed, so seeking works; otherwise skip by
+     * reading (on a handle opened afresh: a failed seek leaves an error on it) */
     if (e->offset && zip_fseek(zf, (zip_int64_t)e->offset, SEEK_SET) != 0) {
+        zip_fclose(zf);
+        zf = zip_fopen_index(self->zip, (zip_uint64_t)e->zip_index, 0);
+        if (!zf) {
+            free(buf);
+            return s_zip_error(self->zip, err, "cannot open a storage entry");
+        }
         uint64_t left = e->offset;
         while (left) {
             size_t want = left < PTH_CHUNK ? (size_t)left : PTH_CHUNK;
