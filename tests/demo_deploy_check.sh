@@ -124,9 +124,22 @@ fi
 
 # ---- Dockerfile ---------------------------------------------------------------
 df="$src/deploy/docker/Dockerfile"
-for p in $(grep -o '\blib[a-z0-9.+-]*-dev\b' "$src/scripts/install-deps.sh" | sort -u); do
-    grep -q "\b$p\b" "$df" || fail "Dockerfile does not install $p (scripts/install-deps.sh does)"
+# Every library CMakeLists.txt requires must come from a package the build
+# stage installs (Ubuntu names its -dev packages as Debian does).
+declare -A dev_pkg=([jansson]=libjansson-dev [libzip]=libzip-dev [libsodium]=libsodium-dev
+                    [libzmq]=libzmq3-dev [sqlite3]=libsqlite3-dev [openblas]=libopenblas-dev)
+for m in $(sed -n 's/^pkg_check_modules([A-Z_]* REQUIRED IMPORTED_TARGET \([a-z0-9]*\)).*/\1/p' "$src/CMakeLists.txt"); do
+    p=${dev_pkg[$m]:-}
+    if [ -z "$p" ]; then
+        fail "CMakeLists.txt needs pkg-config module '$m', which this check does not know: add it to dev_pkg and the Dockerfile"
+    else
+        grep -q "\b$p\b" "$df" || fail "Dockerfile does not install $p (CMakeLists.txt needs '$m')"
+        grep -q "\b$p\b" "$src/scripts/install-deps.sh" || fail "scripts/install-deps.sh does not install $p"
+    fi
 done
+if grep -q 'find_package(MPI REQUIRED' "$src/CMakeLists.txt"; then
+    grep -q '\blibopenmpi-dev\b' "$df" || fail "Dockerfile does not install libopenmpi-dev (CMakeLists.txt needs MPI)"
+fi
 while read -r path; do
     [ -e "$src/$path" ] || fail "Dockerfile copies '$path', which is not in the repository"
 done < <(grep -E '^COPY [^-]' "$df" | sed -E 's/^COPY //; s/ +[^ ]+$//' | tr ' ' '\n' | grep -v '^$')
