@@ -34,6 +34,7 @@
 #include "kernels/cpu/wkv7.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -393,8 +394,9 @@ int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
         }
     }
     if (!backward) return ST_OK;
-    if (!(hr.loss_sum == hr.loss_sum))
-        return st_fail(err, ST_ENUMERIC, "the loss is NaN: the model or the state holds non-finite values");
+    if (!isfinite(hr.loss_sum))
+        return st_fail(err, ST_ENUMERIC,
+                       "the loss is not finite: the model or the state holds NaN or infinite values");
 
     memset(e->dx, 0, RC * sizeof(float));
     layernorm_backward_cpu(R, C, xL, m->ln_out_w, e->lnout_mean, e->lnout_rstd, e->dxh, e->dx);

@@ -167,19 +167,11 @@ int cmd_verify(int argc, char **argv)
     float *state0 = NULL, *logits = NULL, *dstate = NULL, *fstate = NULL;
     double *dbuf = NULL;
 
-    model = rwkv_model_load(model_path, err);
-    if (!model) {
-        code = ST_EIO;
-        st_wrap(err, code, "loading model '%s'", model_path);
-        goto done;
-    }
+    model = rwkv_model_load(model_path, err); /* the sentence names the file */
+    if (!model) goto done;
     const rwkv_config_t *c = &model->cfg;
     ref.tf = tensorfile_open(ref_path, err);
-    if (!ref.tf) {
-        code = ST_EIO;
-        st_wrap(err, code, "opening reference dump '%s'", ref_path);
-        goto done;
-    }
+    if (!ref.tf) goto done;
     const tf_tensor_info_t *t_tok = s_find(&ref, "tokens", 2, (int64_t[]){-1, -1}, err);
     if (!t_tok) goto done;
     int64_t B = t_tok->shape[0], T = t_tok->shape[1], L = c->n_layer, H = c->n_head,
