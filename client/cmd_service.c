@@ -207,6 +207,10 @@ static int s_states_show(statetune_client_t *c, const cmd_conn_opts_t *o, const 
                 s_cell(json_object_get(m, "baseline"), base, sizeof base);
                 printf("%-24s %14s %14s\n", json_string_value(json_object_get(m, "name")), val, base);
             }
+        } else if (!strcmp(key, "job") && json_is_object(v)) { /* lineage: the job, not its whole spec */
+            char cell[64];
+            s_cell(json_object_get(v, "id"), cell, sizeof cell);
+            printf("%-14s %s (%s)\n", key, cell, json_string_value(json_object_get(v, "status")));
         } else if (json_is_array(v) || json_is_object(v)) {
             char *t = json_dumps(v, JSON_COMPACT);
             printf("%-14s %s\n", key, t ? t : "?");

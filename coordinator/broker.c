@@ -864,8 +864,15 @@ int broker_run(broker_t *self, volatile sig_atomic_t *stop, char *err)
         for (int k = 0; k < 256 && (item.revents & ZMQ_POLLIN); k++) {
             inmsg_t in;
             if (s_recv(self, &in) < 0) break;
+            int64_t t0 = s_now_ms();
             s_handle(self, &in);
             for (int i = 0; i < in.n; i++) zmq_msg_close(&in.frames[i]);
+            /* A slow handler (validating a large dataset) kept us from
+             * hearing anyone meanwhile: that silence is ours, not the
+             * groups', so it does not count towards losing them. */
+            int64_t spent = s_now_ms() - t0;
+            if (spent > self->heartbeat_ms)
+                for (size_t g = 0; g < self->n_groups; g++) self->groups[g].last_seen_ms += spent;
         }
         now = s_now_ms();
         if (now >= self->next_heartbeat_ms) {

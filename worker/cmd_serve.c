@@ -233,11 +233,9 @@ static int s_run_job(dist_t *dist, serve_link_t *link, const char *group, json_t
     if (rc == ST_OK && !spec->model_path)
         rc = st_fail(err, ST_EINVAL, "job %lld names no model file (the coordinator should have resolved it)",
                      (long long)job);
-    /* the model's identity for the registry; streamed, so cheap next to tuning */
-    if (rc == ST_OK && root) rc = st_sha256_file(spec->model_path, model_sha, err);
     if (rc == ST_OK && !out_dir) rc = st_fail(err, ST_EFORMAT, "job %lld: the assignment names no out_dir", (long long)job);
-    /* Everything above is the same on every rank except the hash and the
-     * folder, which only matter on rank 0: agree before computing. */
+    /* Every rank parsed the same text, so they agree; the broadcast makes
+     * sure that no rank starts computing when rank 0 could not. */
     int ok = rc == ST_OK;
     char *verdict = root ? (ok ? strdup("ok") : NULL) : NULL;
     int brc = dist_bcast_string(dist, &verdict, err);
@@ -271,6 +269,10 @@ static int s_run_job(dist_t *dist, serve_link_t *link, const char *group, json_t
     int end_group = 0;
     if (root) {
         int lost = serve_link_lost(link);
+        /* The model's identity for the registry, hashed (streamed) after the
+         * run: a 15 GB checkpoint takes a while, and the other ranks now wait
+         * in the idle broadcast, which has no watchdog. */
+        if (rc == ST_OK && res.state) rc = st_sha256_file(spec->model_path, model_sha, err);
         if (rc == ST_OK && res.state) {
             size_t n = (size_t)res.n_layer * res.n_head * res.head_size * res.head_size;
             json_error_t jerr;
