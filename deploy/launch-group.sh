@@ -23,6 +23,7 @@
 #   STATETUNE_KEYS         directory with the group's CURVE keys (default /etc/statetune/keys)
 #   STATETUNE_KEY_NAME     the group's key pair NAME.key/NAME.pub in it (default worker)
 #   STATETUNE_WORKER       path of statetune-worker (default: from PATH)
+#   STATETUNE_MPIRUN_ARGS  more mpirun options, split at spaces (e.g. "--mca pml ucx")
 #
 # CURVE is always on: rank 0 (the only rank that talks to the coordinator)
 # needs the group's secret key and the coordinator's public key, so put the
@@ -67,6 +68,10 @@ for v in NCCL_DEBUG NCCL_NVLS_ENABLE NCCL_SOCKET_IFNAME NCCL_IB_HCA NCCL_IB_GID_
     if [ -n "${!v:-}" ]; then args+=(-x "$v"); fi
 done
 if [ "$(id -u)" -eq 0 ]; then args+=(--allow-run-as-root); fi
+if [ -n "${STATETUNE_MPIRUN_ARGS:-}" ]; then
+    read -r -a extra <<<"$STATETUNE_MPIRUN_ARGS"
+    args+=("${extra[@]}")
+fi
 
 # exec: systemd and SLURM signal mpirun directly, and mpirun passes SIGTERM
 # on to every rank, so a stop ends the whole group.
