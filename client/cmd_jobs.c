@@ -117,6 +117,42 @@ static json_t *s_get_job(statetune_client_t *c, const cmd_conn_opts_t *o, int64_
     return job;
 }
 
+/* One poll of wait/watch. A coordinator that does not answer (restarting,
+ * say) is retried for up to OUTAGE_S before giving up; each poll waits only
+ * POLL_REQUEST_MS, as a request sent just before a restart is lost for good.
+ * Returns ST_OK with *rep, ST_EBUSY for "poll again", else the error
+ * (printed). */
+#define OUTAGE_S 60.0
+#define POLL_REQUEST_MS 3000
+
+static double s_now(void);
+
+static int s_poll(statetune_client_t *c, const cmd_conn_opts_t *o, json_t *req, json_t **rep, double *outage_t0)
+{
+    char err[ST_ERR_LEN];
+    int timeout = o->timeout_ms > 0 ? o->timeout_ms : POLL_REQUEST_MS;
+    int rc = statetune_client_request(c, req, NULL, 0, timeout, rep, NULL, NULL, err);
+    if (rc == ST_OK) {
+        if (*outage_t0 > 0) fprintf(stderr, "statetune: the coordinator answers again\n");
+        *outage_t0 = 0;
+        return ST_OK;
+    }
+    if (rc != ST_ENET) {
+        fprintf(stderr, "statetune: %s\n", err);
+        return rc;
+    }
+    double now = s_now();
+    if (*outage_t0 == 0) {
+        *outage_t0 = now;
+        fprintf(stderr, "statetune: the coordinator does not answer; retrying for up to %.0f s\n", OUTAGE_S);
+    }
+    if (now - *outage_t0 >= OUTAGE_S) {
+        fprintf(stderr, "statetune: %s\n", err);
+        return rc;
+    }
+    return ST_EBUSY;
+}
+
 /* ---- status --------------------------------------------------------------- */
 
 static const char *const s_status_usage = "usage: statetune [--endpoint E] status JOB [--json]\n";
@@ -208,12 +244,30 @@ int cmd_wait(int argc, char **argv, const char *endpoint)
     if (id < 0) return 2;
     statetune_client_t *c = cmd_connect(endpoint, &o);
     if (!c) return 1;
-    double t0 = s_now();
+    double t0 = s_now(), outage = 0;
     int status = 1;
     for (;;) {
-        json_t *job = s_get_job(c, &o, id);
-        if (!job) break;
-        const char *st = s_str(job, "status");
+        json_t *req = json_pack("{s:s, s:I}", "type", "status", "job", (json_int_t)id), *rep = NULL;
+        int rc = s_poll(c, &o, req, &rep, &outage);
+        json_decref(req);
+        if (rc != ST_OK && rc != ST_EBUSY) break;
+        if (rc == ST_EBUSY) {
+            if (timeout > 0 && s_now() - t0 >= timeout) {
+                fprintf(stderr, "statetune: job %" PRId64 " did not end within %.0f s\n", id, timeout);
+                break;
+            }
+            usleep(POLL_US);
+            continue;
+        }
+        json_t *job = json_incref(json_object_get(rep, "job"));
+        json_decref(rep);
+        if (!json_is_object(job)) {
+            json_decref(job);
+            fprintf(stderr, "statetune: the coordinator's reply has no job record\n");
+            break;
+        }
+        char st[32];
+        snprintf(st, sizeof st, "%s", s_str(job, "status"));
         if (s_terminal(st)) {
             status = s_final(job);
             if (status == 0) printf("%" PRId64 " succeeded\n", id);
@@ -315,11 +369,16 @@ int cmd_watch(int argc, char **argv, const char *endpoint)
     int64_t since = 0;
     const char *last_status = "";
     char last_buf[32] = "";
+    double outage = 0;
     for (;;) {
         json_t *req = json_pack("{s:s, s:I, s:I}", "type", "watch", "job", (json_int_t)id, "since", (json_int_t)since);
         json_t *rep = NULL;
-        int rc = cmd_request(c, &o, req, &rep, NULL, NULL);
+        int rc = s_poll(c, &o, req, &rep, &outage);
         json_decref(req);
+        if (rc == ST_EBUSY) {
+            usleep(POLL_US);
+            continue;
+        }
         if (rc) break;
         size_t i;
         json_t *ev;

@@ -236,6 +236,11 @@ kill_coordinator)
     wait_for "job $J1 to run" 60 running_with_progress "$J1"
     J2=$("$ST" submit "$T/second.json") || fail "submit failed"
     wait_for "a checkpoint of job $J1" 60 checkpoint_at_least "$J1" 20
+    # a client already waiting rides out the restart
+    "$ST" wait "$J1" --timeout 120 >"$T/waiter.log" 2>&1 &
+    WAITER=$!
+    PIDS+=("$WAITER")
+    sleep 0.5
     kill -9 "$COORD"
     wait "$COORD" 2>/dev/null
     echo "killed the coordinator (pid $COORD) with SIGKILL"
@@ -245,6 +250,7 @@ kill_coordinator)
     st2=$(status_of "$J2")
     case "$st2" in queued|running|succeeded) ;; *) fail "job $J2 is '$st2' after the restart" ;; esac
     "$ST" wait "$J1" --timeout 120 || fail "job $J1 did not finish after the restart"
+    wait "$WAITER" || fail "the client waiting across the restart did not see the job succeed: $(cat "$T/waiter.log")"
     "$ST" wait "$J2" --timeout 60 || fail "job $J2 did not finish after the restart"
     "$ST" events "$J1" | grep -q "coordinator restarted" || fail "no restart event on job $J1"
     n=$("$ST" states list --json | json 'len(d)')
