@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config git
       libopenmpi-dev openmpi-bin libzmq3-dev libsqlite3-dev sqlite3 libopenblas-dev
       libjansson-dev libzip-dev libsodium-dev
-      python3 python3-numpy python3-torch iproute2 procps)
+      python3 python3-numpy python3-torch iproute2 procps
+      clang libclang-rt-14-dev)  # libFuzzer + sanitizers: tests/fuzz/run_all.sh
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
