@@ -36,7 +36,8 @@ typedef struct {
     int max_batch;                /* largest B engine_run will see */
     int max_ctx;                  /* largest T engine_run will see */
     int device;                   /* CUDA device ordinal */
-    int threads;                  /* CPU threads, 0 = all cores */
+    int threads;                  /* CPU threads; 0 = automatic: all cores, or one when
+                                   * timing shows the machine is shared (engine_cpu.c) */
 } engine_opts_t;
 
 typedef struct {

@@ -37,6 +37,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -44,9 +45,22 @@
 #define CKPT_EVERY 16
 #define HEAD_CHUNK_FLOATS (4u << 20) /* 16 MB of logits per head chunk */
 
+/* Thread-count probing (opts->threads == 0 and no OMP_NUM_THREADS): on a
+ * quiet machine all cores win, but on a shared one (CI, a laptop, the
+ * development box with other builds running) OpenMP threads spin at every
+ * barrier waiting for a sibling that the OS has descheduled, and one thread
+ * was measured 3x faster than two. So the engine times itself: every
+ * PROBE_EVERY runs it times one run with all threads and one with a single
+ * thread (per token, wall clock) and uses the faster until the next probe.
+ * The very first run is never timed (page faults on fresh memory). */
+#define PROBE_EVERY 64
+
 struct engine_cpu {
     const rwkv_model_t *m;
     int maxB, maxT, nck, head_chunk;
+    int auto_threads, max_threads, threads_now; /* see PROBE_EVERY */
+    int64_t runs;
+    double probe_s_per_tok[2];                  /* [0] all threads, [1] one */
     float *mem;
     size_t mem_floats;
     /* per layer, [L] blocks of the sizes in s_plan */
@@ -206,7 +220,13 @@ engine_cpu_t *engine_cpu_new(const rwkv_model_t *model, const engine_opts_t *opt
     openblas_set_num_threads(1);
 #ifdef _OPENMP
     if (opts->threads > 0) omp_set_num_threads(opts->threads);
+    e->max_threads = omp_get_max_threads();
+    const char *env = getenv("OMP_NUM_THREADS");
+    e->auto_threads = opts->threads == 0 && !(env && *env) && e->max_threads > 1;
+#else
+    e->max_threads = 1;
 #endif
+    e->threads_now = e->max_threads;
     return e;
 }
 
@@ -352,7 +372,35 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
                            dx);
 }
 
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err);
+
 int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
+{
+    if (!e->auto_threads) return s_run(e, bt, err);
+    int64_t phase = e->runs % PROBE_EVERY;
+    int probe = e->runs > 0 && (phase == 1 || phase == 2) ? (int)phase : 0;
+    int n = probe == 1 ? e->max_threads : probe == 2 ? 1 : e->threads_now;
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+    double t0 = s_now();
+    int rc = s_run(e, bt, err);
+    double per_tok = (s_now() - t0) / ((double)bt->B * bt->T);
+    if (probe) e->probe_s_per_tok[probe - 1] = per_tok;
+    if (probe == 2)
+        e->threads_now = e->probe_s_per_tok[1] < e->probe_s_per_tok[0] ? 1 : e->max_threads;
+    e->runs++;
+    return rc;
+}
+
+static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
 {
     const rwkv_model_t *m = e->m;
     const rwkv_config_t *c = &m->cfg;
