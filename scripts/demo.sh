@@ -113,7 +113,19 @@ echo "job:   $work/job.json"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpi=(mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
-coord_pid="" group_pid=""
+coord_pid="" group_pid="" fg_pid=""
+
+# Long waits run in the background and are waited for: bash runs a trap only
+# between commands, so a foreground `watch` would hold off Ctrl-C or SIGTERM
+# (and the cleanup below) until the job ends; `wait` is interrupted at once.
+run_fg() {
+    local rc=0
+    "$@" &
+    fg_pid=$!
+    wait "$fg_pid" || rc=$?
+    fg_pid=""
+    return "$rc"
+}
 
 stop() { # stop PID NAME: SIGTERM, then SIGKILL after 10 s
     local pid=$1 name=$2 i
@@ -132,18 +144,20 @@ stop() { # stop PID NAME: SIGTERM, then SIGKILL after 10 s
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    stop "$fg_pid" "the client"
     stop "$group_pid" "the worker group"
     stop "$coord_pid" "the coordinator"
     echo "demo: work files kept in $work"
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # ---- 4. the local path (fallback) ----------------------------------------------
 run_local() {
     say "tuning with: mpirun -np 2 statetune-worker tune job.json --local"
-    "${mpi[@]}" "$st_worker" tune "$work/job.json" --local --out "$work/out" ||
+    run_fg "${mpi[@]}" "$st_worker" tune "$work/job.json" --local --out "$work/out" ||
         die "local tuning failed (see the message above)"
     [ -r "$work/out/metrics.json" ] || die "tuning wrote no metrics.json"
     say "baseline vs tuned ($work/out/metrics.json)"
@@ -207,8 +221,8 @@ run_service() {
     job=$("$st_client" submit "$work/job.json") || return 1
     echo "job $job"
     say "statetune watch $job"
-    timeout 600 "$st_client" watch "$job" || true
-    if ! "$st_client" wait "$job" --timeout 600; then
+    run_fg timeout 600 "$st_client" watch "$job" || true
+    if ! run_fg "$st_client" wait "$job" --timeout 600; then
         "$st_client" status "$job" || true
         echo "--- worker group log ---" >&2
         tail -n 20 "$work/group.log" >&2
