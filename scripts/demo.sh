@@ -74,7 +74,7 @@ elif [ -r "$fixtures/rwkv7/pysrc-rwkv7-5M.pth" ]; then
     model=$(cd "$fixtures/rwkv7" && pwd)/pysrc-rwkv7-5M.pth
 else
     say "no model given and no fixture: making a small random RWKV-7"
-    echo "Note: a random model has nothing learned for a state to steer; expect a small change."
+    echo "Note: a random model knows nothing, so the numbers below only show the pipeline at work."
     echo "Real gains need a pretrained model: ./scripts/demo.sh path/to/rwkv7.pth"
     /usr/bin/python3 "$here/scripts/make_demo_data.py" random-model "$work/random-rwkv7.safetensors"
     model=$work/random-rwkv7.safetensors

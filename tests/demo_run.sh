@@ -5,7 +5,9 @@
 # baseline's by at least MIN_DROP (a fraction: 0.4 means 40% lower); on the
 # service path the state was registered and fetched with `states get`; and
 # nothing it started is still running afterwards. With
-# STATETUNE_DEMO_REQUIRE_SERVICE=1 a fallback to the local path is a failure.
+# STATETUNE_DEMO_REQUIRE_SERVICE=1 a fallback to the local path is a failure;
+# with STATETUNE_DEMO_RANDOM=1 the demo runs as on a machine without the
+# fixtures, on the random model it makes itself.
 #
 # It also follows docs/operations.md's backup procedure while the demo runs:
 # every 2 s an online `sqlite3 .backup` of the live registry, each of which
@@ -19,7 +21,12 @@ n_eval=${4:-64}
 src=${STATETUNE_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 build=${STATETUNE_BUILD_DIR:-$src/build}
 fx=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$src/../shared/fixtures}}
-[ -r "$fx/rwkv7/pysrc-rwkv7-5M.pth" ] || { echo "skipped: fixture pysrc-rwkv7-5M.pth is absent"; exit 77; }
+if [ "${STATETUNE_DEMO_RANDOM:-0}" = 1 ]; then
+    fx=/nonexistent # the demo's own fallback: a random model it makes
+    /usr/bin/python3 -c 'import numpy' 2>/dev/null || { echo "skipped: numpy is missing"; exit 77; }
+else
+    [ -r "$fx/rwkv7/pysrc-rwkv7-5M.pth" ] || { echo "skipped: fixture pysrc-rwkv7-5M.pth is absent"; exit 77; }
+fi
 command -v mpirun >/dev/null || { echo "skipped: mpirun is not installed"; exit 77; }
 work=$(mktemp -d /tmp/statetune-demo-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
