@@ -257,10 +257,14 @@ static int s_run_job(dist_t *dist, serve_link_t *link, const char *group, json_t
                                .on_eval = s_on_eval,
                                .on_checkpoint = s_on_checkpoint,
                                .should_cancel = s_should_cancel};
+        /* A first attempt starts afresh even if the folder holds a
+         * checkpoint (left by a job of the same id in an older registry);
+         * any later attempt resumes from what the earlier ones left. */
+        json_int_t attempt = json_integer_value(json_object_get(cmd, "attempt"));
         tune_opts_t opts = {.out_dir = out_dir,
                             .dist = dist,
                             .backend = backend,
-                            .resume = TUNE_RESUME_AUTO,
+                            .resume = attempt > 1 ? TUNE_RESUME_AUTO : TUNE_RESUME_NEVER,
                             .threads = threads};
         collective = 0;
         rc = tune_run(spec, &opts, root ? &cb : NULL, &res, err);
