@@ -269,7 +269,7 @@ static int test_many_clients(void)
     coord_t c = {0};
     const char *extra[] = {"--insecure", NULL};
     CHECK(s_coord_start(&c, extra) == 0);
-    enum { CLIENTS = 50, EACH = 6 };
+    enum { CLIENTS = 100, EACH = 4 };
     statetune_client_t *cl[CLIENTS];
     char err[ST_ERR_LEN];
     for (int i = 0; i < CLIENTS; i++) {
