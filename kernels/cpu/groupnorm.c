@@ -6,6 +6,10 @@
  *   dy = rstd * (dxh - mean(dxh) - xhat * mean(dxh * xhat)),  dxh = dpre * ln_w
  *   dv += dpre * u;  du = sum dpre * v;  dr += du * k * r_k;  dk += du * r * r_k
  */
+/* The build compiles at -O2, where GCC vectorizes only loops whose trip
+ * count it knows; these element-wise loops need the full vectorizer. */
+#pragma GCC optimize("O3")
+
 #include "kernels/cpu/groupnorm.h"
 
 #include <math.h>

@@ -6,6 +6,10 @@
  * Out-of-range targets (>= V) are the caller's to refuse; here they count as
  * no loss, so a bad id can never index past the row.
  */
+/* The build compiles at -O2, where GCC vectorizes only loops whose trip
+ * count it knows; these element-wise loops need the full vectorizer. */
+#pragma GCC optimize("O3")
+
 #include "kernels/cpu/head.h"
 
 #include "kernels/cpu/matmul.h"

@@ -6,6 +6,10 @@
  *   dhid = dout @ w2^T, dz = dhid * act'(z) (tanh: 1 - hid^2, sigmoid:
  *   hid (1 - hid)), dx += dz @ w1^T.
  */
+/* The build compiles at -O2, where GCC vectorizes only loops whose trip
+ * count it knows; these element-wise loops need the full vectorizer. */
+#pragma GCC optimize("O3")
+
 #include "kernels/cpu/matmul.h"
 
 #include <cblas.h>

@@ -9,6 +9,10 @@
  *                                       clamp makes it linear there)
  *   dkraw = dkf * (1 + (a - 1) k_a) + du * k_k
  */
+/* The build compiles at -O2, where GCC vectorizes only loops whose trip
+ * count it knows; these element-wise loops need the full vectorizer. */
+#pragma GCC optimize("O3")
+
 #include "kernels/cpu/timemix.h"
 
 #include <math.h>

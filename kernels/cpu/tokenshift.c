@@ -4,6 +4,10 @@
  * out_m,t = h_t (1 - mix_m) + h_{t-1} mix_m, so
  *   dh_t += sum_m dout_m,t (1 - mix_m) + dout_m,t+1 mix_m.
  */
+/* The build compiles at -O2, where GCC vectorizes only loops whose trip
+ * count it knows; these element-wise loops need the full vectorizer. */
+#pragma GCC optimize("O3")
+
 #include "kernels/cpu/tokenshift.h"
 
 #include <stddef.h>

@@ -91,6 +91,27 @@ WKV_CLONES static void s_step(float *restrict S, const float *restrict r, const 
     }
 }
 
+/* The same step out of place and without the output, for the backward
+ * pass's recomputation: S_out = S_in G + v k^T (saves a copy of the state). */
+WKV_CLONES static void s_step_to(const float *restrict Sin, float *restrict Sout,
+                                 const float *restrict w, const float *restrict k,
+                                 const float *restrict v, const float *restrict a,
+                                 const float *restrict b)
+{
+    v16 wv[NV], kv[NV], av[NV], bv[NV];
+    for (int q = 0; q < NV; q++) {
+        wv[q] = s_ld(w + 16 * q), kv[q] = s_ld(k + 16 * q);
+        av[q] = s_ld(a + 16 * q), bv[q] = s_ld(b + 16 * q);
+    }
+    for (int i = 0; i < N; i++) {
+        const float *Si = Sin + i * N;
+        v16 s[NV], acc = {0};
+        for (int q = 0; q < NV; q++) s[q] = s_ld(Si + 16 * q), acc += s[q] * av[q];
+        v16 sa = s_splat(s_hsum(acc)), vi = s_splat(v[i]);
+        for (int q = 0; q < NV; q++) s_st(Sout + i * N + 16 * q, s[q] * wv[q] + sa * bv[q] + vi * kv[q]);
+    }
+}
+
 /* One step of the adjoint recursion (see the top of the file): dS holds
  * dL/dS_t without step t's output term on entry and dL/dS_{t-1} on exit.
  * One pass over the rows: the row reductions (dv_i, sa_i, dsa_i) are
@@ -184,8 +205,7 @@ void wkv7_backward_cpu(int B, int T, int H,
                 for (int t = t0; t < t1; t++) {
                     size_t o = ((size_t)bb * T + t) * C + (size_t)h * N;
                     float *Sn = states + (size_t)(t - t0 + 1) * N * N;
-                    memcpy(Sn, Sn - N * N, sizeof(float) * N * N);
-                    s_step(Sn, r + o, w + o, k + o, v + o, a + o, b + o, NULL);
+                    s_step_to(Sn - N * N, Sn, w + o, k + o, v + o, a + o, b + o);
                 }
                 for (int t = t1 - 1; t >= t0; t--) {
                     size_t o = ((size_t)bb * T + t) * C + (size_t)h * N;
