@@ -213,9 +213,15 @@ int statetune_client_send(statetune_client_t *self, json_t *msg, const void *pay
     char *text = json_dumps(msg, JSON_COMPACT);
     if (!text) return st_fail(err, ST_ENOMEM, "cannot encode a message");
     size_t n = strlen(text);
-    int rc = zmq_send(self->sock, text, n, payload ? ZMQ_SNDMORE : 0);
+    /* Never block: while the coordinator is away messages queue up to the
+     * high-water mark, and a caller that must notice the outage (a worker's
+     * link thread) cannot wait on a full queue. */
+    int rc = zmq_send(self->sock, text, n, (payload ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
     free(text);
+    if (rc < 0 && errno == EAGAIN)
+        return st_fail(err, ST_EBUSY, "the queue to '%s' is full (the coordinator is not reading)", self->endpoint);
     if (rc < 0) return st_fail(err, ST_ENET, "send to '%s': %s", self->endpoint, zmq_strerror(errno));
+    /* the first frame is queued, so the rest goes in the same message */
     if (payload && zmq_send(self->sock, payload, payload_len, 0) < 0)
         return st_fail(err, ST_ENET, "send to '%s': %s", self->endpoint, zmq_strerror(errno));
     return ST_OK;

@@ -66,7 +66,8 @@ const char *statetune_client_endpoint(const statetune_client_t *self);
 int statetune_client_request(statetune_client_t *self, json_t *req, const void *payload, size_t payload_len,
                              int timeout_ms, json_t **reply, void **payload_out, size_t *payload_len_out, char *err);
 
-/* Sends a notification (no rid, no reply). */
+/* Sends a notification (no rid, no reply). Never blocks: ST_EBUSY when the
+ * queue to an absent coordinator is full (the message is not sent). */
 int statetune_client_send(statetune_client_t *self, json_t *msg, const void *payload, size_t payload_len, char *err);
 
 /* Receives any one message within timeout_ms. ST_OK with *msg (caller

@@ -78,11 +78,15 @@ static int64_t s_send_hello(serve_link_t *self, int64_t rid)
     return s_now_ms();
 }
 
-/* Forwards one message from the main thread's pipe to the coordinator. */
+/* Forwards one message from the main thread's pipe to the coordinator.
+ * While the coordinator is away the DEALER's queue may fill: the message is
+ * then dropped rather than waited for (progress is superseded by the next
+ * one; requests are retried by the main thread after their timeout), so this
+ * thread never blocks and keeps watching the coordinator's silence. */
 static void s_forward_out(serve_link_t *self)
 {
     void *dealer = statetune_client_socket(self->client);
-    int more = 1;
+    int more = 1, dropping = 0;
     while (more) {
         zmq_msg_t m;
         zmq_msg_init(&m);
@@ -91,7 +95,8 @@ static void s_forward_out(serve_link_t *self)
             return;
         }
         more = zmq_msg_more(&m);
-        zmq_msg_send(&m, dealer, more ? ZMQ_SNDMORE : 0);
+        if (!dropping && zmq_msg_send(&m, dealer, (more ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
+            dropping = 1; /* only the first frame can fail: the rest then follow it */
         zmq_msg_close(&m);
     }
 }
@@ -252,8 +257,11 @@ static int s_pipe_send(serve_link_t *self, json_t *msg, const void *payload, siz
     json_object_set_new(msg, "group", json_string(self->group));
     char *text = json_dumps(msg, JSON_COMPACT);
     if (!text) return st_fail(err, ST_ENOMEM, "out of memory");
-    int rc = zmq_send(self->pipe_main, text, strlen(text), payload ? ZMQ_SNDMORE : 0);
+    /* the link thread reads the pipe constantly; should it ever lag, a
+     * notification is dropped rather than stalling the tuning loop */
+    int rc = zmq_send(self->pipe_main, text, strlen(text), (payload ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
     free(text);
+    if (rc < 0 && errno == EAGAIN) return st_fail(err, ST_EBUSY, "the link to the coordinator is backed up");
     if (rc >= 0 && payload) rc = zmq_send(self->pipe_main, payload, plen, 0);
     if (rc < 0) return st_fail(err, ST_ENET, "link pipe: %s", zmq_strerror(errno));
     return ST_OK;
