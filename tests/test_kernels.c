@@ -598,6 +598,37 @@ static int test_dbp_q(void)
     return 0;
 }
 
+
+/* ---- row/column-blocked sgemm ------------------------------------------- */
+
+static int test_sgemm_blocks(void)
+{
+    rng_t g = {71};
+    /* tall (split by rows) and short-wide (split by columns), both op(B) */
+    int shapes[2][3] = {{700, 40, 33}, {9, 1000, 40}};
+    for (int sh = 0; sh < 2; sh++)
+        for (int tb = 0; tb < 2; tb++) {
+            int M = shapes[sh][0], N = shapes[sh][1], K = shapes[sh][2];
+            float *A = s_randn(&g, (size_t)M * K, 1), *Bm = s_randn(&g, (size_t)N * K, 1);
+            float *Cm = s_randn(&g, (size_t)M * N, 1), *C0 = malloc((size_t)M * N * 4);
+            memcpy(C0, Cm, (size_t)M * N * 4);
+            sgemm_rows_cpu(tb, M, N, K, 0.5f, A, K, Bm, tb ? K : N, 2.0f, Cm, N);
+            double worst = 0;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double ref = 2.0 * C0[(size_t)i * N + j];
+                    for (int k = 0; k < K; k++)
+                        ref += 0.5 * A[(size_t)i * K + k] *
+                               (tb ? Bm[(size_t)j * K + k] : Bm[(size_t)k * N + j]);
+                    double e = fabs(ref - Cm[(size_t)i * N + j]);
+                    if (e > worst) worst = e;
+                }
+            CHECKF(worst < 1e-4, "M %d N %d K %d transB %d: max error %g", M, N, K, tb, worst);
+            free(A), free(Bm), free(Cm), free(C0);
+        }
+    return 0;
+}
+
 static const st_test_t s_tests[] = {
     {"layernorm", test_layernorm},
     {"tokenshift", test_tokenshift},
@@ -609,6 +640,7 @@ static const st_test_t s_tests[] = {
     {"channelmix", test_channelmix},
     {"head", test_head},
     {"dbp_q", test_dbp_q},
+    {"sgemm_blocks", test_sgemm_blocks},
     {NULL, NULL},
 };
 

@@ -33,22 +33,29 @@ void sgemm_rows_cpu(int transB, int M, int N, int K, float alpha, const float *A
 #ifdef _OPENMP
     if ((double)M * N * K > 2e5 && !omp_in_parallel()) nt = omp_get_max_threads();
 #endif
-    if (nt <= 1 || M < 16) {
+    if (nt <= 1) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    /* Blocks of at least 64 rows, a few per thread, handed out dynamically: on
-     * a shared machine a descheduled thread then delays only its current
-     * block, not half of the product. */
-    int per = (M + 4 * nt - 1) / (4 * nt);
+    /* Blocks of at least 64 rows (or, for short wide products such as a
+     * chunk of the head at a large vocabulary, of 64 columns), a few per
+     * thread, handed out dynamically: on a shared machine a descheduled
+     * thread then delays only its current block, not half of the product. */
+    int by_rows = M >= 128 * nt || N < 128 * nt;
+    int len = by_rows ? M : N;
+    int per = (len + 4 * nt - 1) / (4 * nt);
     if (per < 64) per = 64;
     per = (per + 7) & ~7;
-    int nb = (M + per - 1) / per;
+    int nb = (len + per - 1) / per;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int blk = 0; blk < nb; blk++) {
-        int m0 = blk * per, m1 = m0 + per < M ? m0 + per : M;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, m1 - m0, N, K, alpha, A + (size_t)m0 * lda,
-                    lda, B, ldb, beta, C + (size_t)m0 * ldc, ldc);
+        int i0 = blk * per, i1 = i0 + per < len ? i0 + per : len;
+        if (by_rows)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, i1 - i0, N, K, alpha, A + (size_t)i0 * lda,
+                        lda, B, ldb, beta, C + (size_t)i0 * ldc, ldc);
+        else /* columns i0..i1 of C come from rows (transB) or columns of B */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, M, i1 - i0, K, alpha, A, lda,
+                        transB ? B + (size_t)i0 * ldb : B + i0, ldb, beta, C + i0, ldc);
     }
 }
 
