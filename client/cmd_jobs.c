@@ -445,17 +445,27 @@ int cmd_cancel(int argc, char **argv, const char *endpoint)
 
 /* ---- jobs ----------------------------------------------------------------- */
 
-static const char *const s_jobs_usage = "usage: statetune [--endpoint E] jobs [--json]\n";
+static const char *const s_jobs_usage =
+    "usage: statetune [--endpoint E] jobs [--json] [--all]\n"
+    "Lists the newest 500 jobs (--all: every job).\n";
 
 int cmd_jobs(int argc, char **argv, const char *endpoint)
 {
     cmd_conn_opts_t o = {0};
     const char *pos[1];
+    int all = 0;
+    for (int i = 1; i < argc; i++) /* --all is this command's own; s_parse sees the rest */
+        if (!strcmp(argv[i], "--all")) {
+            all = 1;
+            for (int k = i; k + 1 < argc; k++) argv[k] = argv[k + 1];
+            argc--;
+            i--;
+        }
     int npos, r = s_parse(argc, argv, s_jobs_usage, &o, pos, 0, &npos, NULL, NULL);
     if (r) return r < 0 ? 2 : 0;
     statetune_client_t *c = cmd_connect(endpoint, &o);
     if (!c) return 1;
-    json_t *req = json_pack("{s:s}", "type", "jobs"), *rep = NULL;
+    json_t *req = json_pack("{s:s, s:i}", "type", "jobs", "limit", all ? 0 : 500), *rep = NULL;
     int rc = cmd_request(c, &o, req, &rep, NULL, NULL);
     json_decref(req);
     statetune_client_destroy(&c);

@@ -27,7 +27,7 @@ static const char *const s_status_usage[] = {"[--endpoint ENDPOINT] status JOB [
 static const char *const s_wait_usage[] = {"[--endpoint ENDPOINT] wait JOB [--timeout S]" CURVE_OPTS, NULL};
 static const char *const s_watch_usage[] = {"[--endpoint ENDPOINT] watch JOB" CURVE_OPTS, NULL};
 static const char *const s_cancel_usage[] = {"[--endpoint ENDPOINT] cancel JOB" CURVE_OPTS, NULL};
-static const char *const s_jobs_usage[] = {"[--endpoint ENDPOINT] jobs [--json]" CURVE_OPTS, NULL};
+static const char *const s_jobs_usage[] = {"[--endpoint ENDPOINT] jobs [--json] [--all]" CURVE_OPTS, NULL};
 static const char *const s_events_usage[] = {"[--endpoint ENDPOINT] events JOB [--json] [--since N]" CURVE_OPTS, NULL};
 static const char *const s_keys_usage[] = {"keys gen DIR/NAME", NULL};
 

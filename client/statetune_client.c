@@ -145,7 +145,7 @@ statetune_client_t *statetune_client_new(const char *endpoint, const statetune_c
         goto fail;
     }
     /* Our own receive limit: a reply is at most one JSON frame plus one state. */
-    int64_t maxmsg = (int64_t)ST_PROTO_MAX_PAYLOAD + ST_PROTO_MAX_JSON;
+    int64_t maxmsg = 2 * (int64_t)ST_PROTO_MAX_PAYLOAD;
     zmq_setsockopt(self->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     if (opts->identity) zmq_setsockopt(self->sock, ZMQ_ROUTING_ID, opts->identity, strlen(opts->identity));
 
@@ -260,10 +260,13 @@ int statetune_client_recv(statetune_client_t *self, int timeout_ms, json_t **msg
         return st_fail(err, ST_ENET, "receive: %s", zmq_strerror(errno));
     }
     size_t len = zmq_msg_size(&frame);
-    if (len > ST_PROTO_MAX_JSON) {
+    /* Replies may be long (a job list, a long job's events): the limit on
+     * what the coordinator accepts (1 MiB) does not apply to what it sends,
+     * only libzmq's cap on the whole message does. */
+    if (len > ST_PROTO_MAX_PAYLOAD) {
         zmq_msg_close(&frame);
         s_drain(self->sock);
-        return st_fail(err, ST_EFORMAT, "a message of %zu bytes exceeds the %u-byte limit", len, ST_PROTO_MAX_JSON);
+        return st_fail(err, ST_EFORMAT, "a message of %zu bytes exceeds the %u-byte limit", len, ST_PROTO_MAX_PAYLOAD);
     }
     json_error_t jerr;
     json_t *doc = json_loadb(zmq_msg_data(&frame), len, 0, &jerr);

@@ -36,6 +36,7 @@
 #define MAX_FRAMES 3            /* identity + JSON + payload */
 #define MAX_GROUPS 4096         /* more hellos than this are refused */
 #define GROUP_ID_MAX 128
+#define JOBS_LIMIT 500          /* jobs listed unless the request asks for more */
 
 typedef struct {
     char id[GROUP_ID_MAX];      /* group id == its DEALER routing id */
@@ -303,12 +304,19 @@ static int s_on_status(broker_t *self, json_t *msg, reply_t *r, char *err)
     return ST_OK;
 }
 
+/* The newest `limit` jobs (default JOBS_LIMIT; 0 = all), with `total`. */
 static int s_on_jobs(broker_t *self, json_t *msg, reply_t *r, char *err)
 {
+    int64_t limit = JOBS_LIMIT;
+    if (json_object_get(msg, "limit") && s_int_field(msg, "limit", &limit, err)) return ST_EFORMAT;
+    if (limit < 0) return st_fail(err, ST_EINVAL, "field 'limit' must be 0 (all) or a positive count");
     json_t *list = NULL;
     int rc = sched_jobs_json(self->sched, &list, err);
     if (rc) return rc;
+    size_t total = json_array_size(list);
+    while (limit > 0 && json_array_size(list) > (size_t)limit) json_array_remove(list, json_array_size(list) - 1);
     json_object_set_new(r->rep, "jobs", list);
+    json_object_set_new(r->rep, "total", json_integer((json_int_t)total));
     return ST_OK;
 }
 
