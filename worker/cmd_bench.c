@@ -26,6 +26,7 @@
 #include "engine/engine.h"
 #include "model/model.h"
 
+#include <cblas.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,7 +180,7 @@ int cmd_bench(int argc, char **argv)
     double tps = (double)n * steps / dt;
     double P = (double)rwkv_model_param_count(model);
     size_t peak = engine_peak_mem_bytes(eng) + 4 * ns * sizeof(float); /* S0, grad, m, v */
-    json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f}",
+    json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:s}",
                             "backend", backend == ENGINE_CUDA ? "cuda" : "cpu",
                             "precision", precision == ENGINE_BF16 ? "bf16" : "fp32",
                             "layers", L, "embd", C, "vocab", V, "batch", B, "ctx", T, "steps", steps,
@@ -187,7 +188,11 @@ int cmd_bench(int argc, char **argv)
                             "params", (json_int_t)P, "tokens_per_s", tps,
                             "step_ms", dt * 1e3 / steps, "tflops", 4.0 * P * tps / 1e12,
                             "peak_mem_bytes", (json_int_t)peak, "loss_first", loss_first,
-                            "loss_last", loss_last, "cpu_s_per_step", cpu_per_step);
+                            "loss_last", loss_last, "cpu_s_per_step", cpu_per_step,
+                            /* which OpenBLAS kernels ran: 0.3.21 takes AMD Zen 4 for a
+                             * Haswell (AVX2) and its sgemm for AVX-512
+                             * (OPENBLAS_CORETYPE=SkylakeX) is much faster there */
+                            "blas_core", openblas_get_corename());
     char *line = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(out);
     if (!line) {
