@@ -93,9 +93,11 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   [ -x "$rt/bin/dev_wkv7_bench" ] && step dev_wkv7_bench "$rt/bin/dev_wkv7_bench"
   w=$rt/bin/statetune-worker
-  for shape in "12 768" "24 1024" "24 2048"; do
+  # SPEC section 8: batch 8 x ctx 1024, vocab 65536, bf16 (the baseline's precision); fp32 once
+  for shape in "12 768 bf16" "24 1024 bf16" "24 2048 bf16" "12 768 fp32"; do
     set -- $shape
-    step "bench-${1}x${2}" "$w" bench --layers "$1" --embd "$2" --vocab 65536 --batch 8 --ctx 1024 --backend cuda --steps 5
+    step "bench-${1}x${2}-$3" "$w" bench --layers "$1" --embd "$2" --vocab 65536 --batch 8 --ctx 1024 \
+      --backend cuda --precision "$3" --steps 5
   done
 fi
 echo "==== summary ($(date -u +%H:%M:%S) UTC) ===="

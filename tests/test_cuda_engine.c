@@ -81,18 +81,37 @@ static void s_free(outputs_t *o)
     free(o->dstate0);
 }
 
-static int s_compare(engine_precision_t prec, double tl, double tloss, double tg, double ts)
+/* Compares the CUDA engine at precision prec with the CPU engine on model m
+ * (a fresh random one when fixture is NULL). */
+static int s_compare_model(const char *fixture, engine_precision_t prec, double tl, double tloss, double tg,
+                           double ts)
 {
     if (!s_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
-    rwkv_config_t cfg = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
-                         .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    rwkv_config_t cfg0 = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
+                          .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
     char err[ST_ERR_LEN];
-    rwkv_model_t *m = rwkv_model_new_random(&cfg, seed, err);
+    rwkv_model_t *m = NULL;
+    if (fixture) {
+        const char *path = st_test_fixture(fixture);
+        if (!path) return ST_TEST_SKIP;
+        m = rwkv_model_load(path, err);
+    } else {
+        const char *shape = getenv("STATETUNE_TEST_RANDOM_SHAPE"); /* diagnostics: "L,C,V,F" */
+        if (shape && *shape) {
+            sscanf(shape, "%d,%d,%d,%d", &cfg0.n_layer, &cfg0.n_embd, &cfg0.vocab, &cfg0.ffn_dim);
+            cfg0.n_head = cfg0.n_embd / 64;
+        }
+        m = rwkv_model_new_random(&cfg0, seed, err);
+    }
     CHECKF(m != NULL, "%s", err);
-    const int B = 3, T = 37;
+    const rwkv_config_t cfg = m->cfg;
+    int B = 2, T = fixture ? 64 : 37;
+    /* diagnostics: STATETUNE_TEST_BT="B,T" overrides the shape */
+    const char *bt_env = getenv("STATETUNE_TEST_BT");
+    if (bt_env && *bt_env) sscanf(bt_env, "%d,%d", &B, &T);
     size_t R = (size_t)B * T, ns = (size_t)cfg.n_layer * rwkv_state_layer_size(&cfg);
     int32_t *tok = malloc(R * 4), *tgt = malloc(R * 4);
     float *s0 = malloc(ns * sizeof(float));
@@ -126,6 +145,11 @@ static int s_compare(engine_precision_t prec, double tl, double tloss, double tg
     if (!(es <= ts)) { fprintf(stderr, "final_state rel err %.3e > %.1e\n", es, ts); rc = 1; }
     if (!(eloss <= tloss)) { fprintf(stderr, "loss abs err %.3e > %.1e\n", eloss, tloss); rc = 1; }
     if (gpu.n_targets != cpu.n_targets) { fprintf(stderr, "target counts differ\n"); rc = 1; }
+    size_t hnn = rwkv_state_layer_size(&cfg);
+    printf("      grad_state0 rel err by layer:");
+    for (int l = 0; l < cfg.n_layer; l++)
+        printf(" %.2e", st_rel_err_ff(gpu.dstate0 + l * hnn, cpu.dstate0 + l * hnn, hnn));
+    printf("\n");
 done:
     s_free(&cpu);
     s_free(&gpu);
@@ -137,10 +161,16 @@ done:
 }
 
 /* shared/fixtures/README.md: GPU fp32 1e-4 / 1e-4 / 1e-3 / 1e-4 */
-static int test_fp32_matches_cpu(void) { return s_compare(ENGINE_FP32, 1e-4, 1e-4, 1e-3, 1e-4); }
+static int test_fp32_matches_cpu(void) { return s_compare_model(NULL, ENGINE_FP32, 1e-4, 1e-4, 1e-3, 1e-4); }
 
 /* GPU bf16 weights and activations, fp32 state: 3e-2 / 3e-2 / 5e-2 / 3e-2 */
-static int test_bf16_matches_cpu(void) { return s_compare(ENGINE_BF16, 3e-2, 3e-2, 5e-2, 3e-2); }
+static int test_bf16_matches_cpu(void) { return s_compare_model(NULL, ENGINE_BF16, 3e-2, 3e-2, 5e-2, 3e-2); }
+
+/* The same on the fixtures' random 4 x 256 model (bf16 weights), fresh inputs. */
+static int test_bf16_small_fixture(void)
+{
+    return s_compare_model("rwkv7/small.safetensors", ENGINE_BF16, 3e-2, 3e-2, 5e-2, 3e-2);
+}
 
 /* A batch larger than the plan is refused with a sentence, not a crash. */
 static int test_refuses_oversized_batch(void)
@@ -171,6 +201,7 @@ int main(int argc, char **argv)
     static const st_test_t tests[] = {
         {"fp32_matches_cpu", test_fp32_matches_cpu},
         {"bf16_matches_cpu", test_bf16_matches_cpu},
+        {"bf16_small_fixture", test_bf16_small_fixture},
         {"refuses_oversized_batch", test_refuses_oversized_batch},
         {NULL, NULL},
     };

@@ -650,7 +650,10 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, char *err)
     ST_CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&e->blas));
     CUBLAS_CHECK(cublasSetStream(e->blas, e->stream));
-    CUBLAS_CHECK(cublasSetMathMode(e->blas, CUBLAS_DEFAULT_MATH)); /* no TF32 in fp32 mode */
+    /* no TF32 in fp32 mode; and bf16 products never reduce split-K partial
+     * sums in bf16 */
+    CUBLAS_CHECK(cublasSetMathMode(e->blas, (cublasMath_t)(CUBLAS_DEFAULT_MATH |
+                                                          CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
 
     carver_t cw = {NULL, 0}, ca = {NULL, 0};
     plan_weights(e, &cw);

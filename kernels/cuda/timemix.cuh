@@ -114,11 +114,14 @@ __global__ void timemix_fwd_kernel(int RH, int H, const float *__restrict__ wl, 
     for (int e = 0; e < 2; e++) {
         const int n = lane + 32 * e, c = h * 64 + n;
         const size_t i = base + n;
-        const float q = u[e] * inv;
-        kk[i] = from_f<T>(q);
+        const T qs = from_f<T>(u[e] * inv), as = from_f<T>(av[e]);
+        kk[i] = qs;
         kf[i] = from_f<T>(kr[e] * (1.f + (av[e] - 1.f) * k_a[c]));
-        wa[i] = from_f<T>(-q);
-        wb[i] = from_f<T>(q * av[e]);
+        /* wa and wb from the stored (rounded) kk and a, exactly as
+         * wkv_ab_kernel rebuilds them for the backward: the WKV backward
+         * steps the state back with them and needs bit-identical inputs */
+        wa[i] = from_f<T>(-to_f(qs));
+        wb[i] = from_f<T>(to_f(qs) * to_f(as));
     }
 }
 
