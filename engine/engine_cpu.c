@@ -35,6 +35,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -170,6 +171,20 @@ static int s_plan(engine_cpu_t *e, const rwkv_config_t *c, int B, int T, int nck
     return n;
 }
 
+/* MemAvailable of /proc/meminfo in MB, or 0 when it cannot be read (then
+ * only the allocation itself can refuse the plan). */
+static double s_available_mb(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    double kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    fclose(f);
+    return kb / 1e3;
+}
+
 engine_cpu_t *engine_cpu_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err)
 {
     const rwkv_config_t *c = &model->cfg;
@@ -200,6 +215,15 @@ engine_cpu_t *engine_cpu_new(const rwkv_model_t *model, const engine_opts_t *opt
     size_t total = 0;
     for (int i = 0; i < n; i++) total += (tab[i].elements + 15) & ~(size_t)15; /* 64-byte aligned */
     e->mem_floats = total;
+    double need_mb = total * 4.0 / 1e6, avail_mb = s_available_mb();
+    if (avail_mb > 0 && need_mb > avail_mb) {
+        st_fail(err, ST_ENOMEM,
+                "the CPU engine needs %.0f MB of activation memory for %d x %d tokens but only %.0f MB "
+                "are available (use a smaller batch or context)",
+                need_mb, e->maxB, e->maxT, avail_mb);
+        free(e);
+        return NULL;
+    }
     if (posix_memalign((void **)&e->mem, 64, total * sizeof(float)) != 0) {
         st_fail(err, ST_ENOMEM,
                 "the CPU engine needs %.1f MB of activation memory for %d x %d tokens and could not get it",
