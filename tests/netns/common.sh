@@ -77,6 +77,15 @@ EOF
 # group_mpirun ARGS...: the worker group's mpirun on node1, ranks on node1 and
 # node2 (one each), ARGS being statetune-worker's arguments. Runs in the
 # foreground; callers add & and >log.
+#
+# The oob_tcp_keepalive settings make mpirun and its daemons notice a node
+# that has gone silent within KEEPALIVE_S (2 + 1 x 3 s idle probes: the
+# daemons' channel is idle while the ranks compute). Open MPI 4.1's defaults
+# (300 + 20 x 9 s) leave mpirun waiting 8 minutes; and once a rank's watchdog
+# has called MPI_Abort, mpirun's kill order to the lost daemon sits in TCP
+# retransmission, where keepalives no longer apply, and mpirun hangs for many
+# minutes more. So the keepalive must end the group before the watchdog does
+# (docs/multi-node.md, /work/notes/findings.md).
 group_mpirun() {
     netns_exec node1 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
         STATETUNE_DIST_TIMEOUT_S="${STATETUNE_DIST_TIMEOUT_S:-30}" \
@@ -84,9 +93,11 @@ group_mpirun() {
         --mca plm_rsh_agent "$NETNS_DIR/rsh-netns.sh" \
         --mca btl tcp,self --mca btl_tcp_if_include "$NETNS_SUBNET" \
         --mca oob_tcp_if_include "$NETNS_SUBNET" \
+        --mca oob_tcp_keepalive_time 2 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \
         -x NETNS_ID -x STATETUNE_DIST_TIMEOUT_S -x OMP_NUM_THREADS=1 \
         "$WORKER" "$@"
 }
+KEEPALIVE_S=5
 
 # link_bytes HOST: bytes received + sent on HOST's eth0 so far
 link_bytes() {

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# cluster_service.sh - the service across hosts (issue #12, steps 3 and 4): a
+# tests/netns/cluster.sh cluster with the coordinator on `coord` (bound to
+# coord's address, CURVE on), a worker group spanning node1 and node2
+# (mpirun on node1, endpoint tcp://coord:5555 resolved through the hosts'
+# /etc/hosts) and the client on `client`.
+#
+#   cluster_service.sh e2e        submit, watch, wait, states get: the state
+#                                 the group tuned, over CURVE, across hosts
+#   cluster_service.sh partition  node2's link goes down mid-job: the group
+#                                 ends with a clear error within a bound, the
+#                                 coordinator marks it lost and requeues the
+#                                 job; the link comes back, a new group
+#                                 finishes the job from its checkpoint, and the
+#                                 registry holds ONE version of the state
+#
+# Exit 77 (skipped) without root / network namespaces, mpirun or the fixtures.
+set -u
+scenario=${1:?usage: cluster_service.sh e2e|partition}
+. "$(cd "$(dirname "$0")" && pwd)/netns/common.sh"
+cluster_prepare "service-$scenario"
+make_data
+
+PORT=5555
+HB_MS=500                       # a group silent for 3 x 500 ms is lost
+export STATETUNE_DIST_TIMEOUT_S=10  # a collective stuck this long ends the group
+BOUND_S=20                      # the partitioned group must be gone within this
+
+# ---- keys: the coordinator's, one client's, one group's (the last two allowed)
+mkdir -p "$T/keys" "$T/allow"
+for k in keys/coordinator allow/alice allow/group; do
+    "$ST" keys gen "$T/$k" >/dev/null || fail "keys gen $k failed"
+done
+
+# stc ARGS...: the client on host `client`, over CURVE
+stc() {
+    netns_exec client env STATETUNE_ENDPOINT="tcp://coord:$PORT" \
+        STATETUNE_CURVE_SECRET="$T/allow/alice.key" STATETUNE_SERVER_KEY="$T/keys/coordinator.pub" "$ST" "$@"
+}
+
+start_coordinator() {
+    netns_exec coord "$COORDINATOR" --bind "tcp://$(netns_addr coord):$PORT" --db "$T/registry.db" \
+        --curve-secret "$T/keys/coordinator.key" --allow "$T/allow" --heartbeat-ms $HB_MS \
+        >>"$T/coordinator.log" 2>&1 &
+    for _ in $(seq 100); do
+        stc jobs --timeout-ms 500 >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    fail "the coordinator did not answer the client from another host"
+}
+
+# start_group NAME: a worker group on node1+node2; its mpirun's pid in GROUP_PID
+start_group() {
+    group_mpirun --coordinator "tcp://coord:$PORT" --threads 1 --coordinator-timeout 30 \
+        --curve-secret "$T/allow/group.key" --curve-public "$T/allow/group.pub" \
+        --server-key "$T/keys/coordinator.pub" >"$T/group-$1.log" 2>&1 &
+    GROUP_PID=$!
+}
+
+status_of() { stc status "$1" --json | json 'd["status"]'; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds
+wait_for() {
+    local what=$1 secs=$2
+    shift 2
+    local end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $end ] || fail "timed out after ${secs}s waiting for $what"
+        sleep 0.2
+    done
+}
+
+# checkpoint_at_least JOB STEP: a checkpoint event at or past STEP exists
+checkpoint_at_least() {
+    stc events "$1" --json | json "int(max([e['data']['step'] if isinstance(e['data'], dict) else json.loads(e['data'])['step'] for e in d if e['kind']=='checkpoint'] or [0]) >= $2 or exit(1))"
+}
+is_status() { [ "$(status_of "$1")" = "$2" ]; }
+
+case $scenario in
+e2e)
+    start_coordinator
+    start_group a
+    make_job tabs 12 4
+    J=$(stc submit "$T/tabs.json") || fail "submit from the client host failed"
+    echo "submitted job $J from host client"
+    stc watch "$J" >"$T/watch.log" 2>&1 || fail "watch did not end in success"
+    grep -q "step 12/12" "$T/watch.log" || fail "watch showed no progress up to step 12"
+    grep -q "registered tabs@1" "$T/watch.log" || fail "watch did not report the registered state"
+    stc wait "$J" --timeout 60 || fail "wait did not exit 0 for a succeeded job"
+    [ "$(status_of "$J")" = succeeded ] || fail "status is not succeeded"
+    grep -q "says hello: 2 ranks" "$T/coordinator.log" || fail "the coordinator never saw a two-rank group"
+    stc states get tabs@latest -o "$T/got.safetensors" || fail "states get from the client host failed"
+    rel=$(state_rel "$T/got.safetensors" "$T/registry.db.jobs/$J/state.safetensors") || fail "could not compare the states"
+    [ "$rel" = 0.0 ] || fail "the fetched state differs from the one the group wrote (rel $rel)"
+    # and the group's state is the one a single rank computes for the job
+    "$WORKER" tune "$T/tabs.json" --local --out "$T/one" --threads 1 >"$T/one.log" 2>&1 || fail "one-rank run failed"
+    rel=$(state_rel "$T/one/state.safetensors" "$T/got.safetensors") || fail "could not compare the states"
+    echo "registered state vs one rank: relative difference $rel"
+    "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-5 else 1)" "$rel" || fail "states differ by $rel"
+    # a client with a key the coordinator does not allow gets nothing
+    "$ST" keys gen "$T/keys/mallory" >/dev/null || fail "keys gen failed"
+    netns_exec client "$ST" --endpoint "tcp://coord:$PORT" jobs --timeout-ms 1500 --curve-secret "$T/keys/mallory.key" \
+        --server-key "$T/keys/coordinator.pub" 2>"$T/mallory.txt" && fail "a client with a refused key was served"
+    # the coordinator is bound to coord's address only: not to its loopback
+    netns_exec coord "$ST" --endpoint "tcp://127.0.0.1:$PORT" jobs --timeout-ms 1000 \
+        --curve-secret "$T/allow/alice.key" --server-key "$T/keys/coordinator.pub" >/dev/null 2>&1 &&
+        fail "the coordinator answered on 127.0.0.1 although bound to $(netns_addr coord)"
+    ;;
+
+partition)
+    start_coordinator
+    start_group a
+    A=$GROUP_PID
+    make_job part 400 10
+    J=$(stc submit "$T/part.json") || fail "submit failed"
+    wait_for "a checkpoint of job $J at step 20" 90 checkpoint_at_least "$J" 20
+    netns_cut node2
+    t0=$SECONDS
+    echo "node2's link is down (job $J past its step-20 checkpoint)"
+    # the group must end by itself within the bound
+    while kill -0 "$A" 2>/dev/null; do
+        [ $((SECONDS - t0)) -le $BOUND_S ] || fail "the group was still running ${BOUND_S}s after node2 was cut off"
+        sleep 0.5
+    done
+    wait "$A"
+    rc=$?
+    echo "group a ended $((SECONDS - t0)) s after the cut, exit $rc"
+    [ $rc -ne 0 ] || fail "the partitioned group exited 0"
+    # mpirun's keepalive (KEEPALIVE_S) normally fires before the ranks' watchdog
+    if grep -q "lost communication with a remote daemon" "$T/group-a.log"; then
+        echo "mpirun: lost communication with node2's daemon"
+    elif grep -q "took longer than $STATETUNE_DIST_TIMEOUT_S s" "$T/group-a.log"; then
+        echo "a rank's watchdog ended the group"
+    else
+        fail "the group's log does not say why it ended"
+    fi
+    # the cut-off side cleans up too: node2's daemon loses mpirun and ends its rank
+    wait_for "node2 to have no rank left" 20 sh -c "! ip netns pids $NETNS_ID-node2 | xargs -r ps -o args= -p | grep -q statetune-worker"
+    wait_for "job $J to go back to the queue" 15 is_status "$J" queued
+    echo "job $J requeued $((SECONDS - t0)) s after the cut"
+    grep -q "is lost" "$T/coordinator.log" || fail "the coordinator did not log the lost group"
+    netns_heal node2
+    echo "node2's link is back"
+    start_group b
+    stc wait "$J" --timeout 120 || fail "job $J did not finish on the second group"
+    stc events "$J" | grep -q "requeued" || fail "no requeue event"
+    stc status "$J" --json | json 'int(d["attempt"] == 2 or exit(1))' >/dev/null || fail "the job did not run exactly twice"
+    n=$(stc states list --json | json 'len([s for s in d if s["name"] == "part"])')
+    versions=$(stc states show part@latest --json | json 'd["version"]')
+    [ "$n" = 1 ] && [ "$versions" = 1 ] || fail "expected one registered version of 'part', found $n state(s), latest version $versions"
+    from=$(stc states show part@latest --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
+    echo "second group resumed from step $from"
+    "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= 20 else 1)" "$from" || fail "the second group did not resume from the checkpoint (from $from)"
+    ;;
+*)
+    echo "unknown scenario '$scenario'"
+    exit 2
+    ;;
+esac
+echo "ok: cluster_service $scenario"
