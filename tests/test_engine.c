@@ -294,7 +294,10 @@ static int test_microbatch_invariance(void)
     /* forward only gives the same loss and leaves no gradient */
     engine_batch_t bf = {.tokens = f.tok, .targets = f.tgt, .B = 3, .T = f.T, .state0 = f.s0};
     CHECKF(engine_run(f.e, &bf, err) == ST_OK, "%s", err);
-    CHECK(fabs(bf.loss_sum - b.loss_sum) < 1e-9 * fabs(sum));
+    /* (not bit for bit: the engine may change its thread count between runs,
+     * which changes the summation order) */
+    CHECKF(fabs(bf.loss_sum - b.loss_sum) < 1e-6 * fabs(sum), "%.9f vs %.9f", bf.loss_sum,
+           b.loss_sum);
     /* a shorter batch than planned works too */
     engine_batch_t bs = {.tokens = f.tok, .targets = f.tgt, .B = 1, .T = 5, .state0 = f.s0};
     CHECKF(engine_run(f.e, &bs, err) == ST_OK, "%s", err);
