@@ -436,8 +436,9 @@ static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
     float *x0 = e->x_res;
     for (int i = 0; i < R; i++)
         memcpy(x0 + (size_t)i * C, m->emb + (size_t)bt->tokens[i] * C, C * sizeof(float));
-    layernorm_forward_cpu(R, C, x0, m->layers[0].ln0_w, m->layers[0].ln0_b, RWKV_LN_EPS, x0, NULL,
-                          NULL);
+    if (m->layers[0].ln0_w) /* every official checkpoint has it; tolerate its absence */
+        layernorm_forward_cpu(R, C, x0, m->layers[0].ln0_w, m->layers[0].ln0_b, RWKV_LN_EPS, x0,
+                              NULL, NULL);
     for (int l = 0; l < L; l++)
         s_layer_forward(e, l, B, T, bt->state0 + (size_t)l * HNN, bt->final_state);
 

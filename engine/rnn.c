@@ -97,8 +97,12 @@ int rwkv_rnn_step(rwkv_rnn_t *s, int32_t token, float *logits, char *err)
         return st_fail(err, ST_EINVAL, "token id %d is outside the vocabulary of %d", (int)token,
                        c->vocab);
     size_t S = rwkv_state_layer_size(c);
-    layernorm_forward_cpu(1, C, m->emb + (size_t)token * C, m->layers[0].ln0_w, m->layers[0].ln0_b,
-                          RWKV_LN_EPS, s->x, NULL, NULL);
+    const float *e = m->emb + (size_t)token * C;
+    if (m->layers[0].ln0_w)
+        layernorm_forward_cpu(1, C, e, m->layers[0].ln0_w, m->layers[0].ln0_b, RWKV_LN_EPS, s->x,
+                              NULL, NULL);
+    else
+        memcpy(s->x, e, C * sizeof(float));
     for (int l = 0; l < L; l++) {
         const rwkv_layer_t *p = &m->layers[l];
         float *ash = s->att_shift + (size_t)l * C, *fsh = s->ffn_shift + (size_t)l * C;
