@@ -13,12 +13,14 @@
 #             (relative difference <= 1e-5)
 #   kill      kill -9 of one rank under mpirun ends the group with an error
 #             within 30 s and no state is written
+#   hang      a rank that stops answering (SIGSTOP) makes the watchdog end
+#             the group with a clear message within the timeout
 #   validate  a bad job file or a bad JSONL line fails before any compute,
 #             naming the key or the line
 #
 # Exit 77 (skipped) when the fixtures, the Python sources or mpirun are absent.
 set -u
-mode=${1:?usage: tune_local.sh decrease|resume|mpi|kill|validate}
+mode=${1:?usage: tune_local.sh decrease|resume|mpi|kill|hang|validate}
 here=$(cd "$(dirname "$0")" && pwd)
 build=${STATETUNE_BUILD_DIR:-$here/../build}
 worker=$build/worker/statetune-worker
@@ -158,6 +160,39 @@ kill)
     echo "group ended $((t1 - t0)) s after kill -9 of rank pid $victim, exit $rc"
     [ $rc -ne 0 ] || fail "the group exited 0 after losing a rank"
     [ ! -e "$tmp/out/state.safetensors" ] || fail "a state was written by a broken group"
+    ;;
+hang)
+    # a rank that stops answering (SIGSTOP: alive, but never reaches the next
+    # all-reduce) is caught by dist.c's watchdog, which aborts the group
+    command -v mpirun >/dev/null || skip "mpirun not found"
+    job hang 500 8 4
+    STATETUNE_DIST_TIMEOUT_S=5 mpirun -np 2 --oversubscribe "$worker" tune "$tmp/hang.json" --local --out "$tmp/out" \
+        >"$tmp/o" 2>"$tmp/e" &
+    mp=$!
+    for _ in $(seq 1 120); do
+        grep -q '^step 2/' "$tmp/e" 2>/dev/null && break
+        sleep 0.5
+    done
+    grep -q '^step 2/' "$tmp/e" || { kill -9 $mp; fail "the group never started stepping: $(cat "$tmp/e")"; }
+    victim=$(pgrep -P $mp -f statetune-worker | tail -1)
+    [ -n "$victim" ] || { kill -9 $mp; fail "no rank process found under mpirun $mp"; }
+    t0=$(date +%s)
+    kill -STOP "$victim"
+    for _ in $(seq 1 60); do
+        kill -0 $mp 2>/dev/null || break
+        sleep 0.5
+    done
+    if kill -0 $mp 2>/dev/null; then
+        kill -9 "$victim" $mp
+        fail "the group was still running 30 s after a rank stopped answering"
+    fi
+    rc=0
+    wait $mp || rc=$?
+    t1=$(date +%s)
+    kill -9 "$victim" 2>/dev/null
+    echo "group ended $((t1 - t0)) s after SIGSTOP of rank pid $victim, exit $rc"
+    [ $rc -ne 0 ] || fail "the group exited 0 after a rank hung"
+    grep -q 'took longer than 5 s' "$tmp/e" || fail "no watchdog message: $(cat "$tmp/e")"
     ;;
 validate)
     echo '{"name": "v", "model": "'"$model"'", "train": "train.jsonl", "lr": 1.0}' >"$tmp/bad.json"
