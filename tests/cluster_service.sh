@@ -13,10 +13,17 @@
 #                                 job; the link comes back, a new group
 #                                 finishes the job from its checkpoint, and the
 #                                 registry holds ONE version of the state
+#   cluster_service.sh coord_partition  the coordinator's link goes down for
+#                                 6 s mid-job: the coordinator calls the group
+#                                 lost, the group (patient for 30 s) carries on;
+#                                 when the link is back it says hello again and
+#                                 takes its job back; one state version
+#   cluster_service.sh launch     the partition test with groups started by
+#                                 the deployment's deploy/launch-group.sh
 #
 # Exit 77 (skipped) without root / network namespaces, mpirun or the fixtures.
 set -u
-scenario=${1:?usage: cluster_service.sh e2e|partition}
+scenario=${1:?usage: cluster_service.sh e2e|partition|coord_partition|launch}
 . "$(cd "$(dirname "$0")" && pwd)/netns/common.sh"
 cluster_prepare "service-$scenario"
 make_data
@@ -25,6 +32,7 @@ PORT=5555
 HB_MS=500                       # a group silent for 3 x 500 ms is lost
 export STATETUNE_DIST_TIMEOUT_S=10  # a collective stuck this long ends the group
 BOUND_S=20                      # the partitioned group must be gone within this
+CUT_S=${CUT_S:-6}               # coord_partition: how long the coordinator is cut off
 
 # ---- keys: the coordinator's, one client's, one group's (the last two allowed)
 mkdir -p "$T/keys" "$T/allow"
@@ -51,9 +59,32 @@ start_coordinator() {
 
 # start_group NAME: a worker group on node1+node2; its mpirun's pid in GROUP_PID
 start_group() {
+    if [ "$scenario" = launch ]; then
+        start_group_launch "$1"
+        return
+    fi
     group_mpirun --coordinator "tcp://coord:$PORT" --threads 1 --coordinator-timeout 30 \
         --curve-secret "$T/allow/group.key" --curve-public "$T/allow/group.pub" \
         --server-key "$T/keys/coordinator.pub" >"$T/group-$1.log" 2>&1 &
+    GROUP_PID=$!
+}
+
+# start_group_launch NAME: the same group through the deployment's launcher,
+# deploy/launch-group.sh, configured as docs/multi-node.md says: a hostfile
+# with node1 first, STATETUNE_IFACE naming the nodes' interface, the keys in
+# one folder. Only the rsh agent (our "ssh"), the CPU-only transport list and
+# the OOB keepalive come in through STATETUNE_MPIRUN_ARGS.
+start_group_launch() {
+    mkdir -p "$T/groupkeys"
+    cp "$T/allow/group.key" "$T/groupkeys/worker.key"
+    cp "$T/allow/group.pub" "$T/groupkeys/worker.pub"
+    cp "$T/keys/coordinator.pub" "$T/groupkeys/coordinator.pub"
+    printf 'node1 slots=1\nnode2 slots=1\n' >"$T/hostfile"
+    netns_exec node1 env OMP_NUM_THREADS=1 STATETUNE_COORDINATOR="tcp://coord:$PORT" STATETUNE_NP=2 \
+        STATETUNE_RANKS_PER_NODE=1 STATETUNE_HOSTFILE="$T/hostfile" STATETUNE_BACKEND=cpu STATETUNE_IFACE=eth0 \
+        STATETUNE_KEYS="$T/groupkeys" STATETUNE_KEY_NAME=worker STATETUNE_WORKER="$WORKER" \
+        STATETUNE_MPIRUN_ARGS="--mca plm_rsh_agent $NETNS_DIR/rsh-netns.sh -x NETNS_ID -x STATETUNE_DIST_TIMEOUT_S --mca btl tcp,self $KEEPALIVE_ARGS" \
+        bash "$NETNS_DIR/../../deploy/launch-group.sh" >"$T/group-$1.log" 2>&1 &
     GROUP_PID=$!
 }
 
@@ -107,13 +138,14 @@ e2e)
         fail "the coordinator answered on 127.0.0.1 although bound to $(netns_addr coord)"
     ;;
 
-partition)
+partition | launch)
     start_coordinator
     start_group a
     A=$GROUP_PID
     make_job part 400 10
     J=$(stc submit "$T/part.json") || fail "submit failed"
     wait_for "a checkpoint of job $J at step 20" 90 checkpoint_at_least "$J" 20
+    grep -q "says hello: 2 ranks" "$T/coordinator.log" || fail "the coordinator never saw a two-rank group"
     netns_cut node2
     t0=$SECONDS
     echo "node2's link is down (job $J past its step-20 checkpoint)"
@@ -151,6 +183,28 @@ partition)
     from=$(stc states show part@latest --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
     echo "second group resumed from step $from"
     "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= 20 else 1)" "$from" || fail "the second group did not resume from the checkpoint (from $from)"
+    ;;
+coord_partition)
+    # the coordinator's host is cut off for longer than it takes to call the
+    # group lost, but shorter than the group's own patience: both sides go
+    # on, and must agree again when the link comes back
+    start_coordinator
+    start_group a
+    make_job split 300 10
+    J=$(stc submit "$T/split.json") || fail "submit failed"
+    wait_for "a checkpoint of job $J at step 10" 90 checkpoint_at_least "$J" 10
+    netns_cut coord
+    echo "coord's link is down (job $J past its step-10 checkpoint)"
+    sleep "$CUT_S"
+    netns_heal coord
+    echo "coord's link is back after $CUT_S s"
+    grep -q "is lost" "$T/coordinator.log" || fail "the coordinator did not call the group lost during a $CUT_S s cut"
+    stc wait "$J" --timeout 120 || fail "job $J did not finish after the coordinator's link came back"
+    grep -q "carries on with job $J" "$T/coordinator.log" || fail "the group did not take its job back after the cut"
+    n=$(stc states list --json | json 'len([s for s in d if s["name"] == "split"])')
+    versions=$(stc states show split@latest --json | json 'd["version"]')
+    [ "$n" = 1 ] && [ "$versions" = 1 ] || fail "expected one registered version of 'split', found $n state(s), latest version $versions"
+    kill -0 "$GROUP_PID" 2>/dev/null || fail "the group died although only the coordinator's link was down for $CUT_S s"
     ;;
 *)
     echo "unknown scenario '$scenario'"

@@ -112,7 +112,8 @@ netns_up() {
     ip -n "$id-br" link set br0 up
     for h in $NETNS_HOSTS; do
         ns=$id-$h
-        mkdir -p "/etc/netns/$ns" || { netns_down "$id"; return 1; }
+        # (twice: another cluster's teardown may rmdir an empty /etc/netns in between)
+        mkdir -p "/etc/netns/$ns" 2>/dev/null || mkdir -p "/etc/netns/$ns" || { netns_down "$id"; return 1; }
         {
             echo "127.0.0.1 localhost"
             echo "$(netns_addr "$h") $h"

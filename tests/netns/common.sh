@@ -74,6 +74,9 @@ make_job() {
 EOF
 }
 
+KEEPALIVE_ARGS="--mca oob_tcp_keepalive_time 2 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3"
+KEEPALIVE_S=5
+
 # group_mpirun ARGS...: the worker group's mpirun on node1, ranks on node1 and
 # node2 (one each), ARGS being statetune-worker's arguments. Runs in the
 # foreground; callers add & and >log.
@@ -93,11 +96,10 @@ group_mpirun() {
         --mca plm_rsh_agent "$NETNS_DIR/rsh-netns.sh" \
         --mca btl tcp,self --mca btl_tcp_if_include "$NETNS_SUBNET" \
         --mca oob_tcp_if_include "$NETNS_SUBNET" \
-        --mca oob_tcp_keepalive_time 2 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \
+        $KEEPALIVE_ARGS \
         -x NETNS_ID -x STATETUNE_DIST_TIMEOUT_S -x OMP_NUM_THREADS=1 \
         "$WORKER" "$@"
 }
-KEEPALIVE_S=5
 
 # link_bytes HOST: bytes received + sent on HOST's eth0 so far
 link_bytes() {
