@@ -44,6 +44,12 @@ fi
 for u in "$src"/deploy/systemd/*.service; do
     grep -q '^Restart=on-failure' "$u" || fail "$(basename "$u") has no Restart=on-failure"
     grep -q '^NoNewPrivileges=yes' "$u" || fail "$(basename "$u") is not hardened (NoNewPrivileges)"
+    # ProtectSystem=strict leaves /tmp read-only unless it is private (or
+    # listed in ReadWritePaths); SQLite and Open MPI both write there.
+    if grep -q '^ProtectSystem=strict' "$u" && ! grep -q '^PrivateTmp=yes' "$u" &&
+        ! grep -q '^ReadWritePaths=.*/tmp' "$u"; then
+        fail "$(basename "$u") makes /tmp read-only (ProtectSystem=strict without PrivateTmp)"
+    fi
 done
 grep -q -- '--curve-secret' "$src/deploy/systemd/statetune-coordinator.service" || fail "the coordinator unit does not turn CURVE on"
 grep -q -- '--insecure' "$src"/deploy/systemd/*.service "$src"/deploy/slurm/* "$src"/deploy/*.sh && fail "a recipe uses --insecure"
