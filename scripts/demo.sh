@@ -242,6 +242,10 @@ if isinstance(e.get("value"), float) and isinstance(e.get("baseline"), float):
     "$st_client" states get demo-tabs@demo -o "$work/demo-tabs.safetensors"
     ls -l "$work/demo-tabs.safetensors"
     echo "(also: --format pth for RWKV-Runner and the rwkv pip package, --format st for Ai00 / web-rwkv)"
+    echo
+    echo "The registry stays in $work/registry.db; look around with"
+    echo "  $st_client --db $work/registry.db states list"
+    echo "  $st_client --db $work/registry.db states show demo-tabs@demo --json"
     return 0
 }
 
