@@ -51,9 +51,9 @@
  * development box with other builds running) OpenMP threads spin at every
  * barrier waiting for a sibling that the OS has descheduled, and one thread
  * was measured 3x faster than two. So the engine times itself: every
- * PROBE_EVERY runs it times one run with all threads and one with a single
- * thread (per token, wall clock) and uses the faster until the next probe.
- * The very first run is never timed (page faults on fresh memory). */
+ * PROBE_EVERY training runs it times one run with all threads and one with a
+ * single thread (per token, wall clock) and uses the faster until the next
+ * probe. The very first run is never timed (page faults on fresh memory). */
 #define PROBE_EVERY 64
 
 struct engine_cpu {
@@ -412,8 +412,11 @@ static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err);
 int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
 {
     if (!e->auto_threads) return s_run(e, bt, err);
+    /* only training runs (forward + backward) are timed and counted, so
+     * that a forward-only evaluation batch is never compared with one */
+    int train = bt->dstate0 != NULL && bt->targets != NULL;
     int64_t phase = e->runs % PROBE_EVERY;
-    int probe = e->runs > 0 && (phase == 1 || phase == 2) ? (int)phase : 0;
+    int probe = train && e->runs > 0 && (phase == 1 || phase == 2) ? (int)phase : 0;
     int n = probe == 1 ? e->max_threads : probe == 2 ? 1 : e->threads_now;
 #ifdef _OPENMP
     omp_set_num_threads(n);
@@ -424,7 +427,7 @@ int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
     if (probe) e->probe_s_per_tok[probe - 1] = per_tok;
     if (probe == 2)
         e->threads_now = e->probe_s_per_tok[1] < e->probe_s_per_tok[0] ? 1 : e->max_threads;
-    e->runs++;
+    if (train) e->runs++;
     return rc;
 }
 
