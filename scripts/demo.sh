@@ -19,8 +19,8 @@
 # World vocabulary file (rwkv_vocab_v20230424.txt) for a model with the
 # 65536-token vocabulary; byte-level (vocab 256) models need none.
 #
-# Should the service path (coordinator + worker group) not be available in
-# this build, the demo says so and runs the same job with
+# Should the service path (coordinator + worker group) not come up (a build
+# without it, a port it cannot have), the demo says so and runs the same job with
 # `mpirun -np 2 statetune-worker tune --local` instead, so it always tunes.
 #
 # Environment: STATETUNE_BUILD (build dir, default ./build), STATETUNE_DEMO_DIR
@@ -113,7 +113,7 @@ echo "job:   $work/job.json"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpi=(mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
-coord_pid="" group_pid="" fg_pid=""
+coord_pid="" group_pid="" fg_pid="" endpoint=""
 
 # Long waits run in the background and are waited for: bash runs a trap only
 # between commands, so a foreground `watch` would hold off Ctrl-C or SIGTERM
@@ -173,18 +173,49 @@ EOF
 }
 
 # ---- 5. the service path ---------------------------------------------------------
-free_port() {
-    local p
-    for p in $(seq 25555 25655); do
+free_port() { # a port nothing listens on, from a random start (demos side by side)
+    local p i start=$((25555 + RANDOM % 2000))
+    for ((i = 0; i < 200; i++)); do
+        p=$((start + i))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
     done
-    echo 25555
+    echo "$start"
+}
+
+start_coordinator() { # start_coordinator KEYS: sets coord_pid and endpoint, or returns 1
+    local keys=$1 port try i
+    for ((try = 1; try <= 5; try++)); do
+        port=${STATETUNE_DEMO_PORT:-$(free_port)}
+        endpoint=tcp://127.0.0.1:$port
+        say "coordinator on $endpoint, registry $work/registry.db"
+        "$st_coord" --bind "$endpoint" --db "$work/registry.db" \
+            --curve-secret "$keys/coordinator.key" --allow "$keys/allow" >"$work/coordinator.log" 2>&1 &
+        coord_pid=$!
+        # The client's keys go through the environment the client library reads.
+        export STATETUNE_ENDPOINT=$endpoint STATETUNE_CURVE_SECRET=$keys/client.key \
+            STATETUNE_CURVE_PUBLIC=$keys/client.pub STATETUNE_SERVER_KEY=$keys/coordinator.pub
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$coord_pid" 2>/dev/null || break
+            if "$st_client" jobs --timeout-ms 1000 >/dev/null 2>&1; then return 0; fi
+            sleep 0.2
+        done
+        cat "$work/coordinator.log" >&2
+        if kill -0 "$coord_pid" 2>/dev/null; then # running but not answering
+            echo "demo: the coordinator runs but does not answer" >&2
+            return 1
+        fi
+        wait "$coord_pid" 2>/dev/null || true
+        coord_pid=""
+        # Another program may have taken the port between our look and the
+        # bind: try another one, unless the port was given.
+        [ -z "${STATETUNE_DEMO_PORT:-}" ] || return 1
+        echo "demo: the coordinator did not start on port $port; trying another port" >&2
+    done
+    return 1
 }
 
 run_service() {
-    local port endpoint keys job
-    port=${STATETUNE_DEMO_PORT:-$(free_port)}
-    endpoint=tcp://127.0.0.1:$port
+    local keys job
     keys=$work/keys
     say "CURVE keys ($keys): coordinator, a client and a worker group"
     # (set -e does not reach into a function called as a condition: every
@@ -195,20 +226,7 @@ run_service() {
     done
     cp "$keys/client.pub" "$keys/worker.pub" "$keys/allow/" || return 1
 
-    say "coordinator on $endpoint, registry $work/registry.db"
-    "$st_coord" --bind "$endpoint" --db "$work/registry.db" \
-        --curve-secret "$keys/coordinator.key" --allow "$keys/allow" >"$work/coordinator.log" 2>&1 &
-    coord_pid=$!
-    # The client's keys go through the environment the client library reads.
-    export STATETUNE_ENDPOINT=$endpoint STATETUNE_CURVE_SECRET=$keys/client.key \
-        STATETUNE_CURVE_PUBLIC=$keys/client.pub STATETUNE_SERVER_KEY=$keys/coordinator.pub
-    local i
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$coord_pid" 2>/dev/null || { cat "$work/coordinator.log" >&2; return 1; }
-        "$st_client" jobs >/dev/null 2>&1 && break
-        sleep 0.2
-    done
-    "$st_client" jobs >/dev/null || return 1
+    start_coordinator "$keys" || return 1
 
     say "worker group: mpirun -np 2 statetune-worker --coordinator $endpoint --backend cpu"
     env -u STATETUNE_CURVE_SECRET -u STATETUNE_CURVE_PUBLIC -u STATETUNE_SERVER_KEY \
@@ -257,7 +275,7 @@ elif ! run_service; then
     stop "$group_pid" "the worker group"; group_pid=""
     stop "$coord_pid" "the coordinator"; coord_pid=""
     echo
-    echo "demo: the service path (coordinator + worker group) is not available in this build;"
+    echo "demo: the service path (coordinator + worker group) could not be set up (see above);"
     echo "demo: running the same job with 'statetune-worker tune --local' under mpirun instead."
     run_local
 fi
