@@ -48,7 +48,8 @@ echo "ok: keys.sh made the layout with the real 'statetune keys gen'"
 
 # ---- coordinator with the unit's options --------------------------------------
 port=""
-for p in $(seq 26555 26655); do
+start=$((28000 + RANDOM % 2000))
+for ((p = start; p < start + 200; p++)); do
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
 done
 endpoint=tcp://127.0.0.1:$port
