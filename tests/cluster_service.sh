@@ -13,6 +13,9 @@
 #                                 job; the link comes back, a new group
 #                                 finishes the job from its checkpoint, and the
 #                                 registry holds ONE version of the state
+#   cluster_service.sh partition_rank0  the same with node1 cut off, the host
+#                                 of rank 0 and of mpirun (the group falls
+#                                 silent to the coordinator as well)
 #   cluster_service.sh coord_partition  the coordinator's link goes down for
 #                                 6 s mid-job: the coordinator calls the group
 #                                 lost, the group (patient for 30 s) carries on;
@@ -23,7 +26,7 @@
 #
 # Exit 77 (skipped) without root / network namespaces, mpirun or the fixtures.
 set -u
-scenario=${1:?usage: cluster_service.sh e2e|partition|coord_partition|launch}
+scenario=${1:?usage: cluster_service.sh e2e|partition|partition_rank0|coord_partition|launch}
 . "$(cd "$(dirname "$0")" && pwd)/netns/common.sh"
 cluster_prepare "service-$scenario"
 make_data
@@ -138,7 +141,9 @@ e2e)
         fail "the coordinator answered on 127.0.0.1 although bound to $(netns_addr coord)"
     ;;
 
-partition | launch)
+partition | partition_rank0 | launch)
+    CUT=node2
+    [ "$scenario" = partition_rank0 ] && CUT=node1
     start_coordinator
     start_group a
     A=$GROUP_PID
@@ -146,12 +151,12 @@ partition | launch)
     J=$(stc submit "$T/part.json") || fail "submit failed"
     wait_for "a checkpoint of job $J at step 20" 90 checkpoint_at_least "$J" 20
     grep -q "says hello: 2 ranks" "$T/coordinator.log" || fail "the coordinator never saw a two-rank group"
-    netns_cut node2
+    netns_cut "$CUT"
     t0=$SECONDS
-    echo "node2's link is down (job $J past its step-20 checkpoint)"
+    echo "$CUT's link is down (job $J past its step-20 checkpoint)"
     # the group must end by itself within the bound
     while kill -0 "$A" 2>/dev/null; do
-        [ $((SECONDS - t0)) -le $BOUND_S ] || fail "the group was still running ${BOUND_S}s after node2 was cut off"
+        [ $((SECONDS - t0)) -le $BOUND_S ] || fail "the group was still running ${BOUND_S}s after $CUT was cut off"
         sleep 0.5
     done
     wait "$A"
@@ -160,19 +165,22 @@ partition | launch)
     [ $rc -ne 0 ] || fail "the partitioned group exited 0"
     # mpirun's keepalive (KEEPALIVE_S) normally fires before the ranks' watchdog
     if grep -q "lost communication with a remote daemon" "$T/group-a.log"; then
-        echo "mpirun: lost communication with node2's daemon"
+        echo "mpirun: lost communication with a remote daemon"
     elif grep -q "took longer than $STATETUNE_DIST_TIMEOUT_S s" "$T/group-a.log"; then
         echo "a rank's watchdog ended the group"
     else
         fail "the group's log does not say why it ended"
     fi
-    # the cut-off side cleans up too: node2's daemon loses mpirun and ends its rank
-    wait_for "node2 to have no rank left" 20 sh -c "! ip netns pids $NETNS_ID-node2 | xargs -r ps -o args= -p | grep -q statetune-worker"
+    # both sides clean up: mpirun ends its local rank, and node2's daemon,
+    # having lost mpirun, ends the other
+    for h in node1 node2; do
+        wait_for "$h to have no rank left" 20 sh -c "! ip netns pids $NETNS_ID-$h | xargs -r ps -o args= -p | grep -q statetune-worker"
+    done
     wait_for "job $J to go back to the queue" 15 is_status "$J" queued
     echo "job $J requeued $((SECONDS - t0)) s after the cut"
     grep -q "is lost" "$T/coordinator.log" || fail "the coordinator did not log the lost group"
-    netns_heal node2
-    echo "node2's link is back"
+    netns_heal "$CUT"
+    echo "$CUT's link is back"
     start_group b
     stc wait "$J" --timeout 120 || fail "job $J did not finish on the second group"
     stc events "$J" | grep -q "requeued" || fail "no requeue event"

@@ -104,8 +104,14 @@ netns_up() {
     export NETNS_ID
     mkdir -p "$NETNS_STATE/$id" || return 1
     echo $$ >"$NETNS_STATE/$id/owner"
+    # a signal ends the script through the EXIT trap (SIGPIPE too: a test
+    # whose reader went away must still clean up). Bash runs these traps when
+    # the foreground command returns; a SIGKILLed test is left to netns_gc.
     trap 'netns_on_exit' EXIT
-    trap 'exit 130' INT TERM
+    trap 'exit 129' HUP
+    trap 'exit 130' INT
+    trap 'exit 141' PIPE
+    trap 'exit 143' TERM
     ip netns add "$id-br" || { netns_down "$id"; return 1; }
     ip -n "$id-br" link set lo up
     ip -n "$id-br" link add br0 type bridge || { netns_down "$id"; return 1; }
@@ -150,6 +156,7 @@ netns_reaches() {
 
 netns_on_exit() {
     local rc=$?
+    trap '' HUP INT PIPE TERM   # nothing may interrupt the cleanup
     if [ -n "${NETNS_ON_EXIT:-}" ]; then eval "$NETNS_ON_EXIT"; fi
     [ -n "${NETNS_ID:-}" ] && netns_down "$NETNS_ID"
     exit $rc
