@@ -92,11 +92,12 @@ WKV_CLONES static void s_step(float *restrict S, const float *restrict r, const 
 }
 
 /* The same step out of place and without the output, for the backward
- * pass's recomputation: S_out = S_in G + v k^T (saves a copy of the state). */
+ * pass's recomputation: S_out = S_in G + v k^T (saves a copy of the state);
+ * also keeps sa = S_in a (N), which the adjoint step needs again. */
 WKV_CLONES static void s_step_to(const float *restrict Sin, float *restrict Sout,
                                  const float *restrict w, const float *restrict k,
                                  const float *restrict v, const float *restrict a,
-                                 const float *restrict b)
+                                 const float *restrict b, float *restrict sa_out)
 {
     v16 wv[NV], kv[NV], av[NV], bv[NV];
     for (int q = 0; q < NV; q++) {
@@ -107,45 +108,89 @@ WKV_CLONES static void s_step_to(const float *restrict Sin, float *restrict Sout
         const float *Si = Sin + i * N;
         v16 s[NV], acc = {0};
         for (int q = 0; q < NV; q++) s[q] = s_ld(Si + 16 * q), acc += s[q] * av[q];
-        v16 sa = s_splat(s_hsum(acc)), vi = s_splat(v[i]);
+        float sai = s_hsum(acc);
+        sa_out[i] = sai;
+        v16 sa = s_splat(sai), vi = s_splat(v[i]);
         for (int q = 0; q < NV; q++) s_st(Sout + i * N + 16 * q, s[q] * wv[q] + sa * bv[q] + vi * kv[q]);
     }
 }
 
+/* Sixteen row sums at once: lane i of the result is the sum of the lanes of
+ * p[i] (a transpose-and-add tree, 45 vector operations instead of 16
+ * separate horizontal sums of 8 each). */
+static inline __attribute__((always_inline)) v16 s_hsum16(const v16 *p)
+{
+    v16 u[8], x[4], y[2];
+    for (int k = 0; k < 8; k++)
+        u[k] = __builtin_shufflevector(p[2 * k], p[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
+                                       19, 20, 21, 22, 23) +
+               __builtin_shufflevector(p[2 * k], p[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24,
+                                       25, 26, 27, 28, 29, 30, 31);
+    for (int k = 0; k < 4; k++)
+        x[k] = __builtin_shufflevector(u[2 * k], u[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17,
+                                       18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(u[2 * k], u[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
+                                       22, 23, 28, 29, 30, 31);
+    for (int k = 0; k < 2; k++)
+        y[k] = __builtin_shufflevector(x[2 * k], x[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17,
+                                       20, 21, 24, 25, 28, 29) +
+               __builtin_shufflevector(x[2 * k], x[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19,
+                                       22, 23, 26, 27, 30, 31);
+    return __builtin_shufflevector(y[0], y[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                   28, 30) +
+           __builtin_shufflevector(y[0], y[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                   29, 31);
+}
+
 /* One step of the adjoint recursion (see the top of the file): dS holds
- * dL/dS_t without step t's output term on entry and dL/dS_{t-1} on exit.
- * One pass over the rows: the row reductions (dv_i, sa_i, dsa_i) are
- * horizontal sums, the column ones (dr, dk, dw, db, da) vector accumulators. */
+ * dL/dS_t without step t's output term on entry and dL/dS_{t-1} on exit;
+ * sa = S_{t-1} a comes from the recomputation. Rows go in blocks of 16: a
+ * first pass forms g = dS + dy r^T (stored in place) and everything that
+ * needs only g, and keeps the row partial sums of g.k and g.b as vectors; one
+ * transpose-and-add per block gives dv and dsa; a second pass uses dsa. */
 WKV_CLONES static void s_back_step(float *restrict dS, const float *restrict St,
                                    const float *restrict P, const float *restrict rt,
                                    const float *restrict wt, const float *restrict kt,
                                    const float *restrict vt, const float *restrict at,
                                    const float *restrict bt, const float *restrict dyt,
-                                   float *restrict dr, float *restrict dw, float *restrict dk,
-                                   float *restrict dv, float *restrict da, float *restrict db)
+                                   const float *restrict sat, float *restrict dr,
+                                   float *restrict dw, float *restrict dk, float *restrict dv,
+                                   float *restrict da, float *restrict db)
 {
     v16 drv[NV] = {{0}}, dkv[NV] = {{0}}, dwv[NV] = {{0}}, dbv[NV] = {{0}}, dav[NV] = {{0}};
-    for (int i = 0; i < N; i++) {
-        float *dSi = dS + i * N;
-        const float *Sti = St + i * N, *Pi = P + i * N;
-        v16 dyi = s_splat(dyt[i]), vi = s_splat(vt[i]);
-        v16 g[NV], p[NV], a_dv = {0}, a_sa = {0}, a_dsa = {0};
-        for (int q = 0; q < NV; q++) {
-            g[q] = s_ld(dSi + 16 * q) + dyi * s_ld(rt + 16 * q);
-            p[q] = s_ld(Pi + 16 * q);
-            drv[q] += s_ld(Sti + 16 * q) * dyi;
-            a_dv += g[q] * s_ld(kt + 16 * q);
-            dkv[q] += g[q] * vi;
-            dwv[q] += g[q] * p[q];
-            a_sa += p[q] * s_ld(at + 16 * q);
-            a_dsa += g[q] * s_ld(bt + 16 * q);
+    for (int i0 = 0; i0 < N; i0 += 16) {
+        v16 pdv[16], pdsa[16];
+        for (int ii = 0; ii < 16; ii++) {
+            int i = i0 + ii;
+            float *dSi = dS + i * N;
+            const float *Sti = St + i * N, *Pi = P + i * N;
+            v16 dyi = s_splat(dyt[i]), vi = s_splat(vt[i]), sa = s_splat(sat[i]);
+            v16 a_dv = {0}, a_dsa = {0};
+            for (int q = 0; q < NV; q++) {
+                v16 g = s_ld(dSi + 16 * q) + dyi * s_ld(rt + 16 * q);
+                s_st(dSi + 16 * q, g);
+                drv[q] += s_ld(Sti + 16 * q) * dyi;
+                a_dv += g * s_ld(kt + 16 * q);
+                dkv[q] += g * vi;
+                dwv[q] += g * s_ld(Pi + 16 * q);
+                a_dsa += g * s_ld(bt + 16 * q);
+                dbv[q] += g * sa;
+            }
+            pdv[ii] = a_dv;
+            pdsa[ii] = a_dsa;
         }
-        dv[i] = s_hsum(a_dv);
-        v16 sa = s_splat(s_hsum(a_sa)), dsa = s_splat(s_hsum(a_dsa));
-        for (int q = 0; q < NV; q++) {
-            dbv[q] += g[q] * sa;
-            dav[q] += p[q] * dsa;
-            s_st(dSi + 16 * q, g[q] * s_ld(wt + 16 * q) + dsa * s_ld(at + 16 * q));
+        s_st(dv + i0, s_hsum16(pdv));
+        float dsa[16];
+        s_st(dsa, s_hsum16(pdsa));
+        for (int ii = 0; ii < 16; ii++) {
+            int i = i0 + ii;
+            float *dSi = dS + i * N;
+            const float *Pi = P + i * N;
+            v16 d = s_splat(dsa[ii]);
+            for (int q = 0; q < NV; q++) {
+                dav[q] += s_ld(Pi + 16 * q) * d;
+                s_st(dSi + 16 * q, s_ld(dSi + 16 * q) * s_ld(wt + 16 * q) + d * s_ld(at + 16 * q));
+            }
         }
     }
     for (int q = 0; q < NV; q++) {
@@ -195,6 +240,7 @@ void wkv7_backward_cpu(int B, int T, int H,
         for (int h = 0; h < H; h++) {
             /* states[s] = state before step t0 + s; states[n] = after the last */
             float states[(WKV7_CPU_MAX_CKPT + 1) * N * N];
+            float sas[WKV7_CPU_MAX_CKPT * N]; /* S_{t-1} a for each step of the block */
             float dS[N * N];
             memset(dS, 0, sizeof dS);
             for (int c = nck - 1; c >= 0; c--) {
@@ -205,14 +251,16 @@ void wkv7_backward_cpu(int B, int T, int H,
                 for (int t = t0; t < t1; t++) {
                     size_t o = ((size_t)bb * T + t) * C + (size_t)h * N;
                     float *Sn = states + (size_t)(t - t0 + 1) * N * N;
-                    s_step_to(Sn - N * N, Sn, w + o, k + o, v + o, a + o, b + o);
+                    s_step_to(Sn - N * N, Sn, w + o, k + o, v + o, a + o, b + o,
+                              sas + (size_t)(t - t0) * N);
                 }
                 for (int t = t1 - 1; t >= t0; t--) {
                     size_t o = ((size_t)bb * T + t) * C + (size_t)h * N;
                     const float *St = states + (size_t)(t - t0 + 1) * N * N;
                     const float *P = St - N * N;
                     s_back_step(dS, St, P, r + o, w + o, k + o, v + o, a + o, b + o, dy + o,
-                                dr + o, dw + o, dk + o, dv + o, da + o, db + o);
+                                sas + (size_t)(t - t0) * N, dr + o, dw + o, dk + o, dv + o,
+                                da + o, db + o);
                 }
             }
             float *d0 = ds0 + (size_t)h * N * N;
