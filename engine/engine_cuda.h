@@ -44,4 +44,18 @@ int engine_cuda_run(engine_cuda_t *self, engine_batch_t *batch, char *err);
 /* Bytes of device memory planned: weights + activations + workspace. */
 size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self);
 
+/* Where the time of the last engine_cuda_run went, in ms, when profiling is
+ * on (CUDA events around each phase; off by default because the events add
+ * synchronisation). For kernels/dev/engine_bench.cu and docs/performance.md. */
+typedef struct {
+    float forward_ms;     /* embedding and every layer's forward, WKV included */
+    float wkv_forward_ms; /* of which the WKV7 forward kernels */
+    float head_ms;        /* ln_out, head products, cross-entropy, head backward */
+    float backward_ms;    /* every layer's backward, WKV included */
+    float wkv_backward_ms;/* of which the WKV7 backward kernels */
+} engine_cuda_profile_t;
+
+int engine_cuda_set_profiling(engine_cuda_t *self, int on, char *err);
+void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out);
+
 #endif

@@ -30,7 +30,7 @@ if [ "$mode" = pack ]; then
   cmake -S "$root" -B "$build" -DSTATETUNE_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
   # only what the GPU machine runs (other folders may be mid-edit); the
   # worker is optional until the CUDA engine exists
-  cmake --build "$build" -j2 --target test_cuda_wkv test_cuda_engine dev_wkv7_bench
+  cmake --build "$build" -j2 --target test_cuda_wkv test_cuda_engine dev_wkv7_bench dev_engine_bench
   cmake --build "$build" -j2 --target statetune-worker || echo "gpu.sh: statetune-worker did not build; packing without it" >&2
   rm -rf "$rt"; mkdir -p "$rt/bin" "$rt/fixtures/rwkv7"
   for f in "$build"/tests/test_cuda_* "$build"/kernels/dev_* "$build"/worker/statetune-worker; do

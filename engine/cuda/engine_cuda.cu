@@ -118,6 +118,11 @@ struct engine_cuda {
     void *dh, *dr, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv, *dwl, *dal, *dkraw, *dvraw, *dvl, *dxh;
     float *dx, *sfin, *lnout_mean, *lnout_rstd, *row_loss, *state0, *ds0;
     int32_t *tokens, *targets, *row_correct;
+    /* profiling (engine_cuda_set_profiling): phase marks and one pair of
+     * events around every WKV call, [0..L) forward, [L..2L) backward */
+    int profile;
+    cudaEvent_t mark[4], wkv_ev[2][2 * 256];
+    engine_cuda_profile_t last;
     /* host staging */
     float *h_loss, *h_ds0;
     int32_t *h_correct;
@@ -419,7 +424,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, char *
     st::mix6_t mix;
     st::ptr6_t<T> outs;
     for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; outs.p[i] = lerp[i]; }
-    st::tokenshift_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, h, mix, outs);
+    st::tokenshift_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, h, mix, outs);
     ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
     RUN(linear_fwd<T>(e, R, C, C, lerp[0], p->receptance, r, err));
     RUN(linear_fwd<T>(e, R, C, C, lerp[2], p->key, kraw, err));
@@ -439,8 +444,10 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, char *
         ST_CUDA_CHECK_LAUNCH("vmix_fwd_kernel");
     }
     RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, ghid, g, err));
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][l], st));
     RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, e->state0 + l * HNN, y,
                 final_state ? e->sfin : NULL, ckpt, sa, st, err));
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][l], st));
     if (final_state)
         ST_CUDA_CHECK(cudaMemcpy2DAsync(final_state + l * HNN, (size_t)c->n_layer * HNN * 4, e->sfin, HNN * 4,
                                         HNN * 4, B, cudaMemcpyDeviceToHost, st));
@@ -449,7 +456,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, char *
                                                               e->gn_rstd + l * Rp * H, oin);
     ST_CUDA_CHECK_LAUNCH("groupnorm_fwd_kernel");
     RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err));
-    st::residual_add_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, xin, tmp, xmid);
+    st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xin, tmp, xmid);
     ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
     st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, p->ln2_b, LN_EPS, h,
                                                                       e->ln2_mean + l * Rp, e->ln2_rstd + l * Rp);
@@ -458,14 +465,14 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, char *
     st::ptr6_t<T> ok;
     mk.m[0] = p->ffn_x_k;
     ok.p[0] = lerp[0];
-    st::tokenshift_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, h, mk, ok);
+    st::tokenshift_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, h, mk, ok);
     ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
     RUN(linear_fwd<T>(e, R, C, F, lerp[0], p->ffn_key, kpre, err));
     size_t RF = (size_t)R * F;
-    st::relu2_fwd_kernel<T><<<st::grid_for(RF), EW_THREADS, 0, st>>>(RF, kpre, (T *)e->act);
+    st::relu2_fwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, (T *)e->act);
     ST_CUDA_CHECK_LAUNCH("relu2_fwd_kernel");
     RUN(linear_fwd<T>(e, R, F, C, e->act, p->ffn_value, tmp, err));
-    st::residual_add_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, xmid, tmp, xout);
+    st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xmid, tmp, xout);
     ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
     return ST_OK;
 }
@@ -475,7 +482,7 @@ template <typename T>
 void *dx_as_t(engine_cuda_t *e, size_t n)
 {
     if (!e->bf16) return e->dx;
-    st::convert_kernel<T, float><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, e->dx, (T *)e->dxT);
+    st::convert_kernel<T, float><<<st::grid_for8(n), EW_THREADS, 0, e->stream>>>(n, e->dx, (T *)e->dxT);
     return e->dxT;
 }
 
@@ -511,14 +518,14 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     ST_CUDA_CHECK_LAUNCH("convert_kernel");
     RUN(linear_bwd<T>(e, R, F, C, dxt, p->ffn_value, act, 0.f, err));
     size_t RF = (size_t)R * F;
-    st::relu2_bwd_kernel<T><<<st::grid_for(RF), EW_THREADS, 0, st>>>(RF, kpre, act);
+    st::relu2_bwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, act);
     ST_CUDA_CHECK_LAUNCH("relu2_bwd_kernel");
     RUN(linear_bwd<T>(e, R, C, F, act, p->ffn_key, dl[0], 0.f, err));
     st::mix6_t mk;
     st::ptr6_t<T> dk1;
     mk.m[0] = p->ffn_x_k;
     dk1.p[0] = dl[0];
-    st::tokenshift_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, mk, dk1, dh);
+    st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, mk, dk1, dh);
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
     st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + l * Rp,
                                                                e->ln2_rstd + l * Rp, dh, e->dx);
@@ -536,10 +543,13 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     /* WKV7, its a and b inputs rebuilt from kk and a */
     st::wkv_ab_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, kk, a, (T *)e->wa, (T *)e->wb);
     ST_CUDA_CHECK_LAUNCH("wkv_ab_kernel");
+    const int L = c->n_layer;
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][L + l], st));
     RUN(wkv_bwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, ckpt, sa, (const T *)e->dy, dr, dw, dk,
                 dv, da, db, e->ds0 + l * HNN, st, err));
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][L + l], st));
     if (l == 0) return ST_OK; /* nothing below layer 0's WKV depends on S0 */
-    st::add3_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr, dk, (const T *)e->dbk,
+    st::add3_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr, dk, (const T *)e->dbk,
                                                                  dv, (const T *)e->dbv);
     ST_CUDA_CHECK_LAUNCH("add3_kernel");
 
@@ -560,7 +570,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     st::mix6_t mix;
     st::ptr6_t<T> douts;
     for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; douts.p[i] = dl[i]; }
-    st::tokenshift_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, mix, douts, dh);
+    st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, mix, douts, dh);
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
     st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + l * Rp,
                                                                e->ln1_rstd + l * Rp, dh, e->dx);
@@ -584,6 +594,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     ST_CUDA_CHECK(cudaMemcpyAsync(e->state0, bt->state0, (size_t)L * HNN * 4, cudaMemcpyHostToDevice, st));
     if (backward) ST_CUDA_CHECK(cudaMemsetAsync(e->ds0, 0, (size_t)L * HNN * 4, st));
 
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[0], st));
     st::embed_kernel<T><<<R, 256, 0, st>>>(C, e->tokens, (const T *)e->emb, e->x_res);
     ST_CUDA_CHECK_LAUNCH("embed_kernel");
     st::layernorm_fwd_kernel<float, float><<<R, st::LN_THREADS, 0, st>>>(C, e->x_res, e->L[0].ln0_w, e->L[0].ln0_b,
@@ -591,6 +602,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
     for (int l = 0; l < L; l++) RUN(layer_fwd<T>(e, l, B, Tn, bt->final_state, err));
 
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[1], st));
     float *xL = e->x_res + (size_t)L * RCp;
     st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->ln_out_b, LN_EPS,
                                                                       (T *)e->lnout, e->lnout_mean, e->lnout_rstd);
@@ -608,6 +620,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
         if (backward)
             RUN(linear_bwd<T>(e, n, C, V, e->dlogits, e->head, (T *)e->dxh + (size_t)r0 * C, 0.f, err));
     }
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[2], st));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_loss, e->row_loss, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_correct, e->row_correct, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaStreamSynchronize(st));
@@ -632,6 +645,21 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
                                                                (const T *)e->dxh, e->dx);
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
     for (int l = L - 1; l >= 0; l--) RUN(layer_bwd<T>(e, l, B, Tn, err));
+    if (e->profile) {
+        ST_CUDA_CHECK(cudaEventRecord(e->mark[3], st));
+        ST_CUDA_CHECK(cudaEventSynchronize(e->mark[3]));
+        engine_cuda_profile_t *pr = &e->last;
+        ST_CUDA_CHECK(cudaEventElapsedTime(&pr->forward_ms, e->mark[0], e->mark[1]));
+        ST_CUDA_CHECK(cudaEventElapsedTime(&pr->head_ms, e->mark[1], e->mark[2]));
+        ST_CUDA_CHECK(cudaEventElapsedTime(&pr->backward_ms, e->mark[2], e->mark[3]));
+        pr->wkv_forward_ms = pr->wkv_backward_ms = 0;
+        for (int l = 0; l < 2 * L; l++) {
+            float ms = 0;
+            ST_CUDA_CHECK(cudaEventElapsedTime(&ms, e->wkv_ev[0][l], e->wkv_ev[1][l]));
+            if (l < L) pr->wkv_forward_ms += ms;
+            else pr->wkv_backward_ms += ms;
+        }
+    }
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_ds0, e->ds0, (size_t)L * HNN * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaStreamSynchronize(st));
     for (size_t i = 0; i < (size_t)L * HNN; i++) bt->dstate0[i] += e->h_ds0[i];
@@ -696,6 +724,11 @@ extern "C" engine_cuda_t *engine_cuda_new(const rwkv_model_t *model, const engin
         st_fail(err, ST_EUNSUPPORTED, "the CUDA engine needs head size 64 (model has %d)", c->head_size);
         return NULL;
     }
+    if (c->ffn_dim % 8 != 0) { /* the element-wise kernels move 8 values per access */
+        st_fail(err, ST_EUNSUPPORTED, "the CUDA engine needs a channel-mix width divisible by 8 (model has %d)",
+                c->ffn_dim);
+        return NULL;
+    }
     engine_cuda_t *e = (engine_cuda_t *)calloc(1, sizeof *e);
     if (!e) {
         st_fail(err, ST_ENOMEM, "out of memory creating the CUDA engine");
@@ -730,6 +763,11 @@ extern "C" void engine_cuda_destroy(engine_cuda_t **self_p)
 {
     if (!self_p || !*self_p) return;
     engine_cuda_t *e = *self_p;
+    if (e->profile) {
+        for (int i = 0; i < 4; i++) cudaEventDestroy(e->mark[i]);
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < 2 * e->m->cfg.n_layer; i++) cudaEventDestroy(e->wkv_ev[j][i]);
+    }
     if (e->blas) cublasDestroy(e->blas);
     if (e->stream) cudaStreamDestroy(e->stream);
     cudaFree(e->wmem);
@@ -764,6 +802,24 @@ extern "C" int engine_cuda_run(engine_cuda_t *self, engine_batch_t *batch, char 
                            cudaGetErrorString(ce));
     }
     return rc;
+}
+
+extern "C" int engine_cuda_set_profiling(engine_cuda_t *self, int on, char *err)
+{
+    const int L = self->m->cfg.n_layer;
+    if (on && !self->profile) {
+        if (2 * L > 256) return st_fail(err, ST_EUNSUPPORTED, "profiling supports up to 128 layers");
+        for (int i = 0; i < 4; i++) ST_CUDA_CHECK(cudaEventCreate(&self->mark[i]));
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < 2 * L; i++) ST_CUDA_CHECK(cudaEventCreate(&self->wkv_ev[j][i]));
+        self->profile = 1;
+    }
+    return ST_OK;
+}
+
+extern "C" void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out)
+{
+    *out = self->last;
 }
 
 extern "C" size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self)

@@ -11,22 +11,33 @@
 
 namespace st {
 
+/* One thread per 8 elements (n % 8 == 0, launch with grid_for8). */
 template <typename T>
 __global__ void relu2_fwd_kernel(size_t n, const T *__restrict__ kpre, T *__restrict__ act)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    float z = fmaxf(to_f(kpre[i]), 0.f);
-    act[i] = from_f<T>(z * z);
+    float z[8];
+    load8(kpre + i, z);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        float r = fmaxf(z[k], 0.f);
+        z[k] = r * r;
+    }
+    store8(act + i, z);
 }
 
 template <typename T>
 __global__ void relu2_bwd_kernel(size_t n, const T *__restrict__ kpre, T *__restrict__ dact)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    float z = to_f(kpre[i]);
-    dact[i] = from_f<T>(z > 0.f ? to_f(dact[i]) * 2.f * z : 0.f);
+    float z[8], g[8];
+    load8(kpre + i, z);
+    load8(dact + i, g);
+#pragma unroll
+    for (int k = 0; k < 8; k++) g[k] = z[k] > 0.f ? g[k] * 2.f * z[k] : 0.f;
+    store8(dact + i, g);
 }
 
 } // namespace st

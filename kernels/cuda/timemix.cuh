@@ -29,35 +29,54 @@ constexpr float KK_EPS = 1e-12f;
 struct mix6_t { const float *m[6]; };
 template <typename T> struct ptr6_t { T *p[6]; };
 
+/* One thread per 8 channels of one row (C % 8 == 0, launch with grid_for8). */
 template <typename T>
 __global__ void tokenshift_fwd_kernel(size_t n, int Tlen, int C, int nmix, const T *__restrict__ h,
                                       mix6_t mix, ptr6_t<T> out)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
     const int c = (int)(i % C);
     const int t = (int)((i / C) % Tlen);
-    const float x = to_f(h[i]);
-    const float xp = t > 0 ? to_f(h[i - C]) : 0.f;
-    for (int m = 0; m < nmix; m++) out.p[m][i] = from_f<T>(x + (xp - x) * mix.m[m][c]);
+    float x[8], xp[8], mm[8], o[8];
+    load8(h + i, x);
+    if (t > 0) load8(h + i - C, xp);
+    else
+#pragma unroll
+        for (int k = 0; k < 8; k++) xp[k] = 0.f;
+    for (int m = 0; m < nmix; m++) {
+        load8(mix.m[m] + c, mm);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = x[k] + (xp[k] - x[k]) * mm[k];
+        store8(out.p[m] + i, o);
+    }
 }
 
-/* dh (overwritten) = sum_m dout_m,t (1 - mix_m) + dout_m,t+1 mix_m */
+/* dh (overwritten) = sum_m dout_m,t (1 - mix_m) + dout_m,t+1 mix_m; one
+ * thread per 8 channels (grid_for8). */
 template <typename T>
 __global__ void tokenshift_bwd_kernel(size_t n, int Tlen, int C, int nmix, mix6_t mix, ptr6_t<T> dout,
                                       T *__restrict__ dh)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
     const int c = (int)(i % C);
     const int t = (int)((i / C) % Tlen);
-    float d = 0.f;
+    float d[8], g[8], mm[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) d[k] = 0.f;
     for (int m = 0; m < nmix; m++) {
-        const float mm = mix.m[m][c];
-        d += to_f(dout.p[m][i]) * (1.f - mm);
-        if (t + 1 < Tlen) d += to_f(dout.p[m][i + C]) * mm;
+        load8(mix.m[m] + c, mm);
+        load8(dout.p[m] + i, g);
+#pragma unroll
+        for (int k = 0; k < 8; k++) d[k] += g[k] * (1.f - mm[k]);
+        if (t + 1 < Tlen) {
+            load8(dout.p[m] + i + C, g);
+#pragma unroll
+            for (int k = 0; k < 8; k++) d[k] += g[k] * mm[k];
+        }
     }
-    dh[i] = from_f<T>(d);
+    store8(dh + i, d);
 }
 
 enum { ACT_TANH = 1, ACT_SIGMOID = 2 };

@@ -32,3 +32,16 @@ size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self)
     (void)self;
     return 0;
 }
+
+int engine_cuda_set_profiling(engine_cuda_t *self, int on, char *err)
+{
+    (void)self;
+    (void)on;
+    return st_fail(err, ST_EUNSUPPORTED, "this build of statetune has no CUDA backend");
+}
+
+void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out)
+{
+    (void)self;
+    if (out) *out = (engine_cuda_profile_t){0};
+}

@@ -1,0 +1,87 @@
+/*
+ * engine_bench.cu - where the time of one CUDA tuning step goes (dev program,
+ * llm.c's dev/ style): builds a random model of a SPEC section 8 shape, runs
+ * the CUDA engine's forward + loss + backward to every state with profiling
+ * on (engine_cuda_set_profiling) and prints the median of each phase.
+ *
+ *   dev_engine_bench [--layers L --embd C --vocab V --batch B --ctx T]
+ *                    [--precision fp32|bf16] [--steps S]
+ *
+ * Napkin math (SPEC section 8): a step costs about 4P FLOP per token for the
+ * matrix products (P the frozen parameters) plus the WKV7 recurrence; at
+ * 12 x 768, B 8 x T 1024 that is 0.56 GFLOP x 8192 = 4.6 TFLOP, 6 ms at the
+ * measured 800 TFLOP/s bf16; the WKV7 part is latency-bound (see
+ * wkv7_bench.cu) and does not shrink with the model.
+ */
+extern "C" {
+#include "common/st_err.h"
+#include "engine/engine_cuda.h"
+#include "model/model.h"
+}
+
+#include <algorithm>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+static float median(std::vector<float> v)
+{
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+int main(int argc, char **argv)
+{
+    int L = 12, C = 768, V = 65536, B = 8, T = 1024, steps = 5;
+    engine_precision_t prec = ENGINE_BF16;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *a = argv[i], *v = argv[i + 1];
+        if (!strcmp(a, "--layers")) L = atoi(v);
+        else if (!strcmp(a, "--embd")) C = atoi(v);
+        else if (!strcmp(a, "--vocab")) V = atoi(v);
+        else if (!strcmp(a, "--batch")) B = atoi(v);
+        else if (!strcmp(a, "--ctx")) T = atoi(v);
+        else if (!strcmp(a, "--steps")) steps = atoi(v);
+        else if (!strcmp(a, "--precision")) prec = strcmp(v, "fp32") ? ENGINE_BF16 : ENGINE_FP32;
+        else { fprintf(stderr, "usage: %s [--layers L --embd C --vocab V --batch B --ctx T --precision P --steps S]\n", argv[0]); return 2; }
+    }
+    const bool wide = C >= 2048;
+    rwkv_config_t cfg = {L, C, C / 64, 64, V, 4 * C, wide ? 96 : 64, wide ? 96 : 64, wide ? 64 : 32, wide ? 256 : 128};
+    char err[ST_ERR_LEN];
+    rwkv_model_t *m = rwkv_model_new_random(&cfg, 1, err);
+    if (!m) { fprintf(stderr, "%s\n", err); return 1; }
+    engine_opts_t opts = {ENGINE_CUDA, prec, B, T, 0, 0};
+    engine_cuda_t *e = engine_cuda_new(m, &opts, err);
+    if (!e || engine_cuda_set_profiling(e, 1, err)) { fprintf(stderr, "%s\n", err); return 1; }
+    size_t R = (size_t)B * T, ns = (size_t)L * rwkv_state_layer_size(&cfg);
+    std::vector<int32_t> tok(R), tgt(R);
+    uint64_t s = 88172645463325252ull;
+    for (size_t i = 0; i < R; i++) {
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        tok[i] = (int32_t)(s % V);
+        tgt[i] = (int32_t)((s >> 20) % V);
+    }
+    std::vector<float> s0(ns, 0.01f), ds0(ns, 0.f);
+    std::vector<float> fw, wf, hd, bw, wb, tot;
+    for (int it = 0; it < steps + 1; it++) {
+        engine_batch_t bt = {};
+        bt.tokens = tok.data(); bt.targets = tgt.data(); bt.B = B; bt.T = T;
+        bt.state0 = s0.data(); bt.dstate0 = ds0.data();
+        if (engine_cuda_run(e, &bt, err)) { fprintf(stderr, "%s\n", err); return 1; }
+        engine_cuda_profile_t p;
+        engine_cuda_last_profile(e, &p);
+        if (it == 0) continue; /* warm-up */
+        fw.push_back(p.forward_ms); wf.push_back(p.wkv_forward_ms); hd.push_back(p.head_ms);
+        bw.push_back(p.backward_ms); wb.push_back(p.wkv_backward_ms);
+        tot.push_back(p.forward_ms + p.head_ms + p.backward_ms);
+    }
+    float t = median(tot);
+    printf("engine %s %dx%d V %d, B %d x T %d: step %.2f ms (%.0f tokens/s) | forward %.2f (wkv %.2f) | head %.2f | "
+           "backward %.2f (wkv %.2f) | peak %.2f GB\n",
+           prec == ENGINE_BF16 ? "bf16" : "fp32", L, C, V, B, T, t, R / (t * 1e-3), median(fw), median(wf),
+           median(hd), median(bw), median(wb), engine_cuda_peak_mem_bytes(e) / 1e9);
+    engine_cuda_destroy(&e);
+    rwkv_model_destroy(&m);
+    return 0;
+}
