@@ -2,7 +2,8 @@
  * wkv7.c - WKV7 forward and backward on the CPU, fp32 (see wkv7.h; SPEC
  * section 4). One (batch row, head) pair is one independent recurrence, so
  * the pairs are spread over OpenMP threads; inside a pair the state S (N x N,
- * 16 KB) stays in L1/L2 and every step is one fused pass over its rows.
+ * 16 KB) stays in L1/L2: a forward step is one fused pass over its rows, an
+ * adjoint step two passes per block of 16 rows (s_back_step).
  *
  * Forward, row i of S (value index), j the key index:
  *   sa_i = sum_j S_ij a_j;  S_ij = S_ij w_j + sa_i b_j + v_i k_j;  y_i = sum_j S_ij r_j
