@@ -37,15 +37,14 @@ void sgemm_rows_cpu(int transB, int M, int N, int K, float alpha, const float *A
         cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    /* Blocks of at least 64 rows (or, for short wide products such as a
-     * chunk of the head at a large vocabulary, of 64 columns), a few per
-     * thread, handed out dynamically: on a shared machine a descheduled
-     * thread then delays only its current block, not half of the product. */
-    int by_rows = M >= 128 * nt || N < 128 * nt;
+    /* One block of rows per thread (or, for short wide products such as a
+     * chunk of the head at a large vocabulary, of columns): each block is one
+     * OpenBLAS call that packs its operands again, so blocks beyond one per
+     * thread buy balance only on a busy machine, where the engine drops to
+     * one thread anyway (engine_cpu.c). */
+    int by_rows = M >= 64 * nt || N < 64 * nt;
     int len = by_rows ? M : N;
-    int per = (len + 4 * nt - 1) / (4 * nt);
-    if (per < 64) per = 64;
-    per = (per + 7) & ~7;
+    int per = ((len + nt - 1) / nt + 7) & ~7;
     int nb = (len + per - 1) / per;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int blk = 0; blk < nb; blk++) {
