@@ -247,7 +247,25 @@ static int test_rnn_matches_gpt(void)
     float *lg = malloc((size_t)f.T * V * 4), *fs = malloc((size_t)L * S * 4);
     engine_batch_t b = {.tokens = f.tok, .targets = f.tgt, .B = 1, .T = f.T, .state0 = f.s0,
                         .logits = lg, .final_state = fs};
+    f.tgt[4] = -1; /* a masked position in the middle */
     CHECKF(engine_run(f.e, &b, err) == ST_OK, "%s", err);
+    /* the loss, target count and accuracy agree with the returned logits */
+    double ref = 0;
+    int64_t nt = 0, nc = 0;
+    for (int t = 0; t < f.T; t++) {
+        if (f.tgt[t] < 0) continue;
+        const float *row = lg + (size_t)t * V;
+        double mx = row[0], se = 0;
+        int am = 0;
+        for (int v = 1; v < V; v++)
+            if (row[v] > mx) mx = row[v], am = v;
+        for (int v = 0; v < V; v++) se += exp(row[v] - mx);
+        ref += mx + log(se) - row[f.tgt[t]];
+        nt++, nc += am == f.tgt[t];
+    }
+    CHECK(b.n_targets == nt && nt == f.T - 2);
+    CHECK(b.n_correct == nc);
+    CHECKF(fabs(b.loss_sum - ref) < 1e-5 * fabs(ref), "loss %g vs %g", b.loss_sum, ref);
     rwkv_rnn_t *r = rwkv_rnn_new(f.m, f.s0, err);
     CHECKF(r, "%s", err);
     float *out = malloc((size_t)V * 4);
