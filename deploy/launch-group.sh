@@ -23,7 +23,15 @@
 #   STATETUNE_KEYS         directory with the group's CURVE keys (default /etc/statetune/keys)
 #   STATETUNE_KEY_NAME     the group's key pair NAME.key/NAME.pub in it (default worker)
 #   STATETUNE_WORKER       path of statetune-worker (default: from PATH)
-#   STATETUNE_MPIRUN_ARGS  more mpirun options, split at spaces (e.g. "--mca pml ucx")
+#   STATETUNE_MPIRUN_ARGS  more mpirun options, split at spaces (e.g. "--mca pml ucx"); mpirun
+#                          refuses an MCA parameter given twice, so do not repeat those set
+#                          here (keepalive settings in it replace STATETUNE_OOB_KEEPALIVE's)
+#   STATETUNE_OOB_KEEPALIVE  "TIME INTVL PROBES" in seconds for mpirun's out-of-band TCP
+#                          keepalive (default "5 2 5"), or "off": how soon mpirun notices a
+#                          node that went silent. Keep TIME + INTVL x PROBES below the
+#                          ranks' watchdog (STATETUNE_DIST_TIMEOUT_S, 30 s): Open MPI's
+#                          defaults (300 + 20 x 9 s) leave a cut-off group's mpirun running
+#                          for minutes, so nothing restarts it (docs/multi-node.md).
 #
 # CURVE is always on: rank 0 (the only rank that talks to the coordinator)
 # needs the group's secret key and the coordinator's public key, so put the
@@ -61,6 +69,18 @@ if [ -n "${STATETUNE_IFACE:-}" ]; then
     export NCCL_SOCKET_IFNAME=$STATETUNE_IFACE
     # Open MPI 4.x names; Open MPI 5 takes the second as --prtemca oob_tcp_if_include.
     args+=(--mca btl_tcp_if_include "$STATETUNE_IFACE" --mca oob_tcp_if_include "$STATETUNE_IFACE")
+fi
+keepalive=${STATETUNE_OOB_KEEPALIVE:-5 2 5}
+# mpirun refuses a parameter given twice: settings in STATETUNE_MPIRUN_ARGS win.
+if [[ ${STATETUNE_MPIRUN_ARGS:-} == *oob_tcp_keepalive* ]]; then keepalive=off; fi
+if [ "$keepalive" != off ]; then
+    read -r ka_time ka_intvl ka_probes extra_ka <<<"$keepalive"
+    for v in "${ka_time:-}" "${ka_intvl:-}" "${ka_probes:-}"; do
+        [[ $v =~ ^[1-9][0-9]*$ ]] || die "STATETUNE_OOB_KEEPALIVE must be 'TIME INTVL PROBES' (positive seconds) or 'off', got '$keepalive'"
+    done
+    [ -z "${extra_ka:-}" ] || die "STATETUNE_OOB_KEEPALIVE must be 'TIME INTVL PROBES' or 'off', got '$keepalive'"
+    args+=(--mca oob_tcp_keepalive_time "$ka_time" --mca oob_tcp_keepalive_intvl "$ka_intvl"
+           --mca oob_tcp_keepalive_probes "$ka_probes")
 fi
 # mpirun starts remote ranks with a bare environment: forward what matters.
 for v in NCCL_DEBUG NCCL_NVLS_ENABLE NCCL_SOCKET_IFNAME NCCL_IB_HCA NCCL_IB_GID_INDEX \

@@ -117,6 +117,7 @@ if STATETUNE_COORDINATOR=tcp://10.0.0.1:5555 STATETUNE_KEYS="$etc/keys" STATETUN
     a=$(tr '\n' ' ' <"$tmp/mpirun.args")
     for want in "-np 16 " "--map-by ppr:8:node" "btl_tcp_if_include ib9" "oob_tcp_if_include ib9" \
                 "-x NCCL_NVLS_ENABLE" "-x NCCL_SOCKET_IFNAME" "-x NCCL_IB_HCA" "-x NCCL_DEBUG" \
+                "oob_tcp_keepalive_time 5 " "oob_tcp_keepalive_intvl 2 " "oob_tcp_keepalive_probes 5 " \
                 "--coordinator tcp://10.0.0.1:5555" "--curve-secret $etc/keys/worker.key" \
                 "--server-key $etc/keys/coordinator.pub"; do
         [[ $a == *"$want"* ]] || fail "mpirun did not get '$want': $a"
@@ -124,6 +125,19 @@ if STATETUNE_COORDINATOR=tcp://10.0.0.1:5555 STATETUNE_KEYS="$etc/keys" STATETUN
     grep -q '^NCCL_NVLS_ENABLE=0$' "$tmp/mpirun.env" || fail "NCCL_NVLS_ENABLE is not 0 by default"
     grep -q '^NCCL_SOCKET_IFNAME=ib9$' "$tmp/mpirun.env" || fail "NCCL_SOCKET_IFNAME is not the interface"
     ok "launch-group.sh mpirun command line"
+    # The keepalive must fire before the ranks' watchdog (30 s by default).
+    if STATETUNE_COORDINATOR=tcp://x:1 STATETUNE_KEYS="$etc/keys" STATETUNE_OOB_KEEPALIVE="5 2" \
+        PATH="$tmp/bin:$PATH" "$lg" 2>/dev/null; then
+        fail "launch-group.sh accepted a keepalive setting of two numbers"
+    fi
+    STATETUNE_COORDINATOR=tcp://x:1 STATETUNE_KEYS="$etc/keys" STATETUNE_OOB_KEEPALIVE=off PATH="$tmp/bin:$PATH" "$lg"
+    grep -q keepalive "$tmp/mpirun.args" && fail "STATETUNE_OOB_KEEPALIVE=off still set a keepalive"
+    # A keepalive given in STATETUNE_MPIRUN_ARGS replaces ours (mpirun
+    # refuses a parameter listed twice).
+    STATETUNE_COORDINATOR=tcp://x:1 STATETUNE_KEYS="$etc/keys" PATH="$tmp/bin:$PATH" \
+        STATETUNE_MPIRUN_ARGS="--mca oob_tcp_keepalive_time 2" "$lg"
+    [ "$(grep -c '^oob_tcp_keepalive_time$' "$tmp/mpirun.args")" -eq 1 ] ||
+        fail "oob_tcp_keepalive_time is given to mpirun twice"
 else
     fail "launch-group.sh did not run mpirun"
 fi
