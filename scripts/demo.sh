@@ -31,6 +31,10 @@
 # STATETUNE_DEMO_LOCAL=1 (go straight to the local path).
 set -euo pipefail
 
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+    exit 0
+fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=${STATETUNE_BUILD:-$here/build}
 steps=${STATETUNE_DEMO_STEPS:-60}
