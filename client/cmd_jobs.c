@@ -200,6 +200,8 @@ int cmd_status(int argc, char **argv, const char *endpoint)
         }
         const char *e = json_string_value(json_object_get(job, "error"));
         if (e && *e) printf("error     %s\n", e);
+        const char *w = json_string_value(json_object_get(job, "waiting"));
+        if (w) printf("waiting   %s\n", w);
     }
     json_decref(job);
     return cmd_finish(0);

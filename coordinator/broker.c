@@ -293,6 +293,30 @@ static int s_on_submit(broker_t *self, json_t *msg, reply_t *r, char *err)
     return ST_OK;
 }
 
+/* For a queued job, why it is waiting: no connected group can run it, or
+ * every group that can is busy. */
+static void s_add_waiting(broker_t *self, int64_t job, json_t *rec)
+{
+    const char *st = json_string_value(json_object_get(rec, "status"));
+    if (!st || strcmp(st, "queued") != 0) return;
+    int fit = 0, free_fit = 0;
+    for (size_t i = 0; i < self->n_groups; i++) {
+        group_t *g = &self->groups[i];
+        if (sched_job_fits(self->sched, job, g->gpus, g->backend) != 1) continue;
+        fit++;
+        if (!sched_job_of_group(self->sched, g->id)) free_fit++;
+    }
+    char needs[256], text[400];
+    if (sched_job_needs(self->sched, job, needs, sizeof needs) != ST_OK) return;
+    if (!fit)
+        snprintf(text, sizeof text, "no connected worker group can run it: it needs %s", needs);
+    else if (!free_fit)
+        snprintf(text, sizeof text, "every group that can run it (%d) is busy", fit);
+    else
+        snprintf(text, sizeof text, "a free group will take it at its next request");
+    json_object_set_new(rec, "waiting", json_string(text));
+}
+
 static int s_on_status(broker_t *self, json_t *msg, reply_t *r, char *err)
 {
     int64_t job = 0;
@@ -300,6 +324,7 @@ static int s_on_status(broker_t *self, json_t *msg, reply_t *r, char *err)
     json_t *rec = NULL;
     if (rc == ST_OK) rc = sched_job_json(self->sched, job, &rec, err);
     if (rc) return rc;
+    s_add_waiting(self, job, rec);
     json_object_set_new(r->rep, "job", rec);
     return ST_OK;
 }

@@ -97,6 +97,14 @@ static job_t *s_find(sched_t *self, int64_t id)
     return NULL;
 }
 
+/* The matching rule: enough ranks, the same backend, and a global batch
+ * that splits evenly over the group's ranks. */
+static int s_fits(const job_t *j, int group_gpus, const char *backend)
+{
+    return j->gpus <= group_gpus && !strcmp(j->backend, backend) &&
+           (j->global_batch <= 0 || j->global_batch % group_gpus == 0);
+}
+
 static void s_remove(sched_t *self, int64_t id)
 {
     for (size_t i = 0; i < self->n_jobs; i++) {
@@ -357,10 +365,9 @@ int sched_assign(sched_t *self, const char *group, int group_gpus, const char *b
     job_t *best = NULL;
     for (size_t i = 0; i < self->n_jobs; i++) {
         job_t *j = &self->jobs[i];
-        if (j->status != JOB_QUEUED || j->gpus > group_gpus || strcmp(j->backend, backend) != 0) continue;
         /* a larger group runs the same global batch, split over more ranks
-         * (SPEC 7: same result), which needs an even split */
-        if (j->global_batch > 0 && j->global_batch % group_gpus != 0) continue;
+         * (SPEC 7: same result), which needs an even split (s_fits) */
+        if (j->status != JOB_QUEUED || !s_fits(j, group_gpus, backend)) continue;
         if (j->hold_until_ms && s_now_ms() < j->hold_until_ms) continue;
         if (!best || j->priority > best->priority || (j->priority == best->priority && j->id < best->id)) best = j;
     }
@@ -642,6 +649,23 @@ int64_t sched_job_of_group(sched_t *self, const char *group)
     for (size_t i = 0; i < self->n_jobs; i++)
         if (self->jobs[i].status == JOB_RUNNING && !strcmp(self->jobs[i].group, group)) return self->jobs[i].id;
     return 0;
+}
+
+int sched_job_fits(sched_t *self, int64_t job, int group_gpus, const char *backend)
+{
+    job_t *j = s_find(self, job);
+    if (!j || j->status != JOB_QUEUED || group_gpus < 1) return -1;
+    return s_fits(j, group_gpus, backend);
+}
+
+int sched_job_needs(sched_t *self, int64_t job, char *buf, size_t len)
+{
+    job_t *j = s_find(self, job);
+    if (!j) return ST_ENOTFOUND;
+    snprintf(buf, len, "a %s group of at least %d %s whose rank count divides the global batch of %d", j->backend,
+             j->gpus, strcmp(j->backend, "cuda") ? (j->gpus == 1 ? "rank" : "ranks") : (j->gpus == 1 ? "GPU" : "GPUs"),
+             j->global_batch);
+    return ST_OK;
 }
 
 int sched_cancel_requested(sched_t *self, int64_t job)

@@ -84,6 +84,15 @@ int sched_jobs_json(sched_t *self, json_t **out, char *err);
 /* The id of the job a group is running, or 0. */
 int64_t sched_job_of_group(sched_t *self, const char *group);
 
+/* Whether a group of group_gpus ranks on backend could run a queued job
+ * (the matching rule of sched_assign, without the hold after a restart).
+ * -1 when the job is not queued. */
+int sched_job_fits(sched_t *self, int64_t job, int group_gpus, const char *backend);
+
+/* What a queued job needs, in words ("a cpu group of at least 2 ranks that
+ * divide its global batch of 16"), for status replies. */
+int sched_job_needs(sched_t *self, int64_t job, char *buf, size_t len);
+
 /* Whether a cancel was requested for a running job. */
 int sched_cancel_requested(sched_t *self, int64_t job);
 
