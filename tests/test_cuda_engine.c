@@ -172,6 +172,71 @@ static int test_bf16_small_fixture(void)
     return s_compare_model("rwkv7/small.safetensors", ENGINE_BF16, 3e-2, 3e-2, 5e-2, 3e-2);
 }
 
+/* The DBP correlation Q (engine_batch_t.dbp_q) from the CUDA engine against
+ * the CPU engine's, on sampled rows only, fp32 and bf16. */
+static int s_dbp_run(rwkv_model_t *m, engine_backend_t be, engine_precision_t prec, int B, int T,
+                     const int32_t *tok, const float *s0, const uint8_t *rows, double *q)
+{
+    char err[ST_ERR_LEN];
+    engine_opts_t opts = {.backend = be, .precision = prec, .max_batch = B, .max_ctx = T};
+    engine_t *eng = engine_new(m, &opts, err);
+    if (!eng) {
+        fprintf(stderr, "engine_new: %s\n", err);
+        return 1;
+    }
+    engine_batch_t bt = {.tokens = tok, .B = B, .T = T, .state0 = s0, .dbp_rows = rows, .dbp_q = q};
+    int rc = engine_run(eng, &bt, err);
+    if (rc) fprintf(stderr, "engine_run: %s\n", err);
+    engine_destroy(&eng);
+    return rc != 0;
+}
+
+static int test_dbp_matches_cpu(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    const char *env = getenv("STATETUNE_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    rwkv_config_t cfg = {.n_layer = 2, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
+                         .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    char err[ST_ERR_LEN];
+    rwkv_model_t *m = rwkv_model_new_random(&cfg, seed, err);
+    CHECKF(m != NULL, "%s", err);
+    const int B = 3, T = 37;
+    const uint8_t rows[3] = {1, 0, 1};
+    size_t R = (size_t)B * T, ns = (size_t)cfg.n_layer * rwkv_state_layer_size(&cfg);
+    int32_t *tok = malloc(R * 4);
+    float *s0 = calloc(ns, sizeof(float));
+    double *qc = calloc(ns, sizeof(double)), *qg = malloc(ns * sizeof(double));
+    uint64_t s = seed | 1;
+    for (size_t i = 0; i < R; i++) tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+    int rc = s_dbp_run(m, ENGINE_CPU, ENGINE_FP32, B, T, tok, s0, rows, qc);
+    const double tol[2] = {1e-5, 5e-2};
+    for (int prec = 0; prec < 2 && !rc; prec++) {
+        for (size_t i = 0; i < ns; i++) qg[i] = 0; /* accumulated (+=) by contract */
+        rc = s_dbp_run(m, ENGINE_CUDA, prec ? ENGINE_BF16 : ENGINE_FP32, B, T, tok, s0, rows, qg);
+        if (rc) break;
+        double num = 0, den = 0;
+        for (size_t i = 0; i < ns; i++) {
+            num += (qg[i] - qc[i]) * (qg[i] - qc[i]);
+            den += qc[i] * qc[i];
+        }
+        double e = sqrt(num / den);
+        printf("%s dbp_q: cuda % .6e % .6e   cpu % .6e % .6e   rel err %.2e\n", prec ? "bf16" : "fp32", qg[0],
+               qg[65], qc[0], qc[65], e);
+        if (!(e <= tol[prec])) {
+            fprintf(stderr, "dbp_q rel err %.3e > %.1e\n", e, tol[prec]);
+            rc = 1;
+        }
+    }
+    free(tok);
+    free(s0);
+    free(qc);
+    free(qg);
+    rwkv_model_destroy(&m);
+    return rc;
+}
+
 /* A batch larger than the plan is refused with a sentence, not a crash. */
 static int test_refuses_oversized_batch(void)
 {
@@ -202,6 +267,7 @@ int main(int argc, char **argv)
         {"fp32_matches_cpu", test_fp32_matches_cpu},
         {"bf16_matches_cpu", test_bf16_matches_cpu},
         {"bf16_small_fixture", test_bf16_small_fixture},
+        {"dbp_matches_cpu", test_dbp_matches_cpu},
         {"refuses_oversized_batch", test_refuses_oversized_batch},
         {NULL, NULL},
     };

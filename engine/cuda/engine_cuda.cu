@@ -25,8 +25,8 @@
  * layers; backward scratch reuses forward scratch that is dead by then (the
  * six lerp outputs become their gradients). peak_mem = weights + plan.
  *
- * Not yet on the GPU: the DBP correlation (dbp_q) -- refused with
- * ST_EUNSUPPORTED; the tuning loop uses the CPU engine for DBP jobs.
+ * DBP: when the batch asks for dbp_q, each layer's forward also runs the Q
+ * recursion (kernels/cuda/dbp.cuh) on the sampled rows, in double.
  */
 extern "C" {
 #include "engine/engine_cuda.h"
@@ -35,6 +35,7 @@ extern "C" {
 }
 #include "kernels/cuda/channelmix.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/dbp.cuh"
 #include "kernels/cuda/groupnorm.cuh"
 #include "kernels/cuda/head.cuh"
 #include "kernels/cuda/layernorm.cuh"
@@ -118,6 +119,8 @@ struct engine_cuda {
     void *dh, *dr, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv, *dwl, *dal, *dkraw, *dvraw, *dvl, *dxh;
     float *dx, *sfin, *lnout_mean, *lnout_rstd, *row_loss, *state0, *ds0;
     int32_t *tokens, *targets, *row_correct;
+    double *dbp_q, *h_dbp_q; /* (L, H, N, N) on the device and its host copy */
+    uint8_t *dbp_rows;       /* (maxB) */
     /* profiling (engine_cuda_set_profiling): phase marks and one pair of
      * events around every WKV call, [0..L) forward, [L..2L) backward */
     int profile;
@@ -225,6 +228,8 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     e->tokens = (int32_t *)carve(cv, R * 4);
     e->targets = (int32_t *)carve(cv, R * 4);
     e->row_correct = (int32_t *)carve(cv, R * 4);
+    e->dbp_q = (double *)carve(cv, L * HNN * 8);
+    e->dbp_rows = (uint8_t *)carve(cv, (size_t)e->maxB);
 }
 
 /* Copies n fp32 values to the device as T (bf16 rounded to nearest even, as
@@ -397,7 +402,7 @@ int wkv_bwd(int B, int T, int H, const __nv_bfloat16 *r, const float *w, const _
 template <typename T> T *lay(void *base, int l, size_t per) { return (T *)base + (size_t)l * per; }
 
 template <typename T>
-int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, char *err)
+int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool dbp, char *err)
 {
     const rwkv_config_t *c = &e->m->cfg;
     const dev_layer_t *p = &e->L[l];
@@ -448,6 +453,11 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, char *
     RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, e->state0 + l * HNN, y,
                 final_state ? e->sfin : NULL, ckpt, sa, st, err));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][l], st));
+    if (dbp) {
+        st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N, 0, st>>>(Tn, H, r, w, (const T *)e->wa, (const T *)e->wb,
+                                                              e->dbp_rows, e->dbp_q + l * HNN);
+        ST_CUDA_CHECK_LAUNCH("dbp_q_kernel");
+    }
     if (final_state)
         ST_CUDA_CHECK(cudaMemcpy2DAsync(final_state + l * HNN, (size_t)c->n_layer * HNN * 4, e->sfin, HNN * 4,
                                         HNN * 4, B, cudaMemcpyDeviceToHost, st));
@@ -587,12 +597,17 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     const size_t RC = (size_t)R * C, RCp = (size_t)e->maxB * e->maxT * C, HNN = rwkv_state_layer_size(c);
     cudaStream_t st = e->stream;
     const bool backward = bt->dstate0 != NULL && bt->targets != NULL;
+    const bool dbp = bt->dbp_q != NULL && bt->dbp_rows != NULL;
 
     ST_CUDA_CHECK(cudaMemcpyAsync(e->tokens, bt->tokens, (size_t)R * 4, cudaMemcpyHostToDevice, st));
     if (bt->targets)
         ST_CUDA_CHECK(cudaMemcpyAsync(e->targets, bt->targets, (size_t)R * 4, cudaMemcpyHostToDevice, st));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->state0, bt->state0, (size_t)L * HNN * 4, cudaMemcpyHostToDevice, st));
     if (backward) ST_CUDA_CHECK(cudaMemsetAsync(e->ds0, 0, (size_t)L * HNN * 4, st));
+    if (dbp) {
+        ST_CUDA_CHECK(cudaMemcpyAsync(e->dbp_rows, bt->dbp_rows, (size_t)B, cudaMemcpyHostToDevice, st));
+        ST_CUDA_CHECK(cudaMemsetAsync(e->dbp_q, 0, (size_t)L * HNN * 8, st));
+    }
 
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[0], st));
     st::embed_kernel<T><<<R, 256, 0, st>>>(C, e->tokens, (const T *)e->emb, e->x_res);
@@ -600,7 +615,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     st::layernorm_fwd_kernel<float, float><<<R, st::LN_THREADS, 0, st>>>(C, e->x_res, e->L[0].ln0_w, e->L[0].ln0_b,
                                                                           LN_EPS, e->x_res, NULL, NULL);
     ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
-    for (int l = 0; l < L; l++) RUN(layer_fwd<T>(e, l, B, Tn, bt->final_state, err));
+    for (int l = 0; l < L; l++) RUN(layer_fwd<T>(e, l, B, Tn, bt->final_state, dbp, err));
 
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[1], st));
     float *xL = e->x_res + (size_t)L * RCp;
@@ -623,7 +638,11 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[2], st));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_loss, e->row_loss, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_correct, e->row_correct, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
+    if (dbp)
+        ST_CUDA_CHECK(cudaMemcpyAsync(e->h_dbp_q, e->dbp_q, (size_t)L * HNN * 8, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaStreamSynchronize(st));
+    if (dbp)
+        for (size_t i = 0; i < (size_t)L * HNN; i++) bt->dbp_q[i] += e->h_dbp_q[i];
     double loss = 0;
     int64_t nt = 0, nc = 0;
     if (bt->targets)
@@ -710,7 +729,8 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, char *err)
     e->h_loss = (float *)malloc(R * 4);
     e->h_correct = (int32_t *)malloc(R * 4);
     e->h_ds0 = (float *)malloc((size_t)c->n_layer * rwkv_state_layer_size(c) * 4);
-    if (!e->h_loss || !e->h_correct || !e->h_ds0)
+    e->h_dbp_q = (double *)malloc((size_t)c->n_layer * rwkv_state_layer_size(c) * 8);
+    if (!e->h_loss || !e->h_correct || !e->h_ds0 || !e->h_dbp_q)
         return st_fail(err, ST_ENOMEM, "out of host memory for the CUDA engine's staging buffers");
     return ST_OK;
 }
@@ -776,6 +796,7 @@ extern "C" void engine_cuda_destroy(engine_cuda_t **self_p)
     free(e->h_loss);
     free(e->h_correct);
     free(e->h_ds0);
+    free(e->h_dbp_q);
     e->tag = 0;
     free(e);
     *self_p = NULL;
@@ -788,10 +809,6 @@ extern "C" int engine_cuda_run(engine_cuda_t *self, engine_batch_t *batch, char 
     if (batch->B < 1 || batch->T < 1 || batch->B > self->maxB || batch->T > self->maxT)
         return st_fail(err, ST_EINVAL, "a batch of %d x %d does not fit the CUDA engine's plan of %d x %d", batch->B,
                        batch->T, self->maxB, self->maxT);
-    if (batch->dbp_q && batch->dbp_rows)
-        return st_fail(err, ST_EUNSUPPORTED,
-                       "the CUDA engine does not compute the DBP correlation (dbp_q) yet; run DBP jobs on the CPU "
-                       "backend");
     int rc = self->bf16 ? run<__nv_bfloat16>(self, batch, err) : run<float>(self, batch, err);
     if (rc == ST_OK) {
         /* errors raised while kernels ran surface here */
