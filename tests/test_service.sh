@@ -7,6 +7,7 @@
 #   test_service.sh priority          5 jobs on 2 groups start in priority order and all succeed
 #   test_service.sh cancel            a running job stops within 5 s and the group serves on
 #   test_service.sh kill_group        SIGKILL a group mid-job; another group finishes it from its checkpoint
+#   test_service.sh kill_rank         SIGKILL one non-root rank: the group ends, another finishes the job
 #   test_service.sh kill_coordinator  SIGKILL the coordinator mid-job and restart it: queue, running job
 #                                     and registry intact, the job finishes on the group that had it
 #   test_service.sh curve             CURVE on: a refused key gets nothing (logged), allowed keys work
@@ -16,7 +17,7 @@
 # seconds; exit 77 (skipped) when the fixtures or mpirun are absent.
 set -u
 
-scenario=${1:?usage: test_service.sh e2e|priority|cancel|kill_group|kill_coordinator|curve|coordinator_gone}
+scenario=${1:?usage: test_service.sh e2e|priority|cancel|kill_group|kill_rank|kill_coordinator|curve|coordinator_gone}
 B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
 FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
 MODEL=$FIX/rwkv7/tiny.pth
@@ -225,6 +226,32 @@ kill_group)
     from=$("$ST" states show resume@latest --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
     echo "second group resumed from step $from"
     "$PY" -c "exit(0 if $from >= 20 else 1)" || fail "the second group did not resume from the checkpoint (from $from)"
+    ;;
+
+kill_rank)
+    # SIGKILL one rank that is not rank 0: the group must end (MPI sees the
+    # dead rank) and the job finish on another group from its checkpoint
+    start_coordinator
+    start_group a 2
+    A=$GROUP_PID
+    make_job rank 200 0 10
+    J=$("$ST" submit "$T/rank.json") || fail "submit failed"
+    wait_for "a checkpoint of job $J" 60 checkpoint_at_least "$J" 20
+    root=$(sed -n 's/.*statetune-worker [^ ]*-\([0-9]*\)-[0-9a-f]*: .*/\1/p' "$T/group-a.log" | head -1)
+    victim=$(pgrep -P "$A" | grep -v "^$root\$" | head -1)
+    [ -n "$victim" ] || fail "no rank other than rank 0 ($root) found under mpirun $A"
+    kill -9 "$victim"
+    echo "killed rank pid $victim (rank 0 is $root)"
+    end=$((SECONDS + 40))
+    while kill -0 "$A" 2>/dev/null; do
+        [ $SECONDS -lt $end ] || fail "the group did not end within 40 s of losing a rank"
+        sleep 0.2
+    done
+    wait_for "job $J to go back to the queue" 15 sh -c "[ \"\$('$ST' status $J --json | $PY -c 'import json,sys; print(json.load(sys.stdin)[\"status\"])')\" = queued ]"
+    start_group b 2
+    "$ST" wait "$J" --timeout 120 || fail "job $J did not finish on the second group"
+    n=$("$ST" states list --json | json 'len(d)')
+    [ "$n" = 1 ] || fail "expected 1 registered state, found $n"
     ;;
 
 kill_coordinator)
