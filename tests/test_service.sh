@@ -166,6 +166,16 @@ EOF
     sha=$(sha256sum "$MODEL" | cut -d' ' -f1)
     "$ST" states show byname@latest --json | json "int(d['model_sha256'] == '$sha' or exit(1))" \
         || fail "the state's model_sha256 is not the model file's"
+    # a job that fails on the group (its data vanished after validation):
+    # failed, with the group's reason, and wait exits 1
+    cp "$T/train.jsonl" "$T/gone.jsonl"
+    sed 's|"train": "train.jsonl"|"train": "gone.jsonl"|; s|"name": "tabs"|"name": "gone"|' "$T/tabs.json" >"$T/gone.json"
+    kill_group "$GROUP_PID"           # no group while the data goes away
+    J3=$("$ST" submit "$T/gone.json") || fail "submit failed"
+    rm "$T/gone.jsonl"
+    start_group c 2
+    "$ST" wait "$J3" --timeout 60 2>"$T/gone.txt" && fail "wait exited 0 for a failed job"
+    grep -q "failed: .*gone.jsonl" "$T/gone.txt" || fail "the failure does not name the missing file: $(cat "$T/gone.txt")"
     # an unknown job is one clear sentence and exit 1
     "$ST" status 999 2>"$T/err.txt" && fail "status of an unknown job succeeded"
     grep -q "999" "$T/err.txt" || fail "unknown job error does not name it: $(cat "$T/err.txt")"
