@@ -317,13 +317,13 @@ static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s
     groupnorm_forward_cpu(R, H, c->head_size, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, gnm, gnr,
                           e->oin);
     linear_forward_cpu(R, C, C, e->oin, p->output, e->tmp);
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (RC >= 32768)
     for (size_t i = 0; i < RC; i++) xmid[i] = xin[i] + e->tmp[i];
     layernorm_forward_cpu(R, C, xmid, p->ln2_w, p->ln2_b, RWKV_LN_EPS, e->h, e->ln2_mean + l * Rp,
                           e->ln2_rstd + l * Rp);
     channelmix_forward_cpu(B, T, C, F, e->h, NULL, p->ffn_x_k, p->ffn_key, p->ffn_value, e->tmp,
                            kpre, e->act, e->oin);
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (RC >= 32768)
     for (size_t i = 0; i < RC; i++) xout[i] = xmid[i] + e->oin[i];
 }
 
@@ -365,7 +365,7 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
                            e->dy, e->dbr, e->dbk, e->dbv, e->dg);
 
     /* WKV7: the wkv "a" and "b" inputs are recomputed from kk and a */
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (RC >= 32768)
     for (size_t i = 0; i < RC; i++) {
         e->wa[i] = -kk[i];
         e->wb[i] = kk[i] * a[i];
@@ -373,7 +373,7 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
     wkv7_backward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, ckpt, CKPT_EVERY, e->dy, e->dr, e->dw,
                       e->dk, e->dv, e->da, e->db, ds0);
     if (l == 0) return; /* nothing below layer 0's WKV depends on S0 */
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (RC >= 32768)
     for (size_t i = 0; i < RC; i++) {
         e->dr[i] += e->dbr[i];
         e->dk[i] += e->dbk[i];

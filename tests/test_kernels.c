@@ -605,7 +605,7 @@ static int test_sgemm_blocks(void)
 {
     rng_t g = {71};
     /* tall (split by rows) and short-wide (split by columns), both op(B) */
-    int shapes[2][3] = {{700, 40, 33}, {9, 1000, 40}};
+    int shapes[2][3] = {{700, 40, 160}, {9, 1000, 480}};
     for (int sh = 0; sh < 2; sh++)
         for (int tb = 0; tb < 2; tb++) {
             int M = shapes[sh][0], N = shapes[sh][1], K = shapes[sh][2];

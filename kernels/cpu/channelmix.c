@@ -38,7 +38,7 @@ void channelmix_forward_cpu(int B, int T, int C, int F, const float *h, const fl
     tokenshift_forward_cpu(B, T, C, h, prev, 1, mix, outs);
     linear_forward_cpu(R, C, F, xk, key, kpre);
     size_t n = (size_t)R * F;
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (n >= 32768)
     for (size_t i = 0; i < n; i++) {
         float z = s_relu(kpre[i]);
         act[i] = z * z;
@@ -53,7 +53,7 @@ void channelmix_backward_cpu(int B, int T, int C, int F, const float *x_k, const
     int R = B * T;
     sgemm_rows_cpu(0, R, F, C, 1.0f, dout, C, value, F, 0.0f, dact, F);
     size_t n = (size_t)R * F;
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (n >= 32768)
     for (size_t i = 0; i < n; i++) dact[i] *= 2.0f * s_relu(kpre[i]);
     sgemm_rows_cpu(0, R, C, F, 1.0f, dact, F, key, C, 0.0f, dxk, C);
     const float *mix[1] = {x_k};

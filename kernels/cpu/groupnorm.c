@@ -21,7 +21,7 @@ void groupnorm_forward_cpu(int R, int H, int N, const float *y, const float *ln_
                            float *out)
 {
     int C = H * N;
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) if (R >= 32)
     for (int row = 0; row < R; row++) {
         for (int h = 0; h < H; h++) {
             size_t p = (size_t)row * C + (size_t)h * N;
@@ -53,7 +53,7 @@ void groupnorm_backward_cpu(int R, int H, int N, const float *y, const float *ln
                             float *dk, float *dv, float *dg)
 {
     int C = H * N;
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) if (R >= 32)
     for (int row = 0; row < R; row++) {
         for (int h = 0; h < H; h++) {
             size_t p = (size_t)row * C + (size_t)h * N;

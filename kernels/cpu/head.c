@@ -30,7 +30,7 @@ void head_ce_cpu(int R, int C, int V, const float *x, const float *head, const i
         if (logits_out) memcpy(logits_out + (size_t)r0 * V, lg, (size_t)n * V * sizeof(float));
         double closs = 0;
         int64_t cnt = 0, ccor = 0;
-#pragma omp parallel for schedule(dynamic, 16) reduction(+ : closs, cnt, ccor)
+#pragma omp parallel for schedule(dynamic, 16) if (n >= 32) reduction(+ : closs, cnt, ccor)
         for (int i = 0; i < n; i++) {
             float *row = lg + (size_t)i * V;
             int32_t tg = targets ? targets[r0 + i] : -1;

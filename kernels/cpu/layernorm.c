@@ -19,7 +19,7 @@
 void layernorm_forward_cpu(int R, int C, const float *inp, const float *w, const float *b,
                            float eps, float *out, float *mean, float *rstd)
 {
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) if (R >= 32)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C;
         float *o = out + (size_t)r * C;
@@ -42,7 +42,7 @@ void layernorm_backward_cpu(int R, int C, const float *inp, const float *w,
                             const float *mean, const float *rstd,
                             const float *dout, float *dinp)
 {
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) if (R >= 32)
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C;
         const float *dy = dout + (size_t)r * C;

@@ -24,14 +24,15 @@
  * to a single-threaded OpenBLAS call (engine_cpu_new sets OpenBLAS to one
  * thread), so the element-wise kernels and the products share one thread
  * pool: two pools spin-waiting against each other cost a third of the time
- * on a 2-core machine. Small products stay on one thread. */
+ * on a 2-core machine. Products under 4 MFLOP (one token in RNN mode) stay
+ * on one thread: waking a team costs more than they take. */
 void sgemm_rows_cpu(int transB, int M, int N, int K, float alpha, const float *A, int lda,
                     const float *B, int ldb, float beta, float *C, int ldc)
 {
     enum CBLAS_TRANSPOSE tb = transB ? CblasTrans : CblasNoTrans;
     int nt = 1;
 #ifdef _OPENMP
-    if ((double)M * N * K > 2e5 && !omp_in_parallel()) nt = omp_get_max_threads();
+    if ((double)M * N * K >= 4e6 && !omp_in_parallel()) nt = omp_get_max_threads();
 #endif
     if (nt <= 1) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -74,10 +75,10 @@ void lora_forward_cpu(int R, int C, int D, const float *x, const float *w1, cons
     sgemm_rows_cpu(0, R, D, C, 1.0f, x, C, w1, D, 0.0f, hid, D);
     size_t n = (size_t)R * D;
     if (act == LORA_TANH) {
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (n >= 32768)
         for (size_t i = 0; i < n; i++) hid[i] = tanhf(hid[i]);
     } else if (act == LORA_SIGMOID) {
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (n >= 32768)
         for (size_t i = 0; i < n; i++) hid[i] = 1.0f / (1.0f + expf(-hid[i]));
     }
     sgemm_rows_cpu(0, R, C, D, 1.0f, hid, D, w2, C, 0.0f, out, C);
@@ -89,10 +90,10 @@ void lora_backward_cpu(int R, int C, int D, const float *w1, const float *w2, lo
     sgemm_rows_cpu(1, R, D, C, 1.0f, dout, C, w2, C, 0.0f, dhid, D);
     size_t n = (size_t)R * D;
     if (act == LORA_TANH) {
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (n >= 32768)
         for (size_t i = 0; i < n; i++) dhid[i] *= 1.0f - hid[i] * hid[i];
     } else if (act == LORA_SIGMOID) {
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (n >= 32768)
         for (size_t i = 0; i < n; i++) dhid[i] *= hid[i] * (1.0f - hid[i]);
     }
     sgemm_rows_cpu(1, R, C, D, 1.0f, dhid, D, w1, D, 1.0f, dx, C);

@@ -26,7 +26,7 @@ void timemix_forward_cpu(int R, int H, int N, const float *wl, const float *al,
                          float *w, float *a, float *kk, float *kf, float *wa, float *wb)
 {
     int C = H * N;
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) if (R >= 32)
     for (int r = 0; r < R; r++) {
         size_t o = (size_t)r * C;
         for (int c = 0; c < C; c++) {
@@ -61,7 +61,7 @@ void timemix_backward_cpu(int R, int H, int N, const float *wl, const float *w0,
                           float *dwl, float *dal, float *dkraw)
 {
     int C = H * N;
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) if (R >= 32)
     for (int r = 0; r < R; r++) {
         size_t o = (size_t)r * C;
         for (int c = 0; c < C; c++) {
@@ -97,7 +97,7 @@ void timemix_backward_cpu(int R, int H, int N, const float *wl, const float *w0,
 void vmix_forward_cpu(int R, int C, const float *vraw, const float *v_first, const float *v0,
                       float *vl_to_s, float *v)
 {
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) if (R >= 32)
     for (int r = 0; r < R; r++) {
         size_t o = (size_t)r * C;
         for (int c = 0; c < C; c++) {
@@ -112,7 +112,7 @@ void vmix_backward_cpu(int R, int C, const float *vraw, const float *v_first, co
                        const float *dv, float *dvraw, float *dv_first, float *dvl)
 {
     size_t n = (size_t)R * C;
-#pragma omp parallel for schedule(dynamic, 8192)
+#pragma omp parallel for schedule(dynamic, 8192) if (n >= 32768)
     for (size_t i = 0; i < n; i++) {
         float sv = s[i], g = dv[i];
         dvraw[i] = g * (1.0f - sv);

@@ -15,7 +15,7 @@
 void tokenshift_forward_cpu(int B, int T, int C, const float *h, const float *prev,
                             int nmix, const float *const *mix, float *const *out)
 {
-#pragma omp parallel for collapse(2) schedule(dynamic, 8)
+#pragma omp parallel for collapse(2) schedule(dynamic, 8) if (B * T >= 32)
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
             size_t o = ((size_t)b * T + t) * C;
@@ -37,7 +37,7 @@ void tokenshift_forward_cpu(int B, int T, int C, const float *h, const float *pr
 void tokenshift_backward_cpu(int B, int T, int C, int nmix, const float *const *mix,
                              const float *const *dout, float *dh)
 {
-#pragma omp parallel for collapse(2) schedule(dynamic, 8)
+#pragma omp parallel for collapse(2) schedule(dynamic, 8) if (B * T >= 32)
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
             size_t o = ((size_t)b * T + t) * C;

@@ -207,7 +207,7 @@ void wkv7_forward_cpu(int B, int T, int H,
 {
     int C = H * N;
     int nck = s_ckpt ? (T + ckpt_every - 1) / ckpt_every : 0;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (B * H * T >= 256)
     for (int bb = 0; bb < B; bb++) {
         for (int h = 0; h < H; h++) {
             float S[N * N];
@@ -236,7 +236,7 @@ void wkv7_backward_cpu(int B, int T, int H,
     assert(ckpt_every >= 1 && ckpt_every <= WKV7_CPU_MAX_CKPT);
     int C = H * N;
     int nck = (T + ckpt_every - 1) / ckpt_every;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (B * H * T >= 256)
     for (int bb = 0; bb < B; bb++) {
         for (int h = 0; h < H; h++) {
             /* states[s] = state before step t0 + s; states[n] = after the last */
