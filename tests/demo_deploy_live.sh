@@ -7,7 +7,9 @@
 # submits a small job that succeeds and fetches the state. Then the key
 # operations of docs/operations.md: an allowed client is served, a revoked
 # one is refused (and the refusal logged), a rotated key works while the old
-# one stays allowed until it is revoked.
+# one stays allowed until it is revoked. Last, the backup and restore of
+# operations.md: an online backup, the registry replaced by it, and the
+# restarted coordinator serving the same state.
 set -euo pipefail
 src=${STATETUNE_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 build=${STATETUNE_BUILD_DIR:-$src/build}
@@ -122,6 +124,42 @@ if STATETUNE_ENDPOINT=$endpoint STATETUNE_CURVE_SECRET=$old STATETUNE_SERVER_KEY
     fail "alice's old key ($old_pub) still works after its revocation"
 fi
 echo "ok: rotate keeps the old key until it is revoked"
+
+# ---- backup while running, restore (docs/operations.md) ---------------------------
+if command -v sqlite3 >/dev/null; then
+    (umask 077 && sqlite3 -cmd ".timeout 10000" "$tmp/registry.db" ".backup '$tmp/backup.db'") ||
+        fail "online backup failed"
+    [ "$(sqlite3 "$tmp/backup.db" "PRAGMA integrity_check")" = ok ] || fail "the backup is not intact"
+    stop "$group_pid"
+    group_pid=""
+    stop "$coord_pid"
+    coord_pid=""
+    mkdir "$tmp/broken"
+    mv "$tmp/registry.db" "$tmp/broken/"
+    for f in "$tmp/registry.db-wal" "$tmp/registry.db-shm"; do
+        if [ -e "$f" ]; then mv "$f" "$tmp/broken/"; fi
+    done
+    install -m 0600 "$tmp/backup.db" "$tmp/registry.db"
+    "$build/coordinator/statetune-coordinator" --bind "$endpoint" --db "$tmp/registry.db" --jobs-dir "$tmp/jobs" \
+        --curve-secret "$etc/keys/coordinator.key" --allow "$etc/allow" >>"$tmp/coordinator.log" 2>&1 &
+    coord_pid=$!
+    restored=0
+    for ((i = 0; i < 50; i++)); do
+        if as alice states get deploy-check@latest -o "$tmp/s2.safetensors" --timeout-ms 1000 >/dev/null 2>&1; then
+            restored=1
+            break
+        fi
+        kill -0 "$coord_pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if [ "$restored" = 1 ] && cmp -s "$tmp/s.safetensors" "$tmp/s2.safetensors"; then
+        echo "ok: online backup, restore, and the restored coordinator serves the same state"
+    else
+        fail "the coordinator restored from the backup does not serve deploy-check@latest as before"
+    fi
+else
+    echo "skipped part: sqlite3 is not installed (backup and restore)"
+fi
 
 if [ "$fails" -ne 0 ]; then
     echo "--- coordinator log ---"
