@@ -19,6 +19,7 @@
 #include "kernels/cpu/tokenshift.h"
 #include "kernels/cpu/wkv7.h"
 
+#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,9 @@ rwkv_rnn_t *rwkv_rnn_new(const rwkv_model_t *model, const float *state0, char *e
     s->kpre = p, p += F;
     s->act = p;
     if (state0) memcpy(s->wkv, state0, L * S * sizeof(float));
+    /* one token's products are too small for OpenBLAS's own threads, which
+     * would only spin (the CPU engine sets the same, engine_cpu.c) */
+    openblas_set_num_threads(1);
     return s;
 oom:
     if (s) free(s->mem);
