@@ -20,10 +20,14 @@
 #              symlink inside a root pointing outside are all refused at
 #              submit with a sentence naming the path; inside paths work
 #              (skipped while the coordinator has no --data-root option)
+#   fifo       no input a client sends can stop the coordinator: a job whose
+#              model, train file or vocabulary is a FIFO (open() would block
+#              forever) or a device is refused within 5 s, and the
+#              coordinator keeps answering other clients
 #
-#   security_curve.sh deploy|keys|perms|data_root
+#   security_curve.sh deploy|keys|perms|data_root|fifo
 set -u
-scenario=${1:?usage: security_curve.sh deploy|keys|perms|data_root}
+scenario=${1:?usage: security_curve.sh deploy|keys|perms|data_root|fifo}
 B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
 SRC=${STATETUNE_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$SRC/../shared/fixtures}}
@@ -239,6 +243,37 @@ data_root)
     job "$T/inside.json" inside "$T/root/train.jsonl"
     J=$("$ST" submit "$T/inside.json") || fail "a job inside the data root was refused: $(cat "$T/inside.err" 2>/dev/null)"
     "$ST" wait "$J" --timeout 120 >/dev/null || fail "the job inside the data root did not succeed"
+    ;;
+fifo)
+    need_fixture
+    mkfifo "$T/pipe.pth" "$T/pipe.jsonl" "$T/pipe.txt" || { echo "skipped: mkfifo failed"; exit 77; }
+    data "$T/train.jsonl"
+    "$COORD_BIN" --bind "$EP" --db "$T/registry.db" --insecure >"$T/coordinator.log" 2>&1 &
+    PIDS+=("$!")
+    export STATETUNE_ENDPOINT="$EP"
+    for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && break; sleep 0.1; done
+    cat >"$T/m.json" <<EOF
+{"name": "m", "model": "$T/pipe.pth", "train": "$T/train.jsonl", "steps": 1}
+EOF
+    cat >"$T/t.json" <<EOF
+{"name": "t", "model": "$MODEL", "train": "$T/pipe.jsonl", "steps": 1}
+EOF
+    cat >"$T/e.json" <<EOF
+{"name": "e", "model": "$MODEL", "train": "$T/train.jsonl", "eval": "$T/pipe.jsonl", "steps": 1}
+EOF
+    cat >"$T/d.json" <<EOF
+{"name": "d", "model": "/dev/zero", "train": "$T/train.jsonl", "steps": 1}
+EOF
+    for k in m t e d; do
+        "$ST" submit "$T/$k.json" --timeout-ms 5000 >/dev/null 2>"$T/$k.err"
+        e=$(cat "$T/$k.err")
+        echo "$k: $e"
+        echo "$e" | grep -q "did not answer" && fail "the coordinator hung on a job naming a FIFO or device ($k.json: $(tr '\n' ' ' <"$T/$k.json"))"
+        "$ST" jobs --timeout-ms 3000 >/dev/null 2>&1 || fail "the coordinator stopped answering after $k.json"
+    done
+    "$ST" models register pipe "$T/pipe.pth" --timeout-ms 5000 >/dev/null 2>"$T/reg.err"
+    grep -q "did not answer" "$T/reg.err" && fail "the coordinator hung on 'models register' of a FIFO"
+    "$ST" jobs --timeout-ms 3000 >/dev/null 2>&1 || fail "the coordinator stopped answering after models register of a FIFO"
     ;;
 *) echo "unknown scenario '$scenario'"; exit 2 ;;
 esac
