@@ -33,6 +33,17 @@ typedef struct engine_cuda engine_cuda_t;
  * The model must outlive the engine. Caller owns the result. */
 engine_cuda_t *engine_cuda_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err);
 
+/* The same with the memory mode chosen: recompute 0 keeps every layer's
+ * activations, 1 keeps only each layer's input and recomputes the layer's
+ * forward in the backward (about one more forward per step, a fraction of the
+ * memory), -1 (what engine_cuda_new does) picks 0 when it fits the free device
+ * memory, else 1. */
+engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const engine_opts_t *opts, int recompute,
+                                    char *err);
+
+/* 1 when the engine recomputes each layer's forward in the backward. */
+int engine_cuda_recomputes(const engine_cuda_t *self);
+
 /* Frees device memory, streams and handles; accepts NULL; sets *self_p NULL. */
 void engine_cuda_destroy(engine_cuda_t **self_p);
 

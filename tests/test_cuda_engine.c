@@ -15,6 +15,7 @@
 
 #include "common/st_err.h"
 #include "engine/engine.h"
+#include "engine/engine_cuda.h"
 #include "model/model.h"
 
 #include <cuda_runtime_api.h>
@@ -237,6 +238,72 @@ static int test_dbp_matches_cpu(void)
     return rc;
 }
 
+/* Recompute mode (one slot of per-layer activations, each layer's forward
+ * run again in the backward) gives the plain mode's results: the recomputed
+ * forward is the same kernels on the same inputs. Only dS0, summed with
+ * atomics, may differ in the last bits. */
+static int test_recompute_matches_plain(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    rwkv_config_t cfg = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
+                         .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    char err[ST_ERR_LEN];
+    uint64_t seed = (uint64_t)time(NULL);
+    rwkv_model_t *m = rwkv_model_new_random(&cfg, seed, err);
+    CHECKF(m != NULL, "%s", err);
+    const int B = 2, T = 37;
+    size_t R = (size_t)B * T, ns = (size_t)cfg.n_layer * rwkv_state_layer_size(&cfg);
+    size_t nl = R * cfg.vocab, nf = (size_t)B * ns;
+    int32_t *tok = malloc(R * 4), *tgt = malloc(R * 4);
+    float *s0 = malloc(ns * 4);
+    float *out[2][3];
+    double loss[2] = {0, 0};
+    uint64_t s = seed | 1;
+    for (size_t i = 0; i < R; i++) {
+        tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+        tgt[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+    }
+    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    int rc = 0;
+    for (int prec = 0; prec < 2 && !rc; prec++) {
+        for (int mode = 0; mode < 2 && !rc; mode++) {
+            engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec ? ENGINE_BF16 : ENGINE_FP32,
+                                  .max_batch = B, .max_ctx = T};
+            engine_cuda_t *e = engine_cuda_new_mode(m, &opts, mode, err);
+            CHECKF(e != NULL, "%s", err);
+            CHECK(engine_cuda_recomputes(e) == mode);
+            out[mode][0] = malloc(nl * 4);
+            out[mode][1] = calloc(ns, 4);
+            out[mode][2] = malloc(nf * 4);
+            engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T, .state0 = s0,
+                                 .logits = out[mode][0], .dstate0 = out[mode][1], .final_state = out[mode][2]};
+            rc = engine_cuda_run(e, &bt, err);
+            if (rc) fprintf(stderr, "engine_cuda_run: %s\n", err);
+            if (!rc) printf("%s %s: loss %.6f, peak %.2f MB\n", prec ? "bf16" : "fp32", mode ? "recompute" : "plain",
+                            bt.loss_sum, engine_cuda_peak_mem_bytes(e) / 1e6);
+            loss[mode] = bt.loss_sum;
+            engine_cuda_destroy(&e);
+        }
+        if (!rc) {
+            double el = st_rel_err_ff(out[1][0], out[0][0], nl), eg = st_rel_err_ff(out[1][1], out[0][1], ns);
+            double es = st_rel_err_ff(out[1][2], out[0][2], nf);
+            printf("    recompute vs plain: logits %.2e grad_state0 %.2e final_state %.2e loss %.2e\n", el, eg, es,
+                   fabs(loss[1] - loss[0]));
+            if (!(el == 0 && es == 0 && eg <= 1e-6 && loss[1] == loss[0])) {
+                fprintf(stderr, "recompute mode differs from plain mode\n");
+                rc = 1;
+            }
+        }
+        for (int mode = 0; mode < 2; mode++)
+            for (int k = 0; k < 3; k++) free(out[mode][k]);
+    }
+    free(tok);
+    free(tgt);
+    free(s0);
+    rwkv_model_destroy(&m);
+    return rc;
+}
+
 /* A batch larger than the plan is refused with a sentence, not a crash. */
 static int test_refuses_oversized_batch(void)
 {
@@ -268,6 +335,7 @@ int main(int argc, char **argv)
         {"bf16_matches_cpu", test_bf16_matches_cpu},
         {"bf16_small_fixture", test_bf16_small_fixture},
         {"dbp_matches_cpu", test_dbp_matches_cpu},
+        {"recompute_matches_plain", test_recompute_matches_plain},
         {"refuses_oversized_batch", test_refuses_oversized_batch},
         {NULL, NULL},
     };

@@ -24,6 +24,11 @@
  * per-layer tensors the backward needs (L copies), then scratch shared by all
  * layers; backward scratch reuses forward scratch that is dead by then (the
  * six lerp outputs become their gradients). peak_mem = weights + plan.
+ * When that plan does not fit (long contexts: batch 8 x ctx 4096 at 24 x 2048
+ * needs about 113 GB), the engine keeps only every layer's input x_res and one
+ * slot of the other per-layer tensors, and the backward recomputes each
+ * layer's forward into that slot just before it (recompute mode, about one
+ * more forward per step).
  *
  * DBP: when the batch asks for dbp_q, each layer's forward also runs the Q
  * recursion (kernels/cuda/dbp.cuh) on the sampled rows, in double.
@@ -100,6 +105,7 @@ struct engine_cuda {
     uint32_t tag;
     const rwkv_model_t *m;
     int maxB, maxT, nck, bf16, head_chunk;
+    int recompute; /* one slot of per-layer activations, refilled by a second forward in the backward */
     size_t esz; /* bytes of one T */
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -113,6 +119,7 @@ struct engine_cuda {
     float *w, *wl; /* the decay and its LoRA output stay fp32 in bf16 mode too (wkv7.cuh says why) */
     void *r, *kraw, *kf, *kk, *a, *v, *vraw, *vs, *g, *y, *whid, *ghid, *kpre;
     /* scratch */
+    void *v_first; /* layer 0's v, (R, C) T */
     void *h, *lerp[6], *hid, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
     float *logits; /* one chunk of rows, fp32: the softmax and its gradient read exact products */
     float *dw;
@@ -190,25 +197,27 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     if ((size_t)c->d_mv > D) D = c->d_mv;
     if ((size_t)c->d_gate > D) D = c->d_gate;
     size_t HNN = rwkv_state_layer_size(c);
-    e->x_res = (float *)carve(cv, (L + 1) * RC * 4);
-    e->x_mid = (float *)carve(cv, L * RC * 4);
-    e->ln1_mean = (float *)carve(cv, L * R * 4);
-    e->ln1_rstd = (float *)carve(cv, L * R * 4);
-    e->ln2_mean = (float *)carve(cv, L * R * 4);
-    e->ln2_rstd = (float *)carve(cv, L * R * 4);
-    e->gn_mean = (float *)carve(cv, L * R * H * 4);
-    e->gn_rstd = (float *)carve(cv, L * R * H * 4);
-    e->ckpt = (float *)carve(cv, L * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, (int)H) * 4);
-    e->sa = (float *)carve(cv, L * RC * 4);
-    e->w = (float *)carve(cv, L * RC * 4);
-    e->wl = (float *)carve(cv, L * RC * 4);
+    e->x_res = (float *)carve(cv, (L + 1) * RC * 4); /* always every layer's input */
+    const size_t LS = e->recompute ? 1 : L;          /* slots of the other per-layer tensors */
+    e->x_mid = (float *)carve(cv, LS * RC * 4);
+    e->ln1_mean = (float *)carve(cv, LS * R * 4);
+    e->ln1_rstd = (float *)carve(cv, LS * R * 4);
+    e->ln2_mean = (float *)carve(cv, LS * R * 4);
+    e->ln2_rstd = (float *)carve(cv, LS * R * 4);
+    e->gn_mean = (float *)carve(cv, LS * R * H * 4);
+    e->gn_rstd = (float *)carve(cv, LS * R * H * 4);
+    e->ckpt = (float *)carve(cv, LS * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, (int)H) * 4);
+    e->sa = (float *)carve(cv, LS * RC * 4);
+    e->w = (float *)carve(cv, LS * RC * 4);
+    e->wl = (float *)carve(cv, LS * RC * 4);
     e->dw = (float *)carve(cv, RC * 4);
     void **per_layer[] = {&e->r, &e->kraw, &e->kf, &e->kk, &e->a,
                           &e->v, &e->vraw, &e->vs, &e->g, &e->y};
-    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) *per_layer[i] = carve(cv, L * RC * es);
-    e->whid = carve(cv, L * R * c->d_decay * es);
-    e->ghid = carve(cv, L * R * c->d_gate * es);
-    e->kpre = carve(cv, L * R * F * es);
+    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) *per_layer[i] = carve(cv, LS * RC * es);
+    e->whid = carve(cv, LS * R * c->d_decay * es);
+    e->ghid = carve(cv, LS * R * c->d_gate * es);
+    e->kpre = carve(cv, LS * R * F * es);
+    e->v_first = carve(cv, RC * es);
     void **scratch[] = {&e->h, &e->lerp[0], &e->lerp[1], &e->lerp[2], &e->lerp[3], &e->lerp[4],
                         &e->lerp[5], &e->wa, &e->wb, &e->oin, &e->tmp, &e->lnout, &e->dxT, &e->dh,
                         &e->dr, &e->dk, &e->dv, &e->da, &e->db, &e->dy, &e->dg, &e->dbr,
@@ -410,21 +419,22 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     const size_t RC = (size_t)R * C, Rp = (size_t)e->maxB * e->maxT, RCp = Rp * C;
     const size_t HNN = rwkv_state_layer_size(c);
     cudaStream_t st = e->stream;
-    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + l * RCp, *xout = e->x_res + (l + 1) * RCp;
-    T *r = lay<T>(e->r, l, RCp);
-    float *w = e->w + l * RCp, *wl = e->wl + l * RCp;
-    T *kraw = lay<T>(e->kraw, l, RCp), *kf = lay<T>(e->kf, l, RCp), *kk = lay<T>(e->kk, l, RCp);
-    T *a = lay<T>(e->a, l, RCp), *v = lay<T>(e->v, l, RCp), *vraw = lay<T>(e->vraw, l, RCp);
-    T *vs = lay<T>(e->vs, l, RCp), *g = lay<T>(e->g, l, RCp), *y = lay<T>(e->y, l, RCp);
-    T *whid = lay<T>(e->whid, l, Rp * c->d_decay), *ghid = lay<T>(e->ghid, l, Rp * c->d_gate);
-    T *kpre = lay<T>(e->kpre, l, Rp * F);
-    float *ckpt = e->ckpt + (size_t)l * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
-    float *sa = e->sa + l * RCp;
+    const int sl = e->recompute ? 0 : l; /* slot of the per-layer activations */
+    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + sl * RCp, *xout = e->x_res + (l + 1) * RCp;
+    T *r = lay<T>(e->r, sl, RCp);
+    float *w = e->w + sl * RCp, *wl = e->wl + sl * RCp;
+    T *kraw = lay<T>(e->kraw, sl, RCp), *kf = lay<T>(e->kf, sl, RCp), *kk = lay<T>(e->kk, sl, RCp);
+    T *a = lay<T>(e->a, sl, RCp), *v = lay<T>(e->v, sl, RCp), *vraw = lay<T>(e->vraw, sl, RCp);
+    T *vs = lay<T>(e->vs, sl, RCp), *g = lay<T>(e->g, sl, RCp), *y = lay<T>(e->y, sl, RCp);
+    T *whid = lay<T>(e->whid, sl, Rp * c->d_decay), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
+    T *kpre = lay<T>(e->kpre, sl, Rp * F);
+    float *ckpt = e->ckpt + (size_t)sl * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
+    float *sa = e->sa + sl * RCp;
     T *h = (T *)e->h, *tmp = (T *)e->tmp, *oin = (T *)e->oin;
     T **lerp = (T **)e->lerp;
 
     st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
-                                                                      e->ln1_mean + l * Rp, e->ln1_rstd + l * Rp);
+                                                                      e->ln1_mean + sl * Rp, e->ln1_rstd + sl * Rp);
     ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
     st::mix6_t mix;
     st::ptr6_t<T> outs;
@@ -442,9 +452,11 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     ST_CUDA_CHECK_LAUNCH("timemix_fwd_kernel");
     if (l == 0) {
         ST_CUDA_CHECK(cudaMemcpyAsync(v, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
+        /* v_first lives apart: in recompute mode layer 0's slot is reused */
+        ST_CUDA_CHECK(cudaMemcpyAsync(e->v_first, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
     } else {
         RUN(lora_fwd<T>(e, R, C, c->d_mv, lerp[3], p->v1, p->v2, 0, e->hid, vs, err));
-        st::vmix_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, C, vraw, lay<T>(e->v, 0, RCp), p->v0,
+        st::vmix_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, C, vraw, (const T *)e->v_first, p->v0,
                                                                         vs, v);
         ST_CUDA_CHECK_LAUNCH("vmix_fwd_kernel");
     }
@@ -462,14 +474,14 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
         ST_CUDA_CHECK(cudaMemcpy2DAsync(final_state + l * HNN, (size_t)c->n_layer * HNN * 4, e->sfin, HNN * 4,
                                         HNN * 4, B, cudaMemcpyDeviceToHost, st));
     st::groupnorm_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k,
-                                                              g, e->gn_mean + l * Rp * H,
-                                                              e->gn_rstd + l * Rp * H, oin);
+                                                              g, e->gn_mean + sl * Rp * H,
+                                                              e->gn_rstd + sl * Rp * H, oin);
     ST_CUDA_CHECK_LAUNCH("groupnorm_fwd_kernel");
     RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err));
     st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xin, tmp, xmid);
     ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
     st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, p->ln2_b, LN_EPS, h,
-                                                                      e->ln2_mean + l * Rp, e->ln2_rstd + l * Rp);
+                                                                      e->ln2_mean + sl * Rp, e->ln2_rstd + sl * Rp);
     ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
     st::mix6_t mk;
     st::ptr6_t<T> ok;
@@ -507,16 +519,17 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     const size_t RC = (size_t)R * C, Rp = (size_t)e->maxB * e->maxT, RCp = Rp * C;
     const size_t HNN = rwkv_state_layer_size(c);
     cudaStream_t st = e->stream;
-    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + l * RCp;
-    T *r = lay<T>(e->r, l, RCp);
-    float *w = e->w + l * RCp, *wl = e->wl + l * RCp;
-    T *kraw = lay<T>(e->kraw, l, RCp), *kf = lay<T>(e->kf, l, RCp), *kk = lay<T>(e->kk, l, RCp);
-    T *a = lay<T>(e->a, l, RCp), *v = lay<T>(e->v, l, RCp), *vraw = lay<T>(e->vraw, l, RCp);
-    T *vs = lay<T>(e->vs, l, RCp), *g = lay<T>(e->g, l, RCp), *y = lay<T>(e->y, l, RCp);
-    T *whid = lay<T>(e->whid, l, Rp * c->d_decay), *ghid = lay<T>(e->ghid, l, Rp * c->d_gate);
-    T *kpre = lay<T>(e->kpre, l, Rp * F);
-    float *ckpt = e->ckpt + (size_t)l * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
-    float *sa = e->sa + l * RCp;
+    const int sl = e->recompute ? 0 : l; /* slot of the per-layer activations */
+    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + sl * RCp;
+    T *r = lay<T>(e->r, sl, RCp);
+    float *w = e->w + sl * RCp, *wl = e->wl + sl * RCp;
+    T *kraw = lay<T>(e->kraw, sl, RCp), *kf = lay<T>(e->kf, sl, RCp), *kk = lay<T>(e->kk, sl, RCp);
+    T *a = lay<T>(e->a, sl, RCp), *v = lay<T>(e->v, sl, RCp), *vraw = lay<T>(e->vraw, sl, RCp);
+    T *vs = lay<T>(e->vs, sl, RCp), *g = lay<T>(e->g, sl, RCp), *y = lay<T>(e->y, sl, RCp);
+    T *whid = lay<T>(e->whid, sl, Rp * c->d_decay), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
+    T *kpre = lay<T>(e->kpre, sl, Rp * F);
+    float *ckpt = e->ckpt + (size_t)sl * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
+    float *sa = e->sa + sl * RCp;
     T **dl = (T **)e->lerp; /* the lerp outputs are dead: they hold their gradients now */
     T *dh = (T *)e->dh, *act = (T *)e->act, *oin = (T *)e->oin;
     float *dw = e->dw;
@@ -537,8 +550,8 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     dk1.p[0] = dl[0];
     st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, mk, dk1, dh);
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
-    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + l * Rp,
-                                                               e->ln2_rstd + l * Rp, dh, e->dx);
+    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
+                                                               e->ln2_rstd + sl * Rp, dh, e->dx);
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
 
     /* output projection, GroupNorm + bonus + gate */
@@ -546,7 +559,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     ST_CUDA_CHECK_LAUNCH("convert_kernel");
     RUN(linear_bwd<T>(e, R, C, C, dxt, p->output, oin, 0.f, err));
     st::groupnorm_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(
-        RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, e->gn_mean + l * Rp * H, e->gn_rstd + l * Rp * H, oin,
+        RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, e->gn_mean + sl * Rp * H, e->gn_rstd + sl * Rp * H, oin,
         (T *)e->dy, (T *)e->dbr, (T *)e->dbk, (T *)e->dbv, (T *)e->dg);
     ST_CUDA_CHECK_LAUNCH("groupnorm_bwd_kernel");
 
@@ -572,7 +585,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
     RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
     RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err));
-    st::vmix_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, vraw, lay<T>(e->v, 0, RCp), vs, dv,
+    st::vmix_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
                                                                     (T *)e->dvraw, (T *)e->dvl);
     ST_CUDA_CHECK_LAUNCH("vmix_bwd_kernel");
     RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 0.f, err));
@@ -582,8 +595,8 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; douts.p[i] = dl[i]; }
     st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, mix, douts, dh);
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
-    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + l * Rp,
-                                                               e->ln1_rstd + l * Rp, dh, e->dx);
+    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + sl * Rp,
+                                                               e->ln1_rstd + sl * Rp, dh, e->dx);
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
     return ST_OK;
 }
@@ -663,7 +676,12 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->lnout_mean, e->lnout_rstd,
                                                                (const T *)e->dxh, e->dx);
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
-    for (int l = L - 1; l >= 0; l--) RUN(layer_bwd<T>(e, l, B, Tn, err));
+    for (int l = L - 1; l >= 0; l--) {
+        /* recompute mode: refill the one slot with layer l's activations
+         * (same inputs, same kernels: the same bits as the first forward) */
+        if (e->recompute) RUN(layer_fwd<T>(e, l, B, Tn, NULL, false, err));
+        RUN(layer_bwd<T>(e, l, B, Tn, err));
+    }
     if (e->profile) {
         ST_CUDA_CHECK(cudaEventRecord(e->mark[3], st));
         ST_CUDA_CHECK(cudaEventSynchronize(e->mark[3]));
@@ -685,7 +703,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     return ST_OK;
 }
 
-int setup(engine_cuda_t *e, const engine_opts_t *opts, char *err)
+int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
 {
     const rwkv_config_t *c = &e->m->cfg;
     int ndev = 0;
@@ -704,17 +722,27 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, char *err)
 
     carver_t cw = {NULL, 0}, ca = {NULL, 0};
     plan_weights(e, &cw);
+    e->recompute = mode == 1;
     plan_activations(e, &ca);
-    e->wbytes = cw.off;
-    e->abytes = ca.off;
     size_t freeb = 0, totalb = 0;
     ST_CUDA_CHECK(cudaMemGetInfo(&freeb, &totalb));
+    if (mode < 0 && cw.off + ca.off > freeb) {
+        /* the full plan does not fit: keep one layer's activations and
+         * recompute each layer's forward in the backward (about one more
+         * forward per step) */
+        e->recompute = 1;
+        ca.off = 0;
+        plan_activations(e, &ca);
+    }
+    e->wbytes = cw.off;
+    e->abytes = ca.off;
     size_t need = e->wbytes + e->abytes;
     if (need > freeb)
         return st_fail(err, ST_ENOMEM,
-                       "the CUDA engine needs %.2f GB for %d x %d tokens of this %d x %d model (%s) but the device "
+                       "the CUDA engine needs %.2f GB for %d x %d tokens of this %d x %d model (%s%s) but the device "
                        "has %.2f GB free",
-                       need / 1e9, e->maxB, e->maxT, c->n_layer, c->n_embd, e->bf16 ? "bf16" : "fp32", freeb / 1e9);
+                       need / 1e9, e->maxB, e->maxT, c->n_layer, c->n_embd, e->bf16 ? "bf16" : "fp32",
+                       e->recompute ? ", recomputing each layer's forward" : "", freeb / 1e9);
     ST_CUDA_CHECK(cudaMalloc((void **)&e->wmem, e->wbytes));
     ST_CUDA_CHECK(cudaMalloc((void **)&e->amem, e->abytes));
     ST_CUDA_CHECK(cudaMemset(e->amem, 0, e->abytes));
@@ -737,7 +765,8 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, char *err)
 
 } // namespace
 
-extern "C" engine_cuda_t *engine_cuda_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err)
+extern "C" engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const engine_opts_t *opts, int recompute,
+                                               char *err)
 {
     const rwkv_config_t *c = &model->cfg;
     if (c->head_size != WKV7_CUDA_N || c->n_embd != c->n_head * WKV7_CUDA_N) {
@@ -772,12 +801,19 @@ extern "C" engine_cuda_t *engine_cuda_new(const rwkv_model_t *model, const engin
     if (chunk < 1) chunk = 1;
     if (chunk > R) chunk = R;
     e->head_chunk = (int)chunk;
-    if (setup(e, opts, err) != ST_OK) {
+    if (setup(e, opts, recompute, err) != ST_OK) {
         engine_cuda_destroy(&e);
         return NULL;
     }
     return e;
 }
+
+extern "C" engine_cuda_t *engine_cuda_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err)
+{
+    return engine_cuda_new_mode(model, opts, -1, err);
+}
+
+extern "C" int engine_cuda_recomputes(const engine_cuda_t *self) { return self->recompute; }
 
 extern "C" void engine_cuda_destroy(engine_cuda_t **self_p)
 {

@@ -78,9 +78,10 @@ int main(int argc, char **argv)
     }
     float t = median(tot);
     printf("engine %s %dx%d V %d, B %d x T %d: step %.2f ms (%.0f tokens/s) | forward %.2f (wkv %.2f) | head %.2f | "
-           "backward %.2f (wkv %.2f) | peak %.2f GB\n",
+           "backward %.2f (wkv %.2f) | peak %.2f GB%s\n",
            prec == ENGINE_BF16 ? "bf16" : "fp32", L, C, V, B, T, t, R / (t * 1e-3), median(fw), median(wf),
-           median(hd), median(bw), median(wb), engine_cuda_peak_mem_bytes(e) / 1e9);
+           median(hd), median(bw), median(wb), engine_cuda_peak_mem_bytes(e) / 1e9,
+           engine_cuda_recomputes(e) ? " (recompute mode: forward included again in backward)" : "");
     engine_cuda_destroy(&e);
     rwkv_model_destroy(&m);
     return 0;

@@ -45,3 +45,16 @@ void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *
     (void)self;
     if (out) *out = (engine_cuda_profile_t){0};
 }
+
+engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const engine_opts_t *opts, int recompute,
+                                    char *err)
+{
+    (void)recompute;
+    return engine_cuda_new(model, opts, err);
+}
+
+int engine_cuda_recomputes(const engine_cuda_t *self)
+{
+    (void)self;
+    return 0;
+}
