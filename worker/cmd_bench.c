@@ -189,9 +189,10 @@ int cmd_bench(int argc, char **argv)
                             "step_ms", dt * 1e3 / steps, "tflops", 4.0 * P * tps / 1e12,
                             "peak_mem_bytes", (json_int_t)peak, "loss_first", loss_first,
                             "loss_last", loss_last, "cpu_s_per_step", cpu_per_step,
-                            /* which OpenBLAS kernels ran: 0.3.21 takes AMD Zen 4 for a
-                             * Haswell (AVX2) and its sgemm for AVX-512
-                             * (OPENBLAS_CORETYPE=SkylakeX) is much faster there */
+                            /* which OpenBLAS kernels ran (OPENBLAS_CORETYPE overrides
+                             * the detection; AVX-512 kernels such as SkylakeX run
+                             * sgemm about twice as fast as Haswell's where the CPU
+                             * has AVX-512) */
                             "blas_core", openblas_get_corename());
     char *line = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(out);
