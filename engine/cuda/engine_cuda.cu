@@ -13,13 +13,15 @@
  * sa, dS0, per-row losses, the decay w and the decay LoRA's output wl (a
  * bf16 decay loses the long memory of a trained model: kernels/cuda/wkv7.cuh).
  * The head runs in row chunks: each chunk's logits come out of cuBLAS in fp32
- * (bf16 logits made the softmax gradient several percent off) and the
+ * (bf16 logits near 8 are spaced 2^-5 apart, which would move every softmax
+ * probability, hence the gradient, by up to 3%) and the
  * cross-entropy turns them into the gradient in T (kernels/cuda/head.cuh), so
  * the (B*T, V) logits never exist at once.
  *
  * Memory plan. Weights are uploaded once into one allocation (matrices in T,
- * vectors fp32). Activations are one more allocation carved by s_plan, a pure
- * function of (config, max_batch, max_ctx, precision), so the size is known
+ * vectors fp32). Activations are one more allocation carved by plan_activations
+ * (plan_weights for the weights), pure functions of (config, max_batch,
+ * max_ctx, precision, mode): a dry run with no base pointer sizes them, so the size is known
  * and checked against free device memory before anything is allocated:
  * per-layer tensors the backward needs (L copies), then scratch shared by all
  * layers; backward scratch reuses forward scratch that is dead by then (the
