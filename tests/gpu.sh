@@ -7,11 +7,13 @@
 #       reference dump into rt/fixtures, and packs the shared libraries the GPU
 #       machine lacks into rt/runtime.tar.xz (../shared/device/pack-runtime.sh).
 #       rt/ is git-ignored; the device tool carries it (carry: ["rt"]).
-#   tests/gpu.sh run [tests|bench|verify|all]   (on the GPU machine)
+#   tests/gpu.sh run [tests|bench|verify|sanitize|all]   (on the GPU machine)
 #       unpacks the runtime, runs every gpu-labelled test program (the same
 #       tests ctest -L gpu runs), statetune-worker verify --backend cuda on
 #       every fixture in fp32 and bf16, the WKV7 dev benchmark and
-#       statetune-worker bench --backend cuda at SPEC section 8's shapes.
+#       statetune-worker bench --backend cuda at SPEC section 8's shapes;
+#       `sanitize` (not part of all: slow) runs the GPU tests under
+#       compute-sanitizer's memcheck and racecheck.
 #       Logs go to $OUT (the device tool brings it back); a summary is printed
 #       last. Exit status: nonzero when any check failed.
 #
@@ -51,7 +53,7 @@ if [ "$mode" = pack ]; then
 fi
 
 if [ "$mode" != run ]; then
-  echo "usage: tests/gpu.sh pack | run [tests|bench|verify|all]" >&2
+  echo "usage: tests/gpu.sh pack | run [tests|bench|verify|sanitize|all]" >&2
   exit 2
 fi
 what=${2:-all}
@@ -80,6 +82,13 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   for t in "$rt"/bin/test_cuda_*; do
     [ -x "$t" ] && step "$(basename "$t")" "$t"
   done
+fi
+if [ "$what" = sanitize ]; then
+  # small cases only: the sanitizers slow kernels down 10-100x
+  step sanitize-memcheck-wkv compute-sanitizer --error-exitcode 1 "$rt/bin/test_cuda_wkv" fp32
+  step sanitize-racecheck-wkv compute-sanitizer --tool racecheck --error-exitcode 1 "$rt/bin/test_cuda_wkv" bf16
+  step sanitize-memcheck-engine compute-sanitizer --error-exitcode 1 "$rt/bin/test_cuda_engine" fp32_matches_cpu
+  step sanitize-racecheck-dbp compute-sanitizer --tool racecheck --error-exitcode 1 "$rt/bin/test_cuda_engine" dbp_matches_cpu
 fi
 if [ "$what" = verify ] || [ "$what" = all ]; then
   w=$rt/bin/statetune-worker
