@@ -321,6 +321,15 @@ int dist_barrier(dist_t *self, char *err)
     return ST_OK;
 }
 
+/* ---- NCCL (GPU groups) ---------------------------------------------------
+ * Reserved for the CUDA backend (see dist.h), compiled only with
+ * STATETUNE_HAVE_CUDA: dist_init_nccl (rank 0 creates the ncclUniqueId and
+ * sends it with dist_bcast; ncclCommInitRank on the device of local_rank; a
+ * dedicated communication stream) and dist_allreduce_sum_device (ncclAllReduce
+ * of the step's device buffer, with the watchdog armed like the MPI
+ * collectives above). The tuning loop stays free of #ifdef: it calls the
+ * device variant when its buffer lives on the GPU. */
+
 void dist_abort(dist_t *self, int code, const char *msg)
 {
     if (!self || !self->mpi || self->size == 1) return;
