@@ -51,9 +51,10 @@
  * development box with other builds running) OpenMP threads spin at every
  * barrier waiting for a sibling that the OS has descheduled, and one thread
  * was measured 3x faster than two. So the engine times itself: every
- * PROBE_EVERY training runs it times one run with all threads and one with a
- * single thread (per token, wall clock) and uses the faster until the next
- * probe. The very first run is never timed (page faults on fresh memory). */
+ * PROBE_EVERY training runs it times two runs with all threads and two with
+ * a single thread, alternating (per token, wall clock), and uses the faster
+ * until the next probe. The very first run is never timed (page faults on
+ * fresh memory). */
 #define PROBE_EVERY 64
 
 struct engine_cpu {
@@ -61,7 +62,7 @@ struct engine_cpu {
     int maxB, maxT, nck, head_chunk;
     int auto_threads, max_threads, threads_now; /* see PROBE_EVERY */
     int64_t runs;
-    double probe_s_per_tok[2];                  /* [0] all threads, [1] one */
+    double probe_s_per_tok[2];                  /* summed: [0] all threads, [1] one */
     float *mem;
     size_t mem_floats;
     /* per layer, [L] blocks of the sizes in s_plan */
@@ -416,17 +417,22 @@ int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
      * that a forward-only evaluation batch is never compared with one */
     int train = bt->dstate0 != NULL && bt->targets != NULL;
     int64_t phase = e->runs % PROBE_EVERY;
-    int probe = train && e->runs > 0 && (phase == 1 || phase == 2) ? (int)phase : 0;
-    int n = probe == 1 ? e->max_threads : probe == 2 ? 1 : e->threads_now;
+    /* phases 1..4 alternate all threads and one thread */
+    int probe = train && e->runs > 0 && phase >= 1 && phase <= 4 ? (int)phase : 0;
+    int all = probe & 1;
+    int n = probe ? (all ? e->max_threads : 1) : e->threads_now;
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
     double t0 = s_now();
     int rc = s_run(e, bt, err);
     double per_tok = (s_now() - t0) / ((double)bt->B * bt->T);
-    if (probe) e->probe_s_per_tok[probe - 1] = per_tok;
-    if (probe == 2)
-        e->threads_now = e->probe_s_per_tok[1] < e->probe_s_per_tok[0] ? 1 : e->max_threads;
+    if (probe == 1) e->probe_s_per_tok[0] = e->probe_s_per_tok[1] = 0;
+    if (probe) e->probe_s_per_tok[all ? 0 : 1] += per_tok;
+    /* all threads must win by 10%: a tie on a busy machine goes to the
+     * configuration that leaves the neighbours a core */
+    if (probe == 4)
+        e->threads_now = e->probe_s_per_tok[0] < 0.9 * e->probe_s_per_tok[1] ? e->max_threads : 1;
     if (train) e->runs++;
     return rc;
 }
