@@ -268,9 +268,10 @@ size_t engine_cpu_peak_mem_bytes(const engine_cpu_t *self)
     return (self->mem_floats + self->m->arena_floats) * sizeof(float);
 }
 
-/* Forward through layer l; x_res[l] in, x_res[l+1] out. */
+/* Forward through layer l; x_res[l] in, x_res[l+1] out. The WKV state
+ * checkpoints are written only when a backward pass follows. */
 static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s0,
-                            float *final_state)
+                            float *final_state, int backward)
 {
     const rwkv_config_t *c = &e->m->cfg;
     const rwkv_layer_t *p = &e->m->layers[l];
@@ -307,8 +308,8 @@ static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s
         vmix_forward_cpu(R, C, vraw, e->v /* layer 0's v is v_first */, p->v0, vs, v);
     }
     lora_forward_cpu(R, C, c->d_gate, e->lerp[5], p->g1, p->g2, LORA_SIGMOID, ghid, g);
-    wkv7_forward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, s0, y, final_state ? e->sfin : NULL, ckpt,
-                     CKPT_EVERY);
+    wkv7_forward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, s0, y, final_state ? e->sfin : NULL,
+                     backward ? ckpt : NULL, CKPT_EVERY);
     if (final_state) {
         size_t HNN = (size_t)H * NN;
         for (int b = 0; b < B; b++)
@@ -445,6 +446,8 @@ static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
     int R = B * T;
     size_t RC = (size_t)R * C, HNN = rwkv_state_layer_size(c);
 
+    int backward = bt->dstate0 != NULL && bt->targets != NULL;
+
     /* embedding, then ln0 (layer 0 only) into the residual stream */
     float *x0 = e->x_res;
 #pragma omp parallel for schedule(dynamic, 64)
@@ -454,13 +457,12 @@ static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
         layernorm_forward_cpu(R, C, x0, m->layers[0].ln0_w, m->layers[0].ln0_b, RWKV_LN_EPS, x0,
                               NULL, NULL);
     for (int l = 0; l < L; l++)
-        s_layer_forward(e, l, B, T, bt->state0 + (size_t)l * HNN, bt->final_state);
+        s_layer_forward(e, l, B, T, bt->state0 + (size_t)l * HNN, bt->final_state, backward);
 
     size_t RCp = (size_t)e->maxB * e->maxT * C;
     float *xL = e->x_res + (size_t)L * RCp;
     layernorm_forward_cpu(R, C, xL, m->ln_out_w, m->ln_out_b, RWKV_LN_EPS, e->lnout, e->lnout_mean,
                           e->lnout_rstd);
-    int backward = bt->dstate0 != NULL && bt->targets != NULL;
     head_result_t hr;
     head_ce_cpu(R, C, V, e->lnout, m->head, bt->targets, bt->logits, backward ? e->dxh : NULL,
                 e->head_scratch, e->head_chunk, &hr);
