@@ -387,7 +387,7 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
     for (int i = 0; i < 6; i++) memset(dl[i], 0, RC * sizeof(float));
     lora_backward_cpu(R, C, c->d_gate, p->g1, p->g2, LORA_SIGMOID, ghid, e->dg, e->hid, dl[5]);
     linear_backward_cpu(R, C, C, e->dr, p->receptance, dl[0]);
-    timemix_backward_cpu(R, H, N, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, e->dw, e->dk, e->da,
+    timemix_backward_cpu(R, H, N, wl, p->w0, w, a, kk, kraw, p->k_k, p->k_a, e->dw, e->dk, e->da,
                          e->db, e->dwl, e->dal, e->dkraw);
     lora_backward_cpu(R, C, c->d_decay, p->w1, p->w2, LORA_TANH, whid, e->dwl, e->hid, dl[1]);
     lora_backward_cpu(R, C, c->d_aaa, p->a1, p->a2, LORA_NONE, NULL, e->dal, e->hid, dl[4]);

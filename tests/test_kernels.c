@@ -265,7 +265,7 @@ static int test_timemix(void)
     CHECKF(fabs(nn - 1) < 1e-5, "|kk|^2 = %g", nn);
     for (size_t i = 0; i < n; i++) CHECK(c.w[i] > 0.545f && c.w[i] < 1.0f);
     float *dwl = malloc(n * 4), *dal = malloc(n * 4), *dk = malloc(n * 4);
-    timemix_backward_cpu(c.R, c.H, NH, c.wl, c.w0, c.a, c.kk, c.kraw, c.k_k, c.k_a, c.pw, c.pkf,
+    timemix_backward_cpu(c.R, c.H, NH, c.wl, c.w0, c.w, c.a, c.kk, c.kraw, c.k_k, c.k_a, c.pw, c.pkf,
                          c.pwa, c.pwb, dwl, dal, dk);
     int rc = s_check_dir("dwl", &c, s_tm_loss, c.wl, n, dwl, 1e-2f, 2e-3, &g);
     rc = rc ? rc : s_check_dir("dal", &c, s_tm_loss, c.al, n, dal, 1e-2f, 2e-3, &g);

@@ -55,7 +55,7 @@ void timemix_forward_cpu(int R, int H, int N, const float *wl, const float *al,
 }
 
 void timemix_backward_cpu(int R, int H, int N, const float *wl, const float *w0,
-                          const float *a, const float *kk, const float *kraw,
+                          const float *w, const float *a, const float *kk, const float *kraw,
                           const float *k_k, const float *k_a,
                           const float *dw, const float *dkf, const float *dwa, const float *dwb,
                           float *dwl, float *dal, float *dkraw)
@@ -66,8 +66,7 @@ void timemix_backward_cpu(int R, int H, int N, const float *wl, const float *w0,
         size_t o = (size_t)r * C;
         for (int c = 0; c < C; c++) {
             float sg = s_sigmoid(w0[c] + wl[o + c]);
-            float wv = expf(-RWKV_DECAY_SCALE * sg);
-            dwl[o + c] = dw[o + c] * wv * (-RWKV_DECAY_SCALE) * sg * (1.0f - sg);
+            dwl[o + c] = dw[o + c] * w[o + c] * (-RWKV_DECAY_SCALE) * sg * (1.0f - sg);
         }
         for (int h = 0; h < H; h++) {
             size_t p = o + (size_t)h * N;

@@ -24,9 +24,10 @@ void timemix_forward_cpu(int R, int H, int N, const float *wl, const float *al,
                          float *w, float *a, float *kk, float *kf, float *wa, float *wb);
 
 /* From the gradients of the WKV inputs (dw, dkf, dwa, dwb) writes dwl, dal
- * and dkraw (all overwritten). Needs wl, a, kk, kraw from the forward pass. */
+ * and dkraw (all overwritten). Needs wl, w, a, kk, kraw from the forward
+ * pass. */
 void timemix_backward_cpu(int R, int H, int N, const float *wl, const float *w0,
-                          const float *a, const float *kk, const float *kraw,
+                          const float *w, const float *a, const float *kk, const float *kraw,
                           const float *k_k, const float *k_a,
                           const float *dw, const float *dkf, const float *dwa, const float *dwb,
                           float *dwl, float *dal, float *dkraw);
