@@ -357,12 +357,9 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
     layernorm_backward_cpu(R, C, xmid, p->ln2_w, e->ln2_mean + l * Rp, e->ln2_rstd + l * Rp, e->dh,
                            dx);
 
-    /* output projection, then GroupNorm + bonus + gate */
-    memset(e->oin, 0, RC * sizeof(float));
-    linear_backward_cpu(R, C, C, dx, p->output, e->oin);
-    memset(e->dbr, 0, RC * sizeof(float));
-    memset(e->dbk, 0, RC * sizeof(float));
-    memset(e->dbv, 0, RC * sizeof(float));
+    /* output projection, then GroupNorm + bonus + gate (its bonus share of
+     * dr, dk, dv goes to dbr, dbk, dbv: the WKV backward needs dy first) */
+    linear_backward_to_cpu(R, C, C, dx, p->output, e->oin);
     groupnorm_backward_cpu(R, H, N, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, gnm, gnr, e->oin,
                            e->dy, e->dbr, e->dbk, e->dbv, e->dg);
 
@@ -382,19 +379,19 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
         e->dv[i] += e->dbv[i];
     }
 
-    /* back to the six lerp outputs (each gradient overwrites its input) */
+    /* back to the six lerp outputs (each gradient overwrites its input; the
+     * first product into each overwrites, the others add) */
     float **dl = e->lerp;
-    for (int i = 0; i < 6; i++) memset(dl[i], 0, RC * sizeof(float));
-    lora_backward_cpu(R, C, c->d_gate, p->g1, p->g2, LORA_SIGMOID, ghid, e->dg, e->hid, dl[5]);
-    linear_backward_cpu(R, C, C, e->dr, p->receptance, dl[0]);
+    lora_backward_cpu(R, C, c->d_gate, p->g1, p->g2, LORA_SIGMOID, ghid, e->dg, e->hid, dl[5], 0);
+    linear_backward_to_cpu(R, C, C, e->dr, p->receptance, dl[0]);
     timemix_backward_cpu(R, H, N, wl, p->w0, w, a, kk, kraw, p->k_k, p->k_a, e->dw, e->dk, e->da,
                          e->db, e->dwl, e->dal, e->dkraw);
-    lora_backward_cpu(R, C, c->d_decay, p->w1, p->w2, LORA_TANH, whid, e->dwl, e->hid, dl[1]);
-    lora_backward_cpu(R, C, c->d_aaa, p->a1, p->a2, LORA_NONE, NULL, e->dal, e->hid, dl[4]);
-    linear_backward_cpu(R, C, C, e->dkraw, p->key, dl[2]);
+    lora_backward_cpu(R, C, c->d_decay, p->w1, p->w2, LORA_TANH, whid, e->dwl, e->hid, dl[1], 0);
+    lora_backward_cpu(R, C, c->d_aaa, p->a1, p->a2, LORA_NONE, NULL, e->dal, e->hid, dl[4], 0);
+    linear_backward_to_cpu(R, C, C, e->dkraw, p->key, dl[2]);
     vmix_backward_cpu(R, C, vraw, e->v, vs, e->dv, e->dvraw, e->dvfirst, e->dvl);
-    lora_backward_cpu(R, C, c->d_mv, p->v1, p->v2, LORA_NONE, NULL, e->dvl, e->hid, dl[3]);
-    linear_backward_cpu(R, C, C, e->dvraw, p->value, dl[3]);
+    linear_backward_to_cpu(R, C, C, e->dvraw, p->value, dl[3]);
+    lora_backward_cpu(R, C, c->d_mv, p->v1, p->v2, LORA_NONE, NULL, e->dvl, e->hid, dl[3], 1);
     const float *mix[6] = {p->x_r, p->x_w, p->x_k, p->x_v, p->x_a, p->x_g};
     memset(e->dh, 0, RC * sizeof(float));
     tokenshift_backward_cpu(B, T, C, 6, mix, (const float *const *)dl, e->dh);

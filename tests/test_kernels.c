@@ -202,7 +202,7 @@ static int test_lora(void)
         float *dhid = malloc((size_t)c.R * c.D * sizeof(float));
         float *dx = calloc(n, sizeof(float));
         s_lora_loss(&c);
-        lora_backward_cpu(c.R, c.C, c.D, c.w1, c.w2, c.act, c.hid, c.proj, dhid, dx);
+        lora_backward_cpu(c.R, c.C, c.D, c.w1, c.w2, c.act, c.hid, c.proj, dhid, dx, 1);
         const char *names[3] = {"dx (none)", "dx (tanh)", "dx (sigmoid)"};
         int rc = s_check_dir(names[act], &c, s_lora_loss, c.x, n, dx, 1e-2f, 2e-3, &g);
         free(c.x), free(c.w1), free(c.w2), free(c.hid), free(c.out), free(c.proj), free(dhid),

@@ -4,7 +4,8 @@
  * pre = xhat * ln_w + ln_b + u * v and out = pre * g:
  *   dg = dout * pre;  dpre = dout * g
  *   dy = rstd * (dxh - mean(dxh) - xhat * mean(dxh * xhat)),  dxh = dpre * ln_w
- *   dv += dpre * u;  du = sum dpre * v;  dr += du * k * r_k;  dk += du * r * r_k
+ *   dv = dpre * u;  du = sum dpre * v;  dr = du * k * r_k;  dk = du * r * r_k
+ * (the bonus term's share only; see groupnorm.h)
  */
 /* The build compiles at -O2, where GCC vectorizes only loops whose trip
  * count it knows; these element-wise loops need the full vectorizer. */
@@ -72,7 +73,7 @@ void groupnorm_backward_cpu(int R, int H, int N, const float *y, const float *ln
                 sdx += dxh;
                 sdxx += (double)dxh * xh;
                 du += (double)dpre * v[p + n];
-                dv[p + n] += dpre * uf;
+                dv[p + n] = dpre * uf;
             }
             float mdx = (float)(sdx / N), mdxx = (float)(sdxx / N), duf = (float)du;
             for (int n = 0; n < N; n++) {
@@ -80,8 +81,8 @@ void groupnorm_backward_cpu(int R, int H, int N, const float *y, const float *ln
                 float xh = (y[p + n] - mf) * rs;
                 float dxh = dout[p + n] * g[p + n] * ln_w[c];
                 dy[p + n] = rs * (dxh - mdx - xh * mdxx);
-                dr[p + n] += duf * k[p + n] * r_k[c];
-                dk[p + n] += duf * r[p + n] * r_k[c];
+                dr[p + n] = duf * k[p + n] * r_k[c];
+                dk[p + n] = duf * r[p + n] * r_k[c];
             }
         }
     }

@@ -18,8 +18,9 @@ void groupnorm_forward_cpu(int R, int H, int N, const float *y, const float *ln_
                            const float *r_k, const float *g, float *mean, float *rstd,
                            float *out);
 
-/* From dout: dy and dg overwritten; dr, dk, dv accumulated (+=) because the
- * WKV backward pass has already written its share into them. */
+/* From dout: dy, dg and the bonus term's share of dr, dk, dv, all
+ * overwritten (the caller adds the WKV backward pass's share, which needs dy
+ * first). */
 void groupnorm_backward_cpu(int R, int H, int N, const float *y, const float *ln_w,
                             const float *ln_b, const float *r, const float *k, const float *v,
                             const float *r_k, const float *g, const float *mean,

@@ -69,6 +69,11 @@ void linear_backward_cpu(int R, int IN, int OUT, const float *dout, const float 
     sgemm_rows_cpu(0, R, IN, OUT, 1.0f, dout, OUT, w, IN, 1.0f, dinp, IN);
 }
 
+void linear_backward_to_cpu(int R, int IN, int OUT, const float *dout, const float *w, float *dinp)
+{
+    sgemm_rows_cpu(0, R, IN, OUT, 1.0f, dout, OUT, w, IN, 0.0f, dinp, IN);
+}
+
 void lora_forward_cpu(int R, int C, int D, const float *x, const float *w1, const float *w2,
                       lora_act_t act, float *hid, float *out)
 {
@@ -85,7 +90,8 @@ void lora_forward_cpu(int R, int C, int D, const float *x, const float *w1, cons
 }
 
 void lora_backward_cpu(int R, int C, int D, const float *w1, const float *w2, lora_act_t act,
-                       const float *hid, const float *dout, float *dhid, float *dx)
+                       const float *hid, const float *dout, float *dhid, float *dx,
+                       int accumulate)
 {
     sgemm_rows_cpu(1, R, D, C, 1.0f, dout, C, w2, C, 0.0f, dhid, D);
     size_t n = (size_t)R * D;
@@ -96,5 +102,5 @@ void lora_backward_cpu(int R, int C, int D, const float *w1, const float *w2, lo
 #pragma omp parallel for schedule(dynamic, 8192) if (n >= 32768)
         for (size_t i = 0; i < n; i++) dhid[i] *= hid[i] * (1.0f - hid[i]);
     }
-    sgemm_rows_cpu(1, R, C, D, 1.0f, dhid, D, w1, D, 1.0f, dx, C);
+    sgemm_rows_cpu(1, R, C, D, 1.0f, dhid, D, w1, D, accumulate ? 1.0f : 0.0f, dx, C);
 }

@@ -25,13 +25,18 @@ void linear_forward_cpu(int R, int IN, int OUT, const float *inp, const float *w
 /* dinp (R, IN) += dout (R, OUT) @ w. */
 void linear_backward_cpu(int R, int IN, int OUT, const float *dout, const float *w, float *dinp);
 
+/* dinp (R, IN) = dout (R, OUT) @ w: the first contribution, overwriting. */
+void linear_backward_to_cpu(int R, int IN, int OUT, const float *dout, const float *w, float *dinp);
+
 /* hid (R, D) = act(x (R, C) @ w1 (C, D)); out (R, C) = hid @ w2 (D, C).
  * hid is kept for the backward pass. */
 void lora_forward_cpu(int R, int C, int D, const float *x, const float *w1, const float *w2,
                       lora_act_t act, float *hid, float *out);
 
-/* dx (R, C) += d out / d x applied to dout (R, C). dhid (R, D) is scratch. */
+/* dx (R, C) += d out / d x applied to dout (R, C), or = when accumulate is
+ * 0 (the first contribution). dhid (R, D) is scratch. */
 void lora_backward_cpu(int R, int C, int D, const float *w1, const float *w2, lora_act_t act,
-                       const float *hid, const float *dout, float *dhid, float *dx);
+                       const float *hid, const float *dout, float *dhid, float *dx,
+                       int accumulate);
 
 #endif
