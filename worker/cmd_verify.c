@@ -21,6 +21,12 @@
  * bf16: 3e-2, 3e-2, 5e-2, 3e-2); --tolerances overrides them, for models whose
  * weights were rounded away from the reference's (an FP16 rwkv.cpp file).
  *
+ * Two more checks of the inference path: RNN mode (rwkv_rnn_*) over the same
+ * tokens from the same state0 ("rnn_logits_rel"), and, where the dump has
+ * them, the logits after the prompt "in from a zero state
+ * ("prompt_logits_rel", rwkv.cpp's expected values; null otherwise). Both are
+ * held to the logits tolerance.
+ *
  * Exit status: 0 when every error is within tolerance, 1 when one is not or
  * when anything fails (one sentence on stderr), 2 for a usage error.
  */
@@ -270,16 +276,51 @@ int cmd_verify(int argc, char **argv)
         }
     }
 
+    /* RNN mode, what inference clients run (engine.h), from the same state0
+     * over the same tokens must give the same logits; and where the dump has
+     * them, the logits after the prompt "in from a zero state (rwkv.cpp's
+     * own expected values). Both run on the CPU whatever the backend. */
+    if ((code = tensorfile_read_f32(ref.tf, t_s0, state0, err)) != ST_OK) goto done;
+    if ((code = tensorfile_read_f64(ref.tf, t_lg, dbuf, err)) != ST_OK) goto done;
+    for (int64_t b = 0; b < B; b++) {
+        rwkv_rnn_t *rnn = rwkv_rnn_new(model, state0, err);
+        if (!rnn) goto done;
+        for (int64_t t = 0; t < T && code == ST_OK; t++)
+            code = rwkv_rnn_step(rnn, tokens[b * T + t], logits + ((size_t)b * T + t) * V, err);
+        rwkv_rnn_destroy(&rnn);
+        if (code != ST_OK) goto done;
+    }
+    double rnn_rel = s_rel(logits, dbuf, nbt * V);
+    json_t *prompt_json = json_null();
+    double prompt_rel = 0;
+    const tf_tensor_info_t *t_pl = tensorfile_find(ref.tf, "prompt_logits_in");
+    if (t_pl && t_pl->numel == V) {
+        static const int32_t prompt[3] = {34, 105, 110}; /* the bytes of "in */
+        rwkv_rnn_t *rnn = rwkv_rnn_new(model, NULL, err);
+        if (!rnn) goto done;
+        for (int i = 0; i < 3 && code == ST_OK; i++)
+            code = rwkv_rnn_step(rnn, prompt[i], i == 2 ? logits : NULL, err);
+        rwkv_rnn_destroy(&rnn);
+        if (code != ST_OK) goto done;
+        if ((code = tensorfile_read_f64(ref.tf, t_pl, dbuf, err)) != ST_OK) goto done;
+        prompt_rel = s_rel(logits, dbuf, (size_t)V);
+        json_decref(prompt_json);
+        prompt_json = json_real(prompt_rel);
+    }
+
     /* NaN fails every comparison, so a broken run never passes */
-    int pass = logits_rel <= tol[0] && loss_abs <= tol[1] && grad_rel <= tol[2] && fs_rel <= tol[3];
-    json_t *out = json_pack("{s:s, s:s, s:s, s:s, s:f, s:f, s:f, s:f, s:f, s:f, s:s, s:f, s:I, s:{s:f, s:f, s:f, s:f}, s:b}",
+    int pass = logits_rel <= tol[0] && loss_abs <= tol[1] && grad_rel <= tol[2] && fs_rel <= tol[3] &&
+               rnn_rel <= tol[0] && prompt_rel <= tol[0];
+    json_t *out = json_pack("{s:s, s:s, s:s, s:s, s:f, s:f, s:f, s:f, s:f, s:f, s:s, s:f, s:f, s:o, s:I, s:{s:f, s:f, s:f, s:f}, s:b}",
                             "model", model_path, "reference", ref_path,
                             "backend", backend == ENGINE_CUDA ? "cuda" : "cpu",
                             "precision", precision == ENGINE_BF16 ? "bf16" : "fp32",
                             "logits_rel", logits_rel, "loss", loss, "loss_ref", loss_ref,
                             "loss_abs", loss_abs, "grad_state0_rel", grad_rel,
                             "final_state_rel", fs_rel, "final_state_from", fs_from,
-                            "final_state_rel_from_state0", fs_rel_state0, "n_targets", (json_int_t)batch.n_targets,
+                            "final_state_rel_from_state0", fs_rel_state0,
+                            "rnn_logits_rel", rnn_rel, "prompt_logits_rel", prompt_json,
+                            "n_targets", (json_int_t)batch.n_targets,
                             "tolerances", "logits_rel", tol[0], "loss_abs", tol[1],
                             "grad_state0_rel", tol[2], "final_state_rel", tol[3], "pass", pass);
     /* jansson refuses NaN and inf: report them as a failed run instead */
