@@ -17,8 +17,9 @@
  *         WKV7' -> dr dw dk dv da db and dS0 += (the adjoint recursion)
  *         time-mix' -> LoRA' and linear' -> the six lerp inputs -> token
  *         shift' -> LN1' -> dx +=
- *   v_first: later layers' share of d v_first is summed and joins layer 0's dv.
- * Layer 0 stops after its WKV backward: nothing below it depends on S0.
+ * Layer 0 stops after its WKV backward: nothing below it (its v, which is
+ * v_first, included) depends on any S0, so the later layers' share of
+ * d v_first is summed (dvfirst) but never needs to go further.
  */
 #include "engine/engine_cpu.h"
 
