@@ -176,6 +176,8 @@ EOF
     start_group c 2
     "$ST" wait "$J3" --timeout 60 2>"$T/gone.txt" && fail "wait exited 0 for a failed job"
     grep -q "failed: .*gone.jsonl" "$T/gone.txt" || fail "the failure does not name the missing file: $(cat "$T/gone.txt")"
+    sleep 1
+    kill -0 "$GROUP_PID" 2>/dev/null || fail "a job whose inputs are missing ended its group"
     # an unknown job is one clear sentence and exit 1
     "$ST" status 999 2>"$T/err.txt" && fail "status of an unknown job succeeded"
     grep -q "999" "$T/err.txt" || fail "unknown job error does not name it: $(cat "$T/err.txt")"

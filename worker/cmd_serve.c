@@ -234,13 +234,24 @@ static int s_run_job(dist_t *dist, serve_link_t *link, const char *group, json_t
         rc = st_fail(err, ST_EINVAL, "job %lld names no model file (the coordinator should have resolved it)",
                      (long long)job);
     if (rc == ST_OK && !out_dir) rc = st_fail(err, ST_EFORMAT, "job %lld: the assignment names no out_dir", (long long)job);
-    /* Every rank parsed the same text, so they agree; the broadcast makes
-     * sure that no rank starts computing when rank 0 could not. */
-    int ok = rc == ST_OK;
-    char *verdict = root ? (ok ? strdup("ok") : NULL) : NULL;
-    int brc = dist_bcast_string(dist, &verdict, err);
-    free(verdict);
-    if (rc == ST_OK && brc) rc = brc;
+    /* Every rank checks the inputs it is about to read (the coordinator did,
+     * on its own filesystem; a node may lack a mount), and the group agrees
+     * before computing. A failure here is the whole group's, so it is
+     * reported and the group serves on; a failure inside tune_run that only
+     * some ranks see can only end the group (below). */
+    if (rc == ST_OK) rc = jobspec_check_inputs(spec, err);
+    if (rc && !root) fprintf(stderr, "statetune-worker: rank %d: job %lld: %s\n", dist_rank(dist), (long long)job, err);
+    double n_bad = rc ? 1.0 : 0.0;
+    char aerr[ST_ERR_LEN];
+    int arc = dist_allreduce_sum_f64(dist, &n_bad, 1, aerr);
+    if (arc) {
+        rc = arc;
+        snprintf(err, sizeof err, "%s", aerr);
+    } else if (rc == ST_OK && n_bad > 0) {
+        rc = st_fail(err, ST_EIO, "job %lld: %.0f of the group's %d ranks could not read the job's inputs (is the "
+                     "shared filesystem mounted on every node?); see their logs", (long long)job, n_bad,
+                     dist_size(dist));
+    }
 
     tune_result_t res;
     memset(&res, 0, sizeof res);
