@@ -189,8 +189,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     s_rm_rf(dir);
     mkdir(dir, 0700);
 
+    /* one context for the whole run: a context starts I/O threads, which
+     * would cost more than the input itself */
+    static void *ctx = NULL;
+    if (!ctx) ctx = zmq_ctx_new();
     FILE *log = fopen("/dev/null", "w");
-    void *ctx = zmq_ctx_new();
     registry_t *reg = registry_open(db, 0, err);
     sched_t *sched = reg ? sched_new(reg, jobs, err) : NULL;
     broker_opts_t opts = {.bind = ep, .curve_secret = NULL, .heartbeat_ms = 50, .log = log};
@@ -296,7 +299,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         zmq_close(peers[i]);
     }
     broker_destroy(&b);
-    zmq_ctx_term(ctx);
     sched_destroy(&sched);
     registry_close(&reg);
     fclose(log);
