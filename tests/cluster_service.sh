@@ -33,8 +33,10 @@ make_data
 
 PORT=5555
 HB_MS=500                       # a group silent for 3 x 500 ms is lost
-export STATETUNE_DIST_TIMEOUT_S=10  # a collective stuck this long ends the group
-BOUND_S=20                      # the partitioned group must be gone within this
+# a collective stuck this long ends the group: the backstop, kept well above
+# mpirun's keepalive (KEEPALIVE_S), which must act first (see common.sh)
+export STATETUNE_DIST_TIMEOUT_S=20
+BOUND_S=30                      # the partitioned group must be gone within this
 CUT_S=${CUT_S:-6}               # coord_partition: how long the coordinator is cut off
 
 # ---- keys: the coordinator's, one client's, one group's (the last two allowed)
@@ -120,7 +122,7 @@ e2e)
     stc watch "$J" >"$T/watch.log" 2>&1 || fail "watch did not end in success"
     grep -q "step 12/12" "$T/watch.log" || fail "watch showed no progress up to step 12"
     grep -q "registered tabs@1" "$T/watch.log" || fail "watch did not report the registered state"
-    stc wait "$J" --timeout 60 || fail "wait did not exit 0 for a succeeded job"
+    stc wait "$J" --timeout 60 >/dev/null || fail "wait did not exit 0 for a succeeded job"
     [ "$(status_of "$J")" = succeeded ] || fail "status is not succeeded"
     grep -q "says hello: 2 ranks" "$T/coordinator.log" || fail "the coordinator never saw a two-rank group"
     stc states get tabs@latest -o "$T/got.safetensors" || fail "states get from the client host failed"
@@ -131,6 +133,13 @@ e2e)
     rel=$(state_rel "$T/one/state.safetensors" "$T/got.safetensors") || fail "could not compare the states"
     echo "registered state vs one rank: relative difference $rel"
     "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-5 else 1)" "$rel" || fail "states differ by $rel"
+    # a model registered from the client host stands for its file in a job
+    stc models register tiny "$MODEL" >/dev/null || fail "models register from the client host failed"
+    stc models list | grep -q "^tiny " || fail "models list lacks the registered model"
+    sed 's|"model": "[^"]*"|"model": "tiny"|; s|"name": "tabs"|"name": "byname"|; s|"steps": 12|"steps": 3|' \
+        "$T/tabs.json" >"$T/byname.json"
+    J2=$(stc submit "$T/byname.json") || fail "submit with a registered model name failed"
+    stc wait "$J2" --timeout 60 >/dev/null || fail "the job on a registered model did not succeed"
     # a client with a key the coordinator does not allow gets nothing
     "$ST" keys gen "$T/keys/mallory" >/dev/null || fail "keys gen failed"
     netns_exec client "$ST" --endpoint "tcp://coord:$PORT" jobs --timeout-ms 1500 --curve-secret "$T/keys/mallory.key" \
@@ -147,10 +156,11 @@ partition | partition_rank0 | launch)
     start_coordinator
     start_group a
     A=$GROUP_PID
-    make_job part 400 10
+    make_job part 160 10
     J=$(stc submit "$T/part.json") || fail "submit failed"
     wait_for "a checkpoint of job $J at step 20" 90 checkpoint_at_least "$J" 20
     grep -q "says hello: 2 ranks" "$T/coordinator.log" || fail "the coordinator never saw a two-rank group"
+    [ "$(status_of "$J")" = running ] || fail "job $J was no longer running before the cut (make it longer)"
     netns_cut "$CUT"
     t0=$SECONDS
     echo "$CUT's link is down (job $J past its step-20 checkpoint)"
@@ -179,10 +189,10 @@ partition | partition_rank0 | launch)
     wait_for "job $J to go back to the queue" 15 is_status "$J" queued
     echo "job $J requeued $((SECONDS - t0)) s after the cut"
     grep -q "is lost" "$T/coordinator.log" || fail "the coordinator did not log the lost group"
-    netns_heal "$CUT"
+    netns_heal "$CUT" || fail "$CUT did not come back"
     echo "$CUT's link is back"
     start_group b
-    stc wait "$J" --timeout 120 || fail "job $J did not finish on the second group"
+    stc wait "$J" --timeout 120 >/dev/null || fail "job $J did not finish on the second group"
     stc events "$J" | grep -q "requeued" || fail "no requeue event"
     stc status "$J" --json | json 'int(d["attempt"] == 2 or exit(1))' >/dev/null || fail "the job did not run exactly twice"
     n=$(stc states list --json | json 'len([s for s in d if s["name"] == "part"])')
@@ -204,10 +214,10 @@ coord_partition)
     netns_cut coord
     echo "coord's link is down (job $J past its step-10 checkpoint)"
     sleep "$CUT_S"
-    netns_heal coord
+    netns_heal coord || fail "coord did not come back"
     echo "coord's link is back after $CUT_S s"
     grep -q "is lost" "$T/coordinator.log" || fail "the coordinator did not call the group lost during a $CUT_S s cut"
-    stc wait "$J" --timeout 120 || fail "job $J did not finish after the coordinator's link came back"
+    stc wait "$J" --timeout 120 >/dev/null || fail "job $J did not finish after the coordinator's link came back"
     grep -q "carries on with job $J" "$T/coordinator.log" || fail "the group did not take its job back after the cut"
     n=$(stc states list --json | json 'len([s for s in d if s["name"] == "split"])')
     versions=$(stc states show split@latest --json | json 'd["version"]')

@@ -175,7 +175,24 @@ netns_exec() {
 # (the host itself sees its link go down too: a veth's carrier follows its
 # peer's state)
 netns_cut() { ip -n "$NETNS_ID-br" link set "$1" down; }
-netns_heal() { ip -n "$NETNS_ID-br" link set "$1" up; }
+
+# netns_heal returns once HOST and another host reach each other again: the
+# carrier takes a moment to come back, and a connection tried in between
+# fails at once ("no route"), which made a group started right after the
+# heal fail to launch its remote daemon
+netns_heal() {
+    local h=$1 o=node1 i
+    [ "$h" = node1 ] && o=node2
+    ip -n "$NETNS_ID-br" link set "$h" up || return 1
+    for i in $(seq 100); do
+        if netns_reaches "$NETNS_ID-$h" "$(netns_addr "$o")" && netns_reaches "$NETNS_ID-$o" "$(netns_addr "$h")"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "netns_heal: $h and $o do not reach each other 10 s after the link came back" >&2
+    return 1
+}
 
 # netns_down ID: SIGKILL every process left in the cluster's namespaces (by
 # pid, from `ip netns pids`), then remove the namespaces and hosts files
