@@ -127,9 +127,16 @@ echo "ok: rotate keeps the old key until it is revoked"
 
 # ---- backup while running, restore (docs/operations.md) ---------------------------
 if command -v sqlite3 >/dev/null; then
-    (umask 077 && sqlite3 -cmd ".timeout 10000" "$tmp/registry.db" ".backup '$tmp/backup.db'") ||
-        fail "online backup failed"
-    [ "$(sqlite3 "$tmp/backup.db" "PRAGMA integrity_check")" = ok ] || fail "the backup is not intact"
+    # deploy/backup.sh, as statetune-backup.timer runs it, while the
+    # coordinator is up; an old backup beyond the retention goes.
+    mkdir -p "$tmp/backups"
+    touch -d '10 days ago' "$tmp/backups/registry-20000101T000000Z.db"
+    backup=$("$src/deploy/backup.sh" "$tmp/registry.db" "$tmp/backups" 7) || fail "deploy/backup.sh failed"
+    [ -n "$backup" ] && [ -s "$backup" ] || fail "deploy/backup.sh wrote no backup"
+    [ "$(stat -c %a "$backup" 2>/dev/null)" = 600 ] || fail "the backup is not 0600"
+    [ -e "$tmp/backups/registry-20000101T000000Z.db" ] && fail "backup.sh kept a backup older than 7 days"
+    [ "$(sqlite3 "$backup" "PRAGMA integrity_check")" = ok ] || fail "the backup is not intact"
+    cp "$backup" "$tmp/backup.db"
     stop "$group_pid"
     group_pid=""
     stop "$coord_pid"
@@ -153,7 +160,7 @@ if command -v sqlite3 >/dev/null; then
         sleep 0.2
     done
     if [ "$restored" = 1 ] && cmp -s "$tmp/s.safetensors" "$tmp/s2.safetensors"; then
-        echo "ok: online backup, restore, and the restored coordinator serves the same state"
+        echo "ok: backup.sh while running, restore, and the restored coordinator serves the same state"
     else
         fail "the coordinator restored from the backup does not serve deploy-check@latest as before"
     fi
