@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define DEFAULT_TIMEOUT_MS 10000
@@ -362,8 +363,13 @@ int cmd_models_remote(int argc, char **argv, const char *endpoint)
     json_t *req;
     if (is_reg) {
         char abs[4096], sha[65], err[ST_ERR_LEN];
-        if (!realpath(pos[1], abs)) {
+        struct stat st;
+        if (!realpath(pos[1], abs) || stat(abs, &st) != 0) {
             fprintf(stderr, "statetune: model file '%s': %s\n", pos[1], strerror(errno));
+            return 1;
+        }
+        if (!S_ISREG(st.st_mode)) { /* hashing a FIFO would wait forever */
+            fprintf(stderr, "statetune: model file '%s' is not a regular file\n", pos[1]);
             return 1;
         }
         if (st_sha256_file(abs, sha, err)) { /* streamed: fine for a 15 GB checkpoint */

@@ -492,6 +492,9 @@ static int s_on_models_register(broker_t *self, json_t *msg, reply_t *r, char *e
     if (rc == ST_OK) rc = s_str_field(msg, "sha256", &sha, err);
     if (rc) return rc;
     if (path[0] != '/') return st_fail(err, ST_EINVAL, "field 'path' must be an absolute path, got '%s'", path);
+    /* a regular file inside the data roots, checked before anything opens it */
+    rc = sched_check_path(self->sched, "path", path, 1, err);
+    if (rc) return rc;
     if (strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64)
         return st_fail(err, ST_EINVAL, "field 'sha256' must be 64 lowercase hex digits");
     tensorfile_t *tf = tensorfile_open(path, err);

@@ -6,7 +6,7 @@
  * SIGINT or SIGTERM.
  *
  *   statetune-coordinator --bind ENDPOINT --db FILE [--insecure | --curve-secret FILE --allow DIR]
- *                         [--jobs-dir DIR] [--heartbeat-ms MS]
+ *                         [--jobs-dir DIR] [--heartbeat-ms MS] [--data-root DIR]...
  */
 #include "client/statetune_client.h"
 #include "coordinator/broker.h"
@@ -31,7 +31,7 @@ static void s_on_signal(int sig)
 
 static const char *const s_usage =
     "usage: statetune-coordinator --bind ENDPOINT --db FILE [--insecure | --curve-secret FILE --allow DIR]\n"
-    "                             [--jobs-dir DIR] [--heartbeat-ms MS]\n"
+    "                             [--jobs-dir DIR] [--heartbeat-ms MS] [--data-root DIR]...\n"
     "\n"
     "  --bind ENDPOINT      ZeroMQ endpoint to serve, e.g. tcp://0.0.0.0:5555\n"
     "  --db FILE            the SQLite registry (created when missing)\n"
@@ -40,11 +40,15 @@ static const char *const s_usage =
     "  --insecure           no encryption or authentication: local tests only\n"
     "  --jobs-dir DIR       where each job's checkpoints live (default FILE.jobs); worker groups\n"
     "                       must see it at the same path (a shared filesystem)\n"
-    "  --heartbeat-ms MS    heartbeat interval to worker groups (default 1000)\n";
+    "  --heartbeat-ms MS    heartbeat interval to worker groups (default 1000)\n"
+    "  --data-root DIR      (repeatable) jobs may only read files inside these folders (symlinks and\n"
+    "                       '..' resolved); without it any regular file the coordinator can read\n";
 
 int main(int argc, char **argv)
 {
     const char *bind = NULL, *db = NULL, *secret_file = NULL, *allow = NULL, *jobs_dir = NULL;
+    const char *roots[16];
+    int n_roots = 0;
     int insecure = 0, heartbeat_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -64,6 +68,12 @@ int main(int argc, char **argv)
             allow = argv[++i];
         } else if (has_val && !strcmp(a, "--jobs-dir")) {
             jobs_dir = argv[++i];
+        } else if (has_val && !strcmp(a, "--data-root")) {
+            if (n_roots == (int)(sizeof roots / sizeof roots[0])) {
+                fprintf(stderr, "statetune-coordinator: at most %d --data-root folders\n", n_roots);
+                return 2;
+            }
+            roots[n_roots++] = argv[++i];
         } else if (has_val && !strcmp(a, "--heartbeat-ms")) {
             heartbeat_ms = atoi(argv[++i]);
             if (heartbeat_ms < 10 || heartbeat_ms > 600000) {
@@ -106,7 +116,7 @@ int main(int argc, char **argv)
     reg = registry_open(db, 0, err);
     if (!reg) goto done;
     sched = sched_new(reg, jobs_dir, err);
-    if (!sched) goto done;
+    if (!sched || sched_set_data_roots(sched, roots, n_roots, err)) goto done;
     ctx = zmq_ctx_new();
     if (!ctx) {
         st_fail(err, ST_ENET, "zmq_ctx_new failed");

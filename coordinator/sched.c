@@ -42,10 +42,15 @@
 #include "common/st_fs.h"
 #include "data/jobspec.h"
 
+#include "model/model.h"
+#include "model/tensorfile.h"
+
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define JOB_GROW 16
@@ -81,10 +86,16 @@ typedef struct {
     json_t *progress;      /* latest progress notification, owned (NULL = none) */
     int64_t hold_until_ms; /* not assigned before this (its old group may reclaim it) */
     int64_t progress_saved_ms; /* when a progress event of it was last written */
+    int model_layers;      /* the model's L and H, for checking a result (0 = unknown) */
+    int model_heads;
 } job_t;
+
+#define MAX_DATA_ROOTS 16
 
 struct sched {
     registry_t *reg;       /* borrowed */
+    char *roots[MAX_DATA_ROOTS]; /* --data-root folders, resolved (realpath), owned */
+    int n_roots;           /* 0 = paths are not confined */
     char *jobs_dir;        /* parent of every job's directory, owned */
     job_t *jobs;           /* live jobs (invariant 1) */
     size_t n_jobs, cap_jobs;
@@ -115,6 +126,24 @@ static void s_remove(sched_t *self, int64_t id)
         self->jobs[i] = self->jobs[--self->n_jobs];
         return;
     }
+}
+
+/* The layers and heads of a model file (its state's shape), read from the
+ * tensor shapes without loading weights; zeros when it cannot be read (a
+ * result is then not checked against it). */
+static void s_model_shape(const char *path, int *layers, int *heads)
+{
+    char err[ST_ERR_LEN];
+    *layers = *heads = 0;
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return; /* never open a FIFO */
+    tensorfile_t *tf = tensorfile_open(path, err);
+    rwkv_config_t cfg;
+    if (tf && rwkv_config_from_tensorfile(tf, &cfg, err) == ST_OK) {
+        *layers = cfg.n_layer;
+        *heads = cfg.n_head;
+    }
+    tensorfile_close(&tf);
 }
 
 /* Adds a live job from its canonical spec; the spec's fields that scheduling
@@ -156,6 +185,8 @@ static job_t *s_add(sched_t *self, int64_t id, const char *spec_json, job_status
     j->gpus = json_is_integer(v) ? (int)json_integer_value(v) : 1;
     v = json_object_get(spec, "global_batch");
     j->global_batch = json_is_integer(v) ? (int)json_integer_value(v) : 0;
+    s = json_string_value(json_object_get(spec, "model"));
+    if (s) s_model_shape(s, &j->model_layers, &j->model_heads);
     json_decref(spec);
     j->spec_json = strdup(spec_json);
     char dir[4096];
@@ -171,6 +202,46 @@ static job_t *s_add(sched_t *self, int64_t id, const char *spec_json, job_status
     return j;
 }
 
+int sched_check_path(sched_t *self, const char *key, const char *path, int confine, char *err)
+{
+    struct stat st;
+    if (!path || !*path) return st_fail(err, ST_EINVAL, "job spec: '%s' names no file", key);
+    if (stat(path, &st) != 0) return st_fail(err, ST_ENOTFOUND, "job spec: '%s' ('%s'): %s", key, path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return st_fail(err, ST_EINVAL, "job spec: '%s' ('%s') is not a regular file (a FIFO, device or folder)", key,
+                       path);
+    if (!confine || self->n_roots == 0) return ST_OK;
+    char real[PATH_MAX];
+    if (!realpath(path, real)) return st_fail(err, ST_EINVAL, "job spec: '%s' ('%s'): %s", key, path, strerror(errno));
+    for (int i = 0; i < self->n_roots; i++) {
+        size_t n = strlen(self->roots[i]);
+        if (!strncmp(real, self->roots[i], n) && (real[n] == '/' || real[n] == 0 || (n == 1 && real[0] == '/')))
+            return ST_OK;
+    }
+    char roots[ST_ERR_LEN / 2] = "";
+    for (int i = 0; i < self->n_roots; i++) {
+        size_t len = strlen(roots);
+        snprintf(roots + len, sizeof roots - len, "%s'%s'", i ? ", " : "", self->roots[i]);
+    }
+    return st_fail(err, ST_EINVAL, "job spec: '%s' ('%s', resolving to '%s') is outside the data roots %.200s: not allowed",
+                   key, path, real, roots);
+}
+
+int sched_set_data_roots(sched_t *self, const char *const *roots, int n, char *err)
+{
+    if (n > MAX_DATA_ROOTS) return st_fail(err, ST_EINVAL, "at most %d data roots", MAX_DATA_ROOTS);
+    for (int i = 0; i < n; i++) {
+        char real[PATH_MAX];
+        struct stat st;
+        if (!realpath(roots[i], real) || stat(real, &st) != 0 || !S_ISDIR(st.st_mode))
+            return st_fail(err, ST_EINVAL, "data root '%s' is not a folder", roots[i]);
+        self->roots[self->n_roots] = strdup(real);
+        if (!self->roots[self->n_roots]) return st_fail(err, ST_ENOMEM, "out of memory");
+        self->n_roots++;
+    }
+    return ST_OK;
+}
+
 /* Parses and checks an untrusted spec (every key, then the inputs: the model
  * opens, the tokenizer fits it, every dataset line parses) and returns the
  * canonical JSON the workers will get (caller frees). */
@@ -182,15 +253,27 @@ static int s_validate(sched_t *self, const char *spec_json, char **canon_out, ch
      * anything relative is taken relative to the root, never to our cwd. */
     int rc = jobspec_parse_string(spec_json, "/", &spec, err);
     if (rc) return rc;
-    if (spec->model_name) { /* a registered model: its file is on record here */
+    /* Before anything opens a file: every path is a regular file (open() on
+     * a FIFO would block this thread, and with it the whole coordinator)
+     * inside the data roots, when there are any. */
+    if (spec->model_path) rc = sched_check_path(self, "model", spec->model_path, 1, err);
+    if (rc == ST_OK && spec->tokenizer && strcmp(spec->tokenizer, "bytes") != 0)
+        rc = sched_check_path(self, "tokenizer", spec->tokenizer, 1, err);
+    if (rc == ST_OK) rc = sched_check_path(self, "train", spec->train, 1, err);
+    if (rc == ST_OK && spec->eval) rc = sched_check_path(self, "eval", spec->eval, 1, err);
+    if (rc == ST_OK && spec->observer.teacher_path)
+        rc = sched_check_path(self, "observer.teacher", spec->observer.teacher_path, 1, err);
+    if (rc == ST_OK && spec->model_name) { /* a registered model: its file is on record here */
         json_t *model = NULL;
         rc = registry_find_model(self->reg, spec->model_name, &model, err);
         const char *path = json_string_value(json_object_get(model, "path"));
         if (rc == ST_OK && !path)
             rc = st_fail(err, ST_ENOTFOUND, "registered model '%s' has no file path", spec->model_name);
+        /* registered by the operator: not confined, but still a regular file */
+        if (rc == ST_OK) rc = sched_check_path(self, "model", path, 0, err);
         if (rc == ST_OK) rc = jobspec_set_model(spec, path, err);
         json_decref(model);
-    } else if (!spec->tokenizer) {
+    } else if (rc == ST_OK && !spec->tokenizer) {
         rc = jobspec_set_model(spec, NULL, err);
     }
     if (rc == ST_OK) rc = jobspec_check_inputs(spec, err);
@@ -325,6 +408,7 @@ void sched_destroy(sched_t **self_p)
     }
     free(self->jobs);
     free(self->jobs_dir);
+    for (int i = 0; i < self->n_roots; i++) free(self->roots[i]);
     free(self);
     *self_p = NULL;
 }
@@ -533,6 +617,11 @@ int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics
     }
     int rc = s_check_group(j, job, group, err);
     if (rc) return rc;
+    /* A result must fit the job's model: a state of another shape would
+     * break every inference client that trusts the lineage. */
+    if (head_size != 64 || (j->model_layers && (layers != j->model_layers || heads != j->model_heads)))
+        return st_fail(err, ST_EINVAL, "job %lld: the result's state is [%d, %d, %d, %d], the model's is [%d, %d, 64, 64]",
+                       (long long)job, layers, heads, head_size, head_size, j->model_layers, j->model_heads);
     registry_metric_t *m = NULL;
     char(*names)[128] = NULL;
     int n_m = 0;

@@ -34,6 +34,16 @@ typedef struct {
 sched_t *sched_new(registry_t *reg, const char *jobs_dir, char *err);
 void sched_destroy(sched_t **self_p);
 
+/* Confines every path a submitted job reads (model, tokenizer, train, eval,
+ * observer.teacher) to these folders, symlinks and '..' resolved (SPEC 9).
+ * Without a call, paths are not confined. */
+int sched_set_data_roots(sched_t *self, const char *const *roots, int n, char *err);
+
+/* Checks that path (the value of key in a job) is a regular file - never a
+ * FIFO or device, whose open() could block the coordinator - and, when
+ * confine is nonzero and data roots are set, that it lies inside one. */
+int sched_check_path(sched_t *self, const char *key, const char *path, int confine, char *err);
+
 /* validating -> queued | failed. spec_json is untrusted. On success *id_out is
  * the new job's id. A job whose inputs fail validation is recorded as failed
  * and the call returns the validation error (with *id_out set, >0). */

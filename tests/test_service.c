@@ -561,6 +561,11 @@ static int test_sched_transitions(void)
     int version = 0;
     const char *sha = "798f0836d36dedad2ef8a238349600a54ab6d36c4f25f61569a0a0ea8330ed60";
     CHECK(sched_succeed(e.sched, j1, "ga", metrics, sha, 2, 2, 64, state, &version, err) == ST_EINVAL);
+    /* a state that does not fit the job's model (2 layers x 2 heads) is refused */
+    float *big = calloc((size_t)40 * 4 * 64 * 64, sizeof(float));
+    CHECK(sched_succeed(e.sched, j1, "gb", metrics, sha, 40, 4, 64, big, &version, err) == ST_EINVAL);
+    printf("   %s\n", err);
+    free(big);
     CHECK(sched_succeed(e.sched, j1, "gb", metrics, sha, 2, 2, 64, state, &version, err) == ST_OK && version == 1);
     CHECK(!strcmp(s_status(&e, j1, st), "succeeded"));
     /* a repeated result (the reply was lost) answers the same version */
@@ -631,6 +636,46 @@ static int test_sched_recovery(void)
     return 0;
 }
 
+/* Paths a job reads: regular files only (a FIFO would block the
+ * coordinator's thread in open()), inside the data roots when set. */
+static int test_sched_paths(void)
+{
+    const char *model = st_test_fixture("rwkv7/tiny.pth");
+    if (!model) return ST_TEST_SKIP;
+    sched_env_t e;
+    CHECK(s_sched_env(&e, model) == 0);
+    char err[ST_ERR_LEN], fifo[400], root[400], inside[450], outside[450], link[450];
+    snprintf(fifo, sizeof fifo, "%s/pipe.jsonl", e.dir);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    CHECK(sched_check_path(e.sched, "train", fifo, 1, err) == ST_EINVAL && strstr(err, "not a regular file"));
+    CHECK(sched_check_path(e.sched, "model", "/dev/zero", 1, err) == ST_EINVAL);
+    CHECK(sched_check_path(e.sched, "train", e.train, 1, err) == ST_OK); /* no roots: anything regular */
+    /* a job naming the FIFO is refused at once, with the key */
+    char spec[1024];
+    snprintf(spec, sizeof spec, "{\"name\":\"f\",\"model\":\"%s\",\"train\":\"%s\",\"steps\":1}", model, fifo);
+    int64_t id = 0;
+    CHECK(sched_submit(e.sched, spec, &id, err) == ST_EINVAL && strstr(err, "'train'"));
+    /* with a root: inside passes; outside, '..' out of it and a symlink out are refused */
+    snprintf(root, sizeof root, "%s/root", e.dir);
+    CHECK(mkdir(root, 0700) == 0);
+    snprintf(inside, sizeof inside, "%s/in.jsonl", root);
+    FILE *f = fopen(inside, "w");
+    fputs("{\"text\": \"x\"}\n", f);
+    fclose(f);
+    snprintf(link, sizeof link, "%s/link.jsonl", root);
+    CHECK(symlink(e.train, link) == 0);
+    snprintf(outside, sizeof outside, "%s/../train.jsonl", root);
+    const char *roots[] = {root};
+    CHECK(sched_set_data_roots(e.sched, roots, 1, err) == ST_OK);
+    CHECK(sched_check_path(e.sched, "train", inside, 1, err) == ST_OK);
+    CHECK(sched_check_path(e.sched, "train", e.train, 1, err) == ST_EINVAL && strstr(err, "outside the data roots"));
+    CHECK(sched_check_path(e.sched, "train", outside, 1, err) == ST_EINVAL);
+    CHECK(sched_check_path(e.sched, "train", link, 1, err) == ST_EINVAL);
+    CHECK(sched_check_path(e.sched, "model", e.train, 0, err) == ST_OK); /* not confined: a registered model */
+    s_sched_env_free(&e);
+    return 0;
+}
+
 static const st_test_t tests[] = {
     {"malformed_messages", test_malformed_messages},
     {"many_clients", test_many_clients},
@@ -640,6 +685,7 @@ static const st_test_t tests[] = {
     {"sched_order", test_sched_order},
     {"sched_transitions", test_sched_transitions},
     {"sched_recovery", test_sched_recovery},
+    {"sched_paths", test_sched_paths},
     {NULL, NULL},
 };
 
