@@ -55,8 +55,25 @@ for ((p = start; p < start + 200; p++)); do
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
 done
 endpoint=tcp://127.0.0.1:$port
-"$build/coordinator/statetune-coordinator" --bind "$endpoint" --db "$tmp/registry.db" --jobs-dir "$tmp/jobs" \
-    --curve-secret "$etc/keys/coordinator.key" --allow "$etc/allow" >"$tmp/coordinator.log" 2>&1 &
+# The command line is the unit's ExecStart, with this machine's paths put
+# in for the installed ones: the real coordinator must accept every option
+# the unit gives it.
+unit=$src/deploy/systemd/statetune-coordinator.service
+coord_cmd=()
+for a in $(sed -n 's/^ExecStart=//p' "$unit"); do
+    case $a in
+    /usr/local/bin/statetune-coordinator) coord_cmd+=("$build/coordinator/statetune-coordinator") ;;
+    '${STATETUNE_BIND}') coord_cmd+=("$endpoint") ;;
+    '$STATETUNE_OPTS') ;; # empty by default
+    /var/lib/statetune/registry.db) coord_cmd+=("$tmp/registry.db") ;;
+    /srv/statetune/jobs) coord_cmd+=("$tmp/jobs") ;;
+    %d/coordinator.key) coord_cmd+=("$etc/keys/coordinator.key") ;;
+    /etc/statetune/allow) coord_cmd+=("$etc/allow") ;;
+    /* | %* | '$'*) fail "the test does not know what to put in for the unit's '$a'" ;;
+    *) coord_cmd+=("$a") ;;
+    esac
+done
+"${coord_cmd[@]}" >"$tmp/coordinator.log" 2>&1 &
 coord_pid=$!
 
 as() { # as NAME statetune-args...: the client with NAME's keys
@@ -147,8 +164,7 @@ if command -v sqlite3 >/dev/null; then
         if [ -e "$f" ]; then mv "$f" "$tmp/broken/"; fi
     done
     install -m 0600 "$tmp/backup.db" "$tmp/registry.db"
-    "$build/coordinator/statetune-coordinator" --bind "$endpoint" --db "$tmp/registry.db" --jobs-dir "$tmp/jobs" \
-        --curve-secret "$etc/keys/coordinator.key" --allow "$etc/allow" >>"$tmp/coordinator.log" 2>&1 &
+    "${coord_cmd[@]}" >>"$tmp/coordinator.log" 2>&1 &
     coord_pid=$!
     restored=0
     for ((i = 0; i < 50; i++)); do
