@@ -121,16 +121,45 @@ int st_write_file_atomic(const char *path, const void *data, size_t len, char *e
     return st_atomic_file_commit(&f, err);
 }
 
+int st_open_regular(const char *path, char *err)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return st_fail(err, errno == ENOENT ? ST_ENOTFOUND : ST_EIO, "cannot open '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return st_fail(err, ST_EIO, "'%s' is not a regular file", path);
+    }
+    return fd;
+}
+
+static FILE *s_fopen_regular(const char *path, int *rc, char *err)
+{
+    int fd = st_open_regular(path, err);
+    if (fd < 0) {
+        *rc = fd;
+        return NULL;
+    }
+    FILE *fp = fdopen(fd, "rb");
+    if (!fp) {
+        *rc = st_fail(err, ST_EIO, "cannot open '%s': %s", path, strerror(errno));
+        close(fd);
+    }
+    return fp;
+}
+
 int st_read_file(const char *path, size_t max_bytes, char **data_out, size_t *len_out, char *err)
 {
     *data_out = NULL;
     if (len_out) *len_out = 0;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return st_fail(err, errno == ENOENT ? ST_ENOTFOUND : ST_EIO, "cannot open '%s': %s", path, strerror(errno));
+    int orc = ST_OK;
+    FILE *fp = s_fopen_regular(path, &orc, err);
+    if (!fp) return orc;
     struct stat st;
-    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fileno(fp), &st) != 0) {
         fclose(fp);
-        return st_fail(err, ST_EIO, "'%s' is not a regular file", path);
+        return st_fail(err, ST_EIO, "cannot stat '%s': %s", path, strerror(errno));
     }
     if ((unsigned long long)st.st_size > max_bytes) {
         fclose(fp);
@@ -189,8 +218,9 @@ static void s_hex(const unsigned char *h, size_t n, char *out)
 
 int st_sha256_file(const char *path, char hex_out[65], char *err)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return st_fail(err, errno == ENOENT ? ST_ENOTFOUND : ST_EIO, "cannot open '%s': %s", path, strerror(errno));
+    int orc = ST_OK;
+    FILE *fp = s_fopen_regular(path, &orc, err);
+    if (!fp) return orc;
     crypto_hash_sha256_state st;
     crypto_hash_sha256_init(&st);
     enum { CHUNK = 1 << 20 };

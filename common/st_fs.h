@@ -35,6 +35,13 @@ int st_write_file_atomic(const char *path, const void *data, size_t len, char *e
  * Refuses files larger than max_bytes with a clear error. */
 int st_read_file(const char *path, size_t max_bytes, char **data_out, size_t *len_out, char *err);
 
+/* Opens a regular file for reading and returns its descriptor, or a negative
+ * st_err code with the sentence in err. O_NONBLOCK makes the open of a FIFO
+ * return at once instead of waiting for a writer (a FIFO named in a job file
+ * once hung the coordinator's only thread); anything but a regular file is
+ * then refused. For regular files O_NONBLOCK changes nothing. */
+int st_open_regular(const char *path, char *err);
+
 /* mkdir -p; existing directories are fine. */
 int st_mkdirs(const char *path, char *err);
 

@@ -17,6 +17,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PTH_MAX_PICKLE ((zip_uint64_t)64 << 20) /* a 14B state dict's data.pkl is ~100 KB */
 #define PTH_CHUNK ((size_t)1 << 20)
@@ -112,11 +113,14 @@ static int s_read_entry(zip_t *za, zip_uint64_t idx, zip_uint64_t max, uint8_t *
     return ST_OK;
 }
 
-int tf_open_pth(tensorfile_t *self, char *err)
+int tf_open_pth(tensorfile_t *self, int fd, char *err)
 {
     int zerr = 0;
-    self->zip = zip_open(self->path, ZIP_RDONLY, &zerr);
+    /* From the descriptor tensorfile_open checked to be a regular file, not by
+     * name again: the path could have been swapped for a FIFO in between. */
+    self->zip = zip_fdopen(fd, ZIP_RDONLY, &zerr);
     if (!self->zip) {
+        close(fd);
         zip_error_t ze;
         zip_error_init_with_code(&ze, zerr);
         int rc = st_fail(err, ST_EFORMAT, "not a readable zip archive (truncated or corrupt?): %s",

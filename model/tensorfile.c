@@ -17,6 +17,7 @@
 #include "model/tensorfile_impl.h"
 
 #include "common/st_err.h"
+#include "common/st_fs.h"
 #include "common/st_half.h"
 
 #include <errno.h>
@@ -153,15 +154,14 @@ tensorfile_t *tensorfile_open(const char *path, char *err)
         rc = st_fail(err, ST_ENOMEM, "out of memory opening '%s'", path);
         goto fail;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = st_open_regular(path, err); /* a FIFO must not block us in open() */
     if (fd < 0) {
-        rc = st_fail(err, errno == ENOENT ? ST_ENOTFOUND : ST_EIO, "cannot open '%s': %s", path,
-                     strerror(errno));
+        rc = fd;
         goto fail;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        rc = st_fail(err, ST_EIO, "'%s' is not a regular file", path);
+    if (fstat(fd, &sb) != 0) {
+        rc = st_fail(err, ST_EIO, "cannot stat '%s': %s", path, strerror(errno));
         goto fail;
     }
     uint8_t head[16];
@@ -174,9 +174,8 @@ tensorfile_t *tensorfile_open(const char *path, char *err)
     if (rc) goto fail;
 
     if (self->format == TF_FORMAT_PTH) {
-        close(fd);
+        rc = tf_open_pth(self, fd, err); /* libzip owns fd from here */
         fd = -1;
-        rc = tf_open_pth(self, err);
     } else {
         void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {

@@ -58,7 +58,7 @@ int64_t tf_shape_numel(int ndim, const int64_t *shape);
  * set for safetensors and ggmf) and returns ST_OK or an error with err filled. */
 int tf_open_safetensors(tensorfile_t *self, char *err);
 int tf_open_ggmf(tensorfile_t *self, char *err);
-int tf_open_pth(tensorfile_t *self, char *err);
+int tf_open_pth(tensorfile_t *self, int fd, char *err); /* takes fd, even on failure */
 
 /* Streams a plain-layout tensor out of the zip: calls sink with consecutive
  * chunks of raw bytes (whole elements) until numel elements were delivered. */

@@ -8,6 +8,7 @@
 #include "tests/harness.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 static int test_half_round_trip(void)
 {
@@ -68,6 +69,25 @@ static int test_sha256(void)
     return 0;
 }
 
+/* A FIFO named where a file is expected must be refused at once: opening one
+ * for reading blocks until a writer comes, which once hung the coordinator. */
+static int test_fifo_refused(void)
+{
+    char err[ST_ERR_LEN], hex[65];
+    char path[512];
+    snprintf(path, sizeof path, "%s/fifo", st_test_tmpdir());
+    CHECK(mkfifo(path, 0600) == 0);
+    char *data = NULL;
+    size_t n = 0;
+    CHECK(st_read_file(path, 100, &data, &n, err) == ST_EIO);
+    CHECK(strstr(err, "not a regular file") != NULL);
+    CHECK(st_sha256_file(path, hex, err) == ST_EIO);
+    CHECK(st_open_regular(path, err) == ST_EIO);
+    CHECK(st_open_regular("/", err) == ST_EIO);
+    unlink(path);
+    return 0;
+}
+
 static int test_wrap(void)
 {
     char err[ST_ERR_LEN];
@@ -84,6 +104,7 @@ int main(int argc, char **argv)
         {"atomic_file", test_atomic_file},
         {"sha256", test_sha256},
         {"wrap", test_wrap},
+        {"fifo_refused", test_fifo_refused},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);

@@ -15,6 +15,7 @@
 #include <sodium.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zip.h>
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -978,6 +979,13 @@ static int test_not_a_model(void)
     char err[ST_ERR_LEN];
     CHECK(tensorfile_open("/nonexistent/model.pth", err) == NULL);
     CHECK(strstr(err, "/nonexistent/model.pth") != NULL);
+    /* A FIFO is refused at once instead of blocking open() for a writer. */
+    char fifo[600];
+    snprintf(fifo, sizeof fifo, "%s/model.fifo", st_test_tmpdir());
+    CHECK(mkfifo(fifo, 0600) == 0);
+    CHECK(tensorfile_open(fifo, err) == NULL);
+    CHECK(strstr(err, "not a regular file") != NULL);
+    unlink(fifo);
     return rc;
 }
 
