@@ -23,6 +23,7 @@
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <unistd.h>
 #include <zip.h>
@@ -108,6 +109,18 @@ static int s_write_safetensors(const char *path, int L, int H, int N, const floa
                                char *err)
 {
     size_t per = (size_t)H * N * N, esize = f16_transposed ? 2 : 4;
+    if (f16_transposed) {
+        /* fp16 holds at most 65504: a larger value would be written as inf
+         * and the engine would load a state that is not the tuned one. */
+        for (size_t i = 0; i < (size_t)L * per; i++)
+            if (!(fabsf(data[i]) <= 65504.0f)) {
+                size_t l = i / per, h = (i % per) / ((size_t)N * N);
+                return st_fail(err, ST_EINVAL,
+                               "the state holds %g at layer %zu head %zu, beyond fp16's range (65504): "
+                               "export it as safetensors or pth instead of .st",
+                               (double)data[i], l, h);
+            }
+    }
     json_t *hdr = json_object();
     json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
     for (int l = 0; l < L; l++) {

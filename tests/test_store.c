@@ -388,8 +388,17 @@ static int s_roundtrip(state_format_t fmt, const char *file, int fp16)
     float d[NUMEL];
     s_fill(d, NUMEL, 77);
     d[5] = 1e-30f;      /* subnormal in fp16: flushes, stays deterministic */
-    d[6] = -3.0e38f;    /* fp32 extremes survive fp32 formats */
     const char *path = s_path(file);
+    if (fp16) {
+        /* A value fp16 cannot hold is refused, not written as inf. */
+        d[6] = -3.0e38f;
+        CHECK(state_write(path, fmt, L_, H_, N_, d, 0, err) == ST_EINVAL);
+        CHECKF(strstr(err, "fp16") != NULL && strstr(err, "layer 0") != NULL, "%s", err);
+        CHECK(access(path, F_OK) != 0); /* nothing half-written left behind */
+        d[6] = -65504.0f;   /* the largest fp16 magnitude is fine */
+    } else {
+        d[6] = -3.0e38f;    /* fp32 extremes survive fp32 formats */
+    }
     CHECKF(state_write(path, fmt, L_, H_, N_, d, 0, err) == ST_OK, "%s", err);
     struct stat sb;
     CHECK(stat(path, &sb) == 0);
