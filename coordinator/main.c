@@ -14,10 +14,14 @@
 #include "coordinator/zap.h"
 #include "store/registry.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <zmq.h>
 
 /* The one global the style allows: set by the signal handler. */
@@ -108,10 +112,35 @@ int main(int argc, char **argv)
     zap_t *zap = NULL;
     broker_t *broker = NULL;
     void *ctx = NULL;
+    int lock_fd = -1;
     if (secret_file && statetune_key_read(secret_file, secret, err)) goto done;
     if (!jobs_dir) {
         snprintf(jobs_buf, sizeof jobs_buf, "%s.jobs", db);
         jobs_dir = jobs_buf;
+    }
+    /* One coordinator per registry (SPEC 5: its only writer): a second one
+     * would run every queued job twice. The lock dies with the process, so
+     * a SIGKILLed coordinator restarts at once. */
+    char lock_path[4096];
+    snprintf(lock_path, sizeof lock_path, "%s.coordinator.lock", db);
+    lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd < 0) {
+        st_fail(err, ST_EIO, "cannot open the lock file '%s': %s", lock_path, strerror(errno));
+        goto done;
+    }
+    if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        char other[32] = "";
+        ssize_t n = pread(lock_fd, other, sizeof other - 1, 0);
+        other[n > 0 ? n : 0] = 0;
+        other[strcspn(other, "\n")] = 0;
+        st_fail(err, ST_EBUSY, "another coordinator (pid %s) already serves the registry '%s'", other[0] ? other : "?",
+                db);
+        goto done;
+    }
+    char pid[32];
+    int plen = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (ftruncate(lock_fd, 0) != 0 || pwrite(lock_fd, pid, (size_t)plen, 0) != plen) {
+        /* the pid is only for the message above; the lock itself holds */
     }
     reg = registry_open(db, 0, err);
     if (!reg) goto done;
@@ -158,5 +187,6 @@ done:
     if (ctx) zmq_ctx_term(ctx);
     sched_destroy(&sched);
     registry_close(&reg);
+    if (lock_fd >= 0) close(lock_fd);
     return status;
 }

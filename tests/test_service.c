@@ -676,6 +676,28 @@ static int test_sched_paths(void)
     return 0;
 }
 
+/* One coordinator per registry: a second one on the same database refuses
+ * to start, naming the first. */
+static int test_one_coordinator(void)
+{
+    coord_t c = {0};
+    const char *extra[] = {"--insecure", NULL};
+    CHECK(s_coord_start(&c, extra) == 0);
+    char cmd[2048], out[290];
+    snprintf(out, sizeof out, "%.270s/second.log", c.dir);
+    snprintf(cmd, sizeof cmd,
+             "%s/coordinator/statetune-coordinator --bind ipc://%s/second.sock --db %s/registry.db --insecure 2>%s",
+             s_build_dir(), c.dir, c.dir, out);
+    int st = system(cmd);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    coord_t second = {.pid = 0};
+    memcpy(second.log, out, sizeof out);
+    CHECK(s_log_contains(&second, "another coordinator"));
+    CHECK(s_coord_alive(&c));
+    s_coord_stop(&c);
+    return 0;
+}
+
 static const st_test_t tests[] = {
     {"malformed_messages", test_malformed_messages},
     {"many_clients", test_many_clients},
@@ -686,6 +708,7 @@ static const st_test_t tests[] = {
     {"sched_transitions", test_sched_transitions},
     {"sched_recovery", test_sched_recovery},
     {"sched_paths", test_sched_paths},
+    {"one_coordinator", test_one_coordinator},
     {NULL, NULL},
 };
 
