@@ -62,7 +62,7 @@ struct engine_cpu {
     const rwkv_model_t *m;
     int maxB, maxT, nck, head_chunk;
     int auto_threads, max_threads, threads_now; /* see PROBE_EVERY */
-    int64_t runs;
+    int64_t runs, first_probe;                  /* no probe before run first_probe */
     double probe_s_per_tok[2];                  /* summed: [0] all threads, [1] one */
     float *mem;
     size_t mem_floats;
@@ -253,6 +253,17 @@ engine_cpu_t *engine_cpu_new(const rwkv_model_t *model, const engine_opts_t *opt
     e->max_threads = 1;
 #endif
     e->threads_now = e->max_threads;
+#ifdef _OPENMP
+    /* A machine already busy when the engine starts (1-minute load average
+     * at or above the number of cores) starts on one thread and probes only
+     * after PROBE_EVERY runs: a short job would otherwise spend most of its
+     * runs probing. */
+    double load[1];
+    if (e->auto_threads && getloadavg(load, 1) == 1 && load[0] >= omp_get_num_procs()) {
+        e->threads_now = 1;
+        e->first_probe = PROBE_EVERY;
+    }
+#endif
     return e;
 }
 
@@ -417,7 +428,7 @@ int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
     int train = bt->dstate0 != NULL && bt->targets != NULL;
     int64_t phase = e->runs % PROBE_EVERY;
     /* phases 1..4 alternate all threads and one thread */
-    int probe = train && e->runs > 0 && phase >= 1 && phase <= 4 ? (int)phase : 0;
+    int probe = train && e->runs > e->first_probe && phase >= 1 && phase <= 4 ? (int)phase : 0;
     int all = probe & 1;
     int n = probe ? (all ? e->max_threads : 1) : e->threads_now;
 #ifdef _OPENMP
