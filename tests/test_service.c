@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -698,6 +699,75 @@ static int test_one_coordinator(void)
     return 0;
 }
 
+/* A coordinator that lies: the client library checks a state reply against
+ * the shape it claims and never returns a short or absurd buffer. */
+typedef struct {
+    char endpoint[300];
+    int replies; /* how many requests to answer */
+} fake_t;
+
+static void *s_fake_coordinator(void *arg)
+{
+    fake_t *f = arg;
+    void *ctx = zmq_ctx_new(), *sock = zmq_socket(ctx, ZMQ_ROUTER);
+    int zero = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_bind(sock, f->endpoint);
+    for (int k = 0; k < f->replies; k++) {
+        zmq_msg_t id, body;
+        zmq_msg_init(&id);
+        zmq_msg_init(&body);
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 5000) <= 0) break;
+        zmq_msg_recv(&id, sock, 0);
+        zmq_msg_recv(&body, sock, 0);
+        json_error_t jerr;
+        json_t *req = json_loadb(zmq_msg_data(&body), zmq_msg_size(&body), 0, &jerr);
+        long long rid = (long long)json_integer_value(json_object_get(req, "rid"));
+        json_decref(req);
+        json_t *lie;
+        if (k % 3 == 0) /* payload too short for its shape */
+            lie = json_pack("{s:i, s:s, s:I, s:s, s:i, s:i, s:i, s:i}", "v", 1, "type", "ok", "rid", (json_int_t)rid,
+                            "name", "x", "version", 1, "layers", 2, "heads", 2, "head_size", 64);
+        else if (k % 3 == 1) /* absurd shape */
+            lie = json_pack("{s:i, s:s, s:I, s:s, s:i, s:i, s:i, s:i}", "v", 1, "type", "ok", "rid", (json_int_t)rid,
+                            "name", "x", "version", 1, "layers", 100000, "heads", 99999, "head_size", 64);
+        else /* no shape at all */
+            lie = json_pack("{s:i, s:s, s:I}", "v", 1, "type", "ok", "rid", (json_int_t)rid);
+        char *text = json_dumps(lie, JSON_COMPACT);
+        json_decref(lie);
+        zmq_send(sock, zmq_msg_data(&id), zmq_msg_size(&id), ZMQ_SNDMORE);
+        zmq_send(sock, text, strlen(text), ZMQ_SNDMORE);
+        zmq_send(sock, "0123456789", 10, 0);
+        free(text);
+        zmq_msg_close(&id);
+        zmq_msg_close(&body);
+    }
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    return NULL;
+}
+
+static int test_client_distrusts_replies(void)
+{
+    fake_t f = {.replies = 3};
+    snprintf(f.endpoint, sizeof f.endpoint, "ipc://%s/fake.sock", st_test_tmpdir());
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, s_fake_coordinator, &f) == 0);
+    char err[ST_ERR_LEN];
+    statetune_client_t *c = statetune_client_new(f.endpoint, NULL, err);
+    CHECK(c);
+    for (int k = 0; k < 3; k++) {
+        statetune_state_t st;
+        int rc = statetune_client_get_state(c, "x@latest", &st, err);
+        printf("   lie %d: %s\n", k, err);
+        CHECK(rc == ST_EFORMAT && st.data == NULL);
+    }
+    statetune_client_destroy(&c);
+    pthread_join(th, NULL);
+    return 0;
+}
+
 static const st_test_t tests[] = {
     {"malformed_messages", test_malformed_messages},
     {"many_clients", test_many_clients},
@@ -709,6 +779,7 @@ static const st_test_t tests[] = {
     {"sched_recovery", test_sched_recovery},
     {"sched_paths", test_sched_paths},
     {"one_coordinator", test_one_coordinator},
+    {"client_distrusts_replies", test_client_distrusts_replies},
     {NULL, NULL},
 };
 
