@@ -11,7 +11,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/netns/cluster.sh"
 netns_check || exit 77
 tests=("cluster_tune.sh" "cluster_service.sh e2e" "cluster_service.sh partition"
-       "cluster_service.sh partition_rank0" "cluster_service.sh coord_partition" "cluster_service.sh launch")
+       "cluster_service.sh partition_rank0" "cluster_service.sh coord_partition"
+       "cluster_service.sh client_partition" "cluster_service.sh launch")
 for round in $(seq "$n"); do
     for t in "${tests[@]}"; do
         t0=$SECONDS

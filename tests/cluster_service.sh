@@ -21,12 +21,15 @@
 #                                 lost, the group (patient for 30 s) carries on;
 #                                 when the link is back it says hello again and
 #                                 takes its job back; one state version
+#   cluster_service.sh client_partition  the client's link goes down while it
+#                                 watches: a request fails with one sentence,
+#                                 the watch rides it out and sees the success
 #   cluster_service.sh launch     the partition test with groups started by
 #                                 the deployment's deploy/launch-group.sh
 #
 # Exit 77 (skipped) without root / network namespaces, mpirun or the fixtures.
 set -u
-scenario=${1:?usage: cluster_service.sh e2e|partition|partition_rank0|coord_partition|launch}
+scenario=${1:?usage: cluster_service.sh e2e|partition|partition_rank0|coord_partition|client_partition|launch}
 . "$(cd "$(dirname "$0")" && pwd)/netns/common.sh"
 cluster_prepare "service-$scenario"
 make_data
@@ -223,6 +226,30 @@ coord_partition)
     versions=$(stc states show split@latest --json | json 'd["version"]')
     [ "$n" = 1 ] && [ "$versions" = 1 ] || fail "expected one registered version of 'split', found $n state(s), latest version $versions"
     kill -0 "$GROUP_PID" 2>/dev/null || fail "the group died although only the coordinator's link was down for $CUT_S s"
+    ;;
+client_partition)
+    # the client's host loses its link while it watches a job: a request
+    # made meanwhile fails with one clear sentence, and the watch rides the
+    # cut out and ends when the job succeeds
+    start_coordinator
+    start_group a
+    make_job watched 150 10
+    J=$(stc submit "$T/watched.json") || fail "submit failed"
+    stc watch "$J" >"$T/watch.log" 2>&1 &
+    W=$!
+    wait_for "a checkpoint of job $J at step 10" 90 checkpoint_at_least "$J" 10
+    netns_cut client
+    echo "client's link is down"
+    stc status "$J" --timeout-ms 2000 2>"$T/status.err" && fail "status succeeded without a link"
+    echo "status without a link: $(cat "$T/status.err")"
+    [ "$(wc -l <"$T/status.err")" = 1 ] && grep -q "did not answer" "$T/status.err" ||
+        fail "status without a link did not fail with one clear sentence: $(cat "$T/status.err")"
+    sleep 4
+    kill -0 $W 2>/dev/null || fail "watch gave up during a 6 s cut: $(tail -3 "$T/watch.log")"
+    netns_heal client || fail "client did not come back"
+    echo "client's link is back"
+    wait $W || fail "watch did not end in success after the cut: $(tail -3 "$T/watch.log")"
+    grep -q "registered watched@1" "$T/watch.log" || fail "watch did not report the registered state"
     ;;
 *)
     echo "unknown scenario '$scenario'"
