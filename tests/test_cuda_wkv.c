@@ -107,7 +107,7 @@ typedef struct {
 
 /* Runs both passes of one precision on fresh inputs and fills e; returns
  * nonzero on a CUDA failure (reported). */
-static int s_compare(int B, int T, int H, int regime, int bf16, uint64_t seed, errs_t *e)
+static int s_compare(int algo, int balgo, int B, int T, int H, int regime, int bf16, uint64_t seed, errs_t *e)
 {
     size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N, nf = (size_t)B * H * N * N;
     float *h_in[8];
@@ -161,19 +161,31 @@ static int s_compare(int B, int T, int H, int regime, int bf16, uint64_t seed, e
 
     void **A = d_act;
     if (bf16) {
-        rc = wkv7_forward_cuda_bf16(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7], d_sf,
-                                    d_ck, WKV7_CUDA_CHUNK, d_sa, 0, err);
-        if (!rc)
+        rc = algo < 0 ? wkv7_forward_cuda_bf16(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7], d_sf,
+                                               d_ck, WKV7_CUDA_CHUNK, d_sa, 0, err)
+                      : wkv7_forward_cuda_algo(algo, 1, B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7],
+                                               d_sf, d_ck, WKV7_CUDA_CHUNK, d_sa, 0, err);
+        if (!rc && balgo < 0)
             rc = wkv7_backward_cuda_bf16(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_ck,
                                          WKV7_CUDA_CHUNK, d_sa, A[6], A[8], A[9], A[10], A[11],
                                          A[12], A[13], d_ds0, 0, err);
+        else if (!rc)
+            rc = wkv7_backward_cuda_algo(balgo, 1, B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_ck,
+                                         WKV7_CUDA_CHUNK, d_sa, A[6], A[8], A[9], A[10], A[11],
+                                         A[12], A[13], d_ds0, 0, err);
     } else {
-        rc = wkv7_forward_cuda(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7], d_sf, d_ck,
-                               WKV7_CUDA_CHUNK, d_sa, 0, err);
-        if (!rc)
+        rc = algo < 0 ? wkv7_forward_cuda(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7], d_sf, d_ck,
+                                          WKV7_CUDA_CHUNK, d_sa, 0, err)
+                      : wkv7_forward_cuda_algo(algo, 0, B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7],
+                                               d_sf, d_ck, WKV7_CUDA_CHUNK, d_sa, 0, err);
+        if (!rc && balgo < 0)
             rc = wkv7_backward_cuda(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_ck,
                                     WKV7_CUDA_CHUNK, d_sa, A[6], A[8], A[9], A[10], A[11], A[12],
                                     A[13], d_ds0, 0, err);
+        else if (!rc)
+            rc = wkv7_backward_cuda_algo(balgo, 0, B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_ck,
+                                         WKV7_CUDA_CHUNK, d_sa, A[6], A[8], A[9], A[10], A[11], A[12],
+                                         A[13], d_ds0, 0, err);
     }
     cudaError_t ce = cudaDeviceSynchronize();
     if (rc || ce != cudaSuccess) {
@@ -226,12 +238,12 @@ cleanup:
 /* Tolerances, set from the first measurement on an H100 (2026-11-26) and
  * never loosened: tol_exact for what does not depend on the stepped-back
  * state (y, s_final, ds0, dk, dv, db), tol_back for dr, dw, da, which do. */
-static int s_run_cases(int bf16, double tol_exact, double tol_back)
+static int s_run_cases(int algo, int balgo, int bf16, double tol_exact, double tol_back)
 {
     if (!s_have_gpu()) return ST_TEST_SKIP;
     const uint64_t seed = s_seed();
     const struct { int B, T, H, regime; } cases[] = {
-        {2, 37, 3, 0}, {2, 37, 3, 1}, {2, 37, 3, 2}, {1, 5, 1, 0}, {3, 64, 2, 0},
+        {2, 37, 3, 0}, {2, 37, 3, 1}, {2, 37, 3, 2}, {1, 5, 1, 0}, {3, 64, 2, 0}, {1, 200, 2, 2},
     };
     const char *gname[6] = {"dr", "dw", "dk", "dv", "da", "db"};
     const int stepped_back[6] = {1, 1, 0, 0, 1, 0};
@@ -239,7 +251,7 @@ static int s_run_cases(int bf16, double tol_exact, double tol_back)
         errs_t e = {0};
         printf("%s B=%d T=%d H=%d regime %d:\n", bf16 ? "bf16" : "fp32", cases[c].B, cases[c].T,
                cases[c].H, cases[c].regime);
-        if (s_compare(cases[c].B, cases[c].T, cases[c].H, cases[c].regime, bf16, seed + c, &e)) return 1;
+        if (s_compare(algo, balgo, cases[c].B, cases[c].T, cases[c].H, cases[c].regime, bf16, seed + c, &e)) return 1;
         printf("    rel err: y %.2e  s_final %.2e  ds0 %.2e  dr %.2e dw %.2e dk %.2e dv %.2e da %.2e db %.2e\n",
                e.y, e.s_final, e.ds0, e.grad[0], e.grad[1], e.grad[2], e.grad[3], e.grad[4], e.grad[5]);
         /* y and the grads are bf16 outputs in the bf16 variant: their own
@@ -261,11 +273,40 @@ static int s_run_cases(int bf16, double tol_exact, double tol_back)
  * db) and 4e-6 typical / 3e-4 with every w near 0.545 (dr, dw, da: the
  * step-back S_{t-1} = (S_t - ...) / w amplifies rounding by up to 1.83^15
  * within a 16-token chunk, as in the official kernel). */
-static int test_fp32(void) { return s_run_cases(0, 1e-5, 1e-3); }
+static int test_fp32(void) { return s_run_cases(-1, -1, 0, 1e-5, 1e-3); }
 
 /* bf16 in and out, fp32 state: measured 1.7e-3 on every bf16 output (their
  * own rounding) and 5e-8 on the fp32 s_final and ds0. */
-static int test_bf16(void) { return s_run_cases(1, 1e-5, 5e-3); }
+static int test_bf16(void) { return s_run_cases(-1, -1, 1, 1e-5, 5e-3); }
+
+/* The algorithms by name, whichever the launchers above default to
+ * (wkv7.cuh): the official pair (recurrent forward and backward) and the new
+ * pair (chunked forward, split backward), same tolerances, so that any of
+ * them can be the default. */
+static int test_fp32_recurrent(void) { return s_run_cases(WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT, 0, 1e-5, 1e-3); }
+static int test_bf16_recurrent(void) { return s_run_cases(WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT, 1, 1e-5, 5e-3); }
+static int test_bf16_chunked(void) { return s_run_cases(WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT, 1, 1e-5, 5e-3); }
+static int test_fp32_chunked(void) { return s_run_cases(WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT, 0, 1e-5, 1e-3); }
+
+/* The automatic choice (no GPU needed): the shapes where the new kernels were
+ * measured slower (SPEC's (8, 4096, 64): 512 heads on 132 SMs) keep the
+ * recurrent kernels, the engine's 12 x 768 shape (8 x 12 heads) gets the new
+ * ones, and more SMs never turn a new kernel back into the old one. */
+static int test_auto_rule(void)
+{
+    CHECK(wkv7_cuda_auto_algo(1, 8, 64, 132) == WKV7_FWD_RECURRENT);
+    CHECK(wkv7_cuda_auto_algo(0, 8, 64, 132) == WKV7_BWD_RECURRENT);
+    CHECK(wkv7_cuda_auto_algo(1, 8, 12, 132) == WKV7_FWD_CHUNKED);
+    CHECK(wkv7_cuda_auto_algo(0, 8, 12, 132) == WKV7_BWD_SPLIT);
+    for (int bh = 1; bh <= 1024; bh *= 2)
+        for (int sms = 16; sms < 256; sms += 16) {
+            if (wkv7_cuda_auto_algo(1, 1, bh, sms) == WKV7_FWD_CHUNKED)
+                CHECK(wkv7_cuda_auto_algo(1, 1, bh, sms + 16) == WKV7_FWD_CHUNKED);
+            if (wkv7_cuda_auto_algo(0, 1, bh, sms) == WKV7_BWD_SPLIT)
+                CHECK(wkv7_cuda_auto_algo(0, 1, bh, sms + 16) == WKV7_BWD_SPLIT);
+        }
+    return 0;
+}
 
 /* Bad shapes come back as ST_EINVAL with a sentence, never a launch. */
 static int test_refuses_bad_shapes(void)
@@ -289,7 +330,12 @@ int main(int argc, char **argv)
         {"reference_gradients", test_reference_gradients},
         {"fp32", test_fp32},
         {"bf16", test_bf16},
+        {"fp32_recurrent", test_fp32_recurrent},
+        {"bf16_recurrent", test_bf16_recurrent},
+        {"bf16_chunked", test_bf16_chunked},
+        {"fp32_chunked", test_fp32_chunked},
         {"refuses_bad_shapes", test_refuses_bad_shapes},
+        {"auto_rule", test_auto_rule},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);

@@ -3,11 +3,15 @@
  * on the GPU. The math, shapes, algorithm and conventions are in wkv7.cuh;
  * this file holds the kernels first, then the host launchers.
  *
- * Why this algorithm first (shared/notes/wkv7-kernels.md): it is the official
- * kernel's, exact in fp32 up to rounding, and small enough to be checked line
- * by line against the float64 reference; the chunked tensor-core formulation
- * (notes section 3) is the path below the official kernel's time and would
- * replace these kernels behind the same launchers.
+ * Two algorithms per pass. The recurrent pair is the official kernel's
+ * (shared/notes/wkv7-kernels.md section 2): exact in fp32 up to rounding,
+ * small enough to check line by line, and still the fastest when B x H fills
+ * the GPU several times over. The chunked forward (notes section 3.1, on CUDA
+ * cores) and the split backward (rows and columns of dS on different warps)
+ * are faster when the grid is small, as in the engine's steps (8 x 12 heads
+ * at 12 x 768); the launchers pick by grid size (resolve_algo, measured in
+ * docs/performance.md). Tensor cores (notes section 3.2) are the next step
+ * for the large shapes.
  *
  * Register budget: forward 64 fp32 state + staging; backward 3 x 64 fp32
  * (S column, dS column, dS row). Every register array is indexed with
@@ -106,6 +110,202 @@ __global__ void __launch_bounds__(N) wkv7_fwd_kernel(
 #pragma unroll
         for (int j = 0; j < N; j += 4)
             *reinterpret_cast<float4 *>(sf + j) = make_float4(S[j], S[j + 1], S[j + 2], S[j + 3]);
+    }
+}
+
+/* ---- chunked forward (shared/notes/wkv7-kernels.md section 3.1) ----------
+ *
+ * The recurrent forward above issues one token after another: 64 threads per
+ * head, each with a chain of about 320 dependent-ish FMAs per token, which is
+ * why it is latency bound (docs/performance.md section 1). Here a block of 256
+ * threads handles one (b, h) and a whole chunk of CH = 16 tokens at a time.
+ * With p_t the running product of w inside the chunk (p_0 = 1, per key j) and
+ * the rescaled rows
+ *   q~_t = r_t p_t,  a~_t = a_t p_{t-1},  k^_t = k_t / p_t,  b^_t = b_t / p_t,
+ * the chunk from its start state S (value row i, key column j) is
+ *   u_t = S a~_t + sum_{s<t} (a~_t.b^_s) u_s + (a~_t.k^_s) v_s      (u_t = sa_t)
+ *   y_t = S q~_t + sum_{s<=t} (q~_t.b^_s) u_s + (q~_t.k^_s) v_s
+ *   S  <- S diag(p_L) + sum_s u_s (b^_s p_L)^T + v_s (k^_s p_L)^T
+ * so the serial work per chunk is a 16-step triangular solve on 64 threads;
+ * everything else is small dense products spread over the block (fp32 CUDA
+ * cores: exact to fp32 rounding; tensor cores are the next step). Tokens past
+ * T are identity tokens (w = 1, the rest 0). w >= 0.545 keeps 1/p_t <= 1.6e4.
+ *
+ * It writes the same outputs as the recurrent kernel (y, sa, the transposed
+ * checkpoint after every chunk, s_final), computed in a different order: the
+ * backward steps the state back from these checkpoints, which amplifies the
+ * difference of rounding by up to 1/p_16 within a chunk (dr, dw, da; measured
+ * in docs/performance.md). */
+constexpr int CT = 256;    /* threads of the chunked forward */
+constexpr int LD = N + 4;  /* padded row of a CH x N tile: conflict-free float4 rows */
+
+__device__ __forceinline__ float dot4(float4 x, float4 y, float acc)
+{
+    return fmaf(x.w, y.w, fmaf(x.z, y.z, fmaf(x.y, y.y, fmaf(x.x, y.x, acc))));
+}
+
+template <typename F, typename FW>
+__global__ void __launch_bounds__(CT, 3) wkv7_fwd_chunked_kernel(
+    int T, int H, int nck,
+    const F *__restrict__ r, const FW *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
+    const float *__restrict__ s0, F *__restrict__ y, float *__restrict__ s_final,
+    float *__restrict__ ckpt, float *__restrict__ sa_out)
+{
+    const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
+    __shared__ __align__(16) float ST[N * N]; /* the state transposed: ST[j * N + i] = S_ij */
+    __shared__ __align__(16) float tq[CH * LD], tk[CH * LD], tv[CH * LD], ta[CH * LD], tb[CH * LD];
+    __shared__ __align__(16) float gAB[CH * CH], gAK[CH * CH], gQB[CH * CH], gQK[CH * CH];
+    __shared__ __align__(16) float U[CH * N];
+    __shared__ __align__(16) float pL[N];
+
+    const float *s0h = s0 + (size_t)h * N * N;
+    for (int e = tid; e < N * N; e += CT) ST[(e & (N - 1)) * N + (e >> 6)] = s0h[e];
+    float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
+    const int i = tid & (N - 1), q4 = tid >> 6; /* value row i; rows t = q4 + 4m; keys 4(q4 + 4m).. */
+    const size_t HN = (size_t)H * N;
+
+    for (int c = 0; c < nck; c++) {
+        const int t0 = c * CH;
+        const int n = min(CH, T - t0);
+        const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+        __syncthreads(); /* the previous chunk is done with every tile */
+        for (int e = tid; e < CH * N; e += CT) {
+            const int u = e >> 6, j = e & (N - 1);
+            float rr = 0.f, kk = 0.f, vv = 0.f, aa = 0.f, bv = 0.f;
+            if (u < n) {
+                const size_t idx = base + u * HN + j;
+                rr = to_f(r[idx]); kk = to_f(k[idx]); vv = to_f(v[idx]); aa = to_f(a[idx]); bv = to_f(b[idx]);
+            }
+            tq[u * LD + j] = rr; tk[u * LD + j] = kk; tv[u * LD + j] = vv; ta[u * LD + j] = aa; tb[u * LD + j] = bv;
+        }
+        float wr[CH]; /* the decays of key tid, loaded while the tiles land */
+        if (tid < N) {
+#pragma unroll
+            for (int u = 0; u < CH; u++) wr[u] = u < n ? to_f(w[base + u * HN + tid]) : 1.f;
+        }
+        __syncthreads();
+        if (tid < N) {
+            float p = 1.f;
+#pragma unroll
+            for (int u = 0; u < CH; u++) {
+                ta[u * LD + tid] *= p;
+                p *= wr[u];
+                const float ip = 1.f / p;
+                tq[u * LD + tid] *= p;
+                tk[u * LD + tid] *= ip;
+                tb[u * LD + tid] *= ip;
+            }
+            pL[tid] = p;
+        }
+        __syncthreads();
+        /* the four 16 x 16 products, causal parts only (select, never multiply) */
+        {
+            const int t = tid >> 4, s = tid & 15;
+            const float4 *A4 = reinterpret_cast<const float4 *>(ta + t * LD);
+            const float4 *Q4 = reinterpret_cast<const float4 *>(tq + t * LD);
+            const float4 *B4 = reinterpret_cast<const float4 *>(tb + s * LD);
+            const float4 *K4 = reinterpret_cast<const float4 *>(tk + s * LD);
+            float ab = 0.f, ak = 0.f, qb = 0.f, qk = 0.f;
+#pragma unroll 4
+            for (int j4 = 0; j4 < N / 4; j4++) {
+                const float4 x = A4[j4], q = Q4[j4], bq = B4[j4], kq = K4[j4];
+                ab = dot4(x, bq, ab); ak = dot4(x, kq, ak); qb = dot4(q, bq, qb); qk = dot4(q, kq, qk);
+            }
+            gAB[t * CH + s] = s < t ? ab : 0.f;
+            gAK[t * CH + s] = s < t ? ak : 0.f;
+            gQB[t * CH + s] = s <= t ? qb : 0.f;
+            gQK[t * CH + s] = s <= t ? qk : 0.f;
+        }
+        /* X = A~ S^T and Yb = Q~ S^T for rows t = q4 + 4m, value i */
+        float xa[4] = {0.f, 0.f, 0.f, 0.f}, xq[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 2
+        for (int j = 0; j < N; j += 4) {
+            const float s0v = ST[j * N + i], s1v = ST[(j + 1) * N + i], s2v = ST[(j + 2) * N + i],
+                        s3v = ST[(j + 3) * N + i];
+            const float4 sv = make_float4(s0v, s1v, s2v, s3v);
+#pragma unroll
+            for (int m = 0; m < 4; m++) {
+                const int t = q4 + 4 * m;
+                xa[m] = dot4(*reinterpret_cast<const float4 *>(ta + t * LD + j), sv, xa[m]);
+                xq[m] = dot4(*reinterpret_cast<const float4 *>(tq + t * LD + j), sv, xq[m]);
+            }
+        }
+        __syncthreads(); /* the Gram matrices are complete */
+        float vcol[CH];
+#pragma unroll
+        for (int s = 0; s < CH; s++) vcol[s] = tv[s * LD + i];
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            const int t = q4 + 4 * m;
+            float rhs = xa[m], yy = xq[m];
+#pragma unroll
+            for (int s = 0; s < CH; s++) {
+                rhs = fmaf(gAK[t * CH + s], vcol[s], rhs);
+                yy = fmaf(gQK[t * CH + s], vcol[s], yy);
+            }
+            U[t * N + i] = rhs;
+            xq[m] = yy;
+        }
+        __syncthreads();
+        if (tid < N) {
+            /* (I - AB) U = rhs, forward substitution down the chunk */
+            float uu[CH];
+#pragma unroll
+            for (int t = 0; t < CH; t++) {
+                float acc = U[t * N + tid];
+#pragma unroll
+                for (int s = 0; s < t; s++) acc = fmaf(gAB[t * CH + s], uu[s], acc);
+                uu[t] = acc;
+                U[t * N + tid] = acc;
+                if (t < n) sa_out[base + t * HN + tid] = acc;
+            }
+        } else {
+            /* meanwhile: k^ p_L and b^ p_L for the state update */
+            for (int e = tid - N; e < CH * N; e += CT - N) {
+                const int u = e >> 6, j = e & (N - 1);
+                tk[u * LD + j] *= pL[j];
+                tb[u * LD + j] *= pL[j];
+            }
+        }
+        __syncthreads();
+        float ucol[CH];
+#pragma unroll
+        for (int s = 0; s < CH; s++) ucol[s] = U[s * N + i];
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            const int t = q4 + 4 * m;
+            float yy = xq[m];
+#pragma unroll
+            for (int s = 0; s < CH; s++) yy = fmaf(gQB[t * CH + s], ucol[s], yy);
+            if (t < n) y[base + t * HN + i] = from_f<F>(yy);
+        }
+        /* the state: this thread's keys j = 4g..4g+3, g = q4 + 4m; then the
+         * checkpoint (the state after this chunk, [j][i] like ST) */
+        float *ckc = ck + (size_t)c * N * N;
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            const int j = 4 * (q4 + 4 * m);
+            const float4 p4 = *reinterpret_cast<const float4 *>(pL + j);
+            float s_0 = ST[j * N + i] * p4.x, s_1 = ST[(j + 1) * N + i] * p4.y;
+            float s_2 = ST[(j + 2) * N + i] * p4.z, s_3 = ST[(j + 3) * N + i] * p4.w;
+#pragma unroll
+            for (int s = 0; s < CH; s++) {
+                const float4 kq = *reinterpret_cast<const float4 *>(tk + s * LD + j);
+                const float4 bq = *reinterpret_cast<const float4 *>(tb + s * LD + j);
+                s_0 = fmaf(vcol[s], kq.x, fmaf(ucol[s], bq.x, s_0));
+                s_1 = fmaf(vcol[s], kq.y, fmaf(ucol[s], bq.y, s_1));
+                s_2 = fmaf(vcol[s], kq.z, fmaf(ucol[s], bq.z, s_2));
+                s_3 = fmaf(vcol[s], kq.w, fmaf(ucol[s], bq.w, s_3));
+            }
+            ST[j * N + i] = s_0; ST[(j + 1) * N + i] = s_1; ST[(j + 2) * N + i] = s_2; ST[(j + 3) * N + i] = s_3;
+            ckc[j * N + i] = s_0; ckc[(j + 1) * N + i] = s_1; ckc[(j + 2) * N + i] = s_2; ckc[(j + 3) * N + i] = s_3;
+        }
+    }
+    if (s_final) {
+        __syncthreads();
+        float *sf = s_final + (size_t)(bb * H + h) * N * N;
+        for (int e = tid; e < N * N; e += CT) sf[e] = ST[(e & (N - 1)) * N + (e >> 6)];
     }
 }
 
@@ -213,6 +413,160 @@ __global__ void __launch_bounds__(N) wkv7_bwd_kernel(
     for (int i = 0; i < N; i++) atomicAdd(ds0row + i, dSr[i]);
 }
 
+/* ---- split backward ------------------------------------------------------
+ *
+ * The recurrent backward above keeps, per thread j, column j of S and of dS
+ * and row j of dS, and exchanges dsa = dS b through shared memory with a
+ * barrier every token. The rows of dS need nothing from S or from the
+ * columns (dS_{t-1} = dS_t diag(w) + dsa a^T after dS_t += dy r^T, and
+ * dsa = dS_t b is a row sum), so here the two halves run on different warps:
+ *   row group (64 threads, one dS row each): dv, dsa for every token of a
+ *     chunk, dsa into shared memory; at the end its rows are dS0;
+ *   column group (128 threads, half a column each): steps S back from the
+ *     checkpoint and carries the dS column, using the row group's dsa; its
+ *     five column sums (dr, dk, db, dw, da) are outputs, off the recurrence,
+ *     so the two halves meet with one shuffle.
+ * The row group works on chunk c while the column group works on chunk c + 1
+ * (tiles double-buffered by chunk parity), with two barriers per chunk
+ * instead of one per token. Arithmetic per element is the recurrent kernel's
+ * (the step-back, the dS updates); only the order of the sums differs. */
+constexpr int BT = 3 * N;          /* threads of the split backward */
+constexpr int NT = 9;              /* tiles per chunk: r w k v a b dy sa dsa */
+constexpr size_t BWD_SMEM = (size_t)2 * NT * CH * N * sizeof(float);
+#define BTILE(p, q) (smem + ((p) * NT + (q)) * (CH * N))
+
+template <typename F, typename FW>
+__global__ void __launch_bounds__(BT) wkv7_bwd_split_kernel(
+    int T, int H, int nck,
+    const F *__restrict__ r, const FW *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
+    const float *__restrict__ ckpt, const float *__restrict__ sa_in,
+    const F *__restrict__ dy,
+    F *__restrict__ dr, FW *__restrict__ dw, F *__restrict__ dk, F *__restrict__ dv,
+    F *__restrict__ da, F *__restrict__ db,
+    float *__restrict__ ds0)
+{
+    extern __shared__ __align__(16) float smem[];
+    const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
+    const size_t HN = (size_t)H * N;
+    const float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
+    const bool colgrp = tid < 2 * N;
+    /* column group: X[0..31] = S column j rows i0.., X[32..63] = dS column
+     * j rows i0..; row group: X = dS row j */
+    float X[N];
+#pragma unroll
+    for (int q = 0; q < N; q++) X[q] = 0.f;
+    const int j = colgrp ? tid >> 1 : tid - 2 * N;
+    const int i0 = colgrp ? (tid & 1) * (N / 2) : 0;
+
+    for (int it = 0; it <= nck; it++) {
+        const int cB = nck - 1 - it, cA = nck - it;
+        if (cB >= 0) {
+            const int t0 = cB * CH, n = min(CH, T - t0);
+            const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+            float *tl = BTILE(cB & 1, 0);
+            for (int e = tid; e < n * N; e += BT) {
+                const size_t idx = base + (e >> 6) * HN + (e & (N - 1));
+                tl[0 * CH * N + e] = to_f(r[idx]); tl[1 * CH * N + e] = to_f(w[idx]);
+                tl[2 * CH * N + e] = to_f(k[idx]); tl[3 * CH * N + e] = to_f(v[idx]);
+                tl[4 * CH * N + e] = to_f(a[idx]); tl[5 * CH * N + e] = to_f(b[idx]);
+                tl[6 * CH * N + e] = to_f(dy[idx]); tl[7 * CH * N + e] = sa_in[idx];
+            }
+        }
+        __syncthreads();
+        if (!colgrp && cB >= 0) {
+            const int t0 = cB * CH, n = min(CH, T - t0), p = cB & 1;
+            const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+            for (int u = n - 1; u >= 0; u--) {
+                const float4 *r4 = reinterpret_cast<const float4 *>(BTILE(p, 0) + u * N);
+                const float4 *w4 = reinterpret_cast<const float4 *>(BTILE(p, 1) + u * N);
+                const float4 *k4 = reinterpret_cast<const float4 *>(BTILE(p, 2) + u * N);
+                const float4 *a4 = reinterpret_cast<const float4 *>(BTILE(p, 4) + u * N);
+                const float4 *b4 = reinterpret_cast<const float4 *>(BTILE(p, 5) + u * N);
+                const float dyj = BTILE(p, 6)[u * N + j];
+                /* dS_t += dy r^T (row j), then dv = dS_t k and dsa = dS_t b */
+                float gv0 = 0.f, gv1 = 0.f, gs0 = 0.f, gs1 = 0.f;
+#pragma unroll
+                for (int i = 0; i < N; i += 4) {
+                    const float4 rr = r4[i / 4], kk = k4[i / 4], bv = b4[i / 4];
+                    X[i] = fmaf(dyj, rr.x, X[i]); X[i + 1] = fmaf(dyj, rr.y, X[i + 1]);
+                    X[i + 2] = fmaf(dyj, rr.z, X[i + 2]); X[i + 3] = fmaf(dyj, rr.w, X[i + 3]);
+                    gv0 = fmaf(X[i], kk.x, gv0); gv1 = fmaf(X[i + 1], kk.y, gv1);
+                    gv0 = fmaf(X[i + 2], kk.z, gv0); gv1 = fmaf(X[i + 3], kk.w, gv1);
+                    gs0 = fmaf(X[i], bv.x, gs0); gs1 = fmaf(X[i + 1], bv.y, gs1);
+                    gs0 = fmaf(X[i + 2], bv.z, gs0); gs1 = fmaf(X[i + 3], bv.w, gs1);
+                }
+                const float gsa = gs0 + gs1;
+                BTILE(p, 8)[u * N + j] = gsa;
+                dv[base + u * HN + j] = from_f<F>(gv0 + gv1);
+                /* dS_{t-1} rows: dS_t diag(w) + dsa a^T */
+#pragma unroll
+                for (int i = 0; i < N; i += 4) {
+                    const float4 ww = w4[i / 4], aa = a4[i / 4];
+                    X[i] = fmaf(X[i], ww.x, gsa * aa.x); X[i + 1] = fmaf(X[i + 1], ww.y, gsa * aa.y);
+                    X[i + 2] = fmaf(X[i + 2], ww.z, gsa * aa.z); X[i + 3] = fmaf(X[i + 3], ww.w, gsa * aa.w);
+                }
+            }
+        }
+        if (colgrp && cA < nck) {
+            const int t0 = cA * CH, n = min(CH, T - t0), p = cA & 1;
+            const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+            const float *col = ck + (size_t)cA * N * N + (size_t)j * N + i0;
+#pragma unroll
+            for (int i = 0; i < N / 2; i += 4) {
+                const float4 q = *reinterpret_cast<const float4 *>(col + i);
+                X[i] = q.x; X[i + 1] = q.y; X[i + 2] = q.z; X[i + 3] = q.w;
+            }
+            for (int u = n - 1; u >= 0; u--) {
+                const float rj = BTILE(p, 0)[u * N + j], wj = BTILE(p, 1)[u * N + j];
+                const float kj = BTILE(p, 2)[u * N + j], aj = BTILE(p, 4)[u * N + j];
+                const float bj = BTILE(p, 5)[u * N + j];
+                const float4 *v4 = reinterpret_cast<const float4 *>(BTILE(p, 3) + u * N + i0);
+                const float4 *d4 = reinterpret_cast<const float4 *>(BTILE(p, 6) + u * N + i0);
+                const float4 *s4 = reinterpret_cast<const float4 *>(BTILE(p, 7) + u * N + i0);
+                const float4 *g4 = reinterpret_cast<const float4 *>(BTILE(p, 8) + u * N + i0);
+                const float iw = 1.f / wj;
+                float gr = 0.f, gk = 0.f, gb = 0.f, gw = 0.f, ga = 0.f;
+#pragma unroll
+                for (int i = 0; i < N / 2; i += 4) {
+                    const float4 vv = v4[i / 4], dd = d4[i / 4], ss = s4[i / 4], gg = g4[i / 4];
+                    const float vx[4] = {vv.x, vv.y, vv.z, vv.w}, dx[4] = {dd.x, dd.y, dd.z, dd.w};
+                    const float sx[4] = {ss.x, ss.y, ss.z, ss.w}, gx[4] = {gg.x, gg.y, gg.z, gg.w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float &S = X[i + e], &dS = X[N / 2 + i + e];
+                        gr = fmaf(S, dx[e], gr);                 /* dr = S_t^T dy */
+                        dS = fmaf(dx[e], rj, dS);                /* dS_t += dy r^T */
+                        S = (S - fmaf(vx[e], kj, sx[e] * bj)) * iw; /* S_{t-1} */
+                        gk = fmaf(dS, vx[e], gk);
+                        gb = fmaf(dS, sx[e], gb);
+                        gw = fmaf(dS, S, gw);
+                        ga = fmaf(gx[e], S, ga);
+                        dS = fmaf(dS, wj, gx[e] * aj);           /* dS_{t-1} column */
+                    }
+                }
+                gr += __shfl_xor_sync(0xffffffffu, gr, 1);
+                gk += __shfl_xor_sync(0xffffffffu, gk, 1);
+                gb += __shfl_xor_sync(0xffffffffu, gb, 1);
+                gw += __shfl_xor_sync(0xffffffffu, gw, 1);
+                ga += __shfl_xor_sync(0xffffffffu, ga, 1);
+                if (i0 == 0) {
+                    const size_t idx = base + u * HN + j;
+                    dr[idx] = from_f<F>(gr); dw[idx] = from_f<FW>(gw); dk[idx] = from_f<F>(gk);
+                    da[idx] = from_f<F>(ga); db[idx] = from_f<F>(gb);
+                }
+            }
+        }
+        __syncthreads();
+    }
+    if (!colgrp) {
+        float *ds0row = ds0 + ((size_t)h * N + j) * N;
+#pragma unroll
+        for (int i = 0; i < N; i++) atomicAdd(ds0row + i, X[i]);
+    }
+}
+#undef BTILE
+
 int check_shapes(int B, int T, int H, int ckpt_every, char *err)
 {
     if (B <= 0 || T <= 0 || H <= 0)
@@ -224,8 +578,30 @@ int check_shapes(int B, int T, int H, int ckpt_every, char *err)
     return ST_OK;
 }
 
+/* AUTO: the measured choice (docs/performance.md section 1, H100, 132 SMs,
+ * 2026-11-26). Both new kernels win when the grid of B x H blocks is small,
+ * where the recurrent kernels leave SMs idle or hold one block each, and lose
+ * when it is large: the chunked forward does about 1.5x the recurrent
+ * arithmetic on CUDA cores, and the split backward's 192-thread blocks (126
+ * registers) fit two per SM, so 512 of them take two waves. Forward: chunked
+ * 0.73 vs 0.85 ms at 96 blocks, even at 256, 1.5% slower at 192 and 49% at
+ * 512; backward: split faster by 20% at 96, 4% at 192, 8% at 256, 21% slower
+ * at 512. */
+int resolve_algo(int forward, int algo, int B, int H, int *out, char *err)
+{
+    if (algo != WKV7_ALGO_AUTO) {
+        *out = algo;
+        return ST_OK;
+    }
+    int dev = 0, sms = 0;
+    ST_CUDA_CHECK(cudaGetDevice(&dev));
+    ST_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    *out = wkv7_cuda_auto_algo(forward, B, H, sms);
+    return ST_OK;
+}
+
 template <typename F, typename FW>
-int launch_fwd(int B, int T, int H, const F *r, const FW *w, const F *k, const F *v, const F *a,
+int launch_fwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *k, const F *v, const F *a,
                const F *b, const float *s0, F *y, float *s_final, float *s_ckpt, int ckpt_every,
                float *sa, cudaStream_t stream, char *err)
 {
@@ -234,13 +610,24 @@ int launch_fwd(int B, int T, int H, const F *r, const FW *w, const F *k, const F
     if (!r || !w || !k || !v || !a || !b || !s0 || !y || !s_ckpt || !sa)
         return st_fail(err, ST_EINVAL, "wkv7_forward_cuda: a required pointer is NULL");
     const int nck = (T + CH - 1) / CH;
-    wkv7_fwd_kernel<F, FW><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa);
-    ST_CUDA_CHECK_LAUNCH("wkv7_fwd_kernel");
+    rc = resolve_algo(1, algo, B, H, &algo, err);
+    if (rc) return rc;
+    if (algo == WKV7_FWD_CHUNKED) {
+        wkv7_fwd_chunked_kernel<F, FW><<<dim3(H, B), CT, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
+                                                                      s_ckpt, sa);
+        ST_CUDA_CHECK_LAUNCH("wkv7_fwd_chunked_kernel");
+    } else if (algo == WKV7_FWD_RECURRENT) {
+        wkv7_fwd_kernel<F, FW><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt,
+                                                             sa);
+        ST_CUDA_CHECK_LAUNCH("wkv7_fwd_kernel");
+    } else {
+        return st_fail(err, ST_EINVAL, "wkv7_forward_cuda: unknown forward algorithm %d", algo);
+    }
     return ST_OK;
 }
 
 template <typename F, typename FW>
-int launch_bwd(int B, int T, int H, const F *r, const FW *w, const F *k, const F *v, const F *a,
+int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *k, const F *v, const F *a,
                const F *b, const float *s_ckpt, int ckpt_every, const float *sa, const F *dy,
                F *dr, FW *dw, F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
 {
@@ -250,13 +637,33 @@ int launch_bwd(int B, int T, int H, const F *r, const FW *w, const F *k, const F
         !da || !db || !ds0)
         return st_fail(err, ST_EINVAL, "wkv7_backward_cuda: a required pointer is NULL");
     const int nck = (T + CH - 1) / CH;
-    wkv7_bwd_kernel<F, FW><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa, dy,
-                                                     dr, dw, dk, dv, da, db, ds0);
-    ST_CUDA_CHECK_LAUNCH("wkv7_bwd_kernel");
+    rc = resolve_algo(0, algo, B, H, &algo, err);
+    if (rc) return rc;
+    if (algo == WKV7_BWD_SPLIT) {
+        /* 72 KB of tiles: above the 48 KB a launch gets without asking */
+        ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_bwd_split_kernel<F, FW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)BWD_SMEM));
+        wkv7_bwd_split_kernel<F, FW><<<dim3(H, B), BT, BWD_SMEM, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa,
+                                                                           dy, dr, dw, dk, dv, da, db, ds0);
+        ST_CUDA_CHECK_LAUNCH("wkv7_bwd_split_kernel");
+    } else if (algo == WKV7_BWD_RECURRENT) {
+        wkv7_bwd_kernel<F, FW><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s_ckpt, sa, dy,
+                                                             dr, dw, dk, dv, da, db, ds0);
+        ST_CUDA_CHECK_LAUNCH("wkv7_bwd_kernel");
+    } else {
+        return st_fail(err, ST_EINVAL, "wkv7_backward_cuda: unknown backward algorithm %d", algo);
+    }
     return ST_OK;
 }
 
 } // namespace
+
+extern "C" int wkv7_cuda_auto_algo(int forward, int B, int H, int sms)
+{
+    const long blocks = (long)B * H;
+    if (forward) return blocks <= sms ? WKV7_FWD_CHUNKED : WKV7_FWD_RECURRENT;
+    return blocks <= 2L * sms ? WKV7_BWD_SPLIT : WKV7_BWD_RECURRENT;
+}
 
 extern "C" size_t wkv7_cuda_ckpt_floats(int B, int T, int H)
 {
@@ -273,7 +680,8 @@ extern "C" int wkv7_forward_cuda(int B, int T, int H, const float *r, const floa
                                  float *y, float *s_final, float *s_ckpt, int ckpt_every, float *sa,
                                  cudaStream_t stream, char *err)
 {
-    return launch_fwd<float, float>(B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every, sa, stream, err);
+    return launch_fwd<float, float>(WKV7_FWD_FP32_DEFAULT, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt,
+                                    ckpt_every, sa, stream, err);
 }
 
 extern "C" int wkv7_backward_cuda(int B, int T, int H, const float *r, const float *w, const float *k,
@@ -282,7 +690,7 @@ extern "C" int wkv7_backward_cuda(int B, int T, int H, const float *r, const flo
                                   float *dw, float *dk, float *dv, float *da, float *db, float *ds0,
                                   cudaStream_t stream, char *err)
 {
-    return launch_bwd<float, float>(B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw, dk, dv,
+    return launch_bwd<float, float>(WKV7_BWD_FP32_DEFAULT, B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw, dk, dv,
                              da, db, ds0, stream, err);
 }
 
@@ -292,8 +700,22 @@ extern "C" int wkv7_forward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r, 
                                       float *s_final, float *s_ckpt, int ckpt_every, float *sa,
                                       cudaStream_t stream, char *err)
 {
-    return launch_fwd<__nv_bfloat16, float>(B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every,
-                                     sa, stream, err);
+    return launch_fwd<__nv_bfloat16, float>(WKV7_FWD_BF16_DEFAULT, B, T, H, r, w, k, v, a, b, s0, y, s_final,
+                                            s_ckpt, ckpt_every, sa, stream, err);
+}
+
+extern "C" int wkv7_forward_cuda_algo(int algo, int bf16, int B, int T, int H, const void *r, const float *w,
+                                      const void *k, const void *v, const void *a, const void *b,
+                                      const float *s0, void *y, float *s_final, float *s_ckpt, int ckpt_every,
+                                      float *sa, cudaStream_t stream, char *err)
+{
+    typedef __nv_bfloat16 bf;
+    if (bf16)
+        return launch_fwd<bf, float>(algo, B, T, H, (const bf *)r, w, (const bf *)k, (const bf *)v, (const bf *)a,
+                                     (const bf *)b, s0, (bf *)y, s_final, s_ckpt, ckpt_every, sa, stream, err);
+    return launch_fwd<float, float>(algo, B, T, H, (const float *)r, w, (const float *)k, (const float *)v,
+                                    (const float *)a, (const float *)b, s0, (float *)y, s_final, s_ckpt,
+                                    ckpt_every, sa, stream, err);
 }
 
 extern "C" int wkv7_backward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r, const float *w,
@@ -304,6 +726,23 @@ extern "C" int wkv7_backward_cuda_bf16(int B, int T, int H, const wkv_bf16_t *r,
                                        wkv_bf16_t *da, wkv_bf16_t *db, float *ds0,
                                        cudaStream_t stream, char *err)
 {
-    return launch_bwd<__nv_bfloat16, float>(B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw,
+    return launch_bwd<__nv_bfloat16, float>(WKV7_BWD_BF16_DEFAULT, B, T, H, r, w, k, v, a, b, s_ckpt, ckpt_every, sa, dy, dr, dw,
                                      dk, dv, da, db, ds0, stream, err);
+}
+
+extern "C" int wkv7_backward_cuda_algo(int algo, int bf16, int B, int T, int H, const void *r, const float *w,
+                                       const void *k, const void *v, const void *a, const void *b,
+                                       const float *s_ckpt, int ckpt_every, const float *sa, const void *dy,
+                                       void *dr, float *dw, void *dk, void *dv, void *da, void *db, float *ds0,
+                                       cudaStream_t stream, char *err)
+{
+    typedef __nv_bfloat16 bf;
+    if (bf16)
+        return launch_bwd<bf, float>(algo, B, T, H, (const bf *)r, w, (const bf *)k, (const bf *)v, (const bf *)a,
+                                     (const bf *)b, s_ckpt, ckpt_every, sa, (const bf *)dy, (bf *)dr, dw, (bf *)dk,
+                                     (bf *)dv, (bf *)da, (bf *)db, ds0, stream, err);
+    return launch_bwd<float, float>(algo, B, T, H, (const float *)r, w, (const float *)k, (const float *)v,
+                                    (const float *)a, (const float *)b, s_ckpt, ckpt_every, sa, (const float *)dy,
+                                    (float *)dr, dw, (float *)dk, (float *)dv, (float *)da, (float *)db, ds0,
+                                    stream, err);
 }

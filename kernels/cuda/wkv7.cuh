@@ -9,7 +9,11 @@
  * j (official layout). Shapes: B batch, T time, H heads, N = 64; activations
  * are (B, T, H, N) contiguous; s0 and ds0 are (H, N, N), shared by the batch.
  *
- * Algorithm (the official RWKV-7 CUDA kernel's, BlinkDL/RWKV-CUDA; see
+ * Algorithms: the recurrent pair described here, and a chunked forward and a
+ * split backward with the same inputs, outputs and workspaces, chosen per
+ * call by grid size (WKV7_ALGO_AUTO below; wkv7.cu describes them).
+ *
+ * Recurrent (the official RWKV-7 CUDA kernel's, BlinkDL/RWKV-CUDA; see
  * shared/notes/wkv7-kernels.md section 2): one block of 64 threads per (b, h).
  * Forward: thread i holds value row i of S in 64 fp32 registers; the block
  * stages WKV7_CUDA_CHUNK tokens of r, w, k, v, a, b in shared memory at a time
@@ -68,6 +72,43 @@ extern "C" {
 /* Tokens per checkpoint; the launchers refuse any other ckpt_every. */
 #define WKV7_CUDA_CHUNK 16
 
+/* Forward algorithms. RECURRENT: the official kernel's, one token after
+ * another (above). CHUNKED: 16 tokens at a time as small dense products and a
+ * 16-step triangular solve, 256 threads per head (wkv7.cu says how); same
+ * outputs, different rounding order. AUTO (either pass): the faster one for
+ * this grid of B x H blocks on this device, by the measured rule of
+ * wkv7_cuda_auto_algo. The _DEFAULT macros are what wkv7_forward_cuda(_bf16)
+ * and wkv7_backward_cuda(_bf16) use; docs/performance.md has the
+ * measurements behind them. */
+#define WKV7_ALGO_AUTO (-1)
+#define WKV7_FWD_RECURRENT 0
+#define WKV7_FWD_CHUNKED 1
+#ifndef WKV7_FWD_FP32_DEFAULT
+#define WKV7_FWD_FP32_DEFAULT WKV7_FWD_RECURRENT
+#endif
+#ifndef WKV7_FWD_BF16_DEFAULT /* -D ..._DEFAULT=0 builds a baseline for benchmarks */
+#define WKV7_FWD_BF16_DEFAULT WKV7_ALGO_AUTO
+#endif
+
+/* Backward algorithms. RECURRENT: one block of 64 threads per head, a
+ * barrier per token (above). SPLIT: the rows of dS (dv, dsa, dS0) and the
+ * columns of S and dS (dr, dw, dk, da, db) on different warps, a chunk apart,
+ * two barriers per chunk (wkv7.cu). Same arithmetic per element. */
+#define WKV7_BWD_RECURRENT 0
+#define WKV7_BWD_SPLIT 1
+#ifndef WKV7_BWD_FP32_DEFAULT
+#define WKV7_BWD_FP32_DEFAULT WKV7_ALGO_AUTO
+#endif
+#ifndef WKV7_BWD_BF16_DEFAULT
+#define WKV7_BWD_BF16_DEFAULT WKV7_ALGO_AUTO
+#endif
+
+/* The algorithm AUTO picks for one pass (forward nonzero: a WKV7_FWD_ value,
+ * else a WKV7_BWD_ value) over B x H heads on a device of `sms`
+ * multiprocessors: the chunked forward while the heads fit one per SM, the
+ * split backward while they fit two per SM, the recurrent kernels beyond. */
+int wkv7_cuda_auto_algo(int forward, int B, int H, int sms);
+
 /* Floats of the checkpoint workspace: (B, H, ceil(T/16), N, N); entry c is the
  * state after chunk c, transposed ([j][i]). This layout is the CUDA kernels'
  * own (the CPU's checkpoints hold the state before each chunk). */
@@ -104,6 +145,15 @@ int wkv7_forward_cuda_bf16(int B, int T, int H,
                            float *s_ckpt, int ckpt_every, float *sa,
                            cudaStream_t stream, char *err);
 
+/* Either forward by name (benchmarks, tests): bf16 nonzero means r, k, v,
+ * a, b, y are bf16 as in wkv7_forward_cuda_bf16, else fp32. */
+int wkv7_forward_cuda_algo(int algo, int bf16, int B, int T, int H,
+                           const void *r, const float *w, const void *k,
+                           const void *v, const void *a, const void *b,
+                           const float *s0, void *y, float *s_final,
+                           float *s_ckpt, int ckpt_every, float *sa,
+                           cudaStream_t stream, char *err);
+
 int wkv7_backward_cuda_bf16(int B, int T, int H,
                             const wkv_bf16_t *r, const float *w, const wkv_bf16_t *k,
                             const wkv_bf16_t *v, const wkv_bf16_t *a, const wkv_bf16_t *b,
@@ -112,6 +162,14 @@ int wkv7_backward_cuda_bf16(int B, int T, int H,
                             wkv_bf16_t *dr, float *dw, wkv_bf16_t *dk, wkv_bf16_t *dv,
                             wkv_bf16_t *da, wkv_bf16_t *db,
                             float *ds0, cudaStream_t stream, char *err);
+
+/* Either backward by name; bf16 as in wkv7_forward_cuda_algo. */
+int wkv7_backward_cuda_algo(int algo, int bf16, int B, int T, int H,
+                            const void *r, const float *w, const void *k,
+                            const void *v, const void *a, const void *b,
+                            const float *s_ckpt, int ckpt_every, const float *sa,
+                            const void *dy, void *dr, float *dw, void *dk, void *dv,
+                            void *da, void *db, float *ds0, cudaStream_t stream, char *err);
 
 #ifdef __cplusplus
 }

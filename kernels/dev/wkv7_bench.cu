@@ -1,7 +1,9 @@
 /*
  * wkv7_bench.cu - dev program for the WKV7 kernels (llm.c's dev/cuda style):
  * checks every variant against the float64 reference on fresh random inputs,
- * then times forward and backward at SPEC section 8's shapes.
+ * then times forward and backward at SPEC section 8's shapes: the recurrent
+ * pair, the chunked forward with the split backward, and what the launchers
+ * pick (WKV7_ALGO_AUTO).
  *
  *   dev_wkv7_bench [--seed S] [--reps R] [--check-only]
  *
@@ -56,8 +58,17 @@ static const int N = WKV7_REF_N;
 static uint16_t f2bf(float f) { __nv_bfloat16 b = __float2bfloat16_rn(f); uint16_t u; memcpy(&u, &b, 2); return u; }
 static float bf2f(uint16_t u) { uint32_t x = (uint32_t)u << 16; float f; memcpy(&f, &x, 4); return f; }
 
+static const char *algo_name(int algo)
+{
+    return algo == WKV7_ALGO_AUTO ? "auto" : algo == WKV7_FWD_CHUNKED ? "chunked" : "recurrent";
+}
+static const char *balgo_name(int algo)
+{
+    return algo == WKV7_ALGO_AUTO ? "auto" : algo == WKV7_BWD_SPLIT ? "split" : "recurrent";
+}
+
 /* One precision's check on fresh inputs; returns the worst relative error. */
-static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed)
+static double check(int algo, int balgo, int B, int T, int H, int regime, bool bf16, uint64_t seed)
 {
     char err[ST_ERR_LEN];
     size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N, nf = (size_t)B * H * N * N;
@@ -100,18 +111,18 @@ static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed)
     CK(cudaMemset(ds0, 0, 4 * ns));
     if (bf16) {
         typedef __nv_bfloat16 bf;
-        CKST(wkv7_forward_cuda_bf16(B, T, H, (bf *)d[0], (float *)d[1], (bf *)d[2], (bf *)d[3], (bf *)d[4],
-                                    (bf *)d[5], s0, (bf *)d[7], sf, ck, WKV7_CUDA_CHUNK, sa, 0, err));
-        CKST(wkv7_backward_cuda_bf16(B, T, H, (bf *)d[0], (float *)d[1], (bf *)d[2], (bf *)d[3], (bf *)d[4],
-                                     (bf *)d[5], ck, WKV7_CUDA_CHUNK, sa, (bf *)d[6], (bf *)d[8], (float *)d[9],
-                                     (bf *)d[10], (bf *)d[11], (bf *)d[12], (bf *)d[13], ds0, 0, err));
+        CKST(wkv7_forward_cuda_algo(algo, 1, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], s0, d[7], sf, ck,
+                                    WKV7_CUDA_CHUNK, sa, 0, err));
+        CKST(wkv7_backward_cuda_algo(balgo, 1, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], ck,
+                                     WKV7_CUDA_CHUNK, sa, d[6], d[8], (float *)d[9], d[10], d[11], d[12], d[13], ds0,
+                                     0, err));
     } else {
         typedef float fl;
-        CKST(wkv7_forward_cuda(B, T, H, (fl *)d[0], (fl *)d[1], (fl *)d[2], (fl *)d[3], (fl *)d[4],
-                               (fl *)d[5], s0, (fl *)d[7], sf, ck, WKV7_CUDA_CHUNK, sa, 0, err));
-        CKST(wkv7_backward_cuda(B, T, H, (fl *)d[0], (fl *)d[1], (fl *)d[2], (fl *)d[3], (fl *)d[4],
-                                (fl *)d[5], ck, WKV7_CUDA_CHUNK, sa, (fl *)d[6], (fl *)d[8], (fl *)d[9],
-                                (fl *)d[10], (fl *)d[11], (fl *)d[12], (fl *)d[13], ds0, 0, err));
+        CKST(wkv7_forward_cuda_algo(algo, 0, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], s0, d[7], sf, ck,
+                                    WKV7_CUDA_CHUNK, sa, 0, err));
+        CKST(wkv7_backward_cuda_algo(balgo, 0, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], ck,
+                                     WKV7_CUDA_CHUNK, sa, d[6], d[8], (float *)d[9], d[10], d[11], d[12], d[13], ds0,
+                                     0, err));
     }
     CK(cudaDeviceSynchronize());
     std::vector<float> got(std::max(n, nf));
@@ -136,7 +147,8 @@ static double check(int B, int T, int H, int regime, bool bf16, uint64_t seed)
     const double tol_dw = bf16 ? 1e-3 : tol_back; /* dw is fp32 in both */
     const double tol[9] = {tol_out, tol_back, tol_dw, tol_out, tol_out, tol_back, tol_out, tol_exact, tol_exact};
     double worst = 0; /* worst error / tolerance */
-    printf("check %s (%d,%d,%d) regime %d:", bf16 ? "bf16" : "fp32", B, T, H, regime);
+    printf("check %s fwd %s bwd %s (%d,%d,%d) regime %d:", bf16 ? "bf16" : "fp32", algo_name(algo),
+           balgo_name(balgo), B, T, H, regime);
     for (int i = 0; i < 9; i++) { printf(" %s %.1e", names[i], e[i]); worst = std::max(worst, e[i] / tol[i]); }
     if (!(worst <= 1)) worst = 2;
     printf("%s\n", worst <= 1 ? "" : "  <- over tolerance");
@@ -149,7 +161,7 @@ static float median(std::vector<float> v) { std::sort(v.begin(), v.end()); retur
 
 /* Times bf16 forward and backward at one shape; inputs are a random pool of
  * 256 tokens tiled over T (random, never zeros). */
-static void bench(int B, int T, int H, int reps, uint64_t seed, double target_ms, double official_ms)
+static void bench(int algo, int balgo, int B, int T, int H, int reps, uint64_t seed, double target_ms, double official_ms)
 {
     char err[ST_ERR_LEN];
     typedef __nv_bfloat16 bf;
@@ -182,11 +194,12 @@ static void bench(int B, int T, int H, int reps, uint64_t seed, double target_ms
     std::vector<float> tf, tb, tt;
     for (int it = 0; it < reps + 3; it++) {
         CK(cudaEventRecord(e0));
-        CKST(wkv7_forward_cuda_bf16(B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], s0, d[7], NULL, ck,
+        CKST(wkv7_forward_cuda_algo(algo, 1, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], s0, d[7], NULL, ck,
                                     WKV7_CUDA_CHUNK, sa, 0, err));
         CK(cudaEventRecord(e1));
-        CKST(wkv7_backward_cuda_bf16(B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], ck, WKV7_CUDA_CHUNK, sa,
-                                     d[6], d[8], (float *)d[9], d[10], d[11], d[12], d[13], ds0, 0, err));
+        CKST(wkv7_backward_cuda_algo(balgo, 1, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], ck,
+                                     WKV7_CUDA_CHUNK, sa, d[6], d[8], (float *)d[9], d[10], d[11], d[12], d[13], ds0,
+                                     0, err));
         CK(cudaEventRecord(e2));
         CK(cudaEventSynchronize(e2));
         float a, b2;
@@ -198,9 +211,9 @@ static void bench(int B, int T, int H, int reps, uint64_t seed, double target_ms
     double bytes = rows * N * (20 + 34) + 2.0 * wkv7_cuda_ckpt_floats(B, T, H) * 4;
     double flops = rows * 34.0 * N * N;
     float mt = median(tt);
-    printf("bench bf16 (%2d,%4d,%2d): fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms | %5.2f TB/s %5.1f TFLOP/s | "
+    printf("bench bf16 fwd %-9s bwd %-9s (%2d,%4d,%2d): fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms | %5.2f TB/s %5.1f TFLOP/s | "
            "target %.2f ms, official %.2f ms\n",
-           B, T, H, median(tf), median(tb), mt, bytes / (mt * 1e-3) / 1e12, flops / (mt * 1e-3) / 1e12,
+           algo_name(algo), balgo_name(balgo), B, T, H, median(tf), median(tb), mt, bytes / (mt * 1e-3) / 1e12, flops / (mt * 1e-3) / 1e12,
            target_ms, official_ms);
     for (int i = 0; i < 14; i++) CK(cudaFree(d[i]));
     CK(cudaFree(s0)); CK(cudaFree(ds0)); CK(cudaFree(ck)); CK(cudaFree(sa));
@@ -220,17 +233,27 @@ int main(int argc, char **argv)
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs; seed %llu\n", prop.name, prop.multiProcessorCount, (unsigned long long)seed);
+    /* every pair of algorithms the launchers can pick, in both precisions;
+     * failures are reported, and the timings still run unless --check-only,
+     * so that one run on the GPU machine says everything */
     bool ok = true;
     const struct { int B, T, H, regime; } cs[] = {{2, 100, 4, 0}, {2, 100, 4, 1}, {2, 100, 4, 2}, {1, 300, 2, 0}};
-    for (auto &c : cs) {
-        if (check(c.B, c.T, c.H, c.regime, false, seed) > 1) ok = false;
-        if (check(c.B, c.T, c.H, c.regime, true, seed) > 1) ok = false;
-    }
+    const int pairs[3][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
+                             {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT}};
+    for (auto &pr : pairs)
+        for (auto &c : cs) {
+            if (check(pr[0], pr[1], c.B, c.T, c.H, c.regime, false, seed) > 1) ok = false;
+            if (check(pr[0], pr[1], c.B, c.T, c.H, c.regime, true, seed) > 1) ok = false;
+        }
     printf("checks: %s\n", ok ? "PASS" : "FAIL");
-    if (!ok) return 1;
-    if (check_only) return 0;
-    bench(8, 4096, 64, reps, seed, 7.0, 14.4);
-    bench(8, 1024, 32, reps, seed, 1.5, 2.91);
-    bench(16, 512, 12, reps, seed, 0.8, 1.45);
-    return 0;
+    if (check_only) return ok ? 0 : 1;
+    const int timed[3][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT},
+                             {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
+    for (auto &tp : timed) { /* the official pair, the new pair, then what the launchers pick */
+        bench(tp[0], tp[1], 8, 4096, 64, reps, seed, 7.0, 14.4);
+        bench(tp[0], tp[1], 8, 1024, 32, reps, seed, 1.5, 2.91);
+        bench(tp[0], tp[1], 16, 512, 12, reps, seed, 0.8, 1.45);
+        bench(tp[0], tp[1], 8, 1024, 12, reps, seed, 0, 0); /* one layer of the 12 x 768 engine */
+    }
+    return ok ? 0 : 1;
 }
