@@ -480,11 +480,9 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
                                                               e->gn_rstd + sl * Rp * H, oin);
     ST_CUDA_CHECK_LAUNCH("groupnorm_fwd_kernel");
     RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err));
-    st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xin, tmp, xmid);
-    ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
-    st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, p->ln2_b, LN_EPS, h,
-                                                                      e->ln2_mean + sl * Rp, e->ln2_rstd + sl * Rp);
-    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    st::residual_layernorm_fwd_kernel<T, T><<<R, st::LN_THREADS, 0, st>>>(
+        C, xin, tmp, xmid, p->ln2_w, p->ln2_b, LN_EPS, h, e->ln2_mean + sl * Rp, e->ln2_rstd + sl * Rp);
+    ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
     st::mix6_t mk;
     st::ptr6_t<T> ok;
     mk.m[0] = p->ffn_x_k;

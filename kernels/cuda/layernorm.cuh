@@ -55,6 +55,39 @@ __global__ void __launch_bounds__(LN_THREADS) layernorm_fwd_kernel(
     if (threadIdx.x == 0 && mean) { mean[r] = m; rstd[r] = rs; }
 }
 
+/* The residual add and the LayerNorm after it in one pass over the row:
+ * xsum = a + b (the fp32 residual stream, stored), then out = LN(xsum). The
+ * same arithmetic as residual_add_kernel followed by layernorm_fwd_kernel
+ * (bit-identical), minus one launch and one read of the row from memory. */
+template <typename Tb, typename Tout>
+__global__ void __launch_bounds__(LN_THREADS) residual_layernorm_fwd_kernel(
+    int C, const float *__restrict__ a, const Tb *__restrict__ b, float *__restrict__ xsum,
+    const float *__restrict__ w, const float *__restrict__ bias, float eps, Tout *__restrict__ out,
+    float *__restrict__ mean, float *__restrict__ rstd)
+{
+    __shared__ float sh[32];
+    const int r = blockIdx.x;
+    const float *x0 = a + (size_t)r * C;
+    const Tb *x1 = b + (size_t)r * C;
+    float *x = xsum + (size_t)r * C;
+    float s = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const float v = x0[c] + to_f(x1[c]);
+        x[c] = v; /* read back below by this same thread only */
+        s += v;
+    }
+    const float m = block_sum(s, sh) / C;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float d = x[c] - m;
+        ss += d * d;
+    }
+    const float rs = rsqrtf(block_sum(ss, sh) / C + eps);
+    Tout *o = out + (size_t)r * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f<Tout>((x[c] - m) * rs * w[c] + bias[c]);
+    if (threadIdx.x == 0 && mean) { mean[r] = m; rstd[r] = rs; }
+}
+
 template <typename Td>
 __global__ void __launch_bounds__(LN_THREADS) layernorm_bwd_kernel(
     int C, const float *__restrict__ xin, const float *__restrict__ w, const float *__restrict__ mean,
