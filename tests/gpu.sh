@@ -7,11 +7,16 @@
 #       reference dump into rt/fixtures, and packs the shared libraries the GPU
 #       machine lacks into rt/runtime.tar.xz (../shared/device/pack-runtime.sh).
 #       rt/ is git-ignored; the device tool carries it (carry: ["rt"]).
-#   tests/gpu.sh run [tests|bench|verify|sanitize|all]   (on the GPU machine)
+#   tests/gpu.sh run [tests|bench|perf|verify|sanitize|all][,...]   (on the GPU machine)
 #       unpacks the runtime, runs every gpu-labelled test program (the same
 #       tests ctest -L gpu runs), statetune-worker verify --backend cuda on
 #       every fixture in fp32 and bf16, the WKV7 dev benchmark and
-#       statetune-worker bench --backend cuda at SPEC section 8's shapes;
+#       statetune-worker bench --backend cuda at SPEC section 8's shapes
+#       (`perf` is the dev benchmarks alone: dev_wkv7_bench, and
+#       dev_engine_bench at the three shapes, beside dev_engine_bench_baseline
+#       when pack was given STATETUNE_GPU_BASELINE=<a build dir of the code
+#       before a change>, so that before and after run on the same card);
+#       several modes may be given comma-separated;
 #       `sanitize` (not part of all: slow) runs the GPU tests under
 #       compute-sanitizer's memcheck and racecheck.
 #       Logs go to $OUT (the device tool brings it back); a summary is printed
@@ -28,7 +33,7 @@ mode=${1:-}
 
 if [ "$mode" = pack ]; then
   set -e
-  build=$root/build-cuda
+  build=${STATETUNE_GPU_BUILD:-$root/build-cuda}
   cmake -S "$root" -B "$build" -DSTATETUNE_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
   # only what the GPU machine runs (other folders may be mid-edit); the
   # worker is optional until the CUDA engine exists
@@ -38,6 +43,11 @@ if [ "$mode" = pack ]; then
   for f in "$build"/tests/test_cuda_* "$build"/kernels/dev_* "$build"/worker/statetune-worker; do
     if [ -x "$f" ]; then cp "$f" "$rt/bin/"; fi
   done
+  # optional baseline engine bench (a build with another default, e.g.
+  # -DWKV7_FWD_BF16_DEFAULT=0) so that before and after run on the same card
+  if [ -n "${STATETUNE_GPU_BASELINE:-}" ] && [ -x "$STATETUNE_GPU_BASELINE/kernels/dev_engine_bench" ]; then
+    cp "$STATETUNE_GPU_BASELINE/kernels/dev_engine_bench" "$rt/bin/dev_engine_bench_baseline"
+  fi
   fx=${STATETUNE_FIXTURES:-$root/../shared/fixtures}
   for ref in "$fx"/rwkv7/*.ref.safetensors; do
     [ -f "$ref" ] || continue
@@ -53,7 +63,7 @@ if [ "$mode" = pack ]; then
 fi
 
 if [ "$mode" != run ]; then
-  echo "usage: tests/gpu.sh pack | run [tests|bench|verify|sanitize|all]" >&2
+  echo "usage: tests/gpu.sh pack | run [tests|bench|perf|verify|sanitize|all][,...]" >&2
   exit 2
 fi
 what=${2:-all}
@@ -78,19 +88,20 @@ step() { # name, command...: runs, logs to $OUT/name.log, records the outcome
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 date -u | tee -a "$OUT/device.txt"
 
-if [ "$what" = tests ] || [ "$what" = all ]; then
+has() { case ",$what," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+if has tests || has all; then
   for t in "$rt"/bin/test_cuda_*; do
     [ -x "$t" ] && step "$(basename "$t")" "$t"
   done
 fi
-if [ "$what" = sanitize ]; then
+if has sanitize; then
   # small cases only: the sanitizers slow kernels down 10-100x
   step sanitize-memcheck-wkv compute-sanitizer --error-exitcode 1 "$rt/bin/test_cuda_wkv" fp32
   step sanitize-racecheck-wkv compute-sanitizer --tool racecheck --error-exitcode 1 "$rt/bin/test_cuda_wkv" bf16
   step sanitize-memcheck-engine compute-sanitizer --error-exitcode 1 "$rt/bin/test_cuda_engine" fp32_matches_cpu
   step sanitize-racecheck-dbp compute-sanitizer --tool racecheck --error-exitcode 1 "$rt/bin/test_cuda_engine" dbp_matches_cpu
 fi
-if [ "$what" = verify ] || [ "$what" = all ]; then
+if has verify || has all; then
   w=$rt/bin/statetune-worker
   for ref in "$rt"/fixtures/rwkv7/*.ref.safetensors; do
     m=${ref%.ref.safetensors}.safetensors
@@ -99,8 +110,15 @@ if [ "$what" = verify ] || [ "$what" = all ]; then
     done
   done
 fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
+if has perf || has bench || has all; then
   [ -x "$rt/bin/dev_wkv7_bench" ] && step dev_wkv7_bench "$rt/bin/dev_wkv7_bench"
+  for shape in ${GPU_ENGINE_SHAPES:-12x768 24x1024 24x2048}; do
+    for eb in dev_engine_bench dev_engine_bench_baseline; do
+      [ -x "$rt/bin/$eb" ] && step "$eb-$shape" "$rt/bin/$eb" --layers "${shape%x*}" --embd "${shape#*x}" --steps 5
+    done
+  done
+fi
+if has bench || has all; then
   w=$rt/bin/statetune-worker
   # SPEC section 8: batch 8 x ctx 1024, vocab 65536, bf16 (the baseline's precision); fp32 once
   for shape in "12 768 bf16" "24 1024 bf16" "24 2048 bf16" "12 768 fp32"; do
