@@ -98,11 +98,18 @@ netns_check() {
 # netns_up: makes a cluster, sets NETNS_ID and an EXIT trap that removes it
 # (plus whatever the caller put in NETNS_ON_EXIT, run first)
 netns_up() {
-    local id h ns
-    id=st$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    local id h ns tries=0
+    mkdir -p "$NETNS_STATE" || return 1
+    # claim a fresh id with an atomic mkdir, so that a failing setup below
+    # can never tear down another run's cluster of the same name
+    while :; do
+        id=st$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')
+        [ ! -e "/run/netns/$id-br" ] && mkdir "$NETNS_STATE/$id" 2>/dev/null && break
+        tries=$((tries + 1))
+        [ $tries -lt 20 ] || { echo "netns_up: cannot claim a cluster id in $NETNS_STATE" >&2; return 1; }
+    done
     NETNS_ID=$id
     export NETNS_ID
-    mkdir -p "$NETNS_STATE/$id" || return 1
     echo $$ >"$NETNS_STATE/$id/owner"
     # a signal ends the script through the EXIT trap (SIGPIPE too: a test
     # whose reader went away must still clean up). Bash runs these traps when
