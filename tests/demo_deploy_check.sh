@@ -148,6 +148,56 @@ else
     fail "launch-group.sh did not run mpirun"
 fi
 
+# ---- SLURM script ---------------------------------------------------------------
+# Run outside SLURM with the variables SLURM sets and a stand-in launcher:
+# the group's size comes from the allocation, an exited group is started
+# again, and SIGTERM (scancel, the time limit) reaches the running group and
+# ends the script.
+cat >"$tmp/fake-launch" <<EOF
+#!/bin/bash
+env | grep -E '^(STATETUNE_|OMP_NUM_THREADS=)' | sort >"$tmp/launch.env.\$\$"
+echo \$\$ >>"$tmp/launch.pids"
+trap 'echo term >"$tmp/launch.term"; kill \$! 2>/dev/null; exit 0' TERM
+if [ ! -e "$tmp/launch.once" ]; then touch "$tmp/launch.once"; exit 3; fi # the first group fails
+sleep 100 & wait
+EOF
+chmod +x "$tmp/fake-launch"
+SLURM_NTASKS=16 SLURM_NTASKS_PER_NODE=8 SLURM_CPUS_PER_TASK=6 STATETUNE_LAUNCH="$tmp/fake-launch" STATETUNE_RESTART_DELAY_S=1 \
+    STATETUNE_COORDINATOR=tcp://10.0.0.1:5555 bash "$src/deploy/slurm/statetune-group.sbatch" 2>"$tmp/sbatch.err" &
+sb=$!
+launches() { if [ -e "$tmp/launch.pids" ]; then wc -l <"$tmp/launch.pids"; else echo 0; fi; }
+# The first launch exits 3; the script waits (1 s here) and starts it again.
+for ((i = 0; i < 150; i++)); do
+    [ "$(launches)" -ge 2 ] && break
+    sleep 0.1
+done
+if [ "$(launches)" -ge 2 ]; then
+    e=$(cat "$tmp"/launch.env.* | sort -u | tr '\n' ' ')
+    for want in STATETUNE_NP=16 STATETUNE_RANKS_PER_NODE=8 STATETUNE_BACKEND=cuda OMP_NUM_THREADS=6 \
+                STATETUNE_COORDINATOR=tcp://10.0.0.1:5555; do
+        [[ " $e" == *" $want "* ]] || fail "the SLURM script did not give the group $want: $e"
+    done
+    grep -q "exited with status 3" "$tmp/sbatch.err" || fail "the SLURM script did not say the group exited"
+    sleep 0.5
+    kill -TERM "$sb"
+    for ((i = 0; i < 100; i++)); do kill -0 "$sb" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$sb" 2>/dev/null; then
+        fail "the SLURM script was still running 10 s after SIGTERM"
+        kill -KILL "$sb" 2>/dev/null || true
+    elif [ ! -e "$tmp/launch.term" ]; then
+        fail "SIGTERM did not reach the running group"
+    else
+        ok "SLURM script: size from the allocation, restart after exit, SIGTERM ends group and script"
+    fi
+else
+    fail "the SLURM script did not start the group again after it exited"
+    kill -KILL "$sb" 2>/dev/null || true
+fi
+wait "$sb" 2>/dev/null || true
+if [ -e "$tmp/launch.pids" ]; then
+    while read -r p; do kill -KILL "$p" 2>/dev/null || true; done <"$tmp/launch.pids"
+fi
+
 # ---- Dockerfile ---------------------------------------------------------------
 df="$src/deploy/docker/Dockerfile"
 # Every library CMakeLists.txt requires must come from a package the build
