@@ -12,7 +12,9 @@
 #include "worker/cmd.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     const char *name;
@@ -35,8 +37,22 @@ static void s_usage(FILE *out)
         fprintf(out, "       statetune-worker %s\n", c->summary);
 }
 
+/* OpenMP threads spin at every barrier by default. On a machine whose cores
+ * are shared (other ranks, other jobs) that made 2 threads three times slower
+ * than one; a passive wait costs nothing when the cores are free. libgomp
+ * reads the setting when it is loaded, before main, so the process runs itself
+ * again once with it set. A user's own setting wins. */
+static void s_passive_openmp(char **argv)
+{
+    if (getenv("OMP_WAIT_POLICY")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    /* exec failed (no /proc): run on with the default policy */
+}
+
 int main(int argc, char **argv)
 {
+    s_passive_openmp(argv);
     if (argc < 2) {
         s_usage(stderr);
         return 2;
