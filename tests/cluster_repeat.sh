@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 netns_check || exit 77
 tests=("cluster_tune.sh" "cluster_service.sh e2e" "cluster_service.sh partition"
        "cluster_service.sh partition_rank0" "cluster_service.sh coord_partition"
-       "cluster_service.sh client_partition" "cluster_service.sh launch")
+       "cluster_service.sh coord_lost" "cluster_service.sh client_partition" "cluster_service.sh launch")
 for round in $(seq "$n"); do
     for t in "${tests[@]}"; do
         t0=$SECONDS

@@ -21,6 +21,10 @@
 #                                 lost, the group (patient for 30 s) carries on;
 #                                 when the link is back it says hello again and
 #                                 takes its job back; one state version
+#   cluster_service.sh coord_lost  the coordinator's link goes down for longer
+#                                 than the group waits (5 s here): the group
+#                                 ends with a clear error, the job is requeued;
+#                                 a new group resumes it; one state version
 #   cluster_service.sh client_partition  the client's link goes down while it
 #                                 watches: a request fails with one sentence,
 #                                 the watch rides it out and sees the success
@@ -29,7 +33,7 @@
 #
 # Exit 77 (skipped) without root / network namespaces, mpirun or the fixtures.
 set -u
-scenario=${1:?usage: cluster_service.sh e2e|partition|partition_rank0|coord_partition|client_partition|launch}
+scenario=${1:?usage: cluster_service.sh e2e|partition|partition_rank0|coord_partition|coord_lost|client_partition|launch}
 . "$(cd "$(dirname "$0")" && pwd)/netns/common.sh"
 cluster_prepare "service-$scenario"
 make_data
@@ -71,7 +75,7 @@ start_group() {
         start_group_launch "$1"
         return
     fi
-    group_mpirun --coordinator "tcp://coord:$PORT" --threads 1 --coordinator-timeout 30 \
+    group_mpirun --coordinator "tcp://coord:$PORT" --threads 1 --coordinator-timeout "${COORD_TIMEOUT_S:-30}" \
         --curve-secret "$T/allow/group.key" --curve-public "$T/allow/group.pub" \
         --server-key "$T/keys/coordinator.pub" >"$T/group-$1.log" 2>&1 &
     GROUP_PID=$!
@@ -226,6 +230,41 @@ coord_partition)
     versions=$(stc states show split@latest --json | json 'd["version"]')
     [ "$n" = 1 ] && [ "$versions" = 1 ] || fail "expected one registered version of 'split', found $n state(s), latest version $versions"
     kill -0 "$GROUP_PID" 2>/dev/null || fail "the group died although only the coordinator's link was down for $CUT_S s"
+    ;;
+coord_lost)
+    # the coordinator's host is cut off for longer than the group's patience
+    # (--coordinator-timeout 5): the group gives up with a clear error and
+    # ends; when the link is back, a new group resumes the job from its
+    # checkpoint and the registry holds one version
+    COORD_TIMEOUT_S=5
+    start_coordinator
+    start_group a
+    A=$GROUP_PID
+    make_job gone 160 10
+    J=$(stc submit "$T/gone.json") || fail "submit failed"
+    wait_for "a checkpoint of job $J at step 20" 90 checkpoint_at_least "$J" 20
+    [ "$(status_of "$J")" = running ] || fail "job $J was no longer running before the cut (make it longer)"
+    netns_cut coord
+    t0=$SECONDS
+    echo "coord's link is down (job $J past its step-20 checkpoint)"
+    while kill -0 "$A" 2>/dev/null; do
+        [ $((SECONDS - t0)) -le $BOUND_S ] || fail "the group was still running ${BOUND_S}s after losing its coordinator"
+        sleep 0.5
+    done
+    wait "$A" && fail "the group exited 0 without its coordinator"
+    echo "group a ended $((SECONDS - t0)) s after the cut"
+    grep -q "has not answered for $COORD_TIMEOUT_S s" "$T/group-a.log" || fail "the group's error is unclear: $(grep -v '^step' "$T/group-a.log" | tail -3)"
+    netns_heal coord || fail "coord did not come back"
+    echo "coord's link is back"
+    [ "$(status_of "$J")" = queued ] || fail "job $J is '$(status_of "$J")' after its group was lost, not queued"
+    start_group b
+    stc wait "$J" --timeout 120 >/dev/null || fail "job $J did not finish on the second group"
+    n=$(stc states list --json | json 'len([s for s in d if s["name"] == "gone"])')
+    versions=$(stc states show gone@latest --json | json 'd["version"]')
+    [ "$n" = 1 ] && [ "$versions" = 1 ] || fail "expected one registered version of 'gone', found $n state(s), latest version $versions"
+    from=$(stc states show gone@latest --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
+    echo "second group resumed from step $from"
+    "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= 20 else 1)" "$from" || fail "the second group did not resume from the checkpoint (from $from)"
     ;;
 client_partition)
     # the client's host loses its link while it watches a job: a request
