@@ -7,8 +7,10 @@
  *   load_clients setup ENDPOINT SPEC.json LAYERS HEADS
  *       Registers a big state to fetch: acts as a worker group ("loadgen"),
  *       submits the job in SPEC.json, takes it with job_request and returns
- *       a result of [LAYERS, HEADS, 64, 64] fp32 (40 x 4 = 10.5 MB). Prints
- *       the state's name@version.
+ *       a result of [LAYERS, HEADS, 64, 64] fp32 (40 x 4 = 10.5 MB; the
+ *       coordinator refuses a shape that does not fit the job's model, so
+ *       SPEC.json names a model of that shape). Prints the state's
+ *       name@version.
  *   load_clients run ENDPOINT CLIENTS REQUESTS JOB STATE_REF
  *       CLIENTS threads, each with its own DEALER, send REQUESTS requests in
  *       all, mixed: 45% status of JOB, 45% listings (states_list and jobs in

@@ -19,6 +19,7 @@ MODEL=$FIX/rwkv7/tiny.pth
 PY=/usr/bin/python3
 LOAD=$B/tests/load_clients
 [ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
+"$PY" -c "import numpy" 2>/dev/null || { echo "skipped: numpy (for the 40-layer random model) is missing"; exit 77; }
 command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
 [ -x "$LOAD" ] || { echo "FAIL: $LOAD is not built"; exit 1; }
 
@@ -57,9 +58,13 @@ COORD=$!
 PIDS+=("$COORD")
 for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && break; sleep 0.1; done
 
-# a 10.5 MB state to fetch ([40, 4, 64, 64] fp32), registered through the protocol
+# a 10.5 MB state to fetch ([40, 4, 64, 64] fp32), registered through the
+# protocol; the coordinator checks a result's shape against the job's model,
+# so the job names a random model of that shape (40 x 256, 75 MB)
+"$PY" "${STATETUNE_SOURCE_DIR:-$(dirname "$0")/..}/scripts/make_demo_data.py" random-model "$T/big-model.safetensors" \
+    --layers 40 --embd 256 --vocab 256 >"$T/model.log" 2>&1 || fail "could not make the 40-layer model: $(cat "$T/model.log")"
 cat >"$T/big.json" <<EOF
-{"name": "bigstate", "model": "$MODEL", "tokenizer": "bytes", "train": "$T/train.jsonl", "steps": 1, "ctx_len": 32}
+{"name": "bigstate", "model": "$T/big-model.safetensors", "tokenizer": "bytes", "train": "$T/train.jsonl", "steps": 1, "ctx_len": 32}
 EOF
 REF=$("$LOAD" setup "$EP" "$T/big.json" 40 4 2>"$T/setup.log") || fail "could not register the big state: $(cat "$T/setup.log")"
 echo "registered $REF"
