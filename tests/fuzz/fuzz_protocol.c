@@ -31,10 +31,12 @@
  * carries the request's rid. Every reply is a JSON object with type "ok" or
  * "error". A violation aborts (a finding).
  *
- * The submit handler validates job inputs: at start-up the harness puts a
- * small model (STATETUNE_FUZZ_MODEL, else none) and a dataset under
- * /tmp/statetune-fuzz-proto/, which the seeds' job specs name, so that
- * submit, job_request, progress and result reach the registry.
+ * The submit handler validates job inputs: at start-up the harness copies a
+ * small model (STATETUNE_FUZZ_MODEL; run_all.sh makes a one-layer, one-head
+ * random one, whose [1, 1, 64, 64] state the seeds' results carry) and
+ * writes a dataset under /tmp/statetune-fuzz-proto/, which the seeds' job
+ * specs name, so that submit, job_request, progress and result reach the
+ * registry.
  * Built and run by tests/fuzz/run_all.sh.
  */
 #include "coordinator/broker.c"

@@ -5,7 +5,11 @@ tests/fuzz/seeds/protocol/. Run it again after changing the protocol; the
 seeds are committed so the fuzzer starts from messages that reach every
 handler: a job's whole life (submit, hello, job_request, progress, eval,
 checkpoint, result with a state payload, then the client's queries of the
-registered state), cancel and failure, and the malformed cases."""
+registered state), cancel and failure, and the malformed cases.
+
+The coordinator checks a result's shape against the job's model: the seeds'
+results are [1, 1, 64, 64], for the one-layer, one-head model run_all.sh
+makes (scripts/make_demo_data.py random-model --layers 1 --embd 64)."""
 import json
 import os
 import struct
@@ -35,7 +39,7 @@ def m(type_, rid=None, **kw):
 
 SPEC = {"name": "fz", "model": D + "/model.pth", "train": D + "/train.jsonl", "eval": D + "/train.jsonl",
         "steps": 2, "ctx_len": 32, "micro_batch": 1, "global_batch": 1, "backend": "cpu", "alias": "latest"}
-STATE = struct.pack("<64f", *[((i * 37) % 101) / 100.0 - 0.5 for i in range(64)])  # [1, 1, 8, 8]
+STATE = struct.pack("<4096f", *[((i * 37) % 101) / 100.0 - 0.5 for i in range(4096)])  # [1, 1, 64, 64]
 SHA = "ab" * 32
 METRICS = {"eval_loss_before": 5.5, "eval_loss_after": 4.0, "train_loss_first": 5.6, "train_loss_last": 4.1,
            "steps": 2, "tokens_per_s": 1000.0}
@@ -57,9 +61,9 @@ seeds = {
         rec(G1, m("eval", group="fuzz-g1", job=1, step=1, metrics={"eval_loss": 4.5})),
         rec(G1, m("checkpoint", group="fuzz-g1", job=1, step=1, path=D + "/ckpt")),
         rec(G1, m("heartbeat", group="fuzz-g1")),
-        rec(G1, m("result", 4, group="fuzz-g1", job=1, metrics=METRICS, layers=1, heads=1, head_size=8,
+        rec(G1, m("result", 4, group="fuzz-g1", job=1, metrics=METRICS, layers=1, heads=1, head_size=64,
                   model_sha256=SHA), STATE),
-        rec(G1, m("result", 5, group="fuzz-g1", job=1, metrics=METRICS, layers=1, heads=1, head_size=8,
+        rec(G1, m("result", 5, group="fuzz-g1", job=1, metrics=METRICS, layers=1, heads=1, head_size=64,
                   model_sha256=SHA), STATE),
         rec(G2, m("states_list", 6)),
         rec(G2, m("states_get", 7, ref="fz@latest")),
