@@ -29,7 +29,8 @@
 #                                 watches: a request fails with one sentence,
 #                                 the watch rides it out and sees the success
 #   cluster_service.sh launch     the partition test with groups started by
-#                                 the deployment's deploy/launch-group.sh
+#                                 the deployment's deploy/launch-group.sh, with
+#                                 its default keepalive and a 30 s watchdog
 #
 # Exit 77 (skipped) without root / network namespaces, mpirun or the fixtures.
 set -u
@@ -84,8 +85,9 @@ start_group() {
 # start_group_launch NAME: the same group through the deployment's launcher,
 # deploy/launch-group.sh, configured as docs/multi-node.md says: a hostfile
 # with node1 first, STATETUNE_IFACE naming the nodes' interface, the keys in
-# one folder. Only the rsh agent (our "ssh"), the CPU-only transport list and
-# the OOB keepalive come in through STATETUNE_MPIRUN_ARGS.
+# one folder, and its own defaults for the rest: the OOB keepalive (5 + 2 x 5
+# s) and, in this scenario, the ranks' 30 s watchdog. Only the rsh agent (our
+# "ssh") and the CPU-only transport list come in through STATETUNE_MPIRUN_ARGS.
 start_group_launch() {
     mkdir -p "$T/groupkeys"
     cp "$T/allow/group.key" "$T/groupkeys/worker.key"
@@ -95,7 +97,7 @@ start_group_launch() {
     netns_exec node1 env OMP_NUM_THREADS=1 STATETUNE_COORDINATOR="tcp://coord:$PORT" STATETUNE_NP=2 \
         STATETUNE_RANKS_PER_NODE=1 STATETUNE_HOSTFILE="$T/hostfile" STATETUNE_BACKEND=cpu STATETUNE_IFACE=eth0 \
         STATETUNE_KEYS="$T/groupkeys" STATETUNE_KEY_NAME=worker STATETUNE_WORKER="$WORKER" \
-        STATETUNE_MPIRUN_ARGS="--mca plm_rsh_agent $NETNS_DIR/rsh-netns.sh -x NETNS_ID -x STATETUNE_DIST_TIMEOUT_S --mca btl tcp,self $KEEPALIVE_ARGS" \
+        STATETUNE_MPIRUN_ARGS="--mca plm_rsh_agent $NETNS_DIR/rsh-netns.sh -x NETNS_ID -x STATETUNE_DIST_TIMEOUT_S --mca btl tcp,self" \
         bash "$NETNS_DIR/../../deploy/launch-group.sh" >"$T/group-$1.log" 2>&1 &
     GROUP_PID=$!
 }
@@ -159,6 +161,11 @@ e2e)
 
 partition | partition_rank0 | launch)
     CUT=node2
+    if [ "$scenario" = launch ]; then
+        # the deployment's defaults: keepalive 15 s, watchdog 30 s
+        export STATETUNE_DIST_TIMEOUT_S=30
+        BOUND_S=45
+    fi
     [ "$scenario" = partition_rank0 ] && CUT=node1
     start_coordinator
     start_group a
