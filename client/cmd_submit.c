@@ -65,7 +65,20 @@ int cmd_submit(int argc, char **argv, const char *endpoint)
         json_decref(jspec);
         return 1;
     }
-    /* Validation on the coordinator reads every dataset line: allow time. */
+    /* Validation on the coordinator reads every dataset line, so the submit
+     * itself may take a while; a ping first tells an absent coordinator
+     * apart quickly. */
+    cmd_conn_opts_t quick = o;
+    if (!quick.timeout_ms) quick.timeout_ms = 5000;
+    json_t *ping = json_pack("{s:s}", "type", "ping"), *pong = NULL;
+    int prc = cmd_request(c, &quick, ping, &pong, NULL, NULL);
+    json_decref(ping);
+    json_decref(pong);
+    if (prc) {
+        json_decref(jspec);
+        statetune_client_destroy(&c);
+        return 1;
+    }
     if (!o.timeout_ms) o.timeout_ms = 60000;
     json_t *req = json_pack("{s:s, s:o}", "type", "submit", "spec", jspec), *rep = NULL;
     int rc = cmd_request(c, &o, req, &rep, NULL, NULL);
