@@ -254,6 +254,7 @@ int main(int argc, char **argv)
         bench(tp[0], tp[1], 8, 1024, 32, reps, seed, 1.5, 2.91);
         bench(tp[0], tp[1], 16, 512, 12, reps, seed, 0.8, 1.45);
         bench(tp[0], tp[1], 8, 1024, 12, reps, seed, 0, 0); /* one layer of the 12 x 768 engine */
+        bench(tp[0], tp[1], 8, 1024, 16, reps, seed, 0, 0); /* one layer of the 24 x 1024 engine */
     }
     return ok ? 0 : 1;
 }
