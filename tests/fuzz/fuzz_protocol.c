@@ -23,6 +23,8 @@
  *   bit 4     before this record, let 10 heartbeat intervals pass (groups
  *             are lost, their jobs requeued) and send heartbeats
  *   bit 5     send the JSON frame empty, the record going to the payload
+ *   bit 6     pad the JSON frame with spaces to one byte over the 1 MiB
+ *             limit: the sender must get exactly one "too_large" error
  * The rest of the record is the JSON frame.
  *
  * Oracle besides the sanitizers: a well-formed request (a JSON object with
@@ -132,8 +134,9 @@ static int s_expects_reply(const void *json, size_t n, int n_frames, int64_t *ri
 }
 
 /* Reads every reply waiting on a peer; checks each is a well-formed reply.
- * Returns how many carried rid. */
-static int s_drain(void *peer, int64_t rid)
+ * Returns how many carried rid; *too_large (if not NULL) counts the errors
+ * with code "too_large". */
+static int s_drain(void *peer, int64_t rid, int *too_large)
 {
     int hits = 0;
     for (;;) {
@@ -161,6 +164,8 @@ static int s_drain(void *peer, int64_t rid)
             abort();
         }
         if (!note && rid && json_integer_value(json_object_get(m, "rid")) == rid) hits++;
+        const char *code = json_string_value(json_object_get(m, "code"));
+        if (too_large && code && !strcmp(code, "too_large")) (*too_large)++;
         json_decref(m);
         zmq_msg_close(&f);
         while (more) { /* the payload frame of a states_get reply */
@@ -238,6 +243,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             jlen = 0;
         }
         int n_frames = 1 + (payload != NULL) + ((ctl & 8) ? 2 : 0);
+        uint8_t *big = NULL;
+        if ((ctl & 64) && (big = malloc(ST_PROTO_MAX_JSON + 1))) {
+            size_t keep = jlen < ST_PROTO_MAX_JSON ? jlen : ST_PROTO_MAX_JSON;
+            memcpy(big, json, keep);
+            memset(big + keep, ' ', ST_PROTO_MAX_JSON + 1 - keep);
+            json = big;
+            jlen = ST_PROTO_MAX_JSON + 1;
+        }
         if (ctl & 16) {
             int64_t later = s_now_ms() + 10 * (int64_t)b->heartbeat_ms;
             s_check_groups(b, later);
@@ -262,6 +275,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             s_handle(b, &in);
             for (int i = 0; i < in.n; i++) zmq_msg_close(&in.frames[i]);
+            free(big);
             continue;
         }
         void *peer = peers[who];
@@ -287,17 +301,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         s_handle(b, &in);
         for (int i = 0; i < in.n; i++) zmq_msg_close(&in.frames[i]);
-        int hits = 0;
-        for (int i = 0; i < N_PEERS; i++) hits += s_drain(peers[i], peers[i] == peer ? rid : 0);
+        int hits = 0, too_large = 0;
+        for (int i = 0; i < N_PEERS; i++)
+            hits += s_drain(peers[i], peers[i] == peer ? rid : 0, peers[i] == peer ? &too_large : NULL);
         if (expect && hits != 1) {
             fprintf(stderr, "fuzz_protocol: request with rid %lld got %d replies (want exactly one): %.*s\n",
                     (long long)rid, hits, (int)(jlen < 400 ? jlen : 400), (const char *)json);
             abort();
         }
+        if (big && !(ctl & 8) && too_large != 1) {
+            fprintf(stderr, "fuzz_protocol: an oversized JSON frame got %d too_large errors (want one)\n", too_large);
+            abort();
+        }
+        free(big);
     }
     s_send_heartbeats(b);
     for (int i = 0; i < N_PEERS; i++) {
-        s_drain(peers[i], 0);
+        s_drain(peers[i], 0, NULL);
         zmq_close(peers[i]);
     }
     broker_destroy(&b);

@@ -18,7 +18,7 @@ import sys
 D = "/tmp/statetune-fuzz-proto"
 SEP = b"\xff\xff"
 G1, G2, ANON, GHOST = 0, 1, 2, 3
-PAYLOAD, EXTRA, TIME, EMPTYJSON = 4, 8, 16, 32
+PAYLOAD, EXTRA, TIME, EMPTYJSON, OVERSIZE = 4, 8, 16, 32, 64
 
 
 def rec(ctl, msg, payload=None):
@@ -105,6 +105,8 @@ seeds = {
         rec(G1, m("job_request", 9, group="fuzz-g2")),
         rec(G1, m("result", 10, group="fuzz-g1", job=1, layers=2, heads=2, head_size=64), b"\x00" * 10),
         rec(G2, m("nosuchtype", 11)),
+        rec(G2 | OVERSIZE, m("ping", 12)),
+        rec(G1 | OVERSIZE, m("hello", 13, group="fuzz-g1", ranks=1, gpus=1, backend="cpu", job=None)),
     ],
 }
 
