@@ -20,6 +20,7 @@ struct engine {
     int max_batch, max_ctx;
     engine_cpu_t *cpu;
     engine_cuda_t *cuda;
+    const engine_kstate_t *kstate; /* default kernel-expanded state (engine_set_kstate), borrowed */
 };
 
 engine_t *engine_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err)
@@ -86,12 +87,37 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err)
             return st_fail(err, ST_EINVAL, "target id %d at position %zu is outside the vocabulary of %d",
                            (int)batch->targets[i], i, c->vocab);
     }
+    /* the optional methods of SPEC section 4 (observer, kernel-expanded state) */
+    const engine_kstate_t *ks_saved = batch->kstate;
+    if (!batch->kstate) batch->kstate = self->kstate;
+    int obs = batch->teacher_logits != NULL && batch->obs_alpha < 1.0f;
+    if (obs && !(batch->obs_alpha >= 0.0f && batch->obs_temperature > 0.0f))
+        return st_fail(err, ST_EINVAL, "the observer needs alpha in [0, 1] and a positive temperature (got %g and %g)",
+                       (double)batch->obs_alpha, (double)batch->obs_temperature);
+    if (batch->kstate && (batch->kstate->M < 1 || batch->kstate->M > 1024 || !(batch->kstate->gamma > 0) ||
+                          !batch->kstate->U0 || !batch->kstate->support)) {
+        batch->kstate = ks_saved;
+        return st_fail(err, ST_EINVAL, "a kernel-expanded state needs 1 to 1024 features, gamma > 0, U0 and support vectors");
+    }
+    if (self->cuda && (obs || batch->kstate || batch->receptance)) {
+        batch->kstate = ks_saved;
+        return st_fail(err, ST_EUNSUPPORTED, "the CUDA backend does not implement the observer objective or the "
+                       "kernel-expanded state yet (use --backend cpu)");
+    }
     batch->loss_sum = 0;
     batch->n_targets = 0;
     batch->n_correct = 0;
-    if (self->cpu) return engine_cpu_run(self->cpu, batch, err);
+    batch->ce_sum = 0;
+    batch->kl_sum = 0;
+    if (self->cpu) {
+        int rc = engine_cpu_run(self->cpu, batch, err);
+        batch->kstate = ks_saved;
+        return rc;
+    }
     return engine_cuda_run(self->cuda, batch, err);
 }
+
+void engine_set_kstate(engine_t *self, const engine_kstate_t *ks) { self->kstate = ks; }
 
 size_t engine_peak_mem_bytes(const engine_t *self)
 {

@@ -40,6 +40,15 @@ typedef struct {
                                    * timing shows the machine is shared (engine_cpu.c) */
 } engine_opts_t;
 
+/* The kernel-expanded state (SPEC section 4; kernels/cpu/rbf.h, engine/kstate.h):
+ * per layer and head y_t += d_t U0 phi(r_t / |r_t|). Borrowed by the engine. */
+typedef struct {
+    int M;                    /* support vectors per head, 1..1024 */
+    float gamma;              /* RBF width, > 0 */
+    const float *U0;          /* (L, H, N, M) trained */
+    const float *support;     /* (L, H, M, N) fixed unit vectors */
+} engine_kstate_t;
+
 typedef struct {
     /* in */
     const int32_t *tokens;    /* (B, T) */
@@ -47,6 +56,13 @@ typedef struct {
     int B, T;
     const float *state0;      /* (L, H, N, N) shared by all B sequences */
     const uint8_t *dbp_rows;  /* (B) nonzero rows contribute to dbp_q; NULL = none */
+    /* optional methods of SPEC section 4 (CPU backend; CUDA refuses them) */
+    const float *teacher_logits; /* (B, T, V) observer: the frozen teacher's logits; NULL = plain CE */
+    float obs_alpha;          /* observer: weight of CE (1 = plain CE) */
+    float obs_temperature;    /* observer: tau > 0 */
+    const engine_kstate_t *kstate; /* kernel-expanded state; NULL = the engine's default (engine_set_kstate) */
+    float *dU0;               /* (L, H, N, M) += d(loss_sum)/dU0 when kstate is on and dstate0 is set */
+    float *receptance;        /* (L, B, T, C) out: every layer's r (k-means support vectors); CPU only */
     /* out, each optional (NULL = not wanted) */
     float *logits;            /* (B, T, V) */
     float *final_state;       /* (B, L, H, N, N) WKV state after the last token */
@@ -56,6 +72,8 @@ typedef struct {
     double loss_sum;          /* sum of CE over targets >= 0 */
     int64_t n_targets;        /* number of targets >= 0 */
     int64_t n_correct;        /* targets where argmax(logits) == target */
+    double ce_sum;            /* observer on: the CE part alone (else = loss_sum) */
+    double kl_sum;            /* observer on: summed KL(teacher || student), unscaled */
 } engine_batch_t;
 
 typedef struct engine engine_t;
@@ -68,6 +86,11 @@ void engine_destroy(engine_t **self_p);
 
 /* Runs one batch (see engine_batch_t). B <= max_batch, T <= max_ctx. */
 int engine_run(engine_t *self, engine_batch_t *batch, char *err);
+
+/* A kernel-expanded state used by every later engine_run whose batch names
+ * none (evaluation runs through code that knows nothing of it); borrowed,
+ * NULL turns it off. CPU only: the CUDA backend refuses such batches. */
+void engine_set_kstate(engine_t *self, const engine_kstate_t *ks);
 
 /* Bytes of memory the engine planned (weights on device + activations). */
 size_t engine_peak_mem_bytes(const engine_t *self);

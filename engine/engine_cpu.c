@@ -30,6 +30,8 @@
 #include "kernels/cpu/head.h"
 #include "kernels/cpu/layernorm.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/observer.h"
+#include "kernels/cpu/rbf.h"
 #include "kernels/cpu/timemix.h"
 #include "kernels/cpu/tokenshift.h"
 #include "kernels/cpu/wkv7.h"
@@ -283,7 +285,7 @@ size_t engine_cpu_peak_mem_bytes(const engine_cpu_t *self)
 /* Forward through layer l; x_res[l] in, x_res[l+1] out. The WKV state
  * checkpoints are written only when a backward pass follows. */
 static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s0,
-                            float *final_state, int backward)
+                            float *final_state, int backward, const engine_kstate_t *ks)
 {
     const rwkv_config_t *c = &e->m->cfg;
     const rwkv_layer_t *p = &e->m->layers[l];
@@ -322,6 +324,10 @@ static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s
     lora_forward_cpu(R, C, c->d_gate, e->lerp[5], p->g1, p->g2, LORA_SIGMOID, ghid, g);
     wkv7_forward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, s0, y, final_state ? e->sfin : NULL,
                      backward ? ckpt : NULL, CKPT_EVERY);
+    if (ks) { /* the kernel-expanded state's term joins y before GroupNorm */
+        size_t HNM = (size_t)H * c->head_size * ks->M;
+        rbf_forward_cpu(B, T, H, ks->M, ks->gamma, r, w, ks->U0 + l * HNM, ks->support + l * HNM, y);
+    }
     if (final_state) {
         size_t HNN = (size_t)H * NN;
         for (int b = 0; b < B; b++)
@@ -343,7 +349,8 @@ static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s
 
 /* Backward through layer l: e->dx holds dL/dx_res[l+1] on entry and
  * dL/dx_res[l] on exit (not computed for layer 0). ds0 (H, N, N) +=. */
-static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
+static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0, const engine_kstate_t *ks,
+                             float *dU0)
 {
     const rwkv_config_t *c = &e->m->cfg;
     const rwkv_layer_t *p = &e->m->layers[l];
@@ -383,6 +390,11 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0)
     }
     wkv7_backward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, ckpt, CKPT_EVERY, e->dy, e->dr, e->dw,
                       e->dk, e->dv, e->da, e->db, ds0);
+    if (ks) { /* its share of dr and dw keeps the lower layers' dS0 exact; tmp is dead here */
+        size_t HNM = (size_t)H * N * ks->M;
+        rbf_backward_cpu(B, T, H, ks->M, ks->gamma, r, w, ks->U0 + l * HNM, ks->support + l * HNM, e->dy,
+                         e->dr, e->dw, dU0 ? dU0 + l * HNM : NULL, e->tmp);
+    }
     if (l == 0) return; /* nothing below layer 0's WKV depends on S0 */
 #pragma omp parallel for schedule(dynamic, 8192) if (RC >= 32768)
     for (size_t i = 0; i < RC; i++) {
@@ -466,15 +478,29 @@ static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
         layernorm_forward_cpu(R, C, x0, m->layers[0].ln0_w, m->layers[0].ln0_b, RWKV_LN_EPS, x0,
                               NULL, NULL);
     for (int l = 0; l < L; l++)
-        s_layer_forward(e, l, B, T, bt->state0 + (size_t)l * HNN, bt->final_state, backward);
+        s_layer_forward(e, l, B, T, bt->state0 + (size_t)l * HNN, bt->final_state, backward, bt->kstate);
 
     size_t RCp = (size_t)e->maxB * e->maxT * C;
+    if (bt->receptance)
+        for (int l = 0; l < L; l++)
+            memcpy(bt->receptance + (size_t)l * RC, e->r + (size_t)l * RCp, RC * sizeof(float));
     float *xL = e->x_res + (size_t)L * RCp;
     layernorm_forward_cpu(R, C, xL, m->ln_out_w, m->ln_out_b, RWKV_LN_EPS, e->lnout, e->lnout_mean,
                           e->lnout_rstd);
     head_result_t hr;
-    head_ce_cpu(R, C, V, e->lnout, m->head, bt->targets, bt->logits, backward ? e->dxh : NULL,
-                e->head_scratch, e->head_chunk, &hr);
+    if (bt->teacher_logits && bt->obs_alpha < 1.0f) { /* the observer objective (alpha 1 is plain CE) */
+        observer_result_t orr;
+        observer_head_cpu(R, C, V, e->lnout, m->head, bt->teacher_logits, bt->targets, bt->obs_alpha,
+                          bt->obs_temperature, bt->logits, backward ? e->dxh : NULL, e->head_scratch,
+                          e->head_chunk, &orr);
+        hr = (head_result_t){orr.loss_sum, orr.n_targets, orr.n_correct};
+        bt->ce_sum = orr.ce_sum;
+        bt->kl_sum = orr.kl_sum;
+    } else {
+        head_ce_cpu(R, C, V, e->lnout, m->head, bt->targets, bt->logits, backward ? e->dxh : NULL,
+                    e->head_scratch, e->head_chunk, &hr);
+        bt->ce_sum = hr.loss_sum;
+    }
     bt->loss_sum = hr.loss_sum;
     bt->n_targets = hr.n_targets;
     bt->n_correct = hr.n_correct;
@@ -502,6 +528,7 @@ static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
     /* Layer 0's v is v_first; the later layers' share of its gradient
      * (dvfirst) would join layer 0's dv, but nothing of layer 0 below its WKV
      * depends on S0, so s_layer_backward stops there and dvfirst is unused. */
-    for (int l = L - 1; l >= 0; l--) s_layer_backward(e, l, B, T, bt->dstate0 + (size_t)l * HNN);
+    for (int l = L - 1; l >= 0; l--)
+        s_layer_backward(e, l, B, T, bt->dstate0 + (size_t)l * HNN, bt->kstate, bt->dU0);
     return ST_OK;
 }

@@ -1,0 +1,32 @@
+/*
+ * observer.h - the frozen teacher of the observer objective (SPEC section 4):
+ * a second RWKV-7 model with the same vocabulary, on its own engine, starting
+ * from its own fixed state (zeros, or a state file: the fixtures hold no
+ * larger model, so a teacher can be the same model holding a state tuned on
+ * more data), whose full logits feed the student's loss on the fly
+ * (engine_batch_t.teacher_logits; kernels/cpu/observer.h has the math).
+ *
+ * Choice: full teacher rows on the fly, not precomputed top-k, so the KL is
+ * exact; observer.top_k is accepted and ignored (docs/methods.md). The cost
+ * is one teacher forward pass per micro-batch and (B, T, V) floats.
+ */
+#ifndef ST_ENGINE_OBSERVER_H
+#define ST_ENGINE_OBSERVER_H
+
+#include "engine/engine.h"
+
+typedef struct observer observer_t;
+
+/* Loads the teacher model (and state_path when not NULL) and plans an engine
+ * for max_batch x max_ctx. Fails (NULL, err) when the files cannot be read,
+ * the state does not fit the teacher, or the vocabulary differs from
+ * student_vocab. */
+observer_t *observer_new(const char *model_path, const char *state_path, const engine_opts_t *opts,
+                         int student_vocab, char *err);
+void observer_destroy(observer_t **self_p);
+
+/* Runs the teacher forward on tokens (B, T); *logits (B, T, V) is borrowed
+ * and valid until the next call. */
+int observer_logits(observer_t *self, const int32_t *tokens, int B, int T, const float **logits, char *err);
+
+#endif

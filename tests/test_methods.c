@@ -1,0 +1,339 @@
+/*
+ * test_methods.c - the observer objective and the kernel-expanded state (SPEC
+ * section 4; kernels/cpu/observer.c, kernels/cpu/rbf.c, engine/kstate.c, the
+ * CPU engine's use of them):
+ *   - U0 = 0 gives the base model exactly (logits, loss, dS0);
+ *   - alpha = 1 is plain tuning exactly, and the fused observer head at
+ *     alpha = 1 agrees with the plain head;
+ *   - gradients against central finite differences (directional, in a
+ *     random direction): the observer loss wrt logits, dU0, and dS0 with both
+ *     methods on (which checks the kernel term's share of dr and dw, since
+ *     layer 0's state reaches layer 1's r and w);
+ *   - k-means support vectors are unit vectors and deterministic in the seed.
+ * Model: the random tiny fixture (2 layers, 2 heads, vocab 256).
+ */
+#include "harness.h"
+
+#include "common/st_err.h"
+#include "engine/engine.h"
+#include "engine/kstate.h"
+#include "kernels/cpu/head.h"
+#include "kernels/cpu/observer.h"
+#include "kernels/cpu/rbf.h"
+#include "model/model.h"
+
+#include <stdint.h>
+
+static uint64_t s_x = 88172645463325252ULL;
+static double s_u(void)
+{
+    s_x ^= s_x << 13;
+    s_x ^= s_x >> 7;
+    s_x ^= s_x << 17;
+    return (double)(s_x >> 11) / 9007199254740992.0;
+}
+static float s_n(void) { return (float)(sqrt(-2 * log(s_u() + 1e-12)) * cos(6.283185307179586 * s_u())); }
+
+typedef struct {
+    rwkv_model_t *m;
+    engine_t *e;
+    int L, H, N, V, B, T;
+    size_t nS;
+    int32_t tok[2 * 24], tgt[2 * 24];
+    float *s0;
+} fx_t;
+
+static int s_fx(fx_t *f)
+{
+    memset(f, 0, sizeof *f);
+    const char *path = st_test_fixture("rwkv7/tiny.safetensors");
+    if (!path) return ST_TEST_SKIP;
+    char err[ST_ERR_LEN];
+    f->m = rwkv_model_load(path, err);
+    if (!f->m) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    const rwkv_config_t *c = &f->m->cfg;
+    f->L = c->n_layer, f->H = c->n_head, f->N = c->head_size, f->V = c->vocab;
+    f->B = 2, f->T = 24;
+    engine_opts_t o = {.backend = ENGINE_CPU, .max_batch = f->B, .max_ctx = f->T, .threads = 1};
+    f->e = engine_new(f->m, &o, err);
+    if (!f->e) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    f->nS = (size_t)f->L * f->H * f->N * f->N;
+    f->s0 = malloc(f->nS * sizeof(float));
+    for (size_t i = 0; i < f->nS; i++) f->s0[i] = 0.3f * s_n();
+    for (int i = 0; i < f->B * f->T; i++) {
+        f->tok[i] = (int32_t)(s_u() * f->V);
+        f->tgt[i] = i % 5 == 0 ? -1 : (int32_t)(s_u() * f->V);
+    }
+    return 0;
+}
+
+static void s_fx_free(fx_t *f)
+{
+    engine_destroy(&f->e);
+    rwkv_model_destroy(&f->m);
+    free(f->s0);
+}
+
+static kstate_t *s_kstate(fx_t *f, int M, float gamma, float u0_scale)
+{
+    char err[ST_ERR_LEN];
+    kstate_t *ks = kstate_new(f->L, f->H, f->N, M, gamma, err);
+    if (!ks) return NULL;
+    kstate_support_random(ks, 7);
+    float *u = kstate_u0(ks);
+    for (size_t i = 0; i < kstate_u0_size(ks); i++) u[i] = u0_scale * s_n();
+    return ks;
+}
+
+/* one run; returns loss_sum (NaN on error) */
+static double s_run(fx_t *f, const float *s0, const engine_kstate_t *ks, const float *teacher, float alpha,
+                    float *logits, float *ds0, float *du0)
+{
+    char err[ST_ERR_LEN];
+    engine_batch_t b = {.tokens = f->tok, .targets = f->tgt, .B = f->B, .T = f->T, .state0 = s0,
+                        .logits = logits, .dstate0 = ds0, .kstate = ks, .dU0 = du0,
+                        .teacher_logits = teacher, .obs_alpha = alpha, .obs_temperature = 2.0f};
+    if (engine_run(f->e, &b, err)) {
+        fprintf(stderr, "engine_run: %s\n", err);
+        return NAN;
+    }
+    return b.loss_sum;
+}
+
+static int t_u0_zero_is_base(void)
+{
+    fx_t f;
+    int rc = s_fx(&f);
+    if (rc) return rc;
+    size_t nl = (size_t)f.B * f.T * f.V;
+    float *l0 = malloc(nl * 4), *l1 = malloc(nl * 4), *d0 = calloc(f.nS, 4), *d1 = calloc(f.nS, 4);
+    kstate_t *ks = s_kstate(&f, 16, 1.0f, 0.0f);
+    CHECK(ks);
+    float *du = calloc(kstate_u0_size(ks), 4);
+    double a = s_run(&f, f.s0, NULL, NULL, 1, l0, d0, NULL);
+    double b = s_run(&f, f.s0, kstate_view(ks), NULL, 1, l1, d1, du);
+    CHECK(isfinite(a) && isfinite(b));
+    double mx = 0, dmx = 0;
+    for (size_t i = 0; i < nl; i++) mx = fmax(mx, fabs(l0[i] - l1[i]));
+    for (size_t i = 0; i < f.nS; i++) dmx = fmax(dmx, fabs(d0[i] - d1[i]));
+    printf("U0 = 0: max |logit diff| %.3g, loss %.9g vs %.9g, max |dS0 diff| %.3g\n", mx, a, b, dmx);
+    CHECKF(mx <= 1e-7 && a == b && dmx <= 1e-7, "the kernel-expanded state with U0 = 0 changed the model");
+    /* and U0 != 0 really changes it (the test can fail) */
+    float *u = kstate_u0(ks);
+    for (size_t i = 0; i < kstate_u0_size(ks); i++) u[i] = 0.5f * s_n();
+    double c = s_run(&f, f.s0, kstate_view(ks), NULL, 1, l1, NULL, NULL);
+    CHECKF(fabs(c - a) > 1e-5 * fabs(a), "U0 != 0 left the loss at %.9g", c);
+    free(l0), free(l1), free(d0), free(d1), free(du);
+    kstate_destroy(&ks);
+    s_fx_free(&f);
+    return 0;
+}
+
+static int t_alpha_one_is_plain(void)
+{
+    fx_t f;
+    int rc = s_fx(&f);
+    if (rc) return rc;
+    size_t nl = (size_t)f.B * f.T * f.V;
+    float *teach = malloc(nl * 4), *d0 = calloc(f.nS, 4), *d1 = calloc(f.nS, 4);
+    for (size_t i = 0; i < nl; i++) teach[i] = 3.0f * s_n();
+    double a = s_run(&f, f.s0, NULL, NULL, 1, NULL, d0, NULL);
+    double b = s_run(&f, f.s0, NULL, teach, 1.0f, NULL, d1, NULL);
+    CHECK(isfinite(a) && a == b);
+    CHECK(memcmp(d0, d1, f.nS * 4) == 0);
+    /* alpha < 1 does change the objective */
+    double c = s_run(&f, f.s0, NULL, teach, 0.5f, NULL, NULL, NULL);
+    CHECK(fabs(c - a) > 1e-3 * a);
+    /* the fused observer head at alpha = 1 agrees with the plain head */
+    int R = 40, C = 32, V = 50;
+    float *x = malloc(R * C * 4), *hd = malloc(V * C * 4), *tl = malloc(R * V * 4), *sc = malloc(R * V * 4);
+    float *dx0 = malloc(R * C * 4), *dx1 = malloc(R * C * 4);
+    int32_t tg[40];
+    for (int i = 0; i < R * C; i++) x[i] = s_n();
+    for (int i = 0; i < V * C; i++) hd[i] = 0.3f * s_n();
+    for (int i = 0; i < R * V; i++) tl[i] = s_n();
+    for (int i = 0; i < R; i++) tg[i] = i % 7 == 3 ? -1 : (int32_t)(s_u() * V);
+    head_result_t hr;
+    observer_result_t orr;
+    head_ce_cpu(R, C, V, x, hd, tg, NULL, dx0, sc, 16, &hr);
+    observer_head_cpu(R, C, V, x, hd, tl, tg, 1.0f, 2.0f, NULL, dx1, sc, 16, &orr);
+    CHECK(hr.n_targets == orr.n_targets && hr.n_correct == orr.n_correct);
+    CHECKF(fabs(hr.loss_sum - orr.loss_sum) <= 1e-6 * hr.loss_sum, "%.9g vs %.9g", hr.loss_sum, orr.loss_sum);
+    CHECK(st_rel_err_ff(dx1, dx0, (size_t)R * C) < 1e-6);
+    free(x), free(hd), free(tl), free(sc), free(dx0), free(dx1);
+    free(teach), free(d0), free(d1);
+    s_fx_free(&f);
+    return 0;
+}
+
+static int t_observer_grad_logits(void)
+{
+    int V = 60;
+    float s[60], t[60], ds[60], sp[60], sm[60];
+    for (int trial = 0; trial < 4; trial++) {
+        float alpha = trial * 0.3f, tau = 0.5f + trial;
+        for (int v = 0; v < V; v++) s[v] = 2 * s_n(), t[v] = 2 * s_n();
+        int tg = (int)(s_u() * V);
+        double ce, kl;
+        observer_row_cpu(V, s, t, tg, alpha, tau, &ce, &kl, ds);
+        CHECK(kl >= 0 && ce > 0);
+        /* KL of a distribution with itself is zero */
+        double ce2, kl2;
+        observer_row_cpu(V, s, s, tg, alpha, tau, &ce2, &kl2, NULL);
+        CHECK(fabs(kl2) < 1e-6);
+        double eps = 1e-2, dir = 0, fd;
+        float D[60];
+        for (int v = 0; v < V; v++) D[v] = s_n(), dir += (double)ds[v] * D[v];
+        for (int v = 0; v < V; v++) sp[v] = s[v] + (float)eps * D[v], sm[v] = s[v] - (float)eps * D[v];
+        double cp, kp, cm, km;
+        observer_row_cpu(V, sp, t, tg, alpha, tau, &cp, &kp, NULL);
+        observer_row_cpu(V, sm, t, tg, alpha, tau, &cm, &km, NULL);
+        double sc = (1 - alpha) * (double)tau * tau;
+        fd = ((alpha * cp + sc * kp) - (alpha * cm + sc * km)) / (2 * eps);
+        printf("observer d/dlogits: alpha %.1f tau %.1f analytic %.6f finite-diff %.6f\n", alpha, tau, dir, fd);
+        CHECKF(fabs(fd - dir) <= 1e-3 * fmax(1, fabs(dir)), "%g vs %g", dir, fd);
+    }
+    return 0;
+}
+
+/* directional finite difference of loss_sum in S0 and in U0 with both methods on */
+static int t_fd_u0_s0(void)
+{
+    fx_t f;
+    int rc = s_fx(&f);
+    if (rc) return rc;
+    kstate_t *ks = s_kstate(&f, 12, 2.0f, 3.0f);
+    CHECK(ks);
+    size_t nU = kstate_u0_size(ks), nl = (size_t)f.B * f.T * f.V;
+    float *teach = malloc(nl * 4);
+    for (size_t i = 0; i < nl; i++) teach[i] = 2.0f * s_n();
+    float *ds = calloc(f.nS, 4), *du = calloc(nU, 4), *DS = malloc(f.nS * 4), *DU = malloc(nU * 4);
+    float *s0p = malloc(f.nS * 4), *u0 = kstate_u0(ks), *u0c = malloc(nU * 4);
+    memcpy(u0c, u0, nU * 4);
+    double l = s_run(&f, f.s0, kstate_view(ks), teach, 0.4f, NULL, ds, du);
+    CHECK(isfinite(l));
+    /* S0: only layer 0 moves, so its effect on layer 1 goes through layer 1's r and w */
+    double dirS = 0, dirU = 0;
+    for (size_t i = 0; i < f.nS; i++) DS[i] = i < f.nS / f.L ? s_n() : 0, dirS += (double)ds[i] * DS[i];
+    for (size_t i = 0; i < nU; i++) DU[i] = s_n(), dirU += (double)du[i] * DU[i];
+    double eps = 3e-3, lp, lm;
+    for (size_t i = 0; i < f.nS; i++) s0p[i] = f.s0[i] + (float)eps * DS[i];
+    lp = s_run(&f, s0p, kstate_view(ks), teach, 0.4f, NULL, NULL, NULL);
+    for (size_t i = 0; i < f.nS; i++) s0p[i] = f.s0[i] - (float)eps * DS[i];
+    lm = s_run(&f, s0p, kstate_view(ks), teach, 0.4f, NULL, NULL, NULL);
+    double fdS = (lp - lm) / (2 * eps);
+    for (size_t i = 0; i < nU; i++) u0[i] = u0c[i] + (float)eps * DU[i];
+    lp = s_run(&f, f.s0, kstate_view(ks), teach, 0.4f, NULL, NULL, NULL);
+    for (size_t i = 0; i < nU; i++) u0[i] = u0c[i] - (float)eps * DU[i];
+    lm = s_run(&f, f.s0, kstate_view(ks), teach, 0.4f, NULL, NULL, NULL);
+    double fdU = (lp - lm) / (2 * eps);
+    memcpy(u0, u0c, nU * 4);
+    /* the same S0 direction without the kernel term's share in dr, dw would differ */
+    printf("dS0 . D: analytic %.6f finite-diff %.6f; dU0 . D: analytic %.6f finite-diff %.6f\n", dirS, fdS,
+           dirU, fdU);
+    CHECKF(fabs(fdS - dirS) <= 2e-3 * fmax(1, fabs(dirS)), "dS0 %g vs %g", dirS, fdS);
+    CHECKF(fabs(fdU - dirU) <= 1e-2 * fabs(dirU), "dU0 %g vs %g", dirU, fdU);
+    free(teach), free(ds), free(du), free(DS), free(DU), free(s0p), free(u0c);
+    kstate_destroy(&ks);
+    s_fx_free(&f);
+    return 0;
+}
+
+/* the RBF kernel alone, with decays near 1 so that d_t stays large: loss =
+ * sum(y . G) for a random G; directional differences in r, w and U0 */
+static int t_rbf_grad(void)
+{
+    int B = 2, T = 10, H = 2, N = 64, M = 9;
+    float gamma = 1.5f;
+    size_t n = (size_t)B * T * H * N, nU = (size_t)H * N * M;
+    float *r = malloc(n * 4), *w = malloc(n * 4), *G = malloc(n * 4), *y = malloc(n * 4);
+    float *U = malloc(nU * 4), *sv = malloc(nU * 4), *dr = calloc(n, 4), *dw = calloc(n, 4), *dU = calloc(nU, 4);
+    float *sc = malloc((size_t)B * H * T * 4), *rp = malloc(n * 4), *wp = malloc(n * 4), *Up = malloc(nU * 4);
+    float *Dr = malloc(n * 4), *Dw = malloc(n * 4), *DU = malloc(nU * 4);
+    for (size_t i = 0; i < n; i++) r[i] = s_n(), w[i] = 0.9f + 0.1f * (float)s_u(), G[i] = s_n();
+    for (size_t i = 0; i < nU; i++) U[i] = s_n(), sv[i] = s_n();
+    for (int v = 0; v < H * M; v++) {
+        double ss = 0;
+        for (int i = 0; i < N; i++) ss += (double)sv[v * N + i] * sv[v * N + i];
+        for (int i = 0; i < N; i++) sv[v * N + i] /= (float)sqrt(ss);
+    }
+    for (size_t i = 0; i < n; i++) Dr[i] = s_n(), Dw[i] = s_n();
+    for (size_t i = 0; i < nU; i++) DU[i] = s_n();
+    rbf_backward_cpu(B, T, H, M, gamma, r, w, U, sv, G, dr, dw, dU, sc);
+    const float *D[3] = {Dr, Dw, DU};
+    float *g[3] = {dr, dw, dU};
+    size_t len[3] = {n, n, nU};
+    const char *name[3] = {"r", "w", "U0"};
+    for (int k = 0; k < 3; k++) {
+        double dir = 0, lp = 0, lm = 0, eps = 1e-2;
+        for (size_t i = 0; i < len[k]; i++) dir += (double)g[k][i] * D[k][i];
+        for (int sgn = -1; sgn <= 1; sgn += 2) {
+            memcpy(rp, r, n * 4), memcpy(wp, w, n * 4), memcpy(Up, U, nU * 4);
+            float *p = k == 0 ? rp : k == 1 ? wp : Up;
+            for (size_t i = 0; i < len[k]; i++) p[i] += sgn * (float)eps * D[k][i];
+            memset(y, 0, n * 4);
+            rbf_forward_cpu(B, T, H, M, gamma, rp, wp, Up, sv, y);
+            double l = 0;
+            for (size_t i = 0; i < n; i++) l += (double)y[i] * G[i];
+            if (sgn < 0) lm = l; else lp = l;
+        }
+        double fd = (lp - lm) / (2 * eps);
+        printf("rbf d/d%s: analytic %.6f finite-diff %.6f\n", name[k], dir, fd);
+        CHECKF(fabs(fd - dir) <= 2e-3 * fabs(dir), "d/d%s %g vs %g", name[k], dir, fd);
+    }
+    free(r), free(w), free(G), free(y), free(U), free(sv), free(dr), free(dw), free(dU), free(sc);
+    free(rp), free(wp), free(Up), free(Dr), free(Dw), free(DU);
+    return 0;
+}
+
+static int t_kmeans_deterministic(void)
+{
+    int L = 2, H = 2, N = 64, M = 8;
+    size_t rows = 300;
+    float *r = malloc((size_t)L * rows * H * N * 4);
+    for (size_t i = 0; i < (size_t)L * rows * H * N; i++) r[i] = s_n() + (i % 3 ? 0.5f : 0);
+    char err[ST_ERR_LEN];
+    kstate_t *a = kstate_new(L, H, N, M, 1.0f, err), *b = kstate_new(L, H, N, M, 1.0f, err),
+             *c = kstate_new(L, H, N, M, 1.0f, err);
+    CHECK(a && b && c);
+    CHECK(kstate_support_kmeans(a, r, rows, 5, 10, err) == ST_OK);
+    CHECK(kstate_support_kmeans(b, r, rows, 5, 10, err) == ST_OK);
+    CHECK(kstate_support_kmeans(c, r, rows, 6, 10, err) == ST_OK);
+    size_t n = (size_t)L * H * M * N;
+    CHECK(memcmp(kstate_support(a), kstate_support(b), n * 4) == 0);
+    CHECK(memcmp(kstate_support(a), kstate_support(c), n * 4) != 0);
+    for (size_t v = 0; v < (size_t)L * H * M; v++) {
+        double ss = 0;
+        for (int i = 0; i < N; i++) ss += (double)kstate_support(a)[v * N + i] * kstate_support(a)[v * N + i];
+        CHECK(fabs(ss - 1) < 1e-5);
+    }
+    /* U0 starts at zero */
+    for (size_t i = 0; i < kstate_u0_size(a); i++) CHECK(kstate_u0(a)[i] == 0);
+    /* too few points for the features: one sentence, no crash */
+    CHECK(kstate_support_kmeans(a, r, 4, 5, 10, err) == ST_EINVAL && strstr(err, "usable"));
+    kstate_support_random(a, 9);
+    kstate_support_random(b, 9);
+    CHECK(memcmp(kstate_support(a), kstate_support(b), n * 4) == 0);
+    kstate_destroy(&a), kstate_destroy(&b), kstate_destroy(&c);
+    kstate_destroy(&a);
+    free(r);
+    return 0;
+}
+
+static const st_test_t tests[] = {
+    {"u0_zero_is_base", t_u0_zero_is_base},
+    {"alpha_one_is_plain", t_alpha_one_is_plain},
+    {"observer_grad_logits", t_observer_grad_logits},
+    {"fd_u0_s0", t_fd_u0_s0},
+    {"rbf_grad", t_rbf_grad},
+    {"kmeans_deterministic", t_kmeans_deterministic},
+    {NULL, NULL},
+};
+
+int main(int argc, char **argv) { return st_test_main(argc, argv, tests); }
