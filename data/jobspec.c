@@ -36,7 +36,7 @@ static const char *const s_top_keys[] = {
     "eps", "eval_fraction", "dbp", "observer", "kernel_state", "eval_every", "checkpoint_every",
     "seed", "priority", "gpus", "backend", "precision", "alias", "truncate", NULL};
 static const char *const s_dbp_keys[] = {"enabled", "lr", "kappa", "sample_fraction", NULL};
-static const char *const s_observer_keys[] = {"teacher", "alpha", "temperature", "top_k", NULL};
+static const char *const s_observer_keys[] = {"teacher", "alpha", "temperature", "top_k", "teacher_state", NULL};
 static const char *const s_kernel_keys[] = {"features", "gamma", "support", NULL};
 static const char *const s_backends[] = {"cpu", "cuda", NULL};
 static const char *const s_precisions[] = {"fp32", "bf16", NULL};
@@ -355,6 +355,16 @@ static int s_parse(const s_ctx_t *c, const json_t *root, jobspec_t *j)
     TRY(s_num(c, o, "temperature", "observer.temperature", 0, 1, INFINITY, 0, 1.0, "a positive number",
               &j->observer.temperature));
     TRY(s_int32(c, o, "top_k", "observer.top_k", 1, 1 << 20, 64, "a positive integer", &j->observer.top_k));
+    TRY(s_str(c, o, "teacher_state", "observer.teacher_state", 0, 1, NULL, &tmp));
+    if (tmp) {
+        j->observer.teacher_state = s_resolve(c, tmp);
+        free(tmp);
+        tmp = NULL;
+        if (!j->observer.teacher_state) {
+            rc = st_fail(c->err, ST_ENOMEM, "out of memory");
+            goto done;
+        }
+    }
 
     o = json_object_get(root, "kernel_state");
     if (o && !json_is_object(o)) {
@@ -526,6 +536,7 @@ char *jobspec_to_json(const jobspec_t *j)
     json_object_set_new(obs, "alpha", json_real(j->observer.alpha));
     json_object_set_new(obs, "temperature", json_real(j->observer.temperature));
     json_object_set_new(obs, "top_k", json_integer(j->observer.top_k));
+    if (j->observer.teacher_state) json_object_set_new(obs, "teacher_state", json_string(j->observer.teacher_state));
     json_object_set_new(r, "observer", obs);
     json_object_set_new(ks, "features", json_integer(j->kernel_state.features));
     json_object_set_new(ks, "gamma", json_real(j->kernel_state.gamma));
@@ -579,6 +590,7 @@ int jobspec_equal(const jobspec_t *a, const jobspec_t *b)
            s_streq(a->observer.teacher_path, b->observer.teacher_path) &&
            s_streq(a->observer.teacher_name, b->observer.teacher_name) && a->observer.alpha == b->observer.alpha &&
            a->observer.temperature == b->observer.temperature && a->observer.top_k == b->observer.top_k &&
+           s_streq(a->observer.teacher_state, b->observer.teacher_state) &&
            a->kernel_state.features == b->kernel_state.features && a->kernel_state.gamma == b->kernel_state.gamma &&
            s_streq(a->kernel_state.support, b->kernel_state.support) && a->eval_every == b->eval_every &&
            a->checkpoint_every == b->checkpoint_every && a->seed == b->seed && a->priority == b->priority &&
@@ -598,6 +610,7 @@ void jobspec_destroy(jobspec_t **self_p)
     free(j->eval);
     free(j->observer.teacher_path);
     free(j->observer.teacher_name);
+    free(j->observer.teacher_state);
     free(j->kernel_state.support);
     free(j->backend);
     free(j->precision);

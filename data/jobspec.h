@@ -60,6 +60,7 @@ typedef struct {
         double alpha;       /* weight of CE against targets, in [0,1] */
         double temperature; /* > 0 */
         int top_k;          /* teacher logits kept per position */
+        char *teacher_state;/* absolute state file the teacher starts from, or NULL = zeros */
     } observer;
     struct {
         int features;    /* M support vectors, 0 = off */
