@@ -171,6 +171,38 @@ static void s_make_state(tune_t *t)
         memcpy(t->S0, t->A, t->nS * sizeof(float));
 }
 
+/* Largest |S0| a sane tuned state reaches: fp16's largest finite value, so
+ * that every export format (Ai00's .st is fp16) can hold the state. States
+ * tuned at sensible rates stay orders of magnitude below it; a state beyond
+ * it comes from a runaway learning rate (lr_init 1e30 still gives finite
+ * fp32 numbers, and GroupNorm hides their scale from the loss), and storing
+ * it would store garbage (SPEC section 9). */
+#define TUNE_STATE_MAX 65504.0
+
+static int s_check_state(tune_t *t, int64_t step, char *err)
+{
+    size_t worst = 0;
+    float big = 0;
+    for (size_t i = 0; i < t->nS; i++) {
+        float a = fabsf(t->S0[i]);
+        if (!(a <= big)) { /* also catches NaN */
+            big = a;
+            worst = i;
+            if (!isfinite(a)) break;
+        }
+    }
+    if (isfinite(big) && big <= TUNE_STATE_MAX) return ST_OK;
+    size_t per_layer = t->nS / (size_t)t->L, per_head = (size_t)t->N * t->N;
+    char when[64];
+    if (step == 0)
+        snprintf(when, sizeof when, "the initial state holds");
+    else
+        snprintf(when, sizeof when, "after step %lld the state diverged:", (long long)step);
+    return st_fail(err, ST_ENUMERIC, "%s |S0| = %g at layer %zu head %zu (NaN, inf or beyond %g, the largest value "
+                   "fp16 formats hold); stopping without writing a state (lower lr_init)",
+                   when, (double)big, worst / per_layer, (worst % per_layer) / per_head, TUNE_STATE_MAX);
+}
+
 static int s_spec_hash(const jobspec_t *spec, char hex[65], char *err)
 {
     char *json = jobspec_to_json(spec);
@@ -482,8 +514,9 @@ static int s_setup(tune_t *t, char *err)
 /* One optimizer step. Returns ST_ECANCELLED when rank 0 asked to stop. */
 static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out, char *err)
 {
-    int rc;
     s_make_state(t);
+    int rc = s_check_state(t, step, err);
+    if (rc) return rc;
     memset(t->dS, 0, t->nS * sizeof(float));
     memset(t->red, 0, t->nred * sizeof(double));
     double *sc = t->red + t->nred - RED_SCALARS;
@@ -624,7 +657,8 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
 
     eval_result_t fin;
     s_make_state(&t);
-    rc = s_evaluate(&t, t.S0, &fin, err);
+    rc = s_check_state(&t, t.steps, err);
+    if (!rc) rc = s_evaluate(&t, t.S0, &fin, err);
     if (rc) goto done;
     s_report_eval(&t, t.steps, &fin);
     out->eval_loss_after = fin.loss;

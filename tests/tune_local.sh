@@ -16,7 +16,8 @@
 #   hang      a rank that stops answering (SIGSTOP) makes the watchdog end
 #             the group with a clear message within the timeout
 #   validate  a bad job file or a bad JSONL line fails before any compute,
-#             naming the key or the line
+#             naming the key or the line; a runaway learning rate fails the
+#             job ("diverged") without writing a state
 #
 # Exit 77 (skipped) when the fixtures, the Python sources or mpirun are absent.
 set -u
@@ -207,6 +208,13 @@ validate)
     grep -q 'line 2' "$tmp/e2" || fail "the error does not name line 2: $(cat "$tmp/e2")"
     "$worker" tune "$tmp/vl.json" --out "$tmp/o3" >/dev/null 2>&1
     [ $? = 2 ] || fail "missing --local is not a usage error"
+    # a runaway learning rate gives finite but absurd states: refused, nothing stored
+    job runaway 3 8 8
+    sed -i 's/"lr_init": 1.0, "lr_final": 0.05/"lr_init": 1e30, "lr_final": 1e29/' "$tmp/runaway.json"
+    "$worker" tune "$tmp/runaway.json" --local --out "$tmp/o4" --threads 1 >/dev/null 2>"$tmp/e4" &&
+        fail "a job with lr_init 1e30 succeeded"
+    grep -q 'diverged' "$tmp/e4" || fail "unclear error for a diverged state: $(tail -1 "$tmp/e4")"
+    [ ! -e "$tmp/o4/state.safetensors" ] || fail "a diverged job wrote a state"
     ;;
 *)
     fail "unknown mode '$mode'"
