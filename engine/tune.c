@@ -15,7 +15,9 @@
  *     depend on how the global batch was cut into ranks and micro-batches.
  *     Rank 0's cancel request rides in the same buffer, so cancelling costs
  *     no extra collective and every rank stops after the same step.
- *   - Data order comes from data/batcher.h: a seeded, length-bucketed order
+ *   - Data: in a group, rank 0 reads the JSONL files and broadcasts their
+ *     bytes, so only the model (and a World vocabulary) must exist on every
+ *     node. Data order comes from data/batcher.h: a seeded, length-bucketed order
  *     that every rank computes alike, each rank taking a contiguous slice of
  *     every global batch. Its position goes into the checkpoint. Which rows
  *     feed DBP's Q is a hash of (seed, step, dataset index of the row), so
@@ -39,6 +41,8 @@
 #include "engine/checkpoint.h"
 #include "engine/dbp_param.h"
 #include "engine/eval.h"
+#include "engine/kstate.h"
+#include "engine/observer.h"
 #include "engine/schedule.h"
 #include "model/model.h"
 #include "store/state_formats.h"
@@ -82,6 +86,12 @@ typedef struct {
     double *scratch;   /* 3 N N doubles for the R update */
     adam_t *adam;
     schedule_t sched;
+    /* SPEC 4's other methods (engine/observer.h, engine/kstate.h); NULL = off */
+    observer_t *obs;   /* the frozen teacher */
+    kstate_t *ks;      /* U0 and support vectors; the engine's default kstate */
+    adam_t *adam_u;    /* Adam on U0 */
+    float *dU, *gU;    /* (nU) float accumulator, gradient for Adam */
+    size_t nU;         /* L H N M, 0 = off */
 
     /* data */
     batcher_t *batcher;/* this rank's training batches */
@@ -382,6 +392,8 @@ static int s_write_outputs(tune_t *t, const eval_result_t *fin, double tokens_pe
     json_object_set_new(m, "eval_targets", json_integer(fin->n_targets));
     json_object_set_new(m, "ranks", json_integer(t->world));
     json_object_set_new(m, "dbp", json_boolean(t->dbp));
+    json_object_set_new(m, "observer", json_boolean(t->obs != NULL));
+    json_object_set_new(m, "kernel_features", json_integer(t->ks ? kstate_features(t->ks) : 0));
     json_object_set_new(m, "model_sha256", json_string(t->model->sha256));
     json_object_set(m, "baseline", json_object_get(t->metrics, "baseline"));
     json_object_set(m, "evals", json_object_get(t->metrics, "evals"));
@@ -392,6 +404,11 @@ static int s_write_outputs(tune_t *t, const eval_result_t *fin, double tokens_pe
     int rc = ST_OK;
     if (t->root) {
         rc = state_write(t->path_state, STATE_FMT_SAFETENSORS, t->L, t->H, t->N, t->S0, 0, err);
+        if (!rc && t->ks) { /* U0 beside S0: state.safetensors alone is the state without the kernel term */
+            char kp[4200];
+            snprintf(kp, sizeof kp, "%s/kstate.safetensors", t->opts->out_dir);
+            rc = kstate_write(t->ks, kp, err);
+        }
         if (!rc) rc = st_write_file_atomic(t->path_metrics, txt, strlen(txt), err);
     }
     if (rc) {
@@ -405,10 +422,80 @@ static int s_write_outputs(tune_t *t, const eval_result_t *fin, double tokens_pe
     return ST_OK;
 }
 
+/* ---- data ------------------------------------------------------------------ */
+
+#define TUNE_MAX_DATA_BYTES ((size_t)1 << 34) /* 16 GB of JSONL */
+
+/* Rank 0 reads one data file and sends its bytes to every rank (SPEC section
+ * 7: the data goes out by MPI, so other nodes need no copy of it). A failed
+ * read on rank 0 is sent as length -1, so the other ranks stop too. */
+static int s_bcast_file(tune_t *t, const char *path, char **data, size_t *len, char *err)
+{
+    *data = NULL;
+    *len = 0;
+    int64_t n = -1;
+    int rc = ST_OK;
+    if (t->root) {
+        rc = st_read_file(path, TUNE_MAX_DATA_BYTES, data, len, err);
+        if (!rc) n = (int64_t)*len;
+    }
+    int brc = dist_bcast(t->dist, &n, sizeof n, rc ? NULL : err);
+    if (rc) return rc;
+    if (brc) return brc;
+    if (n < 0) return st_fail(err, ST_ECANCELLED, "rank 0 could not read '%s'", path);
+    if (!t->root) {
+        *data = malloc((size_t)n + 1);
+        if (!*data) return st_fail(err, ST_ENOMEM, "out of memory for %lld bytes of '%s'", (long long)n, path);
+        *len = (size_t)n;
+    }
+    rc = dist_bcast(t->dist, *data, (size_t)n, err);
+    if (rc) {
+        free(*data);
+        *data = NULL;
+    }
+    return rc;
+}
+
+/* The job's train and eval sets: read from the files in a single process,
+ * sent by rank 0 to the others in a group (the same code as
+ * dataset_load_job, over buffers). */
+static int s_load_data(tune_t *t, char *err)
+{
+    const jobspec_t *spec = t->spec;
+    if (t->world == 1) return dataset_load_job(spec, t->tok, &t->train, &t->eval, err);
+    char *data = NULL;
+    size_t len = 0;
+    dataset_t *all = NULL;
+    int rc = s_bcast_file(t, spec->train, &data, &len, err);
+    if (!rc) rc = dataset_load_buffer(spec->train, data, len, t->tok, spec->ctx_len, spec->truncate, &all, err);
+    free(data);
+    if (rc) return rc;
+    if (spec->eval) {
+        rc = s_bcast_file(t, spec->eval, &data, &len, err);
+        if (!rc) rc = dataset_load_buffer(spec->eval, data, len, t->tok, spec->ctx_len, spec->truncate, &t->eval, err);
+        free(data);
+        if (rc) {
+            dataset_destroy(&all);
+            return rc;
+        }
+        t->train = all;
+        return ST_OK;
+    }
+    rc = dataset_split(all, spec->eval_fraction, spec->seed, &t->train, &t->eval, err);
+    if (rc) st_wrap(err, rc, "data '%s': ", spec->train);
+    dataset_destroy(&all);
+    return rc;
+}
+
 /* ---- setup and teardown ------------------------------------------------- */
 
 static void s_teardown(tune_t *t)
 {
+    observer_destroy(&t->obs);
+    kstate_destroy(&t->ks);
+    adam_destroy(&t->adam_u);
+    free(t->dU);
+    free(t->gU);
     engine_destroy(&t->engine);
     dataset_destroy(&t->train);
     dataset_destroy(&t->eval);
@@ -433,12 +520,12 @@ static int s_setup(tune_t *t, char *err)
     if (!spec->model_path)
         return st_fail(err, ST_EINVAL, "job '%s' names the registered model '%s', which must be resolved to a file first",
                        spec->name, spec->model_name ? spec->model_name : "?");
-    if (spec->observer.teacher_path || spec->observer.teacher_name)
-        return st_fail(err, ST_EUNSUPPORTED, "job '%s' asks for an observer (teacher) objective, which this build "
-                       "does not implement yet", spec->name);
-    if (spec->kernel_state.features > 0)
-        return st_fail(err, ST_EUNSUPPORTED, "job '%s' asks for a kernel-expanded state, which this build does "
-                       "not implement yet", spec->name);
+    if (spec->observer.teacher_name && !spec->observer.teacher_path)
+        return st_fail(err, ST_EINVAL, "job '%s' names the registered teacher '%s', which must be resolved to a file "
+                       "first", spec->name, spec->observer.teacher_name);
+    if (spec->kernel_state.features > KSTATE_MAX_FEATURES)
+        return st_fail(err, ST_EUNSUPPORTED, "kernel_state.features %d is over the %d this build supports",
+                       spec->kernel_state.features, KSTATE_MAX_FEATURES);
     if (spec->global_batch % t->world != 0)
         return st_fail(err, ST_EINVAL, "global_batch %d does not split evenly over %d ranks", spec->global_batch,
                        t->world);
@@ -456,7 +543,7 @@ static int s_setup(tune_t *t, char *err)
     if (tokenizer_vocab_size(t->tok) != t->model->cfg.vocab)
         return st_fail(err, ST_EINVAL, "the tokenizer has %d tokens but the model's vocabulary is %d",
                        tokenizer_vocab_size(t->tok), t->model->cfg.vocab);
-    rc = dataset_load_job(spec, t->tok, &t->train, &t->eval, err);
+    rc = s_load_data(t, err);
     if (rc) return rc;
     if (dataset_count(t->train) < 1) return st_fail(err, ST_EINVAL, "the training set has no usable sample");
     if (dataset_count(t->eval) < 1) return st_fail(err, ST_EINVAL, "the eval set has no usable sample");
@@ -491,7 +578,9 @@ static int s_setup(tune_t *t, char *err)
     t->S0 = calloc(t->nS, sizeof(float));
     t->dS = calloc(t->nS, sizeof(float));
     t->grad = calloc(t->nS, sizeof(float));
-    t->nred = (t->dbp ? 2 : 1) * t->nS + RED_SCALARS;
+    if (spec->kernel_state.features > 0)
+        t->nU = (size_t)t->nblk * t->N * spec->kernel_state.features;
+    t->nred = (t->dbp ? 2 : 1) * t->nS + t->nU + RED_SCALARS; /* [dS0 | Q | dU0 | scalars] */
     t->red = calloc(t->nred, sizeof(double));
     t->scratch = calloc(3 * (size_t)t->N * t->N, sizeof(double));
     t->metrics = json_object();
@@ -504,6 +593,23 @@ static int s_setup(tune_t *t, char *err)
     if (!t->adam) return ST_EINVAL;
     if (t->opts->init_state) memcpy(t->A, t->opts->init_state, t->nS * sizeof(float));
     dbp_identity(t->nblk, t->N, t->R);
+    if (spec->observer.teacher_path) {
+        t->obs = observer_new(spec->observer.teacher_path, spec->observer.teacher_state, &eo, c->vocab, err);
+        if (!t->obs) return ST_EINVAL;
+    }
+    if (t->nU) { /* U0 = 0; support vectors from the initial state's receptances (every rank alike) */
+        t->ks = kstate_new(t->L, t->H, t->N, spec->kernel_state.features, (float)spec->kernel_state.gamma, err);
+        t->dU = calloc(t->nU, sizeof(float));
+        t->gU = calloc(t->nU, sizeof(float));
+        t->adam_u = adam_new(t->nU, spec->beta1, spec->beta2, spec->eps, err);
+        if (!t->ks || !t->dU || !t->gU || !t->adam_u)
+            return st_fail(err, ST_ENOMEM, "out of memory for the kernel-expanded state");
+        s_make_state(t);
+        rc = kstate_support_init(t->ks, spec->kernel_state.support, t->engine, t->train, spec->micro_batch,
+                                 spec->ctx_len, t->S0, spec->seed, err);
+        if (rc) return st_wrap(err, rc, "kernel_state: ");
+        engine_set_kstate(t->engine, kstate_view(t->ks)); /* evaluation sees U0 too */
+    }
     uint64_t sd = spec->seed;
     for (int i = 0; i < 4; i++) t->rng[i] = s_splitmix(&sd);
     return ST_OK;
@@ -518,6 +624,7 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
     int rc = s_check_state(t, step, err);
     if (rc) return rc;
     memset(t->dS, 0, t->nS * sizeof(float));
+    if (t->nU) memset(t->dU, 0, t->nU * sizeof(float));
     memset(t->red, 0, t->nred * sizeof(double));
     double *sc = t->red + t->nred - RED_SCALARS;
     if (t->root && t->cb && t->cb->should_cancel && t->cb->should_cancel(t->cb->ctx)) {
@@ -544,7 +651,14 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
                             .state0 = t->S0,
                             .dbp_rows = n_sampled ? t->rows : NULL,
                             .dstate0 = t->dS,
-                            .dbp_q = n_sampled ? t->Q : NULL};
+                            .dbp_q = n_sampled ? t->Q : NULL,
+                            .dU0 = t->dU};
+        if (t->obs) {
+            rc = observer_logits(t->obs, mi->tokens, mi->B, mi->T, &b.teacher_logits, err);
+            if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
+            b.obs_alpha = (float)t->spec->observer.alpha;
+            b.obs_temperature = (float)t->spec->observer.temperature;
+        }
         rc = engine_run(t->engine, &b, err);
         if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
         sc[RED_LOSS] += b.loss_sum;
@@ -555,6 +669,8 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
         sc[RED_PAIRS] += (double)n_sampled * mi->T;
     }
     for (size_t i = 0; i < t->nS; i++) t->red[i] = t->dS[i];
+    double *redU = t->red + (t->dbp ? 2 : 1) * t->nS;
+    for (size_t i = 0; i < t->nU; i++) redU[i] = t->dU[i];
     rc = dist_allreduce_sum_f64(t->dist, t->red, t->nred, err);
     if (rc) return rc;
     if (sc[RED_CANCEL] > 0) return st_fail(err, ST_ECANCELLED, "the job was cancelled at step %lld", (long long)step);
@@ -574,6 +690,14 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
         return st_fail(err, ST_ENUMERIC, "step %lld: the state gradient holds NaN or inf; stopping without "
                        "writing a state (lower lr_init or check the data)", (long long)step + 1);
     adam_step(t->adam, t->A, t->grad, schedule_lr(&t->sched, step));
+    if (t->nU) { /* U0: its own global-norm clip and Adam moments, the same schedule */
+        float *u0 = kstate_u0(t->ks);
+        for (size_t i = 0; i < t->nU; i++) t->gU[i] = (float)(redU[i] / ntg);
+        if (!isfinite(adam_clip_grad_norm(t->gU, t->nU, t->spec->grad_clip)))
+            return st_fail(err, ST_ENUMERIC, "step %lld: the U0 gradient holds NaN or inf; stopping without writing "
+                           "a state (lower lr_init or check the data)", (long long)step + 1);
+        adam_step(t->adam_u, u0, t->gU, schedule_lr(&t->sched, step));
+    }
     if (t->dbp) dbp_update_R(t->nblk, t->N, t->R, t->Q, sc[RED_PAIRS], t->spec->dbp.lr, t->spec->dbp.kappa, t->scratch);
     for (size_t i = 0; i < t->nS; i++)
         if (!isfinite(t->A[i]) || !isfinite(t->R[i]))
@@ -600,6 +724,9 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
     int rc = s_setup(&t, err);
     int64_t start = 0;
     if (!rc) rc = s_resume(&t, &start, err);
+    if (!rc && start > 0 && t.ks)
+        rc = st_fail(err, ST_EUNSUPPORTED, "checkpoints do not hold a kernel-expanded state's U0 yet, so this job "
+                     "cannot resume; rerun it with --fresh");
     if (rc) goto done;
     out->n_layer = t.L;
     out->n_head = t.H;
