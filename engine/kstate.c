@@ -8,6 +8,7 @@
 
 #include "common/st_err.h"
 #include "common/st_fs.h"
+#include "data/dataset.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -222,5 +223,38 @@ int kstate_write(const kstate_t *self, const char *path, char *err)
     free(h);
     int rc = st_write_file_atomic(path, buf, total, err);
     free(buf);
+    return rc;
+}
+
+int kstate_support_init(kstate_t *self, const char *support, engine_t *engine, const dataset_t *ds, int max_b,
+                        int ctx, const float *state0, uint64_t seed, char *err)
+{
+    if (!support || !strcmp(support, "random")) {
+        kstate_support_random(self, seed);
+        return ST_OK;
+    }
+    if (strcmp(support, "kmeans") != 0)
+        return st_fail(err, ST_EINVAL, "unknown kernel_state.support '%s' (use kmeans or random)", support);
+    /* the first max_b samples, all cut to the shortest of them (no padding) */
+    int B = dataset_count(ds) < max_b ? dataset_count(ds) : max_b, T = ctx;
+    for (int b = 0; b < B; b++) {
+        int n = dataset_get(ds, b).n;
+        if (n < T) T = n;
+    }
+    if (B < 1 || T < 1) return st_fail(err, ST_EINVAL, "k-means support vectors need at least one sample");
+    int C = self->H * self->N;
+    int32_t *tok = malloc((size_t)B * T * sizeof(int32_t));
+    float *r = malloc((size_t)self->L * B * T * C * sizeof(float));
+    int rc = ST_OK;
+    if (!tok || !r) rc = st_fail(err, ST_ENOMEM, "out of memory for the k-means sample");
+    for (int b = 0; b < B && !rc; b++) memcpy(tok + (size_t)b * T, dataset_get(ds, b).tokens, T * sizeof(int32_t));
+    if (!rc) {
+        engine_batch_t bt = {.tokens = tok, .B = B, .T = T, .state0 = state0, .receptance = r};
+        rc = engine_run(engine, &bt, err);
+        if (rc) st_wrap(err, rc, "computing receptances for k-means: ");
+    }
+    if (!rc) rc = kstate_support_kmeans(self, r, (size_t)B * T, seed, 12, err);
+    free(tok);
+    free(r);
     return rc;
 }

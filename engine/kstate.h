@@ -37,6 +37,13 @@ void kstate_support_random(kstate_t *self, uint64_t seed);
  * ST_EINVAL when a head has fewer usable rows than features. */
 int kstate_support_kmeans(kstate_t *self, const float *r, size_t n_rows, uint64_t seed, int iters, char *err);
 
+/* The support vectors a job asks for: "random" from seed, or "kmeans" on the
+ * receptances the engine computes from state0 for up to max_b samples of ds
+ * (each cut to its first ctx tokens; 12 Lloyd iterations). */
+struct dataset;
+int kstate_support_init(kstate_t *self, const char *support, engine_t *engine, const struct dataset *ds, int max_b,
+                        int ctx, const float *state0, uint64_t seed, char *err);
+
 /* The engine's view; valid while self lives (U0 updates show through). */
 const engine_kstate_t *kstate_view(const kstate_t *self);
 float *kstate_u0(kstate_t *self);              /* (L, H, N, M) */
