@@ -27,6 +27,7 @@
 #include "engine/tune.h"
 #include "worker/dist.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -89,21 +90,24 @@ static void s_num(char *buf, size_t n, int digits, double x)
         snprintf(buf, n, "-");
 }
 
+/* A number of a JSON object, NaN when absent or null. */
+static double s_get(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
 static void s_eval(void *ctx, int64_t step, const char *json)
 {
     s_view_t *v = ctx;
-    /* the event is JSON for machines; people get the three numbers */
-    double loss = NAN, base = NAN, acc = NAN, em = NAN;
-    const char *p;
-    if ((p = strstr(json, "\"eval_loss\":"))) loss = strtod(p + 12, NULL);
-    if ((p = strstr(json, "\"accuracy\":"))) acc = strtod(p + 11, NULL);
-    if ((p = strstr(json, "\"exact_match\":")) && p[14] != 'n') em = strtod(p + 14, NULL);
-    if ((p = strstr(json, "\"baseline\":")) && (p = strstr(p, "\"eval_loss\":"))) base = strtod(p + 12, NULL);
+    /* the event is JSON for machines; people get the numbers that matter */
+    json_t *o = json_loads(json, 0, NULL);
     char l[32], b[32], a[32], e[32];
-    s_num(l, sizeof l, 4, loss);
-    s_num(b, sizeof b, 4, base);
-    s_num(a, sizeof a, 3, acc);
-    s_num(e, sizeof e, 3, em);
+    s_num(l, sizeof l, 4, s_get(o, "eval_loss"));
+    s_num(b, sizeof b, 4, s_get(json_object_get(o, "baseline"), "eval_loss"));
+    s_num(a, sizeof a, 3, s_get(o, "accuracy"));
+    s_num(e, sizeof e, 3, s_get(o, "exact_match"));
+    json_decref(o);
     fprintf(stderr, "%seval @ step %lld: loss %s (untuned %s)  accuracy %s  exact match %s\n",
             v->line_open ? "\n" : "", (long long)step, l, b, a, e);
     v->line_open = 0;
