@@ -9,7 +9,8 @@
 #   - no state version is duplicated: exactly one state per job, version 1
 #     of its own name, lineage pointing back at that job;
 #   - nothing is half-written: the registry passes PRAGMA integrity_check and
-#     every state reads back whole and finite through `states get`.
+#     every state reads back whole and finite through `states get`, its bytes
+#     hashing to the blob_sha256 the registry recorded.
 #
 #   fault_kill.sh [TRIALS]     (default 3; the `slow` CTest label runs 20)
 #
@@ -68,6 +69,7 @@ start_coordinator() {
     fail "the coordinator did not come up"
 }
 
+WORKER_EXE=$(readlink -f "$B/worker/statetune-worker")
 N_GROUPS=0
 start_group() {
     N_GROUPS=$((N_GROUPS + 1))
@@ -128,10 +130,14 @@ for trial in $(seq "$trials"); do
     else
         g=${GROUPS_UP[$((RANDOM % 2))]}
         # the ranks once exec'd (a child killed between mpirun's fork and its
-        # exec is a launch failure, which OpenMPI may not clean up: not ours)
+        # exec is a launch failure, which OpenMPI may not clean up: not ours);
+        # told by their executable, as the worker may re-exec itself
         ranks=()
         for _ in $(seq 50); do
-            ranks=($(pgrep -P "$g" -x statetune-worke))
+            ranks=()
+            for c in $(pgrep -P "$g"); do
+                [ "$(readlink -f "/proc/$c/exe" 2>/dev/null)" = "$WORKER_EXE" ] && ranks+=("$c")
+            done
             [ ${#ranks[@]} -ge 2 ] && break
             sleep 0.1
         done
@@ -192,20 +198,26 @@ EOF
 for s in $(json '" ".join(x["name"] for x in d)' <"$T/states.json"); do
     "$ST" states get "$s@1" -o "$T/$s.safetensors" 2>>"$T/client.log" || fail "states get $s@1 failed"
 done
-"$PY" - "$T"/fault*.safetensors <<'EOF' || fail "a fetched state is damaged"
-import json, math, struct, sys
-for p in sys.argv[1:]:
+"$PY" - "$T/states.json" "$T"/fault*.safetensors <<'EOF' || fail "a fetched state is damaged"
+import hashlib, json, math, struct, sys
+blob = {s["name"]: s["blob_sha256"] for s in json.load(open(sys.argv[1]))}
+for p in sys.argv[2:]:
     b = open(p, "rb").read()
     n = struct.unpack("<Q", b[:8])[0]
     h = json.loads(b[8:8 + n])
     keys = sorted(k for k in h if k != "__metadata__")
     assert keys == ["blocks.0.att.time_state", "blocks.1.att.time_state"], (p, keys)
+    raw = b""
     for k in keys:
         lo, hi = h[k]["data_offsets"]
         assert h[k]["shape"] == [2, 64, 64] and hi - lo == 2 * 64 * 64 * 4, (p, k, h[k])
+        raw += b[8 + n + lo:8 + n + hi]
         v = struct.unpack("<%df" % (2 * 64 * 64), b[8 + n + lo:8 + n + hi])
         assert all(math.isfinite(x) for x in v), (p, k, "not finite")
         assert any(x != 0 for x in v), (p, k, "all zeros")
+    # the bytes served are the bytes whose hash the registry recorded
+    name = p.rsplit("/", 1)[1][:-len(".safetensors")]
+    assert hashlib.sha256(raw).hexdigest() == blob[name], (p, "sha256 differs from the registry's blob_sha256")
 EOF
 kill -TERM "$COORD"
 wait "$COORD" 2>/dev/null
