@@ -118,6 +118,7 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err)
 }
 
 void engine_set_kstate(engine_t *self, const engine_kstate_t *ks) { self->kstate = ks; }
+const engine_kstate_t *engine_kstate(const engine_t *self) { return self->kstate; }
 
 size_t engine_peak_mem_bytes(const engine_t *self)
 {

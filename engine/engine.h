@@ -91,6 +91,7 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err);
  * none (evaluation runs through code that knows nothing of it); borrowed,
  * NULL turns it off. CPU only: the CUDA backend refuses such batches. */
 void engine_set_kstate(engine_t *self, const engine_kstate_t *ks);
+const engine_kstate_t *engine_kstate(const engine_t *self); /* that default, or NULL */
 
 /* Bytes of memory the engine planned (weights on device + activations). */
 size_t engine_peak_mem_bytes(const engine_t *self);
@@ -109,6 +110,11 @@ void rwkv_rnn_destroy(rwkv_rnn_t **self_p);
 
 /* Feeds one token; writes the next-token logits (V) when logits is not NULL. */
 int rwkv_rnn_step(rwkv_rnn_t *self, int32_t token, float *logits, char *err);
+
+/* Adds a kernel-expanded state's term (borrowed; NULL removes it), so that
+ * generation matches engine_run with the same kstate. Call before the first
+ * step: the running decay products restart at 1. */
+int rwkv_rnn_set_kstate(rwkv_rnn_t *self, const engine_kstate_t *ks, char *err);
 
 /* The current WKV state (L, H, N, N), borrowed. */
 const float *rwkv_rnn_wkv_state(const rwkv_rnn_t *self);

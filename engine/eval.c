@@ -30,6 +30,12 @@ static int s_prompt_len(const dataset_sample_t *s)
 int eval_generate(const rwkv_model_t *model, const float *state0, const int32_t *prompt, int n_prompt,
                   int max_new, int32_t *out, int *n_out, char *err)
 {
+    return eval_generate_ks(model, state0, NULL, prompt, n_prompt, max_new, out, n_out, err);
+}
+
+int eval_generate_ks(const rwkv_model_t *model, const float *state0, const engine_kstate_t *ks,
+                     const int32_t *prompt, int n_prompt, int max_new, int32_t *out, int *n_out, char *err)
+{
     *n_out = 0;
     if (n_prompt < 1) return st_fail(err, ST_EINVAL, "generation needs at least one prompt token");
     int V = model->cfg.vocab;
@@ -37,6 +43,7 @@ int eval_generate(const rwkv_model_t *model, const float *state0, const int32_t 
     if (!logits) return st_fail(err, ST_ENOMEM, "out of memory for %d logits", V);
     rwkv_rnn_t *rnn = rwkv_rnn_new(model, state0, err);
     int rc = rnn ? ST_OK : ST_ENOMEM;
+    if (rc == ST_OK && ks) rc = rwkv_rnn_set_kstate(rnn, ks, err);
     for (int i = 0; rc == ST_OK && i < n_prompt; i++)
         rc = rwkv_rnn_step(rnn, prompt[i], i == n_prompt - 1 ? logits : NULL, err);
     for (int g = 0; rc == ST_OK && g < max_new; g++) {
@@ -53,7 +60,7 @@ int eval_generate(const rwkv_model_t *model, const float *state0, const int32_t 
 
 /* Exact match of one sample: generate, decode, compare with the completion. */
 static int s_exact(const rwkv_model_t *model, const tokenizer_t *tok, const float *state0,
-                   const dataset_sample_t *s, int p, int *hit, char *err)
+                   const engine_kstate_t *ks, const dataset_sample_t *s, int p, int *hit, char *err)
 {
     int ncomp = s->n - p;
     char *want = NULL, *got = NULL;
@@ -62,7 +69,7 @@ static int s_exact(const rwkv_model_t *model, const tokenizer_t *tok, const floa
     if (!gen) return st_fail(err, ST_ENOMEM, "out of memory for generation");
     int n = 0;
     int rc = tokenizer_decode(tok, s->tokens + p, (size_t)ncomp, &want, &want_len, err);
-    if (rc == ST_OK) rc = eval_generate(model, state0, s->tokens, p, ncomp, gen, &n, err);
+    if (rc == ST_OK) rc = eval_generate_ks(model, state0, ks, s->tokens, p, ncomp, gen, &n, err);
     if (rc == ST_OK) rc = tokenizer_decode(tok, gen, (size_t)n, &got, &got_len, err);
     /* A different tokenisation of the same text still counts; text past the
      * completion's length does not (the model did not stop). */
@@ -133,7 +140,7 @@ int eval_run(engine_t *engine, const rwkv_model_t *model, const tokenizer_t *tok
         if (!p) continue;
         if (qualified++ % world != rank) continue;
         int hit = 0;
-        rc = s_exact(model, tok, state0, &s, p, &hit, err);
+        rc = s_exact(model, tok, state0, engine_kstate(engine), &s, p, &hit, err);
         sums->exact_total += 1;
         sums->exact_hits += hit;
     }

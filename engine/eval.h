@@ -72,5 +72,8 @@ void eval_finish(const eval_sums_t *sums, eval_result_t *out);
  * *n_out is the number generated. */
 int eval_generate(const rwkv_model_t *model, const float *state0, const int32_t *prompt, int n_prompt,
                   int max_new, int32_t *out, int *n_out, char *err);
+/* The same with a kernel-expanded state (engine.h; NULL = none). */
+int eval_generate_ks(const rwkv_model_t *model, const float *state0, const engine_kstate_t *ks,
+                     const int32_t *prompt, int n_prompt, int max_new, int32_t *out, int *n_out, char *err);
 
 #endif

@@ -15,6 +15,7 @@
 #include "kernels/cpu/groupnorm.h"
 #include "kernels/cpu/layernorm.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/rbf.h"
 #include "kernels/cpu/timemix.h"
 #include "kernels/cpu/tokenshift.h"
 #include "kernels/cpu/wkv7.h"
@@ -34,6 +35,8 @@ struct rwkv_rnn {
     float *hid;         /* (Dmax) */
     float *kpre, *act;  /* (F) */
     float *mem;
+    const engine_kstate_t *ks; /* kernel-expanded state (rwkv_rnn_set_kstate), borrowed, or NULL */
+    float *kdecay;             /* (L, H) its running decay products */
 };
 
 rwkv_rnn_t *rwkv_rnn_new(const rwkv_model_t *model, const float *state0, char *err)
@@ -86,11 +89,28 @@ void rwkv_rnn_destroy(rwkv_rnn_t **self_p)
 {
     if (!self_p || !*self_p) return;
     free((*self_p)->mem);
+    free((*self_p)->kdecay);
     free(*self_p);
     *self_p = NULL;
 }
 
 const float *rwkv_rnn_wkv_state(const rwkv_rnn_t *self) { return self->wkv; }
+
+int rwkv_rnn_set_kstate(rwkv_rnn_t *self, const engine_kstate_t *ks, char *err)
+{
+    const rwkv_config_t *c = &self->m->cfg;
+    free(self->kdecay);
+    self->kdecay = NULL;
+    self->ks = NULL;
+    if (!ks) return ST_OK;
+    if (ks->M < 1 || ks->M > 1024 || !(ks->gamma > 0) || !ks->U0 || !ks->support)
+        return st_fail(err, ST_EINVAL, "a kernel-expanded state needs 1 to 1024 features, gamma > 0, U0 and support vectors");
+    self->kdecay = malloc((size_t)c->n_layer * c->n_head * sizeof(float));
+    if (!self->kdecay) return st_fail(err, ST_ENOMEM, "out of memory for the kernel-expanded state's decays");
+    for (int i = 0; i < c->n_layer * c->n_head; i++) self->kdecay[i] = 1.0f;
+    self->ks = ks;
+    return ST_OK;
+}
 
 int rwkv_rnn_step(rwkv_rnn_t *s, int32_t token, float *logits, char *err)
 {
@@ -131,6 +151,11 @@ int rwkv_rnn_step(rwkv_rnn_t *s, int32_t token, float *logits, char *err)
         lora_forward_cpu(1, C, c->d_gate, s->lerp[5], p->g1, p->g2, LORA_SIGMOID, s->hid, s->g);
         float *st = s->wkv + (size_t)l * S;
         wkv7_forward_cpu(1, 1, H, s->r, s->w, s->kf, s->v, s->wa, s->wb, st, s->y, st, NULL, 1);
+        if (s->ks) {
+            size_t HNM = (size_t)H * N * s->ks->M;
+            rbf_step_cpu(H, s->ks->M, s->ks->gamma, s->r, s->w, s->ks->U0 + l * HNM, s->ks->support + l * HNM,
+                         s->kdecay + (size_t)l * H, s->y);
+        }
         groupnorm_forward_cpu(1, H, N, s->y, p->ln_x_w, p->ln_x_b, s->r, s->kf, s->v, p->r_k, s->g,
                               NULL, NULL, s->oin);
         linear_forward_cpu(1, C, C, s->oin, p->output, s->tmp);

@@ -123,3 +123,20 @@ void rbf_backward_cpu(int B, int T, int H, int M, float gamma, const float *r, c
         }
     }
 }
+
+void rbf_step_cpu(int H, int M, float gamma, const float *r, const float *w, const float *U0, const float *sv,
+                  float *d, float *y)
+{
+    if (M < 1 || M > RBF_MAX_M) return;
+    for (int h = 0; h < H; h++) {
+        float rn[N], phi[RBF_MAX_M];
+        const float *U = U0 + (size_t)h * N * M;
+        d[h] *= s_mean_decay(w + (size_t)h * N);
+        rbf_features_cpu(M, gamma, r + (size_t)h * N, sv + (size_t)h * M * N, rn, phi);
+        for (int i = 0; i < N; i++) {
+            float z = 0;
+            for (int m = 0; m < M; m++) z += U[(size_t)i * M + m] * phi[m];
+            y[(size_t)h * N + i] += d[h] * z;
+        }
+    }
+}

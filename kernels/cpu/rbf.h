@@ -40,6 +40,11 @@ void rbf_backward_cpu(int B, int T, int H, int M, float gamma,
                       float *dr, float *dw, float *dU0,
                       float *scratch);
 
+/* One step of RNN mode (B = T = 1): d (H) carries each head's running decay
+ * product (1 before the first token) and is updated; y (H, N) += d U0 phi. */
+void rbf_step_cpu(int H, int M, float gamma, const float *r, const float *w, const float *U0, const float *sv,
+                  float *d, float *y);
+
 /* The features phi (M) of one head-slice query r (N = 64), and 1 / |r|
  * (0 when r = 0); rn (N) receives r / |r|. Shared with the RNN path. */
 float rbf_features_cpu(int M, float gamma, const float *r, const float *sv, float *rn, float *phi);
