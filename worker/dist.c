@@ -29,6 +29,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef STATETUNE_HAVE_NCCL
+#include <cuda_runtime.h> /* defines: cudaSetDevice, streams, events, pinned memory */
+#include <nccl.h>         /* defines: ncclCommInitRank, ncclAllReduce */
+#endif
+
 #define DIST_DEFAULT_TIMEOUT_S 30.0
 #define DIST_CHUNK ((size_t)1 << 30)
 
@@ -48,7 +53,10 @@ struct dist {
     int stop;             /* destroy asks the thread to leave */
     struct timespec deadline; /* CLOCK_MONOTONIC time the collective must end by */
     const char *what;     /* name of the collective in progress */
+    struct dist_nccl *nccl; /* GPU communicator (NCCL section below), NULL = none */
 };
+
+static void s_nccl_free(dist_t *self); /* NCCL section below */
 
 static int s_env_int(const char *name, int fallback)
 {
@@ -184,6 +192,7 @@ void dist_destroy(dist_t **self_p)
         pthread_mutex_unlock(&self->mu);
         pthread_join(self->thread, NULL);
     }
+    s_nccl_free(self);
     if (self->mpi) {
         pthread_cond_destroy(&self->cv);
         pthread_mutex_destroy(&self->mu);
@@ -322,13 +331,272 @@ int dist_barrier(dist_t *self, char *err)
 }
 
 /* ---- NCCL (GPU groups) ---------------------------------------------------
- * Reserved for the CUDA backend (see dist.h), compiled only with
- * STATETUNE_HAVE_CUDA: dist_init_nccl (rank 0 creates the ncclUniqueId and
- * sends it with dist_bcast; ncclCommInitRank on the device of local_rank; a
- * dedicated communication stream) and dist_allreduce_sum_device (ncclAllReduce
- * of the step's device buffer, with the watchdog armed like the MPI
- * collectives above). The tuning loop stays free of #ifdef: it calls the
- * device variant when its buffer lives on the GPU. */
+ * See dist.h. Compiled with NCCL only when the worker is built with CUDA and
+ * NCCL was found (STATETUNE_HAVE_NCCL, worker/CMakeLists.txt); otherwise the
+ * same functions fall back to MPI or say there is no NCCL.
+ *
+ * Design notes:
+ *   - The CUDA engine (engine/engine_cuda.h) takes and returns host buffers,
+ *     so the tuning loop's step buffer lives on the host. dist stages it:
+ *     memcpy into pinned memory, one H2D copy, ncclAllReduce in place on the
+ *     device, one D2H copy, memcpy back. The staging buffers grow to the
+ *     largest step buffer seen and are kept for the group's life, so a step
+ *     allocates nothing. dist_last_allreduce_ms says what the copies cost
+ *     beside the all-reduce itself (docs/performance.md, scaling section).
+ *   - Every rank checks its GPU first and the group agrees on the outcome
+ *     (an MPI all-reduce of a failure count) before anyone enters
+ *     ncclCommInitRank, so a rank without a GPU fails the whole group with a
+ *     sentence instead of leaving the others inside NCCL until the watchdog.
+ *   - NCCL waits are armed with the watchdog like the MPI collectives: a peer
+ *     that hangs inside a step makes cudaStreamSynchronize spin forever, and
+ *     the watchdog ends the group after the timeout.
+ */
+
+#ifdef STATETUNE_HAVE_NCCL
+
+struct dist_nccl {
+    ncclComm_t comm;       /* the group's communicator */
+    cudaStream_t stream;   /* dedicated communication stream */
+    cudaEvent_t ev[2];     /* around the all-reduce: its device time */
+    int device;            /* CUDA ordinal = local rank */
+    void *dbuf;            /* device staging buffer */
+    size_t dbytes;         /* its size */
+    void *hbuf;            /* pinned host staging buffer */
+    size_t hbytes;         /* its size */
+    double copy_ms;        /* last step all-reduce: staging copies */
+    double nccl_ms;        /* last step all-reduce: ncclAllReduce (events) */
+};
+
+#define DIST_CUDA(call)                                                                                      \
+    do {                                                                                                     \
+        cudaError_t ce_ = (call);                                                                            \
+        if (ce_ != cudaSuccess)                                                                              \
+            return st_fail(err, ST_ECUDA, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,               \
+                           cudaGetErrorString(ce_));                                                         \
+    } while (0)
+
+static int s_nccl_fail(char *err, ncclResult_t r, const char *what, int line)
+{
+    return st_fail(err, ST_ECUDA, "%s failed at %s:%d: %s (a GPU or a rank of the group was probably lost)", what,
+                   __FILE__, line, ncclGetErrorString(r));
+}
+
+#define DIST_NCCL(call)                                                                                      \
+    do {                                                                                                     \
+        ncclResult_t nr_ = (call);                                                                           \
+        if (nr_ != ncclSuccess) return s_nccl_fail(err, nr_, #call, __LINE__);                               \
+    } while (0)
+
+static double s_ms_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static void s_nccl_free(dist_t *self)
+{
+    struct dist_nccl *nc = self->nccl;
+    if (!nc) return;
+    cudaSetDevice(nc->device);
+    if (nc->stream) cudaStreamSynchronize(nc->stream);
+    if (nc->comm) ncclCommDestroy(nc->comm);
+    if (nc->ev[0]) cudaEventDestroy(nc->ev[0]);
+    if (nc->ev[1]) cudaEventDestroy(nc->ev[1]);
+    if (nc->stream) cudaStreamDestroy(nc->stream);
+    if (nc->dbuf) cudaFree(nc->dbuf);
+    if (nc->hbuf) cudaFreeHost(nc->hbuf);
+    free(nc);
+    self->nccl = NULL;
+}
+
+/* This rank's half of the set-up before the group agrees: the GPU, the
+ * stream and the events. */
+static int s_nccl_local(dist_t *self, struct dist_nccl *nc, char *err)
+{
+    int ndev = 0;
+    cudaError_t ce = cudaGetDeviceCount(&ndev);
+    if (ce != cudaSuccess)
+        return st_fail(err, ST_ECUDA, "rank %d sees no CUDA device (%s)", self->rank, cudaGetErrorString(ce));
+    if (nc->device >= ndev)
+        return st_fail(err, ST_ECUDA, "rank %d is local rank %d but this node has %d GPU%s: start at most one rank "
+                       "per GPU", self->rank, nc->device, ndev, ndev == 1 ? "" : "s");
+    DIST_CUDA(cudaSetDevice(nc->device));
+    DIST_CUDA(cudaStreamCreateWithFlags(&nc->stream, cudaStreamNonBlocking));
+    DIST_CUDA(cudaEventCreate(&nc->ev[0]));
+    DIST_CUDA(cudaEventCreate(&nc->ev[1]));
+    return ST_OK;
+}
+
+int dist_init_nccl(dist_t *self, char *err)
+{
+    if (!self || !self->mpi || self->size == 1 || self->nccl) return ST_OK;
+    struct dist_nccl *nc = calloc(1, sizeof *nc);
+    if (!nc) return st_fail(err, ST_ENOMEM, "out of memory for the NCCL communicator");
+    self->nccl = nc; /* s_nccl_free cleans up whatever part gets made */
+    nc->device = self->local_rank;
+    char local_err[ST_ERR_LEN] = "";
+    double bad = s_nccl_local(self, nc, local_err) ? 1 : 0;
+    int rc = dist_allreduce_sum_f64(self, &bad, 1, err);
+    if (rc) goto fail;
+    if (bad > 0) {
+        if (local_err[0]) rc = st_fail(err, ST_ECUDA, "%s", local_err);
+        else rc = st_fail(err, ST_ECUDA, "%.0f rank%s of the group could not set up its GPU; see its message",
+                          bad, bad == 1 ? "" : "s");
+        goto fail;
+    }
+    /* rank 0 makes the id; a failure travels as ok = 0 so nobody waits in NCCL */
+    struct {
+        int32_t ok;
+        ncclUniqueId id;
+    } hello;
+    memset(&hello, 0, sizeof hello);
+    if (self->rank == 0) {
+        ncclResult_t nr = ncclGetUniqueId(&hello.id);
+        hello.ok = nr == ncclSuccess;
+        if (!hello.ok) s_nccl_fail(local_err, nr, "ncclGetUniqueId", __LINE__);
+    }
+    rc = dist_bcast(self, &hello, sizeof hello, err);
+    if (rc) goto fail;
+    if (!hello.ok) {
+        rc = st_fail(err, ST_ECUDA, "rank 0 could not make the NCCL id%s%s", local_err[0] ? ": " : "", local_err);
+        goto fail;
+    }
+    s_enter(self, "ncclCommInitRank");
+    ncclResult_t nr = ncclCommInitRank(&nc->comm, self->size, hello.id, self->rank);
+    s_leave(self);
+    if (nr != ncclSuccess) {
+        nc->comm = NULL;
+        rc = s_nccl_fail(err, nr, "ncclCommInitRank", __LINE__);
+        goto fail;
+    }
+    return ST_OK;
+fail:
+    s_nccl_free(self);
+    return rc;
+}
+
+int dist_has_nccl(const dist_t *self) { return self && self->nccl; }
+
+/* Grows the staging buffers to bytes (never shrinks them). */
+static int s_nccl_staging(struct dist_nccl *nc, size_t bytes, char *err)
+{
+    if (nc->dbytes < bytes) {
+        if (nc->dbuf) cudaFree(nc->dbuf);
+        nc->dbuf = NULL;
+        nc->dbytes = 0;
+        DIST_CUDA(cudaMalloc(&nc->dbuf, bytes));
+        nc->dbytes = bytes;
+    }
+    if (nc->hbytes < bytes) {
+        if (nc->hbuf) cudaFreeHost(nc->hbuf);
+        nc->hbuf = NULL;
+        nc->hbytes = 0;
+        DIST_CUDA(cudaMallocHost(&nc->hbuf, bytes));
+        nc->hbytes = bytes;
+    }
+    return ST_OK;
+}
+
+/* ncclAllReduce in place on the communication stream, then waits for it;
+ * the events around it time the all-reduce alone. */
+static int s_nccl_sum(dist_t *self, void *dbuf, size_t n, ncclDataType_t type, char *err)
+{
+    struct dist_nccl *nc = self->nccl;
+    DIST_CUDA(cudaEventRecord(nc->ev[0], nc->stream));
+    DIST_NCCL(ncclGroupStart());
+    DIST_NCCL(ncclAllReduce(dbuf, dbuf, n, type, ncclSum, nc->comm, nc->stream));
+    DIST_NCCL(ncclGroupEnd());
+    DIST_CUDA(cudaEventRecord(nc->ev[1], nc->stream));
+    return ST_OK;
+}
+
+int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, char *err)
+{
+    if (!self || !self->nccl) return dist_allreduce_sum_f64(self, buf, n, err);
+    struct dist_nccl *nc = self->nccl;
+    size_t bytes = n * sizeof(double);
+    int rc = s_nccl_staging(nc, bytes, err);
+    if (rc) return rc;
+    double t0 = s_ms_now();
+    memcpy(nc->hbuf, buf, bytes);
+    DIST_CUDA(cudaMemcpyAsync(nc->dbuf, nc->hbuf, bytes, cudaMemcpyHostToDevice, nc->stream));
+    s_enter(self, "ncclAllReduce");
+    rc = s_nccl_sum(self, nc->dbuf, n, ncclDouble, err);
+    cudaError_t ce = rc ? cudaSuccess : cudaMemcpyAsync(nc->hbuf, nc->dbuf, bytes, cudaMemcpyDeviceToHost, nc->stream);
+    if (!rc && ce == cudaSuccess) ce = cudaStreamSynchronize(nc->stream);
+    s_leave(self);
+    if (rc) return rc;
+    if (ce != cudaSuccess)
+        return st_fail(err, ST_ECUDA, "the NCCL step all-reduce failed: %s", cudaGetErrorString(ce));
+    memcpy(buf, nc->hbuf, bytes);
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, nc->ev[0], nc->ev[1]) != cudaSuccess) ms = 0;
+    nc->nccl_ms = ms;
+    nc->copy_ms = s_ms_now() - t0 - ms;
+    if (nc->copy_ms < 0) nc->copy_ms = 0;
+    return ST_OK;
+}
+
+int dist_allreduce_sum_device(dist_t *self, float *device_buf, size_t n, char *err)
+{
+    if (!self || self->size == 1) return ST_OK;
+    if (!self->nccl)
+        return st_fail(err, ST_EUNSUPPORTED, "a device all-reduce needs the NCCL communicator (dist_init_nccl)");
+    s_enter(self, "ncclAllReduce");
+    int rc = s_nccl_sum(self, device_buf, n, ncclFloat, err);
+    cudaError_t ce = rc ? cudaSuccess : cudaStreamSynchronize(self->nccl->stream);
+    s_leave(self);
+    if (rc) return rc;
+    if (ce != cudaSuccess)
+        return st_fail(err, ST_ECUDA, "the NCCL device all-reduce failed: %s", cudaGetErrorString(ce));
+    return ST_OK;
+}
+
+void dist_last_allreduce_ms(const dist_t *self, double *copy_ms, double *nccl_ms)
+{
+    *copy_ms = self && self->nccl ? self->nccl->copy_ms : 0;
+    *nccl_ms = self && self->nccl ? self->nccl->nccl_ms : 0;
+}
+
+#else /* no NCCL in this build: the same API over MPI, or a refusal */
+
+static void s_nccl_free(dist_t *self) { (void)self; }
+
+int dist_init_nccl(dist_t *self, char *err)
+{
+    (void)self;
+    (void)err;
+    return ST_OK;
+}
+
+int dist_has_nccl(const dist_t *self)
+{
+    (void)self;
+    return 0;
+}
+
+int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, char *err)
+{
+    return dist_allreduce_sum_f64(self, buf, n, err);
+}
+
+int dist_allreduce_sum_device(dist_t *self, float *device_buf, size_t n, char *err)
+{
+    (void)device_buf;
+    (void)n;
+    if (!self || self->size == 1) return ST_OK;
+    return st_fail(err, ST_EUNSUPPORTED, "this build has no NCCL, so a GPU group cannot sum device buffers");
+}
+
+void dist_last_allreduce_ms(const dist_t *self, double *copy_ms, double *nccl_ms)
+{
+    (void)self;
+    *copy_ms = 0;
+    *nccl_ms = 0;
+}
+
+#endif /* STATETUNE_HAVE_NCCL */
 
 void dist_abort(dist_t *self, int code, const char *msg)
 {

@@ -73,13 +73,46 @@ int dist_barrier(dist_t *self, char *err);
 void dist_abort(dist_t *self, int code, const char *msg);
 
 /* ---- NCCL (GPU groups) -------------------------------------------------
- * Reserved for the CUDA backend, behind STATETUNE_HAVE_CUDA: the NCCL
- * communicator is created in dist_init_nccl (rank 0 makes the unique id and
- * sends it with dist_bcast), and dist_allreduce_sum_device sums a device
- * buffer on the group's communication stream. The tuning loop will call
- * dist_allreduce_sum_device when its buffer lives on the GPU; single-rank and
- * CPU groups fall back to the host functions above.
- * (Not implemented yet: added with the CUDA backend.)
- */
+ * A GPU group sums its step buffer with NCCL instead of MPI (SPEC section 7;
+ * llm.c's zero.cuh). dist_init_nccl makes the communicator: rank 0 creates
+ * the ncclUniqueId and sends it with dist_bcast, every rank selects the GPU
+ * of its node-local rank (cudaSetDevice(local_rank)) and joins with
+ * ncclCommInitRank; collectives then run on a dedicated communication stream.
+ * It is a collective: every rank calls it, or none.
+ *
+ * Builds without CUDA or NCCL keep the same API: dist_init_nccl returns
+ * ST_OK without a communicator (dist_has_nccl says 0), dist_allreduce_step_f64
+ * falls back to MPI, and dist_allreduce_sum_device refuses with
+ * ST_EUNSUPPORTED (it has no host buffer to fall back to). A single process
+ * never makes a communicator: there is nothing to sum.
+ *
+ * The watchdog covers the NCCL calls too: ncclCommInitRank and every
+ * all-reduce wait at most the group's timeout, then the group is ended. */
+
+/* Joins the group's GPUs through NCCL (see above). No-op for one rank or a
+ * build without NCCL. Fills err and returns ST_ECUDA when CUDA or NCCL fails
+ * (no device for the local rank, NCCL cannot connect the ranks). */
+int dist_init_nccl(dist_t *self, char *err);
+
+/* 1 when dist_init_nccl made a communicator. */
+int dist_has_nccl(const dist_t *self);
+
+/* The step all-reduce of a host buffer (the tuning loop's [dS0 | Q | dU0 |
+ * loss sums]): with a communicator, n doubles are copied to a device staging
+ * buffer (through pinned memory), summed in place by ncclAllReduce on the
+ * communication stream and copied back; without one this is
+ * dist_allreduce_sum_f64 over MPI. Same results up to reduction order. */
+int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, char *err);
+
+/* Sums n floats of a device buffer in place over every rank (ncclAllReduce
+ * in one NCCL group, on the communication stream; returns when the sum is in
+ * buf). The caller's writes to buf must be complete (its stream
+ * synchronized). One rank: no-op. Needs dist_init_nccl with size > 1. */
+int dist_allreduce_sum_device(dist_t *self, float *device_buf, size_t n, char *err);
+
+/* Where the time of the last dist_allreduce_step_f64 through NCCL went, in
+ * ms: copies (host to pinned to device and back) and the NCCL all-reduce
+ * itself (CUDA events on the communication stream). Zeros without NCCL. */
+void dist_last_allreduce_ms(const dist_t *self, double *copy_ms, double *nccl_ms);
 
 #endif
