@@ -570,6 +570,11 @@ static int s_setup(tune_t *t, char *err)
                         .device = dist_local_rank(t->dist),
                         .threads = t->opts->threads};
     if (eo.backend == ENGINE_CPU && eo.precision == ENGINE_BF16) eo.precision = ENGINE_FP32; /* CPU is fp32 only */
+    if (eo.backend == ENGINE_CUDA) { /* a GPU group sums its steps with NCCL (no-op for one rank); made
+                                      * before the engine so that its memory plan sees NCCL's buffers */
+        rc = dist_init_nccl(t->dist, err);
+        if (rc) return rc;
+    }
     t->engine = engine_new(t->model, &eo, err);
     if (!t->engine) return ST_EUNSUPPORTED;
 
@@ -671,7 +676,7 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
     for (size_t i = 0; i < t->nS; i++) t->red[i] = t->dS[i];
     double *redU = t->red + (t->dbp ? 2 : 1) * t->nS;
     for (size_t i = 0; i < t->nU; i++) redU[i] = t->dU[i];
-    rc = dist_allreduce_sum_f64(t->dist, t->red, t->nred, err);
+    rc = dist_allreduce_step_f64(t->dist, t->red, t->nred, err); /* NCCL in a GPU group, else MPI */
     if (rc) return rc;
     if (sc[RED_CANCEL] > 0) return st_fail(err, ST_ECANCELLED, "the job was cancelled at step %lld", (long long)step);
     double ntg = sc[RED_TARGETS];
