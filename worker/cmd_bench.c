@@ -18,6 +18,15 @@
  * matrix products and 2P for the input-gradient products of the backward
  * pass (no weight gradients: the weights are frozen). It leaves out the WKV
  * recurrence, so it understates the work a little, as the SPEC 8 table does.
+ *
+ * Under mpirun every rank runs its own batch of B x T on the GPU of its
+ * node-local rank and each step ends with the tuning loop's all-reduce of
+ * [dS0 | loss sums] in doubles (dist_allreduce_step_f64: NCCL for a CUDA
+ * group, MPI for CPU ranks), so the numbers are those of a data-parallel
+ * tuning step with per-rank batch B. Rank 0 prints the line, adding ranks,
+ * tokens_per_s_per_gpu (per rank), allreduce_ms (wall time of the all-reduce
+ * per step, staging copies included) and its split into allreduce_copy_ms and
+ * allreduce_nccl_ms; tokens_per_s and tflops count every rank.
  */
 #include "worker/cmd.h"
 
@@ -25,6 +34,7 @@
 #include "engine/adam.h"
 #include "engine/engine.h"
 #include "model/model.h"
+#include "worker/dist.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -123,6 +133,8 @@ int cmd_bench(int argc, char **argv)
 
     char err[ST_ERR_LEN] = "";
     int rc = 1;
+    dist_t *dist = NULL;
+    double *red = NULL;
     rwkv_model_t *model = NULL;
     engine_t *eng = NULL;
     adam_t *adam = NULL;
@@ -133,10 +145,13 @@ int cmd_bench(int argc, char **argv)
     rwkv_config_t cfg = {.n_layer = L, .n_embd = C, .vocab = V, .ffn_dim = 4 * C,
                          .d_decay = s_lora(big ? 96 : 64, C), .d_aaa = s_lora(big ? 96 : 64, C),
                          .d_mv = s_lora(big ? 64 : 32, C), .d_gate = s_lora(big ? 256 : 128, C)};
+    dist = dist_new(NULL, NULL, err); /* under mpirun: one rank per GPU */
+    if (!dist) goto done;
+    if (backend == ENGINE_CUDA && dist_init_nccl(dist, err) != ST_OK) goto done;
     model = rwkv_model_new_random(&cfg, 1, err);
     if (!model) goto done;
     engine_opts_t opts = {.backend = backend, .precision = precision, .max_batch = B, .max_ctx = T,
-                          .threads = threads};
+                          .device = dist_local_rank(dist), .threads = threads};
     eng = engine_new(model, &opts, err);
     if (!eng) goto done;
     size_t ns = (size_t)L * rwkv_state_layer_size(&model->cfg), n = (size_t)B * T;
@@ -145,7 +160,8 @@ int cmd_bench(int argc, char **argv)
     s0 = calloc(ns, sizeof *s0);
     grad = calloc(ns, sizeof *grad);
     adam = adam_new(ns, 0.9, 0.99, 1e-8, err);
-    if (!tok || !tgt || !s0 || !grad || !adam) {
+    red = calloc(ns + 2, sizeof *red); /* [dS0 | loss_sum, n_targets], as in the tuning loop */
+    if (!tok || !tgt || !s0 || !grad || !adam || !red) {
         if (!err[0]) st_fail(err, ST_ENOMEM, "out of memory for a batch of %d x %d", B, T);
         goto done;
     }
@@ -156,31 +172,50 @@ int cmd_bench(int argc, char **argv)
     }
     for (size_t i = 0; i < n; i++) tgt[i] = (i + 1) % T ? tok[i + 1] : -1;
 
-    double t0 = 0, c0 = 0, loss_first = 0, loss_last = 0;
+    double t0 = 0, c0 = 0, loss_first = 0, loss_last = 0, ar_s = 0, ar_copy_ms = 0, ar_nccl_ms = 0;
     for (int s = 0; s <= steps; s++) {
-        if (s == 1) { /* step 0 warms caches and thread pools */
+        if (s == 1) { /* step 0 warms caches, thread pools and NCCL's channels */
+            if (dist_barrier(dist, err) != ST_OK) goto done;
             t0 = s_now();
             c0 = s_clock(CLOCK_PROCESS_CPUTIME_ID);
         }
         memset(grad, 0, ns * sizeof *grad);
         engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T, .state0 = s0, .dstate0 = grad};
         if (engine_run(eng, &bt, err) != ST_OK) goto done;
-        double inv = bt.n_targets ? 1.0 / (double)bt.n_targets : 0;
-        for (size_t i = 0; i < ns; i++) grad[i] = (float)(grad[i] * inv);
+        for (size_t i = 0; i < ns; i++) red[i] = grad[i];
+        red[ns] = bt.loss_sum;
+        red[ns + 1] = (double)bt.n_targets;
+        double a0 = s_now();
+        if (dist_allreduce_step_f64(dist, red, ns + 2, err) != ST_OK) goto done;
+        if (s > 0) {
+            double cm, nm;
+            ar_s += s_now() - a0;
+            dist_last_allreduce_ms(dist, &cm, &nm);
+            ar_copy_ms += cm;
+            ar_nccl_ms += nm;
+        }
+        double inv = red[ns + 1] > 0 ? 1.0 / red[ns + 1] : 0;
+        for (size_t i = 0; i < ns; i++) grad[i] = (float)(red[i] * inv);
         adam_clip_grad_norm(grad, ns, 1.0);
         adam_step(adam, s0, grad, 0.01);
-        if (s == 0) loss_first = bt.loss_sum * inv;
-        loss_last = bt.loss_sum * inv;
+        if (s == 0) loss_first = red[ns] * inv;
+        loss_last = red[ns] * inv;
     }
     double dt = s_now() - t0;
+    int world = dist_size(dist);
+    if (!dist_is_root(dist)) { /* rank 0 alone prints */
+        rc = 0;
+        goto done;
+    }
     /* CPU seconds per step over all threads: on a shared machine the wall
      * clock measures the neighbours too, this does not (spin-waiting
      * threads count, though). */
     double cpu_per_step = (s_clock(CLOCK_PROCESS_CPUTIME_ID) - c0) / steps;
-    double tps = (double)n * steps / dt;
+    double tps = (double)n * world * steps / dt;
     double P = (double)rwkv_model_param_count(model);
     size_t peak = engine_peak_mem_bytes(eng) + 4 * ns * sizeof(float); /* S0, grad, m, v */
-    json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:s}",
+    json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:s,"
+                            " s:i, s:s, s:f, s:f, s:f, s:f}",
                             "backend", backend == ENGINE_CUDA ? "cuda" : "cpu",
                             "precision", precision == ENGINE_BF16 ? "bf16" : "fp32",
                             "layers", L, "embd", C, "vocab", V, "batch", B, "ctx", T, "steps", steps,
@@ -193,7 +228,13 @@ int cmd_bench(int argc, char **argv)
                              * the detection; AVX-512 kernels such as SkylakeX run
                              * sgemm about twice as fast as Haswell's where the CPU
                              * has AVX-512) */
-                            "blas_core", openblas_get_corename());
+                            "blas_core", openblas_get_corename(),
+                            "ranks", world,
+                            "allreduce", world == 1 ? "none" : dist_has_nccl(dist) ? "nccl" : "mpi",
+                            "tokens_per_s_per_gpu", tps / world,
+                            "allreduce_ms", ar_s * 1e3 / steps,
+                            "allreduce_copy_ms", ar_copy_ms / steps,
+                            "allreduce_nccl_ms", ar_nccl_ms / steps);
     char *line = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(out);
     if (!line) {
@@ -205,10 +246,17 @@ int cmd_bench(int argc, char **argv)
     rc = fflush(stdout) == 0 ? 0 : 1;
     if (rc) st_fail(err, ST_EIO, "could not write the result to stdout");
 done:
-    if (rc && err[0]) fprintf(stderr, "statetune-worker bench: %s\n", err);
+    if (rc && err[0]) {
+        if (dist_size(dist) > 1) fprintf(stderr, "statetune-worker bench: rank %d: %s\n", dist_rank(dist), err);
+        else fprintf(stderr, "statetune-worker bench: %s\n", err);
+    }
+    /* a rank that failed alone would leave the others waiting in the next
+     * all-reduce: end the whole group */
+    if (rc) dist_abort(dist, 1, NULL);
     adam_destroy(&adam);
     engine_destroy(&eng);
     rwkv_model_destroy(&model);
-    free(tok), free(tgt), free(s0), free(grad);
+    free(tok), free(tgt), free(s0), free(grad), free(red);
+    dist_destroy(&dist);
     return rc;
 }
