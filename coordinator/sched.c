@@ -263,6 +263,8 @@ static int s_validate(sched_t *self, const char *spec_json, char **canon_out, ch
     if (rc == ST_OK && spec->eval) rc = sched_check_path(self, "eval", spec->eval, 1, err);
     if (rc == ST_OK && spec->observer.teacher_path)
         rc = sched_check_path(self, "observer.teacher", spec->observer.teacher_path, 1, err);
+    if (rc == ST_OK && spec->observer.teacher_state)
+        rc = sched_check_path(self, "observer.teacher_state", spec->observer.teacher_state, 1, err);
     if (rc == ST_OK && spec->model_name) { /* a registered model: its file is on record here */
         json_t *model = NULL;
         rc = registry_find_model(self->reg, spec->model_name, &model, err);
