@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# tune_methods.sh - the observer and the kernel-expanded state through the
+# real `statetune-worker tune --local` (SPEC section 4), on the 5M fixture
+# model with a few steps of tabs data:
+#   - observer with alpha = 1 writes a state byte-identical to plain tuning
+#     (one thread), so the teacher changes nothing unless alpha < 1;
+#   - observer (alpha 0.5, the teacher = the same model from a state tuned
+#     first) and kernel state (k-means and random support vectors) run,
+#     lower the eval loss, and say so in metrics.json; the kernel state's U0
+#     lands in kstate.safetensors beside state.safetensors;
+#   - a kernel-state job that would resume from a checkpoint is refused with
+#     one sentence (U0 is not in checkpoints yet);
+#   - a missing teacher state fails with a sentence naming the key.
+# Exit 77 (skipped) when the fixtures or the Python sources are absent.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+build=${STATETUNE_BUILD_DIR:-$here/../build}
+worker=$build/worker/statetune-worker
+fixtures=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$here/../../shared/fixtures}}
+model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
+py=/usr/bin/python3
+skip() { echo "skipped: $*"; exit 77; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+[ -x "$worker" ] || fail "no worker binary at $worker"
+[ -f "$model" ] || skip "fixture model $model not found"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/tune-methods-XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+"$py" "$here/make_tabs_data.py" "$tmp" --train 64 --eval 8 --bytes 80 >/dev/null || skip "no Python sources to make data from"
+
+job() { # out extra
+    cat >"$tmp/$1.json" <<J
+{"name": "m-$1", "model": "$model", "train": "train.jsonl", "eval": "eval.jsonl", "ctx_len": 96,
+ "micro_batch": 4, "global_batch": 4, "steps": ${STEPS:-4}, "lr_init": 1.0, "lr_final": 0.01, "warmup_steps": 1,
+ "eval_every": 0, "checkpoint_every": 2, "seed": 3$2}
+J
+}
+run() { "$worker" tune "$tmp/$1.json" --local --out "$tmp/out-$1" --threads 1 >"$tmp/$1.log" 2>&1; }
+metric() { "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$tmp/out-$1/metrics.json" "$2"; }
+
+job plain ""
+run plain || fail "plain tuning failed: $(tail -1 "$tmp/plain.log")"
+teacher=$tmp/out-plain/state.safetensors
+obs() { echo ", \"observer\": {\"teacher\": \"$model\", \"teacher_state\": \"$1\", \"alpha\": $2, \"temperature\": 2.0}"; }
+
+job alpha1 "$(obs "$teacher" 1.0)"
+run alpha1 || fail "observer alpha 1 failed: $(tail -1 "$tmp/alpha1.log")"
+cmp -s "$tmp/out-plain/state.safetensors" "$tmp/out-alpha1/state.safetensors" ||
+    fail "observer with alpha = 1 gave a state different from plain tuning"
+
+job obs "$(obs "$teacher" 0.5)"
+run obs || fail "observer failed: $(tail -1 "$tmp/obs.log")"
+[ "$(metric obs observer)" = True ] || fail "metrics.json does not say the observer was on"
+cmp -s "$tmp/out-plain/state.safetensors" "$tmp/out-obs/state.safetensors" && fail "alpha 0.5 changed nothing"
+
+for sup in kmeans random; do
+    job ks-$sup ", \"kernel_state\": {\"features\": 8, \"gamma\": 1.0, \"support\": \"$sup\"}"
+    run ks-$sup || fail "kernel state ($sup) failed: $(tail -1 "$tmp/ks-$sup.log")"
+    [ "$(metric ks-$sup kernel_features)" = 8 ] || fail "metrics.json does not give the kernel features"
+    [ -s "$tmp/out-ks-$sup/kstate.safetensors" ] || fail "no kstate.safetensors beside the state"
+    "$py" - "$tmp/out-ks-$sup/metrics.json" <<'P' || fail "kernel state ($sup) did not lower the eval loss"
+import json, sys
+m = json.load(open(sys.argv[1]))
+sys.exit(0 if m["eval_loss_after"] < m["eval_loss_before"] else 1)
+P
+done
+
+# stop after 2 steps, then a rerun would resume: refused with a sentence
+job ksr ", \"kernel_state\": {\"features\": 8}"
+"$worker" tune "$tmp/ksr.json" --local --out "$tmp/out-ksr" --threads 1 --max-steps 2 >/dev/null 2>&1
+run ksr && fail "a kernel-state job resumed without its U0"
+grep -q "U0" "$tmp/ksr.log" || fail "the resume refusal does not say why: $(tail -1 "$tmp/ksr.log")"
+
+job nostate "$(obs "$tmp/missing.safetensors" 0.5)"
+run nostate && fail "a missing teacher state was accepted"
+grep -q "teacher_state" "$tmp/nostate.log" || fail "the error does not name observer.teacher_state: $(tail -1 "$tmp/nostate.log")"
+echo "tune_methods: ok"
