@@ -10,7 +10,7 @@
 #             with a state bit-identical to an uninterrupted run (CPU, one
 #             thread: the engine's multi-threaded reductions are not ordered)
 #   mpi       mpirun -np 2 gives the state of -np 1 for the same global batch
-#             (relative difference <= 1e-5)
+#             (relative difference <= 1e-5), with DBP off and on
 #   kill      kill -9 of one rank under mpirun ends the group with an error
 #             within 30 s and no state is written
 #   hang      a rank that stops answering (SIGSTOP) makes the watchdog end
@@ -132,6 +132,15 @@ mpi)
     echo "np 2 vs np 1: relative difference $rel"
     "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-5 else 1)" "$rel" || fail "states differ by $rel"
     [ "$(metric "$tmp/two/metrics.json" ranks)" = 2 ] || fail "metrics.json does not say 2 ranks"
+    # with DBP the correlation Q is all-reduced with dS0 and the sampled rows do
+    # not depend on the split: the states agree too
+    job mpidbp 4 8 4 '"dbp": {"enabled": true, "lr": 0.05, "sample_fraction": 0.5}'
+    "$worker" tune "$tmp/mpidbp.json" --local --out "$tmp/done" --threads 1 >/dev/null 2>"$tmp/e3" || fail "$(cat "$tmp/e3")"
+    mpirun -np 2 --oversubscribe "$worker" tune "$tmp/mpidbp.json" --local --out "$tmp/dtwo" >/dev/null 2>"$tmp/e4" ||
+        fail "mpirun -np 2 with DBP failed: $(cat "$tmp/e4")"
+    rel=$(state_rel "$tmp/done/state.safetensors" "$tmp/dtwo/state.safetensors") || fail "could not compare states"
+    echo "DBP, np 2 vs np 1: relative difference $rel"
+    "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-5 else 1)" "$rel" || fail "DBP states differ by $rel"
     ;;
 kill)
     command -v mpirun >/dev/null || skip "mpirun not found"
