@@ -116,3 +116,34 @@ for name, recs in seeds.items():
     with open(os.path.join(out, name + ".bin"), "wb") as f:
         f.write(SEP.join(recs))
 print("wrote %d seeds to %s" % (len(seeds), out), file=sys.stderr)
+
+# ---- seeds of fuzz_protocol_client.c: replies a client may get -------------
+CP, CX = 1, 2  # payload, extra frames
+
+
+def reply(ctl, msg, payload=None):
+    body = msg if isinstance(msg, bytes) else json.dumps(msg, separators=(",", ":")).encode()
+    if payload is not None:
+        ctl |= CP
+        body += b"\xfe\xfe" + payload
+    return bytes([ctl]) + body
+
+
+SMALL = struct.pack("<64f", *[i / 64.0 for i in range(64)])  # [1, 1, 8, 8]
+ok_get = {"v": 1, "type": "ok", "rid": 1, "name": "fuzz", "version": 1, "layers": 1, "heads": 1, "head_size": 8,
+          "dtype": "f32", "sha256": "ab" * 32}
+client_seeds = {
+    "state": [reply(0, ok_get, SMALL)],
+    "stale_then_state": [reply(0, {"v": 1, "type": "heartbeat"}), reply(0, dict(ok_get, rid=7), SMALL),
+                         reply(0, b"not json"), reply(CX, ok_get, SMALL)],
+    "bad_shape": [reply(0, dict(ok_get, layers=0), SMALL), reply(0, dict(ok_get, head_size=4096), SMALL),
+                  reply(0, ok_get, SMALL[:-4])],
+    "errors": [reply(0, {"v": 1, "type": "error", "rid": 1, "code": "not_found", "error": "no state 'fuzz'"}),
+               reply(0, {"v": 1, "type": "error", "rid": 1, "code": 17})],
+}
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "protocol_client")
+os.makedirs(out, exist_ok=True)
+for name, recs in client_seeds.items():
+    with open(os.path.join(out, name + ".bin"), "wb") as f:
+        f.write(SEP.join(recs))
+print("wrote %d client seeds to %s" % (len(client_seeds), out), file=sys.stderr)

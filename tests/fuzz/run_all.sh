@@ -1,5 +1,5 @@
 #!/bin/sh
-# run_all.sh - builds every libFuzzer harness of SPEC section 9 with clang,
+# run_all.sh - builds every libFuzzer harness of SPEC section 9 (eight) with clang,
 # ASan and UBSan in its own work folder (never the CMake build) and runs each
 # for SECONDS (default 60) from its committed seeds:
 #
@@ -10,6 +10,7 @@
 #   jobspec     the job file
 #   jsonl       JSONL datasets and the batcher
 #   protocol    the coordinator's message handling (broker.c in-process)
+#   protocol_client  the client library's handling of the coordinator's replies
 #
 #   tests/fuzz/run_all.sh [SECONDS] [WORKDIR]
 #
@@ -28,7 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 work=${2:-$(mktemp -d /tmp/statetune-fuzz-XXXXXX)}
 jobs=${FUZZ_JOBS:-1}
-only=${FUZZ_ONLY:-"tensorfile pickle safetensors vocab jobspec jsonl protocol"}
+only=${FUZZ_ONLY:-"tensorfile pickle safetensors vocab jobspec jsonl protocol protocol_client"}
 nicelvl=${FUZZ_NICE:-10}
 fixtures=${STATETUNE_FIXTURES:-$root/../shared/fixtures}
 mkdir -p "$work/obj"
@@ -63,7 +64,7 @@ for t in $only; do
     case $t in
         tensorfile|pickle) src=$here/fuzz_model_$t.c ;;
         vocab|jobspec|jsonl) src=$here/fuzz_data_$t.c ;;
-        safetensors|protocol) src=$here/fuzz_$t.c ;;
+        safetensors|protocol|protocol_client) src=$here/fuzz_$t.c ;;
         *) echo "unknown harness '$t'" >&2; exit 2 ;;
     esac
     "$cc" $cflags -fsanitize=fuzzer,address,undefined -o "fuzz_$t" "$src" $objs $libs
@@ -95,7 +96,7 @@ run_one() {
     mkdir -p "corpus_$t"
     cp "$(seeds_of "$t")"/* "corpus_$t/"
     maxlen=8192
-    case $t in tensorfile|safetensors|protocol) maxlen=65536 ;; esac
+    case $t in tensorfile|safetensors|protocol|protocol_client) maxlen=65536 ;; esac
     STATETUNE_FUZZ_MODEL="$protomodel" \
     nice -n "$nicelvl" "./fuzz_$t" -max_total_time="$secs" -max_len=$maxlen -timeout=20 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="$work/$t-" "corpus_$t" > "$t.log" 2>&1
