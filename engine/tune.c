@@ -637,6 +637,7 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
         sc[RED_CANCEL] = 1;
     }
     batch_t batch;
+    batcher_pos_t before = batcher_position(t->batcher); /* restored if this step is cancelled */
     rc = batcher_next(t->batcher, &batch, err);
     if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
     for (int m = 0; m < batch.n_micro; m++) {
@@ -678,7 +679,12 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
     for (size_t i = 0; i < t->nU; i++) redU[i] = t->dU[i];
     rc = dist_allreduce_step_f64(t->dist, t->red, t->nred, err); /* NCCL in a GPU group, else MPI */
     if (rc) return rc;
-    if (sc[RED_CANCEL] > 0) return st_fail(err, ST_ECANCELLED, "the job was cancelled at step %lld", (long long)step);
+    if (sc[RED_CANCEL] > 0) {
+        /* the step is dropped whole: its batch comes again after a resume */
+        rc = batcher_seek(t->batcher, before, err);
+        if (rc) return rc;
+        return st_fail(err, ST_ECANCELLED, "the job was cancelled at step %lld", (long long)step);
+    }
     double ntg = sc[RED_TARGETS];
     if (ntg <= 0) return st_fail(err, ST_EINVAL, "step %lld: the global batch has no trained target", (long long)step + 1);
     double loss = sc[RED_LOSS] / ntg;
@@ -750,9 +756,18 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
     int64_t stop = t.steps;
     if (opts->max_steps > 0 && start + opts->max_steps < stop) stop = start + opts->max_steps;
     json_t *tl = json_object_get(t.metrics, "train_loss");
+    int64_t last_ckpt = start;
     for (int64_t step = start; step < stop; step++) {
         double loss = 0, ntok = 0;
         rc = s_step(&t, step, &loss, &ntok, err);
+        if (rc == ST_ECANCELLED && step > last_ckpt) {
+            /* keep the work done so far: a rerun with the same out dir
+             * continues from here (the cancelled step left no trace) */
+            char err2[ST_ERR_LEN];
+            if (s_write_checkpoint(&t, step, err2) == ST_OK)
+                st_fail(err, rc, "the job was cancelled after step %lld; its checkpoint lets a rerun with the same "
+                        "out dir continue from there", (long long)step);
+        }
         if (rc) goto done;
         t.call_tokens += ntok;
         json_array_append_new(tl, json_real(loss));
@@ -776,6 +791,7 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
             (done == stop && stop < t.steps)) {
             rc = s_write_checkpoint(&t, done, err);
             if (rc) goto done;
+            last_ckpt = done;
         }
     }
     double tot_tokens, wall;

@@ -8,7 +8,8 @@
 #             step on a non-terminal stderr
 #   resume    a job stopped after 4 steps and rerun with the same --out ends
 #             with a state bit-identical to an uninterrupted run (CPU, one
-#             thread: the engine's multi-threaded reductions are not ordered)
+#             thread: the engine's multi-threaded reductions are not ordered);
+#             so is one stopped by SIGINT and rerun
 #   mpi       mpirun -np 2 gives the state of -np 1 for the same global batch
 #             (relative difference <= 1e-5), with DBP off and on
 #   kill      kill -9 of one rank under mpirun ends the group with an error
@@ -113,6 +114,27 @@ resume)
     grep -q '^step 1/10 ' "$tmp/e3" && fail "the rerun started over"
     cmp "$tmp/full/state.safetensors" "$tmp/part/state.safetensors" ||
         fail "resumed state differs from the uninterrupted one (rel $(state_rel "$tmp/full/state.safetensors" "$tmp/part/state.safetensors"))"
+    # Ctrl-C (SIGINT) stops at a step boundary with a checkpoint; the rerun
+    # continues from it and still ends on the uninterrupted state
+    "$worker" tune "$tmp/res.json" --local --out "$tmp/sig" --threads 1 >/dev/null 2>"$tmp/e5" &
+    pid=$!
+    for _ in $(seq 1 300); do
+        grep -q '^step 2/10 ' "$tmp/e5" 2>/dev/null && break
+        sleep 0.1
+    done
+    kill -INT $pid
+    rc=0
+    wait $pid || rc=$?
+    if [ $rc = 0 ]; then
+        echo "note: the job finished before SIGINT arrived; the Ctrl-C path was not exercised"
+    else
+        grep -q 'cancelled after step' "$tmp/e5" || fail "unclear message after SIGINT: $(tail -1 "$tmp/e5")"
+        [ ! -e "$tmp/sig/state.safetensors" ] || fail "a cancelled run wrote a state"
+        "$worker" tune "$tmp/res.json" --local --out "$tmp/sig" --threads 1 >/dev/null 2>"$tmp/e6" || fail "$(cat "$tmp/e6")"
+        grep -q '^step 1/10 ' "$tmp/e6" && fail "the rerun after SIGINT started over"
+        cmp "$tmp/full/state.safetensors" "$tmp/sig/state.safetensors" || fail "state after SIGINT + rerun differs"
+        echo "SIGINT at $(grep -o 'after step [0-9]*' "$tmp/e5"), rerun: bit-identical"
+    fi
     # a checkpoint of another job is refused, not silently reused
     job other 10 8 8 '"seed": 2'
     "$worker" tune "$tmp/other.json" --local --out "$tmp/part" --threads 1 >/dev/null 2>"$tmp/e4" &&

@@ -13,7 +13,8 @@
  * and DIR/state.safetensors + DIR/metrics.json at the end.
  *
  * Rerunning with the same --out resumes from DIR's checkpoint; --resume
- * insists on one, --fresh ignores it. --max-steps stops early with a
+ * insists on one, --fresh ignores it. Ctrl-C (SIGINT) or SIGTERM stops at the
+ * next step boundary and leaves a checkpoint there. --max-steps stops early with a
  * checkpoint (as if interrupted), for tests and for splitting long jobs.
  *
  * Errors: one sentence on stderr and exit 1 (2 for usage). Under mpirun an
@@ -45,7 +46,8 @@ static const char s_usage[] =
     "                 (without it a checkpoint of the same job is resumed when present)\n"
     "  --fresh        start at step 0 even if DIR holds a checkpoint\n"
     "  --threads N    CPU threads per rank (default: all cores)\n"
-    "  --max-steps N  stop after N steps with a checkpoint, as if interrupted\n";
+    "  --max-steps N  stop after N steps with a checkpoint, as if interrupted\n"
+    "Ctrl-C stops at the next step with a checkpoint; rerun with the same --out to continue.\n";
 
 /* Set by SIGINT/SIGTERM: the loop stops at the next step boundary. */
 static volatile sig_atomic_t s_stop_requested = 0;
