@@ -1,0 +1,225 @@
+#!/bin/bash
+# tests/gpu_multi.sh - GPU worker groups: NCCL all-reduce correctness and the
+# 1/2/4-GPU scaling run (SPEC sections 7 and 8; docs/performance.md, scaling).
+#
+#   tests/gpu_multi.sh pack            (here: nvcc, no GPU)
+#       builds statetune-worker with CUDA and NCCL in build-nccl (-Werror,
+#       sm_90), copies it, the pysrc-rwkv7-5M fixture and a tabs dataset made
+#       by tests/make_tabs_data.py into rt/nccl/, and packs the shared
+#       libraries the GPU machine lacks into rt/nccl/runtime.tar.xz. rt/ is
+#       git-ignored; the device tool carries it (carry: ["rt/nccl"]).
+#   tests/gpu_multi.sh run [correct|scale|all]   (on a machine with >= 2 GPUs)
+#       correct: `mpirun -np N statetune-worker tune JOB --local --backend cuda`
+#                for N = 1, 2, 4 (as many as there are GPUs) with the same
+#                global batch, in bf16 and fp32; the states must match the
+#                1-GPU state within the fixtures' tolerance for that precision
+#                (relative L2: bf16 3e-2, fp32 1e-4) and each group must say it
+#                summed through NCCL (NCCL_DEBUG=VERSION prints NCCL's banner
+#                when a communicator is made). GPU_MULTI_BACKEND=cpu runs
+#                the same check on CPU ranks over MPI (a smoke test of this
+#                script on a machine without a GPU).
+#       scale:   `mpirun -np N statetune-worker bench --backend cuda` at
+#                24 x 1024 and 24 x 2048, vocab 65536, batch 8 per GPU, ctx
+#                1024: tokens/s per GPU against 1 GPU, all-reduce ms per step.
+#       Logs and a summary go to $OUT (the device tool brings it back).
+#   tests/gpu_multi.sh ctest           (CTest, label gpu)
+#       `correct` from the build tree and ../shared/fixtures; skipped (77)
+#       without 2 GPUs, mpirun, the fixture or Python sources.
+#
+# NVLink multicast stays off (NCCL_NVLS_ENABLE=0): on shared hosts it can put
+# every GPU of the host out of service.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+rt=$root/rt/nccl
+mode=${1:-}
+py=/usr/bin/python3
+
+export NCCL_NVLS_ENABLE=0
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# one rank per GPU, threads free to use the node's cores; no CMA (containers
+# often forbid the ptrace it needs)
+MPIRUN=(mpirun --bind-to none --mca btl_vader_single_copy_mechanism none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH)
+
+skip() { echo "skipped: $*"; exit 77; }
+
+if [ "$mode" = pack ]; then
+  set -e
+  build=${STATETUNE_GPU_BUILD:-$root/build-nccl}
+  fx=${STATETUNE_FIXTURES:-$root/../shared/fixtures}
+  cmake -S "$root" -B "$build" -DSTATETUNE_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+  cmake --build "$build" -j2 --target statetune-worker
+  rm -rf "$rt"; mkdir -p "$rt/bin" "$rt/data"
+  cp "$build/worker/statetune-worker" "$rt/bin/"
+  cp "$fx/rwkv7/pysrc-rwkv7-5M.pth" "$rt/data/"
+  "$py" "$root/tests/make_tabs_data.py" "$rt/data" --train 256 --eval 32 --bytes 200 >/dev/null
+  bash "$root/../shared/device/pack-runtime.sh" "$rt/runtime.tar.xz" "$rt/bin/statetune-worker"
+  du -sh "$rt"
+  exit 0
+fi
+
+# relative L2 difference of two state.safetensors files (F32 tensors)
+state_rel() {
+  "$py" - "$1" "$2" <<'EOF'
+import array, json, struct, sys
+def load(p):
+    b = open(p, 'rb').read()
+    n = struct.unpack('<Q', b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in h.items():
+        if k == '__metadata__':
+            continue
+        assert v['dtype'] == 'F32', v
+        s, e = v['data_offsets']
+        a = array.array('f')
+        a.frombytes(b[8 + n + s:8 + n + e])
+        out[k] = a
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+num = sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k]))
+den = sum(x * x for k in a for x in a[k])
+print((num / den) ** 0.5 if den else num ** 0.5)
+EOF
+}
+
+metric() { "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+
+fail=0
+summary=()
+note() { summary+=("$*"); echo "$*"; }
+
+# correct WORKER MODEL DATA_DIR OUT_DIR NP...
+correct() {
+  local w=$1 model=$2 data=$3 out=$4; shift 4
+  local prec tol np ref rel backend=${GPU_MULTI_BACKEND:-cuda}
+  local precs="bf16 fp32"
+  [ "$backend" = cuda ] || precs=fp32 # the CPU engine is fp32 only
+  for prec in $precs; do
+    [ "$prec" = bf16 ] && tol=3e-2 || tol=1e-4
+    cat >"$out/job-$prec.json" <<EOF
+{"name": "nccl-$prec", "model": "$model", "train": "$data/train.jsonl", "eval": "$data/eval.jsonl",
+ "ctx_len": 128, "micro_batch": 4, "global_batch": 16, "steps": 8, "lr_init": 1.0, "lr_final": 0.05,
+ "warmup_steps": 2, "eval_every": 0, "checkpoint_every": 0, "precision": "$prec", "backend": "$backend"}
+EOF
+    for np in "$@"; do
+      local dir=$out/tune-$prec-np$np
+      rm -rf "$dir"
+      local t0=$(date +%s)
+      if ! NCCL_DEBUG=VERSION "${MPIRUN[@]}" -x NCCL_DEBUG -np "$np" "$w" tune "$out/job-$prec.json" --local \
+          --out "$dir" --backend "$backend" --fresh >"$out/tune-$prec-np$np.log" 2>&1; then
+        note "FAIL tune $prec np $np: $(head -2 "$out/tune-$prec-np$np.log" | tr '\n' ' ')"
+        fail=1; continue
+      fi
+      if [ "$backend" = cuda ] && [ "$np" -gt 1 ] && ! grep -q 'NCCL version' "$out/tune-$prec-np$np.log"; then
+        note "FAIL tune $prec np $np made no NCCL communicator"; fail=1
+      fi
+      note "tune $prec np $np: $(($(date +%s) - t0)) s, ranks $(metric "$dir/metrics.json" ranks)," \
+           "eval loss $(metric "$dir/metrics.json" eval_loss_before) -> $(metric "$dir/metrics.json" eval_loss_after)," \
+           "$(metric "$dir/metrics.json" tokens_per_s) tok/s"
+    done
+    ref=$out/tune-$prec-np$1/state.safetensors
+    for np in "${@:2}"; do
+      [ -f "$ref" ] && [ -f "$out/tune-$prec-np$np/state.safetensors" ] || continue
+      rel=$(state_rel "$ref" "$out/tune-$prec-np$np/state.safetensors") || { note "FAIL compare $prec np $np"; fail=1; continue; }
+      if "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)" "$rel" "$tol"; then
+        note "OK   $prec state np $np vs np $1: relative L2 $rel (tolerance $tol)"
+      else
+        note "FAIL $prec state np $np vs np $1: relative L2 $rel (tolerance $tol)"; fail=1
+      fi
+    done
+  done
+}
+
+# scale WORKER OUT_DIR NP...
+scale() {
+  local w=$1 out=$2; shift 2
+  local shape np backend=${GPU_MULTI_BACKEND:-cuda} prec=bf16
+  [ "$backend" = cuda ] || prec=fp32
+  : >"$out/scaling.jsonl"
+  # SCALE_SHAPES / SCALE_DIMS override the shapes for a smoke test
+  for shape in ${SCALE_SHAPES:-24x1024 24x2048}; do
+    for np in "$@"; do
+      local log=$out/bench-$shape-np$np.log
+      if "${MPIRUN[@]}" -np "$np" "$w" bench --layers "${shape%x*}" --embd "${shape#*x}" \
+          ${SCALE_DIMS:---vocab 65536 --batch 8 --ctx 1024} --backend "$backend" --precision "$prec" \
+          --steps "${SCALE_STEPS:-10}" >"$log" 2>&1; then
+        grep '^{' "$log" | tail -1 >>"$out/scaling.jsonl"
+      else
+        note "FAIL bench $shape np $np: $(grep -m2 -i 'error\|fail\|statetune' "$log" | tr '\n' ' ')"; fail=1
+      fi
+    done
+  done
+  "$py" - "$out/scaling.jsonl" <<'EOF' | tee "$out/scaling.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+base = {}
+print("%-9s %3s %12s %12s %7s %9s %13s %9s %9s" % ("shape", "np", "tok/s", "tok/s/gpu", "eff", "step_ms",
+      "allreduce_ms", "copy_ms", "nccl_ms"))
+for r in rows:
+    shape = "%dx%d" % (r["layers"], r["embd"])
+    if r["ranks"] == 1:
+        base[shape] = r["tokens_per_s_per_gpu"]
+    eff = r["tokens_per_s_per_gpu"] / base[shape] if shape in base else float("nan")
+    print("%-9s %3d %12.0f %12.0f %6.1f%% %9.2f %13.3f %9.3f %9.3f" % (shape, r["ranks"], r["tokens_per_s"],
+          r["tokens_per_s_per_gpu"], 100 * eff, r["step_ms"], r["allreduce_ms"], r["allreduce_copy_ms"],
+          r["allreduce_nccl_ms"]))
+EOF
+}
+
+case $mode in
+run)
+  what=${2:-all}
+  OUT=${OUT:-/tmp/statetune-gpu-multi}
+  # the device tool brings back at most 8 files: logs and states go to
+  # $OUT/work, packed into $OUT/work.tar.gz at the end
+  work=$OUT/work
+  mkdir -p "$work" /tmp/strt
+  tar -xJf "$rt/runtime.tar.xz" -C /tmp/strt
+  export LD_LIBRARY_PATH=/tmp/strt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  if [ "${GPU_MULTI_BACKEND:-cuda}" = cuda ]; then
+    { nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader; nvidia-smi topo -m;
+      date -u; mpirun --version | head -1; } 2>&1 | tee "$OUT/device.txt"
+    ngpu=$(nvidia-smi -L | wc -l)
+  else
+    ngpu=${GPU_MULTI_NP:-2}
+    MPIRUN+=(--oversubscribe)
+  fi
+  nps=(1)
+  [ "$ngpu" -ge 2 ] && nps+=(2)
+  [ "$ngpu" -ge 4 ] && nps+=(4)
+  w=$rt/bin/statetune-worker
+  case ,$what, in *,correct,*|*,all,*) correct "$w" "$rt/data/pysrc-rwkv7-5M.pth" "$rt/data" "$work" "${nps[@]}" ;; esac
+  case ,$what, in *,scale,*|*,all,*)
+    scale "$w" "$work" "${nps[@]}"
+    cp "$work/scaling.jsonl" "$work/scaling.txt" "$OUT/" ;;
+  esac
+  printf '%s\n' "${summary[@]}" >"$OUT/summary.txt"
+  tar -czf "$OUT/work.tar.gz" -C "$OUT" work && rm -rf "$work"
+  ;;
+ctest)
+  build=${STATETUNE_BUILD_DIR:-$root/build}
+  fx=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$root/../shared/fixtures}}
+  w=$build/worker/statetune-worker
+  [ -x "$w" ] || { echo "FAIL: no worker binary at $w"; exit 1; }
+  command -v nvidia-smi >/dev/null || skip "no nvidia-smi"
+  command -v mpirun >/dev/null || skip "no mpirun"
+  ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+  [ "$ngpu" -ge 2 ] || skip "$ngpu GPU(s): a group needs 2"
+  [ -f "$fx/rwkv7/pysrc-rwkv7-5M.pth" ] || skip "fixture pysrc-rwkv7-5M.pth not found"
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/gpu-multi-XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+  "$py" "$root/tests/make_tabs_data.py" "$tmp" --train 256 --eval 32 --bytes 200 >/dev/null ||
+    skip "could not make the dataset from Python sources"
+  nps=(1 2)
+  [ "$ngpu" -ge 4 ] && nps+=(4)
+  correct "$w" "$fx/rwkv7/pysrc-rwkv7-5M.pth" "$tmp" "$tmp" "${nps[@]}"
+  ;;
+*)
+  echo "usage: tests/gpu_multi.sh pack | run [correct|scale|all] | ctest" >&2
+  exit 2
+  ;;
+esac
+echo "==== summary ($(date -u +%H:%M:%S) UTC) ===="
+printf '%s\n' "${summary[@]}"
+exit $fail
