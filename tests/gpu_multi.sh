@@ -33,12 +33,17 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 rt=$root/rt/nccl
 mode=${1:-}
 py=/usr/bin/python3
+[ -x "$py" ] || py=$(command -v python3) # the GPU machine's own Python will do for comparing states
 
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# ranks build a 1.5B random model before their first collective: allow
+# them more than the default 30 s to arrive (the watchdog, worker/dist.h)
+export STATETUNE_DIST_TIMEOUT_S=${STATETUNE_DIST_TIMEOUT_S:-180}
 # one rank per GPU, threads free to use the node's cores; no CMA (containers
 # often forbid the ptrace it needs)
-MPIRUN=(mpirun --bind-to none --mca btl_vader_single_copy_mechanism none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH)
+MPIRUN=(mpirun --bind-to none --mca btl_vader_single_copy_mechanism none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH
+        -x STATETUNE_DIST_TIMEOUT_S)
 
 skip() { echo "skipped: $*"; exit 77; }
 
@@ -177,6 +182,13 @@ run)
   mkdir -p "$work" /tmp/strt
   tar -xJf "$rt/runtime.tar.xz" -C /tmp/strt
   export LD_LIBRARY_PATH=/tmp/strt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  # NCCL is not packed (it is the machine's own); where the loader does not
+  # find it, use the copy that comes with PyTorch
+  if ldd "$rt/bin/statetune-worker" | grep -q 'libnccl.so.2 => not found'; then
+    nccl=$(find /usr /opt -name libnccl.so.2 2>/dev/null | head -1)
+    [ -n "$nccl" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$nccl")
+  fi
+  ldd "$rt/bin/statetune-worker" | grep -E 'nccl|mpi|cudart|not found' >"$OUT/ldd.txt"
   if [ "${GPU_MULTI_BACKEND:-cuda}" = cuda ]; then
     { nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader; nvidia-smi topo -m;
       date -u; mpirun --version | head -1; } 2>&1 | tee "$OUT/device.txt"
