@@ -25,6 +25,11 @@
 #   tests/gpu_multi.sh ctest           (CTest, label gpu)
 #       `correct` from the build tree and ../shared/fixtures; skipped (77)
 #       without 2 GPUs, mpirun, the fixture or Python sources.
+#   tests/gpu_multi.sh nogpu           (CTest, CI: a machine without a GPU)
+#       a CUDA group that cannot get its GPUs (bench and tune under
+#       mpirun -np 2 --backend cuda) fails within seconds with one sentence
+#       per rank saying why, instead of hanging in NCCL; writes no state.
+#       Skipped where a GPU is visible.
 #
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0): on shared hosts it can put
 # every GPU of the host out of service.
@@ -227,8 +232,42 @@ ctest)
   [ "$ngpu" -ge 4 ] && nps+=(4)
   correct "$w" "$fx/rwkv7/pysrc-rwkv7-5M.pth" "$tmp" "$tmp" "${nps[@]}"
   ;;
+nogpu)
+  build=${STATETUNE_BUILD_DIR:-$root/build}
+  fx=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$root/../shared/fixtures}}
+  w=$build/worker/statetune-worker
+  [ -x "$w" ] || { echo "FAIL: no worker binary at $w"; exit 1; }
+  command -v mpirun >/dev/null || skip "no mpirun"
+  if command -v nvidia-smi >/dev/null && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -gt 0 ]; then
+    skip "a GPU is visible: this checks the failure without one"
+  fi
+  [ -f "$fx/rwkv7/pysrc-rwkv7-5M.pth" ] || skip "fixture pysrc-rwkv7-5M.pth not found"
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/gpu-nogpu-XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+  for i in 1 2 3 4 5 6 7 8; do echo '{"text": "def f(x):\n\treturn x + '$i'\n"}'; done >"$tmp/train.jsonl"
+  cp "$tmp/train.jsonl" "$tmp/eval.jsonl"
+  cat >"$tmp/job.json" <<EOF
+{"name": "nogpu", "model": "$fx/rwkv7/pysrc-rwkv7-5M.pth", "train": "train.jsonl", "eval": "eval.jsonl",
+ "ctx_len": 32, "micro_batch": 2, "global_batch": 4, "steps": 2, "precision": "bf16", "backend": "cuda"}
+EOF
+  # why a CUDA group cannot start: no usable device (CUDA build) or no CUDA
+  # backend at all (CPU-only build)
+  why='CUDA device\|CUDA backend\|CUDA driver'
+  for cmd in "bench --layers 2 --embd 128 --vocab 256 --batch 2 --ctx 16 --backend cuda" \
+             "tune $tmp/job.json --local --out $tmp/out --backend cuda"; do
+    t0=$(date +%s)
+    timeout 60 "${MPIRUN[@]}" --oversubscribe -np 2 $w $cmd >"$tmp/o" 2>"$tmp/e"
+    rc=$?
+    dt=$(($(date +%s) - t0))
+    [ $rc -ne 0 ] || { note "FAIL: '${cmd%% *}' of a group without GPUs exited 0"; fail=1; continue; }
+    [ $rc -ne 124 ] || { note "FAIL: '${cmd%% *}' of a group without GPUs hung (killed after 60 s)"; fail=1; continue; }
+    if grep -q "$why" "$tmp/e"; then note "OK   ${cmd%% *}: the group failed in $dt s: $(grep -m1 "$why" "$tmp/e")"
+    else note "FAIL: '${cmd%% *}' failed without saying why: $(head -3 "$tmp/e" | tr '\n' ' ')"; fail=1; fi
+  done
+  [ ! -e "$tmp/out/state.safetensors" ] || { note "FAIL: a group without GPUs wrote a state"; fail=1; }
+  ;;
 *)
-  echo "usage: tests/gpu_multi.sh pack | run [correct|scale|all] | ctest" >&2
+  echo "usage: tests/gpu_multi.sh pack | run [correct|scale|all] | ctest | nogpu" >&2
   exit 2
   ;;
 esac
