@@ -57,10 +57,10 @@ J
                 observer+kstate) extra=$obs$ks ;;
             esac
             mkdir -p "$out"
-            job "abl-$task-$method-$seed" "$task" "$seed" "$extra" >"$out/job.json"
+            job "abl-$task-${method//+/-}-$seed" "$task" "$seed" "$extra" >"$out/job.json"
             echo "$task $method seed $seed" >&2
             t0=$(date +%s.%N)
-            "$worker" tune "$out/job.json" --local --out "$out" --threads "$threads" --fresh 2>"$out/log"
+            "$worker" tune "$out/job.json" --local --out "$out" --threads "$threads" --fresh >"$out/log" 2>&1
             echo "$(date +%s.%N) - $t0" | bc >"$out/wall_s"
         done
     done
@@ -74,15 +74,18 @@ def ms(xs):
     if not xs: return "-"
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
     return f"{statistics.mean(xs):.4f} +- {sd:.4f}"
-print("| task | method | eval loss before | eval loss after | accuracy after | wall s / run | tokens/s |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| task | method | eval loss before | eval loss after | accuracy after | exact match after | wall s / run | tokens/s |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for task in tasks:
     t = json.load(open(f"{work}/{task}/teacher/metrics.json"))
-    print(f"| {task} | teacher state (plain, more data) | {t['eval_loss_before']:.4f} | {t['eval_loss_after']:.4f} | {t['accuracy_after']:.4f} | - | - |")
+    em = t.get('exact_match_after')
+    print(f"| {task} | teacher state (plain, more data) | {t['eval_loss_before']:.4f} | {t['eval_loss_after']:.4f} | "
+          f"{t['accuracy_after']:.4f} | {'-' if em is None else f'{em:.4f}'} | - | - |")
     for method in ["plain", "dbp", "observer", "kstate", "observer+kstate"]:
         ms_ = [json.load(open(f"{work}/{task}/{method}-{s}/metrics.json")) for s in seeds]
         wall = [float(open(f"{work}/{task}/{method}-{s}/wall_s").read()) for s in seeds]
         print(f"| {task} | {method} | {ms_[0]['eval_loss_before']:.4f} | {ms([m['eval_loss_after'] for m in ms_])} | "
-              f"{ms([m['accuracy_after'] for m in ms_])} | {statistics.mean(wall):.1f} | "
+              f"{ms([m['accuracy_after'] for m in ms_])} | {ms([m.get('exact_match_after') for m in ms_])} | "
+              f"{statistics.mean(wall):.1f} | "
               f"{statistics.mean(m['tokens_per_s'] for m in ms_):.0f} |")
 P
