@@ -44,10 +44,11 @@ export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # ranks build a 1.5B random model before their first collective: allow
 # them more than the default 30 s to arrive (the watchdog, worker/dist.h)
-export STATETUNE_DIST_TIMEOUT_S=${STATETUNE_DIST_TIMEOUT_S:-180}
+export STATETUNE_DIST_TIMEOUT_S=${STATETUNE_DIST_TIMEOUT_S:-90}
 # one rank per GPU, threads free to use the node's cores; no CMA (containers
-# often forbid the ptrace it needs)
-MPIRUN=(mpirun --bind-to none --mca btl_vader_single_copy_mechanism none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH
+# often forbid the ptrace it needs); no group may take more than 4 minutes
+# (device time is counted)
+MPIRUN=(timeout "${GPU_MULTI_GROUP_TIMEOUT:-240}" mpirun --bind-to none --mca btl_vader_single_copy_mechanism none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH
         -x STATETUNE_DIST_TIMEOUT_S)
 
 skip() { echo "skipped: $*"; exit 77; }
