@@ -559,6 +559,46 @@ void dist_last_allreduce_ms(const dist_t *self, double *copy_ms, double *nccl_ms
     *nccl_ms = self && self->nccl ? self->nccl->nccl_ms : 0;
 }
 
+int dist_device_allreduce_check(dist_t *self, size_t n, int iters, double *ms, char *err)
+{
+    *ms = 0;
+    if (!self || self->size == 1) return ST_OK;
+    if (!self->nccl)
+        return st_fail(err, ST_EUNSUPPORTED, "a device all-reduce needs the NCCL communicator (dist_init_nccl)");
+    float *h = malloc(n * sizeof *h);
+    float *d = NULL;
+    if (!h) return st_fail(err, ST_ENOMEM, "out of memory for %zu floats", n);
+    int rc = ST_OK;
+    cudaError_t ce = cudaMalloc((void **)&d, n * sizeof *d);
+    for (size_t i = 0; i < n; i++) h[i] = (float)(self->rank + 1);
+    if (ce == cudaSuccess) ce = cudaMemcpy(d, h, n * sizeof *d, cudaMemcpyHostToDevice);
+    if (ce != cudaSuccess) {
+        rc = st_fail(err, ST_ECUDA, "device all-reduce check: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    rc = dist_allreduce_sum_device(self, d, n, err);
+    if (rc) goto done;
+    ce = cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
+    if (ce != cudaSuccess) {
+        rc = st_fail(err, ST_ECUDA, "device all-reduce check: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    float want = (float)self->size * (float)(self->size + 1) / 2;
+    for (size_t i = 0; i < n; i++)
+        if (h[i] != want) {
+            rc = st_fail(err, ST_ENUMERIC, "the NCCL device all-reduce gave %g at element %zu of %zu on rank %d, "
+                         "not %g", h[i], i, n, self->rank, want);
+            goto done;
+        }
+    double t0 = s_ms_now();
+    for (int it = 0; it < iters && !rc; it++) rc = dist_allreduce_sum_device(self, d, n, err);
+    if (!rc && iters > 0) *ms = (s_ms_now() - t0) / iters;
+done:
+    if (d) cudaFree(d);
+    free(h);
+    return rc;
+}
+
 #else /* no NCCL in this build: the same API over MPI, or a refusal */
 
 static void s_nccl_free(dist_t *self) { (void)self; }
@@ -594,6 +634,15 @@ void dist_last_allreduce_ms(const dist_t *self, double *copy_ms, double *nccl_ms
     (void)self;
     *copy_ms = 0;
     *nccl_ms = 0;
+}
+
+int dist_device_allreduce_check(dist_t *self, size_t n, int iters, double *ms, char *err)
+{
+    (void)n;
+    (void)iters;
+    *ms = 0;
+    if (!self || self->size == 1) return ST_OK;
+    return st_fail(err, ST_EUNSUPPORTED, "this build has no NCCL, so a GPU group cannot sum device buffers");
 }
 
 #endif /* STATETUNE_HAVE_NCCL */

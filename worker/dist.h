@@ -115,4 +115,12 @@ int dist_allreduce_sum_device(dist_t *self, float *device_buf, size_t n, char *e
  * itself (CUDA events on the communication stream). Zeros without NCCL. */
 void dist_last_allreduce_ms(const dist_t *self, double *copy_ms, double *nccl_ms);
 
+/* Checks and times the device all-reduce (bench, tests/gpu_multi.sh): every
+ * rank fills n device floats with rank + 1, one dist_allreduce_sum_device
+ * must give size (size + 1) / 2 everywhere (ST_ENUMERIC otherwise), then
+ * iters more are timed; *ms is their mean wall time. What the step
+ * all-reduce would cost if the engine's gradient stayed on the GPU. One
+ * rank: *ms = 0. Needs dist_init_nccl with size > 1 (else ST_EUNSUPPORTED). */
+int dist_device_allreduce_check(dist_t *self, size_t n, int iters, double *ms, char *err);
+
 #endif
