@@ -26,7 +26,9 @@
  * tuning step with per-rank batch B. Rank 0 prints the line, adding ranks,
  * tokens_per_s_per_gpu (per rank), allreduce_ms (wall time of the all-reduce
  * per step, staging copies included) and its split into allreduce_copy_ms and
- * allreduce_nccl_ms; tokens_per_s and tflops count every rank.
+ * allreduce_nccl_ms; tokens_per_s and tflops count every rank. A GPU group
+ * then checks and times an all-reduce of dS0 kept on the device, in fp32
+ * (device_allreduce_f32_ms; -1 when not run): the cost without staging.
  */
 #include "worker/cmd.h"
 
@@ -203,6 +205,10 @@ int cmd_bench(int argc, char **argv)
     }
     double dt = s_now() - t0;
     int world = dist_size(dist);
+    /* what the all-reduce costs when the gradient stays on the GPU (no
+     * staging): checked, then timed over 10 rounds */
+    double dev_ms = -1;
+    if (dist_has_nccl(dist) && dist_device_allreduce_check(dist, ns, 10, &dev_ms, err) != ST_OK) goto done;
     if (!dist_is_root(dist)) { /* rank 0 alone prints */
         rc = 0;
         goto done;
@@ -215,7 +221,7 @@ int cmd_bench(int argc, char **argv)
     double P = (double)rwkv_model_param_count(model);
     size_t peak = engine_peak_mem_bytes(eng) + 4 * ns * sizeof(float); /* S0, grad, m, v */
     json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:s,"
-                            " s:i, s:s, s:f, s:f, s:f, s:f}",
+                            " s:i, s:s, s:f, s:f, s:f, s:f, s:f}",
                             "backend", backend == ENGINE_CUDA ? "cuda" : "cpu",
                             "precision", precision == ENGINE_BF16 ? "bf16" : "fp32",
                             "layers", L, "embd", C, "vocab", V, "batch", B, "ctx", T, "steps", steps,
@@ -234,7 +240,8 @@ int cmd_bench(int argc, char **argv)
                             "tokens_per_s_per_gpu", tps / world,
                             "allreduce_ms", ar_s * 1e3 / steps,
                             "allreduce_copy_ms", ar_copy_ms / steps,
-                            "allreduce_nccl_ms", ar_nccl_ms / steps);
+                            "allreduce_nccl_ms", ar_nccl_ms / steps,
+                            "device_allreduce_f32_ms", dev_ms);
     char *line = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(out);
     if (!line) {
