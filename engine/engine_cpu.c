@@ -20,6 +20,12 @@
  * Layer 0 stops after its WKV backward: nothing below it (its v, which is
  * v_first, included) depends on any S0, so the later layers' share of
  * d v_first is summed (dvfirst) but never needs to go further.
+ *
+ * Optional methods (SPEC section 4): with teacher logits and alpha < 1 the
+ * observer head (kernels/cpu/observer.c) replaces head_ce; a kernel-expanded
+ * state adds rbf_forward_cpu's term into y right after the WKV forward (so
+ * GroupNorm sees it) and rbf_backward_cpu's shares into dr, dw and dU0 right
+ * after the WKV backward (tmp is its scratch there).
  */
 #include "engine/engine_cpu.h"
 
