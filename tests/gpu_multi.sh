@@ -165,16 +165,16 @@ scale() {
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 base = {}
-print("%-9s %3s %12s %12s %7s %9s %13s %9s %9s" % ("shape", "np", "tok/s", "tok/s/gpu", "eff", "step_ms",
-      "allreduce_ms", "copy_ms", "nccl_ms"))
+print("%-9s %3s %12s %12s %7s %9s %13s %9s %9s %11s" % ("shape", "np", "tok/s", "tok/s/gpu", "eff", "step_ms",
+      "allreduce_ms", "copy_ms", "nccl_ms", "dev_f32_ms"))
 for r in rows:
     shape = "%dx%d" % (r["layers"], r["embd"])
     if r["ranks"] == 1:
         base[shape] = r["tokens_per_s_per_gpu"]
     eff = r["tokens_per_s_per_gpu"] / base[shape] if shape in base else float("nan")
-    print("%-9s %3d %12.0f %12.0f %6.1f%% %9.2f %13.3f %9.3f %9.3f" % (shape, r["ranks"], r["tokens_per_s"],
+    print("%-9s %3d %12.0f %12.0f %6.1f%% %9.2f %13.3f %9.3f %9.3f %11.3f" % (shape, r["ranks"], r["tokens_per_s"],
           r["tokens_per_s_per_gpu"], 100 * eff, r["step_ms"], r["allreduce_ms"], r["allreduce_copy_ms"],
-          r["allreduce_nccl_ms"]))
+          r["allreduce_nccl_ms"], r.get("device_allreduce_f32_ms", -1)))
 EOF
 }
 
