@@ -325,6 +325,45 @@ static int test_microbatch_invariance(void)
     return 0;
 }
 
+/* With a fixed thread count, the same batch gives bit-identical loss, dS0 and
+ * Q every time: resuming a job must reproduce the uninterrupted run exactly,
+ * whichever thread finishes first. */
+static int test_deterministic_threads(void)
+{
+    fixture_t f;
+    if (s_setup(&f, 2, 128, 64, 6, 40, 11)) return 1;
+    char err[ST_ERR_LEN];
+    engine_opts_t o = {.backend = ENGINE_CPU, .precision = ENGINE_FP32, .max_batch = f.B,
+                       .max_ctx = f.T, .threads = 2};
+    engine_t *e2 = engine_new(f.m, &o, err);
+    CHECKF(e2 != NULL, "%s", err);
+    float *d_first = calloc(f.ns, 4), *d = calloc(f.ns, 4);
+    double *q_first = calloc(f.ns, 8), *q = calloc(f.ns, 8);
+    uint8_t rows[6] = {1, 0, 1, 1, 0, 1};
+    double loss_first = 0;
+    for (int rep = 0; rep < 6; rep++) {
+        memset(d, 0, f.ns * 4);
+        memset(q, 0, f.ns * 8);
+        engine_batch_t b = {.tokens = f.tok, .targets = f.tgt, .B = f.B, .T = f.T, .state0 = f.s0,
+                            .dstate0 = d, .dbp_q = q, .dbp_rows = rows};
+        CHECKF(engine_run(e2, &b, err) == ST_OK, "%s", err);
+        if (rep == 0) {
+            memcpy(d_first, d, f.ns * 4);
+            memcpy(q_first, q, f.ns * 8);
+            loss_first = b.loss_sum;
+            continue;
+        }
+        CHECKF(memcmp(&b.loss_sum, &loss_first, sizeof loss_first) == 0, "run %d: loss %.17g vs %.17g",
+               rep, b.loss_sum, loss_first);
+        CHECKF(memcmp(d, d_first, f.ns * 4) == 0, "run %d: dS0 differs bitwise", rep);
+        CHECKF(memcmp(q, q_first, f.ns * 8) == 0, "run %d: Q differs bitwise", rep);
+    }
+    free(d_first), free(d), free(q_first), free(q);
+    engine_destroy(&e2);
+    s_teardown(&f);
+    return 0;
+}
+
 static int test_dbp_q_definition(void)
 {
     /* Q = sum_t x_t x_t^T with x_t = P_t r_t is exactly what makes
@@ -387,6 +426,7 @@ static const st_test_t s_tests[] = {
     {"state_grad_fd", test_state_grad_fd},
     {"rnn_matches_gpt", test_rnn_matches_gpt},
     {"microbatch_invariance", test_microbatch_invariance},
+    {"deterministic_threads", test_deterministic_threads},
     {"dbp_q_definition", test_dbp_q_definition},
     {"refusals", test_refusals},
     {NULL, NULL},

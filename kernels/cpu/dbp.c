@@ -10,6 +10,7 @@
 #include "kernels/cpu/dbp.h"
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define N 64
@@ -42,7 +43,10 @@ void dbp_q_cpu(int B, int T, int H, const float *r, const float *w, const float 
                const float *b, const uint8_t *rows, double *q)
 {
     int C = H * N;
-#pragma omp parallel for collapse(2) schedule(dynamic)
+    /* Per-(row, head) slots summed in row order afterwards, so that Q does not
+     * depend on which thread finished first (see wkv7_backward_cpu). */
+    double *slots = malloc(sizeof(double) * (size_t)B * H * N * N);
+#pragma omp parallel for collapse(2) schedule(dynamic) if (slots != NULL)
     for (int bb = 0; bb < B; bb++) {
         for (int h = 0; h < H; h++) {
             if ((rows && !rows[bb]) || T <= 0) continue;
@@ -57,9 +61,24 @@ void dbp_q_cpu(int B, int T, int H, const float *r, const float *w, const float 
                     for (int l = 0; l < N; l++) M[j * N + l] += (double)rt[j] * rt[l];
                 s_sandwich(M, w + o, a + o, b + o);
             }
-            double *qh = q + (size_t)h * N * N;
-#pragma omp critical(dbp_q)
-            for (int e = 0; e < N * N; e++) qh[e] += M[e];
+            if (slots) {
+                memcpy(slots + ((size_t)bb * H + h) * N * N, M, sizeof M);
+            } else { /* serial fallback: the order is fixed */
+                double *qh = q + (size_t)h * N * N;
+                for (int e = 0; e < N * N; e++) qh[e] += M[e];
+            }
         }
+    }
+    if (slots) {
+#pragma omp parallel for schedule(static)
+        for (int h = 0; h < H; h++) {
+            double *qh = q + (size_t)h * N * N;
+            for (int bb = 0; bb < B; bb++) {
+                if ((rows && !rows[bb]) || T <= 0) continue;
+                const double *sl = slots + ((size_t)bb * H + h) * N * N;
+                for (int e = 0; e < N * N; e++) qh[e] += sl[e];
+            }
+        }
+        free(slots);
     }
 }

@@ -16,6 +16,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 void head_ce_cpu(int R, int C, int V, const float *x, const float *head, const int32_t *targets,
@@ -30,8 +31,13 @@ void head_ce_cpu(int R, int C, int V, const float *x, const float *head, const i
         if (logits_out) memcpy(logits_out + (size_t)r0 * V, lg, (size_t)n * V * sizeof(float));
         double closs = 0;
         int64_t cnt = 0, ccor = 0;
-#pragma omp parallel for schedule(dynamic, 16) if (n >= 32) reduction(+ : closs, cnt, ccor)
+        /* Row losses are summed in row order after the loop: an OpenMP
+         * reduction adds the threads' partial sums in whatever order they
+         * finish, and the loss would then differ from run to run. */
+        double *row_loss = malloc(sizeof(double) * (size_t)n);
+#pragma omp parallel for schedule(dynamic, 16) if (n >= 32 && row_loss != NULL) reduction(+ : closs, cnt, ccor)
         for (int i = 0; i < n; i++) {
+            if (row_loss) row_loss[i] = 0;
             float *row = lg + (size_t)i * V;
             int32_t tg = targets ? targets[r0 + i] : -1;
             int valid = tg >= 0 && tg < V;
@@ -49,7 +55,8 @@ void head_ce_cpu(int R, int C, int V, const float *x, const float *head, const i
             double se = 0;
             for (int v = 0; v < V; v++) se += exp((double)(row[v] - mx));
             double lse = mx + log(se);
-            closs += lse - row[tg];
+            if (row_loss) row_loss[i] = lse - row[tg];
+            else closs += lse - row[tg]; /* serial: the order is fixed */
             cnt++;
             ccor += am == tg;
             if (dx) {
@@ -57,6 +64,10 @@ void head_ce_cpu(int R, int C, int V, const float *x, const float *head, const i
                 for (int v = 0; v < V; v++) row[v] = expf(row[v] - mx) * inv;
                 row[tg] -= 1.0f;
             }
+        }
+        if (row_loss) {
+            for (int i = 0; i < n; i++) closs += row_loss[i];
+            free(row_loss);
         }
         loss += closs;
         nt += cnt;

@@ -23,6 +23,7 @@
 #include "kernels/cpu/wkv7.h"
 
 #include <assert.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define N 64
@@ -236,7 +237,14 @@ void wkv7_backward_cpu(int B, int T, int H,
     assert(ckpt_every >= 1 && ckpt_every <= WKV7_CPU_MAX_CKPT);
     int C = H * N;
     int nck = (T + ckpt_every - 1) / ckpt_every;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (B * H * T >= 256)
+    /* Each (row, head) leaves its dS_0 in its own slot, summed over rows in a
+     * fixed order afterwards: adding in the order threads finish made ds0, and
+     * so a whole tuning run, differ from run to run with more than one thread
+     * (resume must reproduce the uninterrupted run exactly). Without memory
+     * for the slots we fall back to one thread, which is just as exact. */
+    float *slots = malloc(sizeof(float) * (size_t)B * H * N * N);
+    int par = slots != NULL && B * H * T >= 256;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
     for (int bb = 0; bb < B; bb++) {
         for (int h = 0; h < H; h++) {
             /* states[s] = state before step t0 + s; states[n] = after the last */
@@ -264,9 +272,23 @@ void wkv7_backward_cpu(int B, int T, int H,
                                 da + o, db + o);
                 }
             }
-            float *d0 = ds0 + (size_t)h * N * N;
-#pragma omp critical(wkv7_ds0)
-            for (int e = 0; e < N * N; e++) d0[e] += dS[e];
+            if (slots) {
+                memcpy(slots + ((size_t)bb * H + h) * N * N, dS, sizeof dS);
+            } else { /* serial fallback (par == 0): the order is fixed */
+                float *d0 = ds0 + (size_t)h * N * N;
+                for (int e = 0; e < N * N; e++) d0[e] += dS[e];
+            }
         }
+    }
+    if (slots) {
+#pragma omp parallel for schedule(static) if (par)
+        for (int h = 0; h < H; h++) {
+            float *d0 = ds0 + (size_t)h * N * N;
+            for (int bb = 0; bb < B; bb++) {
+                const float *sl = slots + ((size_t)bb * H + h) * N * N;
+                for (int e = 0; e < N * N; e++) d0[e] += sl[e];
+            }
+        }
+        free(slots);
     }
 }
