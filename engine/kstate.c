@@ -258,3 +258,78 @@ int kstate_support_init(kstate_t *self, const char *support, engine_t *engine, c
     free(r);
     return rc;
 }
+
+#define CKPT_MAGIC "STKSCKP1"
+
+int kstate_ckpt_write(const kstate_t *self, const char *path, int64_t step, const float *m, const float *v,
+                      int64_t t, char *err)
+{
+    size_t n = kstate_u0_size(self), body = 8 + 4 * 4 + 2 * 8 + 4 * n * sizeof(float);
+    unsigned char *buf = malloc(body + 32);
+    if (!buf) return st_fail(err, ST_ENOMEM, "out of memory writing '%s'", path);
+    unsigned char *p = buf;
+    int32_t shape[4] = {self->L, self->H, self->N, self->M};
+    memcpy(p, CKPT_MAGIC, 8), p += 8;
+    memcpy(p, shape, sizeof shape), p += sizeof shape;
+    memcpy(p, &step, 8), p += 8;
+    memcpy(p, &t, 8), p += 8;
+    memcpy(p, self->u0, n * sizeof(float)), p += n * sizeof(float);
+    memcpy(p, m, n * sizeof(float)), p += n * sizeof(float);
+    memcpy(p, v, n * sizeof(float)), p += n * sizeof(float);
+    memcpy(p, self->support, n * sizeof(float)), p += n * sizeof(float);
+    char hex[65];
+    st_sha256_hex(buf, body, hex);
+    for (int i = 0; i < 32; i++) { /* the digest as 32 raw bytes */
+        unsigned int byte;
+        sscanf(hex + 2 * i, "%2x", &byte);
+        p[i] = (unsigned char)byte;
+    }
+    int rc = st_write_file_atomic(path, buf, body + 32, err);
+    free(buf);
+    return rc;
+}
+
+int kstate_ckpt_read(kstate_t *self, const char *path, int64_t *step, float *m, float *v, int64_t *t, char *err)
+{
+    size_t n = kstate_u0_size(self), body = 8 + 4 * 4 + 2 * 8 + 4 * n * sizeof(float);
+    FILE *f = fopen(path, "rb");
+    if (!f) return st_fail(err, ST_ENOTFOUND, "cannot open the kernel-state checkpoint '%s'", path);
+    unsigned char *buf = malloc(body + 33);
+    int rc = ST_OK;
+    size_t got = buf ? fread(buf, 1, body + 33, f) : 0;
+    fclose(f);
+    if (!buf) return st_fail(err, ST_ENOMEM, "out of memory reading '%s'", path);
+    char hex[65], want[65];
+    if (got != body + 32) {
+        rc = st_fail(err, ST_EFORMAT, "kernel-state checkpoint '%s' has %zu bytes where this job's shape needs %zu",
+                     path, got, body + 32);
+        goto done;
+    }
+    if (memcmp(buf, CKPT_MAGIC, 8) != 0) {
+        rc = st_fail(err, ST_EFORMAT, "'%s' is not a kernel-state checkpoint (bad magic)", path);
+        goto done;
+    }
+    st_sha256_hex(buf, body, hex);
+    for (int i = 0; i < 32; i++) snprintf(want + 2 * i, 3, "%02x", buf[body + i]);
+    if (strcmp(hex, want) != 0) {
+        rc = st_fail(err, ST_EFORMAT, "kernel-state checkpoint '%s' is damaged (its checksum does not match)", path);
+        goto done;
+    }
+    int32_t shape[4];
+    memcpy(shape, buf + 8, sizeof shape);
+    if (shape[0] != self->L || shape[1] != self->H || shape[2] != self->N || shape[3] != self->M) {
+        rc = st_fail(err, ST_EFORMAT, "kernel-state checkpoint '%s' is for %d x %d x %d x %d, the job needs %d x %d x %d x %d",
+                     path, shape[0], shape[1], shape[2], shape[3], self->L, self->H, self->N, self->M);
+        goto done;
+    }
+    const unsigned char *p = buf + 8 + sizeof shape;
+    memcpy(step, p, 8), p += 8;
+    memcpy(t, p, 8), p += 8;
+    memcpy(self->u0, p, n * sizeof(float)), p += n * sizeof(float);
+    memcpy(m, p, n * sizeof(float)), p += n * sizeof(float);
+    memcpy(v, p, n * sizeof(float)), p += n * sizeof(float);
+    memcpy(self->support, p, n * sizeof(float));
+done:
+    free(buf);
+    return rc;
+}

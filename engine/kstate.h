@@ -54,4 +54,14 @@ int kstate_features(const kstate_t *self);
 /* Writes DIR/kstate.safetensors-style file at path, atomically. */
 int kstate_write(const kstate_t *self, const char *path, char *err);
 
+/* Checkpoint of the trained part (U0 and its Adam moments m, v and step
+ * count t, at optimizer step `step`), written atomically beside the loop's
+ * checkpoint: magic "STKSCKP1", shape, step, t, U0, m, v, the support
+ * vectors, then a sha256 of everything before it. Reading checks all of it
+ * (the file is untrusted) and restores U0 and the support vectors. */
+#define KSTATE_CKPT_FILE "kstate.ckpt"
+int kstate_ckpt_write(const kstate_t *self, const char *path, int64_t step, const float *m, const float *v,
+                      int64_t t, char *err);
+int kstate_ckpt_read(kstate_t *self, const char *path, int64_t *step, float *m, float *v, int64_t *t, char *err);
+
 #endif

@@ -92,6 +92,7 @@ typedef struct {
     adam_t *adam_u;    /* Adam on U0 */
     float *dU, *gU;    /* (nU) float accumulator, gradient for Adam */
     size_t nU;         /* L H N M, 0 = off */
+    int64_t ks_ckpt_step; /* step of the newest DIR/kstate.STEP.ckpt written or resumed, -1 = none */
 
     /* data */
     batcher_t *batcher;/* this rank's training batches */
@@ -239,6 +240,12 @@ static int s_write_checkpoint(tune_t *t, int64_t step, char *err)
     checkpoint_t *ck = checkpoint_new(t->L, t->H, t->N, err);
     if (!ck) return ST_ENOMEM;
     int rc = s_spec_hash(t->spec, ck->spec_sha256, err);
+    char kpath[4200], kprev[4200];
+    if (!rc && t->ks) { /* U0 and its moments go first, named by step, so the checkpoint never names a missing one */
+        snprintf(kpath, sizeof kpath, "%s/kstate.%lld.ckpt", t->opts->out_dir, (long long)step);
+        rc = kstate_ckpt_write(t->ks, kpath, step, adam_m(t->adam_u), adam_v(t->adam_u), adam_t_count(t->adam_u),
+                               err);
+    }
     memcpy(ck->A, t->A, t->nS * sizeof(float));
     memcpy(ck->R, t->R, t->nS * sizeof(float));
     memcpy(ck->adam_m, adam_m(t->adam), t->nS * sizeof(float));
@@ -256,6 +263,11 @@ static int s_write_checkpoint(tune_t *t, int64_t step, char *err)
     free(mj);
     if (!rc) rc = checkpoint_write(ck, t->path_ckpt, err);
     checkpoint_destroy(&ck);
+    if (!rc && t->ks && t->ks_ckpt_step >= 0 && t->ks_ckpt_step != step) { /* the one the old checkpoint named */
+        snprintf(kprev, sizeof kprev, "%s/kstate.%lld.ckpt", t->opts->out_dir, (long long)t->ks_ckpt_step);
+        remove(kprev);
+    }
+    if (!rc && t->ks) t->ks_ckpt_step = step;
     if (!rc && t->cb && t->cb->on_checkpoint) t->cb->on_checkpoint(t->cb->ctx, step, t->path_ckpt);
     return rc;
 }
@@ -719,6 +731,36 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
     return ST_OK;
 }
 
+/* U0 and its Adam moments from DIR/kstate.START.ckpt (rank 0 reads, every
+ * rank receives; the support vectors are recomputed alike on every rank). */
+static int s_resume_kstate(tune_t *t, int64_t start, char *err)
+{
+    int64_t hdr[2] = {0, 0}; /* rank 0's result, Adam's step count */
+    if (t->root) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/kstate.%lld.ckpt", t->opts->out_dir, (long long)start);
+        int64_t step = -1;
+        int rc = kstate_ckpt_read(t->ks, path, &step, adam_m(t->adam_u), adam_v(t->adam_u), &hdr[1], err);
+        if (!rc && step != start)
+            rc = st_fail(err, ST_EFORMAT, "kernel-state checkpoint '%s' holds step %lld, not %lld: rerun with --fresh",
+                         path, (long long)step, (long long)start);
+        if (rc == ST_ENOTFOUND)
+            st_wrap(err, rc, "the checkpoint at step %lld has no kernel-state U0 beside it (rerun with --fresh): ",
+                    (long long)start);
+        hdr[0] = rc;
+    }
+    int rc = dist_bcast(t->dist, hdr, sizeof hdr, err);
+    if (rc) return rc;
+    if (hdr[0]) return t->root ? (int)hdr[0] : st_fail(err, ST_ECANCELLED, "rank 0 could not read the kernel-state checkpoint");
+    rc = dist_bcast(t->dist, kstate_u0(t->ks), t->nU * sizeof(float), err);
+    if (!rc) rc = dist_bcast(t->dist, adam_m(t->adam_u), t->nU * sizeof(float), err);
+    if (!rc) rc = dist_bcast(t->dist, adam_v(t->adam_u), t->nU * sizeof(float), err);
+    if (rc) return rc;
+    adam_set_t_count(t->adam_u, hdr[1]);
+    t->ks_ckpt_step = start;
+    return ST_OK;
+}
+
 int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callbacks_t *cb, tune_result_t *out,
              char *err)
 {
@@ -735,9 +777,8 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
     int rc = s_setup(&t, err);
     int64_t start = 0;
     if (!rc) rc = s_resume(&t, &start, err);
-    if (!rc && start > 0 && t.ks)
-        rc = st_fail(err, ST_EUNSUPPORTED, "checkpoints do not hold a kernel-expanded state's U0 yet, so this job "
-                     "cannot resume; rerun it with --fresh");
+    t.ks_ckpt_step = -1;
+    if (!rc && start > 0 && t.ks) rc = s_resume_kstate(&t, start, err);
     if (rc) goto done;
     out->n_layer = t.L;
     out->n_head = t.H;

@@ -8,8 +8,9 @@
 #     first) and kernel state (k-means and random support vectors) run,
 #     lower the eval loss, and say so in metrics.json; the kernel state's U0
 #     lands in kstate.safetensors beside state.safetensors;
-#   - a kernel-state job that would resume from a checkpoint is refused with
-#     one sentence (U0 is not in checkpoints yet);
+#   - a kernel-state job stopped after 2 steps and rerun resumes U0 and its
+#     Adam moments (DIR/kstate.STEP.ckpt) and ends byte-identical to an
+#     uninterrupted run (one thread); a damaged U0 checkpoint is refused;
 #   - a missing teacher state fails with a sentence naming the key.
 # Exit 77 (skipped) when the fixtures or the Python sources are absent.
 set -u
@@ -64,11 +65,22 @@ sys.exit(0 if m["eval_loss_after"] < m["eval_loss_before"] else 1)
 P
 done
 
-# stop after 2 steps, then a rerun would resume: refused with a sentence
-job ksr ", \"kernel_state\": {\"features\": 8}"
-"$worker" tune "$tmp/ksr.json" --local --out "$tmp/out-ksr" --threads 1 --max-steps 2 >/dev/null 2>&1
-run ksr && fail "a kernel-state job resumed without its U0"
-grep -q "U0" "$tmp/ksr.log" || fail "the resume refusal does not say why: $(tail -1 "$tmp/ksr.log")"
+# stop after 2 steps, rerun: the same bytes as the uninterrupted ks-kmeans run
+job ksr ", \"kernel_state\": {\"features\": 8, \"gamma\": 1.0, \"support\": \"kmeans\"}"
+sed -i 's/"m-ksr"/"m-ks-kmeans"/' "$tmp/ksr.json"
+"$worker" tune "$tmp/ksr.json" --local --out "$tmp/out-ksr" --threads 1 --max-steps 2 >/dev/null 2>&1 ||
+    fail "the interrupted kernel-state run failed"
+[ -f "$tmp/out-ksr/kstate.2.ckpt" ] || fail "no kstate.2.ckpt beside the checkpoint"
+cp -r "$tmp/out-ksr" "$tmp/out-ksr-bad"
+run ksr || fail "resuming a kernel-state job failed: $(tail -1 "$tmp/ksr.log")"
+[ "$(metric ksr resumed_from_step)" = 2 ] || fail "the rerun did not resume from step 2"
+for f in state.safetensors kstate.safetensors; do
+    cmp -s "$tmp/out-ks-kmeans/$f" "$tmp/out-ksr/$f" || fail "resumed kernel-state run differs from the uninterrupted one in $f"
+done
+printf 'garbage' | dd of="$tmp/out-ksr-bad/kstate.2.ckpt" bs=1 seek=100 conv=notrunc 2>/dev/null
+"$worker" tune "$tmp/ksr.json" --local --out "$tmp/out-ksr-bad" --threads 1 >"$tmp/ksr-bad.log" 2>&1 &&
+    fail "a damaged kernel-state checkpoint was accepted"
+grep -q "damaged" "$tmp/ksr-bad.log" || fail "the refusal does not say the U0 checkpoint is damaged: $(tail -1 "$tmp/ksr-bad.log")"
 
 job nostate "$(obs "$tmp/missing.safetensors" 0.5)"
 run nostate && fail "a missing teacher state was accepted"
