@@ -641,6 +641,10 @@ int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics
         .n_metrics = n_m,
         .alias = j->alias[0] ? j->alias : NULL,
     };
+    /* a kernel-expanded state (SPEC 4): the registry marks it, so exports to
+     * standard formats refuse it (the worker's metrics say; untrusted, so bounded) */
+    json_int_t kf = json_integer_value(json_object_get(metrics, "kernel_features"));
+    ns.kernel_features = kf > 0 && kf <= 1 << 16 ? (int)kf : 0;
     rc = registry_add_state(self->reg, &ns, version_out, err);
     free(m);
     free(names);
