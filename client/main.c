@@ -30,6 +30,11 @@ static const char *const s_cancel_usage[] = {"[--endpoint ENDPOINT] cancel JOB" 
 static const char *const s_jobs_usage[] = {"[--endpoint ENDPOINT] jobs [--json] [--all]" CURVE_OPTS, NULL};
 static const char *const s_events_usage[] = {"[--endpoint ENDPOINT] events JOB [--json] [--since N]" CURVE_OPTS, NULL};
 static const char *const s_keys_usage[] = {"keys gen DIR/NAME", NULL};
+static const char *const s_report_usage[] = {"[--endpoint ENDPOINT | --db FILE] report JOB -o FILE.html" CURVE_OPTS, NULL};
+
+/* cmd_report.c: an HTML page of a job's charts, metrics and lineage */
+int cmd_report_remote(int argc, char **argv, const char *endpoint);
+int cmd_report_local(int argc, char **argv, const char *db);
 
 static const client_cmd_t s_commands[] = {
     {"submit", cmd_submit, NULL, s_submit_usage, "submit a tuning job; prints its id", "#7"},
@@ -42,6 +47,7 @@ static const client_cmd_t s_commands[] = {
     {"states", cmd_states_remote, cmd_states_local, cmd_states_usage, "list, show, fetch and alias tuned states", "#7"},
     {"models", cmd_models_remote, cmd_models_local, cmd_models_usage, "list registered models", "#7"},
     {"keys", cmd_keys, NULL, s_keys_usage, "generate CURVE key pairs", "#7"},
+    {"report", cmd_report_remote, cmd_report_local, s_report_usage, "write a job's HTML report (charts, metrics)", "#9"},
     {NULL, NULL, NULL, NULL, NULL, NULL},
 };
 
