@@ -15,9 +15,11 @@
  * the status, events, states_show and states_get requests; with --db the
  * registry file is read directly (read-only). Everything read is rendered
  * through one function, so both modes give the same page. Progress events are
- * thinned by the coordinator (a few a second), so the charts show the steps on
- * record, not necessarily every step. Every text that came from the registry
- * or the network is HTML-escaped. The file is written atomically.
+ * thinned by the coordinator (a few a second), so the learning-rate and
+ * tokens/s charts show the steps on record; the train loss of every step
+ * comes from the result's metrics once the job has one. Every text that came
+ * from the registry or the network is HTML-escaped. The file is written
+ * atomically.
  */
 #include "client/client.h"
 #include "client/cmd_service.h"
@@ -312,6 +314,25 @@ static json_t *s_last_eval(json_t *events)
     return last;
 }
 
+/* The per-step train loss of the result's metrics when it covers every
+ * step (an array as long as "steps"), else NULL. */
+static json_t *s_result_train_loss(json_t *events)
+{
+    json_t *found = NULL, *ev;
+    size_t i;
+    json_array_foreach(events, i, ev)
+    {
+        const char *kd = json_string_value(json_object_get(ev, "kind"));
+        json_t *m = json_object_get(s_ev_data(ev), "metrics");
+        if (!kd || strcmp(kd, "result") || !json_is_object(m)) continue;
+        json_t *tl = json_object_get(m, "train_loss"), *steps = json_object_get(m, "steps");
+        if (json_is_array(tl) && json_is_integer(steps) && json_array_size(tl) > 0 &&
+            (json_int_t)json_array_size(tl) == json_integer_value(steps))
+            found = tl;
+    }
+    return found;
+}
+
 static void s_num_cell(FILE *f, json_t *v)
 {
     if (json_is_number(v)) fprintf(f, "<td class=\"num\">%.4f</td>", json_number_value(v));
@@ -458,7 +479,30 @@ static int s_render(FILE *f, const report_data_t *d)
     s_metrics_table(f, d);
 
     fputs("<h2>Training</h2>\n<div class=\"charts\">\n", f);
-    s_series_chart(f, d->events, "train-loss", "progress", "loss", "Train loss", "loss", NAN, NULL);
+    /* The train loss of every step is in the result's metrics (metrics.json
+     * keeps it across resumes); before a result, the progress events on
+     * record (the coordinator keeps a few a second) have to do. */
+    json_t *tl = s_result_train_loss(d->events);
+    if (tl) {
+        size_t n = json_array_size(tl);
+        double *x = calloc(n + 1, sizeof *x), *y = calloc(n + 1, sizeof *y);
+        if (!x || !y) {
+            free(x);
+            free(y);
+            return ST_ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+            x[i] = (double)(i + 1);
+            y[i] = json_is_number(json_array_get(tl, i)) ? json_number_value(json_array_get(tl, i)) : NAN;
+        }
+        chart_t c = {.id = "train-loss", .title = "Train loss (every step)", .xlabel = "step", .ylabel = "loss",
+                     .x = x, .y = y, .n = (int)n, .baseline = NAN};
+        s_chart(f, &c);
+        free(x);
+        free(y);
+    } else {
+        s_series_chart(f, d->events, "train-loss", "progress", "loss", "Train loss", "loss", NAN, NULL);
+    }
     s_series_chart(f, d->events, "eval-loss", "eval", "eval_loss", "Eval loss", "loss", base_loss,
                    "untuned baseline");
     s_series_chart(f, d->events, "lr", "progress", "lr", "Learning rate", "lr", NAN, NULL);

@@ -5,7 +5,8 @@
 # then the report over the endpoint and with --db.
 #
 #   report_html.sh content   the page's SVG charts hold one polyline point per
-#                            recorded progress / eval event, one bar per layer,
+#                            step (train loss), per recorded progress event (lr,
+#                            tokens/s) and eval event, one bar per layer,
 #                            the metrics table matches the registry, text is
 #                            escaped, and an unknown job is one sentence, exit 1
 #   report_html.sh render    headless Chromium draws the page: the screenshot
@@ -126,6 +127,7 @@ data = lambda e: e["data"] if isinstance(e["data"], dict) else json.loads(e["dat
 prog = [data(e) for e in events if e["kind"] == "progress"]
 evals = [data(e) for e in events if e["kind"] == "eval"]
 assert len(prog) >= 1 and len(evals) >= 2, (len(prog), len(evals))
+n_prog = len(prog)
 # self-contained: no scripts, no external resources
 assert "<script" not in html and not re.search(r'(src|href)="(https?:)?//', html), "external resources or scripts"
 # each chart is well-formed SVG; find them by id
@@ -142,7 +144,13 @@ def points(fid):
     xy = [tuple(map(float, p.split(","))) for p in pts]
     assert all(0 <= x <= 560 and 0 <= y <= 300 for x, y in xy), (fid, xy)
     return xy
-for fid, n in (("train-loss", len(prog)), ("lr", len(prog)), ("tokens-per-s", len(prog)), ("eval-loss", len(evals))):
+# the train loss has every step (the result's metrics), the rest the events on record
+res = [data(e) for e in events if e["kind"] == "result"]
+assert len(res) == 1, len(res)
+steps = res[0]["metrics"]["steps"]
+assert len(res[0]["metrics"]["train_loss"]) == steps
+prog = [{"step": i + 1, "loss": l} for i, l in enumerate(res[0]["metrics"]["train_loss"])]
+for fid, n in (("train-loss", steps), ("lr", n_prog), ("tokens-per-s", n_prog), ("eval-loss", len(evals))):
     xy = points(fid)
     assert len(xy) == n, f"{fid}: {len(xy)} points, {n} events"
     assert all(a[0] < b[0] for a, b in zip(xy, xy[1:])), f"{fid}: steps not increasing left to right"
@@ -173,7 +181,7 @@ for m in state["metrics"]:
 assert hashlib.sha256(open(sys.argv[4], "rb").read()).hexdigest() in html, "model sha256 missing"
 assert 'd&lt;x&gt;&amp;&quot;q/train.jsonl' in html, "data path missing or not escaped"
 assert 'd<x>' not in html, "raw unescaped path in the page"
-print(f"{sys.argv[1]}: {len(prog)} progress points, {len(evals)} eval points, {layers} layers: ok")
+print(f"{sys.argv[1]}: {steps} train loss points, {n_prog} progress points, {len(evals)} eval points, {layers} layers: ok")
 PYEOF
     done
     exit 0
