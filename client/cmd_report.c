@@ -230,7 +230,7 @@ static void s_chart(FILE *f, const chart_t *c)
     s_esc(f, c->ylabel);
     fputs("</text>\n", f);
     if (c->bars) {
-        double bw = pw / (x1 - x0) * 0.7;
+        double bw = fmin(pw / (x1 - x0) * 0.7, 48); /* two layers should not look like a wall */
         for (int i = 0; i < c->n; i++) {
             if (!isfinite(c->x[i]) || !isfinite(c->y[i])) continue;
             double top = PY(c->y[i]), bottom = PY(fmax(y0, 0));
@@ -370,6 +370,8 @@ static void s_metrics_table(FILE *f, const report_data_t *d)
         if (json_is_number(val) && json_is_number(bv) && json_number_value(bv) != 0)
             fprintf(f, "<td class=\"num\">%+.1f%%</td>",
                     100.0 * (json_number_value(val) - json_number_value(bv)) / fabs(json_number_value(bv)));
+        else if (json_is_number(val) && json_is_number(bv)) /* from zero: the absolute change */
+            fprintf(f, "<td class=\"num\">%+.4f</td>", json_number_value(val) - json_number_value(bv));
         else fputs("<td class=\"num\">-</td>", f);
         fputs("</tr>\n", f);
     }
@@ -505,9 +507,9 @@ static int s_render(FILE *f, const report_data_t *d)
     }
     s_series_chart(f, d->events, "eval-loss", "eval", "eval_loss", "Eval loss", "loss", base_loss,
                    "untuned baseline");
-    s_series_chart(f, d->events, "lr", "progress", "lr", "Learning rate", "lr", NAN, NULL);
-    s_series_chart(f, d->events, "tokens-per-s", "progress", "tokens_per_s", "Tokens per second", "tokens/s", NAN,
-                   NULL);
+    s_series_chart(f, d->events, "lr", "progress", "lr", "Learning rate (steps on record)", "lr", NAN, NULL);
+    s_series_chart(f, d->events, "tokens-per-s", "progress", "tokens_per_s", "Tokens per second (steps on record)",
+                   "tokens/s", NAN, NULL);
     fputs("</div>\n", f);
 
     fputs("<h2>Tuned state</h2>\n", f);
