@@ -19,7 +19,8 @@ set -u
 mode=${1:-content}
 B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
 FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
-MODEL=$FIX/rwkv7/tiny.pth
+MODEL=${REPORT_MODEL:-$FIX/rwkv7/tiny.pth}   # REPORT_MODEL / REPORT_STEPS: a bigger look by hand
+STEPS=${REPORT_STEPS:-12}
 PY=/usr/bin/python3
 [ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
 command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
@@ -76,7 +77,7 @@ mkdir -p "$T/d<x>&\"q"
 cp "$T/train.jsonl" "$T/d<x>&\"q/train.jsonl"
 cat >"$T/job.json" <<JEOF
 {"name": "tabs", "model": "$MODEL", "train": "d<x>&\\"q/train.jsonl", "eval": "eval.jsonl",
- "ctx_len": 32, "micro_batch": 2, "global_batch": 4, "steps": 12, "eval_every": 4,
+ "ctx_len": 32, "micro_batch": 2, "global_batch": 4, "steps": $STEPS, "eval_every": $(( (STEPS + 2) / 3 )),
  "checkpoint_every": 0, "warmup_steps": 2, "seed": 7}
 JEOF
 
