@@ -17,50 +17,24 @@
 #
 #   fault_disk.sh
 set -u
-B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
-FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
+. "$(dirname "$0")/lib/common.sh"
+st_paths
 MODEL=$FIX/rwkv7/tiny.pth
-PY=/usr/bin/python3
-[ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
-command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
-command -v sqlite3 >/dev/null || { echo "skipped: the sqlite3 shell is not installed"; exit 77; }
+st_need_fixture "$MODEL"
+st_need_cmd mpirun
+st_need_cmd sqlite3 "the sqlite3 shell is not installed"
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-disk-XXXXXX")
+st_service_dir disk
 D=$T/disk
 mkdir -p "$D"
 if ! mount -t tmpfs -o size=3m tmpfs "$D" 2>"$T/mount.err"; then
     echo "skipped: cannot mount a 3 MB tmpfs for the full-disk test ($(cat "$T/mount.err")); needs root"
-    rm -rf "$T"
-    exit 77
+    exit 77   # st_cleanup removes T
 fi
-EP="ipc://$T/c.sock"
-ST="$B/client/statetune"
-export STATETUNE_ENDPOINT="$EP"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    umount "$D" 2>/dev/null
-    [ -n "${KEEP:-}" ] || rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*"
-    for f in "$T"/*.log; do echo "---- $f"; tail -n 20 "$f"; done
-    KEEP=1
-    exit 1
-}
-json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# st_cleanup_hook: called by st_cleanup after the processes are gone
+st_cleanup_hook() { umount "$D" 2>/dev/null; }
 
-"$PY" - "$T" <<'EOF'
-import json, random, sys
-random.seed(11)
-words = "one two three four five six seven eight nine ten".split()
-with open(f"{sys.argv[1]}/train.jsonl", "w") as f:
-    for _ in range(24):
-        f.write(json.dumps({"text": " ".join(random.choice(words) for _ in range(10))}) + "\n")
-EOF
+st_words_data 11 24 one two three four five six seven eight nine ten
 job() { # NAME
     cat >"$T/$1.json" <<EOF
 {"name": "$1", "model": "$MODEL", "train": "train.jsonl", "eval_fraction": 0.25, "ctx_len": 32,
@@ -68,11 +42,7 @@ job() { # NAME
 EOF
 }
 
-"$B/coordinator/statetune-coordinator" --bind "$EP" --db "$D/registry.db" --jobs-dir "$D/jobs" --insecure \
-    --heartbeat-ms 300 >"$T/coordinator.log" 2>&1 &
-COORD=$!
-PIDS+=("$COORD")
-for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && break; sleep 0.1; done
+st_start_coordinator --db "$D/registry.db" --jobs-dir "$D/jobs" --insecure --heartbeat-ms 300
 mpirun -np 1 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 >"$T/group.log" 2>&1 &
 PIDS+=("$!")
 

@@ -19,46 +19,17 @@
 #   fault_nan.sh lr|weight|huge
 set -u
 scenario=${1:?usage: fault_nan.sh lr|weight|huge}
-B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
-FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
+. "$(dirname "$0")/lib/common.sh"
+st_paths
 MODEL=$FIX/rwkv7/tiny.pth
-PY=/usr/bin/python3
-[ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
-command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
+st_need_fixture "$MODEL"
+st_need_cmd mpirun
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-nan-XXXXXX")
-EP="ipc://$T/c.sock"
-ST="$B/client/statetune"
-export STATETUNE_ENDPOINT="$EP"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    [ -n "${KEEP:-}" ] || rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL ($scenario): $*"
-    for f in "$T"/*.log; do echo "---- $f"; tail -n 20 "$f"; done
-    KEEP=1
-    exit 1
-}
-json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+st_service_dir nan
+FAIL_WHAT=$scenario
+st_words_data 9 24 alpha beta gamma delta epsilon zeta eta theta
 
-"$PY" - "$T" <<'EOF'
-import json, random, sys
-random.seed(9)
-words = "alpha beta gamma delta epsilon zeta eta theta".split()
-with open(f"{sys.argv[1]}/train.jsonl", "w") as f:
-    for _ in range(24):
-        f.write(json.dumps({"text": " ".join(random.choice(words) for _ in range(10))}) + "\n")
-EOF
-
-"$B/coordinator/statetune-coordinator" --bind "$EP" --db "$T/registry.db" --insecure --heartbeat-ms 300 \
-    >"$T/coordinator.log" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && break; sleep 0.1; done
+st_start_coordinator --db "$T/registry.db" --insecure --heartbeat-ms 300
 mpirun -np 1 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 >"$T/group.log" 2>&1 &
 PIDS+=("$!")
 

@@ -13,50 +13,20 @@
 set -u
 clients=${1:-20}
 requests=${2:-50}
-B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
-FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
+. "$(dirname "$0")/lib/common.sh"
+st_paths
 MODEL=$FIX/rwkv7/tiny.pth
-PY=/usr/bin/python3
 LOAD=$B/tests/load_clients
-[ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
-"$PY" -c "import numpy" 2>/dev/null || { echo "skipped: numpy (for the 40-layer random model) is missing"; exit 77; }
-command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
+st_need_fixture "$MODEL"
+"$PY" -c "import numpy" 2>/dev/null || st_skip "numpy (for the 40-layer random model) is missing"
+st_need_cmd mpirun
 [ -x "$LOAD" ] || { echo "FAIL: $LOAD is not built"; exit 1; }
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-load-XXXXXX")
-EP="ipc://$T/c.sock"
-ST="$B/client/statetune"
-export STATETUNE_ENDPOINT="$EP"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    [ -n "${KEEP:-}" ] || rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*"
-    for f in "$T"/*.log; do echo "---- $f"; tail -n 15 "$f"; done
-    KEEP=1
-    exit 1
-}
-json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+st_service_dir load
+FAIL_TAIL=15
+st_words_data 13 64 red green blue cyan magenta yellow black white
 
-"$PY" - "$T" <<'EOF'
-import json, random, sys
-random.seed(13)
-words = "red green blue cyan magenta yellow black white".split()
-with open(f"{sys.argv[1]}/train.jsonl", "w") as f:
-    for _ in range(64):
-        f.write(json.dumps({"text": " ".join(random.choice(words) for _ in range(10))}) + "\n")
-EOF
-
-"$B/coordinator/statetune-coordinator" --bind "$EP" --db "$T/registry.db" --insecure \
-    >"$T/coordinator.log" 2>&1 &
-COORD=$!
-PIDS+=("$COORD")
-for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && break; sleep 0.1; done
+st_start_coordinator --db "$T/registry.db" --insecure
 
 # a 10.5 MB state to fetch ([40, 4, 64, 64] fp32), registered through the
 # protocol; the coordinator checks a result's shape against the job's model,

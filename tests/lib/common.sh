@@ -1,0 +1,118 @@
+# tests/lib/common.sh - the helpers the service test scripts share: finding the
+# build folder and fixtures (exit 77 with a sentence when something is absent),
+# a fresh temp folder with an ipc:// endpoint, the mpirun-as-root environment,
+# the PID list with its cleanup trap, fail() that dumps the logs, json() over
+# /usr/bin/python3, starting a coordinator, and the small dataset makers.
+# Sourced, never run: `. "$(dirname "$0")/lib/common.sh"`. Nothing here runs at
+# source time; every script calls what it needs, in its own order.
+
+# st_paths: B (build folder, required), FIX (fixtures folder), PY (the Python
+# with PyTorch), ST (the client). STATETUNE_FIXTURES wins, then CTest's default,
+# then ../shared/fixtures next to the source tree.
+st_paths() {
+    B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
+    FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
+    PY=/usr/bin/python3
+    ST="$B/client/statetune"
+}
+
+# st_skip SENTENCE: the test cannot run here; CTest counts exit 77 as skipped
+st_skip() { echo "skipped: $*"; exit 77; }
+
+# st_need_fixture FILE: skip when a fixture file is absent
+st_need_fixture() { [ -f "$1" ] || st_skip "fixture $1 not found"; }
+
+# st_need_cmd COMMAND [SENTENCE]: skip when COMMAND is not on PATH
+st_need_cmd() { command -v "$1" >/dev/null || st_skip "${2:-$1 not found}"; }
+
+# st_need_py: skip when /usr/bin/python3 is absent
+st_need_py() { [ -x "$PY" ] || st_skip "$PY not found"; }
+
+# st_mpi_env: let mpirun run as root (containers) and start more ranks than cores
+st_mpi_env() {
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export OMPI_MCA_rmaps_base_oversubscribe=1
+}
+
+# st_service_dir NAME: T, a fresh folder statetune-NAME-XXXXXX; EP, an ipc://
+# endpoint in it, exported as STATETUNE_ENDPOINT for the client; the mpirun
+# environment; PIDS, the empty list st_cleanup kills; the EXIT trap.
+st_service_dir() {
+    T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-$1-XXXXXX")
+    EP="ipc://$T/c.sock"
+    export STATETUNE_ENDPOINT="$EP"
+    st_mpi_env
+    PIDS=()
+    trap st_cleanup EXIT
+}
+
+# st_cleanup: SIGKILL everything in PIDS and its children (by pid, never by
+# name), run st_cleanup_hook when the script defines one (an umount...), and
+# remove T unless KEEP is set (fail sets it, so the logs stay).
+st_cleanup() {
+    for p in "${PIDS[@]}"; do
+        kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null
+    done
+    wait 2>/dev/null
+    if declare -F st_cleanup_hook >/dev/null; then st_cleanup_hook; fi
+    [ -n "${KEEP:-}" ] || rm -rf "$T"
+}
+
+# fail SENTENCE: print it (after FAIL_WHAT in parentheses when set), the last
+# FAIL_TAIL (default 20) lines of every $T/*.log, keep T, exit 1
+fail() {
+    echo "FAIL${FAIL_WHAT:+ ($FAIL_WHAT)}: $*"
+    for f in "$T"/*.log; do [ -f "$f" ] && { echo "---- $f"; tail -n "${FAIL_TAIL:-20}" "$f"; }; done
+    KEEP=1
+    exit 1
+}
+
+# json EXPR: evaluates a Python expression over the JSON document on stdin (as d)
+json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+# st_start_coordinator ARGS...: a coordinator bound to EP with ARGS (--db,
+# --insecure, --heartbeat-ms...), its output appended to $T/coordinator.log,
+# its pid in COORD and PIDS; then st_wait_coordinator 100
+st_start_coordinator() {
+    "$B/coordinator/statetune-coordinator" --bind "$EP" "$@" >>"$T/coordinator.log" 2>&1 &
+    COORD=$!
+    PIDS+=("$COORD")
+    st_wait_coordinator 100
+}
+
+# st_wait_coordinator TRIES: polls `statetune jobs` every 0.1 s, TRIES times;
+# returns 1 when the coordinator never answered (the caller decides)
+st_wait_coordinator() {
+    for _ in $(seq "$1"); do
+        "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# st_words_data SEED LINES WORD...: $T/train.jsonl, LINES samples of 10 random
+# WORDs joined by spaces (seeded, so every run gets the same file)
+st_words_data() {
+    "$PY" - "$T" "$@" <<'EOF'
+import json, random, sys
+random.seed(int(sys.argv[2]))
+words = sys.argv[4:]
+with open(f"{sys.argv[1]}/train.jsonl", "w") as f:
+    for _ in range(int(sys.argv[3])):
+        f.write(json.dumps({"text": " ".join(random.choice(words) for _ in range(10))}) + "\n")
+EOF
+}
+
+# st_tabs_data SEED TRAIN EVAL: $T/train.jsonl and $T/eval.jsonl, TRAIN and
+# EVAL samples of 8 random words joined by tabs (seeded)
+st_tabs_data() {
+    "$PY" - "$T" "$@" <<'EOF'
+import json, random, sys
+random.seed(int(sys.argv[2]))
+words = "the quick brown fox jumps over a lazy dog while seven tabs indent code".split()
+for name, n in (("train", int(sys.argv[3])), ("eval", int(sys.argv[4]))):
+    with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"text": "\t".join(random.choice(words) for _ in range(8))}) + "\n")
+EOF
+}
