@@ -98,11 +98,13 @@ int dist_init_nccl(dist_t *self, char *err);
 int dist_has_nccl(const dist_t *self);
 
 /* The step all-reduce of a host buffer (the tuning loop's [dS0 | Q | dU0 |
- * loss sums]): with a communicator, n doubles are copied to a device staging
- * buffer (through pinned memory), summed in place by ncclAllReduce on the
- * communication stream and copied back; without one this is
- * dist_allreduce_sum_f64 over MPI. Same results up to reduction order. */
-int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, char *err);
+ * loss sums]): with a communicator, the first n - n_exact values travel as
+ * fp32 and the last n_exact (counts, loss sums: they must stay exact) as
+ * doubles, through pinned and device staging buffers, summed in place by
+ * ncclAllReduce in one NCCL group on the communication stream;
+ * without one this is dist_allreduce_sum_f64 over MPI, all in double. Same
+ * results up to reduction order and the fp32 rounding of the body. */
+int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact, char *err);
 
 /* Sums n floats of a device buffer in place over every rank (ncclAllReduce
  * in one NCCL group, on the communication stream; returns when the sum is in
