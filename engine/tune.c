@@ -692,7 +692,8 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
     for (size_t i = 0; i < t->nS; i++) t->red[i] = t->dS[i];
     double *redU = t->red + (t->dbp ? 2 : 1) * t->nS;
     for (size_t i = 0; i < t->nU; i++) redU[i] = t->dU[i];
-    rc = dist_allreduce_step_f64(t->dist, t->red, t->nred, err); /* NCCL in a GPU group, else MPI */
+    /* NCCL in a GPU group (the scalars summed exactly), else MPI */
+    rc = dist_allreduce_step_f64(t->dist, t->red, t->nred, RED_SCALARS, err);
     if (rc) return rc;
     if (sc[RED_CANCEL] > 0) {
         /* the step is dropped whole: its batch comes again after a resume */
