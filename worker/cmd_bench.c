@@ -21,7 +21,7 @@
  *
  * Under mpirun every rank runs its own batch of B x T on the GPU of its
  * node-local rank and each step ends with the tuning loop's all-reduce of
- * [dS0 | loss sums] in doubles (dist_allreduce_step_f64: NCCL for a CUDA
+ * [dS0 | loss sums] (dist_allreduce_step_f64: NCCL for a CUDA
  * group, MPI for CPU ranks), so the numbers are those of a data-parallel
  * tuning step with per-rank batch B. Rank 0 prints the line, adding ranks,
  * tokens_per_s_per_gpu (per rank), allreduce_ms (wall time of the all-reduce
@@ -188,7 +188,7 @@ int cmd_bench(int argc, char **argv)
         red[ns] = bt.loss_sum;
         red[ns + 1] = (double)bt.n_targets;
         double a0 = s_now();
-        if (dist_allreduce_step_f64(dist, red, ns + 2, err) != ST_OK) goto done;
+        if (dist_allreduce_step_f64(dist, red, ns + 2, 2, err) != ST_OK) goto done;
         if (s > 0) {
             double cm, nm;
             ar_s += s_now() - a0;
