@@ -43,6 +43,7 @@ EOF
 }
 
 st_start_coordinator --db "$D/registry.db" --jobs-dir "$D/jobs" --insecure --heartbeat-ms 300
+st_wait_coordinator 100
 mpirun -np 1 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 >"$T/group.log" 2>&1 &
 PIDS+=("$!")
 

@@ -19,54 +19,24 @@
 set -u
 
 trials=${1:-3}
-B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
-FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
+. "$(dirname "$0")/lib/common.sh"
+st_paths
 MODEL=$FIX/rwkv7/tiny.pth
-PY=/usr/bin/python3
-[ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
-command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
-command -v sqlite3 >/dev/null || { echo "skipped: the sqlite3 shell is not installed"; exit 77; }
-[ -x "$PY" ] || { echo "skipped: $PY not found"; exit 77; }
+st_need_fixture "$MODEL"
+st_need_cmd mpirun
+st_need_cmd sqlite3 "the sqlite3 shell is not installed"
+st_need_py
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-fault-XXXXXX")
-EP="ipc://$T/c.sock"
-ST="$B/client/statetune"
-export STATETUNE_ENDPOINT="$EP"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1
+st_service_dir fault
 HB_MS=300            # a group silent for 3 x 300 ms is lost
-PIDS=()              # everything this script started, killed by id at exit
 GROUPS_UP=()         # launcher pids of the live groups
 COORD=
 RANDOM=${FAULT_SEED:-$$}
 echo "seed $RANDOM (set FAULT_SEED to replay), folder $T"
 
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null
-    done
-    wait 2>/dev/null
-    [ -n "${KEEP:-}" ] || rm -rf "$T"
-}
-trap cleanup EXIT
-
-fail() {
-    echo "FAIL: $*"
-    for f in "$T"/*.log; do echo "---- $f"; tail -n 20 "$f"; done
-    KEEP=1
-    exit 1
-}
-
 start_coordinator() {
-    "$B/coordinator/statetune-coordinator" --bind "$EP" --db "$T/registry.db" --insecure \
-        --heartbeat-ms $HB_MS >>"$T/coordinator.log" 2>&1 &
-    COORD=$!
-    PIDS+=("$COORD")
-    for _ in $(seq 150); do
-        "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    fail "the coordinator did not come up"
+    st_start_coordinator --db "$T/registry.db" --insecure --heartbeat-ms $HB_MS
+    st_wait_coordinator 150 || fail "the coordinator did not come up"
 }
 
 WORKER_EXE=$(readlink -f "$B/worker/statetune-worker")
@@ -97,17 +67,7 @@ EOF
     JOBS+=("$id")
 }
 
-json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-
-"$PY" - "$T" <<'EOF'
-import json, random, sys
-random.seed(5)
-words = "the quick brown fox jumps over a lazy dog while seven tabs indent code".split()
-for name, n in (("train", 32), ("eval", 8)):
-    with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
-        for _ in range(n):
-            f.write(json.dumps({"text": "\t".join(random.choice(words) for _ in range(8))}) + "\n")
-EOF
+st_tabs_data 5 32 8
 
 t_start=$SECONDS
 start_coordinator

@@ -30,6 +30,7 @@ FAIL_WHAT=$scenario
 st_words_data 9 24 alpha beta gamma delta epsilon zeta eta theta
 
 st_start_coordinator --db "$T/registry.db" --insecure --heartbeat-ms 300
+st_wait_coordinator 100
 mpirun -np 1 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 >"$T/group.log" 2>&1 &
 PIDS+=("$!")
 

@@ -27,6 +27,7 @@ FAIL_TAIL=15
 st_words_data 13 64 red green blue cyan magenta yellow black white
 
 st_start_coordinator --db "$T/registry.db" --insecure
+st_wait_coordinator 100
 
 # a 10.5 MB state to fetch ([40, 4, 64, 64] fp32), registered through the
 # protocol; the coordinator checks a result's shape against the job's model,

@@ -17,38 +17,18 @@
 set -u
 
 mode=${1:-content}
-B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
-FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
+. "$(dirname "$0")/lib/common.sh"
+st_paths
 MODEL=${REPORT_MODEL:-$FIX/rwkv7/tiny.pth}   # REPORT_MODEL / REPORT_STEPS: a bigger look by hand
 STEPS=${REPORT_STEPS:-12}
-PY=/usr/bin/python3
-[ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
-command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
-[ -x "$PY" ] || { echo "skipped: $PY not found"; exit 77; }
+st_need_fixture "$MODEL"
+st_need_cmd mpirun
+st_need_py
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-report-XXXXXX")
-EP="ipc://$T/c.sock"
-ST="$B/client/statetune"
-export STATETUNE_ENDPOINT="$EP"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1
-PIDS=()
-
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null
-    done
-    wait 2>/dev/null
-    [ -n "${KEEP:-}" ] || rm -rf "$T"
-}
-trap cleanup EXIT
+st_service_dir report
+FAIL_WHAT="report $mode"
+FAIL_TAIL=25
 [ -n "${KEEP:-}" ] && echo "folder: $T"
-
-fail() {
-    echo "FAIL (report $mode): $*"
-    for f in "$T"/*.log; do [ -f "$f" ] && { echo "---- $f"; tail -n 25 "$f"; }; done
-    exit 1
-}
 
 # ---- chromium first (render), so a missing browser skips before any work ----
 if [ "$mode" = render ]; then
@@ -62,15 +42,7 @@ if [ "$mode" = render ]; then
 fi
 
 # ---- data and a short job with evals ------------------------------------------
-"$PY" - "$T" <<'PYEOF'
-import json, random, sys
-random.seed(3)
-words = "the quick brown fox jumps over a lazy dog while seven tabs indent code".split()
-for name, n in (("train", 40), ("eval", 8)):
-    with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
-        for _ in range(n):
-            f.write(json.dumps({"text": "\t".join(random.choice(words) for _ in range(8))}) + "\n")
-PYEOF
+st_tabs_data 3 40 8
 # a name that needs escaping cannot be a state name ([A-Za-z0-9._-]), but the
 # data path can: it lands in the lineage table
 mkdir -p "$T/d<x>&\"q"
@@ -81,14 +53,8 @@ cat >"$T/job.json" <<JEOF
  "checkpoint_every": 0, "warmup_steps": 2, "seed": 7}
 JEOF
 
-"$B/coordinator/statetune-coordinator" --bind "$EP" --db "$T/registry.db" --insecure >>"$T/coordinator.log" 2>&1 &
-PIDS+=("$!")
-up=0
-for _ in $(seq 100); do
-    "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && { up=1; break; }
-    sleep 0.1
-done
-[ $up = 1 ] || fail "the coordinator did not come up"
+st_start_coordinator --db "$T/registry.db" --insecure
+st_wait_coordinator 100 || fail "the coordinator did not come up"
 
 J=$("$ST" submit "$T/job.json") || fail "submit failed"
 # a report while the job has not run: no state yet, said on the page

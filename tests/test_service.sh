@@ -18,48 +18,23 @@
 set -u
 
 scenario=${1:?usage: test_service.sh e2e|priority|cancel|kill_group|kill_rank|kill_coordinator|curve|coordinator_gone}
-B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
-FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-${STATETUNE_SOURCE_DIR:-.}/../shared/fixtures}}
+. "$(dirname "$0")/lib/common.sh"
+st_paths
 MODEL=$FIX/rwkv7/tiny.pth
-PY=/usr/bin/python3
-[ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }
-command -v mpirun >/dev/null || { echo "skipped: mpirun not found"; exit 77; }
-[ -x "$PY" ] || { echo "skipped: $PY not found"; exit 77; }
+st_need_fixture "$MODEL"
+st_need_cmd mpirun
+st_need_py
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-service-XXXXXX")
-EP="ipc://$T/c.sock"
-ST="$B/client/statetune"
-export STATETUNE_ENDPOINT="$EP"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1
+st_service_dir service
+FAIL_WHAT=$scenario
+FAIL_TAIL=25
 HB_MS=400          # heartbeat: a group silent for 3 x 400 ms is lost
-PIDS=()            # everything this script started, killed by id at exit
 
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null
-    done
-    wait 2>/dev/null
-}
-trap cleanup EXIT
 [ -n "${KEEP:-}" ] && echo "folder: $T"
 
-fail() {
-    echo "FAIL ($scenario): $*"
-    for f in "$T"/*.log; do echo "---- $f"; tail -n 25 "$f"; done
-    exit 1
-}
-
 start_coordinator() {
-    "$B/coordinator/statetune-coordinator" --bind "$EP" --db "$T/registry.db" --insecure \
-        --heartbeat-ms $HB_MS >>"$T/coordinator.log" 2>&1 &
-    COORD=$!
-    PIDS+=("$COORD")
-    for _ in $(seq 100); do
-        "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    fail "the coordinator did not come up"
+    st_start_coordinator --db "$T/registry.db" --insecure --heartbeat-ms $HB_MS
+    st_wait_coordinator 100 || fail "the coordinator did not come up"
 }
 
 # start_group NAME RANKS: one worker group under mpirun; its pid in GROUP_PID
@@ -87,21 +62,7 @@ make_job() {
 EOF
 }
 
-# json EXPR: evaluates a Python expression over the JSON document on stdin (as d)
-json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-
 status_of() { "$ST" status "$1" --json | json 'd["status"]'; }
-
-# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds
-wait_for() {
-    local what=$1 secs=$2
-    shift 2
-    local end=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $end ] || fail "timed out after ${secs}s waiting for $what"
-        sleep 0.2
-    done
-}
 
 # checkpoint_at_least JOB STEP: a checkpoint event at or past STEP exists
 checkpoint_at_least() {
@@ -113,15 +74,7 @@ running_with_progress() {
 }
 
 # ---- data: 40 short tab-separated lines, 8 for eval --------------------------
-"$PY" - "$T" <<'EOF'
-import json, random, sys
-random.seed(3)
-words = "the quick brown fox jumps over a lazy dog while seven tabs indent code".split()
-for name, n in (("train", 40), ("eval", 8)):
-    with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
-        for _ in range(n):
-            f.write(json.dumps({"text": "\t".join(random.choice(words) for _ in range(8))}) + "\n")
-EOF
+st_tabs_data 3 40 8
 
 case "$scenario" in
 e2e)
@@ -305,10 +258,8 @@ curve)
     "$ST" keys gen "$T/allow/group" >/dev/null || fail "keys gen failed"
     "$ST" keys gen "$T/keys/mallory" >/dev/null || fail "keys gen failed"
     [ "$(stat -c %a "$T/allow/alice.key")" = 600 ] || fail "a secret key file is not 0600"
-    "$B/coordinator/statetune-coordinator" --bind "$EP" --db "$T/registry.db" --curve-secret "$T/keys/server.key" \
-        --allow "$T/allow" --heartbeat-ms $HB_MS >>"$T/coordinator.log" 2>&1 &
-    COORD=$!
-    PIDS+=("$COORD")
+    st_start_coordinator --db "$T/registry.db" --curve-secret "$T/keys/server.key" \
+        --allow "$T/allow" --heartbeat-ms $HB_MS
     mpirun -np 2 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 --curve-secret "$T/allow/group.key" \
         --curve-public "$T/allow/group.pub" --server-key "$T/keys/server.pub" >"$T/group-a.log" 2>&1 &
     PIDS+=("$!")

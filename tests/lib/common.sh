@@ -71,13 +71,12 @@ fail() {
 json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # st_start_coordinator ARGS...: a coordinator bound to EP with ARGS (--db,
-# --insecure, --heartbeat-ms...), its output appended to $T/coordinator.log,
-# its pid in COORD and PIDS; then st_wait_coordinator 100
+# --insecure, --heartbeat-ms...) in the background, its output appended to
+# $T/coordinator.log, its pid in COORD and PIDS; st_wait_coordinator next
 st_start_coordinator() {
     "$B/coordinator/statetune-coordinator" --bind "$EP" "$@" >>"$T/coordinator.log" 2>&1 &
     COORD=$!
     PIDS+=("$COORD")
-    st_wait_coordinator 100
 }
 
 # st_wait_coordinator TRIES: polls `statetune jobs` every 0.1 s, TRIES times;
@@ -88,6 +87,18 @@ st_wait_coordinator() {
         sleep 0.1
     done
     return 1
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.2 s until it
+# succeeds; fail()s after SECONDS
+wait_for() {
+    local what=$1 secs=$2
+    shift 2
+    local end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $end ] || fail "timed out after ${secs}s waiting for $what"
+        sleep 0.2
+    done
 }
 
 # st_words_data SEED LINES WORD...: $T/train.jsonl, LINES samples of 10 random
