@@ -104,17 +104,6 @@ start_group_launch() {
 
 status_of() { stc status "$1" --json | json 'd["status"]'; }
 
-# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds
-wait_for() {
-    local what=$1 secs=$2
-    shift 2
-    local end=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $end ] || fail "timed out after ${secs}s waiting for $what"
-        sleep 0.2
-    done
-}
-
 # checkpoint_at_least JOB STEP: a checkpoint event at or past STEP exists
 checkpoint_at_least() {
     stc events "$1" --json | json "int(max([e['data']['step'] if isinstance(e['data'], dict) else json.loads(e['data'])['step'] for e in d if e['kind']=='checkpoint'] or [0]) >= $2 or exit(1))"

@@ -39,6 +39,8 @@ rt=$root/rt/nccl
 mode=${1:-}
 py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3) # the GPU machine's own Python will do for comparing states
+PY=$py   # state_rel (tests/lib/common.sh) runs $PY
+. "$root/tests/lib/common.sh"
 
 export NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -67,32 +69,6 @@ if [ "$mode" = pack ]; then
   du -sh "$rt"
   exit 0
 fi
-
-# relative L2 difference of two state.safetensors files (F32 tensors)
-state_rel() {
-  "$py" - "$1" "$2" <<'EOF'
-import array, json, struct, sys
-def load(p):
-    b = open(p, 'rb').read()
-    n = struct.unpack('<Q', b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in h.items():
-        if k == '__metadata__':
-            continue
-        assert v['dtype'] == 'F32', v
-        s, e = v['data_offsets']
-        a = array.array('f')
-        a.frombytes(b[8 + n + s:8 + n + e])
-        out[k] = a
-    return out
-a, b = load(sys.argv[1]), load(sys.argv[2])
-assert sorted(a) == sorted(b), (sorted(a), sorted(b))
-num = sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k]))
-den = sum(x * x for k in a for x in a[k])
-print((num / den) ** 0.5 if den else num ** 0.5)
-EOF
-}
 
 metric() { "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
@@ -165,16 +141,17 @@ scale() {
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 base = {}
-print("%-9s %3s %12s %12s %7s %9s %13s %9s %9s %11s" % ("shape", "np", "tok/s", "tok/s/gpu", "eff", "step_ms",
-      "allreduce_ms", "copy_ms", "nccl_ms", "dev_f32_ms"))
+print("%-9s %3s %12s %12s %7s %9s %13s %9s %9s %11s  %s" % ("shape", "np", "tok/s", "tok/s/gpu", "eff", "step_ms",
+      "allreduce_ms", "copy_ms", "nccl_ms", "dev_f32_ms", "engine_ms per rank"))
 for r in rows:
     shape = "%dx%d" % (r["layers"], r["embd"])
     if r["ranks"] == 1:
         base[shape] = r["tokens_per_s_per_gpu"]
     eff = r["tokens_per_s_per_gpu"] / base[shape] if shape in base else float("nan")
-    print("%-9s %3d %12.0f %12.0f %6.1f%% %9.2f %13.3f %9.3f %9.3f %11.3f" % (shape, r["ranks"], r["tokens_per_s"],
+    print("%-9s %3d %12.0f %12.0f %6.1f%% %9.2f %13.3f %9.3f %9.3f %11.3f  %s" % (shape, r["ranks"], r["tokens_per_s"],
           r["tokens_per_s_per_gpu"], 100 * eff, r["step_ms"], r["allreduce_ms"], r["allreduce_copy_ms"],
-          r["allreduce_nccl_ms"], r.get("device_allreduce_f32_ms", -1)))
+          r["allreduce_nccl_ms"], r.get("device_allreduce_f32_ms", -1),
+          " ".join("%.1f" % x for x in r.get("engine_ms_per_rank", []))))
 EOF
 }
 

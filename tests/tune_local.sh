@@ -29,6 +29,8 @@ worker=$build/worker/statetune-worker
 fixtures=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$here/../../shared/fixtures}}
 model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
 py=/usr/bin/python3
+PY=$py   # state_rel (tests/lib/common.sh) runs $PY
+. "$here/lib/common.sh"
 
 skip() { echo "skipped: $*"; exit 77; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -51,32 +53,6 @@ EOF
 }
 
 metric() { "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
-
-# relative L2 difference of two state.safetensors files
-state_rel() {
-    "$py" - "$1" "$2" <<'EOF'
-import array, json, struct, sys
-def load(p):
-    b = open(p, 'rb').read()
-    n = struct.unpack('<Q', b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in h.items():
-        if k == '__metadata__':
-            continue
-        assert v['dtype'] == 'F32', v
-        s, e = v['data_offsets']
-        a = array.array('f')
-        a.frombytes(b[8 + n + s:8 + n + e])
-        out[k] = a
-    return out
-a, b = load(sys.argv[1]), load(sys.argv[2])
-assert sorted(a) == sorted(b), (sorted(a), sorted(b))
-num = sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k]))
-den = sum(x * x for k in a for x in a[k])
-print((num / den) ** 0.5 if den else num ** 0.5)
-EOF
-}
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 

@@ -101,6 +101,33 @@ wait_for() {
     done
 }
 
+# state_rel A B: prints the relative L2 difference of two state.safetensors
+# files (F32 tensors, the same names in both), computed by $PY
+state_rel() {
+    "$PY" - "$1" "$2" <<'EOF'
+import array, json, struct, sys
+def load(p):
+    b = open(p, 'rb').read()
+    n = struct.unpack('<Q', b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in h.items():
+        if k == '__metadata__':
+            continue
+        assert v['dtype'] == 'F32', v
+        s, e = v['data_offsets']
+        a = array.array('f')
+        a.frombytes(b[8 + n + s:8 + n + e])
+        out[k] = a
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+num = sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k]))
+den = sum(x * x for k in a for x in a[k])
+print((num / den) ** 0.5 if den else num ** 0.5)
+EOF
+}
+
 # st_words_data SEED LINES WORD...: $T/train.jsonl, LINES samples of 10 random
 # WORDs joined by spaces (seeded, so every run gets the same file)
 st_words_data() {

@@ -12,6 +12,8 @@
 
 NETNS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$NETNS_DIR/cluster.sh"
+# json, wait_for, state_rel; fail and skip below replace lib's own
+. "$NETNS_DIR/../lib/common.sh"
 
 B=${STATETUNE_BUILD_DIR:?STATETUNE_BUILD_DIR must name the build folder}
 FIX=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$NETNS_DIR/../../../shared/fixtures}}
@@ -107,31 +109,3 @@ link_bytes() {
         "$PY" -c 'import json,sys; s=json.load(sys.stdin)[0]["stats64"]; print(s["rx"]["bytes"] + s["tx"]["bytes"])'
 }
 
-# json EXPR: evaluates a Python expression over the JSON document on stdin (as d)
-json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-
-# state_rel A B: relative L2 difference of two state.safetensors files (F32)
-state_rel() {
-    "$PY" - "$1" "$2" <<'EOF'
-import array, json, struct, sys
-def load(p):
-    b = open(p, 'rb').read()
-    n = struct.unpack('<Q', b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in h.items():
-        if k == '__metadata__':
-            continue
-        assert v['dtype'] == 'F32', v
-        s, e = v['data_offsets']
-        a = array.array('f')
-        a.frombytes(b[8 + n + s:8 + n + e])
-        out[k] = a
-    return out
-a, b = load(sys.argv[1]), load(sys.argv[2])
-assert sorted(a) == sorted(b), (sorted(a), sorted(b))
-num = sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k]))
-den = sum(x * x for k in a for x in a[k])
-print((num / den) ** 0.5 if den else num ** 0.5)
-EOF
-}
