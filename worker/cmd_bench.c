@@ -29,6 +29,8 @@
  * allreduce_nccl_ms; tokens_per_s and tflops count every rank. A GPU group
  * then checks and times an all-reduce of dS0 kept on the device, in fp32
  * (device_allreduce_f32_ms; -1 when not run): the cost without staging.
+ * engine_ms_per_rank lists each rank's engine_run time per step, so that a
+ * slow GPU (the group's pace) shows.
  */
 #include "worker/cmd.h"
 
@@ -136,7 +138,7 @@ int cmd_bench(int argc, char **argv)
     char err[ST_ERR_LEN] = "";
     int rc = 1;
     dist_t *dist = NULL;
-    double *red = NULL;
+    double *red = NULL, *eng_ms = NULL;
     rwkv_model_t *model = NULL;
     engine_t *eng = NULL;
     adam_t *adam = NULL;
@@ -174,7 +176,7 @@ int cmd_bench(int argc, char **argv)
     }
     for (size_t i = 0; i < n; i++) tgt[i] = (i + 1) % T ? tok[i + 1] : -1;
 
-    double t0 = 0, c0 = 0, loss_first = 0, loss_last = 0, ar_s = 0, ar_copy_ms = 0, ar_nccl_ms = 0;
+    double t0 = 0, c0 = 0, loss_first = 0, loss_last = 0, ar_s = 0, eng_s = 0, ar_copy_ms = 0, ar_nccl_ms = 0;
     for (int s = 0; s <= steps; s++) {
         if (s == 1) { /* step 0 warms caches, thread pools and NCCL's channels */
             if (dist_barrier(dist, err) != ST_OK) goto done;
@@ -183,7 +185,9 @@ int cmd_bench(int argc, char **argv)
         }
         memset(grad, 0, ns * sizeof *grad);
         engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T, .state0 = s0, .dstate0 = grad};
+        double e0 = s_now();
         if (engine_run(eng, &bt, err) != ST_OK) goto done;
+        if (s > 0) eng_s += s_now() - e0;
         for (size_t i = 0; i < ns; i++) red[i] = grad[i];
         red[ns] = bt.loss_sum;
         red[ns + 1] = (double)bt.n_targets;
@@ -207,6 +211,15 @@ int cmd_bench(int argc, char **argv)
     int world = dist_size(dist);
     /* what the all-reduce costs when the gradient stays on the GPU (no
      * staging): checked, then timed over 10 rounds */
+    /* each rank's engine time per step (forward, backward and its copies):
+     * a group steps at the pace of its slowest GPU */
+    eng_ms = calloc((size_t)world, sizeof *eng_ms);
+    if (!eng_ms) {
+        st_fail(err, ST_ENOMEM, "out of memory for %d ranks' timings", world);
+        goto done;
+    }
+    eng_ms[dist_rank(dist)] = eng_s * 1e3 / steps;
+    if (dist_allreduce_sum_f64(dist, eng_ms, (size_t)world, err) != ST_OK) goto done;
     double dev_ms = -1;
     if (dist_has_nccl(dist) && dist_device_allreduce_check(dist, ns, 10, &dev_ms, err) != ST_OK) goto done;
     if (!dist_is_root(dist)) { /* rank 0 alone prints */
@@ -220,8 +233,10 @@ int cmd_bench(int argc, char **argv)
     double tps = (double)n * world * steps / dt;
     double P = (double)rwkv_model_param_count(model);
     size_t peak = engine_peak_mem_bytes(eng) + 4 * ns * sizeof(float); /* S0, grad, m, v */
+    json_t *eng_json = json_array();
+    for (int i = 0; i < world; i++) json_array_append_new(eng_json, json_real(eng_ms[i]));
     json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:s,"
-                            " s:i, s:s, s:f, s:f, s:f, s:f, s:f}",
+                            " s:i, s:s, s:f, s:f, s:f, s:f, s:f, s:o}",
                             "backend", backend == ENGINE_CUDA ? "cuda" : "cpu",
                             "precision", precision == ENGINE_BF16 ? "bf16" : "fp32",
                             "layers", L, "embd", C, "vocab", V, "batch", B, "ctx", T, "steps", steps,
@@ -241,7 +256,8 @@ int cmd_bench(int argc, char **argv)
                             "allreduce_ms", ar_s * 1e3 / steps,
                             "allreduce_copy_ms", ar_copy_ms / steps,
                             "allreduce_nccl_ms", ar_nccl_ms / steps,
-                            "device_allreduce_f32_ms", dev_ms);
+                            "device_allreduce_f32_ms", dev_ms,
+                            "engine_ms_per_rank", eng_json);
     char *line = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(out);
     if (!line) {
@@ -263,7 +279,7 @@ done:
     adam_destroy(&adam);
     engine_destroy(&eng);
     rwkv_model_destroy(&model);
-    free(tok), free(tgt), free(s0), free(grad), free(red);
+    free(tok), free(tgt), free(s0), free(grad), free(red), free(eng_ms);
     dist_destroy(&dist);
     return rc;
 }
