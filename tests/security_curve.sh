@@ -35,25 +35,12 @@ MODEL=$FIX/rwkv7/tiny.pth
 PY=/usr/bin/python3
 ST="$B/client/statetune"
 COORD_BIN="$B/coordinator/statetune-coordinator"
+. "$(dirname "$0")/lib/common.sh"
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/statetune-sec-XXXXXX")
-EP="ipc://$T/c.sock"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+st_service_dir sec
+FAIL_WHAT=$scenario
+FAIL_TAIL=15
 unset STATETUNE_CURVE_PUBLIC STATETUNE_CURVE_SECRET STATETUNE_SERVER_KEY
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 $(pgrep -P "$p" 2>/dev/null) "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    [ -n "${KEEP:-}" ] || rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL ($scenario): $*"
-    for f in "$T"/*.log; do [ -f "$f" ] && { echo "---- $f"; tail -n 15 "$f"; }; done
-    KEEP=1
-    exit 1
-}
-json() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 need_fixture() { [ -f "$MODEL" ] || { echo "skipped: fixture $MODEL not found"; exit 77; }; }
 
 data() { # FILE: 16 short samples
@@ -120,10 +107,8 @@ keys)
     for k in keys/server allow/alice allow/group keys/mallory keys/rogue keys/fakeserver allow/bob; do
         "$ST" keys gen "$T/$k" >/dev/null || fail "keys gen $k failed"
     done
-    "$COORD_BIN" --bind "$EP" --db "$T/registry.db" --curve-secret "$T/keys/server.key" --allow "$T/allow" \
-        --heartbeat-ms 300 >"$T/coordinator.log" 2>&1 &
-    PIDS+=("$!")
-    export STATETUNE_ENDPOINT="$EP"
+    st_start_coordinator --db "$T/registry.db" --curve-secret "$T/keys/server.key" --allow "$T/allow" \
+        --heartbeat-ms 300
     ok_client=(--curve-secret "$T/allow/alice.key" --server-key "$T/keys/server.pub")
     for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 "${ok_client[@]}" >/dev/null 2>&1 && break; sleep 0.1; done
     "$ST" jobs --timeout-ms 2000 "${ok_client[@]}" >/dev/null || fail "the allowed client is not served"
@@ -180,10 +165,8 @@ perms)
         fail "keys gen failed"
     m=$(stat -c %a "$T/k/me.key")
     [ "$m" = 600 ] || fail "keys gen wrote the secret key with mode $m under umask 000 (want 600)"
-    "$COORD_BIN" --bind "$EP" --db "$T/registry.db" --insecure >"$T/coordinator.log" 2>&1 &
-    PIDS+=("$!")
-    export STATETUNE_ENDPOINT="$EP"
-    for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && break; sleep 0.1; done
+    st_start_coordinator --db "$T/registry.db" --insecure
+    st_wait_coordinator 100
     "$ST" jobs --timeout-ms 2000 >/dev/null || fail "the coordinator did not come up"
     bad=""
     for f in "$T"/registry.db "$T"/registry.db-wal "$T"/registry.db-shm; do
@@ -212,10 +195,8 @@ data_root)
     data "$T/outside/secret.jsonl"
     ln -s "$T/outside/secret.jsonl" "$T/root/link.jsonl"
     cp "$MODEL" "$T/root/model.pth"
-    "$COORD_BIN" --bind "$EP" --db "$T/registry.db" --insecure --data-root "$T/root" >"$T/coordinator.log" 2>&1 &
-    PIDS+=("$!")
-    export STATETUNE_ENDPOINT="$EP"
-    for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && break; sleep 0.1; done
+    st_start_coordinator --db "$T/registry.db" --insecure --data-root "$T/root"
+    st_wait_coordinator 100
     MODEL=$T/root/model.pth
     for case in "outside:$T/outside/secret.jsonl" "dotdot:$T/root/../outside/secret.jsonl" "symlink:$T/root/link.jsonl" \
                 "system:/etc/passwd"; do
@@ -248,10 +229,8 @@ fifo)
     need_fixture
     mkfifo "$T/pipe.pth" "$T/pipe.jsonl" "$T/pipe.txt" || { echo "skipped: mkfifo failed"; exit 77; }
     data "$T/train.jsonl"
-    "$COORD_BIN" --bind "$EP" --db "$T/registry.db" --insecure >"$T/coordinator.log" 2>&1 &
-    PIDS+=("$!")
-    export STATETUNE_ENDPOINT="$EP"
-    for _ in $(seq 100); do "$ST" jobs --timeout-ms 500 >/dev/null 2>&1 && break; sleep 0.1; done
+    st_start_coordinator --db "$T/registry.db" --insecure
+    st_wait_coordinator 100
     cat >"$T/m.json" <<EOF
 {"name": "m", "model": "$T/pipe.pth", "train": "$T/train.jsonl", "steps": 1}
 EOF
