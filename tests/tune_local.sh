@@ -23,14 +23,9 @@
 # Exit 77 (skipped) when the fixtures, the Python sources or mpirun are absent.
 set -u
 mode=${1:?usage: tune_local.sh decrease|resume|mpi|kill|hang|validate}
-here=$(cd "$(dirname "$0")" && pwd)
-build=${STATETUNE_BUILD_DIR:-$here/../build}
-worker=$build/worker/statetune-worker
-fixtures=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$here/../../shared/fixtures}}
+. "$(dirname "$0")/lib/common.sh"
+st_local_paths
 model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
-py=/usr/bin/python3
-PY=$py   # state_rel (tests/lib/common.sh) runs $PY
-. "$here/lib/common.sh"
 
 skip() { echo "skipped: $*"; exit 77; }
 fail() { echo "FAIL: $*" >&2; exit 1; }

@@ -14,12 +14,9 @@
 #   - a missing teacher state fails with a sentence naming the key.
 # Exit 77 (skipped) when the fixtures or the Python sources are absent.
 set -u
-here=$(cd "$(dirname "$0")" && pwd)
-build=${STATETUNE_BUILD_DIR:-$here/../build}
-worker=$build/worker/statetune-worker
-fixtures=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$here/../../shared/fixtures}}
+. "$(dirname "$0")/lib/common.sh"
+st_local_paths
 model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
-py=/usr/bin/python3
 skip() { echo "skipped: $*"; exit 77; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 [ -x "$worker" ] || fail "no worker binary at $worker"

@@ -16,6 +16,19 @@ st_paths() {
     ST="$B/client/statetune"
 }
 
+# st_local_paths: for the scripts that drive `statetune-worker tune --local`
+# alone (no service): here (the tests folder), build (STATETUNE_BUILD_DIR, or
+# ../build), worker, fixtures, and py = PY = /usr/bin/python3 (the helpers
+# below use PY)
+st_local_paths() {
+    here=$(cd "$(dirname "$0")" && pwd)
+    build=${STATETUNE_BUILD_DIR:-$here/../build}
+    worker=$build/worker/statetune-worker
+    fixtures=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$here/../../shared/fixtures}}
+    py=/usr/bin/python3
+    PY=$py
+}
+
 # st_skip SENTENCE: the test cannot run here; CTest counts exit 77 as skipped
 st_skip() { echo "skipped: $*"; exit 77; }
 
