@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# demo.sh - statetune end to end on one machine, no GPU needed (issue #9).
+# demo.sh - statetune end to end on one machine, no GPU needed; one is used when present (issue #9).
 #
 #   ./scripts/demo.sh [MODEL [VOCAB]]
 #
@@ -28,7 +28,8 @@
 # STATETUNE_DEMO_STEPS (default 60), STATETUNE_DEMO_TRAIN and _EVAL (samples,
 # default 1024 and 64), STATETUNE_DEMO_PORT (default: a free one),
 # STATETUNE_DEMO_SKIP_DEPS=1 (do not run install-deps.sh),
-# STATETUNE_DEMO_LOCAL=1 (go straight to the local path).
+# STATETUNE_DEMO_LOCAL=1 (go straight to the local path), STATETUNE_DEMO_CPU=1
+# (stay on the CPU even with a GPU).
 set -euo pipefail
 
 if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
@@ -65,6 +66,20 @@ st_client=$build/client/statetune
 st_coord=$build/coordinator/statetune-coordinator
 st_worker=$build/worker/statetune-worker
 
+# With a GPU and a build that has the CUDA backend, the group runs on GPUs (one
+# rank per GPU, at most 2); otherwise on 2 CPU ranks. STATETUNE_DEMO_CPU=1
+# keeps it on the CPU.
+backend=cpu ranks=2
+if [ "${STATETUNE_DEMO_CPU:-0}" != 1 ] && grep -q '^CMAKE_CUDA_COMPILER:FILEPATH=/' "$build/CMakeCache.txt" 2>/dev/null &&
+    command -v nvidia-smi >/dev/null; then
+    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    if [ "${ngpu:-0}" -ge 1 ]; then
+        backend=cuda
+        ranks=$((ngpu >= 2 ? 2 : 1))
+        say "GPU found: the worker group runs $ranks rank(s) with --backend cuda"
+    fi
+fi
+
 # ---- 2. model and data -------------------------------------------------------
 work=${STATETUNE_DEMO_DIR:-$(mktemp -d /tmp/statetune-demo.XXXXXX)}
 mkdir -p "$work"
@@ -92,17 +107,20 @@ say "data: Python standard-library code re-indented with tabs (train and eval fr
 
 # Global batch 16 split over 2 ranks; the learning rate that works for state
 # tuning (SPEC 2.2 defaults: 1.0 decaying to 0.01).
-/usr/bin/python3 - "$work/job.json" "$model" "$vocab" "$steps" <<'EOF'
+/usr/bin/python3 - "$work/job.json" "$model" "$vocab" "$steps" "$backend" "$ranks" <<'EOF'
 import json, sys
 path, model, vocab, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+backend, ranks = sys.argv[5], int(sys.argv[6])
 job = {
     "name": "demo-tabs", "model": model,
     "train": "data/train.jsonl", "eval": "data/eval.jsonl",
     "ctx_len": 256, "micro_batch": 8, "global_batch": 16, "steps": steps,
     "lr_init": 1.0, "lr_final": 0.01, "warmup_steps": 5,
     "eval_every": steps, "checkpoint_every": 20, "seed": 1,
-    "backend": "cpu", "alias": "demo",
+    "backend": backend, "alias": "demo",
 }
+if backend == "cuda":
+    job["gpus"] = ranks
 if vocab:  # else the default: bytes, right for vocab-256 models
     job["tokenizer"] = vocab
 with open(path, "w") as f:
@@ -116,7 +134,7 @@ echo "job:   $work/job.json"
 # unless told that it is meant.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mpi=(mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
+mpi=(mpirun -np "$ranks" --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
 coord_pid="" group_pid="" fg_pid="" endpoint=""
 
 # Long waits run in the background and are waited for: bash runs a trap only
@@ -160,8 +178,8 @@ trap 'exit 143' TERM
 
 # ---- 4. the local path (fallback) ----------------------------------------------
 run_local() {
-    say "tuning with: mpirun -np 2 statetune-worker tune job.json --local"
-    run_fg "${mpi[@]}" "$st_worker" tune "$work/job.json" --local --out "$work/out" ||
+    say "tuning with: mpirun -np $ranks statetune-worker tune job.json --local --backend $backend"
+    run_fg "${mpi[@]}" "$st_worker" tune "$work/job.json" --local --out "$work/out" --backend "$backend" ||
         die "local tuning failed (see the message above)"
     [ -r "$work/out/metrics.json" ] || die "tuning wrote no metrics.json"
     say "baseline vs tuned ($work/out/metrics.json)"
@@ -232,9 +250,9 @@ run_service() {
 
     start_coordinator "$keys" || return 1
 
-    say "worker group: mpirun -np 2 statetune-worker --coordinator $endpoint --backend cpu"
+    say "worker group: mpirun -np $ranks statetune-worker --coordinator $endpoint --backend $backend"
     env -u STATETUNE_CURVE_SECRET -u STATETUNE_CURVE_PUBLIC -u STATETUNE_SERVER_KEY \
-        "${mpi[@]}" "$st_worker" --coordinator "$endpoint" --backend cpu \
+        "${mpi[@]}" "$st_worker" --coordinator "$endpoint" --backend "$backend" \
         --curve-public "$keys/worker.pub" --curve-secret "$keys/worker.key" \
         --server-key "$keys/coordinator.pub" >"$work/group.log" 2>&1 &
     group_pid=$!
