@@ -178,7 +178,7 @@ kill_group)
     start_coordinator
     start_group a 2
     A=$GROUP_PID
-    make_job resume 200 0 10
+    make_job resume 1500 0 10
     J=$("$ST" submit "$T/resume.json") || fail "submit failed"
     wait_for "a checkpoint of job $J" 60 checkpoint_at_least "$J" 20
     kill_group "$A"
@@ -199,7 +199,7 @@ kill_rank)
     start_coordinator
     start_group a 2
     A=$GROUP_PID
-    make_job rank 200 0 10
+    make_job rank 1500 0 10
     J=$("$ST" submit "$T/rank.json") || fail "submit failed"
     wait_for "a checkpoint of job $J" 60 checkpoint_at_least "$J" 20
     root=$(sed -n 's/.*statetune-worker [^ ]*-\([0-9]*\)-[0-9a-f]*: .*/\1/p' "$T/group-a.log" | head -1)
@@ -222,7 +222,7 @@ kill_rank)
 kill_coordinator)
     start_coordinator
     start_group a 2
-    make_job first 200 5 10
+    make_job first 1500 5 10
     make_job second 4 0 0
     J1=$("$ST" submit "$T/first.json") || fail "submit failed"
     wait_for "job $J1 to run" 60 running_with_progress "$J1"
@@ -233,6 +233,8 @@ kill_coordinator)
     WAITER=$!
     PIDS+=("$WAITER")
     sleep 0.5
+    # the scenario is only what it claims while job 1 is still running
+    [ "$(status_of "$J1")" = running ] || fail "job $J1 ended before the coordinator was killed (the job is too short)"
     kill -9 "$COORD"
     wait "$COORD" 2>/dev/null
     echo "killed the coordinator (pid $COORD) with SIGKILL"
