@@ -19,6 +19,7 @@
  * is no longer its own is answered with a cancel.
  */
 #include "coordinator/broker.h"
+#include "common/st_log.h"
 
 #include "client/statetune_client.h"
 #include "common/st_fs.h"
@@ -74,18 +75,10 @@ static int64_t s_now_ms(void)
 static void s_log(broker_t *self, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void s_log(broker_t *self, const char *fmt, ...)
 {
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    char ts[32];
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    fprintf(self->log, "%s coordinator: ", ts);
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(self->log, fmt, ap);
+    st_logv(self->log, "coordinator", fmt, ap);
     va_end(ap);
-    fputc('\n', self->log);
-    fflush(self->log);
 }
 
 broker_t *broker_new(void *ctx, registry_t *reg, sched_t *sched, const broker_opts_t *opts, char *err)

@@ -9,6 +9,7 @@
  * only sets the stop flag.
  */
 #include "coordinator/zap.h"
+#include "common/st_log.h"
 
 #include "client/statetune_client.h"
 
@@ -60,18 +61,10 @@ static int s_allowed(zap_t *self, const char *z85, char *who, size_t who_len)
 static void s_log(zap_t *self, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void s_log(zap_t *self, const char *fmt, ...)
 {
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    char ts[32];
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    fprintf(self->log, "%s coordinator: ", ts);
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(self->log, fmt, ap);
+    st_logv(self->log, "coordinator", fmt, ap);
     va_end(ap);
-    fputc('\n', self->log);
-    fflush(self->log);
 }
 
 static void s_handle(zap_t *self)

@@ -30,6 +30,7 @@
  * filesystem; docs/protocol.md).
  */
 #include "worker/cmd.h"
+#include "common/st_log.h"
 
 #include "common/st_err.h"
 #include "common/st_fs.h"
@@ -80,18 +81,12 @@ typedef struct {
 static void s_log(const char *group, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void s_log(const char *group, const char *fmt, ...)
 {
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    char ts[32];
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    fprintf(stderr, "%s statetune-worker %s: ", ts, group);
+    char who[160];
+    snprintf(who, sizeof who, "statetune-worker %s", group);
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    st_logv(stderr, who, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
 }
 
 /* ---- callbacks (rank 0) ------------------------------------------------------ */
