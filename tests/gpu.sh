@@ -28,7 +28,7 @@
 # would do one by one.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-rt=$root/rt
+rt=${STATETUNE_RT:-$root/rt}  # STATETUNE_RT: another folder, so that several packs can coexist
 mode=${1:-}
 
 if [ "$mode" = pack ]; then

@@ -35,7 +35,7 @@
 # every GPU of the host out of service.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-rt=$root/rt/nccl
+rt=${STATETUNE_RT:-$root/rt/nccl}  # STATETUNE_RT: another folder, so that several packs can coexist
 mode=${1:-}
 py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3) # the GPU machine's own Python will do for comparing states
