@@ -278,8 +278,14 @@ def main():
     if not args.fla:
         print("baseline_torch.py: --step and --wkv need --fla DIR (flash-linear-attention's source)", file=sys.stderr)
         return 2
-    sys.path.insert(0, args.fla)
-    from fla.ops.rwkv7 import chunk_rwkv7
+    # fla's own __init__ imports its model zoo (transformers); the kernels need
+    # none of it, so register the package bare and import only fla.ops.rwkv7
+    import importlib
+    import types
+    pkg = types.ModuleType("fla")
+    pkg.__path__ = [args.fla.rstrip("/") + "/fla"]
+    sys.modules["fla"] = pkg
+    chunk_rwkv7 = importlib.import_module("fla.ops.rwkv7").chunk_rwkv7
     if args.step:
         step_bench(args, chunk_rwkv7)
     for s in args.wkv or []:
