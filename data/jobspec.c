@@ -354,7 +354,8 @@ static int s_parse(const s_ctx_t *c, const json_t *root, jobspec_t *j)
     TRY(s_num(c, o, "alpha", "observer.alpha", 0, 0, 1, 0, 0.5, "a number in [0, 1]", &j->observer.alpha));
     TRY(s_num(c, o, "temperature", "observer.temperature", 0, 1, INFINITY, 0, 1.0, "a positive number",
               &j->observer.temperature));
-    TRY(s_int32(c, o, "top_k", "observer.top_k", 1, 1 << 20, 64, "a positive integer", &j->observer.top_k));
+    TRY(s_int32(c, o, "top_k", "observer.top_k", 0, 1 << 20, 64, "0 (the teacher on the fly) or a positive integer",
+                &j->observer.top_k));
     TRY(s_str(c, o, "teacher_state", "observer.teacher_state", 0, 1, NULL, &tmp));
     if (tmp) {
         j->observer.teacher_state = s_resolve(c, tmp);

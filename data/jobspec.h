@@ -59,7 +59,7 @@ typedef struct {
         char *teacher_name; /* registered teacher model, or NULL */
         double alpha;       /* weight of CE against targets, in [0,1] */
         double temperature; /* > 0 */
-        int top_k;          /* teacher logits kept per position */
+        int top_k;          /* teacher logits kept per position (ahead of time); 0 = full rows on the fly */
         char *teacher_state;/* absolute state file the teacher starts from, or NULL = zeros */
     } observer;
     struct {

@@ -90,7 +90,25 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err)
     /* the optional methods of SPEC section 4 (observer, kernel-expanded state) */
     const engine_kstate_t *ks_saved = batch->kstate;
     if (!batch->kstate) batch->kstate = self->kstate;
-    int obs = batch->teacher_logits != NULL && batch->obs_alpha < 1.0f;
+    int obs = (batch->teacher_logits != NULL || batch->teacher_topk != NULL) && batch->obs_alpha < 1.0f;
+    if (obs && batch->teacher_topk) { /* top-k teacher (engine/teacher_cache.h): CPU only, ids checked */
+        batch->kstate = ks_saved; /* restored below when the checks pass */
+        if (self->cuda)
+            return st_fail(err, ST_EUNSUPPORTED, "the CUDA backend does not implement the observer with top-k "
+                           "teacher logits (use --backend cpu, or observer.top_k 0 for the teacher on the fly)");
+        if (!batch->teacher_topk_ids || batch->teacher_k < 1 || batch->teacher_k > c->vocab)
+            return st_fail(err, ST_EINVAL, "top-k teacher logits need ids and 1 <= k <= %d (got k = %d)", c->vocab,
+                           batch->teacher_k);
+        for (size_t i = 0; batch->targets && i < n; i++) {
+            if (batch->targets[i] < 0) continue;
+            const int32_t *id = batch->teacher_topk_ids + i * (size_t)batch->teacher_k;
+            for (int j = 0; j < batch->teacher_k; j++)
+                if (id[j] < 0 || id[j] >= c->vocab)
+                    return st_fail(err, ST_EINVAL, "top-k teacher id %d at position %zu is outside the vocabulary "
+                                   "of %d", (int)id[j], i, c->vocab);
+        }
+        if (!batch->kstate) batch->kstate = self->kstate;
+    }
     if (obs && !(batch->obs_alpha >= 0.0f && batch->obs_temperature > 0.0f))
         return st_fail(err, ST_EINVAL, "the observer needs alpha in [0, 1] and a positive temperature (got %g and %g)",
                        (double)batch->obs_alpha, (double)batch->obs_temperature);

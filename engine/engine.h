@@ -60,6 +60,11 @@ typedef struct {
     const float *teacher_logits; /* (B, T, V) observer: the frozen teacher's logits; NULL = plain CE */
     float obs_alpha;          /* observer: weight of CE (1 = plain CE) */
     float obs_temperature;    /* observer: tau > 0 */
+    /* observer with the teacher's top-k computed ahead of time (engine/teacher_cache.h,
+     * kernels/cpu/observer_topk.h); used instead of teacher_logits when set. CPU only. */
+    const float *teacher_topk;       /* (B, T, K) the teacher's kept logits at each target position */
+    const int32_t *teacher_topk_ids; /* (B, T, K) their token ids */
+    int teacher_k;                   /* K, 1..V */
     const engine_kstate_t *kstate; /* kernel-expanded state; NULL = the engine's default (engine_set_kstate) */
     float *dU0;               /* (L, H, N, M) += d(loss_sum)/dU0 when kstate is on and dstate0 is set */
     float *receptance;        /* (L, B, T, C) out: every layer's r (k-means support vectors); CPU only */

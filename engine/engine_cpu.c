@@ -37,6 +37,7 @@
 #include "kernels/cpu/layernorm.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/observer.h"
+#include "kernels/cpu/observer_topk.h"
 #include "kernels/cpu/rbf.h"
 #include "kernels/cpu/timemix.h"
 #include "kernels/cpu/tokenshift.h"
@@ -494,7 +495,15 @@ static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
     layernorm_forward_cpu(R, C, xL, m->ln_out_w, m->ln_out_b, RWKV_LN_EPS, e->lnout, e->lnout_mean,
                           e->lnout_rstd);
     head_result_t hr;
-    if (bt->teacher_logits && bt->obs_alpha < 1.0f) { /* the observer objective (alpha 1 is plain CE) */
+    if (bt->teacher_topk && bt->obs_alpha < 1.0f) { /* the observer against a top-k teacher */
+        observer_result_t orr;
+        observer_topk_head_cpu(R, C, V, bt->teacher_k, e->lnout, m->head, bt->teacher_topk, bt->teacher_topk_ids,
+                               bt->targets, bt->obs_alpha, bt->obs_temperature, bt->logits,
+                               backward ? e->dxh : NULL, e->head_scratch, e->head_chunk, &orr);
+        hr = (head_result_t){orr.loss_sum, orr.n_targets, orr.n_correct};
+        bt->ce_sum = orr.ce_sum;
+        bt->kl_sum = orr.kl_sum;
+    } else if (bt->teacher_logits && bt->obs_alpha < 1.0f) { /* the observer objective (alpha 1 is plain CE) */
         observer_result_t orr;
         observer_head_cpu(R, C, V, e->lnout, m->head, bt->teacher_logits, bt->targets, bt->obs_alpha,
                           bt->obs_temperature, bt->logits, backward ? e->dxh : NULL, e->head_scratch,

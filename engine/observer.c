@@ -86,3 +86,5 @@ int observer_logits(observer_t *self, const int32_t *tokens, int B, int T, const
     *logits = self->logits;
     return ST_OK;
 }
+
+int observer_vocab(const observer_t *self) { return self->model->cfg.vocab; }

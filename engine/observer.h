@@ -6,9 +6,12 @@
  * more data), whose full logits feed the student's loss on the fly
  * (engine_batch_t.teacher_logits; kernels/cpu/observer.h has the math).
  *
- * Choice: full teacher rows on the fly, not precomputed top-k, so the KL is
- * exact; observer.top_k is accepted and ignored (docs/methods.md). The cost
- * is one teacher forward pass per micro-batch and (B, T, V) floats.
+ * Two ways to use it (docs/methods.md): with observer.top_k 0 the full
+ * teacher rows are computed on the fly for every micro-batch (the KL is
+ * exact; one teacher forward pass per micro-batch and (B, T, V) floats);
+ * with top_k > 0 (the SPEC's default, 64) the teacher runs once over the
+ * training data at job start and its top-k per position is cached
+ * (engine/teacher_cache.h), so training runs no teacher at all.
  */
 #ifndef ST_ENGINE_OBSERVER_H
 #define ST_ENGINE_OBSERVER_H
@@ -24,6 +27,9 @@ typedef struct observer observer_t;
 observer_t *observer_new(const char *model_path, const char *state_path, const engine_opts_t *opts,
                          int student_vocab, char *err);
 void observer_destroy(observer_t **self_p);
+
+/* The teacher's vocabulary (= the student's). */
+int observer_vocab(const observer_t *self);
 
 /* Runs the teacher forward on tokens (B, T); *logits (B, T, V) is borrowed
  * and valid until the next call. */

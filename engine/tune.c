@@ -44,6 +44,7 @@
 #include "engine/kstate.h"
 #include "engine/observer.h"
 #include "engine/schedule.h"
+#include "engine/teacher_cache.h"
 #include "model/model.h"
 #include "store/state_formats.h"
 #include "worker/dist.h"
@@ -87,7 +88,10 @@ typedef struct {
     adam_t *adam;
     schedule_t sched;
     /* SPEC 4's other methods (engine/observer.h, engine/kstate.h); NULL = off */
-    observer_t *obs;   /* the frozen teacher */
+    observer_t *obs;   /* the frozen teacher (on the fly: observer.top_k 0) */
+    teacher_cache_t *tc; /* its top-k, computed ahead of time (top_k > 0); obs is then freed */
+    float *tk_val;     /* (micro_batch, ctx_len, k) one micro-batch's teacher values */
+    int32_t *tk_ids;   /* (micro_batch, ctx_len, k) their ids */
     kstate_t *ks;      /* U0 and support vectors; the engine's default kstate */
     adam_t *adam_u;    /* Adam on U0 */
     float *dU, *gU;    /* (nU) float accumulator, gradient for Adam */
@@ -404,7 +408,8 @@ static int s_write_outputs(tune_t *t, const eval_result_t *fin, double tokens_pe
     json_object_set_new(m, "eval_targets", json_integer(fin->n_targets));
     json_object_set_new(m, "ranks", json_integer(t->world));
     json_object_set_new(m, "dbp", json_boolean(t->dbp));
-    json_object_set_new(m, "observer", json_boolean(t->obs != NULL));
+    json_object_set_new(m, "observer", json_boolean(t->obs != NULL || t->tc != NULL));
+    if (t->tc) json_object_set_new(m, "observer_top_k", json_integer(tcache_k(t->tc)));
     json_object_set_new(m, "kernel_features", json_integer(t->ks ? kstate_features(t->ks) : 0));
     json_object_set_new(m, "model_sha256", json_string(t->model->sha256));
     json_object_set(m, "baseline", json_object_get(t->metrics, "baseline"));
@@ -504,6 +509,9 @@ static int s_load_data(tune_t *t, char *err)
 static void s_teardown(tune_t *t)
 {
     observer_destroy(&t->obs);
+    tcache_destroy(&t->tc);
+    free(t->tk_val);
+    free(t->tk_ids);
     kstate_destroy(&t->ks);
     adam_destroy(&t->adam_u);
     free(t->dU);
@@ -617,6 +625,16 @@ static int s_setup(tune_t *t, char *err)
         t->obs = observer_new(spec->observer.teacher_path, spec->observer.teacher_state, &eo, c->vocab, err);
         if (!t->obs) return ST_EINVAL;
     }
+    if (t->obs && spec->observer.top_k > 0 && spec->observer.alpha < 1) { /* top-k ahead of time */
+        rc = tcache_for_job(t->obs, spec, t->train, t->opts->out_dir, t->opts->resume == TUNE_RESUME_NEVER, t->root,
+                            &t->tc, err);
+        if (rc) return rc;
+        size_t n = (size_t)spec->micro_batch * spec->ctx_len * tcache_k(t->tc);
+        t->tk_val = malloc(n * sizeof(float));
+        t->tk_ids = malloc(n * sizeof(int32_t));
+        if (!t->tk_val || !t->tk_ids) return st_fail(err, ST_ENOMEM, "out of memory for the teacher's top-k");
+        observer_destroy(&t->obs); /* training runs no teacher now */
+    }
     if (t->nU) { /* U0 = 0; support vectors from the initial state's receptances (every rank alike) */
         t->ks = kstate_new(t->L, t->H, t->N, spec->kernel_state.features, (float)spec->kernel_state.gamma, err);
         t->dU = calloc(t->nU, sizeof(float));
@@ -674,7 +692,15 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
                             .dstate0 = t->dS,
                             .dbp_q = n_sampled ? t->Q : NULL,
                             .dU0 = t->dU};
-        if (t->obs) {
+        if (t->tc) {
+            rc = tcache_fill(t->tc, mi->targets, mi->sample, mi->B, mi->T, t->tk_val, t->tk_ids, err);
+            if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
+            b.teacher_topk = t->tk_val;
+            b.teacher_topk_ids = t->tk_ids;
+            b.teacher_k = tcache_k(t->tc);
+            b.obs_alpha = (float)t->spec->observer.alpha;
+            b.obs_temperature = (float)t->spec->observer.temperature;
+        } else if (t->obs) {
             rc = observer_logits(t->obs, mi->tokens, mi->B, mi->T, &b.teacher_logits, err);
             if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
             b.obs_alpha = (float)t->spec->observer.alpha;

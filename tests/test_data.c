@@ -469,7 +469,7 @@ static int test_jobspec_refusals(void)
         {"\"dbp\": {\"enabled\": \"yes\"}", "'dbp.enabled' must be true or false"},
         {"\"dbp\": {\"foo\": 1}", "unknown key 'dbp.foo'"},
         {"\"dbp\": 3", "'dbp' must be an object"},
-        {"\"observer\": {\"top_k\": 0}", "'observer.top_k'"},
+        {"\"observer\": {\"top_k\": -1}", "'observer.top_k'"},
         {"\"observer\": {\"alpha\": 1.5}", "'observer.alpha'"},
         {"\"kernel_state\": {\"support\": \"pca\"}", "'kernel_state.support' must be one of \"kmeans\", \"random\""},
         {"\"kernel_state\": {\"features\": -1}", "'kernel_state.features'"},

@@ -9,17 +9,30 @@
  *     random direction): the observer loss wrt logits, dU0, and dS0 with both
  *     methods on (which checks the kernel term's share of dr and dw, since
  *     layer 0's state reaches layer 1's r and w);
- *   - k-means support vectors are unit vectors and deterministic in the seed.
+ *   - k-means support vectors are unit vectors and deterministic in the seed;
+ *   - the observer against a top-k teacher (kernels/cpu/observer_topk.c,
+ *     engine/teacher_cache.c): with k = V it equals the full observer to 1e-6
+ *     (loss and dS0, also through a cache built by the teacher and read
+ *     back), its gradients against finite differences (row and dS0), and the
+ *     cache file refuses another teacher, other data and damaged bytes.
  * Model: the random tiny fixture (2 layers, 2 heads, vocab 256). Random
  * inputs are seeded per test (METHODS_SEED varies them when exploring).
  */
 #include "harness.h"
 
 #include "common/st_err.h"
+#include "common/st_fs.h"
 #include "engine/engine.h"
+#include "data/batcher.h"
+#include "data/dataset.h"
+#include "data/tokenizer.h"
 #include "engine/kstate.h"
+#include "engine/observer.h"
+#include "engine/teacher_cache.h"
 #include "kernels/cpu/head.h"
 #include "kernels/cpu/observer.h"
+#include "kernels/cpu/observer_topk.h"
+#include "store/state_formats.h"
 #include "kernels/cpu/rbf.h"
 #include "model/model.h"
 
@@ -368,6 +381,267 @@ static int t_kmeans_deterministic(void)
     return 0;
 }
 
+/* ---- the observer against a top-k teacher --------------------------------- */
+
+typedef struct {
+    const float *row;
+} s_sort_ctx_t;
+
+static int s_by_value(const void *a, const void *b, void *ctx)
+{
+    const float *row = ((s_sort_ctx_t *)ctx)->row;
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    return row[i] > row[j] ? -1 : row[i] < row[j] ? 1 : (i > j) - (i < j);
+}
+
+/* the top k of every row of teacher (R, V), by sorting */
+static void s_topk_rows(int R, int V, int k, const float *teacher, float *val, int32_t *ids)
+{
+    int32_t *ord = malloc((size_t)V * sizeof *ord);
+    for (int r = 0; r < R; r++) {
+        s_sort_ctx_t c = {teacher + (size_t)r * V};
+        for (int v = 0; v < V; v++) ord[v] = v;
+        qsort_r(ord, (size_t)V, sizeof *ord, s_by_value, &c);
+        for (int j = 0; j < k; j++) {
+            ids[(size_t)r * k + j] = ord[j];
+            val[(size_t)r * k + j] = c.row[ord[j]];
+        }
+    }
+    free(ord);
+}
+
+static double s_run_topk(fx_t *f, const float *s0, const float *val, const int32_t *ids, int k, float alpha,
+                         float *ds0)
+{
+    char err[ST_ERR_LEN];
+    engine_batch_t b = {.tokens = f->tok, .targets = f->tgt, .B = f->B, .T = f->T, .state0 = s0, .dstate0 = ds0,
+                        .teacher_topk = val, .teacher_topk_ids = ids, .teacher_k = k, .obs_alpha = alpha,
+                        .obs_temperature = 2.0f};
+    if (engine_run(f->e, &b, err)) {
+        fprintf(stderr, "engine_run: %s\n", err);
+        return NAN;
+    }
+    return b.loss_sum;
+}
+
+/* k = V: the top-k objective is the full one (loss and dS0 to 1e-6); k < V is not */
+static int t_topk_full_k_equals_on_the_fly(void)
+{
+    fx_t f;
+    int rc = s_fx(&f);
+    if (rc) return rc;
+    int R = f.B * f.T, V = f.V;
+    float *teach = malloc((size_t)R * V * 4), *val = malloc((size_t)R * V * 4);
+    int32_t *ids = malloc((size_t)R * V * 4);
+    float *d0 = calloc(f.nS, 4), *d1 = calloc(f.nS, 4);
+    for (size_t i = 0; i < (size_t)R * V; i++) teach[i] = 3.0f * s_n();
+    s_topk_rows(R, V, V, teach, val, ids);
+    double a = s_run(&f, f.s0, NULL, teach, 0.3f, NULL, d0, NULL);
+    double b = s_run_topk(&f, f.s0, val, ids, V, 0.3f, d1);
+    double rel = st_rel_err_ff(d1, d0, f.nS);
+    printf("k = V: loss %.12g (on the fly) vs %.12g (top-k), dS0 relative error %.3g\n", a, b, rel);
+    CHECK(isfinite(a) && isfinite(b));
+    CHECKF(fabs(a - b) <= 1e-6 * fabs(a), "loss %.12g vs %.12g", a, b);
+    CHECKF(rel <= 1e-6, "dS0 differs by %.3g", rel);
+    /* k = 8 keeps only part of the teacher: the objective changes */
+    s_topk_rows(R, V, 8, teach, val, ids);
+    double c = s_run_topk(&f, f.s0, val, ids, 8, 0.3f, NULL);
+    printf("k = 8: loss %.9g\n", c);
+    CHECKF(isfinite(c) && fabs(c - a) > 1e-4 * fabs(a), "k = 8 gave the full loss %.9g", c);
+    /* an id outside the vocabulary is refused, not read */
+    ids[1 * 8 + 3] = V + 5;
+    char err[ST_ERR_LEN];
+    engine_batch_t bb = {.tokens = f.tok, .targets = f.tgt, .B = f.B, .T = f.T, .state0 = f.s0,
+                         .teacher_topk = val, .teacher_topk_ids = ids, .teacher_k = 8, .obs_alpha = 0.3f,
+                         .obs_temperature = 2.0f};
+    CHECK(engine_run(f.e, &bb, err) == ST_EINVAL && strstr(err, "outside the vocabulary"));
+    free(teach), free(val), free(ids), free(d0), free(d1);
+    s_fx_free(&f);
+    return 0;
+}
+
+/* gradients of the top-k objective: per row wrt the logits, and dS0 through the model */
+static int t_topk_fd(void)
+{
+    int V = 60, K = 7;
+    float s[60], t[60], ds[60], sp[60], sm[60], tv[60];
+    int32_t ti[60];
+    for (int trial = 0; trial < 4; trial++) {
+        float alpha = trial * 0.3f, tau = 0.5f + trial;
+        for (int v = 0; v < V; v++) s[v] = 2 * s_n(), t[v] = 2 * s_n();
+        s_topk_rows(1, V, K, t, tv, ti);
+        int tg = (int)(s_u() * V);
+        double ce, kl, cp, kp, cm, km, dir = 0;
+        observer_topk_row_cpu(V, K, s, tv, ti, tg, alpha, tau, &ce, &kl, ds);
+        float D[60];
+        for (int v = 0; v < V; v++) D[v] = s_n(), dir += (double)ds[v] * D[v];
+        double eps = 1e-2;
+        for (int v = 0; v < V; v++) sp[v] = s[v] + (float)eps * D[v], sm[v] = s[v] - (float)eps * D[v];
+        observer_topk_row_cpu(V, K, sp, tv, ti, tg, alpha, tau, &cp, &kp, NULL);
+        observer_topk_row_cpu(V, K, sm, tv, ti, tg, alpha, tau, &cm, &km, NULL);
+        double sc = (1 - alpha) * (double)tau * tau;
+        double fd = ((alpha * cp + sc * kp) - (alpha * cm + sc * km)) / (2 * eps);
+        printf("top-k row d/dlogits: alpha %.1f tau %.1f analytic %.6f finite-diff %.6f\n", alpha, tau, dir, fd);
+        CHECKF(fabs(fd - dir) <= 1e-3 * fmax(1, fabs(dir)), "%g vs %g", dir, fd);
+    }
+    fx_t f;
+    int rc = s_fx(&f);
+    if (rc) return rc;
+    int R = f.B * f.T, k = 16;
+    float *teach = malloc((size_t)R * f.V * 4), *val = malloc((size_t)R * k * 4);
+    int32_t *ids = malloc((size_t)R * k * 4);
+    for (size_t i = 0; i < (size_t)R * f.V; i++) teach[i] = 3.0f * s_n();
+    s_topk_rows(R, f.V, k, teach, val, ids);
+    float *ds0 = calloc(f.nS, 4), *DS = malloc(f.nS * 4), *s0p = malloc(f.nS * 4);
+    double l = s_run_topk(&f, f.s0, val, ids, k, 0.4f, ds0);
+    CHECK(isfinite(l));
+    double dir = 0, eps = 3e-3;
+    for (size_t i = 0; i < f.nS; i++) DS[i] = i < f.nS / f.L ? s_n() : 0, dir += (double)ds0[i] * DS[i];
+    for (size_t i = 0; i < f.nS; i++) s0p[i] = f.s0[i] + (float)eps * DS[i];
+    double lp = s_run_topk(&f, s0p, val, ids, k, 0.4f, NULL);
+    for (size_t i = 0; i < f.nS; i++) s0p[i] = f.s0[i] - (float)eps * DS[i];
+    double lm = s_run_topk(&f, s0p, val, ids, k, 0.4f, NULL);
+    double fd = (lp - lm) / (2 * eps);
+    printf("top-k (k = %d) dS0 . D: analytic %.6f finite-diff %.6f\n", k, dir, fd);
+    CHECKF(fabs(fd - dir) <= 2e-3 * fmax(1, fabs(dir)), "dS0 %g vs %g", dir, fd);
+    free(teach), free(val), free(ids), free(ds0), free(DS), free(s0p);
+    s_fx_free(&f);
+    return 0;
+}
+
+/* a small byte-level dataset of text samples */
+static dataset_t *s_dataset(const char *text_extra, int ctx, char *err)
+{
+    tokenizer_t *tok = tokenizer_new("bytes", err);
+    if (!tok) return NULL;
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf,
+                     "{\"text\": \"def f(x):\\n\\treturn x + 1\\n\"}\n{\"text\": \"import os\\nprint(os.sep)\"}\n"
+                     "{\"prompt\": \"# file: a.py\\n\", \"completion\": \"# MIT licence\\n\"}\n"
+                     "{\"text\": \"for i in range(3):\\n\\tprint(i)\"}\n{\"text\": \"%s\"}\n",
+                     text_extra);
+    dataset_t *ds = NULL;
+    if (dataset_load_buffer("topk.jsonl", buf, (size_t)n, tok, ctx, JOB_TRUNCATE, &ds, err)) ds = NULL;
+    tokenizer_destroy(&tok);
+    return ds;
+}
+
+/* The cache built by running the teacher: k = V through the cache equals the
+ * teacher on the fly; a stale cache (other teacher, other data, other k) and
+ * a damaged or truncated file are refused with one sentence. */
+static int t_topk_cache(void)
+{
+    const char *model = st_test_fixture("rwkv7/tiny.safetensors");
+    if (!model) return ST_TEST_SKIP;
+    char err[ST_ERR_LEN], path[1024], spath[1024];
+    fx_t f;
+    int rc = s_fx(&f);
+    if (rc) return rc;
+    int mb = 2, ctx = f.T;
+    dataset_t *ds = s_dataset("x = [1, 2, 3]", ctx, err), *ds2 = s_dataset("y = 4", ctx, err);
+    CHECKF(ds && ds2, "%s", err);
+    engine_opts_t eo = {.backend = ENGINE_CPU, .max_batch = mb, .max_ctx = ctx, .threads = 1};
+    /* the teacher: the same model starting from a state file */
+    snprintf(spath, sizeof spath, "%s/teacher_state.safetensors", st_test_tmpdir());
+    CHECKF(state_write(spath, STATE_FMT_SAFETENSORS, f.L, f.H, f.N, f.s0, 0, err) == ST_OK, "%s", err);
+    observer_t *obs = observer_new(model, spath, &eo, f.V, err);
+    CHECKF(obs, "%s", err);
+    char tid[65], tid0[65], did[65], did2[65];
+    CHECK(tcache_teacher_id(model, spath, tid, err) == ST_OK && tcache_teacher_id(model, NULL, tid0, err) == ST_OK);
+    CHECK(strcmp(tid, tid0) != 0);
+    tcache_data_id(ds, did);
+    tcache_data_id(ds2, did2);
+    CHECK(strcmp(did, did2) != 0);
+    teacher_cache_t *tc = tcache_build(obs, ds, mb, ctx, f.V, TCACHE_F32, tid, err);
+    CHECKF(tc, "%s", err);
+    snprintf(path, sizeof path, "%s/%s", st_test_tmpdir(), TCACHE_FILE);
+    CHECKF(tcache_write(tc, path, err) == ST_OK, "%s", err);
+    tcache_destroy(&tc);
+    tc = tcache_load(path, err);
+    CHECKF(tc, "%s", err);
+    CHECKF(tcache_check(tc, path, tid, did, dataset_count(ds), f.V, err) == ST_OK, "%s", err);
+    printf("cache: %lld positions x k = %d, teacher mass kept %.6f\n", (long long)tcache_rows(tc), tcache_k(tc),
+           tcache_mean_mass(tc));
+    CHECK(fabs(tcache_mean_mass(tc) - 1) < 1e-9);
+    /* stale: another teacher, other data, another k */
+    CHECK(tcache_check(tc, path, tid0, did, dataset_count(ds), f.V, err) == ST_EINVAL && strstr(err, "another teacher"));
+    printf("refused: %s\n", err);
+    CHECK(tcache_check(tc, path, tid, did2, dataset_count(ds2), f.V, err) == ST_EINVAL && strstr(err, "other training data"));
+    printf("refused: %s\n", err);
+    CHECK(tcache_check(tc, path, tid, did, dataset_count(ds), 64, err) == ST_EINVAL && strstr(err, "top_k 64"));
+
+    /* every micro-batch of the data: the cache's rows give the loss and dS0 of the teacher on the fly */
+    batcher_t *bt = batcher_new_eval(ds, mb, ctx, 0, 1, err);
+    CHECKF(bt, "%s", err);
+    engine_t *e = engine_new(f.m, &eo, err);
+    CHECKF(e, "%s", err);
+    float *val = malloc((size_t)mb * ctx * f.V * 4), *d0 = calloc(f.nS, 4), *d1 = calloc(f.nS, 4);
+    int32_t *ids = malloc((size_t)mb * ctx * f.V * 4);
+    double la = 0, lb = 0;
+    batch_t b;
+    int n_micro = 0;
+    while (batcher_next(bt, &b, err) == ST_OK && b.n_micro > 0) {
+        micro_batch_t *mi = &b.micro[0];
+        const float *tl;
+        CHECKF(observer_logits(obs, mi->tokens, mi->B, mi->T, &tl, err) == ST_OK, "%s", err);
+        engine_batch_t x = {.tokens = mi->tokens, .targets = mi->targets, .B = mi->B, .T = mi->T, .state0 = f.s0,
+                            .dstate0 = d0, .teacher_logits = tl, .obs_alpha = 0.25f, .obs_temperature = 1.5f};
+        CHECKF(engine_run(e, &x, err) == ST_OK, "%s", err);
+        la += x.loss_sum;
+        CHECKF(tcache_fill(tc, mi->targets, mi->sample, mi->B, mi->T, val, ids, err) == ST_OK, "%s", err);
+        engine_batch_t y = {.tokens = mi->tokens, .targets = mi->targets, .B = mi->B, .T = mi->T, .state0 = f.s0,
+                            .dstate0 = d1, .teacher_topk = val, .teacher_topk_ids = ids, .teacher_k = f.V,
+                            .obs_alpha = 0.25f, .obs_temperature = 1.5f};
+        CHECKF(engine_run(e, &y, err) == ST_OK, "%s", err);
+        lb += y.loss_sum;
+        n_micro++;
+    }
+    double rel = st_rel_err_ff(d1, d0, f.nS);
+    printf("through the cache, %d micro-batches: loss %.12g vs %.12g on the fly, dS0 relative error %.3g\n", n_micro,
+           lb, la, rel);
+    CHECK(n_micro >= 3);
+    CHECKF(fabs(la - lb) <= 1e-6 * fabs(la) && rel <= 1e-6, "the cache's k = V objective differs");
+    tcache_destroy(&tc);
+
+    /* damaged files: truncated, one byte changed, not a cache */
+    char *img = NULL;
+    size_t len = 0;
+    CHECK(st_read_file(path, (size_t)1 << 30, &img, &len, err) == ST_OK);
+    char bad[1100];
+    snprintf(bad, sizeof bad, "%s/bad.stk", st_test_tmpdir());
+    CHECK(st_write_file_atomic(bad, img, len - 100, err) == ST_OK);
+    tc = tcache_load(bad, err);
+    CHECK(!tc && strstr(err, "truncated"));
+    printf("refused: %s\n", err);
+    img[len / 2] ^= 1;
+    CHECK(st_write_file_atomic(bad, img, len, err) == ST_OK);
+    tc = tcache_load(bad, err);
+    CHECK(!tc && strstr(err, "checksum"));
+    printf("refused: %s\n", err);
+    CHECK(st_write_file_atomic(bad, "hello", 5, err) == ST_OK);
+    tc = tcache_load(bad, err);
+    CHECK(!tc && strstr(err, "not a statetune teacher cache"));
+    free(img);
+
+    /* fp16 values with k = 8: smaller, and still close to the fp32 values */
+    teacher_cache_t *h = tcache_build(obs, ds, mb, ctx, 8, TCACHE_F16, tid, err);
+    CHECKF(h, "%s", err);
+    size_t hl;
+    tcache_bytes(h, &hl);
+    CHECK(hl < len / 8);
+    CHECK(tcache_mean_mass(h) > 0 && tcache_mean_mass(h) < 1);
+    tcache_destroy(&h);
+
+    free(val), free(ids), free(d0), free(d1);
+    engine_destroy(&e);
+    batcher_destroy(&bt);
+    observer_destroy(&obs);
+    dataset_destroy(&ds);
+    dataset_destroy(&ds2);
+    s_fx_free(&f);
+    return 0;
+}
+
 static const st_test_t tests[] = {
     {"u0_zero_is_base", t_u0_zero_is_base},
     {"alpha_one_is_plain", t_alpha_one_is_plain},
@@ -376,6 +650,9 @@ static const st_test_t tests[] = {
     {"rbf_grad", t_rbf_grad},
     {"rnn_matches_engine", t_rnn_matches_engine},
     {"kmeans_deterministic", t_kmeans_deterministic},
+    {"topk_full_k_equals_on_the_fly", t_topk_full_k_equals_on_the_fly},
+    {"topk_fd", t_topk_fd},
+    {"topk_cache", t_topk_cache},
     {NULL, NULL},
 };
 

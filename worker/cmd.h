@@ -11,5 +11,6 @@ int cmd_verify(int argc, char **argv); /* verify MODEL REF.safetensors ...   (cm
 int cmd_tune(int argc, char **argv);   /* tune JOB.json --local --out DIR     (cmd_tune.c)   */
 int cmd_bench(int argc, char **argv);  /* bench --layers L --embd C ...       (cmd_bench.c)  */
 int cmd_serve(int argc, char **argv);  /* --coordinator ENDPOINT: group mode  (cmd_serve.c)  */
+int cmd_teacher(int argc, char **argv);/* teacher JOB.json --out FILE         (cmd_teacher.c)*/
 
 #endif

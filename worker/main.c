@@ -5,6 +5,7 @@
  *   statetune-worker tune JOB.json --local --out DIR   tune without a coordinator
  *   statetune-worker verify MODEL REF.safetensors      check the model against a reference dump
  *   statetune-worker bench --layers L --embd C ...     time a full tuning step
+ *   statetune-worker teacher JOB.json --out FILE       the observer's top-k teacher logits ahead of time
  *
  * The command table below is the only dispatch; each command parses its own
  * options in its own file.
@@ -26,6 +27,7 @@ static const worker_command_t s_commands[] = {
     {"tune", cmd_tune, "tune JOB.json --local --out DIR: tune one job on this machine (also under mpirun)"},
     {"verify", cmd_verify, "verify MODEL REF.safetensors [--backend cpu|cuda] [--precision fp32|bf16]: compare with a reference dump"},
     {"bench", cmd_bench, "bench --layers L --embd C --vocab V --batch B --ctx T [--backend cpu|cuda] [--steps S]: time a tuning step"},
+    {"teacher", cmd_teacher, "teacher JOB.json --out FILE [--dtype fp32|fp16]: the observer's top-k teacher logits ahead of time"},
     {NULL, NULL, NULL},
 };
 
