@@ -117,11 +117,6 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err)
         batch->kstate = ks_saved;
         return st_fail(err, ST_EINVAL, "a kernel-expanded state needs 1 to 1024 features, gamma > 0, U0 and support vectors");
     }
-    if (self->cuda && (obs || batch->kstate || batch->receptance)) {
-        batch->kstate = ks_saved;
-        return st_fail(err, ST_EUNSUPPORTED, "the CUDA backend does not implement the observer objective or the "
-                       "kernel-expanded state yet (use --backend cpu)");
-    }
     batch->loss_sum = 0;
     batch->n_targets = 0;
     batch->n_correct = 0;
@@ -132,7 +127,9 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err)
         batch->kstate = ks_saved;
         return rc;
     }
-    return engine_cuda_run(self->cuda, batch, err);
+    int rc = engine_cuda_run(self->cuda, batch, err);
+    batch->kstate = ks_saved;
+    return rc;
 }
 
 void engine_set_kstate(engine_t *self, const engine_kstate_t *ks) { self->kstate = ks; }

@@ -37,7 +37,7 @@ if [ "$mode" = pack ]; then
   cmake -S "$root" -B "$build" -DSTATETUNE_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
   # only what the GPU machine runs (other folders may be mid-edit); the
   # worker is optional until the CUDA engine exists
-  cmake --build "$build" -j2 --target test_cuda_wkv test_cuda_engine dev_wkv7_bench dev_engine_bench
+  cmake --build "$build" -j2 --target test_cuda_wkv test_cuda_engine test_cuda_methods dev_wkv7_bench dev_engine_bench
   cmake --build "$build" -j2 --target statetune-worker || echo "gpu.sh: statetune-worker did not build; packing without it" >&2
   rm -rf "$rt"; mkdir -p "$rt/bin" "$rt/fixtures/rwkv7"
   for f in "$build"/tests/test_cuda_* "$build"/kernels/dev_* "$build"/worker/statetune-worker; do
@@ -57,6 +57,12 @@ if [ "$mode" = pack ]; then
     [ -f "$m.json" ] && cp "$m.json" "$rt/fixtures/rwkv7/"
   done
   cp "$fx/README.md" "$rt/fixtures/" 2>/dev/null || true
+  # tests/gpu_methods_tune.sh: the 5M fixture and a tabs dataset (made here: Python sources)
+  if [ -f "$fx/rwkv7/pysrc-rwkv7-5M.pth" ]; then
+    mkdir -p "$rt/data"; cp "$fx/rwkv7/pysrc-rwkv7-5M.pth" "$rt/data/"
+    /usr/bin/python3 "$root/tests/make_tabs_data.py" "$rt/data" --train 256 --eval 32 --bytes 200 >/dev/null ||
+      echo "gpu.sh: no tabs dataset; gpu_methods_tune will skip" >&2
+  fi
   bash "$root/../shared/device/pack-runtime.sh" "$rt/runtime.tar.xz" "$rt"/bin/*
   du -sh "$rt"
   exit 0
@@ -93,6 +99,8 @@ if has tests || has all; then
   for t in "$rt"/bin/test_cuda_*; do
     [ -x "$t" ] && step "$(basename "$t")" "$t"
   done
+  # the observer and the kernel-expanded state through tune --local --backend cuda
+  step gpu_methods_tune bash "$root/tests/gpu_methods_tune.sh" "$rt" "$OUT"
 fi
 if has sanitize; then
   # small cases only: the sanitizers slow kernels down 10-100x

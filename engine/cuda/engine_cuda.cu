@@ -34,7 +34,17 @@
  *
  * DBP: when the batch asks for dbp_q, each layer's forward also runs the Q
  * recursion (kernels/cuda/dbp.cuh) on the sampled rows, in double.
- */
+ *
+ * Observer and kernel-expanded state (SPEC section 4; the methods_* functions,
+ * kernels/cuda/observer.cuh and kstate.cuh): the same hooks as engine_cpu.c.
+ * The observer replaces the head's cross-entropy kernel chunk by chunk, the
+ * teacher's rows of each chunk uploaded from the caller's host (B, T, V)
+ * logits just before it; the kernel-expanded term joins y right after each
+ * layer's WKV forward (recompute mode included) and its backward adds into
+ * dr, dw and dU0 right after the WKV backward. Their device buffers are
+ * allocated on first use, outside the plan (the plan is made before any
+ * batch says whether it uses them), and counted in peak_mem from then on.
+  */
 extern "C" {
 #include "engine/engine_cuda.h"
 #include "common/st_err.h"
@@ -45,7 +55,9 @@ extern "C" {
 #include "kernels/cuda/dbp.cuh"
 #include "kernels/cuda/groupnorm.cuh"
 #include "kernels/cuda/head.cuh"
+#include "kernels/cuda/kstate.cuh"
 #include "kernels/cuda/layernorm.cuh"
+#include "kernels/cuda/observer.cuh"
 #include "kernels/cuda/st_cuda.h"
 #include "kernels/cuda/timemix.cuh"
 #include "kernels/cuda/wkv7.cuh"
@@ -103,6 +115,22 @@ void *carve(carver_t *cv, size_t bytes)
 
 } // namespace
 
+/* The optional methods' per-run switches and device buffers (methods_*). */
+struct methods_cuda_t {
+    const engine_kstate_t *ks; /* this run's kernel-expanded state, NULL = off */
+    int obs;                   /* this run's head is the observer objective */
+    int want_dU0;              /* this run accumulates dU0 */
+    float *rec_out;            /* host (L, B, T, C): receptances wanted from this forward */
+    char *ks_mem;              /* one allocation: U0, sv, dU0 (L, H, N, M) and the rbf buffers */
+    size_t ks_bytes;
+    int ks_M;                  /* features the allocation holds */
+    float *U0, *sv, *dU0, *h_dU0;
+    st::rbf_cuda_bufs_t bufs;
+    char *obs_mem;             /* one allocation: teacher (head_chunk, V), row_ce, row_kl (maxR) */
+    size_t obs_bytes;
+    float *teacher, *row_ce, *row_kl, *h_ce, *h_kl;
+};
+
 struct engine_cuda {
     uint32_t tag;
     const rwkv_model_t *m;
@@ -135,6 +163,7 @@ struct engine_cuda {
     int profile;
     cudaEvent_t mark[4], wkv_ev[2][2 * 256];
     engine_cuda_profile_t last;
+    methods_cuda_t meth; /* observer and kernel-expanded state (methods_*) */
     /* host staging */
     float *h_loss, *h_ds0;
     int32_t *h_correct;
@@ -408,6 +437,190 @@ int wkv_bwd(int B, int T, int H, const __nv_bfloat16 *r, const float *w, const _
                                    db, ds0, st, err);
 }
 
+/* ---- optional methods of SPEC section 4: observer, kernel-expanded state ----
+ * methods_begin sets this run's switches and uploads U0 and the support
+ * vectors; methods_fwd / methods_bwd run right after each layer's WKV
+ * forward / backward; methods_head is the head's loss for one chunk of rows;
+ * methods_sums and methods_end bring the CE/KL split and dU0 back. */
+
+int methods_begin(engine_cuda_t *e, const engine_batch_t *bt, bool backward, char *err)
+{
+    methods_cuda_t *mt = &e->meth;
+    const rwkv_config_t *c = &e->m->cfg;
+    const size_t maxR = (size_t)e->maxB * e->maxT, V = c->vocab;
+    mt->ks = bt->kstate;
+    mt->obs = bt->teacher_logits != NULL && bt->obs_alpha < 1.0f; /* alpha 1 is plain CE, as on the CPU */
+    mt->rec_out = bt->receptance;
+    mt->want_dU0 = mt->ks && backward && bt->dU0;
+    if (mt->ks) {
+        const int M = mt->ks->M, H = c->n_head;
+        const size_t nU = (size_t)c->n_layer * H * WKV7_CUDA_N * M;
+        if (M > mt->ks_M) { /* first use, or more features than before: (re)allocate */
+            cudaFree(mt->ks_mem);
+            free(mt->h_dU0);
+            mt->ks_mem = NULL;
+            mt->ks_M = 0;
+            mt->h_dU0 = (float *)malloc(nU * 4);
+            if (!mt->h_dU0) return st_fail(err, ST_ENOMEM, "out of host memory for the kernel-expanded state's dU0");
+            const size_t nb = st::rbf_cuda_buf_floats(maxR, H, M);
+            const size_t bytes = (3 * nU + nb) * 4;
+            if (cudaMalloc((void **)&mt->ks_mem, bytes) != cudaSuccess) {
+                cudaGetLastError(); /* clear it: the engine stays usable without the method */
+                mt->ks_mem = NULL;
+                return st_fail(err, ST_ENOMEM, "the kernel-expanded state with %d features needs %.2f GB more device "
+                               "memory than the engine has free", M, bytes / 1e9);
+            }
+            mt->ks_bytes = bytes;
+            mt->ks_M = M;
+            float *p = (float *)mt->ks_mem;
+            mt->U0 = p; p += nU;
+            mt->sv = p; p += nU;
+            mt->dU0 = p; p += nU;
+            st::rbf_cuda_bufs_t *b = &mt->bufs;
+            b->rn = p; p += maxR * H * WKV7_CUDA_N;
+            b->z = p; p += maxR * H * WKV7_CUDA_N;
+            b->inv = p; p += maxR * H;
+            b->mdec = p; p += maxR * H;
+            b->d = p; p += maxR * H;
+            b->q = p; p += maxR * H;
+            b->phi = p; p += maxR * H * M;
+            b->dphi = p;
+        }
+        ST_CUDA_CHECK(cudaMemcpyAsync(mt->U0, mt->ks->U0, nU * 4, cudaMemcpyHostToDevice, e->stream));
+        ST_CUDA_CHECK(cudaMemcpyAsync(mt->sv, mt->ks->support, nU * 4, cudaMemcpyHostToDevice, e->stream));
+        if (mt->want_dU0) ST_CUDA_CHECK(cudaMemsetAsync(mt->dU0, 0, nU * 4, e->stream));
+    }
+    if (mt->obs && !mt->obs_mem) {
+        const size_t bytes = (size_t)e->head_chunk * V * 4 + 2 * maxR * 4;
+        if (!mt->h_ce) mt->h_ce = (float *)malloc(maxR * 4);
+        if (!mt->h_kl) mt->h_kl = (float *)malloc(maxR * 4);
+        if (!mt->h_ce || !mt->h_kl) return st_fail(err, ST_ENOMEM, "out of host memory for the observer's sums");
+        if (cudaMalloc((void **)&mt->obs_mem, bytes) != cudaSuccess) {
+            cudaGetLastError();
+            mt->obs_mem = NULL;
+            return st_fail(err, ST_ENOMEM, "the observer needs %.2f GB more device memory (a chunk of teacher logits) "
+                           "than the engine has free", bytes / 1e9);
+        }
+        mt->obs_bytes = bytes;
+        mt->teacher = (float *)mt->obs_mem;
+        mt->row_ce = mt->teacher + (size_t)e->head_chunk * V;
+        mt->row_kl = mt->row_ce + maxR;
+    }
+    return ST_OK;
+}
+
+/* After layer l's WKV forward: its receptances to the host when asked, and
+ * the kernel-expanded term into y (before GroupNorm, as on the CPU). */
+template <typename T>
+int methods_fwd(engine_cuda_t *e, int l, int B, int Tn, const T *r, const float *w, T *y, char *err)
+{
+    methods_cuda_t *mt = &e->meth;
+    const rwkv_config_t *c = &e->m->cfg;
+    const int H = c->n_head, L = c->n_layer;
+    const size_t RC = (size_t)B * Tn * c->n_embd;
+    if (mt->rec_out) {
+        const void *src = r;
+        if (e->bf16) { /* e->dx is dead during the forward: the fp32 copy goes there */
+            st::convert_kernel<float, T><<<st::grid_for8(RC), EW_THREADS, 0, e->stream>>>(RC, r, e->dx);
+            ST_CUDA_CHECK_LAUNCH("convert_kernel");
+            src = e->dx;
+        }
+        ST_CUDA_CHECK(cudaMemcpyAsync(mt->rec_out + (size_t)l * RC, src, RC * 4, cudaMemcpyDeviceToHost, e->stream));
+        ST_CUDA_CHECK(cudaStreamSynchronize(e->stream)); /* e->dx is reused by the next layer */
+        if (l == L - 1) mt->rec_out = NULL; /* a recomputed forward in the backward copies nothing */
+    }
+    if (!mt->ks) return ST_OK;
+    const size_t lo = (size_t)l * H * WKV7_CUDA_N * mt->ks->M;
+    return rbf_forward_cuda<T>(e->blas, e->stream, B, Tn, H, mt->ks->M, mt->ks->gamma, r, w, mt->U0 + lo, mt->sv + lo,
+                               y, &mt->bufs, err);
+}
+
+/* After layer l's WKV backward: the kernel-expanded term's shares of dr, dw
+ * and dU0 (before layer 0 returns: its dU0 counts too). */
+template <typename T>
+int methods_bwd(engine_cuda_t *e, int l, int B, int Tn, const T *r, const float *w, const T *dy, T *dr, float *dw,
+                char *err)
+{
+    methods_cuda_t *mt = &e->meth;
+    if (!mt->ks) return ST_OK;
+    const int H = e->m->cfg.n_head;
+    const size_t lo = (size_t)l * H * WKV7_CUDA_N * mt->ks->M;
+    return rbf_backward_cuda<T>(e->blas, e->stream, B, Tn, H, mt->ks->M, mt->ks->gamma, r, w, mt->U0 + lo,
+                                mt->sv + lo, dy, dr, dw, mt->want_dU0 ? mt->dU0 + lo : NULL, &mt->bufs, err);
+}
+
+/* The loss of head rows r0 .. r0 + n - 1 from e->logits: plain CE, or the
+ * observer objective against the teacher's rows uploaded here. */
+template <typename T>
+int methods_head(engine_cuda_t *e, const engine_batch_t *bt, int r0, int n, bool backward, char *err)
+{
+    methods_cuda_t *mt = &e->meth;
+    const int V = e->m->cfg.vocab, R = bt->B * bt->T;
+    const int32_t *tg = bt->targets ? e->targets + r0 : NULL;
+    cudaStream_t st = e->stream;
+    if (!mt->obs) {
+        st::ce_kernel<T><<<n, st::CE_THREADS, 0, st>>>(V, e->logits, (T *)e->dlogits, tg, e->row_loss + r0,
+                                                       e->row_correct + r0, backward);
+        ST_CUDA_CHECK_LAUNCH("ce_kernel");
+        return ST_OK;
+    }
+    ST_CUDA_CHECK(cudaMemcpyAsync(mt->teacher, bt->teacher_logits + (size_t)r0 * V, (size_t)n * V * 4,
+                                  cudaMemcpyHostToDevice, st));
+    st::observer_kernel<T><<<n, st::OBS_THREADS, 0, st>>>(V, e->logits, mt->teacher, (T *)e->dlogits, tg, bt->obs_alpha,
+                                                          bt->obs_temperature, e->row_loss + r0, mt->row_ce + r0,
+                                                          mt->row_kl + r0, e->row_correct + r0, backward);
+    ST_CUDA_CHECK_LAUNCH("observer_kernel");
+    if (r0 + n == R) { /* the last chunk: the CE/KL split comes back with the row losses */
+        ST_CUDA_CHECK(cudaMemcpyAsync(mt->h_ce, mt->row_ce, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
+        ST_CUDA_CHECK(cudaMemcpyAsync(mt->h_kl, mt->row_kl, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
+    }
+    return ST_OK;
+}
+
+/* ce_sum and kl_sum (engine.h) once the row losses are on the host. */
+void methods_sums(engine_cuda_t *e, engine_batch_t *bt)
+{
+    const methods_cuda_t *mt = &e->meth;
+    if (!mt->obs) {
+        bt->ce_sum = bt->loss_sum;
+        return;
+    }
+    double ce = 0, kl = 0;
+    const int R = bt->B * bt->T;
+    if (bt->targets)
+        for (int i = 0; i < R; i++)
+            if (bt->targets[i] >= 0) {
+                ce += mt->h_ce[i];
+                kl += mt->h_kl[i];
+            }
+    bt->ce_sum = ce;
+    bt->kl_sum = kl;
+}
+
+/* After the backward: dU0 (+=) to the caller. */
+int methods_end(engine_cuda_t *e, engine_batch_t *bt, char *err)
+{
+    methods_cuda_t *mt = &e->meth;
+    if (!mt->want_dU0) return ST_OK;
+    const rwkv_config_t *c = &e->m->cfg;
+    const size_t nU = (size_t)c->n_layer * c->n_head * WKV7_CUDA_N * mt->ks->M;
+    ST_CUDA_CHECK(cudaMemcpyAsync(mt->h_dU0, mt->dU0, nU * 4, cudaMemcpyDeviceToHost, e->stream));
+    ST_CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    for (size_t i = 0; i < nU; i++) bt->dU0[i] += mt->h_dU0[i];
+    return ST_OK;
+}
+
+void methods_free(engine_cuda_t *e)
+{
+    methods_cuda_t *mt = &e->meth;
+    cudaFree(mt->ks_mem);
+    cudaFree(mt->obs_mem);
+    free(mt->h_dU0);
+    free(mt->h_ce);
+    free(mt->h_kl);
+    memset(mt, 0, sizeof *mt);
+}
+
 /* ---- one layer ---- */
 
 template <typename T> T *lay(void *base, int l, size_t per) { return (T *)base + (size_t)l * per; }
@@ -467,6 +680,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, e->state0 + l * HNN, y,
                 final_state ? e->sfin : NULL, ckpt, sa, st, err));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][l], st));
+    RUN(methods_fwd<T>(e, l, B, Tn, r, w, y, err));
     if (dbp) {
         st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N, 0, st>>>(Tn, H, r, w, (const T *)e->wa, (const T *)e->wb,
                                                               e->dbp_rows, e->dbp_q + l * HNN);
@@ -571,6 +785,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     RUN(wkv_bwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, ckpt, sa, (const T *)e->dy, dr, dw, dk,
                 dv, da, db, e->ds0 + l * HNN, st, err));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][L + l], st));
+    RUN(methods_bwd<T>(e, l, B, Tn, r, w, (const T *)e->dy, dr, dw, err));
     if (l == 0) return ST_OK; /* nothing below layer 0's WKV depends on S0 */
     st::add3_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr, dk, (const T *)e->dbk,
                                                                  dv, (const T *)e->dbv);
@@ -621,6 +836,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
         ST_CUDA_CHECK(cudaMemcpyAsync(e->dbp_rows, bt->dbp_rows, (size_t)B, cudaMemcpyHostToDevice, st));
         ST_CUDA_CHECK(cudaMemsetAsync(e->dbp_q, 0, (size_t)L * HNN * 8, st));
     }
+    RUN(methods_begin(e, bt, backward, err));
 
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[0], st));
     st::embed_kernel<T><<<R, 256, 0, st>>>(C, e->tokens, (const T *)e->emb, e->x_res);
@@ -641,10 +857,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
         if (bt->logits)
             ST_CUDA_CHECK(cudaMemcpyAsync(bt->logits + (size_t)r0 * V, e->logits, (size_t)n * V * 4,
                                           cudaMemcpyDeviceToHost, st));
-        st::ce_kernel<T><<<n, st::CE_THREADS, 0, st>>>(V, e->logits, (T *)e->dlogits,
-                                                       bt->targets ? e->targets + r0 : NULL, e->row_loss + r0,
-                                                       e->row_correct + r0, backward);
-        ST_CUDA_CHECK_LAUNCH("ce_kernel");
+        RUN(methods_head<T>(e, bt, r0, n, backward, err));
         if (backward)
             RUN(linear_bwd<T>(e, n, C, V, e->dlogits, e->head, (T *)e->dxh + (size_t)r0 * C, 0.f, err));
     }
@@ -668,6 +881,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     bt->loss_sum = loss;
     bt->n_targets = nt;
     bt->n_correct = nc;
+    methods_sums(e, bt);
     if (!backward) return ST_OK;
     if (!(loss == loss) || loss == INFINITY)
         return st_fail(err, ST_ENUMERIC, "the loss is not finite: the model or the state holds non-finite values");
@@ -697,6 +911,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
             else pr->wkv_backward_ms += ms;
         }
     }
+    RUN(methods_end(e, bt, err)); /* dU0 to the host, resident runs included */
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_ds0, e->ds0, (size_t)L * HNN * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaStreamSynchronize(st));
     for (size_t i = 0; i < (size_t)L * HNN; i++) bt->dstate0[i] += e->h_ds0[i];
@@ -826,6 +1041,7 @@ extern "C" void engine_cuda_destroy(engine_cuda_t **self_p)
     }
     if (e->blas) cublasDestroy(e->blas);
     if (e->stream) cudaStreamDestroy(e->stream);
+    methods_free(e);
     cudaFree(e->wmem);
     cudaFree(e->amem);
     free(e->L);
@@ -877,5 +1093,5 @@ extern "C" void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_
 
 extern "C" size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self)
 {
-    return self ? self->wbytes + self->abytes : 0;
+    return self ? self->wbytes + self->abytes + self->meth.ks_bytes + self->meth.obs_bytes : 0;
 }
