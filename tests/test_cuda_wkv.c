@@ -287,6 +287,25 @@ static int test_fp32_recurrent(void) { return s_run_cases(WKV7_FWD_RECURRENT, WK
 static int test_bf16_recurrent(void) { return s_run_cases(WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT, 1, 1e-5, 5e-3); }
 static int test_bf16_chunked(void) { return s_run_cases(WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT, 1, 1e-5, 5e-3); }
 static int test_fp32_chunked(void) { return s_run_cases(WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT, 0, 1e-5, 1e-3); }
+/* The tensor-core pair (3xTF32 forward, two-pass chunked backward), same
+ * tolerances; then each half beside a recurrent partner (the checkpoints and
+ * sa are shared formats), and the backward with segments of 1 and 3 chunks
+ * (T = 200 has 13 chunks: a short last segment). */
+static int test_bf16_tc(void) { return s_run_cases(WKV7_FWD_TC, WKV7_BWD_CHUNKED, 1, 1e-5, 5e-3); }
+static int test_fp32_tc(void) { return s_run_cases(WKV7_FWD_TC, WKV7_BWD_CHUNKED, 0, 1e-5, 1e-3); }
+static int test_bf16_tc_fwd_recurrent_bwd(void)
+{
+    return s_run_cases(WKV7_FWD_TC, WKV7_BWD_RECURRENT, 1, 1e-5, 5e-3);
+}
+static int test_fp32_recurrent_fwd_chunked_bwd(void)
+{
+    return s_run_cases(WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED, 0, 1e-5, 1e-3);
+}
+static int test_bf16_chunked_bwd_segments(void)
+{
+    int rc = s_run_cases(WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_SEG(1), 1, 1e-5, 5e-3);
+    return rc ? rc : s_run_cases(WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_SEG(3), 1, 1e-5, 5e-3);
+}
 
 /* The automatic choice (no GPU needed): the shapes where the new kernels were
  * measured slower (SPEC's (8, 4096, 64): 512 heads on 132 SMs) keep the
@@ -334,6 +353,11 @@ int main(int argc, char **argv)
         {"bf16_recurrent", test_bf16_recurrent},
         {"bf16_chunked", test_bf16_chunked},
         {"fp32_chunked", test_fp32_chunked},
+        {"bf16_tc", test_bf16_tc},
+        {"fp32_tc", test_fp32_tc},
+        {"bf16_tc_fwd_recurrent_bwd", test_bf16_tc_fwd_recurrent_bwd},
+        {"fp32_recurrent_fwd_chunked_bwd", test_fp32_recurrent_fwd_chunked_bwd},
+        {"bf16_chunked_bwd_segments", test_bf16_chunked_bwd_segments},
         {"refuses_bad_shapes", test_refuses_bad_shapes},
         {"auto_rule", test_auto_rule},
         {NULL, NULL},

@@ -20,6 +20,7 @@
  */
 #include "kernels/cuda/wkv7.cuh"
 #include "kernels/cuda/st_cuda.h"
+#include "kernels/cuda/wkv7_chunk.cuh"
 
 #include <cuda_bf16.h>
 
@@ -612,7 +613,10 @@ int launch_fwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     const int nck = (T + CH - 1) / CH;
     rc = resolve_algo(1, algo, B, H, &algo, err);
     if (rc) return rc;
-    if (algo == WKV7_FWD_CHUNKED) {
+    if (algo == WKV7_FWD_TC || algo == WKV7_FWD_TC1) {
+        return wkv7tc::forward<F>(algo == WKV7_FWD_TC, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa,
+                                  stream, err);
+    } else if (algo == WKV7_FWD_CHUNKED) {
         wkv7_fwd_chunked_kernel<F, FW><<<dim3(H, B), CT, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
                                                                       s_ckpt, sa);
         ST_CUDA_CHECK_LAUNCH("wkv7_fwd_chunked_kernel");
@@ -639,7 +643,10 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     const int nck = (T + CH - 1) / CH;
     rc = resolve_algo(0, algo, B, H, &algo, err);
     if (rc) return rc;
-    if (algo == WKV7_BWD_SPLIT) {
+    if (algo == WKV7_BWD_CHUNKED || (algo > 16 && algo <= 16 + 4096)) {
+        return wkv7tc::backward<F>(algo == WKV7_BWD_CHUNKED ? 4 : algo - 16, B, T, H, r, w, k, v, a, b, s_ckpt,
+                                   sa, dy, dr, dw, dk, dv, da, db, ds0, stream, err);
+    } else if (algo == WKV7_BWD_SPLIT) {
         /* 72 KB of tiles: above the 48 KB a launch gets without asking */
         ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_bwd_split_kernel<F, FW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)BWD_SMEM));

@@ -83,6 +83,13 @@ extern "C" {
 #define WKV7_ALGO_AUTO (-1)
 #define WKV7_FWD_RECURRENT 0
 #define WKV7_FWD_CHUNKED 1
+/* TC: the chunked forward on tensor cores (wkv7_chunk.cu; 128 threads per
+ * head, the state as mma accumulators split by value rows over 4 warps),
+ * every product in 3xTF32, accurate to about fp32. TC1: the same with one
+ * tf32 product (about 1e-3 relative: misses the fp32 tolerances of
+ * test_cuda_wkv; benchmarks only, to show what the split costs). */
+#define WKV7_FWD_TC 2
+#define WKV7_FWD_TC1 3
 #ifndef WKV7_FWD_FP32_DEFAULT
 #define WKV7_FWD_FP32_DEFAULT WKV7_FWD_RECURRENT
 #endif
@@ -96,6 +103,15 @@ extern "C" {
  * two barriers per chunk (wkv7.cu). Same arithmetic per element. */
 #define WKV7_BWD_RECURRENT 0
 #define WKV7_BWD_SPLIT 1
+/* CHUNKED: two passes (wkv7_chunk.cu): the dS recursion chunk by chunk on
+ * tensor cores (3xTF32), which yields dS0 and stores dS at the end of every
+ * segment of 4 chunks (64 tokens), then the recurrent kernel's exact
+ * per-token backward over all segments of all heads in parallel. Needs a
+ * workspace of B x H x ceil(T/64) x N x N floats, taken from the stream's
+ * memory pool (cudaMallocAsync) per call. WKV7_BWD_CHUNKED_SEG(s): the same
+ * with s chunks per segment (benchmarks). */
+#define WKV7_BWD_CHUNKED 2
+#define WKV7_BWD_CHUNKED_SEG(s) (16 + (s))
 #ifndef WKV7_BWD_FP32_DEFAULT
 #define WKV7_BWD_FP32_DEFAULT WKV7_ALGO_AUTO
 #endif

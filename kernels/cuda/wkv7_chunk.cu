@@ -1,0 +1,658 @@
+/*
+ * wkv7_chunk.cu - the WKV7 forward and backward as chunked products on tensor
+ * cores (shared/notes/wkv7-kernels.md sections 3.1-3.3); wkv7.cuh has the
+ * math, shapes and conventions, wkv7.cu the launchers that route here
+ * (WKV7_FWD_TC, WKV7_BWD_CHUNKED).
+ *
+ * Notation (per batch row and head): S is N x N, row = value i, column = key
+ * j. A chunk is L = 16 tokens from start state S; p_t = w_0 ... w_t inside the
+ * chunk (per key, inclusive), pL = p_15; rescaled rows
+ *   q~_t = r_t p_t, a~_t = a_t p_{t-1}, k^_t = k_t / p_t, b^_t = b_t / p_t,
+ *   K'_t = k_t pL / p_t, B'_t = b_t pL / p_t (suffix products of w),
+ * Gram matrices AB[t][s] = a~_t.b^_s, AK = a~.k^ (s < t), QB, QK (s <= t),
+ * T = (I - AB)^-1. Forward, tokens x values:
+ *   U = T (A~ S^T + AK V)        (u_t = sa_t = S_{t-1} a_t)
+ *   Y = Q~ S^T + QK V + QB U
+ *   S <- S diag(pL) + V^T K' + U^T B'
+ * Backward, D = dL/d(state at the chunk end) from later chunks:
+ *   Z^T = (D B'^T + dY^T QB) T    (z_t = dsa_t = e_t . b_t)
+ *   D  <- D diag(pL) + dY^T Q~ + Z^T A~
+ * (the adjoint of the forward over the chunk; after chunk 0, D is dS0). The
+ * derivation is the forward's with time reversed: each value row of dS
+ * evolves alone, d_{t-1} = d_t diag(w_t) + (d_t.b_t) a_t + dy_{t-1} r_{t-1}.
+ *
+ * Layout: one CTA of 4 warps per (b, h); warp w owns value rows 16w..16w+15
+ * of the state (or of D) as mma accumulators, 32 fp32 registers per thread,
+ * and never exchanges them: every product with S is local to the warp. The
+ * key-side tiles and the four Gram matrices are shared through shared memory,
+ * 4 barriers per chunk. mma.sync m16n8k8 tf32 -> fp32; the k index inside
+ * each 8-wide step is permuted (physical k = t4 -> logical 2 t4, t4 + 4 ->
+ * 2 t4 + 1), which makes an accumulator fragment (row g, columns 2 t4, 2 t4 + 1)
+ * directly usable as an A fragment: no shuffles between products.
+ *
+ * Precision: the fp32 tolerances of test_cuda_wkv (1e-5 on s_final and dS0)
+ * rule out bf16 or plain tf32 operands (notes 3.5: 2e-3 and 2e-4). So each
+ * operand is split into a tf32 pair hi + lo and every product is
+ * hi*lo + lo*hi + hi*hi (3xTF32, about fp32 accuracy); SPLIT = 1 keeps only
+ * hi*hi (dev variant, to measure what the split costs). State, p, T,
+ * accumulators: fp32. w >= 0.545 keeps 1/p_t <= 1.6e4 (fine in fp32).
+ *
+ * The backward's second pass is the recurrent kernel's exact per-token
+ * step-back (wkv7.cu), run for every segment of `seg` chunks in parallel
+ * instead of one head at a time: the first pass stores D at every segment's
+ * end. The serial chain per head drops from T tokens to 16 seg tokens.
+ */
+#include "kernels/cuda/wkv7_chunk.cuh"
+#include "kernels/cuda/wkv7.cuh"
+#include "kernels/cuda/st_cuda.h"
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace {
+
+constexpr int N = WKV7_CUDA_N;
+constexpr int L = WKV7_CUDA_CHUNK; /* tokens per chunk = per checkpoint */
+constexpr int NTH = 128;           /* 4 warps, 16 value rows each */
+/* Row strides (floats) of the shared tiles, chosen so that each fragment
+ * load is free of bank conflicts: float2 loads at row (8 nt + g), column
+ * 8 ks + 2 t4 need stride = 8 (mod 32); scalar loads at row 2 t4, column g
+ * need stride = 4 (mod 32). */
+constexpr int LDK = N + 8;  /* [token][key] tiles */
+constexpr int LDT = L + 8;  /* [key][token] tiles */
+constexpr int LDV = N + 4;  /* [token][value] tiles */
+constexpr int LDG = L + 8;  /* 16 x 16 matrices */
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename F> __device__ __forceinline__ F from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+/* ---- 3xTF32 fragments ---------------------------------------------------- */
+
+struct FragA { uint32_t h[4], l[4]; };
+struct FragB { uint32_t h[2], l[2]; };
+
+template <int SPLIT>
+__device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo)
+{
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(x));
+    if (SPLIT == 3) {
+        const float rest = x - __uint_as_float(hi);
+        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(rest));
+    } else {
+        lo = 0;
+    }
+}
+
+/* a0 = (row g, k 2t4), a1 = (g + 8, 2t4), a2 = (g, 2t4 + 1), a3 = (g + 8, 2t4 + 1) */
+template <int SPLIT>
+__device__ __forceinline__ FragA frag_a(float a0, float a1, float a2, float a3)
+{
+    FragA f;
+    split_tf32<SPLIT>(a0, f.h[0], f.l[0]);
+    split_tf32<SPLIT>(a1, f.h[1], f.l[1]);
+    split_tf32<SPLIT>(a2, f.h[2], f.l[2]);
+    split_tf32<SPLIT>(a3, f.h[3], f.l[3]);
+    return f;
+}
+/* An accumulator (c0 = (g, 2t4), c1 = (g, 2t4 + 1), c2 = (g + 8, 2t4),
+ * c3 = (g + 8, 2t4 + 1)) as an A operand under the permuted k. */
+template <int SPLIT>
+__device__ __forceinline__ FragA frag_a_acc(const float c[4])
+{
+    return frag_a<SPLIT>(c[0], c[2], c[1], c[3]);
+}
+/* b0 = (k 2t4, col g), b1 = (k 2t4 + 1, col g): one float2 from a tile
+ * stored [n][k]. */
+template <int SPLIT>
+__device__ __forceinline__ FragB frag_b(const float *p)
+{
+    const float2 x = *reinterpret_cast<const float2 *>(p);
+    FragB f;
+    split_tf32<SPLIT>(x.x, f.h[0], f.l[0]);
+    split_tf32<SPLIT>(x.y, f.h[1], f.l[1]);
+    return f;
+}
+
+__device__ __forceinline__ void mma1(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* c += A B: the small cross terms first */
+template <int SPLIT>
+__device__ __forceinline__ void mma(float c[4], const FragA &a, const FragB &b)
+{
+    if (SPLIT == 3) {
+        mma1(c, a.l, b.h);
+        mma1(c, a.h, b.l);
+    }
+    mma1(c, a.h, b.h);
+}
+
+/* One 16 x 16 Gram matrix G[t][s] = X_t . Y_s over the N keys (X, Y: [token]
+ * [key] tiles), causal part only (s < t, or s <= t when inclusive; select,
+ * never multiply), written to G[t * LDG + s], or transposed when `trans`. */
+template <int SPLIT>
+__device__ __forceinline__ void gram(const float *X, const float *Y, float *G, bool inclusive, bool trans, int g,
+                                     int t4)
+{
+    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int ks = 0; ks < N / 8; ks++) {
+        const float2 x0 = *reinterpret_cast<const float2 *>(X + g * LDK + 8 * ks + 2 * t4);
+        const float2 x1 = *reinterpret_cast<const float2 *>(X + (g + 8) * LDK + 8 * ks + 2 * t4);
+        const FragA A = frag_a<SPLIT>(x0.x, x1.x, x0.y, x1.y);
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) mma<SPLIT>(acc[nt], A, frag_b<SPLIT>(Y + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int t = g + (e >= 2 ? 8 : 0), s = 8 * nt + 2 * t4 + (e & 1);
+            const bool keep = inclusive ? s <= t : s < t;
+            G[trans ? s * LDG + t : t * LDG + s] = keep ? acc[nt][e] : 0.f;
+        }
+}
+
+/* T = (I - AB)^-1 by columns (AB strictly lower, so T is unit lower): lane
+ * cc < 16 of one warp computes column cc and writes it to Tm[t][cc], or to
+ * Tm[cc][t] when `trans`. */
+__device__ __forceinline__ void invert_unit_lower(const float *AB, float *Tm, bool trans, int cc)
+{
+    float col[L];
+#pragma unroll
+    for (int t = 0; t < L; t++) {
+        float acc = t == cc ? 1.f : 0.f;
+#pragma unroll
+        for (int s = 0; s < t; s++) acc = fmaf(AB[t * LDG + s], col[s], acc);
+        col[t] = acc;
+    }
+#pragma unroll
+    for (int t = 0; t < L; t++) Tm[trans ? cc * LDG + t : t * LDG + cc] = col[t];
+}
+
+/* ---- forward ---------------------------------------------------------------
+ * Per chunk: (prep) key thread j < 64 loads its column of r, w, k, a, b over
+ * the chunk and writes the rescaled tiles, threads 64.. load v; (grams) warp
+ * w computes one Gram matrix while every warp starts A~ S^T and Q~ S^T;
+ * (solve) one warp inverts I - AB while the others add AK V and QK V; then
+ * U, sa, Y, y, the state update and the checkpoint, each warp on its own rows.
+ * Outputs as the recurrent kernel's (wkv7.cu): y, sa, the transposed
+ * checkpoint after every chunk, s_final. */
+template <typename F, int SPLIT>
+__global__ void __launch_bounds__(NTH) wkv7_fwd_tc_kernel(
+    int T, int H, int nck,
+    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
+    const float *__restrict__ s0, F *__restrict__ y, float *__restrict__ s_final,
+    float *__restrict__ ckpt, float *__restrict__ sa_out)
+{
+    __shared__ __align__(16) float tq[L * LDK], ta[L * LDK], tb[L * LDK], tk[L * LDK]; /* Q~ A~ B^ K^ */
+    __shared__ __align__(16) float tKt[N * LDT], tBt[N * LDT];                         /* K'^T B'^T */
+    __shared__ __align__(16) float tv[L * LDV];
+    __shared__ __align__(16) float gAB[L * LDG], gAK[L * LDG], gQB[L * LDG], gQK[L * LDG], gT[L * LDG];
+    __shared__ __align__(16) float pL[N];
+
+    const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int i0 = 16 * warp; /* this warp's value rows */
+    const size_t HN = (size_t)H * N;
+
+    /* the state slab: S[nt] = rows i0 + g (+8), keys 8 nt + 2 t4 (+1) */
+    float S[N / 8][4];
+    {
+        const float *s0h = s0 + (size_t)h * N * N;
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++) {
+            const float2 lo = *reinterpret_cast<const float2 *>(s0h + (i0 + g) * N + 8 * nt + 2 * t4);
+            const float2 hi = *reinterpret_cast<const float2 *>(s0h + (i0 + g + 8) * N + 8 * nt + 2 * t4);
+            S[nt][0] = lo.x; S[nt][1] = lo.y; S[nt][2] = hi.x; S[nt][3] = hi.y;
+        }
+    }
+    float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
+
+    for (int c = 0; c < nck; c++) {
+        const int t0 = c * L, n = min(L, T - t0);
+        const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+        __syncthreads(); /* the previous chunk is done with every tile */
+        if (tid < N) {
+            const int j = tid;
+            float kr[L], br[L], wr[L];
+            float p = 1.f;
+#pragma unroll
+            for (int u = 0; u < L; u++) {
+                const bool ok = u < n;
+                const size_t idx = base + u * HN + j;
+                const float rr = ok ? to_f(r[idx]) : 0.f, ww = ok ? w[idx] : 1.f;
+                const float aa = ok ? to_f(a[idx]) : 0.f;
+                kr[u] = ok ? to_f(k[idx]) : 0.f;
+                br[u] = ok ? to_f(b[idx]) : 0.f;
+                wr[u] = ww;
+                ta[u * LDK + j] = aa * p; /* p_{u-1} */
+                p *= ww;
+                const float ip = 1.f / p;
+                tq[u * LDK + j] = rr * p;
+                tk[u * LDK + j] = kr[u] * ip;
+                tb[u * LDK + j] = br[u] * ip;
+            }
+            pL[j] = p;
+            float sfx = 1.f; /* pL / p_u as the product of the later decays */
+#pragma unroll
+            for (int u = L - 1; u >= 0; u--) {
+                tKt[j * LDT + u] = kr[u] * sfx;
+                tBt[j * LDT + u] = br[u] * sfx;
+                sfx *= wr[u];
+            }
+        } else {
+            const int i = tid - N;
+#pragma unroll
+            for (int u = 0; u < L; u++) tv[u * LDV + i] = u < n ? to_f(v[base + u * HN + i]) : 0.f;
+        }
+        __syncthreads();
+        gram<SPLIT>(warp < 2 ? ta : tq, (warp & 1) ? tk : tb,
+                    warp == 0 ? gAB : warp == 1 ? gAK : warp == 2 ? gQB : gQK, warp >= 2, false, g, t4);
+        /* X^T = S A~^T and Y^T = S Q~^T (values x tokens), K = the 64 keys */
+        float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        float YT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < N / 8; ks++) {
+            const FragA As = frag_a_acc<SPLIT>(S[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                mma<SPLIT>(XT[nt], As, frag_b<SPLIT>(ta + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                mma<SPLIT>(YT[nt], As, frag_b<SPLIT>(tq + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+            }
+        }
+        __syncthreads(); /* Gram matrices complete */
+        if (warp == 0 && lane < L) invert_unit_lower(gAB, gT, false, lane);
+        __syncwarp(); /* mma.sync needs the whole warp converged */
+        /* + V^T AK^T and V^T QK^T; A = V^T [value][token] from tv */
+        FragA Av[2];
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const float *v0 = tv + (8 * ks + 2 * t4) * LDV + i0 + g;
+            Av[ks] = frag_a<SPLIT>(v0[0], v0[8], v0[LDV], v0[LDV + 8]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                mma<SPLIT>(XT[nt], Av[ks], frag_b<SPLIT>(gAK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                mma<SPLIT>(YT[nt], Av[ks], frag_b<SPLIT>(gQK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+            }
+        }
+        __syncthreads(); /* T complete */
+        /* U^T = X^T T^T: B[s][t] = T[t][s] */
+        float UT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const FragA Ax = frag_a_acc<SPLIT>(XT[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(UT[nt], Ax, frag_b<SPLIT>(gT + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        }
+        FragA Au[2];
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            Au[ks] = frag_a_acc<SPLIT>(UT[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(YT[nt], Au[ks], frag_b<SPLIT>(gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
+                if (tok < n) {
+                    sa_out[base + tok * HN + i] = UT[nt][e];
+                    y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
+                }
+            }
+        /* S <- S diag(pL) + V^T K' + U^T B', then the checkpoint ([j][i]) */
+        float *ckc = ck + (size_t)c * N * N;
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++) {
+            const float2 p2 = *reinterpret_cast<const float2 *>(pL + 8 * nt + 2 * t4);
+            S[nt][0] *= p2.x; S[nt][1] *= p2.y; S[nt][2] *= p2.x; S[nt][3] *= p2.y;
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                mma<SPLIT>(S[nt], Av[ks], frag_b<SPLIT>(tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                mma<SPLIT>(S[nt], Au[ks], frag_b<SPLIT>(tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+            }
+            const int j = 8 * nt + 2 * t4;
+            ckc[j * N + i0 + g] = S[nt][0];
+            ckc[(j + 1) * N + i0 + g] = S[nt][1];
+            ckc[j * N + i0 + g + 8] = S[nt][2];
+            ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
+        }
+    }
+    if (s_final) {
+        float *sf = s_final + (size_t)(bb * H + h) * N * N;
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++) {
+            *reinterpret_cast<float2 *>(sf + (i0 + g) * N + 8 * nt + 2 * t4) = make_float2(S[nt][0], S[nt][1]);
+            *reinterpret_cast<float2 *>(sf + (i0 + g + 8) * N + 8 * nt + 2 * t4) = make_float2(S[nt][2], S[nt][3]);
+        }
+    }
+}
+
+/* ---- backward, pass 1: the dS recursion ------------------------------------
+ * Same decomposition as the forward, chunks in reverse, D (the gradient at
+ * the chunk end) in the accumulators. Needs only r, w, a, b and dy. Before
+ * chunk c it stores D when c ends a segment (c + 1 = 0 mod seg, or the last
+ * chunk), as dstore[b][h][c / seg][i][j]; after chunk 0 it adds D to dS0. */
+template <typename F, int SPLIT>
+__global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
+    int T, int H, int nck, int seg,
+    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ a,
+    const F *__restrict__ b, const F *__restrict__ dy,
+    float *__restrict__ dstore, float *__restrict__ ds0)
+{
+    __shared__ __align__(16) float tq[L * LDK], ta[L * LDK], tb[L * LDK], tBp[L * LDK]; /* Q~ A~ B^ B' */
+    __shared__ __align__(16) float tQt[N * LDT], tAt[N * LDT];                          /* Q~^T A~^T */
+    __shared__ __align__(16) float tdy[L * LDV];
+    __shared__ __align__(16) float gAB[L * LDG], gQBt[L * LDG], gTt[L * LDG];
+    __shared__ __align__(16) float pL[N];
+
+    const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int i0 = 16 * warp;
+    const size_t HN = (size_t)H * N;
+    const int nseg = (nck + seg - 1) / seg;
+
+    float D[N / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++) D[nt][0] = D[nt][1] = D[nt][2] = D[nt][3] = 0.f;
+
+    for (int c = nck - 1; c >= 0; c--) {
+        const int t0 = c * L, n = min(L, T - t0);
+        const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+        if (c == nck - 1 || (c + 1) % seg == 0) {
+            float *ds = dstore + ((size_t)(bb * H + h) * nseg + c / seg) * N * N;
+#pragma unroll
+            for (int nt = 0; nt < N / 8; nt++) {
+                *reinterpret_cast<float2 *>(ds + (i0 + g) * N + 8 * nt + 2 * t4) = make_float2(D[nt][0], D[nt][1]);
+                *reinterpret_cast<float2 *>(ds + (i0 + g + 8) * N + 8 * nt + 2 * t4) =
+                    make_float2(D[nt][2], D[nt][3]);
+            }
+        }
+        __syncthreads(); /* the previous chunk is done with every tile */
+        if (tid < N) {
+            const int j = tid;
+            float br[L], wr[L];
+            float p = 1.f;
+#pragma unroll
+            for (int u = 0; u < L; u++) {
+                const bool ok = u < n;
+                const size_t idx = base + u * HN + j;
+                const float rr = ok ? to_f(r[idx]) : 0.f, ww = ok ? w[idx] : 1.f;
+                const float aa = ok ? to_f(a[idx]) : 0.f;
+                br[u] = ok ? to_f(b[idx]) : 0.f;
+                wr[u] = ww;
+                const float at = aa * p;
+                ta[u * LDK + j] = at;
+                tAt[j * LDT + u] = at;
+                p *= ww;
+                const float qt = rr * p;
+                tq[u * LDK + j] = qt;
+                tQt[j * LDT + u] = qt;
+                tb[u * LDK + j] = br[u] / p;
+            }
+            pL[j] = p;
+            float sfx = 1.f;
+#pragma unroll
+            for (int u = L - 1; u >= 0; u--) {
+                tBp[u * LDK + j] = br[u] * sfx;
+                sfx *= wr[u];
+            }
+        } else {
+            const int i = tid - N;
+#pragma unroll
+            for (int u = 0; u < L; u++) tdy[u * LDV + i] = u < n ? to_f(dy[base + u * HN + i]) : 0.f;
+        }
+        __syncthreads();
+        if (warp == 0) gram<SPLIT>(ta, tb, gAB, false, false, g, t4);
+        else if (warp == 1) gram<SPLIT>(tq, tb, gQBt, true, true, g, t4);
+        /* R^T = D B'^T (values x tokens) */
+        float RT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < N / 8; ks++) {
+            const FragA Ad = frag_a_acc<SPLIT>(D[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(RT[nt], Ad, frag_b<SPLIT>(tBp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+        }
+        __syncthreads(); /* AB and QB complete */
+        if (warp == 0 && lane < L) invert_unit_lower(gAB, gTt, true, lane);
+        __syncwarp();
+        /* + dY^T QB: B[s][t] = QB[s][t], stored as gQBt[t][s] */
+        FragA Ay[2];
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const float *d0 = tdy + (8 * ks + 2 * t4) * LDV + i0 + g;
+            Ay[ks] = frag_a<SPLIT>(d0[0], d0[8], d0[LDV], d0[LDV + 8]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(RT[nt], Ay[ks], frag_b<SPLIT>(gQBt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        }
+        __syncthreads(); /* T complete */
+        /* Z^T = R^T T: B[s][t] = T[s][t], stored as gTt[t][s] */
+        float ZT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const FragA Ar = frag_a_acc<SPLIT>(RT[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(ZT[nt], Ar, frag_b<SPLIT>(gTt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        }
+        FragA Az[2];
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) Az[ks] = frag_a_acc<SPLIT>(ZT[ks]);
+        /* D <- D diag(pL) + dY^T Q~ + Z^T A~ */
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++) {
+            const float2 p2 = *reinterpret_cast<const float2 *>(pL + 8 * nt + 2 * t4);
+            D[nt][0] *= p2.x; D[nt][1] *= p2.y; D[nt][2] *= p2.x; D[nt][3] *= p2.y;
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                mma<SPLIT>(D[nt], Ay[ks], frag_b<SPLIT>(tQt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                mma<SPLIT>(D[nt], Az[ks], frag_b<SPLIT>(tAt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+            }
+        }
+    }
+    /* D is dS0 of this batch row; the batch shares s0 */
+    float *d0 = ds0 + (size_t)h * N * N;
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++) {
+        const int j = 8 * nt + 2 * t4;
+        atomicAdd(d0 + (i0 + g) * N + j, D[nt][0]);
+        atomicAdd(d0 + (i0 + g) * N + j + 1, D[nt][1]);
+        atomicAdd(d0 + (i0 + g + 8) * N + j, D[nt][2]);
+        atomicAdd(d0 + (i0 + g + 8) * N + j + 1, D[nt][3]);
+    }
+}
+
+/* ---- backward, pass 2: per-token gradients, all segments at once -----------
+ * The recurrent backward of wkv7.cu (thread j: column j of S and of dS, row j
+ * of dS; exact step-back from the checkpoints with sa), restricted to the
+ * chunks of segment blockIdx.z and seeded with the D that pass 1 stored at
+ * the segment's end (row-major [i][j]) instead of zero. dS0 comes from
+ * pass 1, so nothing is accumulated here. */
+template <typename F>
+__global__ void __launch_bounds__(N) wkv7_bwd_seg_kernel(
+    int T, int H, int nck, int seg,
+    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
+    const float *__restrict__ ckpt, const float *__restrict__ sa_in,
+    const F *__restrict__ dy, const float *__restrict__ dstore,
+    F *__restrict__ dr, float *__restrict__ dw, F *__restrict__ dk, F *__restrict__ dv,
+    F *__restrict__ da, F *__restrict__ db)
+{
+    const int h = blockIdx.x, bb = blockIdx.y, sg = blockIdx.z, j = threadIdx.x;
+    __shared__ __align__(16) float sr[L][N], sw[L][N], sk[L][N], sv[L][N];
+    __shared__ __align__(16) float sa_[L][N], sb[L][N], sdy[L][N], ssa[L][N];
+    __shared__ __align__(16) float sdsa[2][N];
+
+    const int nseg = (nck + seg - 1) / seg;
+    const float *Dst = dstore + ((size_t)(bb * H + h) * nseg + sg) * N * N;
+    float Sc[N], dSc[N], dSr[N];
+#pragma unroll
+    for (int i = 0; i < N; i++) dSc[i] = Dst[i * N + j];
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+        const float4 q = *reinterpret_cast<const float4 *>(Dst + j * N + i);
+        dSr[i] = q.x; dSr[i + 1] = q.y; dSr[i + 2] = q.z; dSr[i + 3] = q.w;
+    }
+    const float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
+    const int c_end = min((sg + 1) * seg, nck);
+
+    for (int c = c_end - 1; c >= sg * seg; c--) {
+        const int t0 = c * L;
+        const int n = min(L, T - t0);
+        const float *col = ck + (size_t)c * N * N + (size_t)j * N;
+#pragma unroll
+        for (int i = 0; i < N; i += 4) {
+            const float4 q = *reinterpret_cast<const float4 *>(col + i);
+            Sc[i] = q.x; Sc[i + 1] = q.y; Sc[i + 2] = q.z; Sc[i + 3] = q.w;
+        }
+        __syncthreads();
+        for (int u = 0; u < n; u++) {
+            const size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + j;
+            sr[u][j] = to_f(r[idx]); sw[u][j] = w[idx]; sk[u][j] = to_f(k[idx]);
+            sv[u][j] = to_f(v[idx]); sa_[u][j] = to_f(a[idx]); sb[u][j] = to_f(b[idx]);
+            sdy[u][j] = to_f(dy[idx]); ssa[u][j] = sa_in[idx];
+        }
+        __syncthreads();
+        for (int u = n - 1; u >= 0; u--) {
+            const size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + j;
+            const int p = (t0 + u) & 1;
+            const float rj = sr[u][j], wj = sw[u][j], kj = sk[u][j], aj = sa_[u][j], bj = sb[u][j];
+            const float dyj = sdy[u][j];
+            const float4 *dy4 = reinterpret_cast<const float4 *>(sdy[u]);
+            const float4 *r4 = reinterpret_cast<const float4 *>(sr[u]);
+            const float4 *k4 = reinterpret_cast<const float4 *>(sk[u]);
+            const float4 *b4 = reinterpret_cast<const float4 *>(sb[u]);
+            float gr = 0.f, gv = 0.f, gsa = 0.f;
+#pragma unroll
+            for (int i = 0; i < N; i += 4) {
+                const float4 d = dy4[i / 4], rr = r4[i / 4], kk = k4[i / 4], bv = b4[i / 4];
+                gr = fmaf(Sc[i], d.x, gr); gr = fmaf(Sc[i + 1], d.y, gr);
+                gr = fmaf(Sc[i + 2], d.z, gr); gr = fmaf(Sc[i + 3], d.w, gr);
+                dSc[i] = fmaf(d.x, rj, dSc[i]); dSc[i + 1] = fmaf(d.y, rj, dSc[i + 1]);
+                dSc[i + 2] = fmaf(d.z, rj, dSc[i + 2]); dSc[i + 3] = fmaf(d.w, rj, dSc[i + 3]);
+                dSr[i] = fmaf(dyj, rr.x, dSr[i]); dSr[i + 1] = fmaf(dyj, rr.y, dSr[i + 1]);
+                dSr[i + 2] = fmaf(dyj, rr.z, dSr[i + 2]); dSr[i + 3] = fmaf(dyj, rr.w, dSr[i + 3]);
+                gv = fmaf(dSr[i], kk.x, gv); gv = fmaf(dSr[i + 1], kk.y, gv);
+                gv = fmaf(dSr[i + 2], kk.z, gv); gv = fmaf(dSr[i + 3], kk.w, gv);
+                gsa = fmaf(dSr[i], bv.x, gsa); gsa = fmaf(dSr[i + 1], bv.y, gsa);
+                gsa = fmaf(dSr[i + 2], bv.z, gsa); gsa = fmaf(dSr[i + 3], bv.w, gsa);
+            }
+            sdsa[p][j] = gsa;
+            __syncthreads();
+            const float iw = 1.f / wj;
+            const float4 *v4 = reinterpret_cast<const float4 *>(sv[u]);
+            const float4 *sa4 = reinterpret_cast<const float4 *>(ssa[u]);
+            const float4 *ds4 = reinterpret_cast<const float4 *>(sdsa[p]);
+            const float4 *w4 = reinterpret_cast<const float4 *>(sw[u]);
+            const float4 *a4 = reinterpret_cast<const float4 *>(sa_[u]);
+            float gk = 0.f, gb = 0.f, gw = 0.f, ga = 0.f;
+#pragma unroll
+            for (int i = 0; i < N; i += 4) {
+                const float4 vv = v4[i / 4], ss = sa4[i / 4], dd = ds4[i / 4], ww = w4[i / 4], aa = a4[i / 4];
+                const float vx[4] = {vv.x, vv.y, vv.z, vv.w}, sx[4] = {ss.x, ss.y, ss.z, ss.w};
+                const float dx[4] = {dd.x, dd.y, dd.z, dd.w}, wx[4] = {ww.x, ww.y, ww.z, ww.w};
+                const float ax[4] = {aa.x, aa.y, aa.z, aa.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    Sc[i + e] = (Sc[i + e] - fmaf(vx[e], kj, sx[e] * bj)) * iw;
+                    gk = fmaf(dSc[i + e], vx[e], gk);
+                    gb = fmaf(dSc[i + e], sx[e], gb);
+                    gw = fmaf(dSc[i + e], Sc[i + e], gw);
+                    ga = fmaf(dx[e], Sc[i + e], ga);
+                    dSc[i + e] = fmaf(dSc[i + e], wj, dx[e] * aj);
+                    dSr[i + e] = fmaf(dSr[i + e], wx[e], gsa * ax[e]);
+                }
+            }
+            dr[idx] = from_f<F>(gr); dw[idx] = gw; dk[idx] = from_f<F>(gk);
+            dv[idx] = from_f<F>(gv); da[idx] = from_f<F>(ga); db[idx] = from_f<F>(gb);
+        }
+    }
+}
+
+} // namespace
+
+namespace wkv7tc {
+
+template <typename F>
+int forward(int split3, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
+            const F *b, const float *s0, F *y, float *s_final, float *ckpt, float *sa, cudaStream_t stream,
+            char *err)
+{
+    const int nck = (T + L - 1) / L;
+    if (split3) {
+        wkv7_fwd_tc_kernel<F, 3><<<dim3(H, B), NTH, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
+                                                                 ckpt, sa);
+    } else {
+        wkv7_fwd_tc_kernel<F, 1><<<dim3(H, B), NTH, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
+                                                                 ckpt, sa);
+    }
+    ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tc_kernel");
+    return ST_OK;
+}
+
+template <typename F>
+int backward(int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
+             const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk, F *dv,
+             F *da, F *db, float *ds0, cudaStream_t stream, char *err)
+{
+    const int nck = (T + L - 1) / L;
+    if (seg < 1) seg = 1;
+    if (seg > nck) seg = nck;
+    const int nseg = (nck + seg - 1) / seg;
+    if (nseg > 65535)
+        return st_fail(err, ST_EINVAL, "wkv7 (cuda): T = %d gives %d segments of %d chunks, more than 65535", T,
+                       nseg, seg);
+    /* the segment-end gradients: a workspace of the stream's memory pool,
+     * freed in stream order once pass 2 is enqueued (the launcher API has
+     * no workspace argument for it) */
+    float *dstore = NULL;
+    const size_t bytes = (size_t)B * H * nseg * N * N * sizeof(float);
+    ST_CUDA_CHECK(cudaMallocAsync((void **)&dstore, bytes, stream));
+    wkv7_bwd_tc_dstate_kernel<F, 3><<<dim3(H, B), NTH, 0, stream>>>(T, H, nck, seg, r, w, a, b, dy, dstore, ds0);
+    cudaError_t e1 = cudaGetLastError();
+    if (e1 == cudaSuccess)
+        wkv7_bwd_seg_kernel<F><<<dim3(H, B, nseg), N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa, dy,
+                                                                   dstore, dr, dw, dk, dv, da, db);
+    cudaError_t e2 = cudaGetLastError();
+    cudaError_t e3 = cudaFreeAsync(dstore, stream);
+    if (e1 != cudaSuccess)
+        return st_fail(err, ST_ECUDA, "launching wkv7_bwd_tc_dstate_kernel failed: %s", cudaGetErrorString(e1));
+    if (e2 != cudaSuccess)
+        return st_fail(err, ST_ECUDA, "launching wkv7_bwd_seg_kernel failed: %s", cudaGetErrorString(e2));
+    if (e3 != cudaSuccess)
+        return st_fail(err, ST_ECUDA, "freeing the wkv7 backward workspace failed: %s", cudaGetErrorString(e3));
+    return ST_OK;
+}
+
+template int forward<float>(int, int, int, int, const float *, const float *, const float *, const float *,
+                            const float *, const float *, const float *, float *, float *, float *, float *,
+                            cudaStream_t, char *);
+template int forward<__nv_bfloat16>(int, int, int, int, const __nv_bfloat16 *, const float *,
+                                    const __nv_bfloat16 *, const __nv_bfloat16 *, const __nv_bfloat16 *,
+                                    const __nv_bfloat16 *, const float *, __nv_bfloat16 *, float *, float *,
+                                    float *, cudaStream_t, char *);
+template int backward<float>(int, int, int, int, const float *, const float *, const float *, const float *,
+                             const float *, const float *, const float *, const float *, const float *, float *,
+                             float *, float *, float *, float *, float *, float *, cudaStream_t, char *);
+template int backward<__nv_bfloat16>(int, int, int, int, const __nv_bfloat16 *, const float *,
+                                     const __nv_bfloat16 *, const __nv_bfloat16 *, const __nv_bfloat16 *,
+                                     const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
+                                     __nv_bfloat16 *, float *, __nv_bfloat16 *, __nv_bfloat16 *, __nv_bfloat16 *,
+                                     __nv_bfloat16 *, float *, cudaStream_t, char *);
+
+} // namespace wkv7tc

@@ -1,0 +1,34 @@
+/*
+ * wkv7_chunk.cuh - internal interface between the WKV7 launchers (wkv7.cu)
+ * and the tensor-core chunked kernels (wkv7_chunk.cu). Not part of the public
+ * API: callers use wkv7.cuh, whose algorithm ids (WKV7_FWD_TC, WKV7_BWD_CHUNKED)
+ * route here. Same arguments, layouts and conventions as wkv7.cuh; pointers
+ * are device pointers, shapes were checked by the caller.
+ */
+#ifndef ST_KERNELS_CUDA_WKV7_CHUNK_CUH
+#define ST_KERNELS_CUDA_WKV7_CHUNK_CUH
+
+#include <cuda_runtime_api.h>
+
+namespace wkv7tc {
+
+/* Forward on tensor cores. split3 nonzero: every product in 3xTF32 (each fp32
+ * operand as a tf32 pair, three products), accurate to about fp32; zero: one
+ * tf32 product (dev variant, about 1e-3 relative). */
+template <typename F>
+int forward(int split3, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
+            const F *b, const float *s0, F *y, float *s_final, float *ckpt, float *sa, cudaStream_t stream,
+            char *err);
+
+/* Backward in two passes: the chunked dS recursion on tensor cores (3xTF32),
+ * storing dS at the end of every segment of `seg` chunks and adding dS0; then
+ * the exact per-token backward of every segment in parallel, seeded with that
+ * segment's dS and the forward's checkpoints and sa. */
+template <typename F>
+int backward(int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
+             const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk, F *dv,
+             F *da, F *db, float *ds0, cudaStream_t stream, char *err);
+
+} // namespace wkv7tc
+
+#endif
