@@ -5,14 +5,40 @@
  * there is no #ifdef here: asking for CUDA there gives its one-sentence error.
  * Batch arguments are validated here once, for both backends, because tokens
  * and targets come from user data.
+ *
+ * The resident tuning parameters (engine_params_*, engine.h) live here for
+ * the CPU backend (host_params_t: plain arrays, engine/adam.c and
+ * engine/dbp_param.c) and in engine/cuda/engine_cuda_params.cu for CUDA
+ * (device memory). Both compute the same formulas in the same order:
+ * grad / div rounded to fp32, dL/dA, the clip, Adam in double; so a CPU run
+ * through these calls is bit-identical to the loop that used those
+ * functions on host arrays directly (tests/test_params.c checks it).
  */
 #include "engine/engine.h"
 
 #include "common/st_err.h"
+#include "engine/adam.h"
+#include "engine/dbp_param.h"
 #include "engine/engine_cpu.h"
 #include "engine/engine_cuda.h"
 
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* The CPU backend's resident parameters (see the file comment). */
+typedef struct {
+    size_t n;        /* L H N N */
+    int nblk, N;     /* L H blocks of N x N */
+    int dbp;         /* S0 = A R; else S0 = A and R is not stored */
+    int s0_stale;    /* A or R changed since S0 was last formed */
+    float *A;        /* (n) trained by Adam */
+    float *R;        /* (n) DBP's factor, NULL without DBP */
+    float *S0;       /* (n) A R, formed on demand */
+    float *grad;     /* (n) d(loss)/dS0, accumulated by engine_params_run */
+    float *gA;       /* (n) dL/dA of the last step (clipped) */
+    adam_t *adam;    /* moments and step count */
+} host_params_t;
 
 struct engine {
     engine_backend_t backend;
@@ -21,7 +47,22 @@ struct engine {
     engine_cpu_t *cpu;
     engine_cuda_t *cuda;
     const engine_kstate_t *kstate; /* default kernel-expanded state (engine_set_kstate), borrowed */
+    host_params_t *hp;             /* resident parameters, CPU backend (engine_params_init) */
+    engine_cuda_params_t *cp;      /* resident parameters, CUDA backend */
 };
+
+static void s_host_params_free(host_params_t **p)
+{
+    if (!*p) return;
+    free((*p)->A);
+    free((*p)->R);
+    free((*p)->S0);
+    free((*p)->grad);
+    free((*p)->gA);
+    adam_destroy(&(*p)->adam);
+    free(*p);
+    *p = NULL;
+}
 
 engine_t *engine_new(const rwkv_model_t *model, const engine_opts_t *opts, char *err)
 {
@@ -63,21 +104,23 @@ void engine_destroy(engine_t **self_p)
 {
     if (!self_p || !*self_p) return;
     engine_t *self = *self_p;
+    s_host_params_free(&self->hp);
+    engine_cuda_params_destroy(&self->cp);
     engine_cpu_destroy(&self->cpu);
     engine_cuda_destroy(&self->cuda);
     free(self);
     *self_p = NULL;
 }
 
-int engine_run(engine_t *self, engine_batch_t *batch, char *err)
+/* What both engine_run and engine_params_run check: shape, ids, methods. */
+static int s_check_batch(engine_t *self, engine_batch_t *batch, char *err)
 {
     const rwkv_config_t *c = &self->model->cfg;
     if (batch->B < 1 || batch->T < 1 || batch->B > self->max_batch || batch->T > self->max_ctx)
         return st_fail(err, ST_EINVAL,
                        "a batch of %d x %d does not fit the engine's plan of %d x %d sequences x tokens",
                        batch->B, batch->T, self->max_batch, self->max_ctx);
-    if (!batch->tokens || !batch->state0)
-        return st_fail(err, ST_EINVAL, "engine_run needs tokens and state0");
+    if (!batch->tokens) return st_fail(err, ST_EINVAL, "engine_run needs tokens");
     size_t n = (size_t)batch->B * batch->T;
     for (size_t i = 0; i < n; i++) {
         if (batch->tokens[i] < 0 || batch->tokens[i] >= c->vocab)
@@ -117,17 +160,28 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err)
         batch->kstate = ks_saved;
         return st_fail(err, ST_EINVAL, "a kernel-expanded state needs 1 to 1024 features, gamma > 0, U0 and support vectors");
     }
+    batch->kstate = ks_saved;
+    return ST_OK;
+}
+
+int engine_run(engine_t *self, engine_batch_t *batch, char *err)
+{
+    if (!batch->state0) return st_fail(err, ST_EINVAL, "engine_run needs state0");
+    int rc = s_check_batch(self, batch, err);
+    if (rc) return rc;
+    const engine_kstate_t *ks_saved = batch->kstate;
+    if (!batch->kstate) batch->kstate = self->kstate;
     batch->loss_sum = 0;
     batch->n_targets = 0;
     batch->n_correct = 0;
     batch->ce_sum = 0;
     batch->kl_sum = 0;
     if (self->cpu) {
-        int rc = engine_cpu_run(self->cpu, batch, err);
+        rc = engine_cpu_run(self->cpu, batch, err);
         batch->kstate = ks_saved;
         return rc;
     }
-    int rc = engine_cuda_run(self->cuda, batch, err);
+    rc = engine_cuda_run(self->cuda, batch, err);
     batch->kstate = ks_saved;
     return rc;
 }
@@ -142,3 +196,224 @@ size_t engine_peak_mem_bytes(const engine_t *self)
 }
 
 const rwkv_config_t *engine_config(const engine_t *self) { return &self->model->cfg; }
+
+/* ---- resident tuning parameters ------------------------------------------ */
+
+int engine_params_init(engine_t *self, int dbp, double beta1, double beta2, double eps, char *err)
+{
+    if (self->hp || self->cp) return st_fail(err, ST_EINVAL, "the engine's tuning parameters exist already");
+    const rwkv_config_t *c = &self->model->cfg;
+    int nblk = c->n_layer * c->n_head, N = c->head_size;
+    if (self->cuda) {
+        self->cp = engine_cuda_params_new(self->cuda, nblk, N, dbp, beta1, beta2, eps, err);
+        return self->cp ? ST_OK : ST_ECUDA;
+    }
+    host_params_t *p = calloc(1, sizeof *p);
+    if (!p) return st_fail(err, ST_ENOMEM, "out of memory for the tuning parameters");
+    p->nblk = nblk;
+    p->N = N;
+    p->n = (size_t)nblk * N * N;
+    p->dbp = dbp != 0;
+    p->s0_stale = 1;
+    p->adam = adam_new(p->n, beta1, beta2, eps, err);
+    if (!p->adam) {
+        s_host_params_free(&p);
+        return ST_EINVAL;
+    }
+    p->A = calloc(p->n, sizeof(float));
+    p->S0 = calloc(p->n, sizeof(float));
+    p->grad = calloc(p->n, sizeof(float));
+    p->gA = calloc(p->n, sizeof(float));
+    if (p->dbp) p->R = calloc(p->n, sizeof(float));
+    if (!p->A || !p->S0 || !p->grad || !p->gA || (p->dbp && !p->R)) {
+        s_host_params_free(&p);
+        return st_fail(err, ST_ENOMEM, "out of memory for the tuning parameters");
+    }
+    if (p->R) dbp_identity(p->nblk, p->N, p->R);
+    self->hp = p;
+    return ST_OK;
+}
+
+/* The CPU parameters, or the sentence saying engine_params_init is missing. */
+static int s_params(engine_t *self, char *err)
+{
+    if (!self->hp && !self->cp) return st_fail(err, ST_EINVAL, "engine_params_init was not called");
+    return ST_OK;
+}
+
+static const float *s_host_state(host_params_t *p)
+{
+    if (p->s0_stale) {
+        if (p->dbp) dbp_state(p->nblk, p->N, p->A, p->R, p->S0);
+        else memcpy(p->S0, p->A, p->n * sizeof(float));
+        p->s0_stale = 0;
+    }
+    return p->S0;
+}
+
+int engine_params_set(engine_t *self, const float *A, const float *R, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_set(self->cp, A, R, err);
+    host_params_t *p = self->hp;
+    if (R && !p->dbp) return st_fail(err, ST_EINVAL, "DBP's R was given but the parameters were made without DBP");
+    if (A) memcpy(p->A, A, p->n * sizeof(float));
+    if (R) memcpy(p->R, R, p->n * sizeof(float));
+    p->s0_stale = 1;
+    return ST_OK;
+}
+
+int engine_params_set_R(engine_t *self, const float *R, char *err)
+{
+    if (!R) return st_fail(err, ST_EINVAL, "engine_params_set_R needs R");
+    return engine_params_set(self, NULL, R, err);
+}
+
+int engine_params_get(engine_t *self, float *A, float *S0, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_get(self->cp, A, S0, err);
+    host_params_t *p = self->hp;
+    if (A) memcpy(A, p->A, p->n * sizeof(float));
+    if (S0) memcpy(S0, s_host_state(p), p->n * sizeof(float));
+    return ST_OK;
+}
+
+int engine_params_set_adam(engine_t *self, const float *m, const float *v, int64_t t, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_set_adam(self->cp, m, v, t, err);
+    host_params_t *p = self->hp;
+    memcpy(adam_m(p->adam), m, p->n * sizeof(float));
+    memcpy(adam_v(p->adam), v, p->n * sizeof(float));
+    adam_set_t_count(p->adam, t);
+    return ST_OK;
+}
+
+int engine_params_get_adam(engine_t *self, float *m, float *v, int64_t *t, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_get_adam(self->cp, m, v, t, err);
+    host_params_t *p = self->hp;
+    if (m) memcpy(m, adam_m(p->adam), p->n * sizeof(float));
+    if (v) memcpy(v, adam_v(p->adam), p->n * sizeof(float));
+    if (t) *t = adam_t_count(p->adam);
+    return ST_OK;
+}
+
+int engine_params_zero_grad(engine_t *self, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_zero_grad(self->cp, err);
+    memset(self->hp->grad, 0, self->hp->n * sizeof(float));
+    return ST_OK;
+}
+
+int engine_params_get_grad(engine_t *self, float *grad, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_get_grad(self->cp, grad, err);
+    memcpy(grad, self->hp->grad, self->hp->n * sizeof(float));
+    return ST_OK;
+}
+
+int engine_params_set_grad(engine_t *self, const float *grad, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_set_grad(self->cp, grad, err);
+    memcpy(self->hp->grad, grad, self->hp->n * sizeof(float));
+    return ST_OK;
+}
+
+float *engine_params_grad(engine_t *self)
+{
+    if (self->cp) return engine_cuda_params_grad(self->cp);
+    return self->hp ? self->hp->grad : NULL;
+}
+
+int engine_params_grad_on_device(const engine_t *self) { return self->cp != NULL; }
+
+int engine_params_run(engine_t *self, engine_batch_t *batch, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (batch->state0 || batch->dstate0)
+        return st_fail(err, ST_EINVAL, "engine_params_run uses the resident state and gradient: the batch must not "
+                       "name state0 or dstate0");
+    if (self->cp) {
+        rc = s_check_batch(self, batch, err);
+        if (rc) return rc;
+        batch->loss_sum = 0;
+        batch->n_targets = 0;
+        batch->n_correct = 0;
+        batch->ce_sum = 0;
+        batch->kl_sum = 0;
+        const engine_kstate_t *ks_saved = batch->kstate; /* the default kernel-expanded state, as engine_run */
+        if (!batch->kstate) batch->kstate = self->kstate;
+        rc = engine_cuda_params_run(self->cp, batch, err);
+        batch->kstate = ks_saved;
+        return rc;
+    }
+    host_params_t *p = self->hp;
+    batch->state0 = s_host_state(p);
+    batch->dstate0 = batch->targets ? p->grad : NULL;
+    rc = engine_run(self, batch, err);
+    batch->state0 = NULL;
+    batch->dstate0 = NULL;
+    return rc;
+}
+
+int engine_params_step(engine_t *self, double grad_div, double max_norm, double lr, engine_step_info_t *info,
+                       char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (!(grad_div > 0) || !isfinite(grad_div))
+        return st_fail(err, ST_EINVAL, "the gradient divisor must be a positive number, got %g", grad_div);
+    if (self->cp) return engine_cuda_params_step(self->cp, grad_div, max_norm, lr, info, err);
+    host_params_t *p = self->hp;
+    for (size_t i = 0; i < p->n; i++) p->grad[i] = (float)(p->grad[i] / grad_div);
+    if (p->dbp) dbp_grad_A(p->nblk, p->N, p->grad, p->R, p->gA);
+    else memcpy(p->gA, p->grad, p->n * sizeof(float));
+    info->grad_norm = adam_clip_grad_norm(p->gA, p->n, max_norm);
+    info->finite = 1;
+    if (!isfinite(info->grad_norm)) return ST_OK;
+    adam_step(p->adam, p->A, p->gA, lr);
+    p->s0_stale = 1;
+    for (size_t i = 0; i < p->n; i++)
+        if (!isfinite(p->A[i])) {
+            info->finite = 0;
+            break;
+        }
+    return ST_OK;
+}
+
+int engine_params_state_absmax(engine_t *self, double *absmax, size_t *at, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_state_absmax(self->cp, absmax, at, err);
+    host_params_t *p = self->hp;
+    const float *S0 = s_host_state(p);
+    /* the first non-finite element, else the first of the largest */
+    float big = 0;
+    size_t worst = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        float a = fabsf(S0[i]);
+        if (!(a <= big)) {
+            big = a;
+            worst = i;
+            if (!isfinite(a)) break;
+        }
+    }
+    *absmax = big;
+    *at = worst;
+    return ST_OK;
+}

@@ -103,6 +103,67 @@ size_t engine_peak_mem_bytes(const engine_t *self);
 
 const rwkv_config_t *engine_config(const engine_t *self);
 
+/* ---- resident tuning parameters (engine_params_*) ---------------------------
+ * The tuned state, its gradient and Adam's moments kept where the engine
+ * runs: host memory on the CPU backend, device memory on CUDA, so that a
+ * GPU tuning step moves no state over PCIe (the tuning loop, tune.c, has one
+ * code path for both). Per layer and head the state is S0 = A R: A is what
+ * Adam trains, R is DBP's decorrelation factor (SPEC section 4), the
+ * identity when DBP is off (then S0 = A and R is never stored). R's update
+ * rule stays with the caller (engine/dbp_param.h, in double on the host),
+ * which uploads the new R with engine_params_set_R.
+ *
+ * A step: engine_params_zero_grad; engine_params_run for each micro-batch
+ * (uses the resident S0, accumulates d(loss_sum)/dS0 into the resident
+ * gradient); sum the gradient over the ranks in place (engine_params_grad:
+ * a device pointer when engine_params_grad_on_device says so, for an NCCL
+ * all-reduce); engine_params_step (divide by the global number of targets,
+ * dL/dA = dS0 R^T, global-norm clip, Adam: the formulas of engine/adam.h,
+ * the same on every backend). Nothing here synchronises with other ranks.
+ *
+ * Arrays passed in or out are host memory, nS = L H N N floats in the
+ * official layout, unless said otherwise. */
+typedef struct {
+    double grad_norm; /* global L2 norm of dL/dA before clipping (NaN/inf: the step was not taken) */
+    int finite;       /* 1 when every element of A is finite after the step */
+} engine_step_info_t;
+
+/* Allocates the resident parameters: A = 0, R = I, zero gradient and
+ * moments, Adam's step count 0. dbp 1 = S0 = A R. Betas in [0, 1), eps > 0
+ * (engine/adam.h). Call once per engine; a second call fails. */
+int engine_params_init(engine_t *self, int dbp, double beta1, double beta2, double eps, char *err);
+/* A (nS) and, when R is not NULL, DBP's R (nS; refused when dbp is off). */
+int engine_params_set(engine_t *self, const float *A, const float *R, char *err);
+int engine_params_set_R(engine_t *self, const float *R, char *err);
+/* Copies A and/or S0 = A R out (either may be NULL). */
+int engine_params_get(engine_t *self, float *A, float *S0, char *err);
+/* Adam's moments (nS each) and step count, for checkpoints. */
+int engine_params_set_adam(engine_t *self, const float *m, const float *v, int64_t t, char *err);
+int engine_params_get_adam(engine_t *self, float *m, float *v, int64_t *t, char *err);
+/* The gradient: zeroed, read (nS to host), written (from host). */
+int engine_params_zero_grad(engine_t *self, char *err);
+int engine_params_get_grad(engine_t *self, float *grad, char *err);
+int engine_params_set_grad(engine_t *self, const float *grad, char *err);
+/* The gradient buffer itself (nS floats, owned by the engine): device
+ * memory when engine_params_grad_on_device is 1. Complete (no kernel still
+ * writing it) whenever an engine_params_* or engine_run call has returned. */
+float *engine_params_grad(engine_t *self);
+int engine_params_grad_on_device(const engine_t *self);
+/* engine_run with state0 = the resident S0 and, when the batch has
+ * targets, dstate0 = the resident gradient (+=). batch->state0 and
+ * batch->dstate0 must be NULL. Every other field as in engine_run. */
+int engine_params_run(engine_t *self, engine_batch_t *batch, char *err);
+/* grad = (float)(grad / grad_div) (the summed gradient to the mean:
+ * grad_div is the global number of targets, or 1 when the caller divided),
+ * then dL/dA (= dS0 R^T under DBP, else dS0), clipping to max_norm (<= 0:
+ * none) and one Adam step at rate lr on A. When the norm is NaN or inf
+ * nothing is updated and info says so. */
+int engine_params_step(engine_t *self, double grad_div, double max_norm, double lr, engine_step_info_t *info,
+                       char *err);
+/* The largest |S0| element and its index (the first NaN or inf when there
+ * is one: then *absmax is that value). */
+int engine_params_state_absmax(engine_t *self, double *absmax, size_t *at, char *err);
+
 /* ---- RNN mode: one token at a time with the state carried (generation) ----
  * The same math as engine_run with T = 1, and the code an inference client
  * uses with a tuned state. */

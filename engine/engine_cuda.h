@@ -44,6 +44,19 @@ engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const engine_opts
 /* 1 when the engine recomputes each layer's forward in the backward. */
 int engine_cuda_recomputes(const engine_cuda_t *self);
 
+/* Observer with the teacher on the device (engine.h: engine_teacher_forward):
+ * runs self's forward on tokens (B, T) from state0 (L, H, N, N), host
+ * memory) up to the final LayerNorm and keeps that head input on the device
+ * until self's next run, so that a student engine on the same device whose
+ * batch names self as its teacher computes the teacher's logits chunk by
+ * chunk. */
+int engine_cuda_teacher_forward(engine_cuda_t *self, const int32_t *tokens, int B, int T, const float *state0,
+                                char *err);
+
+/* The CUDA backend of an engine_t, or NULL (defined in engine.c, which owns
+ * engine_t): how a batch's teacher engine reaches the CUDA code. */
+engine_cuda_t *engine_cuda_of(const engine_t *engine);
+
 /* Frees device memory, streams and handles; accepts NULL; sets *self_p NULL. */
 void engine_cuda_destroy(engine_cuda_t **self_p);
 
@@ -68,5 +81,41 @@ typedef struct {
 
 int engine_cuda_set_profiling(engine_cuda_t *self, int on, char *err);
 void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out);
+
+/* ---- resident tuning parameters (engine.h's engine_params_*, on the GPU) ----
+ * engine_cuda_run with S0 read from, and dS0 accumulated (+=) into, device
+ * memory: batch->state0 and batch->dstate0 must be NULL; state0_dev is
+ * (L, H, N, N) on this engine's device, ds0_dev (same shape) may be NULL
+ * (forward only). */
+int engine_cuda_run_resident(engine_cuda_t *self, engine_batch_t *batch, const float *state0_dev, float *ds0_dev,
+                             char *err);
+
+/* The engine's device ordinal and its compute stream (a cudaStream_t), so
+ * that the parameter kernels run in order with the engine's. */
+int engine_cuda_device(const engine_cuda_t *self);
+void *engine_cuda_stream(const engine_cuda_t *self);
+
+/* The parameters themselves (engine/cuda/engine_cuda_params.cu): A, R, S0,
+ * the gradient, dL/dA and Adam's moments in one device allocation, on the
+ * engine's device and stream; R stays in fp32 on the device (its update is
+ * the caller's, on the host). Semantics of each call: engine.h's
+ * engine_params_* of the same name. */
+typedef struct engine_cuda_params engine_cuda_params_t;
+
+engine_cuda_params_t *engine_cuda_params_new(engine_cuda_t *eng, int nblk, int N, int dbp, double beta1,
+                                             double beta2, double eps, char *err);
+void engine_cuda_params_destroy(engine_cuda_params_t **self_p);
+int engine_cuda_params_set(engine_cuda_params_t *self, const float *A, const float *R, char *err);
+int engine_cuda_params_get(engine_cuda_params_t *self, float *A, float *S0, char *err);
+int engine_cuda_params_set_adam(engine_cuda_params_t *self, const float *m, const float *v, int64_t t, char *err);
+int engine_cuda_params_get_adam(engine_cuda_params_t *self, float *m, float *v, int64_t *t, char *err);
+int engine_cuda_params_zero_grad(engine_cuda_params_t *self, char *err);
+int engine_cuda_params_get_grad(engine_cuda_params_t *self, float *grad, char *err);
+int engine_cuda_params_set_grad(engine_cuda_params_t *self, const float *grad, char *err);
+float *engine_cuda_params_grad(engine_cuda_params_t *self); /* device pointer */
+int engine_cuda_params_run(engine_cuda_params_t *self, engine_batch_t *batch, char *err);
+int engine_cuda_params_step(engine_cuda_params_t *self, double grad_div, double max_norm, double lr,
+                            engine_step_info_t *info, char *err);
+int engine_cuda_params_state_absmax(engine_cuda_params_t *self, double *absmax, size_t *at, char *err);
 
 #endif

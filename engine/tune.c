@@ -7,9 +7,18 @@
  *     S0 = A R = A). Every rank holds A, R and Adam's moments in full and
  *     applies the same update to the same all-reduced gradient, so the ranks
  *     never drift apart and no parameter broadcast is needed after step 0.
+ *     A, S0, the gradient and Adam's moments live in the engine
+ *     (engine_params_*: device memory on a GPU, so a step moves no state
+ *     over PCIe); R's update rule runs here on the host in double and the
+ *     new R is handed to the engine. The host copies of A and R are only
+ *     the initial values and what checkpoints read and write.
  *   - One all-reduce per step. Its buffer (doubles) is
- *       [ dS0 (nS) | Q (nS, DBP only) | loss_sum n_targets n_correct n_tokens
- *         n_pairs cancel ]
+ *       [ dS0 (nS) | Q (nS, DBP only) | dU0 | loss_sum n_targets n_correct
+ *         n_tokens n_pairs cancel ]
+ *     except that a GPU group sums dS0 where the engine keeps it, in fp32 on
+ *     the device, in the same NCCL group as the rest of the buffer
+ *     (dist_allreduce_step_device); the CPU, MPI and no-NCCL paths stage
+ *     it through the buffer as before, so their results are unchanged.
  *     dS0 and Q are sums, the loss is a sum: after the reduction everything
  *     is divided by the global number of targets, so the result does not
  *     depend on how the global batch was cut into ranks and micro-batches.
@@ -76,16 +85,14 @@ typedef struct {
     int nblk;          /* L * H */
     int64_t steps;     /* total optimizer steps */
     int dbp;           /* DBP on */
-    float *A;          /* (nS) trained factor */
-    float *R;          /* (nS) DBP factor */
-    float *S0;         /* (nS) A R */
-    float *dS;         /* (nS) float accumulator for engine_run */
-    float *grad;       /* (nS) gradient for Adam */
+    float *A;          /* (nS) trained factor: initial value, checkpoint staging (the engine holds the live one) */
+    float *R;          /* (nS) DBP factor (updated here, copied to the engine) */
+    float *S0;         /* (nS) A R, read from the engine for evaluation and outputs */
+    float *dS;         /* (nS) host staging of the gradient for MPI / no-NCCL all-reduces */
     double *red;       /* all-reduce buffer */
     size_t nred;       /* its length */
     double *Q;         /* (nS) view into red, or NULL */
     double *scratch;   /* 3 N N doubles for the R update */
-    adam_t *adam;
     schedule_t sched;
     /* SPEC 4's other methods (engine/observer.h, engine/kstate.h); NULL = off */
     observer_t *obs;   /* the frozen teacher (on the fly: observer.top_k 0) */
@@ -178,12 +185,10 @@ static void s_report_eval(tune_t *t, int64_t step, const eval_result_t *e)
 
 /* ---- state, checkpoints, outputs ----------------------------------------- */
 
-static void s_make_state(tune_t *t)
+/* t->S0 = the engine's current A R. */
+static int s_make_state(tune_t *t, char *err)
 {
-    if (t->dbp)
-        dbp_state(t->nblk, t->N, t->A, t->R, t->S0);
-    else
-        memcpy(t->S0, t->A, t->nS * sizeof(float));
+    return engine_params_get(t->engine, NULL, t->S0, err);
 }
 
 /* Largest |S0| a sane tuned state reaches: fp16's largest finite value, so
@@ -197,15 +202,9 @@ static void s_make_state(tune_t *t)
 static int s_check_state(tune_t *t, int64_t step, char *err)
 {
     size_t worst = 0;
-    float big = 0;
-    for (size_t i = 0; i < t->nS; i++) {
-        float a = fabsf(t->S0[i]);
-        if (!(a <= big)) { /* also catches NaN */
-            big = a;
-            worst = i;
-            if (!isfinite(a)) break;
-        }
-    }
+    double big = 0;
+    int rc = engine_params_state_absmax(t->engine, &big, &worst, err); /* the first NaN/inf, else the largest */
+    if (rc) return rc;
     if (isfinite(big) && big <= TUNE_STATE_MAX) return ST_OK;
     size_t per_layer = t->nS / (size_t)t->L, per_head = (size_t)t->N * t->N;
     char when[64];
@@ -250,11 +249,9 @@ static int s_write_checkpoint(tune_t *t, int64_t step, char *err)
         rc = kstate_ckpt_write(t->ks, kpath, step, adam_m(t->adam_u), adam_v(t->adam_u), adam_t_count(t->adam_u),
                                err);
     }
-    memcpy(ck->A, t->A, t->nS * sizeof(float));
+    if (!rc) rc = engine_params_get(t->engine, ck->A, NULL, err);
     memcpy(ck->R, t->R, t->nS * sizeof(float));
-    memcpy(ck->adam_m, adam_m(t->adam), t->nS * sizeof(float));
-    memcpy(ck->adam_v, adam_v(t->adam), t->nS * sizeof(float));
-    ck->adam_t = adam_t_count(t->adam);
+    if (!rc) rc = engine_params_get_adam(t->engine, ck->adam_m, ck->adam_v, &ck->adam_t, err);
     ck->step = step;
     ck->dbp = t->dbp;
     memcpy(ck->rng, t->rng, sizeof t->rng);
@@ -294,6 +291,7 @@ static int s_resume(tune_t *t, int64_t *start, char *err)
     s_resume_hdr_t h = {0};
     checkpoint_t *ck = NULL;
     char *mj = NULL;
+    float *am = NULL, *av = NULL; /* Adam's moments on their way to the engine */
     int rc = ST_OK;
     if (t->root && t->opts->resume != TUNE_RESUME_NEVER) {
         rc = checkpoint_read(t->path_ckpt, &ck, err);
@@ -332,20 +330,26 @@ static int s_resume(tune_t *t, int64_t *start, char *err)
     if (brc) rc = brc;
     if (!rc && h.found < 0) rc = st_fail(err, ST_ECANCELLED, "rank 0 could not read the checkpoint");
     if (!rc && h.found == 1) {
+        am = malloc(t->nS * sizeof(float));
+        av = malloc(t->nS * sizeof(float));
         if (t->root) {
             memcpy(t->A, ck->A, t->nS * sizeof(float));
             memcpy(t->R, ck->R, t->nS * sizeof(float));
-            memcpy(adam_m(t->adam), ck->adam_m, t->nS * sizeof(float));
-            memcpy(adam_v(t->adam), ck->adam_v, t->nS * sizeof(float));
+            if (am && av) {
+                memcpy(am, ck->adam_m, t->nS * sizeof(float));
+                memcpy(av, ck->adam_v, t->nS * sizeof(float));
+            }
             mj = ck->metrics_json ? strdup(ck->metrics_json) : strdup("{}");
         } else {
             mj = calloc((size_t)h.json_len + 1, 1);
         }
-        if (!mj) rc = st_fail(err, ST_ENOMEM, "out of memory reading the checkpoint");
+        if (!mj || !am || !av) rc = st_fail(err, ST_ENOMEM, "out of memory reading the checkpoint");
         if (!rc) rc = dist_bcast(t->dist, t->A, t->nS * sizeof(float), err);
         if (!rc) rc = dist_bcast(t->dist, t->R, t->nS * sizeof(float), err);
-        if (!rc) rc = dist_bcast(t->dist, adam_m(t->adam), t->nS * sizeof(float), err);
-        if (!rc) rc = dist_bcast(t->dist, adam_v(t->adam), t->nS * sizeof(float), err);
+        if (!rc) rc = dist_bcast(t->dist, am, t->nS * sizeof(float), err);
+        if (!rc) rc = dist_bcast(t->dist, av, t->nS * sizeof(float), err);
+        if (!rc) rc = engine_params_set(t->engine, t->A, t->dbp ? t->R : NULL, err);
+        if (!rc) rc = engine_params_set_adam(t->engine, am, av, h.adam_t, err);
         if (!rc && h.json_len) rc = dist_bcast(t->dist, mj, (size_t)h.json_len, err);
         if (!rc) {
             json_error_t je;
@@ -370,7 +374,6 @@ static int s_resume(tune_t *t, int64_t *start, char *err)
                 t->train_loss_last = n ? json_number_value(json_array_get(tl, n - 1)) : NAN;
                 t->prior_tokens = json_number_value(json_object_get(m, "train_tokens_total"));
                 t->prior_seconds = json_number_value(json_object_get(m, "train_seconds_total"));
-                adam_set_t_count(t->adam, h.adam_t);
                 rc = batcher_seek(t->batcher, (batcher_pos_t){h.pos[0], h.pos[1]}, err);
                 memcpy(t->rng, h.rng, sizeof t->rng);
                 *start = h.step;
@@ -378,6 +381,8 @@ static int s_resume(tune_t *t, int64_t *start, char *err)
         }
     }
     free(mj);
+    free(am);
+    free(av);
     checkpoint_destroy(&ck);
     return rc;
 }
@@ -521,12 +526,10 @@ static void s_teardown(tune_t *t)
     dataset_destroy(&t->eval);
     tokenizer_destroy(&t->tok);
     rwkv_model_destroy(&t->model);
-    adam_destroy(&t->adam);
     free(t->A);
     free(t->R);
     free(t->S0);
     free(t->dS);
-    free(t->grad);
     free(t->red);
     free(t->scratch);
     batcher_destroy(&t->batcher);
@@ -607,22 +610,23 @@ static int s_setup(tune_t *t, char *err)
     t->R = calloc(t->nS, sizeof(float));
     t->S0 = calloc(t->nS, sizeof(float));
     t->dS = calloc(t->nS, sizeof(float));
-    t->grad = calloc(t->nS, sizeof(float));
     if (spec->kernel_state.features > 0)
         t->nU = (size_t)t->nblk * t->N * spec->kernel_state.features;
     t->nred = (t->dbp ? 2 : 1) * t->nS + t->nU + RED_SCALARS; /* [dS0 | Q | dU0 | scalars] */
     t->red = calloc(t->nred, sizeof(double));
     t->scratch = calloc(3 * (size_t)t->N * t->N, sizeof(double));
     t->metrics = json_object();
-    if (!t->A || !t->R || !t->S0 || !t->dS || !t->grad || !t->red || !t->scratch || !t->metrics)
+    if (!t->A || !t->R || !t->S0 || !t->dS || !t->red || !t->scratch || !t->metrics)
         return st_fail(err, ST_ENOMEM, "out of memory for the tuning state");
     t->Q = t->dbp ? t->red + t->nS : NULL;
     json_object_set_new(t->metrics, "train_loss", json_array());
     json_object_set_new(t->metrics, "evals", json_array());
-    t->adam = adam_new(t->nS, spec->beta1, spec->beta2, spec->eps, err);
-    if (!t->adam) return ST_EINVAL;
+    rc = engine_params_init(t->engine, t->dbp, spec->beta1, spec->beta2, spec->eps, err);
+    if (rc) return rc;
     if (t->opts->init_state) memcpy(t->A, t->opts->init_state, t->nS * sizeof(float));
     dbp_identity(t->nblk, t->N, t->R);
+    rc = engine_params_set(t->engine, t->A, t->dbp ? t->R : NULL, err);
+    if (rc) return rc;
     if (spec->observer.teacher_path) {
         t->obs = observer_new(spec->observer.teacher_path, spec->observer.teacher_state, &eo, c->vocab, err);
         if (!t->obs) return ST_EINVAL;
@@ -644,7 +648,8 @@ static int s_setup(tune_t *t, char *err)
         t->adam_u = adam_new(t->nU, spec->beta1, spec->beta2, spec->eps, err);
         if (!t->ks || !t->dU || !t->gU || !t->adam_u)
             return st_fail(err, ST_ENOMEM, "out of memory for the kernel-expanded state");
-        s_make_state(t);
+        rc = s_make_state(t, err);
+        if (rc) return rc;
         rc = kstate_support_init(t->ks, spec->kernel_state.support, t->engine, t->train, spec->micro_batch,
                                  spec->ctx_len, t->S0, spec->seed, err);
         if (rc) return st_wrap(err, rc, "kernel_state: ");
@@ -660,10 +665,9 @@ static int s_setup(tune_t *t, char *err)
 /* One optimizer step. Returns ST_ECANCELLED when rank 0 asked to stop. */
 static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out, char *err)
 {
-    s_make_state(t);
     int rc = s_check_state(t, step, err);
+    if (!rc) rc = engine_params_zero_grad(t->engine, err);
     if (rc) return rc;
-    memset(t->dS, 0, t->nS * sizeof(float));
     if (t->nU) memset(t->dU, 0, t->nU * sizeof(float));
     memset(t->red, 0, t->nred * sizeof(double));
     double *sc = t->red + t->nred - RED_SCALARS;
@@ -689,9 +693,7 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
                             .targets = mi->targets,
                             .B = mi->B,
                             .T = mi->T,
-                            .state0 = t->S0,
                             .dbp_rows = n_sampled ? t->rows : NULL,
-                            .dstate0 = t->dS,
                             .dbp_q = n_sampled ? t->Q : NULL,
                             .dU0 = t->dU};
         if (t->tc) {
@@ -708,7 +710,7 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
             b.obs_alpha = (float)t->spec->observer.alpha;
             b.obs_temperature = (float)t->spec->observer.temperature;
         }
-        rc = engine_run(t->engine, &b, err);
+        rc = engine_params_run(t->engine, &b, err);
         if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
         sc[RED_LOSS] += b.loss_sum;
         sc[RED_TARGETS] += (double)b.n_targets;
@@ -717,11 +719,26 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
          * included, so the pairs counted are B_sampled * T */
         sc[RED_PAIRS] += (double)n_sampled * mi->T;
     }
-    for (size_t i = 0; i < t->nS; i++) t->red[i] = t->dS[i];
     double *redU = t->red + (t->dbp ? 2 : 1) * t->nS;
     for (size_t i = 0; i < t->nU; i++) redU[i] = t->dU[i];
-    /* NCCL in a GPU group (the scalars summed exactly), else MPI */
-    rc = dist_allreduce_step_f64(t->dist, t->red, t->nred, RED_SCALARS, err);
+    /* A gradient on the GPU is summed there in place by NCCL, beside the
+     * rest of the buffer (the scalars exactly). Otherwise it is staged
+     * through the buffer's doubles: MPI for CPU ranks, and a GPU group
+     * without NCCL. */
+    float *grad = engine_params_grad(t->engine);
+    int on_device = engine_params_grad_on_device(t->engine);
+    int device_sum = on_device && (t->world == 1 || dist_has_nccl(t->dist));
+    if (device_sum) {
+        rc = dist_allreduce_step_device(t->dist, grad, t->nS, t->red + t->nS, t->nred - t->nS, RED_SCALARS, err);
+    } else {
+        const float *g = grad;
+        if (on_device) {
+            rc = engine_params_get_grad(t->engine, t->dS, err);
+            g = t->dS;
+        }
+        for (size_t i = 0; !rc && i < t->nS; i++) t->red[i] = g[i];
+        if (!rc) rc = dist_allreduce_step_f64(t->dist, t->red, t->nred, RED_SCALARS, err);
+    }
     if (rc) return rc;
     if (sc[RED_CANCEL] > 0) {
         /* the step is dropped whole: its batch comes again after a resume */
@@ -735,16 +752,22 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
     if (!isfinite(loss))
         return st_fail(err, ST_ENUMERIC, "step %lld: the training loss is %g; stopping without writing a state "
                        "(lower lr_init or check the data)", (long long)step + 1, loss);
-    for (size_t i = 0; i < t->nS; i++) t->dS[i] = (float)(t->red[i] / ntg);
-    if (t->dbp)
-        dbp_grad_A(t->nblk, t->N, t->dS, t->R, t->grad);
-    else
-        memcpy(t->grad, t->dS, t->nS * sizeof(float));
-    double norm = adam_clip_grad_norm(t->grad, t->nS, t->spec->grad_clip);
-    if (!isfinite(norm))
+    /* the mean gradient: divided by the global target count in the step
+     * (device sum), or here, as the host path always did */
+    double grad_div = ntg;
+    if (!device_sum) {
+        for (size_t i = 0; i < t->nS; i++) t->dS[i] = (float)(t->red[i] / ntg);
+        rc = engine_params_set_grad(t->engine, t->dS, err);
+        if (rc) return rc;
+        grad_div = 1;
+    }
+    /* dL/dA = dS0 R^T, global-norm clip, Adam on A: in the engine */
+    engine_step_info_t info;
+    rc = engine_params_step(t->engine, grad_div, t->spec->grad_clip, schedule_lr(&t->sched, step), &info, err);
+    if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
+    if (!isfinite(info.grad_norm))
         return st_fail(err, ST_ENUMERIC, "step %lld: the state gradient holds NaN or inf; stopping without "
                        "writing a state (lower lr_init or check the data)", (long long)step + 1);
-    adam_step(t->adam, t->A, t->grad, schedule_lr(&t->sched, step));
     if (t->nU) { /* U0: its own global-norm clip and Adam moments, the same schedule */
         float *u0 = kstate_u0(t->ks);
         for (size_t i = 0; i < t->nU; i++) t->gU[i] = (float)(redU[i] / ntg);
@@ -753,9 +776,14 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
                            "a state (lower lr_init or check the data)", (long long)step + 1);
         adam_step(t->adam_u, u0, t->gU, schedule_lr(&t->sched, step));
     }
-    if (t->dbp) dbp_update_R(t->nblk, t->N, t->R, t->Q, sc[RED_PAIRS], t->spec->dbp.lr, t->spec->dbp.kappa, t->scratch);
-    for (size_t i = 0; i < t->nS; i++)
-        if (!isfinite(t->A[i]) || !isfinite(t->R[i]))
+    if (t->dbp && sc[RED_PAIRS] > 0) {
+        dbp_update_R(t->nblk, t->N, t->R, t->Q, sc[RED_PAIRS], t->spec->dbp.lr, t->spec->dbp.kappa, t->scratch);
+        rc = engine_params_set_R(t->engine, t->R, err);
+        if (rc) return rc;
+    }
+    int finite = info.finite;
+    for (size_t i = 0; finite && t->dbp && i < t->nS; i++) finite = isfinite(t->R[i]);
+    if (!finite)
             return st_fail(err, ST_ENUMERIC, "step %lld: the state became NaN or inf; stopping without writing "
                            "a state (lower lr_init%s)", (long long)step + 1, t->dbp ? " or dbp.lr" : "");
     *loss_out = loss;
@@ -818,8 +846,8 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
     out->start_step = start;
 
     if (start == 0) { /* the untuned baseline, S0 = the initial state */
-        s_make_state(&t);
-        rc = s_evaluate(&t, t.S0, &t.base, err);
+        rc = s_make_state(&t, err);
+        if (!rc) rc = s_evaluate(&t, t.S0, &t.base, err);
         if (rc) goto done;
         json_object_set_new(t.metrics, "baseline", s_eval_json(0, &t.base));
         s_report_eval(&t, 0, &t.base);
@@ -855,8 +883,8 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
         }
         if (spec->eval_every > 0 && done % spec->eval_every == 0 && done < t.steps) {
             eval_result_t e;
-            s_make_state(&t);
-            rc = s_evaluate(&t, t.S0, &e, err);
+            rc = s_make_state(&t, err);
+            if (!rc) rc = s_evaluate(&t, t.S0, &e, err);
             if (rc) goto done;
             s_report_eval(&t, done, &e);
         }
@@ -877,8 +905,8 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
     if (stop < t.steps) goto done; /* interrupted on purpose (max_steps) */
 
     eval_result_t fin;
-    s_make_state(&t);
     rc = s_check_state(&t, t.steps, err);
+    if (!rc) rc = s_make_state(&t, err);
     if (!rc) rc = s_evaluate(&t, t.S0, &fin, err);
     if (rc) goto done;
     s_report_eval(&t, t.steps, &fin);

@@ -9,11 +9,16 @@
  * the float64 fixtures; `statetune-worker verify --backend cuda` checks the
  * CUDA engine against those fixtures directly, see tests/gpu.sh).
  *
+ * The resident tuning parameters (engine_params_*): one optimizer step on
+ * the GPU against the CPU's (bit-identical Adam without clipping), and a
+ * short tuning loop with DBP against the CPU loop.
+ *
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
 #include "harness.h"
 
 #include "common/st_err.h"
+#include "engine/dbp_param.h"
 #include "engine/engine.h"
 #include "engine/engine_cuda.h"
 #include "model/model.h"
@@ -328,6 +333,268 @@ static int test_refuses_oversized_batch(void)
     return 0;
 }
 
+/* ---- resident tuning parameters (engine_params_*) on the GPU ----------------
+ * The CUDA parameters (engine/cuda/engine_cuda_params.cu) against the CPU
+ * ones (engine.c), which test_params.c ties bit for bit to the host loop. */
+
+/* A small random model, tokens, targets and an initial A. */
+typedef struct {
+    rwkv_model_t *m;
+    size_t ns;
+    int nblk, N, B, T;
+    int32_t *tok, *tgt;
+    float *A0;
+} rfix_t;
+
+static int s_rfix(rfix_t *f, uint64_t seed, int B, int T)
+{
+    rwkv_config_t cfg = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
+                         .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    char err[ST_ERR_LEN];
+    f->m = rwkv_model_new_random(&cfg, seed, err);
+    if (!f->m) {
+        fprintf(stderr, "rwkv_model_new_random: %s\n", err);
+        return 1;
+    }
+    f->B = B;
+    f->T = T;
+    f->nblk = cfg.n_layer * cfg.n_head;
+    f->N = cfg.head_size;
+    f->ns = (size_t)f->nblk * f->N * f->N;
+    f->tok = malloc((size_t)B * T * 4);
+    f->tgt = malloc((size_t)B * T * 4);
+    f->A0 = malloc(f->ns * 4);
+    if (!f->tok || !f->tgt || !f->A0) return 1;
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 3;
+    for (int i = 0; i < B * T; i++) {
+        f->tok[i] = (int32_t)(s_next(&s) % 300);
+        f->tgt[i] = s_next(&s) % 5 == 0 ? -1 : (int32_t)(s_next(&s) % 300);
+    }
+    for (size_t i = 0; i < f->ns; i++) f->A0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    return 0;
+}
+
+static void s_rfix_free(rfix_t *f)
+{
+    rwkv_model_destroy(&f->m);
+    free(f->tok), free(f->tgt), free(f->A0);
+}
+
+static engine_t *s_reng(rfix_t *f, engine_backend_t be, engine_precision_t prec, int dbp)
+{
+    char err[ST_ERR_LEN];
+    engine_opts_t o = {.backend = be, .precision = prec, .max_batch = f->B, .max_ctx = f->T, .threads = 1};
+    engine_t *e = engine_new(f->m, &o, err);
+    if (!e) {
+        fprintf(stderr, "engine_new: %s\n", err);
+        return NULL;
+    }
+    if (engine_params_init(e, dbp, 0.9, 0.99, 1e-8, err) != ST_OK) {
+        fprintf(stderr, "engine_params_init: %s\n", err);
+        engine_destroy(&e);
+    }
+    return e;
+}
+
+/* ||a - b|| / ||b - base|| (how far apart two updates of base landed). */
+static double s_rel_update(const float *a, const float *b, const float *base, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += ((double)b[i] - base[i]) * ((double)b[i] - base[i]);
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* One optimizer step from the same A, moments and gradient (set from the
+ * host) on both backends. Without clipping and DBP, Adam's arithmetic is the
+ * same double operations in the same order (kernels/cuda/adam.cuh), so A
+ * and the moments must come out bit for bit; with clipping the norm is a
+ * different summation order (1e-6 allowed); with DBP, S0 = A R and
+ * dA = dS0 R^T are cuBLAS products (1e-5 allowed). The divergence check
+ * finds the same element. */
+static int test_resident_step_exact(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    const char *env = getenv("STATETUNE_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    rfix_t f = {0};
+    CHECK(s_rfix(&f, seed, 2, 16) == 0);
+    size_t n = f.ns;
+    char err[ST_ERR_LEN];
+    float *g = malloc(n * 4), *m = malloc(n * 4), *v = malloc(n * 4), *R = malloc(n * 4);
+    float *out[2][4];
+    CHECK(g && m && v && R);
+    uint64_t s = seed | 1;
+    for (size_t i = 0; i < n; i++) {
+        g[i] = (float)(((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 1e-2);
+        m[i] = (float)(((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 1e-3);
+        v[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 * 1e-5);
+    }
+    for (int b = 0; b < f.nblk; b++) /* R near the identity */
+        for (int i = 0; i < f.N * f.N; i++)
+            R[(size_t)b * f.N * f.N + i] = (i / f.N == i % f.N ? 1.0f : 0.0f) +
+                                            (float)(((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 0.1);
+    /* case: 0 plain, 1 clipped, 2 DBP (clipped) */
+    const double tol[3] = {0, 1e-6, 1e-5};
+    const double max_norm[3] = {0, 0.05, 0.05};
+    int rc = 0;
+    for (int c = 0; c < 3 && !rc; c++) {
+        int dbp = c == 2;
+        double norm[2] = {0, 0};
+        for (int be = 0; be < 2; be++) {
+            engine_t *e = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, dbp);
+            CHECK(e != NULL);
+            CHECK(engine_params_grad_on_device(e) == be);
+            for (int k = 0; k < 4; k++) out[be][k] = malloc(n * 4);
+            CHECKF(engine_params_set(e, f.A0, dbp ? R : NULL, err) == ST_OK, "%s", err);
+            CHECKF(engine_params_set_adam(e, m, v, 41, err) == ST_OK, "%s", err);
+            CHECKF(engine_params_get(e, NULL, out[be][3], err) == ST_OK, "%s", err); /* S0 before the step */
+            CHECKF(engine_params_set_grad(e, g, err) == ST_OK, "%s", err);
+            engine_step_info_t info;
+            CHECKF(engine_params_step(e, 3.0, max_norm[c], 0.01, &info, err) == ST_OK, "%s", err);
+            CHECK(info.finite);
+            norm[be] = info.grad_norm;
+            int64_t t = 0;
+            CHECKF(engine_params_get(e, out[be][0], NULL, err) == ST_OK, "%s", err);
+            CHECKF(engine_params_get_adam(e, out[be][1], out[be][2], &t, err) == ST_OK, "%s", err);
+            CHECK(t == 42);
+            engine_destroy(&e);
+        }
+        double ea = s_rel_update(out[1][0], out[0][0], f.A0, n), em = st_rel_err_ff(out[1][1], out[0][1], n);
+        double ev = st_rel_err_ff(out[1][2], out[0][2], n), es = st_rel_err_ff(out[1][3], out[0][3], n);
+        printf("%-7s norm cuda %.12g cpu %.12g; A update rel err %.2e, m %.2e, v %.2e, S0 %.2e\n",
+               c == 0 ? "plain" : c == 1 ? "clipped" : "dbp", norm[1], norm[0], ea, em, ev, es);
+        if (c == 0 && (memcmp(out[1][0], out[0][0], n * 4) || memcmp(out[1][1], out[0][1], n * 4) ||
+                       memcmp(out[1][2], out[0][2], n * 4))) {
+            fprintf(stderr, "plain Adam: the CUDA step is not bit-identical to the CPU step\n");
+            rc = 1;
+        }
+        /* a double sum of the same floats, in another order; under DBP
+         * the floats themselves come from different sgemm orders */
+        if (!(fabs(norm[1] - norm[0]) <= (dbp ? 1e-5 : 1e-12) * norm[0])) {
+            fprintf(stderr, "gradient norms differ: %.12g vs %.12g\n", norm[1], norm[0]);
+            rc = 1;
+        }
+        if (!(ea <= tol[c] && em <= tol[c] && ev <= tol[c] && es <= (dbp ? 1e-6 : 0))) {
+            fprintf(stderr, "%s step differs beyond %.0e\n", c == 1 ? "clipped" : "dbp", tol[c]);
+            rc = 1;
+        }
+        for (int be = 0; be < 2; be++)
+            for (int k = 0; k < 4; k++) free(out[be][k]);
+    }
+    /* the divergence check on the device: the first non-finite element, else the largest */
+    for (int be = 0; be < 2 && !rc; be++) {
+        engine_t *e = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, 0);
+        CHECK(e != NULL);
+        float *A = malloc(n * 4);
+        memcpy(A, f.A0, n * 4);
+        A[n / 2] = 7;
+        A[n - 1] = -7;
+        double big = 0;
+        size_t at = 0;
+        CHECK(engine_params_set(e, A, NULL, err) == ST_OK);
+        CHECK(engine_params_state_absmax(e, &big, &at, err) == ST_OK);
+        printf("%s absmax %g at %zu\n", be ? "cuda" : "cpu", big, at);
+        CHECK(big == 7 && at == n / 2);
+        A[n - 3] = NAN;
+        A[n - 2] = -INFINITY;
+        CHECK(engine_params_set(e, A, NULL, err) == ST_OK);
+        CHECK(engine_params_state_absmax(e, &big, &at, err) == ST_OK);
+        printf("%s absmax %g at %zu\n", be ? "cuda" : "cpu", big, at);
+        CHECK(isnan(big) && at == n - 3);
+        /* a NaN gradient: no step, A untouched */
+        CHECK(engine_params_set_grad(e, A, err) == ST_OK);
+        engine_step_info_t info;
+        CHECK(engine_params_step(e, 1.0, 1.0, 0.1, &info, err) == ST_OK && isnan(info.grad_norm));
+        float *A2 = malloc(n * 4);
+        CHECK(engine_params_get(e, A2, NULL, err) == ST_OK);
+        CHECK(memcmp(A, A2, n * 4) == 0 || (A2[n - 3] != A2[n - 3] && !memcmp(A, A2, (n - 3) * 4)));
+        free(A), free(A2);
+        engine_destroy(&e);
+    }
+    free(g), free(m), free(v), free(R);
+    s_rfix_free(&f);
+    return rc;
+}
+
+/* A short tuning loop through the resident parameters (two micro-batches per
+ * step, DBP's R updated from Q and handed back, clipping on) on the GPU in
+ * fp32 against the same loop on the CPU engine: the summed gradient of
+ * every step within the fixtures' GPU fp32 tolerance for grad_state0
+ * (1e-3), and where A ends up within 1e-2 of how far it moved. */
+static int test_resident_matches_cpu(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    const char *env = getenv("STATETUNE_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    rfix_t f = {0};
+    CHECK(s_rfix(&f, seed, 2, 37) == 0);
+    size_t n = f.ns;
+    char err[ST_ERR_LEN];
+    engine_t *e[2];
+    float *R[2], *grad[2], *A[2];
+    double *Q[2];
+    double *scratch = malloc(3 * (size_t)f.N * f.N * 8);
+    for (int be = 0; be < 2; be++) {
+        e[be] = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, 1);
+        CHECK(e[be] != NULL);
+        R[be] = malloc(n * 4), grad[be] = malloc(n * 4), A[be] = malloc(n * 4), Q[be] = malloc(n * 8);
+        CHECK(R[be] && grad[be] && A[be] && Q[be]);
+        dbp_identity(f.nblk, f.N, R[be]);
+        CHECKF(engine_params_set(e[be], f.A0, R[be], err) == ST_OK, "%s", err);
+    }
+    const uint8_t rows[2] = {1, 1};
+    int rc = 0;
+    for (int step = 0; step < 4 && !rc; step++) {
+        double norm[2];
+        for (int be = 0; be < 2 && !rc; be++) {
+            CHECKF(engine_params_zero_grad(e[be], err) == ST_OK, "%s", err);
+            memset(Q[be], 0, n * 8);
+            double ntg = 0;
+            for (int k = 0; k < 2; k++) { /* the same micro-batch twice: the gradient accumulates */
+                engine_batch_t b = {.tokens = f.tok, .targets = f.tgt, .B = f.B, .T = f.T, .dbp_rows = rows,
+                                    .dbp_q = Q[be]};
+                CHECKF(engine_params_run(e[be], &b, err) == ST_OK, "%s", err);
+                ntg += (double)b.n_targets;
+            }
+            CHECKF(engine_params_get_grad(e[be], grad[be], err) == ST_OK, "%s", err);
+            engine_step_info_t info;
+            CHECKF(engine_params_step(e[be], ntg, 1e-3, 0.02, &info, err) == ST_OK, "%s", err);
+            CHECK(info.finite);
+            norm[be] = info.grad_norm;
+            dbp_update_R(f.nblk, f.N, R[be], Q[be], 2.0 * f.B * f.T, 1e-3, 0.01, scratch);
+            CHECKF(engine_params_set_R(e[be], R[be], err) == ST_OK, "%s", err);
+        }
+        double eg = st_rel_err_ff(grad[1], grad[0], n);
+        printf("step %d: summed dS0 rel err %.2e, norm cuda %.6g cpu %.6g\n", step, eg, norm[1], norm[0]);
+        if (!(eg <= 1e-3)) {
+            fprintf(stderr, "step %d: the resident gradient differs by %.2e > 1e-3\n", step, eg);
+            rc = 1;
+        }
+    }
+    for (int be = 0; be < 2 && !rc; be++) CHECKF(engine_params_get(e[be], A[be], NULL, err) == ST_OK, "%s", err);
+    if (!rc) {
+        double ea = s_rel_update(A[1], A[0], f.A0, n);
+        printf("after 4 steps: A cuda % .6f % .6f cpu % .6f % .6f; update rel err %.2e\n", A[1][0], A[1][1], A[0][0],
+               A[0][1], ea);
+        if (!(ea <= 1e-2)) {
+            fprintf(stderr, "A after 4 steps differs by %.2e of its update > 1e-2\n", ea);
+            rc = 1;
+        }
+    }
+    for (int be = 0; be < 2; be++) {
+        engine_destroy(&e[be]);
+        free(R[be]), free(grad[be]), free(A[be]), free(Q[be]);
+    }
+    free(scratch);
+    s_rfix_free(&f);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const st_test_t tests[] = {
@@ -337,6 +604,8 @@ int main(int argc, char **argv)
         {"dbp_matches_cpu", test_dbp_matches_cpu},
         {"recompute_matches_plain", test_recompute_matches_plain},
         {"refuses_oversized_batch", test_refuses_oversized_batch},
+        {"resident_step_exact", test_resident_step_exact},
+        {"resident_matches_cpu", test_resident_matches_cpu},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);

@@ -5,10 +5,12 @@
  *
  * Builds a random model of that shape (rwkv_model_new_random), then times S
  * full tuning steps after one untimed warm-up step: forward, loss, backward to
- * every layer's S0, gradient clipping and an Adam update of S0 in place
- * (engine/adam.h), exactly the work of one micro-batch of a tuning job. Prints
- * one JSON line: tokens_per_s, step_ms, tflops and peak_mem_bytes (the engine's
- * plan + state, gradient and Adam moments).
+ * every layer's S0, gradient clipping and an Adam update of S0, through the
+ * engine's resident parameters (engine.h's engine_params_*: on a GPU the
+ * state, gradient and moments stay on the device, as in a tuning job), exactly
+ * the work of one micro-batch of a tuning job. Prints one JSON line:
+ * tokens_per_s, step_ms, tflops and peak_mem_bytes (the engine's plan +
+ * state, gradient and Adam moments).
  *
  * LoRA widths (decay/a/v/gate) follow SPEC 2.1: 64/64/32/128 up to n_embd
  * 1024, 96/96/64/256 from 2048 on; for small models each is capped at C/4
@@ -21,8 +23,9 @@
  *
  * Under mpirun every rank runs its own batch of B x T on the GPU of its
  * node-local rank and each step ends with the tuning loop's all-reduce of
- * [dS0 | loss sums] (dist_allreduce_step_f64: NCCL for a CUDA
- * group, MPI for CPU ranks), so the numbers are those of a data-parallel
+ * dS0 and the loss sums (dist_allreduce_step_device: dS0 summed in place on
+ * the GPU by NCCL beside the exact sums; CPU ranks stage everything through
+ * dist_allreduce_step_f64 over MPI), so the numbers are those of a data-parallel
  * tuning step with per-rank batch B. Rank 0 prints the line, adding ranks,
  * tokens_per_s_per_gpu (per rank), allreduce_ms (wall time of the all-reduce
  * per step, staging copies included) and its split into allreduce_copy_ms and
@@ -30,12 +33,14 @@
  * then checks and times an all-reduce of dS0 kept on the device, in fp32
  * (device_allreduce_f32_ms; -1 when not run): the cost without staging.
  * engine_ms_per_rank lists each rank's engine_run time per step, so that a
- * slow GPU (the group's pace) shows.
+ * slow GPU (the group's pace) shows; update_ms is the optimizer step
+ * (engine_params_step) per step on rank 0; host_threads says how many
+ * OpenMP and OpenBLAS threads each rank may start (ranks of a node share its
+ * cores).
  */
 #include "worker/cmd.h"
 
 #include "common/st_err.h"
-#include "engine/adam.h"
 #include "engine/engine.h"
 #include "model/model.h"
 #include "worker/dist.h"
@@ -46,6 +51,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef _OPENMP
+#include <omp.h> /* defines: omp_get_max_threads (reported) */
+#endif
 
 static const char *s_usage =
     "usage: statetune-worker bench --layers L --embd C --vocab V --batch B --ctx T "
@@ -141,9 +149,8 @@ int cmd_bench(int argc, char **argv)
     double *red = NULL, *eng_ms = NULL;
     rwkv_model_t *model = NULL;
     engine_t *eng = NULL;
-    adam_t *adam = NULL;
     int32_t *tok = NULL, *tgt = NULL;
-    float *s0 = NULL, *grad = NULL;
+    float *hgrad = NULL;
 
     int big = C >= 2048;
     rwkv_config_t cfg = {.n_layer = L, .n_embd = C, .vocab = V, .ffn_dim = 4 * C,
@@ -159,16 +166,17 @@ int cmd_bench(int argc, char **argv)
     eng = engine_new(model, &opts, err);
     if (!eng) goto done;
     size_t ns = (size_t)L * rwkv_state_layer_size(&model->cfg), n = (size_t)B * T;
+    if (engine_params_init(eng, 0, 0.9, 0.99, 1e-8, err) != ST_OK) goto done; /* S0 = 0, as before */
     tok = malloc(n * sizeof *tok);
     tgt = malloc(n * sizeof *tgt);
-    s0 = calloc(ns, sizeof *s0);
-    grad = calloc(ns, sizeof *grad);
-    adam = adam_new(ns, 0.9, 0.99, 1e-8, err);
+    hgrad = calloc(ns, sizeof *hgrad);
     red = calloc(ns + 2, sizeof *red); /* [dS0 | loss_sum, n_targets], as in the tuning loop */
-    if (!tok || !tgt || !s0 || !grad || !adam || !red) {
-        if (!err[0]) st_fail(err, ST_ENOMEM, "out of memory for a batch of %d x %d", B, T);
+    if (!tok || !tgt || !hgrad || !red) {
+        st_fail(err, ST_ENOMEM, "out of memory for a batch of %d x %d", B, T);
         goto done;
     }
+    /* as tune.c: a device gradient is summed where it is, else staged */
+    int device_sum = engine_params_grad_on_device(eng) && (dist_size(dist) == 1 || dist_has_nccl(dist));
     uint64_t r = 0x9e3779b97f4a7c15ull;
     for (size_t i = 0; i < n; i++) {
         r ^= r << 13, r ^= r >> 7, r ^= r << 17;
@@ -177,22 +185,28 @@ int cmd_bench(int argc, char **argv)
     for (size_t i = 0; i < n; i++) tgt[i] = (i + 1) % T ? tok[i + 1] : -1;
 
     double t0 = 0, c0 = 0, loss_first = 0, loss_last = 0, ar_s = 0, eng_s = 0, ar_copy_ms = 0, ar_nccl_ms = 0;
+    double upd_s = 0;
     for (int s = 0; s <= steps; s++) {
         if (s == 1) { /* step 0 warms caches, thread pools and NCCL's channels */
             if (dist_barrier(dist, err) != ST_OK) goto done;
             t0 = s_now();
             c0 = s_clock(CLOCK_PROCESS_CPUTIME_ID);
         }
-        memset(grad, 0, ns * sizeof *grad);
-        engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T, .state0 = s0, .dstate0 = grad};
+        if (engine_params_zero_grad(eng, err) != ST_OK) goto done;
+        engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T};
         double e0 = s_now();
-        if (engine_run(eng, &bt, err) != ST_OK) goto done;
+        if (engine_params_run(eng, &bt, err) != ST_OK) goto done;
         if (s > 0) eng_s += s_now() - e0;
-        for (size_t i = 0; i < ns; i++) red[i] = grad[i];
         red[ns] = bt.loss_sum;
         red[ns + 1] = (double)bt.n_targets;
         double a0 = s_now();
-        if (dist_allreduce_step_f64(dist, red, ns + 2, 2, err) != ST_OK) goto done;
+        if (device_sum) {
+            if (dist_allreduce_step_device(dist, engine_params_grad(eng), ns, red + ns, 2, 2, err) != ST_OK) goto done;
+        } else {
+            if (engine_params_get_grad(eng, hgrad, err) != ST_OK) goto done;
+            for (size_t i = 0; i < ns; i++) red[i] = hgrad[i];
+            if (dist_allreduce_step_f64(dist, red, ns + 2, 2, err) != ST_OK) goto done;
+        }
         if (s > 0) {
             double cm, nm;
             ar_s += s_now() - a0;
@@ -200,10 +214,15 @@ int cmd_bench(int argc, char **argv)
             ar_copy_ms += cm;
             ar_nccl_ms += nm;
         }
-        double inv = red[ns + 1] > 0 ? 1.0 / red[ns + 1] : 0;
-        for (size_t i = 0; i < ns; i++) grad[i] = (float)(red[i] * inv);
-        adam_clip_grad_norm(grad, ns, 1.0);
-        adam_step(adam, s0, grad, 0.01);
+        double ntg = red[ns + 1] > 0 ? red[ns + 1] : 1, inv = 1.0 / ntg;
+        if (!device_sum) {
+            for (size_t i = 0; i < ns; i++) hgrad[i] = (float)(red[i] / ntg);
+            if (engine_params_set_grad(eng, hgrad, err) != ST_OK) goto done;
+        }
+        engine_step_info_t info;
+        double u0 = s_now();
+        if (engine_params_step(eng, device_sum ? ntg : 1, 1.0, 0.01, &info, err) != ST_OK) goto done;
+        if (s > 0) upd_s += s_now() - u0;
         if (s == 0) loss_first = red[ns] * inv;
         loss_last = red[ns] * inv;
     }
@@ -235,8 +254,12 @@ int cmd_bench(int argc, char **argv)
     size_t peak = engine_peak_mem_bytes(eng) + 4 * ns * sizeof(float); /* S0, grad, m, v */
     json_t *eng_json = json_array();
     for (int i = 0; i < world; i++) json_array_append_new(eng_json, json_real(eng_ms[i]));
+    int omp_threads = 1;
+#ifdef _OPENMP
+    omp_threads = omp_get_max_threads();
+#endif
     json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:s,"
-                            " s:i, s:s, s:f, s:f, s:f, s:f, s:f, s:o}",
+                            " s:i, s:s, s:f, s:f, s:f, s:f, s:f, s:o, s:s, s:f, s:{s:i, s:i}}",
                             "backend", backend == ENGINE_CUDA ? "cuda" : "cpu",
                             "precision", precision == ENGINE_BF16 ? "bf16" : "fp32",
                             "layers", L, "embd", C, "vocab", V, "batch", B, "ctx", T, "steps", steps,
@@ -257,7 +280,10 @@ int cmd_bench(int argc, char **argv)
                             "allreduce_copy_ms", ar_copy_ms / steps,
                             "allreduce_nccl_ms", ar_nccl_ms / steps,
                             "device_allreduce_f32_ms", dev_ms,
-                            "engine_ms_per_rank", eng_json);
+                            "engine_ms_per_rank", eng_json,
+                            "gradient", device_sum ? "device" : "host",
+                            "update_ms", upd_s * 1e3 / steps,
+                            "host_threads", "omp", omp_threads, "blas", openblas_get_num_threads());
     char *line = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(out);
     if (!line) {
@@ -276,10 +302,9 @@ done:
     /* a rank that failed alone would leave the others waiting in the next
      * all-reduce: end the whole group */
     if (rc) dist_abort(dist, 1, NULL);
-    adam_destroy(&adam);
     engine_destroy(&eng);
     rwkv_model_destroy(&model);
-    free(tok), free(tgt), free(s0), free(grad), free(red), free(eng_ms);
+    free(tok), free(tgt), free(hgrad), free(red), free(eng_ms);
     dist_destroy(&dist);
     return rc;
 }

@@ -339,8 +339,14 @@ int dist_barrier(dist_t *self, char *err)
  * same functions fall back to MPI or say there is no NCCL.
  *
  * Design notes:
- *   - The CUDA engine (engine/engine_cuda.h) takes and returns host buffers,
- *     so the tuning loop's step buffer lives on the host. dist stages it:
+ *   - The tuning loop's gradient stays on the GPU (engine.h's
+ *     engine_params_*): dist_allreduce_step_device sums it in place in fp32,
+ *     in the same NCCL group as the small host part of the step buffer (DBP's
+ *     Q, the loss and count sums), which is staged as below. Measured first
+ *     (docs/performance.md section 4): the staged gradient cost 2 to 7 ms of
+ *     copies per step on 4 GPUs, its device all-reduce 0.06 to 0.15 ms.
+ *   - A host step buffer (dist_allreduce_step_f64: CPU engines, tests) is
+ *     staged:
  *     the body (dS0, Q, dU0) is converted to fp32 into pinned memory by a few
  *     threads, the exact tail (loss and count sums) copied as doubles; one
  *     H2D copy; two ncclAllReduce in place in one NCCL group (fp32 body,
@@ -533,13 +539,15 @@ static int s_nccl_sum(dist_t *self, void *dbuf, size_t n, ncclDataType_t type, c
     return ST_OK;
 }
 
-/* The step's two sums, nf floats at f and nd doubles at d (either may be
- * empty), in one NCCL group, timed by the events. */
-static int s_nccl_sum2(dist_t *self, void *f, size_t nf, void *d, size_t nd, char *err)
+/* The step's sums, ng floats at g (the device gradient), nf floats at f and
+ * nd doubles at d (each may be empty), in one NCCL group, timed by the
+ * events. */
+static int s_nccl_sum3(dist_t *self, float *g, size_t ng, void *f, size_t nf, void *d, size_t nd, char *err)
 {
     struct dist_nccl *nc = self->nccl;
     DIST_CUDA(cudaEventRecord(nc->ev[0], nc->stream));
     DIST_NCCL(ncclGroupStart());
+    if (ng) DIST_NCCL(ncclAllReduce(g, g, ng, ncclFloat, ncclSum, nc->comm, nc->stream));
     if (nf) DIST_NCCL(ncclAllReduce(f, f, nf, ncclFloat, ncclSum, nc->comm, nc->stream));
     if (nd) DIST_NCCL(ncclAllReduce(d, d, nd, ncclDouble, ncclSum, nc->comm, nc->stream));
     DIST_NCCL(ncclGroupEnd());
@@ -547,10 +555,16 @@ static int s_nccl_sum2(dist_t *self, void *f, size_t nf, void *d, size_t nd, cha
     return ST_OK;
 }
 
+/* Small buffers (the step's scalars beside a device gradient) convert on
+ * this thread: waking a team costs more than the copy, and its threads would
+ * spin on cores the other ranks of the node share. */
+#define DIST_COPY_SERIAL ((size_t)1 << 16)
+
 static void s_to_f32(float *dst, const double *src, size_t n, int threads)
 {
+    if (n < DIST_COPY_SERIAL) threads = 1;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
 #endif
     for (size_t i = 0; i < n; i++) dst[i] = (float)src[i];
     (void)threads;
@@ -558,30 +572,33 @@ static void s_to_f32(float *dst, const double *src, size_t n, int threads)
 
 static void s_to_f64(double *dst, const float *src, size_t n, int threads)
 {
+    if (n < DIST_COPY_SERIAL) threads = 1;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
 #endif
     for (size_t i = 0; i < n; i++) dst[i] = src[i];
     (void)threads;
 }
 
-int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact, char *err)
+/* The step all-reduce through NCCL: buf staged (see the design notes) and,
+ * when ng > 0, the device gradient g summed in place, in one group. */
+static int s_nccl_step(dist_t *self, float *g, size_t ng, double *buf, size_t n, size_t n_exact, char *err)
 {
-    if (!self || !self->nccl) return dist_allreduce_sum_f64(self, buf, n, err);
     struct dist_nccl *nc = self->nccl;
     if (n_exact > n || nc->body_f64) n_exact = n;
     size_t nb = n - n_exact;                             /* fp32 body */
     size_t off = (nb * sizeof(float) + 15) & ~(size_t)15; /* the double tail, aligned */
     size_t bytes = off + n_exact * sizeof(double);
-    int rc = s_nccl_staging(nc, bytes, err);
+    int rc = s_nccl_staging(nc, bytes > 0 ? bytes : 16, err);
     if (rc) return rc;
     double t0 = s_ms_now();
     s_to_f32(nc->hbuf, buf, nb, nc->copy_threads);
     memcpy((char *)nc->hbuf + off, buf + nb, n_exact * sizeof(double));
-    DIST_CUDA(cudaMemcpyAsync(nc->dbuf, nc->hbuf, bytes, cudaMemcpyHostToDevice, nc->stream));
+    if (bytes) DIST_CUDA(cudaMemcpyAsync(nc->dbuf, nc->hbuf, bytes, cudaMemcpyHostToDevice, nc->stream));
     s_enter(self, "ncclAllReduce");
-    rc = s_nccl_sum2(self, nc->dbuf, nb, (char *)nc->dbuf + off, n_exact, err);
-    cudaError_t ce = rc ? cudaSuccess : cudaMemcpyAsync(nc->hbuf, nc->dbuf, bytes, cudaMemcpyDeviceToHost, nc->stream);
+    rc = s_nccl_sum3(self, g, ng, nc->dbuf, nb, (char *)nc->dbuf + off, n_exact, err);
+    cudaError_t ce = rc || !bytes ? cudaSuccess
+                                  : cudaMemcpyAsync(nc->hbuf, nc->dbuf, bytes, cudaMemcpyDeviceToHost, nc->stream);
     if (!rc && ce == cudaSuccess) ce = cudaStreamSynchronize(nc->stream);
     s_leave(self);
     if (rc) return rc;
@@ -595,6 +612,22 @@ int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact,
     nc->copy_ms = s_ms_now() - t0 - ms;
     if (nc->copy_ms < 0) nc->copy_ms = 0;
     return ST_OK;
+}
+
+int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact, char *err)
+{
+    if (!self || !self->nccl) return dist_allreduce_sum_f64(self, buf, n, err);
+    return s_nccl_step(self, NULL, 0, buf, n, n_exact, err);
+}
+
+int dist_allreduce_step_device(dist_t *self, float *device_grad, size_t ng, double *buf, size_t n, size_t n_exact,
+                               char *err)
+{
+    if (!self || self->size == 1) return ST_OK;
+    if (!self->nccl)
+        return st_fail(err, ST_EUNSUPPORTED, "a device gradient all-reduce needs the NCCL communicator "
+                       "(dist_init_nccl)");
+    return s_nccl_step(self, device_grad, ng, buf, n, n_exact, err);
 }
 
 int dist_allreduce_sum_device(dist_t *self, float *device_buf, size_t n, char *err)
@@ -679,6 +712,14 @@ int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact,
 {
     (void)n_exact;
     return dist_allreduce_sum_f64(self, buf, n, err);
+}
+
+int dist_allreduce_step_device(dist_t *self, float *device_grad, size_t ng, double *buf, size_t n, size_t n_exact,
+                               char *err)
+{
+    (void)device_grad, (void)ng, (void)buf, (void)n, (void)n_exact;
+    if (!self || self->size == 1) return ST_OK;
+    return st_fail(err, ST_EUNSUPPORTED, "this build has no NCCL, so a GPU group cannot sum device buffers");
 }
 
 int dist_allreduce_sum_device(dist_t *self, float *device_buf, size_t n, char *err)

@@ -106,6 +106,17 @@ int dist_has_nccl(const dist_t *self);
  * results up to reduction order and the fp32 rounding of the body. */
 int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact, char *err);
 
+/* The step all-reduce of a gradient kept on the GPU (engine_params_grad):
+ * ng fp32 values of device_grad summed in place, and the host buffer buf of
+ * n values summed as dist_allreduce_step_f64 does (fp32 body, the last
+ * n_exact as doubles, staged), all in one NCCL group on the communication
+ * stream; returns when every sum is in place. The caller's writes to
+ * device_grad must be complete. One rank: no-op. Without a communicator in
+ * a group of several ranks: ST_EUNSUPPORTED (stage the gradient through a
+ * host buffer and dist_allreduce_step_f64 instead). */
+int dist_allreduce_step_device(dist_t *self, float *device_grad, size_t ng, double *buf, size_t n, size_t n_exact,
+                               char *err);
+
 /* Sums n floats of a device buffer in place over every rank (ncclAllReduce
  * in one NCCL group, on the communication stream; returns when the sum is in
  * buf). The caller's writes to buf must be complete (its stream

@@ -164,6 +164,10 @@ struct engine_cuda {
     cudaEvent_t mark[4], wkv_ev[2][2 * 256];
     engine_cuda_profile_t last;
     methods_cuda_t meth; /* observer and kernel-expanded state (methods_*) */
+    /* resident parameters (engine_cuda_run_resident): during such a run S0
+     * is copied from res_state0 on the device and ds0 points at res_ds0 */
+    const float *res_state0;
+    float *res_ds0;
     /* host staging */
     float *h_loss, *h_ds0;
     int32_t *h_correct;
@@ -824,14 +828,17 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     const int B = bt->B, Tn = bt->T, C = c->n_embd, L = c->n_layer, V = c->vocab, R = B * Tn;
     const size_t RC = (size_t)R * C, RCp = (size_t)e->maxB * e->maxT * C, HNN = rwkv_state_layer_size(c);
     cudaStream_t st = e->stream;
-    const bool backward = bt->dstate0 != NULL && bt->targets != NULL;
+    const bool backward = (bt->dstate0 != NULL || e->res_ds0 != NULL) && bt->targets != NULL;
     const bool dbp = bt->dbp_q != NULL && bt->dbp_rows != NULL;
 
     ST_CUDA_CHECK(cudaMemcpyAsync(e->tokens, bt->tokens, (size_t)R * 4, cudaMemcpyHostToDevice, st));
     if (bt->targets)
         ST_CUDA_CHECK(cudaMemcpyAsync(e->targets, bt->targets, (size_t)R * 4, cudaMemcpyHostToDevice, st));
-    ST_CUDA_CHECK(cudaMemcpyAsync(e->state0, bt->state0, (size_t)L * HNN * 4, cudaMemcpyHostToDevice, st));
-    if (backward) ST_CUDA_CHECK(cudaMemsetAsync(e->ds0, 0, (size_t)L * HNN * 4, st));
+    if (e->res_state0)
+        ST_CUDA_CHECK(cudaMemcpyAsync(e->state0, e->res_state0, (size_t)L * HNN * 4, cudaMemcpyDeviceToDevice, st));
+    else
+        ST_CUDA_CHECK(cudaMemcpyAsync(e->state0, bt->state0, (size_t)L * HNN * 4, cudaMemcpyHostToDevice, st));
+    if (backward && !e->res_ds0) ST_CUDA_CHECK(cudaMemsetAsync(e->ds0, 0, (size_t)L * HNN * 4, st));
     if (dbp) {
         ST_CUDA_CHECK(cudaMemcpyAsync(e->dbp_rows, bt->dbp_rows, (size_t)B, cudaMemcpyHostToDevice, st));
         ST_CUDA_CHECK(cudaMemsetAsync(e->dbp_q, 0, (size_t)L * HNN * 8, st));
@@ -912,6 +919,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
         }
     }
     RUN(methods_end(e, bt, err)); /* dU0 to the host, resident runs included */
+    if (e->res_ds0) return ST_OK; /* accumulated on the device (engine_cuda_run_resident) */
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_ds0, e->ds0, (size_t)L * HNN * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaStreamSynchronize(st));
     for (size_t i = 0; i < (size_t)L * HNN; i++) bt->dstate0[i] += e->h_ds0[i];
@@ -1095,3 +1103,36 @@ extern "C" size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self)
 {
     return self ? self->wbytes + self->abytes + self->meth.ks_bytes + self->meth.obs_bytes : 0;
 }
+
+/* ---- resident parameters (engine_cuda.h; engine/cuda/engine_cuda_params.cu) ----
+ * The same run with S0 read from device memory and dS0 accumulated into
+ * device memory: ds0 points at the caller's buffer for the run, so the WKV
+ * backward adds into it directly (it accumulates, wkv7.cuh). */
+extern "C" int engine_cuda_run_resident(engine_cuda_t *self, engine_batch_t *batch, const float *state0_dev,
+                                        float *ds0_dev, char *err)
+{
+    if (!self || self->tag != ENGINE_CUDA_TAG)
+        return st_fail(err, ST_EINVAL, "engine_cuda_run_resident was given something that is not a CUDA engine");
+    if (!state0_dev || batch->state0 || batch->dstate0)
+        return st_fail(err, ST_EINVAL, "engine_cuda_run_resident needs a device S0 and a batch without host state0 "
+                       "or dstate0");
+    float *ds0_saved = self->ds0;
+    self->res_state0 = state0_dev;
+    self->res_ds0 = ds0_dev;
+    if (ds0_dev) self->ds0 = ds0_dev;
+    int rc = engine_cuda_run(self, batch, err);
+    self->ds0 = ds0_saved;
+    self->res_state0 = NULL;
+    self->res_ds0 = NULL;
+    return rc;
+}
+
+extern "C" int engine_cuda_device(const engine_cuda_t *self)
+{
+    /* the device of the engine's allocation: the one setup selected */
+    cudaPointerAttributes at;
+    if (cudaPointerGetAttributes(&at, self->amem) != cudaSuccess) return 0;
+    return at.device;
+}
+
+extern "C" void *engine_cuda_stream(const engine_cuda_t *self) { return (void *)self->stream; }
