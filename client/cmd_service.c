@@ -233,8 +233,19 @@ static int s_states_get(statetune_client_t *c, const char *ref, const char *out,
     }
     statetune_state_t st;
     rc = statetune_client_get_state(c, ref, &st, err);
-    if (rc == ST_OK)
-        rc = state_write(out, fmt, st.layers, st.heads, st.head_size, st.data, 0, err);
+    if (rc == ST_OK && fmt == STATE_FMT_STATETUNE) { /* with the kernel-expanded part, when there is one */
+        size_t nk = (size_t)st.layers * st.heads * st.head_size * st.kernel_features;
+        state_kstate_t ks = {st.kernel_features, st.kernel_gamma, (float *)st.kstate,
+                             st.kstate ? (float *)st.kstate + nk : NULL};
+        if (st.kernel_features > 0 && !st.kstate)
+            rc = st_fail(err, ST_ENOTFOUND, "cannot export '%s@%d': it is kernel-expanded (M=%d) but the registry "
+                         "never stored its U0 (registered before schema 3)", st.name, st.version, st.kernel_features);
+        else
+            rc = state_write_statetune(out, st.layers, st.heads, st.head_size, st.data, st.kstate ? &ks : NULL, err);
+    } else if (rc == ST_OK) {
+        rc = state_write(out, fmt, st.layers, st.heads, st.head_size, st.data, st.kernel_features, err);
+        if (rc) st_wrap(err, rc, "cannot export '%s@%d': ", st.name, st.version);
+    }
     if (rc) {
         fprintf(stderr, "statetune: %s\n", err);
         statetune_state_free(&st);
@@ -271,7 +282,7 @@ static int s_states_alias(statetune_client_t *c, const cmd_conn_opts_t *o, const
 static const char *const s_states_usage =
     "usage: statetune [--endpoint E] states list [--json]\n"
     "       statetune [--endpoint E] states show NAME[@VERSION|@ALIAS] [--json]\n"
-    "       statetune [--endpoint E] states get NAME[@VERSION|@ALIAS] -o FILE [--format safetensors|pth|st]\n"
+    "       statetune [--endpoint E] states get NAME[@VERSION|@ALIAS] -o FILE [--format safetensors|pth|st|statetune]\n"
     "       statetune [--endpoint E] states alias NAME@ALIAS VERSION\n"
     "  with [--curve-public F --curve-secret F --server-key F] [--timeout-ms MS]\n";
 

@@ -7,9 +7,11 @@
  *   states show NAME[@VERSION|@ALIAS] [--json] metadata, lineage, metrics
  *                                              beside the untuned baseline,
  *                                              alias history
- *   states get NAME[@VERSION|@ALIAS] -o FILE [--format safetensors|pth|st]
+ *   states get NAME[@VERSION|@ALIAS] -o FILE [--format safetensors|pth|st|statetune]
  *                                              export (format from the
- *                                              extension unless given)
+ *                                              extension unless given;
+ *                                              statetune: with the
+ *                                              kernel-expanded part)
  *   states alias NAME@ALIAS VERSION            a write: only through the
  *                                              coordinator (--endpoint)
  */
@@ -31,8 +33,8 @@ static const client_subcmd_t s_subs[] = {
     {"show", s_show, "[--endpoint ENDPOINT | --db FILE] states show NAME[@VERSION|@ALIAS] [--json]",
      "one version: lineage, metrics against the baseline, alias history"},
     {"get", s_get,
-     "[--endpoint ENDPOINT | --db FILE] states get NAME[@VERSION|@ALIAS] -o FILE [--format safetensors|pth|st]",
-     "write a version to a file other RWKV tools load"},
+     "[--endpoint ENDPOINT | --db FILE] states get NAME[@VERSION|@ALIAS] -o FILE [--format safetensors|pth|st|statetune]",
+     "write a version to a file other RWKV tools load (statetune: with its kernel-expanded part)"},
     {"export", s_get, "[--endpoint ENDPOINT | --db FILE] states export NAME[@VERSION|@ALIAS] -o FILE [--format F]",
      "the same as get"},
     {"alias", s_alias, "[--endpoint ENDPOINT] states alias NAME@ALIAS VERSION", "point an alias at a version"},
@@ -42,7 +44,7 @@ static const client_subcmd_t s_subs[] = {
 const char *const cmd_states_usage[] = {
     "[--endpoint ENDPOINT | --db FILE] states list [--json]",
     "[--endpoint ENDPOINT | --db FILE] states show NAME[@VERSION|@ALIAS] [--json]",
-    "[--endpoint ENDPOINT | --db FILE] states get NAME[@VERSION|@ALIAS] -o FILE [--format safetensors|pth|st]",
+    "[--endpoint ENDPOINT | --db FILE] states get NAME[@VERSION|@ALIAS] -o FILE [--format safetensors|pth|st|statetune]",
     "[--endpoint ENDPOINT] states alias NAME@ALIAS VERSION",
     NULL,
 };
@@ -162,9 +164,17 @@ static void s_print_show(json_t *o)
     } else {
         printf("job:        - (imported)\n");
     }
-    if (json_integer_value(json_object_get(o, "kernel_features")) > 0)
-        printf("kernel:     U0 with %lld features (statetune only; no standard export)\n",
-               (long long)json_integer_value(json_object_get(o, "kernel_features")));
+    if (json_integer_value(json_object_get(o, "kernel_features")) > 0) {
+        long long M = (long long)json_integer_value(json_object_get(o, "kernel_features"));
+        json_t *ksha = json_object_get(o, "kstate_sha256");
+        if (json_is_string(ksha))
+            printf("kernel:     kernel-expanded (M=%lld, gamma %g): U0 and support vectors stored (blob sha256 %s); "
+                   "export with --format statetune\n",
+                   M, json_number_value(json_object_get(o, "kernel_gamma")), json_string_value(ksha));
+        else
+            printf("kernel:     kernel-expanded (M=%lld), but its U0 was not stored (registered before schema 3); "
+                   "no export carries it\n", M);
+    }
     client_format_time((double)json_integer_value(json_object_get(o, "created")), when, sizeof when);
     printf("created:    %s UTC\n", when);
 
@@ -254,7 +264,7 @@ static int s_get(int argc, char **argv, const char *db)
         } else if (!strncmp(argv[i], "--format=", 9)) {
             fmt_name = argv[i] + 9;
         } else if (!strcmp(argv[i], "--format")) {
-            if (++i >= argc) return client_usage_error(usage, "'--format' needs safetensors, pth or st");
+            if (++i >= argc) return client_usage_error(usage, "'--format' needs safetensors, pth, st or statetune");
             fmt_name = argv[i];
         } else if (argv[i][0] == '-' || ref) {
             return client_usage_error(usage, "unexpected argument '%s'", argv[i]);
@@ -271,12 +281,24 @@ static int s_get(int argc, char **argv, const char *db)
     registry_t *r = s_open(db);
     if (!r) return CLIENT_FAIL;
     registry_state_info_t in;
-    float *data = NULL;
-    int rc = registry_get_state(r, ref, &in, &data, err);
+    float *data = NULL, *kst = NULL;
+    int rc = registry_get_state_ks(r, ref, &in, &data, &kst, err);
     registry_close(&r);
     if (rc) return client_error("%s", err);
-    rc = state_write(out, fmt, in.n_layer, in.n_head, in.head_size, data, in.kernel_features, err);
+    if (fmt == STATE_FMT_STATETUNE) { /* S0 and, when there is one, the kernel-expanded part */
+        size_t nk = (size_t)in.n_layer * in.n_head * in.head_size * in.kernel_features;
+        state_kstate_t ks = {in.kernel_features, in.kernel_gamma, kst, kst ? kst + nk : NULL};
+        if (in.kernel_features > 0 && !kst)
+            rc = st_fail(err, ST_ENOTFOUND, "it is kernel-expanded (M=%d) but the registry never stored its U0 "
+                         "(registered before schema 3); its job folder's kstate.safetensors holds it",
+                         in.kernel_features);
+        else
+            rc = state_write_statetune(out, in.n_layer, in.n_head, in.head_size, data, kst ? &ks : NULL, err);
+    } else {
+        rc = state_write(out, fmt, in.n_layer, in.n_head, in.head_size, data, in.kernel_features, err);
+    }
     free(data);
+    free(kst);
     if (rc) return client_error("cannot export '%s@%d': %s", in.name, in.version, err);
     printf("wrote %s@%d ([%d, %d, %d, %d] as %s) to %s\n", in.name, in.version, in.n_layer, in.n_head, in.head_size,
            in.head_size, state_format_name(fmt), out);

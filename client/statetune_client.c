@@ -365,7 +365,7 @@ void statetune_state_free(statetune_state_t *st)
 int statetune_client_get_state(statetune_client_t *self, const char *ref, statetune_state_t *out, char *err)
 {
     memset(out, 0, sizeof *out);
-    json_t *req = json_pack("{s:s, s:s}", "type", "states_get", "ref", ref);
+    json_t *req = json_pack("{s:s, s:s, s:b}", "type", "states_get", "ref", ref, "kstate", 1);
     json_t *rep = NULL;
     void *pl = NULL;
     size_t pn = 0;
@@ -382,10 +382,24 @@ int statetune_client_get_state(statetune_client_t *self, const char *ref, statet
         goto done;
     }
     size_t nf = (size_t)L * (size_t)H * (size_t)N * (size_t)N;
-    if (!pl || pn != nf * sizeof(float)) {
-        rc = st_fail(err, ST_EFORMAT, "state '%s': expected %zu bytes for [%d, %d, %d, %d], received %zu", ref,
-                     nf * sizeof(float), (int)L, (int)H, (int)N, (int)N, pn);
+    /* a kernel-expanded part rides after S0: U0 and the support vectors */
+    json_int_t M = json_integer_value(json_object_get(rep, "kernel_features"));
+    json_int_t nk = json_integer_value(json_object_get(rep, "kstate_floats"));
+    double gamma = json_number_value(json_object_get(rep, "kernel_gamma"));
+    if (M < 0 || M > 1024 || (nk != 0 && (nk != 2 * (json_int_t)((size_t)L * H * N) * M || !(gamma > 0)))) {
+        rc = st_fail(err, ST_EFORMAT, "the coordinator's reply for '%s' has an invalid kernel-expanded part", ref);
         goto done;
+    }
+    if (!pl || pn != (nf + (size_t)nk) * sizeof(float)) {
+        rc = st_fail(err, ST_EFORMAT, "state '%s': expected %zu bytes for [%d, %d, %d, %d]%s, received %zu", ref,
+                     (nf + (size_t)nk) * sizeof(float), (int)L, (int)H, (int)N, (int)N,
+                     nk ? " and its kernel-expanded part" : "", pn);
+        goto done;
+    }
+    out->kernel_features = (int)M;
+    if (nk) {
+        out->kernel_gamma = (float)gamma;
+        out->kstate = (const float *)pl + nf;
     }
     snprintf(out->name, sizeof out->name, "%s", name);
     if (sha) snprintf(out->sha256, sizeof out->sha256, "%s", sha);

@@ -87,9 +87,16 @@ typedef struct {
     float *data;    /* [layers, heads, head_size, head_size], owned */
     size_t n_floats;
     char sha256[65];
+    int kernel_features; /* M > 0: the state has a kernel-expanded part (SPEC section 4) */
+    float kernel_gamma;  /* its RBF width, when kstate is set */
+    const float *kstate; /* U0 (layers, heads, head_size, M) then the support vectors
+                          * (layers, heads, M, head_size), inside data's allocation;
+                          * NULL when the state has none or the registry never stored it.
+                          * Hand {M, gamma, U0, support} to rwkv_rnn_set_kstate to run it. */
 } statetune_state_t;
 
-/* Fetches NAME, NAME@VERSION or NAME@ALIAS (timeout 30 s). */
+/* Fetches NAME, NAME@VERSION or NAME@ALIAS (timeout 30 s), with its
+ * kernel-expanded part when it has one. */
 int statetune_client_get_state(statetune_client_t *self, const char *ref, statetune_state_t *out, char *err);
 void statetune_state_free(statetune_state_t *st);
 

@@ -27,6 +27,7 @@
 #include "model/tensorfile.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -421,16 +422,35 @@ static int s_on_states_get(broker_t *self, json_t *msg, reply_t *r, char *err)
 {
     const char *ref = NULL;
     registry_state_info_t info;
-    float *data = NULL;
+    float *data = NULL, *ks = NULL;
     int rc = s_str_field(msg, "ref", &ref, err);
-    if (rc == ST_OK) rc = registry_get_state(self->reg, ref, &info, &data, err);
+    /* "kstate": true asks for the kernel-expanded part after S0 (older clients do not) */
+    int want_ks = json_is_true(json_object_get(msg, "kstate"));
+    if (rc == ST_OK)
+        rc = want_ks ? registry_get_state_ks(self->reg, ref, &info, &data, &ks, err)
+                     : registry_get_state(self->reg, ref, &info, &data, err);
     if (rc) return rc;
     size_t n = (size_t)info.n_layer * info.n_head * info.head_size * info.head_size;
-    if (n * sizeof(float) > ST_PROTO_MAX_PAYLOAD) {
+    size_t nk = ks ? 2 * (size_t)info.n_layer * info.n_head * info.head_size * info.kernel_features : 0;
+    if ((n + nk) * sizeof(float) > ST_PROTO_MAX_PAYLOAD) {
         free(data);
+        free(ks);
         return st_fail(err, ST_EUNSUPPORTED, "state '%s' is %zu bytes, over the protocol's %u-byte limit", ref,
-                       n * sizeof(float), ST_PROTO_MAX_PAYLOAD);
+                       (n + nk) * sizeof(float), ST_PROTO_MAX_PAYLOAD);
     }
+    if (ks) { /* one payload: S0 then U0 and the support vectors */
+        float *both = realloc(data, (n + nk) * sizeof(float));
+        if (!both) {
+            free(data);
+            free(ks);
+            return st_fail(err, ST_ENOMEM, "out of memory for state '%s'", ref);
+        }
+        memcpy(both + n, ks, nk * sizeof(float));
+        free(ks);
+        data = both;
+        json_object_set_new(r->rep, "kernel_gamma", json_real(info.kernel_gamma));
+    }
+    json_object_set_new(r->rep, "kstate_floats", json_integer((json_int_t)nk));
     json_object_set_new(r->rep, "name", json_string(info.name));
     json_object_set_new(r->rep, "version", json_integer(info.version));
     json_object_set_new(r->rep, "layers", json_integer(info.n_layer));
@@ -441,7 +461,7 @@ static int s_on_states_get(broker_t *self, json_t *msg, reply_t *r, char *err)
     json_object_set_new(r->rep, "model_sha256", json_string(info.model_sha256));
     json_object_set_new(r->rep, "kernel_features", json_integer(info.kernel_features));
     r->payload = data;
-    r->plen = n * sizeof(float);
+    r->plen = (n + nk) * sizeof(float);
     return ST_OK;
 }
 
@@ -647,19 +667,33 @@ static int s_on_result(broker_t *self, json_t *msg, const char *ident, const voi
         return st_fail(err, ST_EINVAL, "result shape [%lld, %lld, %lld, %lld] is out of range", (long long)L,
                        (long long)H, (long long)N, (long long)N);
     size_t need = (size_t)L * (size_t)H * (size_t)N * (size_t)N * sizeof(float);
-    if (!payload || plen != need)
+    /* a kernel-expanded part (SPEC 4) rides after S0: U0 then the support vectors */
+    int64_t M = 0;
+    double gamma = 0;
+    json_t *jm = json_object_get(msg, "kernel_features");
+    if (jm) {
+        if (!json_is_integer(jm) || json_integer_value(jm) < 0 || json_integer_value(jm) > 1024)
+            return st_fail(err, ST_EINVAL, "field 'kernel_features' must be an integer from 0 to 1024");
+        M = json_integer_value(jm);
+        gamma = json_number_value(json_object_get(msg, "kernel_gamma"));
+        if (M > 0 && !(gamma > 0 && isfinite(gamma)))
+            return st_fail(err, ST_EINVAL, "field 'kernel_gamma' must be a positive number");
+    }
+    size_t kneed = 2 * (size_t)L * (size_t)H * (size_t)N * (size_t)M * sizeof(float);
+    if (!payload || plen != need + kneed)
         return st_fail(err, ST_EFORMAT, "result of job %lld: the state payload has %zu bytes, its shape needs %zu",
-                       (long long)job, plen, need);
+                       (long long)job, plen, need + kneed);
     json_t *metrics = json_object_get(msg, "metrics");
     if (metrics && !json_is_object(metrics)) return st_fail(err, ST_EFORMAT, "field 'metrics' must be an object");
     const char *sha = json_string_value(json_object_get(msg, "model_sha256"));
     if (!sha || strlen(sha) != 64) return st_fail(err, ST_EFORMAT, "field 'model_sha256' must be 64 hex digits");
     /* The payload frame is not guaranteed float-aligned. */
-    float *data = malloc(need);
-    if (!data) return st_fail(err, ST_ENOMEM, "out of memory for a %zu-byte state", need);
-    memcpy(data, payload, need);
+    float *data = malloc(need + kneed);
+    if (!data) return st_fail(err, ST_ENOMEM, "out of memory for a %zu-byte state", need + kneed);
+    memcpy(data, payload, need + kneed);
     int version = 0;
-    rc = sched_succeed(self->sched, job, g->id, metrics, sha, (int)L, (int)H, (int)N, data, &version, err);
+    rc = sched_succeed_ks(self->sched, job, g->id, metrics, sha, (int)L, (int)H, (int)N, data, (int)M, (float)gamma,
+                          M > 0 ? data + need / sizeof(float) : NULL, &version, err);
     free(data);
     if (rc) {
         s_log(self, "job %lld: result refused: %s", (long long)job, err);

@@ -591,6 +591,14 @@ static int s_metrics(json_t *metrics, registry_metric_t **out, char (**names)[12
 int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics, const char *model_sha256,
                   int layers, int heads, int head_size, const float *data, int *version_out, char *err)
 {
+    return sched_succeed_ks(self, job, group, metrics, model_sha256, layers, heads, head_size, data, 0, 0, NULL,
+                            version_out, err);
+}
+
+int sched_succeed_ks(sched_t *self, int64_t job, const char *group, json_t *metrics, const char *model_sha256,
+                     int layers, int heads, int head_size, const float *data, int features, float gamma,
+                     const float *kstate, int *version_out, char *err)
+{
     *version_out = 0;
     job_t *j = s_find(self, job);
     if (!j) { /* a repeated result: answer with the version already made */
@@ -645,6 +653,11 @@ int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics
      * standard formats refuse it (the worker's metrics say; untrusted, so bounded) */
     json_int_t kf = json_integer_value(json_object_get(metrics, "kernel_features"));
     ns.kernel_features = kf > 0 && kf <= 1 << 16 ? (int)kf : 0;
+    if (kstate) { /* U0 and its support vectors came with the result: stored with S0 */
+        ns.kernel_features = features;
+        ns.kernel_gamma = gamma;
+        ns.kstate = kstate;
+    }
     rc = registry_add_state(self->reg, &ns, version_out, err);
     free(m);
     free(names);

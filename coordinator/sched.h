@@ -75,6 +75,14 @@ int sched_cancel(sched_t *self, int64_t job, char group_out[128], char *err);
 int sched_succeed(sched_t *self, int64_t job, const char *group, json_t *metrics, const char *model_sha256,
                   int layers, int heads, int head_size, const float *data, int *version_out, char *err);
 
+/* sched_succeed for a state with a kernel-expanded part (SPEC section 4):
+ * kstate holds U0 (L, H, N, M) then the support vectors (L, H, M, N), stored
+ * in the registry beside S0 in the same transaction; features M and gamma
+ * describe it. kstate NULL is sched_succeed. */
+int sched_succeed_ks(sched_t *self, int64_t job, const char *group, json_t *metrics, const char *model_sha256,
+                     int layers, int heads, int head_size, const float *data, int features, float gamma,
+                     const float *kstate, int *version_out, char *err);
+
 /* running -> failed, or -> cancelled when cancelled is nonzero or a cancel was
  * requested. */
 int sched_fail(sched_t *self, int64_t job, const char *group, const char *error, int cancelled, char *err);

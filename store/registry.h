@@ -92,6 +92,9 @@ typedef struct {
     int n_layer, n_head, head_size;   /* shape */
     const float *data;                /* [L, H, N, N], official layout */
     int kernel_features;              /* 0, or M of a kernel-expanded U0 (refuses export) */
+    const float *kstate;              /* with kernel_features: U0 (L, H, N, M) then the support
+                                         vectors (L, H, M, N), stored as one blob; NULL = not stored */
+    float kernel_gamma;               /* with kstate: the RBF width, > 0 */
     const registry_metric_t *metrics; /* n_metrics entries, may be NULL */
     int n_metrics;
     const char *alias;                /* alias to move to the new version, or NULL */

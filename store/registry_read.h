@@ -48,7 +48,10 @@ typedef struct {
     int n_layer, n_head, head_size; /* shape [L, H, N, N] */
     char dtype[8];                  /* "F32" */
     char blob_sha256[65];           /* sha256 of the data bytes (little-endian fp32) */
-    int kernel_features;            /* M > 0: a kernel-expanded U0 goes with it (no export) */
+    int kernel_features;            /* M > 0: a kernel-expanded U0 goes with it (no standard export) */
+    float kernel_gamma;             /* its RBF width (0 when no U0 is stored) */
+    char kstate_sha256[65];         /* blob of U0 and the support vectors, "" when none is stored
+                                       (states registered before schema 3 have only kernel_features) */
     int64_t created;                /* unix seconds */
 } registry_state_info_t;
 
@@ -72,6 +75,15 @@ int registry_resolve(registry_t *self, const char *ref, registry_state_info_t *o
  * is checked against the record; a mismatch is ST_EFORMAT. */
 int registry_get_state(registry_t *self, const char *ref, registry_state_info_t *info_out,
                        float **data_out, char *err);
+
+/* registry_get_state, and in the same snapshot the kernel-expanded part:
+ * *kstate_out gets U0 (L, H, N, M) followed by the support vectors
+ * (L, H, M, N), 2 L H N M floats (caller frees), or NULL when the version
+ * has none stored (info_out->kstate_sha256 is then ""). Its blob's sha256 is
+ * checked too. An inference program hands them to rwkv_rnn_set_kstate
+ * (engine/engine.h) as {M, gamma, U0, support}. */
+int registry_get_state_ks(registry_t *self, const char *ref, registry_state_info_t *info_out, float **data_out,
+                          float **kstate_out, char *err);
 
 /* Every state version, oldest first, as a JSON array of objects
  * {name, version, model_sha256, job_id, shape, dtype, blob_sha256, created,

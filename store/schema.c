@@ -113,6 +113,15 @@ static const char *const s_migrations[] = {
     /* 1 -> 2: inference clients look states up by model. */
     "CREATE INDEX states_by_model ON states(model_sha256, name, version);"
     "CREATE INDEX alias_history_by_name ON alias_history(name, id);",
+    /* 2 -> 3: the kernel-expanded part of a state (SPEC section 4): U0 and
+     * its support vectors as one content-addressed blob, and gamma. A table
+     * of its own, so that older rows (kernel_features set, U0 never stored)
+     * simply have none. */
+    "CREATE TABLE state_kstates("
+    "  state INTEGER PRIMARY KEY REFERENCES states(id),"
+    "  features INTEGER NOT NULL CHECK(features >= 1),"
+    "  gamma REAL NOT NULL CHECK(gamma > 0),"
+    "  blob_sha256 TEXT NOT NULL REFERENCES state_blobs(sha256));",
 };
 #define N_MIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 

@@ -36,6 +36,7 @@ const char *state_format_name(state_format_t fmt)
     case STATE_FMT_SAFETENSORS: return "safetensors";
     case STATE_FMT_PTH: return "pth";
     case STATE_FMT_ST: return "st";
+    case STATE_FMT_STATETUNE: return "statetune";
     default: return "auto";
     }
 }
@@ -45,7 +46,9 @@ int state_format_parse(const char *name, state_format_t *out, char *err)
     if (name && !strcmp(name, "safetensors")) *out = STATE_FMT_SAFETENSORS;
     else if (name && (!strcmp(name, "pth") || !strcmp(name, "pt"))) *out = STATE_FMT_PTH;
     else if (name && !strcmp(name, "st")) *out = STATE_FMT_ST;
-    else return st_fail(err, ST_EINVAL, "unknown state format '%s' (use safetensors, pth or st)", name ? name : "");
+    else if (name && !strcmp(name, "statetune")) *out = STATE_FMT_STATETUNE;
+    else return st_fail(err, ST_EINVAL, "unknown state format '%s' (use safetensors, pth, st or statetune)",
+                        name ? name : "");
     return ST_OK;
 }
 
@@ -106,7 +109,7 @@ static void s_put_le(s_buf *b, uint64_t v, int bytes)
 
 /* Writes the safetensors container. f16_transposed selects the .st layout. */
 static int s_write_safetensors(const char *path, int L, int H, int N, const float *data, int f16_transposed,
-                               char *err)
+                               const state_kstate_t *ks, char *err)
 {
     size_t per = (size_t)H * N * N, esize = f16_transposed ? 2 : 4;
     if (f16_transposed) {
@@ -122,7 +125,7 @@ static int s_write_safetensors(const char *path, int L, int H, int N, const floa
             }
     }
     json_t *hdr = json_object();
-    json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", ks ? "statetune" : "pt"));
     for (int l = 0; l < L; l++) {
         char name[64];
         snprintf(name, sizeof name, "blocks.%d.att.time_state", l);
@@ -130,6 +133,25 @@ static int s_write_safetensors(const char *path, int L, int H, int N, const floa
                             json_pack("{s:s, s:[i,i,i], s:[I,I]}", "dtype", f16_transposed ? "F16" : "F32", "shape", H,
                                       N, N, "data_offsets", (json_int_t)(l * per * esize),
                                       (json_int_t)((l + 1) * per * esize)));
+    }
+    size_t kper = ks ? (size_t)H * N * ks->M : 0, base = (size_t)L * per * 4;
+    if (ks) { /* statetune's own format: U0 of every layer, then the support vectors */
+        char txt[32];
+        json_t *meta = json_object_get(hdr, "__metadata__");
+        snprintf(txt, sizeof txt, "%d", ks->M);
+        json_object_set_new(meta, "kernel_features", json_string(txt));
+        snprintf(txt, sizeof txt, "%.9g", (double)ks->gamma);
+        json_object_set_new(meta, "gamma", json_string(txt));
+        for (int which = 0; which < 2; which++)
+            for (int l = 0; l < L; l++) {
+                char name[64];
+                snprintf(name, sizeof name, "blocks.%d.att.%s", l, which ? "kstate_support" : "kstate_u0");
+                size_t off = base + ((size_t)which * L + l) * kper * 4;
+                json_object_set_new(hdr, name,
+                                    json_pack("{s:s, s:[i,i,i], s:[I,I]}", "dtype", "F32", "shape", H,
+                                              which ? ks->M : N, which ? N : ks->M, "data_offsets", (json_int_t)off,
+                                              (json_int_t)(off + kper * 4)));
+            }
     }
     char *text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(hdr);
@@ -155,6 +177,14 @@ static int s_write_safetensors(const char *path, int L, int H, int N, const floa
                 for (int k = 0; k < N; k++)
                     for (int v = 0; v < N; v++) s_put_le(&b, st_f32_to_f16(S[(size_t)v * N + k]), 2);
             }
+    }
+    for (int which = 0; ks && which < 2; which++) {
+        const float *src = which ? ks->support : ks->u0;
+        for (size_t i = 0; i < (size_t)L * kper; i++) {
+            uint32_t u;
+            memcpy(&u, &src[i], 4);
+            s_put_le(&b, u, 4);
+        }
     }
     int rc = b.oom ? st_fail(err, ST_ENOMEM, "out of memory writing '%s'", path)
                    : st_write_file_atomic(path, b.p, b.n, err);
@@ -336,15 +366,16 @@ int state_write(const char *path, state_format_t fmt, int n_layer, int n_head, i
     if (fmt == STATE_FMT_AUTO && (rc = state_format_from_path(path, &fmt, err))) return rc;
     if (kernel_features > 0)
         return st_fail(err, ST_EUNSUPPORTED,
-                       "this state carries a kernel-expanded U0 (%d features) that %s files cannot hold; "
-                       "only statetune itself can evaluate it",
+                       "it has a kernel-expanded part (U0 with M=%d) that standard %s files cannot hold; use --format "
+                       "statetune",
                        kernel_features, state_format_name(fmt));
     if (n_layer < 1 || n_layer > STATE_MAX_LAYERS || n_head < 1 || head_size < 1 || !data)
         return st_fail(err, ST_EINVAL, "cannot write a state of shape [%d, %d, %d, %d]", n_layer, n_head, head_size,
                        head_size);
     switch (fmt) {
-    case STATE_FMT_SAFETENSORS: return s_write_safetensors(path, n_layer, n_head, head_size, data, 0, err);
-    case STATE_FMT_ST: return s_write_safetensors(path, n_layer, n_head, head_size, data, 1, err);
+    case STATE_FMT_SAFETENSORS: return s_write_safetensors(path, n_layer, n_head, head_size, data, 0, NULL, err);
+    case STATE_FMT_ST: return s_write_safetensors(path, n_layer, n_head, head_size, data, 1, NULL, err);
+    case STATE_FMT_STATETUNE: return state_write_statetune(path, n_layer, n_head, head_size, data, NULL, err);
     case STATE_FMT_PTH: return s_write_pth(path, n_layer, n_head, head_size, data, err);
     default: return st_fail(err, ST_EINVAL, "unknown state format %d", (int)fmt);
     }
@@ -428,5 +459,145 @@ int state_read(const char *path, state_format_t fmt, state_file_t *out, char *er
     out->data = data;
 done:
     tensorfile_close(&tf);
+    return rc;
+}
+
+/* ---- statetune's own format: the kernel-expanded part ------------------- */
+
+int state_write_statetune(const char *path, int n_layer, int n_head, int head_size, const float *data,
+                          const state_kstate_t *ks, char *err)
+{
+    if (n_layer < 1 || n_layer > STATE_MAX_LAYERS || n_head < 1 || head_size < 1 || !data)
+        return st_fail(err, ST_EINVAL, "cannot write a state of shape [%d, %d, %d, %d]", n_layer, n_head, head_size,
+                       head_size);
+    if (ks && ks->M > 0) {
+        if (ks->M > STATE_MAX_FEATURES || !(ks->gamma > 0) || !isfinite(ks->gamma) || !ks->u0 || !ks->support)
+            return st_fail(err, ST_EINVAL, "cannot write a kernel-expanded part of %d features and gamma %g", ks->M,
+                           (double)ks->gamma);
+        return s_write_safetensors(path, n_layer, n_head, head_size, data, 0, ks, err);
+    }
+    return s_write_safetensors(path, n_layer, n_head, head_size, data, 0, NULL, err);
+}
+
+void state_kstate_free(state_kstate_t *ks)
+{
+    if (!ks) return;
+    free(ks->u0);
+    free(ks->support);
+    memset(ks, 0, sizeof *ks);
+}
+
+/* A string of the safetensors header's __metadata__ (jansson over the
+ * header; tensorfile.h does not keep the metadata). *out is malloc'd, NULL
+ * when the key is absent. */
+static int s_st_meta(const char *path, const char *key, char **out, char *err)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return st_fail(err, ST_EIO, "cannot open '%s': %s", path, strerror(errno));
+    unsigned char n8[8];
+    int rc = ST_OK;
+    char *hdr = NULL;
+    if (fread(n8, 1, 8, f) != 8) {
+        rc = st_fail(err, ST_EFORMAT, "'%s' is too short for a safetensors file", path);
+        goto done;
+    }
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = (n << 8) | n8[i];
+    if (n < 2 || n > ((uint64_t)100 << 20)) {
+        rc = st_fail(err, ST_EFORMAT, "'%s' has a safetensors header of %llu bytes", path, (unsigned long long)n);
+        goto done;
+    }
+    hdr = malloc((size_t)n);
+    if (!hdr || fread(hdr, 1, (size_t)n, f) != (size_t)n) {
+        rc = st_fail(err, hdr ? ST_EFORMAT : ST_ENOMEM, "cannot read the header of '%s'", path);
+        goto done;
+    }
+    json_error_t je;
+    json_t *h = json_loadb(hdr, (size_t)n, 0, &je);
+    if (!h) {
+        rc = st_fail(err, ST_EFORMAT, "'%s': the safetensors header is not JSON (%s)", path, je.text);
+        goto done;
+    }
+    const char *v = json_string_value(json_object_get(json_object_get(h, "__metadata__"), key));
+    if (v && !(*out = strdup(v))) rc = st_fail(err, ST_ENOMEM, "out of memory");
+    json_decref(h);
+done:
+    free(hdr);
+    fclose(f);
+    return rc;
+}
+
+/* The kstate tensors of a file: none at all (ks->M = 0), or every layer's
+ * U0 and support of one shape; L, H, N from the state. */
+static int s_read_kstate(const char *path, int L, int H, int N, state_kstate_t *ks, char *err)
+{
+    memset(ks, 0, sizeof *ks);
+    tensorfile_t *tf = tensorfile_open(path, err);
+    if (!tf) return st_wrap(err, ST_EFORMAT, "reading the kernel-expanded part of '%s': ", path);
+    int rc = ST_OK;
+    char name[80];
+    const tf_tensor_info_t *u = tensorfile_find(tf, "blocks.0.att.kstate_u0");
+    if (!u) goto done; /* a state without a kernel-expanded part */
+    if (u->ndim != 3 || u->shape[0] != H || u->shape[1] != N || u->shape[2] < 1 || u->shape[2] > STATE_MAX_FEATURES) {
+        rc = st_fail(err, ST_EFORMAT, "'%s': blocks.0.att.kstate_u0 is not [%d, %d, M] with 1 <= M <= %d", path, H, N,
+                     STATE_MAX_FEATURES);
+        goto done;
+    }
+    int M = (int)u->shape[2];
+    size_t per = (size_t)H * N * M;
+    ks->u0 = malloc((size_t)L * per * sizeof(float));
+    ks->support = malloc((size_t)L * per * sizeof(float));
+    if (!ks->u0 || !ks->support) {
+        rc = st_fail(err, ST_ENOMEM, "out of memory reading '%s'", path);
+        goto done;
+    }
+    for (int l = 0; l < L && rc == ST_OK; l++)
+        for (int which = 0; which < 2 && rc == ST_OK; which++) {
+            snprintf(name, sizeof name, "blocks.%d.att.%s", l, which ? "kstate_support" : "kstate_u0");
+            const tf_tensor_info_t *t = tensorfile_find(tf, name);
+            int64_t d1 = which ? M : N, d2 = which ? N : M;
+            if (!t || t->ndim != 3 || t->shape[0] != H || t->shape[1] != d1 || t->shape[2] != d2) {
+                rc = st_fail(err, ST_EFORMAT, "'%s': %s is %s, the kernel-expanded part needs [%d, %lld, %lld]", path,
+                             name, t ? "of another shape" : "missing", H, (long long)d1, (long long)d2);
+                break;
+            }
+            float *dst = (which ? ks->support : ks->u0) + (size_t)l * per;
+            rc = tensorfile_read_f32(tf, t, dst, err);
+            for (size_t i = 0; rc == ST_OK && i < per; i++)
+                if (!isfinite(dst[i])) rc = st_fail(err, ST_ENUMERIC, "'%s': %s holds NaN or inf", path, name);
+        }
+    if (rc) goto done;
+    char *g = NULL;
+    if ((rc = s_st_meta(path, "gamma", &g, err))) goto done;
+    char *end = NULL;
+    double gamma = g ? strtod(g, &end) : 0;
+    if (!g || *end || !(gamma > 0) || !isfinite(gamma))
+        rc = st_fail(err, ST_EFORMAT, "'%s': the metadata's gamma ('%s') is not a positive number", path, g ? g : "");
+    free(g);
+    if (rc) goto done;
+    ks->M = M;
+    ks->gamma = (float)gamma;
+done:
+    if (rc) state_kstate_free(ks);
+    tensorfile_close(&tf);
+    return rc;
+}
+
+int state_read_statetune(const char *path, state_file_t *out, state_kstate_t *ks_out, char *err)
+{
+    memset(ks_out, 0, sizeof *ks_out);
+    int rc = state_read(path, STATE_FMT_SAFETENSORS, out, err);
+    if (rc) return rc;
+    rc = s_read_kstate(path, out->n_layer, out->n_head, out->head_size, ks_out, err);
+    if (rc) state_file_free(out);
+    return rc;
+}
+
+int state_kstate_read(const char *path, int n_layer, int n_head, int head_size, state_kstate_t *out, char *err)
+{
+    int rc = s_read_kstate(path, n_layer, n_head, head_size, out, err);
+    if (rc == ST_OK && out->M == 0)
+        rc = st_fail(err, ST_EFORMAT, "'%s' holds no blocks.0.att.kstate_u0 tensor; is it a kstate.safetensors?", path);
     return rc;
 }

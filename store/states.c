@@ -53,7 +53,9 @@ int registry_check_name(const char *what, const char *name, int is_alias, char *
 
 #define STATE_COLS                                                                  \
     "s.id, s.name, s.version, s.model_sha256, s.job_id, s.n_layer, s.n_head,"       \
-    " s.head_size, s.dtype, s.blob_sha256, s.kernel_features, s.created"
+    " s.head_size, s.dtype, s.blob_sha256, s.kernel_features, s.created,"                 \
+    " (SELECT k.gamma FROM state_kstates k WHERE k.state = s.id),"                         \
+    " (SELECT k.blob_sha256 FROM state_kstates k WHERE k.state = s.id)"
 
 static void s_row_info(sqlite3_stmt *st, registry_state_info_t *out)
 {
@@ -70,6 +72,8 @@ static void s_row_info(sqlite3_stmt *st, registry_state_info_t *out)
     snprintf(out->blob_sha256, sizeof out->blob_sha256, "%s", reg_text(st, 9));
     out->kernel_features = sqlite3_column_int(st, 10);
     out->created = (int64_t)sqlite3_column_double(st, 11);
+    out->kernel_gamma = (float)sqlite3_column_double(st, 12);
+    snprintf(out->kstate_sha256, sizeof out->kstate_sha256, "%s", reg_text(st, 13));
 }
 
 static json_t *s_info_json(const registry_state_info_t *s)
@@ -79,6 +83,10 @@ static json_t *s_info_json(const registry_state_info_t *s)
                           s->head_size, s->head_size, "dtype", s->dtype, "blob_sha256", s->blob_sha256,
                           "created", (json_int_t)s->created, "kernel_features", s->kernel_features);
     if (o) json_object_set_new(o, "job_id", s->job_id ? json_integer(s->job_id) : json_null());
+    if (o && s->kernel_features > 0) { /* the kernel-expanded part (SPEC 4), when its U0 is stored */
+        json_object_set_new(o, "kernel_gamma", s->kstate_sha256[0] ? json_real(s->kernel_gamma) : json_null());
+        json_object_set_new(o, "kstate_sha256", s->kstate_sha256[0] ? json_string(s->kstate_sha256) : json_null());
+    }
     return o;
 }
 
@@ -159,7 +167,45 @@ typedef struct {
     const char *ref;
     registry_state_info_t *info;
     float **data; /* NULL: metadata only */
+    float **kstate; /* NULL: not wanted */
 } s_get_ctx;
+
+/* Reads the blob sha (checked) of want floats into a fresh *out. */
+static int s_read_blob(registry_t *self, const registry_state_info_t *in, const char *sha, size_t want,
+                       const char *what, float **out, char *err)
+{
+    sqlite3_stmt *st;
+    int rc = reg_prepare(self, "SELECT data FROM state_blobs WHERE sha256 = ?1", &st, err);
+    if (rc) return rc;
+    sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
+    rc = reg_step(self, st, "reading a state blob", err);
+    if (rc == 0)
+        rc = st_fail(err, ST_EFORMAT, "state '%s@%d' has lost its %s blob %.12s", in->name, in->version, what, sha);
+    if (rc == 1) {
+        const void *blob = sqlite3_column_blob(st, 0);
+        size_t bytes = (size_t)sqlite3_column_bytes(st, 0);
+        char hex[65];
+        st_sha256_hex(blob, bytes, hex);
+        if (bytes != want * sizeof(float))
+            rc = st_fail(err, ST_EFORMAT, "state '%s@%d': its %s blob holds %zu bytes, the shape needs %zu F32 values",
+                         in->name, in->version, what, bytes, want);
+        else if (strcmp(hex, sha))
+            rc = st_fail(err, ST_EFORMAT, "state '%s@%d': %s blob sha256 %.12s does not match the recorded %.12s",
+                         in->name, in->version, what, hex, sha);
+        else {
+            float *d = malloc(bytes ? bytes : 1);
+            if (!d) rc = st_fail(err, ST_ENOMEM, "out of memory reading state '%s'", in->name);
+            else {
+                memcpy(d, blob, bytes);
+                free(*out); /* a retried transaction may have set it */
+                *out = d;
+                rc = ST_OK;
+            }
+        }
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
 
 static int s_get_txn(registry_t *self, void *vctx, char *err)
 {
@@ -197,12 +243,16 @@ static int s_get_txn(registry_t *self, void *vctx, char *err)
         }
     }
     sqlite3_finalize(st);
+    if (rc == ST_OK && c->kstate && in->kstate_sha256[0]) {
+        size_t nk = 2 * (size_t)in->n_layer * in->n_head * in->head_size * in->kernel_features;
+        rc = s_read_blob(self, in, in->kstate_sha256, nk, "kernel-expanded", c->kstate, err);
+    }
     return rc;
 }
 
 int registry_resolve(registry_t *self, const char *ref, registry_state_info_t *out, char *err)
 {
-    s_get_ctx c = {ref, out, NULL};
+    s_get_ctx c = {ref, out, NULL, NULL};
     return reg_txn(self, 0, s_get_txn, &c, err);
 }
 
@@ -210,11 +260,27 @@ int registry_get_state(registry_t *self, const char *ref, registry_state_info_t 
                        char *err)
 {
     *data_out = NULL;
-    s_get_ctx c = {ref, info_out, data_out};
+    s_get_ctx c = {ref, info_out, data_out, NULL};
     int rc = reg_txn(self, 0, s_get_txn, &c, err);
     if (rc) {
         free(*data_out);
         *data_out = NULL;
+    }
+    return rc;
+}
+
+int registry_get_state_ks(registry_t *self, const char *ref, registry_state_info_t *info_out, float **data_out,
+                          float **kstate_out, char *err)
+{
+    *data_out = NULL;
+    *kstate_out = NULL;
+    s_get_ctx c = {ref, info_out, data_out, kstate_out};
+    int rc = reg_txn(self, 0, s_get_txn, &c, err);
+    if (rc) {
+        free(*data_out);
+        free(*kstate_out);
+        *data_out = NULL;
+        *kstate_out = NULL;
     }
     return rc;
 }
@@ -255,7 +321,7 @@ static int s_list_txn(registry_t *self, void *vctx, char *err)
         json_t *o = s_info_json(&in), *al = json_array();
         json_object_set_new(o, "aliases", al);
         json_array_append_new(arr, o);
-        const char *list = reg_text(st, 12);
+        const char *list = reg_text(st, 14);
         while (*list) {
             size_t n = strcspn(list, ",");
             json_array_append_new(al, json_stringn(list, n));
@@ -455,6 +521,8 @@ typedef struct {
     const char *sha;
     size_t bytes;
     int *version;
+    const char *ksha; /* the kernel-expanded blob's sha256, or NULL */
+    size_t kbytes;
 } s_add_ctx;
 
 /* The version job_id produced, inside the caller's transaction: 1 found, 0 none. */
@@ -546,6 +614,34 @@ static int s_add_txn(registry_t *self, void *vctx, char *err)
     if (rc < 0) return rc;
     int64_t id = sqlite3_last_insert_rowid(self->db);
 
+    if (c->ksha) { /* the kernel-expanded part: its blob and its row */
+        char kshape[160];
+        snprintf(kshape, sizeof kshape, "[%d,%d,%d,%d]+[%d,%d,%d,%d]", s->n_layer, s->n_head, s->head_size,
+                 s->kernel_features, s->n_layer, s->n_head, s->kernel_features, s->head_size);
+        if ((rc = reg_prepare(self,
+                              "INSERT OR IGNORE INTO state_blobs(sha256, bytes, dtype, shape, data)"
+                              " VALUES(?1, ?2, 'F32', ?3, ?4)",
+                              &st, err)))
+            return rc;
+        sqlite3_bind_text(st, 1, c->ksha, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)c->kbytes);
+        sqlite3_bind_text(st, 3, kshape, -1, SQLITE_STATIC);
+        sqlite3_bind_blob64(st, 4, s->kstate, c->kbytes, SQLITE_STATIC);
+        rc = reg_step(self, st, "storing the kernel-expanded blob", err);
+        sqlite3_finalize(st);
+        if (rc < 0) return rc;
+        if ((rc = reg_prepare(self, "INSERT INTO state_kstates(state, features, gamma, blob_sha256) VALUES(?1, ?2, ?3, ?4)",
+                              &st, err)))
+            return rc;
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_int(st, 2, s->kernel_features);
+        sqlite3_bind_double(st, 3, s->kernel_gamma);
+        sqlite3_bind_text(st, 4, c->ksha, -1, SQLITE_STATIC);
+        rc = reg_step(self, st, "recording the kernel-expanded part", err);
+        sqlite3_finalize(st);
+        if (rc < 0) return rc;
+    }
+
     if (s->n_metrics > 0) {
         if ((rc = reg_prepare(self, "INSERT INTO state_metrics(state, name, value, baseline) VALUES(?1, ?2, ?3, ?4)",
                               &st, err)))
@@ -603,10 +699,22 @@ int registry_add_state(registry_t *self, const registry_new_state_t *s, int *ver
         if (!isfinite(s->data[i]))
             return st_fail(err, ST_ENUMERIC, "state '%s' holds NaN or inf (element %zu); refusing to store it",
                            s->name, i);
-    char sha[65];
+    char sha[65], ksha[65];
     st_sha256_hex(s->data, n * sizeof(float), sha);
+    size_t nk = 0;
+    if (s->kstate) { /* the kernel-expanded part (SPEC 4) */
+        if (s->kernel_features < 1 || s->kernel_features > 1024 || !(s->kernel_gamma > 0) || !isfinite(s->kernel_gamma))
+            return st_fail(err, ST_EINVAL, "state '%s': a kernel-expanded part needs 1 to 1024 features and gamma > 0 "
+                           "(got %d and %g)", s->name, s->kernel_features, (double)s->kernel_gamma);
+        nk = 2 * (size_t)s->n_layer * s->n_head * s->head_size * s->kernel_features;
+        for (size_t i = 0; i < nk; i++)
+            if (!isfinite(s->kstate[i]))
+                return st_fail(err, ST_ENUMERIC, "state '%s': its kernel-expanded part holds NaN or inf (element %zu); "
+                               "refusing to store it", s->name, i);
+        st_sha256_hex(s->kstate, nk * sizeof(float), ksha);
+    }
     int version = 0;
-    s_add_ctx c = {s, sha, n * sizeof(float), &version};
+    s_add_ctx c = {s, sha, n * sizeof(float), &version, s->kstate ? ksha : NULL, nk * sizeof(float)};
     rc = reg_txn(self, 1, s_add_txn, &c, err);
     if (rc == ST_OK && version_out) *version_out = version;
     return rc;

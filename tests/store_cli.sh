@@ -30,7 +30,7 @@ expect 0 '^NAME +VERSION +ALIASES' $ST $DB states list
 [ "$(grep -c '^style ' "$T/out")" -eq 3 ] || fail "states list shows $(grep -c '^style ' "$T/out") versions of style, expected 3"
 grep -Eq '^style +3 +latest ' "$T/out" || fail "style@3 is not shown with alias latest"
 $ST $DB states list --json >"$T/list.json" || fail "states list --json failed"
-$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d)==5 and d[0]["shape"]==[2,2,64,64], d' "$T/list.json" \
+$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d)==6 and d[0]["shape"]==[2,2,64,64], d' "$T/list.json" \
     || fail "states list --json is not the expected JSON document"
 
 # show: resolve forms, metrics beside baseline, history
@@ -64,6 +64,21 @@ expect 1 "has no version 9" $ST $DB states get style@9 -o "$T/x.pth"
 expect 1 "has no alias 'beta'" $ST $DB states show style@beta
 expect 1 'U0' $ST $DB states get kernel -o "$T/k.safetensors"
 [ -e "$T/k.safetensors" ] && fail "a refused export left a file behind"
+# a kernel-expanded state with its U0 stored: shown, refused by standard formats, carried by statetune's own
+expect 0 'kernel-expanded \(M=16, gamma 2\): U0 and support vectors stored' $ST $DB states show kstate
+expect 1 "cannot export 'kstate@1': it has a kernel-expanded part \(U0 with M=16\).*use --format statetune" \
+    $ST $DB states get kstate -o "$T/ks.pth"
+[ -e "$T/ks.pth" ] && fail "a refused export left a file behind"
+expect 0 'wrote kstate@1.*as statetune' $ST $DB states get kstate -o "$T/ks.safetensors" --format statetune
+$PY - "$T/ks.safetensors" <<'P' || fail "--format statetune did not write S0 and the kernel-expanded part"
+import json, struct, sys
+b = open(sys.argv[1], 'rb').read()
+h = json.loads(b[8:8 + struct.unpack('<Q', b[:8])[0]])
+assert h['__metadata__']['format'] == 'statetune' and h['__metadata__']['kernel_features'] == '16', h['__metadata__']
+assert h['blocks.1.att.kstate_u0']['shape'] == [2, 64, 16] and h['blocks.1.att.kstate_support']['shape'] == [2, 16, 64]
+assert h['blocks.0.att.time_state']['shape'] == [2, 64, 64]
+P
+expect 1 'never stored its U0' $ST $DB states get kernel -o "$T/k0.safetensors" --format statetune
 expect 2 'give -o FILE' $ST $DB states get style
 expect 2 "unknown state format 'gguf'" $ST $DB states get style -o "$T/x" --format gguf
 expect 2 'from its extension' $ST $DB states get style -o "$T/x.bin"

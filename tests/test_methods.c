@@ -14,7 +14,10 @@
  *     engine/teacher_cache.c): with k = V it equals the full observer to 1e-6
  *     (loss and dS0, also through a cache built by the teacher and read
  *     back), its gradients against finite differences (row and dS0), and the
- *     cache file refuses another teacher, other data and damaged bytes.
+ *     cache file refuses another teacher, other data and damaged bytes;
+ *   - a kernel-expanded state taken from a job folder (state.safetensors +
+ *     kstate.safetensors) into the registry and back out (and through
+ *     --format statetune) gives the RNN exactly the job folder's logits.
  * Model: the random tiny fixture (2 layers, 2 heads, vocab 256). Random
  * inputs are seeded per test (METHODS_SEED varies them when exploring).
  */
@@ -32,6 +35,7 @@
 #include "kernels/cpu/head.h"
 #include "kernels/cpu/observer.h"
 #include "kernels/cpu/observer_topk.h"
+#include "store/registry.h"
 #include "store/state_formats.h"
 #include "kernels/cpu/rbf.h"
 #include "model/model.h"
@@ -642,6 +646,100 @@ static int t_topk_cache(void)
     return 0;
 }
 
+/* RNN logits of greedy generation over a token row: job folder vs registry */
+static int s_rnn_logits(fx_t *f, const float *s0, const engine_kstate_t *ks, float *out)
+{
+    char err[ST_ERR_LEN];
+    rwkv_rnn_t *rnn = rwkv_rnn_new(f->m, s0, err);
+    if (!rnn || (ks && rwkv_rnn_set_kstate(rnn, ks, err) != ST_OK)) {
+        fprintf(stderr, "%s\n", err);
+        rwkv_rnn_destroy(&rnn);
+        return 1;
+    }
+    for (int t = 0; t < f->T; t++)
+        if (rwkv_rnn_step(rnn, f->tok[t], out + (size_t)t * f->V, err) != ST_OK) {
+            fprintf(stderr, "%s\n", err);
+            rwkv_rnn_destroy(&rnn);
+            return 1;
+        }
+    rwkv_rnn_destroy(&rnn);
+    return 0;
+}
+
+static int t_kstate_registry_rnn(void)
+{
+    fx_t f;
+    int rc = s_fx(&f);
+    if (rc) return rc;
+    char err[ST_ERR_LEN], dir[512], sp[700], kp[700], db[700], ep[700];
+    snprintf(dir, sizeof dir, "%s", st_test_tmpdir());
+    snprintf(sp, sizeof sp, "%s/state.safetensors", dir);
+    snprintf(kp, sizeof kp, "%s/kstate.safetensors", dir);
+    snprintf(db, sizeof db, "%s/registry.db", dir);
+    snprintf(ep, sizeof ep, "%s/export.safetensors", dir);
+    /* the job folder, as tune writes it */
+    kstate_t *ks = s_kstate(&f, 12, 1.5f, 3.0f);
+    CHECK(ks);
+    CHECKF(state_write(sp, STATE_FMT_SAFETENSORS, f.L, f.H, f.N, f.s0, 0, err) == ST_OK, "%s", err);
+    CHECKF(kstate_write(ks, kp, err) == ST_OK, "%s", err);
+    /* what the worker reads and sends, and the coordinator stores */
+    state_file_t sf;
+    state_kstate_t kj;
+    CHECKF(state_read(sp, STATE_FMT_AUTO, &sf, err) == ST_OK, "%s", err);
+    CHECKF(state_kstate_read(kp, f.L, f.H, f.N, &kj, err) == ST_OK, "%s", err);
+    size_t nU = kstate_u0_size(ks);
+    CHECK(kj.M == 12 && kj.gamma == 1.5f && memcmp(kj.u0, kstate_u0(ks), nU * 4) == 0 &&
+          memcmp(kj.support, kstate_support(ks), nU * 4) == 0);
+    float *both = malloc(2 * nU * 4);
+    memcpy(both, kj.u0, nU * 4);
+    memcpy(both + nU, kj.support, nU * 4);
+    registry_t *r = registry_open(db, 0, err);
+    CHECKF(r, "%s", err);
+    registry_new_state_t ns = {.name = "ks", .model_sha256 = f.m->sha256, .n_layer = f.L, .n_head = f.H,
+                               .head_size = f.N, .data = sf.data, .kernel_features = kj.M,
+                               .kernel_gamma = kj.gamma, .kstate = both};
+    int v = 0;
+    CHECKF(registry_add_state(r, &ns, &v, err) == ST_OK, "%s", err);
+    registry_close(&r);
+    r = registry_open(db, 1, err);
+    CHECKF(r, "%s", err);
+    registry_state_info_t in;
+    float *s0r = NULL, *kr = NULL;
+    CHECKF(registry_get_state_ks(r, "ks", &in, &s0r, &kr, err) == ST_OK, "%s", err);
+    registry_close(&r);
+    CHECK(kr && memcmp(kr, kstate_u0(ks), nU * 4) == 0 && memcmp(s0r, f.s0, f.nS * 4) == 0);
+    /* the registry copy exported in statetune's own format and read back */
+    state_kstate_t ke = {in.kernel_features, in.kernel_gamma, kr, kr + nU}, kb;
+    state_file_t sb;
+    CHECKF(state_write_statetune(ep, f.L, f.H, f.N, s0r, &ke, err) == ST_OK, "%s", err);
+    CHECKF(state_read_statetune(ep, &sb, &kb, err) == ST_OK, "%s", err);
+
+    size_t nl = (size_t)f.T * f.V;
+    float *lj = malloc(nl * 4), *lr = malloc(nl * 4), *le = malloc(nl * 4), *l0 = malloc(nl * 4);
+    engine_kstate_t vj = {kj.M, kj.gamma, kj.u0, kj.support};
+    engine_kstate_t vr = {in.kernel_features, in.kernel_gamma, kr, kr + nU};
+    engine_kstate_t vb = {kb.M, kb.gamma, kb.u0, kb.support};
+    CHECK(s_rnn_logits(&f, sf.data, &vj, lj) == 0);
+    CHECK(s_rnn_logits(&f, s0r, &vr, lr) == 0);
+    CHECK(s_rnn_logits(&f, sb.data, &vb, le) == 0);
+    CHECK(s_rnn_logits(&f, s0r, NULL, l0) == 0);
+    double off = 0;
+    for (size_t i = 0; i < nl; i++) off = fmax(off, fabs(l0[i] - lj[i]));
+    printf("RNN logits over %d tokens: registry copy %s, statetune export %s the job folder's; without U0 max "
+           "|diff| %.3g\n", f.T, memcmp(lj, lr, nl * 4) ? "differs from" : "equals",
+           memcmp(lj, le, nl * 4) ? "differs from" : "equals", off);
+    CHECK(memcmp(lj, lr, nl * 4) == 0 && memcmp(lj, le, nl * 4) == 0);
+    CHECKF(off > 1e-4, "the kernel term changed nothing (%.3g): the comparison would prove nothing", off);
+    free(lj), free(lr), free(le), free(l0), free(both), free(s0r), free(kr);
+    state_file_free(&sf);
+    state_file_free(&sb);
+    state_kstate_free(&kj);
+    state_kstate_free(&kb);
+    kstate_destroy(&ks);
+    s_fx_free(&f);
+    return 0;
+}
+
 static const st_test_t tests[] = {
     {"u0_zero_is_base", t_u0_zero_is_base},
     {"alpha_one_is_plain", t_alpha_one_is_plain},
@@ -653,6 +751,7 @@ static const st_test_t tests[] = {
     {"topk_full_k_equals_on_the_fly", t_topk_full_k_equals_on_the_fly},
     {"topk_fd", t_topk_fd},
     {"topk_cache", t_topk_cache},
+    {"kstate_registry_rnn", t_kstate_registry_rnn},
     {NULL, NULL},
 };
 

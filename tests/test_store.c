@@ -87,7 +87,7 @@ static int test_schema_migrations(void)
     registry_t *r = registry_open(db, 0, err);
     CHECKF(r != NULL, "%s", err);
     int latest = registry_schema_version(r);
-    CHECK(latest >= 2);
+    CHECK(latest >= 3);
     int v = 0;
     CHECKF(s_add(r, "keep", 1, "latest", &v, err) == ST_OK, "%s", err);
     registry_close(&r);
@@ -107,7 +107,8 @@ static int test_schema_migrations(void)
     /* A database left at version 1 is brought up to date on open. */
     sqlite3 *h;
     CHECK(sqlite3_open(db, &h) == SQLITE_OK);
-    CHECK(sqlite3_exec(h, "DROP INDEX states_by_model; DROP INDEX alias_history_by_name; PRAGMA user_version = 1;",
+    CHECK(sqlite3_exec(h, "DROP INDEX states_by_model; DROP INDEX alias_history_by_name; DROP TABLE state_kstates;"
+                          " PRAGMA user_version = 1;",
                        NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(h);
     /* ...but a reader refuses it instead of guessing. */
@@ -837,6 +838,120 @@ static int test_export_logits(void)
 }
 #endif
 
+/* The kernel-expanded part of a state (SPEC 4, schema 3): stored as one
+ * content-addressed blob beside S0, read back byte for byte in the same
+ * snapshot, shown, deduplicated; standard exports refuse it with one
+ * sentence while --format statetune carries it, and reads back identical. */
+#define KS_M 16
+#define KS_N (2 * L_ * H_ * N_ * KS_M)
+static int test_kstate_round_trip(void)
+{
+    char err[ST_ERR_LEN], dir[512], db[700], path[700];
+    snprintf(dir, sizeof dir, "%s", st_test_tmpdir()); /* one folder: s_path makes a new one per call */
+#define KS_PATH(name) (snprintf(path, sizeof path, "%s/%s", dir, name), path)
+    snprintf(db, sizeof db, "%s/kstate.db", dir);
+    registry_t *r = registry_open(db, 0, err);
+    CHECKF(r != NULL, "%s", err);
+    float *d = malloc(NUMEL * sizeof(float)), *k = malloc(KS_N * sizeof(float));
+    s_fill(d, NUMEL, 31);
+    s_fill(k, KS_N, 32);
+    registry_new_state_t s = {.name = "ks", .model_sha256 = s_model, .n_layer = L_, .n_head = H_, .head_size = N_,
+                              .data = d, .kernel_features = KS_M, .kernel_gamma = 1.5f, .kstate = k};
+    int v1 = 0, v2 = 0, v3 = 0;
+    CHECKF(registry_add_state(r, &s, &v1, err) == ST_OK, "%s", err);
+    CHECKF(registry_add_state(r, &s, &v2, err) == ST_OK, "%s", err); /* same content: blobs shared */
+    /* kernel_features without a stored U0 (as registered before schema 3) */
+    registry_new_state_t old = s;
+    old.kstate = NULL;
+    CHECKF(registry_add_state(r, &old, &v3, err) == ST_OK, "%s", err);
+    /* refused: NaN in U0, impossible gamma */
+    float keep = k[7];
+    k[7] = NAN;
+    CHECK(registry_add_state(r, &s, NULL, err) == ST_ENUMERIC && strstr(err, "kernel-expanded"));
+    k[7] = keep;
+    s.kernel_gamma = 0;
+    CHECK(registry_add_state(r, &s, NULL, err) == ST_EINVAL && strstr(err, "gamma"));
+    registry_close(&r);
+    CHECK(v1 == 1 && v2 == 2 && v3 == 3);
+    CHECK(s_sql_int(db, "SELECT COUNT(*) FROM state_blobs") == 2);
+    CHECK(s_sql_int(db, "SELECT COUNT(*) FROM state_kstates") == 2);
+
+    r = registry_open(db, 1, err);
+    CHECKF(r != NULL, "%s", err);
+    registry_state_info_t in;
+    float *d2 = NULL, *k2 = NULL;
+    CHECKF(registry_get_state_ks(r, "ks@1", &in, &d2, &k2, err) == ST_OK, "%s", err);
+    CHECK(d2 && k2 && memcmp(d2, d, NUMEL * sizeof(float)) == 0 && memcmp(k2, k, KS_N * sizeof(float)) == 0);
+    CHECK(in.kernel_features == KS_M && in.kernel_gamma == 1.5f && strlen(in.kstate_sha256) == 64);
+    printf("ks@1: M %d, gamma %g, U0 blob %.12s, bytes identical\n", in.kernel_features, (double)in.kernel_gamma,
+           in.kstate_sha256);
+    free(d2), free(k2);
+    CHECKF(registry_get_state_ks(r, "ks@3", &in, &d2, &k2, err) == ST_OK, "%s", err);
+    CHECK(d2 && !k2 && in.kernel_features == KS_M && in.kstate_sha256[0] == 0);
+    free(d2);
+    json_t *o = NULL;
+    CHECKF(registry_show_state(r, "ks@2", &o, err) == ST_OK, "%s", err);
+    CHECK(json_integer_value(json_object_get(o, "kernel_features")) == KS_M);
+    CHECK(json_number_value(json_object_get(o, "kernel_gamma")) == 1.5);
+    CHECK(json_is_string(json_object_get(o, "kstate_sha256")));
+    json_decref(o);
+    registry_close(&r);
+
+    /* a damaged kernel-expanded blob is reported, never returned */
+    sqlite3 *h;
+    CHECK(sqlite3_open(db, &h) == SQLITE_OK);
+    CHECK(sqlite3_exec(h, "UPDATE state_blobs SET data = zeroblob(length(data)) WHERE sha256 IN"
+                          " (SELECT blob_sha256 FROM state_kstates)", NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(h);
+    r = registry_open(db, 1, err);
+    CHECKF(r != NULL, "%s", err);
+    CHECK(registry_get_state_ks(r, "ks@1", &in, &d2, &k2, err) == ST_EFORMAT && !d2 && !k2);
+    printf("damaged: %s\n", err);
+    CHECK(strstr(err, "kernel-expanded"));
+    registry_close(&r);
+
+    /* files: every standard format refuses; statetune's own carries it, read back identical */
+    const char *files[3] = {"k.safetensors", "k.pth", "k.st"};
+    for (int f = 0; f < 3; f++) {
+        CHECK(state_write(KS_PATH(files[f]), STATE_FMT_AUTO, L_, H_, N_, d, KS_M, err) == ST_EUNSUPPORTED);
+        CHECK(strstr(err, "M=16") && strstr(err, "--format statetune"));
+        CHECK(access(KS_PATH(files[f]), F_OK) != 0);
+    }
+    printf("refused: %s\n", err);
+    size_t nk = (size_t)L_ * H_ * N_ * KS_M;
+    state_kstate_t ks = {KS_M, 1.5f, k, k + nk}, back;
+    state_file_t sf;
+    char p[700];
+    snprintf(p, sizeof p, "%s/k.statetune.safetensors", dir);
+    CHECKF(state_write_statetune(p, L_, H_, N_, d, &ks, err) == ST_OK, "%s", err);
+    CHECKF(state_read_statetune(p, &sf, &back, err) == ST_OK, "%s", err);
+    CHECK(sf.n_layer == L_ && sf.n_head == H_ && sf.head_size == N_ && memcmp(sf.data, d, NUMEL * sizeof(float)) == 0);
+    CHECK(back.M == KS_M && back.gamma == 1.5f && memcmp(back.u0, k, nk * sizeof(float)) == 0 &&
+          memcmp(back.support, k + nk, nk * sizeof(float)) == 0);
+    state_kstate_free(&back);
+    state_file_free(&sf);
+    /* the same file read as a plain state gives S0 (what other tools see) */
+    CHECKF(state_read(p, STATE_FMT_AUTO, &sf, err) == ST_OK, "%s", err);
+    CHECK(memcmp(sf.data, d, NUMEL * sizeof(float)) == 0);
+    state_file_free(&sf);
+    /* a plain state through the statetune reader has no kernel part; a kstate file alone is checked */
+    CHECK(state_write(KS_PATH("plain.safetensors"), STATE_FMT_AUTO, L_, H_, N_, d, 0, err) == ST_OK);
+    CHECKF(state_read_statetune(KS_PATH("plain.safetensors"), &sf, &back, err) == ST_OK && back.M == 0, "%s", err);
+    state_file_free(&sf);
+    CHECK(state_kstate_read(KS_PATH("plain.safetensors"), L_, H_, N_, &back, err) == ST_EFORMAT);
+    CHECK(state_kstate_read(p, L_ + 1, H_, N_, &back, err) == ST_EFORMAT); /* wrong shape for this model */
+    /* truncated statetune files are refused */
+    char *img = NULL;
+    size_t n = 0;
+    CHECK(st_read_file(p, 1 << 26, &img, &n, err) == ST_OK);
+    CHECK(st_write_file_atomic(KS_PATH("cut.safetensors"), img, n - 1000, err) == ST_OK);
+    CHECK(state_read_statetune(KS_PATH("cut.safetensors"), &sf, &back, err) != ST_OK);
+    free(img);
+    free(d), free(k);
+    return 0;
+#undef KS_PATH
+}
+
 static const st_test_t tests[] = {
 #ifdef STORE_TEST_ENGINE
     {"export_logits", test_export_logits},
@@ -857,6 +972,7 @@ static const st_test_t tests[] = {
     {"concurrent_readers_30s", test_concurrent_readers_30s},
     {"two_writers", test_two_writers},
     {"kill_writer", test_kill_writer},
+    {"kstate_round_trip", test_kstate_round_trip},
     {NULL, NULL},
 };
 
@@ -943,6 +1059,16 @@ static int s_make_db(const char *db)
         registry_new_state_t s = {.name = "kernel", .model_sha256 = s_model, .n_layer = L_, .n_head = H_,
                                   .head_size = N_, .data = d, .kernel_features = 16};
         rc = registry_add_state(r, &s, &v, err);
+    }
+    if (!rc) { /* kernel-expanded with its U0 stored (schema 3) */
+        float d[NUMEL], *k = malloc(KS_N * sizeof(float));
+        s_fill(d, NUMEL, 8);
+        s_fill(k, KS_N, 9);
+        registry_new_state_t s = {.name = "kstate", .model_sha256 = s_model, .n_layer = L_, .n_head = H_,
+                                  .head_size = N_, .data = d, .kernel_features = KS_M, .kernel_gamma = 2.0f,
+                                  .kstate = k};
+        rc = k ? registry_add_state(r, &s, &v, err) : ST_ENOMEM;
+        free(k);
     }
     registry_close(&r);
     if (rc) fprintf(stderr, "%s\n", err);

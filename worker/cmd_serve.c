@@ -21,7 +21,9 @@
  * callbacks forward progress, evaluations and checkpoints as notifications
  * and poll the link's cancel flag once per step, so a cancelled job stops
  * within a step or two (SPEC: 5 s). The result (the state's fp32 bytes and
- * metrics.json) or the failure is then sent until the coordinator answers.
+ * metrics.json; for a kernel-expanded state also U0 and its support vectors
+ * from DIR/kstate.safetensors, after S0 in the same payload) or the failure
+ * is then sent until the coordinator answers.
  *
  * Checkpoints go to the directory the coordinator names for the job
  * (<jobs dir>/<id>); tune_run resumes from the checkpoint it finds there, so
@@ -36,6 +38,7 @@
 #include "common/st_fs.h"
 #include "data/jobspec.h"
 #include "engine/tune.h"
+#include "store/state_formats.h"
 #include "worker/dist.h"
 #include "worker/serve_link.h"
 
@@ -283,16 +286,34 @@ static int s_run_job(dist_t *dist, serve_link_t *link, const char *group, json_t
          * run: a 15 GB checkpoint takes a while, and the other ranks now wait
          * in the idle broadcast, which has no watchdog. */
         if (rc == ST_OK && res.state) rc = st_sha256_file(spec->model_path, model_sha, err);
+        state_kstate_t ks = {0}; /* the kernel-expanded part, which goes into the registry too */
+        if (rc == ST_OK && res.state && spec->kernel_state.features > 0) {
+            char kp[4200];
+            snprintf(kp, sizeof kp, "%s/kstate.safetensors", out_dir);
+            rc = state_kstate_read(kp, res.n_layer, res.n_head, res.head_size, &ks, err);
+            if (rc) st_wrap(err, rc, "job %lld: its kernel-expanded part: ", (long long)job);
+        }
         if (rc == ST_OK && res.state) {
             size_t n = (size_t)res.n_layer * res.n_head * res.head_size * res.head_size;
+            size_t nk = 2 * (size_t)res.n_layer * res.n_head * res.head_size * ks.M;
             json_error_t jerr;
             json_t *metrics = res.metrics_json ? json_loads(res.metrics_json, 0, &jerr) : NULL;
             pending->msg = json_pack("{s:s, s:I, s:i, s:i, s:i, s:s, s:o}", "type", "result", "job", (json_int_t)job,
                                      "layers", res.n_layer, "heads", res.n_head, "head_size", res.head_size,
                                      "model_sha256", model_sha, "metrics", metrics ? metrics : json_object());
-            pending->payload = malloc(n * sizeof(float));
-            if (pending->payload) memcpy(pending->payload, res.state, n * sizeof(float));
-            pending->plen = n * sizeof(float);
+            if (pending->msg && ks.M > 0) {
+                json_object_set_new(pending->msg, "kernel_features", json_integer(ks.M));
+                json_object_set_new(pending->msg, "kernel_gamma", json_real(ks.gamma));
+            }
+            pending->payload = malloc((n + nk) * sizeof(float));
+            if (pending->payload) {
+                memcpy(pending->payload, res.state, n * sizeof(float));
+                if (nk) { /* S0, then U0 (L, H, N, M), then the support vectors (L, H, M, N) */
+                    memcpy((float *)pending->payload + n, ks.u0, nk / 2 * sizeof(float));
+                    memcpy((float *)pending->payload + n + nk / 2, ks.support, nk / 2 * sizeof(float));
+                }
+            }
+            pending->plen = (n + nk) * sizeof(float);
             s_log(group, "job %lld: done, eval loss %.4f -> %.4f", (long long)job, res.eval_loss_before,
                   res.eval_loss_after);
             if (!pending->msg || !pending->payload) {
@@ -300,6 +321,7 @@ static int s_run_job(dist_t *dist, serve_link_t *link, const char *group, json_t
                 rc = st_fail(err, ST_ENOMEM, "out of memory for the result");
             }
         }
+        state_kstate_free(&ks);
         if (rc == ST_ECANCELLED && lost) {
             end_group = 1; /* nobody to report to; the next round says why */
             serve_link_set_job(link, 0);
