@@ -133,7 +133,13 @@ static int s_check_batch(engine_t *self, engine_batch_t *batch, char *err)
     /* the optional methods of SPEC section 4 (observer, kernel-expanded state) */
     const engine_kstate_t *ks_saved = batch->kstate;
     if (!batch->kstate) batch->kstate = self->kstate;
-    int obs = (batch->teacher_logits != NULL || batch->teacher_topk != NULL) && batch->obs_alpha < 1.0f;
+    int obs = (batch->teacher_logits != NULL || batch->teacher_topk != NULL || batch->teacher != NULL) &&
+              batch->obs_alpha < 1.0f;
+    if (obs && batch->teacher && (!self->cuda || !batch->teacher->cuda || batch->teacher == self)) {
+        batch->kstate = ks_saved;
+        return st_fail(err, ST_EUNSUPPORTED, "a teacher engine on the device is a CUDA path for another engine (the "
+                       "CPU backend takes teacher_logits)");
+    }
     if (obs && batch->teacher_topk) { /* top-k teacher (engine/teacher_cache.h): CPU only, ids checked */
         batch->kstate = ks_saved; /* restored below when the checks pass */
         if (self->cuda)
@@ -185,6 +191,23 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err)
     batch->kstate = ks_saved;
     return rc;
 }
+
+int engine_teacher_forward(engine_t *self, const int32_t *tokens, int B, int T, const float *state0, char *err)
+{
+    if (!self->cuda)
+        return st_fail(err, ST_EUNSUPPORTED, "the teacher's forward on the device needs the CUDA backend");
+    if (B < 1 || T < 1 || B > self->max_batch || T > self->max_ctx)
+        return st_fail(err, ST_EINVAL, "a batch of %d x %d does not fit the teacher engine's plan of %d x %d", B, T,
+                       self->max_batch, self->max_ctx);
+    if (!tokens || !state0) return st_fail(err, ST_EINVAL, "engine_teacher_forward needs tokens and state0");
+    for (size_t i = 0; i < (size_t)B * T; i++) /* user data */
+        if (tokens[i] < 0 || tokens[i] >= self->model->cfg.vocab)
+            return st_fail(err, ST_EINVAL, "token id %d at position %zu is outside the teacher's vocabulary of %d",
+                           (int)tokens[i], i, self->model->cfg.vocab);
+    return engine_cuda_teacher_forward(self->cuda, tokens, B, T, state0, err);
+}
+
+engine_cuda_t *engine_cuda_of(const engine_t *engine) { return engine ? engine->cuda : NULL; }
 
 void engine_set_kstate(engine_t *self, const engine_kstate_t *ks) { self->kstate = ks; }
 const engine_kstate_t *engine_kstate(const engine_t *self) { return self->kstate; }

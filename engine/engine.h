@@ -56,7 +56,7 @@ typedef struct {
     int B, T;
     const float *state0;      /* (L, H, N, N) shared by all B sequences */
     const uint8_t *dbp_rows;  /* (B) nonzero rows contribute to dbp_q; NULL = none */
-    /* optional methods of SPEC section 4 (CPU backend; CUDA refuses them) */
+    /* optional methods of SPEC section 4 (both backends; top-k teacher logits: CPU only) */
     const float *teacher_logits; /* (B, T, V) observer: the frozen teacher's logits; NULL = plain CE */
     float obs_alpha;          /* observer: weight of CE (1 = plain CE) */
     float obs_temperature;    /* observer: tau > 0 */
@@ -65,9 +65,12 @@ typedef struct {
     const float *teacher_topk;       /* (B, T, K) the teacher's kept logits at each target position */
     const int32_t *teacher_topk_ids; /* (B, T, K) their token ids */
     int teacher_k;                   /* K, 1..V */
+    const struct engine *teacher; /* observer on CUDA: a teacher engine (same device, precision and vocabulary) that
+                                   * just ran engine_teacher_forward on these tokens; the head computes the teacher's
+                                   * logits from it on the device, used instead of teacher_logits. CUDA only */
     const engine_kstate_t *kstate; /* kernel-expanded state; NULL = the engine's default (engine_set_kstate) */
     float *dU0;               /* (L, H, N, M) += d(loss_sum)/dU0 when kstate is on and dstate0 is set */
-    float *receptance;        /* (L, B, T, C) out: every layer's r (k-means support vectors); CPU only */
+    float *receptance;        /* (L, B, T, C) out: every layer's r (k-means support vectors) */
     /* out, each optional (NULL = not wanted) */
     float *logits;            /* (B, T, V) */
     float *final_state;       /* (B, L, H, N, N) WKV state after the last token */
@@ -94,9 +97,16 @@ int engine_run(engine_t *self, engine_batch_t *batch, char *err);
 
 /* A kernel-expanded state used by every later engine_run whose batch names
  * none (evaluation runs through code that knows nothing of it); borrowed,
- * NULL turns it off. CPU only: the CUDA backend refuses such batches. */
+ * NULL turns it off. */
 void engine_set_kstate(engine_t *self, const engine_kstate_t *ks);
 const engine_kstate_t *engine_kstate(const engine_t *self); /* that default, or NULL */
+
+/* Observer with the teacher on the GPU (CUDA backend only; ST_EUNSUPPORTED on
+ * the CPU, which takes teacher_logits): runs self, the teacher, forward on
+ * tokens (B, T) from its state0 up to its final LayerNorm and keeps that on
+ * the device until self's next run, for one student engine_run whose batch
+ * names self in engine_batch_t.teacher. No logits leave the device. */
+int engine_teacher_forward(engine_t *self, const int32_t *tokens, int B, int T, const float *state0, char *err);
 
 /* Bytes of memory the engine planned (weights on device + activations). */
 size_t engine_peak_mem_bytes(const engine_t *self);

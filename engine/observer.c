@@ -87,4 +87,13 @@ int observer_logits(observer_t *self, const int32_t *tokens, int B, int T, const
     return ST_OK;
 }
 
+int observer_forward_device(observer_t *self, const int32_t *tokens, int B, int T, const engine_t **teacher,
+                            char *err)
+{
+    int rc = engine_teacher_forward(self->engine, tokens, B, T, self->state, err);
+    if (rc) return st_wrap(err, rc, "the observer's teacher: ");
+    *teacher = self->engine;
+    return ST_OK;
+}
+
 int observer_vocab(const observer_t *self) { return self->model->cfg.vocab; }

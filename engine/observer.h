@@ -35,4 +35,11 @@ int observer_vocab(const observer_t *self);
  * and valid until the next call. */
 int observer_logits(observer_t *self, const int32_t *tokens, int B, int T, const float **logits, char *err);
 
+/* The same on the CUDA backend without the logits leaving the GPU: runs the
+ * teacher forward on tokens (B, T) up to its head input, kept on the device
+ * (engine_teacher_forward), and sets *teacher to the engine a student batch
+ * names in engine_batch_t.teacher; valid until the next call. */
+int observer_forward_device(observer_t *self, const int32_t *tokens, int B, int T, const engine_t **teacher,
+                            char *err);
+
 #endif

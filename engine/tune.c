@@ -705,7 +705,11 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
             b.obs_alpha = (float)t->spec->observer.alpha;
             b.obs_temperature = (float)t->spec->observer.temperature;
         } else if (t->obs) {
-            rc = observer_logits(t->obs, mi->tokens, mi->B, mi->T, &b.teacher_logits, err);
+            /* on CUDA the teacher's logits never leave the GPU (engine_batch_t.teacher) */
+            if (t->opts->backend == ENGINE_CUDA)
+                rc = observer_forward_device(t->obs, mi->tokens, mi->B, mi->T, &b.teacher, err);
+            else
+                rc = observer_logits(t->obs, mi->tokens, mi->B, mi->T, &b.teacher_logits, err);
             if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
             b.obs_alpha = (float)t->spec->observer.alpha;
             b.obs_temperature = (float)t->spec->observer.temperature;

@@ -377,6 +377,110 @@ static int test_receptance_matches_cpu(void)
     return rc;
 }
 
+/* The observer with the teacher on the device (engine_teacher_forward and
+ * engine_batch_t.teacher: its logits computed in the student's head, never
+ * leaving the GPU) gives what the host path gives with the same teacher's
+ * downloaded logits, in fp32 and bf16; the teacher is a different, wider
+ * random model (3 heads, 2 layers). Misuse is refused with a sentence. */
+static int test_device_teacher_matches_host_logits(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    problem_t p;
+    uint64_t seed = s_seed();
+    CHECK(s_problem(&p, seed, 8) == 0);
+    rwkv_config_t tc = {.n_layer = 2, .n_embd = 192, .n_head = 3, .head_size = 64, .vocab = 300,
+                        .ffn_dim = 640, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    char err[ST_ERR_LEN];
+    rwkv_model_t *tm = rwkv_model_new_random(&tc, seed + 99, err);
+    CHECKF(tm != NULL, "%s", err);
+    size_t tns = (size_t)tc.n_layer * rwkv_state_layer_size(&tc);
+    float *ts0 = calloc(tns, 4), *tl = malloc(p.nl * 4);
+    CHECK(ts0 && tl);
+    for (size_t i = 0; i < tns; i++) ts0[i] = (float)(0.3 * sin((double)i));
+    int rc = 0;
+    for (int prec = 0; prec < 2 && !rc; prec++) {
+        engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec ? ENGINE_BF16 : ENGINE_FP32,
+                              .max_batch = p.B, .max_ctx = p.T + 3};
+        engine_t *te = engine_new(tm, &opts, err), *se = engine_new(p.m, &opts, err);
+        CHECKF(te && se, "%s", err);
+        /* host path: the teacher's logits downloaded, then uploaded by the student */
+        engine_batch_t tb = {.tokens = p.tok, .B = p.B, .T = p.T, .state0 = ts0, .logits = tl};
+        rc = engine_run(te, &tb, err);
+        out_t o[2];
+        for (int k = 0; k < 2 && !rc; k++) {
+            memset(&o[k], 0, sizeof o[k]);
+            o[k].ds0 = calloc(p.ns, 4);
+            engine_batch_t bt = {.tokens = p.tok, .targets = p.tgt, .B = p.B, .T = p.T, .state0 = p.s0,
+                                 .dstate0 = o[k].ds0, .obs_alpha = 0.3f, .obs_temperature = 2.0f};
+            if (k == 0) {
+                bt.teacher_logits = tl;
+            } else {
+                rc = engine_teacher_forward(te, p.tok, p.B, p.T, ts0, err);
+                if (rc) break;
+                bt.teacher = te;
+            }
+            rc = engine_run(se, &bt, err);
+            o[k].loss = bt.loss_sum;
+            o[k].ce = bt.ce_sum;
+            o[k].kl = bt.kl_sum;
+            o[k].n_targets = bt.n_targets;
+        }
+        if (rc) {
+            fprintf(stderr, "%s\n", err);
+        } else {
+            double n = o[0].n_targets ? (double)o[0].n_targets : 1;
+            double el = fabs(o[1].loss - o[0].loss) / n, ek = fabs(o[1].kl - o[0].kl) / n;
+            double eg = st_rel_err_ff(o[1].ds0, o[0].ds0, p.ns);
+            printf("%s teacher on the device vs host logits: loss %.9g vs %.9g, KL %.9g vs %.9g; dS0 rel err %.2e\n",
+                   prec ? "bf16" : "fp32", o[1].loss / n, o[0].loss / n, o[1].kl / n, o[0].kl / n, eg);
+            rc |= s_check("loss", el, 1e-6);
+            rc |= s_check("KL", ek, 1e-6);
+            rc |= s_check("dS0", eg, 1e-5);
+            if (!(o[0].kl > 0)) {
+                fprintf(stderr, "the KL is zero: the test would prove nothing\n");
+                rc = 1;
+            }
+            /* the teacher's kept head input ends with its next run; a teacher is another engine */
+            engine_batch_t tb2 = {.tokens = p.tok, .B = p.B, .T = p.T, .state0 = ts0};
+            engine_batch_t bt = {.tokens = p.tok, .targets = p.tgt, .B = p.B, .T = p.T, .state0 = p.s0,
+                                 .obs_alpha = 0.3f, .obs_temperature = 2.0f, .teacher = te};
+            int r1 = engine_run(te, &tb2, err) == ST_OK ? engine_run(se, &bt, err) : ST_OK;
+            printf("    stale teacher: %s\n", err);
+            bt.teacher = se;
+            int r2 = engine_run(se, &bt, err);
+            printf("    itself as teacher: %s\n", err);
+            if (r1 == ST_OK || r2 == ST_OK) {
+                fprintf(stderr, "a stale teacher or the student itself was accepted\n");
+                rc = 1;
+            }
+        }
+        for (int k = 0; k < 2; k++) free(o[k].ds0);
+        engine_destroy(&te);
+        engine_destroy(&se);
+    }
+    /* the CPU backend takes teacher_logits */
+    engine_opts_t co = {.backend = ENGINE_CPU, .precision = ENGINE_FP32, .max_batch = p.B, .max_ctx = p.T};
+    engine_t *ce = engine_new(p.m, &co, err), *ce2 = engine_new(p.m, &co, err);
+    CHECKF(ce && ce2, "%s", err);
+    engine_batch_t cb = {.tokens = p.tok, .targets = p.tgt, .B = p.B, .T = p.T, .state0 = p.s0, .obs_alpha = 0.3f,
+                         .obs_temperature = 2.0f, .teacher = ce2};
+    int r3 = engine_run(ce, &cb, err);
+    printf("cpu with a device teacher: %s\n", err);
+    int r4 = engine_teacher_forward(ce2, p.tok, p.B, p.T, p.s0, err);
+    printf("cpu teacher forward: %s\n", err);
+    if (r3 != ST_EUNSUPPORTED || r4 != ST_EUNSUPPORTED) {
+        fprintf(stderr, "the CPU backend did not refuse the device teacher\n");
+        rc = 1;
+    }
+    engine_destroy(&ce);
+    engine_destroy(&ce2);
+    free(ts0);
+    free(tl);
+    rwkv_model_destroy(&tm);
+    s_problem_free(&p);
+    return rc;
+}
+
 static double s_now(void)
 {
     struct timespec ts;
@@ -387,10 +491,11 @@ static double s_now(void)
 /* Diagnostics, not a check (skips unless STATETUNE_METHODS_BENCH=1): the
  * cost of each method on one training step of SPEC section 8's smallest
  * shape (12 x 768, vocab 65536, batch 8 x ctx 1024, bf16; STATETUNE_METHODS_SHAPE
- * "L,C,B,T" and STATETUNE_METHODS_FP32=1 change it): plain, observer (the
- * teacher's host logits uploaded chunk by chunk), the teacher's own forward
- * with its logits downloaded (what tune adds per micro-batch on top), and the
- * kernel-expanded state with 64 features. Median of 3 timed runs after one
+ * "L,C,B,T" and STATETUNE_METHODS_FP32=1 change it): plain, observer with
+ * host teacher logits (uploaded chunk by chunk), the teacher's own forward
+ * with its logits downloaded (what that path adds per micro-batch), the
+ * kernel-expanded state with 64 features, and the observer with the teacher
+ * on the device (its forward included). Median of 3 timed runs after one
  * warm-up, in tokens/s. */
 static int test_speed(void)
 {
@@ -459,13 +564,44 @@ static int test_speed(void)
         tps[k] = R / ts[1];
         printf("%-36s %8.1f ms  %10.0f tokens/s\n", name[k], ts[1] * 1e3, tps[k]);
     }
-    if (!rc) {
-        printf("shape %d x %d, vocab 65536, batch %d x ctx %d, %s; peak %.2f GB\n", L, C, B, T,
-               prec ? "bf16" : "fp32", engine_cuda_peak_mem_bytes(e) / 1e9);
-        printf("observer step / plain step: %.2fx; with the teacher's forward: %.2fx; kernel state: %.2fx\n",
-               tps[0] / tps[1], tps[0] / tps[1] + tps[0] / tps[2], tps[0] / tps[3]);
-    }
+    if (!rc) printf("shape %d x %d, vocab 65536, batch %d x ctx %d, %s; peak %.2f GB\n", L, C, B, T,
+                    prec ? "bf16" : "fp32", engine_cuda_peak_mem_bytes(e) / 1e9);
     engine_cuda_destroy(&e);
+    /* the observer with the teacher on the device (what tune does on CUDA): the
+     * teacher's forward to its head input, then the student's step whose head
+     * computes the teacher's logits; the teacher is a second engine of the same model */
+    double tdev = 0;
+    engine_t *te = NULL, *se = NULL;
+    if (!rc) {
+        te = engine_new(m, &opts, err);
+        se = te ? engine_new(m, &opts, err) : NULL;
+        if (!se) {
+            fprintf(stderr, "engine_new: %s\n", err);
+            rc = 1;
+        }
+    }
+    double ts[3];
+    for (int it = 0; it < 4 && !rc; it++) {
+        double t0 = s_now();
+        rc = engine_teacher_forward(te, tok, B, T, s0, err);
+        engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T, .state0 = s0, .dstate0 = ds0,
+                             .teacher = te, .obs_alpha = 0.5f, .obs_temperature = 1.0f};
+        if (!rc) rc = engine_run(se, &bt, err);
+        if (rc) fprintf(stderr, "observer on the device: %s\n", err);
+        if (it > 0) ts[it - 1] = s_now() - t0;
+    }
+    if (!rc) {
+        for (int i = 0; i < 3; i++)
+            for (int j = i + 1; j < 3; j++)
+                if (ts[j] < ts[i]) { double x = ts[i]; ts[i] = ts[j]; ts[j] = x; }
+        tdev = R / ts[1];
+        printf("%-36s %8.1f ms  %10.0f tokens/s\n", "observer, teacher on the device", ts[1] * 1e3, tdev);
+        printf("cost against plain: observer with host logits %.2fx (%.2fx with the teacher's forward and download), "
+               "teacher on the device %.2fx (its forward included); kernel state %.2fx\n", tps[0] / tps[1],
+               tps[0] / tps[1] + tps[0] / tps[2], tps[0] / tdev, tps[0] / tps[3]);
+    }
+    engine_destroy(&se);
+    engine_destroy(&te);
     free(tok);
     free(tgt);
     free(s0);
@@ -489,6 +625,7 @@ int main(int argc, char **argv)
         {"bf16_both_recompute", test_bf16_both_recompute},
         {"neutral_settings_are_plain", test_neutral_settings_are_plain},
         {"receptance_matches_cpu", test_receptance_matches_cpu},
+        {"device_teacher_matches_host_logits", test_device_teacher_matches_host_logits},
         {"speed", test_speed},
         {NULL, NULL},
     };

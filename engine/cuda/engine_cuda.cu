@@ -37,14 +37,18 @@
  *
  * Observer and kernel-expanded state (SPEC section 4; the methods_* functions,
  * kernels/cuda/observer.cuh and kstate.cuh): the same hooks as engine_cpu.c.
- * The observer replaces the head's cross-entropy kernel chunk by chunk, the
- * teacher's rows of each chunk uploaded from the caller's host (B, T, V)
- * logits just before it; the kernel-expanded term joins y right after each
+ * The observer replaces the head's cross-entropy kernel chunk by chunk; the
+ * teacher's rows of each chunk are either computed right there from a teacher
+ * engine on the same device (engine_batch_t.teacher: the teacher's head
+ * input, kept by engine_cuda_teacher_forward, times the teacher's head: one
+ * more product per chunk, nothing over PCIe) or uploaded from the caller's
+ * host (B, T, V) logits (teacher_logits: 2 GB per 8 x 1024 batch at vocab
+ * 65536, which costs several times the step itself); the kernel-expanded term joins y right after each
  * layer's WKV forward (recompute mode included) and its backward adds into
  * dr, dw and dU0 right after the WKV backward. Their device buffers are
  * allocated on first use, outside the plan (the plan is made before any
  * batch says whether it uses them), and counted in peak_mem from then on.
-  */
+ */
 extern "C" {
 #include "engine/engine_cuda.h"
 #include "common/st_err.h"
@@ -129,6 +133,9 @@ struct methods_cuda_t {
     char *obs_mem;             /* one allocation: teacher (head_chunk, V), row_ce, row_kl (maxR) */
     size_t obs_bytes;
     float *teacher, *row_ce, *row_kl, *h_ce, *h_kl;
+    const struct engine_cuda *dev_teacher; /* this run's teacher engine on the device, NULL = host logits */
+    int head_input_only;       /* engine_cuda_teacher_forward: stop at ln_out, keep it in lnout */
+    int hid_R;                 /* rows of the head input kept by the last teacher forward, 0 = none */
 };
 
 struct engine_cuda {
@@ -453,7 +460,19 @@ int methods_begin(engine_cuda_t *e, const engine_batch_t *bt, bool backward, cha
     const rwkv_config_t *c = &e->m->cfg;
     const size_t maxR = (size_t)e->maxB * e->maxT, V = c->vocab;
     mt->ks = bt->kstate;
-    mt->obs = bt->teacher_logits != NULL && bt->obs_alpha < 1.0f; /* alpha 1 is plain CE, as on the CPU */
+    mt->dev_teacher = bt->teacher ? engine_cuda_of(bt->teacher) : NULL;
+    /* alpha 1 is plain CE, as on the CPU */
+    mt->obs = (bt->teacher_logits != NULL || mt->dev_teacher != NULL) && bt->obs_alpha < 1.0f;
+    mt->hid_R = 0; /* any run of this engine ends what a teacher forward kept */
+    if (mt->obs && mt->dev_teacher) {
+        const engine_cuda_t *te = mt->dev_teacher;
+        if (te == e || te->bf16 != e->bf16 || te->m->cfg.vocab != c->vocab)
+            return st_fail(err, ST_EINVAL, "the observer's teacher engine must be another engine of the same "
+                           "precision and vocabulary");
+        if (te->meth.hid_R != bt->B * bt->T)
+            return st_fail(err, ST_EINVAL, "the observer's teacher engine has not run engine_teacher_forward on "
+                           "this batch");
+    }
     mt->rec_out = bt->receptance;
     mt->want_dU0 = mt->ks && backward && bt->dU0;
     if (mt->ks) {
@@ -568,8 +587,14 @@ int methods_head(engine_cuda_t *e, const engine_batch_t *bt, int r0, int n, bool
         ST_CUDA_CHECK_LAUNCH("ce_kernel");
         return ST_OK;
     }
-    ST_CUDA_CHECK(cudaMemcpyAsync(mt->teacher, bt->teacher_logits + (size_t)r0 * V, (size_t)n * V * 4,
-                                  cudaMemcpyHostToDevice, st));
+    if (mt->dev_teacher) { /* the teacher's logits of these rows: its head input times its head, fp32 out */
+        const engine_cuda_t *te = mt->dev_teacher;
+        const int Ct = te->m->cfg.n_embd;
+        RUN(linear_fwd<T>(e, n, Ct, V, (const T *)te->lnout + (size_t)r0 * Ct, te->head, mt->teacher, err, true));
+    } else {
+        ST_CUDA_CHECK(cudaMemcpyAsync(mt->teacher, bt->teacher_logits + (size_t)r0 * V, (size_t)n * V * 4,
+                                      cudaMemcpyHostToDevice, st));
+    }
     st::observer_kernel<T><<<n, st::OBS_THREADS, 0, st>>>(V, e->logits, mt->teacher, (T *)e->dlogits, tg, bt->obs_alpha,
                                                           bt->obs_temperature, e->row_loss + r0, mt->row_ce + r0,
                                                           mt->row_kl + r0, e->row_correct + r0, backward);
@@ -858,7 +883,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->ln_out_b, LN_EPS,
                                                                       (T *)e->lnout, e->lnout_mean, e->lnout_rstd);
     ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
-    for (int r0 = 0; r0 < R; r0 += e->head_chunk) {
+    for (int r0 = 0; r0 < R && !e->meth.head_input_only; r0 += e->head_chunk) {
         const int n = R - r0 < e->head_chunk ? R - r0 : e->head_chunk;
         RUN(linear_fwd<T>(e, n, C, V, (T *)e->lnout + (size_t)r0 * C, e->head, e->logits, err, true));
         if (bt->logits)
@@ -1078,6 +1103,22 @@ extern "C" int engine_cuda_run(engine_cuda_t *self, engine_batch_t *batch, char 
             return st_fail(err, ST_ECUDA, "%s:%d: the CUDA step failed: %s", __FILE__, __LINE__,
                            cudaGetErrorString(ce));
     }
+    return rc;
+}
+
+extern "C" int engine_cuda_teacher_forward(engine_cuda_t *self, const int32_t *tokens, int B, int T,
+                                           const float *state0, char *err)
+{
+    engine_batch_t bt;
+    memset(&bt, 0, sizeof bt);
+    bt.tokens = tokens;
+    bt.B = B;
+    bt.T = T;
+    bt.state0 = state0;
+    self->meth.head_input_only = 1;
+    int rc = engine_cuda_run(self, &bt, err);
+    self->meth.head_input_only = 0;
+    if (rc == ST_OK) self->meth.hid_R = B * T; /* after engine_cuda_run, whose begin cleared it */
     return rc;
 }
 
