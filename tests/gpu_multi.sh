@@ -8,6 +8,9 @@
 #       by tests/make_tabs_data.py into rt/nccl/, and packs the shared
 #       libraries the GPU machine lacks into rt/nccl/runtime.tar.xz. rt/ is
 #       git-ignored; the device tool carries it (carry: ["rt/nccl"]).
+#       STATETUNE_GPU_WORKER=BINARY packs that worker instead of building one;
+#       STATETUNE_GPU_BASELINE_WORKER=BINARY adds a second (the code before a
+#       change) as bin/statetune-worker-base.
 #   tests/gpu_multi.sh run [correct|scale|all]   (on a machine with >= 2 GPUs)
 #       correct: `mpirun -np N statetune-worker tune JOB --local --backend cuda`
 #                for N = 1, 2, 4 (as many as there are GPUs) with the same
@@ -21,6 +24,9 @@
 #       scale:   `mpirun -np N statetune-worker bench --backend cuda` at
 #                24 x 1024 and 24 x 2048, vocab 65536, batch 8 per GPU, ctx
 #                1024: tokens/s per GPU against 1 GPU, all-reduce ms per step.
+#                A statetune-worker-base in the pack (see pack) runs the same
+#                scale first, so that before and after share the machine
+#                (scaling-base.txt beside scaling.txt).
 #       Logs and a summary go to $OUT (the device tool brings it back).
 #   tests/gpu_multi.sh ctest           (CTest, label gpu)
 #       `correct` from the build tree and ../shared/fixtures; skipped (77)
@@ -59,13 +65,18 @@ if [ "$mode" = pack ]; then
   set -e
   build=${STATETUNE_GPU_BUILD:-$root/build-nccl}
   fx=${STATETUNE_FIXTURES:-$root/../shared/fixtures}
-  cmake -S "$root" -B "$build" -DSTATETUNE_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-  cmake --build "$build" -j2 --target statetune-worker
+  worker=${STATETUNE_GPU_WORKER:-}
+  if [ -z "$worker" ]; then
+    cmake -S "$root" -B "$build" -DSTATETUNE_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+    cmake --build "$build" -j2 --target statetune-worker
+    worker=$build/worker/statetune-worker
+  fi
   rm -rf "$rt"; mkdir -p "$rt/bin" "$rt/data"
-  cp "$build/worker/statetune-worker" "$rt/bin/"
+  cp "$worker" "$rt/bin/statetune-worker"
+  [ -n "${STATETUNE_GPU_BASELINE_WORKER:-}" ] && cp "$STATETUNE_GPU_BASELINE_WORKER" "$rt/bin/statetune-worker-base"
   cp "$fx/rwkv7/pysrc-rwkv7-5M.pth" "$rt/data/"
   "$py" "$root/tests/make_tabs_data.py" "$rt/data" --train 256 --eval 32 --bytes 200 >/dev/null
-  bash "$root/../shared/device/pack-runtime.sh" "$rt/runtime.tar.xz" "$rt/bin/statetune-worker"
+  bash "$root/../shared/device/pack-runtime.sh" "$rt/runtime.tar.xz" "$rt"/bin/statetune-worker*
   du -sh "$rt"
   exit 0
 fi
@@ -118,40 +129,43 @@ EOF
   done
 }
 
-# scale WORKER OUT_DIR NP...
+# scale WORKER OUT_DIR NAME NP...: NAME.jsonl and NAME.txt in OUT_DIR
 scale() {
-  local w=$1 out=$2; shift 2
+  local w=$1 out=$2 name=$3; shift 3
   local shape np backend=${GPU_MULTI_BACKEND:-cuda} prec=bf16
   [ "$backend" = cuda ] || prec=fp32
-  : >"$out/scaling.jsonl"
+  : >"$out/$name.jsonl"
   # SCALE_SHAPES / SCALE_DIMS override the shapes for a smoke test
   for shape in ${SCALE_SHAPES:-24x1024 24x2048}; do
     for np in "$@"; do
-      local log=$out/bench-$shape-np$np.log
+      local log=$out/$name-$shape-np$np.log
       if "${MPIRUN[@]}" -np "$np" "$w" bench --layers "${shape%x*}" --embd "${shape#*x}" \
           ${SCALE_DIMS:---vocab 65536 --batch 8 --ctx 1024} --backend "$backend" --precision "$prec" \
           --steps "${SCALE_STEPS:-10}" >"$log" 2>&1; then
-        grep '^{' "$log" | tail -1 >>"$out/scaling.jsonl"
+        grep '^{' "$log" | tail -1 >>"$out/$name.jsonl"
       else
-        note "FAIL bench $shape np $np: $(grep -m2 -i 'error\|fail\|statetune' "$log" | tr '\n' ' ')"; fail=1
+        note "FAIL $name bench $shape np $np: $(grep -m2 -i 'error\|fail\|statetune' "$log" | tr '\n' ' ')"; fail=1
       fi
     done
   done
-  "$py" - "$out/scaling.jsonl" <<'EOF' | tee "$out/scaling.txt"
+  "$py" - "$out/$name.jsonl" <<'EOF' | tee "$out/$name.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 base = {}
-print("%-9s %3s %12s %12s %7s %9s %13s %9s %9s %11s  %s" % ("shape", "np", "tok/s", "tok/s/gpu", "eff", "step_ms",
-      "allreduce_ms", "copy_ms", "nccl_ms", "dev_f32_ms", "engine_ms per rank"))
+print("%-9s %3s %12s %12s %7s %9s %13s %9s %9s %11s %9s %8s  %s" % ("shape", "np", "tok/s", "tok/s/gpu", "eff",
+      "step_ms", "allreduce_ms", "copy_ms", "nccl_ms", "dev_f32_ms", "update_ms", "grad", "engine_ms per rank"))
 for r in rows:
     shape = "%dx%d" % (r["layers"], r["embd"])
     if r["ranks"] == 1:
         base[shape] = r["tokens_per_s_per_gpu"]
     eff = r["tokens_per_s_per_gpu"] / base[shape] if shape in base else float("nan")
-    print("%-9s %3d %12.0f %12.0f %6.1f%% %9.2f %13.3f %9.3f %9.3f %11.3f  %s" % (shape, r["ranks"], r["tokens_per_s"],
-          r["tokens_per_s_per_gpu"], 100 * eff, r["step_ms"], r["allreduce_ms"], r["allreduce_copy_ms"],
-          r["allreduce_nccl_ms"], r.get("device_allreduce_f32_ms", -1),
+    print("%-9s %3d %12.0f %12.0f %6.1f%% %9.2f %13.3f %9.3f %9.3f %11.3f %9.3f %8s  %s" % (shape, r["ranks"],
+          r["tokens_per_s"], r["tokens_per_s_per_gpu"], 100 * eff, r["step_ms"], r["allreduce_ms"],
+          r["allreduce_copy_ms"], r["allreduce_nccl_ms"], r.get("device_allreduce_f32_ms", -1),
+          r.get("update_ms", float("nan")), r.get("gradient", "host"),
           " ".join("%.1f" % x for x in r.get("engine_ms_per_rank", []))))
+    if "host_threads" in r:
+        print("          host threads per rank: %s" % r["host_threads"])
 EOF
 }
 
@@ -186,7 +200,11 @@ run)
   w=$rt/bin/statetune-worker
   case ,$what, in *,correct,*|*,all,*) correct "$w" "$rt/data/pysrc-rwkv7-5M.pth" "$rt/data" "$work" "${nps[@]}" ;; esac
   case ,$what, in *,scale,*|*,all,*)
-    scale "$w" "$work" "${nps[@]}"
+    if [ -x "$rt/bin/statetune-worker-base" ] && [ "${SCALE_BASELINE:-1}" = 1 ]; then
+      scale "$rt/bin/statetune-worker-base" "$work" scaling-base "${nps[@]}"
+      cp "$work/scaling-base.txt" "$OUT/"
+    fi
+    scale "$w" "$work" scaling "${nps[@]}"
     cp "$work/scaling.jsonl" "$work/scaling.txt" "$OUT/" ;;
   esac
   printf '%s\n' "${summary[@]}" >"$OUT/summary.txt"

@@ -51,8 +51,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef _OPENMP
-#include <omp.h> /* defines: omp_get_max_threads (reported) */
+#include <omp.h> /* defines: omp_get_max_threads, omp_set_num_threads */
 #endif
 
 static const char *s_usage =
@@ -159,6 +160,14 @@ int cmd_bench(int argc, char **argv)
     dist = dist_new(NULL, NULL, err); /* under mpirun: one rank per GPU */
     if (!dist) goto done;
     if (backend == ENGINE_CUDA && dist_init_nccl(dist, err) != ST_OK) goto done;
+    if (backend == ENGINE_CUDA) { /* as cmd_tune.c: a GPU rank's host threads */
+        openblas_set_num_threads(1);
+#ifdef _OPENMP
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        int share = ncpu > dist_local_size(dist) ? (int)(ncpu / dist_local_size(dist)) : 1;
+        omp_set_num_threads(threads > 0 ? threads : share);
+#endif
+    }
     model = rwkv_model_new_random(&cfg, 1, err);
     if (!model) goto done;
     engine_opts_t opts = {.backend = backend, .precision = precision, .max_batch = B, .max_ctx = T,

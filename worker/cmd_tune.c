@@ -28,6 +28,7 @@
 #include "engine/tune.h"
 #include "worker/dist.h"
 
+#include <cblas.h>   /* defines: openblas_set_num_threads (GPU ranks' host threads) */
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -35,6 +36,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>     /* defines: omp_set_num_threads */
+#endif
 
 static const char s_usage[] =
     "usage: statetune-worker tune JOB.json --local --out DIR [--backend cpu|cuda] [--resume | --fresh]\n"
@@ -233,9 +237,20 @@ int cmd_tune(int argc, char **argv)
             long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
             threads = ncpu > dist_local_size(dist) ? (int)(ncpu / dist_local_size(dist)) : 1;
         }
+        engine_backend_t be = !strcmp(backend ? backend : spec->backend, "cuda") ? ENGINE_CUDA : ENGINE_CPU;
+        if (be == ENGINE_CUDA) {
+            /* a GPU rank's host work is small (DBP's 64 x 64 products of R,
+             * the step's scalars): one OpenBLAS thread, since the products
+             * are too small to split and every rank of the node would start
+             * a pool of one thread per core; OpenMP gets the rank's share */
+            openblas_set_num_threads(1);
+#ifdef _OPENMP
+            if (threads > 0) omp_set_num_threads(threads);
+#endif
+        }
         tune_opts_t opts = {.out_dir = out_dir,
                             .dist = dist,
-                            .backend = !strcmp(backend ? backend : spec->backend, "cuda") ? ENGINE_CUDA : ENGINE_CPU,
+                            .backend = be,
                             .resume = resume,
                             .threads = threads,
                             .max_steps = max_steps};
