@@ -43,9 +43,10 @@
  * input, kept by engine_cuda_teacher_forward, times the teacher's head: one
  * more product per chunk, nothing over PCIe) or uploaded from the caller's
  * host (B, T, V) logits (teacher_logits: 2 GB per 8 x 1024 batch at vocab
- * 65536, which costs several times the step itself); the kernel-expanded term joins y right after each
- * layer's WKV forward (recompute mode included) and its backward adds into
- * dr, dw and dU0 right after the WKV backward. Their device buffers are
+ * 65536, which costs several times the step itself). The kernel-expanded
+ * term joins y right after each layer's WKV forward (recompute mode
+ * included) and its backward adds into dr, dw and dU0 right after the WKV
+ * backward. Their device buffers are
  * allocated on first use, outside the plan (the plan is made before any
  * batch says whether it uses them), and counted in peak_mem from then on.
  */
