@@ -330,6 +330,13 @@ teacher_cache_t *tcache_from_bytes(void *buf, size_t len, const char *what, char
         }
         prev = v;
     }
+    for (size_t i = 0; i < (size_t)nr * k; i++) {
+        float x = dt == TCACHE_F32 ? ((const float *)self->val)[i] : st_f16_to_f32(((const uint16_t *)self->val)[i]);
+        if (!isfinite(x)) {
+            st_fail(err, ST_EFORMAT, "teacher cache '%s': value %zu is not finite", what, i);
+            goto fail;
+        }
+    }
     for (size_t i = 0; i < (size_t)nr * k; i++)
         if (self->ids[i] < 0 || self->ids[i] >= (int32_t)V) {
             st_fail(err, ST_EFORMAT, "teacher cache '%s': token id %d at entry %zu is outside the vocabulary of %u",

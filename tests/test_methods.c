@@ -40,6 +40,7 @@
 #include "kernels/cpu/rbf.h"
 #include "model/model.h"
 
+#include <sodium.h>
 #include <stdint.h>
 
 static uint64_t s_x = 88172645463325252ULL;
@@ -625,6 +626,35 @@ static int t_topk_cache(void)
     CHECK(st_write_file_atomic(bad, "hello", 5, err) == ST_OK);
     tc = tcache_load(bad, err);
     CHECK(!tc && strstr(err, "not a statetune teacher cache"));
+    img[len / 2] ^= 1;
+    /* hostile files with a valid checksum: every field is still checked */
+    struct {
+        size_t at;      /* byte to overwrite */
+        uint32_t value; /* with this u32 */
+        const char *why;
+    } hostile[] = {
+        {8, 2, "format version"},                    /* version */
+        {12, 0, "impossible header"},                /* k = 0 */
+        {12, 100000, "impossible header"},           /* k > V */
+        {20, 7, "impossible header"},                /* dtype */
+        {24, 0xffffff, "truncated or damaged"},      /* n_samples */
+        {176 + 8, 0xfffffff, "out of order"},        /* row_start[1] */
+        {len - 32 - 4 * 1, 0x7fc00000, "not finite"}, /* a value: NaN */
+        {len - 32 - 4 * 2, 0x41200000, NULL},        /* a value: 10.0, fine */
+    };
+    size_t ids_at = 176 + 8 * ((size_t)dataset_count(ds) + 1);
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0] + 1; i++) {
+        char *h = malloc(len);
+        memcpy(h, img, len);
+        uint32_t v = i < sizeof hostile / sizeof hostile[0] ? hostile[i].value : 999; /* last: an id >= V */
+        memcpy(h + (i < sizeof hostile / sizeof hostile[0] ? hostile[i].at : ids_at + 4 * 5), &v, 4);
+        crypto_hash_sha256((unsigned char *)h + len - 32, (unsigned char *)h, len - 32);
+        tc = tcache_from_bytes(h, len, "hostile", err);
+        const char *why = i < sizeof hostile / sizeof hostile[0] ? hostile[i].why : "outside the vocabulary";
+        if (why) CHECKF(!tc && strstr(err, why), "hostile case %zu: %s", i, tc ? "accepted" : err);
+        else CHECKF(tc, "hostile case %zu refused: %s", i, err);
+        tcache_destroy(&tc);
+    }
     free(img);
 
     /* fp16 values with k = 8: smaller, and still close to the fp32 values */
