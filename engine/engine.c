@@ -140,11 +140,8 @@ static int s_check_batch(engine_t *self, engine_batch_t *batch, char *err)
         return st_fail(err, ST_EUNSUPPORTED, "a teacher engine on the device is a CUDA path for another engine (the "
                        "CPU backend takes teacher_logits)");
     }
-    if (obs && batch->teacher_topk) { /* top-k teacher (engine/teacher_cache.h): CPU only, ids checked */
+    if (obs && batch->teacher_topk) { /* top-k teacher (engine/teacher_cache.h), both backends: ids checked */
         batch->kstate = ks_saved; /* restored below when the checks pass */
-        if (self->cuda)
-            return st_fail(err, ST_EUNSUPPORTED, "the CUDA backend does not implement the observer with top-k "
-                           "teacher logits (use --backend cpu, or observer.top_k 0 for the teacher on the fly)");
         if (!batch->teacher_topk_ids || batch->teacher_k < 1 || batch->teacher_k > c->vocab)
             return st_fail(err, ST_EINVAL, "top-k teacher logits need ids and 1 <= k <= %d (got k = %d)", c->vocab,
                            batch->teacher_k);

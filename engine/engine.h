@@ -56,12 +56,12 @@ typedef struct {
     int B, T;
     const float *state0;      /* (L, H, N, N) shared by all B sequences */
     const uint8_t *dbp_rows;  /* (B) nonzero rows contribute to dbp_q; NULL = none */
-    /* optional methods of SPEC section 4 (both backends; top-k teacher logits: CPU only) */
+    /* optional methods of SPEC section 4 (both backends) */
     const float *teacher_logits; /* (B, T, V) observer: the frozen teacher's logits; NULL = plain CE */
     float obs_alpha;          /* observer: weight of CE (1 = plain CE) */
     float obs_temperature;    /* observer: tau > 0 */
     /* observer with the teacher's top-k computed ahead of time (engine/teacher_cache.h,
-     * kernels/cpu/observer_topk.h); used instead of teacher_logits when set. CPU only. */
+     * kernels/cpu/observer_topk.h, kernels/cuda/observer.cuh); used instead of teacher_logits when set */
     const float *teacher_topk;       /* (B, T, K) the teacher's kept logits at each target position */
     const int32_t *teacher_topk_ids; /* (B, T, K) their token ids */
     int teacher_k;                   /* K, 1..V */

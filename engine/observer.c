@@ -1,6 +1,9 @@
 /*
  * observer.c - the teacher of the observer objective (see observer.h): its
  * model, its fixed state, an engine and a logits buffer, run forward only.
+ * The host logits buffer, (B, T, V) floats (2 GB at 8 x 1024 x 65536), is
+ * made on the first observer_logits call only: the CUDA path
+ * (observer_forward_device) never needs it.
  */
 #include "engine/observer.h"
 
@@ -15,7 +18,8 @@ struct observer {
     rwkv_model_t *model;
     engine_t *engine;
     float *state;  /* (L, H, N, N) the teacher's fixed state */
-    float *logits; /* (max_batch, max_ctx, V) */
+    float *logits; /* (max_batch, max_ctx, V), allocated by the first observer_logits */
+    size_t n_logits; /* its floats */
 };
 
 observer_t *observer_new(const char *model_path, const char *state_path, const engine_opts_t *opts,
@@ -39,9 +43,9 @@ observer_t *observer_new(const char *model_path, const char *state_path, const e
     }
     size_t nS = (size_t)c->n_layer * rwkv_state_layer_size(c);
     self->state = calloc(nS, sizeof(float));
-    self->logits = malloc((size_t)opts->max_batch * opts->max_ctx * c->vocab * sizeof(float));
-    if (!self->state || !self->logits) {
-        st_fail(err, ST_ENOMEM, "out of memory for the teacher's state and logits");
+    self->n_logits = (size_t)opts->max_batch * opts->max_ctx * c->vocab;
+    if (!self->state) {
+        st_fail(err, ST_ENOMEM, "out of memory for the teacher's state");
         goto fail;
     }
     if (state_path) {
@@ -80,6 +84,12 @@ void observer_destroy(observer_t **self_p)
 
 int observer_logits(observer_t *self, const int32_t *tokens, int B, int T, const float **logits, char *err)
 {
+    if (!self->logits) { /* first use: only the host-logits paths get here */
+        self->logits = malloc(self->n_logits * sizeof(float));
+        if (!self->logits)
+            return st_fail(err, ST_ENOMEM, "out of memory for the teacher's logits (%.2f GB)",
+                           self->n_logits * sizeof(float) / 1e9);
+    }
     engine_batch_t b = {.tokens = tokens, .B = B, .T = T, .state0 = self->state, .logits = self->logits};
     int rc = engine_run(self->engine, &b, err);
     if (rc) return st_wrap(err, rc, "the observer's teacher: ");

@@ -32,7 +32,9 @@ void observer_destroy(observer_t **self_p);
 int observer_vocab(const observer_t *self);
 
 /* Runs the teacher forward on tokens (B, T); *logits (B, T, V) is borrowed
- * and valid until the next call. */
+ * and valid until the next call. The host buffer behind it (max_batch x
+ * max_ctx x V floats) is allocated on the first call, so a teacher used only
+ * through observer_forward_device never holds it. */
 int observer_logits(observer_t *self, const int32_t *tokens, int B, int T, const float **logits, char *err);
 
 /* The same on the CUDA backend without the logits leaving the GPU: runs the

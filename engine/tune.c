@@ -546,11 +546,6 @@ static int s_setup(tune_t *t, char *err)
     if (spec->observer.teacher_name && !spec->observer.teacher_path)
         return st_fail(err, ST_EINVAL, "job '%s' names the registered teacher '%s', which must be resolved to a file "
                        "first", spec->name, spec->observer.teacher_name);
-    if (t->opts->backend == ENGINE_CUDA && spec->observer.teacher_path && spec->observer.top_k > 0 &&
-        spec->observer.alpha < 1) /* the CUDA head takes full teacher rows only (engine/cuda/engine_cuda.cu) */
-        return st_fail(err, ST_EUNSUPPORTED, "job '%s' asks for the observer with top-k teacher logits, which the CUDA "
-                       "backend does not implement (set observer.top_k to 0 for the teacher on the fly, or run it "
-                       "with --backend cpu)", spec->name);
     if (spec->kernel_state.features > KSTATE_MAX_FEATURES)
         return st_fail(err, ST_EUNSUPPORTED, "kernel_state.features %d is over the %d this build supports",
                        spec->kernel_state.features, KSTATE_MAX_FEATURES);

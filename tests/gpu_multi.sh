@@ -21,6 +21,12 @@
 #                when a communicator is made). GPU_MULTI_BACKEND=cpu runs
 #                the same check on CPU ranks over MPI (a smoke test of this
 #                script on a machine without a GPU).
+#                Then the methods of SPEC section 4 in a group (correct_methods,
+#                bf16 on CUDA, fp32 on CPU): the observer with the teacher on
+#                the device (top_k 0), with its top-k ahead of time (top_k 16)
+#                and the kernel-expanded state (8 features, k-means), each at
+#                N = 1, 2, 4 with the same global batch: state (and U0) of N
+#                ranks within the tolerance of 1 rank. A few seconds per job.
 #       scale:   `mpirun -np N statetune-worker bench --backend cuda` at
 #                24 x 1024 and 24 x 2048, vocab 65536, batch 8 per GPU, ctx
 #                1024: tokens/s per GPU against 1 GPU, all-reduce ms per step.
@@ -31,6 +37,9 @@
 #   tests/gpu_multi.sh ctest           (CTest, label gpu)
 #       `correct` from the build tree and ../shared/fixtures; skipped (77)
 #       without 2 GPUs, mpirun, the fixture or Python sources.
+#   tests/gpu_multi.sh methods-cpu     (CTest, CI)
+#       correct_methods on CPU ranks (mpirun -np 1 and 2, --backend cpu) from
+#       the build tree: the group logic of the methods the GPU run checks.
 #   tests/gpu_multi.sh nogpu           (CTest, CI: a machine without a GPU)
 #       a CUDA group that cannot get its GPUs (bench and tune under
 #       mpirun -np 2 --backend cuda) fails within seconds with one sentence
@@ -129,6 +138,59 @@ EOF
   done
 }
 
+# correct_methods WORKER MODEL DATA_DIR OUT_DIR NP...: the observer (teacher on
+# the fly, i.e. on the device on CUDA; and top-k ahead of time) and the
+# kernel-expanded state in groups of NP ranks, each state (and U0) against
+# NP[0]'s. The teacher is the same model holding a state tuned here first.
+correct_methods() {
+  local w=$1 model=$2 data=$3 out=$4; shift 4
+  local backend=${GPU_MULTI_BACKEND:-cuda} prec=bf16 tol=3e-2 m np rel f extra=()
+  [ "$backend" = cuda ] || { prec=fp32; tol=1e-4; extra=(--threads 1); }
+  mjob() { # name methods-json
+    cat >"$out/mjob-$1.json" <<EOF
+{"name": "m-$1", "model": "$model", "train": "$data/train.jsonl", "eval": "$data/eval.jsonl",
+ "ctx_len": 64, "micro_batch": 2, "global_batch": 8, "steps": ${METHODS_STEPS:-4}, "lr_init": 1.0, "lr_final": 0.05,
+ "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0, "seed": 7, "precision": "$prec", "backend": "$backend"$2}
+EOF
+  }
+  mrun() { # name np
+    local dir=$out/mtune-$1-np$2
+    rm -rf "$dir"
+    "${MPIRUN[@]}" -np "$2" "$w" tune "$out/mjob-$1.json" --local --out "$dir" --backend "$backend" --fresh \
+      "${extra[@]}" >"$dir.log" 2>&1
+  }
+  mjob teacher ""
+  mrun teacher 1 || { note "FAIL methods: the teacher's state did not tune: $(tail -2 "$out/mtune-teacher-np1.log" | tr '\n' ' ')"; fail=1; return; }
+  local ts=$out/mtune-teacher-np1/state.safetensors
+  local obs="\"observer\": {\"teacher\": \"$model\", \"teacher_state\": \"$ts\", \"alpha\": 0.5, \"temperature\": 2.0"
+  mjob observer ", $obs, \"top_k\": 0}"
+  mjob topk ", $obs, \"top_k\": 16}"
+  mjob kstate ", \"kernel_state\": {\"features\": 8, \"gamma\": 1.0, \"support\": \"kmeans\"}"
+  for m in observer topk kstate; do
+    for np in "$@"; do
+      local t0=$(date +%s)
+      if ! mrun $m "$np"; then
+        note "FAIL methods $m $prec np $np: $(tail -2 "$out/mtune-$m-np$np.log" | tr '\n' ' ')"; fail=1; continue
+      fi
+      note "methods $m $prec np $np: $(($(date +%s) - t0)) s, ranks $(metric "$out/mtune-$m-np$np/metrics.json" ranks)," \
+           "eval loss $(metric "$out/mtune-$m-np$np/metrics.json" eval_loss_before) -> $(metric "$out/mtune-$m-np$np/metrics.json" eval_loss_after)"
+    done
+    for np in "${@:2}"; do
+      for f in state.safetensors kstate.safetensors; do
+        [ "$f" = state.safetensors ] || [ "$m" = kstate ] || continue
+        [ -f "$out/mtune-$m-np$1/$f" ] && [ -f "$out/mtune-$m-np$np/$f" ] ||
+          { note "FAIL methods $m np $np: no $f to compare"; fail=1; continue; }
+        rel=$(state_rel "$out/mtune-$m-np$1/$f" "$out/mtune-$m-np$np/$f") || { note "FAIL compare methods $m $f np $np"; fail=1; continue; }
+        if "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)" "$rel" "$tol"; then
+          note "OK   methods $m $prec $f np $np vs np $1: relative L2 $rel (tolerance $tol)"
+        else
+          note "FAIL methods $m $prec $f np $np vs np $1: relative L2 $rel (tolerance $tol)"; fail=1
+        fi
+      done
+    done
+  done
+}
+
 # scale WORKER OUT_DIR NAME NP...: NAME.jsonl and NAME.txt in OUT_DIR
 scale() {
   local w=$1 out=$2 name=$3; shift 3
@@ -198,7 +260,8 @@ run)
   [ "$ngpu" -ge 2 ] && nps+=(2)
   [ "$ngpu" -ge 4 ] && nps+=(4)
   w=$rt/bin/statetune-worker
-  case ,$what, in *,correct,*|*,all,*) correct "$w" "$rt/data/pysrc-rwkv7-5M.pth" "$rt/data" "$work" "${nps[@]}" ;; esac
+  case ,$what, in *,correct,*|*,all,*) correct "$w" "$rt/data/pysrc-rwkv7-5M.pth" "$rt/data" "$work" "${nps[@]}"
+    correct_methods "$w" "$rt/data/pysrc-rwkv7-5M.pth" "$rt/data" "$work" "${nps[@]}" ;; esac
   case ,$what, in *,scale,*|*,all,*)
     if [ -x "$rt/bin/statetune-worker-base" ] && [ "${SCALE_BASELINE:-1}" = 1 ]; then
       scale "$rt/bin/statetune-worker-base" "$work" scaling-base "${nps[@]}"
@@ -227,6 +290,21 @@ ctest)
   nps=(1 2)
   [ "$ngpu" -ge 4 ] && nps+=(4)
   correct "$w" "$fx/rwkv7/pysrc-rwkv7-5M.pth" "$tmp" "$tmp" "${nps[@]}"
+  correct_methods "$w" "$fx/rwkv7/pysrc-rwkv7-5M.pth" "$tmp" "$tmp" "${nps[@]}"
+  ;;
+methods-cpu)
+  build=${STATETUNE_BUILD_DIR:-$root/build}
+  fx=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$root/../shared/fixtures}}
+  w=$build/worker/statetune-worker
+  [ -x "$w" ] || { echo "FAIL: no worker binary at $w"; exit 1; }
+  command -v mpirun >/dev/null || skip "no mpirun"
+  [ -f "$fx/rwkv7/pysrc-rwkv7-5M.pth" ] || skip "fixture pysrc-rwkv7-5M.pth not found"
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/gpu-multi-methods-XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+  "$py" "$root/tests/make_tabs_data.py" "$tmp" --train 48 --eval 8 --bytes 120 >/dev/null ||
+    skip "could not make the dataset from Python sources"
+  MPIRUN+=(--oversubscribe)
+  GPU_MULTI_BACKEND=cpu correct_methods "$w" "$fx/rwkv7/pysrc-rwkv7-5M.pth" "$tmp" "$tmp" 1 2
   ;;
 nogpu)
   build=${STATETUNE_BUILD_DIR:-$root/build}
@@ -263,7 +341,7 @@ EOF
   [ ! -e "$tmp/out/state.safetensors" ] || { note "FAIL: a group without GPUs wrote a state"; fail=1; }
   ;;
 *)
-  echo "usage: tests/gpu_multi.sh pack | run [correct|scale|all] | ctest | nogpu" >&2
+  echo "usage: tests/gpu_multi.sh pack | run [correct|scale|all] | ctest | methods-cpu | nogpu" >&2
   exit 2
   ;;
 esac

@@ -11,9 +11,13 @@
  * Checked: loss, its CE and KL parts, dS0, dU0, logits and final states
  * (fp32: loss 1e-5 per target, gradients 1e-4 relative; bf16: the tolerances
  * of test_cuda_engine.c), in plain and in recompute mode (the kernel-state
- * term must join y in the recomputed forward too); that alpha = 1 is plain
- * tuning and U0 = 0 is the original model on the GPU; that the receptances
- * the k-means support vectors are computed from match the CPU's.
+ * term must join y in the recomputed forward too), with full teacher rows
+ * and with the teacher's top-k (kernels/cpu/observer_topk.c's objective;
+ * rows without a target hold NaN values and invalid ids, which must not be
+ * read); that top-k with k = V is the full-row objective on the GPU; that
+ * alpha = 1 is plain tuning and U0 = 0 is the original model on the GPU;
+ * that the receptances the k-means support vectors are computed from match
+ * the CPU's.
  *
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
@@ -28,7 +32,8 @@
 #include <stdint.h>
 #include <time.h>
 
-enum { METH_OBS = 1, METH_KS = 2 };
+enum { METH_OBS = 1, METH_KS = 2, METH_TOPK = 4 };
+enum { TOPK_K = 16 }; /* the teacher's kept logits per row in the random problem (vocab 300) */
 
 static uint64_t s_next(uint64_t *s)
 {
@@ -56,15 +61,49 @@ static uint64_t s_seed(void)
     return seed;
 }
 
+typedef struct problem problem_t;
+static void s_topk_of(const problem_t *p, int K, float *val, int32_t *id);
+
 /* One random problem: model, batch, state0, teacher logits, kernel state. */
-typedef struct {
+struct problem {
     rwkv_model_t *m;
     int B, T, M;
     int32_t *tok, *tgt;
     float *s0, *teacher, *U0, *sv;
+    float *tk_val;   /* (R, TOPK_K) the teacher's top-k per row, best first; NaN where no target */
+    int32_t *tk_id;  /* (R, TOPK_K) their ids; -7 where no target */
     engine_kstate_t ks;
     size_t R, ns, nU, nl, nf;
-} problem_t;
+};
+
+/* The teacher's K largest logits of every row with a target, best first
+ * (ties: smaller id, as engine/teacher_cache.c keeps them) by selection;
+ * rows without a target get NaN and an invalid id (the engine must not read
+ * them: the cache holds no row there). */
+static void s_topk_of(const problem_t *p, int K, float *val, int32_t *id)
+{
+    const int V = p->m->cfg.vocab;
+    unsigned char *used = malloc((size_t)V);
+    for (size_t r = 0; r < p->R; r++) {
+        float *vr = val + r * K;
+        int32_t *ir = id + r * K;
+        if (p->tgt[r] < 0 || !used) {
+            for (int i = 0; i < K; i++) { vr[i] = NAN; ir[i] = -7; }
+            continue;
+        }
+        const float *t = p->teacher + r * V;
+        memset(used, 0, (size_t)V);
+        for (int i = 0; i < K; i++) {
+            int b = -1;
+            for (int v = 0; v < V; v++)
+                if (!used[v] && (b < 0 || t[v] > t[b])) b = v;
+            used[b] = 1;
+            vr[i] = t[b];
+            ir[i] = b;
+        }
+    }
+    free(used);
+}
 
 static int s_problem(problem_t *p, uint64_t seed, int M)
 {
@@ -92,7 +131,9 @@ static int s_problem(problem_t *p, uint64_t seed, int M)
     p->teacher = malloc(p->nl * 4);
     p->U0 = malloc(p->nU * 4);
     p->sv = malloc(p->nU * 4);
-    if (!p->tok || !p->tgt || !p->s0 || !p->teacher || !p->U0 || !p->sv) return 1;
+    p->tk_val = malloc(p->R * TOPK_K * 4);
+    p->tk_id = malloc(p->R * TOPK_K * 4);
+    if (!p->tok || !p->tgt || !p->s0 || !p->teacher || !p->U0 || !p->sv || !p->tk_val || !p->tk_id) return 1;
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 11;
     for (size_t i = 0; i < p->R; i++) {
         p->tok[i] = (int32_t)(s_next(&s) % (uint64_t)c->vocab);
@@ -113,6 +154,7 @@ static int s_problem(problem_t *p, uint64_t seed, int M)
         for (int i = 0; i < 64; i++) u[i] = (float)(u[i] / sqrt(n2));
     }
     p->ks = (engine_kstate_t){.M = M, .gamma = 1.5f, .U0 = p->U0, .support = p->sv};
+    s_topk_of(p, TOPK_K, p->tk_val, p->tk_id);
     return 0;
 }
 
@@ -124,6 +166,8 @@ static void s_problem_free(problem_t *p)
     free(p->teacher);
     free(p->U0);
     free(p->sv);
+    free(p->tk_val);
+    free(p->tk_id);
     rwkv_model_destroy(&p->m);
 }
 
@@ -159,6 +203,13 @@ static int s_run(const problem_t *p, engine_backend_t be, engine_precision_t pre
                          .logits = o->logits, .final_state = o->final_state, .dstate0 = o->ds0};
     if (meth & METH_OBS) {
         bt.teacher_logits = p->teacher;
+        bt.obs_alpha = alpha;
+        bt.obs_temperature = 2.0f;
+    }
+    if (meth & METH_TOPK) { /* the teacher known only by its top-k */
+        bt.teacher_topk = p->tk_val;
+        bt.teacher_topk_ids = p->tk_id;
+        bt.teacher_k = TOPK_K;
         bt.obs_alpha = alpha;
         bt.obs_temperature = 2.0f;
     }
@@ -224,8 +275,8 @@ static int s_compare(int meth, engine_precision_t prec, int mode, double tl, dou
     double es = st_rel_err_ff(gpu.final_state, cpu.final_state, p.nf);
     double eu = (meth & METH_KS) ? st_rel_err_ff(gpu.dU0, cpu.dU0, p.nU) : 0;
     double eloss = fabs(gpu.loss - cpu.loss) / n, ece = fabs(gpu.ce - cpu.ce) / n, ekl = fabs(gpu.kl - cpu.kl) / n;
-    printf("%s%s%s%s:\n", prec ? "bf16" : "fp32", mode == 1 ? " recompute" : "", meth & METH_OBS ? " observer" : "",
-           meth & METH_KS ? " kstate" : "");
+    printf("%s%s%s%s%s:\n", prec ? "bf16" : "fp32", mode == 1 ? " recompute" : "", meth & METH_OBS ? " observer" : "",
+           meth & METH_TOPK ? " observer top-k" : "", meth & METH_KS ? " kstate" : "");
     printf("    mean loss cuda %.6f cpu %.6f; CE %.6f vs %.6f; KL %.6f vs %.6f (%lld targets); correct %lld vs %lld\n",
            gpu.loss / n, cpu.loss / n, gpu.ce / n, cpu.ce / n, gpu.kl / n, cpu.kl / n, (long long)cpu.n_targets,
            (long long)gpu.n_correct, (long long)cpu.n_correct);
@@ -262,7 +313,7 @@ static int s_compare(int meth, engine_precision_t prec, int mode, double tl, dou
             rc = 1;
         }
     }
-    if (meth & METH_OBS && !(cpu.kl > 0)) {
+    if (meth & (METH_OBS | METH_TOPK) && !(cpu.kl > 0)) {
         fprintf(stderr, "the KL is zero: the test would prove nothing\n");
         rc = 1;
     }
@@ -285,8 +336,96 @@ static int test_fp32_both_recompute(void) { return s_compare(METH_OBS | METH_KS,
 static int test_bf16_observer(void) { return s_compare(METH_OBS, ENGINE_BF16, -1, 3e-2, 3e-2, 5e-2); }
 static int test_bf16_kstate(void) { return s_compare(METH_KS, ENGINE_BF16, -1, 3e-2, 3e-2, 5e-2); }
 static int test_bf16_both_recompute(void) { return s_compare(METH_OBS | METH_KS, ENGINE_BF16, 1, 3e-2, 3e-2, 5e-2); }
+/* the teacher's top-k (issue #8): the same tolerances against the CPU's observer_topk */
+static int test_fp32_topk(void) { return s_compare(METH_TOPK, ENGINE_FP32, -1, 1e-4, 1e-5, 1e-4); }
+static int test_bf16_topk(void) { return s_compare(METH_TOPK, ENGINE_BF16, -1, 3e-2, 3e-2, 5e-2); }
+static int test_fp32_topk_kstate_recompute(void)
+{
+    return s_compare(METH_TOPK | METH_KS, ENGINE_FP32, 1, 1e-4, 1e-5, 1e-4);
+}
 
-/* On the GPU, alpha = 1 with teacher logits is plain tuning, and U0 = 0 is
+/* On the GPU, the top-k objective with k = V is the full-row objective: the
+ * loss, its KL and dS0 of a run with all V of the teacher's logits as its
+ * "top-k" (best first) against the same run with teacher_logits, fp32 and
+ * bf16 (only the order of the teacher's sums differs: fp32 rounding, which
+ * bf16's stored gradient can round a step either way). Ids outside the
+ * vocabulary are refused on CUDA as on the CPU. */
+static int test_topk_full_k_equals_full_rows(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    problem_t p;
+    CHECK(s_problem(&p, s_seed(), 8) == 0);
+    const int V = p.m->cfg.vocab;
+    float *val = malloc(p.R * V * 4);
+    int32_t *id = malloc(p.R * V * 4);
+    CHECK(val && id);
+    s_topk_of(&p, V, val, id);
+    char err[ST_ERR_LEN];
+    int rc = 0;
+    const double tol_loss[2] = {1e-6, 1e-5}, tol_g[2] = {1e-5, 2e-3};
+    for (int prec = 0; prec < 2 && !rc; prec++) {
+        engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec ? ENGINE_BF16 : ENGINE_FP32,
+                              .max_batch = p.B, .max_ctx = p.T};
+        engine_t *e = engine_new(p.m, &opts, err);
+        CHECKF(e != NULL, "%s", err);
+        out_t o[2];
+        memset(o, 0, sizeof o);
+        for (int k = 0; k < 2 && !rc; k++) {
+            o[k].ds0 = calloc(p.ns, 4);
+            engine_batch_t bt = {.tokens = p.tok, .targets = p.tgt, .B = p.B, .T = p.T, .state0 = p.s0,
+                                 .dstate0 = o[k].ds0, .obs_alpha = 0.3f, .obs_temperature = 2.0f};
+            if (k == 0) {
+                bt.teacher_logits = p.teacher;
+            } else {
+                bt.teacher_topk = val;
+                bt.teacher_topk_ids = id;
+                bt.teacher_k = V;
+            }
+            rc = o[k].ds0 ? engine_run(e, &bt, err) : ST_ENOMEM;
+            if (rc) fprintf(stderr, "%s\n", err);
+            o[k].loss = bt.loss_sum;
+            o[k].kl = bt.kl_sum;
+            o[k].n_targets = bt.n_targets;
+        }
+        if (!rc) {
+            double n = o[0].n_targets ? (double)o[0].n_targets : 1;
+            double el = fabs(o[1].loss - o[0].loss) / n, ek = fabs(o[1].kl - o[0].kl) / n;
+            double eg = st_rel_err_ff(o[1].ds0, o[0].ds0, p.ns);
+            printf("%s top-k with k = V vs full rows: loss %.9g vs %.9g, KL %.9g vs %.9g; dS0 rel err %.2e\n",
+                   prec ? "bf16" : "fp32", o[1].loss / n, o[0].loss / n, o[1].kl / n, o[0].kl / n, eg);
+            rc |= s_check("loss", el, tol_loss[prec]);
+            rc |= s_check("KL", ek, tol_loss[prec]);
+            rc |= s_check("dS0", eg, tol_g[prec]);
+            if (!(o[0].kl > 0)) {
+                fprintf(stderr, "the KL is zero: the test would prove nothing\n");
+                rc = 1;
+            }
+            /* an id outside the vocabulary at a trained row is refused, not read */
+            size_t r = 0;
+            while (p.tgt[r] < 0) r++;
+            int32_t keep = p.tk_id[r * TOPK_K + 3];
+            p.tk_id[r * TOPK_K + 3] = V;
+            engine_batch_t bad = {.tokens = p.tok, .targets = p.tgt, .B = p.B, .T = p.T, .state0 = p.s0,
+                                  .teacher_topk = p.tk_val, .teacher_topk_ids = p.tk_id, .teacher_k = TOPK_K,
+                                  .obs_alpha = 0.3f, .obs_temperature = 2.0f};
+            int rb = engine_run(e, &bad, err);
+            printf("    id %d at a trained row: %s\n", V, rb ? err : "accepted");
+            p.tk_id[r * TOPK_K + 3] = keep;
+            if (rb != ST_EINVAL) {
+                fprintf(stderr, "a top-k id outside the vocabulary was not refused\n");
+                rc = 1;
+            }
+        }
+        for (int k = 0; k < 2; k++) free(o[k].ds0);
+        engine_destroy(&e);
+    }
+    free(val);
+    free(id);
+    s_problem_free(&p);
+    return rc;
+}
+
+/* On the GPU, alpha = 1 with teacher logits or top-k is plain tuning, and U0 = 0 is
  * the original model (loss, logits, final states bit for bit; dS0 to the
  * last bits its atomics may change), in both precisions. */
 static int test_neutral_settings_are_plain(void)
@@ -301,14 +440,15 @@ static int test_neutral_settings_are_plain(void)
     int rc = 0;
     for (int prec = 0; prec < 2 && !rc; prec++) {
         engine_precision_t pr = prec ? ENGINE_BF16 : ENGINE_FP32;
-        out_t plain, a1, u0;
+        out_t plain, a1, u0, k1;
         rc = s_run(&p, ENGINE_CUDA, pr, -1, 0, 1.0f, NULL, &plain);
         if (!rc) rc = s_run(&p, ENGINE_CUDA, pr, -1, METH_OBS, 1.0f, NULL, &a1);
         if (!rc) rc = s_run(&p, ENGINE_CUDA, pr, -1, METH_KS, 1.0f, &ks0, &u0);
+        if (!rc) rc = s_run(&p, ENGINE_CUDA, pr, -1, METH_TOPK, 1.0f, NULL, &k1);
         if (rc) break;
-        const out_t *o[2] = {&a1, &u0};
-        const char *name[2] = {"alpha = 1", "U0 = 0"};
-        for (int k = 0; k < 2; k++) {
+        const out_t *o[3] = {&a1, &u0, &k1};
+        const char *name[3] = {"alpha = 1", "U0 = 0", "alpha = 1 top-k"};
+        for (int k = 0; k < 3; k++) {
             double el = st_rel_err_ff(o[k]->logits, plain.logits, p.nl);
             double es = st_rel_err_ff(o[k]->final_state, plain.final_state, p.nf);
             double eg = st_rel_err_ff(o[k]->ds0, plain.ds0, p.ns);
@@ -331,6 +471,7 @@ static int test_neutral_settings_are_plain(void)
         s_out_free(&plain);
         s_out_free(&a1);
         s_out_free(&u0);
+        s_out_free(&k1);
     }
     free(zeros);
     s_problem_free(&p);
@@ -623,6 +764,10 @@ int main(int argc, char **argv)
         {"bf16_observer", test_bf16_observer},
         {"bf16_kstate", test_bf16_kstate},
         {"bf16_both_recompute", test_bf16_both_recompute},
+        {"fp32_topk", test_fp32_topk},
+        {"bf16_topk", test_bf16_topk},
+        {"fp32_topk_kstate_recompute", test_fp32_topk_kstate_recompute},
+        {"topk_full_k_equals_full_rows", test_topk_full_k_equals_full_rows},
         {"neutral_settings_are_plain", test_neutral_settings_are_plain},
         {"receptance_matches_cpu", test_receptance_matches_cpu},
         {"device_teacher_matches_host_logits", test_device_teacher_matches_host_logits},

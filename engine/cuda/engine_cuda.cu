@@ -43,7 +43,10 @@
  * input, kept by engine_cuda_teacher_forward, times the teacher's head: one
  * more product per chunk, nothing over PCIe) or uploaded from the caller's
  * host (B, T, V) logits (teacher_logits: 2 GB per 8 x 1024 batch at vocab
- * 65536, which costs several times the step itself). The kernel-expanded
+ * 65536, which costs several times the step itself); or the teacher is its
+ * top-k per row computed ahead of time (teacher_topk: B T k values and ids
+ * uploaded once per run, 4 MB at 8 x 1024 x 64, and a kernel that needs no
+ * teacher rows at all). The kernel-expanded
  * term joins y right after each layer's WKV forward (recompute mode
  * included) and its backward adds into dr, dw and dU0 right after the WKV
  * backward. Their device buffers are
@@ -131,9 +134,15 @@ struct methods_cuda_t {
     int ks_M;                  /* features the allocation holds */
     float *U0, *sv, *dU0, *h_dU0;
     st::rbf_cuda_bufs_t bufs;
-    char *obs_mem;             /* one allocation: teacher (head_chunk, V), row_ce, row_kl (maxR) */
-    size_t obs_bytes;
-    float *teacher, *row_ce, *row_kl, *h_ce, *h_kl;
+    char *obs_mem;             /* one allocation: row_ce, row_kl (maxR) */
+    size_t obs_bytes;          /* obs_mem + teacher + tk_mem */
+    float *teacher;            /* (head_chunk, V) one chunk of full teacher rows; allocated on first use */
+    float *row_ce, *row_kl, *h_ce, *h_kl;
+    int topk;                  /* this run's teacher is its top-k (engine_batch_t.teacher_topk) */
+    char *tk_mem;              /* one allocation: tk_val (maxR, tk_K) fp32, tk_id (maxR, tk_K) int32 */
+    int tk_K;                  /* k the allocation holds */
+    float *tk_val;
+    int32_t *tk_id;
     const struct engine_cuda *dev_teacher; /* this run's teacher engine on the device, NULL = host logits */
     int head_input_only;       /* engine_cuda_teacher_forward: stop at ln_out, keep it in lnout */
     int hid_R;                 /* rows of the head input kept by the last teacher forward, 0 = none */
@@ -462,8 +471,10 @@ int methods_begin(engine_cuda_t *e, const engine_batch_t *bt, bool backward, cha
     const size_t maxR = (size_t)e->maxB * e->maxT, V = c->vocab;
     mt->ks = bt->kstate;
     mt->dev_teacher = bt->teacher ? engine_cuda_of(bt->teacher) : NULL;
-    /* alpha 1 is plain CE, as on the CPU */
-    mt->obs = (bt->teacher_logits != NULL || mt->dev_teacher != NULL) && bt->obs_alpha < 1.0f;
+    /* alpha 1 is plain CE, as on the CPU; a top-k teacher is used instead of full rows when set (engine.h) */
+    mt->topk = bt->teacher_topk != NULL && bt->obs_alpha < 1.0f;
+    mt->obs = (bt->teacher_logits != NULL || mt->dev_teacher != NULL || mt->topk) && bt->obs_alpha < 1.0f;
+    if (mt->topk) mt->dev_teacher = NULL;
     mt->hid_R = 0; /* any run of this engine ends what a teacher forward kept */
     if (mt->obs && mt->dev_teacher) {
         const engine_cuda_t *te = mt->dev_teacher;
@@ -515,20 +526,52 @@ int methods_begin(engine_cuda_t *e, const engine_batch_t *bt, bool backward, cha
         if (mt->want_dU0) ST_CUDA_CHECK(cudaMemsetAsync(mt->dU0, 0, nU * 4, e->stream));
     }
     if (mt->obs && !mt->obs_mem) {
-        const size_t bytes = (size_t)e->head_chunk * V * 4 + 2 * maxR * 4;
+        const size_t bytes = 2 * maxR * 4;
         if (!mt->h_ce) mt->h_ce = (float *)malloc(maxR * 4);
         if (!mt->h_kl) mt->h_kl = (float *)malloc(maxR * 4);
         if (!mt->h_ce || !mt->h_kl) return st_fail(err, ST_ENOMEM, "out of host memory for the observer's sums");
         if (cudaMalloc((void **)&mt->obs_mem, bytes) != cudaSuccess) {
-            cudaGetLastError();
+            cudaGetLastError(); /* clear it: the engine stays usable without the method */
             mt->obs_mem = NULL;
+            return st_fail(err, ST_ENOMEM, "the observer needs %.2f MB more device memory than the engine has free",
+                           bytes / 1e6);
+        }
+        mt->obs_bytes += bytes;
+        mt->row_ce = (float *)mt->obs_mem;
+        mt->row_kl = mt->row_ce + maxR;
+    }
+    if (mt->obs && !mt->topk && !mt->teacher) { /* full teacher rows: one chunk of them (256 MB at most) */
+        const size_t bytes = (size_t)e->head_chunk * V * 4;
+        if (cudaMalloc((void **)&mt->teacher, bytes) != cudaSuccess) {
+            cudaGetLastError();
+            mt->teacher = NULL;
             return st_fail(err, ST_ENOMEM, "the observer needs %.2f GB more device memory (a chunk of teacher logits) "
                            "than the engine has free", bytes / 1e9);
         }
-        mt->obs_bytes = bytes;
-        mt->teacher = (float *)mt->obs_mem;
-        mt->row_ce = mt->teacher + (size_t)e->head_chunk * V;
-        mt->row_kl = mt->row_ce + maxR;
+        mt->obs_bytes += bytes;
+    }
+    if (mt->topk) { /* the teacher's top-k of this batch's rows: B T k values and ids, uploaded once per run */
+        const int K = bt->teacher_k;
+        if (K > mt->tk_K) { /* first use, or a larger k than before */
+            cudaFree(mt->tk_mem);
+            mt->tk_mem = NULL;
+            mt->obs_bytes -= (size_t)mt->tk_K * maxR * 8;
+            mt->tk_K = 0;
+            const size_t bytes = (size_t)K * maxR * 8;
+            if (cudaMalloc((void **)&mt->tk_mem, bytes) != cudaSuccess) {
+                cudaGetLastError();
+                mt->tk_mem = NULL;
+                return st_fail(err, ST_ENOMEM, "the observer's top-%d teacher logits need %.2f GB more device memory "
+                               "than the engine has free", K, bytes / 1e9);
+            }
+            mt->obs_bytes += bytes;
+            mt->tk_K = K;
+            mt->tk_val = (float *)mt->tk_mem;
+            mt->tk_id = (int32_t *)(mt->tk_val + (size_t)K * maxR);
+        }
+        const size_t n = (size_t)bt->B * bt->T * K;
+        ST_CUDA_CHECK(cudaMemcpyAsync(mt->tk_val, bt->teacher_topk, n * 4, cudaMemcpyHostToDevice, e->stream));
+        ST_CUDA_CHECK(cudaMemcpyAsync(mt->tk_id, bt->teacher_topk_ids, n * 4, cudaMemcpyHostToDevice, e->stream));
     }
     return ST_OK;
 }
@@ -574,7 +617,8 @@ int methods_bwd(engine_cuda_t *e, int l, int B, int Tn, const T *r, const float 
 }
 
 /* The loss of head rows r0 .. r0 + n - 1 from e->logits: plain CE, or the
- * observer objective against the teacher's rows uploaded here. */
+ * observer objective against the teacher's top-k (uploaded by methods_begin)
+ * or its full rows (computed or uploaded here). */
 template <typename T>
 int methods_head(engine_cuda_t *e, const engine_batch_t *bt, int r0, int n, bool backward, char *err)
 {
@@ -588,7 +632,15 @@ int methods_head(engine_cuda_t *e, const engine_batch_t *bt, int r0, int n, bool
         ST_CUDA_CHECK_LAUNCH("ce_kernel");
         return ST_OK;
     }
-    if (mt->dev_teacher) { /* the teacher's logits of these rows: its head input times its head, fp32 out */
+    if (mt->topk) {
+        const size_t o = (size_t)r0 * bt->teacher_k;
+        st::observer_topk_kernel<T><<<n, st::OBS_THREADS, 0, st>>>(V, bt->teacher_k, e->logits, mt->tk_val + o,
+                                                                   mt->tk_id + o, (T *)e->dlogits, tg, bt->obs_alpha,
+                                                                   bt->obs_temperature, e->row_loss + r0,
+                                                                   mt->row_ce + r0, mt->row_kl + r0,
+                                                                   e->row_correct + r0, backward);
+        ST_CUDA_CHECK_LAUNCH("observer_topk_kernel");
+    } else if (mt->dev_teacher) { /* the teacher's logits of these rows: its head input times its head, fp32 out */
         const engine_cuda_t *te = mt->dev_teacher;
         const int Ct = te->m->cfg.n_embd;
         RUN(linear_fwd<T>(e, n, Ct, V, (const T *)te->lnout + (size_t)r0 * Ct, te->head, mt->teacher, err, true));
@@ -596,10 +648,13 @@ int methods_head(engine_cuda_t *e, const engine_batch_t *bt, int r0, int n, bool
         ST_CUDA_CHECK(cudaMemcpyAsync(mt->teacher, bt->teacher_logits + (size_t)r0 * V, (size_t)n * V * 4,
                                       cudaMemcpyHostToDevice, st));
     }
-    st::observer_kernel<T><<<n, st::OBS_THREADS, 0, st>>>(V, e->logits, mt->teacher, (T *)e->dlogits, tg, bt->obs_alpha,
-                                                          bt->obs_temperature, e->row_loss + r0, mt->row_ce + r0,
-                                                          mt->row_kl + r0, e->row_correct + r0, backward);
-    ST_CUDA_CHECK_LAUNCH("observer_kernel");
+    if (!mt->topk) {
+        st::observer_kernel<T><<<n, st::OBS_THREADS, 0, st>>>(V, e->logits, mt->teacher, (T *)e->dlogits, tg,
+                                                              bt->obs_alpha, bt->obs_temperature, e->row_loss + r0,
+                                                              mt->row_ce + r0, mt->row_kl + r0, e->row_correct + r0,
+                                                              backward);
+        ST_CUDA_CHECK_LAUNCH("observer_kernel");
+    }
     if (r0 + n == R) { /* the last chunk: the CE/KL split comes back with the row losses */
         ST_CUDA_CHECK(cudaMemcpyAsync(mt->h_ce, mt->row_ce, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
         ST_CUDA_CHECK(cudaMemcpyAsync(mt->h_kl, mt->row_kl, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
@@ -645,6 +700,8 @@ void methods_free(engine_cuda_t *e)
     methods_cuda_t *mt = &e->meth;
     cudaFree(mt->ks_mem);
     cudaFree(mt->obs_mem);
+    cudaFree(mt->teacher);
+    cudaFree(mt->tk_mem);
     free(mt->h_dU0);
     free(mt->h_ce);
     free(mt->h_kl);

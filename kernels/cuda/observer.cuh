@@ -20,6 +20,24 @@
  * type T, may alias logits when T is float (each thread reads an element
  * before it writes the same one, after every reduction that reads the row);
  * targets, row_* (rows). One block of OBS_THREADS per row.
+ *
+ * observer_topk_kernel is the same objective against a teacher known only by
+ * its top-k logits per row (computed ahead of time, engine/teacher_cache.h;
+ * kernels/cpu/observer_topk.c is the reference, docs/methods.md the tail
+ * treatment): the teacher's probabilities are the softmax of its k kept
+ * values / tau (renormalised: probability 0 on the tail), the student's
+ * tempered log-softmax runs over the whole vocabulary, so
+ *
+ *   KL_k = sum_i p_i (log p_i - log softmax(s / tau)[id_i])
+ *   d row loss / ds_v = alpha (softmax(s)_v - onehot(target)_v)
+ *                     + (1 - alpha) tau (softmax(s / tau)_v - p(v)),  p(v) = 0 off the k ids.
+ * Shapes: tk_val, tk_id (rows, K) (rows without a target are not read). The
+ * gradient is first built in fp32 in the logits row itself (each thread
+ * rewrites the elements it read, after every reduction that reads the row),
+ * then the teacher's p_i are subtracted at its ids (atomically: ids are data,
+ * a repeated one subtracts twice, as on the CPU), then the row is stored in
+ * T when dlogits is another buffer. Ids outside [0, V) are skipped as on the
+ * CPU (the engine refuses them beforehand).
  */
 #ifndef ST_KERNELS_CUDA_OBSERVER_CUH
 #define ST_KERNELS_CUDA_OBSERVER_CUH
@@ -123,6 +141,86 @@ __global__ void __launch_bounds__(OBS_THREADS)
             drow[v] = from_f<T>(alpha * (v == tg ? p1 - 1.f : p1) + bcoef * (qs - pt));
         }
     }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(OBS_THREADS)
+    observer_topk_kernel(int V, int K, float *logits, const float *__restrict__ tk_val,
+                         const int32_t *__restrict__ tk_id, T *dlogits, const int32_t *__restrict__ targets,
+                         float alpha, float tau, float *__restrict__ row_loss, float *__restrict__ row_ce,
+                         float *__restrict__ row_kl, int32_t *__restrict__ row_correct, int backward)
+{
+    __shared__ float shv[32];
+    __shared__ int shi[32];
+    __shared__ float sh[32];
+    const int r = blockIdx.x;
+    float *row = logits + (size_t)r * V;
+    const float *tv = tk_val + (size_t)r * K;
+    const int32_t *ti = tk_id + (size_t)r * K;
+    T *drow = dlogits + (size_t)r * V;
+    const int tg = targets ? targets[r] : -1;
+    if (tg < 0 || tg >= V) {
+        if (backward)
+            for (int v = threadIdx.x; v < V; v += blockDim.x) drow[v] = from_f<T>(0.f);
+        if (threadIdx.x == 0) { row_loss[r] = row_ce[r] = row_kl[r] = 0.f; row_correct[r] = 0; }
+        return;
+    }
+    /* the student's max and argmax over V, the teacher's max over its k */
+    float ms = -INFINITY, mt = -INFINITY;
+    int am = 0x7fffffff;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        const float x = row[v];
+        if (x > ms) { ms = x; am = v; }
+    }
+    for (int i = threadIdx.x; i < K; i += blockDim.x) mt = fmaxf(mt, tv[i]);
+    obs_block_argmax(ms, am, shv, shi);
+    int dummy = 0;
+    obs_block_argmax(mt, dummy, shv, shi);
+    /* normalisers: untempered and tempered student over V, tempered teacher over its k */
+    const float it = 1.f / tau;
+    float se1 = 0.f, ses = 0.f, set = 0.f;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        const float ds = row[v] - ms;
+        se1 += expf(ds);
+        ses += expf(ds * it);
+    }
+    for (int i = threadIdx.x; i < K; i += blockDim.x) set += expf((tv[i] - mt) * it);
+    se1 = block_sum(se1, sh);
+    ses = block_sum(ses, sh);
+    set = block_sum(set, sh);
+    const float lses = logf(ses), lset = logf(set);
+    float kl = 0.f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+        const int id = ti[i];
+        if (id < 0 || id >= V) continue;
+        const float lpt = (tv[i] - mt) * it - lset, lps = (row[id] - ms) * it - lses;
+        kl += expf(lpt) * (lpt - lps);
+    }
+    const float xt = row[tg];
+    kl = block_sum(kl, sh); /* its syncs: every read of row is done before the writes below */
+    if (threadIdx.x == 0) {
+        const float ce = logf(se1) - (xt - ms);
+        row_ce[r] = ce;
+        row_kl[r] = kl;
+        row_loss[r] = alpha * ce + (1.f - alpha) * tau * tau * kl;
+        row_correct[r] = am == tg;
+    }
+    if (!backward) return;
+    const float i1 = 1.f / se1, is = 1.f / ses, bcoef = (1.f - alpha) * tau;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        const float ds = row[v] - ms;
+        const float p1 = expf(ds) * i1, qs = expf(ds * it) * is;
+        row[v] = alpha * (v == tg ? p1 - 1.f : p1) + bcoef * qs;
+    }
+    __syncthreads();
+    const float ist = 1.f / set;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+        const int id = ti[i];
+        if (id >= 0 && id < V) atomicAdd(&row[id], -bcoef * expf((tv[i] - mt) * it) * ist);
+    }
+    if ((const void *)drow == (const void *)row) return;
+    __syncthreads();
+    for (int v = threadIdx.x; v < V; v += blockDim.x) drow[v] = from_f<T>(row[v]);
 }
 
 } // namespace st
