@@ -21,6 +21,9 @@
 
 #include <stdint.h>
 #include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 enum { B = 2, T = 23, MICRO = 2, STEPS = 4 };
 #define BETA1 0.9
@@ -407,6 +410,41 @@ static int test_absmax_rule(void)
     return 0;
 }
 
+/* DBP's R update spreads its blocks over the OpenMP team: the same bits
+ * whatever the team's size. */
+static int test_dbp_update_threads(void)
+{
+#ifndef _OPENMP
+    printf("skipped: built without OpenMP\n");
+    return ST_TEST_SKIP;
+#else
+    const int nblk = 37, N = 64;
+    size_t n = (size_t)nblk * N * N;
+    float *R1 = malloc(n * 4), *R3 = malloc(n * 4);
+    double *Q = malloc(n * 8), *scratch = malloc(3 * (size_t)N * N * 8);
+    CHECK(R1 && R3 && Q && scratch);
+    uint64_t s = 11;
+    for (size_t i = 0; i < n; i++) {
+        R1[i] = (i % (N * N)) % (N + 1) == 0 ? 1.0f : (float)((s_unif(&s) - 0.5) * 0.05);
+        Q[i] = s_unif(&s);
+    }
+    memcpy(R3, R1, n * 4);
+    float *R0 = malloc(n * 4);
+    CHECK(R0 != NULL);
+    memcpy(R0, R1, n * 4);
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    dbp_update_R(nblk, N, R1, Q, 50, 0.01, 0.01, scratch);
+    omp_set_num_threads(3);
+    dbp_update_R(nblk, N, R3, Q, 50, 0.01, 0.01, scratch);
+    omp_set_num_threads(saved);
+    CHECK(s_same("R (1 thread vs 3)", R3, R1, n));
+    CHECK(memcmp(R1, R0, n * 4) != 0); /* the update moved R */
+    free(R0), free(R1), free(R3), free(Q), free(scratch);
+    return 0;
+#endif
+}
+
 int main(int argc, char **argv)
 {
     static const st_test_t tests[] = {
@@ -416,6 +454,7 @@ int main(int argc, char **argv)
         {"grad_accumulates", test_grad_accumulates},
         {"refusals", test_refusals},
         {"absmax_rule", test_absmax_rule},
+        {"dbp_update_threads", test_dbp_update_threads},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);
