@@ -10,8 +10,8 @@
  * cores) and the split backward (rows and columns of dS on different warps)
  * are faster when the grid is small, as in the engine's steps (8 x 12 heads
  * at 12 x 768); the launchers pick by grid size (resolve_algo, measured in
- * docs/performance.md). Tensor cores (notes section 3.2) are the next step
- * for the large shapes.
+ * docs/performance.md). The tensor-core kernels (chunked forward, two-pass
+ * chunked backward) are in wkv7_chunk.cu; the launchers here route to them.
  *
  * Register budget: forward 64 fp32 state + staging; backward 3 x 64 fp32
  * (S column, dS column, dS row). Every register array is indexed with
@@ -579,8 +579,14 @@ int check_shapes(int B, int T, int H, int ckpt_every, char *err)
     return ST_OK;
 }
 
-/* AUTO: the measured choice (docs/performance.md section 1, H100, 132 SMs,
- * 2026-11-26). Both new kernels win when the grid of B x H blocks is small,
+/* AUTO: the measured choice (docs/performance.md sections 1.1 and 1.2, H100,
+ * 132 SMs). Since 2026-11-27 (1.2): the warp-specialized tensor-core forward
+ * at every grid (0.36 vs 0.72 ms at 96 blocks, 0.60 vs 0.93 at 256, 4.76 vs
+ * 4.85 at 512); the chunked backward up to 1.5 blocks per SM (0.89 vs 1.12
+ * ms at 96, 0.98 vs 1.13 at 128, 0.65 vs 0.71 at 192), the split one up to
+ * 2 (even at 256: 1.43 vs 1.42), the recurrent one beyond (9.2 vs 10.5 at
+ * 512). The 2026-11-26 reasoning (1.1): both new kernels win when the grid
+ * of B x H blocks is small,
  * where the recurrent kernels leave SMs idle or hold one block each, and lose
  * when it is large: the chunked forward does about 1.5x the recurrent
  * arithmetic on CUDA cores, and the split backward's 192-thread blocks (126
@@ -613,9 +619,9 @@ int launch_fwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     const int nck = (T + CH - 1) / CH;
     rc = resolve_algo(1, algo, B, H, &algo, err);
     if (rc) return rc;
-    if (algo == WKV7_FWD_TC || algo == WKV7_FWD_TC1) {
-        return wkv7tc::forward<F>(algo == WKV7_FWD_TC, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa,
-                                  stream, err);
+    if (algo == WKV7_FWD_TC || algo == WKV7_FWD_TC1 || algo == WKV7_FWD_TCWS) {
+        return wkv7tc::forward<F>(algo == WKV7_FWD_TC ? 1 : algo == WKV7_FWD_TCWS ? 2 : 0, B, T, H, r, w, k, v, a,
+                                  b, s0, y, s_final, s_ckpt, sa, stream, err);
     } else if (algo == WKV7_FWD_CHUNKED) {
         wkv7_fwd_chunked_kernel<F, FW><<<dim3(H, B), CT, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
                                                                       s_ckpt, sa);
@@ -643,9 +649,11 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     const int nck = (T + CH - 1) / CH;
     rc = resolve_algo(0, algo, B, H, &algo, err);
     if (rc) return rc;
-    if (algo == WKV7_BWD_CHUNKED || (algo > 16 && algo <= 16 + 4096)) {
-        return wkv7tc::backward<F>(algo == WKV7_BWD_CHUNKED ? 4 : algo - 16, B, T, H, r, w, k, v, a, b, s_ckpt,
-                                   sa, dy, dr, dw, dk, dv, da, db, ds0, stream, err);
+    if (algo == WKV7_BWD_CHUNKED || algo == WKV7_BWD_CHUNKED_REC || algo == WKV7_BWD_CHUNKED_WS ||
+        (algo > 16 && algo <= 16 + 4096)) {
+        const int mode = algo == WKV7_BWD_CHUNKED_REC ? 0 : algo == WKV7_BWD_CHUNKED_WS ? 2 : 1;
+        return wkv7tc::backward<F>(mode, algo > 16 ? algo - 16 : 4, B, T, H, r, w, k, v, a, b, s_ckpt, sa, dy, dr,
+                                   dw, dk, dv, da, db, ds0, stream, err);
     } else if (algo == WKV7_BWD_SPLIT) {
         /* 72 KB of tiles: above the 48 KB a launch gets without asking */
         ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_bwd_split_kernel<F, FW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -668,7 +676,8 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
 extern "C" int wkv7_cuda_auto_algo(int forward, int B, int H, int sms)
 {
     const long blocks = (long)B * H;
-    if (forward) return blocks <= sms ? WKV7_FWD_CHUNKED : WKV7_FWD_RECURRENT;
+    if (forward) return WKV7_FWD_TCWS;
+    if (2 * blocks <= 3L * sms) return WKV7_BWD_CHUNKED;
     return blocks <= 2L * sms ? WKV7_BWD_SPLIT : WKV7_BWD_RECURRENT;
 }
 

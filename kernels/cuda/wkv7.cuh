@@ -90,6 +90,13 @@ extern "C" {
  * test_cuda_wkv; benchmarks only, to show what the split costs). */
 #define WKV7_FWD_TC 2
 #define WKV7_FWD_TC1 3
+/* TCWS: TC's arithmetic, warp-specialized: 4 producer warps build the next
+ * chunk's tiles, Gram matrices and (I - AB)^-1 while the 4 state warps run
+ * the current chunk (256 threads per head). */
+#define WKV7_FWD_TCWS 4
+/* fp32 keeps the recurrent forward: after the tensor-core forward, the
+ * backward's step-back reaches 9e-4 relative on dr, dw, da with every w near
+ * 0.545 (fp32 tolerance 1e-3; recurrent 3e-4; docs/performance.md 1.2) */
 #ifndef WKV7_FWD_FP32_DEFAULT
 #define WKV7_FWD_FP32_DEFAULT WKV7_FWD_RECURRENT
 #endif
@@ -104,13 +111,20 @@ extern "C" {
 #define WKV7_BWD_RECURRENT 0
 #define WKV7_BWD_SPLIT 1
 /* CHUNKED: two passes (wkv7_chunk.cu): the dS recursion chunk by chunk on
- * tensor cores (3xTF32), which yields dS0 and stores dS at the end of every
- * segment of 4 chunks (64 tokens), then the recurrent kernel's exact
- * per-token backward over all segments of all heads in parallel. Needs a
- * workspace of B x H x ceil(T/64) x N x N floats, taken from the stream's
- * memory pool (cudaMallocAsync) per call. WKV7_BWD_CHUNKED_SEG(s): the same
- * with s chunks per segment (benchmarks). */
+ * tensor cores (3xTF32), which yields dS0, dv and dsa = dS_t b_t for every
+ * token, and stores dS at the end of every segment of 4 chunks (64 tokens);
+ * then the column half of the recurrent backward (dr, dw, dk, da, db; the
+ * exact step-back from the checkpoints) over all segments of all heads in
+ * parallel, with no exchange between threads. Needs a workspace of
+ * B x H x ceil(T/64) x N x N + B x T x H x N floats, taken from the stream's
+ * memory pool (cudaMallocAsync) per call. CHUNKED_REC: pass 1 without dv
+ * and dsa, then the whole recurrent per-token backward per segment (the
+ * first version; benchmarks). WKV7_BWD_CHUNKED_SEG(s): CHUNKED with s
+ * chunks per segment (benchmarks). */
 #define WKV7_BWD_CHUNKED 2
+#define WKV7_BWD_CHUNKED_REC 3
+/* CHUNKED_WS: CHUNKED with pass 1 warp-specialized as WKV7_FWD_TCWS. */
+#define WKV7_BWD_CHUNKED_WS 4
 #define WKV7_BWD_CHUNKED_SEG(s) (16 + (s))
 #ifndef WKV7_BWD_FP32_DEFAULT
 #define WKV7_BWD_FP32_DEFAULT WKV7_ALGO_AUTO
@@ -121,8 +135,11 @@ extern "C" {
 
 /* The algorithm AUTO picks for one pass (forward nonzero: a WKV7_FWD_ value,
  * else a WKV7_BWD_ value) over B x H heads on a device of `sms`
- * multiprocessors: the chunked forward while the heads fit one per SM, the
- * split backward while they fit two per SM, the recurrent kernels beyond. */
+ * multiprocessors (measured on an H100, docs/performance.md section 1.2):
+ * the warp-specialized tensor-core forward at every grid (bf16 launchers;
+ * the fp32 ones default to the recurrent forward, above); the chunked
+ * backward while B x H <= 1.5 x sms, the split backward up to 2 x sms, the
+ * recurrent backward beyond. */
 int wkv7_cuda_auto_algo(int forward, int B, int H, int sms);
 
 /* Floats of the checkpoint workspace: (B, H, ceil(T/16), N, N); entry c is the

@@ -37,10 +37,30 @@
  * hi*hi (dev variant, to measure what the split costs). State, p, T,
  * accumulators: fp32. w >= 0.545 keeps 1/p_t <= 1.6e4 (fine in fp32).
  *
- * The backward's second pass is the recurrent kernel's exact per-token
- * step-back (wkv7.cu), run for every segment of `seg` chunks in parallel
- * instead of one head at a time: the first pass stores D at every segment's
- * end. The serial chain per head drops from T tokens to 16 seg tokens.
+ * The backward's second pass is the column half of the recurrent kernel's
+ * exact per-token step-back (wkv7.cu), run for every segment of `seg` chunks
+ * in parallel instead of one head at a time: the first pass stores D at
+ * every segment's end and writes dv and dsa. The serial chain per head drops
+ * from T tokens to 16 seg tokens, but pass 2 still does about 8 N^2 fp32
+ * FMAs per token on CUDA cores: it is what keeps (8, 4096, 64) at the
+ * recurrent kernel's speed (docs/performance.md 1.2).
+ *
+ * Next step, not built: all gradients from chunk products (no step-back).
+ * Per chunk, with S its start state (checkpoint c - 1, or s0) and D, Z, U,
+ * X as above (tokens x values unless noted), masks strict for AB, AK and
+ * inclusive for QB, QK:
+ *   dV = AK^T Z + QK^T dY + K' D^T          (pass 1 computes this already)
+ *   dAB = mask(Z U^T), dAK = mask(Z V^T), dQB = mask(dY U^T), dQK = mask(dY V^T)
+ *   dA~ = Z S + dAB B^ + dAK K^,  dQ~ = dY S + dQB B^ + dQK K^   (tokens x keys)
+ *   dB^ = dAB^T A~ + dQB^T Q~,    dK^ = dAK^T A~ + dQK^T Q~
+ *   dK' = V D, dB' = U D, dpL = colsum(S .* D)
+ *   dr = dQ~ p_t, da = dA~ p_{t-1}, dk = (dK^ + dK' pL) / p_t, db = (dB^ + dB' pL) / p_t
+ *   dP_t = dQ~ q~ - dK^ k^ - dB^ b^ - dK' K' - dB' B' + dA~_{t+1} a~_{t+1},
+ *   dP_15 += sum_t (dK' K' + dB' B') + dpL pL,  dw_u = (sum_{t >= u} dP_t) / w_u
+ * (per key, elementwise). Checked in float64 against autograd of the
+ * per-token recurrence (N = 8, T = 37: agreement to 2e-14); about 2.5x the
+ * forward's products per chunk, so it pays only once the forward's
+ * per-chunk cost drops (see the measured instruction counts in 1.2).
  */
 #include "kernels/cuda/wkv7_chunk.cuh"
 #include "kernels/cuda/wkv7.cuh"
@@ -135,6 +155,99 @@ __device__ __forceinline__ void mma(float c[4], const FragA &a, const FragB &b)
     mma1(c, a.h, b.h);
 }
 
+/* c += A B with the hi*hi product in c and the two cross terms in cc: two
+ * dependency chains instead of one three times as long (sum c + cc at the
+ * end). */
+template <int SPLIT>
+__device__ __forceinline__ void mma2(float c[4], float cc[4], const FragA &a, const FragB &b)
+{
+    if (SPLIT == 3) {
+        mma1(cc, a.l, b.h);
+        mma1(cc, a.h, b.l);
+    }
+    mma1(c, a.h, b.h);
+}
+
+/* ---- staging: the next chunk's raw inputs land in shared memory by
+ * cp.async while the current chunk computes (one global latency per kernel
+ * instead of one or more per chunk). NF activation tiles of type F (rows of
+ * N contiguous in (B, T, H, N)), then w (fp32). Rows past T are not copied;
+ * readers select identity values for them. */
+template <typename F, int NF>
+struct Raw {
+    F x[NF][L * N];
+    float w[L * N];
+};
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_0() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+/* Named barriers between warp groups (id 0 is __syncthreads): sync waits
+ * until `count` threads have arrived or synced; arrive does not wait. */
+template <int ID>
+__device__ __forceinline__ void bar_sync_id(int count)
+{
+    asm volatile("bar.sync %0, %1;\n" ::"n"(ID), "r"(count) : "memory");
+}
+template <int ID>
+__device__ __forceinline__ void bar_arrive_id(int count)
+{
+    asm volatile("bar.arrive %0, %1;\n" ::"n"(ID), "r"(count) : "memory");
+}
+/* ids as immediates (a register id makes ptxas reserve all 16 barriers) */
+__device__ __forceinline__ void bar_sync(int id, int count)
+{
+    switch (id) {
+    case 1: bar_sync_id<1>(count); break;
+    case 2: bar_sync_id<2>(count); break;
+    case 3: bar_sync_id<3>(count); break;
+    case 4: bar_sync_id<4>(count); break;
+    default: bar_sync_id<5>(count); break;
+    }
+}
+__device__ __forceinline__ void bar_arrive(int id, int count)
+{
+    switch (id) {
+    case 1: bar_arrive_id<1>(count); break;
+    case 2: bar_arrive_id<2>(count); break;
+    case 3: bar_arrive_id<3>(count); break;
+    default: bar_arrive_id<4>(count); break;
+    }
+}
+/* A hand-off: this thread's shared-memory accesses so far are performed
+ * (fence.cta) before its arrival is signalled, so the waiting group may read
+ * what it wrote, or overwrite what it read. */
+__device__ __forceinline__ void bar_release(int id, int count)
+{
+    __threadfence_block();
+    bar_arrive(id, count);
+}
+
+template <typename F, int NF>
+__device__ __forceinline__ void stage_issue(Raw<F, NF> *st, const F *const src[NF], const float *w, size_t base,
+                                            size_t HN, int n, int tid)
+{
+    constexpr int CPR = N * (int)sizeof(F) / 16; /* 16-byte pieces per row */
+    constexpr int EPC = 16 / (int)sizeof(F);     /* elements per piece */
+#pragma unroll
+    for (int arr = 0; arr < NF; arr++)
+        for (int e = tid; e < L * CPR; e += NTH) {
+            const int u = e / CPR, q = e % CPR;
+            if (u < n) cp_async16(&st->x[arr][u * N + q * EPC], src[arr] + base + u * HN + q * EPC);
+        }
+#pragma unroll
+    for (int e = tid; e < L * (N / 4); e += NTH) {
+        const int u = e / (N / 4), q = e % (N / 4);
+        if (u < n) cp_async16(&st->w[u * N + q * 4], w + base + u * HN + q * 4);
+    }
+}
+
 /* One 16 x 16 Gram matrix G[t][s] = X_t . Y_s over the N keys (X, Y: [token]
  * [key] tiles), causal part only (s < t, or s <= t when inclusive; select,
  * never multiply), written to G[t * LDG + s], or transposed when `trans`. */
@@ -143,14 +256,20 @@ __device__ __forceinline__ void gram(const float *X, const float *Y, float *G, b
                                      int t4)
 {
     float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    float cor[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int ks = 0; ks < N / 8; ks++) {
         const float2 x0 = *reinterpret_cast<const float2 *>(X + g * LDK + 8 * ks + 2 * t4);
         const float2 x1 = *reinterpret_cast<const float2 *>(X + (g + 8) * LDK + 8 * ks + 2 * t4);
         const FragA A = frag_a<SPLIT>(x0.x, x1.x, x0.y, x1.y);
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++) mma<SPLIT>(acc[nt], A, frag_b<SPLIT>(Y + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+        for (int nt = 0; nt < 2; nt++)
+            mma2<SPLIT>(acc[nt], cor[nt], A, frag_b<SPLIT>(Y + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
     }
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[nt][e] += cor[nt][e];
 #pragma unroll
     for (int nt = 0; nt < 2; nt++)
 #pragma unroll
@@ -217,27 +336,38 @@ __global__ void __launch_bounds__(NTH) wkv7_fwd_tc_kernel(
         }
     }
     float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    Raw<F, 5> *stg = reinterpret_cast<Raw<F, 5> *>(dyn_smem); /* two stages: r k v a b, w */
+    const F *const srcs[5] = {r, k, v, a, b};
+    stage_issue<F, 5>(&stg[0], srcs, w, (((size_t)bb * T) * H + h) * N, HN, min(L, T), tid);
+    cp_async_commit();
 
     for (int c = 0; c < nck; c++) {
         const int t0 = c * L, n = min(L, T - t0);
         const size_t base = (((size_t)bb * T + t0) * H + h) * N;
-        __syncthreads(); /* the previous chunk is done with every tile */
+        /* the next chunk's inputs into the other stage, whose last reader
+         * (the prep of chunk c - 1) finished before that chunk's barriers */
+        if (c + 1 < nck)
+            stage_issue<F, 5>(&stg[(c + 1) & 1], srcs, w, base + (size_t)L * HN, HN, min(L, T - t0 - L), tid);
+        cp_async_commit();
+        cp_async_wait_1();
+        __syncthreads(); /* chunk c's stage has landed; the previous chunk is done with every tile */
+        const Raw<F, 5> *st = &stg[c & 1];
         if (tid < N) {
             const int j = tid;
             float kr[L], br[L], wr[L];
             float p = 1.f;
 #pragma unroll
             for (int u = 0; u < L; u++) {
-                const bool ok = u < n;
-                const size_t idx = base + u * HN + j;
-                const float rr = ok ? to_f(r[idx]) : 0.f, ww = ok ? w[idx] : 1.f;
-                const float aa = ok ? to_f(a[idx]) : 0.f;
-                kr[u] = ok ? to_f(k[idx]) : 0.f;
-                br[u] = ok ? to_f(b[idx]) : 0.f;
+                const bool ok = u < n; /* select, never multiply: rows past T are garbage */
+                const float rr = ok ? to_f(st->x[0][u * N + j]) : 0.f, ww = ok ? st->w[u * N + j] : 1.f;
+                const float aa = ok ? to_f(st->x[3][u * N + j]) : 0.f;
+                kr[u] = ok ? to_f(st->x[1][u * N + j]) : 0.f;
+                br[u] = ok ? to_f(st->x[4][u * N + j]) : 0.f;
                 wr[u] = ww;
                 ta[u * LDK + j] = aa * p; /* p_{u-1} */
                 p *= ww;
-                const float ip = 1.f / p;
+                const float ip = __frcp_rn(p);
                 tq[u * LDK + j] = rr * p;
                 tk[u * LDK + j] = kr[u] * ip;
                 tb[u * LDK + j] = br[u] * ip;
@@ -253,7 +383,7 @@ __global__ void __launch_bounds__(NTH) wkv7_fwd_tc_kernel(
         } else {
             const int i = tid - N;
 #pragma unroll
-            for (int u = 0; u < L; u++) tv[u * LDV + i] = u < n ? to_f(v[base + u * HN + i]) : 0.f;
+            for (int u = 0; u < L; u++) tv[u * LDV + i] = u < n ? to_f(st->x[2][u * N + i]) : 0.f;
         }
         __syncthreads();
         gram<SPLIT>(warp < 2 ? ta : tq, (warp & 1) ? tk : tb,
@@ -261,14 +391,22 @@ __global__ void __launch_bounds__(NTH) wkv7_fwd_tc_kernel(
         /* X^T = S A~^T and Y^T = S Q~^T (values x tokens), K = the 64 keys */
         float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
         float YT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        {
+            float XC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            float YC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-        for (int ks = 0; ks < N / 8; ks++) {
-            const FragA As = frag_a_acc<SPLIT>(S[ks]);
+            for (int ks = 0; ks < N / 8; ks++) {
+                const FragA As = frag_a_acc<SPLIT>(S[ks]);
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
-                mma<SPLIT>(XT[nt], As, frag_b<SPLIT>(ta + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
-                mma<SPLIT>(YT[nt], As, frag_b<SPLIT>(tq + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                for (int nt = 0; nt < 2; nt++) {
+                    mma2<SPLIT>(XT[nt], XC[nt], As, frag_b<SPLIT>(ta + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                    mma2<SPLIT>(YT[nt], YC[nt], As, frag_b<SPLIT>(tq + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                }
             }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) { XT[nt][e] += XC[nt][e]; YT[nt][e] += YC[nt][e]; }
         }
         __syncthreads(); /* Gram matrices complete */
         if (warp == 0 && lane < L) invert_unit_lower(gAB, gT, false, lane);
@@ -341,17 +479,218 @@ __global__ void __launch_bounds__(NTH) wkv7_fwd_tc_kernel(
     }
 }
 
+/* ---- forward, warp-specialized ---------------------------------------------
+ * The same arithmetic as wkv7_fwd_tc_kernel, with the state-independent work
+ * moved off the serial chain: 4 producer warps build chunk c + 1's tiles
+ * (loads, p, the rescaled tiles, the four Gram matrices, T) while the 4
+ * consumer warps, which hold the state, run chunk c's products. Two stages
+ * of tiles; named barriers FULL[s] (ids 1, 2: producers arrive, consumers
+ * wait) and EMPTY[s] (ids 3, 4: consumers arrive, producers wait); id 5 is
+ * the producers' own barrier. (notes section 3.2) */
+struct FwdStage {
+    float tq[L * LDK], ta[L * LDK]; /* Q~ A~ [token][key] */
+    float tKt[N * LDT], tBt[N * LDT]; /* K'^T B'^T [key][token] */
+    float tv[L * LDV];
+    float gAK[L * LDG], gQK[L * LDG], gQB[L * LDG], gT[L * LDG];
+    float pL[N];
+};
+template <typename F>
+struct FwdSmem {
+    FwdStage st[2];
+    float tb[L * LDK], tk[L * LDK], gAB[L * LDG]; /* producer scratch */
+    Raw<F, 5> raw;
+};
+
+template <typename F, int SPLIT>
+__global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
+    int T, int H, int nck,
+    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
+    const float *__restrict__ s0, F *__restrict__ y, float *__restrict__ s_final,
+    float *__restrict__ ckpt, float *__restrict__ sa_out)
+{
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    FwdSmem<F> &sm = *reinterpret_cast<FwdSmem<F> *>(dyn_smem);
+    const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
+    const size_t HN = (size_t)H * N;
+    const size_t head0 = (((size_t)bb * T) * H + h) * N;
+
+    if (tid >= NTH) { /* ---- producers ---- */
+        const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
+        const F *const srcs[5] = {r, k, v, a, b};
+        stage_issue<F, 5>(&sm.raw, srcs, w, head0, HN, min(L, T), ptid);
+        cp_async_commit();
+        for (int c = 0; c < nck; c++) {
+            const int s = c & 1, t0 = c * L, n = min(L, T - t0);
+            FwdStage &S_ = sm.st[s];
+            if (c >= 2) bar_sync(3 + s, 2 * NTH); /* consumers are done with chunk c - 2 */
+            cp_async_wait_0();
+            bar_sync(5, NTH); /* chunk c's raw inputs landed; scratch free */
+            if (ptid < N) {
+                const int j = ptid;
+                float kr[L], br[L], wr[L];
+                float p = 1.f;
+#pragma unroll
+                for (int u = 0; u < L; u++) {
+                    const bool ok = u < n; /* select, never multiply: rows past T are garbage */
+                    const float rr = ok ? to_f(sm.raw.x[0][u * N + j]) : 0.f, ww = ok ? sm.raw.w[u * N + j] : 1.f;
+                    const float aa = ok ? to_f(sm.raw.x[3][u * N + j]) : 0.f;
+                    kr[u] = ok ? to_f(sm.raw.x[1][u * N + j]) : 0.f;
+                    br[u] = ok ? to_f(sm.raw.x[4][u * N + j]) : 0.f;
+                    wr[u] = ww;
+                    S_.ta[u * LDK + j] = aa * p; /* p_{u-1} */
+                    p *= ww;
+                    const float ip = __frcp_rn(p);
+                    S_.tq[u * LDK + j] = rr * p;
+                    sm.tk[u * LDK + j] = kr[u] * ip;
+                    sm.tb[u * LDK + j] = br[u] * ip;
+                }
+                S_.pL[j] = p;
+                float sfx = 1.f;
+#pragma unroll
+                for (int u = L - 1; u >= 0; u--) {
+                    S_.tKt[j * LDT + u] = kr[u] * sfx;
+                    S_.tBt[j * LDT + u] = br[u] * sfx;
+                    sfx *= wr[u];
+                }
+            } else {
+                const int i = ptid - N;
+#pragma unroll
+                for (int u = 0; u < L; u++) S_.tv[u * LDV + i] = u < n ? to_f(sm.raw.x[2][u * N + i]) : 0.f;
+            }
+            bar_sync(5, NTH); /* tiles ready, raw consumed */
+            if (c + 1 < nck)
+                stage_issue<F, 5>(&sm.raw, srcs, w, head0 + (size_t)(t0 + L) * HN, HN, min(L, T - t0 - L), ptid);
+            cp_async_commit();
+            gram<SPLIT>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? sm.tk : sm.tb,
+                        pw == 0 ? sm.gAB : pw == 1 ? S_.gAK : pw == 2 ? S_.gQB : S_.gQK, pw >= 2, false, g, t4);
+            __syncwarp();
+            if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gT, false, lane); /* AB is warp 0's own */
+            __syncwarp();
+            bar_release(1 + s, 2 * NTH); /* stage s is full */
+        }
+        cp_async_wait_0();
+        return;
+    }
+
+    /* ---- consumers: the state ---- */
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int i0 = 16 * warp;
+    float S[N / 8][4];
+    {
+        const float *s0h = s0 + (size_t)h * N * N;
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++) {
+            const float2 lo = *reinterpret_cast<const float2 *>(s0h + (i0 + g) * N + 8 * nt + 2 * t4);
+            const float2 hi = *reinterpret_cast<const float2 *>(s0h + (i0 + g + 8) * N + 8 * nt + 2 * t4);
+            S[nt][0] = lo.x; S[nt][1] = lo.y; S[nt][2] = hi.x; S[nt][3] = hi.y;
+        }
+    }
+    float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
+    for (int c = 0; c < nck; c++) {
+        const int s = c & 1, t0 = c * L, n = min(L, T - t0);
+        const size_t base = head0 + (size_t)t0 * HN;
+        const FwdStage &S_ = sm.st[s];
+        bar_sync(1 + s, 2 * NTH); /* stage s holds chunk c */
+        float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        float YT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        {
+            float XC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            float YC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+            for (int ks = 0; ks < N / 8; ks++) {
+                const FragA As = frag_a_acc<SPLIT>(S[ks]);
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    mma2<SPLIT>(XT[nt], XC[nt], As, frag_b<SPLIT>(S_.ta + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                    mma2<SPLIT>(YT[nt], YC[nt], As, frag_b<SPLIT>(S_.tq + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) { XT[nt][e] += XC[nt][e]; YT[nt][e] += YC[nt][e]; }
+        }
+        FragA Av[2];
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const float *v0 = S_.tv + (8 * ks + 2 * t4) * LDV + i0 + g;
+            Av[ks] = frag_a<SPLIT>(v0[0], v0[8], v0[LDV], v0[LDV + 8]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                mma<SPLIT>(XT[nt], Av[ks], frag_b<SPLIT>(S_.gAK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                mma<SPLIT>(YT[nt], Av[ks], frag_b<SPLIT>(S_.gQK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+            }
+        }
+        float UT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const FragA Ax = frag_a_acc<SPLIT>(XT[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(UT[nt], Ax, frag_b<SPLIT>(S_.gT + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        }
+        FragA Au[2];
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            Au[ks] = frag_a_acc<SPLIT>(UT[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(YT[nt], Au[ks], frag_b<SPLIT>(S_.gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
+                if (tok < n) {
+                    sa_out[base + tok * HN + i] = UT[nt][e];
+                    y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
+                }
+            }
+        float *ckc = ck + (size_t)c * N * N;
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++) {
+            const float2 p2 = *reinterpret_cast<const float2 *>(S_.pL + 8 * nt + 2 * t4);
+            S[nt][0] *= p2.x; S[nt][1] *= p2.y; S[nt][2] *= p2.x; S[nt][3] *= p2.y;
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                mma<SPLIT>(S[nt], Av[ks], frag_b<SPLIT>(S_.tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                mma<SPLIT>(S[nt], Au[ks], frag_b<SPLIT>(S_.tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+            }
+            const int j = 8 * nt + 2 * t4;
+            ckc[j * N + i0 + g] = S[nt][0];
+            ckc[(j + 1) * N + i0 + g] = S[nt][1];
+            ckc[j * N + i0 + g + 8] = S[nt][2];
+            ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
+        }
+        if (c + 2 < nck) bar_release(3 + s, 2 * NTH); /* stage s is free for chunk c + 2 */
+    }
+    if (s_final) {
+        float *sf = s_final + (size_t)(bb * H + h) * N * N;
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++) {
+            *reinterpret_cast<float2 *>(sf + (i0 + g) * N + 8 * nt + 2 * t4) = make_float2(S[nt][0], S[nt][1]);
+            *reinterpret_cast<float2 *>(sf + (i0 + g + 8) * N + 8 * nt + 2 * t4) = make_float2(S[nt][2], S[nt][3]);
+        }
+    }
+}
+
 /* ---- backward, pass 1: the dS recursion ------------------------------------
  * Same decomposition as the forward, chunks in reverse, D (the gradient at
  * the chunk end) in the accumulators. Needs only r, w, a, b and dy. Before
  * chunk c it stores D when c ends a segment (c + 1 = 0 mod seg, or the last
- * chunk), as dstore[b][h][c / seg][i][j]; after chunk 0 it adds D to dS0. */
-template <typename F, int SPLIT>
+ * chunk), as dstore[b][h][c / seg][i][j]; after chunk 0 it adds D to dS0.
+ * EXT: also the value side of the per-token gradients, which needs k too:
+ * dsa_t = z_t (fp32, into dsa_out) and dv, with
+ *   dV^T = Z^T AK + dY^T QK + D K'^T   (values x tokens, D before the update);
+ * the column pass then needs no exchange between threads. */
+template <typename F, int SPLIT, bool EXT>
 __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
     int T, int H, int nck, int seg,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ a,
-    const F *__restrict__ b, const F *__restrict__ dy,
-    float *__restrict__ dstore, float *__restrict__ ds0)
+    const F *__restrict__ b, const F *__restrict__ dy, const F *__restrict__ k,
+    float *__restrict__ dstore, float *__restrict__ ds0, float *__restrict__ dsa_out, F *__restrict__ dv)
 {
     __shared__ __align__(16) float tq[L * LDK], ta[L * LDK], tb[L * LDK], tBp[L * LDK]; /* Q~ A~ B^ B' */
     __shared__ __align__(16) float tQt[N * LDT], tAt[N * LDT];                          /* Q~^T A~^T */
@@ -368,10 +707,23 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
     float D[N / 8][4];
 #pragma unroll
     for (int nt = 0; nt < N / 8; nt++) D[nt][0] = D[nt][1] = D[nt][2] = D[nt][3] = 0.f;
+    constexpr int NF = EXT ? 5 : 4;
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    Raw<F, NF> *stg = reinterpret_cast<Raw<F, NF> *>(dyn_smem); /* two stages: r a b dy (k), w */
+    /* EXT tiles after the stages: K^ and K' [token][key], AK^T and QK^T */
+    float *tk = reinterpret_cast<float *>(dyn_smem + 2 * sizeof(Raw<F, NF>));
+    float *tKp = tk + L * LDK, *gAKt = tKp + L * LDK, *gQKt = gAKt + L * LDG;
+    const F *const srcs[5] = {r, a, b, dy, k};
+    stage_issue<F, NF>(&stg[(nck - 1) & 1], srcs, w, (((size_t)bb * T + (nck - 1) * L) * H + h) * N, HN,
+                       T - (nck - 1) * L, tid);
+    cp_async_commit();
 
     for (int c = nck - 1; c >= 0; c--) {
         const int t0 = c * L, n = min(L, T - t0);
         const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+        if (c > 0) stage_issue<F, NF>(&stg[(c - 1) & 1], srcs, w, base - (size_t)L * HN, HN, L, tid);
+        cp_async_commit();
+        cp_async_wait_1();
         if (c == nck - 1 || (c + 1) % seg == 0) {
             float *ds = dstore + ((size_t)(bb * H + h) * nseg + c / seg) * N * N;
 #pragma unroll
@@ -381,18 +733,19 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
                     make_float2(D[nt][2], D[nt][3]);
             }
         }
-        __syncthreads(); /* the previous chunk is done with every tile */
+        __syncthreads(); /* chunk c's stage has landed; the previous chunk is done with every tile */
+        const Raw<F, NF> *st = &stg[c & 1];
         if (tid < N) {
             const int j = tid;
-            float br[L], wr[L];
+            float br[L], wr[L], kr[L];
             float p = 1.f;
 #pragma unroll
             for (int u = 0; u < L; u++) {
                 const bool ok = u < n;
-                const size_t idx = base + u * HN + j;
-                const float rr = ok ? to_f(r[idx]) : 0.f, ww = ok ? w[idx] : 1.f;
-                const float aa = ok ? to_f(a[idx]) : 0.f;
-                br[u] = ok ? to_f(b[idx]) : 0.f;
+                const float rr = ok ? to_f(st->x[0][u * N + j]) : 0.f, ww = ok ? st->w[u * N + j] : 1.f;
+                const float aa = ok ? to_f(st->x[1][u * N + j]) : 0.f;
+                br[u] = ok ? to_f(st->x[2][u * N + j]) : 0.f;
+                kr[u] = EXT && ok ? to_f(st->x[NF - 1][u * N + j]) : 0.f;
                 wr[u] = ww;
                 const float at = aa * p;
                 ta[u * LDK + j] = at;
@@ -401,31 +754,43 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
                 const float qt = rr * p;
                 tq[u * LDK + j] = qt;
                 tQt[j * LDT + u] = qt;
-                tb[u * LDK + j] = br[u] / p;
+                const float ip = __frcp_rn(p);
+                tb[u * LDK + j] = br[u] * ip;
+                if (EXT) tk[u * LDK + j] = kr[u] * ip;
             }
             pL[j] = p;
             float sfx = 1.f;
 #pragma unroll
             for (int u = L - 1; u >= 0; u--) {
                 tBp[u * LDK + j] = br[u] * sfx;
+                if (EXT) tKp[u * LDK + j] = kr[u] * sfx;
                 sfx *= wr[u];
             }
         } else {
             const int i = tid - N;
 #pragma unroll
-            for (int u = 0; u < L; u++) tdy[u * LDV + i] = u < n ? to_f(dy[base + u * HN + i]) : 0.f;
+            for (int u = 0; u < L; u++) tdy[u * LDV + i] = u < n ? to_f(st->x[3][u * N + i]) : 0.f;
         }
         __syncthreads();
         if (warp == 0) gram<SPLIT>(ta, tb, gAB, false, false, g, t4);
         else if (warp == 1) gram<SPLIT>(tq, tb, gQBt, true, true, g, t4);
+        else if (EXT && warp == 2) gram<SPLIT>(ta, tk, gAKt, false, true, g, t4);
+        else if (EXT) gram<SPLIT>(tq, tk, gQKt, true, true, g, t4);
         /* R^T = D B'^T (values x tokens) */
         float RT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        {
+            float RC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-        for (int ks = 0; ks < N / 8; ks++) {
-            const FragA Ad = frag_a_acc<SPLIT>(D[ks]);
+            for (int ks = 0; ks < N / 8; ks++) {
+                const FragA Ad = frag_a_acc<SPLIT>(D[ks]);
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+                    mma2<SPLIT>(RT[nt], RC[nt], Ad, frag_b<SPLIT>(tBp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+            }
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
-                mma<SPLIT>(RT[nt], Ad, frag_b<SPLIT>(tBp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+#pragma unroll
+                for (int e = 0; e < 4; e++) RT[nt][e] += RC[nt][e];
         }
         __syncthreads(); /* AB and QB complete */
         if (warp == 0 && lane < L) invert_unit_lower(gAB, gTt, true, lane);
@@ -453,6 +818,35 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
         FragA Az[2];
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) Az[ks] = frag_a_acc<SPLIT>(ZT[ks]);
+        if (EXT) {
+            /* dV^T = Z^T AK + dY^T QK + D K'^T; B[s][t] = AK[s][t] = gAKt[t][s] */
+            float VT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            float VC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++)
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    mma<SPLIT>(VT[nt], Az[ks], frag_b<SPLIT>(gAKt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                    mma<SPLIT>(VT[nt], Ay[ks], frag_b<SPLIT>(gQKt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                }
+#pragma unroll
+            for (int ks = 0; ks < N / 8; ks++) {
+                const FragA Ad = frag_a_acc<SPLIT>(D[ks]);
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+                    mma2<SPLIT>(VT[nt], VC[nt], Ad, frag_b<SPLIT>(tKp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
+                    if (tok < n) {
+                        dv[base + tok * HN + i] = from_f<F>(VT[nt][e] + VC[nt][e]);
+                        dsa_out[base + tok * HN + i] = ZT[nt][e];
+                    }
+                }
+        }
         /* D <- D diag(pL) + dY^T Q~ + Z^T A~ */
 #pragma unroll
         for (int nt = 0; nt < N / 8; nt++) {
@@ -466,6 +860,203 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
         }
     }
     /* D is dS0 of this batch row; the batch shares s0 */
+    float *d0 = ds0 + (size_t)h * N * N;
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++) {
+        const int j = 8 * nt + 2 * t4;
+        atomicAdd(d0 + (i0 + g) * N + j, D[nt][0]);
+        atomicAdd(d0 + (i0 + g) * N + j + 1, D[nt][1]);
+        atomicAdd(d0 + (i0 + g + 8) * N + j, D[nt][2]);
+        atomicAdd(d0 + (i0 + g + 8) * N + j + 1, D[nt][3]);
+    }
+}
+
+/* ---- backward, pass 1, warp-specialized --------------------------------------
+ * wkv7_bwd_tc_dstate_kernel<F, 3, true> with the state-independent work
+ * (loads, p, tiles, the four Gram matrices, T) on 4 producer warps one chunk
+ * ahead, as in wkv7_fwd_tcws_kernel (same barrier ids and protocol). */
+struct BwdStage {
+    float tQt[N * LDT], tAt[N * LDT]; /* Q~^T A~^T [key][token] */
+    float tBp[L * LDK], tKp[L * LDK]; /* B' K' [token][key] */
+    float tdy[L * LDV];
+    float gQBt[L * LDG], gAKt[L * LDG], gQKt[L * LDG], gTt[L * LDG];
+    float pL[N];
+};
+template <typename F>
+struct BwdSmem {
+    BwdStage st[2];
+    float tq[L * LDK], ta[L * LDK], tb[L * LDK], tk[L * LDK], gAB[L * LDG]; /* producer scratch */
+    Raw<F, 5> raw;                                                           /* r a b dy k, w */
+};
+
+template <typename F, int SPLIT>
+__global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
+    int T, int H, int nck, int seg,
+    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ a,
+    const F *__restrict__ b, const F *__restrict__ dy, const F *__restrict__ k,
+    float *__restrict__ dstore, float *__restrict__ ds0, float *__restrict__ dsa_out, F *__restrict__ dv)
+{
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    BwdSmem<F> &sm = *reinterpret_cast<BwdSmem<F> *>(dyn_smem);
+    const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
+    const size_t HN = (size_t)H * N;
+    const size_t head0 = (((size_t)bb * T) * H + h) * N;
+    const int nseg = (nck + seg - 1) / seg;
+
+    if (tid >= NTH) { /* ---- producers ---- */
+        const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
+        const F *const srcs[5] = {r, a, b, dy, k};
+        stage_issue<F, 5>(&sm.raw, srcs, w, head0 + (size_t)(nck - 1) * L * HN, HN, T - (nck - 1) * L, ptid);
+        cp_async_commit();
+        for (int it = 0; it < nck; it++) {
+            const int c = nck - 1 - it, s = it & 1, t0 = c * L, n = min(L, T - t0);
+            BwdStage &S_ = sm.st[s];
+            if (it >= 2) bar_sync(3 + s, 2 * NTH);
+            cp_async_wait_0();
+            bar_sync(5, NTH);
+            if (ptid < N) {
+                const int j = ptid;
+                float br[L], wr[L], kr[L];
+                float p = 1.f;
+#pragma unroll
+                for (int u = 0; u < L; u++) {
+                    const bool ok = u < n;
+                    const float rr = ok ? to_f(sm.raw.x[0][u * N + j]) : 0.f, ww = ok ? sm.raw.w[u * N + j] : 1.f;
+                    const float aa = ok ? to_f(sm.raw.x[1][u * N + j]) : 0.f;
+                    br[u] = ok ? to_f(sm.raw.x[2][u * N + j]) : 0.f;
+                    kr[u] = ok ? to_f(sm.raw.x[4][u * N + j]) : 0.f;
+                    wr[u] = ww;
+                    const float at = aa * p;
+                    sm.ta[u * LDK + j] = at;
+                    S_.tAt[j * LDT + u] = at;
+                    p *= ww;
+                    const float qt = rr * p;
+                    sm.tq[u * LDK + j] = qt;
+                    S_.tQt[j * LDT + u] = qt;
+                    const float ip = __frcp_rn(p);
+                    sm.tb[u * LDK + j] = br[u] * ip;
+                    sm.tk[u * LDK + j] = kr[u] * ip;
+                }
+                S_.pL[j] = p;
+                float sfx = 1.f;
+#pragma unroll
+                for (int u = L - 1; u >= 0; u--) {
+                    S_.tBp[u * LDK + j] = br[u] * sfx;
+                    S_.tKp[u * LDK + j] = kr[u] * sfx;
+                    sfx *= wr[u];
+                }
+            } else {
+                const int i = ptid - N;
+#pragma unroll
+                for (int u = 0; u < L; u++) S_.tdy[u * LDV + i] = u < n ? to_f(sm.raw.x[3][u * N + i]) : 0.f;
+            }
+            bar_sync(5, NTH); /* tiles ready, raw consumed */
+            if (c > 0) stage_issue<F, 5>(&sm.raw, srcs, w, head0 + (size_t)(t0 - L) * HN, HN, L, ptid);
+            cp_async_commit();
+            if (pw == 0) gram<SPLIT>(sm.ta, sm.tb, sm.gAB, false, false, g, t4);
+            else if (pw == 1) gram<SPLIT>(sm.tq, sm.tb, S_.gQBt, true, true, g, t4);
+            else if (pw == 2) gram<SPLIT>(sm.ta, sm.tk, S_.gAKt, false, true, g, t4);
+            else gram<SPLIT>(sm.tq, sm.tk, S_.gQKt, true, true, g, t4);
+            __syncwarp();
+            if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gTt, true, lane);
+            __syncwarp();
+            bar_release(1 + s, 2 * NTH);
+        }
+        cp_async_wait_0();
+        return;
+    }
+
+    /* ---- consumers: D ---- */
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int i0 = 16 * warp;
+    float D[N / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++) D[nt][0] = D[nt][1] = D[nt][2] = D[nt][3] = 0.f;
+    for (int it = 0; it < nck; it++) {
+        const int c = nck - 1 - it, s = it & 1, t0 = c * L, n = min(L, T - t0);
+        const size_t base = head0 + (size_t)t0 * HN;
+        if (c == nck - 1 || (c + 1) % seg == 0) {
+            float *ds = dstore + ((size_t)(bb * H + h) * nseg + c / seg) * N * N;
+#pragma unroll
+            for (int nt = 0; nt < N / 8; nt++) {
+                *reinterpret_cast<float2 *>(ds + (i0 + g) * N + 8 * nt + 2 * t4) = make_float2(D[nt][0], D[nt][1]);
+                *reinterpret_cast<float2 *>(ds + (i0 + g + 8) * N + 8 * nt + 2 * t4) =
+                    make_float2(D[nt][2], D[nt][3]);
+            }
+        }
+        const BwdStage &S_ = sm.st[s];
+        bar_sync(1 + s, 2 * NTH);
+        /* R^T = D B'^T + dY^T QB */
+        float RT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < N / 8; ks++) {
+            const FragA Ad = frag_a_acc<SPLIT>(D[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(RT[nt], Ad, frag_b<SPLIT>(S_.tBp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+        }
+        FragA Ay[2];
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const float *d0 = S_.tdy + (8 * ks + 2 * t4) * LDV + i0 + g;
+            Ay[ks] = frag_a<SPLIT>(d0[0], d0[8], d0[LDV], d0[LDV + 8]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(RT[nt], Ay[ks], frag_b<SPLIT>(S_.gQBt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        }
+        /* Z^T = R^T T */
+        float ZT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const FragA Ar = frag_a_acc<SPLIT>(RT[ks]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+                mma<SPLIT>(ZT[nt], Ar, frag_b<SPLIT>(S_.gTt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        }
+        FragA Az[2];
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) Az[ks] = frag_a_acc<SPLIT>(ZT[ks]);
+        {
+            /* dV^T = Z^T AK + dY^T QK + D K'^T */
+            float VT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++)
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    mma<SPLIT>(VT[nt], Az[ks], frag_b<SPLIT>(S_.gAKt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                    mma<SPLIT>(VT[nt], Ay[ks], frag_b<SPLIT>(S_.gQKt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                }
+#pragma unroll
+            for (int ks = 0; ks < N / 8; ks++) {
+                const FragA Ad = frag_a_acc<SPLIT>(D[ks]);
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+                    mma<SPLIT>(VT[nt], Ad, frag_b<SPLIT>(S_.tKp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
+                    if (tok < n) {
+                        dv[base + tok * HN + i] = from_f<F>(VT[nt][e]);
+                        dsa_out[base + tok * HN + i] = ZT[nt][e];
+                    }
+                }
+        }
+        /* D <- D diag(pL) + dY^T Q~ + Z^T A~ */
+#pragma unroll
+        for (int nt = 0; nt < N / 8; nt++) {
+            const float2 p2 = *reinterpret_cast<const float2 *>(S_.pL + 8 * nt + 2 * t4);
+            D[nt][0] *= p2.x; D[nt][1] *= p2.y; D[nt][2] *= p2.x; D[nt][3] *= p2.y;
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                mma<SPLIT>(D[nt], Ay[ks], frag_b<SPLIT>(S_.tQt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                mma<SPLIT>(D[nt], Az[ks], frag_b<SPLIT>(S_.tAt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+            }
+        }
+        if (it + 2 < nck) bar_release(3 + s, 2 * NTH);
+    }
     float *d0 = ds0 + (size_t)h * N * N;
 #pragma unroll
     for (int nt = 0; nt < N / 8; nt++) {
@@ -584,6 +1175,98 @@ __global__ void __launch_bounds__(N) wkv7_bwd_seg_kernel(
     }
 }
 
+/* ---- backward, pass 2 (column form): dr, dw, dk, da, db -------------------
+ * Pass 1 (EXT) already wrote dv and dsa_t = z_t for every token, so what is
+ * left are the column sums of the recurrent backward: two threads per key
+ * column j (32 value rows each) step S back from the checkpoints and carry
+ * the dS column, seeded per segment with pass 1's D; with dsa given, no
+ * thread needs another's result (one shuffle pairs the halves), so there is
+ * no barrier per token and every segment of every head runs at once. Same
+ * per-element arithmetic as the split backward's column group (wkv7.cu). */
+template <typename F>
+__global__ void __launch_bounds__(2 * N) wkv7_bwd_col_kernel(
+    int T, int H, int nck, int seg,
+    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
+    const float *__restrict__ ckpt, const float *__restrict__ sa_in, const float *__restrict__ dsa_in,
+    const F *__restrict__ dy, const float *__restrict__ dstore,
+    F *__restrict__ dr, float *__restrict__ dw, F *__restrict__ dk, F *__restrict__ da, F *__restrict__ db)
+{
+    __shared__ __align__(16) float tl[9][L * N]; /* r w k v a b dy sa dsa */
+    const int h = blockIdx.x, bb = blockIdx.y, sg = blockIdx.z, tid = threadIdx.x;
+    const int j = tid >> 1, i0 = (tid & 1) * (N / 2);
+    const size_t HN = (size_t)H * N;
+    const int nseg = (nck + seg - 1) / seg;
+    const float *Dst = dstore + ((size_t)(bb * H + h) * nseg + sg) * N * N;
+    const float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
+    float X[N / 2], dS[N / 2]; /* S and dS, column j, rows i0.. */
+#pragma unroll
+    for (int q = 0; q < N / 2; q++) dS[q] = Dst[(i0 + q) * N + j];
+    const int c_end = min((sg + 1) * seg, nck);
+
+    for (int c = c_end - 1; c >= sg * seg; c--) {
+        const int t0 = c * L, n = min(L, T - t0);
+        const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+        const float *col = ck + (size_t)c * N * N + (size_t)j * N + i0;
+#pragma unroll
+        for (int q = 0; q < N / 2; q += 4) {
+            const float4 x4 = *reinterpret_cast<const float4 *>(col + q);
+            X[q] = x4.x; X[q + 1] = x4.y; X[q + 2] = x4.z; X[q + 3] = x4.w;
+        }
+        __syncthreads(); /* the previous chunk is done with the tiles */
+#pragma unroll
+        for (int q = 0; q < L * N / (2 * N); q++) {
+            const int e = tid + q * 2 * N, u = e >> 6;
+            const bool ok = u < n;
+            const size_t idx = base + (size_t)(ok ? u : 0) * HN + (e & (N - 1));
+            tl[0][e] = ok ? to_f(r[idx]) : 0.f; tl[1][e] = ok ? w[idx] : 1.f;
+            tl[2][e] = ok ? to_f(k[idx]) : 0.f; tl[3][e] = ok ? to_f(v[idx]) : 0.f;
+            tl[4][e] = ok ? to_f(a[idx]) : 0.f; tl[5][e] = ok ? to_f(b[idx]) : 0.f;
+            tl[6][e] = ok ? to_f(dy[idx]) : 0.f; tl[7][e] = ok ? sa_in[idx] : 0.f;
+            tl[8][e] = ok ? dsa_in[idx] : 0.f;
+        }
+        __syncthreads();
+        for (int u = n - 1; u >= 0; u--) {
+            const float rj = tl[0][u * N + j], wj = tl[1][u * N + j], kj = tl[2][u * N + j];
+            const float aj = tl[4][u * N + j], bj = tl[5][u * N + j];
+            const float4 *v4 = reinterpret_cast<const float4 *>(tl[3] + u * N + i0);
+            const float4 *d4 = reinterpret_cast<const float4 *>(tl[6] + u * N + i0);
+            const float4 *s4 = reinterpret_cast<const float4 *>(tl[7] + u * N + i0);
+            const float4 *g4 = reinterpret_cast<const float4 *>(tl[8] + u * N + i0);
+            const float iw = 1.f / wj;
+            float gr = 0.f, gk = 0.f, gb = 0.f, gw = 0.f, ga = 0.f;
+#pragma unroll
+            for (int q = 0; q < N / 2; q += 4) {
+                const float4 vv = v4[q / 4], dd = d4[q / 4], ss = s4[q / 4], gg = g4[q / 4];
+                const float vx[4] = {vv.x, vv.y, vv.z, vv.w}, dx[4] = {dd.x, dd.y, dd.z, dd.w};
+                const float sx[4] = {ss.x, ss.y, ss.z, ss.w}, gx[4] = {gg.x, gg.y, gg.z, gg.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float &S = X[q + e], &G = dS[q + e];
+                    gr = fmaf(S, dx[e], gr);                    /* dr = S_t^T dy */
+                    G = fmaf(dx[e], rj, G);                     /* dS_t += dy r^T */
+                    S = (S - fmaf(vx[e], kj, sx[e] * bj)) * iw; /* S_{t-1} */
+                    gk = fmaf(G, vx[e], gk);
+                    gb = fmaf(G, sx[e], gb);
+                    gw = fmaf(G, S, gw);
+                    ga = fmaf(gx[e], S, ga);
+                    G = fmaf(G, wj, gx[e] * aj);                /* dS_{t-1} column */
+                }
+            }
+            gr += __shfl_xor_sync(0xffffffffu, gr, 1);
+            gk += __shfl_xor_sync(0xffffffffu, gk, 1);
+            gb += __shfl_xor_sync(0xffffffffu, gb, 1);
+            gw += __shfl_xor_sync(0xffffffffu, gw, 1);
+            ga += __shfl_xor_sync(0xffffffffu, ga, 1);
+            if (i0 == 0) {
+                const size_t idx = base + u * HN + j;
+                dr[idx] = from_f<F>(gr); dw[idx] = gw; dk[idx] = from_f<F>(gk);
+                da[idx] = from_f<F>(ga); db[idx] = from_f<F>(gb);
+            }
+        }
+    }
+}
+
 } // namespace
 
 namespace wkv7tc {
@@ -594,21 +1277,35 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
             char *err)
 {
     const int nck = (T + L - 1) / L;
+    if (split3 == 2) { /* warp-specialized, 3xTF32 */
+        const int smem = (int)sizeof(FwdSmem<F>);
+        ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           smem));
+        wkv7_fwd_tcws_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
+                                                                          s_final, ckpt, sa);
+        ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
+        return ST_OK;
+    }
+    const int smem = (int)(2 * sizeof(Raw<F, 5>)); /* beside about 42 KB of static tiles */
     if (split3) {
-        wkv7_fwd_tc_kernel<F, 3><<<dim3(H, B), NTH, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
-                                                                 ckpt, sa);
+        ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tc_kernel<F, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           smem));
+        wkv7_fwd_tc_kernel<F, 3><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
+                                                                    ckpt, sa);
     } else {
-        wkv7_fwd_tc_kernel<F, 1><<<dim3(H, B), NTH, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
-                                                                 ckpt, sa);
+        ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tc_kernel<F, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           smem));
+        wkv7_fwd_tc_kernel<F, 1><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
+                                                                    ckpt, sa);
     }
     ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tc_kernel");
     return ST_OK;
 }
 
 template <typename F>
-int backward(int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
-             const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk, F *dv,
-             F *da, F *db, float *ds0, cudaStream_t stream, char *err)
+int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v,
+             const F *a, const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk,
+             F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
 {
     const int nck = (T + L - 1) / L;
     if (seg < 1) seg = 1;
@@ -617,23 +1314,61 @@ int backward(int seg, int B, int T, int H, const F *r, const float *w, const F *
     if (nseg > 65535)
         return st_fail(err, ST_EINVAL, "wkv7 (cuda): T = %d gives %d segments of %d chunks, more than 65535", T,
                        nseg, seg);
-    /* the segment-end gradients: a workspace of the stream's memory pool,
-     * freed in stream order once pass 2 is enqueued (the launcher API has
-     * no workspace argument for it) */
-    float *dstore = NULL;
-    const size_t bytes = (size_t)B * H * nseg * N * N * sizeof(float);
-    ST_CUDA_CHECK(cudaMallocAsync((void **)&dstore, bytes, stream));
-    wkv7_bwd_tc_dstate_kernel<F, 3><<<dim3(H, B), NTH, 0, stream>>>(T, H, nck, seg, r, w, a, b, dy, dstore, ds0);
-    cudaError_t e1 = cudaGetLastError();
-    if (e1 == cudaSuccess)
-        wkv7_bwd_seg_kernel<F><<<dim3(H, B, nseg), N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa, dy,
-                                                                   dstore, dr, dw, dk, dv, da, db);
-    cudaError_t e2 = cudaGetLastError();
-    cudaError_t e3 = cudaFreeAsync(dstore, stream);
+    /* workspace: the segment-end gradients (and, for the column pass, dsa),
+     * from the stream's memory pool, freed in stream order once the passes
+     * are enqueued (the launcher API has no workspace argument) */
+    const bool col = mode >= 1;
+    const size_t nstore = (size_t)B * H * nseg * N * N, ndsa = col ? (size_t)B * T * H * N : 0;
+    float *ws = NULL;
+    ST_CUDA_CHECK(cudaMallocAsync((void **)&ws, (nstore + ndsa) * sizeof(float), stream));
+    float *dstore = ws, *dsa = col ? ws + nstore : NULL;
+    cudaError_t e1 = cudaSuccess;
+    if (mode == 2) { /* warp-specialized pass 1, then the column pass */
+        const int smem = (int)sizeof(BwdSmem<F>);
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem);
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_tcws_dstate_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, seg, r, w, a, b, dy, k,
+                                                                                     dstore, ds0, dsa, dv);
+            e1 = cudaGetLastError();
+        }
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_col_kernel<F><<<dim3(H, B, nseg), 2 * N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa,
+                                                                           dsa, dy, dstore, dr, dw, dk, da, db);
+            e1 = cudaGetLastError();
+        }
+    } else if (col) {
+        const int smem = (int)(2 * sizeof(Raw<F, 5>) + (2 * L * LDK + 2 * L * LDG) * sizeof(float));
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, 3, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem);
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_tc_dstate_kernel<F, 3, true><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, seg, r, w, a, b, dy, k,
+                                                                                     dstore, ds0, dsa, dv);
+            e1 = cudaGetLastError();
+        }
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_col_kernel<F><<<dim3(H, B, nseg), 2 * N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa,
+                                                                           dsa, dy, dstore, dr, dw, dk, da, db);
+            e1 = cudaGetLastError();
+        }
+    } else {
+        const int smem = (int)(2 * sizeof(Raw<F, 4>));
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, 3, false>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_tc_dstate_kernel<F, 3, false><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, seg, r, w, a, b, dy,
+                                                                                      k, dstore, ds0, NULL, dv);
+            e1 = cudaGetLastError();
+        }
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_seg_kernel<F><<<dim3(H, B, nseg), N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa, dy,
+                                                                       dstore, dr, dw, dk, dv, da, db);
+            e1 = cudaGetLastError();
+        }
+    }
+    const cudaError_t e3 = cudaFreeAsync(ws, stream);
     if (e1 != cudaSuccess)
-        return st_fail(err, ST_ECUDA, "launching wkv7_bwd_tc_dstate_kernel failed: %s", cudaGetErrorString(e1));
-    if (e2 != cudaSuccess)
-        return st_fail(err, ST_ECUDA, "launching wkv7_bwd_seg_kernel failed: %s", cudaGetErrorString(e2));
+        return st_fail(err, ST_ECUDA, "wkv7 chunked backward: launch failed: %s", cudaGetErrorString(e1));
     if (e3 != cudaSuccess)
         return st_fail(err, ST_ECUDA, "freeing the wkv7 backward workspace failed: %s", cudaGetErrorString(e3));
     return ST_OK;
@@ -646,10 +1381,10 @@ template int forward<__nv_bfloat16>(int, int, int, int, const __nv_bfloat16 *, c
                                     const __nv_bfloat16 *, const __nv_bfloat16 *, const __nv_bfloat16 *,
                                     const __nv_bfloat16 *, const float *, __nv_bfloat16 *, float *, float *,
                                     float *, cudaStream_t, char *);
-template int backward<float>(int, int, int, int, const float *, const float *, const float *, const float *,
+template int backward<float>(int, int, int, int, int, const float *, const float *, const float *, const float *,
                              const float *, const float *, const float *, const float *, const float *, float *,
                              float *, float *, float *, float *, float *, float *, cudaStream_t, char *);
-template int backward<__nv_bfloat16>(int, int, int, int, const __nv_bfloat16 *, const float *,
+template int backward<__nv_bfloat16>(int, int, int, int, int, const __nv_bfloat16 *, const float *,
                                      const __nv_bfloat16 *, const __nv_bfloat16 *, const __nv_bfloat16 *,
                                      const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
                                      __nv_bfloat16 *, float *, __nv_bfloat16 *, __nv_bfloat16 *, __nv_bfloat16 *,

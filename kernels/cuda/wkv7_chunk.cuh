@@ -12,9 +12,11 @@
 
 namespace wkv7tc {
 
-/* Forward on tensor cores. split3 nonzero: every product in 3xTF32 (each fp32
- * operand as a tf32 pair, three products), accurate to about fp32; zero: one
- * tf32 product (dev variant, about 1e-3 relative). */
+/* Forward on tensor cores. split3 1: every product in 3xTF32 (each fp32
+ * operand as a tf32 pair, three products), accurate to about fp32; 2: the
+ * same arithmetic, warp-specialized (producer warps build the next chunk's
+ * tiles while the state warps compute); 0: one tf32 product (dev variant,
+ * about 1e-3 relative). */
 template <typename F>
 int forward(int split3, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
             const F *b, const float *s0, F *y, float *s_final, float *ckpt, float *sa, cudaStream_t stream,
@@ -22,10 +24,13 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
 
 /* Backward in two passes: the chunked dS recursion on tensor cores (3xTF32),
  * storing dS at the end of every segment of `seg` chunks and adding dS0; then
- * the exact per-token backward of every segment in parallel, seeded with that
- * segment's dS and the forward's checkpoints and sa. */
+ * per-token gradients for every segment in parallel, seeded with that
+ * segment's dS and the forward's checkpoints and sa. mode 0: the recurrent
+ * kernel's per-token backward (rows and columns of dS); mode 1: pass 1 also
+ * writes dv and dsa, and pass 2 is the column half alone; mode 2: mode 1
+ * with pass 1 warp-specialized. */
 template <typename F>
-int backward(int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
+int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
              const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk, F *dv,
              F *da, F *db, float *ds0, cudaStream_t stream, char *err);
 

@@ -64,14 +64,14 @@ static float bf2f(uint16_t u) { uint32_t x = (uint32_t)u << 16; float f; memcpy(
 static const char *algo_name(int algo)
 {
     return algo == WKV7_ALGO_AUTO ? "auto" : algo == WKV7_FWD_CHUNKED ? "chunked" : algo == WKV7_FWD_TC ? "tc"
-         : algo == WKV7_FWD_TC1 ? "tc1" : "recurrent";
+         : algo == WKV7_FWD_TC1 ? "tc1" : algo == WKV7_FWD_TCWS ? "tcws" : "recurrent";
 }
 static const char *balgo_name(int algo)
 {
     static const char *seg[] = {"seg0", "seg1", "seg2", "seg3", "seg4", "seg5", "seg6", "seg7", "seg8"};
     if (algo > 16 && algo <= 24) return seg[algo - 16];
     return algo == WKV7_ALGO_AUTO ? "auto" : algo == WKV7_BWD_SPLIT ? "split" : algo == WKV7_BWD_CHUNKED ? "chunked"
-         : "recurrent";
+         : algo == WKV7_BWD_CHUNKED_REC ? "chunkrec" : algo == WKV7_BWD_CHUNKED_WS ? "chunkws" : "recurrent";
 }
 
 /* One precision's check on fresh inputs; returns the worst relative error. */
@@ -168,10 +168,12 @@ static float median(std::vector<float> v) { std::sort(v.begin(), v.end()); retur
 
 /* Times bf16 forward and backward at one shape; inputs are a random pool of
  * 256 tokens tiled over T (random, never zeros). */
-static void bench(int algo, int balgo, int B, int T, int H, int reps, uint64_t seed, double target_ms, double official_ms)
+static void bench(int algo, int balgo, int B, int T, int H, int reps, uint64_t seed, double target_ms, double official_ms,
+                  bool fp32 = false)
 {
     char err[ST_ERR_LEN];
     typedef __nv_bfloat16 bf;
+    const int es = fp32 ? 4 : 2; /* element size of r k v a b dy y dr dk dv da db */
     size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N;
     const int PT = 256;
     size_t np = (size_t)PT * H * N;
@@ -181,14 +183,14 @@ static void bench(int algo, int balgo, int B, int T, int H, int reps, uint64_t s
                            in[4].data(), in[5].data(), in[6].data(), in[7].data());
     bf *d[14]; /* r w k v a b dy, y, dr dw dk dv da db; d[1] (w) and d[9] (dw) hold fp32 */
     float *s0, *ck, *sa, *ds0;
-    for (int i = 0; i < 14; i++) CK(cudaMalloc(&d[i], (i == 1 || i == 9 ? 4 : 2) * n));
+    for (int i = 0; i < 14; i++) CK(cudaMalloc(&d[i], (i == 1 || i == 9 ? 4 : es) * n));
     CK(cudaMalloc(&s0, 4 * ns)); CK(cudaMalloc(&ds0, 4 * ns));
     CK(cudaMalloc(&ck, 4 * wkv7_cuda_ckpt_floats(B, T, H)));
     CK(cudaMalloc(&sa, 4 * wkv7_cuda_sa_floats(B, T, H)));
     const int src[7] = {0, 1, 2, 3, 4, 5, 7};
     std::vector<uint16_t> hb(np);
     for (int i = 0; i < 7; i++) {
-        const bool f32 = i == 1;
+        const bool f32 = i == 1 || fp32;
         for (size_t x = 0; x < np; x++) hb[x] = f2bf(in[src[i]][x]);
         for (size_t off = 0; off < n; off += np)
             CK(cudaMemcpy((char *)d[i] + (f32 ? 4 : 2) * off, f32 ? (void *)in[src[i]].data() : (void *)hb.data(),
@@ -201,10 +203,10 @@ static void bench(int algo, int balgo, int B, int T, int H, int reps, uint64_t s
     std::vector<float> tf, tb, tt;
     for (int it = 0; it < reps + 3; it++) {
         CK(cudaEventRecord(e0));
-        CKST(wkv7_forward_cuda_algo(algo, 1, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], s0, d[7], NULL, ck,
-                                    WKV7_CUDA_CHUNK, sa, 0, err));
+        CKST(wkv7_forward_cuda_algo(algo, !fp32, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], s0, d[7], NULL,
+                                    ck, WKV7_CUDA_CHUNK, sa, 0, err));
         CK(cudaEventRecord(e1));
-        CKST(wkv7_backward_cuda_algo(balgo, 1, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], ck,
+        CKST(wkv7_backward_cuda_algo(balgo, !fp32, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], ck,
                                      WKV7_CUDA_CHUNK, sa, d[6], d[8], (float *)d[9], d[10], d[11], d[12], d[13], ds0,
                                      0, err));
         CK(cudaEventRecord(e2));
@@ -218,9 +220,9 @@ static void bench(int algo, int balgo, int B, int T, int H, int reps, uint64_t s
     double bytes = rows * N * (20 + 34) + 2.0 * wkv7_cuda_ckpt_floats(B, T, H) * 4;
     double flops = rows * 34.0 * N * N;
     float mt = median(tt);
-    printf("bench bf16 fwd %-9s bwd %-9s (%2d,%4d,%2d): fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms | %5.2f TB/s %5.1f TFLOP/s | "
+    printf("bench %s fwd %-9s bwd %-9s (%2d,%4d,%2d): fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms | %5.2f TB/s %5.1f TFLOP/s | "
            "target %.2f ms, official %.2f ms\n",
-           algo_name(algo), balgo_name(balgo), B, T, H, median(tf), median(tb), mt, bytes / (mt * 1e-3) / 1e12, flops / (mt * 1e-3) / 1e12,
+           fp32 ? "fp32" : "bf16", algo_name(algo), balgo_name(balgo), B, T, H, median(tf), median(tb), mt, bytes / (mt * 1e-3) / 1e12, flops / (mt * 1e-3) / 1e12,
            target_ms, official_ms);
     for (int i = 0; i < 14; i++) CK(cudaFree(d[i]));
     CK(cudaFree(s0)); CK(cudaFree(ds0)); CK(cudaFree(ck)); CK(cudaFree(sa));
@@ -259,9 +261,10 @@ int main(int argc, char **argv)
     const struct { int B, T, H, regime; } cs[] = {{2, 100, 4, 0}, {2, 100, 4, 1}, {2, 100, 4, 2}, {1, 300, 2, 0}};
     /* the last pair is informational: TC1 (one tf32 product) is not meant to
      * meet the fp32 tolerances; its errors are printed, not counted */
-    const int pairs[7][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
+    const int pairs[9][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
                              {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT}, {WKV7_FWD_TC, WKV7_BWD_CHUNKED},
                              {WKV7_FWD_TC, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_SEG(1)},
+                             {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS}, {WKV7_FWD_TCWS, WKV7_BWD_SPLIT},
                              {WKV7_FWD_TC1, WKV7_BWD_CHUNKED}};
     for (auto &pr : pairs)
         for (auto &c : cs) {
@@ -273,16 +276,24 @@ int main(int argc, char **argv)
     if (check_only) return ok ? 0 : 1;
     /* forward and backward are timed apart, so each row also times its
      * backward against the others' */
-    const int timed[7][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT},
-                             {WKV7_FWD_TC, WKV7_BWD_CHUNKED}, {WKV7_FWD_TC1, WKV7_BWD_CHUNKED_SEG(1)},
-                             {WKV7_FWD_TC, WKV7_BWD_CHUNKED_SEG(2)}, {WKV7_FWD_TC, WKV7_BWD_CHUNKED_SEG(8)},
-                             {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
+    const int timed[8][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT},
+                             {WKV7_FWD_TC, WKV7_BWD_CHUNKED}, {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_REC},
+                             {WKV7_FWD_TC1, WKV7_BWD_CHUNKED_SEG(1)}, {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_SEG(2)},
+                             {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS}, {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
     for (auto &tp : timed) { /* the official pair, the new pair, then what the launchers pick */
         bench(tp[0], tp[1], 8, 4096, 64, reps, seed, 7.0, 14.4);
         bench(tp[0], tp[1], 8, 1024, 32, reps, seed, 1.5, 2.91);
         bench(tp[0], tp[1], 16, 512, 12, reps, seed, 0.8, 1.45);
         bench(tp[0], tp[1], 8, 1024, 12, reps, seed, 0, 0); /* one layer of the 12 x 768 engine */
         bench(tp[0], tp[1], 8, 1024, 16, reps, seed, 0, 0); /* one layer of the 24 x 1024 engine */
+    }
+    /* fp32 (the engine's fp32 mode): the old pairs against the tensor-core
+     * ones at the engine's shapes and SPEC's middle one */
+    const int timed32[4][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT},
+                               {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS}, {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
+    for (auto &tp : timed32) {
+        bench(tp[0], tp[1], 8, 1024, 32, reps, seed, 0, 0, true);
+        bench(tp[0], tp[1], 8, 1024, 12, reps, seed, 0, 0, true);
     }
     return ok ? 0 : 1;
 }
