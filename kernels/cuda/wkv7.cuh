@@ -9,9 +9,11 @@
  * j (official layout). Shapes: B batch, T time, H heads, N = 64; activations
  * are (B, T, H, N) contiguous; s0 and ds0 are (H, N, N), shared by the batch.
  *
- * Algorithms: the recurrent pair described here, and a chunked forward and a
- * split backward with the same inputs, outputs and workspaces, chosen per
- * call by grid size (WKV7_ALGO_AUTO below; wkv7.cu describes them).
+ * Algorithms: the recurrent pair described here; a chunked forward and a
+ * split backward on CUDA cores (wkv7.cu); a chunked forward and a two-pass
+ * chunked backward on tensor cores (wkv7_chunk.cu). Same inputs, outputs
+ * and workspaces (the chunked backward adds its own, from the stream's
+ * memory pool), chosen per call by grid size (WKV7_ALGO_AUTO below).
  *
  * Recurrent (the official RWKV-7 CUDA kernel's, BlinkDL/RWKV-CUDA; see
  * shared/notes/wkv7-kernels.md section 2): one block of 64 threads per (b, h).

@@ -1,9 +1,11 @@
 /*
  * wkv7_bench.cu - dev program for the WKV7 kernels (llm.c's dev/cuda style):
  * checks every variant against the float64 reference on fresh random inputs,
- * then times forward and backward at SPEC section 8's shapes: the recurrent
- * pair, the chunked forward with the split backward, and what the launchers
- * pick (WKV7_ALGO_AUTO).
+ * then times forward and backward at SPEC section 8's shapes and the
+ * engine's: the recurrent pair, the CUDA-core chunked forward with the split
+ * backward, the tensor-core variants (TC, TCWS, TC1 forwards; CHUNKED and
+ * its variants backward), and what the launchers pick (WKV7_ALGO_AUTO), in
+ * bf16, then a few in fp32.
  *
  *   dev_wkv7_bench [--seed S] [--reps R] [--check-only] [--one FWD BWD B T H]
  *
