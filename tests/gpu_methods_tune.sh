@@ -21,12 +21,15 @@ rt=${1:?usage: gpu_methods_tune.sh RT [OUT_DIR]}
 out=${2:-${OUT:-/tmp}}
 w=$rt/bin/statetune-worker
 model=$rt/data/pysrc-rwkv7-5M.pth
-fail() { echo "FAIL: $*" >&2; exit 1; }
 py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3) # the GPU machine's own Python will do for comparing states
 PY=$py   # state_rel (tests/lib/common.sh) runs $PY
-. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/lib/common.sh"  # before fail(): it defines another
+fail() { echo "FAIL: $*" >&2; exit 1; }
 [ -x "$w" ] || { echo "skipped: no worker in $rt/bin"; exit 77; }
+rt=$(cd "$rt" && pwd) # the job files name the model and data from a temp folder
+w=$rt/bin/statetune-worker
+model=$rt/data/pysrc-rwkv7-5M.pth
 [ -f "$model" ] && [ -f "$rt/data/train.jsonl" ] || { echo "skipped: no model or data in $rt/data"; exit 77; }
 backend=${GPU_METHODS_BACKEND:-cuda} # cpu: a dry run of this script on a machine without a GPU
 tmp=$(mktemp -d /tmp/gpu-methods-XXXXXX)
