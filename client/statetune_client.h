@@ -10,6 +10,11 @@
  *     statetune_state_t st;
  *     if (c && statetune_client_get_state(c, "support-style@latest", &st, err) == ST_OK) {
  *         ... st.data is [layers, heads, head_size, head_size] fp32, official layout ...
+ *         ... e.g. rwkv_rnn_t *rnn = rwkv_rnn_new(model, st.data, err) (engine/engine.h), and for a
+ *         kernel-expanded state (st.kstate != NULL) its term too:
+ *             size_t n = (size_t)st.layers * st.heads * st.head_size * st.kernel_features;
+ *             engine_kstate_t ks = {st.kernel_features, st.kernel_gamma, st.kstate, st.kstate + n};
+ *             rwkv_rnn_set_kstate(rnn, &ks, err);
  *         statetune_state_free(&st);
  *     }
  *     statetune_client_destroy(&c);

@@ -26,6 +26,11 @@
  *         ... s0 is [info.n_layer, info.n_head, 64, 64], e.g. rwkv_rnn_new(model, s0, err) ...
  *         free(s0);
  *     }
+ *
+ * A state with a kernel-expanded part (info.kernel_features > 0) also needs
+ * its U0 and support vectors: registry_get_state_ks returns them, for
+ * rwkv_rnn_set_kstate (engine/engine.h). Without them the RNN runs the state
+ * without its kernel term, which is not the tuned model.
  *     registry_close(&r);
  */
 #ifndef ST_REGISTRY_READ_H
