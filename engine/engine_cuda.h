@@ -70,16 +70,40 @@ size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self);
 
 /* Where the time of the last engine_cuda_run went, in ms, when profiling is
  * on (CUDA events around each phase; off by default because the events add
- * synchronisation). For kernels/dev/engine_bench.cu and docs/performance.md. */
+ * synchronisation). For kernels/dev/engine_bench.cu and docs/performance.md.
+ * Level 2 also brackets every operation with a pair of events and sums them
+ * by class over the step (the fine fields; class names from
+ * engine_cuda_profile_class): their total is the GPU's busy time, and the
+ * step minus that total is what launch gaps cost. */
+enum { ENGINE_CUDA_PROF_CLASSES = 24 };
 typedef struct {
     float forward_ms;     /* embedding and every layer's forward, WKV included */
     float wkv_forward_ms; /* of which the WKV7 forward kernels */
     float head_ms;        /* ln_out, head products, cross-entropy, head backward */
     float backward_ms;    /* every layer's backward, WKV included */
     float wkv_backward_ms;/* of which the WKV7 backward kernels */
+    /* level 2 only: [phase: 0 forward, 1 head, 2 backward][class] */
+    float class_ms[3][ENGINE_CUDA_PROF_CLASSES];
+    int class_launches[3][ENGINE_CUDA_PROF_CLASSES]; /* kernel launches and cuBLAS calls */
+    int fine_dropped;     /* operations not timed (the event pool ran out) */
 } engine_cuda_profile_t;
 
+/* on: 0 off, 1 per phase, 2 per phase and per operation class. */
 int engine_cuda_set_profiling(engine_cuda_t *self, int on, char *err);
+/* The name of fine profiling class i, or NULL past the last one. */
+const char *engine_cuda_profile_class(int i);
+
+/* CUDA graphs (on by default): the forward + head and the backward between
+ * the host copies of a step are captured once per shape (B, T and the run's
+ * switches) and replayed, which removes the launch gaps of a few thousand
+ * small launches. Runs that copy to the host mid-step (logits, final states,
+ * receptances, the observer, the kernel-expanded state) or profile run
+ * eagerly; a capture that fails turns graphs off for the engine and the run
+ * goes on eagerly. */
+void engine_cuda_set_graphs(engine_cuda_t *self, int on);
+/* How many step parts this engine has replayed from graphs so far (0 when
+ * graphs are off or every capture failed). */
+long engine_cuda_graph_replays(const engine_cuda_t *self);
 void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out);
 
 /* ---- resident tuning parameters (engine.h's engine_params_*, on the GPU) ----

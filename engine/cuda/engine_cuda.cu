@@ -180,6 +180,23 @@ struct engine_cuda {
     int profile;
     cudaEvent_t mark[4], wkv_ev[2][2 * 256];
     engine_cuda_profile_t last;
+    /* fine profiling (level 2): a pair of events around each operation,
+     * its class, phase and launch count; summed after the step */
+    cudaEvent_t *prof_ev;  /* 2 * prof_cap */
+    uint8_t *prof_cls, *prof_ph;
+    uint16_t *prof_nl;
+    int prof_cap, prof_n, prof_phase, prof_drop;
+    /* CUDA graphs (engine_cuda_set_graphs): captured forward + head and
+     * backward parts of a step, by shape and switches */
+    int graphs;
+    struct graph_slot_t {
+        uint64_t key[8]; /* graph_key(): part, B, T, switches, dS0's address */
+        int seen;        /* the first run of a key is eager (lazy loading, cuBLAS plans), the second captures */
+        cudaGraphExec_t exec;
+        uint64_t used;   /* for replacing the least recently used slot */
+    } gslot[8];
+    uint64_t gclock;
+    long greplays; /* parts launched from a graph */
     methods_cuda_t meth; /* observer and kernel-expanded state (methods_*) */
     /* resident parameters (engine_cuda_run_resident): during such a run S0
      * is copied from res_state0 on the device and ds0 points at res_ds0 */
@@ -363,6 +380,52 @@ int upload_weights(engine_cuda_t *e, char *err)
     return rc;
 }
 
+/* ---- fine profiling (engine_cuda_set_profiling level 2) ----
+ * PROF(class, launches, statements) brackets one operation with a pair of
+ * events; run() sums the pairs by class and phase after the step. The pairs
+ * leave out the gaps between operations on purpose: the step minus their sum
+ * is the launch-gap share. */
+
+enum prof_class {
+    PC_GEMM_RKV, PC_GEMM_LORA, PC_GEMM_OUT, PC_GEMM_FFN_K, PC_GEMM_FFN_V, PC_GEMM_HEAD,
+    PC_SHIFT, PC_LN, PC_GN, PC_LORA_ACT, PC_KK, PC_VMIX, PC_RELU2, PC_RESID, PC_CE, PC_CONVERT,
+    PC_WKV, PC_DBP, PC_EMBED, PC_METHODS, PC_COUNT
+};
+const char *const PROF_NAMES[PC_COUNT] = {
+    "gemm r/k/v",      "gemm LoRA (w,a,v,g)", "gemm output",       "gemm ffn key",      "gemm ffn value",
+    "gemm head",       "token shift + lerps", "layernorm (+res)",  "groupnorm+bonus+g", "LoRA tanh/sigmoid",
+    "w/a/kk (timemix)", "v mix / v_first",    "relu^2",            "residual/add3",     "CE softmax",
+    "converts/memsets", "WKV7",               "DBP Q",             "embedding",         "methods hooks"};
+static_assert((int)PC_COUNT <= (int)ENGINE_CUDA_PROF_CLASSES, "engine_cuda.h's profile has too few classes");
+
+void prof_begin(engine_cuda_t *e, int cls, int launches)
+{
+    if (e->profile < 2) return;
+    if (e->prof_n >= e->prof_cap) {
+        e->prof_drop++;
+        return;
+    }
+    const int i = e->prof_n;
+    e->prof_cls[i] = (uint8_t)cls;
+    e->prof_ph[i] = (uint8_t)e->prof_phase;
+    e->prof_nl[i] = (uint16_t)launches;
+    (void)cudaEventRecord(e->prof_ev[2 * i], e->stream); /* a failed record only loses a timing */
+}
+
+void prof_end(engine_cuda_t *e)
+{
+    if (e->profile < 2 || e->prof_n >= e->prof_cap) return;
+    (void)cudaEventRecord(e->prof_ev[2 * e->prof_n + 1], e->stream);
+    e->prof_n++;
+}
+
+#define PROF(cls, launches, ...)        \
+    do {                                \
+        prof_begin(e, (cls), (launches)); \
+        __VA_ARGS__;                    \
+        prof_end(e);                    \
+    } while (0)
+
 /* ---- matrix products (row-major in our terms; cuBLAS is column-major, so a
  * row-major (R, IN) matrix is its transpose (IN, R) with leading dim IN) ---- */
 
@@ -403,13 +466,15 @@ template <typename T>
 int lora_fwd(engine_cuda_t *e, int R, int C, int D, const void *x, const void *w1, const void *w2, int act,
              void *hid, void *out, char *err, bool out_f32 = false)
 {
-    RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1, D, x, C, hid, D, 0.f, err));
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1, D, x, C, hid, D, 0.f, err)));
     if (act) {
         size_t n = (size_t)R * D;
-        st::lora_act_fwd_kernel<T><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, act, (T *)hid);
+        PROF(PC_LORA_ACT, 1,
+             st::lora_act_fwd_kernel<T><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, act, (T *)hid));
         ST_CUDA_CHECK_LAUNCH("lora_act_fwd_kernel");
     }
-    return gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, w2, C, hid, D, out, C, 0.f, err, out_f32);
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, w2, C, hid, D, out, C, 0.f, err, out_f32)));
+    return ST_OK;
 }
 
 /* dx = beta dx + (act'(z) * (dout w2^T)) w1^T */
@@ -417,14 +482,16 @@ template <typename T>
 int lora_bwd(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *w2, int act, const void *hid,
              const void *dout, void *dhid, void *dx, float beta, char *err)
 {
-    RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2, C, dout, C, dhid, D, 0.f, err));
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2, C, dout, C, dhid, D, 0.f, err)));
     if (act) {
         size_t n = (size_t)R * D;
-        st::lora_act_bwd_kernel<T><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, act, (const T *)hid,
-                                                                                   (T *)dhid);
+        PROF(PC_LORA_ACT, 1,
+             st::lora_act_bwd_kernel<T><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, act, (const T *)hid,
+                                                                                        (T *)dhid));
         ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
     }
-    return gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1, D, dhid, D, dx, C, beta, err);
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1, D, dhid, D, dx, C, beta, err)));
+    return ST_OK;
 }
 
 /* ---- WKV7 by storage type ---- */
@@ -735,67 +802,75 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     T *h = (T *)e->h, *tmp = (T *)e->tmp, *oin = (T *)e->oin;
     T **lerp = (T **)e->lerp;
 
-    st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
-                                                                      e->ln1_mean + sl * Rp, e->ln1_rstd + sl * Rp);
+    PROF(PC_LN, 1,
+         st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
+                                                                           e->ln1_mean + sl * Rp,
+                                                                           e->ln1_rstd + sl * Rp));
     ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
     st::mix6_t mix;
     st::ptr6_t<T> outs;
     for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; outs.p[i] = lerp[i]; }
-    st::tokenshift_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, h, mix, outs);
+    PROF(PC_SHIFT, 1, st::tokenshift_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, h, mix, outs));
     ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
-    RUN(linear_fwd<T>(e, R, C, C, lerp[0], p->receptance, r, err));
-    RUN(linear_fwd<T>(e, R, C, C, lerp[2], p->key, kraw, err));
-    RUN(linear_fwd<T>(e, R, C, C, lerp[3], p->value, vraw, err));
+    PROF(PC_GEMM_RKV, 3, RUN(linear_fwd<T>(e, R, C, C, lerp[0], p->receptance, r, err));
+         RUN(linear_fwd<T>(e, R, C, C, lerp[2], p->key, kraw, err));
+         RUN(linear_fwd<T>(e, R, C, C, lerp[3], p->value, vraw, err)));
     RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
     RUN(lora_fwd<T>(e, R, C, c->d_aaa, lerp[4], p->a1, p->a2, 0, e->hid, tmp, err));
     const int RH = R * H;
-    st::timemix_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, tmp, kraw, p->w0, p->a0, p->k_k, p->k_a,
-                                                            w, a, kk, kf, (T *)e->wa, (T *)e->wb);
+    PROF(PC_KK, 1,
+         st::timemix_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, tmp, kraw, p->w0, p->a0, p->k_k,
+                                                                 p->k_a, w, a, kk, kf, (T *)e->wa, (T *)e->wb));
     ST_CUDA_CHECK_LAUNCH("timemix_fwd_kernel");
     if (l == 0) {
-        ST_CUDA_CHECK(cudaMemcpyAsync(v, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
-        /* v_first lives apart: in recompute mode layer 0's slot is reused */
-        ST_CUDA_CHECK(cudaMemcpyAsync(e->v_first, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
+        PROF(PC_VMIX, 2, ST_CUDA_CHECK(cudaMemcpyAsync(v, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
+             /* v_first lives apart: in recompute mode layer 0's slot is reused */
+             ST_CUDA_CHECK(cudaMemcpyAsync(e->v_first, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st)));
     } else {
         RUN(lora_fwd<T>(e, R, C, c->d_mv, lerp[3], p->v1, p->v2, 0, e->hid, vs, err));
-        st::vmix_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, C, vraw, (const T *)e->v_first, p->v0,
-                                                                        vs, v);
+        PROF(PC_VMIX, 1,
+             st::vmix_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, C, vraw, (const T *)e->v_first,
+                                                                             p->v0, vs, v));
         ST_CUDA_CHECK_LAUNCH("vmix_fwd_kernel");
     }
     RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, ghid, g, err));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][l], st));
-    RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, e->state0 + l * HNN, y,
-                final_state ? e->sfin : NULL, ckpt, sa, st, err));
+    PROF(PC_WKV, 1, RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, e->state0 + l * HNN, y,
+                                final_state ? e->sfin : NULL, ckpt, sa, st, err)));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][l], st));
-    RUN(methods_fwd<T>(e, l, B, Tn, r, w, y, err));
+    if (e->meth.ks || e->meth.rec_out) PROF(PC_METHODS, 1, RUN(methods_fwd<T>(e, l, B, Tn, r, w, y, err)));
     if (dbp) {
-        st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N, 0, st>>>(Tn, H, r, w, (const T *)e->wa, (const T *)e->wb,
-                                                              e->dbp_rows, e->dbp_q + l * HNN);
+        PROF(PC_DBP, 1,
+             st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N, 0, st>>>(Tn, H, r, w, (const T *)e->wa,
+                                                                   (const T *)e->wb, e->dbp_rows,
+                                                                   e->dbp_q + l * HNN));
         ST_CUDA_CHECK_LAUNCH("dbp_q_kernel");
     }
     if (final_state)
         ST_CUDA_CHECK(cudaMemcpy2DAsync(final_state + l * HNN, (size_t)c->n_layer * HNN * 4, e->sfin, HNN * 4,
                                         HNN * 4, B, cudaMemcpyDeviceToHost, st));
-    st::groupnorm_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k,
-                                                              g, e->gn_mean + sl * Rp * H,
-                                                              e->gn_rstd + sl * Rp * H, oin);
+    PROF(PC_GN, 1,
+         st::groupnorm_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v,
+                                                                   p->r_k, g, e->gn_mean + sl * Rp * H,
+                                                                   e->gn_rstd + sl * Rp * H, oin));
     ST_CUDA_CHECK_LAUNCH("groupnorm_fwd_kernel");
-    RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err));
-    st::residual_layernorm_fwd_kernel<T, T><<<R, st::LN_THREADS, 0, st>>>(
-        C, xin, tmp, xmid, p->ln2_w, p->ln2_b, LN_EPS, h, e->ln2_mean + sl * Rp, e->ln2_rstd + sl * Rp);
+    PROF(PC_GEMM_OUT, 1, RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err)));
+    PROF(PC_LN, 1,
+         st::residual_layernorm_fwd_kernel<T, T><<<R, st::LN_THREADS, 0, st>>>(
+             C, xin, tmp, xmid, p->ln2_w, p->ln2_b, LN_EPS, h, e->ln2_mean + sl * Rp, e->ln2_rstd + sl * Rp));
     ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
     st::mix6_t mk;
     st::ptr6_t<T> ok;
     mk.m[0] = p->ffn_x_k;
     ok.p[0] = lerp[0];
-    st::tokenshift_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, h, mk, ok);
+    PROF(PC_SHIFT, 1, st::tokenshift_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, h, mk, ok));
     ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
-    RUN(linear_fwd<T>(e, R, C, F, lerp[0], p->ffn_key, kpre, err));
+    PROF(PC_GEMM_FFN_K, 1, RUN(linear_fwd<T>(e, R, C, F, lerp[0], p->ffn_key, kpre, err)));
     size_t RF = (size_t)R * F;
-    st::relu2_fwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, (T *)e->act);
+    PROF(PC_RELU2, 1, st::relu2_fwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, (T *)e->act));
     ST_CUDA_CHECK_LAUNCH("relu2_fwd_kernel");
-    RUN(linear_fwd<T>(e, R, F, C, e->act, p->ffn_value, tmp, err));
-    st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xmid, tmp, xout);
+    PROF(PC_GEMM_FFN_V, 1, RUN(linear_fwd<T>(e, R, F, C, e->act, p->ffn_value, tmp, err)));
+    PROF(PC_RESID, 1, st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xmid, tmp, xout));
     ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
     return ST_OK;
 }
@@ -838,68 +913,260 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     const int RH = R * H;
 
     /* channel mix: dx += LN2'(CMix'(dx)) */
-    void *dxt = dx_as_t<T>(e, RC);
+    void *dxt;
+    PROF(PC_CONVERT, 1, dxt = dx_as_t<T>(e, RC));
     ST_CUDA_CHECK_LAUNCH("convert_kernel");
-    RUN(linear_bwd<T>(e, R, F, C, dxt, p->ffn_value, act, 0.f, err));
+    PROF(PC_GEMM_FFN_V, 1, RUN(linear_bwd<T>(e, R, F, C, dxt, p->ffn_value, act, 0.f, err)));
     size_t RF = (size_t)R * F;
-    st::relu2_bwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, act);
+    PROF(PC_RELU2, 1, st::relu2_bwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, act));
     ST_CUDA_CHECK_LAUNCH("relu2_bwd_kernel");
-    RUN(linear_bwd<T>(e, R, C, F, act, p->ffn_key, dl[0], 0.f, err));
+    PROF(PC_GEMM_FFN_K, 1, RUN(linear_bwd<T>(e, R, C, F, act, p->ffn_key, dl[0], 0.f, err)));
     st::mix6_t mk;
     st::ptr6_t<T> dk1;
     mk.m[0] = p->ffn_x_k;
     dk1.p[0] = dl[0];
-    st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, mk, dk1, dh);
+    PROF(PC_SHIFT, 1, st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, mk, dk1, dh));
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
-    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
-                                                               e->ln2_rstd + sl * Rp, dh, e->dx);
+    PROF(PC_LN, 1,
+         st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
+                                                                    e->ln2_rstd + sl * Rp, dh, e->dx));
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
 
     /* output projection, GroupNorm + bonus + gate */
-    dxt = dx_as_t<T>(e, RC);
+    PROF(PC_CONVERT, 1, dxt = dx_as_t<T>(e, RC));
     ST_CUDA_CHECK_LAUNCH("convert_kernel");
-    RUN(linear_bwd<T>(e, R, C, C, dxt, p->output, oin, 0.f, err));
-    st::groupnorm_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(
-        RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, e->gn_mean + sl * Rp * H, e->gn_rstd + sl * Rp * H, oin,
-        (T *)e->dy, (T *)e->dbr, (T *)e->dbk, (T *)e->dbv, (T *)e->dg);
+    PROF(PC_GEMM_OUT, 1, RUN(linear_bwd<T>(e, R, C, C, dxt, p->output, oin, 0.f, err)));
+    PROF(PC_GN, 1,
+         st::groupnorm_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(
+             RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, e->gn_mean + sl * Rp * H,
+             e->gn_rstd + sl * Rp * H, oin, (T *)e->dy, (T *)e->dbr, (T *)e->dbk, (T *)e->dbv, (T *)e->dg));
     ST_CUDA_CHECK_LAUNCH("groupnorm_bwd_kernel");
 
     /* WKV7, its a and b inputs rebuilt from kk and a */
-    st::wkv_ab_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, kk, a, (T *)e->wa, (T *)e->wb);
+    PROF(PC_KK, 1, st::wkv_ab_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, kk, a, (T *)e->wa, (T *)e->wb));
     ST_CUDA_CHECK_LAUNCH("wkv_ab_kernel");
     const int L = c->n_layer;
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][L + l], st));
-    RUN(wkv_bwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, ckpt, sa, (const T *)e->dy, dr, dw, dk,
-                dv, da, db, e->ds0 + l * HNN, st, err));
+    PROF(PC_WKV, 1, RUN(wkv_bwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, ckpt, sa,
+                                (const T *)e->dy, dr, dw, dk, dv, da, db, e->ds0 + l * HNN, st, err)));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][L + l], st));
-    RUN(methods_bwd<T>(e, l, B, Tn, r, w, (const T *)e->dy, dr, dw, err));
+    if (e->meth.ks) PROF(PC_METHODS, 1, RUN(methods_bwd<T>(e, l, B, Tn, r, w, (const T *)e->dy, dr, dw, err)));
     if (l == 0) return ST_OK; /* nothing below layer 0's WKV depends on S0 */
-    st::add3_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr, dk, (const T *)e->dbk,
-                                                                 dv, (const T *)e->dbv);
+    PROF(PC_RESID, 1,
+         st::add3_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr, dk,
+                                                                      (const T *)e->dbk, dv, (const T *)e->dbv));
     ST_CUDA_CHECK_LAUNCH("add3_kernel");
 
     /* back to the six lerp outputs */
     RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, ghid, e->dg, e->hid, dl[5], 0.f, err));
-    RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err));
-    st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, dw, dk,
-                                                            da, db, (T *)e->dwl, (T *)e->dal, (T *)e->dkraw);
+    PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err)));
+    PROF(PC_KK, 1,
+         st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, dw,
+                                                                 dk, da, db, (T *)e->dwl, (T *)e->dal,
+                                                                 (T *)e->dkraw));
     ST_CUDA_CHECK_LAUNCH("timemix_bwd_kernel");
     RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
     RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
-    RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err));
-    st::vmix_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
-                                                                    (T *)e->dvraw, (T *)e->dvl);
+    PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err)));
+    PROF(PC_VMIX, 1,
+         st::vmix_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
+                                                                         (T *)e->dvraw, (T *)e->dvl));
     ST_CUDA_CHECK_LAUNCH("vmix_bwd_kernel");
     RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 0.f, err));
-    RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err));
+    PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err)));
     st::mix6_t mix;
     st::ptr6_t<T> douts;
     for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; douts.p[i] = dl[i]; }
-    st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, mix, douts, dh);
+    PROF(PC_SHIFT, 1,
+         st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, mix, douts, dh));
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
-    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + sl * Rp,
-                                                               e->ln1_rstd + sl * Rp, dh, e->dx);
+    PROF(PC_LN, 1,
+         st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + sl * Rp,
+                                                                    e->ln1_rstd + sl * Rp, dh, e->dx));
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
+    return ST_OK;
+}
+
+/* ---- CUDA graphs (engine_cuda_set_graphs) ----
+ * A step is host copies in, the forward + head, the losses out (the host
+ * checks them before any gradient is added), the backward, dS0 out. The two
+ * parts between the copies are replayed from graphs: a few thousand launches
+ * of small kernels each, whose launch gaps a graph removes. Every pointer and
+ * size a captured launch uses is fixed for the engine's life except those in
+ * the key: the part, B, T, whether there are targets, the backward, DBP, the
+ * address dS0 accumulates into (resident runs pass the caller's) and the
+ * teacher-forward switch. The host copies stay outside the graphs (the
+ * caller's buffers are pageable and change from run to run). */
+
+void graph_key(uint64_t key[8], int part, const engine_batch_t *bt, bool backward, bool dbp, const engine_cuda_t *e)
+{
+    key[0] = (uint64_t)part;
+    key[1] = (uint64_t)bt->B;
+    key[2] = (uint64_t)bt->T;
+    key[3] = bt->targets != NULL;
+    key[4] = backward;
+    key[5] = dbp;
+    key[6] = (uint64_t)(uintptr_t)e->ds0;
+    key[7] = (uint64_t)e->meth.head_input_only;
+}
+
+/* Runs body (the launches of one part of a step) through a graph when it
+ * may: the first run of a key is eager (lazy module loading and cuBLAS's
+ * first calls happen outside any capture), the second is captured and
+ * replayed, and so is every later one. A capture that fails (an operation
+ * that cannot be captured) turns graphs off for this engine and runs body
+ * eagerly, where a real error reports itself. */
+template <typename F>
+int graphed(engine_cuda_t *e, const uint64_t key[8], bool eligible, F body, char *err)
+{
+    if (!eligible || !e->graphs) return body();
+    engine_cuda::graph_slot_t *s = NULL, *lru = &e->gslot[0];
+    for (auto &g : e->gslot) {
+        if (g.seen && !memcmp(g.key, key, sizeof g.key)) {
+            s = &g;
+            break;
+        }
+        if (g.used < lru->used) lru = &g; /* unused slots (used 0) go first */
+    }
+    e->gclock++;
+    if (!s) {
+        if (lru->exec) cudaGraphExecDestroy(lru->exec);
+        memset(lru, 0, sizeof *lru);
+        memcpy(lru->key, key, sizeof lru->key);
+        lru->seen = 1;
+        lru->used = e->gclock;
+        return body();
+    }
+    s->used = e->gclock;
+    if (!s->exec) {
+        cudaGraph_t g = NULL;
+        cudaGraphExec_t x = NULL;
+        int rc = ST_OK;
+        cudaError_t ce = cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal);
+        if (ce == cudaSuccess) {
+            rc = body();
+            cudaError_t ce2 = cudaStreamEndCapture(e->stream, &g); /* always: the stream leaves capture mode */
+            ce = ce2;
+        }
+        if (rc == ST_OK && ce == cudaSuccess) ce = cudaGraphInstantiate(&x, g, 0);
+        if (g) cudaGraphDestroy(g);
+        if (rc != ST_OK || ce != cudaSuccess) {
+            (void)cudaGetLastError(); /* capture errors are not sticky: clear and go on without graphs */
+            if (x) cudaGraphExecDestroy(x);
+            e->graphs = 0;
+            return body();
+        }
+        s->exec = x;
+    }
+    ST_CUDA_CHECK(cudaGraphLaunch(s->exec, e->stream));
+    e->greplays++;
+    return ST_OK;
+}
+
+void graphs_free(engine_cuda_t *e)
+{
+    for (auto &g : e->gslot) {
+        if (g.exec) cudaGraphExecDestroy(g.exec);
+        memset(&g, 0, sizeof g);
+    }
+}
+
+/* Embedding, every layer's forward and the head (loss and, with backward,
+ * dL/d(head input) in e->dxh): the first graphed part of a step. */
+template <typename T>
+int run_forward(engine_cuda_t *e, engine_batch_t *bt, bool backward, bool dbp, char *err)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    const int B = bt->B, Tn = bt->T, C = c->n_embd, L = c->n_layer, V = c->vocab, R = B * Tn;
+    const size_t RCp = (size_t)e->maxB * e->maxT * C;
+    cudaStream_t st = e->stream;
+    e->prof_phase = 0;
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[0], st));
+    PROF(PC_EMBED, 1, st::embed_kernel<T><<<R, 256, 0, st>>>(C, e->tokens, (const T *)e->emb, e->x_res));
+    ST_CUDA_CHECK_LAUNCH("embed_kernel");
+    PROF(PC_LN, 1,
+         st::layernorm_fwd_kernel<float, float><<<R, st::LN_THREADS, 0, st>>>(C, e->x_res, e->L[0].ln0_w,
+                                                                               e->L[0].ln0_b, LN_EPS, e->x_res,
+                                                                               NULL, NULL));
+    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    for (int l = 0; l < L; l++) RUN(layer_fwd<T>(e, l, B, Tn, bt->final_state, dbp, err));
+
+    e->prof_phase = 1;
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[1], st));
+    float *xL = e->x_res + (size_t)L * RCp;
+    PROF(PC_LN, 1,
+         st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->ln_out_b, LN_EPS,
+                                                                           (T *)e->lnout, e->lnout_mean,
+                                                                           e->lnout_rstd));
+    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    for (int r0 = 0; r0 < R && !e->meth.head_input_only; r0 += e->head_chunk) {
+        const int n = R - r0 < e->head_chunk ? R - r0 : e->head_chunk;
+        PROF(PC_GEMM_HEAD, 1,
+             RUN(linear_fwd<T>(e, n, C, V, (T *)e->lnout + (size_t)r0 * C, e->head, e->logits, err, true)));
+        if (bt->logits)
+            ST_CUDA_CHECK(cudaMemcpyAsync(bt->logits + (size_t)r0 * V, e->logits, (size_t)n * V * 4,
+                                          cudaMemcpyDeviceToHost, st));
+        PROF(e->meth.obs ? PC_METHODS : PC_CE, 1, RUN(methods_head<T>(e, bt, r0, n, backward, err)));
+        if (backward)
+            PROF(PC_GEMM_HEAD, 1,
+                 RUN(linear_bwd<T>(e, n, C, V, e->dlogits, e->head, (T *)e->dxh + (size_t)r0 * C, 0.f, err)));
+    }
+    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[2], st));
+    return ST_OK;
+}
+
+/* The head's LayerNorm backward and every layer's backward (recompute mode:
+ * each layer's forward again first): the second graphed part. */
+template <typename T>
+int run_backward(engine_cuda_t *e, int B, int Tn, char *err)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    const int C = c->n_embd, L = c->n_layer, R = B * Tn;
+    const size_t RC = (size_t)R * C, RCp = (size_t)e->maxB * e->maxT * C;
+    cudaStream_t st = e->stream;
+    float *xL = e->x_res + (size_t)L * RCp;
+    e->prof_phase = 2;
+    PROF(PC_CONVERT, 1, ST_CUDA_CHECK(cudaMemsetAsync(e->dx, 0, RC * 4, st)));
+    PROF(PC_LN, 1,
+         st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->lnout_mean,
+                                                                    e->lnout_rstd, (const T *)e->dxh, e->dx));
+    ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
+    for (int l = L - 1; l >= 0; l--) {
+        /* recompute mode: refill the one slot with layer l's activations
+         * (same inputs, same kernels: the same bits as the first forward) */
+        if (e->recompute) RUN(layer_fwd<T>(e, l, B, Tn, NULL, false, err));
+        RUN(layer_bwd<T>(e, l, B, Tn, err));
+    }
+    return ST_OK;
+}
+
+/* After the step, with profiling on: the phase marks, the WKV pairs and
+ * (level 2) the operation pairs summed by class. */
+int profile_collect(engine_cuda_t *e, char *err)
+{
+    const int L = e->m->cfg.n_layer;
+    cudaStream_t st = e->stream;
+    ST_CUDA_CHECK(cudaEventRecord(e->mark[3], st));
+    ST_CUDA_CHECK(cudaEventSynchronize(e->mark[3]));
+    engine_cuda_profile_t *pr = &e->last;
+    memset(pr, 0, sizeof *pr);
+    ST_CUDA_CHECK(cudaEventElapsedTime(&pr->forward_ms, e->mark[0], e->mark[1]));
+    ST_CUDA_CHECK(cudaEventElapsedTime(&pr->head_ms, e->mark[1], e->mark[2]));
+    ST_CUDA_CHECK(cudaEventElapsedTime(&pr->backward_ms, e->mark[2], e->mark[3]));
+    for (int l = 0; l < 2 * L; l++) {
+        float ms = 0;
+        ST_CUDA_CHECK(cudaEventElapsedTime(&ms, e->wkv_ev[0][l], e->wkv_ev[1][l]));
+        if (l < L) pr->wkv_forward_ms += ms;
+        else pr->wkv_backward_ms += ms;
+    }
+    if (e->profile < 2) return ST_OK;
+    for (int i = 0; i < e->prof_n; i++) {
+        float ms = 0;
+        ST_CUDA_CHECK(cudaEventElapsedTime(&ms, e->prof_ev[2 * i], e->prof_ev[2 * i + 1]));
+        pr->class_ms[e->prof_ph[i]][e->prof_cls[i]] += ms;
+        pr->class_launches[e->prof_ph[i]][e->prof_cls[i]] += e->prof_nl[i];
+    }
+    pr->fine_dropped = e->prof_drop;
     return ST_OK;
 }
 
@@ -908,8 +1175,8 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
 {
     const rwkv_model_t *m = e->m;
     const rwkv_config_t *c = &m->cfg;
-    const int B = bt->B, Tn = bt->T, C = c->n_embd, L = c->n_layer, V = c->vocab, R = B * Tn;
-    const size_t RC = (size_t)R * C, RCp = (size_t)e->maxB * e->maxT * C, HNN = rwkv_state_layer_size(c);
+    const int B = bt->B, Tn = bt->T, L = c->n_layer, R = B * Tn;
+    const size_t HNN = rwkv_state_layer_size(c);
     cudaStream_t st = e->stream;
     const bool backward = (bt->dstate0 != NULL || e->res_ds0 != NULL) && bt->targets != NULL;
     const bool dbp = bt->dbp_q != NULL && bt->dbp_rows != NULL;
@@ -927,31 +1194,15 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
         ST_CUDA_CHECK(cudaMemsetAsync(e->dbp_q, 0, (size_t)L * HNN * 8, st));
     }
     RUN(methods_begin(e, bt, backward, err));
+    e->prof_n = 0;
+    e->prof_drop = 0;
 
-    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[0], st));
-    st::embed_kernel<T><<<R, 256, 0, st>>>(C, e->tokens, (const T *)e->emb, e->x_res);
-    ST_CUDA_CHECK_LAUNCH("embed_kernel");
-    st::layernorm_fwd_kernel<float, float><<<R, st::LN_THREADS, 0, st>>>(C, e->x_res, e->L[0].ln0_w, e->L[0].ln0_b,
-                                                                          LN_EPS, e->x_res, NULL, NULL);
-    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
-    for (int l = 0; l < L; l++) RUN(layer_fwd<T>(e, l, B, Tn, bt->final_state, dbp, err));
-
-    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[1], st));
-    float *xL = e->x_res + (size_t)L * RCp;
-    st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->ln_out_b, LN_EPS,
-                                                                      (T *)e->lnout, e->lnout_mean, e->lnout_rstd);
-    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
-    for (int r0 = 0; r0 < R && !e->meth.head_input_only; r0 += e->head_chunk) {
-        const int n = R - r0 < e->head_chunk ? R - r0 : e->head_chunk;
-        RUN(linear_fwd<T>(e, n, C, V, (T *)e->lnout + (size_t)r0 * C, e->head, e->logits, err, true));
-        if (bt->logits)
-            ST_CUDA_CHECK(cudaMemcpyAsync(bt->logits + (size_t)r0 * V, e->logits, (size_t)n * V * 4,
-                                          cudaMemcpyDeviceToHost, st));
-        RUN(methods_head<T>(e, bt, r0, n, backward, err));
-        if (backward)
-            RUN(linear_bwd<T>(e, n, C, V, e->dlogits, e->head, (T *)e->dxh + (size_t)r0 * C, 0.f, err));
-    }
-    if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[2], st));
+    /* graphs only for runs whose parts make no host copies or host waits */
+    const methods_cuda_t *mt = &e->meth;
+    const bool eligible = !e->profile && !bt->logits && !bt->final_state && !mt->obs && !mt->ks && !mt->rec_out;
+    uint64_t key[8];
+    graph_key(key, 0, bt, backward, dbp, e);
+    RUN(graphed(e, key, eligible, [&]() { return run_forward<T>(e, bt, backward, dbp, err); }, err));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_loss, e->row_loss, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_correct, e->row_correct, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
     if (dbp)
@@ -976,31 +1227,9 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     if (!(loss == loss) || loss == INFINITY)
         return st_fail(err, ST_ENUMERIC, "the loss is not finite: the model or the state holds non-finite values");
 
-    ST_CUDA_CHECK(cudaMemsetAsync(e->dx, 0, RC * 4, st));
-    st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->lnout_mean, e->lnout_rstd,
-                                                               (const T *)e->dxh, e->dx);
-    ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
-    for (int l = L - 1; l >= 0; l--) {
-        /* recompute mode: refill the one slot with layer l's activations
-         * (same inputs, same kernels: the same bits as the first forward) */
-        if (e->recompute) RUN(layer_fwd<T>(e, l, B, Tn, NULL, false, err));
-        RUN(layer_bwd<T>(e, l, B, Tn, err));
-    }
-    if (e->profile) {
-        ST_CUDA_CHECK(cudaEventRecord(e->mark[3], st));
-        ST_CUDA_CHECK(cudaEventSynchronize(e->mark[3]));
-        engine_cuda_profile_t *pr = &e->last;
-        ST_CUDA_CHECK(cudaEventElapsedTime(&pr->forward_ms, e->mark[0], e->mark[1]));
-        ST_CUDA_CHECK(cudaEventElapsedTime(&pr->head_ms, e->mark[1], e->mark[2]));
-        ST_CUDA_CHECK(cudaEventElapsedTime(&pr->backward_ms, e->mark[2], e->mark[3]));
-        pr->wkv_forward_ms = pr->wkv_backward_ms = 0;
-        for (int l = 0; l < 2 * L; l++) {
-            float ms = 0;
-            ST_CUDA_CHECK(cudaEventElapsedTime(&ms, e->wkv_ev[0][l], e->wkv_ev[1][l]));
-            if (l < L) pr->wkv_forward_ms += ms;
-            else pr->wkv_backward_ms += ms;
-        }
-    }
+    graph_key(key, 1, bt, backward, dbp, e);
+    RUN(graphed(e, key, eligible, [&]() { return run_backward<T>(e, B, Tn, err); }, err));
+    if (e->profile) RUN(profile_collect(e, err));
     RUN(methods_end(e, bt, err)); /* dU0 to the host, resident runs included */
     if (e->res_ds0) return ST_OK; /* accumulated on the device (engine_cuda_run_resident) */
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_ds0, e->ds0, (size_t)L * HNN * 4, cudaMemcpyDeviceToHost, st));
@@ -1107,6 +1336,7 @@ extern "C" engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const 
     if (chunk < 1) chunk = 1;
     if (chunk > R) chunk = R;
     e->head_chunk = (int)chunk;
+    e->graphs = 1;
     if (setup(e, opts, recompute, err) != ST_OK) {
         engine_cuda_destroy(&e);
         return NULL;
@@ -1125,11 +1355,19 @@ extern "C" void engine_cuda_destroy(engine_cuda_t **self_p)
 {
     if (!self_p || !*self_p) return;
     engine_cuda_t *e = *self_p;
-    if (e->profile) {
+    if (e->mark[0]) {
         for (int i = 0; i < 4; i++) cudaEventDestroy(e->mark[i]);
         for (int j = 0; j < 2; j++)
             for (int i = 0; i < 2 * e->m->cfg.n_layer; i++) cudaEventDestroy(e->wkv_ev[j][i]);
     }
+    if (e->prof_ev)
+        for (int i = 0; i < 2 * e->prof_cap; i++)
+            if (e->prof_ev[i]) cudaEventDestroy(e->prof_ev[i]);
+    free(e->prof_ev);
+    free(e->prof_cls);
+    free(e->prof_ph);
+    free(e->prof_nl);
+    graphs_free(e);
     if (e->blas) cublasDestroy(e->blas);
     if (e->stream) cudaStreamDestroy(e->stream);
     methods_free(e);
@@ -1183,15 +1421,37 @@ extern "C" int engine_cuda_teacher_forward(engine_cuda_t *self, const int32_t *t
 extern "C" int engine_cuda_set_profiling(engine_cuda_t *self, int on, char *err)
 {
     const int L = self->m->cfg.n_layer;
-    if (on && !self->profile) {
+    if (on && !self->mark[0]) {
         if (2 * L > 256) return st_fail(err, ST_EUNSUPPORTED, "profiling supports up to 128 layers");
         for (int i = 0; i < 4; i++) ST_CUDA_CHECK(cudaEventCreate(&self->mark[i]));
         for (int j = 0; j < 2; j++)
             for (int i = 0; i < 2 * L; i++) ST_CUDA_CHECK(cudaEventCreate(&self->wkv_ev[j][i]));
-        self->profile = 1;
     }
+    if (on >= 2 && !self->prof_ev) {
+        /* about 60 operations per layer and step, twice in recompute mode */
+        const int cap = 160 * L + 64;
+        self->prof_ev = (cudaEvent_t *)calloc((size_t)2 * cap, sizeof *self->prof_ev);
+        self->prof_cls = (uint8_t *)malloc((size_t)cap);
+        self->prof_ph = (uint8_t *)malloc((size_t)cap);
+        self->prof_nl = (uint16_t *)malloc((size_t)cap * sizeof *self->prof_nl);
+        if (!self->prof_ev || !self->prof_cls || !self->prof_ph || !self->prof_nl)
+            return st_fail(err, ST_ENOMEM, "out of host memory for the fine profile's events");
+        self->prof_cap = cap; /* destroy frees the events created, NULL ones skipped */
+        for (int i = 0; i < 2 * cap; i++) ST_CUDA_CHECK(cudaEventCreate(&self->prof_ev[i]));
+    }
+    self->profile = on < 0 ? 0 : on > 2 ? 2 : on;
     return ST_OK;
 }
+
+extern "C" const char *engine_cuda_profile_class(int i) { return i >= 0 && i < PC_COUNT ? PROF_NAMES[i] : NULL; }
+
+extern "C" void engine_cuda_set_graphs(engine_cuda_t *self, int on)
+{
+    self->graphs = on != 0;
+    if (!on) graphs_free(self);
+}
+
+extern "C" long engine_cuda_graph_replays(const engine_cuda_t *self) { return self->greplays; }
 
 extern "C" void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out)
 {

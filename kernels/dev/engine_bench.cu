@@ -2,7 +2,11 @@
  * engine_bench.cu - where the time of one CUDA tuning step goes (dev program,
  * llm.c's dev/ style): builds a random model of a SPEC section 8 shape, runs
  * the CUDA engine's forward + loss + backward to every state with profiling
- * on (engine_cuda_set_profiling) and prints the median of each phase.
+ * on (engine_cuda_set_profiling) and prints the median of each phase; then
+ * the whole step by the host's clock, eager and through CUDA graphs; then the
+ * fine profile: the median ms and the launches of each operation class
+ * (gemm by role, token shift, LayerNorms, ...) per step, their sum (the GPU's
+ * busy time) and the rest of the eager step (launch gaps and host work).
  *
  *   dev_engine_bench [--layers L --embd C --vocab V --batch B --ctx T]
  *                    [--precision fp32|bf16] [--steps S]
@@ -20,6 +24,7 @@ extern "C" {
 }
 
 #include <algorithm>
+#include <chrono>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,12 +68,16 @@ int main(int argc, char **argv)
         tgt[i] = (int32_t)((s >> 20) % V);
     }
     std::vector<float> s0(ns, 0.01f), ds0(ns, 0.f);
-    std::vector<float> fw, wf, hd, bw, wb, tot;
-    for (int it = 0; it < steps + 1; it++) {
+    auto step = [&]() -> int {
         engine_batch_t bt = {};
         bt.tokens = tok.data(); bt.targets = tgt.data(); bt.B = B; bt.T = T;
         bt.state0 = s0.data(); bt.dstate0 = ds0.data();
-        if (engine_cuda_run(e, &bt, err)) { fprintf(stderr, "%s\n", err); return 1; }
+        return engine_cuda_run(e, &bt, err);
+    };
+    /* 1. the per-phase profile (events at the phase marks and around WKV), eager */
+    std::vector<float> fw, wf, hd, bw, wb, tot;
+    for (int it = 0; it < steps + 1; it++) {
+        if (step()) { fprintf(stderr, "%s\n", err); return 1; }
         engine_cuda_profile_t p;
         engine_cuda_last_profile(e, &p);
         if (it == 0) continue; /* warm-up */
@@ -82,6 +91,63 @@ int main(int argc, char **argv)
            prec == ENGINE_BF16 ? "bf16" : "fp32", L, C, V, B, T, t, R / (t * 1e-3), median(fw), median(wf),
            median(hd), median(bw), median(wb), engine_cuda_peak_mem_bytes(e) / 1e9,
            engine_cuda_recomputes(e) ? " (recompute mode: forward included again in backward)" : "");
+    /* 2. the whole engine_cuda_run by the host's clock (copies and the host's
+     * loss sums included), no events: eager, then through CUDA graphs (the
+     * first run of a shape is eager, the second captures) */
+    float wall[2] = {0, 0};
+    for (int g = 0; g < 2; g++) {
+        engine_cuda_set_profiling(e, 0, err);
+        engine_cuda_set_graphs(e, g);
+        std::vector<float> ws;
+        for (int it = 0; it < steps + 2; it++) {
+            auto t0 = std::chrono::steady_clock::now();
+            if (step()) { fprintf(stderr, "%s\n", err); return 1; }
+            auto t1 = std::chrono::steady_clock::now();
+            if (it >= 2) ws.push_back(std::chrono::duration<float, std::milli>(t1 - t0).count());
+        }
+        wall[g] = median(ws);
+    }
+    printf("wall step: eager %.2f ms (%.0f tokens/s) | graphs %.2f ms (%.0f tokens/s, %+.1f%%; %ld parts replayed)\n",
+           wall[0], R / (wall[0] * 1e-3), wall[1], R / (wall[1] * 1e-3), 100.0 * (wall[0] / wall[1] - 1.0),
+           engine_cuda_graph_replays(e));
+    /* 3. the fine profile: a pair of events around each operation, summed by
+     * class (medians per class over the steps); their total is the GPU's busy
+     * time, the eager step minus it the launch gaps */
+    if (engine_cuda_set_profiling(e, 2, err)) { fprintf(stderr, "%s\n", err); return 1; }
+    engine_cuda_set_graphs(e, 0);
+    const int NC = ENGINE_CUDA_PROF_CLASSES;
+    std::vector<std::vector<float>> cms(3 * NC);
+    engine_cuda_profile_t last = {};
+    std::vector<float> ftot;
+    for (int it = 0; it < steps + 1; it++) {
+        if (step()) { fprintf(stderr, "%s\n", err); return 1; }
+        engine_cuda_last_profile(e, &last);
+        if (it == 0) continue;
+        for (int ph = 0; ph < 3; ph++)
+            for (int i = 0; i < NC; i++) cms[ph * NC + i].push_back(last.class_ms[ph][i]);
+        ftot.push_back(last.forward_ms + last.head_ms + last.backward_ms);
+    }
+    printf("%-22s %9s %9s %9s %9s %8s %9s\n", "class", "fwd ms", "head ms", "bwd ms", "total", "share", "launches");
+    float busy = 0;
+    int nl_all = 0;
+    for (int i = 0; i < NC && engine_cuda_profile_class(i); i++) {
+        float m3[3], sum = 0;
+        int nl = 0;
+        for (int ph = 0; ph < 3; ph++) {
+            m3[ph] = median(cms[ph * NC + i]);
+            sum += m3[ph];
+            nl += last.class_launches[ph][i];
+        }
+        if (nl == 0) continue;
+        busy += sum;
+        nl_all += nl;
+        printf("%-22s %9.2f %9.2f %9.2f %9.2f %7.1f%% %9d\n", engine_cuda_profile_class(i), m3[0], m3[1], m3[2], sum,
+               100.0 * sum / wall[0], nl);
+    }
+    printf("busy (sum of classes) %.2f ms, %d launches per step; eager step %.2f ms (wall), %.2f ms with the fine "
+           "events; gaps and host %.2f ms (%.1f%%)%s\n",
+           busy, nl_all, wall[0], median(ftot), wall[0] - busy, 100.0 * (wall[0] - busy) / wall[0],
+           last.fine_dropped ? " (some operations were not timed: event pool too small)" : "");
     engine_cuda_destroy(&e);
     rwkv_model_destroy(&m);
     return 0;

@@ -46,6 +46,24 @@ void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *
     if (out) *out = (engine_cuda_profile_t){0};
 }
 
+const char *engine_cuda_profile_class(int i)
+{
+    (void)i;
+    return NULL;
+}
+
+void engine_cuda_set_graphs(engine_cuda_t *self, int on)
+{
+    (void)self;
+    (void)on;
+}
+
+long engine_cuda_graph_replays(const engine_cuda_t *self)
+{
+    (void)self;
+    return 0;
+}
+
 engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const engine_opts_t *opts, int recompute,
                                     char *err)
 {
