@@ -157,7 +157,7 @@ EOF
     local dir=$out/mtune-$1-np$2
     rm -rf "$dir"
     "${MPIRUN[@]}" -np "$2" "$w" tune "$out/mjob-$1.json" --local --out "$dir" --backend "$backend" --fresh \
-      "${extra[@]}" >"$dir.log" 2>&1
+      ${extra[@]+"${extra[@]}"} >"$dir.log" 2>&1
   }
   mjob teacher ""
   mrun teacher 1 || { note "FAIL methods: the teacher's state did not tune: $(tail -2 "$out/mtune-teacher-np1.log" | tr '\n' ' ')"; fail=1; return; }
