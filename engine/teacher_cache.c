@@ -161,6 +161,65 @@ static void s_seal(teacher_cache_t *self)
 teacher_cache_t *tcache_build(observer_t *teacher, const dataset_t *ds, int micro_batch, int ctx_len, int k,
                               tcache_dtype_t dtype, const char teacher_id[65], char *err)
 {
+    return tcache_build_group(teacher, ds, micro_batch, ctx_len, k, dtype, teacher_id, 0, 1, NULL, NULL, err);
+}
+
+#define TC_REDUCE_CHUNK ((size_t)1 << 22) /* floats per gather: 16 MB */
+
+/* Gathers the rows over the group: each sample's rows come from the rank
+ * that ran it (mine[s]), zeros from the others, so the float sum is exact. */
+static int s_gather(teacher_cache_t *self, const uint8_t *mine, const uint64_t *start, tcache_reduce_fn reduce,
+                    void *rctx, char *err)
+{
+    int k = self->k;
+    size_t rows_per = TC_REDUCE_CHUNK / (2 * (size_t)k);
+    if (rows_per < 1) rows_per = 1;
+    float *buf = malloc(rows_per * 2 * k * sizeof(float));
+    uint8_t *row_mine = malloc(self->n_rows ? (size_t)self->n_rows : 1);
+    if (!buf || !row_mine) {
+        free(buf);
+        free(row_mine);
+        return st_fail(err, ST_ENOMEM, "out of memory gathering the teacher cache");
+    }
+    for (int64_t s = 0; s < self->n_samples; s++)
+        for (uint64_t r = start[s]; r < start[s + 1]; r++) row_mine[r] = mine[s];
+    int32_t *ids = (int32_t *)self->ids;
+    float *v32 = (float *)self->val;
+    uint16_t *v16 = (uint16_t *)self->val;
+    int rc = ST_OK;
+    for (size_t r0 = 0; r0 < (size_t)self->n_rows && rc == ST_OK; r0 += rows_per) {
+        size_t n = (size_t)self->n_rows - r0 < rows_per ? (size_t)self->n_rows - r0 : rows_per;
+        memset(buf, 0, n * 2 * k * sizeof(float));
+        for (size_t r = 0; r < n; r++) {
+            if (!row_mine[r0 + r]) continue;
+            for (int j = 0; j < k; j++) {
+                size_t i = (r0 + r) * k + j;
+                buf[r * 2 * k + j] = (float)ids[i];
+                buf[r * 2 * k + k + j] = self->dtype == TCACHE_F32 ? v32[i] : st_f16_to_f32(v16[i]);
+            }
+        }
+        rc = reduce(rctx, buf, n * 2 * k, err);
+        for (size_t r = 0; rc == ST_OK && r < n; r++)
+            for (int j = 0; j < k; j++) {
+                size_t i = (r0 + r) * k + j;
+                ids[i] = (int32_t)buf[r * 2 * k + j];
+                if (self->dtype == TCACHE_F32) v32[i] = buf[r * 2 * k + k + j];
+                else v16[i] = st_f32_to_f16(buf[r * 2 * k + k + j]);
+            }
+    }
+    free(buf);
+    free(row_mine);
+    return rc;
+}
+
+teacher_cache_t *tcache_build_group(observer_t *teacher, const dataset_t *ds, int micro_batch, int ctx_len, int k,
+                                    tcache_dtype_t dtype, const char teacher_id[65], int rank, int world,
+                                    tcache_reduce_fn reduce, void *reduce_ctx, char *err)
+{
+    if (world < 1 || rank < 0 || rank >= world || (world > 1 && !reduce)) {
+        st_fail(err, ST_EINVAL, "the teacher cache of rank %d of %d needs a gather", rank, world);
+        return NULL;
+    }
     int V = observer_vocab(teacher);
     if (k < 1 || k > V) {
         st_fail(err, ST_EINVAL, "observer.top_k %d must be 1 to the vocabulary size %d", k, V);
@@ -173,11 +232,12 @@ teacher_cache_t *tcache_build(observer_t *teacher, const dataset_t *ds, int micr
     int64_t ns = dataset_count(ds);
     teacher_cache_t *self = calloc(1, sizeof *self);
     uint64_t *start = calloc((size_t)ns + 1, sizeof *start);
+    uint8_t *mine = calloc((size_t)ns + 1, 1); /* samples this rank ran the teacher on */
     batcher_t *bt = batcher_new_eval(ds, micro_batch, ctx_len, 0, 1, err);
     float *hv = malloc((size_t)k * sizeof *hv);
     int32_t *hi = malloc((size_t)k * sizeof *hi);
     if (!bt) goto fail_quiet;
-    if (!self || !start || !hv || !hi) {
+    if (!self || !start || !mine || !hv || !hi) {
         st_fail(err, ST_ENOMEM, "out of memory for the teacher cache");
         goto fail_quiet;
     }
@@ -221,10 +281,12 @@ teacher_cache_t *tcache_build(observer_t *teacher, const dataset_t *ds, int micr
     /* pass 2: the teacher over every sample, its top k at each trained position */
     if (batcher_seek(bt, (batcher_pos_t){0, 0}, err)) goto fail_quiet;
     double mass = 0;
-    for (;;) {
+    for (int64_t m = 0;; m++) {
         if (batcher_next(bt, &b, err)) goto fail_quiet;
         if (b.n_micro == 0) break;
+        if (m % world != rank) continue; /* another rank's micro-batch */
         const micro_batch_t *mi = &b.micro[0];
+        for (int r = 0; r < mi->B; r++) mine[mi->sample[r]] = 1;
         const float *lg;
         if (observer_logits(teacher, mi->tokens, mi->B, mi->T, &lg, err)) goto fail_quiet;
         for (int r = 0; r < mi->B; r++) {
@@ -253,17 +315,24 @@ teacher_cache_t *tcache_build(observer_t *teacher, const dataset_t *ds, int micr
             }
         }
     }
+    if (world > 1) { /* every rank gets every row; the mass sums too */
+        float fm = (float)mass;
+        if (s_gather(self, mine, start, reduce, reduce_ctx, err) || reduce(reduce_ctx, &fm, 1, err)) goto fail_quiet;
+        mass = fm;
+    }
     self->mass = self->n_rows ? mass / (double)self->n_rows : 1.0;
     memcpy(self->img + 40, &self->mass, 8);
     s_seal(self);
     batcher_destroy(&bt);
     free(start);
+    free(mine);
     free(hv);
     free(hi);
     return self;
 fail_quiet:
     batcher_destroy(&bt);
     free(start);
+    free(mine);
     free(hv);
     free(hi);
     tcache_destroy(&self);
@@ -426,29 +495,50 @@ int tcache_fill(const teacher_cache_t *self, const int32_t *targets, const int *
 }
 
 int tcache_for_job(observer_t *teacher, const jobspec_t *spec, const dataset_t *train, const char *out_dir,
-                   int rebuild, int write, teacher_cache_t **out, char *err)
+                   int rebuild, int rank, int world, tcache_reduce_fn reduce, void *reduce_ctx, teacher_cache_t **out,
+                   char *err)
 {
     *out = NULL;
     char tid[65], did[65], path[4200];
     int rc = tcache_teacher_id(spec->observer.teacher_path, spec->observer.teacher_state, tid, err);
+    /* a rank that cannot hash the teacher fails alone: every rank reads the
+     * same files, so the others fail the same way */
     if (rc) return rc;
     tcache_data_id(train, did);
     snprintf(path, sizeof path, "%s/%s", out_dir, TCACHE_FILE);
+    teacher_cache_t *c = NULL;
+    float vote[3] = {0, 0, 0}; /* ranks that found no file, a valid one, one they refused */
     if (!rebuild && access(path, F_OK) == 0) { /* a cache made before (a resume, or statetune-worker teacher) */
-        teacher_cache_t *c = tcache_load(path, err);
-        if (!c) return st_wrap(err, ST_EFORMAT, "observer.top_k: ");
-        rc = tcache_check(c, path, tid, did, dataset_count(train), spec->observer.top_k, err);
-        if (rc) {
+        c = tcache_load(path, err);
+        if (!c) rc = st_wrap(err, ST_EFORMAT, "observer.top_k: ");
+        else if ((rc = tcache_check(c, path, tid, did, dataset_count(train), spec->observer.top_k, err)))
             tcache_destroy(&c);
-            return rc;
+        vote[c ? 1 : 2] = 1;
+    } else {
+        vote[0] = 1;
+    }
+    if (world > 1) { /* one decision for the whole group */
+        char e2[ST_ERR_LEN];
+        int rr = reduce(reduce_ctx, vote, 3, e2);
+        if (rr) {
+            tcache_destroy(&c);
+            return st_fail(err, rr, "%s", e2);
         }
+    }
+    if (vote[2] > 0) {
+        tcache_destroy(&c);
+        if (rc) return rc;
+        return st_fail(err, ST_EINVAL, "observer.top_k: another rank of the group refused its %s (see its log)", path);
+    }
+    if (vote[1] == (float)world) {
         *out = c;
         return ST_OK;
     }
-    teacher_cache_t *c = tcache_build(teacher, train, spec->micro_batch, spec->ctx_len, spec->observer.top_k,
-                                      TCACHE_F32, tid, err);
+    tcache_destroy(&c); /* some rank has no file (another node): build it together */
+    c = tcache_build_group(teacher, train, spec->micro_batch, spec->ctx_len, spec->observer.top_k, TCACHE_F32, tid,
+                           rank, world, reduce, reduce_ctx, err);
     if (!c) return st_wrap(err, ST_EINVAL, "observer.top_k: computing the teacher's top-k: ");
-    if (write && (rc = tcache_write(c, path, err))) {
+    if (rank == 0 && (rc = tcache_write(c, path, err))) {
         tcache_destroy(&c);
         return rc;
     }

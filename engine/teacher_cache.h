@@ -53,6 +53,19 @@ void tcache_data_id(const struct dataset *ds, char hex_out[65]);
 teacher_cache_t *tcache_build(observer_t *teacher, const struct dataset *ds, int micro_batch, int ctx_len, int k,
                               tcache_dtype_t dtype, const char teacher_id[65], char *err);
 
+/* A float sum over every rank of a group, in place (dist_allreduce_sum_f32
+ * in a worker group); every rank calls it with the same n. */
+typedef int (*tcache_reduce_fn)(void *ctx, float *buf, size_t n, char *err);
+
+/* tcache_build split over a group: rank r of world runs the teacher on
+ * every world-th micro-batch only (round robin over the length-sorted
+ * order, so the ranks' shares are alike), and reduce gathers the rows on
+ * every rank (ids and values travel as floats, exact: ids < 2^24). Every
+ * rank gets the same cache. world 1 needs no reduce. */
+teacher_cache_t *tcache_build_group(observer_t *teacher, const struct dataset *ds, int micro_batch, int ctx_len,
+                                    int k, tcache_dtype_t dtype, const char teacher_id[65], int rank, int world,
+                                    tcache_reduce_fn reduce, void *reduce_ctx, char *err);
+
 /* Reads and checks a cache file (what names it in sentences). */
 teacher_cache_t *tcache_load(const char *path, char *err);
 
@@ -80,13 +93,15 @@ double tcache_mean_mass(const teacher_cache_t *self); /* share of the teacher's 
 /* The cache a tuning job trains with (observer on, alpha < 1, top_k > 0):
  * DIR/teacher_topk.stk when it exists and matches the teacher, the training
  * data and top_k; otherwise (or when rebuild is set: a fresh start) the
- * teacher runs over the data now, and the file is written when write is set
- * (rank 0). An existing file that is damaged or made for another teacher or
- * other data is refused with one sentence unless rebuild is set. Every rank
- * of a group calls it and builds alike when needed (no collective waits on
- * one rank's teacher pass). */
+ * teacher runs over the data now, split over the group's ranks
+ * (tcache_build_group), and rank 0 writes the file. An existing file that
+ * is damaged or made for another teacher or other data is refused with one
+ * sentence unless rebuild is set. In a group every rank calls it; the ranks
+ * agree (through reduce) on using the file only when every one of them read
+ * it and found it valid, and fail together when one refused it. */
 int tcache_for_job(observer_t *teacher, const jobspec_t *spec, const struct dataset *train, const char *out_dir,
-                   int rebuild, int write, teacher_cache_t **out, char *err);
+                   int rebuild, int rank, int world, tcache_reduce_fn reduce, void *reduce_ctx, teacher_cache_t **out,
+                   char *err);
 
 /* The teacher's top-k of a micro-batch: for every row b (dataset sample
  * sample[b]) and every t with targets[b T + t] >= 0, writes k values to

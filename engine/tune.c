@@ -536,6 +536,12 @@ static void s_teardown(tune_t *t)
     json_decref(t->metrics);
 }
 
+/* The teacher cache's gather over the group (engine/teacher_cache.h). */
+static int s_tcache_reduce(void *ctx, float *buf, size_t n, char *err)
+{
+    return dist_allreduce_sum_f32(((tune_t *)ctx)->dist, buf, n, err);
+}
+
 static int s_setup(tune_t *t, char *err)
 {
     const jobspec_t *spec = t->spec;
@@ -627,8 +633,8 @@ static int s_setup(tune_t *t, char *err)
         if (!t->obs) return ST_EINVAL;
     }
     if (t->obs && spec->observer.top_k > 0 && spec->observer.alpha < 1) { /* top-k ahead of time */
-        rc = tcache_for_job(t->obs, spec, t->train, t->opts->out_dir, t->opts->resume == TUNE_RESUME_NEVER, t->root,
-                            &t->tc, err);
+        rc = tcache_for_job(t->obs, spec, t->train, t->opts->out_dir, t->opts->resume == TUNE_RESUME_NEVER, t->rank,
+                            t->world, s_tcache_reduce, t, &t->tc, err);
         if (rc) return rc;
         size_t n = (size_t)spec->micro_batch * spec->ctx_len * tcache_k(t->tc);
         t->tk_val = malloc(n * sizeof(float));

@@ -10,7 +10,9 @@
 #     same state as the automatic one;
 #   - a cache made for other data or another teacher, and a truncated one,
 #     are refused with one sentence; --fresh rebuilds instead;
-#   - mpirun -np 2 (each rank reads its own rows) gives the state of -np 1.
+#   - mpirun -np 2 (the ranks run the teacher on alternate micro-batches and
+#     gather the rows; each then reads the rows of its samples) builds the
+#     same cache and gives the state of -np 1.
 # Exit 77 (skipped) when the fixtures or the Python sources are absent.
 set -u
 . "$(dirname "$0")/lib/common.sh"
@@ -88,6 +90,18 @@ if command -v mpirun >/dev/null; then
     st_mpi_env
     mpirun -np 2 --oversubscribe "$worker" tune "$tmp/k64.json" --local --out "$tmp/np2" --threads 1 >"$tmp/np2.log" 2>&1 ||
         fail "mpirun -np 2 with top-k failed: $(tail -3 "$tmp/np2.log")"
+    # the two ranks ran the teacher on alternate micro-batches and gathered the rows:
+    # the same rows as one process (all but the mean-mass field and the checksum)
+    "$py" - "$tmp/k64/teacher_topk.stk" "$tmp/np2/teacher_topk.stk" <<'P' || fail "np 2 built another teacher cache than np 1"
+import sys
+a, b = open(sys.argv[1], 'rb').read(), open(sys.argv[2], 'rb').read()
+assert len(a) == len(b) and a[:40] == b[:40] and a[48:-32] == b[48:-32], (len(a), len(b))
+P
+    # a group agrees on a stale cache: every rank refuses it, the group fails with the sentence
+    mkdir -p "$tmp/np2-stale" && cp "$tmp/k64/teacher_topk.stk" "$tmp/np2-stale/"
+    mpirun -np 2 --oversubscribe "$worker" tune "$tmp/other.json" --local --out "$tmp/np2-stale" --threads 1 \
+        >"$tmp/np2-stale.log" 2>&1 && fail "a group accepted a cache made for other data"
+    grep -q "other training data" "$tmp/np2-stale.log" || fail "the group's refusal does not say the data changed: $(tail -2 "$tmp/np2-stale.log")"
     rel=$(state_rel "$tmp/k64/state.safetensors" "$tmp/np2/state.safetensors")
     echo "top_k 64, np 2 vs np 1: state relative difference $rel"
     "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) < 1e-5 else 1)" "$rel" ||
