@@ -1,7 +1,7 @@
 /*
  * cmd_bench.c - statetune-worker bench --layers L --embd C --vocab V --batch B
  * --ctx T [--backend cpu|cuda] [--precision fp32|bf16] [--steps S]
- * [--threads N] (SPEC sections 2.1 and 8).
+ * [--threads N] [--dbp FRACTION] (SPEC sections 2.1 and 8).
  *
  * Builds a random model of that shape (rwkv_model_new_random), then times S
  * full tuning steps after one untimed warm-up step: forward, loss, backward to
@@ -37,10 +37,18 @@
  * (engine_params_step) per step on rank 0; host_threads says how many
  * OpenMP and OpenBLAS threads each rank may start (ranks of a node share its
  * cores).
+ *
+ * --dbp FRACTION turns DBP on (SPEC section 4, engine/dbp_param.h) with that
+ * sample fraction and the job defaults (eta 1e-3, kappa 0.01): each step then
+ * also accumulates Q over the sampled rows (chosen as tune.c chooses them,
+ * seed 1), sums it with the gradient and updates R, as a tuning step does.
+ * dbp_ms is the R update per step (rank 0) and dbp_steps how many timed steps
+ * sampled a row; --dbp 1 samples every row of every step (the worst case).
  */
 #include "worker/cmd.h"
 
 #include "common/st_err.h"
+#include "engine/dbp_param.h"
 #include "engine/engine.h"
 #include "model/model.h"
 #include "worker/dist.h"
@@ -58,7 +66,7 @@
 
 static const char *s_usage =
     "usage: statetune-worker bench --layers L --embd C --vocab V --batch B --ctx T "
-    "[--backend cpu|cuda] [--precision fp32|bf16] [--steps S] [--threads N]\n";
+    "[--backend cpu|cuda] [--precision fp32|bf16] [--steps S] [--threads N] [--dbp FRACTION]\n";
 
 static double s_clock(clockid_t id)
 {
@@ -95,6 +103,7 @@ int cmd_bench(int argc, char **argv)
     engine_backend_t backend = ENGINE_CPU;
     engine_precision_t precision = ENGINE_FP32;
     int prec_given = 0;
+    double dbp_frac = 0; /* 0 = DBP off */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -111,6 +120,14 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--ctx")) bad = s_int_arg(a, v, 1, 1 << 20, &T);
         else if (!strcmp(a, "--steps")) bad = s_int_arg(a, v, 1, 1 << 20, &steps);
         else if (!strcmp(a, "--threads")) bad = s_int_arg(a, v, 0, 4096, &threads);
+        else if (!strcmp(a, "--dbp")) {
+            char *end;
+            dbp_frac = strtod(v, &end);
+            if (end == v || *end || !(dbp_frac > 0 && dbp_frac <= 1)) {
+                fprintf(stderr, "statetune-worker bench: --dbp must be a sample fraction in (0, 1], not '%s'\n", v);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--backend")) {
             if (!strcmp(v, "cpu")) backend = ENGINE_CPU;
             else if (!strcmp(v, "cuda")) backend = ENGINE_CUDA;
@@ -151,7 +168,9 @@ int cmd_bench(int argc, char **argv)
     rwkv_model_t *model = NULL;
     engine_t *eng = NULL;
     int32_t *tok = NULL, *tgt = NULL;
-    float *hgrad = NULL;
+    float *hgrad = NULL, *R = NULL;
+    double *scratch = NULL;
+    uint8_t *rows = NULL;
 
     int big = C >= 2048;
     rwkv_config_t cfg = {.n_layer = L, .n_embd = C, .vocab = V, .ffn_dim = 4 * C,
@@ -175,12 +194,18 @@ int cmd_bench(int argc, char **argv)
     eng = engine_new(model, &opts, err);
     if (!eng) goto done;
     size_t ns = (size_t)L * rwkv_state_layer_size(&model->cfg), n = (size_t)B * T;
-    if (engine_params_init(eng, 0, 0.9, 0.99, 1e-8, err) != ST_OK) goto done; /* S0 = 0, as before */
+    int dbp = dbp_frac > 0;
+    if (engine_params_init(eng, dbp, 0.9, 0.99, 1e-8, err) != ST_OK) goto done; /* S0 = 0, as before */
     tok = malloc(n * sizeof *tok);
     tgt = malloc(n * sizeof *tgt);
     hgrad = calloc(ns, sizeof *hgrad);
-    red = calloc(ns + 2, sizeof *red); /* [dS0 | loss_sum, n_targets], as in the tuning loop */
-    if (!tok || !tgt || !hgrad || !red) {
+    /* [dS0 | Q (DBP) | loss_sum, n_targets, n_pairs], as in the tuning loop */
+    size_t nq = dbp ? ns : 0, nred = ns + nq + 3;
+    red = calloc(nred, sizeof *red);
+    rows = calloc((size_t)B, 1);
+    R = dbp ? malloc(ns * sizeof *R) : NULL;
+    scratch = dbp ? malloc(3 * (size_t)model->cfg.head_size * model->cfg.head_size * sizeof *scratch) : NULL;
+    if (!tok || !tgt || !hgrad || !red || !rows || (dbp && (!R || !scratch))) {
         st_fail(err, ST_ENOMEM, "out of memory for a batch of %d x %d", B, T);
         goto done;
     }
@@ -194,7 +219,9 @@ int cmd_bench(int argc, char **argv)
     for (size_t i = 0; i < n; i++) tgt[i] = (i + 1) % T ? tok[i + 1] : -1;
 
     double t0 = 0, c0 = 0, loss_first = 0, loss_last = 0, ar_s = 0, eng_s = 0, ar_copy_ms = 0, ar_nccl_ms = 0;
-    double upd_s = 0;
+    double upd_s = 0, dbp_s = 0;
+    int dbp_steps = 0;
+    if (dbp) dbp_identity(L * model->cfg.n_head, model->cfg.head_size, R);
     for (int s = 0; s <= steps; s++) {
         if (s == 1) { /* step 0 warms caches, thread pools and NCCL's channels */
             if (dist_barrier(dist, err) != ST_OK) goto done;
@@ -202,19 +229,30 @@ int cmd_bench(int argc, char **argv)
             c0 = s_clock(CLOCK_PROCESS_CPUTIME_ID);
         }
         if (engine_params_zero_grad(eng, err) != ST_OK) goto done;
-        engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T};
+        memset(red, 0, nred * sizeof *red);
+        double *sc = red + ns + nq; /* loss_sum, n_targets, n_pairs */
+        int n_sampled = 0;
+        for (int b = 0; b < B; b++) {
+            /* as tune.c: a hash of (seed, step, index in the global batch) */
+            rows[b] = dbp && dbp_row_sampled(1, s, (int64_t)dist_rank(dist) * B + b, dbp_frac);
+            n_sampled += rows[b];
+        }
+        engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T,
+                             .dbp_rows = n_sampled ? rows : NULL, .dbp_q = n_sampled ? red + ns : NULL};
         double e0 = s_now();
         if (engine_params_run(eng, &bt, err) != ST_OK) goto done;
         if (s > 0) eng_s += s_now() - e0;
-        red[ns] = bt.loss_sum;
-        red[ns + 1] = (double)bt.n_targets;
+        sc[0] = bt.loss_sum;
+        sc[1] = (double)bt.n_targets;
+        sc[2] = (double)n_sampled * T;
         double a0 = s_now();
         if (device_sum) {
-            if (dist_allreduce_step_device(dist, engine_params_grad(eng), ns, red + ns, 2, 2, err) != ST_OK) goto done;
+            if (dist_allreduce_step_device(dist, engine_params_grad(eng), ns, red + ns, nq + 3, 3, err) != ST_OK)
+                goto done;
         } else {
             if (engine_params_get_grad(eng, hgrad, err) != ST_OK) goto done;
             for (size_t i = 0; i < ns; i++) red[i] = hgrad[i];
-            if (dist_allreduce_step_f64(dist, red, ns + 2, 2, err) != ST_OK) goto done;
+            if (dist_allreduce_step_f64(dist, red, nred, 3, err) != ST_OK) goto done;
         }
         if (s > 0) {
             double cm, nm;
@@ -223,7 +261,7 @@ int cmd_bench(int argc, char **argv)
             ar_copy_ms += cm;
             ar_nccl_ms += nm;
         }
-        double ntg = red[ns + 1] > 0 ? red[ns + 1] : 1, inv = 1.0 / ntg;
+        double ntg = sc[1] > 0 ? sc[1] : 1, inv = 1.0 / ntg;
         if (!device_sum) {
             for (size_t i = 0; i < ns; i++) hgrad[i] = (float)(red[i] / ntg);
             if (engine_params_set_grad(eng, hgrad, err) != ST_OK) goto done;
@@ -232,8 +270,17 @@ int cmd_bench(int argc, char **argv)
         double u0 = s_now();
         if (engine_params_step(eng, device_sum ? ntg : 1, 1.0, 0.01, &info, err) != ST_OK) goto done;
         if (s > 0) upd_s += s_now() - u0;
-        if (s == 0) loss_first = red[ns] * inv;
-        loss_last = red[ns] * inv;
+        if (dbp && sc[2] > 0) { /* DBP's R rule (host, double) and the new R to the engine */
+            double d0 = s_now();
+            dbp_update_R(L * model->cfg.n_head, model->cfg.head_size, R, red + ns, sc[2], 1e-3, 0.01, scratch);
+            if (engine_params_set_R(eng, R, err) != ST_OK) goto done;
+            if (s > 0) {
+                dbp_s += s_now() - d0;
+                dbp_steps++;
+            }
+        }
+        if (s == 0) loss_first = sc[0] * inv;
+        loss_last = sc[0] * inv;
     }
     double dt = s_now() - t0;
     int world = dist_size(dist);
@@ -268,7 +315,7 @@ int cmd_bench(int argc, char **argv)
     omp_threads = omp_get_max_threads();
 #endif
     json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:[i,i,i,i], s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:s,"
-                            " s:i, s:s, s:f, s:f, s:f, s:f, s:f, s:o, s:s, s:f, s:{s:i, s:i}}",
+                            " s:i, s:s, s:f, s:f, s:f, s:f, s:f, s:o, s:s, s:f, s:{s:i, s:i}, s:f, s:f, s:i}",
                             "backend", backend == ENGINE_CUDA ? "cuda" : "cpu",
                             "precision", precision == ENGINE_BF16 ? "bf16" : "fp32",
                             "layers", L, "embd", C, "vocab", V, "batch", B, "ctx", T, "steps", steps,
@@ -292,7 +339,8 @@ int cmd_bench(int argc, char **argv)
                             "engine_ms_per_rank", eng_json,
                             "gradient", device_sum ? "device" : "host",
                             "update_ms", upd_s * 1e3 / steps,
-                            "host_threads", "omp", omp_threads, "blas", openblas_get_num_threads());
+                            "host_threads", "omp", omp_threads, "blas", openblas_get_num_threads(),
+                            "dbp_fraction", dbp_frac, "dbp_ms", dbp_s * 1e3 / steps, "dbp_steps", dbp_steps);
     char *line = out ? json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(out);
     if (!line) {
@@ -313,7 +361,7 @@ done:
     if (rc) dist_abort(dist, 1, NULL);
     engine_destroy(&eng);
     rwkv_model_destroy(&model);
-    free(tok), free(tgt), free(hgrad), free(red), free(eng_ms);
+    free(tok), free(tgt), free(hgrad), free(red), free(eng_ms), free(R), free(scratch), free(rows);
     dist_destroy(&dist);
     return rc;
 }
