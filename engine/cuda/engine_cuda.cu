@@ -202,6 +202,9 @@ struct engine_cuda {
      * is copied from res_state0 on the device and ds0 points at res_ds0 */
     const float *res_state0;
     float *res_ds0;
+    /* and DBP's Q, when not NULL: dbp_q points at it, accumulated across the
+     * step's runs (engine_cuda_run_resident_q: not zeroed, not copied out) */
+    double *res_q;
     /* host staging */
     float *h_loss, *h_ds0;
     int32_t *h_correct;
@@ -470,7 +473,8 @@ int lora_fwd(engine_cuda_t *e, int R, int C, int D, const void *x, const void *w
     if (act) {
         size_t n = (size_t)R * D;
         PROF(PC_LORA_ACT, 1,
-             st::lora_act_fwd_kernel<T><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, act, (T *)hid));
+             st::lora_act_fwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
+                 n, act, (T *)hid));
         ST_CUDA_CHECK_LAUNCH("lora_act_fwd_kernel");
     }
     PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, w2, C, hid, D, out, C, 0.f, err, out_f32)));
@@ -486,8 +490,8 @@ int lora_bwd(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *
     if (act) {
         size_t n = (size_t)R * D;
         PROF(PC_LORA_ACT, 1,
-             st::lora_act_bwd_kernel<T><<<st::grid_for(n), EW_THREADS, 0, e->stream>>>(n, act, (const T *)hid,
-                                                                                        (T *)dhid));
+             st::lora_act_bwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
+                 n, act, (const T *)hid, (T *)dhid));
         ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
     }
     PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1, D, dhid, D, dx, C, beta, err)));
@@ -779,8 +783,15 @@ void methods_free(engine_cuda_t *e)
 
 template <typename T> T *lay(void *base, int l, size_t per) { return (T *)base + (size_t)l * per; }
 
+/* Layer l's forward. ln_in_done: h and layer l's LN1 statistics already hold
+ * LN1(x_res[l]) (the previous layer's fused end made them). fuse_out: the
+ * end-of-layer residual add also computes the next LayerNorm in the same pass
+ * (the next layer's LN1 into h and its statistics, or after the last layer
+ * ln_out into lnout); the recompute pass in the backward refills one layer
+ * alone and passes false to both. */
 template <typename T>
-int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool dbp, char *err)
+int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool dbp, bool ln_in_done, bool fuse_out,
+              char *err)
 {
     const rwkv_config_t *c = &e->m->cfg;
     const dev_layer_t *p = &e->L[l];
@@ -802,15 +813,18 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     T *h = (T *)e->h, *tmp = (T *)e->tmp, *oin = (T *)e->oin;
     T **lerp = (T **)e->lerp;
 
-    PROF(PC_LN, 1,
-         st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
-                                                                           e->ln1_mean + sl * Rp,
-                                                                           e->ln1_rstd + sl * Rp));
-    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    if (!ln_in_done) {
+        PROF(PC_LN, 1,
+             st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
+                                                                               e->ln1_mean + sl * Rp,
+                                                                               e->ln1_rstd + sl * Rp));
+        ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+    }
     st::mix6_t mix;
     st::ptr6_t<T> outs;
     for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; outs.p[i] = lerp[i]; }
-    PROF(PC_SHIFT, 1, st::tokenshift_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, h, mix, outs));
+    PROF(PC_SHIFT, 1,
+         st::tokenshift_fwd_kernel<T, 6><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, h, mix, outs));
     ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
     PROF(PC_GEMM_RKV, 3, RUN(linear_fwd<T>(e, R, C, C, lerp[0], p->receptance, r, err));
          RUN(linear_fwd<T>(e, R, C, C, lerp[2], p->key, kraw, err));
@@ -829,8 +843,8 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     } else {
         RUN(lora_fwd<T>(e, R, C, c->d_mv, lerp[3], p->v1, p->v2, 0, e->hid, vs, err));
         PROF(PC_VMIX, 1,
-             st::vmix_fwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, C, vraw, (const T *)e->v_first,
-                                                                             p->v0, vs, v));
+             st::vmix_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, C, vraw, (const T *)e->v_first,
+                                                                              p->v0, vs, v));
         ST_CUDA_CHECK_LAUNCH("vmix_fwd_kernel");
     }
     RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, ghid, g, err));
@@ -863,26 +877,37 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     st::ptr6_t<T> ok;
     mk.m[0] = p->ffn_x_k;
     ok.p[0] = lerp[0];
-    PROF(PC_SHIFT, 1, st::tokenshift_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, h, mk, ok));
+    PROF(PC_SHIFT, 1, st::tokenshift_fwd_kernel<T, 1><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, h, mk, ok));
     ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
     PROF(PC_GEMM_FFN_K, 1, RUN(linear_fwd<T>(e, R, C, F, lerp[0], p->ffn_key, kpre, err)));
     size_t RF = (size_t)R * F;
     PROF(PC_RELU2, 1, st::relu2_fwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, (T *)e->act));
     ST_CUDA_CHECK_LAUNCH("relu2_fwd_kernel");
     PROF(PC_GEMM_FFN_V, 1, RUN(linear_fwd<T>(e, R, F, C, e->act, p->ffn_value, tmp, err)));
-    PROF(PC_RESID, 1, st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xmid, tmp, xout));
-    ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
+    if (!fuse_out) {
+        PROF(PC_RESID, 1,
+             st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xmid, tmp, xout));
+        ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
+        return ST_OK;
+    }
+    /* xout = xmid + tmp and the next LayerNorm of it, one pass (the same
+     * arithmetic as the add and the LayerNorm apart) */
+    const bool last = l + 1 == c->n_layer;
+    const int sn = e->recompute ? 0 : l + 1; /* the next layer's slot */
+    const float *nw = last ? e->ln_out_w : e->L[l + 1].ln1_w, *nb = last ? e->ln_out_b : e->L[l + 1].ln1_b;
+    float *nmean = last ? e->lnout_mean : e->ln1_mean + sn * Rp, *nrstd = last ? e->lnout_rstd : e->ln1_rstd + sn * Rp;
+    PROF(PC_LN, 1,
+         st::residual_layernorm_fwd_kernel<T, T><<<R, st::LN_THREADS, 0, st>>>(
+             C, xmid, tmp, xout, nw, nb, LN_EPS, last ? (T *)e->lnout : h, nmean, nrstd));
+    ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
     return ST_OK;
 }
 
-/* dx (fp32) as T, for the matrix products (a copy-free alias in fp32 mode). */
-template <typename T>
-void *dx_as_t(engine_cuda_t *e, size_t n)
-{
-    if (!e->bf16) return e->dx;
-    st::convert_kernel<T, float><<<st::grid_for8(n), EW_THREADS, 0, e->stream>>>(n, e->dx, (T *)e->dxT);
-    return e->dxT;
-}
+/* dx (fp32) as T, for the matrix products: every LayerNorm backward that
+ * updates dx writes this copy too (dxt_out), so it is ready when a product
+ * reads it (in fp32 mode it is dx itself). */
+template <typename T> void *dx_as_t(engine_cuda_t *e) { return e->bf16 ? e->dxT : (void *)e->dx; }
+template <typename T> T *dxt_out(engine_cuda_t *e) { return e->bf16 ? (T *)e->dxT : NULL; }
 
 /* e->dx holds dL/dx_res[l+1] on entry and dL/dx_res[l] on exit (not computed
  * for layer 0); ds0 (H, N, N) +=. */
@@ -913,9 +938,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     const int RH = R * H;
 
     /* channel mix: dx += LN2'(CMix'(dx)) */
-    void *dxt;
-    PROF(PC_CONVERT, 1, dxt = dx_as_t<T>(e, RC));
-    ST_CUDA_CHECK_LAUNCH("convert_kernel");
+    void *dxt = dx_as_t<T>(e);
     PROF(PC_GEMM_FFN_V, 1, RUN(linear_bwd<T>(e, R, F, C, dxt, p->ffn_value, act, 0.f, err)));
     size_t RF = (size_t)R * F;
     PROF(PC_RELU2, 1, st::relu2_bwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, act));
@@ -925,16 +948,16 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     st::ptr6_t<T> dk1;
     mk.m[0] = p->ffn_x_k;
     dk1.p[0] = dl[0];
-    PROF(PC_SHIFT, 1, st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 1, mk, dk1, dh));
+    PROF(PC_SHIFT, 1,
+         st::tokenshift_bwd_kernel<T, 1><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, mk, dk1, dh));
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
     PROF(PC_LN, 1,
          st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
-                                                                    e->ln2_rstd + sl * Rp, dh, e->dx));
+                                                                    e->ln2_rstd + sl * Rp, dh, e->dx,
+                                                                    dxt_out<T>(e)));
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
 
     /* output projection, GroupNorm + bonus + gate */
-    PROF(PC_CONVERT, 1, dxt = dx_as_t<T>(e, RC));
-    ST_CUDA_CHECK_LAUNCH("convert_kernel");
     PROF(PC_GEMM_OUT, 1, RUN(linear_bwd<T>(e, R, C, C, dxt, p->output, oin, 0.f, err)));
     PROF(PC_GN, 1,
          st::groupnorm_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(
@@ -943,7 +966,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     ST_CUDA_CHECK_LAUNCH("groupnorm_bwd_kernel");
 
     /* WKV7, its a and b inputs rebuilt from kk and a */
-    PROF(PC_KK, 1, st::wkv_ab_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, kk, a, (T *)e->wa, (T *)e->wb));
+    PROF(PC_KK, 1, st::wkv_ab_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, kk, a, (T *)e->wa, (T *)e->wb));
     ST_CUDA_CHECK_LAUNCH("wkv_ab_kernel");
     const int L = c->n_layer;
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][L + l], st));
@@ -952,25 +975,26 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][L + l], st));
     if (e->meth.ks) PROF(PC_METHODS, 1, RUN(methods_bwd<T>(e, l, B, Tn, r, w, (const T *)e->dy, dr, dw, err)));
     if (l == 0) return ST_OK; /* nothing below layer 0's WKV depends on S0 */
-    PROF(PC_RESID, 1,
-         st::add3_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr, dk,
-                                                                      (const T *)e->dbk, dv, (const T *)e->dbv));
-    ST_CUDA_CHECK_LAUNCH("add3_kernel");
+    /* the GroupNorm bonus's shares: into dr here; dk's and dv's are added
+     * where timemix_bwd and vmix_bwd read them */
+    PROF(PC_RESID, 1, st::add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr));
+    ST_CUDA_CHECK_LAUNCH("add_kernel");
 
     /* back to the six lerp outputs */
     RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, ghid, e->dg, e->hid, dl[5], 0.f, err));
     PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err)));
     PROF(PC_KK, 1,
          st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, dw,
-                                                                 dk, da, db, (T *)e->dwl, (T *)e->dal,
-                                                                 (T *)e->dkraw));
+                                                                 dk, (const T *)e->dbk, da, db, (T *)e->dwl,
+                                                                 (T *)e->dal, (T *)e->dkraw));
     ST_CUDA_CHECK_LAUNCH("timemix_bwd_kernel");
     RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
     RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
     PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err)));
     PROF(PC_VMIX, 1,
-         st::vmix_bwd_kernel<T><<<st::grid_for(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
-                                                                         (T *)e->dvraw, (T *)e->dvl));
+         st::vmix_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
+                                                                          (const T *)e->dbv, (T *)e->dvraw,
+                                                                          (T *)e->dvl));
     ST_CUDA_CHECK_LAUNCH("vmix_bwd_kernel");
     RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 0.f, err));
     PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err)));
@@ -978,11 +1002,12 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     st::ptr6_t<T> douts;
     for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; douts.p[i] = dl[i]; }
     PROF(PC_SHIFT, 1,
-         st::tokenshift_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, 6, mix, douts, dh));
+         st::tokenshift_bwd_kernel<T, 6><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, mix, douts, dh));
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
     PROF(PC_LN, 1,
          st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + sl * Rp,
-                                                                    e->ln1_rstd + sl * Rp, dh, e->dx));
+                                                                    e->ln1_rstd + sl * Rp, dh, e->dx,
+                                                                    dxt_out<T>(e)));
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
     return ST_OK;
 }
@@ -1005,7 +1030,7 @@ void graph_key(uint64_t key[8], int part, const engine_batch_t *bt, bool backwar
     key[2] = (uint64_t)bt->T;
     key[3] = bt->targets != NULL;
     key[4] = backward;
-    key[5] = dbp;
+    key[5] = dbp ? (uint64_t)(uintptr_t)e->dbp_q : 0; /* the address Q accumulates into (resident Q: the caller's) */
     key[6] = (uint64_t)(uintptr_t)e->ds0;
     key[7] = (uint64_t)e->meth.head_input_only;
 }
@@ -1078,7 +1103,6 @@ int run_forward(engine_cuda_t *e, engine_batch_t *bt, bool backward, bool dbp, c
 {
     const rwkv_config_t *c = &e->m->cfg;
     const int B = bt->B, Tn = bt->T, C = c->n_embd, L = c->n_layer, V = c->vocab, R = B * Tn;
-    const size_t RCp = (size_t)e->maxB * e->maxT * C;
     cudaStream_t st = e->stream;
     e->prof_phase = 0;
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[0], st));
@@ -1089,16 +1113,11 @@ int run_forward(engine_cuda_t *e, engine_batch_t *bt, bool backward, bool dbp, c
                                                                                e->L[0].ln0_b, LN_EPS, e->x_res,
                                                                                NULL, NULL));
     ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
-    for (int l = 0; l < L; l++) RUN(layer_fwd<T>(e, l, B, Tn, bt->final_state, dbp, err));
+    /* each layer's end makes the next LayerNorm (the last one's ln_out) */
+    for (int l = 0; l < L; l++) RUN(layer_fwd<T>(e, l, B, Tn, bt->final_state, dbp, l > 0, true, err));
 
     e->prof_phase = 1;
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[1], st));
-    float *xL = e->x_res + (size_t)L * RCp;
-    PROF(PC_LN, 1,
-         st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->ln_out_b, LN_EPS,
-                                                                           (T *)e->lnout, e->lnout_mean,
-                                                                           e->lnout_rstd));
-    ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
     for (int r0 = 0; r0 < R && !e->meth.head_input_only; r0 += e->head_chunk) {
         const int n = R - r0 < e->head_chunk ? R - r0 : e->head_chunk;
         PROF(PC_GEMM_HEAD, 1,
@@ -1129,12 +1148,13 @@ int run_backward(engine_cuda_t *e, int B, int Tn, char *err)
     PROF(PC_CONVERT, 1, ST_CUDA_CHECK(cudaMemsetAsync(e->dx, 0, RC * 4, st)));
     PROF(PC_LN, 1,
          st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->lnout_mean,
-                                                                    e->lnout_rstd, (const T *)e->dxh, e->dx));
+                                                                    e->lnout_rstd, (const T *)e->dxh, e->dx,
+                                                                    dxt_out<T>(e)));
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
     for (int l = L - 1; l >= 0; l--) {
         /* recompute mode: refill the one slot with layer l's activations
          * (same inputs, same kernels: the same bits as the first forward) */
-        if (e->recompute) RUN(layer_fwd<T>(e, l, B, Tn, NULL, false, err));
+        if (e->recompute) RUN(layer_fwd<T>(e, l, B, Tn, NULL, false, false, false, err));
         RUN(layer_bwd<T>(e, l, B, Tn, err));
     }
     return ST_OK;
@@ -1179,7 +1199,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     const size_t HNN = rwkv_state_layer_size(c);
     cudaStream_t st = e->stream;
     const bool backward = (bt->dstate0 != NULL || e->res_ds0 != NULL) && bt->targets != NULL;
-    const bool dbp = bt->dbp_q != NULL && bt->dbp_rows != NULL;
+    const bool dbp = (bt->dbp_q != NULL || e->res_q != NULL) && bt->dbp_rows != NULL;
 
     ST_CUDA_CHECK(cudaMemcpyAsync(e->tokens, bt->tokens, (size_t)R * 4, cudaMemcpyHostToDevice, st));
     if (bt->targets)
@@ -1191,7 +1211,7 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     if (backward && !e->res_ds0) ST_CUDA_CHECK(cudaMemsetAsync(e->ds0, 0, (size_t)L * HNN * 4, st));
     if (dbp) {
         ST_CUDA_CHECK(cudaMemcpyAsync(e->dbp_rows, bt->dbp_rows, (size_t)B, cudaMemcpyHostToDevice, st));
-        ST_CUDA_CHECK(cudaMemsetAsync(e->dbp_q, 0, (size_t)L * HNN * 8, st));
+        if (!e->res_q) ST_CUDA_CHECK(cudaMemsetAsync(e->dbp_q, 0, (size_t)L * HNN * 8, st));
     }
     RUN(methods_begin(e, bt, backward, err));
     e->prof_n = 0;
@@ -1205,10 +1225,10 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     RUN(graphed(e, key, eligible, [&]() { return run_forward<T>(e, bt, backward, dbp, err); }, err));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_loss, e->row_loss, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_correct, e->row_correct, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
-    if (dbp)
+    if (dbp && !e->res_q)
         ST_CUDA_CHECK(cudaMemcpyAsync(e->h_dbp_q, e->dbp_q, (size_t)L * HNN * 8, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaStreamSynchronize(st));
-    if (dbp)
+    if (dbp && !e->res_q)
         for (size_t i = 0; i < (size_t)L * HNN; i++) bt->dbp_q[i] += e->h_dbp_q[i];
     double loss = 0;
     int64_t nt = 0, nc = 0;
@@ -1470,19 +1490,32 @@ extern "C" size_t engine_cuda_peak_mem_bytes(const engine_cuda_t *self)
 extern "C" int engine_cuda_run_resident(engine_cuda_t *self, engine_batch_t *batch, const float *state0_dev,
                                         float *ds0_dev, char *err)
 {
+    return engine_cuda_run_resident_q(self, batch, state0_dev, ds0_dev, NULL, err);
+}
+
+extern "C" int engine_cuda_run_resident_q(engine_cuda_t *self, engine_batch_t *batch, const float *state0_dev,
+                                          float *ds0_dev, double *q_dev, char *err)
+{
     if (!self || self->tag != ENGINE_CUDA_TAG)
         return st_fail(err, ST_EINVAL, "engine_cuda_run_resident was given something that is not a CUDA engine");
     if (!state0_dev || batch->state0 || batch->dstate0)
         return st_fail(err, ST_EINVAL, "engine_cuda_run_resident needs a device S0 and a batch without host state0 "
                        "or dstate0");
     float *ds0_saved = self->ds0;
+    double *q_saved = self->dbp_q;
     self->res_state0 = state0_dev;
     self->res_ds0 = ds0_dev;
     if (ds0_dev) self->ds0 = ds0_dev;
+    if (q_dev && !batch->dbp_q) { /* a host dbp_q keeps the copying path */
+        self->res_q = q_dev;
+        self->dbp_q = q_dev;
+    }
     int rc = engine_cuda_run(self, batch, err);
     self->ds0 = ds0_saved;
+    self->dbp_q = q_saved;
     self->res_state0 = NULL;
     self->res_ds0 = NULL;
+    self->res_q = NULL;
     return rc;
 }
 

@@ -126,6 +126,21 @@ __global__ void add3_kernel(size_t n, T *x0, const T *__restrict__ y0, T *x1, co
     }
 }
 
+/* x += y (the GroupNorm bonus into the WKV's dr; dk and dv take theirs in
+ * the kernels that read them). */
+template <typename T>
+__global__ void add_kernel(size_t n, T *x, const T *__restrict__ y)
+{
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i >= n) return;
+    float a[8], b[8];
+    load8(x + i, a);
+    load8(y + i, b);
+#pragma unroll
+    for (int k = 0; k < 8; k++) a[k] += b[k];
+    store8(x + i, a);
+}
+
 template <typename Tout, typename Tin>
 __global__ void convert_kernel(size_t n, const Tin *__restrict__ in, Tout *__restrict__ out)
 {

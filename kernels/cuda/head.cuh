@@ -9,7 +9,10 @@
  * Rows with target -1 (or out of range) get loss 0, correct 0 and, in the
  * backward, a zero row. logits: (rows, V) fp32, one chunk of rows (never the
  * whole batch); dlogits: the gradient in the storage type T, which may alias
- * logits when T is float. One block of CE_THREADS per row.
+ * logits when T is float. One block of CE_THREADS per row; the max, its index
+ * and the sum of exponentials come from one online pass over the row, the
+ * gradient from a second (the row is 256 KB at V 65536, past L1, so each
+ * pass is a read from L2 or memory).
  */
 #ifndef ST_KERNELS_CUDA_HEAD_CUH
 #define ST_KERNELS_CUDA_HEAD_CUH
@@ -22,15 +25,56 @@ namespace st {
 
 constexpr int CE_THREADS = 512;
 
+/* Online softmax statistics (Milakov and Gimelshein, 2018): the running max
+ * m, the sum s of exp(x - m) and the first index of the max, updated one
+ * value at a time, so one pass over the row gives all three (the row is read
+ * twice in all: here and for the gradient). */
+struct ce_stat_t {
+    float m, s;
+    int i;
+};
+
+__device__ __forceinline__ void ce_push(ce_stat_t &a, float x, int v)
+{
+    if (x > a.m) {
+        a.s = a.s * expf(a.m - x) + 1.f; /* 0 * exp(-inf) = 0 on the first value */
+        a.m = x;
+        a.i = v;
+    } else {
+        a.s += expf(x - a.m);
+    }
+}
+
+/* Merges b into a; an empty side (s == 0, m == -inf) leaves the other as is,
+ * ties in the max keep the smaller index. */
+__device__ __forceinline__ void ce_merge(ce_stat_t &a, const ce_stat_t &b)
+{
+    if (b.s == 0.f) return;
+    if (a.s == 0.f) {
+        a = b;
+        return;
+    }
+    const float m = fmaxf(a.m, b.m);
+    const int i = b.m > a.m || (b.m == a.m && b.i < a.i) ? b.i : a.i;
+    a.s = a.s * expf(a.m - m) + b.s * expf(b.m - m);
+    a.m = m;
+    a.i = i;
+}
+
+__device__ __forceinline__ void ce_store4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
+__device__ __forceinline__ void ce_store4(__nv_bfloat16 *p, float4 v)
+{
+    __nv_bfloat162 h[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
+    *reinterpret_cast<uint2 *>(p) = *reinterpret_cast<const uint2 *>(h);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(CE_THREADS) ce_kernel(int V, const float *logits, T *dlogits,
                                                         const int32_t *__restrict__ targets,
                                                         float *__restrict__ row_loss,
                                                         int32_t *__restrict__ row_correct, int backward)
 {
-    __shared__ float shv[32];
-    __shared__ int shi[32];
-    __shared__ float sh[32];
+    __shared__ ce_stat_t shs[32];
     const int r = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const float *row = logits + (size_t)r * V;
     T *drow = dlogits + (size_t)r * V; /* may alias row (fp32 mode): same thread, same index */
@@ -41,46 +85,66 @@ __global__ void __launch_bounds__(CE_THREADS) ce_kernel(int V, const float *logi
         if (threadIdx.x == 0) { row_loss[r] = 0.f; row_correct[r] = 0; }
         return;
     }
-    /* max and its first index */
-    float best = -INFINITY;
-    int bi = 0x7fffffff;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float x = row[v];
-        if (x > best) { best = x; bi = v; }
+    /* 16-byte loads when rows are 16-byte aligned (V % 4 == 0: every real
+     * vocabulary), else one value at a time */
+    const bool vec = (V & 3) == 0;
+    ce_stat_t st = {-INFINITY, 0.f, 0x7fffffff};
+    if (vec) {
+        const float4 *row4 = reinterpret_cast<const float4 *>(row);
+        for (int q = threadIdx.x; q < (V >> 2); q += blockDim.x) {
+            const float4 x = row4[q];
+            ce_push(st, x.x, 4 * q);
+            ce_push(st, x.y, 4 * q + 1);
+            ce_push(st, x.z, 4 * q + 2);
+            ce_push(st, x.w, 4 * q + 3);
+        }
+    } else {
+        for (int v = threadIdx.x; v < V; v += blockDim.x) ce_push(st, row[v], v);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-        float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+        ce_stat_t ob = {__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o),
+                        __shfl_xor_sync(0xffffffffu, st.i, o)};
+        ce_merge(st, ob);
     }
-    if (lane == 0) { shv[wid] = best; shi[wid] = bi; }
+    if (lane == 0) shs[wid] = st;
     __syncthreads();
     if (wid == 0) {
-        best = lane < nw ? shv[lane] : -INFINITY;
-        bi = lane < nw ? shi[lane] : 0x7fffffff;
+        st = lane < nw ? shs[lane] : ce_stat_t{-INFINITY, 0.f, 0x7fffffff};
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
-            float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+            ce_stat_t ob = {__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o),
+                            __shfl_xor_sync(0xffffffffu, st.i, o)};
+            ce_merge(st, ob);
         }
-        if (lane == 0) { shv[0] = best; shi[0] = bi; }
+        if (lane == 0) shs[0] = st;
     }
     __syncthreads();
-    const float mx = shv[0];
-    const int am = shi[0];
-    float se = 0.f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) se += expf(row[v] - mx);
-    se = block_sum(se, sh);
+    const float mx = shs[0].m, se = shs[0].s;
     const float xt = row[tg];
     __syncthreads(); /* everyone has read row[tg] before it is overwritten */
     if (threadIdx.x == 0) {
         row_loss[r] = mx + logf(se) - xt;
-        row_correct[r] = am == tg;
+        row_correct[r] = shs[0].i == tg;
     }
-    if (backward) {
-        const float inv = 1.f / se;
+    if (!backward) return;
+    const float inv = 1.f / se;
+    if (vec) {
+        const float4 *row4 = reinterpret_cast<const float4 *>(row);
+        for (int q = threadIdx.x; q < (V >> 2); q += blockDim.x) {
+            const float4 x = row4[q];
+            const int v = 4 * q;
+            float4 p = make_float4(expf(x.x - mx) * inv, expf(x.y - mx) * inv, expf(x.z - mx) * inv,
+                                   expf(x.w - mx) * inv);
+            if (tg >= v && tg < v + 4) {
+                if (tg == v) p.x -= 1.f;
+                else if (tg == v + 1) p.y -= 1.f;
+                else if (tg == v + 2) p.z -= 1.f;
+                else p.w -= 1.f;
+            }
+            ce_store4(drow + v, p);
+        }
+    } else {
         for (int v = threadIdx.x; v < V; v += blockDim.x) {
             float p = expf(row[v] - mx) * inv;
             drow[v] = from_f<T>(v == tg ? p - 1.f : p);

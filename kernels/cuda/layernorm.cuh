@@ -7,8 +7,9 @@
  *
  * Shapes: rows R = B * T, width C; x is the fp32 residual stream; out, dout
  * are of storage type T (float or bf16); mean, rstd (R) fp32; dx (R, C) fp32
- * accumulated (+=). One block of 256 threads per row; statistics in two fp32
- * passes over the row (it stays in L1/L2: C <= a few thousand).
+ * accumulated (+=), optionally also written rounded to T. One block of 256
+ * threads per row; statistics in two fp32 passes over the row (it stays in
+ * L1/L2: C <= a few thousand).
  */
 #ifndef ST_KERNELS_CUDA_LAYERNORM_CUH
 #define ST_KERNELS_CUDA_LAYERNORM_CUH
@@ -88,10 +89,13 @@ __global__ void __launch_bounds__(LN_THREADS) residual_layernorm_fwd_kernel(
     if (threadIdx.x == 0 && mean) { mean[r] = m; rstd[r] = rs; }
 }
 
+/* dxt, when not NULL, gets the updated dx rounded to Td as well: the copy the
+ * next matrix product reads, which a separate conversion pass over dx made
+ * before (the same rounding, one read of the row fewer). */
 template <typename Td>
 __global__ void __launch_bounds__(LN_THREADS) layernorm_bwd_kernel(
     int C, const float *__restrict__ xin, const float *__restrict__ w, const float *__restrict__ mean,
-    const float *__restrict__ rstd, const Td *__restrict__ dout, float *__restrict__ dx)
+    const float *__restrict__ rstd, const Td *__restrict__ dout, float *__restrict__ dx, Td *__restrict__ dxt)
 {
     __shared__ float sh[32];
     const int r = blockIdx.x;
@@ -107,9 +111,12 @@ __global__ void __launch_bounds__(LN_THREADS) layernorm_bwd_kernel(
     }
     const float mg = block_sum(sg, sh) / C;
     const float mgx = block_sum(sgx, sh) / C;
+    Td *dt = dxt ? dxt + (size_t)r * C : NULL;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float xhat = (x[c] - m) * rs;
-        d[c] += rs * (to_f(dy[c]) * w[c] - mg - xhat * mgx);
+        const float nv = d[c] + rs * (to_f(dy[c]) * w[c] - mg - xhat * mgx);
+        d[c] = nv;
+        if (dt) dt[c] = from_f<Td>(nv);
     }
 }
 

@@ -29,10 +29,14 @@ constexpr float KK_EPS = 1e-12f;
 struct mix6_t { const float *m[6]; };
 template <typename T> struct ptr6_t { T *p[6]; };
 
-/* One thread per 8 channels of one row (C % 8 == 0, launch with grid_for8). */
-template <typename T>
-__global__ void tokenshift_fwd_kernel(size_t n, int Tlen, int C, int nmix, const T *__restrict__ h,
-                                      mix6_t mix, ptr6_t<T> out)
+/* One thread per 8 channels of one row (C % 8 == 0, launch with grid_for8).
+ * NMIX (6 for the time mix, 1 for the channel mix) is a template argument so
+ * that the loop over outputs unrolls: indexing the pointer tables of the
+ * kernel's parameters with a run-time index made the compiler copy them to
+ * local memory and serialised the six stores behind it. */
+template <typename T, int NMIX>
+__global__ void tokenshift_fwd_kernel(size_t n, int Tlen, int C, const T *__restrict__ h, mix6_t mix,
+                                      ptr6_t<T> out)
 {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
@@ -44,7 +48,8 @@ __global__ void tokenshift_fwd_kernel(size_t n, int Tlen, int C, int nmix, const
     else
 #pragma unroll
         for (int k = 0; k < 8; k++) xp[k] = 0.f;
-    for (int m = 0; m < nmix; m++) {
+#pragma unroll
+    for (int m = 0; m < NMIX; m++) {
         load8(mix.m[m] + c, mm);
 #pragma unroll
         for (int k = 0; k < 8; k++) o[k] = x[k] + (xp[k] - x[k]) * mm[k];
@@ -53,24 +58,25 @@ __global__ void tokenshift_fwd_kernel(size_t n, int Tlen, int C, int nmix, const
 }
 
 /* dh (overwritten) = sum_m dout_m,t (1 - mix_m) + dout_m,t+1 mix_m; one
- * thread per 8 channels (grid_for8). */
-template <typename T>
-__global__ void tokenshift_bwd_kernel(size_t n, int Tlen, int C, int nmix, mix6_t mix, ptr6_t<T> dout,
-                                      T *__restrict__ dh)
+ * thread per 8 channels (grid_for8), NMIX unrolled as above. */
+template <typename T, int NMIX>
+__global__ void tokenshift_bwd_kernel(size_t n, int Tlen, int C, mix6_t mix, ptr6_t<T> dout, T *__restrict__ dh)
 {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
     const int c = (int)(i % C);
     const int t = (int)((i / C) % Tlen);
+    const bool next = t + 1 < Tlen;
     float d[8], g[8], mm[8];
 #pragma unroll
     for (int k = 0; k < 8; k++) d[k] = 0.f;
-    for (int m = 0; m < nmix; m++) {
+#pragma unroll
+    for (int m = 0; m < NMIX; m++) {
         load8(mix.m[m] + c, mm);
         load8(dout.p[m] + i, g);
 #pragma unroll
         for (int k = 0; k < 8; k++) d[k] += g[k] * (1.f - mm[k]);
-        if (t + 1 < Tlen) {
+        if (next) {
             load8(dout.p[m] + i + C, g);
 #pragma unroll
             for (int k = 0; k < 8; k++) d[k] += g[k] * mm[k];
@@ -81,24 +87,44 @@ __global__ void tokenshift_bwd_kernel(size_t n, int Tlen, int C, int nmix, mix6_
 
 enum { ACT_TANH = 1, ACT_SIGMOID = 2 };
 
+/* The LoRA activations in place, eight per thread (any n: the last thread
+ * takes the tail one by one, since n = R * D need not be a multiple of 8;
+ * launch with grid_for8((n + 7) & ~7)). */
+__device__ __forceinline__ float lora_act_f(int act, float z) { return act == ACT_TANH ? tanhf(z) : sigmoidf_(z); }
+__device__ __forceinline__ float lora_act_d(int act, float h) { return act == ACT_TANH ? 1.f - h * h : h * (1.f - h); }
+
 template <typename T>
 __global__ void lora_act_fwd_kernel(size_t n, int act, T *__restrict__ hid)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    float z = to_f(hid[i]);
-    hid[i] = from_f<T>(act == ACT_TANH ? tanhf(z) : sigmoidf_(z));
+    if (i + 8 > n) {
+        for (; i < n; i++) hid[i] = from_f<T>(lora_act_f(act, to_f(hid[i])));
+        return;
+    }
+    float z[8];
+    load8(hid + i, z);
+#pragma unroll
+    for (int k = 0; k < 8; k++) z[k] = lora_act_f(act, z[k]);
+    store8(hid + i, z);
 }
 
-/* dhid *= act'(z), from the stored activation hid */
+/* dhid *= act'(z), from the stored activation hid (same layout as above) */
 template <typename T>
 __global__ void lora_act_bwd_kernel(size_t n, int act, const T *__restrict__ hid, T *__restrict__ dhid)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    float hv = to_f(hid[i]);
-    float g = act == ACT_TANH ? 1.f - hv * hv : hv * (1.f - hv);
-    dhid[i] = from_f<T>(to_f(dhid[i]) * g);
+    if (i + 8 > n) {
+        for (; i < n; i++) dhid[i] = from_f<T>(to_f(dhid[i]) * lora_act_d(act, to_f(hid[i])));
+        return;
+    }
+    float hv[8], d[8];
+    load8(hid + i, hv);
+    load8(dhid + i, d);
+#pragma unroll
+    for (int k = 0; k < 8; k++) d[k] *= lora_act_d(act, hv[k]);
+    store8(dhid + i, d);
 }
 
 /* One warp per (row, head). */
@@ -144,16 +170,23 @@ __global__ void timemix_fwd_kernel(int RH, int H, const float *__restrict__ wl, 
     }
 }
 
-/* The WKV kernel's a and b inputs again, for the backward (wa = -kk, wb = kk a). */
+/* The WKV kernel's a and b inputs again, for the backward (wa = -kk, wb = kk a);
+ * eight per thread (grid_for8). */
 template <typename T>
 __global__ void wkv_ab_kernel(size_t n, const T *__restrict__ kk, const T *__restrict__ a,
                               T *__restrict__ wa, T *__restrict__ wb)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    float q = to_f(kk[i]);
-    wa[i] = from_f<T>(-q);
-    wb[i] = from_f<T>(q * to_f(a[i]));
+    float q[8], av[8], o[8];
+    load8(kk + i, q);
+    load8(a + i, av);
+#pragma unroll
+    for (int k = 0; k < 8; k++) o[k] = -q[k];
+    store8(wa + i, o);
+#pragma unroll
+    for (int k = 0; k < 8; k++) o[k] = q[k] * av[k];
+    store8(wb + i, o);
 }
 
 /* One warp per (row, head); see kernels/cpu/timemix.c for the formulas. */
@@ -162,7 +195,7 @@ __global__ void timemix_bwd_kernel(int RH, int H, const float *__restrict__ wl, 
                                    const T *__restrict__ a, const T *__restrict__ kk,
                                    const T *__restrict__ kraw, const float *__restrict__ k_k,
                                    const float *__restrict__ k_a, const float *__restrict__ dw,
-                                   const T *__restrict__ dkf, const T *__restrict__ dwa,
+                                   const T *__restrict__ dkf, const T *__restrict__ dbk, const T *__restrict__ dwa,
                                    const T *__restrict__ dwb, T *__restrict__ dwl, T *__restrict__ dal,
                                    T *__restrict__ dkraw)
 {
@@ -192,7 +225,10 @@ __global__ void timemix_bwd_kernel(int RH, int H, const float *__restrict__ wl, 
     for (int e = 0; e < 2; e++) {
         const int n = lane + 32 * e, c = h * 64 + n;
         const size_t i = base + n;
-        const float av = to_f(a[i]), q = to_f(kk[i]), kr = to_f(kraw[i]), g = to_f(dkf[i]);
+        /* dkf + dbk (the WKV's and the GroupNorm bonus's shares of dL/dkf),
+         * rounded to T as the separate add kernel that this replaces did */
+        const float g = to_f(from_f<T>(to_f(dkf[i]) + to_f(dbk[i])));
+        const float av = to_f(a[i]), q = to_f(kk[i]), kr = to_f(kraw[i]);
         const float du = clamped ? dkk[e] * inv : (dkk[e] - q * dot) * inv;
         const float da = to_f(dwb[i]) * q + g * kr * k_a[c];
         dal[i] = from_f<T>(da * av * (1.f - av));
@@ -200,31 +236,52 @@ __global__ void timemix_bwd_kernel(int RH, int H, const float *__restrict__ wl, 
     }
 }
 
-/* vs: in the LoRA output vl, out s = sigmoid(v0 + vl); v = vraw + (v_first - vraw) s */
+/* vs: in the LoRA output vl, out s = sigmoid(v0 + vl); v = vraw + (v_first - vraw) s;
+ * eight per thread (grid_for8). */
 template <typename T>
 __global__ void vmix_fwd_kernel(size_t n, int C, const T *__restrict__ vraw, const T *__restrict__ vfirst,
                                 const float *__restrict__ v0, T *__restrict__ vs, T *__restrict__ v)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    const float s = sigmoidf_(v0[i % C] + to_f(vs[i]));
-    vs[i] = from_f<T>(s);
-    const float vr = to_f(vraw[i]);
-    v[i] = from_f<T>(vr + (to_f(vfirst[i]) - vr) * s);
+    float z[8], vr[8], vf[8], b0[8], o[8];
+    load8(vs + i, z);
+    load8(vraw + i, vr);
+    load8(vfirst + i, vf);
+    load8(v0 + i % C, b0);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        z[k] = sigmoidf_(b0[k] + z[k]);
+        o[k] = vr[k] + (vf[k] - vr[k]) * z[k];
+    }
+    store8(vs + i, z);
+    store8(v + i, o);
 }
 
-/* dvraw = dv (1 - s), dvl = dv (v_first - vraw) s (1 - s); d v_first is not
- * needed (nothing that feeds v_first depends on a state). */
+/* g = dv + dbv (the WKV's and the GroupNorm bonus's shares, rounded to T);
+ * dvraw = g (1 - s), dvl = g (v_first - vraw) s (1 - s); d v_first is not
+ * needed (nothing that feeds v_first depends on a state). Eight per thread. */
 template <typename T>
 __global__ void vmix_bwd_kernel(size_t n, const T *__restrict__ vraw, const T *__restrict__ vfirst,
-                                const T *__restrict__ s, const T *__restrict__ dv, T *__restrict__ dvraw,
-                                T *__restrict__ dvl)
+                                const T *__restrict__ s, const T *__restrict__ dv, const T *__restrict__ dbv,
+                                T *__restrict__ dvraw, T *__restrict__ dvl)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    const float sv = to_f(s[i]), g = to_f(dv[i]);
-    dvraw[i] = from_f<T>(g * (1.f - sv));
-    dvl[i] = from_f<T>(g * (to_f(vfirst[i]) - to_f(vraw[i])) * sv * (1.f - sv));
+    float sv[8], g[8], gb[8], vr[8], vf[8], o[8];
+    load8(s + i, sv);
+    load8(dv + i, g);
+    load8(dbv + i, gb);
+    load8(vraw + i, vr);
+    load8(vfirst + i, vf);
+#pragma unroll
+    for (int k = 0; k < 8; k++) g[k] = to_f(from_f<T>(g[k] + gb[k]));
+#pragma unroll
+    for (int k = 0; k < 8; k++) o[k] = g[k] * (1.f - sv[k]);
+    store8(dvraw + i, o);
+#pragma unroll
+    for (int k = 0; k < 8; k++) o[k] = g[k] * (vf[k] - vr[k]) * sv[k] * (1.f - sv[k]);
+    store8(dvl + i, o);
 }
 
 } // namespace st
