@@ -10,9 +10,10 @@
  * the CPU backend (host_params_t: plain arrays, engine/adam.c and
  * engine/dbp_param.c) and in engine/cuda/engine_cuda_params.cu for CUDA
  * (device memory). Both compute the same formulas in the same order:
- * grad / div rounded to fp32, dL/dA, the clip, Adam in double; so a CPU run
- * through these calls is bit-identical to the loop that used those
- * functions on host arrays directly (tests/test_params.c checks it).
+ * grad / div rounded to fp32, dL/dA, the clip, Adam in double, DBP's R rule
+ * in double; so a CPU run through these calls is bit-identical to the loop
+ * that used those functions on host arrays directly (tests/test_params.c
+ * checks it).
  */
 #include "engine/engine.h"
 
@@ -37,6 +38,8 @@ typedef struct {
     float *S0;       /* (n) A R, formed on demand */
     float *grad;     /* (n) d(loss)/dS0, accumulated by engine_params_run */
     float *gA;       /* (n) dL/dA of the last step (clipped) */
+    double *Q;       /* (n) DBP's summed x x^T of the step, NULL without DBP */
+    double *scratch; /* (3 N N) dbp_update_R's scratch, NULL without DBP */
     adam_t *adam;    /* moments and step count */
 } host_params_t;
 
@@ -59,6 +62,8 @@ static void s_host_params_free(host_params_t **p)
     free((*p)->S0);
     free((*p)->grad);
     free((*p)->gA);
+    free((*p)->Q);
+    free((*p)->scratch);
     adam_destroy(&(*p)->adam);
     free(*p);
     *p = NULL;
@@ -244,8 +249,12 @@ int engine_params_init(engine_t *self, int dbp, double beta1, double beta2, doub
     p->S0 = calloc(p->n, sizeof(float));
     p->grad = calloc(p->n, sizeof(float));
     p->gA = calloc(p->n, sizeof(float));
-    if (p->dbp) p->R = calloc(p->n, sizeof(float));
-    if (!p->A || !p->S0 || !p->grad || !p->gA || (p->dbp && !p->R)) {
+    if (p->dbp) {
+        p->R = calloc(p->n, sizeof(float));
+        p->Q = calloc(p->n, sizeof(double));
+        p->scratch = calloc(3 * (size_t)N * N, sizeof(double));
+    }
+    if (!p->A || !p->S0 || !p->grad || !p->gA || (p->dbp && (!p->R || !p->Q || !p->scratch))) {
         s_host_params_free(&p);
         return st_fail(err, ST_ENOMEM, "out of memory for the tuning parameters");
     }
@@ -331,6 +340,7 @@ int engine_params_zero_grad(engine_t *self, char *err)
     if (rc) return rc;
     if (self->cp) return engine_cuda_params_zero_grad(self->cp, err);
     memset(self->hp->grad, 0, self->hp->n * sizeof(float));
+    if (self->hp->Q) memset(self->hp->Q, 0, self->hp->n * sizeof(double));
     return ST_OK;
 }
 
@@ -382,11 +392,14 @@ int engine_params_run(engine_t *self, engine_batch_t *batch, char *err)
         return rc;
     }
     host_params_t *p = self->hp;
+    int own_q = p->Q && batch->dbp_rows && !batch->dbp_q; /* the resident Q gets the sampled rows */
     batch->state0 = s_host_state(p);
     batch->dstate0 = batch->targets ? p->grad : NULL;
+    if (own_q) batch->dbp_q = p->Q;
     rc = engine_run(self, batch, err);
     batch->state0 = NULL;
     batch->dstate0 = NULL;
+    if (own_q) batch->dbp_q = NULL;
     return rc;
 }
 
@@ -435,5 +448,67 @@ int engine_params_state_absmax(engine_t *self, double *absmax, size_t *at, char 
     }
     *absmax = big;
     *at = worst;
+    return ST_OK;
+}
+
+double *engine_params_q(engine_t *self)
+{
+    if (self->cp) return engine_cuda_params_q(self->cp);
+    return self->hp ? self->hp->Q : NULL;
+}
+
+/* The CPU parameters with DBP, or the sentence saying why not. */
+static int s_params_dbp(engine_t *self, const char *what, char *err)
+{
+    int rc = s_params(self, err);
+    if (rc) return rc;
+    if (self->hp && !self->hp->dbp)
+        return st_fail(err, ST_EINVAL, "DBP's %s was asked for but the parameters were made without DBP", what);
+    return ST_OK;
+}
+
+int engine_params_get_q(engine_t *self, double *Q, char *err)
+{
+    int rc = s_params_dbp(self, "Q", err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_get_q(self->cp, Q, err);
+    memcpy(Q, self->hp->Q, self->hp->n * sizeof(double));
+    return ST_OK;
+}
+
+int engine_params_set_q(engine_t *self, const double *Q, char *err)
+{
+    int rc = s_params_dbp(self, "Q", err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_set_q(self->cp, Q, err);
+    memcpy(self->hp->Q, Q, self->hp->n * sizeof(double));
+    return ST_OK;
+}
+
+int engine_params_get_R(engine_t *self, float *R, char *err)
+{
+    int rc = s_params_dbp(self, "R", err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_get_R(self->cp, R, err);
+    memcpy(R, self->hp->R, self->hp->n * sizeof(float));
+    return ST_OK;
+}
+
+int engine_params_update_R(engine_t *self, double n_pairs, double eta, double kappa, int *finite, char *err)
+{
+    int rc = s_params_dbp(self, "R rule", err);
+    if (rc) return rc;
+    if (self->cp) return engine_cuda_params_update_R(self->cp, n_pairs, eta, kappa, finite, err);
+    host_params_t *p = self->hp;
+    if (n_pairs > 0) {
+        dbp_update_R(p->nblk, p->N, p->R, p->Q, n_pairs, eta, kappa, p->scratch);
+        p->s0_stale = 1;
+    }
+    *finite = 1;
+    for (size_t i = 0; i < p->n; i++)
+        if (!isfinite(p->R[i])) {
+            *finite = 0;
+            break;
+        }
     return ST_OK;
 }

@@ -119,17 +119,20 @@ const rwkv_config_t *engine_config(const engine_t *self);
  * GPU tuning step moves no state over PCIe (the tuning loop, tune.c, has one
  * code path for both). Per layer and head the state is S0 = A R: A is what
  * Adam trains, R is DBP's decorrelation factor (SPEC section 4), the
- * identity when DBP is off (then S0 = A and R is never stored). R's update
- * rule stays with the caller (engine/dbp_param.h, in double on the host),
- * which uploads the new R with engine_params_set_R.
+ * identity when DBP is off (then S0 = A and R is never stored). DBP's
+ * statistics Q and R's rule live here too (engine_params_q, _update_R: on
+ * the device on CUDA), so that a DBP step moves nothing over PCIe either.
  *
- * A step: engine_params_zero_grad; engine_params_run for each micro-batch
- * (uses the resident S0, accumulates d(loss_sum)/dS0 into the resident
- * gradient); sum the gradient over the ranks in place (engine_params_grad:
- * a device pointer when engine_params_grad_on_device says so, for an NCCL
- * all-reduce); engine_params_step (divide by the global number of targets,
- * dL/dA = dS0 R^T, global-norm clip, Adam: the formulas of engine/adam.h,
- * the same on every backend). Nothing here synchronises with other ranks.
+ * A step: engine_params_zero_grad (the gradient and, under DBP, Q);
+ * engine_params_run for each micro-batch (uses the resident S0, accumulates
+ * d(loss_sum)/dS0 into the resident gradient and, for the rows flagged in
+ * batch->dbp_rows, x x^T into the resident Q); sum the gradient and Q over
+ * the ranks in place (engine_params_grad, engine_params_q: device pointers
+ * when engine_params_grad_on_device says so, for an NCCL all-reduce);
+ * engine_params_step (divide by the global number of targets, dL/dA =
+ * dS0 R^T, global-norm clip, Adam: the formulas of engine/adam.h, the same
+ * on every backend); under DBP, engine_params_update_R with the global
+ * number of sampled pairs. Nothing here synchronises with other ranks.
  *
  * Arrays passed in or out are host memory, nS = L H N N floats in the
  * official layout, unless said otherwise. */
@@ -161,7 +164,10 @@ float *engine_params_grad(engine_t *self);
 int engine_params_grad_on_device(const engine_t *self);
 /* engine_run with state0 = the resident S0 and, when the batch has
  * targets, dstate0 = the resident gradient (+=). batch->state0 and
- * batch->dstate0 must be NULL. Every other field as in engine_run. */
+ * batch->dstate0 must be NULL. Under DBP, rows flagged in batch->dbp_rows
+ * add their x x^T to the resident Q when batch->dbp_q is NULL (a host
+ * dbp_q gets them instead, as engine_run does). Every other field as in
+ * engine_run. */
 int engine_params_run(engine_t *self, engine_batch_t *batch, char *err);
 /* grad = (float)(grad / grad_div) (the summed gradient to the mean:
  * grad_div is the global number of targets, or 1 when the caller divided),
@@ -173,6 +179,22 @@ int engine_params_step(engine_t *self, double grad_div, double max_norm, double 
 /* The largest |S0| element and its index (the first NaN or inf when there
  * is one: then *absmax is that value). */
 int engine_params_state_absmax(engine_t *self, double *absmax, size_t *at, char *err);
+/* DBP's Q (nS doubles: the step's sum of x x^T over the sampled rows, zeroed
+ * by engine_params_zero_grad) owned by the engine: device memory when
+ * engine_params_grad_on_device is 1, complete whenever an engine_params_*
+ * call has returned; NULL without DBP. _get_q / _set_q copy it from / to
+ * host memory (a group that stages its all-reduce through the host). */
+double *engine_params_q(engine_t *self);
+int engine_params_get_q(engine_t *self, double *Q, char *err);
+int engine_params_set_q(engine_t *self, const double *Q, char *err);
+/* R (nS) to host memory, for checkpoints. Refused without DBP. */
+int engine_params_get_R(engine_t *self, float *R, char *err);
+/* DBP's rule on R from the resident Q over n_pairs sampled (sequence, t)
+ * pairs (engine/dbp_param.h: eta, kappa; n_pairs <= 0 leaves R unchanged),
+ * in double: dbp_update_R on the CPU, batched DGEMMs on the device on CUDA
+ * (the same arithmetic up to summation order). *finite = 1 when every
+ * element of R is finite afterwards. Refused without DBP. */
+int engine_params_update_R(engine_t *self, double n_pairs, double eta, double kappa, int *finite, char *err);
 
 /* ---- RNN mode: one token at a time with the state carried (generation) ----
  * The same math as engine_run with T = 1, and the code an inference client

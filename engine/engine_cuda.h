@@ -104,6 +104,12 @@ void engine_cuda_set_graphs(engine_cuda_t *self, int on);
 /* How many step parts this engine has replayed from graphs so far (0 when
  * graphs are off or every capture failed). */
 long engine_cuda_graph_replays(const engine_cuda_t *self);
+
+/* Rows of logits per head chunk (kernels/dev/engine_bench.cu's sweep): at
+ * most what the plan made room for (256 MB of fp32 logits), and not once an
+ * observer's teacher buffer (sized by the chunk) exists. */
+int engine_cuda_set_head_chunk(engine_cuda_t *self, int rows, char *err);
+int engine_cuda_head_chunk(const engine_cuda_t *self);
 void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out);
 
 /* ---- resident tuning parameters (engine.h's engine_params_*, on the GPU) ----
@@ -113,6 +119,12 @@ void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *
  * (forward only). */
 int engine_cuda_run_resident(engine_cuda_t *self, engine_batch_t *batch, const float *state0_dev, float *ds0_dev,
                              char *err);
+/* The same with DBP's Q resident too: when q_dev (L, H, N, N doubles on the
+ * device) is not NULL and the batch has dbp_rows (and no host dbp_q), the
+ * sampled rows' x x^T are added (+=) to q_dev in place: no zeroing, no
+ * copy to the host (engine_cuda_params_update_R reads it there). */
+int engine_cuda_run_resident_q(engine_cuda_t *self, engine_batch_t *batch, const float *state0_dev, float *ds0_dev,
+                               double *q_dev, char *err);
 
 /* The engine's device ordinal and its compute stream (a cudaStream_t), so
  * that the parameter kernels run in order with the engine's. */
@@ -120,9 +132,9 @@ int engine_cuda_device(const engine_cuda_t *self);
 void *engine_cuda_stream(const engine_cuda_t *self);
 
 /* The parameters themselves (engine/cuda/engine_cuda_params.cu): A, R, S0,
- * the gradient, dL/dA and Adam's moments in one device allocation, on the
- * engine's device and stream; R stays in fp32 on the device (its update is
- * the caller's, on the host). Semantics of each call: engine.h's
+ * the gradient, dL/dA, Adam's moments and DBP's Q in one device allocation,
+ * on the engine's device and stream; R stays in fp32 on the device and its
+ * rule runs there (in double). Semantics of each call: engine.h's
  * engine_params_* of the same name. */
 typedef struct engine_cuda_params engine_cuda_params_t;
 
@@ -141,5 +153,13 @@ int engine_cuda_params_run(engine_cuda_params_t *self, engine_batch_t *batch, ch
 int engine_cuda_params_step(engine_cuda_params_t *self, double grad_div, double max_norm, double lr,
                             engine_step_info_t *info, char *err);
 int engine_cuda_params_state_absmax(engine_cuda_params_t *self, double *absmax, size_t *at, char *err);
+/* DBP on the device (engine.h's engine_params_q, _get_q, _set_q, _get_R,
+ * _update_R): Q is a device pointer, the R rule runs on the device. */
+double *engine_cuda_params_q(engine_cuda_params_t *self);
+int engine_cuda_params_get_q(engine_cuda_params_t *self, double *Q, char *err);
+int engine_cuda_params_set_q(engine_cuda_params_t *self, const double *Q, char *err);
+int engine_cuda_params_get_R(engine_cuda_params_t *self, float *R, char *err);
+int engine_cuda_params_update_R(engine_cuda_params_t *self, double n_pairs, double eta, double kappa, int *finite,
+                                char *err);
 
 #endif

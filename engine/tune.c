@@ -7,18 +7,25 @@
  *     S0 = A R = A). Every rank holds A, R and Adam's moments in full and
  *     applies the same update to the same all-reduced gradient, so the ranks
  *     never drift apart and no parameter broadcast is needed after step 0.
- *     A, S0, the gradient and Adam's moments live in the engine
+ *     A, R, S0, the gradient, DBP's Q and Adam's moments live in the engine
  *     (engine_params_*: device memory on a GPU, so a step moves no state
- *     over PCIe); R's update rule runs here on the host in double and the
- *     new R is handed to the engine. The host copies of A and R are only
- *     the initial values and what checkpoints read and write.
+ *     over PCIe), and so does R's rule (engine_params_update_R: in double,
+ *     on the host for the CPU engine, on the device for CUDA). The host
+ *     copies of A and R are only the initial values and what checkpoints
+ *     read and write.
+ *   - A step: every micro-batch runs through engine_params_run, which adds
+ *     dS0 to the resident gradient and the sampled rows' x x^T to the
+ *     resident Q; one all-reduce; engine_params_step (mean, dL/dA = dS0 R^T,
+ *     clip, Adam on A); under DBP engine_params_update_R with the global
+ *     number of sampled pairs (R unchanged when none was sampled).
  *   - One all-reduce per step. Its buffer (doubles) is
  *       [ dS0 (nS) | Q (nS, DBP only) | dU0 | loss_sum n_targets n_correct
  *         n_tokens n_pairs cancel ]
- *     except that a GPU group sums dS0 where the engine keeps it, in fp32 on
- *     the device, in the same NCCL group as the rest of the buffer
- *     (dist_allreduce_step_device); the CPU, MPI and no-NCCL paths stage
- *     it through the buffer as before, so their results are unchanged.
+ *     except that a GPU group sums dS0 and Q where the engine keeps them,
+ *     in place on the device (dS0 in fp32, Q in double), in the same NCCL
+ *     group as the rest of the buffer (dist_allreduce_step_device_q); the
+ *     CPU, MPI and no-NCCL paths stage both through the buffer as before,
+ *     so their results are unchanged.
  *     dS0 and Q are sums, the loss is a sum: after the reduction everything
  *     is divided by the global number of targets, so the result does not
  *     depend on how the global batch was cut into ranks and micro-batches.
@@ -86,13 +93,11 @@ typedef struct {
     int64_t steps;     /* total optimizer steps */
     int dbp;           /* DBP on */
     float *A;          /* (nS) trained factor: initial value, checkpoint staging (the engine holds the live one) */
-    float *R;          /* (nS) DBP factor (updated here, copied to the engine) */
+    float *R;          /* (nS) DBP factor: initial value, checkpoint staging (the engine holds the live one) */
     float *S0;         /* (nS) A R, read from the engine for evaluation and outputs */
     float *dS;         /* (nS) host staging of the gradient for MPI / no-NCCL all-reduces */
     double *red;       /* all-reduce buffer */
     size_t nred;       /* its length */
-    double *Q;         /* (nS) view into red, or NULL */
-    double *scratch;   /* 3 N N doubles for the R update */
     schedule_t sched;
     /* SPEC 4's other methods (engine/observer.h, engine/kstate.h); NULL = off */
     observer_t *obs;   /* the frozen teacher (on the fly: observer.top_k 0) */
@@ -250,7 +255,8 @@ static int s_write_checkpoint(tune_t *t, int64_t step, char *err)
                                err);
     }
     if (!rc) rc = engine_params_get(t->engine, ck->A, NULL, err);
-    memcpy(ck->R, t->R, t->nS * sizeof(float));
+    if (t->dbp && !rc) rc = engine_params_get_R(t->engine, ck->R, err);
+    else memcpy(ck->R, t->R, t->nS * sizeof(float)); /* the identity */
     if (!rc) rc = engine_params_get_adam(t->engine, ck->adam_m, ck->adam_v, &ck->adam_t, err);
     ck->step = step;
     ck->dbp = t->dbp;
@@ -531,7 +537,6 @@ static void s_teardown(tune_t *t)
     free(t->S0);
     free(t->dS);
     free(t->red);
-    free(t->scratch);
     batcher_destroy(&t->batcher);
     json_decref(t->metrics);
 }
@@ -615,11 +620,9 @@ static int s_setup(tune_t *t, char *err)
         t->nU = (size_t)t->nblk * t->N * spec->kernel_state.features;
     t->nred = (t->dbp ? 2 : 1) * t->nS + t->nU + RED_SCALARS; /* [dS0 | Q | dU0 | scalars] */
     t->red = calloc(t->nred, sizeof(double));
-    t->scratch = calloc(3 * (size_t)t->N * t->N, sizeof(double));
     t->metrics = json_object();
-    if (!t->A || !t->R || !t->S0 || !t->dS || !t->red || !t->scratch || !t->metrics)
+    if (!t->A || !t->R || !t->S0 || !t->dS || !t->red || !t->metrics)
         return st_fail(err, ST_ENOMEM, "out of memory for the tuning state");
-    t->Q = t->dbp ? t->red + t->nS : NULL;
     json_object_set_new(t->metrics, "train_loss", json_array());
     json_object_set_new(t->metrics, "evals", json_array());
     rc = engine_params_init(t->engine, t->dbp, spec->beta1, spec->beta2, spec->eps, err);
@@ -694,8 +697,7 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
                             .targets = mi->targets,
                             .B = mi->B,
                             .T = mi->T,
-                            .dbp_rows = n_sampled ? t->rows : NULL,
-                            .dbp_q = n_sampled ? t->Q : NULL,
+                            .dbp_rows = n_sampled ? t->rows : NULL, /* into the engine's Q */
                             .dU0 = t->dU};
         if (t->tc) {
             rc = tcache_fill(t->tc, mi->targets, mi->sample, mi->B, mi->T, t->tk_val, t->tk_ids, err);
@@ -726,15 +728,17 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
     }
     double *redU = t->red + (t->dbp ? 2 : 1) * t->nS;
     for (size_t i = 0; i < t->nU; i++) redU[i] = t->dU[i];
-    /* A gradient on the GPU is summed there in place by NCCL, beside the
-     * rest of the buffer (the scalars exactly). Otherwise it is staged
-     * through the buffer's doubles: MPI for CPU ranks, and a GPU group
-     * without NCCL. */
+    /* A gradient and Q on the GPU are summed there in place by NCCL, beside
+     * the rest of the buffer (the scalars exactly). Otherwise they are
+     * staged through the buffer's doubles: MPI for CPU ranks, and a GPU
+     * group without NCCL. */
     float *grad = engine_params_grad(t->engine);
     int on_device = engine_params_grad_on_device(t->engine);
     int device_sum = on_device && (t->world == 1 || dist_has_nccl(t->dist));
     if (device_sum) {
-        rc = dist_allreduce_step_device(t->dist, grad, t->nS, t->red + t->nS, t->nred - t->nS, RED_SCALARS, err);
+        size_t off = (t->dbp ? 2 : 1) * t->nS; /* the buffer's Q slot is not used */
+        rc = dist_allreduce_step_device_q(t->dist, grad, t->nS, t->dbp ? engine_params_q(t->engine) : NULL, t->nS,
+                                          t->red + off, t->nred - off, RED_SCALARS, err);
     } else {
         const float *g = grad;
         if (on_device) {
@@ -742,7 +746,9 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
             g = t->dS;
         }
         for (size_t i = 0; !rc && i < t->nS; i++) t->red[i] = g[i];
+        if (!rc && t->dbp) rc = engine_params_get_q(t->engine, t->red + t->nS, err);
         if (!rc) rc = dist_allreduce_step_f64(t->dist, t->red, t->nred, RED_SCALARS, err);
+        if (!rc && t->dbp) rc = engine_params_set_q(t->engine, t->red + t->nS, err);
     }
     if (rc) return rc;
     if (sc[RED_CANCEL] > 0) {
@@ -781,13 +787,13 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
                            "a state (lower lr_init or check the data)", (long long)step + 1);
         adam_step(t->adam_u, u0, t->gU, schedule_lr(&t->sched, step));
     }
-    if (t->dbp && sc[RED_PAIRS] > 0) {
-        dbp_update_R(t->nblk, t->N, t->R, t->Q, sc[RED_PAIRS], t->spec->dbp.lr, t->spec->dbp.kappa, t->scratch);
-        rc = engine_params_set_R(t->engine, t->R, err);
-        if (rc) return rc;
-    }
     int finite = info.finite;
-    for (size_t i = 0; finite && t->dbp && i < t->nS; i++) finite = isfinite(t->R[i]);
+    if (t->dbp) { /* R's rule where the engine is; R unchanged when no row was sampled */
+        int r_finite = 1;
+        rc = engine_params_update_R(t->engine, sc[RED_PAIRS], t->spec->dbp.lr, t->spec->dbp.kappa, &r_finite, err);
+        if (rc) return st_wrap(err, rc, "step %lld: ", (long long)step + 1);
+        finite = finite && r_finite;
+    }
     if (!finite)
             return st_fail(err, ST_ENUMERIC, "step %lld: the state became NaN or inf; stopping without writing "
                            "a state (lower lr_init%s)", (long long)step + 1, t->dbp ? " or dbp.lr" : "");

@@ -8,11 +8,18 @@
  * writes checkpoints and outputs and is the one whose callbacks fire; the
  * others run silently. A single process passes dist NULL.
  *
- * Per step: S0 = A R (R = I without DBP) -> each micro-batch through
- * engine_run (dS0, and Q on the sampled rows when DBP is on) -> all-reduce ->
- * divide by the global number of targets -> dL/dA = dS0 R^T -> global-norm
- * clip -> Adam on A at the scheduled rate -> DBP's R step. NaN or inf in the
- * loss or the gradient fails the job with ST_ENUMERIC and writes no state.
+ * Per step, everything on the state kept where the engine runs (engine.h's
+ * engine_params_*: device memory on CUDA, so the state never crosses PCIe
+ * during tuning): each micro-batch through engine_params_run from the
+ * resident S0 = A R (R = I without DBP), adding dS0 to the resident
+ * gradient and, for the rows DBP sampled, their x x^T to the resident Q ->
+ * one all-reduce of dS0, Q and the loss sums (a GPU group sums dS0 and Q in
+ * place with NCCL) -> engine_params_step: divide by the global number of
+ * targets, dL/dA = dS0 R^T, global-norm clip, Adam on A at the scheduled
+ * rate -> engine_params_update_R: DBP's R rule in double (on the GPU for
+ * CUDA) when rows were sampled. A, R and S0 come to the host only for
+ * evaluation, checkpoints and the result. NaN or inf in the loss, the
+ * gradient, A or R fails the job with ST_ENUMERIC and writes no state.
  *
  * Evaluation (engine/eval.h) runs before the first step (the untuned
  * baseline, S0 = the initial state), every eval_every steps and at the end.

@@ -3,9 +3,12 @@
  * engine_params_*) on the CPU backend: a tuning loop through them is
  * bit-identical to the loop that ran engine_run on host arrays with
  * engine/adam.c and engine/dbp_param.c (what tune.c did before), with and
- * without DBP and with clipping active; a run stopped and restored from the
- * parameters' checkpoint data continues exactly; misuse is refused with a
- * sentence; the divergence check finds the tuning loop's element.
+ * without DBP and with clipping active (DBP's Q and R rule included: the
+ * engine keeps Q and runs R's rule, engine_params_q / _update_R); a run
+ * stopped and restored from the parameters' checkpoint data continues
+ * exactly; the resident Q is the sum of engine_run's dbp_q and survives a
+ * trip through the host (what a staged all-reduce does); misuse is refused
+ * with a sentence; the divergence check finds the tuning loop's element.
  *
  * Fresh random model, tokens and state on every run (seed printed;
  * STATETUNE_SEED replays it). One CPU thread, so the engine's reductions have
@@ -151,22 +154,19 @@ static int s_manual(fixture_t *f, int dbp, int steps, float *A_out, float *R_out
     return rc;
 }
 
-/* The same loop through engine_params_* (as tune.c runs it now), steps
- * [from, to); e must have its parameters initialised and set. R is the
- * caller's host R (updated here). */
+/* The same loop through engine_params_* (as tune.c runs it now: Q and R's
+ * rule in the engine), steps [from, to); e must have its parameters
+ * initialised and set. R receives the engine's R at the end (DBP only). */
 static int s_resident(engine_t *e, fixture_t *f, int dbp, int from, int to, float *R, char *err)
 {
-    size_t n = f->ns;
-    double *Q = malloc(n * 8), *scratch = malloc(3 * (size_t)f->N * f->N * 8);
-    int rc = !Q || !scratch ? st_fail(err, ST_ENOMEM, "out of memory") : ST_OK;
+    int rc = ST_OK;
     const uint8_t rows[B] = {1, 0};
     for (int step = from; step < to && !rc; step++) {
         rc = engine_params_zero_grad(e, err);
-        memset(Q, 0, n * 8);
         double ntg = 0, pairs = 0;
         for (int k = 0; k < MICRO && !rc; k++) {
             engine_batch_t b = {.tokens = f->tok[k], .targets = f->tgt[k], .B = B, .T = T,
-                                .dbp_rows = dbp ? rows : NULL, .dbp_q = dbp ? Q : NULL};
+                                .dbp_rows = dbp ? rows : NULL};
             rc = engine_params_run(e, &b, err);
             ntg += (double)b.n_targets;
             pairs += dbp ? T : 0;
@@ -177,12 +177,12 @@ static int s_resident(engine_t *e, fixture_t *f, int dbp, int from, int to, floa
             rc = st_fail(err, ST_ENUMERIC, "step %d: norm %g (expected > %g, clipping) finite %d", step,
                          info.grad_norm, CLIP, info.finite);
         if (!rc && dbp) {
-            dbp_update_R(f->nblk, f->N, R, Q, pairs, ETA_R, KAPPA, scratch);
-            rc = engine_params_set_R(e, R, err);
+            int finite = 0;
+            rc = engine_params_update_R(e, pairs, ETA_R, KAPPA, &finite, err);
+            if (!rc && !finite) rc = st_fail(err, ST_ENUMERIC, "step %d: R is not finite", step);
         }
     }
-    free(Q);
-    free(scratch);
+    if (!rc && dbp) rc = engine_params_get_R(e, R, err);
     return rc;
 }
 
@@ -338,6 +338,75 @@ static int test_grad_accumulates(void)
     return 0;
 }
 
+/* The resident Q: the sum over micro-batches of engine_run's dbp_q (same
+ * bits), zeroed with the gradient, unchanged by a trip through the host
+ * (get_q / set_q: the staged all-reduce), a host dbp_q in the batch takes
+ * the rows instead; R's rule with no pair leaves R as it was. */
+static int test_dbp_q_resident(void)
+{
+    uint64_t seed = s_seed();
+    fixture_t f = {0};
+    CHECK(s_fixture(&f, seed) == 0);
+    size_t n = f.ns;
+    char err[ST_ERR_LEN];
+    double *want = calloc(n, 8), *got = malloc(n * 8), *host = calloc(n, 8);
+    float *R = malloc(n * 4), *R2 = malloc(n * 4);
+    CHECK(want && got && host && R && R2);
+    const uint8_t rows[B] = {0, 1};
+    engine_t *e = s_engine(&f);
+    CHECK(e != NULL);
+    for (int k = 0; k < MICRO; k++) {
+        engine_batch_t b = {.tokens = f.tok[k], .targets = f.tgt[k], .B = B, .T = T, .state0 = f.A0,
+                            .dbp_rows = rows, .dbp_q = want};
+        CHECKF(engine_run(e, &b, err) == ST_OK, "%s", err);
+    }
+    CHECKF(engine_params_init(e, 1, BETA1, BETA2, EPS, err) == ST_OK, "%s", err);
+    CHECKF(engine_params_set(e, f.A0, NULL, err) == ST_OK, "%s", err); /* R = I: S0 = A0 */
+    CHECK(engine_params_q(e) != NULL);
+    CHECKF(engine_params_zero_grad(e, err) == ST_OK, "%s", err);
+    for (int k = 0; k < MICRO; k++) {
+        engine_batch_t b = {.tokens = f.tok[k], .targets = f.tgt[k], .B = B, .T = T, .dbp_rows = rows};
+        CHECKF(engine_params_run(e, &b, err) == ST_OK, "%s", err);
+        CHECK(b.dbp_q == NULL); /* the batch is left as it was given */
+    }
+    CHECKF(engine_params_get_q(e, got, err) == ST_OK, "%s", err);
+    CHECK(memcmp(got, want, n * 8) == 0);
+    double qmax = 0;
+    for (size_t i = 0; i < n; i++) qmax = fmax(qmax, fabs(got[i]));
+    printf("resident Q: max |Q| %.6g over %d sampled rows x %d tokens\n", qmax, MICRO, T);
+    CHECK(qmax > 0);
+    /* a host dbp_q gets the rows; the resident Q is not touched */
+    engine_batch_t hb = {.tokens = f.tok[0], .targets = f.tgt[0], .B = B, .T = T, .dbp_rows = rows, .dbp_q = host};
+    CHECKF(engine_params_run(e, &hb, err) == ST_OK, "%s", err);
+    CHECKF(engine_params_get_q(e, got, err) == ST_OK, "%s", err);
+    CHECK(memcmp(got, want, n * 8) == 0);
+    qmax = 0;
+    for (size_t i = 0; i < n; i++) qmax = fmax(qmax, fabs(host[i]));
+    CHECK(qmax > 0);
+    /* through the host and back: the same R update as without the trip */
+    CHECKF(engine_params_set_q(e, want, err) == ST_OK, "%s", err);
+    int finite = 0;
+    CHECKF(engine_params_update_R(e, 2.0 * T, ETA_R, KAPPA, &finite, err) == ST_OK && finite, "%s", err);
+    CHECKF(engine_params_get_R(e, R, err) == ST_OK, "%s", err);
+    double *scratch = malloc(3 * (size_t)f.N * f.N * 8);
+    CHECK(scratch != NULL);
+    dbp_identity(f.nblk, f.N, R2);
+    dbp_update_R(f.nblk, f.N, R2, want, 2.0 * T, ETA_R, KAPPA, scratch);
+    CHECK(s_same("R after the rule", R, R2, n));
+    free(scratch);
+    /* no pair: R unchanged; zero_grad clears Q */
+    CHECKF(engine_params_update_R(e, 0, ETA_R, KAPPA, &finite, err) == ST_OK && finite, "%s", err);
+    CHECKF(engine_params_get_R(e, R2, err) == ST_OK, "%s", err);
+    CHECK(s_same("R after a step without pairs", R2, R, n));
+    CHECKF(engine_params_zero_grad(e, err) == ST_OK, "%s", err);
+    CHECKF(engine_params_get_q(e, got, err) == ST_OK, "%s", err);
+    for (size_t i = 0; i < n; i++) CHECK(got[i] == 0);
+    engine_destroy(&e);
+    free(want), free(got), free(host), free(R), free(R2);
+    s_fixture_free(&f);
+    return 0;
+}
+
 /* Misuse gets a sentence and an error code, not a crash. */
 static int test_refusals(void)
 {
@@ -355,6 +424,11 @@ static int test_refusals(void)
     CHECKF(engine_params_init(e, 0, BETA1, BETA2, EPS, err) == ST_OK, "%s", err);
     CHECK(engine_params_init(e, 0, BETA1, BETA2, EPS, err) == ST_EINVAL);
     CHECK(engine_params_set_R(e, f.A0, err) == ST_EINVAL && strstr(err, "without DBP"));
+    CHECK(engine_params_q(e) == NULL);
+    int finite = 0;
+    CHECK(engine_params_update_R(e, 10, 0.1, 0.01, &finite, err) == ST_EINVAL && strstr(err, "without DBP"));
+    CHECK(engine_params_get_R(e, f.A0, err) == ST_EINVAL && strstr(err, "without DBP"));
+    CHECK(engine_params_get_q(e, NULL, err) == ST_EINVAL && strstr(err, "without DBP"));
     CHECK(engine_params_step(e, 0, 1, 0.1, &info, err) == ST_EINVAL && strstr(err, "divisor"));
     b.state0 = f.A0;
     CHECK(engine_params_run(e, &b, err) == ST_EINVAL && strstr(err, "state0"));
@@ -455,6 +529,7 @@ int main(int argc, char **argv)
         {"refusals", test_refusals},
         {"absmax_rule", test_absmax_rule},
         {"dbp_update_threads", test_dbp_update_threads},
+        {"dbp_q_resident", test_dbp_q_resident},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);

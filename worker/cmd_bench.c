@@ -41,9 +41,11 @@
  * --dbp FRACTION turns DBP on (SPEC section 4, engine/dbp_param.h) with that
  * sample fraction and the job defaults (eta 1e-3, kappa 0.01): each step then
  * also accumulates Q over the sampled rows (chosen as tune.c chooses them,
- * seed 1), sums it with the gradient and updates R, as a tuning step does.
- * dbp_ms is the R update per step (rank 0) and dbp_steps how many timed steps
- * sampled a row; --dbp 1 samples every row of every step (the worst case).
+ * seed 1) in the engine, sums it with the gradient (in place on the GPUs)
+ * and runs R's rule where the engine is (engine_params_update_R), as a
+ * tuning step does. dbp_ms is the R rule per step (rank 0) and dbp_steps
+ * how many timed steps sampled a row; --dbp 1 samples every row of every
+ * step (the worst case).
  */
 #include "worker/cmd.h"
 
@@ -168,8 +170,7 @@ int cmd_bench(int argc, char **argv)
     rwkv_model_t *model = NULL;
     engine_t *eng = NULL;
     int32_t *tok = NULL, *tgt = NULL;
-    float *hgrad = NULL, *R = NULL;
-    double *scratch = NULL;
+    float *hgrad = NULL;
     uint8_t *rows = NULL;
 
     int big = C >= 2048;
@@ -203,9 +204,7 @@ int cmd_bench(int argc, char **argv)
     size_t nq = dbp ? ns : 0, nred = ns + nq + 3;
     red = calloc(nred, sizeof *red);
     rows = calloc((size_t)B, 1);
-    R = dbp ? malloc(ns * sizeof *R) : NULL;
-    scratch = dbp ? malloc(3 * (size_t)model->cfg.head_size * model->cfg.head_size * sizeof *scratch) : NULL;
-    if (!tok || !tgt || !hgrad || !red || !rows || (dbp && (!R || !scratch))) {
+    if (!tok || !tgt || !hgrad || !red || !rows) {
         st_fail(err, ST_ENOMEM, "out of memory for a batch of %d x %d", B, T);
         goto done;
     }
@@ -221,7 +220,6 @@ int cmd_bench(int argc, char **argv)
     double t0 = 0, c0 = 0, loss_first = 0, loss_last = 0, ar_s = 0, eng_s = 0, ar_copy_ms = 0, ar_nccl_ms = 0;
     double upd_s = 0, dbp_s = 0;
     int dbp_steps = 0;
-    if (dbp) dbp_identity(L * model->cfg.n_head, model->cfg.head_size, R);
     for (int s = 0; s <= steps; s++) {
         if (s == 1) { /* step 0 warms caches, thread pools and NCCL's channels */
             if (dist_barrier(dist, err) != ST_OK) goto done;
@@ -238,7 +236,7 @@ int cmd_bench(int argc, char **argv)
             n_sampled += rows[b];
         }
         engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T,
-                             .dbp_rows = n_sampled ? rows : NULL, .dbp_q = n_sampled ? red + ns : NULL};
+                             .dbp_rows = n_sampled ? rows : NULL}; /* Q: the engine's */
         double e0 = s_now();
         if (engine_params_run(eng, &bt, err) != ST_OK) goto done;
         if (s > 0) eng_s += s_now() - e0;
@@ -247,12 +245,15 @@ int cmd_bench(int argc, char **argv)
         sc[2] = (double)n_sampled * T;
         double a0 = s_now();
         if (device_sum) {
-            if (dist_allreduce_step_device(dist, engine_params_grad(eng), ns, red + ns, nq + 3, 3, err) != ST_OK)
+            if (dist_allreduce_step_device_q(dist, engine_params_grad(eng), ns, dbp ? engine_params_q(eng) : NULL, ns,
+                                             sc, 3, 3, err) != ST_OK)
                 goto done;
         } else {
             if (engine_params_get_grad(eng, hgrad, err) != ST_OK) goto done;
             for (size_t i = 0; i < ns; i++) red[i] = hgrad[i];
+            if (dbp && engine_params_get_q(eng, red + ns, err) != ST_OK) goto done;
             if (dist_allreduce_step_f64(dist, red, nred, 3, err) != ST_OK) goto done;
+            if (dbp && engine_params_set_q(eng, red + ns, err) != ST_OK) goto done;
         }
         if (s > 0) {
             double cm, nm;
@@ -270,10 +271,10 @@ int cmd_bench(int argc, char **argv)
         double u0 = s_now();
         if (engine_params_step(eng, device_sum ? ntg : 1, 1.0, 0.01, &info, err) != ST_OK) goto done;
         if (s > 0) upd_s += s_now() - u0;
-        if (dbp && sc[2] > 0) { /* DBP's R rule (host, double) and the new R to the engine */
+        if (dbp && sc[2] > 0) { /* DBP's R rule, where the engine is */
             double d0 = s_now();
-            dbp_update_R(L * model->cfg.n_head, model->cfg.head_size, R, red + ns, sc[2], 1e-3, 0.01, scratch);
-            if (engine_params_set_R(eng, R, err) != ST_OK) goto done;
+            int finite = 1;
+            if (engine_params_update_R(eng, sc[2], 1e-3, 0.01, &finite, err) != ST_OK) goto done;
             if (s > 0) {
                 dbp_s += s_now() - d0;
                 dbp_steps++;
@@ -361,7 +362,7 @@ done:
     if (rc) dist_abort(dist, 1, NULL);
     engine_destroy(&eng);
     rwkv_model_destroy(&model);
-    free(tok), free(tgt), free(hgrad), free(red), free(eng_ms), free(R), free(scratch), free(rows);
+    free(tok), free(tgt), free(hgrad), free(red), free(eng_ms), free(rows);
     dist_destroy(&dist);
     return rc;
 }

@@ -341,8 +341,9 @@ int dist_barrier(dist_t *self, char *err)
  * Design notes:
  *   - The tuning loop's gradient stays on the GPU (engine.h's
  *     engine_params_*): dist_allreduce_step_device sums it in place in fp32,
- *     in the same NCCL group as the small host part of the step buffer (DBP's
- *     Q, the loss and count sums), which is staged as below. Measured first
+ *     and dist_allreduce_step_device_q DBP's Q too, in place in double, in
+ *     the same NCCL group as the small host part of the step buffer (the
+ *     loss and count sums), which is staged as below. Measured first
  *     (docs/performance.md section 4): the staged gradient cost 2 to 7 ms of
  *     copies per step on 4 GPUs, its device all-reduce 0.06 to 0.15 ms.
  *   - A host step buffer (dist_allreduce_step_f64: CPU engines, tests) is
@@ -539,15 +540,17 @@ static int s_nccl_sum(dist_t *self, void *dbuf, size_t n, ncclDataType_t type, c
     return ST_OK;
 }
 
-/* The step's sums, ng floats at g (the device gradient), nf floats at f and
- * nd doubles at d (each may be empty), in one NCCL group, timed by the
- * events. */
-static int s_nccl_sum3(dist_t *self, float *g, size_t ng, void *f, size_t nf, void *d, size_t nd, char *err)
+/* The step's sums, ng floats at g (the device gradient), nq doubles at q
+ * (DBP's device Q), nf floats at f and nd doubles at d (each may be empty),
+ * in one NCCL group, timed by the events. */
+static int s_nccl_sum3(dist_t *self, float *g, size_t ng, double *q, size_t nq, void *f, size_t nf, void *d,
+                       size_t nd, char *err)
 {
     struct dist_nccl *nc = self->nccl;
     DIST_CUDA(cudaEventRecord(nc->ev[0], nc->stream));
     DIST_NCCL(ncclGroupStart());
     if (ng) DIST_NCCL(ncclAllReduce(g, g, ng, ncclFloat, ncclSum, nc->comm, nc->stream));
+    if (nq) DIST_NCCL(ncclAllReduce(q, q, nq, ncclDouble, ncclSum, nc->comm, nc->stream));
     if (nf) DIST_NCCL(ncclAllReduce(f, f, nf, ncclFloat, ncclSum, nc->comm, nc->stream));
     if (nd) DIST_NCCL(ncclAllReduce(d, d, nd, ncclDouble, ncclSum, nc->comm, nc->stream));
     DIST_NCCL(ncclGroupEnd());
@@ -581,8 +584,10 @@ static void s_to_f64(double *dst, const float *src, size_t n, int threads)
 }
 
 /* The step all-reduce through NCCL: buf staged (see the design notes) and,
- * when ng > 0, the device gradient g summed in place, in one group. */
-static int s_nccl_step(dist_t *self, float *g, size_t ng, double *buf, size_t n, size_t n_exact, char *err)
+ * when ng > 0 (nq > 0), the device gradient g (DBP's device Q) summed in
+ * place, in one group. */
+static int s_nccl_step(dist_t *self, float *g, size_t ng, double *q, size_t nq, double *buf, size_t n,
+                       size_t n_exact, char *err)
 {
     struct dist_nccl *nc = self->nccl;
     if (n_exact > n || nc->body_f64) n_exact = n;
@@ -596,7 +601,7 @@ static int s_nccl_step(dist_t *self, float *g, size_t ng, double *buf, size_t n,
     memcpy((char *)nc->hbuf + off, buf + nb, n_exact * sizeof(double));
     if (bytes) DIST_CUDA(cudaMemcpyAsync(nc->dbuf, nc->hbuf, bytes, cudaMemcpyHostToDevice, nc->stream));
     s_enter(self, "ncclAllReduce");
-    rc = s_nccl_sum3(self, g, ng, nc->dbuf, nb, (char *)nc->dbuf + off, n_exact, err);
+    rc = s_nccl_sum3(self, g, ng, q, nq, nc->dbuf, nb, (char *)nc->dbuf + off, n_exact, err);
     cudaError_t ce = rc || !bytes ? cudaSuccess
                                   : cudaMemcpyAsync(nc->hbuf, nc->dbuf, bytes, cudaMemcpyDeviceToHost, nc->stream);
     if (!rc && ce == cudaSuccess) ce = cudaStreamSynchronize(nc->stream);
@@ -617,17 +622,23 @@ static int s_nccl_step(dist_t *self, float *g, size_t ng, double *buf, size_t n,
 int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact, char *err)
 {
     if (!self || !self->nccl) return dist_allreduce_sum_f64(self, buf, n, err);
-    return s_nccl_step(self, NULL, 0, buf, n, n_exact, err);
+    return s_nccl_step(self, NULL, 0, NULL, 0, buf, n, n_exact, err);
 }
 
 int dist_allreduce_step_device(dist_t *self, float *device_grad, size_t ng, double *buf, size_t n, size_t n_exact,
                                char *err)
 {
+    return dist_allreduce_step_device_q(self, device_grad, ng, NULL, 0, buf, n, n_exact, err);
+}
+
+int dist_allreduce_step_device_q(dist_t *self, float *device_grad, size_t ng, double *device_q, size_t nq,
+                                 double *buf, size_t n, size_t n_exact, char *err)
+{
     if (!self || self->size == 1) return ST_OK;
     if (!self->nccl)
         return st_fail(err, ST_EUNSUPPORTED, "a device gradient all-reduce needs the NCCL communicator "
                        "(dist_init_nccl)");
-    return s_nccl_step(self, device_grad, ng, buf, n, n_exact, err);
+    return s_nccl_step(self, device_grad, ng, device_q, device_q ? nq : 0, buf, n, n_exact, err);
 }
 
 int dist_allreduce_sum_device(dist_t *self, float *device_buf, size_t n, char *err)
@@ -717,7 +728,13 @@ int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact,
 int dist_allreduce_step_device(dist_t *self, float *device_grad, size_t ng, double *buf, size_t n, size_t n_exact,
                                char *err)
 {
-    (void)device_grad, (void)ng, (void)buf, (void)n, (void)n_exact;
+    return dist_allreduce_step_device_q(self, device_grad, ng, NULL, 0, buf, n, n_exact, err);
+}
+
+int dist_allreduce_step_device_q(dist_t *self, float *device_grad, size_t ng, double *device_q, size_t nq,
+                                 double *buf, size_t n, size_t n_exact, char *err)
+{
+    (void)device_grad, (void)ng, (void)device_q, (void)nq, (void)buf, (void)n, (void)n_exact;
     if (!self || self->size == 1) return ST_OK;
     return st_fail(err, ST_EUNSUPPORTED, "this build has no NCCL, so a GPU group cannot sum device buffers");
 }

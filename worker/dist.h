@@ -116,6 +116,11 @@ int dist_allreduce_step_f64(dist_t *self, double *buf, size_t n, size_t n_exact,
  * host buffer and dist_allreduce_step_f64 instead). */
 int dist_allreduce_step_device(dist_t *self, float *device_grad, size_t ng, double *buf, size_t n, size_t n_exact,
                                char *err);
+/* The same with DBP's Q kept on the GPU (engine_params_q): nq doubles of
+ * device_q summed in place, as doubles, in the same NCCL group (device_q
+ * NULL: none). */
+int dist_allreduce_step_device_q(dist_t *self, float *device_grad, size_t ng, double *device_q, size_t nq,
+                                 double *buf, size_t n, size_t n_exact, char *err);
 
 /* Sums n floats of a device buffer in place over every rank (ncclAllReduce
  * in one NCCL group, on the communication stream; returns when the sum is in

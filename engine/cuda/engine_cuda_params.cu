@@ -26,6 +26,20 @@
  * S0 = A R is formed lazily (one batched sgemm, or a copy of A without
  * DBP) when a run, a read or the divergence check needs it after A or R
  * changed.
+ *
+ * DBP (SPEC section 4; engine/dbp_param.h): Q (n doubles) lives here too.
+ * A run with sampled rows hands it to the engine, whose Q kernel adds the
+ * rows' x x^T to it in place (engine_cuda_run_resident_q); zero_grad clears
+ * it; the group sums it in place with NCCL beside dS0 (worker/dist.h); and
+ * the R rule runs here (engine_cuda_params_update_R): three strided-batched
+ * DGEMMs over the L H blocks and the element-wise kernels of
+ * kernels/cuda/dbp.cuh, in double like the host rule, so R never crosses
+ * PCIe during tuning. Before, a sampled step downloaded Q (25 MB at 24 x
+ * 2048) per micro-batch, staged it through the host all-reduce buffer, ran
+ * the rule on the host (112 ms on one core at 24 x 2048) and uploaded R.
+ * Why double and not fp32: E's off-diagonal entries, which drive the rule,
+ * are small differences of large sums; on the H100 the 768 blocks' DGEMMs
+ * at 24 x 2048 are a fraction of a millisecond anyway.
  */
 extern "C" {
 #include "engine/engine_cuda.h"
@@ -33,6 +47,7 @@ extern "C" {
 #include "engine/dbp_param.h"
 }
 #include "kernels/cuda/adam.cuh"
+#include "kernels/cuda/dbp.cuh"
 #include "kernels/cuda/st_cuda.h"
 
 #include <cublas_v2.h>
@@ -58,6 +73,7 @@ struct params_out_t {
     double norm;         /* the last step's gradient norm */
     int bad;             /* the last step left a non-finite element in A */
     st::absmax_t amax;   /* the last divergence check */
+    int rbad;            /* the last R rule left a non-finite element in R */
 };
 } // namespace
 
@@ -74,6 +90,8 @@ struct engine_cuda_params {
     int s0_stale;           /* A or R changed since S0 was formed */
     char *mem;              /* the one device allocation */
     float *A, *R, *S0, *grad, *gA, *m, *v; /* (n) each; R and gA NULL without DBP */
+    double *Q;              /* (n) DBP's summed x x^T of the step (NULL without DBP) */
+    double *Rd, *T1, *T2;   /* (n) each: the R rule's scratch in double (NULL without DBP) */
     double *partial;        /* (ADAM_RED_BLOCKS) norm partials */
     st::absmax_t *apartial; /* (ADAM_RED_BLOCKS) absmax partials */
     params_out_t *dout;     /* device result slots */
@@ -97,6 +115,11 @@ static void s_plan(engine_cuda_params_t *p, char *base, size_t *off)
     p->v = (float *)s_carve(base, off, fb);
     p->R = p->dbp ? (float *)s_carve(base, off, fb) : NULL;
     p->gA = p->dbp ? (float *)s_carve(base, off, fb) : NULL;
+    size_t db = p->n * sizeof(double);
+    p->Q = p->dbp ? (double *)s_carve(base, off, db) : NULL;
+    p->Rd = p->dbp ? (double *)s_carve(base, off, db) : NULL;
+    p->T1 = p->dbp ? (double *)s_carve(base, off, db) : NULL;
+    p->T2 = p->dbp ? (double *)s_carve(base, off, db) : NULL;
     p->partial = (double *)s_carve(base, off, st::ADAM_RED_BLOCKS * sizeof(double));
     p->apartial = (st::absmax_t *)s_carve(base, off, st::ADAM_RED_BLOCKS * sizeof(st::absmax_t));
     p->dout = (params_out_t *)s_carve(base, off, sizeof(params_out_t));
@@ -272,7 +295,82 @@ extern "C" int engine_cuda_params_zero_grad(engine_cuda_params_t *p, char *err)
     int rc = s_use(p, err);
     if (rc) return rc;
     ST_CUDA_CHECK(cudaMemsetAsync(p->grad, 0, p->n * sizeof(float), p->stream));
+    if (p->Q) ST_CUDA_CHECK(cudaMemsetAsync(p->Q, 0, p->n * sizeof(double), p->stream));
     return s_sync(p, err);
+}
+
+extern "C" double *engine_cuda_params_q(engine_cuda_params_t *p) { return p ? p->Q : NULL; }
+
+extern "C" int engine_cuda_params_get_q(engine_cuda_params_t *p, double *Q, char *err)
+{
+    int rc = s_use(p, err);
+    if (rc) return rc;
+    if (!p->Q) return st_fail(err, ST_EINVAL, "DBP's Q was asked for but the parameters were made without DBP");
+    ST_CUDA_CHECK(cudaMemcpyAsync(Q, p->Q, p->n * sizeof(double), cudaMemcpyDeviceToHost, p->stream));
+    return s_sync(p, err);
+}
+
+extern "C" int engine_cuda_params_set_q(engine_cuda_params_t *p, const double *Q, char *err)
+{
+    int rc = s_use(p, err);
+    if (rc) return rc;
+    if (!p->Q) return st_fail(err, ST_EINVAL, "DBP's Q was given but the parameters were made without DBP");
+    ST_CUDA_CHECK(cudaMemcpyAsync(p->Q, Q, p->n * sizeof(double), cudaMemcpyHostToDevice, p->stream));
+    return s_sync(p, err);
+}
+
+extern "C" int engine_cuda_params_get_R(engine_cuda_params_t *p, float *R, char *err)
+{
+    int rc = s_use(p, err);
+    if (rc) return rc;
+    if (!p->R) return st_fail(err, ST_EINVAL, "DBP's R was asked for but the parameters were made without DBP");
+    return s_down(p, R, p->R, err);
+}
+
+/* The R rule (dbp_param.c's s_update_block, every block at once; see the
+ * file comment). Row-major blocks in column-major cuBLAS: a row-major X is
+ * the column-major X^T, so the row-major X Y is the column-major product of
+ * Y's buffer by X's, and X Y^T that of Y's buffer transposed by X's. */
+extern "C" int engine_cuda_params_update_R(engine_cuda_params_t *p, double n_pairs, double eta, double kappa,
+                                           int *finite, char *err)
+{
+    int rc = s_use(p, err);
+    if (rc) return rc;
+    if (!p->dbp) return st_fail(err, ST_EINVAL, "DBP's R rule was asked for but the parameters were made without DBP");
+    const int TH = st::ADAM_THREADS;
+    int eb = (int)((p->n + TH - 1) / TH);
+    if (eb > 4 * st::ADAM_RED_BLOCKS) eb = 4 * st::ADAM_RED_BLOCKS;
+    if (eb < 1) eb = 1;
+    cudaStream_t s = p->stream;
+    ST_CUDA_CHECK(cudaMemsetAsync(&p->dout->rbad, 0, sizeof(int), s));
+    if (n_pairs > 0) {
+        const int N = p->N;
+        const long long nn = (long long)N * N;
+        const double inv = 1.0 / n_pairs, one = 1.0, zero = 0.0;
+        st::dbp_r_to_f64_kernel<float><<<eb, TH, 0, s>>>(p->n, p->R, p->Rd);
+        ST_CUDA_CHECK_LAUNCH("dbp_r_to_f64_kernel");
+        /* T1 = R Q / n (as the host: 1/n applied inside the product) */
+        PARAMS_CUBLAS(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &inv, p->Q, N, nn, p->Rd,
+                                                N, nn, &zero, p->T1, N, nn, p->nblk));
+        /* T2 = E = T1 R^T */
+        PARAMS_CUBLAS(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, N, N, &one, p->Rd, N, nn, p->T1,
+                                                N, nn, &zero, p->T2, N, nn, p->nblk));
+        st::dbp_rule_matrix_kernel<double><<<eb, TH, 0, s>>>(p->n, N, p->T2, kappa); /* E -> M */
+        ST_CUDA_CHECK_LAUNCH("dbp_rule_matrix_kernel");
+        /* T1 = M R */
+        PARAMS_CUBLAS(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &one, p->Rd, N, nn, p->T2,
+                                                N, nn, &zero, p->T1, N, nn, p->nblk));
+        st::dbp_r_update_kernel<float><<<eb, TH, 0, s>>>(p->n, p->R, p->Rd, p->T1, eta, &p->dout->rbad);
+        ST_CUDA_CHECK_LAUNCH("dbp_r_update_kernel");
+        p->s0_stale = 1;
+    } else {
+        st::dbp_r_check_kernel<float><<<eb, TH, 0, s>>>(p->n, p->R, &p->dout->rbad);
+        ST_CUDA_CHECK_LAUNCH("dbp_r_check_kernel");
+    }
+    ST_CUDA_CHECK(cudaMemcpyAsync(&p->hout->rbad, &p->dout->rbad, sizeof(int), cudaMemcpyDeviceToHost, s));
+    if ((rc = s_sync(p, err))) return rc;
+    *finite = p->hout->rbad == 0;
+    return ST_OK;
 }
 
 extern "C" int engine_cuda_params_get_grad(engine_cuda_params_t *p, float *grad, char *err)
@@ -294,7 +392,9 @@ extern "C" int engine_cuda_params_run(engine_cuda_params_t *p, engine_batch_t *b
     int rc = s_use(p, err);
     if (!rc) rc = s_form_state(p, err);
     if (rc) return rc;
-    return engine_cuda_run_resident(p->eng, batch, p->S0, batch->targets ? p->grad : NULL, err);
+    /* sampled rows without a host Q: the engine adds them to the resident Q */
+    double *q = p->Q && batch->dbp_rows && !batch->dbp_q ? p->Q : NULL;
+    return engine_cuda_run_resident_q(p->eng, batch, p->S0, batch->targets ? p->grad : NULL, q, err);
 }
 
 extern "C" int engine_cuda_params_step(engine_cuda_params_t *p, double grad_div, double max_norm, double lr,

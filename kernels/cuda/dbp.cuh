@@ -15,6 +15,22 @@
  *
  * Shapes: r, a, b (B, T, H, N) of storage type T; w (B, T, H, N) fp32;
  * rows (B) nonzero = sampled; q (H, N, N) double, accumulated with atomics.
+ *
+ * The R rule (engine/dbp_param.h, engine/cuda/engine_cuda_params.cu): per
+ * block of N x N, in double as dbp_update_R does on the host,
+ *
+ *   E = R Q R^T / n,  M = (1 - kappa) offdiag(E) + kappa diag(diag(E) - 1),
+ *   R <- (float)(R - eta M R)
+ *
+ * The three products are strided-batched cuBLAS DGEMMs in the caller; the
+ * element-wise parts are the kernels below, each over all nblk blocks (n =
+ * nblk N N values): R to double, E to M in place, and the update, which also
+ * flags a non-finite R (the tuning loop's divergence check). They are
+ * templates (R is float, E double) only so that every file including this
+ * header may define them. Each double
+ * operation is an explicit round-to-nearest intrinsic, as in adam.cuh, so the
+ * element-wise parts round as the host's do; the products differ from
+ * OpenBLAS's only in summation order.
  */
 #ifndef ST_KERNELS_CUDA_DBP_CUH
 #define ST_KERNELS_CUDA_DBP_CUH
@@ -78,6 +94,52 @@ __global__ void __launch_bounds__(DBP_N) dbp_q_kernel(int Tlen, int H, const T *
     double *qrow = q + ((size_t)h * DBP_N + j) * DBP_N;
 #pragma unroll
     for (int l = 0; l < DBP_N; l++) atomicAdd(qrow + l, M[l]);
+}
+
+/* Rd = (double)R over n values. */
+template <typename TR>
+__global__ void dbp_r_to_f64_kernel(size_t n, const TR *__restrict__ R, double *__restrict__ Rd)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        Rd[i] = R[i];
+}
+
+/* E (nblk blocks of N x N, row-major) to M in place: (1 - kappa) E off the
+ * diagonal, kappa (E - 1) on it (dbp_param.c's s_update_block). */
+template <typename TD>
+__global__ void dbp_rule_matrix_kernel(size_t n, int N, TD *__restrict__ E, TD kappa)
+{
+    const TD off = __dadd_rn(1.0, -kappa);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t in = i % ((size_t)N * N);
+        const bool diag = in / N == in % N;
+        E[i] = diag ? __dmul_rn(kappa, __dadd_rn(E[i], -1.0)) : __dmul_rn(off, E[i]);
+    }
+}
+
+/* R = (float)(Rd - eta MR) over n values; *bad = 1 when an element of the new
+ * R is not finite (bad is zeroed by the caller). */
+template <typename TR>
+__global__ void dbp_r_update_kernel(size_t n, TR *__restrict__ R, const double *__restrict__ Rd,
+                                    const double *__restrict__ MR, double eta, int *bad)
+{
+    int mine = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const TR r = (TR)__dadd_rn(Rd[i], -__dmul_rn(eta, MR[i]));
+        R[i] = r;
+        mine |= !isfinite(r);
+    }
+    if (mine) *bad = 1;
+}
+
+/* *bad = 1 when an element of R is not finite (R left unchanged). */
+template <typename TR>
+__global__ void dbp_r_check_kernel(size_t n, const TR *__restrict__ R, int *bad)
+{
+    int mine = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        mine |= !isfinite(R[i]);
+    if (mine) *bad = 1;
 }
 
 } // namespace st

@@ -64,6 +64,19 @@ long engine_cuda_graph_replays(const engine_cuda_t *self)
     return 0;
 }
 
+int engine_cuda_set_head_chunk(engine_cuda_t *self, int rows, char *err)
+{
+    (void)self;
+    (void)rows;
+    return st_fail(err, ST_EUNSUPPORTED, "this build of statetune has no CUDA backend");
+}
+
+int engine_cuda_head_chunk(const engine_cuda_t *self)
+{
+    (void)self;
+    return 0;
+}
+
 engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const engine_opts_t *opts, int recompute,
                                     char *err)
 {
@@ -192,5 +205,43 @@ int engine_cuda_params_step(engine_cuda_params_t *self, double grad_div, double 
 int engine_cuda_params_state_absmax(engine_cuda_params_t *self, double *absmax, size_t *at, char *err)
 {
     (void)self, (void)absmax, (void)at;
+    return s_none(err);
+}
+
+int engine_cuda_run_resident_q(engine_cuda_t *self, engine_batch_t *batch, const float *state0_dev, float *ds0_dev,
+                               double *q_dev, char *err)
+{
+    (void)self, (void)batch, (void)state0_dev, (void)ds0_dev, (void)q_dev;
+    return s_none(err);
+}
+
+double *engine_cuda_params_q(engine_cuda_params_t *self)
+{
+    (void)self;
+    return NULL;
+}
+
+int engine_cuda_params_get_q(engine_cuda_params_t *self, double *Q, char *err)
+{
+    (void)self, (void)Q;
+    return s_none(err);
+}
+
+int engine_cuda_params_set_q(engine_cuda_params_t *self, const double *Q, char *err)
+{
+    (void)self, (void)Q;
+    return s_none(err);
+}
+
+int engine_cuda_params_get_R(engine_cuda_params_t *self, float *R, char *err)
+{
+    (void)self, (void)R;
+    return s_none(err);
+}
+
+int engine_cuda_params_update_R(engine_cuda_params_t *self, double n_pairs, double eta, double kappa, int *finite,
+                                char *err)
+{
+    (void)self, (void)n_pairs, (void)eta, (void)kappa, (void)finite;
     return s_none(err);
 }
