@@ -594,7 +594,7 @@ int check_shapes(int B, int T, int H, int ckpt_every, char *err)
  * 0.73 vs 0.85 ms at 96 blocks, even at 256, 1.5% slower at 192 and 49% at
  * 512; backward: split faster by 20% at 96, 4% at 192, 8% at 256, 21% slower
  * at 512. */
-int resolve_algo(int forward, int algo, int B, int H, int *out, char *err)
+int resolve_algo(int forward, int bf16, int algo, int B, int H, int *out, char *err)
 {
     if (algo != WKV7_ALGO_AUTO) {
         *out = algo;
@@ -603,7 +603,7 @@ int resolve_algo(int forward, int algo, int B, int H, int *out, char *err)
     int dev = 0, sms = 0;
     ST_CUDA_CHECK(cudaGetDevice(&dev));
     ST_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    *out = wkv7_cuda_auto_algo(forward, B, H, sms);
+    *out = wkv7_cuda_auto_algo_prec(forward, bf16, B, H, sms);
     return ST_OK;
 }
 
@@ -617,11 +617,16 @@ int launch_fwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     if (!r || !w || !k || !v || !a || !b || !s0 || !y || !s_ckpt || !sa)
         return st_fail(err, ST_EINVAL, "wkv7_forward_cuda: a required pointer is NULL");
     const int nck = (T + CH - 1) / CH;
-    rc = resolve_algo(1, algo, B, H, &algo, err);
+    rc = resolve_algo(1, sizeof(F) == 2, algo, B, H, &algo, err);
     if (rc) return rc;
-    if (algo == WKV7_FWD_TC || algo == WKV7_FWD_TC1 || algo == WKV7_FWD_TCWS) {
-        return wkv7tc::forward<F>(algo == WKV7_FWD_TC ? 1 : algo == WKV7_FWD_TCWS ? 2 : 0, B, T, H, r, w, k, v, a,
-                                  b, s0, y, s_final, s_ckpt, sa, stream, err);
+    /* s0 behind the checkpoints, for the chunk-product backward (wkv7.cuh) */
+    ST_CUDA_CHECK(cudaMemcpyAsync(s_ckpt + (size_t)B * H * nck * N * N, s0, sizeof(float) * H * N * N,
+                                  cudaMemcpyDeviceToDevice, stream));
+    if (algo == WKV7_FWD_TC || algo == WKV7_FWD_TC1 || algo == WKV7_FWD_TCWS || algo == WKV7_FWD_TCWS1 ||
+        algo == WKV7_FWD_TCWSB) {
+        const int mode = algo == WKV7_FWD_TC ? 1 : algo == WKV7_FWD_TCWS ? 2 : algo == WKV7_FWD_TCWS1 ? 3
+                       : algo == WKV7_FWD_TCWSB ? 4 : 0;
+        return wkv7tc::forward<F>(mode, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa, stream, err);
     } else if (algo == WKV7_FWD_CHUNKED) {
         wkv7_fwd_chunked_kernel<F, FW><<<dim3(H, B), CT, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
                                                                       s_ckpt, sa);
@@ -647,11 +652,14 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
         !da || !db || !ds0)
         return st_fail(err, ST_EINVAL, "wkv7_backward_cuda: a required pointer is NULL");
     const int nck = (T + CH - 1) / CH;
-    rc = resolve_algo(0, algo, B, H, &algo, err);
+    rc = resolve_algo(0, sizeof(F) == 2, algo, B, H, &algo, err);
     if (rc) return rc;
     if (algo == WKV7_BWD_CHUNKED || algo == WKV7_BWD_CHUNKED_REC || algo == WKV7_BWD_CHUNKED_WS ||
+        algo == WKV7_BWD_CPROD || algo == WKV7_BWD_CPROD1 || algo == WKV7_BWD_CPRODB || algo == WKV7_BWD_CPROD1WS ||
         (algo > 16 && algo <= 16 + 4096)) {
-        const int mode = algo == WKV7_BWD_CHUNKED_REC ? 0 : algo == WKV7_BWD_CHUNKED_WS ? 2 : 1;
+        const int mode = algo == WKV7_BWD_CHUNKED_REC ? 0 : algo == WKV7_BWD_CHUNKED_WS ? 2
+                       : algo == WKV7_BWD_CPROD ? 3 : algo == WKV7_BWD_CPROD1 ? 4 : algo == WKV7_BWD_CPRODB ? 5
+                       : algo == WKV7_BWD_CPROD1WS ? 6 : 1;
         return wkv7tc::backward<F>(mode, algo > 16 ? algo - 16 : 4, B, T, H, r, w, k, v, a, b, s_ckpt, sa, dy, dr,
                                    dw, dk, dv, da, db, ds0, stream, err);
     } else if (algo == WKV7_BWD_SPLIT) {
@@ -681,9 +689,26 @@ extern "C" int wkv7_cuda_auto_algo(int forward, int B, int H, int sms)
     return blocks <= 2L * sms ? WKV7_BWD_SPLIT : WKV7_BWD_RECURRENT;
 }
 
+/* bf16 (since 2026-11-27, docs/performance.md 1.3): the one-product tf32
+ * class at every grid, TCWS1 forward (2.56 vs 4.75 ms at 512 heads, 0.34 vs
+ * 0.60 at 256, 0.28 vs 0.37 at 96) and the chunk-product backward CPROD1
+ * (8.86 vs 9.07 recurrent at 512 heads, 1.15 vs 1.41 split at 256, 0.51 vs
+ * 0.65 chunked at 192, 0.67 vs 0.89 at 96); the pair must stay together (the
+ * step-back backwards amplify TCWS1's rounding). Its error (3e-4 relative on
+ * s_final and dS0, 1.3e-3 on dw) is far inside the bf16 engine's fixture
+ * tolerances (3e-2 / 5e-2). -DWKV7_AUTO_V12 keeps the 1.2 rule (baseline
+ * builds for benchmarks). fp32: the accurate rule above. */
+extern "C" int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms)
+{
+#ifndef WKV7_AUTO_V12
+    if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1;
+#endif
+    return wkv7_cuda_auto_algo(forward, B, H, sms);
+}
+
 extern "C" size_t wkv7_cuda_ckpt_floats(int B, int T, int H)
 {
-    return (size_t)B * H * ((T + CH - 1) / CH) * N * N;
+    return (size_t)B * H * ((T + CH - 1) / CH) * N * N + (size_t)H * N * N;
 }
 
 extern "C" size_t wkv7_cuda_sa_floats(int B, int T, int H)

@@ -96,6 +96,17 @@ extern "C" {
  * chunk's tiles, Gram matrices and (I - AB)^-1 while the 4 state warps run
  * the current chunk (256 threads per head). */
 #define WKV7_FWD_TCWS 4
+/* TCWS1: TCWS with one tf32 product per product (about 3e-4 relative);
+ * TCWSB: TCWS with bf16 operands on m16n8k16 in the state warps (one mma
+ * per 16 k against 3xTF32's three per 8 k) and one-product tf32 Gram
+ * matrices; state, p, T and accumulators fp32 (notes 3.5: about 3e-3
+ * relative). Their own precision classes: the step-back backwards
+ * (RECURRENT, SPLIT, CHUNKED*) amplify a forward's rounding by up to 1/p_16
+ * and must not follow them; the chunk-product backwards (CPROD*) do not
+ * step back. Tolerances per class: tests/test_cuda_wkv.c and
+ * docs/performance.md 1.3. */
+#define WKV7_FWD_TCWS1 5
+#define WKV7_FWD_TCWSB 6
 /* fp32 keeps the recurrent forward: after the tensor-core forward, the
  * backward's step-back reaches 9e-4 relative on dr, dw, da with every w near
  * 0.545 (fp32 tolerance 1e-3; recurrent 3e-4; docs/performance.md 1.2) */
@@ -128,6 +139,19 @@ extern "C" {
 /* CHUNKED_WS: CHUNKED with pass 1 warp-specialized as WKV7_FWD_TCWS. */
 #define WKV7_BWD_CHUNKED_WS 4
 #define WKV7_BWD_CHUNKED_SEG(s) (16 + (s))
+/* CPROD: every gradient from chunk products (wkv7_chunk.cu's header), no
+ * step-back: pass 1 (3xTF32) stores dS at every chunk end and writes dv, dsa
+ * and dS0; pass 2 runs one CTA per (b, h, chunk), all at once, from the
+ * checkpointed start state, the forward's sa and pass 1's dsa; 3xTF32
+ * products (about fp32). CPROD1: both passes with one tf32 product; CPRODB:
+ * pass 1 one tf32 product, pass 2 bf16 operands (bf16 launchers' class).
+ * Workspace: B x H x ceil(T/16) x N x N + B x T x H x N floats from the
+ * stream's pool. */
+#define WKV7_BWD_CPROD 5
+#define WKV7_BWD_CPROD1 6
+#define WKV7_BWD_CPRODB 7
+/* CPROD1WS: CPROD1 with pass 1 warp-specialized (as CHUNKED_WS). */
+#define WKV7_BWD_CPROD1WS 8
 #ifndef WKV7_BWD_FP32_DEFAULT
 #define WKV7_BWD_FP32_DEFAULT WKV7_ALGO_AUTO
 #endif
@@ -143,10 +167,17 @@ extern "C" {
  * backward while B x H <= 1.5 x sms, the split backward up to 2 x sms, the
  * recurrent backward beyond. */
 int wkv7_cuda_auto_algo(int forward, int B, int H, int sms);
+/* What the launchers' AUTO picks, by precision (bf16 nonzero: the _bf16
+ * launchers): fp32 as wkv7_cuda_auto_algo (the accurate class); bf16 the
+ * one-product tf32 pair, TCWS1 forward and CPROD1 backward, at every grid
+ * (docs/performance.md 1.3; its error class is in tests/test_cuda_wkv.c). */
+int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms);
 
 /* Floats of the checkpoint workspace: (B, H, ceil(T/16), N, N); entry c is the
- * state after chunk c, transposed ([j][i]). This layout is the CUDA kernels'
- * own (the CPU's checkpoints hold the state before each chunk). */
+ * state after chunk c, transposed ([j][i]); then a copy of s0 (H, N, N) that
+ * every forward makes, for the chunk-product backward (the backward
+ * launchers take no s0). This layout is the CUDA kernels' own (the CPU's
+ * checkpoints hold the state before each chunk). */
 size_t wkv7_cuda_ckpt_floats(int B, int T, int H);
 /* Floats of the sa workspace: (B, T, H, N). */
 size_t wkv7_cuda_sa_floats(int B, int T, int H);

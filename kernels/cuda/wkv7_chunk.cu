@@ -168,6 +168,87 @@ __device__ __forceinline__ void mma2(float c[4], float cc[4], const FragA &a, co
     mma1(c, a.h, b.h);
 }
 
+/* ---- bf16 operands (m16n8k16 bf16 -> fp32): one mma per 16 k instead of
+ * 3xTF32's three per 8 k. Fragments: a0 = (row g, k 2t4 and 2t4 + 1), a1 =
+ * (g + 8, same k), a2 = (g, k 2t4 + 8, + 9), a3 = (g + 8, those); b0 = (k 2t4,
+ * 2t4 + 1; col g), b1 = (k 2t4 + 8, + 9; col g); the lower k in the low half.
+ * Two accumulator tiles side by side (keys 8 nt .. 8 nt + 15) are exactly one
+ * A fragment (the flash-attention register reuse), so no permutation is
+ * needed. Only operands are rounded: accumulators, state, p and T stay fp32
+ * (notes 3.5's "bf16 operands" class). */
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+struct FragA16 { uint32_t x[4]; };
+struct FragB16 { uint32_t x[2]; };
+/* accumulator tiles c0 (keys 16 ks ..) and c1 (16 ks + 8 ..) as an A operand */
+__device__ __forceinline__ FragA16 frag_a16_acc(const float c0[4], const float c1[4])
+{
+    FragA16 f;
+    f.x[0] = pack_bf16(c0[0], c0[1]);
+    f.x[1] = pack_bf16(c0[2], c0[3]);
+    f.x[2] = pack_bf16(c1[0], c1[1]);
+    f.x[3] = pack_bf16(c1[2], c1[3]);
+    return f;
+}
+/* B from a tile stored [n][k]: p points at (n = row of this lane's g, k0) */
+__device__ __forceinline__ FragB16 frag_b16(const float *p, int t4)
+{
+    const float2 x = *reinterpret_cast<const float2 *>(p + 2 * t4);
+    const float2 z = *reinterpret_cast<const float2 *>(p + 2 * t4 + 8);
+    FragB16 f;
+    f.x[0] = pack_bf16(x.x, x.y);
+    f.x[1] = pack_bf16(z.x, z.y);
+    return f;
+}
+__device__ __forceinline__ void mma16(float c[4], const FragA16 &a, const FragB16 &b)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
+}
+
+/* Generic warp product for the chunk-product backward: c (16 x 8, the
+ * accumulator layout) += A (16 x K) B (K x 8), operands read element by
+ * element through strides, A(m, k) = A[m am + k ak], B(k, n) = B[k bk + n bn]
+ * (no fragment reuse: every product there is shared memory to registers).
+ * OP 3: 3xTF32 m16n8k8; 1: one tf32 product; 16: bf16 m16n8k16. K is a
+ * multiple of 16. */
+template <int OP>
+__device__ __forceinline__ void smm(float c[4], const float *A, int am, int ak, const float *B, int bk, int bn,
+                                    int K, int g, int t4)
+{
+    if constexpr (OP == 16) {
+#pragma unroll
+        for (int k0 = 0; k0 < K; k0 += 16) {
+            const int ka = k0 + 2 * t4;
+            FragA16 fa;
+            fa.x[0] = pack_bf16(A[g * am + ka * ak], A[g * am + (ka + 1) * ak]);
+            fa.x[1] = pack_bf16(A[(g + 8) * am + ka * ak], A[(g + 8) * am + (ka + 1) * ak]);
+            fa.x[2] = pack_bf16(A[g * am + (ka + 8) * ak], A[g * am + (ka + 9) * ak]);
+            fa.x[3] = pack_bf16(A[(g + 8) * am + (ka + 8) * ak], A[(g + 8) * am + (ka + 9) * ak]);
+            FragB16 fb;
+            fb.x[0] = pack_bf16(B[ka * bk + g * bn], B[(ka + 1) * bk + g * bn]);
+            fb.x[1] = pack_bf16(B[(ka + 8) * bk + g * bn], B[(ka + 9) * bk + g * bn]);
+            mma16(c, fa, fb);
+        }
+    } else {
+#pragma unroll
+        for (int k0 = 0; k0 < K; k0 += 8) {
+            const int ka = k0 + t4;
+            const FragA fa = frag_a<OP>(A[g * am + ka * ak], A[(g + 8) * am + ka * ak], A[g * am + (ka + 4) * ak],
+                                        A[(g + 8) * am + (ka + 4) * ak]);
+            FragB fb;
+            split_tf32<OP>(B[ka * bk + g * bn], fb.h[0], fb.l[0]);
+            split_tf32<OP>(B[(ka + 4) * bk + g * bn], fb.h[1], fb.l[1]);
+            mma<OP>(c, fa, fb);
+        }
+    }
+}
+
 /* ---- staging: the next chunk's raw inputs land in shared memory by
  * cp.async while the current chunk computes (one global latency per kernel
  * instead of one or more per chunk). NF activation tiles of type F (rows of
@@ -515,6 +596,9 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
     const size_t HN = (size_t)H * N;
     const size_t head0 = (((size_t)bb * T) * H + h) * N;
 
+    /* SPLIT 16: bf16 operands in the state warps, one tf32 product for the
+     * Gram matrices (off the serial chain, and well inside bf16's class) */
+    constexpr int GS = SPLIT == 16 ? 1 : SPLIT;
     if (tid >= NTH) { /* ---- producers ---- */
         const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, k, v, a, b};
@@ -562,7 +646,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
             if (c + 1 < nck)
                 stage_issue<F, 5>(&sm.raw, srcs, w, head0 + (size_t)(t0 + L) * HN, HN, min(L, T - t0 - L), ptid);
             cp_async_commit();
-            gram<SPLIT>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? sm.tk : sm.tb,
+            gram<GS>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? sm.tk : sm.tb,
                         pw == 0 ? sm.gAB : pw == 1 ? S_.gAK : pw == 2 ? S_.gQB : S_.gQK, pw >= 2, false, g, t4);
             __syncwarp();
             if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gT, false, lane); /* AB is warp 0's own */
@@ -592,77 +676,138 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
         const size_t base = head0 + (size_t)t0 * HN;
         const FwdStage &S_ = sm.st[s];
         bar_sync(1 + s, 2 * NTH); /* stage s holds chunk c */
-        float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-        float YT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-        {
-            float XC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-            float YC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        if constexpr (SPLIT == 16) {
+            /* X^T = S A~^T, Y^T = S Q~^T (values x tokens) over the 64 keys */
+            float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            float YT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-            for (int ks = 0; ks < N / 8; ks++) {
-                const FragA As = frag_a_acc<SPLIT>(S[ks]);
+            for (int ks = 0; ks < N / 16; ks++) {
+                const FragA16 As = frag_a16_acc(S[2 * ks], S[2 * ks + 1]);
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++) {
-                    mma2<SPLIT>(XT[nt], XC[nt], As, frag_b<SPLIT>(S_.ta + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
-                    mma2<SPLIT>(YT[nt], YC[nt], As, frag_b<SPLIT>(S_.tq + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                    mma16(XT[nt], As, frag_b16(S_.ta + (8 * nt + g) * LDK + 16 * ks, t4));
+                    mma16(YT[nt], As, frag_b16(S_.tq + (8 * nt + g) * LDK + 16 * ks, t4));
                 }
             }
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) { XT[nt][e] += XC[nt][e]; YT[nt][e] += YC[nt][e]; }
-        }
-        FragA Av[2];
-#pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            const float *v0 = S_.tv + (8 * ks + 2 * t4) * LDV + i0 + g;
-            Av[ks] = frag_a<SPLIT>(v0[0], v0[8], v0[LDV], v0[LDV + 8]);
+            /* + V^T AK^T, V^T QK^T: A = V^T (value rows, k = token) */
+            FragA16 Av;
+            {
+                const float *v0 = S_.tv + (2 * t4) * LDV + i0 + g;
+                Av.x[0] = pack_bf16(v0[0], v0[LDV]);
+                Av.x[1] = pack_bf16(v0[8], v0[LDV + 8]);
+                Av.x[2] = pack_bf16(v0[8 * LDV], v0[9 * LDV]);
+                Av.x[3] = pack_bf16(v0[8 * LDV + 8], v0[9 * LDV + 8]);
+            }
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
-                mma<SPLIT>(XT[nt], Av[ks], frag_b<SPLIT>(S_.gAK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-                mma<SPLIT>(YT[nt], Av[ks], frag_b<SPLIT>(S_.gQK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                mma16(XT[nt], Av, frag_b16(S_.gAK + (8 * nt + g) * LDG, t4));
+                mma16(YT[nt], Av, frag_b16(S_.gQK + (8 * nt + g) * LDG, t4));
             }
-        }
-        float UT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            /* U^T = X^T T^T, then Y^T += U^T QB^T */
+            float UT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            const FragA16 Ax = frag_a16_acc(XT[0], XT[1]);
 #pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            const FragA Ax = frag_a_acc<SPLIT>(XT[ks]);
+            for (int nt = 0; nt < 2; nt++) mma16(UT[nt], Ax, frag_b16(S_.gT + (8 * nt + g) * LDG, t4));
+            const FragA16 Au = frag_a16_acc(UT[0], UT[1]);
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-                mma<SPLIT>(UT[nt], Ax, frag_b<SPLIT>(S_.gT + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-        }
-        FragA Au[2];
-#pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            Au[ks] = frag_a_acc<SPLIT>(UT[ks]);
+            for (int nt = 0; nt < 2; nt++) mma16(YT[nt], Au, frag_b16(S_.gQB + (8 * nt + g) * LDG, t4));
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
-                mma<SPLIT>(YT[nt], Au[ks], frag_b<SPLIT>(S_.gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-        }
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++)
+                for (int e = 0; e < 4; e++) {
+                    const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
+                    if (tok < n) {
+                        sa_out[base + tok * HN + i] = UT[nt][e];
+                        y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
+                    }
+                }
+            /* S <- S diag(pL) + V^T K' + U^T B' (pL in fp32), the checkpoint */
+            float *ckc = ck + (size_t)c * N * N;
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
-                if (tok < n) {
-                    sa_out[base + tok * HN + i] = UT[nt][e];
-                    y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
+            for (int nt = 0; nt < N / 8; nt++) {
+                const float2 p2 = *reinterpret_cast<const float2 *>(S_.pL + 8 * nt + 2 * t4);
+                S[nt][0] *= p2.x; S[nt][1] *= p2.y; S[nt][2] *= p2.x; S[nt][3] *= p2.y;
+                mma16(S[nt], Av, frag_b16(S_.tKt + (8 * nt + g) * LDT, t4));
+                mma16(S[nt], Au, frag_b16(S_.tBt + (8 * nt + g) * LDT, t4));
+                const int j = 8 * nt + 2 * t4;
+                ckc[j * N + i0 + g] = S[nt][0];
+                ckc[(j + 1) * N + i0 + g] = S[nt][1];
+                ckc[j * N + i0 + g + 8] = S[nt][2];
+                ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
+            }
+        } else {
+            float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            float YT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            {
+                float XC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+                float YC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    #pragma unroll
+                for (int ks = 0; ks < N / 8; ks++) {
+                    const FragA As = frag_a_acc<SPLIT>(S[ks]);
+    #pragma unroll
+                    for (int nt = 0; nt < 2; nt++) {
+                        mma2<SPLIT>(XT[nt], XC[nt], As, frag_b<SPLIT>(S_.ta + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                        mma2<SPLIT>(YT[nt], YC[nt], As, frag_b<SPLIT>(S_.tq + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                    }
+                }
+    #pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+    #pragma unroll
+                    for (int e = 0; e < 4; e++) { XT[nt][e] += XC[nt][e]; YT[nt][e] += YC[nt][e]; }
+            }
+            FragA Av[2];
+    #pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                const float *v0 = S_.tv + (8 * ks + 2 * t4) * LDV + i0 + g;
+                Av[ks] = frag_a<SPLIT>(v0[0], v0[8], v0[LDV], v0[LDV + 8]);
+    #pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    mma<SPLIT>(XT[nt], Av[ks], frag_b<SPLIT>(S_.gAK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                    mma<SPLIT>(YT[nt], Av[ks], frag_b<SPLIT>(S_.gQK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
                 }
             }
-        float *ckc = ck + (size_t)c * N * N;
-#pragma unroll
-        for (int nt = 0; nt < N / 8; nt++) {
-            const float2 p2 = *reinterpret_cast<const float2 *>(S_.pL + 8 * nt + 2 * t4);
-            S[nt][0] *= p2.x; S[nt][1] *= p2.y; S[nt][2] *= p2.x; S[nt][3] *= p2.y;
-#pragma unroll
+            float UT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    #pragma unroll
             for (int ks = 0; ks < 2; ks++) {
-                mma<SPLIT>(S[nt], Av[ks], frag_b<SPLIT>(S_.tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
-                mma<SPLIT>(S[nt], Au[ks], frag_b<SPLIT>(S_.tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                const FragA Ax = frag_a_acc<SPLIT>(XT[ks]);
+    #pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+                    mma<SPLIT>(UT[nt], Ax, frag_b<SPLIT>(S_.gT + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
             }
-            const int j = 8 * nt + 2 * t4;
-            ckc[j * N + i0 + g] = S[nt][0];
-            ckc[(j + 1) * N + i0 + g] = S[nt][1];
-            ckc[j * N + i0 + g + 8] = S[nt][2];
-            ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
+            FragA Au[2];
+    #pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                Au[ks] = frag_a_acc<SPLIT>(UT[ks]);
+    #pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+                    mma<SPLIT>(YT[nt], Au[ks], frag_b<SPLIT>(S_.gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+            }
+    #pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+    #pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
+                    if (tok < n) {
+                        sa_out[base + tok * HN + i] = UT[nt][e];
+                        y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
+                    }
+                }
+            float *ckc = ck + (size_t)c * N * N;
+    #pragma unroll
+            for (int nt = 0; nt < N / 8; nt++) {
+                const float2 p2 = *reinterpret_cast<const float2 *>(S_.pL + 8 * nt + 2 * t4);
+                S[nt][0] *= p2.x; S[nt][1] *= p2.y; S[nt][2] *= p2.x; S[nt][3] *= p2.y;
+    #pragma unroll
+                for (int ks = 0; ks < 2; ks++) {
+                    mma<SPLIT>(S[nt], Av[ks], frag_b<SPLIT>(S_.tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                    mma<SPLIT>(S[nt], Au[ks], frag_b<SPLIT>(S_.tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                }
+                const int j = 8 * nt + 2 * t4;
+                ckc[j * N + i0 + g] = S[nt][0];
+                ckc[(j + 1) * N + i0 + g] = S[nt][1];
+                ckc[j * N + i0 + g + 8] = S[nt][2];
+                ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
+            }
         }
         if (c + 2 < nck) bar_release(3 + s, 2 * NTH); /* stage s is free for chunk c + 2 */
     }
@@ -1267,6 +1412,180 @@ __global__ void __launch_bounds__(2 * N) wkv7_bwd_col_kernel(
     }
 }
 
+/* ---- backward, pass 2 from chunk products (CPROD) --------------------------
+ * The chain rule of this file's header, one CTA of 8 warps per (b, h, chunk),
+ * all chunks of all heads at once: no step-back, so nothing amplifies the
+ * forward's rounding (the step-back multiplies checkpoint errors by up to
+ * 1/p_16). Inputs: the chunk's start state S (the previous checkpoint, or
+ * s0), D = dS at its end (pass 1 with one chunk per segment), U = sa from
+ * the forward, Z = dsa from pass 1 (which also wrote dv and dS0), and the
+ * chunk's r, w, k, v, a, b, dy. Then
+ *   dAB, dAK (strict), dQB, dQK (inclusive) = Z U^T, Z V^T, dY U^T, dY V^T;
+ *   dA~ = Z S + dAB B^ + dAK K^,  dQ~ = dY S + dQB B^ + dQK K^,
+ *   dB^ = dAB^T A~ + dQB^T Q~,    dK^ = dAK^T A~ + dQK^T Q~,
+ *   dK' = V D, dB' = U D, dpL = colsum(S .* D),
+ * warp w taking keys 8w .. 8w + 7 of every tokens x keys product (and one
+ * 16 x 8 tile of the four 16 x 16 ones), then the elementwise tail (dr, da,
+ * dk, db) and a reverse scan per key for dw. Products by smm<OP>: 3xTF32
+ * (OP 3), one tf32 product (1) or bf16 operands (16). Shared tiles in fp32;
+ * strides 68 (= 4 mod 32) for tiles read as [row][k], 72 (= 8 mod 32) for
+ * tiles read as [k][n], so the scalar fragment loads avoid bank conflicts. */
+constexpr int CLA = N + 4;  /* [token][value] tiles and S^T [key][value] */
+constexpr int CLB = N + 8;  /* [token][key] tiles and D [value][key] */
+constexpr int CLG = L + 4;  /* 16 x 16 */
+struct CpSmem {
+    float St[N * CLA], D[N * CLB];
+    float z[L * CLA], dy[L * CLA], v[L * CLA], u[L * CLA];
+    float at[L * CLB], qt[L * CLB], bh[L * CLB], kh[L * CLB];
+    float p[L * N], pp[L * N], w[L * N];
+    float gAB[L * CLG], gAK[L * CLG], gQB[L * CLG], gQK[L * CLG];
+    float pL[N], dpl[4][N];
+    float eP[L * N], eA[L * N], eE[L * N];
+};
+
+template <typename F, int OP>
+__global__ void __launch_bounds__(256, 2) wkv7_bwd_cprod_kernel(
+    int T, int H, int nck,
+    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
+    const float *__restrict__ s0, const float *__restrict__ ckpt, const float *__restrict__ sa_in,
+    const float *__restrict__ dsa_in, const F *__restrict__ dy, const float *__restrict__ dstore,
+    F *__restrict__ dr, float *__restrict__ dw, F *__restrict__ dk, F *__restrict__ da, F *__restrict__ db)
+{
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    CpSmem &sm = *reinterpret_cast<CpSmem *>(dyn_smem);
+    const int c = blockIdx.x, h = blockIdx.y, bb = blockIdx.z, tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const size_t HN = (size_t)H * N;
+    const int t0 = c * L, n = min(L, T - t0);
+    const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+
+    /* S^T [j][i]: checkpoint c - 1 is stored [j][i] already; s0 is [i][j] */
+    if (c > 0) {
+        const float *src = ckpt + ((size_t)(bb * H + h) * nck + c - 1) * N * N;
+        for (int e = tid; e < N * N / 4; e += 256) {
+            const float4 x = reinterpret_cast<const float4 *>(src)[e];
+            const int j = (4 * e) / N, i = (4 * e) % N;
+            *reinterpret_cast<float4 *>(&sm.St[j * CLA + i]) = x;
+        }
+    } else {
+        const float *src = s0 + (size_t)h * N * N;
+        for (int e = tid; e < N * N; e += 256) sm.St[(e % N) * CLA + e / N] = src[e];
+    }
+    {
+        const float *src = dstore + ((size_t)(bb * H + h) * nck + c) * N * N;
+        for (int e = tid; e < N * N / 4; e += 256) {
+            const float4 x = reinterpret_cast<const float4 *>(src)[e];
+            const int i = (4 * e) / N, j = (4 * e) % N;
+            *reinterpret_cast<float4 *>(&sm.D[i * CLB + j]) = x;
+        }
+    }
+    /* token tiles; rows past T are identity tokens (w = 1, the rest 0) */
+    for (int e = tid; e < L * N; e += 256) {
+        const int uu = e / N, x = e % N;
+        const bool ok = uu < n;
+        const size_t idx = base + (size_t)(ok ? uu : 0) * HN + x;
+        sm.z[uu * CLA + x] = ok ? dsa_in[idx] : 0.f;
+        sm.u[uu * CLA + x] = ok ? sa_in[idx] : 0.f;
+        sm.dy[uu * CLA + x] = ok ? to_f(dy[idx]) : 0.f;
+        sm.v[uu * CLA + x] = ok ? to_f(v[idx]) : 0.f;
+        sm.qt[uu * CLB + x] = ok ? to_f(r[idx]) : 0.f; /* raw, rescaled below */
+        sm.kh[uu * CLB + x] = ok ? to_f(k[idx]) : 0.f;
+        sm.at[uu * CLB + x] = ok ? to_f(a[idx]) : 0.f;
+        sm.bh[uu * CLB + x] = ok ? to_f(b[idx]) : 0.f;
+        sm.w[e] = ok ? w[idx] : 1.f;
+    }
+    __syncthreads();
+    if (tid < N) { /* the prefix products and the rescaled tiles, as the forward's */
+        const int j = tid;
+        float p = 1.f;
+#pragma unroll
+        for (int uu = 0; uu < L; uu++) {
+            sm.pp[uu * N + j] = p;
+            sm.at[uu * CLB + j] *= p; /* a~ = a p_{t-1} */
+            p *= sm.w[uu * N + j];
+            sm.p[uu * N + j] = p;
+            const float ip = __frcp_rn(p);
+            sm.qt[uu * CLB + j] *= p;
+            sm.kh[uu * CLB + j] *= ip;
+            sm.bh[uu * CLB + j] *= ip;
+        }
+        sm.pL[j] = p;
+    }
+    { /* dpL partial sums: column j, rows 16 q .. 16 q + 15 (S and D are ready) */
+        const int j = tid & (N - 1), q = tid >> 6;
+        float acc = 0.f;
+#pragma unroll
+        for (int i = 16 * q; i < 16 * q + 16; i++) acc = fmaf(sm.St[j * CLA + i], sm.D[i * CLB + j], acc);
+        sm.dpl[q][j] = acc;
+    }
+    /* products from the raw tiles: dA~ = Z S, dQ~ = dY S, dK' = V D, dB' = U D
+     * (keys j0 .. j0 + 7), while the rescaling above completes */
+    const int j0 = 8 * warp;
+    float cA[4] = {0.f, 0.f, 0.f, 0.f}, cQ[4] = {0.f, 0.f, 0.f, 0.f};
+    float cKp[4] = {0.f, 0.f, 0.f, 0.f}, cBp[4] = {0.f, 0.f, 0.f, 0.f};
+    float cKh[4] = {0.f, 0.f, 0.f, 0.f}, cBh[4] = {0.f, 0.f, 0.f, 0.f};
+    smm<OP>(cA, sm.z, CLA, 1, sm.St + j0 * CLA, 1, CLA, N, g, t4);
+    smm<OP>(cQ, sm.dy, CLA, 1, sm.St + j0 * CLA, 1, CLA, N, g, t4);
+    smm<OP>(cKp, sm.v, CLA, 1, sm.D + j0, CLB, 1, N, g, t4);
+    smm<OP>(cBp, sm.u, CLA, 1, sm.D + j0, CLB, 1, N, g, t4);
+    { /* the 16 x 16 gradients: warp w -> matrix w / 2, tokens s in 8 (w & 1) .. */
+        const int mat = warp >> 1, s0c = 8 * (warp & 1);
+        const float *Am = mat < 2 ? sm.z : sm.dy;
+        const float *Bm = (mat & 1) ? sm.v : sm.u;
+        float cg[4] = {0.f, 0.f, 0.f, 0.f};
+        smm<OP>(cg, Am, CLA, 1, Bm + s0c * CLA, 1, CLA, N, g, t4);
+        float *G = mat == 0 ? sm.gAB : mat == 1 ? sm.gAK : mat == 2 ? sm.gQB : sm.gQK;
+        const bool incl = mat >= 2;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int t = g + (e >= 2 ? 8 : 0), s = s0c + 2 * t4 + (e & 1);
+            G[t * CLG + s] = (incl ? s <= t : s < t) ? cg[e] : 0.f; /* select, never multiply */
+        }
+    }
+    __syncthreads(); /* the 16 x 16 gradients and the rescaled tiles are complete */
+    smm<OP>(cA, sm.gAB, CLG, 1, sm.bh + j0, CLB, 1, L, g, t4);
+    smm<OP>(cA, sm.gAK, CLG, 1, sm.kh + j0, CLB, 1, L, g, t4);
+    smm<OP>(cQ, sm.gQB, CLG, 1, sm.bh + j0, CLB, 1, L, g, t4);
+    smm<OP>(cQ, sm.gQK, CLG, 1, sm.kh + j0, CLB, 1, L, g, t4);
+    smm<OP>(cBh, sm.gAB, 1, CLG, sm.at + j0, CLB, 1, L, g, t4); /* A(s, t) = dAB[t][s] */
+    smm<OP>(cBh, sm.gQB, 1, CLG, sm.qt + j0, CLB, 1, L, g, t4);
+    smm<OP>(cKh, sm.gAK, 1, CLG, sm.at + j0, CLB, 1, L, g, t4);
+    smm<OP>(cKh, sm.gQK, 1, CLG, sm.qt + j0, CLB, 1, L, g, t4);
+    /* the elementwise tail; dP parts for the scan */
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int t = g + (e >= 2 ? 8 : 0), j = j0 + 2 * t4 + (e & 1);
+        const float pt = sm.p[t * N + j], pl = sm.pL[j];
+        const float kh_ = sm.kh[t * CLB + j], bh_ = sm.bh[t * CLB + j];
+        const float ipt = 1.f / pt;
+        if (t < n) {
+            const size_t idx = base + (size_t)t * HN + j;
+            dr[idx] = from_f<F>(cQ[e] * pt);
+            da[idx] = from_f<F>(cA[e] * sm.pp[t * N + j]);
+            dk[idx] = from_f<F>(fmaf(cKp[e], pl, cKh[e]) * ipt);
+            db[idx] = from_f<F>(fmaf(cBp[e], pl, cBh[e]) * ipt);
+        }
+        const float ee = (cKp[e] * kh_ + cBp[e] * bh_) * pl; /* dK' K' + dB' B' */
+        sm.eP[t * N + j] = cQ[e] * sm.qt[t * CLB + j] - cKh[e] * kh_ - cBh[e] * bh_ - ee;
+        sm.eE[t * N + j] = ee;
+        sm.eA[t * N + j] = cA[e] * sm.at[t * CLB + j];
+    }
+    __syncthreads();
+    if (tid < N) { /* dw_u = sum_{t >= u} dP_t / w_u, per key */
+        const int j = tid;
+        float extra = (sm.dpl[0][j] + sm.dpl[1][j] + sm.dpl[2][j] + sm.dpl[3][j]) * sm.pL[j];
+#pragma unroll
+        for (int t = 0; t < L; t++) extra += sm.eE[t * N + j];
+        float acc = extra;
+#pragma unroll
+        for (int t = L - 1; t >= 0; t--) {
+            acc += sm.eP[t * N + j] + (t + 1 < L ? sm.eA[(t + 1) * N + j] : 0.f);
+            if (t < n) dw[base + (size_t)t * HN + j] = acc / sm.w[t * N + j];
+        }
+    }
+}
+
 } // namespace
 
 namespace wkv7tc {
@@ -1277,12 +1596,24 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
             char *err)
 {
     const int nck = (T + L - 1) / L;
-    if (split3 == 2) { /* warp-specialized, 3xTF32 */
+    if (split3 >= 2) { /* warp-specialized: 3xTF32 (2), one tf32 product (3), bf16 operands (4) */
         const int smem = (int)sizeof(FwdSmem<F>);
-        ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           smem));
-        wkv7_fwd_tcws_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                          s_final, ckpt, sa);
+        if (split3 == 2) {
+            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 3>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            wkv7_fwd_tcws_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
+                                                                              s_final, ckpt, sa);
+        } else if (split3 == 3) {
+            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            wkv7_fwd_tcws_kernel<F, 1><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
+                                                                              s_final, ckpt, sa);
+        } else {
+            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 16>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            wkv7_fwd_tcws_kernel<F, 16><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
+                                                                               s_final, ckpt, sa);
+        }
         ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
         return ST_OK;
     }
@@ -1302,11 +1633,80 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
     return ST_OK;
 }
 
+/* The chunk-product backward: pass 1 (tf32 products, 3xTF32 when P1 is 3)
+ * with one chunk per segment, then wkv7_bwd_cprod_kernel<F, OP> over every
+ * chunk of every head. Workspace: D per chunk (B H nck N^2) and dsa
+ * (B T H N) floats from the stream's pool. */
+template <typename F, int P1, int OP, bool WS>
+int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
+                   const F *b, const float *s0, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw,
+                   F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
+{
+    const int nck = (T + L - 1) / L;
+    if (B > 65535 || H > 65535) /* grid (nck, H, B) */
+        return st_fail(err, ST_EINVAL, "wkv7 chunk-product backward: B = %d or H = %d is above 65535", B, H);
+    const size_t nstore = (size_t)B * H * nck * N * N, ndsa = (size_t)B * T * H * N;
+    float *ws = NULL;
+    ST_CUDA_CHECK(cudaMallocAsync((void **)&ws, (nstore + ndsa) * sizeof(float), stream));
+    float *dstore = ws, *dsa = ws + nstore;
+    cudaError_t e1 = cudaSuccess;
+    if (WS) { /* pass 1 warp-specialized (producers one chunk ahead) */
+        const int smem1 = (int)sizeof(BwdSmem<F>);
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, P1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem1);
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_tcws_dstate_kernel<F, P1><<<dim3(H, B), 2 * NTH, smem1, stream>>>(T, H, nck, 1, r, w, a, b, dy,
+                                                                                       k, dstore, ds0, dsa, dv);
+            e1 = cudaGetLastError();
+        }
+    } else {
+        const int smem1 = (int)(2 * sizeof(Raw<F, 5>) + (2 * L * LDK + 2 * L * LDG) * sizeof(float));
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, P1, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem1);
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_tc_dstate_kernel<F, P1, true><<<dim3(H, B), NTH, smem1, stream>>>(T, H, nck, 1, r, w, a, b, dy,
+                                                                                       k, dstore, ds0, dsa, dv);
+            e1 = cudaGetLastError();
+        }
+    }
+    const int smem2 = (int)sizeof(CpSmem);
+    if (e1 == cudaSuccess)
+        e1 = cudaFuncSetAttribute(wkv7_bwd_cprod_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2);
+    if (e1 == cudaSuccess) {
+        wkv7_bwd_cprod_kernel<F, OP><<<dim3(nck, H, B), 256, smem2, stream>>>(T, H, nck, r, w, k, v, a, b, s0, ckpt,
+                                                                              sa, dsa, dy, dstore, dr, dw, dk, da,
+                                                                              db);
+        e1 = cudaGetLastError();
+    }
+    const cudaError_t e3 = cudaFreeAsync(ws, stream);
+    if (e1 != cudaSuccess)
+        return st_fail(err, ST_ECUDA, "wkv7 chunk-product backward: launch failed: %s", cudaGetErrorString(e1));
+    if (e3 != cudaSuccess)
+        return st_fail(err, ST_ECUDA, "freeing the wkv7 backward workspace failed: %s", cudaGetErrorString(e3));
+    return ST_OK;
+}
+
 template <typename F>
 int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v,
              const F *a, const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk,
              F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
 {
+    if (mode >= 3) {
+        /* chunk 0 starts from s0, which every forward copies behind the
+         * checkpoints (wkv7_cuda_ckpt_floats) */
+        const float *s0 = ckpt + (size_t)B * H * ((T + L - 1) / L) * N * N;
+        if (mode == 3)
+            return backward_cprod<F, 3, 3, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
+                                                  ds0, stream, err);
+        if (mode == 4)
+            return backward_cprod<F, 1, 1, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
+                                                  ds0, stream, err);
+        if (mode == 6)
+            return backward_cprod<F, 1, 1, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
+                                                 ds0, stream, err);
+        return backward_cprod<F, 1, 16, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
+                                               ds0, stream, err);
+    }
     const int nck = (T + L - 1) / L;
     if (seg < 1) seg = 1;
     if (seg > nck) seg = nck;
