@@ -43,7 +43,7 @@ for task in $tasks; do
 J
         "$worker" tune "$tdir/job.json" --local --out "$tdir" --threads "$threads" --fresh 2>"$tdir/log"
     fi
-    obs=", \"observer\": {\"teacher\": \"$model\", \"teacher_state\": \"$tdir/state.safetensors\", \"alpha\": 0.5, \"temperature\": 1.0}"
+    obs=", \"observer\": {\"teacher\": \"$model\", \"teacher_state\": \"$tdir/state.safetensors\", \"alpha\": 0.5, \"temperature\": 1.0, \"top_k\": 0}"
     ks=", \"kernel_state\": {\"features\": $feat, \"gamma\": $gamma, \"support\": \"kmeans\"}"
     for seed in $seeds; do
         for method in plain dbp observer kstate observer+kstate; do
