@@ -152,6 +152,7 @@ struct engine_cuda {
     uint32_t tag;
     const rwkv_model_t *m;
     int maxB, maxT, nck, bf16, head_chunk;
+    int head_chunk_max; /* rows the plan's logits buffer holds */
     int recompute; /* one slot of per-layer activations, refilled by a second forward in the backward */
     size_t esz; /* bytes of one T */
     cudaStream_t stream;
@@ -283,15 +284,17 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     e->w = (float *)carve(cv, LS * RC * 4);
     e->wl = (float *)carve(cv, LS * RC * 4);
     e->dw = (float *)carve(cv, RC * 4);
-    void **per_layer[] = {&e->r, &e->kraw, &e->kf, &e->kk, &e->a,
-                          &e->v, &e->vraw, &e->vs, &e->g, &e->y};
+    /* wa and wb (the WKV's a and b inputs) too: keeping them costs 2 RC per
+     * layer and saves the backward a pass that rebuilt them from kk and a */
+    void **per_layer[] = {&e->r, &e->kraw, &e->kf, &e->kk, &e->a, &e->v,
+                          &e->vraw, &e->vs, &e->g, &e->y, &e->wa, &e->wb};
     for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) *per_layer[i] = carve(cv, LS * RC * es);
     e->whid = carve(cv, LS * R * c->d_decay * es);
     e->ghid = carve(cv, LS * R * c->d_gate * es);
     e->kpre = carve(cv, LS * R * F * es);
     e->v_first = carve(cv, RC * es);
     void **scratch[] = {&e->h, &e->lerp[0], &e->lerp[1], &e->lerp[2], &e->lerp[3], &e->lerp[4],
-                        &e->lerp[5], &e->wa, &e->wb, &e->oin, &e->tmp, &e->lnout, &e->dxT, &e->dh,
+                        &e->lerp[5], &e->oin, &e->tmp, &e->lnout, &e->dxT, &e->dh,
                         &e->dr, &e->dk, &e->dv, &e->da, &e->db, &e->dy, &e->dg, &e->dbr,
                         &e->dbk, &e->dbv, &e->dwl, &e->dal, &e->dkraw, &e->dvraw, &e->dvl, &e->dxh};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++) *scratch[i] = carve(cv, RC * es);
@@ -808,6 +811,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     T *vs = lay<T>(e->vs, sl, RCp), *g = lay<T>(e->g, sl, RCp), *y = lay<T>(e->y, sl, RCp);
     T *whid = lay<T>(e->whid, sl, Rp * c->d_decay), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
     T *kpre = lay<T>(e->kpre, sl, Rp * F);
+    T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
     float *ckpt = e->ckpt + (size_t)sl * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
     float *sa = e->sa + sl * RCp;
     T *h = (T *)e->h, *tmp = (T *)e->tmp, *oin = (T *)e->oin;
@@ -815,7 +819,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
 
     if (!ln_in_done) {
         PROF(PC_LN, 1,
-             st::layernorm_fwd_kernel<float, T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
+             st::layernorm_fwd_kernel<float, T><<<R, st::ln_threads(C), 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
                                                                                e->ln1_mean + sl * Rp,
                                                                                e->ln1_rstd + sl * Rp));
         ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
@@ -834,7 +838,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     const int RH = R * H;
     PROF(PC_KK, 1,
          st::timemix_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, tmp, kraw, p->w0, p->a0, p->k_k,
-                                                                 p->k_a, w, a, kk, kf, (T *)e->wa, (T *)e->wb));
+                                                                 p->k_a, w, a, kk, kf, wa, wb));
     ST_CUDA_CHECK_LAUNCH("timemix_fwd_kernel");
     if (l == 0) {
         PROF(PC_VMIX, 2, ST_CUDA_CHECK(cudaMemcpyAsync(v, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
@@ -849,14 +853,14 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     }
     RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, ghid, g, err));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][l], st));
-    PROF(PC_WKV, 1, RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, e->state0 + l * HNN, y,
+    PROF(PC_WKV, 1, RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)wa, (const T *)wb, e->state0 + l * HNN, y,
                                 final_state ? e->sfin : NULL, ckpt, sa, st, err)));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][l], st));
     if (e->meth.ks || e->meth.rec_out) PROF(PC_METHODS, 1, RUN(methods_fwd<T>(e, l, B, Tn, r, w, y, err)));
     if (dbp) {
         PROF(PC_DBP, 1,
-             st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N, 0, st>>>(Tn, H, r, w, (const T *)e->wa,
-                                                                   (const T *)e->wb, e->dbp_rows,
+             st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N, 0, st>>>(Tn, H, r, w, (const T *)wa,
+                                                                   (const T *)wb, e->dbp_rows,
                                                                    e->dbp_q + l * HNN));
         ST_CUDA_CHECK_LAUNCH("dbp_q_kernel");
     }
@@ -870,7 +874,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     ST_CUDA_CHECK_LAUNCH("groupnorm_fwd_kernel");
     PROF(PC_GEMM_OUT, 1, RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err)));
     PROF(PC_LN, 1,
-         st::residual_layernorm_fwd_kernel<T, T><<<R, st::LN_THREADS, 0, st>>>(
+         st::residual_layernorm_fwd_kernel<T, T><<<R, st::ln_threads(C), 0, st>>>(
              C, xin, tmp, xmid, p->ln2_w, p->ln2_b, LN_EPS, h, e->ln2_mean + sl * Rp, e->ln2_rstd + sl * Rp));
     ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
     st::mix6_t mk;
@@ -897,7 +901,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     const float *nw = last ? e->ln_out_w : e->L[l + 1].ln1_w, *nb = last ? e->ln_out_b : e->L[l + 1].ln1_b;
     float *nmean = last ? e->lnout_mean : e->ln1_mean + sn * Rp, *nrstd = last ? e->lnout_rstd : e->ln1_rstd + sn * Rp;
     PROF(PC_LN, 1,
-         st::residual_layernorm_fwd_kernel<T, T><<<R, st::LN_THREADS, 0, st>>>(
+         st::residual_layernorm_fwd_kernel<T, T><<<R, st::ln_threads(C), 0, st>>>(
              C, xmid, tmp, xout, nw, nb, LN_EPS, last ? (T *)e->lnout : h, nmean, nrstd));
     ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
     return ST_OK;
@@ -929,6 +933,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     T *vs = lay<T>(e->vs, sl, RCp), *g = lay<T>(e->g, sl, RCp), *y = lay<T>(e->y, sl, RCp);
     T *whid = lay<T>(e->whid, sl, Rp * c->d_decay), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
     T *kpre = lay<T>(e->kpre, sl, Rp * F);
+    T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
     float *ckpt = e->ckpt + (size_t)sl * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
     float *sa = e->sa + sl * RCp;
     T **dl = (T **)e->lerp; /* the lerp outputs are dead: they hold their gradients now */
@@ -952,7 +957,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
          st::tokenshift_bwd_kernel<T, 1><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, mk, dk1, dh));
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
     PROF(PC_LN, 1,
-         st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
+         st::layernorm_bwd_kernel<T><<<R, st::ln_threads(C), 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
                                                                     e->ln2_rstd + sl * Rp, dh, e->dx,
                                                                     dxt_out<T>(e)));
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
@@ -965,12 +970,10 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
              e->gn_rstd + sl * Rp * H, oin, (T *)e->dy, (T *)e->dbr, (T *)e->dbk, (T *)e->dbv, (T *)e->dg));
     ST_CUDA_CHECK_LAUNCH("groupnorm_bwd_kernel");
 
-    /* WKV7, its a and b inputs rebuilt from kk and a */
-    PROF(PC_KK, 1, st::wkv_ab_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, kk, a, (T *)e->wa, (T *)e->wb));
-    ST_CUDA_CHECK_LAUNCH("wkv_ab_kernel");
+    /* WKV7, from the a and b inputs the forward kept */
     const int L = c->n_layer;
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][L + l], st));
-    PROF(PC_WKV, 1, RUN(wkv_bwd(B, Tn, H, r, w, kf, v, (const T *)e->wa, (const T *)e->wb, ckpt, sa,
+    PROF(PC_WKV, 1, RUN(wkv_bwd(B, Tn, H, r, w, kf, v, (const T *)wa, (const T *)wb, ckpt, sa,
                                 (const T *)e->dy, dr, dw, dk, dv, da, db, e->ds0 + l * HNN, st, err)));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][L + l], st));
     if (e->meth.ks) PROF(PC_METHODS, 1, RUN(methods_bwd<T>(e, l, B, Tn, r, w, (const T *)e->dy, dr, dw, err)));
@@ -1005,7 +1008,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
          st::tokenshift_bwd_kernel<T, 6><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, mix, douts, dh));
     ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
     PROF(PC_LN, 1,
-         st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + sl * Rp,
+         st::layernorm_bwd_kernel<T><<<R, st::ln_threads(C), 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + sl * Rp,
                                                                     e->ln1_rstd + sl * Rp, dh, e->dx,
                                                                     dxt_out<T>(e)));
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
@@ -1109,7 +1112,7 @@ int run_forward(engine_cuda_t *e, engine_batch_t *bt, bool backward, bool dbp, c
     PROF(PC_EMBED, 1, st::embed_kernel<T><<<R, 256, 0, st>>>(C, e->tokens, (const T *)e->emb, e->x_res));
     ST_CUDA_CHECK_LAUNCH("embed_kernel");
     PROF(PC_LN, 1,
-         st::layernorm_fwd_kernel<float, float><<<R, st::LN_THREADS, 0, st>>>(C, e->x_res, e->L[0].ln0_w,
+         st::layernorm_fwd_kernel<float, float><<<R, st::ln_threads(C), 0, st>>>(C, e->x_res, e->L[0].ln0_w,
                                                                                e->L[0].ln0_b, LN_EPS, e->x_res,
                                                                                NULL, NULL));
     ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
@@ -1147,7 +1150,7 @@ int run_backward(engine_cuda_t *e, int B, int Tn, char *err)
     e->prof_phase = 2;
     PROF(PC_CONVERT, 1, ST_CUDA_CHECK(cudaMemsetAsync(e->dx, 0, RC * 4, st)));
     PROF(PC_LN, 1,
-         st::layernorm_bwd_kernel<T><<<R, st::LN_THREADS, 0, st>>>(C, xL, e->ln_out_w, e->lnout_mean,
+         st::layernorm_bwd_kernel<T><<<R, st::ln_threads(C), 0, st>>>(C, xL, e->ln_out_w, e->lnout_mean,
                                                                     e->lnout_rstd, (const T *)e->dxh, e->dx,
                                                                     dxt_out<T>(e)));
     ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
@@ -1328,6 +1331,11 @@ extern "C" engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const 
         st_fail(err, ST_EUNSUPPORTED, "the CUDA engine needs head size 64 (model has %d)", c->head_size);
         return NULL;
     }
+    if (c->n_embd > 8 * st::LN_MAX_THREADS) { /* the LayerNorms keep 8 channels per thread of one block */
+        st_fail(err, ST_EUNSUPPORTED, "the CUDA engine supports widths up to %d (model has %d)",
+                8 * st::LN_MAX_THREADS, c->n_embd);
+        return NULL;
+    }
     if (c->ffn_dim % 8 != 0) { /* the element-wise kernels move 8 values per access */
         st_fail(err, ST_EUNSUPPORTED, "the CUDA engine needs a channel-mix width divisible by 8 (model has %d)",
                 c->ffn_dim);
@@ -1355,7 +1363,7 @@ extern "C" engine_cuda_t *engine_cuda_new_mode(const rwkv_model_t *model, const 
     size_t chunk = HEAD_CHUNK_BYTES / ((size_t)c->vocab * 4);
     if (chunk < 1) chunk = 1;
     if (chunk > R) chunk = R;
-    e->head_chunk = (int)chunk;
+    e->head_chunk = e->head_chunk_max = (int)chunk;
     e->graphs = 1;
     if (setup(e, opts, recompute, err) != ST_OK) {
         engine_cuda_destroy(&e);
@@ -1472,6 +1480,20 @@ extern "C" void engine_cuda_set_graphs(engine_cuda_t *self, int on)
 }
 
 extern "C" long engine_cuda_graph_replays(const engine_cuda_t *self) { return self->greplays; }
+
+extern "C" int engine_cuda_set_head_chunk(engine_cuda_t *self, int rows, char *err)
+{
+    if (rows < 1 || rows > self->head_chunk_max)
+        return st_fail(err, ST_EINVAL, "a head chunk of %d rows is outside 1 .. %d (the plan's logits buffer)", rows,
+                       self->head_chunk_max);
+    if (self->meth.teacher && rows != self->head_chunk)
+        return st_fail(err, ST_EINVAL, "the head chunk cannot change once the observer's teacher buffer exists");
+    self->head_chunk = rows;
+    graphs_free(self); /* the captured head loop has the old chunking */
+    return ST_OK;
+}
+
+extern "C" int engine_cuda_head_chunk(const engine_cuda_t *self) { return self->head_chunk; }
 
 extern "C" void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out)
 {

@@ -89,6 +89,29 @@ __device__ __forceinline__ void store8(__nv_bfloat16 *p, const float *f)
     *reinterpret_cast<uint4 *>(p) = u;
 }
 
+/* Two consecutive elements as fp32 (4 bytes for bf16, 8 for fp32; p aligned
+ * to that): the warp-per-(row, head) kernels give each lane a pair, so a
+ * warp's access is one 128- or 256-byte run instead of two 64- or 128-byte
+ * halves. */
+__device__ __forceinline__ void load2(const float *p, float *f)
+{
+    const float2 v = *reinterpret_cast<const float2 *>(p);
+    f[0] = v.x; f[1] = v.y;
+}
+__device__ __forceinline__ void load2(const __nv_bfloat16 *p, float *f)
+{
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(p));
+    f[0] = v.x; f[1] = v.y;
+}
+__device__ __forceinline__ void store2(float *p, const float *f)
+{
+    *reinterpret_cast<float2 *>(p) = make_float2(f[0], f[1]);
+}
+__device__ __forceinline__ void store2(__nv_bfloat16 *p, const float *f)
+{
+    *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(f[0], f[1]);
+}
+
 /* ---- small element-wise kernels over n elements (n a multiple of 8; one
  * thread per 8 elements) ---- */
 

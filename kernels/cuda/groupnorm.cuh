@@ -7,9 +7,10 @@
  *   dy = rstd (dxh - mean(dxh) - xhat mean(dxh xhat))
  *   dbv = dpre u; du = sum dpre v; dbr = du k r_k; dbk = du r r_k
  * Shapes: (R, C) activations of storage type T, C = H * 64; mean, rstd
- * (R, H) fp32; ln_w, ln_b, r_k fp32 (C). One warp per (row, head). The bonus
- * gradients dbr, dbk, dbv are written (not added); the caller adds them to the
- * WKV gradients.
+ * (R, H) fp32; ln_w, ln_b, r_k fp32 (C). One warp per (row, head), two
+ * adjacent channels per lane. The bonus gradients dbr, dbk, dbv are written
+ * (not added); the engine adds them to the WKV gradients (dr apart, dk and dv
+ * in timemix_bwd / vmix_bwd).
  */
 #ifndef ST_KERNELS_CUDA_GROUPNORM_CUH
 #define ST_KERNELS_CUDA_GROUPNORM_CUH
@@ -20,6 +21,7 @@ namespace st {
 
 constexpr float GN_EPS = 64e-5f;
 
+/* Lane l holds channels 2 l and 2 l + 1 of the head (load2/store2). */
 template <typename T>
 __global__ void groupnorm_fwd_kernel(int RH, int H, const T *__restrict__ y, const float *__restrict__ ln_w,
                                      const float *__restrict__ ln_b, const T *__restrict__ r,
@@ -29,17 +31,24 @@ __global__ void groupnorm_fwd_kernel(int RH, int H, const T *__restrict__ y, con
 {
     const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (gw >= RH) return;
-    const int h = gw % H;
-    const size_t base = (size_t)gw * 64;
-    const size_t i0 = base + lane, i1 = base + lane + 32;
-    const int c0 = h * 64 + lane, c1 = c0 + 32;
-    const float y0 = to_f(y[i0]), y1 = to_f(y[i1]);
-    const float m = warp_sum(y0 + y1) * (1.f / 64);
-    const float d0 = y0 - m, d1 = y1 - m;
+    const int c = (gw % H) * 64 + 2 * lane;
+    const size_t i = (size_t)gw * 64 + 2 * lane;
+    float yv[2], rv[2], kv[2], vv[2], gv[2], rk[2], lw[2], lb[2], o[2];
+    load2(y + i, yv);
+    load2(r + i, rv);
+    load2(k + i, kv);
+    load2(v + i, vv);
+    load2(g + i, gv);
+    load2(r_k + c, rk);
+    load2(ln_w + c, lw);
+    load2(ln_b + c, lb);
+    const float m = warp_sum(yv[0] + yv[1]) * (1.f / 64);
+    const float d0 = yv[0] - m, d1 = yv[1] - m;
     const float rs = rsqrtf(warp_sum(d0 * d0 + d1 * d1) * (1.f / 64) + GN_EPS);
-    const float u = warp_sum(to_f(r[i0]) * to_f(k[i0]) * r_k[c0] + to_f(r[i1]) * to_f(k[i1]) * r_k[c1]);
-    out[i0] = from_f<T>((d0 * rs * ln_w[c0] + ln_b[c0] + u * to_f(v[i0])) * to_f(g[i0]));
-    out[i1] = from_f<T>((d1 * rs * ln_w[c1] + ln_b[c1] + u * to_f(v[i1])) * to_f(g[i1]));
+    const float u = warp_sum(rv[0] * kv[0] * rk[0] + rv[1] * kv[1] * rk[1]);
+    o[0] = (d0 * rs * lw[0] + lb[0] + u * vv[0]) * gv[0];
+    o[1] = (d1 * rs * lw[1] + lb[1] + u * vv[1]) * gv[1];
+    store2(out + i, o);
     if (lane == 0) { mean[gw] = m; rstd[gw] = rs; }
 }
 
@@ -54,45 +63,48 @@ __global__ void groupnorm_bwd_kernel(int RH, int H, const T *__restrict__ y, con
 {
     const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (gw >= RH) return;
-    const int h = gw % H;
-    const size_t base = (size_t)gw * 64;
+    const int c = (gw % H) * 64 + 2 * lane;
+    const size_t i = (size_t)gw * 64 + 2 * lane;
     const float m = mean[gw], rs = rstd[gw];
-    float rr[2], kv[2], vv[2], rk[2], xh[2], dxh[2], dpre[2];
-    float u = 0.f;
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        const size_t i = base + lane + 32 * e;
-        const int c = h * 64 + lane + 32 * e;
-        rr[e] = to_f(r[i]); kv[e] = to_f(k[i]); vv[e] = to_f(v[i]); rk[e] = r_k[c];
-        u += rr[e] * kv[e] * rk[e];
-    }
-    u = warp_sum(u);
+    float rr[2], kv[2], vv[2], rk[2], yv[2], gv[2], go[2], lw[2], lb[2], xh[2], dxh[2], dpre[2], o[2];
+    load2(r + i, rr);
+    load2(k + i, kv);
+    load2(v + i, vv);
+    load2(r_k + c, rk);
+    load2(y + i, yv);
+    load2(g + i, gv);
+    load2(dout + i, go);
+    load2(ln_w + c, lw);
+    load2(ln_b + c, lb);
+    const float u = warp_sum(rr[0] * kv[0] * rk[0] + rr[1] * kv[1] * rk[1]);
     float sdx = 0.f, sdxx = 0.f, du = 0.f;
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        const size_t i = base + lane + 32 * e;
-        const int c = h * 64 + lane + 32 * e;
-        xh[e] = (to_f(y[i]) - m) * rs;
-        const float pre = xh[e] * ln_w[c] + ln_b[c] + u * vv[e];
-        const float go = to_f(dout[i]);
-        dpre[e] = go * to_f(g[i]);
-        dg[i] = from_f<T>(go * pre);
-        dxh[e] = dpre[e] * ln_w[c];
+        xh[e] = (yv[e] - m) * rs;
+        const float pre = xh[e] * lw[e] + lb[e] + u * vv[e];
+        dpre[e] = go[e] * gv[e];
+        o[e] = go[e] * pre;
+        dxh[e] = dpre[e] * lw[e];
         sdx += dxh[e];
         sdxx += dxh[e] * xh[e];
         du += dpre[e] * vv[e];
-        dbv[i] = from_f<T>(dpre[e] * u);
     }
+    store2(dg + i, o);
+#pragma unroll
+    for (int e = 0; e < 2; e++) o[e] = dpre[e] * u;
+    store2(dbv + i, o);
     sdx = warp_sum(sdx) * (1.f / 64);
     sdxx = warp_sum(sdxx) * (1.f / 64);
     du = warp_sum(du);
 #pragma unroll
-    for (int e = 0; e < 2; e++) {
-        const size_t i = base + lane + 32 * e;
-        dy[i] = from_f<T>(rs * (dxh[e] - sdx - xh[e] * sdxx));
-        dbr[i] = from_f<T>(du * kv[e] * rk[e]);
-        dbk[i] = from_f<T>(du * rr[e] * rk[e]);
-    }
+    for (int e = 0; e < 2; e++) o[e] = rs * (dxh[e] - sdx - xh[e] * sdxx);
+    store2(dy + i, o);
+#pragma unroll
+    for (int e = 0; e < 2; e++) o[e] = du * kv[e] * rk[e];
+    store2(dbr + i, o);
+#pragma unroll
+    for (int e = 0; e < 2; e++) o[e] = du * rr[e] * rk[e];
+    store2(dbk + i, o);
 }
 
 } // namespace st

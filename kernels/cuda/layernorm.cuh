@@ -7,9 +7,10 @@
  *
  * Shapes: rows R = B * T, width C; x is the fp32 residual stream; out, dout
  * are of storage type T (float or bf16); mean, rstd (R) fp32; dx (R, C) fp32
- * accumulated (+=), optionally also written rounded to T. One block of 256
- * threads per row; statistics in two fp32 passes over the row (it stays in
- * L1/L2: C <= a few thousand).
+ * accumulated (+=), optionally also written rounded to T. One block per row,
+ * one thread per 8 channels holding them in registers (ln_threads); the
+ * statistics are block sums in fp32, the variance a second pass over the
+ * registers.
  */
 #ifndef ST_KERNELS_CUDA_LAYERNORM_CUH
 #define ST_KERNELS_CUDA_LAYERNORM_CUH
@@ -19,8 +20,6 @@
 #include <stdint.h>
 
 namespace st {
-
-constexpr int LN_THREADS = 256;
 
 /* x0[r] = emb[tokens[r]] (token ids already validated by engine.c). */
 template <typename T>
@@ -33,59 +32,88 @@ __global__ void embed_kernel(int C, const int32_t *__restrict__ tokens, const T 
     for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = to_f(e[c]);
 }
 
-/* in may equal out (ln0 runs in place on the residual stream). */
+/* One block per row, one thread per 8 channels (C % 8 == 0, C <= 8192):
+ * each thread keeps its 8 values in registers, so the row is read from
+ * memory once, with 16-byte accesses, whatever the passes over it. The
+ * block is C / 8 threads rounded up to a warp; the rest hold zeros. */
+static inline unsigned ln_threads(int C) { return (unsigned)((C / 8 + 31) / 32 * 32); }
+constexpr int LN_MAX_THREADS = 1024;
+
+/* in may equal out (ln0 runs in place on the residual stream: every thread
+ * has read its values before the first block_sum's barrier). */
 template <typename Tin, typename Tout>
-__global__ void __launch_bounds__(LN_THREADS) layernorm_fwd_kernel(
+__global__ void __launch_bounds__(LN_MAX_THREADS) layernorm_fwd_kernel(
     int C, const Tin *in, const float *__restrict__ w, const float *__restrict__ b, float eps,
     Tout *out, float *__restrict__ mean, float *__restrict__ rstd)
 {
     __shared__ float sh[32];
-    const int r = blockIdx.x;
-    const Tin *x = in + (size_t)r * C;
+    const int r = blockIdx.x, c = threadIdx.x * 8;
+    const bool on = c < C;
+    float x[8];
+    if (on) load8(in + (size_t)r * C + c, x);
+    else
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[k] = 0.f;
     float s = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) s += to_f(x[c]);
+#pragma unroll
+    for (int k = 0; k < 8; k++) s += x[k];
     const float m = block_sum(s, sh) / C;
     float ss = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float d = to_f(x[c]) - m;
-        ss += d * d;
-    }
+    if (on)
+#pragma unroll
+        for (int k = 0; k < 8; k++) ss += (x[k] - m) * (x[k] - m);
     const float rs = rsqrtf(block_sum(ss, sh) / C + eps);
-    Tout *o = out + (size_t)r * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f<Tout>((to_f(x[c]) - m) * rs * w[c] + b[c]);
+    if (on) {
+        float wv[8], bv[8];
+        load8(w + c, wv);
+        load8(b + c, bv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[k] = (x[k] - m) * rs * wv[k] + bv[k];
+        store8(out + (size_t)r * C + c, x);
+    }
     if (threadIdx.x == 0 && mean) { mean[r] = m; rstd[r] = rs; }
 }
 
 /* The residual add and the LayerNorm after it in one pass over the row:
- * xsum = a + b (the fp32 residual stream, stored), then out = LN(xsum). The
- * same arithmetic as residual_add_kernel followed by layernorm_fwd_kernel
- * (bit-identical), minus one launch and one read of the row from memory. */
+ * xsum = a + b (the fp32 residual stream, stored), then out = LN(xsum). */
 template <typename Tb, typename Tout>
-__global__ void __launch_bounds__(LN_THREADS) residual_layernorm_fwd_kernel(
+__global__ void __launch_bounds__(LN_MAX_THREADS) residual_layernorm_fwd_kernel(
     int C, const float *__restrict__ a, const Tb *__restrict__ b, float *__restrict__ xsum,
     const float *__restrict__ w, const float *__restrict__ bias, float eps, Tout *__restrict__ out,
     float *__restrict__ mean, float *__restrict__ rstd)
 {
     __shared__ float sh[32];
-    const int r = blockIdx.x;
-    const float *x0 = a + (size_t)r * C;
-    const Tb *x1 = b + (size_t)r * C;
-    float *x = xsum + (size_t)r * C;
-    float s = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        const float v = x0[c] + to_f(x1[c]);
-        x[c] = v; /* read back below by this same thread only */
-        s += v;
+    const int r = blockIdx.x, c = threadIdx.x * 8;
+    const bool on = c < C;
+    const size_t o = (size_t)r * C + c;
+    float x[8], y[8];
+    if (on) {
+        load8(a + o, x);
+        load8(b + o, y);
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[k] += y[k];
+        store8(xsum + o, x);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[k] = 0.f;
     }
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) s += x[k];
     const float m = block_sum(s, sh) / C;
     float ss = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float d = x[c] - m;
-        ss += d * d;
-    }
+    if (on)
+#pragma unroll
+        for (int k = 0; k < 8; k++) ss += (x[k] - m) * (x[k] - m);
     const float rs = rsqrtf(block_sum(ss, sh) / C + eps);
-    Tout *o = out + (size_t)r * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f<Tout>((x[c] - m) * rs * w[c] + bias[c]);
+    if (on) {
+        float wv[8], bv[8];
+        load8(w + c, wv);
+        load8(bias + c, bv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[k] = (x[k] - m) * rs * wv[k] + bv[k];
+        store8(out + o, x);
+    }
     if (threadIdx.x == 0 && mean) { mean[r] = m; rstd[r] = rs; }
 }
 
@@ -93,30 +121,39 @@ __global__ void __launch_bounds__(LN_THREADS) residual_layernorm_fwd_kernel(
  * next matrix product reads, which a separate conversion pass over dx made
  * before (the same rounding, one read of the row fewer). */
 template <typename Td>
-__global__ void __launch_bounds__(LN_THREADS) layernorm_bwd_kernel(
+__global__ void __launch_bounds__(LN_MAX_THREADS) layernorm_bwd_kernel(
     int C, const float *__restrict__ xin, const float *__restrict__ w, const float *__restrict__ mean,
     const float *__restrict__ rstd, const Td *__restrict__ dout, float *__restrict__ dx, Td *__restrict__ dxt)
 {
     __shared__ float sh[32];
-    const int r = blockIdx.x;
-    const float *x = xin + (size_t)r * C;
-    const Td *dy = dout + (size_t)r * C;
-    float *d = dx + (size_t)r * C;
+    const int r = blockIdx.x, c = threadIdx.x * 8;
+    const bool on = c < C;
+    const size_t o = (size_t)r * C + c;
     const float m = mean[r], rs = rstd[r];
+    float xh[8], g[8];
     float sg = 0.f, sgx = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float g = to_f(dy[c]) * w[c];
-        sg += g;
-        sgx += g * (x[c] - m) * rs;
+    if (on) {
+        float wv[8];
+        load8(xin + o, xh);
+        load8(dout + o, g);
+        load8(w + c, wv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            xh[k] = (xh[k] - m) * rs;
+            g[k] *= wv[k];
+            sg += g[k];
+            sgx += g[k] * xh[k];
+        }
     }
     const float mg = block_sum(sg, sh) / C;
     const float mgx = block_sum(sgx, sh) / C;
-    Td *dt = dxt ? dxt + (size_t)r * C : NULL;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float xhat = (x[c] - m) * rs;
-        const float nv = d[c] + rs * (to_f(dy[c]) * w[c] - mg - xhat * mgx);
-        d[c] = nv;
-        if (dt) dt[c] = from_f<Td>(nv);
+    if (on) {
+        float d[8];
+        load8(dx + o, d);
+#pragma unroll
+        for (int k = 0; k < 8; k++) d[k] += rs * (g[k] - mg - xh[k] * mgx);
+        store8(dx + o, d);
+        if (dxt) store8(dxt + o, d);
     }
 }
 

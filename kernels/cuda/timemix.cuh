@@ -12,9 +12,10 @@
  *
  * Shapes: rows R = B * T, width C = H * N, N = 64; every activation is (R, C)
  * of storage type T (float or bf16), except the decay w, its LoRA output wl
- * and the gradient dw, always fp32 (kernels/cuda/wkv7.cuh says why); parameter vectors are fp32 (C). Per-head
- * reductions use one warp per (row, head), two channels per lane. Outputs are
- * overwritten unless a comment says +=.
+ * and the gradient dw, always fp32 (kernels/cuda/wkv7.cuh says why);
+ * parameter vectors are fp32 (C). Per-head reductions use one warp per (row,
+ * head), two adjacent channels per lane. Outputs are overwritten unless a
+ * comment says +=.
  */
 #ifndef ST_KERNELS_CUDA_TIMEMIX_CUH
 #define ST_KERNELS_CUDA_TIMEMIX_CUH
@@ -138,55 +139,47 @@ __global__ void timemix_fwd_kernel(int RH, int H, const float *__restrict__ wl, 
 {
     const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (gw >= RH) return;
-    const int h = gw % H;
-    const size_t base = (size_t)gw * 64; /* (row * H + h) * N */
-    float u[2], av[2], kr[2];
+    /* lane holds channels 2 lane and 2 lane + 1 of head h (load2/store2) */
+    const int c = (gw % H) * 64 + 2 * lane;
+    const size_t i = (size_t)gw * 64 + 2 * lane; /* (row * H + h) * N + n */
+    float wlv[2], alv[2], kr[2], w0v[2], a0v[2], kkv[2], kav[2], wv[2], av[2], u[2], o[2];
+    load2(wl + i, wlv);
+    load2(al + i, alv);
+    load2(kraw + i, kr);
+    load2(w0 + c, w0v);
+    load2(a0 + c, a0v);
+    load2(k_k + c, kkv);
+    load2(k_a + c, kav);
     float ss = 0.f;
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        const int n = lane + 32 * e, c = h * 64 + n;
-        const size_t i = base + n;
-        w[i] = expf(-DECAY_SCALE * sigmoidf_(w0[c] + wl[i]));
-        av[e] = sigmoidf_(a0[c] + to_f(al[i]));
-        a[i] = from_f<T>(av[e]);
-        kr[e] = to_f(kraw[i]);
-        u[e] = kr[e] * k_k[c];
+        wv[e] = expf(-DECAY_SCALE * sigmoidf_(w0v[e] + wlv[e]));
+        av[e] = sigmoidf_(a0v[e] + alv[e]);
+        u[e] = kr[e] * kkv[e];
         ss += u[e] * u[e];
     }
+    store2(w + i, wv);
+    store2(a + i, av);
     const float nrm = sqrtf(warp_sum(ss));
     const float inv = 1.f / (nrm > KK_EPS ? nrm : KK_EPS);
+    float qs[2], as[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        const int n = lane + 32 * e, c = h * 64 + n;
-        const size_t i = base + n;
-        const T qs = from_f<T>(u[e] * inv), as = from_f<T>(av[e]);
-        kk[i] = qs;
-        kf[i] = from_f<T>(kr[e] * (1.f + (av[e] - 1.f) * k_a[c]));
-        /* wa and wb from the stored (rounded) kk and a, exactly as
-         * wkv_ab_kernel rebuilds them for the backward: the WKV backward
-         * steps the state back with them and needs bit-identical inputs */
-        wa[i] = from_f<T>(-to_f(qs));
-        wb[i] = from_f<T>(to_f(qs) * to_f(as));
+        /* wa and wb from the stored (rounded) kk and a; the engine keeps
+         * them per layer for the WKV backward, which steps the state back
+         * with exactly the forward's inputs */
+        qs[e] = to_f(from_f<T>(u[e] * inv));
+        as[e] = to_f(from_f<T>(av[e]));
+        o[e] = kr[e] * (1.f + (av[e] - 1.f) * kav[e]);
     }
-}
-
-/* The WKV kernel's a and b inputs again, for the backward (wa = -kk, wb = kk a);
- * eight per thread (grid_for8). */
-template <typename T>
-__global__ void wkv_ab_kernel(size_t n, const T *__restrict__ kk, const T *__restrict__ a,
-                              T *__restrict__ wa, T *__restrict__ wb)
-{
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (i >= n) return;
-    float q[8], av[8], o[8];
-    load8(kk + i, q);
-    load8(a + i, av);
+    store2(kk + i, qs);
+    store2(kf + i, o);
 #pragma unroll
-    for (int k = 0; k < 8; k++) o[k] = -q[k];
-    store8(wa + i, o);
+    for (int e = 0; e < 2; e++) o[e] = -qs[e];
+    store2(wa + i, o);
 #pragma unroll
-    for (int k = 0; k < 8; k++) o[k] = q[k] * av[k];
-    store8(wb + i, o);
+    for (int e = 0; e < 2; e++) o[e] = qs[e] * as[e];
+    store2(wb + i, o);
 }
 
 /* One warp per (row, head); see kernels/cpu/timemix.c for the formulas. */
@@ -201,39 +194,52 @@ __global__ void timemix_bwd_kernel(int RH, int H, const float *__restrict__ wl, 
 {
     const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (gw >= RH) return;
-    const int h = gw % H;
-    const size_t base = (size_t)gw * 64;
+    /* lane holds channels 2 lane and 2 lane + 1 of head h (load2/store2) */
+    const int c = (gw % H) * 64 + 2 * lane;
+    const size_t i = (size_t)gw * 64 + 2 * lane;
+    float w0v[2], wlv[2], dwv[2], kr[2], kkv[2], kav[2], dwav[2], dwbv[2], av[2], q[2], g[2], gb[2], o[2];
+    load2(w0 + c, w0v);
+    load2(wl + i, wlv);
+    load2(dw + i, dwv);
+    load2(kraw + i, kr);
+    load2(k_k + c, kkv);
+    load2(k_a + c, kav);
+    load2(dwa + i, dwav);
+    load2(dwb + i, dwbv);
+    load2(a + i, av);
+    load2(kk + i, q);
+    load2(dkf + i, g);
+    load2(dbk + i, gb);
     float ss = 0.f, dot = 0.f, dkk[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        const int n = lane + 32 * e, c = h * 64 + n;
-        const size_t i = base + n;
-        const float sg = sigmoidf_(w0[c] + wl[i]);
+        const float sg = sigmoidf_(w0v[e] + wlv[e]);
         const float wv = expf(-DECAY_SCALE * sg);
-        dwl[i] = from_f<T>(dw[i] * wv * (-DECAY_SCALE) * sg * (1.f - sg));
-        const float u = to_f(kraw[i]) * k_k[c];
+        o[e] = dwv[e] * wv * (-DECAY_SCALE) * sg * (1.f - sg);
+        const float u = kr[e] * kkv[e];
         ss += u * u;
-        dkk[e] = -to_f(dwa[i]) + to_f(dwb[i]) * to_f(a[i]);
-        dot += dkk[e] * to_f(kk[i]);
+        dkk[e] = -dwav[e] + dwbv[e] * av[e];
+        dot += dkk[e] * q[e];
     }
+    store2(dwl + i, o);
     ss = warp_sum(ss);
     dot = warp_sum(dot);
     const float nrm = sqrtf(ss);
     const bool clamped = !(nrm > KK_EPS);
     const float inv = 1.f / (clamped ? KK_EPS : nrm);
+    float dkr[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        const int n = lane + 32 * e, c = h * 64 + n;
-        const size_t i = base + n;
         /* dkf + dbk (the WKV's and the GroupNorm bonus's shares of dL/dkf),
          * rounded to T as the separate add kernel that this replaces did */
-        const float g = to_f(from_f<T>(to_f(dkf[i]) + to_f(dbk[i])));
-        const float av = to_f(a[i]), q = to_f(kk[i]), kr = to_f(kraw[i]);
-        const float du = clamped ? dkk[e] * inv : (dkk[e] - q * dot) * inv;
-        const float da = to_f(dwb[i]) * q + g * kr * k_a[c];
-        dal[i] = from_f<T>(da * av * (1.f - av));
-        dkraw[i] = from_f<T>(g * (1.f + (av - 1.f) * k_a[c]) + du * k_k[c]);
+        const float gg = to_f(from_f<T>(g[e] + gb[e]));
+        const float du = clamped ? dkk[e] * inv : (dkk[e] - q[e] * dot) * inv;
+        const float da = dwbv[e] * q[e] + gg * kr[e] * kav[e];
+        o[e] = da * av[e] * (1.f - av[e]);
+        dkr[e] = gg * (1.f + (av[e] - 1.f) * kav[e]) + du * kkv[e];
     }
+    store2(dal + i, o);
+    store2(dkraw + i, dkr);
 }
 
 /* vs: in the LoRA output vl, out s = sigmoid(v0 + vl); v = vraw + (v_first - vraw) s;

@@ -110,6 +110,25 @@ int main(int argc, char **argv)
     printf("wall step: eager %.2f ms (%.0f tokens/s) | graphs %.2f ms (%.0f tokens/s, %+.1f%%; %ld parts replayed)\n",
            wall[0], R / (wall[0] * 1e-3), wall[1], R / (wall[1] * 1e-3), 100.0 * (wall[0] / wall[1] - 1.0),
            engine_cuda_graph_replays(e));
+    /* 2b. the head's chunk of rows, through graphs: smaller chunks keep a
+     * chunk's fp32 logits (256 KB a row at V 65536) nearer L2's 50 MB */
+    {
+        const int def = engine_cuda_head_chunk(e);
+        printf("head chunk (rows: wall ms with graphs):");
+        for (int rows : {def, def / 2, def / 4, def / 8, 96}) {
+            if (rows < 1 || engine_cuda_set_head_chunk(e, rows, err)) continue;
+            std::vector<float> ws;
+            for (int it = 0; it < steps + 2; it++) {
+                auto t0 = std::chrono::steady_clock::now();
+                if (step()) { fprintf(stderr, "%s\n", err); return 1; }
+                auto t1 = std::chrono::steady_clock::now();
+                if (it >= 2) ws.push_back(std::chrono::duration<float, std::milli>(t1 - t0).count());
+            }
+            printf(" %d: %.2f", rows, median(ws));
+        }
+        printf("\n");
+        if (engine_cuda_set_head_chunk(e, def, err)) { fprintf(stderr, "%s\n", err); return 1; }
+    }
     /* 3. the fine profile: a pair of events around each operation, summed by
      * class (medians per class over the steps); their total is the GPU's busy
      * time, the eager step minus it the launch gaps */
