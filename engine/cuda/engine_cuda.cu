@@ -35,6 +35,16 @@
  * DBP: when the batch asks for dbp_q, each layer's forward also runs the Q
  * recursion (kernels/cuda/dbp.cuh) on the sampled rows, in double.
  *
+ * A step (run): host copies in; the forward and the head (run_forward); the
+ * row losses out and checked on the host; the backward (run_backward); dS0
+ * out. The two middle parts are replayed from CUDA graphs once a shape has
+ * been seen twice (graphed(); runs that copy to the host mid-step stay
+ * eager). Fusions that cross operations: each layer's end computes the next
+ * LayerNorm with its residual add (layer_fwd's fuse_out), and every
+ * LayerNorm backward also writes the bf16 copy of dx the next product reads.
+ * engine_cuda_set_profiling level 2 brackets every operation with events
+ * (PROF) and sums them by class: docs/performance.md section 2.3.
+ *
  * Observer and kernel-expanded state (SPEC section 4; the methods_* functions,
  * kernels/cuda/observer.cuh and kstate.cuh): the same hooks as engine_cpu.c.
  * The observer replaces the head's cross-entropy kernel chunk by chunk; the
