@@ -11,7 +11,11 @@
  *
  * The resident tuning parameters (engine_params_*): one optimizer step on
  * the GPU against the CPU's (bit-identical Adam without clipping), and a
- * short tuning loop with DBP against the CPU loop.
+ * short tuning loop with DBP against the CPU loop. DBP on the device
+ * (engine_params_q, engine_params_update_R): R's rule on the GPU against the
+ * host rule on the same Q, a 4-step DBP loop with Q and R resident on both
+ * backends, and a loop stopped after 2 steps and restored into a fresh
+ * engine (what a checkpoint carries) against the uninterrupted one.
  *
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
@@ -595,6 +599,287 @@ static int test_resident_matches_cpu(void)
     return rc;
 }
 
+/* ---- DBP on the device: Q resident, R's rule on the GPU ------------------- */
+
+static double s_u(uint64_t *s) { return (double)(s_next(s) >> 11) / 9007199254740992.0; }
+
+/* ||a - b|| / ||b|| in double. */
+static double s_rel_dd(const double *a, const double *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* R near the identity and a Q like the engine's: P outer products of
+ * vectors whose components span two orders of magnitude (so E is far from
+ * the identity and the rule has work to do). */
+static void s_rule_inputs(const rfix_t *f, uint64_t seed, int P, float *R, double *Q)
+{
+    uint64_t s = seed * 0x2545F4914F6CDD1Dull + 7;
+    const int N = f->N;
+    double *x = malloc((size_t)N * sizeof *x);
+    for (int b = 0; b < f->nblk; b++) {
+        float *Rb = R + (size_t)b * N * N;
+        double *Qb = Q + (size_t)b * N * N;
+        for (int i = 0; i < N * N; i++) {
+            Rb[i] = (i / N == i % N ? 1.0f : 0.0f) + (float)((s_u(&s) - 0.5) * 0.1);
+            Qb[i] = 0;
+        }
+        for (int p = 0; p < P; p++) {
+            for (int j = 0; j < N; j++) x[j] = (s_u(&s) - 0.5) * 2 * exp(-j / 14.0) + 0.3 * (s_u(&s) - 0.5);
+            for (int i = 0; i < N; i++)
+                for (int j = 0; j < N; j++) Qb[i * N + j] += x[i] * x[j];
+        }
+    }
+    free(x);
+}
+
+/* R's rule on the GPU (three batched DGEMMs and dbp.cuh's kernels) against
+ * dbp_update_R on the host, from the same R and Q: both in double, so R
+ * agrees to float rounding (relative 1e-6 over R, 1e-5 over the update
+ * itself); Q survives the trip to the device and back; no pair leaves R
+ * alone; a NaN in Q is reported as a non-finite R by both. */
+static int test_dbp_rule_device(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    const char *env = getenv("STATETUNE_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    rfix_t f = {0};
+    CHECK(s_rfix(&f, seed, 2, 16) == 0);
+    size_t n = f.ns;
+    char err[ST_ERR_LEN];
+    const int P = 300;
+    const double eta = 0.05, kappa = 0.01;
+    float *R0 = malloc(n * 4), *Rout[2], *S0 = malloc(n * 4), *S0ref = malloc(n * 4);
+    double *Q = malloc(n * 8), *Qback = malloc(n * 8);
+    CHECK(R0 && S0 && S0ref && Q && Qback);
+    s_rule_inputs(&f, seed, P, R0, Q);
+    int rc = 0;
+    for (int be = 0; be < 2; be++) {
+        Rout[be] = malloc(n * 4);
+        CHECK(Rout[be] != NULL);
+        engine_t *e = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, 1);
+        CHECK(e != NULL);
+        CHECKF(engine_params_set(e, f.A0, R0, err) == ST_OK, "%s", err);
+        CHECKF(engine_params_set_q(e, Q, err) == ST_OK, "%s", err);
+        CHECKF(engine_params_get_q(e, Qback, err) == ST_OK, "%s", err);
+        CHECK(memcmp(Qback, Q, n * 8) == 0);
+        int finite = 0;
+        CHECKF(engine_params_update_R(e, P, eta, kappa, &finite, err) == ST_OK, "%s", err);
+        CHECK(finite == 1);
+        CHECKF(engine_params_get_R(e, Rout[be], err) == ST_OK, "%s", err);
+        if (be) { /* S0 = A R follows the new R */
+            CHECKF(engine_params_get(e, NULL, S0, err) == ST_OK, "%s", err);
+            dbp_state(f.nblk, f.N, f.A0, Rout[be], S0ref);
+            double es = st_rel_err_ff(S0, S0ref, n);
+            printf("S0 = A R after the device rule: rel err %.2e\n", es);
+            if (!(es <= 1e-6)) rc = 1;
+        }
+        /* no pair: R as it was */
+        float *Rsame = malloc(n * 4);
+        CHECK(Rsame != NULL);
+        CHECKF(engine_params_update_R(e, 0, eta, kappa, &finite, err) == ST_OK && finite == 1, "%s", err);
+        CHECKF(engine_params_get_R(e, Rsame, err) == ST_OK, "%s", err);
+        CHECK(memcmp(Rsame, Rout[be], n * 4) == 0);
+        free(Rsame);
+        /* a NaN in Q: R is not finite, and the caller hears it */
+        Qback[n / 3] = NAN;
+        CHECKF(engine_params_set_q(e, Qback, err) == ST_OK, "%s", err);
+        CHECKF(engine_params_update_R(e, P, eta, kappa, &finite, err) == ST_OK, "%s", err);
+        printf("%s: a NaN in Q gives finite %d\n", be ? "cuda" : "cpu", finite);
+        CHECK(finite == 0);
+        engine_destroy(&e);
+    }
+    double er = st_rel_err_ff(Rout[1], Rout[0], n), eu = s_rel_update(Rout[1], Rout[0], R0, n);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) differ += Rout[1][i] != Rout[0][i];
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)Rout[0][i] - R0[i]) * ((double)Rout[0][i] - R0[i]);
+        den += (double)R0[i] * R0[i];
+    }
+    printf("R rule, fp64 on the device vs the host: R rel err %.2e, update rel err %.2e (%zu of %zu elements "
+           "differ, by rounding); the rule moved R by %.2e of its norm\n",
+           er, eu, differ, n, sqrt(num / den));
+    if (!(er <= 1e-6 && eu <= 1e-5)) {
+        fprintf(stderr, "the device R rule differs from the host rule: R %.2e > 1e-6 or update %.2e > 1e-5\n", er, eu);
+        rc = 1;
+    }
+    if (!(num > 0)) {
+        fprintf(stderr, "the rule did not move R: the test proves nothing\n");
+        rc = 1;
+    }
+    for (int be = 0; be < 2; be++) free(Rout[be]);
+    free(R0), free(S0), free(S0ref), free(Q), free(Qback);
+    s_rfix_free(&f);
+    return rc;
+}
+
+/* steps [from, to) of a tuning loop with DBP as tune.c runs it: Q and R's
+ * rule in the engine, clipping on, two micro-batches per step (the same one
+ * twice), rows sampled as given. Q of the last step to Qout when not NULL. */
+static int s_dbp_loop(engine_t *e, const rfix_t *f, const uint8_t *rows, int from, int to, double *Qout, char *err)
+{
+    for (int step = from; step < to; step++) {
+        int rc = engine_params_zero_grad(e, err);
+        double ntg = 0, pairs = 0;
+        for (int k = 0; k < 2 && !rc; k++) {
+            engine_batch_t b = {.tokens = f->tok, .targets = f->tgt, .B = f->B, .T = f->T, .dbp_rows = rows};
+            rc = engine_params_run(e, &b, err);
+            ntg += (double)b.n_targets;
+            for (int i = 0; i < f->B; i++) pairs += rows[i] ? f->T : 0;
+        }
+        if (!rc && Qout) rc = engine_params_get_q(e, Qout, err);
+        engine_step_info_t info;
+        if (!rc) rc = engine_params_step(e, ntg, 1e-3, 0.02 / (1 + step), &info, err);
+        if (!rc && !info.finite) rc = st_fail(err, ST_ENUMERIC, "step %d: A is not finite", step);
+        int finite = 0;
+        if (!rc) rc = engine_params_update_R(e, pairs, 0.05, 0.01, &finite, err);
+        if (!rc && !finite) rc = st_fail(err, ST_ENUMERIC, "step %d: R is not finite", step);
+        if (rc) return rc;
+    }
+    return ST_OK;
+}
+
+/* A 4-step DBP loop with Q and R resident on the GPU (fp32) against the
+ * same loop on the CPU engine: Q of every step within 1e-4 (the engine's
+ * Q, fp32 tolerance 1e-5, from states that drift apart by the gradient's
+ * rounding), and A and R after 4 steps within 1e-2 of how far they moved. */
+static int test_resident_dbp_matches_cpu(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    const char *env = getenv("STATETUNE_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    rfix_t f = {0};
+    CHECK(s_rfix(&f, seed, 2, 37) == 0);
+    size_t n = f.ns;
+    char err[ST_ERR_LEN];
+    engine_t *e[2];
+    float *A[2], *R[2], *I = malloc(n * 4);
+    double *Q[2];
+    CHECK(I != NULL);
+    dbp_identity(f.nblk, f.N, I);
+    const uint8_t rows[2] = {1, 1};
+    for (int be = 0; be < 2; be++) {
+        e[be] = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, 1);
+        CHECK(e[be] != NULL);
+        A[be] = malloc(n * 4), R[be] = malloc(n * 4), Q[be] = malloc(n * 8);
+        CHECK(A[be] && R[be] && Q[be]);
+        CHECKF(engine_params_set(e[be], f.A0, I, err) == ST_OK, "%s", err);
+    }
+    int rc = 0;
+    for (int step = 0; step < 4 && !rc; step++) {
+        for (int be = 0; be < 2; be++) CHECKF(s_dbp_loop(e[be], &f, rows, step, step + 1, Q[be], err) == ST_OK, "%s", err);
+        double eq = s_rel_dd(Q[1], Q[0], n);
+        printf("step %d: resident Q rel err %.2e (Q[0] cuda %.6e cpu %.6e)\n", step, eq, Q[1][0], Q[0][0]);
+        if (!(eq <= 1e-4)) {
+            fprintf(stderr, "step %d: the resident Q differs by %.2e > 1e-4\n", step, eq);
+            rc = 1;
+        }
+    }
+    for (int be = 0; be < 2 && !rc; be++) {
+        CHECKF(engine_params_get(e[be], A[be], NULL, err) == ST_OK, "%s", err);
+        CHECKF(engine_params_get_R(e[be], R[be], err) == ST_OK, "%s", err);
+    }
+    if (!rc) {
+        double ea = s_rel_update(A[1], A[0], f.A0, n), er = s_rel_update(R[1], R[0], I, n);
+        printf("after 4 DBP steps: A update rel err %.2e, R update rel err %.2e (R[1] cuda %.8f cpu %.8f)\n", ea, er,
+               R[1][1], R[0][1]);
+        if (!(ea <= 1e-2 && er <= 1e-2)) {
+            fprintf(stderr, "after 4 DBP steps A (%.2e) or R (%.2e) differs beyond 1e-2 of its update\n", ea, er);
+            rc = 1;
+        }
+    }
+    for (int be = 0; be < 2; be++) {
+        engine_destroy(&e[be]);
+        free(A[be]), free(R[be]), free(Q[be]);
+    }
+    free(I);
+    s_rfix_free(&f);
+    return rc;
+}
+
+/* DBP on the GPU, stopped after 2 steps: A, R, Adam's moments and step
+ * count read out (what tune.c's checkpoint holds), written into a fresh
+ * engine (read back bit for bit), 2 more steps; against 4 steps in one go.
+ * The GPU sums dS0 and Q with atomics, so two uninterrupted runs differ in
+ * the last bits already: the resumed run must land as close to the
+ * uninterrupted one as a second uninterrupted run does (within 1e-5 of the
+ * update, or 10 times that run-to-run spread). */
+static int test_resident_dbp_resume(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    const char *env = getenv("STATETUNE_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    rfix_t f = {0};
+    CHECK(s_rfix(&f, seed, 2, 37) == 0);
+    size_t n = f.ns;
+    char err[ST_ERR_LEN];
+    const uint8_t rows[2] = {1, 0};
+    float *I = malloc(n * 4), *A[3], *R[3], *m = malloc(n * 4), *v = malloc(n * 4), *chk = malloc(n * 4);
+    CHECK(I && m && v && chk);
+    dbp_identity(f.nblk, f.N, I);
+    for (int k = 0; k < 3; k++) {
+        A[k] = malloc(n * 4), R[k] = malloc(n * 4);
+        CHECK(A[k] && R[k]);
+    }
+    /* 0, 1: uninterrupted twice (the run-to-run spread); 2: resumed */
+    for (int k = 0; k < 2; k++) {
+        engine_t *e = s_reng(&f, ENGINE_CUDA, ENGINE_FP32, 1);
+        CHECK(e != NULL);
+        CHECKF(engine_params_set(e, f.A0, I, err) == ST_OK, "%s", err);
+        CHECKF(s_dbp_loop(e, &f, rows, 0, 4, NULL, err) == ST_OK, "%s", err);
+        CHECKF(engine_params_get(e, A[k], NULL, err) == ST_OK, "%s", err);
+        CHECKF(engine_params_get_R(e, R[k], err) == ST_OK, "%s", err);
+        engine_destroy(&e);
+    }
+    engine_t *e = s_reng(&f, ENGINE_CUDA, ENGINE_FP32, 1);
+    CHECK(e != NULL);
+    CHECKF(engine_params_set(e, f.A0, I, err) == ST_OK, "%s", err);
+    CHECKF(s_dbp_loop(e, &f, rows, 0, 2, NULL, err) == ST_OK, "%s", err);
+    int64_t t = 0;
+    CHECKF(engine_params_get(e, A[2], NULL, err) == ST_OK, "%s", err);
+    CHECKF(engine_params_get_R(e, R[2], err) == ST_OK, "%s", err);
+    CHECKF(engine_params_get_adam(e, m, v, &t, err) == ST_OK, "%s", err);
+    engine_destroy(&e);
+    CHECK(t == 2);
+    e = s_reng(&f, ENGINE_CUDA, ENGINE_FP32, 1); /* a new process, as after a restart */
+    CHECK(e != NULL);
+    CHECKF(engine_params_set(e, A[2], R[2], err) == ST_OK, "%s", err);
+    CHECKF(engine_params_set_adam(e, m, v, t, err) == ST_OK, "%s", err);
+    CHECKF(engine_params_get_R(e, chk, err) == ST_OK, "%s", err);
+    CHECK(memcmp(chk, R[2], n * 4) == 0);
+    CHECKF(engine_params_get(e, chk, NULL, err) == ST_OK, "%s", err);
+    CHECK(memcmp(chk, A[2], n * 4) == 0);
+    CHECKF(s_dbp_loop(e, &f, rows, 2, 4, NULL, err) == ST_OK, "%s", err);
+    CHECKF(engine_params_get(e, A[2], NULL, err) == ST_OK, "%s", err);
+    CHECKF(engine_params_get_R(e, R[2], err) == ST_OK, "%s", err);
+    CHECKF(engine_params_get_adam(e, NULL, NULL, &t, err) == ST_OK, "%s", err);
+    engine_destroy(&e);
+    CHECK(t == 4);
+    double sa = s_rel_update(A[1], A[0], f.A0, n), sr = s_rel_update(R[1], R[0], I, n);
+    double ra = s_rel_update(A[2], A[0], f.A0, n), rr = s_rel_update(R[2], R[0], I, n);
+    int same = !memcmp(A[2], A[0], n * 4) && !memcmp(R[2], R[0], n * 4);
+    printf("DBP on the GPU, 4 steps: resumed vs uninterrupted A %.2e R %.2e of the update (%s); two "
+           "uninterrupted runs A %.2e R %.2e\n", ra, rr, same ? "identical bits" : "not bit-identical", sa, sr);
+    int rc = 0;
+    if (!(ra <= fmax(1e-5, 10 * sa) && rr <= fmax(1e-5, 10 * sr))) {
+        fprintf(stderr, "the resumed DBP run differs from the uninterrupted one beyond its run-to-run spread\n");
+        rc = 1;
+    }
+    for (int k = 0; k < 3; k++) free(A[k]), free(R[k]);
+    free(I), free(m), free(v), free(chk);
+    s_rfix_free(&f);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const st_test_t tests[] = {
@@ -606,6 +891,9 @@ int main(int argc, char **argv)
         {"refuses_oversized_batch", test_refuses_oversized_batch},
         {"resident_step_exact", test_resident_step_exact},
         {"resident_matches_cpu", test_resident_matches_cpu},
+        {"dbp_rule_device", test_dbp_rule_device},
+        {"resident_dbp_matches_cpu", test_resident_dbp_matches_cpu},
+        {"resident_dbp_resume", test_resident_dbp_resume},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);
