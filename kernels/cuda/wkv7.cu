@@ -656,10 +656,12 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     if (rc) return rc;
     if (algo == WKV7_BWD_CHUNKED || algo == WKV7_BWD_CHUNKED_REC || algo == WKV7_BWD_CHUNKED_WS ||
         algo == WKV7_BWD_CPROD || algo == WKV7_BWD_CPROD1 || algo == WKV7_BWD_CPRODB || algo == WKV7_BWD_CPROD1WS ||
+        algo == WKV7_BWD_CPROD1S || algo == WKV7_BWD_CPROD1WSS ||
         (algo > 16 && algo <= 16 + 4096)) {
         const int mode = algo == WKV7_BWD_CHUNKED_REC ? 0 : algo == WKV7_BWD_CHUNKED_WS ? 2
                        : algo == WKV7_BWD_CPROD ? 3 : algo == WKV7_BWD_CPROD1 ? 4 : algo == WKV7_BWD_CPRODB ? 5
-                       : algo == WKV7_BWD_CPROD1WS ? 6 : 1;
+                       : algo == WKV7_BWD_CPROD1WS ? 6 : algo == WKV7_BWD_CPROD1WSS ? 7
+                       : algo == WKV7_BWD_CPROD1S ? 8 : 1;
         return wkv7tc::backward<F>(mode, algo > 16 ? algo - 16 : 4, B, T, H, r, w, k, v, a, b, s_ckpt, sa, dy, dr,
                                    dw, dk, dv, da, db, ds0, stream, err);
     } else if (algo == WKV7_BWD_SPLIT) {
@@ -689,19 +691,23 @@ extern "C" int wkv7_cuda_auto_algo(int forward, int B, int H, int sms)
     return blocks <= 2L * sms ? WKV7_BWD_SPLIT : WKV7_BWD_RECURRENT;
 }
 
-/* bf16 (since 2026-11-27, docs/performance.md 1.3): the one-product tf32
- * class at every grid, TCWS1 forward (2.56 vs 4.75 ms at 512 heads, 0.34 vs
- * 0.60 at 256, 0.28 vs 0.37 at 96) and the chunk-product backward CPROD1
- * (8.86 vs 9.07 recurrent at 512 heads, 1.15 vs 1.41 split at 256, 0.51 vs
- * 0.65 chunked at 192, 0.67 vs 0.89 at 96); the pair must stay together (the
- * step-back backwards amplify TCWS1's rounding). Its error (3e-4 relative on
- * s_final and dS0, 1.3e-3 on dw) is far inside the bf16 engine's fixture
- * tolerances (3e-2 / 5e-2). -DWKV7_AUTO_V12 keeps the 1.2 rule (baseline
- * builds for benchmarks). fp32: the accurate rule above. */
+/* bf16 (since 2026-11-27, docs/performance.md 1.3, H100): the one-product
+ * tf32 class at every grid, the TCWS1 forward (2.56 vs 4.78 ms for TCWS at
+ * 512 heads, 0.34 vs 0.60 at 256, 0.18 vs 0.32 at 192, 0.27 vs 0.37 at 96)
+ * and the chunk-product backward CPROD1WSS (7.67 vs 9.20 recurrent at 512
+ * heads, 1.00 vs 1.40 split at 256, 0.48 vs 0.65 chunked at 192, 0.56 vs
+ * 0.87 at 96); the pair must stay together (a step-back backward amplifies
+ * TCWS1's rounding by up to 1/p_16: dr, dw, da wrong by 0.7 to 1.3 with
+ * every w near 0.545). Its error (3e-4 relative on s_final and dS0, 1.3e-3
+ * on dw) is far inside the bf16 engine's fixture tolerances (3e-2 / 5e-2;
+ * verify's bf16 figures moved by under 2%). CPROD1S was 5% faster at 192
+ * heads (0.458 vs 0.480 ms) and slower elsewhere; not worth a third band.
+ * -DWKV7_AUTO_V12 keeps the 1.2 rule (baseline builds for benchmarks).
+ * fp32: the accurate rule above. */
 extern "C" int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms)
 {
 #ifndef WKV7_AUTO_V12
-    if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1;
+    if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSS;
 #endif
     return wkv7_cuda_auto_algo(forward, B, H, sms);
 }

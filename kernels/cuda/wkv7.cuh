@@ -11,9 +11,14 @@
  *
  * Algorithms: the recurrent pair described here; a chunked forward and a
  * split backward on CUDA cores (wkv7.cu); a chunked forward and a two-pass
- * chunked backward on tensor cores (wkv7_chunk.cu). Same inputs, outputs
- * and workspaces (the chunked backward adds its own, from the stream's
- * memory pool), chosen per call by grid size (WKV7_ALGO_AUTO below).
+ * chunked backward on tensor cores (wkv7_chunk.cu), and a backward whose
+ * gradients all come from chunk products (CPROD, no step-back). Same inputs,
+ * outputs and workspaces (the chunked backwards add their own, from the
+ * stream's memory pool), chosen per call by grid size and precision
+ * (WKV7_ALGO_AUTO below). Precision classes: about fp32 (recurrent, chunked,
+ * 3xTF32 tensor-core kernels), one tf32 product (TCWS1, CPROD1*: about 3e-4
+ * relative; the bf16 launchers' AUTO), bf16 operands (TCWSB, CPRODB: about
+ * 3e-3, dw up to 1.1e-2); docs/performance.md 1.3 says which bounds apply.
  *
  * Recurrent (the official RWKV-7 CUDA kernel's, BlinkDL/RWKV-CUDA; see
  * shared/notes/wkv7-kernels.md section 2): one block of 64 threads per (b, h).
@@ -152,6 +157,10 @@ extern "C" {
 #define WKV7_BWD_CPRODB 7
 /* CPROD1WS: CPROD1 with pass 1 warp-specialized (as CHUNKED_WS). */
 #define WKV7_BWD_CPROD1WS 8
+/* CPROD1S, CPROD1WSS: CPROD1 and CPROD1WS with pass 2 in 74 KB of shared
+ * memory (three CTAs per SM instead of two; wkv7_chunk.cu). */
+#define WKV7_BWD_CPROD1S 9
+#define WKV7_BWD_CPROD1WSS 10
 #ifndef WKV7_BWD_FP32_DEFAULT
 #define WKV7_BWD_FP32_DEFAULT WKV7_ALGO_AUTO
 #endif

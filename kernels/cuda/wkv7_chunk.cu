@@ -45,7 +45,9 @@
  * FMAs per token on CUDA cores: it is what keeps (8, 4096, 64) at the
  * recurrent kernel's speed (docs/performance.md 1.2).
  *
- * Next step, not built: all gradients from chunk products (no step-back).
+ * All gradients from chunk products (no step-back; WKV7_BWD_CPROD*, built
+ * 2026-11-27 as wkv7_bwd_cprod_kernel and its 74 KB form
+ * wkv7_bwd_cprod_small_kernel, after pass 1 with one chunk per segment).
  * Per chunk, with S its start state (checkpoint c - 1, or s0) and D, Z, U,
  * X as above (tokens x values unless noted), masks strict for AB, AK and
  * inclusive for QB, QK:
@@ -58,9 +60,15 @@
  *   dP_t = dQ~ q~ - dK^ k^ - dB^ b^ - dK' K' - dB' B' + dA~_{t+1} a~_{t+1},
  *   dP_15 += sum_t (dK' K' + dB' B') + dpL pL,  dw_u = (sum_{t >= u} dP_t) / w_u
  * (per key, elementwise). Checked in float64 against autograd of the
- * per-token recurrence (N = 8, T = 37: agreement to 2e-14); about 2.5x the
- * forward's products per chunk, so it pays only once the forward's
- * per-chunk cost drops (see the measured instruction counts in 1.2).
+ * per-token recurrence (N = 8, T = 37: agreement to 2e-14; again with this
+ * file's index conventions, 6e-16, before the kernels were written). U is
+ * the forward's sa and Z pass 1's dsa, so pass 2 needs no Gram matrix of its
+ * own and no triangular solve; every chunk of every head runs at once.
+ * Precision classes (docs/performance.md 1.3): 3xTF32 products (CPROD,
+ * about fp32 and, without the step-back, 1e-6 on dr, dw, da where the
+ * step-back reached 9e-4), one tf32 product (CPROD1*, about 3e-4; the bf16
+ * launchers' AUTO with the TCWS1 forward), bf16 operands (CPRODB, dw up to
+ * 1.1e-2 with every w near 0.545; not in AUTO).
  */
 #include "kernels/cuda/wkv7_chunk.cuh"
 #include "kernels/cuda/wkv7.cuh"
@@ -1586,6 +1594,207 @@ __global__ void __launch_bounds__(256, 2) wkv7_bwd_cprod_kernel(
     }
 }
 
+/* four consecutive activations as floats (8-byte bf16 or 16-byte fp32 loads) */
+__device__ __forceinline__ float4 load4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16 *p)
+{
+    const uint2 x = *reinterpret_cast<const uint2 *>(p);
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&x.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&x.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+/* ---- CPROD pass 2 in 74 KB (three CTAs per SM instead of two) ------------
+ * wkv7_bwd_cprod_kernel's arithmetic with its shared memory cut from 103 to
+ * 74 KB: S and D die after the first products, so the four 16 x 16
+ * gradients, dpL's partial sums and the dP parts reuse their space (one more
+ * barrier); p_{t-1} and w_t are read as p[t - 1] and p_t / p_{t-1} instead
+ * of tiles of their own; every tile has the 68-float stride (2-way bank
+ * conflicts on some B loads). More resident CTAs overlap one chunk's loads
+ * with another's products: pass 2 is bound by latency, not by issue. Also
+ * shorter serial parts: one 4-element vector load per thread and tile, and
+ * the prefix products and dw's reverse scan on four threads per key (4
+ * tokens each, shuffles between them) instead of 16 steps on one. */
+constexpr int CSD = 2 * N * CLA; /* S^T and D, then grams, dpl and dP parts */
+struct CpSmallSmem {
+    float sd[CSD];
+    float z[L * CLA], dy[L * CLA], v[L * CLA], u[L * CLA];
+    float at[L * CLA], qt[L * CLA], bh[L * CLA], kh[L * CLA];
+    float p[L * N];
+    float pL[N];
+};
+
+template <typename F, int OP>
+__global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
+    int T, int H, int nck,
+    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
+    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
+    const float *__restrict__ s0, const float *__restrict__ ckpt, const float *__restrict__ sa_in,
+    const float *__restrict__ dsa_in, const F *__restrict__ dy, const float *__restrict__ dstore,
+    F *__restrict__ dr, float *__restrict__ dw, F *__restrict__ dk, F *__restrict__ da, F *__restrict__ db)
+{
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    CpSmallSmem &sm = *reinterpret_cast<CpSmallSmem *>(dyn_smem);
+    float *St = sm.sd, *Dm = sm.sd + N * CLA;
+    /* after the first products: */
+    float *gAB = sm.sd, *gAK = gAB + L * CLG, *gQB = gAK + L * CLG, *gQK = gQB + L * CLG;
+    float *dpl = gQK + L * CLG;                                   /* [4][N] */
+    float *eP = dpl + 4 * N, *eA = eP + L * N, *eE = eA + L * N; /* [t][j] */
+    const int c = blockIdx.x, h = blockIdx.y, bb = blockIdx.z, tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const size_t HN = (size_t)H * N;
+    const int t0 = c * L, n = min(L, T - t0);
+    const size_t base = (((size_t)bb * T + t0) * H + h) * N;
+
+    if (c > 0) {
+        const float *src = ckpt + ((size_t)(bb * H + h) * nck + c - 1) * N * N;
+        for (int e = tid; e < N * N / 4; e += 256) {
+            const float4 x = reinterpret_cast<const float4 *>(src)[e];
+            const int j = (4 * e) / N, i = (4 * e) % N;
+            *reinterpret_cast<float4 *>(&St[j * CLA + i]) = x;
+        }
+    } else {
+        const float *src = s0 + (size_t)h * N * N;
+        for (int e = tid; e < N * N; e += 256) St[(e % N) * CLA + e / N] = src[e];
+    }
+    {
+        const float *src = dstore + ((size_t)(bb * H + h) * nck + c) * N * N;
+        for (int e = tid; e < N * N / 4; e += 256) {
+            const float4 x = reinterpret_cast<const float4 *>(src)[e];
+            const int i = (4 * e) / N, j = (4 * e) % N;
+            *reinterpret_cast<float4 *>(&Dm[i * CLA + j]) = x;
+        }
+    }
+    { /* token tiles, four consecutive elements per thread (one pass) */
+        const int e = 4 * tid, uu = e / N, x = e % N;
+        const bool ok = uu < n;
+        const size_t idx = base + (size_t)(ok ? uu : 0) * HN + x;
+        const int o = uu * CLA + x;
+        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+        *reinterpret_cast<float4 *>(&sm.z[o]) = ok ? *reinterpret_cast<const float4 *>(dsa_in + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.u[o]) = ok ? *reinterpret_cast<const float4 *>(sa_in + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.dy[o]) = ok ? load4(dy + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.v[o]) = ok ? load4(v + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.qt[o]) = ok ? load4(r + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.kh[o]) = ok ? load4(k + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.at[o]) = ok ? load4(a + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.bh[o]) = ok ? load4(b + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.p[e]) = ok ? *reinterpret_cast<const float4 *>(w + idx)
+                                                   : make_float4(1.f, 1.f, 1.f, 1.f);
+    }
+    __syncthreads();
+    { /* prefix products, four threads per key (tokens 4q .. 4q + 3): local
+       * products, then the earlier groups' totals by shuffles */
+        const int j = tid >> 2, q = tid & 3;
+        float lp[4];
+        float x = 1.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) { x *= sm.p[(4 * q + i) * N + j]; lp[i] = x; }
+        const float g1 = __shfl_up_sync(0xffffffffu, x, 1, 4), g2 = __shfl_up_sync(0xffffffffu, x, 2, 4);
+        const float g3 = __shfl_up_sync(0xffffffffu, x, 3, 4);
+        const float pre = (q >= 1 ? g1 : 1.f) * (q >= 2 ? g2 : 1.f) * (q >= 3 ? g3 : 1.f);
+        const float last = __shfl_sync(0xffffffffu, pre * x, (lane & ~3) | 3); /* p_15 */
+        float pprev = pre;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int t = 4 * q + i, o = t * CLA + j;
+            const float pt = pre * lp[i];
+            const float ip = __frcp_rn(pt);
+            sm.at[o] *= pprev;
+            sm.qt[o] *= pt;
+            sm.kh[o] *= ip;
+            sm.bh[o] *= ip;
+            sm.p[t * N + j] = pt;
+            pprev = pt;
+        }
+        if (q == 0) sm.pL[j] = last;
+    }
+    float dplv;
+    {
+        const int j = tid & (N - 1), q = tid >> 6;
+        float acc = 0.f;
+#pragma unroll
+        for (int i = 16 * q; i < 16 * q + 16; i++) acc = fmaf(St[j * CLA + i], Dm[i * CLA + j], acc);
+        dplv = acc;
+    }
+    const int j0 = 8 * warp;
+    float cA[4] = {0.f, 0.f, 0.f, 0.f}, cQ[4] = {0.f, 0.f, 0.f, 0.f};
+    float cKp[4] = {0.f, 0.f, 0.f, 0.f}, cBp[4] = {0.f, 0.f, 0.f, 0.f};
+    float cKh[4] = {0.f, 0.f, 0.f, 0.f}, cBh[4] = {0.f, 0.f, 0.f, 0.f};
+    smm<OP>(cA, sm.z, CLA, 1, St + j0 * CLA, 1, CLA, N, g, t4);
+    smm<OP>(cQ, sm.dy, CLA, 1, St + j0 * CLA, 1, CLA, N, g, t4);
+    smm<OP>(cKp, sm.v, CLA, 1, Dm + j0, CLA, 1, N, g, t4);
+    smm<OP>(cBp, sm.u, CLA, 1, Dm + j0, CLA, 1, N, g, t4);
+    const int mat = warp >> 1, s0c = 8 * (warp & 1);
+    float cg[4] = {0.f, 0.f, 0.f, 0.f};
+    smm<OP>(cg, mat < 2 ? sm.z : sm.dy, CLA, 1, ((mat & 1) ? sm.v : sm.u) + s0c * CLA, 1, CLA, N, g, t4);
+    __syncthreads(); /* S and D are dead; the rescaled tiles are complete */
+    {
+        float *G = mat == 0 ? gAB : mat == 1 ? gAK : mat == 2 ? gQB : gQK;
+        const bool incl = mat >= 2;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int t = g + (e >= 2 ? 8 : 0), s = s0c + 2 * t4 + (e & 1);
+            G[t * CLG + s] = (incl ? s <= t : s < t) ? cg[e] : 0.f;
+        }
+        dpl[(tid >> 6) * N + (tid & (N - 1))] = dplv;
+    }
+    __syncthreads();
+    smm<OP>(cA, gAB, CLG, 1, sm.bh + j0, CLA, 1, L, g, t4);
+    smm<OP>(cA, gAK, CLG, 1, sm.kh + j0, CLA, 1, L, g, t4);
+    smm<OP>(cQ, gQB, CLG, 1, sm.bh + j0, CLA, 1, L, g, t4);
+    smm<OP>(cQ, gQK, CLG, 1, sm.kh + j0, CLA, 1, L, g, t4);
+    smm<OP>(cBh, gAB, 1, CLG, sm.at + j0, CLA, 1, L, g, t4);
+    smm<OP>(cBh, gQB, 1, CLG, sm.qt + j0, CLA, 1, L, g, t4);
+    smm<OP>(cKh, gAK, 1, CLG, sm.at + j0, CLA, 1, L, g, t4);
+    smm<OP>(cKh, gQK, 1, CLG, sm.qt + j0, CLA, 1, L, g, t4);
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int t = g + (e >= 2 ? 8 : 0), j = j0 + 2 * t4 + (e & 1);
+        const float pt = sm.p[t * N + j], pl = sm.pL[j];
+        const float pprev = t > 0 ? sm.p[(t - 1) * N + j] : 1.f;
+        const float kh_ = sm.kh[t * CLA + j], bh_ = sm.bh[t * CLA + j];
+        const float ipt = 1.f / pt;
+        if (t < n) {
+            const size_t idx = base + (size_t)t * HN + j;
+            dr[idx] = from_f<F>(cQ[e] * pt);
+            da[idx] = from_f<F>(cA[e] * pprev);
+            dk[idx] = from_f<F>(fmaf(cKp[e], pl, cKh[e]) * ipt);
+            db[idx] = from_f<F>(fmaf(cBp[e], pl, cBh[e]) * ipt);
+        }
+        const float ee = (cKp[e] * kh_ + cBp[e] * bh_) * pl;
+        eP[t * N + j] = cQ[e] * sm.qt[t * CLA + j] - cKh[e] * kh_ - cBh[e] * bh_ - ee;
+        eE[t * N + j] = ee;
+        eA[t * N + j] = cA[e] * sm.at[t * CLA + j];
+    }
+    __syncthreads();
+    { /* dw_u = sum_{t >= u} dP_t / w_u: four threads per key, tokens 4q .. */
+        const int j = tid >> 2, q = tid & 3;
+        float dP[4], ee = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int t = 4 * q + i;
+            dP[i] = eP[t * N + j] + (t + 1 < L ? eA[(t + 1) * N + j] : 0.f);
+            ee += eE[t * N + j];
+        }
+        ee += __shfl_xor_sync(0xffffffffu, ee, 1);
+        ee += __shfl_xor_sync(0xffffffffu, ee, 2);
+        const float tot = dP[0] + dP[1] + dP[2] + dP[3];
+        const float l1 = __shfl_down_sync(0xffffffffu, tot, 1, 4), l2 = __shfl_down_sync(0xffffffffu, tot, 2, 4);
+        const float l3 = __shfl_down_sync(0xffffffffu, tot, 3, 4);
+        float acc = ee + (dpl[j] + dpl[N + j] + dpl[2 * N + j] + dpl[3 * N + j]) * sm.pL[j] + (q <= 2 ? l1 : 0.f) +
+                    (q <= 1 ? l2 : 0.f) + (q == 0 ? l3 : 0.f);
+#pragma unroll
+        for (int i = 3; i >= 0; i--) {
+            const int t = 4 * q + i;
+            acc += dP[i];
+            /* dw = acc / w_t with w_t = p_t / p_{t-1} */
+            const float pprev = t > 0 ? sm.p[(t - 1) * N + j] : 1.f;
+            if (t < n) dw[base + (size_t)t * HN + j] = acc * pprev / sm.p[t * N + j];
+        }
+    }
+}
+
 } // namespace
 
 namespace wkv7tc {
@@ -1637,7 +1846,7 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
  * with one chunk per segment, then wkv7_bwd_cprod_kernel<F, OP> over every
  * chunk of every head. Workspace: D per chunk (B H nck N^2) and dsa
  * (B T H N) floats from the stream's pool. */
-template <typename F, int P1, int OP, bool WS>
+template <typename F, int P1, int OP, bool WS, bool SMALL = false>
 int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
                    const F *b, const float *s0, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw,
                    F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
@@ -1650,7 +1859,7 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
     ST_CUDA_CHECK(cudaMallocAsync((void **)&ws, (nstore + ndsa) * sizeof(float), stream));
     float *dstore = ws, *dsa = ws + nstore;
     cudaError_t e1 = cudaSuccess;
-    if (WS) { /* pass 1 warp-specialized (producers one chunk ahead) */
+    if constexpr (WS) { /* pass 1 warp-specialized (producers one chunk ahead) */
         const int smem1 = (int)sizeof(BwdSmem<F>);
         e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, P1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   smem1);
@@ -1669,14 +1878,27 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
             e1 = cudaGetLastError();
         }
     }
-    const int smem2 = (int)sizeof(CpSmem);
-    if (e1 == cudaSuccess)
-        e1 = cudaFuncSetAttribute(wkv7_bwd_cprod_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem2);
-    if (e1 == cudaSuccess) {
-        wkv7_bwd_cprod_kernel<F, OP><<<dim3(nck, H, B), 256, smem2, stream>>>(T, H, nck, r, w, k, v, a, b, s0, ckpt,
-                                                                              sa, dsa, dy, dstore, dr, dw, dk, da,
-                                                                              db);
-        e1 = cudaGetLastError();
+    if constexpr (SMALL) {
+        const int smem2 = (int)sizeof(CpSmallSmem);
+        if (e1 == cudaSuccess)
+            e1 = cudaFuncSetAttribute(wkv7_bwd_cprod_small_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      smem2);
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_cprod_small_kernel<F, OP><<<dim3(nck, H, B), 256, smem2, stream>>>(
+                T, H, nck, r, w, k, v, a, b, s0, ckpt, sa, dsa, dy, dstore, dr, dw, dk, da, db);
+            e1 = cudaGetLastError();
+        }
+    } else {
+        const int smem2 = (int)sizeof(CpSmem);
+        if (e1 == cudaSuccess)
+            e1 = cudaFuncSetAttribute(wkv7_bwd_cprod_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      smem2);
+        if (e1 == cudaSuccess) {
+            wkv7_bwd_cprod_kernel<F, OP><<<dim3(nck, H, B), 256, smem2, stream>>>(T, H, nck, r, w, k, v, a, b, s0,
+                                                                                  ckpt, sa, dsa, dy, dstore, dr, dw,
+                                                                                  dk, da, db);
+            e1 = cudaGetLastError();
+        }
     }
     const cudaError_t e3 = cudaFreeAsync(ws, stream);
     if (e1 != cudaSuccess)
@@ -1701,6 +1923,12 @@ int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w,
         if (mode == 4)
             return backward_cprod<F, 1, 1, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
                                                   ds0, stream, err);
+        if (mode == 7)
+            return backward_cprod<F, 1, 1, true, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da,
+                                                       db, ds0, stream, err);
+        if (mode == 8)
+            return backward_cprod<F, 1, 1, false, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
+                                                        da, db, ds0, stream, err);
         if (mode == 6)
             return backward_cprod<F, 1, 1, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
                                                  ds0, stream, err);

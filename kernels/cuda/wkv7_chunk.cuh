@@ -28,7 +28,14 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
  * segment's dS and the forward's checkpoints and sa. mode 0: the recurrent
  * kernel's per-token backward (rows and columns of dS); mode 1: pass 1 also
  * writes dv and dsa, and pass 2 is the column half alone; mode 2: mode 1
- * with pass 1 warp-specialized. */
+ * with pass 1 warp-specialized. Modes 3-8 are the chunk-product backward
+ * (no step-back; chunk 0's start state is the s0 copy behind the
+ * checkpoints): pass 1 with one chunk per segment, then one CTA per (b, h,
+ * chunk). 3: 3xTF32 in both passes; 4: one tf32 product; 5: pass 2 with bf16
+ * operands; 6: mode 4 with pass 1 warp-specialized; 7 and 8: modes 6 and 4
+ * with pass 2 in 74 KB of shared memory (three CTAs per SM). Forward split3
+ * 3 and 4: the warp-specialized forward with one tf32 product, and with bf16
+ * operands in the state warps. */
 template <typename F>
 int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
              const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk, F *dv,

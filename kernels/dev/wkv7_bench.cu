@@ -78,7 +78,8 @@ static const char *balgo_name(int algo)
     return algo == WKV7_ALGO_AUTO ? "auto" : algo == WKV7_BWD_SPLIT ? "split" : algo == WKV7_BWD_CHUNKED ? "chunked"
          : algo == WKV7_BWD_CHUNKED_REC ? "chunkrec" : algo == WKV7_BWD_CHUNKED_WS ? "chunkws"
          : algo == WKV7_BWD_CPROD ? "cprod" : algo == WKV7_BWD_CPROD1 ? "cprod1" : algo == WKV7_BWD_CPRODB ? "cprodb"
-         : algo == WKV7_BWD_CPROD1WS ? "cprod1ws"
+         : algo == WKV7_BWD_CPROD1WS ? "cprod1ws" : algo == WKV7_BWD_CPROD1S ? "cprod1s"
+         : algo == WKV7_BWD_CPROD1WSS ? "cprod1wss"
          : "recurrent";
 }
 
@@ -89,7 +90,8 @@ static const char *balgo_name(int algo)
 static int pair_class(int algo, int balgo)
 {
     if (algo == WKV7_FWD_TCWSB || balgo == WKV7_BWD_CPRODB) return 2;
-    if (algo == WKV7_FWD_TCWS1 || algo == WKV7_FWD_TC1 || balgo == WKV7_BWD_CPROD1 || balgo == WKV7_BWD_CPROD1WS)
+    if (algo == WKV7_FWD_TCWS1 || algo == WKV7_FWD_TC1 || balgo == WKV7_BWD_CPROD1 || balgo == WKV7_BWD_CPROD1WS ||
+        balgo == WKV7_BWD_CPROD1S || balgo == WKV7_BWD_CPROD1WSS)
         return 1;
     return 0;
 }
@@ -286,7 +288,8 @@ int main(int argc, char **argv)
      * meet the fp32 tolerances; its errors are printed, not counted */
     /* TCWSB with the step-back CHUNKED backward: shows why the bf16-operand
      * forward needs the chunk-product backward (informational, like TC1) */
-    const int pairs[15][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WS},{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
+    const int pairs[17][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WS}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1S},
+                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS},{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
                               {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT}, {WKV7_FWD_TC, WKV7_BWD_CHUNKED},
                               {WKV7_FWD_TC, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_SEG(1)},
                               {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS}, {WKV7_FWD_TCWS, WKV7_BWD_SPLIT},
@@ -303,7 +306,8 @@ int main(int argc, char **argv)
     if (check_only) return ok ? 0 : 1;
     /* forward and backward are timed apart, so each row also times its
      * backward against the others' */
-    const int timed[8][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_TCWS, WKV7_BWD_SPLIT},
+    const int timed[10][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_TC1, WKV7_BWD_CPROD1WSS},
+                             {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1S}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS},
                              {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED}, {WKV7_FWD_TCWS, WKV7_BWD_CPROD},
                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1}, {WKV7_FWD_TCWSB, WKV7_BWD_CPRODB},
                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WS}, {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
