@@ -10,8 +10,13 @@
  * symmetric, so thread j keeps row j (= column j) and the sandwich
  * G M G^T = P diag(w) + d a^T, P = diag(w) M + a c^T, c = M b, d = P b needs one
  * exchange per token (c, double-buffered in shared memory). Inputs are staged
- * DBP_CHUNK tokens at a time, as in wkv7.cu. One block of 64 threads per
- * (h, b); blocks of unsampled rows return at once.
+ * DBP_CHUNK tokens at a time, as in wkv7.cu, converted to double once when
+ * staged (each value is read by all 64 threads: converting it at every use
+ * cost as much issue as the products themselves). The two dot products per
+ * token (c_j and d_j) are summed as four interleaved partial sums, so the
+ * dependent chain is 16 multiply-adds long instead of 64: the kernel is
+ * latency-bound (two warps per block, one sequential pass over T). One
+ * block of 64 threads per (h, b); blocks of unsampled rows return at once.
  *
  * Shapes: r, a, b (B, T, H, N) of storage type T; w (B, T, H, N) fp32;
  * rows (B) nonzero = sampled; q (H, N, N) double, accumulated with atomics.
@@ -52,7 +57,7 @@ __global__ void __launch_bounds__(DBP_N) dbp_q_kernel(int Tlen, int H, const T *
 {
     const int h = blockIdx.x, bb = blockIdx.y, j = threadIdx.x;
     if (!rows[bb]) return; /* uniform over the block */
-    __shared__ float sr[DBP_CHUNK][DBP_N], sw[DBP_CHUNK][DBP_N], sa[DBP_CHUNK][DBP_N], sb[DBP_CHUNK][DBP_N];
+    __shared__ double sr[DBP_CHUNK][DBP_N], sw[DBP_CHUNK][DBP_N], sa[DBP_CHUNK][DBP_N], sb[DBP_CHUNK][DBP_N];
     __shared__ double sc[2][DBP_N];
     double M[DBP_N];
 #pragma unroll
@@ -63,32 +68,33 @@ __global__ void __launch_bounds__(DBP_N) dbp_q_kernel(int Tlen, int H, const T *
         __syncthreads();
         for (int u = 0; u < n; u++) {
             size_t idx = (((size_t)bb * Tlen + t0 + u) * H + h) * DBP_N + j;
-            sr[u][j] = to_f(r[idx]);
-            sw[u][j] = w[idx];
-            sa[u][j] = to_f(a[idx]);
-            sb[u][j] = to_f(b[idx]);
+            sr[u][j] = (double)to_f(r[idx]);
+            sw[u][j] = (double)w[idx];
+            sa[u][j] = (double)to_f(a[idx]);
+            sb[u][j] = (double)to_f(b[idx]);
         }
         __syncthreads();
         for (int u = n - 1; u >= 0; u--) {
             const int p = (t0 + u) & 1;
             const double rj = sr[u][j];
-            double cj = 0.0;
+            double c4[4] = {0.0, 0.0, 0.0, 0.0};
 #pragma unroll
             for (int l = 0; l < DBP_N; l++) {
-                M[l] += rj * (double)sr[u][l];
-                cj += M[l] * (double)sb[u][l];
+                M[l] += rj * sr[u][l];
+                c4[l & 3] += M[l] * sb[u][l];
             }
-            sc[p][j] = cj;
+            sc[p][j] = (c4[0] + c4[1]) + (c4[2] + c4[3]);
             __syncthreads();
             const double wj = sw[u][j], aj = sa[u][j];
-            double d = 0.0;
+            double d4[4] = {0.0, 0.0, 0.0, 0.0};
 #pragma unroll
             for (int l = 0; l < DBP_N; l++) {
                 M[l] = wj * M[l] + aj * sc[p][l];
-                d += M[l] * (double)sb[u][l];
+                d4[l & 3] += M[l] * sb[u][l];
             }
+            const double d = (d4[0] + d4[1]) + (d4[2] + d4[3]);
 #pragma unroll
-            for (int l = 0; l < DBP_N; l++) M[l] = M[l] * (double)sw[u][l] + d * (double)sa[u][l];
+            for (int l = 0; l < DBP_N; l++) M[l] = M[l] * sw[u][l] + d * sa[u][l];
         }
     }
     double *qrow = q + ((size_t)h * DBP_N + j) * DBP_N;
