@@ -623,9 +623,10 @@ int launch_fwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     ST_CUDA_CHECK(cudaMemcpyAsync(s_ckpt + (size_t)B * H * nck * N * N, s0, sizeof(float) * H * N * N,
                                   cudaMemcpyDeviceToDevice, stream));
     if (algo == WKV7_FWD_TC || algo == WKV7_FWD_TC1 || algo == WKV7_FWD_TCWS || algo == WKV7_FWD_TCWS1 ||
-        algo == WKV7_FWD_TCWSB) {
+        algo == WKV7_FWD_TCWSB || algo == WKV7_FWD_TCWS1V2 || algo == WKV7_FWD_TCWS1V4) {
         const int mode = algo == WKV7_FWD_TC ? 1 : algo == WKV7_FWD_TCWS ? 2 : algo == WKV7_FWD_TCWS1 ? 3
-                       : algo == WKV7_FWD_TCWSB ? 4 : 0;
+                       : algo == WKV7_FWD_TCWSB ? 4 : algo == WKV7_FWD_TCWS1V2 ? 5
+                       : algo == WKV7_FWD_TCWS1V4 ? 6 : 0;
         return wkv7tc::forward<F>(mode, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa, stream, err);
     } else if (algo == WKV7_FWD_CHUNKED) {
         wkv7_fwd_chunked_kernel<F, FW><<<dim3(H, B), CT, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
@@ -656,12 +657,15 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     if (rc) return rc;
     if (algo == WKV7_BWD_CHUNKED || algo == WKV7_BWD_CHUNKED_REC || algo == WKV7_BWD_CHUNKED_WS ||
         algo == WKV7_BWD_CPROD || algo == WKV7_BWD_CPROD1 || algo == WKV7_BWD_CPRODB || algo == WKV7_BWD_CPROD1WS ||
-        algo == WKV7_BWD_CPROD1S || algo == WKV7_BWD_CPROD1WSS ||
-        (algo > 16 && algo <= 16 + 4096)) {
+        algo == WKV7_BWD_CPROD1S || algo == WKV7_BWD_CPROD1WSS || algo == WKV7_BWD_CPROD1WSSV2 ||
+        algo == WKV7_BWD_CPROD1WSSV4 || algo == WKV7_BWD_CPROD1WSSA || algo == WKV7_BWD_CPROD1WSSV2A ||
+        algo == WKV7_BWD_CPROD1WSSV4A || (algo > 16 && algo <= 16 + 4096)) {
         const int mode = algo == WKV7_BWD_CHUNKED_REC ? 0 : algo == WKV7_BWD_CHUNKED_WS ? 2
                        : algo == WKV7_BWD_CPROD ? 3 : algo == WKV7_BWD_CPROD1 ? 4 : algo == WKV7_BWD_CPRODB ? 5
                        : algo == WKV7_BWD_CPROD1WS ? 6 : algo == WKV7_BWD_CPROD1WSS ? 7
-                       : algo == WKV7_BWD_CPROD1S ? 8 : 1;
+                       : algo == WKV7_BWD_CPROD1S ? 8 : algo == WKV7_BWD_CPROD1WSSV2 ? 9
+                       : algo == WKV7_BWD_CPROD1WSSV4 ? 10 : algo == WKV7_BWD_CPROD1WSSA ? 11
+                       : algo == WKV7_BWD_CPROD1WSSV2A ? 12 : algo == WKV7_BWD_CPROD1WSSV4A ? 13 : 1;
         return wkv7tc::backward<F>(mode, algo > 16 ? algo - 16 : 4, B, T, H, r, w, k, v, a, b, s_ckpt, sa, dy, dr,
                                    dw, dk, dv, da, db, ds0, stream, err);
     } else if (algo == WKV7_BWD_SPLIT) {
@@ -706,6 +710,16 @@ extern "C" int wkv7_cuda_auto_algo(int forward, int B, int H, int sms)
  * fp32: the accurate rule above. */
 extern "C" int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms)
 {
+#if !defined(WKV7_AUTO_V12) && !defined(WKV7_AUTO_V13)
+    /* 1.4: grids that leave SMs idle split each head's value rows over the
+     * CTAs two resident per SM can hold in one wave (docs/performance.md 1.4) */
+    if (bf16) {
+        const long heads = (long)B * H;
+        if (4 * heads <= 2L * sms) return forward ? WKV7_FWD_TCWS1V4 : WKV7_BWD_CPROD1WSSV4A;
+        if (2 * heads <= 2L * sms) return forward ? WKV7_FWD_TCWS1V2 : WKV7_BWD_CPROD1WSSV2A;
+        return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSSA;
+    }
+#endif
 #ifndef WKV7_AUTO_V12
     if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSS;
 #endif

@@ -590,8 +590,14 @@ struct FwdSmem {
     Raw<F, 5> raw;
 };
 
-template <typename F, int SPLIT>
-__global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
+/* NC: state warps per CTA (4: one CTA per head; 2 or 1: the head's value
+ * rows split over 2 or 4 CTAs along blockIdx.z). Value rows of S never talk
+ * to each other (each row evolves alone given the key-side tiles), so every
+ * CTA of a head runs the same producers (the key side, computed again in
+ * each) and owns 16 NC rows: more CTAs, on more SMs, for grids of fewer
+ * heads than SMs (docs/performance.md 1.4). */
+template <typename F, int SPLIT, int NC = 4>
+__global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
     int T, int H, int nck,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
@@ -607,15 +613,15 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
     /* SPLIT 16: bf16 operands in the state warps, one tf32 product for the
      * Gram matrices (off the serial chain, and well inside bf16's class) */
     constexpr int GS = SPLIT == 16 ? 1 : SPLIT;
-    if (tid >= NTH) { /* ---- producers ---- */
-        const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
+    if (tid >= 32 * NC) { /* ---- producers ---- */
+        const int ptid = tid - 32 * NC, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, k, v, a, b};
         stage_issue<F, 5>(&sm.raw, srcs, w, head0, HN, min(L, T), ptid);
         cp_async_commit();
         for (int c = 0; c < nck; c++) {
             const int s = c & 1, t0 = c * L, n = min(L, T - t0);
             FwdStage &S_ = sm.st[s];
-            if (c >= 2) bar_sync(3 + s, 2 * NTH); /* consumers are done with chunk c - 2 */
+            if (c >= 2) bar_sync(3 + s, NTH + 32 * NC); /* consumers are done with chunk c - 2 */
             cp_async_wait_0();
             bar_sync(5, NTH); /* chunk c's raw inputs landed; scratch free */
             if (ptid < N) {
@@ -659,7 +665,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
             __syncwarp();
             if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gT, false, lane); /* AB is warp 0's own */
             __syncwarp();
-            bar_release(1 + s, 2 * NTH); /* stage s is full */
+            bar_release(1 + s, NTH + 32 * NC); /* stage s is full */
         }
         cp_async_wait_0();
         return;
@@ -667,7 +673,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
 
     /* ---- consumers: the state ---- */
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-    const int i0 = 16 * warp;
+    const int i0 = 16 * (warp + NC * (int)blockIdx.z); /* value rows split over gridDim.z CTAs */
     float S[N / 8][4];
     {
         const float *s0h = s0 + (size_t)h * N * N;
@@ -683,7 +689,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
         const int s = c & 1, t0 = c * L, n = min(L, T - t0);
         const size_t base = head0 + (size_t)t0 * HN;
         const FwdStage &S_ = sm.st[s];
-        bar_sync(1 + s, 2 * NTH); /* stage s holds chunk c */
+        bar_sync(1 + s, NTH + 32 * NC); /* stage s holds chunk c */
         if constexpr (SPLIT == 16) {
             /* X^T = S A~^T, Y^T = S Q~^T (values x tokens) over the 64 keys */
             float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -817,7 +823,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                 ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
             }
         }
-        if (c + 2 < nck) bar_release(3 + s, 2 * NTH); /* stage s is free for chunk c + 2 */
+        if (c + 2 < nck) bar_release(3 + s, NTH + 32 * NC); /* stage s is free for chunk c + 2 */
     }
     if (s_final) {
         float *sf = s_final + (size_t)(bb * H + h) * N * N;
@@ -1042,8 +1048,11 @@ struct BwdSmem {
     Raw<F, 5> raw;                                                           /* r a b dy k, w */
 };
 
-template <typename F, int SPLIT>
-__global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
+/* NC as in wkv7_fwd_tcws_kernel: D's value rows split over 4 / NC CTAs
+ * (each row of dS evolves alone; dv, dsa, dS at chunk ends and dS0 are per
+ * value row). */
+template <typename F, int SPLIT, int NC = 4>
+__global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
     int T, int H, int nck, int seg,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ a,
     const F *__restrict__ b, const F *__restrict__ dy, const F *__restrict__ k,
@@ -1056,15 +1065,15 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
     const size_t head0 = (((size_t)bb * T) * H + h) * N;
     const int nseg = (nck + seg - 1) / seg;
 
-    if (tid >= NTH) { /* ---- producers ---- */
-        const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
+    if (tid >= 32 * NC) { /* ---- producers ---- */
+        const int ptid = tid - 32 * NC, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, a, b, dy, k};
         stage_issue<F, 5>(&sm.raw, srcs, w, head0 + (size_t)(nck - 1) * L * HN, HN, T - (nck - 1) * L, ptid);
         cp_async_commit();
         for (int it = 0; it < nck; it++) {
             const int c = nck - 1 - it, s = it & 1, t0 = c * L, n = min(L, T - t0);
             BwdStage &S_ = sm.st[s];
-            if (it >= 2) bar_sync(3 + s, 2 * NTH);
+            if (it >= 2) bar_sync(3 + s, NTH + 32 * NC);
             cp_async_wait_0();
             bar_sync(5, NTH);
             if (ptid < N) {
@@ -1113,7 +1122,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
             __syncwarp();
             if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gTt, true, lane);
             __syncwarp();
-            bar_release(1 + s, 2 * NTH);
+            bar_release(1 + s, NTH + 32 * NC);
         }
         cp_async_wait_0();
         return;
@@ -1121,7 +1130,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
 
     /* ---- consumers: D ---- */
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-    const int i0 = 16 * warp;
+    const int i0 = 16 * (warp + NC * (int)blockIdx.z); /* value rows split over gridDim.z CTAs */
     float D[N / 8][4];
 #pragma unroll
     for (int nt = 0; nt < N / 8; nt++) D[nt][0] = D[nt][1] = D[nt][2] = D[nt][3] = 0.f;
@@ -1138,7 +1147,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
             }
         }
         const BwdStage &S_ = sm.st[s];
-        bar_sync(1 + s, 2 * NTH);
+        bar_sync(1 + s, NTH + 32 * NC);
         /* R^T = D B'^T + dY^T QB */
         float RT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -1208,7 +1217,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
                 mma<SPLIT>(D[nt], Az[ks], frag_b<SPLIT>(S_.tAt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
             }
         }
-        if (it + 2 < nck) bar_release(3 + s, 2 * NTH);
+        if (it + 2 < nck) bar_release(3 + s, NTH + 32 * NC);
     }
     float *d0 = ds0 + (size_t)h * N * N;
 #pragma unroll
@@ -1624,7 +1633,11 @@ struct CpSmallSmem {
     float pL[N];
 };
 
-template <typename F, int OP>
+/* ASYNC: S, D and the fp32 token tiles (dsa, sa, w) copied by cp.async,
+ * in flight while the bf16 tiles are loaded and converted (one wait before
+ * the first barrier) instead of through registers (docs/performance.md
+ * 1.4); same arithmetic. */
+template <typename F, int OP, bool ASYNC = false>
 __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     int T, int H, int nck,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
@@ -1649,9 +1662,13 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     if (c > 0) {
         const float *src = ckpt + ((size_t)(bb * H + h) * nck + c - 1) * N * N;
         for (int e = tid; e < N * N / 4; e += 256) {
-            const float4 x = reinterpret_cast<const float4 *>(src)[e];
             const int j = (4 * e) / N, i = (4 * e) % N;
-            *reinterpret_cast<float4 *>(&St[j * CLA + i]) = x;
+            if constexpr (ASYNC) {
+                cp_async16(&St[j * CLA + i], src + 4 * e);
+            } else {
+                const float4 x = reinterpret_cast<const float4 *>(src)[e];
+                *reinterpret_cast<float4 *>(&St[j * CLA + i]) = x;
+            }
         }
     } else {
         const float *src = s0 + (size_t)h * N * N;
@@ -1660,9 +1677,13 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     {
         const float *src = dstore + ((size_t)(bb * H + h) * nck + c) * N * N;
         for (int e = tid; e < N * N / 4; e += 256) {
-            const float4 x = reinterpret_cast<const float4 *>(src)[e];
             const int i = (4 * e) / N, j = (4 * e) % N;
-            *reinterpret_cast<float4 *>(&Dm[i * CLA + j]) = x;
+            if constexpr (ASYNC) {
+                cp_async16(&Dm[i * CLA + j], src + 4 * e);
+            } else {
+                const float4 x = reinterpret_cast<const float4 *>(src)[e];
+                *reinterpret_cast<float4 *>(&Dm[i * CLA + j]) = x;
+            }
         }
     }
     { /* token tiles, four consecutive elements per thread (one pass) */
@@ -1671,16 +1692,27 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         const size_t idx = base + (size_t)(ok ? uu : 0) * HN + x;
         const int o = uu * CLA + x;
         const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-        *reinterpret_cast<float4 *>(&sm.z[o]) = ok ? *reinterpret_cast<const float4 *>(dsa_in + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.u[o]) = ok ? *reinterpret_cast<const float4 *>(sa_in + idx) : zero;
+        if (ASYNC && ok) {
+            cp_async16(&sm.z[o], dsa_in + idx);
+            cp_async16(&sm.u[o], sa_in + idx);
+            cp_async16(&sm.p[e], w + idx);
+            cp_async_commit();
+        } else {
+            *reinterpret_cast<float4 *>(&sm.z[o]) = ok ? *reinterpret_cast<const float4 *>(dsa_in + idx) : zero;
+            *reinterpret_cast<float4 *>(&sm.u[o]) = ok ? *reinterpret_cast<const float4 *>(sa_in + idx) : zero;
+            *reinterpret_cast<float4 *>(&sm.p[e]) = ok ? *reinterpret_cast<const float4 *>(w + idx)
+                                                       : make_float4(1.f, 1.f, 1.f, 1.f);
+        }
         *reinterpret_cast<float4 *>(&sm.dy[o]) = ok ? load4(dy + idx) : zero;
         *reinterpret_cast<float4 *>(&sm.v[o]) = ok ? load4(v + idx) : zero;
         *reinterpret_cast<float4 *>(&sm.qt[o]) = ok ? load4(r + idx) : zero;
         *reinterpret_cast<float4 *>(&sm.kh[o]) = ok ? load4(k + idx) : zero;
         *reinterpret_cast<float4 *>(&sm.at[o]) = ok ? load4(a + idx) : zero;
         *reinterpret_cast<float4 *>(&sm.bh[o]) = ok ? load4(b + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.p[e]) = ok ? *reinterpret_cast<const float4 *>(w + idx)
-                                                   : make_float4(1.f, 1.f, 1.f, 1.f);
+    }
+    if constexpr (ASYNC) {
+        cp_async_commit(); /* harmless when this thread issued nothing more */
+        cp_async_wait_0();
     }
     __syncthreads();
     { /* prefix products, four threads per key (tokens 4q .. 4q + 3): local
@@ -1805,6 +1837,22 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
             char *err)
 {
     const int nck = (T + L - 1) / L;
+    if (split3 >= 5) { /* TCWS1 with the value rows over 2 (5) or 4 (6) CTAs per head */
+        const int smem = (int)sizeof(FwdSmem<F>);
+        if (split3 == 5) {
+            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1, 2>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            wkv7_fwd_tcws_kernel<F, 1, 2><<<dim3(H, B, 2), NTH + 64, smem, stream>>>(T, H, nck, r, w, k, v, a, b,
+                                                                                      s0, y, s_final, ckpt, sa);
+        } else {
+            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1, 1>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            wkv7_fwd_tcws_kernel<F, 1, 1><<<dim3(H, B, 4), NTH + 32, smem, stream>>>(T, H, nck, r, w, k, v, a, b,
+                                                                                      s0, y, s_final, ckpt, sa);
+        }
+        ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel (value split)");
+        return ST_OK;
+    }
     if (split3 >= 2) { /* warp-specialized: 3xTF32 (2), one tf32 product (3), bf16 operands (4) */
         const int smem = (int)sizeof(FwdSmem<F>);
         if (split3 == 2) {
@@ -1846,7 +1894,7 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
  * with one chunk per segment, then wkv7_bwd_cprod_kernel<F, OP> over every
  * chunk of every head. Workspace: D per chunk (B H nck N^2) and dsa
  * (B T H N) floats from the stream's pool. */
-template <typename F, int P1, int OP, bool WS, bool SMALL = false>
+template <typename F, int P1, int OP, bool WS, bool SMALL = false, int NC = 4, bool ASYNC = false>
 int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
                    const F *b, const float *s0, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw,
                    F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
@@ -1861,11 +1909,11 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
     cudaError_t e1 = cudaSuccess;
     if constexpr (WS) { /* pass 1 warp-specialized (producers one chunk ahead) */
         const int smem1 = (int)sizeof(BwdSmem<F>);
-        e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, P1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  smem1);
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, P1, NC>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem1);
         if (e1 == cudaSuccess) {
-            wkv7_bwd_tcws_dstate_kernel<F, P1><<<dim3(H, B), 2 * NTH, smem1, stream>>>(T, H, nck, 1, r, w, a, b, dy,
-                                                                                       k, dstore, ds0, dsa, dv);
+            wkv7_bwd_tcws_dstate_kernel<F, P1, NC><<<dim3(H, B, 4 / NC), NTH + 32 * NC, smem1, stream>>>(
+                T, H, nck, 1, r, w, a, b, dy, k, dstore, ds0, dsa, dv);
             e1 = cudaGetLastError();
         }
     } else {
@@ -1881,10 +1929,10 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
     if constexpr (SMALL) {
         const int smem2 = (int)sizeof(CpSmallSmem);
         if (e1 == cudaSuccess)
-            e1 = cudaFuncSetAttribute(wkv7_bwd_cprod_small_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      smem2);
+            e1 = cudaFuncSetAttribute(wkv7_bwd_cprod_small_kernel<F, OP, ASYNC>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem2);
         if (e1 == cudaSuccess) {
-            wkv7_bwd_cprod_small_kernel<F, OP><<<dim3(nck, H, B), 256, smem2, stream>>>(
+            wkv7_bwd_cprod_small_kernel<F, OP, ASYNC><<<dim3(nck, H, B), 256, smem2, stream>>>(
                 T, H, nck, r, w, k, v, a, b, s0, ckpt, sa, dsa, dy, dstore, dr, dw, dk, da, db);
             e1 = cudaGetLastError();
         }
@@ -1929,6 +1977,21 @@ int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w,
         if (mode == 8)
             return backward_cprod<F, 1, 1, false, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
                                                         da, db, ds0, stream, err);
+        if (mode == 9) /* mode 7 with pass 1's value rows over 2 CTAs per head */
+            return backward_cprod<F, 1, 1, true, true, 2>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
+                                                          da, db, ds0, stream, err);
+        if (mode == 10) /* over 4 */
+            return backward_cprod<F, 1, 1, true, true, 1>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
+                                                          da, db, ds0, stream, err);
+        if (mode == 11) /* mode 7 with pass 2's fp32 loads by cp.async */
+            return backward_cprod<F, 1, 1, true, true, 4, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw,
+                                                                dk, dv, da, db, ds0, stream, err);
+        if (mode == 12) /* modes 9 and 11 together */
+            return backward_cprod<F, 1, 1, true, true, 2, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw,
+                                                                dk, dv, da, db, ds0, stream, err);
+        if (mode == 13) /* modes 10 and 11 together */
+            return backward_cprod<F, 1, 1, true, true, 1, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw,
+                                                                dk, dv, da, db, ds0, stream, err);
         if (mode == 6)
             return backward_cprod<F, 1, 1, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
                                                  ds0, stream, err);

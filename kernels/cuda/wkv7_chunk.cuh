@@ -33,9 +33,12 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
  * checkpoints): pass 1 with one chunk per segment, then one CTA per (b, h,
  * chunk). 3: 3xTF32 in both passes; 4: one tf32 product; 5: pass 2 with bf16
  * operands; 6: mode 4 with pass 1 warp-specialized; 7 and 8: modes 6 and 4
- * with pass 2 in 74 KB of shared memory (three CTAs per SM). Forward split3
+ * with pass 2 in 74 KB of shared memory (three CTAs per SM); 9 and 10: mode 7
+ * with pass 1's value rows over 2 or 4 CTAs per head; 11: mode 7 with pass
+ * 2's fp32 loads by cp.async; 12, 13: 9 and 10 with that pass 2. Forward split3
  * 3 and 4: the warp-specialized forward with one tf32 product, and with bf16
- * operands in the state warps. */
+ * operands in the state warps; 5 and 6: split3 3 with each head's value
+ * rows over 2 or 4 CTAs. */
 template <typename F>
 int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
              const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk, F *dv,

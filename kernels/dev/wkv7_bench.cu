@@ -69,7 +69,8 @@ static const char *algo_name(int algo)
 {
     return algo == WKV7_ALGO_AUTO ? "auto" : algo == WKV7_FWD_CHUNKED ? "chunked" : algo == WKV7_FWD_TC ? "tc"
          : algo == WKV7_FWD_TC1 ? "tc1" : algo == WKV7_FWD_TCWS ? "tcws" : algo == WKV7_FWD_TCWS1 ? "tcws1"
-         : algo == WKV7_FWD_TCWSB ? "tcwsb" : "recurrent";
+         : algo == WKV7_FWD_TCWSB ? "tcwsb" : algo == WKV7_FWD_TCWS1V2 ? "tcws1v2"
+         : algo == WKV7_FWD_TCWS1V4 ? "tcws1v4" : "recurrent";
 }
 static const char *balgo_name(int algo)
 {
@@ -79,7 +80,9 @@ static const char *balgo_name(int algo)
          : algo == WKV7_BWD_CHUNKED_REC ? "chunkrec" : algo == WKV7_BWD_CHUNKED_WS ? "chunkws"
          : algo == WKV7_BWD_CPROD ? "cprod" : algo == WKV7_BWD_CPROD1 ? "cprod1" : algo == WKV7_BWD_CPRODB ? "cprodb"
          : algo == WKV7_BWD_CPROD1WS ? "cprod1ws" : algo == WKV7_BWD_CPROD1S ? "cprod1s"
-         : algo == WKV7_BWD_CPROD1WSS ? "cprod1wss"
+         : algo == WKV7_BWD_CPROD1WSS ? "cprod1wss" : algo == WKV7_BWD_CPROD1WSSV2 ? "cprod1wssv2"
+         : algo == WKV7_BWD_CPROD1WSSV4 ? "cprod1wssv4" : algo == WKV7_BWD_CPROD1WSSA ? "cprod1wssa"
+         : algo == WKV7_BWD_CPROD1WSSV2A ? "cprod1wssv2a" : algo == WKV7_BWD_CPROD1WSSV4A ? "cprod1wssv4a"
          : "recurrent";
 }
 
@@ -91,7 +94,9 @@ static int pair_class(int algo, int balgo)
 {
     if (algo == WKV7_FWD_TCWSB || balgo == WKV7_BWD_CPRODB) return 2;
     if (algo == WKV7_FWD_TCWS1 || algo == WKV7_FWD_TC1 || balgo == WKV7_BWD_CPROD1 || balgo == WKV7_BWD_CPROD1WS ||
-        balgo == WKV7_BWD_CPROD1S || balgo == WKV7_BWD_CPROD1WSS)
+        balgo == WKV7_BWD_CPROD1S || balgo == WKV7_BWD_CPROD1WSS || algo == WKV7_FWD_TCWS1V2 ||
+        algo == WKV7_FWD_TCWS1V4 || balgo == WKV7_BWD_CPROD1WSSV2 || balgo == WKV7_BWD_CPROD1WSSV4 ||
+        balgo == WKV7_BWD_CPROD1WSSA || balgo == WKV7_BWD_CPROD1WSSV2A || balgo == WKV7_BWD_CPROD1WSSV4A)
         return 1;
     return 0;
 }
@@ -288,7 +293,9 @@ int main(int argc, char **argv)
      * meet the fp32 tolerances; its errors are printed, not counted */
     /* TCWSB with the step-back CHUNKED backward: shows why the bf16-operand
      * forward needs the chunk-product backward (informational, like TC1) */
-    const int pairs[17][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WS}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1S},
+    const int pairs[20][2] = {{WKV7_FWD_TCWS1V2, WKV7_BWD_CPROD1WSSV2A}, {WKV7_FWD_TCWS1V4, WKV7_BWD_CPROD1WSSV4},
+                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA},
+                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WS}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1S},
                               {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS},{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
                               {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT}, {WKV7_FWD_TC, WKV7_BWD_CHUNKED},
                               {WKV7_FWD_TC, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_SEG(1)},
@@ -306,17 +313,19 @@ int main(int argc, char **argv)
     if (check_only) return ok ? 0 : 1;
     /* forward and backward are timed apart, so each row also times its
      * backward against the others' */
-    const int timed[10][2] = {{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_TC1, WKV7_BWD_CPROD1WSS},
-                             {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1S}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS},
-                             {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED}, {WKV7_FWD_TCWS, WKV7_BWD_CPROD},
-                             {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1}, {WKV7_FWD_TCWSB, WKV7_BWD_CPRODB},
-                             {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WS}, {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
-    for (auto &tp : timed) { /* the official pair, the new pair, then what the launchers pick */
+    /* 1.3's AUTO pair, its value-split forms (1.4), then what the launchers
+     * pick; section 1.3 timed the other pairs */
+    const int timed[8][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS}, {WKV7_FWD_TCWS1V2, WKV7_BWD_CPROD1WSSV2},
+                             {WKV7_FWD_TCWS1V4, WKV7_BWD_CPROD1WSSV4}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA},
+                             {WKV7_FWD_TCWS1V2, WKV7_BWD_CPROD1WSSV2A}, {WKV7_FWD_TCWS1V4, WKV7_BWD_CPROD1WSSV4A},
+                             {WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
+    for (auto &tp : timed) {
         bench(tp[0], tp[1], 8, 4096, 64, reps, seed, 7.0, 14.4);
         bench(tp[0], tp[1], 8, 1024, 32, reps, seed, 1.5, 2.91);
         bench(tp[0], tp[1], 16, 512, 12, reps, seed, 0.8, 1.45);
         bench(tp[0], tp[1], 8, 1024, 12, reps, seed, 0, 0); /* one layer of the 12 x 768 engine */
         bench(tp[0], tp[1], 8, 1024, 16, reps, seed, 0, 0); /* one layer of the 24 x 1024 engine */
+        bench(tp[0], tp[1], 4, 1024, 16, reps, seed, 0, 0); /* 64 heads: the 4-way split's band */
     }
     /* fp32 (the engine's fp32 mode): the old pairs against the tensor-core
      * ones at the engine's shapes and SPEC's middle one */
