@@ -363,6 +363,11 @@ static int test_tf32_class_small(void)
  * heads, T = 5 to 200). */
 static int test_tf32_class_vsplit(void)
 {
+    /* H100 (2026-11-27 02:18 UTC), worst of the six cases, identical for
+     * every split and for the cp.async pass 2: fp32 y 4.0e-4, s_final 2.8e-4,
+     * ds0 2.9e-4, dr 4.1e-4, dw 1.3e-3, dk 4.7e-4, dv 4.0e-4, da 6.3e-4,
+     * db 6.4e-4; bf16 y 1.7e-3, s_final 2.1e-4, ds0 2.3e-4, dw 1.3e-3, the
+     * bf16 gradients 1.7e-3 to 1.9e-3 (section 1.3's class, same bounds) */
     const tols_t t = {1e-3, 1e-3, 1e-3, {1e-3, 4e-3, 1e-3, 1e-3, 2e-3, 2e-3}};
     int rc = s_run_tols(WKV7_FWD_TCWS1V2, WKV7_BWD_CPROD1WSSV2, 0, &t);
     if (!rc) rc = s_run_tols(WKV7_FWD_TCWS1V4, WKV7_BWD_CPROD1WSSV4, 0, &t);
@@ -494,15 +499,12 @@ static int test_auto_rule(void)
      * forward must never meet a step-back backward) */
     CHECK(wkv7_cuda_auto_algo_prec(1, 0, 8, 12, 132) == wkv7_cuda_auto_algo(1, 8, 12, 132));
     CHECK(wkv7_cuda_auto_algo_prec(0, 0, 8, 64, 132) == WKV7_BWD_RECURRENT);
-    /* 1.4: heads <= SMs / 2 split 4 ways, <= SMs 2 ways, the rest unsplit */
+    /* since 1.4 with pass 2 by cp.async (bit-identical to CPROD1WSS:
+     * vsplit_identical); the value-row splits lost and are not picked */
     for (int bh = 1; bh <= 1024; bh *= 2) {
-        const int f = wkv7_cuda_auto_algo_prec(1, 1, 1, bh, 132), b = wkv7_cuda_auto_algo_prec(0, 1, 1, bh, 132);
-        CHECK(f == (bh <= 66 ? WKV7_FWD_TCWS1V4 : bh <= 132 ? WKV7_FWD_TCWS1V2 : WKV7_FWD_TCWS1));
-        CHECK(b == (bh <= 66 ? WKV7_BWD_CPROD1WSSV4A : bh <= 132 ? WKV7_BWD_CPROD1WSSV2A : WKV7_BWD_CPROD1WSSA));
+        CHECK(wkv7_cuda_auto_algo_prec(1, 1, 1, bh, 132) == WKV7_FWD_TCWS1);
+        CHECK(wkv7_cuda_auto_algo_prec(0, 1, 1, bh, 132) == WKV7_BWD_CPROD1WSSA);
     }
-    CHECK(wkv7_cuda_auto_algo_prec(1, 1, 8, 12, 132) == WKV7_FWD_TCWS1V2);  /* engine 12 x 768 */
-    CHECK(wkv7_cuda_auto_algo_prec(0, 1, 8, 16, 132) == WKV7_BWD_CPROD1WSSV2A); /* engine 24 x 1024 */
-    CHECK(wkv7_cuda_auto_algo_prec(1, 1, 8, 64, 132) == WKV7_FWD_TCWS1);
     for (int bh = 1; bh <= 1024; bh *= 2)
         for (int sms = 16; sms < 256; sms += 16)
             CHECK(s_bwd_rank(wkv7_cuda_auto_algo(0, 1, bh, sms + 16)) >= s_bwd_rank(wkv7_cuda_auto_algo(0, 1, bh, sms)));

@@ -711,14 +711,15 @@ extern "C" int wkv7_cuda_auto_algo(int forward, int B, int H, int sms)
 extern "C" int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms)
 {
 #if !defined(WKV7_AUTO_V12) && !defined(WKV7_AUTO_V13)
-    /* 1.4: grids that leave SMs idle split each head's value rows over the
-     * CTAs two resident per SM can hold in one wave (docs/performance.md 1.4) */
-    if (bf16) {
-        const long heads = (long)B * H;
-        if (4 * heads <= 2L * sms) return forward ? WKV7_FWD_TCWS1V4 : WKV7_BWD_CPROD1WSSV4A;
-        if (2 * heads <= 2L * sms) return forward ? WKV7_FWD_TCWS1V2 : WKV7_BWD_CPROD1WSSV2A;
-        return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSSA;
-    }
+    /* 1.4 (H100, one call, 2026-11-27 02:18 UTC): pass 2 by cp.async, bit-
+     * identical to CPROD1WSS and 3-4% faster in the backward (8.19 vs 8.44 ms
+     * at 512 heads, 0.540 vs 0.564 at 96, 0.603 vs 0.631 at 128; 1.09 vs
+     * 1.07 at 256, within the noise). The value-row splits (TCWS1V2/V4,
+     * CPROD1WSSV2/V4) won nowhere that matters: a head's serial chain per
+     * chunk is the same in a split CTA, so more CTAs on idle SMs bought
+     * nothing (TCWS1V2 0.285 vs 0.282 ms at 96 heads, 4.21 vs 2.57 at 512);
+     * they stay selectable, not in AUTO. -DWKV7_AUTO_V13 keeps 1.3's rule. */
+    if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSSA;
 #endif
 #ifndef WKV7_AUTO_V12
     if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSS;

@@ -114,8 +114,9 @@ extern "C" {
 #define WKV7_FWD_TCWSB 6
 /* TCWS1V2, TCWS1V4: TCWS1 with each head's 64 value rows split over 2 or 4
  * CTAs (32 or 16 rows each; every CTA computes the key-side tiles itself):
- * same arithmetic per element as TCWS1 (identical results), more CTAs for
- * grids of fewer heads than SMs (docs/performance.md 1.4). */
+ * same arithmetic per element as TCWS1 (bit-identical results), more CTAs
+ * for grids of fewer heads than SMs. Measured no faster (the serial chain
+ * per chunk is the same; docs/performance.md 1.4): not in AUTO. */
 #define WKV7_FWD_TCWS1V2 7
 #define WKV7_FWD_TCWS1V4 8
 /* fp32 keeps the recurrent forward: after the tensor-core forward, the
@@ -168,11 +169,12 @@ extern "C" {
 #define WKV7_BWD_CPROD1S 9
 #define WKV7_BWD_CPROD1WSS 10
 /* CPROD1WSSV2, CPROD1WSSV4: CPROD1WSS with pass 1's value rows split over 2
- * or 4 CTAs per head (as TCWS1V2/V4; identical results). */
+ * or 4 CTAs per head (as TCWS1V2/V4; bit-identical results, not in AUTO). */
 #define WKV7_BWD_CPROD1WSSV2 11
 #define WKV7_BWD_CPROD1WSSV4 12
 /* ...A: the same three with pass 2's fp32 loads (S, D, sa, dsa, w) issued as
- * cp.async, in flight while the bf16 tiles load (identical results). */
+ * cp.async, in flight while the bf16 tiles load (bit-identical results;
+ * CPROD1WSSA is the bf16 launchers' AUTO since 1.4). */
 #define WKV7_BWD_CPROD1WSSA 13
 #define WKV7_BWD_CPROD1WSSV2A 14
 #define WKV7_BWD_CPROD1WSSV4A 15
@@ -193,10 +195,10 @@ extern "C" {
 int wkv7_cuda_auto_algo(int forward, int B, int H, int sms);
 /* What the launchers' AUTO picks, by precision (bf16 nonzero: the _bf16
  * launchers): fp32 as wkv7_cuda_auto_algo (the accurate class); bf16 the
- * one-product tf32 pair, TCWS1 forward and CPROD1WSS backward (pass 2 by
- * cp.async), with each head's value rows over 2 CTAs when B x H <= sms and
- * over 4 when B x H <= sms / 2 (docs/performance.md 1.3 and 1.4; the error
- * class is in tests/test_cuda_wkv.c). -DWKV7_AUTO_V13 keeps 1.3's rule. */
+ * one-product tf32 pair, TCWS1 forward and CPROD1WSSA backward (CPROD1WSS
+ * with pass 2's loads by cp.async), at every grid (docs/performance.md 1.3
+ * and 1.4; the error class is in tests/test_cuda_wkv.c). -DWKV7_AUTO_V13
+ * keeps 1.3's rule (CPROD1WSS), -DWKV7_AUTO_V12 1.2's. */
 int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms);
 
 /* Floats of the checkpoint workspace: (B, H, ceil(T/16), N, N); entry c is the

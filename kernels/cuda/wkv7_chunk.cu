@@ -69,6 +69,15 @@
  * step-back reached 9e-4), one tf32 product (CPROD1*, about 3e-4; the bf16
  * launchers' AUTO with the TCWS1 forward), bf16 operands (CPRODB, dw up to
  * 1.1e-2 with every w near 0.545; not in AUTO).
+ *
+ * Variants of 2026-11-27 (docs/performance.md 1.4), same arithmetic and
+ * bit-identical results: the warp-specialized forward and pass 1 with each
+ * head's value rows over 2 or 4 CTAs (template NC: state warps per CTA;
+ * rows never talk to each other, so each CTA recomputes the key side and
+ * owns 16 NC rows), and the 74 KB pass 2 with its fp32 loads by cp.async
+ * (ASYNC). Only the last one measured faster (3-4% of the backward); the
+ * splits do not shorten a head's serial chain per chunk, which is what
+ * bounds the grids of fewer heads than SMs.
  */
 #include "kernels/cuda/wkv7_chunk.cuh"
 #include "kernels/cuda/wkv7.cuh"

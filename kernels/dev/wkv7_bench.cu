@@ -6,8 +6,10 @@
  * backward, the tensor-core variants (TC, TCWS, TC1 forwards; CHUNKED and
  * its variants, the chunk-product CPROD family backward; the one-product tf32
  * and bf16-operand classes TCWS1/TCWSB + CPROD1/CPRODB, each against its own
- * bounds), and what the launchers pick (WKV7_ALGO_AUTO), in
- * bf16, then a few in fp32.
+ * bounds), the value-row splits and the cp.async pass 2 (1.4), and what
+ * the launchers pick (WKV7_ALGO_AUTO), in bf16, then a few in fp32. All
+ * pairs are checked; since 1.4 only 1.3's AUTO pair, the 1.4 variants, the
+ * recurrent pair and AUTO are timed (docs/performance.md 1.3 has the rest).
  *
  *   dev_wkv7_bench [--seed S] [--reps R] [--check-only] [--one FWD BWD B T H]
  *
