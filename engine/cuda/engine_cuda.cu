@@ -6,7 +6,9 @@
  *
  * Precision. The engine is one template over the storage type T of weights
  * and activations: float (ENGINE_FP32) or bf16 (ENGINE_BF16). Matrix products
- * go through cuBLAS (cublasGemmEx, fp32 accumulation, no TF32 in fp32 mode);
+ * go through cuBLAS (cublasGemmEx or cuBLASLt, fp32 accumulation, no TF32 in
+ * fp32 mode; same-shape products on different inputs as one strided-batched
+ * product: gemm_n and the engine's gemm_batch / gemm_lt switches);
  * everything element-wise is fused into the kernels of kernels/cuda/*.cuh and
  * computes in fp32. Always fp32 whatever T: the residual stream and its
  * gradient, LayerNorm/GroupNorm statistics, the WKV state, its checkpoints and
@@ -80,6 +82,7 @@ extern "C" {
 #include "kernels/cuda/timemix.cuh"
 #include "kernels/cuda/wkv7.cuh"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
@@ -108,6 +111,16 @@ const float LN_EPS = 1e-5f;
 const size_t ALIGN = 256;
 const size_t HEAD_CHUNK_BYTES = (size_t)256 << 20; /* logits of one head chunk */
 const int EW_THREADS = 256;                          /* element-wise blocks */
+const size_t LT_WS_BYTES = (size_t)32 << 20;         /* cuBLASLt workspace (split-K, stream-K) */
+const int LT_PLANS = 96;                             /* cached cuBLASLt choices (distinct product shapes) */
+const int LT_CANDIDATES = 8;                         /* heuristic results timed with gemm_lt 2 */
+/* Defaults measured on the H100 (docs/performance.md 2.4): batching saves
+ * 0.2-0.9 ms of r/k/v and 0.1-0.3 ms of LoRA products per step; cuBLASLt's
+ * first heuristic choice is no faster than cublasGemmEx; the timed choice
+ * (2) is faster still but depends on timing noise, so two engines on one
+ * model may pick different algorithms and round differently: opt-in only. */
+const int GEMM_BATCH_DEFAULT = 1; /* STATETUNE_GEMM_BATCH when unset */
+const int GEMM_LT_DEFAULT = 0;    /* STATETUNE_GEMM_LT when unset */
 
 struct dev_layer_t {
     void *receptance, *key, *value, *output, *ffn_key, *ffn_value; /* T, [out, in] */
@@ -132,6 +145,15 @@ void *carve(carver_t *cv, size_t bytes)
 }
 
 } // namespace
+
+/* One cached cuBLASLt product (gemm_lt): the shape it was made for and the
+ * algorithm chosen for it. */
+struct lt_plan_t {
+    long long key[16]; /* lt_gemm's: transposes, m n k, leading dims, strides, batch, types, beta, alignments */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+};
 
 /* The optional methods' per-run switches and device buffers (methods_*). */
 struct methods_cuda_t {
@@ -167,6 +189,18 @@ struct engine_cuda {
     size_t esz; /* bytes of one T */
     cudaStream_t stream;
     cublasHandle_t blas;
+    /* matrix products (docs/performance.md 2.4), chosen at creation from
+     * STATETUNE_GEMM_BATCH and STATETUNE_GEMM_LT: gemm_batch 1 runs the
+     * same-shape r/k/v projections (forward and dX) as one strided-batched
+     * product, and the w and a LoRAs' products as 2-batch ones where their
+     * widths agree (lora_wa_fwd/bwd); gemm_lt 0 is cublasGemmEx, 1 cuBLASLt with a workspace and the
+     * heuristic's first algorithm, 2 the fastest of its first LT_CANDIDATES
+     * timed on first use; the choice is cached per shape in lt_plan */
+    int gemm_batch, gemm_lt;
+    cublasLtHandle_t lt;
+    void *lt_ws; /* LT_WS_BYTES, carved in the activation plan */
+    struct lt_plan_t *lt_plan; /* LT_PLANS entries, replaced round-robin when full */
+    int lt_n, lt_next;
     char *wmem, *amem;
     size_t wbytes, abytes;
     dev_layer_t *L;
@@ -178,7 +212,7 @@ struct engine_cuda {
     void *r, *kraw, *kf, *kk, *a, *v, *vraw, *vs, *g, *y, *whid, *ghid, *kpre;
     /* scratch */
     void *v_first; /* layer 0's v, (R, C) T */
-    void *h, *lerp[6], *hid, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
+    void *h, *lerp[6], *hid, *hid2, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
     float *logits; /* one chunk of rows, fp32: the softmax and its gradient read exact products */
     float *dw;
     void *dh, *dr, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv, *dwl, *dal, *dkraw, *dvraw, *dvl, *dxh;
@@ -296,19 +330,24 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     e->dw = (float *)carve(cv, RC * 4);
     /* wa and wb (the WKV's a and b inputs) too: keeping them costs 2 RC per
      * layer and saves the backward a pass that rebuilt them from kk and a */
-    void **per_layer[] = {&e->r, &e->kraw, &e->kf, &e->kk, &e->a, &e->v,
-                          &e->vraw, &e->vs, &e->g, &e->y, &e->wa, &e->wb};
+    /* r, kraw and vraw first and adjacent: one strided-batched product
+     * writes them (layer_fwd), so they lie the same stride apart */
+    void **per_layer[] = {&e->r, &e->kraw, &e->vraw, &e->kf, &e->kk, &e->a,
+                          &e->v, &e->vs, &e->g, &e->y, &e->wa, &e->wb};
     for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) *per_layer[i] = carve(cv, LS * RC * es);
     e->whid = carve(cv, LS * R * c->d_decay * es);
     e->ghid = carve(cv, LS * R * c->d_gate * es);
     e->kpre = carve(cv, LS * R * F * es);
     e->v_first = carve(cv, RC * es);
-    void **scratch[] = {&e->h, &e->lerp[0], &e->lerp[1], &e->lerp[2], &e->lerp[3], &e->lerp[4],
+    /* likewise the inputs of r, k and v (lerps 0, 2, 3) and the gradients
+     * their dX products read (dr, dkraw, dvraw) are adjacent */
+    void **scratch[] = {&e->h, &e->lerp[0], &e->lerp[2], &e->lerp[3], &e->lerp[1], &e->lerp[4],
                         &e->lerp[5], &e->oin, &e->tmp, &e->lnout, &e->dxT, &e->dh,
-                        &e->dr, &e->dk, &e->dv, &e->da, &e->db, &e->dy, &e->dg, &e->dbr,
-                        &e->dbk, &e->dbv, &e->dwl, &e->dal, &e->dkraw, &e->dvraw, &e->dvl, &e->dxh};
+                        &e->dr, &e->dkraw, &e->dvraw, &e->dk, &e->dv, &e->da, &e->db, &e->dy, &e->dg,
+                        &e->dbr, &e->dbk, &e->dbv, &e->dwl, &e->dal, &e->dvl, &e->dxh};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++) *scratch[i] = carve(cv, RC * es);
     e->hid = carve(cv, R * D * es);
+    e->hid2 = carve(cv, R * D * es); /* a's LoRA hidden gradient beside w's (lora_wa_bwd) */
     e->act = carve(cv, R * F * es);
     e->logits = (float *)carve(cv, (size_t)e->head_chunk * V * 4);
     e->dlogits = e->bf16 ? carve(cv, (size_t)e->head_chunk * V * es) : (void *)e->logits;
@@ -324,6 +363,7 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     e->row_correct = (int32_t *)carve(cv, R * 4);
     e->dbp_q = (double *)carve(cv, L * HNN * 8);
     e->dbp_rows = (uint8_t *)carve(cv, (size_t)e->maxB);
+    e->lt_ws = carve(cv, LT_WS_BYTES);
 }
 
 /* Copies n fp32 values to the device as T (bf16 rounded to nearest even, as
@@ -449,17 +489,197 @@ template <typename T> cudaDataType_t dtype_of();
 template <> cudaDataType_t dtype_of<float>() { return CUDA_R_32F; }
 template <> cudaDataType_t dtype_of<__nv_bfloat16>() { return CUDA_R_16BF; }
 
+void lt_plan_free(lt_plan_t *p)
+{
+    if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
+    if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
+
+/* The largest power of two up to 256 that divides the address: the
+ * alignment cuBLASLt's heuristic may assume for an operand. */
+long long lt_align(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    long long al = 256;
+    while (al > 1 && a % (uintptr_t)al) al /= 2;
+    return al;
+}
+
+int lt_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int rows, int cols, int ld, int batch, long long stride,
+              char *err)
+{
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(l, t, (uint64_t)rows, (uint64_t)cols, ld));
+    if (batch > 1) {
+        int32_t bc = batch;
+        int64_t sb = stride;
+        CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+        CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sb, sizeof sb));
+    }
+    return ST_OK;
+}
+
+/* Makes plan p for key (see lt_gemm) and chooses its algorithm: the
+ * heuristic's first, or with gemm_lt 2 the fastest of its first
+ * LT_CANDIDATES, each timed on the real operands (only when beta is 0, so
+ * the repeated runs leave C as one run would, and not while the stream is
+ * being captured into a graph). */
+int lt_plan_make(engine_cuda_t *e, lt_plan_t *p, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                 const void *A, int lda, long long sA, const void *B, int ldb, long long sB, void *Cm, int ldc,
+                 long long sC, int batch, float beta, cudaDataType_t t, cudaDataType_t tc, char *err)
+{
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    int32_t opa = ta, opb = tb;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    RUN(lt_layout(&p->la, t, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda, batch, sA, err));
+    RUN(lt_layout(&p->lb, t, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb, batch, sB, err));
+    RUN(lt_layout(&p->lc, tc, m, n, ldc, batch, sC, err));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t ws = LT_WS_BYTES;
+    /* as the cuBLAS handle's DISALLOW_REDUCED_PRECISION_REDUCTION: split-K
+     * partial sums are never reduced in the output type (bf16) */
+    uint32_t red = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE |
+                   CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    uint32_t al[3] = {(uint32_t)lt_align(A), (uint32_t)lt_align(B), (uint32_t)lt_align(Cm)};
+    cublasLtMatmulHeuristicResult_t res[LT_CANDIDATES];
+    int nres = 0;
+    cublasStatus_t hs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (hs == CUBLAS_STATUS_SUCCESS)
+        hs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &red, sizeof red);
+    if (hs == CUBLAS_STATUS_SUCCESS)
+        hs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4);
+    if (hs == CUBLAS_STATUS_SUCCESS)
+        hs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4);
+    if (hs == CUBLAS_STATUS_SUCCESS)
+        hs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4);
+    if (hs == CUBLAS_STATUS_SUCCESS)
+        hs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4);
+    if (hs == CUBLAS_STATUS_SUCCESS)
+        hs = cublasLtMatmulAlgoGetHeuristic(e->lt, p->op, p->la, p->lb, p->lc, p->lc, pref,
+                                            e->gemm_lt >= 2 ? LT_CANDIDATES : 1, res, &nres);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (hs != CUBLAS_STATUS_SUCCESS || nres == 0)
+        return st_fail(err, ST_ECUDA, "cuBLASLt has no algorithm for a %d x %d x %d product (batch %d): %s", m, n, k,
+                       batch, cublasGetStatusString(hs));
+    int best = 0;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    ST_CUDA_CHECK(cudaStreamIsCapturing(e->stream, &cs));
+    if (nres > 1 && beta == 0.f && cs == cudaStreamCaptureStatusNone) {
+        cudaEvent_t ev[2];
+        ST_CUDA_CHECK(cudaEventCreate(&ev[0]));
+        ST_CUDA_CHECK(cudaEventCreate(&ev[1]));
+        const float alpha = 1.f;
+        float best_ms = 1e30f;
+        for (int i = 0; i < nres; i++) {
+            /* one untimed run (a candidate that fails is skipped), then three timed */
+            if (cublasLtMatmul(e->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, Cm, p->lc, Cm, p->lc, &res[i].algo,
+                               e->lt_ws, LT_WS_BYTES, e->stream) != CUBLAS_STATUS_SUCCESS)
+                continue;
+            (void)cudaEventRecord(ev[0], e->stream);
+            for (int r = 0; r < 3; r++)
+                (void)cublasLtMatmul(e->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, Cm, p->lc, Cm, p->lc,
+                                     &res[i].algo, e->lt_ws, LT_WS_BYTES, e->stream);
+            (void)cudaEventRecord(ev[1], e->stream);
+            float ms = 0;
+            if (cudaEventSynchronize(ev[1]) == cudaSuccess && cudaEventElapsedTime(&ms, ev[0], ev[1]) == cudaSuccess &&
+                ms < best_ms) {
+                best_ms = ms;
+                best = i;
+            }
+        }
+        cudaEventDestroy(ev[0]);
+        cudaEventDestroy(ev[1]);
+        ST_CUDA_CHECK(cudaGetLastError());
+    }
+    p->algo = res[best].algo;
+    return ST_OK;
+}
+
+/* C = A op B through cuBLASLt with the cached plan of this shape (made on
+ * first use; lt_plan_make). */
+int lt_gemm(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
+            int lda, long long sA, const void *B, int ldb, long long sB, void *Cm, int ldc, long long sC, int batch,
+            float beta, cudaDataType_t t, cudaDataType_t tc, char *err)
+{
+    const long long key[16] = {ta, tb, m, n, k, lda, ldb, ldc, batch > 1 ? sA : 0, batch > 1 ? sB : 0,
+                               batch > 1 ? sC : 0, batch, (long long)t * 256 + tc, beta != 0.f,
+                               lt_align(A) * 1000 + lt_align(B), lt_align(Cm)};
+    lt_plan_t *p = NULL;
+    for (int i = 0; i < e->lt_n && !p; i++)
+        if (!memcmp(e->lt_plan[i].key, key, sizeof key)) p = &e->lt_plan[i];
+    if (!p) {
+        if (e->lt_n < LT_PLANS) {
+            p = &e->lt_plan[e->lt_n++];
+        } else {
+            p = &e->lt_plan[e->lt_next];
+            e->lt_next = (e->lt_next + 1) % LT_PLANS;
+            lt_plan_free(p);
+        }
+        int rc = lt_plan_make(e, p, ta, tb, m, n, k, A, lda, sA, B, ldb, sB, Cm, ldc, sC, batch, beta, t, tc, err);
+        if (rc != ST_OK) {
+            lt_plan_free(p); /* its key stays zero: m 0 matches no product */
+            return rc;
+        }
+        memcpy(p->key, key, sizeof key);
+    }
+    const float alpha = 1.f;
+    CUBLAS_CHECK(cublasLtMatmul(e->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->algo,
+                                e->lt_ws, LT_WS_BYTES, e->stream));
+    return ST_OK;
+}
+
 /* A and B of storage type T; the output is T, or fp32 when c_f32 (bf16
- * products whose result feeds something sensitive: the decay LoRA, logits). */
+ * products whose result feeds something sensitive: the decay LoRA, logits).
+ * batch > 1: that many products, operand i at A + i sA, B + i sB, C + i sC
+ * (strides in elements). */
+template <typename T>
+int gemm_n(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
+           int lda, long long sA, const void *B, int ldb, long long sB, void *Cm, int ldc, long long sC, int batch,
+           float beta, char *err, bool c_f32 = false)
+{
+    const float alpha = 1.f;
+    const cudaDataType_t t = dtype_of<T>(), tc = c_f32 ? CUDA_R_32F : t;
+    if (e->gemm_lt)
+        return lt_gemm(e, ta, tb, m, n, k, A, lda, sA, B, ldb, sB, Cm, ldc, sC, batch, beta, t, tc, err);
+    if (batch > 1)
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(e->blas, ta, tb, m, n, k, &alpha, A, t, lda, sA, B, t, ldb, sB, &beta,
+                                                Cm, tc, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else
+        CUBLAS_CHECK(cublasGemmEx(e->blas, ta, tb, m, n, k, &alpha, A, t, lda, B, t, ldb, &beta, Cm, tc, ldc,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return ST_OK;
+}
+
 template <typename T>
 int gemm(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
          int lda, const void *B, int ldb, void *Cm, int ldc, float beta, char *err, bool c_f32 = false)
 {
-    const float alpha = 1.f;
-    const cudaDataType_t t = dtype_of<T>();
-    CUBLAS_CHECK(cublasGemmEx(e->blas, ta, tb, m, n, k, &alpha, A, t, lda, B, t, ldb, &beta, Cm,
-                              c_f32 ? CUDA_R_32F : t, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return ST_OK;
+    return gemm_n<T>(e, ta, tb, m, n, k, A, lda, 0, B, ldb, 0, Cm, ldc, 0, 1, beta, err, c_f32);
+}
+
+/* The stride in elements of size es between n pointers that lie equally far
+ * apart, or 0 when they do not (then each product is its own call). */
+long long common_stride(const void *const *p, int n, size_t es)
+{
+    const long long d = (const char *)p[1] - (const char *)p[0];
+    if (d <= 0 || d % (long long)es) return 0; /* increasing only: negative strides are not documented */
+    for (int i = 2; i < n; i++)
+        if ((const char *)p[i] - (const char *)p[i - 1] != d) return 0;
+    return d / (long long)es;
+}
+
+/* How many calls linear_fwd_n / linear_bwd_n make for these n products:
+ * 1 when batching is on and every operand lies a fixed stride apart. */
+int products_calls(const engine_cuda_t *e, int n, const void *const *x, const void *const *W, void *const *out)
+{
+    if (!e->gemm_batch || n < 2) return n;
+    return common_stride(x, n, e->esz) && common_stride(W, n, e->esz) && common_stride((const void *const *)out, n, e->esz)
+               ? 1
+               : n;
 }
 
 /* out (R, OUT) = x (R, IN) W^T, W (OUT, IN) */
@@ -476,6 +696,35 @@ int linear_bwd(engine_cuda_t *e, int R, int IN, int OUT, const void *dout, const
                float beta, char *err)
 {
     return gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, IN, R, OUT, W, IN, dout, OUT, dinp, IN, beta, err);
+}
+
+/* out_i (R, OUT) = x_i (R, IN) W_i^T for i < n: same-shape projections on
+ * different inputs (r, k and v), one strided-batched product when
+ * products_calls says so */
+template <typename T>
+int linear_fwd_n(engine_cuda_t *e, int n, int R, int IN, int OUT, const void *const *x, const void *const *W,
+                 void *const *out, char *err)
+{
+    if (products_calls(e, n, x, W, out) == 1)
+        return gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, OUT, R, IN, W[0], IN, common_stride(W, n, e->esz), x[0], IN,
+                         common_stride(x, n, e->esz), out[0], OUT, common_stride((const void *const *)out, n, e->esz),
+                         n, 0.f, err);
+    for (int i = 0; i < n; i++) RUN(linear_fwd<T>(e, R, IN, OUT, x[i], W[i], out[i], err));
+    return ST_OK;
+}
+
+/* dinp_i (R, IN) = dout_i (R, OUT) W_i for i < n (overwritten), batched as
+ * linear_fwd_n */
+template <typename T>
+int linear_bwd_n(engine_cuda_t *e, int n, int R, int IN, int OUT, const void *const *dout, const void *const *W,
+                 void *const *dinp, char *err)
+{
+    if (products_calls(e, n, dout, W, dinp) == 1)
+        return gemm_n<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, IN, R, OUT, W[0], IN, common_stride(W, n, e->esz), dout[0], OUT,
+                         common_stride(dout, n, e->esz), dinp[0], IN,
+                         common_stride((const void *const *)dinp, n, e->esz), n, 0.f, err);
+    for (int i = 0; i < n; i++) RUN(linear_bwd<T>(e, R, IN, OUT, dout[i], W[i], dinp[i], 0.f, err));
+    return ST_OK;
 }
 
 template <typename T>
@@ -508,6 +757,66 @@ int lora_bwd(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *
         ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
     }
     PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1, D, dhid, D, dx, C, beta, err)));
+    return ST_OK;
+}
+
+/* The decay (w) and in-context rate (a) LoRAs together, when their widths
+ * agree and gemm_batch is on: their first products run as one 2-batch
+ * strided product (both read (R, C), write (R, D): a thin product that
+ * alone fills half the GPU at R = 8192, D = 64); the second products stay
+ * apart (w's output is fp32, a's T). Otherwise lora_fwd twice. ahid is a
+ * scratch (R, D) for a's hidden layer. */
+template <typename T>
+int lora_wa_fwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *xw, const void *xa,
+                void *whid, void *ahid, float *wl, void *aout, char *err)
+{
+    const void *xs[2] = {xw, xa}, *w1s[2] = {p->w1, p->a1};
+    void *hs[2] = {whid, ahid};
+    if (products_calls(e, 2, xs, w1s, hs) != 1) {
+        RUN(lora_fwd<T>(e, R, C, D, xw, p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
+        return lora_fwd<T>(e, R, C, D, xa, p->a1, p->a2, 0, ahid, aout, err);
+    }
+    const size_t es = e->esz;
+    PROF(PC_GEMM_LORA, 1,
+         RUN(gemm_n<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1s[0], D, common_stride(w1s, 2, es), xs[0], C,
+                       common_stride(xs, 2, es), hs[0], D, common_stride((const void *const *)hs, 2, es), 2, 0.f,
+                       err)));
+    size_t n = (size_t)R * D;
+    PROF(PC_LORA_ACT, 1,
+         st::lora_act_fwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
+             n, st::ACT_TANH, (T *)whid));
+    ST_CUDA_CHECK_LAUNCH("lora_act_fwd_kernel");
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->w2, C, whid, D, wl, C, 0.f, err, true)));
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->a2, C, ahid, D, aout, C, 0.f, err)));
+    return ST_OK;
+}
+
+/* Their backward (lora_bwd for both, dx overwritten): the two first and
+ * the two second products each as one 2-batch product; dhid_w and dhid_a
+ * are (R, D) scratch. */
+template <typename T>
+int lora_wa_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *whid, const void *dwl,
+                const void *dal, void *dhid_w, void *dhid_a, void *dxw, void *dxa, char *err)
+{
+    const void *g2[2] = {dwl, dal}, *w2s[2] = {p->w2, p->a2}, *h1[2] = {dhid_w, dhid_a}, *w1s[2] = {p->w1, p->a1};
+    void *h2[2] = {dhid_w, dhid_a}, *dxs[2] = {dxw, dxa};
+    if (products_calls(e, 2, g2, w2s, h2) != 1 || products_calls(e, 2, h1, w1s, dxs) != 1) {
+        RUN(lora_bwd<T>(e, R, C, D, p->w1, p->w2, st::ACT_TANH, whid, dwl, dhid_w, dxw, 0.f, err));
+        return lora_bwd<T>(e, R, C, D, p->a1, p->a2, 0, NULL, dal, dhid_a, dxa, 0.f, err);
+    }
+    const size_t es = e->esz;
+    PROF(PC_GEMM_LORA, 1,
+         RUN(gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2s[0], C, common_stride(w2s, 2, es), g2[0], C,
+                       common_stride(g2, 2, es), h2[0], D, common_stride(h1, 2, es), 2, 0.f, err)));
+    size_t n = (size_t)R * D;
+    PROF(PC_LORA_ACT, 1,
+         st::lora_act_bwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
+             n, st::ACT_TANH, (const T *)whid, (T *)dhid_w));
+    ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
+    PROF(PC_GEMM_LORA, 1,
+         RUN(gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1s[0], D, common_stride(w1s, 2, es), h1[0], D,
+                       common_stride(h1, 2, es), dxs[0], C, common_stride((const void *const *)dxs, 2, es), 2, 0.f,
+                       err)));
     return ST_OK;
 }
 
@@ -840,11 +1149,17 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     PROF(PC_SHIFT, 1,
          st::tokenshift_fwd_kernel<T, 6><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, h, mix, outs));
     ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
-    PROF(PC_GEMM_RKV, 3, RUN(linear_fwd<T>(e, R, C, C, lerp[0], p->receptance, r, err));
-         RUN(linear_fwd<T>(e, R, C, C, lerp[2], p->key, kraw, err));
-         RUN(linear_fwd<T>(e, R, C, C, lerp[3], p->value, vraw, err)));
-    RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
-    RUN(lora_fwd<T>(e, R, C, c->d_aaa, lerp[4], p->a1, p->a2, 0, e->hid, tmp, err));
+    {
+        const void *xs[3] = {lerp[0], lerp[2], lerp[3]}, *ws[3] = {p->receptance, p->key, p->value};
+        void *outs3[3] = {r, kraw, vraw};
+        PROF(PC_GEMM_RKV, products_calls(e, 3, xs, ws, outs3), RUN(linear_fwd_n<T>(e, 3, R, C, C, xs, ws, outs3, err)));
+    }
+    if (e->gemm_batch && c->d_decay == c->d_aaa) {
+        RUN(lora_wa_fwd<T>(e, R, C, c->d_decay, p, lerp[1], lerp[4], whid, e->hid, wl, tmp, err));
+    } else {
+        RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
+        RUN(lora_fwd<T>(e, R, C, c->d_aaa, lerp[4], p->a1, p->a2, 0, e->hid, tmp, err));
+    }
     const int RH = R * H;
     PROF(PC_KK, 1,
          st::timemix_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, tmp, kraw, p->w0, p->a0, p->k_k,
@@ -993,24 +1308,40 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     PROF(PC_RESID, 1, st::add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, dr, (const T *)e->dbr));
     ST_CUDA_CHECK_LAUNCH("add_kernel");
 
-    /* back to the six lerp outputs */
+    /* back to the six lerp outputs. With gemm_batch the dX products of r,
+     * k and v wait until all three gradients exist and run as one batched
+     * product into lerps 0, 2 and 3 (overwriting), before v's LoRA adds its
+     * share to lerp 3; otherwise each runs as soon as its gradient exists
+     * (value's then adds to the LoRA's share) */
+    const bool rkv_late = e->gemm_batch != 0;
     RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, ghid, e->dg, e->hid, dl[5], 0.f, err));
-    PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err)));
+    if (!rkv_late) PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err)));
     PROF(PC_KK, 1,
          st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, dw,
                                                                  dk, (const T *)e->dbk, da, db, (T *)e->dwl,
                                                                  (T *)e->dal, (T *)e->dkraw));
     ST_CUDA_CHECK_LAUNCH("timemix_bwd_kernel");
-    RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
-    RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
-    PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err)));
+    if (e->gemm_batch && c->d_decay == c->d_aaa) {
+        RUN(lora_wa_bwd<T>(e, R, C, c->d_decay, p, whid, e->dwl, e->dal, e->hid, e->hid2, dl[1], dl[4], err));
+    } else {
+        RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
+        RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
+    }
+    if (!rkv_late) PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err)));
     PROF(PC_VMIX, 1,
          st::vmix_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
                                                                           (const T *)e->dbv, (T *)e->dvraw,
                                                                           (T *)e->dvl));
     ST_CUDA_CHECK_LAUNCH("vmix_bwd_kernel");
-    RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 0.f, err));
-    PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err)));
+    if (rkv_late) {
+        const void *gs[3] = {dr, e->dkraw, e->dvraw}, *ws[3] = {p->receptance, p->key, p->value};
+        void *dins[3] = {dl[0], dl[2], dl[3]};
+        PROF(PC_GEMM_RKV, products_calls(e, 3, gs, ws, dins), RUN(linear_bwd_n<T>(e, 3, R, C, C, gs, ws, dins, err)));
+        RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 1.f, err));
+    } else {
+        RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 0.f, err));
+        PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err)));
+    }
     st::mix6_t mix;
     st::ptr6_t<T> douts;
     for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; douts.p[i] = dl[i]; }
@@ -1287,6 +1618,17 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
      * sums in bf16 */
     CUBLAS_CHECK(cublasSetMathMode(e->blas, (cublasMath_t)(CUBLAS_DEFAULT_MATH |
                                                           CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+    /* the product variants (docs/performance.md 2.4): read once here so a
+     * whole engine's life uses one; an unset or malformed value keeps the
+     * default */
+    e->gemm_batch = GEMM_BATCH_DEFAULT;
+    e->gemm_lt = GEMM_LT_DEFAULT;
+    const char *gb = getenv("STATETUNE_GEMM_BATCH"), *gl = getenv("STATETUNE_GEMM_LT");
+    if (gb && (gb[0] == '0' || gb[0] == '1') && !gb[1]) e->gemm_batch = gb[0] - '0';
+    if (gl && gl[0] >= '0' && gl[0] <= '2' && !gl[1]) e->gemm_lt = gl[0] - '0';
+    CUBLAS_CHECK(cublasLtCreate(&e->lt));
+    e->lt_plan = (lt_plan_t *)calloc(LT_PLANS, sizeof *e->lt_plan);
+    if (!e->lt_plan) return st_fail(err, ST_ENOMEM, "out of host memory for the CUDA engine's product plans");
 
     carver_t cw = {NULL, 0}, ca = {NULL, 0};
     plan_weights(e, &cw);
@@ -1407,6 +1749,10 @@ extern "C" void engine_cuda_destroy(engine_cuda_t **self_p)
     free(e->prof_nl);
     graphs_free(e);
     if (e->blas) cublasDestroy(e->blas);
+    if (e->lt_plan)
+        for (int i = 0; i < e->lt_n; i++) lt_plan_free(&e->lt_plan[i]);
+    free(e->lt_plan);
+    if (e->lt) cublasLtDestroy(e->lt);
     if (e->stream) cudaStreamDestroy(e->stream);
     methods_free(e);
     cudaFree(e->wmem);

@@ -9,7 +9,13 @@
  * busy time) and the rest of the eager step (launch gaps and host work).
  *
  *   dev_engine_bench [--layers L --embd C --vocab V --batch B --ctx T]
- *                    [--precision fp32|bf16] [--steps S]
+ *                    [--precision fp32|bf16] [--steps S] [--variants LIST]
+ *
+ * --variants LIST (e.g. 00,10,01,11,12) measures only the product variants
+ * instead (docs/performance.md 2.4): for each pair of digits, an engine made
+ * with STATETUNE_GEMM_BATCH and STATETUNE_GEMM_LT set to them on the same
+ * model; per variant the eager step by the fine profile, the wall step
+ * through graphs, and ms and TFLOP/s of each product role.
  *
  * Napkin math (SPEC section 8): a step costs about 4P FLOP per token for the
  * matrix products (P the frozen parameters) plus the WKV7 recurrence; at
@@ -36,9 +42,82 @@ static float median(std::vector<float> v)
     return v[v.size() / 2];
 }
 
+/* The product variants on one model (--variants): see the file comment. */
+static int run_variants(rwkv_model_t *m, const engine_opts_t *opts, const char *list, int steps)
+{
+    const rwkv_config_t *c = &m->cfg;
+    const int B = opts->max_batch, T = opts->max_ctx, L = c->n_layer, V = c->vocab;
+    const double R = (double)B * T, C = c->n_embd, F = c->ffn_dim;
+    const double Dwag = c->d_decay + c->d_aaa + c->d_gate, Dv = c->d_mv;
+    /* FLOP per step of each product class, forward + backward (layer 0's
+     * backward stops after its WKV: no r/k/v or LoRA dX there; layer 0 has
+     * no v LoRA); the classes' order is engine_cuda.cu's prof_class */
+    const double flop[6] = {2 * R * C * C * (3.0 * L + 3.0 * (L - 1)),
+                            4 * R * C * (L * Dwag + (L - 1) * Dv + (L - 1) * (Dwag + Dv)),
+                            2 * R * C * C * 2.0 * L,
+                            2 * R * C * F * 2.0 * L,
+                            2 * R * C * F * 2.0 * L,
+                            2 * R * C * V * 2.0};
+    size_t ns = (size_t)L * rwkv_state_layer_size(c);
+    std::vector<int32_t> tok((size_t)R), tgt((size_t)R);
+    uint64_t s = 88172645463325252ull;
+    for (size_t i = 0; i < (size_t)R; i++) {
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        tok[i] = (int32_t)(s % V);
+        tgt[i] = (int32_t)((s >> 20) % V);
+    }
+    std::vector<float> s0(ns, 0.01f), ds0(ns, 0.f);
+    char err[ST_ERR_LEN];
+    for (const char *v = list; v[0] && v[1]; v += v[2] ? 3 : 2) {
+        char b[2] = {v[0], 0}, l[2] = {v[1], 0};
+        setenv("STATETUNE_GEMM_BATCH", b, 1);
+        setenv("STATETUNE_GEMM_LT", l, 1);
+        engine_cuda_t *e = engine_cuda_new(m, opts, err);
+        if (!e || engine_cuda_set_profiling(e, 2, err)) { fprintf(stderr, "%s\n", err); return 1; }
+        auto step = [&]() -> int {
+            engine_batch_t bt = {};
+            bt.tokens = tok.data(); bt.targets = tgt.data(); bt.B = B; bt.T = T;
+            bt.state0 = s0.data(); bt.dstate0 = ds0.data();
+            return engine_cuda_run(e, &bt, err);
+        };
+        engine_cuda_set_graphs(e, 0);
+        std::vector<std::vector<float>> cms(6);
+        std::vector<float> ftot;
+        for (int it = 0; it < steps + 1; it++) {
+            if (step()) { fprintf(stderr, "%s\n", err); return 1; }
+            engine_cuda_profile_t p;
+            engine_cuda_last_profile(e, &p);
+            if (it == 0) continue; /* warm-up: cuBLASLt choices are made here */
+            for (int i = 0; i < 6; i++) cms[i].push_back(p.class_ms[0][i] + p.class_ms[1][i] + p.class_ms[2][i]);
+            ftot.push_back(p.forward_ms + p.head_ms + p.backward_ms);
+        }
+        engine_cuda_set_profiling(e, 0, err);
+        engine_cuda_set_graphs(e, 1);
+        std::vector<float> ws;
+        for (int it = 0; it < steps + 2; it++) {
+            auto t0 = std::chrono::steady_clock::now();
+            if (step()) { fprintf(stderr, "%s\n", err); return 1; }
+            auto t1 = std::chrono::steady_clock::now();
+            if (it >= 2) ws.push_back(std::chrono::duration<float, std::milli>(t1 - t0).count());
+        }
+        printf("variant batch %s lt %s, %dx%d: step %.2f ms (fine events, eager) | wall %.2f ms with graphs (%.0f "
+               "tokens/s) |",
+               b, l, L, c->n_embd, median(ftot), median(ws), R / (median(ws) * 1e-3));
+        for (int i = 0; i < 6; i++) {
+            float ms = median(cms[i]);
+            printf(" %s %.2f ms %.0f TF/s%s", engine_cuda_profile_class(i), ms, flop[i] / (ms * 1e-3) / 1e12,
+                   i < 5 ? ";" : "\n");
+        }
+        fflush(stdout);
+        engine_cuda_destroy(&e);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int L = 12, C = 768, V = 65536, B = 8, T = 1024, steps = 5;
+    const char *variants = NULL;
     engine_precision_t prec = ENGINE_BF16;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
@@ -49,7 +128,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--ctx")) T = atoi(v);
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--precision")) prec = strcmp(v, "fp32") ? ENGINE_BF16 : ENGINE_FP32;
-        else { fprintf(stderr, "usage: %s [--layers L --embd C --vocab V --batch B --ctx T --precision P --steps S]\n", argv[0]); return 2; }
+        else if (!strcmp(a, "--variants")) variants = v;
+        else { fprintf(stderr, "usage: %s [--layers L --embd C --vocab V --batch B --ctx T --precision P --steps S --variants LIST]\n", argv[0]); return 2; }
     }
     const bool wide = C >= 2048;
     rwkv_config_t cfg = {L, C, C / 64, 64, V, 4 * C, wide ? 96 : 64, wide ? 96 : 64, wide ? 64 : 32, wide ? 256 : 128};
@@ -57,6 +137,11 @@ int main(int argc, char **argv)
     rwkv_model_t *m = rwkv_model_new_random(&cfg, 1, err);
     if (!m) { fprintf(stderr, "%s\n", err); return 1; }
     engine_opts_t opts = {ENGINE_CUDA, prec, B, T, 0, 0};
+    if (variants) {
+        int rc = run_variants(m, &opts, variants, steps);
+        rwkv_model_destroy(&m);
+        return rc;
+    }
     engine_cuda_t *e = engine_cuda_new(m, &opts, err);
     if (!e || engine_cuda_set_profiling(e, 1, err)) { fprintf(stderr, "%s\n", err); return 1; }
     size_t R = (size_t)B * T, ns = (size_t)L * rwkv_state_layer_size(&cfg);

@@ -1,0 +1,147 @@
+/*
+ * test_cuda_gemm.c - the CUDA engine's product variants (docs/performance.md
+ * 2.4): STATETUNE_GEMM_BATCH (r/k/v and the w/a LoRAs as strided-batched
+ * products, forward and dX) and STATETUNE_GEMM_LT (cuBLASLt with a workspace:
+ * the heuristic's first algorithm, or the fastest of its first few timed on
+ * first use) must compute the same step as the plain one-call-per-product
+ * engine (BATCH 0, LT 0): the same operands, fp32 accumulation, only the
+ * order of the sums inside a product and of the two terms that meet in
+ * lerp 3's gradient may differ. So the loss and dS0 agree to rounding: 1e-5
+ * and 1e-4 relative in fp32, 1e-3 and 2e-2 in bf16 (products rounded to
+ * bf16 in a different order; a product that read the wrong operand or wrote
+ * the wrong buffer misses by orders of magnitude more). Two model shapes:
+ * w and a LoRAs of one width (batched together) and of two (apart). Each
+ * variant also runs the step three times through CUDA graphs (eager,
+ * capture, replay) and the replay must give the eager run's loss exactly.
+ *
+ * CTest label `gpu`: needs a CUDA device; without one every test skips.
+ */
+#include "harness.h"
+
+#include "common/st_err.h"
+#include "engine/engine_cuda.h"
+#include "model/model.h"
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+static int s_have_gpu(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("skipped: no CUDA device\n");
+        return 0;
+    }
+    return 1;
+}
+
+static uint64_t s_next(uint64_t *s)
+{
+    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+
+enum { B = 3, T = 77 }; /* T not a multiple of the WKV chunk */
+
+typedef struct {
+    double loss[3]; /* three runs of the same batch: eager, captured, replayed */
+    float *ds0;     /* the first run's */
+} result_t;
+
+/* An engine made with the given variant, three steps of one batch. */
+static int s_run(const rwkv_model_t *m, engine_precision_t prec, const char *batch, const char *lt,
+                 const int32_t *tok, const int32_t *tgt, const float *s0, size_t ns, result_t *r)
+{
+    char err[ST_ERR_LEN];
+    setenv("STATETUNE_GEMM_BATCH", batch, 1);
+    setenv("STATETUNE_GEMM_LT", lt, 1);
+    engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec, .max_batch = B + 1, .max_ctx = T + 3};
+    engine_cuda_t *e = engine_cuda_new(m, &opts, err);
+    unsetenv("STATETUNE_GEMM_BATCH");
+    unsetenv("STATETUNE_GEMM_LT");
+    if (!e) {
+        fprintf(stderr, "engine_cuda_new (batch %s, lt %s): %s\n", batch, lt, err);
+        return 1;
+    }
+    r->ds0 = calloc(ns, sizeof(float));
+    float *scratch = calloc(ns, sizeof(float));
+    int rc = r->ds0 && scratch ? 0 : 1;
+    for (int k = 0; k < 3 && !rc; k++) {
+        engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = B, .T = T, .state0 = s0,
+                             .dstate0 = k == 0 ? r->ds0 : scratch};
+        rc = engine_cuda_run(e, &bt, err);
+        if (rc) fprintf(stderr, "engine_cuda_run (batch %s, lt %s): %s\n", batch, lt, err);
+        r->loss[k] = bt.loss_sum;
+    }
+    if (!rc && engine_cuda_graph_replays(e) == 0) {
+        fprintf(stderr, "batch %s, lt %s: no part was replayed from a graph\n", batch, lt);
+        rc = 1;
+    }
+    free(scratch);
+    engine_cuda_destroy(&e);
+    return rc;
+}
+
+static int s_variants(engine_precision_t prec, int d_aaa)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    char err[ST_ERR_LEN];
+    rwkv_config_t cfg = {3, 128, 2, 64, 300, 512, 32, d_aaa, 32, 64};
+    rwkv_model_t *m = rwkv_model_new_random(&cfg, 11, err);
+    CHECKF(m != NULL, "%s", err);
+    const size_t ns = (size_t)cfg.n_layer * rwkv_state_layer_size(&cfg);
+    int32_t tok[B * T], tgt[B * T];
+    float *s0 = malloc(ns * sizeof(float));
+    CHECK(s0 != NULL);
+    uint64_t s = 99;
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+        tgt[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+    }
+    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    const int bf = prec == ENGINE_BF16;
+    const double tol_loss = bf ? 1e-3 : 1e-5, tol_ds0 = bf ? 2e-2 : 1e-4;
+    result_t ref = {{0}, NULL};
+    int fail = s_run(m, prec, "0", "0", tok, tgt, s0, ns, &ref);
+    const char *vars[][2] = {{"1", "0"}, {"0", "1"}, {"1", "1"}, {"1", "2"}, {"0", "2"}};
+    for (size_t v = 0; v < sizeof vars / sizeof vars[0] && !fail; v++) {
+        result_t r = {{0}, NULL};
+        fail = s_run(m, prec, vars[v][0], vars[v][1], tok, tgt, s0, ns, &r);
+        if (!fail) {
+            const double el = fabs(r.loss[0] - ref.loss[0]) / fabs(ref.loss[0]);
+            const double eg = st_rel_err_ff(r.ds0, ref.ds0, ns);
+            printf("    %s batch %s lt %s: loss %.9g vs %.9g (rel %.2e), dS0 rel %.2e; replay %.9g\n",
+                   bf ? "bf16" : "fp32", vars[v][0], vars[v][1], r.loss[0], ref.loss[0], el, eg, r.loss[2]);
+            if (el > tol_loss || eg > tol_ds0 || !(eg == eg)) {
+                fprintf(stderr, "batch %s lt %s: the step differs from the plain products beyond rounding\n",
+                        vars[v][0], vars[v][1]);
+                fail = 1;
+            }
+            if (r.loss[2] != r.loss[0]) {
+                fprintf(stderr, "batch %s lt %s: the graph's replay differs from the eager run\n", vars[v][0],
+                        vars[v][1]);
+                fail = 1;
+            }
+        }
+        free(r.ds0);
+    }
+    free(ref.ds0);
+    free(s0);
+    rwkv_model_destroy(&m);
+    return fail;
+}
+
+static int fp32_variants(void) { return s_variants(ENGINE_FP32, 32); }
+static int bf16_variants(void) { return s_variants(ENGINE_BF16, 32); }
+static int bf16_variants_lora_widths_differ(void) { return s_variants(ENGINE_BF16, 16); }
+
+int main(int argc, char **argv)
+{
+    static const st_test_t tests[] = {
+        {"fp32_variants", fp32_variants},
+        {"bf16_variants", bf16_variants},
+        {"bf16_variants_lora_widths_differ", bf16_variants_lora_widths_differ},
+        {NULL, NULL},
+    };
+    return st_test_main(argc, argv, tests);
+}
