@@ -37,7 +37,8 @@ if [ "$mode" = pack ]; then
   cmake -S "$root" -B "$build" -DSTATETUNE_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
   # only what the GPU machine runs (other folders may be mid-edit); the
   # worker is optional until the CUDA engine exists
-  cmake --build "$build" -j2 --target test_cuda_wkv test_cuda_engine test_cuda_methods dev_wkv7_bench dev_engine_bench
+  cmake --build "$build" -j2 --target test_cuda_wkv test_cuda_engine test_cuda_methods test_cuda_graphs \
+    test_cuda_gemm dev_wkv7_bench dev_engine_bench
   cmake --build "$build" -j2 --target statetune-worker || echo "gpu.sh: statetune-worker did not build; packing without it" >&2
   rm -rf "$rt"; mkdir -p "$rt/bin" "$rt/fixtures/rwkv7"
   for f in "$build"/tests/test_cuda_* "$build"/kernels/dev_* "$build"/worker/statetune-worker; do
@@ -64,6 +65,9 @@ if [ "$mode" = pack ]; then
       echo "gpu.sh: no tabs dataset; gpu_methods_tune will skip" >&2
   fi
   bash "$root/../shared/device/pack-runtime.sh" "$rt/runtime.tar.xz" "$rt"/bin/*
+  # the device tool carries at most 64 MiB: the programs travel compressed
+  # (about a quarter of their size) and `run` unpacks them
+  tar -cJf "$rt/bin.tar.xz" -C "$rt" bin && rm -rf "$rt/bin"
   du -sh "$rt"
   exit 0
 fi
@@ -77,6 +81,7 @@ OUT=${OUT:-/tmp/statetune-gpu}
 mkdir -p "$OUT" /tmp/strt
 export NCCL_NVLS_ENABLE=0
 tar -xJf "$rt/runtime.tar.xz" -C /tmp/strt
+if [ -f "$rt/bin.tar.xz" ] && [ ! -d "$rt/bin" ]; then tar -xJf "$rt/bin.tar.xz" -C "$rt"; fi
 export LD_LIBRARY_PATH=/tmp/strt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export STATETUNE_FIXTURES=$rt/fixtures
 summary=()

@@ -16,6 +16,7 @@
 #                for N = 1, 2, 4 (as many as there are GPUs) with the same
 #                global batch, in bf16 and fp32; the states must match the
 #                1-GPU state within the fixtures' tolerance for that precision
+#                (also bf16 with DBP on, whose Q is summed with the gradient)
 #                (relative L2: bf16 3e-2, fp32 1e-4) and each group must say it
 #                summed through NCCL (NCCL_DEBUG=VERSION prints NCCL's banner
 #                when a communicator is made). GPU_MULTI_BACKEND=cpu runs
@@ -99,15 +100,19 @@ note() { summary+=("$*"); echo "$*"; }
 # correct WORKER MODEL DATA_DIR OUT_DIR NP...
 correct() {
   local w=$1 model=$2 data=$3 out=$4; shift 4
-  local prec tol np ref rel backend=${GPU_MULTI_BACKEND:-cuda}
-  local precs="bf16 fp32"
-  [ "$backend" = cuda ] || precs=fp32 # the CPU engine is fp32 only
+  local prec tol np ref rel dbp backend=${GPU_MULTI_BACKEND:-cuda}
+  # bf16, fp32, and bf16 with DBP (its Q is summed in the same NCCL group)
+  local precs="bf16 fp32 bf16-dbp"
+  [ "$backend" = cuda ] || precs="fp32 fp32-dbp" # the CPU engine is fp32 only
   for prec in $precs; do
-    [ "$prec" = bf16 ] && tol=3e-2 || tol=1e-4
+    dbp=false
+    case $prec in *-dbp) dbp=true ;; esac
+    case $prec in bf16*) tol=3e-2 ;; *) tol=1e-4 ;; esac
     cat >"$out/job-$prec.json" <<EOF
 {"name": "nccl-$prec", "model": "$model", "train": "$data/train.jsonl", "eval": "$data/eval.jsonl",
  "ctx_len": 128, "micro_batch": 4, "global_batch": 16, "steps": 8, "lr_init": 1.0, "lr_final": 0.05,
- "warmup_steps": 2, "eval_every": 0, "checkpoint_every": 0, "precision": "$prec", "backend": "$backend"}
+ "warmup_steps": 2, "eval_every": 0, "checkpoint_every": 0, "precision": "${prec%-dbp}", "backend": "$backend",
+ "dbp": {"enabled": $dbp, "sample_fraction": 0.5}}
 EOF
     for np in "$@"; do
       local dir=$out/tune-$prec-np$np

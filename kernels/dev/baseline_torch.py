@@ -18,7 +18,7 @@ match the reference dump, so the timed model is a real RWKV-7 step.
 
 Modes:
   --check MODEL.safetensors REF.safetensors   the math against a fixture (CPU)
-  --step  --layers L --embd C [--vocab V --batch B --ctx T --steps S]
+  --step  --layers L --embd C (or --shapes LxC,...) [--vocab V --batch B --ctx T --steps S]
                                                a full tuning step: forward, CE,
                                                backward to every S0, Adam on S0
   --wkv   B,T,H [B,T,H ...]                   chunk_rwkv7 forward + backward
@@ -95,6 +95,7 @@ def wkv_torch(r, logw, k, v, a, b, s0):
     Shapes (B,T,H,N); s0 (B or 1,H,N,N) in the official layout S[i_value][j_key].
     S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T, y_t = S_t r_t."""
     B, T, H, _ = r.shape
+    r, logw, k, v, a, b = (t.to(s0.dtype) for t in (r, logw, k, v, a, b))
     S = s0.expand(B, H, N, N).clone()
     w = torch.exp(logw)
     ys = []
@@ -141,8 +142,8 @@ def forward(w, L, C, tokens, state0, wkv):
         kk = F.normalize((k * w[p + "att.k_k"]).view(B, T, H, N), dim=-1, p=2.0, eps=1e-12).view(B, T, C)
         k = k * (1 + (a - 1) * w[p + "att.k_a"])
         hv = lambda t: t.view(B, T, H, N)
-        # the WKV runs in the state's precision (fp32 in the bench, as the kernel contract says)
-        y, sT = wkv(*(hv(t).to(state0.dtype) for t in (r, logw, k, v, -kk, kk * a)), state0[i:i + 1])
+        # inputs in the activations' dtype (bf16 in the bench, as fla takes them), state fp32
+        y, sT = wkv(*(hv(t) for t in (r, logw, k, v, -kk, kk * a)), state0[i:i + 1])
         finals.append(sT)
         y = y.to(x.dtype).reshape(B * T, C)
         y = F.group_norm(y, H, w[p + "att.ln_x.weight"], w[p + "att.ln_x.bias"], eps=64e-5).view(B, T, C)
@@ -220,7 +221,7 @@ def step_bench(args, chunk_rwkv7):
     g = torch.Generator(device="cpu").manual_seed(1)
     tokens = torch.randint(0, V, (B, T), generator=g).to(dev)
     targets = torch.randint(0, V, (B, T), generator=g).to(dev)
-    wkv = lambda *t: wkv_fla(chunk_rwkv7, *(x.to(torch.bfloat16) for x in t[:6]), t[6])
+    wkv = lambda *t: wkv_fla(chunk_rwkv7, *t)
 
     def one():
         opt.zero_grad(set_to_none=True)
@@ -266,6 +267,7 @@ def main():
     ap.add_argument("--step", action="store_true")
     ap.add_argument("--wkv", nargs="*")
     ap.add_argument("--fla", help="flash-linear-attention source tree")
+    ap.add_argument("--shapes", help="several LxC shapes for --step, e.g. 12x768,24x1024")
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--embd", type=int, default=768)
     ap.add_argument("--vocab", type=int, default=65536)
@@ -286,8 +288,12 @@ def main():
     pkg.__path__ = [args.fla.rstrip("/") + "/fla"]
     sys.modules["fla"] = pkg
     chunk_rwkv7 = importlib.import_module("fla.ops.rwkv7").chunk_rwkv7
-    if args.step:
-        step_bench(args, chunk_rwkv7)
+    if args.step:  # one process for every shape: Triton compiles and tunes once
+        for shape in (args.shapes.split(",") if args.shapes else ["%dx%d" % (args.layers, args.embd)]):
+            args.layers, args.embd = (int(x) for x in shape.split("x"))
+            step_bench(args, chunk_rwkv7)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
     for s in args.wkv or []:
         wkv_bench(tuple(int(x) for x in s.split(",")), chunk_rwkv7, 20)
     return 0
