@@ -286,6 +286,10 @@ def main():
     import types
     pkg = types.ModuleType("fla")
     pkg.__path__ = [args.fla.rstrip("/") + "/fla"]
+    import re
+    with open(pkg.__path__[0] + "/__init__.py") as f:  # fla.utils reads the package's version
+        m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", f.read())
+    pkg.__version__ = m.group(1) if m else "0"
     sys.modules["fla"] = pkg
     chunk_rwkv7 = importlib.import_module("fla.ops.rwkv7").chunk_rwkv7
     if args.step:  # one process for every shape: Triton compiles and tunes once
