@@ -90,14 +90,6 @@ extern "C" {
 #include <stdlib.h>
 #include <string.h>
 
-#define CUBLAS_CHECK(call)                                                                  \
-    do {                                                                                    \
-        cublasStatus_t st_s_ = (call);                                                      \
-        if (st_s_ != CUBLAS_STATUS_SUCCESS)                                                 \
-            return st_fail(err, ST_ECUDA, "%s:%d: %s failed: %s", __FILE__, __LINE__, #call, \
-                           cublasGetStatusString(st_s_));                                   \
-    } while (0)
-
 #define RUN(expr)                  \
     do {                           \
         int st_rc_ = (expr);       \
@@ -511,12 +503,12 @@ long long lt_align(const void *p)
 int lt_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int rows, int cols, int ld, int batch, long long stride,
               char *err)
 {
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(l, t, (uint64_t)rows, (uint64_t)cols, ld));
+    ST_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(l, t, (uint64_t)rows, (uint64_t)cols, ld));
     if (batch > 1) {
         int32_t bc = batch;
         int64_t sb = stride;
-        CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
-        CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sb, sizeof sb));
+        ST_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+        ST_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sb, sizeof sb));
     }
     return ST_OK;
 }
@@ -530,15 +522,15 @@ int lt_plan_make(engine_cuda_t *e, lt_plan_t *p, cublasOperation_t ta, cublasOpe
                  const void *A, int lda, long long sA, const void *B, int ldb, long long sB, void *Cm, int ldc,
                  long long sC, int batch, float beta, cudaDataType_t t, cudaDataType_t tc, char *err)
 {
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    ST_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     int32_t opa = ta, opb = tb;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    ST_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    ST_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
     RUN(lt_layout(&p->la, t, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda, batch, sA, err));
     RUN(lt_layout(&p->lb, t, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb, batch, sB, err));
     RUN(lt_layout(&p->lc, tc, m, n, ldc, batch, sC, err));
     cublasLtMatmulPreference_t pref;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    ST_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     uint64_t ws = LT_WS_BYTES;
     /* as the cuBLAS handle's DISALLOW_REDUCED_PRECISION_REDUCTION: split-K
      * partial sums are never reduced in the output type (bf16) */
@@ -627,7 +619,7 @@ int lt_gemm(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m,
         memcpy(p->key, key, sizeof key);
     }
     const float alpha = 1.f;
-    CUBLAS_CHECK(cublasLtMatmul(e->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->algo,
+    ST_CUBLAS_CHECK(cublasLtMatmul(e->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->algo,
                                 e->lt_ws, LT_WS_BYTES, e->stream));
     return ST_OK;
 }
@@ -646,10 +638,10 @@ int gemm_n(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m, 
     if (e->gemm_lt)
         return lt_gemm(e, ta, tb, m, n, k, A, lda, sA, B, ldb, sB, Cm, ldc, sC, batch, beta, t, tc, err);
     if (batch > 1)
-        CUBLAS_CHECK(cublasGemmStridedBatchedEx(e->blas, ta, tb, m, n, k, &alpha, A, t, lda, sA, B, t, ldb, sB, &beta,
+        ST_CUBLAS_CHECK(cublasGemmStridedBatchedEx(e->blas, ta, tb, m, n, k, &alpha, A, t, lda, sA, B, t, ldb, sB, &beta,
                                                 Cm, tc, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     else
-        CUBLAS_CHECK(cublasGemmEx(e->blas, ta, tb, m, n, k, &alpha, A, t, lda, B, t, ldb, &beta, Cm, tc, ldc,
+        ST_CUBLAS_CHECK(cublasGemmEx(e->blas, ta, tb, m, n, k, &alpha, A, t, lda, B, t, ldb, &beta, Cm, tc, ldc,
                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return ST_OK;
 }
@@ -1612,11 +1604,11 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
         return st_fail(err, ST_EINVAL, "CUDA device %d does not exist (%d visible)", opts->device, ndev);
     ST_CUDA_CHECK(cudaSetDevice(opts->device));
     ST_CUDA_CHECK(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
-    CUBLAS_CHECK(cublasCreate(&e->blas));
-    CUBLAS_CHECK(cublasSetStream(e->blas, e->stream));
+    ST_CUBLAS_CHECK(cublasCreate(&e->blas));
+    ST_CUBLAS_CHECK(cublasSetStream(e->blas, e->stream));
     /* no TF32 in fp32 mode; and bf16 products never reduce split-K partial
      * sums in bf16 */
-    CUBLAS_CHECK(cublasSetMathMode(e->blas, (cublasMath_t)(CUBLAS_DEFAULT_MATH |
+    ST_CUBLAS_CHECK(cublasSetMathMode(e->blas, (cublasMath_t)(CUBLAS_DEFAULT_MATH |
                                                           CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
     /* the product variants (docs/performance.md 2.4): read once here so a
      * whole engine's life uses one; an unset or malformed value keeps the
@@ -1626,7 +1618,7 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
     const char *gb = getenv("STATETUNE_GEMM_BATCH"), *gl = getenv("STATETUNE_GEMM_LT");
     if (gb && (gb[0] == '0' || gb[0] == '1') && !gb[1]) e->gemm_batch = gb[0] - '0';
     if (gl && gl[0] >= '0' && gl[0] <= '2' && !gl[1]) e->gemm_lt = gl[0] - '0';
-    CUBLAS_CHECK(cublasLtCreate(&e->lt));
+    ST_CUBLAS_CHECK(cublasLtCreate(&e->lt));
     e->lt_plan = (lt_plan_t *)calloc(LT_PLANS, sizeof *e->lt_plan);
     if (!e->lt_plan) return st_fail(err, ST_ENOMEM, "out of host memory for the CUDA engine's product plans");
 

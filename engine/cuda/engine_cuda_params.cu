@@ -57,14 +57,6 @@ extern "C" {
 #include <stdlib.h>
 #include <string.h>
 
-#define PARAMS_CUBLAS(call)                                                                  \
-    do {                                                                                     \
-        cublasStatus_t st_s_ = (call);                                                       \
-        if (st_s_ != CUBLAS_STATUS_SUCCESS)                                                  \
-            return st_fail(err, ST_ECUDA, "%s:%d: %s failed: %s", __FILE__, __LINE__, #call, \
-                           cublasGetStatusString(st_s_));                                    \
-    } while (0)
-
 namespace {
 const uint32_t PARAMS_TAG = 0x50415241u; /* "PARA" */
 
@@ -161,7 +153,7 @@ static int s_form_state(engine_cuda_params_t *p, char *err)
     if (p->dbp) {
         const float one = 1.f, zero = 0.f;
         const long long nn = (long long)p->N * p->N;
-        PARAMS_CUBLAS(cublasSgemmStridedBatched(p->blas, CUBLAS_OP_N, CUBLAS_OP_N, p->N, p->N, p->N, &one, p->R,
+        ST_CUBLAS_CHECK(cublasSgemmStridedBatched(p->blas, CUBLAS_OP_N, CUBLAS_OP_N, p->N, p->N, p->N, &one, p->R,
                                                 p->N, nn, p->A, p->N, nn, &zero, p->S0, p->N, nn, p->nblk));
     } else {
         ST_CUDA_CHECK(cudaMemcpyAsync(p->S0, p->A, p->n * sizeof(float), cudaMemcpyDeviceToDevice, p->stream));
@@ -187,11 +179,11 @@ extern "C" void engine_cuda_params_destroy(engine_cuda_params_t **self_p)
 static int s_init(engine_cuda_params_t *p, char *err)
 {
     ST_CUDA_CHECK(cudaSetDevice(p->device));
-    PARAMS_CUBLAS(cublasCreate(&p->blas));
-    PARAMS_CUBLAS(cublasSetStream(p->blas, p->stream));
+    ST_CUBLAS_CHECK(cublasCreate(&p->blas));
+    ST_CUBLAS_CHECK(cublasSetStream(p->blas, p->stream));
     /* fp32 products stay fp32 (no TF32): R is near the identity and A R must
      * be the state the CPU path forms */
-    PARAMS_CUBLAS(cublasSetMathMode(p->blas, CUBLAS_DEFAULT_MATH));
+    ST_CUBLAS_CHECK(cublasSetMathMode(p->blas, CUBLAS_DEFAULT_MATH));
     size_t bytes = 0;
     s_plan(p, NULL, &bytes);
     size_t freeb = 0, totalb = 0;
@@ -350,15 +342,15 @@ extern "C" int engine_cuda_params_update_R(engine_cuda_params_t *p, double n_pai
         st::dbp_r_to_f64_kernel<float><<<eb, TH, 0, s>>>(p->n, p->R, p->Rd);
         ST_CUDA_CHECK_LAUNCH("dbp_r_to_f64_kernel");
         /* T1 = R Q / n (as the host: 1/n applied inside the product) */
-        PARAMS_CUBLAS(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &inv, p->Q, N, nn, p->Rd,
+        ST_CUBLAS_CHECK(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &inv, p->Q, N, nn, p->Rd,
                                                 N, nn, &zero, p->T1, N, nn, p->nblk));
         /* T2 = E = T1 R^T */
-        PARAMS_CUBLAS(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, N, N, &one, p->Rd, N, nn, p->T1,
+        ST_CUBLAS_CHECK(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, N, N, &one, p->Rd, N, nn, p->T1,
                                                 N, nn, &zero, p->T2, N, nn, p->nblk));
         st::dbp_rule_matrix_kernel<double><<<eb, TH, 0, s>>>(p->n, N, p->T2, kappa); /* E -> M */
         ST_CUDA_CHECK_LAUNCH("dbp_rule_matrix_kernel");
         /* T1 = M R */
-        PARAMS_CUBLAS(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &one, p->Rd, N, nn, p->T2,
+        ST_CUBLAS_CHECK(cublasDgemmStridedBatched(p->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &one, p->Rd, N, nn, p->T2,
                                                 N, nn, &zero, p->T1, N, nn, p->nblk));
         st::dbp_r_update_kernel<float><<<eb, TH, 0, s>>>(p->n, p->R, p->Rd, p->T1, eta, &p->dout->rbad);
         ST_CUDA_CHECK_LAUNCH("dbp_r_update_kernel");
@@ -413,7 +405,7 @@ extern "C" int engine_cuda_params_step(engine_cuda_params_t *p, double grad_div,
     if (p->dbp) { /* dA = dS0 R^T: (dS0 R^T)^T = R dS0^T, R's buffer transposed in column-major terms */
         const float one = 1.f, zero = 0.f;
         const long long nn = (long long)p->N * p->N;
-        PARAMS_CUBLAS(cublasSgemmStridedBatched(p->blas, CUBLAS_OP_T, CUBLAS_OP_N, p->N, p->N, p->N, &one, p->R,
+        ST_CUBLAS_CHECK(cublasSgemmStridedBatched(p->blas, CUBLAS_OP_T, CUBLAS_OP_N, p->N, p->N, p->N, &one, p->R,
                                                 p->N, nn, p->grad, p->N, nn, &zero, p->gA, p->N, nn, p->nblk));
         g = p->gA;
     }

@@ -182,14 +182,6 @@ __global__ void rbf_dw_kernel(int B, int Tn, int H, const float *__restrict__ q,
 
 /* ---- launchers ---------------------------------------------------------- */
 
-#define RBF_CUBLAS_CHECK(call)                                                                 \
-    do {                                                                                       \
-        cublasStatus_t st_s_ = (call);                                                         \
-        if (st_s_ != CUBLAS_STATUS_SUCCESS)                                                    \
-            return st_fail(err, ST_ECUDA, "%s:%d: %s failed: %s", __FILE__, __LINE__, #call,   \
-                           cublasGetStatusString(st_s_));                                      \
-    } while (0)
-
 /* The features of one layer's r (R rows): bf->rn, inv, mdec, d and phi. */
 template <typename T>
 static int rbf_features_cuda(cublasHandle_t blas, cudaStream_t st, int B, int Tn, int H, int M, float gamma,
@@ -202,7 +194,7 @@ static int rbf_features_cuda(cublasHandle_t blas, cudaStream_t st, int B, int Tn
     ST_CUDA_CHECK_LAUNCH("rbf_decay_kernel");
     /* per head: phi (R x M) = rn_h (R x N, ld C) sv_h^T (sv_h is M x N) */
     const float one = 1.f, zero = 0.f;
-    RBF_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, M, R, st::RBF_N, &one, sv, st::RBF_N,
+    ST_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, M, R, st::RBF_N, &one, sv, st::RBF_N,
                                                (long long)M * st::RBF_N, bf->rn, C, st::RBF_N, &zero, bf->phi, M,
                                                (long long)R * M, H));
     const size_t n = (size_t)H * R * M;
@@ -223,7 +215,7 @@ static int rbf_forward_cuda(cublasHandle_t blas, cudaStream_t st, int B, int Tn,
     const int R = B * Tn, C = H * st::RBF_N;
     /* per head: z (R x N, ld C) = phi (R x M) U0_h^T (U0_h is N x M) */
     const float one = 1.f, zero = 0.f;
-    RBF_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, st::RBF_N, R, M, &one, U0, M,
+    ST_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, st::RBF_N, R, M, &one, U0, M,
                                                (long long)st::RBF_N * M, bf->phi, M, (long long)R * M, &zero, bf->z,
                                                C, st::RBF_N, H));
     const size_t n = (size_t)R * C;
@@ -248,17 +240,17 @@ static int rbf_backward_cuda(cublasHandle_t blas, cudaStream_t st, int B, int Tn
     ST_CUDA_CHECK_LAUNCH("rbf_gd_kernel");
     const float one = 1.f, zero = 0.f;
     if (dU0) /* per head: dU0_h (N x M) += G_h^T (N x R) phi_h (R x M) */
-        RBF_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, M, st::RBF_N, R, &one, bf->phi, M,
+        ST_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, M, st::RBF_N, R, &one, bf->phi, M,
                                                    (long long)R * M, bf->z, C, st::RBF_N, &one, dU0, M,
                                                    (long long)st::RBF_N * M, H));
     /* per head: dphi (R x M) = G_h (R x N, ld C) U0_h (N x M) */
-    RBF_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, M, R, st::RBF_N, &one, U0, M,
+    ST_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, M, R, st::RBF_N, &one, U0, M,
                                                (long long)st::RBF_N * M, bf->z, C, st::RBF_N, &zero, bf->dphi, M,
                                                (long long)R * M, H));
     st::rbf_dphi_kernel<<<(RH + 7) / 8, 256, 0, st>>>(RH, R, H, M, gamma, bf->phi, bf->dphi, bf->q);
     ST_CUDA_CHECK_LAUNCH("rbf_dphi_kernel");
     /* per head: drn (R x N, ld C) = dc (R x M) sv_h (M x N); z is dead, it takes drn */
-    RBF_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, st::RBF_N, R, M, &one, sv, st::RBF_N,
+    ST_CUBLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, st::RBF_N, R, M, &one, sv, st::RBF_N,
                                                (long long)M * st::RBF_N, bf->dphi, M, (long long)R * M, &zero, bf->z,
                                                C, st::RBF_N, H));
     st::rbf_dr_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, bf->rn, bf->inv, bf->z, dr);

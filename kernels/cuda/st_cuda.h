@@ -10,6 +10,7 @@
 #ifndef ST_KERNELS_CUDA_ST_CUDA_H
 #define ST_KERNELS_CUDA_ST_CUDA_H
 
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #ifdef __cplusplus
@@ -36,6 +37,15 @@ extern "C" {
         if (st_e_ != cudaSuccess)                                                      \
             return st_fail(err, ST_ECUDA, "%s:%d: launching %s failed: %s", __FILE__,  \
                            __LINE__, what, cudaGetErrorString(st_e_));                 \
+    } while (0)
+
+/* A cuBLAS call (cublasStatus_t), with the library's own status string. */
+#define ST_CUBLAS_CHECK(call)                                                          \
+    do {                                                                               \
+        cublasStatus_t st_s_ = (call);                                                 \
+        if (st_s_ != CUBLAS_STATUS_SUCCESS)                                            \
+            return st_fail(err, ST_ECUDA, "%s:%d: %s failed: %s", __FILE__, __LINE__, \
+                           #call, cublasGetStatusString(st_s_));                       \
     } while (0)
 
 #endif
