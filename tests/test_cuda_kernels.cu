@@ -1,0 +1,978 @@
+/*
+ * test_cuda_kernels.cu - every element-wise CUDA kernel that the engine
+ * (engine/cuda/engine_cuda.cu, engine_cuda_params.cu) launches, alone,
+ * against a float64 loop of the formula it documents (issue #4). The WKV7
+ * kernels have their own test (test_cuda_wkv.c); the observer, kstate and
+ * DBP kernels are not covered here yet.
+ *
+ * This is a .cu file, not a .c file: the kernels are header-only templates
+ * (kernels/cuda/NAME.cuh, llm.c style) with no C launcher, so the test must be
+ * compiled by nvcc to launch them with the engine's own launch shapes.
+ *
+ * Every run draws fresh random inputs (the seed is printed; STATETUNE_SEED
+ * replays it). Every output buffer that is not updated in place is poisoned
+ * with NaN (all bytes 0xFF) before the launch, so an element a kernel
+ * forgets to write fails the check. Each output is compared by relative L2
+ * error ||got - ref|| / ||ref||, the reference in double from the very inputs
+ * the kernel saw (bf16 inputs are rounded to bf16 on the host first):
+ *   fp32: TOL_FP32 = 1e-5 (fp32 arithmetic and the fast intrinsics);
+ *   bf16: k * 2^-8 + 1e-5, k = the number of roundings to bf16 on the path to
+ *         that output (its own store plus any rounded intermediate the
+ *         kernel documents, e.g. timemix's wb = round(round(kk) round(a))):
+ *         one rounding to nearest moves a value by at most 2^-8 relative.
+ * Sizes: T = 1 and B = 1 cases, and widths C that are multiples of 8 but not
+ * of 64 where the kernel allows it. Preconditions the kernels do not check
+ * (they are raw kernels, not launchers that could refuse): the 8-wide
+ * kernels need C % 8 == 0 and 16-byte aligned rows, the per-head kernels
+ * C = H * 64, LayerNorm C <= 8192; the engine guarantees all three (C is
+ * H * 64). lora_act takes any n; ce_kernel any V (a scalar path when
+ * V % 4 != 0).
+ *
+ * CTest label `gpu`: needs a CUDA device; without one every test skips.
+ */
+extern "C" {
+#include "harness.h"
+
+#include "common/st_half.h"
+}
+
+#include "kernels/cuda/adam.cuh"
+#include "kernels/cuda/channelmix.cuh"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/groupnorm.cuh"
+#include "kernels/cuda/head.cuh"
+#include "kernels/cuda/layernorm.cuh"
+#include "kernels/cuda/timemix.cuh"
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <vector>
+
+static const double TOL_FP32 = 1e-5;
+static const double BF16_U = 1.0 / 256; /* 2^-8: relative bound of one rounding to bf16 */
+static const int EW = 256;              /* the engine's EW_THREADS */
+
+typedef __nv_bfloat16 bf16;
+
+#define CU(call)                                                                              \
+    do {                                                                                      \
+        cudaError_t e_ = (call);                                                              \
+        if (e_ != cudaSuccess) {                                                              \
+            fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            return 1;                                                                         \
+        }                                                                                     \
+    } while (0)
+
+/* After a launch: the launch error, then the run's. */
+#define LAUNCHED() do { CU(cudaGetLastError()); CU(cudaDeviceSynchronize()); } while (0)
+
+/* ---- host helpers ------------------------------------------------------- */
+
+static uint64_t s_seed(void)
+{
+    const char *env = getenv("STATETUNE_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    return seed;
+}
+
+static int s_have_gpu(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("skipped: no CUDA device\n");
+        return 0;
+    }
+    return 1;
+}
+
+static double s_unif(uint64_t *s) /* splitmix64, [0, 1) */
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static std::vector<float> s_rand(size_t n, uint64_t *s, double lo, double hi)
+{
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; i++) v[i] = (float)(lo + (hi - lo) * s_unif(s));
+    return v;
+}
+
+template <typename T> static const char *s_pname(void);
+template <> const char *s_pname<float>(void) { return "fp32"; }
+template <> const char *s_pname<bf16>(void) { return "bf16"; }
+
+/* The tolerance of an output reached through k roundings to T (see the file
+ * comment). */
+template <typename T> static double s_tol(int k);
+template <> double s_tol<float>(int k) { (void)k; return TOL_FP32; }
+template <> double s_tol<bf16>(int k) { return k * BF16_U + TOL_FP32; }
+
+/* The host copy becomes exactly what a T buffer holds. */
+template <typename T> static void s_round(std::vector<float> &v);
+template <> void s_round<float>(std::vector<float> &v) { (void)v; }
+template <> void s_round<bf16>(std::vector<float> &v)
+{
+    for (float &x : v) x = st_bf16_to_f32(st_f32_to_bf16(x));
+}
+
+/* Device buffers of one test, freed together. */
+struct arena_t {
+    std::vector<void *> p;
+    ~arena_t()
+    {
+        for (void *q : p) cudaFree(q);
+    }
+    void *alloc(size_t bytes)
+    {
+        void *d = NULL;
+        if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) return NULL;
+        p.push_back(d);
+        return d;
+    }
+    /* n elements of T, every byte 0xFF: NaN in fp32, bf16 and double, -1 in int32 */
+    template <typename T> T *poison(size_t n)
+    {
+        void *d = alloc(n * sizeof(T));
+        if (d && cudaMemset(d, 0xFF, n * sizeof(T)) != cudaSuccess) return NULL;
+        return (T *)d;
+    }
+    /* the host floats, converted to T */
+    template <typename T> T *up(const std::vector<float> &h)
+    {
+        void *d = alloc(h.size() * sizeof(T));
+        if (!d) return NULL;
+        cudaError_t e;
+        if (sizeof(T) == 4) {
+            e = cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice);
+        } else {
+            std::vector<uint16_t> b(h.size());
+            for (size_t i = 0; i < h.size(); i++) b[i] = st_f32_to_bf16(h[i]);
+            e = cudaMemcpy(d, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
+        }
+        return e == cudaSuccess ? (T *)d : NULL;
+    }
+};
+
+/* The n elements of a T buffer, as floats. */
+template <typename T> static std::vector<float> s_down(const T *d, size_t n)
+{
+    std::vector<float> h(n, NAN);
+    if (sizeof(T) == 4) {
+        if (cudaMemcpy(h.data(), d, n * 4, cudaMemcpyDeviceToHost) != cudaSuccess) return std::vector<float>(n, NAN);
+    } else {
+        std::vector<uint16_t> b(n);
+        if (cudaMemcpy(b.data(), d, n * 2, cudaMemcpyDeviceToHost) != cudaSuccess) return h;
+        for (size_t i = 0; i < n; i++) h[i] = st_bf16_to_f32(b[i]);
+    }
+    return h;
+}
+
+/* 0 when every element is finite (the poison overwritten) and the relative
+ * L2 error is within tol; prints the figure either way. */
+static int s_cmp(const char *what, const char *prec, const std::vector<float> &got, const std::vector<double> &ref,
+                 double tol)
+{
+    size_t n = ref.size(), bad = 0;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) {
+            if (!bad) fprintf(stderr, "%s %s: element %zu is %g (unwritten or non-finite)\n", what, prec, i, got[i]);
+            bad++;
+            continue;
+        }
+        num += (got[i] - ref[i]) * (got[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    if (bad) {
+        fprintf(stderr, "%s %s: %zu of %zu outputs not finite\n", what, prec, bad, n);
+        return 1;
+    }
+    double e = den > 0 ? sqrt(num / den) : sqrt(num);
+    printf("  %-26s %s n=%-8zu rel L2 err %.2e (tol %.2e)\n", what, prec, n, e, tol);
+    if (!(e <= tol)) {
+        fprintf(stderr, "%s %s: relative L2 error %.3e exceeds %.3e\n", what, prec, e, tol);
+        return 1;
+    }
+    return 0;
+}
+
+static double sig(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* ---- LayerNorm ---------------------------------------------------------- */
+
+static const int LN_C[] = {8, 200, 1000, 8192};
+static const int LN_R[] = {1, 7, 5, 2};
+
+/* layernorm_fwd_kernel<float, T> (ln1 / ln2 / ln_out into T; ln0 in place
+ * in fp32) and residual_layernorm_fwd_kernel<T, T>. */
+template <typename T> static int s_layernorm_fwd(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    for (int q = 0; q < 4; q++) {
+        const int C = LN_C[q], R = LN_R[q];
+        const size_t n = (size_t)R * C;
+        const float eps = 1e-5f;
+        std::vector<float> x = s_rand(n, s, -1.5, 2.5), w = s_rand(C, s, 0.5, 1.5), b = s_rand(C, s, -0.5, 0.5);
+        std::vector<float> bres = s_rand(n, s, -1, 1);
+        s_round<T>(bres);
+        for (int fused = 0; fused < 2; fused++) {
+            /* the reference: xs = x (+ bres), out = LN(xs) */
+            std::vector<double> rx(n), rout(n), rmean(R), rrstd(R);
+            for (size_t i = 0; i < n; i++) rx[i] = (double)x[i] + (fused ? (double)bres[i] : 0.0);
+            for (int r = 0; r < R; r++) {
+                double m = 0, v = 0;
+                for (int c = 0; c < C; c++) m += rx[(size_t)r * C + c];
+                m /= C;
+                for (int c = 0; c < C; c++) v += (rx[(size_t)r * C + c] - m) * (rx[(size_t)r * C + c] - m);
+                double rs = 1.0 / sqrt(v / C + eps);
+                rmean[r] = m;
+                rrstd[r] = rs;
+                for (int c = 0; c < C; c++)
+                    rout[(size_t)r * C + c] = (rx[(size_t)r * C + c] - m) * rs * w[c] + b[c];
+            }
+            arena_t a;
+            float *dx = a.up<float>(x), *dw = a.up<float>(w), *db = a.up<float>(b);
+            T *dout = a.poison<T>(n), *dbres = a.up<T>(bres);
+            float *dm = a.poison<float>(R), *drs = a.poison<float>(R), *dxs = a.poison<float>(n);
+            CHECK(dx && dw && db && dout && dbres && dm && drs && dxs);
+            if (fused)
+                st::residual_layernorm_fwd_kernel<T, T><<<R, st::ln_threads(C)>>>(C, dx, dbres, dxs, dw, db, eps, dout,
+                                                                                  dm, drs);
+            else
+                st::layernorm_fwd_kernel<float, T><<<R, st::ln_threads(C)>>>(C, dx, dw, db, eps, dout, dm, drs);
+            LAUNCHED();
+            char what[64];
+            snprintf(what, sizeof what, "%s C=%d R=%d", fused ? "resid+LN fwd" : "LN fwd", C, R);
+            printf("%s\n", what);
+            if (s_cmp("out", P, s_down(dout, n), rout, s_tol<T>(1))) return 1;
+            if (s_cmp("mean", P, s_down(dm, R), rmean, TOL_FP32)) return 1;
+            if (s_cmp("rstd", P, s_down(drs, R), rrstd, TOL_FP32)) return 1;
+            if (fused && s_cmp("xsum", P, s_down(dxs, n), rx, TOL_FP32)) return 1;
+            if (!fused && sizeof(T) == 4) { /* ln0: in place on the residual stream, no statistics */
+                st::layernorm_fwd_kernel<float, float><<<R, st::ln_threads(C)>>>(C, dx, dw, db, eps, dx, NULL, NULL);
+                LAUNCHED();
+                if (s_cmp("out (in place)", P, s_down(dx, n), rout, TOL_FP32)) return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* layernorm_bwd_kernel<T>: dx (fp32) += the input gradient, dxt = dx in T. */
+template <typename T> static int s_layernorm_bwd(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    for (int q = 0; q < 4; q++) {
+        const int C = LN_C[q], R = LN_R[q];
+        const size_t n = (size_t)R * C;
+        std::vector<float> x = s_rand(n, s, -1.5, 2.5), w = s_rand(C, s, 0.5, 1.5), go = s_rand(n, s, -1, 1);
+        std::vector<float> dx0 = s_rand(n, s, -0.3, 0.3), mean(R), rstd(R);
+        s_round<T>(go);
+        for (int r = 0; r < R; r++) { /* the statistics the forward stored (fp32) */
+            double m = 0, v = 0;
+            for (int c = 0; c < C; c++) m += x[(size_t)r * C + c];
+            m /= C;
+            for (int c = 0; c < C; c++) v += (x[(size_t)r * C + c] - m) * (x[(size_t)r * C + c] - m);
+            mean[r] = (float)m;
+            rstd[r] = (float)(1.0 / sqrt(v / C + 1e-5));
+        }
+        std::vector<double> ref(n);
+        for (int r = 0; r < R; r++) {
+            double mg = 0, mgx = 0;
+            for (int c = 0; c < C; c++) {
+                size_t i = (size_t)r * C + c;
+                double xh = ((double)x[i] - mean[r]) * rstd[r], g = (double)go[i] * w[c];
+                mg += g;
+                mgx += g * xh;
+            }
+            mg /= C;
+            mgx /= C;
+            for (int c = 0; c < C; c++) {
+                size_t i = (size_t)r * C + c;
+                double xh = ((double)x[i] - mean[r]) * rstd[r], g = (double)go[i] * w[c];
+                ref[i] = dx0[i] + rstd[r] * (g - mg - xh * mgx);
+            }
+        }
+        for (int with_t = 0; with_t < 2; with_t++) {
+            arena_t a;
+            float *dxin = a.up<float>(x), *dw = a.up<float>(w), *dm = a.up<float>(mean), *drs = a.up<float>(rstd);
+            float *ddx = a.up<float>(dx0);
+            T *dgo = a.up<T>(go), *dxt = with_t ? a.poison<T>(n) : NULL;
+            CHECK(dxin && dw && dm && drs && ddx && dgo && (dxt || !with_t));
+            st::layernorm_bwd_kernel<T><<<R, st::ln_threads(C)>>>(C, dxin, dw, dm, drs, dgo, ddx, dxt);
+            LAUNCHED();
+            printf("LN bwd C=%d R=%d%s\n", C, R, with_t ? " (+dxt)" : "");
+            if (s_cmp("dx (+=)", P, s_down(ddx, n), ref, TOL_FP32)) return 1;
+            if (with_t && s_cmp("dxt", P, s_down(dxt, n), ref, s_tol<T>(1))) return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- token shift, LoRA activations, v mix, relu^2, adds ----------------- */
+
+struct bt_shape { int B, Tn, C; };
+static const bt_shape EW_SHAPES[] = {{3, 5, 200}, {1, 1, 64}, {2, 1, 24}, {1, 7, 8}};
+
+template <typename T, int NMIX> static int s_tokenshift_one(uint64_t *s, bt_shape sh)
+{
+    const char *P = s_pname<T>();
+    const int B = sh.B, Tn = sh.Tn, C = sh.C;
+    const size_t n = (size_t)B * Tn * C;
+    std::vector<float> h = s_rand(n, s, -2, 2), mixv[NMIX], go[NMIX];
+    s_round<T>(h);
+    arena_t a;
+    st::mix6_t mix = {};
+    st::ptr6_t<T> outs = {}, douts = {};
+    for (int m = 0; m < NMIX; m++) {
+        mixv[m] = s_rand(C, s, 0, 1);
+        go[m] = s_rand(n, s, -1, 1);
+        s_round<T>(go[m]);
+        mix.m[m] = a.up<float>(mixv[m]);
+        outs.p[m] = a.poison<T>(n);
+        douts.p[m] = a.up<T>(go[m]);
+        CHECK(mix.m[m] && outs.p[m] && douts.p[m]);
+    }
+    T *dh = a.up<T>(h), *ddh = a.poison<T>(n);
+    CHECK(dh && ddh);
+    st::tokenshift_fwd_kernel<T, NMIX><<<st::grid_for8(n), EW>>>(n, Tn, C, dh, mix, outs);
+    LAUNCHED();
+    st::tokenshift_bwd_kernel<T, NMIX><<<st::grid_for8(n), EW>>>(n, Tn, C, mix, douts, ddh);
+    LAUNCHED();
+    printf("token shift NMIX=%d B=%d T=%d C=%d\n", NMIX, B, Tn, C);
+    std::vector<double> rd(n, 0.0);
+    for (int m = 0; m < NMIX; m++) {
+        std::vector<double> ro(n);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < Tn; t++)
+                for (int c = 0; c < C; c++) {
+                    size_t i = ((size_t)b * Tn + t) * C + c;
+                    double x = h[i], xp = t > 0 ? h[i - C] : 0.0;
+                    ro[i] = x + (xp - x) * mixv[m][c];
+                    rd[i] += go[m][i] * (1.0 - mixv[m][c]) + (t + 1 < Tn ? go[m][i + C] * (double)mixv[m][c] : 0.0);
+                }
+        char what[32];
+        snprintf(what, sizeof what, "fwd out[%d]", m);
+        if (s_cmp(what, P, s_down(outs.p[m], n), ro, s_tol<T>(1))) return 1;
+    }
+    return s_cmp("bwd dh", P, s_down(ddh, n), rd, s_tol<T>(1));
+}
+
+template <typename T> static int s_tokenshift(uint64_t *s)
+{
+    for (const bt_shape &sh : EW_SHAPES)
+        if (s_tokenshift_one<T, 6>(s, sh) || s_tokenshift_one<T, 1>(s, sh)) return 1;
+    return 0;
+}
+
+/* lora_act_fwd/bwd_kernel (in place; any n, the tail one by one). */
+template <typename T> static int s_lora_act(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    const size_t ns[] = {91, 4099, 8, 5};
+    for (size_t n : ns)
+        for (int act = st::ACT_TANH; act <= st::ACT_SIGMOID; act++) {
+            std::vector<float> z = s_rand(n, s, -3, 3), d = s_rand(n, s, -1, 1);
+            s_round<T>(z);
+            s_round<T>(d);
+            std::vector<double> rh(n), rdh(n);
+            std::vector<float> hst(n); /* the stored activation, as the backward reads it */
+            for (size_t i = 0; i < n; i++) {
+                rh[i] = act == st::ACT_TANH ? tanh((double)z[i]) : sig(z[i]);
+                hst[i] = (float)rh[i];
+            }
+            s_round<T>(hst);
+            for (size_t i = 0; i < n; i++) {
+                double hv = hst[i];
+                rdh[i] = d[i] * (act == st::ACT_TANH ? 1.0 - hv * hv : hv * (1.0 - hv));
+            }
+            arena_t a;
+            T *dz = a.up<T>(z), *dhs = a.up<T>(hst), *dd = a.up<T>(d);
+            CHECK(dz && dhs && dd);
+            const size_t n8 = (n + 7) & ~(size_t)7;
+            st::lora_act_fwd_kernel<T><<<st::grid_for8(n8), EW>>>(n, act, dz);
+            LAUNCHED();
+            st::lora_act_bwd_kernel<T><<<st::grid_for8(n8), EW>>>(n, act, dhs, dd);
+            LAUNCHED();
+            printf("lora act %s n=%zu\n", act == st::ACT_TANH ? "tanh" : "sigmoid", n);
+            if (s_cmp("fwd (in place)", P, s_down(dz, n), rh, s_tol<T>(1))) return 1;
+            if (s_cmp("bwd (in place)", P, s_down(dd, n), rdh, s_tol<T>(1))) return 1;
+        }
+    return 0;
+}
+
+/* vmix_fwd_kernel (vs in place: vl in, s out) and vmix_bwd_kernel. */
+template <typename T> static int s_vmix(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    for (const bt_shape &sh : EW_SHAPES) {
+        const int C = sh.C;
+        const size_t n = (size_t)sh.B * sh.Tn * C;
+        std::vector<float> vl = s_rand(n, s, -2, 2), vr = s_rand(n, s, -1, 1), vf = s_rand(n, s, -1, 1);
+        std::vector<float> v0 = s_rand(C, s, -1, 1), sv = s_rand(n, s, 0.05, 0.95), dv = s_rand(n, s, -1, 1),
+                           dbv = s_rand(n, s, -1, 1);
+        for (auto *v : {&vl, &vr, &vf, &sv, &dv, &dbv}) s_round<T>(*v);
+        std::vector<double> rs(n), rv(n), rdvr(n), rdvl(n);
+        for (size_t i = 0; i < n; i++) {
+            double z = sig((double)v0[i % C] + vl[i]);
+            rs[i] = z;
+            rv[i] = vr[i] + ((double)vf[i] - vr[i]) * z;
+            double g = (double)dv[i] + dbv[i];
+            rdvr[i] = g * (1.0 - sv[i]);
+            rdvl[i] = g * ((double)vf[i] - vr[i]) * sv[i] * (1.0 - sv[i]);
+        }
+        arena_t a;
+        T *dvl = a.up<T>(vl), *dvr = a.up<T>(vr), *dvf = a.up<T>(vf), *dsv = a.up<T>(sv), *ddv = a.up<T>(dv);
+        T *ddbv = a.up<T>(dbv), *dvout = a.poison<T>(n), *ddvr = a.poison<T>(n), *ddvl = a.poison<T>(n);
+        float *dv0 = a.up<float>(v0);
+        CHECK(dvl && dvr && dvf && dsv && ddv && ddbv && dvout && ddvr && ddvl && dv0);
+        st::vmix_fwd_kernel<T><<<st::grid_for8(n), EW>>>(n, C, dvr, dvf, dv0, dvl, dvout);
+        LAUNCHED();
+        st::vmix_bwd_kernel<T><<<st::grid_for8(n), EW>>>(n, dvr, dvf, dsv, ddv, ddbv, ddvr, ddvl);
+        LAUNCHED();
+        printf("v mix B=%d T=%d C=%d\n", sh.B, sh.Tn, C);
+        if (s_cmp("fwd s (in place)", P, s_down(dvl, n), rs, s_tol<T>(1))) return 1;
+        if (s_cmp("fwd v", P, s_down(dvout, n), rv, s_tol<T>(1))) return 1;
+        /* g = dv + dbv is rounded to T before use: two roundings */
+        if (s_cmp("bwd dvraw", P, s_down(ddvr, n), rdvr, s_tol<T>(2))) return 1;
+        if (s_cmp("bwd dvl", P, s_down(ddvl, n), rdvl, s_tol<T>(2))) return 1;
+    }
+    return 0;
+}
+
+/* relu2_fwd/bwd_kernel (the channel mix's activation; bwd in place). */
+template <typename T> static int s_relu2(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    for (const bt_shape &sh : EW_SHAPES) {
+        const size_t n = (size_t)sh.B * sh.Tn * sh.C * 4; /* F = 4 C */
+        std::vector<float> k = s_rand(n, s, -2, 2), g = s_rand(n, s, -1, 1);
+        s_round<T>(k);
+        s_round<T>(g);
+        std::vector<double> ra(n), rg(n);
+        for (size_t i = 0; i < n; i++) {
+            double r = k[i] > 0 ? (double)k[i] : 0.0;
+            ra[i] = r * r;
+            rg[i] = k[i] > 0 ? g[i] * 2.0 * k[i] : 0.0;
+        }
+        arena_t a;
+        T *dk = a.up<T>(k), *dact = a.poison<T>(n), *dg = a.up<T>(g);
+        CHECK(dk && dact && dg);
+        st::relu2_fwd_kernel<T><<<st::grid_for8(n), EW>>>(n, dk, dact);
+        LAUNCHED();
+        st::relu2_bwd_kernel<T><<<st::grid_for8(n), EW>>>(n, dk, dg);
+        LAUNCHED();
+        printf("relu^2 n=%zu\n", n);
+        if (s_cmp("fwd act", P, s_down(dact, n), ra, s_tol<T>(1))) return 1;
+        if (s_cmp("bwd dact (in place)", P, s_down(dg, n), rg, s_tol<T>(1))) return 1;
+    }
+    return 0;
+}
+
+/* residual_add_kernel (also out == a), add_kernel, add3_kernel,
+ * convert_kernel<float, T>, embed_kernel. */
+template <typename T> static int s_adds(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    for (const bt_shape &sh : EW_SHAPES) {
+        const size_t n = (size_t)sh.B * sh.Tn * sh.C;
+        std::vector<float> x = s_rand(n, s, -2, 2), y[3], z[3];
+        for (int q = 0; q < 3; q++) {
+            y[q] = s_rand(n, s, -1, 1);
+            z[q] = s_rand(n, s, -1, 1);
+            s_round<T>(y[q]);
+            s_round<T>(z[q]);
+        }
+        arena_t a;
+        float *dx = a.up<float>(x), *dout = a.poison<float>(n), *dconv = a.poison<float>(n);
+        T *dy[3], *dz[3];
+        for (int q = 0; q < 3; q++) {
+            dy[q] = a.up<T>(y[q]);
+            dz[q] = a.up<T>(z[q]);
+            CHECK(dy[q] && dz[q]);
+        }
+        T *dsingle = a.up<T>(y[0]);
+        CHECK(dx && dout && dconv && dsingle);
+        std::vector<double> rres(n), rsum[3], rconv(n);
+        for (size_t i = 0; i < n; i++) {
+            rres[i] = (double)x[i] + y[0][i];
+            rconv[i] = y[0][i];
+        }
+        for (int q = 0; q < 3; q++) {
+            rsum[q].resize(n);
+            for (size_t i = 0; i < n; i++) rsum[q][i] = (double)y[q][i] + z[q][i];
+        }
+        printf("adds B=%d T=%d C=%d\n", sh.B, sh.Tn, sh.C);
+        st::residual_add_kernel<T><<<st::grid_for8(n), EW>>>(n, dx, dy[0], dout);
+        LAUNCHED();
+        if (s_cmp("residual add", P, s_down(dout, n), rres, TOL_FP32)) return 1;
+        st::convert_kernel<float, T><<<st::grid_for8(n), EW>>>(n, dy[0], dconv);
+        LAUNCHED();
+        if (s_cmp("convert to fp32", P, s_down(dconv, n), rconv, TOL_FP32)) return 1;
+        st::residual_add_kernel<T><<<st::grid_for8(n), EW>>>(n, dx, dy[0], dx); /* out aliases a */
+        LAUNCHED();
+        if (s_cmp("residual add (in place)", P, s_down(dx, n), rres, TOL_FP32)) return 1;
+        st::add_kernel<T><<<st::grid_for8(n), EW>>>(n, dsingle, dz[0]);
+        LAUNCHED();
+        if (s_cmp("add (in place)", P, s_down(dsingle, n), rsum[0], s_tol<T>(1))) return 1;
+        st::add3_kernel<T><<<st::grid_for8(n), EW>>>(n, dy[0], dz[0], dy[1], dz[1], dy[2], dz[2]);
+        LAUNCHED();
+        for (int q = 0; q < 3; q++)
+            if (s_cmp(q == 0 ? "add3 x0" : q == 1 ? "add3 x1" : "add3 x2", P, s_down(dy[q], n), rsum[q], s_tol<T>(1)))
+                return 1;
+    }
+    /* embed_kernel: any C (a strided loop), tokens anywhere in the vocabulary */
+    const int V = 50, C = 200, R = 9;
+    std::vector<float> emb = s_rand((size_t)V * C, s, -1, 1);
+    s_round<T>(emb);
+    std::vector<int32_t> tok(R);
+    for (int r = 0; r < R; r++) tok[r] = r == 0 ? V - 1 : (int32_t)(s_unif(s) * V);
+    std::vector<double> ref((size_t)R * C);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) ref[(size_t)r * C + c] = emb[(size_t)tok[r] * C + c];
+    arena_t a;
+    T *demb = a.up<T>(emb);
+    float *dx0 = a.poison<float>((size_t)R * C);
+    int32_t *dtok = (int32_t *)a.alloc(R * sizeof(int32_t));
+    CHECK(demb && dx0 && dtok);
+    CU(cudaMemcpy(dtok, tok.data(), R * sizeof(int32_t), cudaMemcpyHostToDevice));
+    st::embed_kernel<T><<<R, 256>>>(C, dtok, demb, dx0);
+    LAUNCHED();
+    return s_cmp("embed", P, s_down(dx0, (size_t)R * C), ref, 0.0); /* a copy: exact */
+}
+
+/* ---- per-head kernels: time mix and GroupNorm (C = H * 64) -------------- */
+
+struct rh_shape { int R, H; };
+static const rh_shape RH_SHAPES[] = {{5, 3}, {1, 1}, {17, 2}};
+
+template <typename T> static int s_timemix(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    const double DS = 0.6065306597126334;
+    for (const rh_shape &sh : RH_SHAPES) {
+        const int R = sh.R, H = sh.H, C = H * 64, RH = R * H;
+        const size_t n = (size_t)R * C;
+        std::vector<float> wl = s_rand(n, s, -2, 2), al = s_rand(n, s, -2, 2), kraw = s_rand(n, s, -1, 1);
+        std::vector<float> w0 = s_rand(C, s, -2, 1), a0 = s_rand(C, s, -1, 1), k_k = s_rand(C, s, 0.5, 1.5),
+                           k_a = s_rand(C, s, 0, 1);
+        for (int c = 0; c < 64; c++) kraw[c] = 0.f; /* row 0, head 0: the norm clamps at KK_EPS */
+        s_round<T>(al);
+        s_round<T>(kraw);
+        /* forward reference; kk and a as stored (rounded), for the backward's inputs */
+        std::vector<double> rw(n), ra(n), rkk(n), rkf(n), rwa(n), rwb(n);
+        std::vector<float> a_st(n), kk_st(n);
+        for (int g = 0; g < RH; g++) {
+            const int h = g % H;
+            double ss = 0;
+            for (int e = 0; e < 64; e++) {
+                size_t i = (size_t)g * 64 + e;
+                int c = h * 64 + e;
+                double u = (double)kraw[i] * k_k[c];
+                ss += u * u;
+            }
+            double nrm = sqrt(ss), inv = 1.0 / (nrm > 1e-12 ? nrm : 1e-12);
+            for (int e = 0; e < 64; e++) {
+                size_t i = (size_t)g * 64 + e;
+                int c = h * 64 + e;
+                rw[i] = exp(-DS * sig((double)w0[c] + wl[i]));
+                ra[i] = sig((double)a0[c] + al[i]);
+                rkk[i] = (double)kraw[i] * k_k[c] * inv;
+                rkf[i] = kraw[i] * (1.0 + (ra[i] - 1.0) * k_a[c]);
+                rwa[i] = -rkk[i];
+                rwb[i] = rkk[i] * ra[i];
+                a_st[i] = (float)ra[i];
+                kk_st[i] = (float)rkk[i];
+            }
+        }
+        s_round<T>(a_st);
+        s_round<T>(kk_st);
+        arena_t a;
+        float *dwl = a.up<float>(wl), *dw0 = a.up<float>(w0), *da0 = a.up<float>(a0), *dkk_ = a.up<float>(k_k);
+        float *dka = a.up<float>(k_a), *dw = a.poison<float>(n);
+        T *dal = a.up<T>(al), *dkraw = a.up<T>(kraw), *da = a.poison<T>(n), *dkk = a.poison<T>(n);
+        T *dkf = a.poison<T>(n), *dwa = a.poison<T>(n), *dwb = a.poison<T>(n);
+        CHECK(dwl && dw0 && da0 && dkk_ && dka && dw && dal && dkraw && da && dkk && dkf && dwa && dwb);
+        st::timemix_fwd_kernel<T><<<(RH + 7) / 8, 256>>>(RH, H, dwl, dal, dkraw, dw0, da0, dkk_, dka, dw, da, dkk, dkf,
+                                                         dwa, dwb);
+        LAUNCHED();
+        printf("time mix R=%d H=%d\n", R, H);
+        if (s_cmp("fwd w (fp32)", P, s_down(dw, n), rw, TOL_FP32)) return 1;
+        if (s_cmp("fwd a", P, s_down(da, n), ra, s_tol<T>(1))) return 1;
+        if (s_cmp("fwd kk", P, s_down(dkk, n), rkk, s_tol<T>(1))) return 1;
+        if (s_cmp("fwd kf", P, s_down(dkf, n), rkf, s_tol<T>(1))) return 1;
+        if (s_cmp("fwd wa", P, s_down(dwa, n), rwa, s_tol<T>(1))) return 1;
+        /* wb = round(round(kk) round(a)): three roundings */
+        if (s_cmp("fwd wb", P, s_down(dwb, n), rwb, s_tol<T>(3))) return 1;
+
+        /* backward: the gradients of the WKV inputs and of kf (+ the bonus's dbk) */
+        std::vector<float> gw = s_rand(n, s, -1, 1), gkf = s_rand(n, s, -1, 1), gbk = s_rand(n, s, -1, 1);
+        std::vector<float> gwa = s_rand(n, s, -1, 1), gwb = s_rand(n, s, -1, 1);
+        for (auto *v : {&gkf, &gbk, &gwa, &gwb}) s_round<T>(*v);
+        std::vector<double> rdwl(n), rdal(n), rdkr(n);
+        for (int g = 0; g < RH; g++) {
+            const int h = g % H;
+            double ss = 0, dot = 0;
+            for (int e = 0; e < 64; e++) {
+                size_t i = (size_t)g * 64 + e;
+                int c = h * 64 + e;
+                double u = (double)kraw[i] * k_k[c];
+                ss += u * u;
+                dot += (-(double)gwa[i] + (double)gwb[i] * a_st[i]) * kk_st[i];
+            }
+            double nrm = sqrt(ss);
+            bool clamped = !(nrm > 1e-12);
+            double inv = 1.0 / (clamped ? 1e-12 : nrm);
+            for (int e = 0; e < 64; e++) {
+                size_t i = (size_t)g * 64 + e;
+                int c = h * 64 + e;
+                double sg = sig((double)w0[c] + wl[i]), wv = exp(-DS * sg);
+                rdwl[i] = gw[i] * wv * (-DS) * sg * (1.0 - sg);
+                double av = a_st[i], q = kk_st[i], kr = kraw[i];
+                double dkkv = -(double)gwa[i] + (double)gwb[i] * av;
+                double gg = (double)gkf[i] + gbk[i];
+                double du = clamped ? dkkv * inv : (dkkv - q * dot) * inv;
+                double dav = (double)gwb[i] * q + gg * kr * k_a[c];
+                rdal[i] = dav * av * (1.0 - av);
+                rdkr[i] = gg * (1.0 + (av - 1.0) * k_a[c]) + du * k_k[c];
+            }
+        }
+        T *da_st = a.up<T>(a_st), *dkk_st = a.up<T>(kk_st), *dgkf = a.up<T>(gkf), *dgbk = a.up<T>(gbk);
+        T *dgwa = a.up<T>(gwa), *dgwb = a.up<T>(gwb), *ddwl = a.poison<T>(n), *ddal = a.poison<T>(n),
+          *ddkr = a.poison<T>(n);
+        float *dgw = a.up<float>(gw);
+        CHECK(da_st && dkk_st && dgkf && dgbk && dgwa && dgwb && ddwl && ddal && ddkr && dgw);
+        st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256>>>(RH, H, dwl, dw0, da_st, dkk_st, dkraw, dkk_, dka, dgw, dgkf,
+                                                         dgbk, dgwa, dgwb, ddwl, ddal, ddkr);
+        LAUNCHED();
+        if (s_cmp("bwd dwl", P, s_down(ddwl, n), rdwl, s_tol<T>(1))) return 1;
+        /* gg = dkf + dbk is rounded to T before use: two roundings */
+        if (s_cmp("bwd dal", P, s_down(ddal, n), rdal, s_tol<T>(2))) return 1;
+        if (s_cmp("bwd dkraw", P, s_down(ddkr, n), rdkr, s_tol<T>(2))) return 1;
+    }
+    return 0;
+}
+
+template <typename T> static int s_groupnorm(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    const double eps = 64e-5;
+    for (const rh_shape &sh : RH_SHAPES) {
+        const int R = sh.R, H = sh.H, C = H * 64, RH = R * H;
+        const size_t n = (size_t)R * C;
+        std::vector<float> y = s_rand(n, s, -1, 1.5), r = s_rand(n, s, -1, 1), k = s_rand(n, s, -1, 1),
+                           v = s_rand(n, s, -1, 1), g = s_rand(n, s, -1, 1), go = s_rand(n, s, -1, 1);
+        std::vector<float> lw = s_rand(C, s, 0.5, 1.5), lb = s_rand(C, s, -0.5, 0.5), rk = s_rand(C, s, -1, 1);
+        for (auto *q : {&y, &r, &k, &v, &g, &go}) s_round<T>(*q);
+        std::vector<double> rout(n), rmean(RH), rrstd(RH), rdy(n), rdbr(n), rdbk(n), rdbv(n), rdg(n);
+        std::vector<float> mean_st(RH), rstd_st(RH);
+        for (int gi = 0; gi < RH; gi++) {
+            const int h = gi % H;
+            const size_t o = (size_t)gi * 64;
+            double m = 0, var = 0, u = 0;
+            for (int e = 0; e < 64; e++) {
+                m += y[o + e];
+                u += (double)r[o + e] * k[o + e] * rk[h * 64 + e];
+            }
+            m /= 64;
+            for (int e = 0; e < 64; e++) var += (y[o + e] - m) * (y[o + e] - m);
+            double rs = 1.0 / sqrt(var / 64 + eps);
+            rmean[gi] = m;
+            rrstd[gi] = rs;
+            mean_st[gi] = (float)m;
+            rstd_st[gi] = (float)rs;
+            for (int e = 0; e < 64; e++) {
+                int c = h * 64 + e;
+                rout[o + e] = ((y[o + e] - m) * rs * lw[c] + lb[c] + u * v[o + e]) * g[o + e];
+            }
+            /* backward from the stored (fp32) statistics */
+            double ms = mean_st[gi], rss = rstd_st[gi], sdx = 0, sdxx = 0, du = 0;
+            std::vector<double> xh(64), dxh(64), dpre(64);
+            for (int e = 0; e < 64; e++) {
+                int c = h * 64 + e;
+                xh[e] = (y[o + e] - ms) * rss;
+                double pre = xh[e] * lw[c] + lb[c] + u * v[o + e];
+                dpre[e] = (double)go[o + e] * g[o + e];
+                rdg[o + e] = go[o + e] * pre;
+                rdbv[o + e] = dpre[e] * u;
+                dxh[e] = dpre[e] * lw[c];
+                sdx += dxh[e];
+                sdxx += dxh[e] * xh[e];
+                du += dpre[e] * v[o + e];
+            }
+            sdx /= 64;
+            sdxx /= 64;
+            for (int e = 0; e < 64; e++) {
+                int c = h * 64 + e;
+                rdy[o + e] = rss * (dxh[e] - sdx - xh[e] * sdxx);
+                rdbr[o + e] = du * k[o + e] * rk[c];
+                rdbk[o + e] = du * r[o + e] * rk[c];
+            }
+        }
+        arena_t a;
+        T *dy = a.up<T>(y), *dr = a.up<T>(r), *dk = a.up<T>(k), *dv = a.up<T>(v), *dg = a.up<T>(g), *dgo = a.up<T>(go);
+        float *dlw = a.up<float>(lw), *dlb = a.up<float>(lb), *drk = a.up<float>(rk);
+        float *dm = a.poison<float>(RH), *drs = a.poison<float>(RH), *dms = a.up<float>(mean_st),
+              *drss = a.up<float>(rstd_st);
+        T *dout = a.poison<T>(n), *ddy = a.poison<T>(n), *ddbr = a.poison<T>(n), *ddbk = a.poison<T>(n),
+          *ddbv = a.poison<T>(n), *ddg = a.poison<T>(n);
+        CHECK(dy && dr && dk && dv && dg && dgo && dlw && dlb && drk && dm && drs && dms && drss && dout && ddy &&
+              ddbr && ddbk && ddbv && ddg);
+        st::groupnorm_fwd_kernel<T><<<(RH + 7) / 8, 256>>>(RH, H, dy, dlw, dlb, dr, dk, dv, drk, dg, dm, drs, dout);
+        LAUNCHED();
+        st::groupnorm_bwd_kernel<T><<<(RH + 7) / 8, 256>>>(RH, H, dy, dlw, dlb, dr, dk, dv, drk, dg, dms, drss, dgo,
+                                                           ddy, ddbr, ddbk, ddbv, ddg);
+        LAUNCHED();
+        printf("GroupNorm+bonus+gate R=%d H=%d\n", R, H);
+        if (s_cmp("fwd out", P, s_down(dout, n), rout, s_tol<T>(1))) return 1;
+        if (s_cmp("fwd mean", P, s_down(dm, RH), rmean, TOL_FP32)) return 1;
+        if (s_cmp("fwd rstd", P, s_down(drs, RH), rrstd, TOL_FP32)) return 1;
+        if (s_cmp("bwd dy", P, s_down(ddy, n), rdy, s_tol<T>(1))) return 1;
+        if (s_cmp("bwd dbr", P, s_down(ddbr, n), rdbr, s_tol<T>(1))) return 1;
+        if (s_cmp("bwd dbk", P, s_down(ddbk, n), rdbk, s_tol<T>(1))) return 1;
+        if (s_cmp("bwd dbv", P, s_down(ddbv, n), rdbv, s_tol<T>(1))) return 1;
+        if (s_cmp("bwd dg", P, s_down(ddg, n), rdg, s_tol<T>(1))) return 1;
+    }
+    return 0;
+}
+
+/* ---- the cross-entropy head --------------------------------------------- */
+
+/* ce_kernel<T>: loss and argmax (forward), softmax - onehot (backward), rows
+ * with target -1 or >= V zero; V % 4 == 0 (16-byte path) and not; the
+ * gradient in a separate poisoned buffer, and for fp32 also in place. */
+template <typename T> static int s_ce(uint64_t *s)
+{
+    const char *P = s_pname<T>();
+    const int Vs[] = {1003, 4100, 65536};
+    const int rows = 9;
+    for (int V : Vs) {
+        const size_t n = (size_t)rows * V;
+        std::vector<float> x = s_rand(n, s, -6, 6);
+        std::vector<int32_t> tg(rows);
+        for (int r = 0; r < rows; r++) tg[r] = (int32_t)(s_unif(s) * V);
+        tg[1] = -1;
+        tg[2] = V; /* out of range: ignored like -1 */
+        /* row 3: the target is the (unique) max; row 4: a tie for the max at
+         * 5 and 9, target 9 (the first index wins: not correct); row 5: the
+         * same tie, target 5 (correct) */
+        x[(size_t)3 * V + tg[3]] = 8.f;
+        x[(size_t)4 * V + 5] = x[(size_t)4 * V + 9] = 8.f;
+        tg[4] = 9;
+        x[(size_t)5 * V + 5] = x[(size_t)5 * V + 9] = 8.f;
+        tg[5] = 5;
+        std::vector<double> rloss(rows), rgrad(n);
+        std::vector<int> rcorr(rows);
+        for (int r = 0; r < rows; r++) {
+            const float *row = &x[(size_t)r * V];
+            if (tg[r] < 0 || tg[r] >= V) {
+                rloss[r] = 0;
+                rcorr[r] = 0;
+                for (int v = 0; v < V; v++) rgrad[(size_t)r * V + v] = 0;
+                continue;
+            }
+            double m = row[0];
+            int am = 0;
+            for (int v = 1; v < V; v++)
+                if (row[v] > m) { m = row[v]; am = v; }
+            double se = 0;
+            for (int v = 0; v < V; v++) se += exp(row[v] - m);
+            rloss[r] = m + log(se) - row[tg[r]];
+            rcorr[r] = am == tg[r];
+            for (int v = 0; v < V; v++) rgrad[(size_t)r * V + v] = exp(row[v] - m) / se - (v == tg[r] ? 1.0 : 0.0);
+        }
+        CHECK(rcorr[3] == 1 && rcorr[4] == 0 && rcorr[5] == 1);
+        for (int mode = 0; mode < 3; mode++) { /* 0 forward, 1 backward, 2 backward in place (fp32 only) */
+            if (mode == 2 && sizeof(T) != 4) continue;
+            arena_t a;
+            float *dx = a.up<float>(x), *dloss = a.poison<float>(rows);
+            int32_t *dcorr = a.poison<int32_t>(rows), *dtg = (int32_t *)a.alloc(rows * sizeof(int32_t));
+            T *dgrad = mode == 2 ? (T *)dx : a.poison<T>(n);
+            CHECK(dx && dloss && dcorr && dtg && dgrad);
+            CU(cudaMemcpy(dtg, tg.data(), rows * sizeof(int32_t), cudaMemcpyHostToDevice));
+            st::ce_kernel<T><<<rows, st::CE_THREADS>>>(V, dx, dgrad, dtg, dloss, dcorr, mode > 0);
+            LAUNCHED();
+            printf("CE head V=%d rows=%d %s\n", V, rows, mode == 0 ? "forward" : mode == 1 ? "backward" : "backward in place");
+            if (s_cmp("loss", P, s_down(dloss, rows), rloss, TOL_FP32)) return 1;
+            std::vector<int32_t> corr(rows);
+            CU(cudaMemcpy(corr.data(), dcorr, rows * sizeof(int32_t), cudaMemcpyDeviceToHost));
+            for (int r = 0; r < rows; r++)
+                CHECKF(corr[r] == rcorr[r], "V %d row %d: correct %d, expected %d (target %d)", V, r, corr[r], rcorr[r], tg[r]);
+            if (mode == 0) { /* the forward leaves the gradient buffer alone */
+                std::vector<float> gd = s_down(dgrad, n);
+                for (size_t i = 0; i < n; i++) CHECKF(isnan(gd[i]), "forward-only wrote dlogits[%zu]", i);
+                continue;
+            }
+            /* one rounding of a probability - onehot */
+            if (s_cmp("grad", P, s_down(dgrad, n), rgrad, s_tol<T>(1))) return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- the optimizer step ------------------------------------------------- */
+
+/* grad_div, sumsq_partial/finish, adam_kernel with the engine's launch
+ * shapes, against the same formulas in double on the host (engine/adam.c's
+ * order of roundings); with clipping, without, and a non-finite gradient
+ * (no update at all). */
+static int s_adam(uint64_t *s)
+{
+    const int TH = st::ADAM_THREADS, NB = st::ADAM_RED_BLOCKS;
+    const size_t ns[] = {10007, 64, 1};
+    for (size_t n : ns)
+        for (int mode = 0; mode < 3; mode++) { /* 0 clipped, 1 not clipped, 2 a NaN in the gradient */
+            std::vector<float> g = s_rand(n, s, -1, 1), p = s_rand(n, s, -1, 1), m = s_rand(n, s, -0.1, 0.1),
+                               v = s_rand(n, s, 0, 0.01);
+            if (mode == 2) g[n / 2] = NAN;
+            const double div = 3.0, lr = 1e-2, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+            const double c1 = 1.0 - pow(b1, 3.0), c2 = 1.0 - pow(b2, 3.0);
+            std::vector<float> gd(n);
+            double ss = 0;
+            for (size_t i = 0; i < n; i++) {
+                gd[i] = (float)((double)g[i] / div);
+                ss += (double)gd[i] * gd[i];
+            }
+            const double norm = sqrt(ss);
+            const double max_norm = mode == 0 ? norm / 2 : norm * 2 + 1;
+            const bool clip = max_norm > 0 && norm > max_norm;
+            const double scale = clip ? max_norm / (norm + 1e-6) : 1.0;
+            std::vector<double> rp(n), rm(n), rv(n), rg(n);
+            for (size_t i = 0; i < n; i++) {
+                rg[i] = gd[i];
+                if (mode == 2) { rp[i] = p[i]; rm[i] = m[i]; rv[i] = v[i]; continue; }
+                float gf = clip ? (float)((double)gd[i] * scale) : gd[i];
+                double mm = b1 * m[i] + (1.0 - b1) * gf, vv = b2 * v[i] + (1.0 - b2) * gf * (double)gf;
+                rm[i] = (float)mm;
+                rv[i] = (float)vv;
+                rp[i] = (float)((double)p[i] - lr * (mm / c1) / (sqrt(vv / c2) + eps));
+            }
+            arena_t a;
+            float *dg = a.up<float>(g), *dp = a.up<float>(p), *dm = a.up<float>(m), *dv = a.up<float>(v);
+            double *dpart = a.poison<double>(NB), *dnorm = a.poison<double>(1);
+            int *dbad = a.poison<int>(1);
+            CHECK(dg && dp && dm && dv && dpart && dnorm && dbad);
+            int eb = (int)((n + TH - 1) / TH);
+            if (eb > 4 * NB) eb = 4 * NB;
+            st::grad_div_kernel<<<eb, TH>>>(n, dg, div);
+            LAUNCHED();
+            st::sumsq_partial_kernel<<<NB, TH>>>(n, dg, dpart);
+            LAUNCHED();
+            st::sumsq_finish_kernel<<<1, TH>>>(NB, dpart, dnorm);
+            LAUNCHED();
+            CU(cudaMemset(dbad, 0, sizeof(int)));
+            st::adam_kernel<<<eb, TH>>>(n, dp, dm, dv, dg, dnorm, max_norm, lr, b1, b2, c1, c2, eps, dbad);
+            LAUNCHED();
+            double hnorm;
+            int hbad;
+            CU(cudaMemcpy(&hnorm, dnorm, sizeof(double), cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(&hbad, dbad, sizeof(int), cudaMemcpyDeviceToHost));
+            printf("adam n=%zu %s: norm %.9g (host %.9g)\n", n, mode == 0 ? "clipped" : mode == 1 ? "not clipped" : "NaN gradient",
+                   hnorm, norm);
+            CHECKF(hbad == 0, "adam flagged a non-finite parameter");
+            if (mode == 2) {
+                CHECKF(!isfinite(hnorm), "a NaN in the gradient gave the finite norm %g", hnorm);
+            } else {
+                CHECKF(fabs(hnorm - norm) <= 1e-12 * norm, "norm %.17g vs %.17g", hnorm, norm);
+                if (s_cmp("g / div", "fp32", s_down(dg, n), rg, TOL_FP32)) return 1;
+            }
+            if (s_cmp("p", "fp32", s_down(dp, n), rp, mode == 2 ? 0.0 : TOL_FP32)) return 1;
+            if (s_cmp("m", "fp32", s_down(dm, n), rm, mode == 2 ? 0.0 : TOL_FP32)) return 1;
+            if (s_cmp("v", "fp32", s_down(dv, n), rv, mode == 2 ? 0.0 : TOL_FP32)) return 1;
+        }
+    return 0;
+}
+
+/* absmax_partial/finish: the largest |x| and its first index; the first
+ * non-finite element wins over any finite one. */
+static int s_absmax(uint64_t *s)
+{
+    const int TH = st::ADAM_THREADS, NB = st::ADAM_RED_BLOCKS;
+    const size_t ns[] = {100003, 300, 1};
+    for (size_t n : ns)
+        for (int mode = 0; mode < 3; mode++) { /* 0 finite, 1 a tie for the max, 2 an inf and a NaN */
+            std::vector<float> x = s_rand(n, s, -1, 1);
+            size_t want = (size_t)(s_unif(s) * n);
+            x[want] = -2.f;
+            if (mode == 1 && n > 2) {
+                size_t other = (want + n / 2) % n, lo = other < want ? other : want;
+                x[other] = 2.f;
+                want = lo;
+            }
+            if (mode == 2 && n > 2) {
+                size_t i1 = (want + 1) % n, i2 = (want + 2) % n; /* the lower of the two non-finite ones wins */
+                x[i1] = INFINITY;
+                x[i2] = NAN;
+                want = i1 < i2 ? i1 : i2;
+            }
+            arena_t a;
+            float *dx = a.up<float>(x);
+            st::absmax_t *dpart = a.poison<st::absmax_t>(NB), *dout = a.poison<st::absmax_t>(1);
+            CHECK(dx && dpart && dout);
+            st::absmax_partial_kernel<<<NB, TH>>>(n, dx, dpart);
+            LAUNCHED();
+            st::absmax_finish_kernel<<<1, TH>>>(NB, dpart, dout);
+            LAUNCHED();
+            st::absmax_t got;
+            CU(cudaMemcpy(&got, dout, sizeof got, cudaMemcpyDeviceToHost));
+            printf("absmax n=%zu mode %d: index %llu (expected %zu)\n", n, mode, got.idx, want);
+            CHECKF(got.idx == want, "absmax index %llu, expected %zu", got.idx, want);
+            if (mode < 2 || n <= 2) CHECKF(got.rank == 1 && got.val == 2.f, "absmax rank %d value %g", got.rank, got.val);
+            else CHECKF(got.rank == 2, "absmax rank %d for a non-finite element", got.rank);
+        }
+    return 0;
+}
+
+/* ---- the table ---------------------------------------------------------- */
+
+#define BOTH(fn)                                                     \
+    static int test_##fn(void)                                       \
+    {                                                                \
+        if (!s_have_gpu()) return ST_TEST_SKIP;                      \
+        uint64_t seed = s_seed();                                    \
+        if (s_##fn<float>(&seed)) return 1;                          \
+        return s_##fn<bf16>(&seed);                                  \
+    }
+BOTH(layernorm_fwd)
+BOTH(layernorm_bwd)
+BOTH(tokenshift)
+BOTH(lora_act)
+BOTH(vmix)
+BOTH(relu2)
+BOTH(adds)
+BOTH(timemix)
+BOTH(groupnorm)
+BOTH(ce)
+
+static int test_adam(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    uint64_t seed = s_seed();
+    return s_adam(&seed);
+}
+
+static int test_absmax(void)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    uint64_t seed = s_seed();
+    return s_absmax(&seed);
+}
+
+int main(int argc, char **argv)
+{
+    static const st_test_t tests[] = {
+        {"layernorm_fwd", test_layernorm_fwd}, {"layernorm_bwd", test_layernorm_bwd}, {"tokenshift", test_tokenshift},
+        {"lora_act", test_lora_act},           {"vmix", test_vmix},                   {"relu2", test_relu2},
+        {"adds", test_adds},                   {"timemix", test_timemix},             {"groupnorm", test_groupnorm},
+        {"ce_head", test_ce},                  {"adam", test_adam},                   {"absmax", test_absmax},
+        {NULL, NULL},
+    };
+    return st_test_main(argc, argv, tests);
+}
