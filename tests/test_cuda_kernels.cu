@@ -1,8 +1,10 @@
 /*
  * test_cuda_kernels.cu - every element-wise CUDA kernel that the engine
  * (engine/cuda/engine_cuda.cu, engine_cuda_params.cu) launches, alone,
- * against a float64 loop of the formula it documents (issue #4). The WKV7
- * kernels have their own test (test_cuda_wkv.c); the observer, kstate and
+ * against a float64 loop of the formula it documents, itself checked against
+ * the fp32 CPU kernel of kernels/cpu where one exists on its own (issue #4);
+ * the observer kernels directly against kernels/cpu's per-row functions. The
+ * WKV7 kernels have their own test (test_cuda_wkv.c); the kstate (RBF) and
  * DBP kernels are not covered here yet.
  *
  * This is a .cu file, not a .c file: the kernels are header-only templates
@@ -37,6 +39,8 @@ extern "C" {
 #include "kernels/cpu/groupnorm.h"
 #include "kernels/cpu/head.h"
 #include "kernels/cpu/layernorm.h"
+#include "kernels/cpu/observer.h"
+#include "kernels/cpu/observer_topk.h"
 #include "kernels/cpu/timemix.h"
 #include "kernels/cpu/tokenshift.h"
 }
@@ -47,6 +51,7 @@ extern "C" {
 #include "kernels/cuda/groupnorm.cuh"
 #include "kernels/cuda/head.cuh"
 #include "kernels/cuda/layernorm.cuh"
+#include "kernels/cuda/observer.cuh"
 #include "kernels/cuda/timemix.cuh"
 
 #include <cuda_runtime_api.h>
@@ -956,6 +961,93 @@ template <typename T> static int s_ce(uint64_t *s, int gpu)
     return 0;
 }
 
+/* ---- the observer objective -------------------------------------------- */
+
+/* observer_kernel<T> (full teacher rows) and observer_topk_kernel<T> (the
+ * teacher's top-k), against kernels/cpu's per-row observer_row_cpu and
+ * observer_topk_row_cpu: row loss, CE, KL, argmax, gradient; rows with
+ * target -1 or >= V zero; forward only leaves the gradient alone; the
+ * gradient in a poisoned buffer, and for fp32 also in place. The top-k ids
+ * of one row hold a repeated id and one out of range (the CPU's rules:
+ * subtracted twice, skipped). */
+template <typename T> static int s_observer(uint64_t *s, int gpu)
+{
+    const char *P = s_pname<T>();
+    const int Vs[] = {1003, 4100};
+    const int rows = 7, K = 16;
+    const float alpha = 0.3f, tau = 2.f;
+    for (int topk = 0; topk < 2; topk++)
+        for (int V : Vs) {
+            const size_t n = (size_t)rows * V;
+            std::vector<float> x = s_rand(n, s, -6, 6), t = s_rand(n, s, -6, 6), tv = s_rand((size_t)rows * K, s, 0, 8);
+            std::vector<int32_t> tg(rows), ti((size_t)rows * K);
+            for (int r = 0; r < rows; r++) {
+                tg[r] = (int32_t)(s_unif(s) * V);
+                for (int i = 0; i < K; i++) ti[(size_t)r * K + i] = (int32_t)(s_unif(s) * V);
+            }
+            tg[1] = -1;
+            tg[2] = V;
+            ti[(size_t)3 * K + 1] = ti[(size_t)3 * K]; /* a repeated id */
+            ti[(size_t)3 * K + 2] = V + 5;             /* an id out of range */
+            std::vector<double> rloss(rows, 0.0), rce(rows, 0.0), rkl(rows, 0.0), rgrad(n, 0.0);
+            std::vector<int> rcorr(rows, 0);
+            for (int r = 0; r < rows; r++) {
+                if (tg[r] < 0 || tg[r] >= V) continue;
+                const float *row = &x[(size_t)r * V];
+                int am = 0;
+                for (int v = 1; v < V; v++)
+                    if (row[v] > row[am]) am = v;
+                rcorr[r] = am == tg[r];
+                std::vector<float> ds(V);
+                double ce, kl;
+                if (topk)
+                    observer_topk_row_cpu(V, K, row, &tv[(size_t)r * K], &ti[(size_t)r * K], tg[r], alpha, tau, &ce,
+                                          &kl, ds.data());
+                else
+                    observer_row_cpu(V, row, &t[(size_t)r * V], tg[r], alpha, tau, &ce, &kl, ds.data());
+                rce[r] = ce;
+                rkl[r] = kl;
+                rloss[r] = alpha * ce + (1.0 - alpha) * (double)tau * tau * kl;
+                for (int v = 0; v < V; v++) rgrad[(size_t)r * V + v] = ds[v];
+            }
+            for (int mode = 0; mode < 3 && gpu; mode++) { /* forward, backward, backward in place (fp32) */
+                if (mode == 2 && sizeof(T) != 4) continue;
+                arena_t a;
+                float *dx = a.up<float>(x), *dt = a.up<float>(t), *dtv = a.up<float>(tv);
+                float *dloss = a.poison<float>(rows), *dce = a.poison<float>(rows), *dkl = a.poison<float>(rows);
+                int32_t *dcorr = a.poison<int32_t>(rows), *dtg = (int32_t *)a.alloc(rows * sizeof(int32_t)),
+                        *dti = (int32_t *)a.alloc(ti.size() * sizeof(int32_t));
+                T *dgrad = mode == 2 ? (T *)dx : a.poison<T>(n);
+                CHECK(dx && dt && dtv && dloss && dce && dkl && dcorr && dtg && dti && dgrad);
+                CU(cudaMemcpy(dtg, tg.data(), rows * sizeof(int32_t), cudaMemcpyHostToDevice));
+                CU(cudaMemcpy(dti, ti.data(), ti.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+                if (topk)
+                    st::observer_topk_kernel<T><<<rows, st::OBS_THREADS>>>(V, K, dx, dtv, dti, dgrad, dtg, alpha, tau,
+                                                                           dloss, dce, dkl, dcorr, mode > 0);
+                else
+                    st::observer_kernel<T><<<rows, st::OBS_THREADS>>>(V, dx, dt, dgrad, dtg, alpha, tau, dloss, dce, dkl,
+                                                                      dcorr, mode > 0);
+                LAUNCHED();
+                printf("observer%s V=%d rows=%d %s\n", topk ? " top-k" : "", V, rows,
+                       mode == 0 ? "forward" : mode == 1 ? "backward" : "backward in place");
+                if (s_cmp("row loss", P, s_down(dloss, rows), rloss, TOL_FP32)) return 1;
+                if (s_cmp("row CE", P, s_down(dce, rows), rce, TOL_FP32)) return 1;
+                if (s_cmp("row KL", P, s_down(dkl, rows), rkl, TOL_FP32)) return 1;
+                std::vector<int32_t> corr(rows);
+                CU(cudaMemcpy(corr.data(), dcorr, rows * sizeof(int32_t), cudaMemcpyDeviceToHost));
+                for (int r = 0; r < rows; r++)
+                    CHECKF(corr[r] == rcorr[r], "V %d row %d: correct %d, expected %d", V, r, corr[r], rcorr[r]);
+                if (mode == 0) {
+                    std::vector<float> gd = s_down(dgrad, n);
+                    for (size_t i = 0; i < n; i++) CHECKF(isnan(gd[i]), "forward-only wrote dlogits[%zu]", i);
+                    continue;
+                }
+                if (s_cmp("grad", P, s_down(dgrad, n), rgrad, s_tol<T>(1))) return 1;
+            }
+        }
+    return 0;
+}
+
 /* ---- the optimizer step ------------------------------------------------- */
 
 /* grad_div, sumsq_partial/finish, adam_kernel with the engine's launch
@@ -1101,6 +1193,7 @@ BOTH(adds)
 BOTH(timemix)
 BOTH(groupnorm)
 BOTH(ce)
+BOTH(observer)
 
 static int test_adam(void)
 {
@@ -1124,7 +1217,7 @@ int main(int argc, char **argv)
         {"layernorm_fwd", test_layernorm_fwd}, {"layernorm_bwd", test_layernorm_bwd}, {"tokenshift", test_tokenshift},
         {"lora_act", test_lora_act},           {"vmix", test_vmix},                   {"relu2", test_relu2},
         {"adds", test_adds},                   {"timemix", test_timemix},             {"groupnorm", test_groupnorm},
-        {"ce_head", test_ce},                  {"adam", test_adam},                   {"absmax", test_absmax},
+        {"ce_head", test_ce},                  {"observer", test_observer},                  {"adam", test_adam},                   {"absmax", test_absmax},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);
