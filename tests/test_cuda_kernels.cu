@@ -4,8 +4,9 @@
  * against a float64 loop of the formula it documents, itself checked against
  * the fp32 CPU kernel of kernels/cpu where one exists on its own (issue #4);
  * the observer kernels directly against kernels/cpu's per-row functions. The
- * WKV7 kernels have their own test (test_cuda_wkv.c); the kstate (RBF) and
- * DBP kernels are not covered here yet.
+ * WKV7 kernels have their own test (test_cuda_wkv.c); the kstate (RBF)
+ * launchers against kernels/cpu/rbf.c; DBP's kernels are not covered here
+ * yet.
  *
  * This is a .cu file, not a .c file: the kernels are header-only templates
  * (kernels/cuda/NAME.cuh, llm.c style) with no C launcher, so the test must be
@@ -41,6 +42,7 @@ extern "C" {
 #include "kernels/cpu/layernorm.h"
 #include "kernels/cpu/observer.h"
 #include "kernels/cpu/observer_topk.h"
+#include "kernels/cpu/rbf.h"
 #include "kernels/cpu/timemix.h"
 #include "kernels/cpu/tokenshift.h"
 }
@@ -50,6 +52,7 @@ extern "C" {
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/groupnorm.cuh"
 #include "kernels/cuda/head.cuh"
+#include "kernels/cuda/kstate.cuh"
 #include "kernels/cuda/layernorm.cuh"
 #include "kernels/cuda/observer.cuh"
 #include "kernels/cuda/timemix.cuh"
@@ -1048,6 +1051,83 @@ template <typename T> static int s_observer(uint64_t *s, int gpu)
     return 0;
 }
 
+/* ---- the kernel-expanded state (kstate.cuh's launchers) ----------------- */
+
+/* rbf_forward_cuda / rbf_backward_cuda (their kernels and cuBLAS products,
+ * on a fresh handle in its default fp32 math mode, scratch buffers poisoned)
+ * against kernels/cpu/rbf.c on the same inputs. Both add into their outputs,
+ * which start at small random values (a store in place of an add fails).
+ * One (row, head) of r is zero when there are several rows (rn = 0, no
+ * gradient: rbf.h's rule). Tolerance 1e-4 in fp32, not 1e-5: here the
+ * reference is itself fp32 (OpenBLAS), not float64, and every output comes
+ * out of sums of M or 64 signed terms taken in other orders on both sides
+ * (the features' dot products, U0 phi, dphi, q, the suffix sums), whose
+ * fp32 errors add up; an indexing or accumulation bug is O(1). bf16 adds one
+ * rounding of y and dr. */
+template <typename T> static int s_kstate(uint64_t *s, int gpu)
+{
+    const char *P = s_pname<T>();
+    struct { int B, Tn, H, M; } shapes[] = {{2, 5, 2, 40}, {1, 1, 1, 1}, {3, 7, 1, 130}};
+    const float gamma = 1.5f;
+    const double TOL_KS = 1e-4;
+    for (const auto &sh : shapes) {
+        const int B = sh.B, Tn = sh.Tn, H = sh.H, M = sh.M, R = B * Tn, C = H * 64;
+        const size_t n = (size_t)R * C, nU = (size_t)H * 64 * M;
+        std::vector<float> r = s_rand(n, s, -1, 1), w = s_rand(n, s, 0.55, 1.0), U0 = s_rand(nU, s, -0.5, 0.5),
+                           sv = s_rand(nU, s, -1, 1), y0 = s_rand(n, s, -0.01, 0.01), dy = s_rand(n, s, -1, 1),
+                           dr0 = s_rand(n, s, -0.01, 0.01), dw0 = s_rand(n, s, -0.01, 0.01),
+                           dU00 = s_rand(nU, s, -0.01, 0.01);
+        if (R > 1)
+            for (int e = 0; e < 64; e++) r[(size_t)(R - 1) * C + e] = 0.f;
+        for (size_t hm = 0; hm < (size_t)H * M; hm++) { /* unit support vectors */
+            double nn = 0;
+            for (int e = 0; e < 64; e++) nn += (double)sv[hm * 64 + e] * sv[hm * 64 + e];
+            for (int e = 0; e < 64; e++) sv[hm * 64 + e] = (float)(sv[hm * 64 + e] / sqrt(nn));
+        }
+        for (auto *v : {&r, &y0, &dy, &dr0}) s_round<T>(*v);
+        std::vector<float> cy = y0, cdr = dr0, cdw = dw0, cdU0 = dU00, scratch((size_t)B * H * Tn);
+        rbf_forward_cpu(B, Tn, H, M, gamma, r.data(), w.data(), U0.data(), sv.data(), cy.data());
+        rbf_backward_cpu(B, Tn, H, M, gamma, r.data(), w.data(), U0.data(), sv.data(), dy.data(), cdr.data(),
+                         cdw.data(), cdU0.data(), scratch.data());
+        if (!gpu) continue;
+        std::vector<double> ry(cy.begin(), cy.end()), rdr(cdr.begin(), cdr.end()), rdw(cdw.begin(), cdw.end()),
+            rdU0(cdU0.begin(), cdU0.end());
+        arena_t a;
+        T *d_r = a.up<T>(r), *d_y = a.up<T>(y0), *d_dy = a.up<T>(dy), *d_dr = a.up<T>(dr0);
+        float *d_w = a.up<float>(w), *d_U0 = a.up<float>(U0), *d_sv = a.up<float>(sv), *d_dw = a.up<float>(dw0),
+              *d_dU0 = a.up<float>(dU00);
+        float *scr = a.poison<float>(st::rbf_cuda_buf_floats(R, H, M));
+        CHECK(d_r && d_y && d_dy && d_dr && d_w && d_U0 && d_sv && d_dw && d_dU0 && scr);
+        st::rbf_cuda_bufs_t bf;
+        float *p = scr;
+        bf.rn = p; p += (size_t)R * C;
+        bf.z = p; p += (size_t)R * C;
+        bf.inv = p; p += (size_t)R * H;
+        bf.mdec = p; p += (size_t)R * H;
+        bf.d = p; p += (size_t)R * H;
+        bf.q = p; p += (size_t)R * H;
+        bf.phi = p; p += (size_t)R * H * M;
+        bf.dphi = p;
+        cublasHandle_t blas;
+        CHECK(cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS);
+        char err[ST_ERR_LEN];
+        int rc = rbf_forward_cuda<T>(blas, 0, B, Tn, H, M, gamma, d_r, d_w, d_U0, d_sv, d_y, &bf, err);
+        if (!rc) rc = rbf_backward_cuda<T>(blas, 0, B, Tn, H, M, gamma, d_r, d_w, d_U0, d_sv, d_dy, d_dr, d_dw, d_dU0,
+                                           &bf, err);
+        cudaError_t ce = cudaDeviceSynchronize();
+        cublasDestroy(blas);
+        CHECKF(rc == 0, "%s", err);
+        CU(ce);
+        printf("kstate B=%d T=%d H=%d M=%d\n", B, Tn, H, M);
+        const double tol_t = s_tol<T>(1) - TOL_FP32 + TOL_KS; /* TOL_KS, plus a rounding in bf16 */
+        if (s_cmp("fwd y (+=)", P, s_down(d_y, n), ry, tol_t)) return 1;
+        if (s_cmp("bwd dr (+=)", P, s_down(d_dr, n), rdr, tol_t)) return 1;
+        if (s_cmp("bwd dw (+=, fp32)", P, s_down(d_dw, n), rdw, TOL_KS)) return 1;
+        if (s_cmp("bwd dU0 (+=, fp32)", P, s_down(d_dU0, nU), rdU0, TOL_KS)) return 1;
+    }
+    return 0;
+}
+
 /* ---- the optimizer step ------------------------------------------------- */
 
 /* grad_div, sumsq_partial/finish, adam_kernel with the engine's launch
@@ -1194,6 +1274,7 @@ BOTH(timemix)
 BOTH(groupnorm)
 BOTH(ce)
 BOTH(observer)
+BOTH(kstate)
 
 static int test_adam(void)
 {
@@ -1217,7 +1298,8 @@ int main(int argc, char **argv)
         {"layernorm_fwd", test_layernorm_fwd}, {"layernorm_bwd", test_layernorm_bwd}, {"tokenshift", test_tokenshift},
         {"lora_act", test_lora_act},           {"vmix", test_vmix},                   {"relu2", test_relu2},
         {"adds", test_adds},                   {"timemix", test_timemix},             {"groupnorm", test_groupnorm},
-        {"ce_head", test_ce},                  {"observer", test_observer},                  {"adam", test_adam},                   {"absmax", test_absmax},
+        {"ce_head", test_ce},                  {"observer", test_observer},
+        {"kstate", test_kstate},                  {"adam", test_adam},                   {"absmax", test_absmax},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);
