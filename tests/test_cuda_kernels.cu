@@ -5,8 +5,7 @@
  * the fp32 CPU kernel of kernels/cpu where one exists on its own (issue #4);
  * the observer kernels directly against kernels/cpu's per-row functions. The
  * WKV7 kernels have their own test (test_cuda_wkv.c); the kstate (RBF)
- * launchers against kernels/cpu/rbf.c; DBP's kernels are not covered here
- * yet.
+ * launchers against kernels/cpu/rbf.c, DBP's Q against kernels/cpu/dbp.c.
  *
  * This is a .cu file, not a .c file: the kernels are header-only templates
  * (kernels/cuda/NAME.cuh, llm.c style) with no C launcher, so the test must be
@@ -37,6 +36,7 @@ extern "C" {
 #include "harness.h"
 
 #include "common/st_half.h"
+#include "kernels/cpu/dbp.h"
 #include "kernels/cpu/groupnorm.h"
 #include "kernels/cpu/head.h"
 #include "kernels/cpu/layernorm.h"
@@ -50,6 +50,7 @@ extern "C" {
 #include "kernels/cuda/adam.cuh"
 #include "kernels/cuda/channelmix.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/dbp.cuh"
 #include "kernels/cuda/groupnorm.cuh"
 #include "kernels/cuda/head.cuh"
 #include "kernels/cuda/kstate.cuh"
@@ -1128,6 +1129,127 @@ template <typename T> static int s_kstate(uint64_t *s, int gpu)
     return 0;
 }
 
+/* ---- DBP ---------------------------------------------------------------- */
+
+/* dbp_q_kernel<T> against kernels/cpu/dbp.c's dbp_q_cpu on WKV-shaped inputs
+ * (w in [0.545, 1), a = -kk, b = kk icl, kk unit per head), one batch row
+ * not sampled, T past, at and below the 16-token chunk. q accumulates: it
+ * starts at the CPU's Q and must end at twice it (a store in place of the
+ * atomic add fails). Both sides work in double from the same inputs and
+ * differ only in summation order: tolerance 1e-9. */
+template <typename T> static int s_dbp_q(uint64_t *s, int gpu)
+{
+    const char *P = s_pname<T>();
+    struct { int B, Tn, H; } shapes[] = {{3, 37, 2}, {1, 1, 1}, {2, 16, 1}};
+    for (const auto &sh : shapes) {
+        const int B = sh.B, Tn = sh.Tn, H = sh.H;
+        const size_t n = (size_t)B * Tn * H * 64, nq = (size_t)H * 64 * 64;
+        std::vector<float> r = s_rand(n, s, -1, 1), w = s_rand(n, s, 0.545, 1.0), a(n), b(n);
+        for (size_t g = 0; g < n / 64; g++) {
+            std::vector<double> kk(64);
+            double nn = 0;
+            for (int e = 0; e < 64; e++) {
+                kk[e] = 2 * s_unif(s) - 1;
+                nn += kk[e] * kk[e];
+            }
+            for (int e = 0; e < 64; e++) {
+                a[g * 64 + e] = (float)(-kk[e] / sqrt(nn));
+                b[g * 64 + e] = (float)(kk[e] / sqrt(nn) * s_unif(s));
+            }
+        }
+        for (auto *v : {&r, &a, &b}) s_round<T>(*v);
+        std::vector<uint8_t> rows(B, 1);
+        if (B > 1) rows[1] = 0;
+        std::vector<double> q(nq, 0.0);
+        dbp_q_cpu(B, Tn, H, r.data(), w.data(), a.data(), b.data(), rows.data(), q.data());
+        if (!gpu) continue;
+        arena_t ar;
+        T *d_r = ar.up<T>(r), *d_a = ar.up<T>(a), *d_b = ar.up<T>(b);
+        float *d_w = ar.up<float>(w);
+        uint8_t *d_rows = (uint8_t *)ar.alloc(B);
+        double *d_q = (double *)ar.alloc(nq * sizeof(double));
+        CHECK(d_r && d_a && d_b && d_w && d_rows && d_q);
+        CU(cudaMemcpy(d_rows, rows.data(), B, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(d_q, q.data(), nq * sizeof(double), cudaMemcpyHostToDevice));
+        st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N>>>(Tn, H, d_r, d_w, d_a, d_b, d_rows, d_q);
+        LAUNCHED();
+        std::vector<double> got(nq), ref(nq);
+        CU(cudaMemcpy(got.data(), d_q, nq * sizeof(double), cudaMemcpyDeviceToHost));
+        double num = 0, den = 0;
+        size_t bad = 0;
+        for (size_t i = 0; i < nq; i++) {
+            ref[i] = 2 * q[i];
+            bad += !isfinite(got[i]);
+            num += (got[i] - ref[i]) * (got[i] - ref[i]);
+            den += ref[i] * ref[i];
+        }
+        const double e = sqrt(num / den);
+        printf("DBP Q B=%d T=%d H=%d: %s rel L2 err %.2e (tol 1e-9)\n", B, Tn, H, P, e);
+        CHECKF(bad == 0 && e <= 1e-9, "DBP Q: %zu non-finite, relative L2 error %.3e", bad, e);
+    }
+    return 0;
+}
+
+/* The R rule's element-wise kernels (fp32 R, double E): R to double, E to M
+ * in place, the update with its non-finite flag, the check alone. */
+static int s_dbp_rule(uint64_t *s, int gpu)
+{
+    const int N = 64, nblk = 3;
+    const size_t n = (size_t)nblk * N * N;
+    const double kappa = 0.3, eta = 0.05;
+    std::vector<float> R = s_rand(n, s, -1, 1), Ef = s_rand(n, s, -2, 2), MRf = s_rand(n, s, -1, 1);
+    std::vector<double> E(Ef.begin(), Ef.end()), MR(MRf.begin(), MRf.end()), rM(n), rRd(n), rR(n);
+    for (size_t i = 0; i < n; i++) {
+        const size_t in = i % ((size_t)N * N);
+        rM[i] = in / N == in % N ? kappa * (E[i] - 1.0) : (1.0 - kappa) * E[i];
+        rRd[i] = R[i];
+        rR[i] = (float)(rRd[i] - eta * MR[i]);
+    }
+    if (!gpu) return 0;
+    arena_t a;
+    float *dR = a.up<float>(R);
+    double *dRd = a.poison<double>(n), *dE = (double *)a.alloc(n * 8), *dMR = (double *)a.alloc(n * 8);
+    int *dbad = a.poison<int>(1);
+    CHECK(dR && dRd && dE && dMR && dbad);
+    CU(cudaMemcpy(dE, E.data(), n * 8, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dMR, MR.data(), n * 8, cudaMemcpyHostToDevice));
+    const int eb = (int)((n + 255) / 256);
+    st::dbp_r_to_f64_kernel<float><<<eb, 256>>>(n, dR, dRd);
+    LAUNCHED();
+    st::dbp_rule_matrix_kernel<double><<<eb, 256>>>(n, N, dE, kappa);
+    LAUNCHED();
+    CU(cudaMemset(dbad, 0, sizeof(int)));
+    st::dbp_r_update_kernel<float><<<eb, 256>>>(n, dR, dRd, dMR, eta, dbad);
+    LAUNCHED();
+    std::vector<double> gRd(n), gM(n);
+    int bad = -1;
+    CU(cudaMemcpy(gRd.data(), dRd, n * 8, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(gM.data(), dE, n * 8, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(&bad, dbad, sizeof(int), cudaMemcpyDeviceToHost));
+    printf("DBP rule n=%zu\n", n);
+    for (size_t i = 0; i < n; i++) {
+        CHECKF(gRd[i] == rRd[i], "Rd[%zu] %.17g, expected %.17g", i, gRd[i], rRd[i]);
+        CHECKF(gM[i] == rM[i], "M[%zu] %.17g, expected %.17g (explicit double roundings: exact)", i, gM[i], rM[i]);
+    }
+    if (s_cmp("R update", "fp32", s_down(dR, n), rR, 0.0)) return 1; /* one double op chain, then (float): exact */
+    CHECKF(bad == 0, "the update flagged a finite R");
+    /* a non-finite R: the check alone, then the update, both flag it */
+    R[n / 3] = INFINITY;
+    CU(cudaMemcpy(dR, R.data(), n * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemset(dbad, 0, sizeof(int)));
+    st::dbp_r_check_kernel<float><<<eb, 256>>>(n, dR, dbad);
+    LAUNCHED();
+    CU(cudaMemcpy(&bad, dbad, sizeof(int), cudaMemcpyDeviceToHost));
+    CHECKF(bad == 1, "dbp_r_check_kernel missed an infinite R");
+    CU(cudaMemset(dbad, 0, sizeof(int)));
+    st::dbp_r_to_f64_kernel<float><<<eb, 256>>>(n, dR, dRd);
+    st::dbp_r_update_kernel<float><<<eb, 256>>>(n, dR, dRd, dMR, eta, dbad);
+    LAUNCHED();
+    CU(cudaMemcpy(&bad, dbad, sizeof(int), cudaMemcpyDeviceToHost));
+    CHECKF(bad == 1, "dbp_r_update_kernel missed an infinite R");
+    return 0;
+}
+
 /* ---- the optimizer step ------------------------------------------------- */
 
 /* grad_div, sumsq_partial/finish, adam_kernel with the engine's launch
@@ -1275,12 +1397,21 @@ BOTH(groupnorm)
 BOTH(ce)
 BOTH(observer)
 BOTH(kstate)
+BOTH(dbp_q)
 
 static int test_adam(void)
 {
     const int gpu = s_gpu();
     uint64_t seed = s_seed();
     if (s_adam(&seed, gpu)) return 1;
+    return gpu ? 0 : (s_have_gpu(), ST_TEST_SKIP);
+}
+
+static int test_dbp_rule(void)
+{
+    const int gpu = s_gpu();
+    uint64_t seed = s_seed();
+    if (s_dbp_rule(&seed, gpu)) return 1;
     return gpu ? 0 : (s_have_gpu(), ST_TEST_SKIP);
 }
 
@@ -1299,7 +1430,7 @@ int main(int argc, char **argv)
         {"lora_act", test_lora_act},           {"vmix", test_vmix},                   {"relu2", test_relu2},
         {"adds", test_adds},                   {"timemix", test_timemix},             {"groupnorm", test_groupnorm},
         {"ce_head", test_ce},                  {"observer", test_observer},
-        {"kstate", test_kstate},                  {"adam", test_adam},                   {"absmax", test_absmax},
+        {"kstate", test_kstate},               {"dbp_q", test_dbp_q},                 {"dbp_rule", test_dbp_rule},                  {"adam", test_adam},                   {"absmax", test_absmax},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);
