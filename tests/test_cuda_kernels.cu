@@ -1071,6 +1071,18 @@ template <typename T> static int s_kstate(uint64_t *s, int gpu)
     struct { int B, Tn, H, M; } shapes[] = {{2, 5, 2, 40}, {1, 1, 1, 1}, {3, 7, 1, 130}};
     const float gamma = 1.5f;
     const double TOL_KS = 1e-4;
+    /* the launchers refuse a feature count outside [1, RBF_MAX_M] before any
+     * device work (so this part runs without a device too) */
+    for (int badM : {0, st::RBF_MAX_M + 1}) {
+        char err[ST_ERR_LEN] = "";
+        int rc1 = rbf_forward_cuda<T>(NULL, 0, 1, 1, 1, badM, gamma, NULL, NULL, NULL, NULL, NULL, NULL, err);
+        CHECKF(rc1 == ST_EINVAL && err[0], "rbf_forward_cuda with M = %d: rc %d", badM, rc1);
+        err[0] = 0;
+        int rc2 = rbf_backward_cuda<T>(NULL, 0, 1, 1, 1, badM, gamma, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                       NULL, err);
+        CHECKF(rc2 == ST_EINVAL && err[0], "rbf_backward_cuda with M = %d: rc %d", badM, rc2);
+        printf("kstate M=%d refused: %s\n", badM, err);
+    }
     for (const auto &sh : shapes) {
         const int B = sh.B, Tn = sh.Tn, H = sh.H, M = sh.M, R = B * Tn, C = H * 64;
         const size_t n = (size_t)R * C, nU = (size_t)H * 64 * M;
