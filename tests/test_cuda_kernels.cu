@@ -599,7 +599,7 @@ template <typename T> static int s_adds(uint64_t *s, int gpu)
                 return 1;
     }
     /* embed_kernel: any C (a strided loop), tokens anywhere in the vocabulary */
-    const int V = 50, C = 200, R = 9;
+    const int V = 50, C = 203, R = 9; /* C odd: embed_kernel takes any width */
     std::vector<float> emb = s_rand((size_t)V * C, s, -1, 1);
     s_round<T>(emb);
     std::vector<int32_t> tok(R);
