@@ -4,8 +4,13 @@
  * tempered KL against the teacher's row (log-sum-exps in double) and turns
  * the row into d(objective)/d(logits) in place; one more sgemm gives dx.
  * Out-of-range targets count as no loss, as in head.c.
+ *
+ * The top-k form (observer_topk.h) lives here too: the same row pass over the
+ * teacher's kept ids and the same head loop, so the two agree to rounding at
+ * k = V.
  */
 #include "kernels/cpu/observer.h"
+#include "kernels/cpu/observer_topk.h"
 
 #include "kernels/cpu/matmul.h"
 
@@ -48,9 +53,39 @@ void observer_row_cpu(int V, const float *s, const float *t, int32_t target, flo
     }
 }
 
-void observer_head_cpu(int R, int C, int V, const float *x, const float *head, const float *teacher,
-                       const int32_t *targets, float alpha, float tau, float *logits_out, float *dx,
-                       float *scratch, int chunk, observer_result_t *res)
+void observer_topk_row_cpu(int V, int K, const float *s, const float *tv, const int32_t *ti, int32_t target,
+                           float alpha, float tau, double *ce, double *kl, float *ds)
+{
+    float m_;
+    double lse1 = s_lse(V, s, 1.0, &m_); /* untempered student, for the CE */
+    double lses = s_lse(V, s, tau, &m_); /* tempered student, full vocabulary */
+    double lset = s_lse(K, tv, tau, &m_); /* tempered teacher over its kept ids */
+    *ce = lse1 - s[target];
+    double k = 0;
+    for (int i = 0; i < K; i++) {
+        if (ti[i] < 0 || ti[i] >= V) continue;
+        double lpt = tv[i] / (double)tau - lset, lps = s[ti[i]] / (double)tau - lses;
+        k += exp(lpt) * (lpt - lps);
+    }
+    *kl = k;
+    if (!ds) return;
+    double a = alpha, b = (1.0 - alpha) * tau;
+    /* the teacher's p must be read before ds (which may alias s) changes */
+    for (int v = 0; v < V; v++) {
+        double p1 = exp((double)s[v] - lse1), qs = exp(s[v] / (double)tau - lses);
+        ds[v] = (float)(a * (p1 - (v == target)) + b * qs);
+    }
+    for (int i = 0; i < K; i++) {
+        if (ti[i] < 0 || ti[i] >= V) continue;
+        ds[ti[i]] -= (float)(b * exp(tv[i] / (double)tau - lset));
+    }
+}
+
+/* The head loop both teacher forms share: teacher holds full rows (V per
+ * row) when K is 0, else tk_val / tk_id hold K kept logits and ids per row. */
+static void s_head(int R, int C, int V, const float *x, const float *head, const float *teacher, int K,
+                   const float *tk_val, const int32_t *tk_id, const int32_t *targets, float alpha, float tau,
+                   float *logits_out, float *dx, float *scratch, int chunk, observer_result_t *res)
 {
     double loss = 0, ce = 0, kl = 0;
     int64_t nt = 0, nc = 0;
@@ -74,8 +109,13 @@ void observer_head_cpu(int R, int C, int V, const float *x, const float *head, c
             for (int v = 1; v < V; v++)
                 if (row[v] > row[am]) am = v;
             double rce, rkl;
-            observer_row_cpu(V, row, teacher + (size_t)(r0 + i) * V, tg, alpha, tau, &rce, &rkl,
-                             dx ? row : NULL);
+            if (K) {
+                size_t o = (size_t)(r0 + i) * K;
+                observer_topk_row_cpu(V, K, row, tk_val + o, tk_id + o, tg, alpha, tau, &rce, &rkl, dx ? row : NULL);
+            } else {
+                observer_row_cpu(V, row, teacher + (size_t)(r0 + i) * V, tg, alpha, tau, &rce, &rkl,
+                                 dx ? row : NULL);
+            }
             closs += alpha * rce + scale * rkl;
             cce += rce;
             ckl += rkl;
@@ -94,4 +134,18 @@ void observer_head_cpu(int R, int C, int V, const float *x, const float *head, c
     res->kl_sum = kl;
     res->n_targets = nt;
     res->n_correct = nc;
+}
+
+void observer_head_cpu(int R, int C, int V, const float *x, const float *head, const float *teacher,
+                       const int32_t *targets, float alpha, float tau, float *logits_out, float *dx,
+                       float *scratch, int chunk, observer_result_t *res)
+{
+    s_head(R, C, V, x, head, teacher, 0, NULL, NULL, targets, alpha, tau, logits_out, dx, scratch, chunk, res);
+}
+
+void observer_topk_head_cpu(int R, int C, int V, int K, const float *x, const float *head, const float *tk_val,
+                            const int32_t *tk_id, const int32_t *targets, float alpha, float tau,
+                            float *logits_out, float *dx, float *scratch, int chunk, observer_result_t *res)
+{
+    s_head(R, C, V, x, head, NULL, K, tk_val, tk_id, targets, alpha, tau, logits_out, dx, scratch, chunk, res);
 }

@@ -14,7 +14,8 @@
  * kept k are renormalised, i.e. the teacher is taken to put probability 0 on
  * the tail. The student's log-softmax is over the full vocabulary, so the
  * student's own tail mass is pushed down (its gradient is tau * q_v there).
- * With k = V this is exactly observer_head_cpu's objective.
+ * With k = V this is exactly observer_head_cpu's objective. Implemented in
+ * observer.c beside it (one row pass each, one shared head loop).
  *
  * Shapes: x (R, C); head (V, C); tk_val (R, K) the teacher's kept logits,
  * tk_id (R, K) int32 their ids (rows without a target are not read);
