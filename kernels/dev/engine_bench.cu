@@ -6,7 +6,10 @@
  * the whole step by the host's clock, eager and through CUDA graphs; then the
  * fine profile: the median ms and the launches of each operation class
  * (gemm by role, token shift, LayerNorms, ...) per step, their sum (the GPU's
- * busy time) and the rest of the eager step (launch gaps and host work).
+ * busy time) and the rest of the eager step (launch gaps and host work);
+ * last the measured floor (floor.h): cuBLAS and bandwidth ceilings on the
+ * same card, each class's FLOPs, bytes and floor, and three step floors
+ * beside SPEC section 8's target (issue #4: why a target is out of reach).
  *
  *   dev_engine_bench [--layers L --embd C --vocab V --batch B --ctx T]
  *                    [--precision fp32|bf16] [--steps S] [--variants LIST]
@@ -35,6 +38,8 @@ extern "C" {
 #include <stdlib.h>
 #include <string.h>
 #include <vector>
+
+#include "kernels/dev/floor.h"
 
 static float median(std::vector<float> v)
 {
@@ -234,6 +239,9 @@ int main(int argc, char **argv)
     printf("%-22s %9s %9s %9s %9s %8s %9s\n", "class", "fwd ms", "head ms", "bwd ms", "total", "share", "launches");
     float busy = 0;
     int nl_all = 0;
+    std::vector<float> cls_ms(NC, 0.f); /* per class over the step, for the floor (4.) */
+    std::vector<int> cls_nl(NC, 0);
+    std::vector<const char *> cls_name(NC, (const char *)NULL);
     for (int i = 0; i < NC && engine_cuda_profile_class(i); i++) {
         float m3[3], sum = 0;
         int nl = 0;
@@ -242,6 +250,9 @@ int main(int argc, char **argv)
             sum += m3[ph];
             nl += last.class_launches[ph][i];
         }
+        cls_ms[i] = sum;
+        cls_nl[i] = nl;
+        cls_name[i] = engine_cuda_profile_class(i);
         if (nl == 0) continue;
         busy += sum;
         nl_all += nl;
@@ -252,7 +263,17 @@ int main(int argc, char **argv)
            "events; gaps and host %.2f ms (%.1f%%)%s\n",
            busy, nl_all, wall[0], median(ftot), wall[0] - busy, 100.0 * (wall[0] - busy) / wall[0],
            last.fine_dropped ? " (some operations were not timed: event pool too small)" : "");
-    engine_cuda_destroy(&e);
+    const int head_chunk = engine_cuda_head_chunk(e), recompute = engine_cuda_recomputes(e);
+    engine_cuda_destroy(&e); /* the floor's buffers need the memory */
     rwkv_model_destroy(&m);
+    /* 4. the measured floor (floor.h): ceilings on this card, per class
+     * FLOPs, bytes and floors, and the step floors beside SPEC's target */
+    const char *gb = getenv("STATETUNE_GEMM_BATCH");
+    fl_shape fs = {L, C, cfg.n_head, cfg.head_size, cfg.ffn_dim, V, B, T, cfg.d_decay, cfg.d_aaa, cfg.d_mv,
+                   cfg.d_gate, head_chunk, prec == ENGINE_BF16 ? 2 : 4, !(gb && !strcmp(gb, "0"))};
+    if (fl_report(&fs, cls_ms, cls_nl, cls_name.data(), busy, wall[0], recompute, err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
     return 0;
 }
