@@ -112,6 +112,33 @@ int engine_cuda_set_head_chunk(engine_cuda_t *self, int rows, char *err);
 int engine_cuda_head_chunk(const engine_cuda_t *self);
 void engine_cuda_last_profile(const engine_cuda_t *self, engine_cuda_profile_t *out);
 
+/* cuBLASLt's timed algorithm choices (STATETUNE_GEMM_LT=2; engine_cuda.cu's
+ * lt_cache and lt_choose): one entry per distinct product (shape, strides,
+ * types, accumulation, operand alignments, device) met in this process, in
+ * the order they were made. The choice is process-wide: the first engine
+ * that meets a product times cuBLASLt's first candidates and every later
+ * engine on that device takes the same algorithm, so two engines on one
+ * model compute the same bits. For kernels/dev/engine_bench.cu --variants
+ * and docs/performance.md. */
+typedef struct {
+    int device;             /* CUDA ordinal */
+    int m, n, k, batch;     /* cuBLAS's column-major C (m, n) = op(A) (m, k) op(B) (k, n), batch products */
+    char ta, tb;            /* 'N' or 'T' */
+    char types[12];         /* operands > output, e.g. "bf16>f32" */
+    int accumulate;         /* beta != 0 (timed on a scratch output, never on C) */
+    int candidates;         /* algorithms the heuristic offered (at most 8) */
+    int timed;              /* 0: the heuristic's first was kept untimed, see why */
+    int chosen, fastest;    /* candidate indices (0 = the heuristic's first); chosen is fastest unless that
+                               wins by less than 3% over the first */
+    float first_ms, chosen_ms, fastest_ms; /* median ms of one product (0 when not timed) */
+    const char *why;        /* static text: why it was not timed, NULL when it was */
+} engine_cuda_lt_choice_t;
+
+/* Copies the first max choices (in the order they were made) into out
+ * (which may be NULL when max is 0) and returns how many the process
+ * holds; safe from any thread, while engines run. */
+int engine_cuda_lt_choices(engine_cuda_lt_choice_t *out, int max);
+
 /* ---- resident tuning parameters (engine.h's engine_params_*, on the GPU) ----
  * engine_cuda_run with S0 read from, and dS0 accumulated (+=) into, device
  * memory: batch->state0 and batch->dstate0 must be NULL; state0_dev is

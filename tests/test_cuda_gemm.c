@@ -14,6 +14,17 @@
  * variant also runs the step three times through CUDA graphs (eager,
  * capture, replay) and the replay must give the eager run's loss exactly.
  *
+ * Reproducibility of the timed choice (lt2_engines_agree_*): under LT 2
+ * every engine of a process must compute the same bits as the first one on
+ * the same model, whether it lives beside the first or is made after the
+ * first is gone: the same loss (every step: eager, captured, replayed), the
+ * same logits and final states, and dS0 to 1e-5 relative (a sum over the
+ * batch made with atomic adds, whose order varies from run to run whatever
+ * the products). With a choice timed per engine, two engines pick different
+ * algorithms for products whose candidates run within noise of each other,
+ * and their logits differ in the last bits; the process-wide choice
+ * (engine_cuda_lt_choices) makes every later engine reuse the first's.
+ *
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
 #include "harness.h"
@@ -24,6 +35,7 @@
 
 #include <cuda_runtime_api.h>
 #include <stdint.h>
+#include <string.h>
 
 static int s_have_gpu(void)
 {
@@ -131,6 +143,143 @@ static int s_variants(engine_precision_t prec, int d_aaa)
     return fail;
 }
 
+enum { AB = 4, AT = 70 }; /* lt2_engines_agree's batch */
+
+typedef struct {
+    double loss[3];                /* three training steps of one batch: eager, captured, replayed */
+    double fwd_loss;               /* the forward-only run that returns logits */
+    float *ds0, *logits, *final_s; /* the first step's dS0; the forward run's (B, T, V) and (B, L, H, N, N) */
+} agree_t;
+
+static void s_agree_free(agree_t *a)
+{
+    free(a->ds0);
+    free(a->logits);
+    free(a->final_s);
+}
+
+/* Three training steps and a forward run with logits on engine e. */
+static int s_agree_run(engine_cuda_t *e, const rwkv_config_t *cfg, const int32_t *tok, const int32_t *tgt,
+                       const float *s0, agree_t *a)
+{
+    char err[ST_ERR_LEN];
+    const size_t ns = (size_t)cfg->n_layer * rwkv_state_layer_size(cfg);
+    a->ds0 = calloc(ns, sizeof(float));
+    a->logits = malloc((size_t)AB * AT * cfg->vocab * sizeof(float));
+    a->final_s = malloc((size_t)AB * ns * sizeof(float));
+    float *scratch = calloc(ns, sizeof(float));
+    int rc = a->ds0 && a->logits && a->final_s && scratch ? 0 : 1;
+    for (int k = 0; k < 4 && !rc; k++) {
+        engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = AB, .T = AT, .state0 = s0};
+        if (k < 3) {
+            bt.dstate0 = k == 0 ? a->ds0 : scratch;
+        } else {
+            bt.logits = a->logits;
+            bt.final_state = a->final_s;
+        }
+        rc = engine_cuda_run(e, &bt, err);
+        if (rc) fprintf(stderr, "engine_cuda_run: %s\n", err);
+        if (k < 3) a->loss[k] = bt.loss_sum;
+        else a->fwd_loss = bt.loss_sum;
+    }
+    free(scratch);
+    return rc;
+}
+
+/* 0 when b computed the same as a (see the file comment), else 1 and why. */
+static int s_agree_cmp(const agree_t *a, const agree_t *b, const rwkv_config_t *cfg, const char *what)
+{
+    const size_t ns = (size_t)cfg->n_layer * rwkv_state_layer_size(cfg);
+    const size_t nl = (size_t)AB * AT * cfg->vocab, nf = (size_t)AB * ns;
+    size_t dl = 0, df = 0;
+    for (size_t i = 0; i < nl; i++) dl += memcmp(&a->logits[i], &b->logits[i], sizeof(float)) != 0;
+    for (size_t i = 0; i < nf; i++) df += memcmp(&a->final_s[i], &b->final_s[i], sizeof(float)) != 0;
+    const double eg = st_rel_err_ff(b->ds0, a->ds0, ns);
+    int same_loss = a->fwd_loss == b->fwd_loss;
+    for (int k = 0; k < 3; k++) same_loss &= a->loss[k] == b->loss[k];
+    printf("    %s: loss %.17g vs %.17g, logits differing %zu of %zu, final states differing %zu of %zu, dS0 rel "
+           "%.2e\n",
+           what, b->loss[0], a->loss[0], dl, nl, df, nf, eg);
+    if (!same_loss || dl || df || !(eg <= 1e-5)) {
+        fprintf(stderr, "%s computes other bits than the first engine on the same model\n", what);
+        return 1;
+    }
+    return 0;
+}
+
+/* Under LT 2: engine 0; engine 1 beside it; engine 2 after both are gone.
+ * The later engines must compute engine 0's bits and make no choice of
+ * their own (every product they meet was chosen by engine 0). */
+static int s_lt2_agree(engine_precision_t prec)
+{
+    if (!s_have_gpu()) return ST_TEST_SKIP;
+    char err[ST_ERR_LEN];
+    /* products large enough that several of cuBLASLt's candidates are close */
+    rwkv_config_t cfg = {2, 512, 8, 64, 2048, 2048, 64, 64, 32, 128};
+    rwkv_model_t *m = rwkv_model_new_random(&cfg, 5, err);
+    CHECKF(m != NULL, "%s", err);
+    const size_t ns = (size_t)cfg.n_layer * rwkv_state_layer_size(&cfg);
+    int32_t tok[AB * AT], tgt[AB * AT];
+    float *s0 = malloc(ns * sizeof(float));
+    CHECK(s0 != NULL);
+    uint64_t s = 7;
+    for (int i = 0; i < AB * AT; i++) {
+        tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+        tgt[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+    }
+    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec, .max_batch = AB, .max_ctx = AT};
+    agree_t r[3];
+    memset(r, 0, sizeof r);
+    engine_cuda_t *e[2] = {NULL, NULL};
+    int fail = 0, made = 0, chosen = 0;
+    setenv("STATETUNE_GEMM_LT", "2", 1);
+    const int before = engine_cuda_lt_choices(NULL, 0);
+    for (int i = 0; i < 3 && !fail; i++) {
+        if (i == 2) { /* the third after the first two are gone */
+            engine_cuda_destroy(&e[0]);
+            engine_cuda_destroy(&e[1]);
+        }
+        engine_cuda_t **ep = &e[i < 2 ? i : 0];
+        *ep = engine_cuda_new(m, &opts, err);
+        if (!*ep) {
+            fprintf(stderr, "engine_cuda_new: %s\n", err);
+            fail = 1;
+            break;
+        }
+        fail = s_agree_run(*ep, &cfg, tok, tgt, s0, &r[i]);
+        const int now = engine_cuda_lt_choices(NULL, 0);
+        if (i == 0) {
+            chosen = now;
+        } else if (!fail && now != chosen) {
+            fprintf(stderr, "engine %d made %d cuBLASLt choices of its own instead of reusing engine 0's\n", i,
+                    now - chosen);
+            fail = 1;
+        }
+        made = now - before;
+    }
+    unsetenv("STATETUNE_GEMM_LT");
+    engine_cuda_destroy(&e[0]);
+    engine_cuda_destroy(&e[1]);
+    if (!fail) {
+        printf("    %s: %d cuBLASLt choices made by engine 0 and reused\n", prec == ENGINE_BF16 ? "bf16" : "fp32",
+               made);
+        fail |= s_agree_cmp(&r[0], &r[1], &cfg, "engine 1 (beside engine 0)");
+        fail |= s_agree_cmp(&r[0], &r[2], &cfg, "engine 2 (after engines 0 and 1 were destroyed)");
+        if (r[0].loss[2] != r[0].loss[0]) {
+            fprintf(stderr, "engine 0's graph replay differs from its eager run\n");
+            fail = 1;
+        }
+    }
+    for (int i = 0; i < 3; i++) s_agree_free(&r[i]);
+    free(s0);
+    rwkv_model_destroy(&m);
+    return fail;
+}
+
+static int lt2_engines_agree_fp32(void) { return s_lt2_agree(ENGINE_FP32); }
+static int lt2_engines_agree_bf16(void) { return s_lt2_agree(ENGINE_BF16); }
+
 static int fp32_variants(void) { return s_variants(ENGINE_FP32, 32); }
 static int bf16_variants(void) { return s_variants(ENGINE_BF16, 32); }
 static int bf16_variants_lora_widths_differ(void) { return s_variants(ENGINE_BF16, 16); }
@@ -141,6 +290,8 @@ int main(int argc, char **argv)
         {"fp32_variants", fp32_variants},
         {"bf16_variants", bf16_variants},
         {"bf16_variants_lora_widths_differ", bf16_variants_lora_widths_differ},
+        {"lt2_engines_agree_fp32", lt2_engines_agree_fp32},
+        {"lt2_engines_agree_bf16", lt2_engines_agree_bf16},
         {NULL, NULL},
     };
     return st_test_main(argc, argv, tests);

@@ -86,7 +86,10 @@ extern "C" {
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <mutex>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,13 +109,28 @@ const int EW_THREADS = 256;                          /* element-wise blocks */
 const size_t LT_WS_BYTES = (size_t)32 << 20;         /* cuBLASLt workspace (split-K, stream-K) */
 const int LT_PLANS = 96;                             /* cached cuBLASLt choices (distinct product shapes) */
 const int LT_CANDIDATES = 8;                         /* heuristic results timed with gemm_lt 2 */
+const int LT_KEY = 17;                               /* lt_gemm's key: the product's description, the device */
+const int LT_CHOICES = 1024;                         /* process-wide timed choices (lt_cache), distinct keys */
+const int LT_ROUNDS = 7;                             /* timed rounds per candidate; the median counts */
+const float LT_MARGIN = 0.03f;                       /* another candidate replaces the first only if this much faster */
+const float LT_SAMPLE_MS = 0.05f;                    /* one timed sample: back-to-back products for about this long */
+const int LT_INNER_MAX = 32;                         /* at most this many products per sample */
+const unsigned long long LT_HOLD_NS_PER_LAUNCH = 10000; /* lt_hold_kernel: host time allowed per queued launch */
+const unsigned long long LT_HOLD_NS_MAX = 20000000;  /* and at most 20 ms per round */
 /* Defaults measured on the H100 (docs/performance.md 2.4): batching saves
  * 0.2-0.9 ms of r/k/v and 0.1-0.3 ms of LoRA products per step; cuBLASLt's
  * first heuristic choice is no faster than cublasGemmEx; the timed choice
- * (2) is faster still but depends on timing noise, so two engines on one
- * model may pick different algorithms and round differently: opt-in only. */
-const int GEMM_BATCH_DEFAULT = 1; /* STATETUNE_GEMM_BATCH when unset */
-const int GEMM_LT_DEFAULT = 0;    /* STATETUNE_GEMM_LT when unset */
+ * (2) is as fast or faster (8 x 1024, dev_engine_bench --variants 10,12):
+ * bf16 eager step 136.84 -> 135.37 ms at 24 x 2048, 65.36 -> 65.08 at
+ * 24 x 1024, 28.44 -> 28.37 at 12 x 768 (the head's products 7-10% faster);
+ * fp32 140.95 -> 135.51 at 12 x 768, 339.04 -> 339.14 at 24 x 1024. Its one
+ * cost is the timing, once per process and product shape (about 0.35 s at
+ * 12 x 768 bf16). The choice is made once per process and device
+ * (lt_cache), so every engine computes the same bits; the GPU tests and
+ * verify pass under it in both precisions. */
+const int GEMM_BATCH_DEFAULT = 1;   /* STATETUNE_GEMM_BATCH when unset */
+const int GEMM_LT_DEFAULT_BF16 = 2; /* STATETUNE_GEMM_LT when unset, bf16 engines */
+const int GEMM_LT_DEFAULT_FP32 = 2; /* and fp32 engines */
 
 struct dev_layer_t {
     void *receptance, *key, *value, *output, *ffn_key, *ffn_value; /* T, [out, in] */
@@ -141,7 +159,7 @@ void *carve(carver_t *cv, size_t bytes)
 /* One cached cuBLASLt product (gemm_lt): the shape it was made for and the
  * algorithm chosen for it. */
 struct lt_plan_t {
-    long long key[16]; /* lt_gemm's: transposes, m n k, leading dims, strides, batch, types, beta, alignments */
+    long long key[LT_KEY]; /* lt_gemm's: transposes, m n k, leading dims, strides, batch, types, beta, alignments, device */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -187,12 +205,14 @@ struct engine_cuda {
      * product, and the w and a LoRAs' products as 2-batch ones where their
      * widths agree (lora_wa_fwd/bwd); gemm_lt 0 is cublasGemmEx, 1 cuBLASLt with a workspace and the
      * heuristic's first algorithm, 2 the fastest of its first LT_CANDIDATES
-     * timed on first use; the choice is cached per shape in lt_plan */
+     * timed on first use, chosen once per process and device (lt_cache); the
+     * plan is cached per shape in lt_plan */
     int gemm_batch, gemm_lt;
     cublasLtHandle_t lt;
     void *lt_ws; /* LT_WS_BYTES, carved in the activation plan */
     struct lt_plan_t *lt_plan; /* LT_PLANS entries, replaced round-robin when full */
     int lt_n, lt_next;
+    int lt_device; /* the CUDA ordinal: part of the process-wide choice's key (lt_cache) */
     char *wmem, *amem;
     size_t wbytes, abytes;
     dev_layer_t *L;
@@ -513,14 +533,238 @@ int lt_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int rows, int cols, i
     return ST_OK;
 }
 
-/* Makes plan p for key (see lt_gemm) and chooses its algorithm: the
- * heuristic's first, or with gemm_lt 2 the fastest of its first
- * LT_CANDIDATES, each timed on the real operands (only when beta is 0, so
- * the repeated runs leave C as one run would, and not while the stream is
- * being captured into a graph). */
-int lt_plan_make(engine_cuda_t *e, lt_plan_t *p, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                 const void *A, int lda, long long sA, const void *B, int ldb, long long sB, void *Cm, int ldc,
-                 long long sC, int batch, float beta, cudaDataType_t t, cudaDataType_t tc, char *err)
+/* ---- cuBLASLt's timed choice (gemm_lt 2) -----------------------------------
+ *
+ * The process-wide cache of choices. Why a process-wide object (the only
+ * one in the engine; cuBLAS keeps process-wide caches of its own the same
+ * way): the fastest of a few algorithms is a measurement, and two engines
+ * that time the same product can pick different algorithms, which sum in
+ * different orders, so two engines on one model (a recompute engine and a
+ * plain one, a graph's and an eager one, a service's successive jobs)
+ * would give results that differ in the last bits. So the first engine
+ * that meets a product (lt_gemm's key plus the device ordinal) chooses, and
+ * every later plan of that key, in any engine of the process, takes the
+ * same algorithm.
+ *
+ * Invariants: an entry is never changed or removed once inserted (so every
+ * engine that ever used a key used the same algorithm); an entry holds only
+ * the algorithm, plain data valid for any cuBLASLt handle on its device, so
+ * engines may be created and destroyed in any order and from any thread;
+ * the table is bounded (LT_CHOICES): once full, a product it does not know
+ * takes the heuristic's first candidate untimed, which is deterministic,
+ * so still the same in every engine. The mutex guards lookups and inserts
+ * only, never the timing (which synchronises the engine's stream: a lock
+ * held across that could wait on another thread's collective); two engines
+ * that meet a new product at once may both time it, the first to insert
+ * wins and the other takes the winner's algorithm before using its own. */
+struct lt_choice_t {
+    long long key[LT_KEY]; /* lt_gemm's key, then the device ordinal */
+    cublasLtMatmulAlgo_t algo;
+    engine_cuda_lt_choice_t info; /* what engine_cuda_lt_choices lists */
+};
+
+struct lt_cache_t {
+    std::mutex mu;
+    int n; /* entries in use, in the order they were inserted */
+    lt_choice_t c[LT_CHOICES];
+};
+
+lt_cache_t *lt_cache()
+{
+    static lt_cache_t cache; /* zero-initialised; see the comment above for why it exists */
+    return &cache;
+}
+
+/* The cached choice of key, or NULL. Call with the mutex held. */
+const lt_choice_t *lt_cache_find(const lt_cache_t *c, const long long *key)
+{
+    for (int i = 0; i < c->n; i++)
+        if (!memcmp(c->c[i].key, key, sizeof c->c[i].key)) return &c->c[i];
+    return NULL;
+}
+
+/* Holds the stream for ns nanoseconds (lt_time): the host queues a whole
+ * round of timed products behind it, so that the events measure the GPU's
+ * time for each product, not how fast the host launches small ones. */
+__global__ void lt_hold_kernel(unsigned long long ns)
+{
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        __nanosleep(2000);
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+
+/* One product of plan p with algorithm algo on the given operands. */
+cublasStatus_t lt_run(engine_cuda_t *e, const lt_plan_t *p, const cublasLtMatmulAlgo_t *algo, const void *A,
+                      const void *B, void *Cm, float beta)
+{
+    const float alpha = 1.f;
+    return cublasLtMatmul(e->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, Cm, p->lc, Cm, p->lc, algo, e->lt_ws,
+                          LT_WS_BYTES, e->stream);
+}
+
+/* Times the nres candidates of plan p into ms (median ms of one product; -1
+ * for a candidate that does not run). Each candidate runs once untimed
+ * (cuBLAS's and the GPU's first-run costs), then LT_ROUNDS rounds each
+ * time every candidate over `inner` back-to-back products (enough for about
+ * LT_SAMPLE_MS, so that event resolution does not matter), the round queued
+ * behind lt_hold_kernel and started at a different candidate each round
+ * (no candidate always runs first, right after the hold). The median of
+ * the rounds ignores a round that a clock change or another process on the
+ * GPU disturbed. */
+int lt_time(engine_cuda_t *e, const lt_plan_t *p, const cublasLtMatmulHeuristicResult_t *res, int nres, const void *A,
+            const void *B, void *Cm, float beta, float *ms, char *err)
+{
+    cudaEvent_t ev[2 * LT_CANDIDATES] = {};
+    float samp[LT_CANDIDATES][LT_ROUNDS];
+    int ok[LT_CANDIDATES], base = -1, inner = 1, rc = ST_OK;
+    cudaError_t ce = cudaSuccess;
+    float t1 = 0;
+    for (int i = 0; i < 2 * nres && ce == cudaSuccess; i++) ce = cudaEventCreate(&ev[i]);
+    if (ce != cudaSuccess) {
+        rc = st_fail(err, ST_ECUDA, "cudaEventCreate failed while timing cuBLASLt's candidates: %s",
+                     cudaGetErrorString(ce));
+        goto done;
+    }
+    for (int i = 0; i < nres; i++) {
+        ok[i] = lt_run(e, p, &res[i].algo, A, B, Cm, beta) == CUBLAS_STATUS_SUCCESS;
+        if (ok[i] && base < 0) base = i;
+        ms[i] = -1.f;
+    }
+    if (base < 0) goto done; /* nothing runs: lt_gemm's own call reports the error */
+    /* how many products make one sample: one run of the first that runs */
+    lt_hold_kernel<<<1, 1, 0, e->stream>>>(LT_HOLD_NS_PER_LAUNCH * 4);
+    (void)cudaEventRecord(ev[0], e->stream);
+    (void)lt_run(e, p, &res[base].algo, A, B, Cm, beta);
+    (void)cudaEventRecord(ev[1], e->stream);
+    if ((ce = cudaEventSynchronize(ev[1])) != cudaSuccess || (ce = cudaEventElapsedTime(&t1, ev[0], ev[1])) != cudaSuccess) {
+        rc = st_fail(err, ST_ECUDA, "timing cuBLASLt's candidates failed: %s", cudaGetErrorString(ce));
+        goto done;
+    }
+    inner = t1 > 0 ? (int)(LT_SAMPLE_MS / t1) + 1 : LT_INNER_MAX;
+    if (inner > LT_INNER_MAX) inner = LT_INNER_MAX;
+    for (int r = 0; r < LT_ROUNDS; r++) {
+        unsigned long long hold = LT_HOLD_NS_PER_LAUNCH * (unsigned long long)(nres * (inner + 2));
+        lt_hold_kernel<<<1, 1, 0, e->stream>>>(hold < LT_HOLD_NS_MAX ? hold : LT_HOLD_NS_MAX);
+        for (int j = 0; j < nres; j++) {
+            const int i = (j + r) % nres;
+            if (!ok[i]) continue;
+            (void)cudaEventRecord(ev[2 * i], e->stream);
+            for (int q = 0; q < inner; q++)
+                if (lt_run(e, p, &res[i].algo, A, B, Cm, beta) != CUBLAS_STATUS_SUCCESS) ok[i] = 0;
+            (void)cudaEventRecord(ev[2 * i + 1], e->stream);
+        }
+        if ((ce = cudaStreamSynchronize(e->stream)) != cudaSuccess) {
+            rc = st_fail(err, ST_ECUDA, "timing cuBLASLt's candidates failed: %s", cudaGetErrorString(ce));
+            goto done;
+        }
+        for (int i = 0; i < nres; i++) {
+            float t = 0;
+            if (ok[i] && cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]) != cudaSuccess) ok[i] = 0;
+            samp[i][r] = t / (float)inner;
+        }
+    }
+    for (int i = 0; i < nres; i++) {
+        if (!ok[i]) continue;
+        std::sort(samp[i], samp[i] + LT_ROUNDS);
+        ms[i] = samp[i][LT_ROUNDS / 2];
+    }
+done:
+    for (int i = 0; i < 2 * nres; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    if (rc == ST_OK && (ce = cudaGetLastError()) != cudaSuccess)
+        rc = st_fail(err, ST_ECUDA, "timing cuBLASLt's candidates failed: %s", cudaGetErrorString(ce));
+    return rc;
+}
+
+/* Chooses among the nres candidates of plan p (key: lt_gemm's plus the
+ * device) and fills c. The heuristic's first candidate stays unless another
+ * is at least LT_MARGIN faster by the medians of lt_time: a choice that
+ * flips with timing noise would make the algorithm (hence the last bits of
+ * every result) depend on the run, and a few percent of one product is not
+ * worth that. Untimed, the first candidate: while the stream is being
+ * captured into a graph (nothing may run; the engine's graphs run every
+ * shape eagerly first, so this is rare), when the heuristic offers one, or
+ * when a product that accumulates (beta != 0) finds no device memory for a
+ * scratch output (it is timed on a zeroed scratch copy of C's extent, so
+ * that repeated runs do not add into C). */
+int lt_choose(engine_cuda_t *e, const lt_plan_t *p, const cublasLtMatmulHeuristicResult_t *res, int nres,
+              cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, const void *B, void *Cm,
+              int ldc, long long sC, int batch, float beta, cudaDataType_t t, cudaDataType_t tc, lt_choice_t *c,
+              char *err)
+{
+    engine_cuda_lt_choice_t *in = &c->info;
+    memset(in, 0, sizeof *in);
+    in->device = e->lt_device;
+    in->m = m;
+    in->n = n;
+    in->k = k;
+    in->batch = batch;
+    in->ta = ta == CUBLAS_OP_N ? 'N' : 'T';
+    in->tb = tb == CUBLAS_OP_N ? 'N' : 'T';
+    snprintf(in->types, sizeof in->types, "%s>%s", t == CUDA_R_16BF ? "bf16" : "f32", tc == CUDA_R_16BF ? "bf16" : "f32");
+    in->accumulate = beta != 0.f;
+    in->candidates = nres;
+    c->algo = res[0].algo;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    ST_CUDA_CHECK(cudaStreamIsCapturing(e->stream, &cs));
+    if (cs != cudaStreamCaptureStatusNone) {
+        in->why = "first met while a CUDA graph was being captured";
+        return ST_OK;
+    }
+    if (nres < 2) {
+        in->why = "the heuristic offered one algorithm";
+        return ST_OK;
+    }
+    char *scratch = NULL;
+    void *Ct = Cm;
+    if (beta != 0.f) {
+        const size_t es = tc == CUDA_R_32F ? 4 : 2;
+        const size_t extent = ((size_t)(batch > 1 ? batch - 1 : 0) * (size_t)sC + (size_t)(n - 1) * ldc + m) * es;
+        if (cudaMallocAsync((void **)&scratch, extent + 256, e->stream) != cudaSuccess ||
+            cudaMemsetAsync(scratch, 0, extent + 256, e->stream) != cudaSuccess) {
+            (void)cudaGetLastError(); /* an allocation failure is not sticky */
+            if (scratch) (void)cudaFreeAsync(scratch, e->stream);
+            in->why = "no device memory for a scratch output to time an accumulating product on";
+            return ST_OK;
+        }
+        Ct = scratch + ((uintptr_t)Cm & 255); /* C's own alignment: the one the heuristic assumed */
+    }
+    float ms[LT_CANDIDATES];
+    int rc = lt_time(e, p, res, nres, A, B, Ct, beta, ms, err);
+    if (scratch) (void)cudaFreeAsync(scratch, e->stream);
+    if (rc != ST_OK) return rc;
+    int first = -1, fastest = -1;
+    for (int i = 0; i < nres; i++) {
+        if (ms[i] < 0) continue;
+        if (first < 0) first = i;
+        if (fastest < 0 || ms[i] < ms[fastest]) fastest = i;
+    }
+    if (first < 0) {
+        in->why = "no candidate ran";
+        return ST_OK;
+    }
+    const int chosen = ms[fastest] <= (1.f - LT_MARGIN) * ms[first] ? fastest : first;
+    c->algo = res[chosen].algo;
+    in->timed = 1;
+    in->chosen = chosen;
+    in->fastest = fastest;
+    in->first_ms = ms[first];
+    in->chosen_ms = ms[chosen];
+    in->fastest_ms = ms[fastest];
+    return ST_OK;
+}
+
+/* Makes plan p for key (see lt_gemm; LT_KEY longs, the device last) and
+ * chooses its algorithm: the heuristic's first (gemm_lt 1), or with
+ * gemm_lt 2 the process-wide choice of key (lt_cache), made here by
+ * lt_choose when this is the process's first plan of key. */
+int lt_plan_make(engine_cuda_t *e, lt_plan_t *p, const long long *key, cublasOperation_t ta, cublasOperation_t tb,
+                 int m, int n, int k, const void *A, int lda, long long sA, const void *B, int ldb, long long sB,
+                 void *Cm, int ldc, long long sC, int batch, float beta, cudaDataType_t t, cudaDataType_t tc,
+                 char *err)
 {
     ST_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     int32_t opa = ta, opb = tb;
@@ -529,6 +773,17 @@ int lt_plan_make(engine_cuda_t *e, lt_plan_t *p, cublasOperation_t ta, cublasOpe
     RUN(lt_layout(&p->la, t, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda, batch, sA, err));
     RUN(lt_layout(&p->lb, t, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb, batch, sB, err));
     RUN(lt_layout(&p->lc, tc, m, n, ldc, batch, sC, err));
+    lt_cache_t *cache = lt_cache();
+    int full = 0;
+    if (e->gemm_lt >= 2) {
+        std::lock_guard<std::mutex> lock(cache->mu);
+        const lt_choice_t *hit = lt_cache_find(cache, key);
+        if (hit) {
+            p->algo = hit->algo;
+            return ST_OK;
+        }
+        full = cache->n >= LT_CHOICES;
+    }
     cublasLtMatmulPreference_t pref;
     ST_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     uint64_t ws = LT_WS_BYTES;
@@ -552,42 +807,25 @@ int lt_plan_make(engine_cuda_t *e, lt_plan_t *p, cublasOperation_t ta, cublasOpe
         hs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4);
     if (hs == CUBLAS_STATUS_SUCCESS)
         hs = cublasLtMatmulAlgoGetHeuristic(e->lt, p->op, p->la, p->lb, p->lc, p->lc, pref,
-                                            e->gemm_lt >= 2 ? LT_CANDIDATES : 1, res, &nres);
+                                            e->gemm_lt >= 2 && !full ? LT_CANDIDATES : 1, res, &nres);
     cublasLtMatmulPreferenceDestroy(pref);
     if (hs != CUBLAS_STATUS_SUCCESS || nres == 0)
         return st_fail(err, ST_ECUDA, "cuBLASLt has no algorithm for a %d x %d x %d product (batch %d): %s", m, n, k,
                        batch, cublasGetStatusString(hs));
-    int best = 0;
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    ST_CUDA_CHECK(cudaStreamIsCapturing(e->stream, &cs));
-    if (nres > 1 && beta == 0.f && cs == cudaStreamCaptureStatusNone) {
-        cudaEvent_t ev[2];
-        ST_CUDA_CHECK(cudaEventCreate(&ev[0]));
-        ST_CUDA_CHECK(cudaEventCreate(&ev[1]));
-        const float alpha = 1.f;
-        float best_ms = 1e30f;
-        for (int i = 0; i < nres; i++) {
-            /* one untimed run (a candidate that fails is skipped), then three timed */
-            if (cublasLtMatmul(e->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, Cm, p->lc, Cm, p->lc, &res[i].algo,
-                               e->lt_ws, LT_WS_BYTES, e->stream) != CUBLAS_STATUS_SUCCESS)
-                continue;
-            (void)cudaEventRecord(ev[0], e->stream);
-            for (int r = 0; r < 3; r++)
-                (void)cublasLtMatmul(e->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, Cm, p->lc, Cm, p->lc,
-                                     &res[i].algo, e->lt_ws, LT_WS_BYTES, e->stream);
-            (void)cudaEventRecord(ev[1], e->stream);
-            float ms = 0;
-            if (cudaEventSynchronize(ev[1]) == cudaSuccess && cudaEventElapsedTime(&ms, ev[0], ev[1]) == cudaSuccess &&
-                ms < best_ms) {
-                best_ms = ms;
-                best = i;
-            }
-        }
-        cudaEventDestroy(ev[0]);
-        cudaEventDestroy(ev[1]);
-        ST_CUDA_CHECK(cudaGetLastError());
+    p->algo = res[0].algo;
+    if (e->gemm_lt < 2 || full) return ST_OK; /* full: the first, untimed (deterministic; see lt_cache) */
+    lt_choice_t c;
+    RUN(lt_choose(e, p, res, nres, ta, tb, m, n, k, A, B, Cm, ldc, sC, batch, beta, t, tc, &c, err));
+    memcpy(c.key, key, sizeof c.key);
+    std::lock_guard<std::mutex> lock(cache->mu);
+    const lt_choice_t *won = lt_cache_find(cache, key); /* another engine chose meanwhile: its choice holds */
+    if (won) {
+        p->algo = won->algo;
+    } else {
+        p->algo = c.algo;
+        if (cache->n < LT_CHOICES) cache->c[cache->n++] = c;
+        else p->algo = res[0].algo; /* filled meanwhile: as when full */
     }
-    p->algo = res[best].algo;
     return ST_OK;
 }
 
@@ -597,9 +835,9 @@ int lt_gemm(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m,
             int lda, long long sA, const void *B, int ldb, long long sB, void *Cm, int ldc, long long sC, int batch,
             float beta, cudaDataType_t t, cudaDataType_t tc, char *err)
 {
-    const long long key[16] = {ta, tb, m, n, k, lda, ldb, ldc, batch > 1 ? sA : 0, batch > 1 ? sB : 0,
-                               batch > 1 ? sC : 0, batch, (long long)t * 256 + tc, beta != 0.f,
-                               lt_align(A) * 1000 + lt_align(B), lt_align(Cm)};
+    const long long key[LT_KEY] = {ta, tb, m, n, k, lda, ldb, ldc, batch > 1 ? sA : 0, batch > 1 ? sB : 0,
+                                   batch > 1 ? sC : 0, batch, (long long)t * 256 + tc, beta != 0.f,
+                                   lt_align(A) * 1000 + lt_align(B), lt_align(Cm), e->lt_device};
     lt_plan_t *p = NULL;
     for (int i = 0; i < e->lt_n && !p; i++)
         if (!memcmp(e->lt_plan[i].key, key, sizeof key)) p = &e->lt_plan[i];
@@ -611,7 +849,8 @@ int lt_gemm(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m,
             e->lt_next = (e->lt_next + 1) % LT_PLANS;
             lt_plan_free(p);
         }
-        int rc = lt_plan_make(e, p, ta, tb, m, n, k, A, lda, sA, B, ldb, sB, Cm, ldc, sC, batch, beta, t, tc, err);
+        int rc = lt_plan_make(e, p, key, ta, tb, m, n, k, A, lda, sA, B, ldb, sB, Cm, ldc, sC, batch, beta, t, tc,
+                              err);
         if (rc != ST_OK) {
             lt_plan_free(p); /* its key stays zero: m 0 matches no product */
             return rc;
@@ -1614,10 +1853,11 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
      * whole engine's life uses one; an unset or malformed value keeps the
      * default */
     e->gemm_batch = GEMM_BATCH_DEFAULT;
-    e->gemm_lt = GEMM_LT_DEFAULT;
+    e->gemm_lt = e->bf16 ? GEMM_LT_DEFAULT_BF16 : GEMM_LT_DEFAULT_FP32;
     const char *gb = getenv("STATETUNE_GEMM_BATCH"), *gl = getenv("STATETUNE_GEMM_LT");
     if (gb && (gb[0] == '0' || gb[0] == '1') && !gb[1]) e->gemm_batch = gb[0] - '0';
     if (gl && gl[0] >= '0' && gl[0] <= '2' && !gl[1]) e->gemm_lt = gl[0] - '0';
+    e->lt_device = opts->device;
     ST_CUBLAS_CHECK(cublasLtCreate(&e->lt));
     e->lt_plan = (lt_plan_t *)calloc(LT_PLANS, sizeof *e->lt_plan);
     if (!e->lt_plan) return st_fail(err, ST_ENOMEM, "out of host memory for the CUDA engine's product plans");
@@ -1898,3 +2138,11 @@ extern "C" int engine_cuda_device(const engine_cuda_t *self)
 }
 
 extern "C" void *engine_cuda_stream(const engine_cuda_t *self) { return (void *)self->stream; }
+
+extern "C" int engine_cuda_lt_choices(engine_cuda_lt_choice_t *out, int max)
+{
+    lt_cache_t *c = lt_cache();
+    std::lock_guard<std::mutex> lock(c->mu);
+    for (int i = 0; i < c->n && i < max; i++) out[i] = c->c[i].info;
+    return c->n;
+}

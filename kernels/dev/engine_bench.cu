@@ -18,7 +18,10 @@
  * instead (docs/performance.md 2.4): for each pair of digits, an engine made
  * with STATETUNE_GEMM_BATCH and STATETUNE_GEMM_LT set to them on the same
  * model; per variant the eager step by the fine profile, the wall step
- * through graphs, and ms and TFLOP/s of each product role.
+ * through graphs, and ms and TFLOP/s of each product role; after a variant
+ * with LT 2, the cuBLASLt choices its engine made (engine_cuda_lt_choices:
+ * each product shape, the candidate chosen, ms of the heuristic's first vs
+ * the chosen one).
  *
  * Napkin math (SPEC section 8): a step costs about 4P FLOP per token for the
  * matrix products (P the frozen parameters) plus the WKV7 recurrence; at
@@ -45,6 +48,38 @@ static float median(std::vector<float> v)
 {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
+}
+
+/* The cuBLASLt choices made since the process had `from` of them
+ * (engine_cuda_lt_choices), one line each, then how many changed. */
+static void print_lt_choices(int from)
+{
+    int n = engine_cuda_lt_choices(NULL, 0);
+    std::vector<engine_cuda_lt_choice_t> c(n > 0 ? n : 1);
+    n = engine_cuda_lt_choices(c.data(), n);
+    int changed = 0, timed = 0;
+    double first = 0, chosen = 0;
+    printf("cuBLASLt choices (process-wide, first engine times; >= 3%% faster than the heuristic's first to replace it):\n");
+    for (int i = from; i < n; i++) {
+        const engine_cuda_lt_choice_t *x = &c[i];
+        printf("  dev %d %c%c m %d n %d k %d batch %d %s%s: ", x->device, x->ta, x->tb, x->m, x->n, x->k, x->batch,
+               x->types, x->accumulate ? " beta 1" : "");
+        if (!x->timed) {
+            printf("candidate 0 of %d, untimed (%s)\n", x->candidates, x->why ? x->why : "?");
+            continue;
+        }
+        timed++;
+        changed += x->chosen != 0;
+        first += x->first_ms;
+        chosen += x->chosen_ms;
+        printf("candidate %d of %d, %.4f ms vs first %.4f ms (%+.1f%%)", x->chosen, x->candidates, x->chosen_ms,
+               x->first_ms, 100.0 * (x->chosen_ms / x->first_ms - 1.0));
+        if (x->fastest != x->chosen)
+            printf("; fastest %d at %.4f ms kept out by the margin", x->fastest, x->fastest_ms);
+        printf("\n");
+    }
+    printf("  %d products, %d timed, %d not the heuristic's first; one call of each: %.3f ms chosen vs %.3f ms first\n",
+           n - from, timed, changed, chosen, first);
 }
 
 /* The product variants on one model (--variants): see the file comment. */
@@ -77,6 +112,7 @@ static int run_variants(rwkv_model_t *m, const engine_opts_t *opts, const char *
         char b[2] = {v[0], 0}, l[2] = {v[1], 0};
         setenv("STATETUNE_GEMM_BATCH", b, 1);
         setenv("STATETUNE_GEMM_LT", l, 1);
+        const int lt_from = engine_cuda_lt_choices(NULL, 0);
         engine_cuda_t *e = engine_cuda_new(m, opts, err);
         if (!e || engine_cuda_set_profiling(e, 2, err)) { fprintf(stderr, "%s\n", err); return 1; }
         auto step = [&]() -> int {
@@ -88,10 +124,13 @@ static int run_variants(rwkv_model_t *m, const engine_opts_t *opts, const char *
         engine_cuda_set_graphs(e, 0);
         std::vector<std::vector<float>> cms(6);
         std::vector<float> ftot;
+        float first_ms = 0; /* the warm-up step, cuBLASLt's timing included */
         for (int it = 0; it < steps + 1; it++) {
+            auto t0 = std::chrono::steady_clock::now();
             if (step()) { fprintf(stderr, "%s\n", err); return 1; }
             engine_cuda_profile_t p;
             engine_cuda_last_profile(e, &p);
+            if (it == 0) first_ms = std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - t0).count();
             if (it == 0) continue; /* warm-up: cuBLASLt choices are made here */
             for (int i = 0; i < 6; i++) cms[i].push_back(p.class_ms[0][i] + p.class_ms[1][i] + p.class_ms[2][i]);
             ftot.push_back(p.forward_ms + p.head_ms + p.backward_ms);
@@ -113,6 +152,8 @@ static int run_variants(rwkv_model_t *m, const engine_opts_t *opts, const char *
             printf(" %s %.2f ms %.0f TF/s%s", engine_cuda_profile_class(i), ms, flop[i] / (ms * 1e-3) / 1e12,
                    i < 5 ? ";" : "\n");
         }
+        printf("  first step (warm-up, cuBLASLt's choices made here) %.1f ms\n", first_ms);
+        if (l[0] == '2') print_lt_choices(lt_from);
         fflush(stdout);
         engine_cuda_destroy(&e);
     }
