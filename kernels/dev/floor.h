@@ -301,9 +301,12 @@ __global__ void fl_stream_kernel(const float4 *__restrict__ x, float4 *__restric
         }                                                                                                \
     } while (0)
 
-/* One product call as the engine makes it (engine_cuda.cu gemm_n with
- * gemm_lt 0): lda m (A plain) or k (A transposed), ldb k, ldc m; batch
- * operands a whole operand apart. */
+/* One product call as engine_cuda.cu's gemm_n makes it with gemm_lt 0
+ * (cublasGemmEx / cublasGemmStridedBatchedEx, the brief's ceiling): lda m
+ * (A plain) or k (A transposed), ldb k, ldc m; batch operands a whole operand
+ * apart. Engines with STATETUNE_GEMM_LT 1 or 2 (2, cuBLASLt's timed choice,
+ * is the default since a6422eb) run the same shapes through cuBLASLt and may
+ * beat these times by a few per cent. */
 static cublasStatus_t fl_gemm_call(cublasHandle_t h, const fl_gemm &g, int es, const void *A, const void *B, void *C)
 {
     const float alpha = 1.f, beta = g.beta1 ? 1.f : 0.f;
@@ -495,8 +498,9 @@ static void fl_print(const fl_shape *s, const std::vector<fl_gemm> &g, const fl_
            "kernel %.2f TB/s (bytes read + written; floors use %.0f TFLOP/s and %.2f TB/s)\n",
            dt, ce.sq_ms[0], 2.0 * 8192 * 8192 * 8192 / (ce.sq_ms[0] * 1e-3) / 1e12, ce.sq_ms[1],
            2.0 * 8192 * 8192 * 8192 / (ce.sq_ms[1] * 1e-3) / 1e12, ce.bw_copy, ce.bw_stream, ce.gemm_tflops, ce.bw);
-    printf("products alone at the engine's shapes (ms a call: median of 7 batches of 3-64 calls back to back; m n k "
-           "as cuBLAS sees them):\n");
+    printf("products alone at the engine's shapes through cublasGemmEx (ms a call: median of 7 batches of 3-64 calls "
+           "back to back; m n k as cuBLAS sees them; an engine on cuBLASLt, STATETUNE_GEMM_LT 1 or 2, may be a little "
+           "faster):\n");
     printf("  %-26s %6s %6s %6s %5s %7s %9s %8s %8s\n", "role", "m", "n", "k", "batch", "calls", "ms/call", "TFLOP/s",
            "ms/step");
     for (const fl_gemm &x : g)
