@@ -83,8 +83,12 @@
 #include "kernels/cuda/wkv7.cuh"
 #include "kernels/cuda/st_cuda.h"
 
+#include <cuda.h> /* CUtensorMap (header only: the encoder comes from the runtime's driver entry point) */
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -325,6 +329,66 @@ __device__ __forceinline__ void bar_release(int id, int count)
 {
     __threadfence_block();
     bar_arrive(id, count);
+}
+
+/* ---- staging by the tensor memory accelerator (Hopper) -------------------
+ * The same raw stage filled by six 2-D bulk tensor copies (one 16 x 64 box
+ * per input, rows t0.. of head h) that one thread issues, completing on an
+ * mbarrier. Measured on an H100 (docs/performance.md 1.5): the per-thread
+ * cp.async issue cost the forward's producers about 1,800 cycles a chunk and
+ * slowed the state warps' shared-memory reads beside it; without loads the
+ * forward ran 22-33% faster. Rows past T inside the box are read (the next
+ * batch row's tokens, or zeros past the tensor) and never used: the readers
+ * select identity values for u >= n as before. */
+struct TmaMaps {
+    CUtensorMap m[6]; /* r k v a b (type F), then w (fp32); rows B T, width H N */
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+/* makes the initialised barriers visible to the async proxy (the TMA unit) */
+__device__ __forceinline__ void mbar_fence_init()
+{
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
+{
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(smem_u32(bar)), "r"(parity)
+                     : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(void *dst, const CUtensorMap *map, int x, int y, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+                 "[%4];\n" ::"r"(smem_u32(dst)),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_u32(bar))
+                 : "memory");
+}
+/* One thread: chunk rows t0.. of head h, batch row bb, into st; bar counts
+ * the bytes. Generic-proxy reads of st (the previous chunk's prep) were
+ * ordered before this by a barrier; the proxy fence orders them before the
+ * copy's writes. */
+template <typename F>
+__device__ __forceinline__ void stage_tma(Raw<F, 5> *st, const TmaMaps &maps, int h, int row0, uint64_t *bar)
+{
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    mbar_expect_tx(bar, (uint32_t)sizeof(Raw<F, 5>));
+#pragma unroll
+    for (int i = 0; i < 5; i++) tma_load_2d(st->x[i], &maps.m[i], h * N, row0, bar);
+    tma_load_2d(st->w, &maps.m[5], h * N, row0, bar);
 }
 
 template <typename F, int NF>
@@ -596,8 +660,76 @@ template <typename F>
 struct FwdSmem {
     FwdStage st[2];
     float tb[L * LDK], tk[L * LDK], gAB[L * LDG]; /* producer scratch */
-    Raw<F, 5> raw;
+    Raw<F, 5> raw[2]; /* chunk c's raw inputs in raw[c & 1], loaded two chunks ahead */
+    uint64_t mbar[2]; /* raw[i] landed (TMA staging) */
 };
+
+/* The producers' element-wise prep of one chunk, spread over all 128
+ * producer threads so that no thread walks a long dependent chain alone (the
+ * chain per chunk is what bounds the forward at the engine's 96-256 heads):
+ * key thread j < 64 builds the prefix side (A~ = a p_{u-1}, Q~ = r p_u) and
+ * v's column j; thread 64 + j the reciprocal side (K^ = k / p_u, B^ = b /
+ * p_u) and the suffix side (K'^T, B'^T, stored as float4 rows). Both compute
+ * p_u by the same sequence of products, so the tiles are bit for bit those
+ * of one thread doing everything. Every load is issued before any store:
+ * the compiler cannot tell the raw stage and the tiles apart in shared
+ * memory, so interleaving them serialised each step behind its stores. */
+template <typename F>
+__device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, float *tk, float *tb, int n, int ptid)
+{
+    const int j = ptid & (N - 1);
+    float wr[L];
+#pragma unroll
+    for (int u = 0; u < L; u++) wr[u] = u < n ? raw.w[u * N + j] : 1.f;
+    if (ptid < N) {
+        float rr[L], aa[L], vv[L];
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            const bool ok = u < n; /* select, never multiply: rows past T are garbage */
+            rr[u] = ok ? to_f(raw.x[0][u * N + j]) : 0.f;
+            aa[u] = ok ? to_f(raw.x[3][u * N + j]) : 0.f;
+            vv[u] = ok ? to_f(raw.x[2][u * N + j]) : 0.f;
+        }
+        float p = 1.f;
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            S_.ta[u * LDK + j] = aa[u] * p; /* p_{u-1} */
+            p *= wr[u];
+            S_.tq[u * LDK + j] = rr[u] * p;
+            S_.tv[u * LDV + j] = vv[u];
+        }
+        S_.pL[j] = p;
+    } else {
+        float kr[L], br[L];
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            const bool ok = u < n;
+            kr[u] = ok ? to_f(raw.x[1][u * N + j]) : 0.f;
+            br[u] = ok ? to_f(raw.x[4][u * N + j]) : 0.f;
+        }
+        float p = 1.f;
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            p *= wr[u];
+            const float ip = __frcp_rn(p);
+            tk[u * LDK + j] = kr[u] * ip;
+            tb[u * LDK + j] = br[u] * ip;
+        }
+        float kt[L], bt[L], sfx = 1.f;
+#pragma unroll
+        for (int u = L - 1; u >= 0; u--) {
+            kt[u] = kr[u] * sfx;
+            bt[u] = br[u] * sfx;
+            sfx *= wr[u];
+        }
+        static_assert(L % 4 == 0 && LDT % 4 == 0, "K'^T rows are stored as float4");
+#pragma unroll
+        for (int q = 0; q < L / 4; q++) {
+            *reinterpret_cast<float4 *>(S_.tKt + j * LDT + 4 * q) = make_float4(kt[4 * q], kt[4 * q + 1], kt[4 * q + 2], kt[4 * q + 3]);
+            *reinterpret_cast<float4 *>(S_.tBt + j * LDT + 4 * q) = make_float4(bt[4 * q], bt[4 * q + 1], bt[4 * q + 2], bt[4 * q + 3]);
+        }
+    }
+}
 
 /* NC: state warps per CTA (4: one CTA per head; 2 or 1: the head's value
  * rows split over 2 or 4 CTAs along blockIdx.z). Value rows of S never talk
@@ -611,9 +743,9 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
     const float *__restrict__ s0, F *__restrict__ y, float *__restrict__ s_final,
-    float *__restrict__ ckpt, float *__restrict__ sa_out)
+    float *__restrict__ ckpt, float *__restrict__ sa_out, const __grid_constant__ TmaMaps maps, int use_tma)
 {
-    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    extern __shared__ __align__(128) unsigned char dyn_smem[];
     FwdSmem<F> &sm = *reinterpret_cast<FwdSmem<F> *>(dyn_smem);
     const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
     const size_t HN = (size_t)H * N;
@@ -625,56 +757,52 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
     if (tid >= 32 * NC) { /* ---- producers ---- */
         const int ptid = tid - 32 * NC, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, k, v, a, b};
-        stage_issue<F, 5>(&sm.raw, srcs, w, head0, HN, min(L, T), ptid);
-        cp_async_commit();
+        /* raw inputs two chunks ahead (groups G0, G1 here, G(c + 2) after
+         * chunk c): issuing them while the stage's tile stores were still
+         * draining stalled the issuing warps for thousands of cycles, so
+         * chunk c + 2's loads go out after chunk c's hand-off and have a
+         * whole chunk to land */
+        const bool tma = use_tma && (smem_u32(sm.raw) & 127) == 0; /* the copies' destination alignment */
+        if (tma) {
+            if (ptid == 0) {
+                mbar_init(&sm.mbar[0], 1);
+                mbar_init(&sm.mbar[1], 1);
+                mbar_fence_init();
+                stage_tma(&sm.raw[0], maps, h, bb * T, &sm.mbar[0]);
+                if (nck > 1) stage_tma(&sm.raw[1], maps, h, bb * T + L, &sm.mbar[1]);
+            }
+        } else {
+            stage_issue<F, 5>(&sm.raw[0], srcs, w, head0, HN, min(L, T), ptid);
+            cp_async_commit();
+            if (nck > 1) stage_issue<F, 5>(&sm.raw[1], srcs, w, head0 + (size_t)L * HN, HN, min(L, T - L), ptid);
+            cp_async_commit();
+        }
+        bar_sync(5, NTH); /* the barriers are initialised before anyone waits on them */
         for (int c = 0; c < nck; c++) {
             const int s = c & 1, t0 = c * L, n = min(L, T - t0);
             FwdStage &S_ = sm.st[s];
             if (c >= 2) bar_sync(3 + s, NTH + 32 * NC); /* consumers are done with chunk c - 2 */
-            cp_async_wait_0();
-            bar_sync(5, NTH); /* chunk c's raw inputs landed; scratch free */
-            if (ptid < N) {
-                const int j = ptid;
-                float kr[L], br[L], wr[L];
-                float p = 1.f;
-#pragma unroll
-                for (int u = 0; u < L; u++) {
-                    const bool ok = u < n; /* select, never multiply: rows past T are garbage */
-                    const float rr = ok ? to_f(sm.raw.x[0][u * N + j]) : 0.f, ww = ok ? sm.raw.w[u * N + j] : 1.f;
-                    const float aa = ok ? to_f(sm.raw.x[3][u * N + j]) : 0.f;
-                    kr[u] = ok ? to_f(sm.raw.x[1][u * N + j]) : 0.f;
-                    br[u] = ok ? to_f(sm.raw.x[4][u * N + j]) : 0.f;
-                    wr[u] = ww;
-                    S_.ta[u * LDK + j] = aa * p; /* p_{u-1} */
-                    p *= ww;
-                    const float ip = __frcp_rn(p);
-                    S_.tq[u * LDK + j] = rr * p;
-                    sm.tk[u * LDK + j] = kr[u] * ip;
-                    sm.tb[u * LDK + j] = br[u] * ip;
-                }
-                S_.pL[j] = p;
-                float sfx = 1.f;
-#pragma unroll
-                for (int u = L - 1; u >= 0; u--) {
-                    S_.tKt[j * LDT + u] = kr[u] * sfx;
-                    S_.tBt[j * LDT + u] = br[u] * sfx;
-                    sfx *= wr[u];
-                }
-            } else {
-                const int i = ptid - N;
-#pragma unroll
-                for (int u = 0; u < L; u++) S_.tv[u * LDV + i] = u < n ? to_f(sm.raw.x[2][u * N + i]) : 0.f;
-            }
-            bar_sync(5, NTH); /* tiles ready, raw consumed */
-            if (c + 1 < nck)
-                stage_issue<F, 5>(&sm.raw, srcs, w, head0 + (size_t)(t0 + L) * HN, HN, min(L, T - t0 - L), ptid);
-            cp_async_commit();
+            if (tma)
+                mbar_wait(&sm.mbar[s], (c >> 1) & 1); /* the (c / 2)-th use of raw[s] */
+            else
+                cp_async_wait_1(); /* G(c) landed; G(c + 1) may be in flight */
+            bar_sync(5, NTH); /* chunk c's raw inputs landed for every producer; scratch free */
+            fwd_prep<F>(sm.raw[s], S_, sm.tk, sm.tb, n, ptid);
+            bar_sync(5, NTH); /* tiles ready, raw[s] consumed */
             gram<GS>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? sm.tk : sm.tb,
                         pw == 0 ? sm.gAB : pw == 1 ? S_.gAK : pw == 2 ? S_.gQB : S_.gQK, pw >= 2, false, g, t4);
             __syncwarp();
             if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gT, false, lane); /* AB is warp 0's own */
             __syncwarp();
             bar_release(1 + s, NTH + 32 * NC); /* stage s is full */
+            if (tma) {
+                if (ptid == 0 && c + 2 < nck) stage_tma(&sm.raw[s], maps, h, bb * T + t0 + 2 * L, &sm.mbar[s]);
+            } else {
+                if (c + 2 < nck)
+                    stage_issue<F, 5>(&sm.raw[s], srcs, w, head0 + (size_t)(t0 + 2 * L) * HN, HN,
+                                      min(L, T - t0 - 2 * L), ptid);
+                cp_async_commit();
+            }
         }
         cp_async_wait_0();
         return;
@@ -1054,8 +1182,74 @@ template <typename F>
 struct BwdSmem {
     BwdStage st[2];
     float tq[L * LDK], ta[L * LDK], tb[L * LDK], tk[L * LDK], gAB[L * LDG]; /* producer scratch */
-    Raw<F, 5> raw;                                                           /* r a b dy k, w */
+    Raw<F, 5> raw[2]; /* r a b dy k, w of chunk c in raw[(nck - 1 - c) & 1], two chunks ahead */
+    uint64_t mbar[2]; /* raw[i] landed (TMA staging) */
 };
+
+/* The backward pass 1's producer prep, spread over all 128 producer threads
+ * as fwd_prep is: key thread j < 64 the prefix side (A~ and Q~, both also
+ * transposed, pL) and dy's column j; thread 64 + j the reciprocal side (B^,
+ * K^) and the suffix side (B', K'). Bit for bit the tiles of one thread
+ * doing everything. */
+template <typename F>
+__device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, float *ta, float *tq, float *tb,
+                                         float *tk, int n, int ptid)
+{
+    const int j = ptid & (N - 1);
+    float wr[L];
+#pragma unroll
+    for (int u = 0; u < L; u++) wr[u] = u < n ? raw.w[u * N + j] : 1.f;
+    if (ptid < N) {
+        float rr[L], aa[L], dd[L];
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            const bool ok = u < n;
+            rr[u] = ok ? to_f(raw.x[0][u * N + j]) : 0.f;
+            aa[u] = ok ? to_f(raw.x[1][u * N + j]) : 0.f;
+            dd[u] = ok ? to_f(raw.x[3][u * N + j]) : 0.f;
+        }
+        float at[L], qt[L], p = 1.f;
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            at[u] = aa[u] * p;
+            ta[u * LDK + j] = at[u];
+            p *= wr[u];
+            qt[u] = rr[u] * p;
+            tq[u * LDK + j] = qt[u];
+            S_.tdy[u * LDV + j] = dd[u];
+        }
+        S_.pL[j] = p;
+        static_assert(L % 4 == 0 && LDT % 4 == 0, "A~^T rows are stored as float4");
+#pragma unroll
+        for (int q = 0; q < L / 4; q++) {
+            *reinterpret_cast<float4 *>(S_.tAt + j * LDT + 4 * q) = make_float4(at[4 * q], at[4 * q + 1], at[4 * q + 2], at[4 * q + 3]);
+            *reinterpret_cast<float4 *>(S_.tQt + j * LDT + 4 * q) = make_float4(qt[4 * q], qt[4 * q + 1], qt[4 * q + 2], qt[4 * q + 3]);
+        }
+    } else {
+        float kr[L], br[L];
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            const bool ok = u < n;
+            br[u] = ok ? to_f(raw.x[2][u * N + j]) : 0.f;
+            kr[u] = ok ? to_f(raw.x[4][u * N + j]) : 0.f;
+        }
+        float p = 1.f;
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            p *= wr[u];
+            const float ip = __frcp_rn(p);
+            tb[u * LDK + j] = br[u] * ip;
+            tk[u * LDK + j] = kr[u] * ip;
+        }
+        float sfx = 1.f;
+#pragma unroll
+        for (int u = L - 1; u >= 0; u--) {
+            S_.tBp[u * LDK + j] = br[u] * sfx;
+            S_.tKp[u * LDK + j] = kr[u] * sfx;
+            sfx *= wr[u];
+        }
+    }
+}
 
 /* NC as in wkv7_fwd_tcws_kernel: D's value rows split over 4 / NC CTAs
  * (each row of dS evolves alone; dv, dsa, dS at chunk ends and dS0 are per
@@ -1065,9 +1259,10 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
     int T, int H, int nck, int seg,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ a,
     const F *__restrict__ b, const F *__restrict__ dy, const F *__restrict__ k,
-    float *__restrict__ dstore, float *__restrict__ ds0, float *__restrict__ dsa_out, F *__restrict__ dv)
+    float *__restrict__ dstore, float *__restrict__ ds0, float *__restrict__ dsa_out, F *__restrict__ dv,
+    const __grid_constant__ TmaMaps maps, int use_tma)
 {
-    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    extern __shared__ __align__(128) unsigned char dyn_smem[];
     BwdSmem<F> &sm = *reinterpret_cast<BwdSmem<F> *>(dyn_smem);
     const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
     const size_t HN = (size_t)H * N;
@@ -1077,53 +1272,35 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
     if (tid >= 32 * NC) { /* ---- producers ---- */
         const int ptid = tid - 32 * NC, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, a, b, dy, k};
-        stage_issue<F, 5>(&sm.raw, srcs, w, head0 + (size_t)(nck - 1) * L * HN, HN, T - (nck - 1) * L, ptid);
-        cp_async_commit();
+        /* raw inputs two chunks ahead, as in the forward (by TMA when the
+         * maps exist, else cp.async groups G(it)) */
+        const bool tma = use_tma && (smem_u32(sm.raw) & 127) == 0;
+        if (tma) {
+            if (ptid == 0) {
+                mbar_init(&sm.mbar[0], 1);
+                mbar_init(&sm.mbar[1], 1);
+                mbar_fence_init();
+                stage_tma(&sm.raw[0], maps, h, bb * T + (nck - 1) * L, &sm.mbar[0]);
+                if (nck > 1) stage_tma(&sm.raw[1], maps, h, bb * T + (nck - 2) * L, &sm.mbar[1]);
+            }
+        } else {
+            stage_issue<F, 5>(&sm.raw[0], srcs, w, head0 + (size_t)(nck - 1) * L * HN, HN, T - (nck - 1) * L, ptid);
+            cp_async_commit();
+            if (nck > 1) stage_issue<F, 5>(&sm.raw[1], srcs, w, head0 + (size_t)(nck - 2) * L * HN, HN, L, ptid);
+            cp_async_commit();
+        }
+        bar_sync(5, NTH); /* the barriers are initialised before anyone waits on them */
         for (int it = 0; it < nck; it++) {
             const int c = nck - 1 - it, s = it & 1, t0 = c * L, n = min(L, T - t0);
             BwdStage &S_ = sm.st[s];
             if (it >= 2) bar_sync(3 + s, NTH + 32 * NC);
-            cp_async_wait_0();
+            if (tma)
+                mbar_wait(&sm.mbar[s], (it >> 1) & 1);
+            else
+                cp_async_wait_1();
             bar_sync(5, NTH);
-            if (ptid < N) {
-                const int j = ptid;
-                float br[L], wr[L], kr[L];
-                float p = 1.f;
-#pragma unroll
-                for (int u = 0; u < L; u++) {
-                    const bool ok = u < n;
-                    const float rr = ok ? to_f(sm.raw.x[0][u * N + j]) : 0.f, ww = ok ? sm.raw.w[u * N + j] : 1.f;
-                    const float aa = ok ? to_f(sm.raw.x[1][u * N + j]) : 0.f;
-                    br[u] = ok ? to_f(sm.raw.x[2][u * N + j]) : 0.f;
-                    kr[u] = ok ? to_f(sm.raw.x[4][u * N + j]) : 0.f;
-                    wr[u] = ww;
-                    const float at = aa * p;
-                    sm.ta[u * LDK + j] = at;
-                    S_.tAt[j * LDT + u] = at;
-                    p *= ww;
-                    const float qt = rr * p;
-                    sm.tq[u * LDK + j] = qt;
-                    S_.tQt[j * LDT + u] = qt;
-                    const float ip = __frcp_rn(p);
-                    sm.tb[u * LDK + j] = br[u] * ip;
-                    sm.tk[u * LDK + j] = kr[u] * ip;
-                }
-                S_.pL[j] = p;
-                float sfx = 1.f;
-#pragma unroll
-                for (int u = L - 1; u >= 0; u--) {
-                    S_.tBp[u * LDK + j] = br[u] * sfx;
-                    S_.tKp[u * LDK + j] = kr[u] * sfx;
-                    sfx *= wr[u];
-                }
-            } else {
-                const int i = ptid - N;
-#pragma unroll
-                for (int u = 0; u < L; u++) S_.tdy[u * LDV + i] = u < n ? to_f(sm.raw.x[3][u * N + i]) : 0.f;
-            }
-            bar_sync(5, NTH); /* tiles ready, raw consumed */
-            if (c > 0) stage_issue<F, 5>(&sm.raw, srcs, w, head0 + (size_t)(t0 - L) * HN, HN, L, ptid);
-            cp_async_commit();
+            bwd_prep<F>(sm.raw[s], S_, sm.ta, sm.tq, sm.tb, sm.tk, n, ptid);
+            bar_sync(5, NTH); /* tiles ready, raw[s] consumed */
             if (pw == 0) gram<SPLIT>(sm.ta, sm.tb, sm.gAB, false, false, g, t4);
             else if (pw == 1) gram<SPLIT>(sm.tq, sm.tb, S_.gQBt, true, true, g, t4);
             else if (pw == 2) gram<SPLIT>(sm.ta, sm.tk, S_.gAKt, false, true, g, t4);
@@ -1132,6 +1309,12 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
             if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gTt, true, lane);
             __syncwarp();
             bar_release(1 + s, NTH + 32 * NC);
+            if (tma) {
+                if (ptid == 0 && c >= 2) stage_tma(&sm.raw[s], maps, h, bb * T + (c - 2) * L, &sm.mbar[s]);
+            } else {
+                if (c >= 2) stage_issue<F, 5>(&sm.raw[s], srcs, w, head0 + (size_t)(t0 - 2 * L) * HN, HN, L, ptid);
+                cp_async_commit();
+            }
         }
         cp_async_wait_0();
         return;
@@ -1840,24 +2023,66 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
 
 namespace wkv7tc {
 
+/* The forward's tensor maps (TmaMaps): each input as a 2-D tensor of B T
+ * rows by H N elements, 16 x 64 boxes. Returns 1 when every map was made,
+ * 0 when the TMA path must not be used (no driver entry point, an operand
+ * not 16-byte aligned, STATETUNE_WKV7_TMA=0); the kernels then stage by
+ * cp.async, with the same results bit for bit. */
+template <typename F>
+static int tma_maps(TmaMaps *m, int B, int T, int H, const F *const x[5], const float *w)
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+        void *fn = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess)
+            fn = NULL;
+        (void)cudaGetLastError();
+        return (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    }();
+    const char *env = getenv("STATETUNE_WKV7_TMA");
+    if (!encode || (env && env[0] == '0')) return 0;
+    const void *src[6] = {x[0], x[1], x[2], x[3], x[4], w};
+    for (int i = 0; i < 6; i++) {
+        const bool f32 = i == 5 || sizeof(F) == 4;
+        const size_t es = f32 ? 4 : 2;
+        const cuuint64_t dims[2] = {(cuuint64_t)H * N, (cuuint64_t)B * T};
+        const cuuint64_t strides[1] = {(cuuint64_t)H * N * es};
+        const cuuint32_t box[2] = {N, L}, estr[2] = {1, 1};
+        if ((uintptr_t)src[i] % 16 ||
+            encode(&m->m[i], f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                   const_cast<void *>(src[i]), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                   CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+            return 0;
+    }
+    return 1;
+}
+
+
 template <typename F>
 int forward(int split3, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
             const F *b, const float *s0, F *y, float *s_final, float *ckpt, float *sa, cudaStream_t stream,
             char *err)
 {
     const int nck = (T + L - 1) / L;
+    TmaMaps maps;
+    memset(&maps, 0, sizeof maps);
+    const F *const x[5] = {r, k, v, a, b}; /* the forward's stage order */
+    const int use_tma = split3 >= 2 ? tma_maps<F>(&maps, B, T, H, x, w) : 0;
     if (split3 >= 5) { /* TCWS1 with the value rows over 2 (5) or 4 (6) CTAs per head */
         const int smem = (int)sizeof(FwdSmem<F>);
         if (split3 == 5) {
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1, 2>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 1, 2><<<dim3(H, B, 2), NTH + 64, smem, stream>>>(T, H, nck, r, w, k, v, a, b,
-                                                                                      s0, y, s_final, ckpt, sa);
+                                                                                      s0, y, s_final, ckpt, sa, maps, use_tma);
         } else {
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1, 1>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 1, 1><<<dim3(H, B, 4), NTH + 32, smem, stream>>>(T, H, nck, r, w, k, v, a, b,
-                                                                                      s0, y, s_final, ckpt, sa);
+                                                                                      s0, y, s_final, ckpt, sa, maps, use_tma);
         }
         ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel (value split)");
         return ST_OK;
@@ -1868,17 +2093,17 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 3>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                              s_final, ckpt, sa);
+                                                                              s_final, ckpt, sa, maps, use_tma);
         } else if (split3 == 3) {
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 1><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                              s_final, ckpt, sa);
+                                                                              s_final, ckpt, sa, maps, use_tma);
         } else {
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 16>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 16><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                               s_final, ckpt, sa);
+                                                                               s_final, ckpt, sa, maps, use_tma);
         }
         ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
         return ST_OK;
@@ -1916,13 +2141,17 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
     ST_CUDA_CHECK(cudaMallocAsync((void **)&ws, (nstore + ndsa) * sizeof(float), stream));
     float *dstore = ws, *dsa = ws + nstore;
     cudaError_t e1 = cudaSuccess;
-    if constexpr (WS) { /* pass 1 warp-specialized (producers one chunk ahead) */
+    if constexpr (WS) { /* pass 1 warp-specialized (producers two chunks ahead) */
         const int smem1 = (int)sizeof(BwdSmem<F>);
+        TmaMaps maps;
+        memset(&maps, 0, sizeof maps);
+        const F *const x[5] = {r, a, b, dy, k}; /* pass 1's stage order */
+        const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
         e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, P1, NC>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem1);
         if (e1 == cudaSuccess) {
             wkv7_bwd_tcws_dstate_kernel<F, P1, NC><<<dim3(H, B, 4 / NC), NTH + 32 * NC, smem1, stream>>>(
-                T, H, nck, 1, r, w, a, b, dy, k, dstore, ds0, dsa, dv);
+                T, H, nck, 1, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
             e1 = cudaGetLastError();
         }
     } else {
@@ -2025,11 +2254,16 @@ int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w,
     cudaError_t e1 = cudaSuccess;
     if (mode == 2) { /* warp-specialized pass 1, then the column pass */
         const int smem = (int)sizeof(BwdSmem<F>);
+        TmaMaps maps;
+        memset(&maps, 0, sizeof maps);
+        const F *const x[5] = {r, a, b, dy, k};
+        const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
         e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   smem);
         if (e1 == cudaSuccess) {
             wkv7_bwd_tcws_dstate_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, seg, r, w, a, b, dy, k,
-                                                                                     dstore, ds0, dsa, dv);
+                                                                                     dstore, ds0, dsa, dv, maps,
+                                                                                     use_tma);
             e1 = cudaGetLastError();
         }
         if (e1 == cudaSuccess) {
@@ -2091,3 +2325,4 @@ template int backward<__nv_bfloat16>(int, int, int, int, int, const __nv_bfloat1
                                      __nv_bfloat16 *, float *, cudaStream_t, char *);
 
 } // namespace wkv7tc
+
