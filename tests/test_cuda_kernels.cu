@@ -28,7 +28,7 @@
  * kernels need C % 8 == 0 and 16-byte aligned rows, the per-head kernels
  * C = H * 64, LayerNorm C <= 8192; the engine guarantees all three (C is
  * H * 64). lora_act takes any n; ce_kernel any V (a scalar path when
- * V % 4 != 0).
+ * V % 4 != 0, V % 8 != 0 for bf16 logits).
  *
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
@@ -869,9 +869,36 @@ template <typename T> static int s_groupnorm(uint64_t *s, int gpu)
 
 /* ---- the cross-entropy head --------------------------------------------- */
 
+/* The float64 cross-entropy of rows x (rows, V): loss, argmax == target
+ * (first index among ties) and softmax - onehot; rows with target -1 or
+ * >= V zero. */
+static void s_ce_ref(int rows, int V, const std::vector<float> &x, const std::vector<int32_t> &tg,
+                     std::vector<double> &rloss, std::vector<int> &rcorr, std::vector<double> &rgrad)
+{
+    rloss.assign(rows, 0.0);
+    rcorr.assign(rows, 0);
+    rgrad.assign((size_t)rows * V, 0.0);
+    for (int r = 0; r < rows; r++) {
+        const float *row = &x[(size_t)r * V];
+        if (tg[r] < 0 || tg[r] >= V) continue;
+        double m = row[0];
+        int am = 0;
+        for (int v = 1; v < V; v++)
+            if (row[v] > m) { m = row[v]; am = v; }
+        double se = 0;
+        for (int v = 0; v < V; v++) se += exp(row[v] - m);
+        rloss[r] = m + log(se) - row[tg[r]];
+        rcorr[r] = am == tg[r];
+        for (int v = 0; v < V; v++) rgrad[(size_t)r * V + v] = exp(row[v] - m) / se - (v == tg[r] ? 1.0 : 0.0);
+    }
+}
+
 /* ce_kernel<T>: loss and argmax (forward), softmax - onehot (backward), rows
- * with target -1 or >= V zero; V % 4 == 0 (16-byte path) and not; the
- * gradient in a separate poisoned buffer, and for fp32 also in place. */
+ * with target -1 or >= V zero; V % 4 == 0 (16-byte path; V % 8 == 0 for
+ * bf16 logits) and not; the gradient in a separate poisoned buffer, and in
+ * place where the logits have the gradient's type. With fp32 logits (every
+ * T), and for T = bf16 also with bf16 logits (the engine's plain
+ * cross-entropy in bf16 mode: ce_kernel<bf16> on bf16 rows, in place). */
 template <typename T> static int s_ce(uint64_t *s, int gpu)
 {
     const char *P = s_pname<T>();
@@ -886,32 +913,16 @@ template <typename T> static int s_ce(uint64_t *s, int gpu)
         tg[2] = V; /* out of range: ignored like -1 */
         /* row 3: the target is the (unique) max; row 4: a tie for the max at
          * 5 and 9, target 9 (the first index wins: not correct); row 5: the
-         * same tie, target 5 (correct) */
+         * same tie, target 5 (correct); 8 is exact in bf16, so these hold
+         * for bf16 logits too */
         x[(size_t)3 * V + tg[3]] = 8.f;
         x[(size_t)4 * V + 5] = x[(size_t)4 * V + 9] = 8.f;
         tg[4] = 9;
         x[(size_t)5 * V + 5] = x[(size_t)5 * V + 9] = 8.f;
         tg[5] = 5;
-        std::vector<double> rloss(rows), rgrad(n);
-        std::vector<int> rcorr(rows);
-        for (int r = 0; r < rows; r++) {
-            const float *row = &x[(size_t)r * V];
-            if (tg[r] < 0 || tg[r] >= V) {
-                rloss[r] = 0;
-                rcorr[r] = 0;
-                for (int v = 0; v < V; v++) rgrad[(size_t)r * V + v] = 0;
-                continue;
-            }
-            double m = row[0];
-            int am = 0;
-            for (int v = 1; v < V; v++)
-                if (row[v] > m) { m = row[v]; am = v; }
-            double se = 0;
-            for (int v = 0; v < V; v++) se += exp(row[v] - m);
-            rloss[r] = m + log(se) - row[tg[r]];
-            rcorr[r] = am == tg[r];
-            for (int v = 0; v < V; v++) rgrad[(size_t)r * V + v] = exp(row[v] - m) / se - (v == tg[r] ? 1.0 : 0.0);
-        }
+        std::vector<double> rloss, rgrad;
+        std::vector<int> rcorr;
+        s_ce_ref(rows, V, x, tg, rloss, rcorr, rgrad);
         CHECK(rcorr[3] == 1 && rcorr[4] == 0 && rcorr[5] == 1);
         if (sizeof(T) == 4 && V < 2048) {
             /* the CPU head with an identity matrix (C = V): its logits are x
@@ -937,29 +948,66 @@ template <typename T> static int s_ce(uint64_t *s, int gpu)
                    (long long)res.n_correct, (long long)res.n_targets);
             if (s_cpu("CE grad", cdx, rgrad)) return 1;
         }
-        for (int mode = 0; mode < 3 && gpu; mode++) { /* 0 forward, 1 backward, 2 backward in place (fp32 only) */
-            if (mode == 2 && sizeof(T) != 4) continue;
+        /* bf16 logits: the kernel sees x rounded to bf16, so the reference is
+         * computed from exactly those values and the bounds stay those of
+         * fp32 logits (the loss accumulates in fp32: TOL_FP32; the gradient
+         * is one rounding to bf16: s_tol<bf16>(1)). Rounding may create new
+         * ties for a row's max; both sides keep the first index. */
+        std::vector<float> xb = x;
+        s_round<bf16>(xb);
+        std::vector<double> bloss, bgrad;
+        std::vector<int> bcorr;
+        s_ce_ref(rows, V, xb, tg, bloss, bcorr, bgrad);
+        CHECK(bcorr[3] == 1 && bcorr[4] == 0 && bcorr[5] == 1);
+        /* and what the rounding itself costs against the exact logits: each
+         * logit moves by at most |x| 2^-8 (BF16_U, round to nearest), so the
+         * logsumexp moves by at most max|x| 2^-8 and the target's logit by
+         * |x_t| 2^-8: a row's loss by at most 2 max|x| 2^-8 (1/16 here,
+         * max|x| = 8); the figure printed is the largest seen */
+        double dmax = 0;
+        for (int r = 0; r < rows; r++) {
+            double xm = 0;
+            for (int v = 0; v < V; v++) xm = fmax(xm, fabs(x[(size_t)r * V + v]));
+            const double d = fabs(bloss[r] - rloss[r]);
+            dmax = fmax(dmax, d);
+            CHECKF(d <= 2 * BF16_U * xm, "V %d row %d: bf16 rounding moved the loss by %.3e > %.3e", V, r, d,
+                   2 * BF16_U * xm);
+        }
+        printf("CE head V=%d: rounding the logits to bf16 moves a row's loss by up to %.2e\n", V, dmax);
+        /* 0 forward, 1 backward, 2 backward in place (fp32 logits, T = fp32);
+         * 3, 4, 5: the same with bf16 logits (T = bf16 only) */
+        for (int mode = 0; mode < 6 && gpu; mode++) {
+            const bool lb = mode >= 3, inplace = mode % 3 == 2, bwd = mode % 3 > 0;
+            if (lb ? sizeof(T) != 2 : inplace && sizeof(T) != 4) continue;
             arena_t a;
-            float *dx = a.up<float>(x), *dloss = a.poison<float>(rows);
+            float *dx = lb ? NULL : a.up<float>(x), *dloss = a.poison<float>(rows);
+            bf16 *dxb = lb ? a.up<bf16>(xb) : NULL;
             int32_t *dcorr = a.poison<int32_t>(rows), *dtg = (int32_t *)a.alloc(rows * sizeof(int32_t));
-            T *dgrad = mode == 2 ? (T *)dx : a.poison<T>(n);
-            CHECK(dx && dloss && dcorr && dtg && dgrad);
+            T *dgrad = inplace ? (lb ? (T *)dxb : (T *)dx) : a.poison<T>(n);
+            CHECK((dx || dxb) && dloss && dcorr && dtg && dgrad);
             CU(cudaMemcpy(dtg, tg.data(), rows * sizeof(int32_t), cudaMemcpyHostToDevice));
-            st::ce_kernel<T><<<rows, st::CE_THREADS>>>(V, dx, dgrad, dtg, dloss, dcorr, mode > 0);
+            if (lb)
+                st::ce_kernel<T><<<rows, st::CE_THREADS>>>(V, dxb, dgrad, dtg, dloss, dcorr, bwd);
+            else
+                st::ce_kernel<T><<<rows, st::CE_THREADS>>>(V, dx, dgrad, dtg, dloss, dcorr, bwd);
             LAUNCHED();
-            printf("CE head V=%d rows=%d %s\n", V, rows, mode == 0 ? "forward" : mode == 1 ? "backward" : "backward in place");
-            if (s_cmp("loss", P, s_down(dloss, rows), rloss, TOL_FP32)) return 1;
+            printf("CE head V=%d rows=%d %s logits, %s\n", V, rows, lb ? "bf16" : "fp32",
+                   !bwd ? "forward" : inplace ? "backward in place" : "backward");
+            const std::vector<double> &eloss = lb ? bloss : rloss, &egrad = lb ? bgrad : rgrad;
+            const std::vector<int> &ecorr = lb ? bcorr : rcorr;
+            if (s_cmp("loss", P, s_down(dloss, rows), eloss, TOL_FP32)) return 1;
             std::vector<int32_t> corr(rows);
             CU(cudaMemcpy(corr.data(), dcorr, rows * sizeof(int32_t), cudaMemcpyDeviceToHost));
             for (int r = 0; r < rows; r++)
-                CHECKF(corr[r] == rcorr[r], "V %d row %d: correct %d, expected %d (target %d)", V, r, corr[r], rcorr[r], tg[r]);
-            if (mode == 0) { /* the forward leaves the gradient buffer alone */
+                CHECKF(corr[r] == ecorr[r], "V %d row %d: correct %d, expected %d (target %d)", V, r, corr[r], ecorr[r],
+                       tg[r]);
+            if (!bwd) { /* the forward leaves the gradient buffer alone */
                 std::vector<float> gd = s_down(dgrad, n);
                 for (size_t i = 0; i < n; i++) CHECKF(isnan(gd[i]), "forward-only wrote dlogits[%zu]", i);
                 continue;
             }
             /* one rounding of a probability - onehot */
-            if (s_cmp("grad", P, s_down(dgrad, n), rgrad, s_tol<T>(1))) return 1;
+            if (s_cmp("grad", P, s_down(dgrad, n), egrad, s_tol<T>(1))) return 1;
         }
     }
     return 0;

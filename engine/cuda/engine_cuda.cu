@@ -14,11 +14,19 @@
  * gradient, LayerNorm/GroupNorm statistics, the WKV state, its checkpoints and
  * sa, dS0, per-row losses, the decay w and the decay LoRA's output wl (a
  * bf16 decay loses the long memory of a trained model: kernels/cuda/wkv7.cuh).
- * The head runs in row chunks: each chunk's logits come out of cuBLAS in fp32
- * (bf16 logits near 8 are spaced 2^-5 apart, which would move every softmax
- * probability, hence the gradient, by up to 3%) and the
- * cross-entropy turns them into the gradient in T (kernels/cuda/head.cuh), so
- * the (B*T, V) logits never exist at once.
+ * The head runs in row chunks, so the (B*T, V) logits never exist at once:
+ * each chunk's logits come out of cuBLAS and the cross-entropy turns them
+ * into the gradient in T (kernels/cuda/head.cuh). They come out in fp32
+ * wherever something reads them besides the plain cross-entropy (the caller's
+ * host copy: verify; the observer). A bf16 engine's plain cross-entropy takes
+ * them in bf16 instead, written straight into the gradient's buffer and
+ * turned into the gradient in place (bf16_logits, STATETUNE_BF16_LOGITS):
+ * half the bytes the product writes and the kernel reads twice. The cost:
+ * rounding a logit x to bf16 moves it by up to |x| 2^-8 (1/32 at 8), so a
+ * softmax probability moves by up to about 2 max|x| 2^-8 relative (6% where
+ * logits reach 8) and a row's loss by up to 2 max|x| 2^-8; the roundings are
+ * unbiased and the step's loss and dS0 are sums over thousands of rows (the
+ * gradient itself is stored in bf16 either way).
  *
  * Memory plan. Weights are uploaded once into one allocation (matrices in T,
  * vectors fp32). Activations are one more allocation carved by plan_activations
@@ -131,6 +139,10 @@ const unsigned long long LT_HOLD_NS_MAX = 20000000;  /* and at most 20 ms per ro
 const int GEMM_BATCH_DEFAULT = 1;   /* STATETUNE_GEMM_BATCH when unset */
 const int GEMM_LT_DEFAULT_BF16 = 2; /* STATETUNE_GEMM_LT when unset, bf16 engines */
 const int GEMM_LT_DEFAULT_FP32 = 2; /* and fp32 engines */
+/* STATETUNE_BF16_LOGITS when unset: 1, a bf16 engine's plain cross-entropy
+ * reads bf16 logits (the file comment says what it costs in accuracy); off
+ * until measured on the H100. */
+const int BF16_LOGITS_DEFAULT = 0;
 
 struct dev_layer_t {
     void *receptance, *key, *value, *output, *ffn_key, *ffn_value; /* T, [out, in] */
@@ -195,6 +207,11 @@ struct engine_cuda {
     const rwkv_model_t *m;
     int maxB, maxT, nck, bf16, head_chunk;
     int head_chunk_max; /* rows the plan's logits buffer holds */
+    /* bf16 engines, runs with the plain cross-entropy and no host logits:
+     * the head product writes bf16 logits into dlogits and ce_kernel turns
+     * them into the gradient in place; read once at creation from
+     * STATETUNE_BF16_LOGITS (0 off, 1 on), so one binary measures both */
+    int bf16_logits;
     int recompute; /* one slot of per-layer activations, refilled by a second forward in the backward */
     size_t esz; /* bytes of one T */
     cudaStream_t stream;
@@ -225,7 +242,7 @@ struct engine_cuda {
     /* scratch */
     void *v_first; /* layer 0's v, (R, C) T */
     void *h, *lerp[6], *hid, *hid2, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
-    float *logits; /* one chunk of rows, fp32: the softmax and its gradient read exact products */
+    float *logits; /* one chunk of rows, fp32 (the bf16 logits of bf16_logits live in dlogits) */
     float *dw;
     void *dh, *dr, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv, *dwl, *dal, *dkraw, *dvraw, *dvl, *dxh;
     float *dx, *sfin, *lnout_mean, *lnout_rstd, *row_loss, *state0, *ds0;
@@ -1240,16 +1257,24 @@ int methods_bwd(engine_cuda_t *e, int l, int B, int Tn, const T *r, const float 
                                 mt->sv + lo, dy, dr, dw, mt->want_dU0 ? mt->dU0 + lo : NULL, &mt->bufs, err);
 }
 
-/* The loss of head rows r0 .. r0 + n - 1 from e->logits: plain CE, or the
- * observer objective against the teacher's top-k (uploaded by methods_begin)
- * or its full rows (computed or uploaded here). */
+/* The loss of head rows r0 .. r0 + n - 1 from e->logits (or, with
+ * lowp_logits, from the bf16 logits in e->dlogits: plain CE only): plain CE,
+ * or the observer objective against the teacher's top-k (uploaded by
+ * methods_begin) or its full rows (computed or uploaded here). */
 template <typename T>
-int methods_head(engine_cuda_t *e, const engine_batch_t *bt, int r0, int n, bool backward, char *err)
+int methods_head(engine_cuda_t *e, const engine_batch_t *bt, int r0, int n, bool backward, bool lowp_logits,
+                 char *err)
 {
     methods_cuda_t *mt = &e->meth;
     const int V = e->m->cfg.vocab, R = bt->B * bt->T;
     const int32_t *tg = bt->targets ? e->targets + r0 : NULL;
     cudaStream_t st = e->stream;
+    if (lowp_logits) { /* in place: each thread writes only what it has read */
+        st::ce_kernel<T><<<n, st::CE_THREADS, 0, st>>>(V, (const T *)e->dlogits, (T *)e->dlogits, tg,
+                                                       e->row_loss + r0, e->row_correct + r0, backward);
+        ST_CUDA_CHECK_LAUNCH("ce_kernel");
+        return ST_OK;
+    }
     if (!mt->obs) {
         st::ce_kernel<T><<<n, st::CE_THREADS, 0, st>>>(V, e->logits, (T *)e->dlogits, tg, e->row_loss + r0,
                                                        e->row_correct + r0, backward);
@@ -1693,14 +1718,17 @@ int run_forward(engine_cuda_t *e, engine_batch_t *bt, bool backward, bool dbp, c
 
     e->prof_phase = 1;
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->mark[1], st));
+    /* bf16 logits where only the plain cross-entropy reads them */
+    const bool lowp = e->bf16_logits && !bt->logits && !e->meth.obs;
     for (int r0 = 0; r0 < R && !e->meth.head_input_only; r0 += e->head_chunk) {
         const int n = R - r0 < e->head_chunk ? R - r0 : e->head_chunk;
         PROF(PC_GEMM_HEAD, 1,
-             RUN(linear_fwd<T>(e, n, C, V, (T *)e->lnout + (size_t)r0 * C, e->head, e->logits, err, true)));
+             RUN(linear_fwd<T>(e, n, C, V, (T *)e->lnout + (size_t)r0 * C, e->head,
+                               lowp ? e->dlogits : (void *)e->logits, err, !lowp)));
         if (bt->logits)
             ST_CUDA_CHECK(cudaMemcpyAsync(bt->logits + (size_t)r0 * V, e->logits, (size_t)n * V * 4,
                                           cudaMemcpyDeviceToHost, st));
-        PROF(e->meth.obs ? PC_METHODS : PC_CE, 1, RUN(methods_head<T>(e, bt, r0, n, backward, err)));
+        PROF(e->meth.obs ? PC_METHODS : PC_CE, 1, RUN(methods_head<T>(e, bt, r0, n, backward, lowp, err)));
         if (backward)
             PROF(PC_GEMM_HEAD, 1,
                  RUN(linear_bwd<T>(e, n, C, V, e->dlogits, e->head, (T *)e->dxh + (size_t)r0 * C, 0.f, err)));
@@ -1857,6 +1885,8 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
     const char *gb = getenv("STATETUNE_GEMM_BATCH"), *gl = getenv("STATETUNE_GEMM_LT");
     if (gb && (gb[0] == '0' || gb[0] == '1') && !gb[1]) e->gemm_batch = gb[0] - '0';
     if (gl && gl[0] >= '0' && gl[0] <= '2' && !gl[1]) e->gemm_lt = gl[0] - '0';
+    const char *bl = getenv("STATETUNE_BF16_LOGITS");
+    e->bf16_logits = e->bf16 && (bl && (bl[0] == '0' || bl[0] == '1') && !bl[1] ? bl[0] == '1' : BF16_LOGITS_DEFAULT);
     e->lt_device = opts->device;
     ST_CUBLAS_CHECK(cublasLtCreate(&e->lt));
     e->lt_plan = (lt_plan_t *)calloc(LT_PLANS, sizeof *e->lt_plan);

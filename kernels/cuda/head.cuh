@@ -7,12 +7,16 @@
  *   backward: logits_r <- softmax(logits_r) - onehot(target_r)
  *
  * Rows with target -1 (or out of range) get loss 0, correct 0 and, in the
- * backward, a zero row. logits: (rows, V) fp32, one chunk of rows (never the
- * whole batch); dlogits: the gradient in the storage type T, which may alias
- * logits when T is float. One block of CE_THREADS per row; the max, its index
- * and the sum of exponentials come from one online pass over the row, the
- * gradient from a second (the row is 256 KB at V 65536, past L1, so each
- * pass is a read from L2 or memory).
+ * backward, a zero row. logits: (rows, V) in TL, one chunk of rows (never
+ * the whole batch): fp32 (the exact products), or bf16 (the engine's plain
+ * cross-entropy in bf16 mode: half the bytes to write and read twice, issue
+ * #4); dlogits: the gradient in the storage type T, which may alias logits
+ * when T is TL (the same thread reads and writes the same index). Whatever
+ * TL, every value is widened to fp32 on load and the max, the sum of
+ * exponentials and the loss accumulate in fp32. One block of CE_THREADS per
+ * row; the max, its index and the sum of exponentials come from one online
+ * pass over the row, the gradient from a second (the row is 128 or 256 KB at
+ * V 65536, past L1, so each pass is a read from L2 or memory).
  */
 #ifndef ST_KERNELS_CUDA_HEAD_CUH
 #define ST_KERNELS_CUDA_HEAD_CUH
@@ -61,6 +65,15 @@ __device__ __forceinline__ void ce_merge(ce_stat_t &a, const ce_stat_t &b)
     a.i = i;
 }
 
+/* One 16-byte load of a row: 4 fp32 or 8 bf16 values, widened to fp32 (the
+ * caller's array holds 16 / sizeof(TL) of them). */
+__device__ __forceinline__ void ce_load(const float *p, float *f)
+{
+    const float4 x = *reinterpret_cast<const float4 *>(p);
+    f[0] = x.x; f[1] = x.y; f[2] = x.z; f[3] = x.w;
+}
+__device__ __forceinline__ void ce_load(const __nv_bfloat16 *p, float *f) { load8(p, f); }
+
 __device__ __forceinline__ void ce_store4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
 __device__ __forceinline__ void ce_store4(__nv_bfloat16 *p, float4 v)
 {
@@ -68,16 +81,26 @@ __device__ __forceinline__ void ce_store4(__nv_bfloat16 *p, float4 v)
     *reinterpret_cast<uint2 *>(p) = *reinterpret_cast<const uint2 *>(h);
 }
 
-template <typename T>
-__global__ void __launch_bounds__(CE_THREADS) ce_kernel(int V, const float *logits, T *dlogits,
+/* W gradient values (the W of one ce_load) into T. */
+template <int W, typename T> __device__ __forceinline__ void ce_store(T *p, const float *f)
+{
+    if (W == 8) store8(p, f);
+    else ce_store4(p, make_float4(f[0], f[1], f[2], f[3]));
+}
+
+/* T: the gradient's type; TL: the logits' (deduced from the argument, so
+ * ce_kernel<T> with fp32 logits reads as before). */
+template <typename T, typename TL>
+__global__ void __launch_bounds__(CE_THREADS) ce_kernel(int V, const TL *logits, T *dlogits,
                                                         const int32_t *__restrict__ targets,
                                                         float *__restrict__ row_loss,
                                                         int32_t *__restrict__ row_correct, int backward)
 {
+    constexpr int W = 16 / sizeof(TL); /* values per 16-byte load */
     __shared__ ce_stat_t shs[32];
     const int r = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const float *row = logits + (size_t)r * V;
-    T *drow = dlogits + (size_t)r * V; /* may alias row (fp32 mode): same thread, same index */
+    const TL *row = logits + (size_t)r * V;
+    T *drow = dlogits + (size_t)r * V; /* may alias row: same thread, same index */
     const int tg = targets ? targets[r] : -1;
     if (tg < 0 || tg >= V) {
         if (backward)
@@ -85,21 +108,19 @@ __global__ void __launch_bounds__(CE_THREADS) ce_kernel(int V, const float *logi
         if (threadIdx.x == 0) { row_loss[r] = 0.f; row_correct[r] = 0; }
         return;
     }
-    /* 16-byte loads when rows are 16-byte aligned (V % 4 == 0: every real
+    /* 16-byte loads when rows are 16-byte aligned (V % W == 0: every real
      * vocabulary), else one value at a time */
-    const bool vec = (V & 3) == 0;
+    const bool vec = V % W == 0;
     ce_stat_t st = {-INFINITY, 0.f, 0x7fffffff};
     if (vec) {
-        const float4 *row4 = reinterpret_cast<const float4 *>(row);
-        for (int q = threadIdx.x; q < (V >> 2); q += blockDim.x) {
-            const float4 x = row4[q];
-            ce_push(st, x.x, 4 * q);
-            ce_push(st, x.y, 4 * q + 1);
-            ce_push(st, x.z, 4 * q + 2);
-            ce_push(st, x.w, 4 * q + 3);
+        for (int q = threadIdx.x; q < V / W; q += blockDim.x) {
+            float x[W];
+            ce_load(row + (size_t)W * q, x);
+#pragma unroll
+            for (int k = 0; k < W; k++) ce_push(st, x[k], W * q + k);
         }
     } else {
-        for (int v = threadIdx.x; v < V; v += blockDim.x) ce_push(st, row[v], v);
+        for (int v = threadIdx.x; v < V; v += blockDim.x) ce_push(st, to_f(row[v]), v);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -121,7 +142,7 @@ __global__ void __launch_bounds__(CE_THREADS) ce_kernel(int V, const float *logi
     }
     __syncthreads();
     const float mx = shs[0].m, se = shs[0].s;
-    const float xt = row[tg];
+    const float xt = to_f(row[tg]);
     __syncthreads(); /* everyone has read row[tg] before it is overwritten */
     if (threadIdx.x == 0) {
         row_loss[r] = mx + logf(se) - xt;
@@ -130,23 +151,17 @@ __global__ void __launch_bounds__(CE_THREADS) ce_kernel(int V, const float *logi
     if (!backward) return;
     const float inv = 1.f / se;
     if (vec) {
-        const float4 *row4 = reinterpret_cast<const float4 *>(row);
-        for (int q = threadIdx.x; q < (V >> 2); q += blockDim.x) {
-            const float4 x = row4[q];
-            const int v = 4 * q;
-            float4 p = make_float4(expf(x.x - mx) * inv, expf(x.y - mx) * inv, expf(x.z - mx) * inv,
-                                   expf(x.w - mx) * inv);
-            if (tg >= v && tg < v + 4) {
-                if (tg == v) p.x -= 1.f;
-                else if (tg == v + 1) p.y -= 1.f;
-                else if (tg == v + 2) p.z -= 1.f;
-                else p.w -= 1.f;
-            }
-            ce_store4(drow + v, p);
+        for (int q = threadIdx.x; q < V / W; q += blockDim.x) {
+            const int v = W * q;
+            float p[W];
+            ce_load(row + v, p);
+#pragma unroll
+            for (int k = 0; k < W; k++) p[k] = expf(p[k] - mx) * inv - (v + k == tg ? 1.f : 0.f);
+            ce_store<W>(drow + v, p);
         }
     } else {
         for (int v = threadIdx.x; v < V; v += blockDim.x) {
-            float p = expf(row[v] - mx) * inv;
+            float p = expf(to_f(row[v]) - mx) * inv;
             drow[v] = from_f<T>(v == tg ? p - 1.f : p);
         }
     }
