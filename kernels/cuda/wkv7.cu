@@ -10,8 +10,9 @@
  * cores) and the split backward (rows and columns of dS on different warps)
  * are faster when the grid is small, as in the engine's steps (8 x 12 heads
  * at 12 x 768); the launchers pick by grid size (resolve_algo, measured in
- * docs/performance.md). The tensor-core kernels (chunked forward, two-pass
- * chunked backward) are in wkv7_chunk.cu; the launchers here route to them.
+ * docs/performance.md). The tensor-core kernels (chunked forwards, the two-
+ * pass chunked and chunk-product backwards) are in wkv7_chunk.cu; the
+ * launchers here route to them.
  *
  * Register budget: forward 64 fp32 state + staging; backward 3 x 64 fp32
  * (S column, dS column, dS row). Every register array is indexed with
@@ -619,25 +620,24 @@ int launch_fwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     const int nck = (T + CH - 1) / CH;
     rc = resolve_algo(1, sizeof(F) == 2, algo, B, H, &algo, err);
     if (rc) return rc;
+    const bool tc = algo == WKV7_FWD_TC || algo == WKV7_FWD_TCWS || algo == WKV7_FWD_TCWS1 || algo == WKV7_FWD_TCWSB;
+    if (!tc && algo != WKV7_FWD_CHUNKED && algo != WKV7_FWD_RECURRENT)
+        return st_fail(err, ST_EINVAL,
+                       "wkv7_forward_cuda: unknown forward algorithm %d (wkv7.cuh lists the WKV7_FWD_ ids; "
+                       "3, 7 and 8 were removed)", algo);
     /* s0 behind the checkpoints, for the chunk-product backward (wkv7.cuh) */
     ST_CUDA_CHECK(cudaMemcpyAsync(s_ckpt + (size_t)B * H * nck * N * N, s0, sizeof(float) * H * N * N,
                                   cudaMemcpyDeviceToDevice, stream));
-    if (algo == WKV7_FWD_TC || algo == WKV7_FWD_TC1 || algo == WKV7_FWD_TCWS || algo == WKV7_FWD_TCWS1 ||
-        algo == WKV7_FWD_TCWSB || algo == WKV7_FWD_TCWS1V2 || algo == WKV7_FWD_TCWS1V4) {
-        const int mode = algo == WKV7_FWD_TC ? 1 : algo == WKV7_FWD_TCWS ? 2 : algo == WKV7_FWD_TCWS1 ? 3
-                       : algo == WKV7_FWD_TCWSB ? 4 : algo == WKV7_FWD_TCWS1V2 ? 5
-                       : algo == WKV7_FWD_TCWS1V4 ? 6 : 0;
-        return wkv7tc::forward<F>(mode, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa, stream, err);
+    if (tc) {
+        return wkv7tc::forward<F>(algo, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa, stream, err);
     } else if (algo == WKV7_FWD_CHUNKED) {
         wkv7_fwd_chunked_kernel<F, FW><<<dim3(H, B), CT, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
                                                                       s_ckpt, sa);
         ST_CUDA_CHECK_LAUNCH("wkv7_fwd_chunked_kernel");
-    } else if (algo == WKV7_FWD_RECURRENT) {
+    } else {
         wkv7_fwd_kernel<F, FW><<<dim3(H, B), N, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, s_ckpt,
                                                              sa);
         ST_CUDA_CHECK_LAUNCH("wkv7_fwd_kernel");
-    } else {
-        return st_fail(err, ST_EINVAL, "wkv7_forward_cuda: unknown forward algorithm %d", algo);
     }
     return ST_OK;
 }
@@ -718,7 +718,8 @@ extern "C" int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int
      * CPROD1WSSV2/V4) won nowhere that matters: a head's serial chain per
      * chunk is the same in a split CTA, so more CTAs on idle SMs bought
      * nothing (TCWS1V2 0.285 vs 0.282 ms at 96 heads, 4.21 vs 2.57 at 512);
-     * they stay selectable, not in AUTO. -DWKV7_AUTO_V13 keeps 1.3's rule. */
+     * not in AUTO (the forward's were removed afterwards). -DWKV7_AUTO_V13
+     * keeps 1.3's rule. */
     if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSSA;
 #endif
 #ifndef WKV7_AUTO_V12

@@ -92,11 +92,9 @@ extern "C" {
 #define WKV7_FWD_CHUNKED 1
 /* TC: the chunked forward on tensor cores (wkv7_chunk.cu; 128 threads per
  * head, the state as mma accumulators split by value rows over 4 warps),
- * every product in 3xTF32, accurate to about fp32. TC1: the same with one
- * tf32 product (about 1e-3 relative: misses the fp32 tolerances of
- * test_cuda_wkv; benchmarks only, to show what the split costs). */
+ * every product in 3xTF32, accurate to about fp32. (3 was TC1, TC with one
+ * tf32 product: a benchmark of what the split costs, removed.) */
 #define WKV7_FWD_TC 2
-#define WKV7_FWD_TC1 3
 /* TCWS: TC's arithmetic, warp-specialized: 4 producer warps build the next
  * chunk's tiles, Gram matrices and (I - AB)^-1 while the 4 state warps run
  * the current chunk (256 threads per head). */
@@ -105,20 +103,15 @@ extern "C" {
  * TCWSB: TCWS with bf16 operands on m16n8k16 in the state warps (one mma
  * per 16 k against 3xTF32's three per 8 k) and one-product tf32 Gram
  * matrices; state, p, T and accumulators fp32 (notes 3.5: about 3e-3
- * relative). Their own precision classes: the step-back backwards
- * (RECURRENT, SPLIT, CHUNKED*) amplify a forward's rounding by up to 1/p_16
- * and must not follow them; the chunk-product backwards (CPROD*) do not
- * step back. Tolerances per class: tests/test_cuda_wkv.c and
- * docs/performance.md 1.3. */
+ * relative; 3% faster than TCWS1, kept out of AUTO by its precision,
+ * docs/performance.md 1.3). Their own precision classes: the step-back
+ * backwards (RECURRENT, SPLIT, CHUNKED*) amplify a forward's rounding by up
+ * to 1/p_16 and must not follow them; the chunk-product backwards (CPROD*)
+ * do not step back. Tolerances per class: tests/test_cuda_wkv.c and
+ * docs/performance.md 1.3. (7 and 8 were TCWS1V2 / TCWS1V4, TCWS1 with each
+ * head's value rows over 2 or 4 CTAs: no faster at any grid, 1.4; removed.) */
 #define WKV7_FWD_TCWS1 5
 #define WKV7_FWD_TCWSB 6
-/* TCWS1V2, TCWS1V4: TCWS1 with each head's 64 value rows split over 2 or 4
- * CTAs (32 or 16 rows each; every CTA computes the key-side tiles itself):
- * same arithmetic per element as TCWS1 (bit-identical results), more CTAs
- * for grids of fewer heads than SMs. Measured no faster (the serial chain
- * per chunk is the same; docs/performance.md 1.4): not in AUTO. */
-#define WKV7_FWD_TCWS1V2 7
-#define WKV7_FWD_TCWS1V4 8
 /* fp32 keeps the recurrent forward: after the tensor-core forward, the
  * backward's step-back reaches 9e-4 relative on dr, dw, da with every w near
  * 0.545 (fp32 tolerance 1e-3; recurrent 3e-4; docs/performance.md 1.2) */
@@ -169,7 +162,7 @@ extern "C" {
 #define WKV7_BWD_CPROD1S 9
 #define WKV7_BWD_CPROD1WSS 10
 /* CPROD1WSSV2, CPROD1WSSV4: CPROD1WSS with pass 1's value rows split over 2
- * or 4 CTAs per head (as TCWS1V2/V4; bit-identical results, not in AUTO). */
+ * or 4 CTAs per head (bit-identical results, not in AUTO). */
 #define WKV7_BWD_CPROD1WSSV2 11
 #define WKV7_BWD_CPROD1WSSV4 12
 /* ...A: the same three with pass 2's fp32 loads (S, D, sa, dsa, w) issued as

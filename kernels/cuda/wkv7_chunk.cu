@@ -34,7 +34,8 @@
  * rule out bf16 or plain tf32 operands (notes 3.5: 2e-3 and 2e-4). So each
  * operand is split into a tf32 pair hi + lo and every product is
  * hi*lo + lo*hi + hi*hi (3xTF32, about fp32 accuracy); SPLIT = 1 keeps only
- * hi*hi (dev variant, to measure what the split costs). State, p, T,
+ * hi*hi (the one-product tf32 class: TCWS1, CPROD1*); SPLIT = 16 is the
+ * forward's bf16-operand state warps (TCWSB). State, p, T,
  * accumulators: fp32. w >= 0.545 keeps 1/p_t <= 1.6e4 (fine in fp32).
  *
  * The backward's second pass is the column half of the recurrent kernel's
@@ -71,13 +72,13 @@
  * 1.1e-2 with every w near 0.545; not in AUTO).
  *
  * Variants of 2026-11-27 (docs/performance.md 1.4), same arithmetic and
- * bit-identical results: the warp-specialized forward and pass 1 with each
- * head's value rows over 2 or 4 CTAs (template NC: state warps per CTA;
- * rows never talk to each other, so each CTA recomputes the key side and
- * owns 16 NC rows), and the 74 KB pass 2 with its fp32 loads by cp.async
- * (ASYNC). Only the last one measured faster (3-4% of the backward); the
- * splits do not shorten a head's serial chain per chunk, which is what
- * bounds the grids of fewer heads than SMs.
+ * bit-identical results: pass 1 with each head's value rows over 2 or 4
+ * CTAs (template NC: state warps per CTA; rows never talk to each other, so
+ * each CTA recomputes the key side and owns 16 NC rows), and the 74 KB pass
+ * 2 with its fp32 loads by cp.async (ASYNC). Only the last one measured
+ * faster (3-4% of the backward); the splits do not shorten a head's serial
+ * chain per chunk, which is what bounds the grids of fewer heads than SMs.
+ * The forward's splits and TC1 (TC with one tf32 product) were removed.
  */
 #include "kernels/cuda/wkv7_chunk.cuh"
 #include "kernels/cuda/wkv7.cuh"
@@ -731,14 +732,9 @@ __device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, flo
     }
 }
 
-/* NC: state warps per CTA (4: one CTA per head; 2 or 1: the head's value
- * rows split over 2 or 4 CTAs along blockIdx.z). Value rows of S never talk
- * to each other (each row evolves alone given the key-side tiles), so every
- * CTA of a head runs the same producers (the key side, computed again in
- * each) and owns 16 NC rows: more CTAs, on more SMs, for grids of fewer
- * heads than SMs (docs/performance.md 1.4). */
-template <typename F, int SPLIT, int NC = 4>
-__global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
+/* Threads 0..127 are the 4 state warps, 128..255 the 4 producer warps. */
+template <typename F, int SPLIT>
+__global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
     int T, int H, int nck,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
@@ -754,8 +750,8 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
     /* SPLIT 16: bf16 operands in the state warps, one tf32 product for the
      * Gram matrices (off the serial chain, and well inside bf16's class) */
     constexpr int GS = SPLIT == 16 ? 1 : SPLIT;
-    if (tid >= 32 * NC) { /* ---- producers ---- */
-        const int ptid = tid - 32 * NC, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
+    if (tid >= NTH) { /* ---- producers ---- */
+        const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, k, v, a, b};
         /* raw inputs two chunks ahead (groups G0, G1 here, G(c + 2) after
          * chunk c): issuing them while the stage's tile stores were still
@@ -781,7 +777,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
         for (int c = 0; c < nck; c++) {
             const int s = c & 1, t0 = c * L, n = min(L, T - t0);
             FwdStage &S_ = sm.st[s];
-            if (c >= 2) bar_sync(3 + s, NTH + 32 * NC); /* consumers are done with chunk c - 2 */
+            if (c >= 2) bar_sync(3 + s, 2 * NTH); /* consumers are done with chunk c - 2 */
             if (tma)
                 mbar_wait(&sm.mbar[s], (c >> 1) & 1); /* the (c / 2)-th use of raw[s] */
             else
@@ -794,7 +790,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
             __syncwarp();
             if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gT, false, lane); /* AB is warp 0's own */
             __syncwarp();
-            bar_release(1 + s, NTH + 32 * NC); /* stage s is full */
+            bar_release(1 + s, 2 * NTH); /* stage s is full */
             if (tma) {
                 if (ptid == 0 && c + 2 < nck) stage_tma(&sm.raw[s], maps, h, bb * T + t0 + 2 * L, &sm.mbar[s]);
             } else {
@@ -810,7 +806,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
 
     /* ---- consumers: the state ---- */
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-    const int i0 = 16 * (warp + NC * (int)blockIdx.z); /* value rows split over gridDim.z CTAs */
+    const int i0 = 16 * warp;
     float S[N / 8][4];
     {
         const float *s0h = s0 + (size_t)h * N * N;
@@ -826,7 +822,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
         const int s = c & 1, t0 = c * L, n = min(L, T - t0);
         const size_t base = head0 + (size_t)t0 * HN;
         const FwdStage &S_ = sm.st[s];
-        bar_sync(1 + s, NTH + 32 * NC); /* stage s holds chunk c */
+        bar_sync(1 + s, 2 * NTH); /* stage s holds chunk c */
         if constexpr (SPLIT == 16) {
             /* X^T = S A~^T, Y^T = S Q~^T (values x tokens) over the 64 keys */
             float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -960,7 +956,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_fwd_tcws_kernel(
                 ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
             }
         }
-        if (c + 2 < nck) bar_release(3 + s, NTH + 32 * NC); /* stage s is free for chunk c + 2 */
+        if (c + 2 < nck) bar_release(3 + s, 2 * NTH); /* stage s is free for chunk c + 2 */
     }
     if (s_final) {
         float *sf = s_final + (size_t)(bb * H + h) * N * N;
@@ -2062,39 +2058,29 @@ static int tma_maps(TmaMaps *m, int B, int T, int H, const F *const x[5], const 
 
 
 template <typename F>
-int forward(int split3, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
+int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
             const F *b, const float *s0, F *y, float *s_final, float *ckpt, float *sa, cudaStream_t stream,
             char *err)
 {
     const int nck = (T + L - 1) / L;
-    TmaMaps maps;
-    memset(&maps, 0, sizeof maps);
-    const F *const x[5] = {r, k, v, a, b}; /* the forward's stage order */
-    const int use_tma = split3 >= 2 ? tma_maps<F>(&maps, B, T, H, x, w) : 0;
-    if (split3 >= 5) { /* TCWS1 with the value rows over 2 (5) or 4 (6) CTAs per head */
+    /* The warp-specialized kernels come first on purpose: the first kernel
+     * instantiated fixes dyn_smem's alignment for the whole file (128, theirs,
+     * which lets the compiler fold their TMA alignment check; nvcc warns
+     * about the later __align__(16) declarations). */
+    if (algo == WKV7_FWD_TCWS || algo == WKV7_FWD_TCWS1 || algo == WKV7_FWD_TCWSB) {
+        /* 3xTF32 (TCWS), one tf32 product (TCWS1), bf16 operands in the
+         * state warps (TCWSB) */
+        TmaMaps maps;
+        memset(&maps, 0, sizeof maps);
+        const F *const x[5] = {r, k, v, a, b}; /* the forward's stage order */
+        const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
         const int smem = (int)sizeof(FwdSmem<F>);
-        if (split3 == 5) {
-            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1, 2>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            wkv7_fwd_tcws_kernel<F, 1, 2><<<dim3(H, B, 2), NTH + 64, smem, stream>>>(T, H, nck, r, w, k, v, a, b,
-                                                                                      s0, y, s_final, ckpt, sa, maps, use_tma);
-        } else {
-            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1, 1>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            wkv7_fwd_tcws_kernel<F, 1, 1><<<dim3(H, B, 4), NTH + 32, smem, stream>>>(T, H, nck, r, w, k, v, a, b,
-                                                                                      s0, y, s_final, ckpt, sa, maps, use_tma);
-        }
-        ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel (value split)");
-        return ST_OK;
-    }
-    if (split3 >= 2) { /* warp-specialized: 3xTF32 (2), one tf32 product (3), bf16 operands (4) */
-        const int smem = (int)sizeof(FwdSmem<F>);
-        if (split3 == 2) {
+        if (algo == WKV7_FWD_TCWS) {
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 3>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
                                                                               s_final, ckpt, sa, maps, use_tma);
-        } else if (split3 == 3) {
+        } else if (algo == WKV7_FWD_TCWS1) {
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 1><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
@@ -2108,18 +2094,13 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
         ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
         return ST_OK;
     }
+    if (algo != WKV7_FWD_TC)
+        return st_fail(err, ST_EINVAL, "wkv7 tensor-core forward: unknown algorithm %d", algo);
     const int smem = (int)(2 * sizeof(Raw<F, 5>)); /* beside about 42 KB of static tiles */
-    if (split3) {
-        ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tc_kernel<F, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           smem));
-        wkv7_fwd_tc_kernel<F, 3><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
-                                                                    ckpt, sa);
-    } else {
-        ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tc_kernel<F, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           smem));
-        wkv7_fwd_tc_kernel<F, 1><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
-                                                                    ckpt, sa);
-    }
+    ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tc_kernel<F, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       smem));
+    wkv7_fwd_tc_kernel<F, 3><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt,
+                                                                sa);
     ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tc_kernel");
     return ST_OK;
 }

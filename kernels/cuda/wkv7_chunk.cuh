@@ -12,13 +12,14 @@
 
 namespace wkv7tc {
 
-/* Forward on tensor cores. split3 1: every product in 3xTF32 (each fp32
- * operand as a tf32 pair, three products), accurate to about fp32; 2: the
- * same arithmetic, warp-specialized (producer warps build the next chunk's
- * tiles while the state warps compute); 0: one tf32 product (dev variant,
- * about 1e-3 relative). */
+/* Forward on tensor cores; algo is a wkv7.cuh id: WKV7_FWD_TC (every
+ * product in 3xTF32: each fp32 operand as a tf32 pair, three products;
+ * about fp32), WKV7_FWD_TCWS (the same arithmetic, warp-specialized:
+ * producer warps build the next chunk's tiles while the state warps
+ * compute), WKV7_FWD_TCWS1 (TCWS with one tf32 product), WKV7_FWD_TCWSB
+ * (TCWS with bf16 operands in the state warps). Any other id: ST_EINVAL. */
 template <typename F>
-int forward(int split3, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
+int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
             const F *b, const float *s0, F *y, float *s_final, float *ckpt, float *sa, cudaStream_t stream,
             char *err);
 
@@ -35,10 +36,7 @@ int forward(int split3, int B, int T, int H, const F *r, const float *w, const F
  * operands; 6: mode 4 with pass 1 warp-specialized; 7 and 8: modes 6 and 4
  * with pass 2 in 74 KB of shared memory (three CTAs per SM); 9 and 10: mode 7
  * with pass 1's value rows over 2 or 4 CTAs per head; 11: mode 7 with pass
- * 2's fp32 loads by cp.async; 12, 13: 9 and 10 with that pass 2. Forward split3
- * 3 and 4: the warp-specialized forward with one tf32 product, and with bf16
- * operands in the state warps; 5 and 6: split3 3 with each head's value
- * rows over 2 or 4 CTAs. */
+ * 2's fp32 loads by cp.async; 12, 13: 9 and 10 with that pass 2. */
 template <typename F>
 int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
              const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk, F *dv,

@@ -3,13 +3,13 @@
  * checks every variant against the float64 reference on fresh random inputs,
  * then times forward and backward at SPEC section 8's shapes and the
  * engine's: the recurrent pair, the CUDA-core chunked forward with the split
- * backward, the tensor-core variants (TC, TCWS, TC1 forwards; CHUNKED and
+ * backward, the tensor-core variants (TC, TCWS forwards; CHUNKED and
  * its variants, the chunk-product CPROD family backward; the one-product tf32
  * and bf16-operand classes TCWS1/TCWSB + CPROD1/CPRODB, each against its own
- * bounds), the value-row splits and the cp.async pass 2 (1.4), and what
- * the launchers pick (WKV7_ALGO_AUTO), in bf16, then a few in fp32. All
- * pairs are checked; since 1.4 only 1.3's AUTO pair, the 1.4 variants, the
- * recurrent pair and AUTO are timed (docs/performance.md 1.3 has the rest).
+ * bounds), pass 1's value-row splits and the cp.async pass 2 (1.4), and
+ * what the launchers pick (WKV7_ALGO_AUTO), in bf16, then a few in fp32.
+ * All pairs are checked; 1.3's AUTO pair, the 1.4 variants, the recurrent
+ * pair and AUTO are timed (docs/performance.md 1.3 has the rest).
  *
  *   dev_wkv7_bench [--seed S] [--reps R] [--check-only] [--one FWD BWD B T H]
  *
@@ -70,9 +70,8 @@ static float bf2f(uint16_t u) { uint32_t x = (uint32_t)u << 16; float f; memcpy(
 static const char *algo_name(int algo)
 {
     return algo == WKV7_ALGO_AUTO ? "auto" : algo == WKV7_FWD_CHUNKED ? "chunked" : algo == WKV7_FWD_TC ? "tc"
-         : algo == WKV7_FWD_TC1 ? "tc1" : algo == WKV7_FWD_TCWS ? "tcws" : algo == WKV7_FWD_TCWS1 ? "tcws1"
-         : algo == WKV7_FWD_TCWSB ? "tcwsb" : algo == WKV7_FWD_TCWS1V2 ? "tcws1v2"
-         : algo == WKV7_FWD_TCWS1V4 ? "tcws1v4" : "recurrent";
+         : algo == WKV7_FWD_TCWS ? "tcws" : algo == WKV7_FWD_TCWS1 ? "tcws1" : algo == WKV7_FWD_TCWSB ? "tcwsb"
+         : "recurrent";
 }
 static const char *balgo_name(int algo)
 {
@@ -95,9 +94,9 @@ static const char *balgo_name(int algo)
 static int pair_class(int algo, int balgo)
 {
     if (algo == WKV7_FWD_TCWSB || balgo == WKV7_BWD_CPRODB) return 2;
-    if (algo == WKV7_FWD_TCWS1 || algo == WKV7_FWD_TC1 || balgo == WKV7_BWD_CPROD1 || balgo == WKV7_BWD_CPROD1WS ||
-        balgo == WKV7_BWD_CPROD1S || balgo == WKV7_BWD_CPROD1WSS || algo == WKV7_FWD_TCWS1V2 ||
-        algo == WKV7_FWD_TCWS1V4 || balgo == WKV7_BWD_CPROD1WSSV2 || balgo == WKV7_BWD_CPROD1WSSV4 ||
+    if (algo == WKV7_FWD_TCWS1 || balgo == WKV7_BWD_CPROD1 || balgo == WKV7_BWD_CPROD1WS ||
+        balgo == WKV7_BWD_CPROD1S || balgo == WKV7_BWD_CPROD1WSS || balgo == WKV7_BWD_CPROD1WSSV2 ||
+        balgo == WKV7_BWD_CPROD1WSSV4 ||
         balgo == WKV7_BWD_CPROD1WSSA || balgo == WKV7_BWD_CPROD1WSSV2A || balgo == WKV7_BWD_CPROD1WSSV4A)
         return 1;
     return 0;
@@ -291,11 +290,10 @@ int main(int argc, char **argv)
      * so that one run on the GPU machine says everything */
     bool ok = true;
     const struct { int B, T, H, regime; } cs[] = {{2, 100, 4, 0}, {2, 100, 4, 1}, {2, 100, 4, 2}, {1, 300, 2, 0}};
-    /* the last pair is informational: TC1 (one tf32 product) is not meant to
-     * meet the fp32 tolerances; its errors are printed, not counted */
-    /* TCWSB with the step-back CHUNKED backward: shows why the bf16-operand
-     * forward needs the chunk-product backward (informational, like TC1) */
-    const int pairs[20][2] = {{WKV7_FWD_TCWS1V2, WKV7_BWD_CPROD1WSSV2A}, {WKV7_FWD_TCWS1V4, WKV7_BWD_CPROD1WSSV4},
+    /* the last pair is informational: TCWSB with the step-back CHUNKED
+     * backward shows why the bf16-operand forward needs the chunk-product
+     * backward; its errors are printed, not counted */
+    const int pairs[19][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSV2A}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSV4},
                               {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA},
                               {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WS}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1S},
                               {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS},{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
@@ -304,10 +302,10 @@ int main(int argc, char **argv)
                               {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS}, {WKV7_FWD_TCWS, WKV7_BWD_SPLIT},
                               {WKV7_FWD_TCWS, WKV7_BWD_CPROD}, {WKV7_FWD_RECURRENT, WKV7_BWD_CPROD},
                               {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1}, {WKV7_FWD_TCWSB, WKV7_BWD_CPRODB},
-                              {WKV7_FWD_TC1, WKV7_BWD_CHUNKED}, {WKV7_FWD_TCWSB, WKV7_BWD_CHUNKED}};
+                              {WKV7_FWD_TCWSB, WKV7_BWD_CHUNKED}};
     for (auto &pr : pairs)
         for (auto &c : cs) {
-            const bool counts = pr[0] != WKV7_FWD_TC1 && !(pr[0] == WKV7_FWD_TCWSB && pr[1] == WKV7_BWD_CHUNKED);
+            const bool counts = !(pr[0] == WKV7_FWD_TCWSB && pr[1] == WKV7_BWD_CHUNKED);
             if (check(pr[0], pr[1], c.B, c.T, c.H, c.regime, false, seed) > 1 && counts) ok = false;
             if (check(pr[0], pr[1], c.B, c.T, c.H, c.regime, true, seed) > 1 && counts) ok = false;
         }
@@ -315,11 +313,9 @@ int main(int argc, char **argv)
     if (check_only) return ok ? 0 : 1;
     /* forward and backward are timed apart, so each row also times its
      * backward against the others' */
-    /* 1.3's AUTO pair, its value-split forms (1.4), then what the launchers
-     * pick; section 1.3 timed the other pairs */
-    const int timed[8][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS}, {WKV7_FWD_TCWS1V2, WKV7_BWD_CPROD1WSSV2},
-                             {WKV7_FWD_TCWS1V4, WKV7_BWD_CPROD1WSSV4}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA},
-                             {WKV7_FWD_TCWS1V2, WKV7_BWD_CPROD1WSSV2A}, {WKV7_FWD_TCWS1V4, WKV7_BWD_CPROD1WSSV4A},
+    /* 1.3's AUTO pair, the cp.async pass 2 (1.4), then what the launchers
+     * pick; sections 1.3 and 1.4 timed the other pairs */
+    const int timed[4][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA},
                              {WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
     for (auto &tp : timed) {
         bench(tp[0], tp[1], 8, 4096, 64, reps, seed, 7.0, 14.4);
@@ -327,7 +323,7 @@ int main(int argc, char **argv)
         bench(tp[0], tp[1], 16, 512, 12, reps, seed, 0.8, 1.45);
         bench(tp[0], tp[1], 8, 1024, 12, reps, seed, 0, 0); /* one layer of the 12 x 768 engine */
         bench(tp[0], tp[1], 8, 1024, 16, reps, seed, 0, 0); /* one layer of the 24 x 1024 engine */
-        bench(tp[0], tp[1], 4, 1024, 16, reps, seed, 0, 0); /* 64 heads: the 4-way split's band */
+        bench(tp[0], tp[1], 4, 1024, 16, reps, seed, 0, 0); /* 64 heads: fewer heads than SMs */
     }
     /* fp32 (the engine's fp32 mode): the old pairs against the tensor-core
      * ones at the engine's shapes and SPEC's middle one */
