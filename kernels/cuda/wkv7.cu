@@ -12,7 +12,8 @@
  * at 12 x 768); the launchers pick by grid size (resolve_algo, measured in
  * docs/performance.md). The tensor-core kernels (chunked forwards, the two-
  * pass chunked and chunk-product backwards) are in wkv7_chunk.cu; the
- * launchers here route to them.
+ * launchers here check the algorithm id (an unknown or removed one is
+ * ST_EINVAL with a sentence, before anything is enqueued) and route to them.
  *
  * Register budget: forward 64 fp32 state + staging; backward 3 x 64 fp32
  * (S column, dS column, dS row). Every register array is indexed with
@@ -655,19 +656,12 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     const int nck = (T + CH - 1) / CH;
     rc = resolve_algo(0, sizeof(F) == 2, algo, B, H, &algo, err);
     if (rc) return rc;
-    if (algo == WKV7_BWD_CHUNKED || algo == WKV7_BWD_CHUNKED_REC || algo == WKV7_BWD_CHUNKED_WS ||
-        algo == WKV7_BWD_CPROD || algo == WKV7_BWD_CPROD1 || algo == WKV7_BWD_CPRODB || algo == WKV7_BWD_CPROD1WS ||
-        algo == WKV7_BWD_CPROD1S || algo == WKV7_BWD_CPROD1WSS || algo == WKV7_BWD_CPROD1WSSV2 ||
-        algo == WKV7_BWD_CPROD1WSSV4 || algo == WKV7_BWD_CPROD1WSSA || algo == WKV7_BWD_CPROD1WSSV2A ||
-        algo == WKV7_BWD_CPROD1WSSV4A || (algo > 16 && algo <= 16 + 4096)) {
-        const int mode = algo == WKV7_BWD_CHUNKED_REC ? 0 : algo == WKV7_BWD_CHUNKED_WS ? 2
-                       : algo == WKV7_BWD_CPROD ? 3 : algo == WKV7_BWD_CPROD1 ? 4 : algo == WKV7_BWD_CPRODB ? 5
-                       : algo == WKV7_BWD_CPROD1WS ? 6 : algo == WKV7_BWD_CPROD1WSS ? 7
-                       : algo == WKV7_BWD_CPROD1S ? 8 : algo == WKV7_BWD_CPROD1WSSV2 ? 9
-                       : algo == WKV7_BWD_CPROD1WSSV4 ? 10 : algo == WKV7_BWD_CPROD1WSSA ? 11
-                       : algo == WKV7_BWD_CPROD1WSSV2A ? 12 : algo == WKV7_BWD_CPROD1WSSV4A ? 13 : 1;
-        return wkv7tc::backward<F>(mode, algo > 16 ? algo - 16 : 4, B, T, H, r, w, k, v, a, b, s_ckpt, sa, dy, dr,
-                                   dw, dk, dv, da, db, ds0, stream, err);
+    const bool seg = algo > 16 && algo <= 16 + 4096; /* WKV7_BWD_CHUNKED_SEG(s) */
+    if (seg || algo == WKV7_BWD_CHUNKED || algo == WKV7_BWD_CHUNKED_WS || algo == WKV7_BWD_CPROD ||
+        algo == WKV7_BWD_CPROD1WSSA) {
+        /* CHUNKED: segments of 4 chunks (docs/performance.md 1.2) */
+        return wkv7tc::backward<F>(seg ? WKV7_BWD_CHUNKED : algo, seg ? algo - 16 : 4, B, T, H, r, w, k, v, a, b,
+                                   s_ckpt, sa, dy, dr, dw, dk, dv, da, db, ds0, stream, err);
     } else if (algo == WKV7_BWD_SPLIT) {
         /* 72 KB of tiles: above the 48 KB a launch gets without asking */
         ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_bwd_split_kernel<F, FW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -680,7 +674,9 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
                                                              dr, dw, dk, dv, da, db, ds0);
         ST_CUDA_CHECK_LAUNCH("wkv7_bwd_kernel");
     } else {
-        return st_fail(err, ST_EINVAL, "wkv7_backward_cuda: unknown backward algorithm %d", algo);
+        return st_fail(err, ST_EINVAL,
+                       "wkv7_backward_cuda: unknown backward algorithm %d (wkv7.cuh lists the WKV7_BWD_ ids; "
+                       "3, 6 to 12, 14 and 15 were removed)", algo);
     }
     return ST_OK;
 }
@@ -698,32 +694,27 @@ extern "C" int wkv7_cuda_auto_algo(int forward, int B, int H, int sms)
 /* bf16 (since 2026-11-27, docs/performance.md 1.3, H100): the one-product
  * tf32 class at every grid, the TCWS1 forward (2.56 vs 4.78 ms for TCWS at
  * 512 heads, 0.34 vs 0.60 at 256, 0.18 vs 0.32 at 192, 0.27 vs 0.37 at 96)
- * and the chunk-product backward CPROD1WSS (7.67 vs 9.20 recurrent at 512
- * heads, 1.00 vs 1.40 split at 256, 0.48 vs 0.65 chunked at 192, 0.56 vs
- * 0.87 at 96); the pair must stay together (a step-back backward amplifies
- * TCWS1's rounding by up to 1/p_16: dr, dw, da wrong by 0.7 to 1.3 with
- * every w near 0.545). Its error (3e-4 relative on s_final and dS0, 1.3e-3
- * on dw) is far inside the bf16 engine's fixture tolerances (3e-2 / 5e-2;
- * verify's bf16 figures moved by under 2%). CPROD1S was 5% faster at 192
- * heads (0.458 vs 0.480 ms) and slower elsewhere; not worth a third band.
- * -DWKV7_AUTO_V12 keeps the 1.2 rule (baseline builds for benchmarks).
- * fp32: the accurate rule above. */
+ * and the chunk-product backward, then CPROD1WSS (7.67 vs 9.20 recurrent at
+ * 512 heads, 1.00 vs 1.40 split at 256, 0.48 vs 0.65 chunked at 192, 0.56
+ * vs 0.87 at 96); the pair must stay together (a step-back backward
+ * amplifies TCWS1's rounding by up to 1/p_16: dr, dw, da wrong by 0.7 to 1.3
+ * with every w near 0.545). Its error (3e-4 relative on s_final and dS0,
+ * 1.3e-3 on dw) is far inside the bf16 engine's fixture tolerances (3e-2 /
+ * 5e-2; verify's bf16 figures moved by under 2%). Since 1.4 (H100, one
+ * call, 2026-11-27 02:18 UTC) the backward is CPROD1WSSA, CPROD1WSS with
+ * pass 2's fp32 loads by cp.async: bit-identical and 3-4% faster (8.19 vs
+ * 8.44 ms at 512 heads, 0.540 vs 0.564 at 96, 0.603 vs 0.631 at 128; 1.09
+ * vs 1.07 at 256, within the noise). The variants that lost to this pair
+ * (CPROD1, CPROD1WS, CPROD1S, CPROD1WSS, the value-row splits) were removed
+ * afterwards (wkv7.cuh). -DWKV7_AUTO_V12 keeps the 1.2 rule (baseline
+ * builds for benchmarks). fp32: the accurate rule above. */
+#ifdef WKV7_AUTO_V13
+#error "WKV7_AUTO_V13 (section 1.3's CPROD1WSS) is gone: CPROD1WSSA, the AUTO now, computes the same bits"
+#endif
 extern "C" int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms)
 {
-#if !defined(WKV7_AUTO_V12) && !defined(WKV7_AUTO_V13)
-    /* 1.4 (H100, one call, 2026-11-27 02:18 UTC): pass 2 by cp.async, bit-
-     * identical to CPROD1WSS and 3-4% faster in the backward (8.19 vs 8.44 ms
-     * at 512 heads, 0.540 vs 0.564 at 96, 0.603 vs 0.631 at 128; 1.09 vs
-     * 1.07 at 256, within the noise). The value-row splits (TCWS1V2/V4,
-     * CPROD1WSSV2/V4) won nowhere that matters: a head's serial chain per
-     * chunk is the same in a split CTA, so more CTAs on idle SMs bought
-     * nothing (TCWS1V2 0.285 vs 0.282 ms at 96 heads, 4.21 vs 2.57 at 512);
-     * not in AUTO (the forward's were removed afterwards). -DWKV7_AUTO_V13
-     * keeps 1.3's rule. */
-    if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSSA;
-#endif
 #ifndef WKV7_AUTO_V12
-    if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSS;
+    if (bf16) return forward ? WKV7_FWD_TCWS1 : WKV7_BWD_CPROD1WSSA;
 #endif
     return wkv7_cuda_auto_algo(forward, B, H, sms);
 }

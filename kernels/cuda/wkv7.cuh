@@ -16,9 +16,12 @@
  * outputs and workspaces (the chunked backwards add their own, from the
  * stream's memory pool), chosen per call by grid size and precision
  * (WKV7_ALGO_AUTO below). Precision classes: about fp32 (recurrent, chunked,
- * 3xTF32 tensor-core kernels), one tf32 product (TCWS1, CPROD1*: about 3e-4
- * relative; the bf16 launchers' AUTO), bf16 operands (TCWSB, CPRODB: about
- * 3e-3, dw up to 1.1e-2); docs/performance.md 1.3 says which bounds apply.
+ * 3xTF32 tensor-core kernels), one tf32 product (TCWS1, CPROD1WSSA: about
+ * 3e-4 relative; the bf16 launchers' AUTO), bf16 operands in the forward's
+ * state warps (TCWSB: about 3e-3); docs/performance.md 1.3 says which
+ * bounds apply. Variants measured slower than these and reachable from no
+ * default were removed on 2026-11-27 (their ids stay unused, listed below,
+ * so that older bench logs still read; the launchers refuse them).
  *
  * Recurrent (the official RWKV-7 CUDA kernel's, BlinkDL/RWKV-CUDA; see
  * shared/notes/wkv7-kernels.md section 2): one block of 64 threads per (b, h).
@@ -135,42 +138,35 @@ extern "C" {
  * exact step-back from the checkpoints) over all segments of all heads in
  * parallel, with no exchange between threads. Needs a workspace of
  * B x H x ceil(T/64) x N x N + B x T x H x N floats, taken from the stream's
- * memory pool (cudaMallocAsync) per call. CHUNKED_REC: pass 1 without dv
- * and dsa, then the whole recurrent per-token backward per segment (the
- * first version; benchmarks). WKV7_BWD_CHUNKED_SEG(s): CHUNKED with s
- * chunks per segment (benchmarks). */
+ * memory pool (cudaMallocAsync) per call. WKV7_BWD_CHUNKED_SEG(s): CHUNKED
+ * with s chunks per segment (benchmarks). (3 was CHUNKED_REC, pass 2 as the
+ * whole recurrent per-token backward per segment: the first version,
+ * slower everywhere, 1.2; removed.) */
 #define WKV7_BWD_CHUNKED 2
-#define WKV7_BWD_CHUNKED_REC 3
-/* CHUNKED_WS: CHUNKED with pass 1 warp-specialized as WKV7_FWD_TCWS. */
+/* CHUNKED_WS: CHUNKED with pass 1 warp-specialized as WKV7_FWD_TCWS
+ * (within 2% of CHUNKED at 96-128 heads, 4-10% slower at 192-256, 1.2; its
+ * pass 1 kernel is also CPROD1WSSA's). */
 #define WKV7_BWD_CHUNKED_WS 4
 #define WKV7_BWD_CHUNKED_SEG(s) (16 + (s))
 /* CPROD: every gradient from chunk products (wkv7_chunk.cu's header), no
  * step-back: pass 1 (3xTF32) stores dS at every chunk end and writes dv, dsa
  * and dS0; pass 2 runs one CTA per (b, h, chunk), all at once, from the
  * checkpointed start state, the forward's sa and pass 1's dsa; 3xTF32
- * products (about fp32). CPROD1: both passes with one tf32 product; CPRODB:
- * pass 1 one tf32 product, pass 2 bf16 operands (bf16 launchers' class).
- * Workspace: B x H x ceil(T/16) x N x N + B x T x H x N floats from the
- * stream's pool. */
+ * products (about fp32). Workspace: B x H x ceil(T/16) x N x N + B x T x H
+ * x N floats from the stream's pool. */
 #define WKV7_BWD_CPROD 5
-#define WKV7_BWD_CPROD1 6
-#define WKV7_BWD_CPRODB 7
-/* CPROD1WS: CPROD1 with pass 1 warp-specialized (as CHUNKED_WS). */
-#define WKV7_BWD_CPROD1WS 8
-/* CPROD1S, CPROD1WSS: CPROD1 and CPROD1WS with pass 2 in 74 KB of shared
- * memory (three CTAs per SM instead of two; wkv7_chunk.cu). */
-#define WKV7_BWD_CPROD1S 9
-#define WKV7_BWD_CPROD1WSS 10
-/* CPROD1WSSV2, CPROD1WSSV4: CPROD1WSS with pass 1's value rows split over 2
- * or 4 CTAs per head (bit-identical results, not in AUTO). */
-#define WKV7_BWD_CPROD1WSSV2 11
-#define WKV7_BWD_CPROD1WSSV4 12
-/* ...A: the same three with pass 2's fp32 loads (S, D, sa, dsa, w) issued as
- * cp.async, in flight while the bf16 tiles load (bit-identical results;
- * CPROD1WSSA is the bf16 launchers' AUTO since 1.4). */
+/* CPROD1WSSA: the one-tf32-product class (both passes), pass 1
+ * warp-specialized (as CHUNKED_WS), pass 2 in 74 KB of shared memory (three
+ * CTAs per SM instead of two) with its fp32 loads (S, D, sa, dsa, w) issued
+ * as cp.async, in flight while the bf16 tiles load; the bf16 launchers'
+ * AUTO since 1.4. Removed on 2026-11-27, each slower than CPROD1WSSA
+ * (docs/performance.md 1.3, 1.4): 6 CPROD1 (plain pass 1, 103 KB pass 2),
+ * 7 CPRODB (CPROD1 with bf16 operands in pass 2: 7-20% slower than CPROD1,
+ * dw 1.1e-2), 8 CPROD1WS, 9 CPROD1S and 10 CPROD1WSS (the steps toward
+ * CPROD1WSSA, which gives CPROD1WSS's bits), 11 and 12 CPROD1WSSV2 / V4
+ * and 14 and 15 their cp.async forms (pass 1's value rows over 2 or 4 CTAs
+ * per head). */
 #define WKV7_BWD_CPROD1WSSA 13
-#define WKV7_BWD_CPROD1WSSV2A 14
-#define WKV7_BWD_CPROD1WSSV4A 15
 #ifndef WKV7_BWD_FP32_DEFAULT
 #define WKV7_BWD_FP32_DEFAULT WKV7_ALGO_AUTO
 #endif
@@ -188,10 +184,10 @@ extern "C" {
 int wkv7_cuda_auto_algo(int forward, int B, int H, int sms);
 /* What the launchers' AUTO picks, by precision (bf16 nonzero: the _bf16
  * launchers): fp32 as wkv7_cuda_auto_algo (the accurate class); bf16 the
- * one-product tf32 pair, TCWS1 forward and CPROD1WSSA backward (CPROD1WSS
- * with pass 2's loads by cp.async), at every grid (docs/performance.md 1.3
- * and 1.4; the error class is in tests/test_cuda_wkv.c). -DWKV7_AUTO_V13
- * keeps 1.3's rule (CPROD1WSS), -DWKV7_AUTO_V12 1.2's. */
+ * one-product tf32 pair, TCWS1 forward and CPROD1WSSA backward, at every
+ * grid (docs/performance.md 1.3 and 1.4; the error class is in
+ * tests/test_cuda_wkv.c). -DWKV7_AUTO_V12 builds 1.2's rule (the fp32 one
+ * for both precisions). */
 int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms);
 
 /* Floats of the checkpoint workspace: (B, H, ceil(T/16), N, N); entry c is the

@@ -2,7 +2,7 @@
  * wkv7_chunk.cu - the WKV7 forward and backward as chunked products on tensor
  * cores (shared/notes/wkv7-kernels.md sections 3.1-3.3); wkv7.cuh has the
  * math, shapes and conventions, wkv7.cu the launchers that route here
- * (WKV7_FWD_TC, WKV7_BWD_CHUNKED).
+ * (WKV7_FWD_TC*, WKV7_BWD_CHUNKED*, WKV7_BWD_CPROD*).
  *
  * Notation (per batch row and head): S is N x N, row = value i, column = key
  * j. A chunk is L = 16 tokens from start state S; p_t = w_0 ... w_t inside the
@@ -34,7 +34,7 @@
  * rule out bf16 or plain tf32 operands (notes 3.5: 2e-3 and 2e-4). So each
  * operand is split into a tf32 pair hi + lo and every product is
  * hi*lo + lo*hi + hi*hi (3xTF32, about fp32 accuracy); SPLIT = 1 keeps only
- * hi*hi (the one-product tf32 class: TCWS1, CPROD1*); SPLIT = 16 is the
+ * hi*hi (the one-product tf32 class: TCWS1, CPROD1WSSA); SPLIT = 16 is the
  * forward's bf16-operand state warps (TCWSB). State, p, T,
  * accumulators: fp32. w >= 0.545 keeps 1/p_t <= 1.6e4 (fine in fp32).
  *
@@ -67,18 +67,19 @@
  * own and no triangular solve; every chunk of every head runs at once.
  * Precision classes (docs/performance.md 1.3): 3xTF32 products (CPROD,
  * about fp32 and, without the step-back, 1e-6 on dr, dw, da where the
- * step-back reached 9e-4), one tf32 product (CPROD1*, about 3e-4; the bf16
- * launchers' AUTO with the TCWS1 forward), bf16 operands (CPRODB, dw up to
- * 1.1e-2 with every w near 0.545; not in AUTO).
+ * step-back reached 9e-4), one tf32 product (CPROD1WSSA, about 3e-4; the
+ * bf16 launchers' AUTO with the TCWS1 forward).
  *
- * Variants of 2026-11-27 (docs/performance.md 1.4), same arithmetic and
- * bit-identical results: pass 1 with each head's value rows over 2 or 4
- * CTAs (template NC: state warps per CTA; rows never talk to each other, so
- * each CTA recomputes the key side and owns 16 NC rows), and the 74 KB pass
- * 2 with its fp32 loads by cp.async (ASYNC). Only the last one measured
- * faster (3-4% of the backward); the splits do not shorten a head's serial
- * chain per chunk, which is what bounds the grids of fewer heads than SMs.
- * The forward's splits and TC1 (TC with one tf32 product) were removed.
+ * Removed on 2026-11-27 (docs/performance.md 1.2-1.4 has their
+ * measurements; git history has the code): TC1 (TC with one tf32
+ * product), CHUNKED_REC (pass 2 as the whole recurrent per-token backward
+ * per segment, wkv7_bwd_seg_kernel, after a pass 1 without dv and dsa), the
+ * value-row splits of the warp-specialized forward and pass 1 (template NC:
+ * each head's rows over 2 or 4 CTAs; no faster at any grid, since a split
+ * does not shorten a head's serial chain per chunk), and the chunk-product
+ * forms that CPROD1WSSA beats: CPROD1 and CPRODB (plain pass 1 and the 103
+ * KB pass 2 with one tf32 product or bf16 operands), CPROD1WS, CPROD1S and
+ * CPROD1WSS (pass 2's loads through registers).
  */
 #include "kernels/cuda/wkv7_chunk.cuh"
 #include "kernels/cuda/wkv7.cuh"
@@ -237,37 +238,20 @@ __device__ __forceinline__ void mma16(float c[4], const FragA16 &a, const FragB1
  * accumulator layout) += A (16 x K) B (K x 8), operands read element by
  * element through strides, A(m, k) = A[m am + k ak], B(k, n) = B[k bk + n bn]
  * (no fragment reuse: every product there is shared memory to registers).
- * OP 3: 3xTF32 m16n8k8; 1: one tf32 product; 16: bf16 m16n8k16. K is a
- * multiple of 16. */
+ * OP 3: 3xTF32 m16n8k8; 1: one tf32 product. K is a multiple of 8. */
 template <int OP>
 __device__ __forceinline__ void smm(float c[4], const float *A, int am, int ak, const float *B, int bk, int bn,
                                     int K, int g, int t4)
 {
-    if constexpr (OP == 16) {
 #pragma unroll
-        for (int k0 = 0; k0 < K; k0 += 16) {
-            const int ka = k0 + 2 * t4;
-            FragA16 fa;
-            fa.x[0] = pack_bf16(A[g * am + ka * ak], A[g * am + (ka + 1) * ak]);
-            fa.x[1] = pack_bf16(A[(g + 8) * am + ka * ak], A[(g + 8) * am + (ka + 1) * ak]);
-            fa.x[2] = pack_bf16(A[g * am + (ka + 8) * ak], A[g * am + (ka + 9) * ak]);
-            fa.x[3] = pack_bf16(A[(g + 8) * am + (ka + 8) * ak], A[(g + 8) * am + (ka + 9) * ak]);
-            FragB16 fb;
-            fb.x[0] = pack_bf16(B[ka * bk + g * bn], B[(ka + 1) * bk + g * bn]);
-            fb.x[1] = pack_bf16(B[(ka + 8) * bk + g * bn], B[(ka + 9) * bk + g * bn]);
-            mma16(c, fa, fb);
-        }
-    } else {
-#pragma unroll
-        for (int k0 = 0; k0 < K; k0 += 8) {
-            const int ka = k0 + t4;
-            const FragA fa = frag_a<OP>(A[g * am + ka * ak], A[(g + 8) * am + ka * ak], A[g * am + (ka + 4) * ak],
-                                        A[(g + 8) * am + (ka + 4) * ak]);
-            FragB fb;
-            split_tf32<OP>(B[ka * bk + g * bn], fb.h[0], fb.l[0]);
-            split_tf32<OP>(B[(ka + 4) * bk + g * bn], fb.h[1], fb.l[1]);
-            mma<OP>(c, fa, fb);
-        }
+    for (int k0 = 0; k0 < K; k0 += 8) {
+        const int ka = k0 + t4;
+        const FragA fa = frag_a<OP>(A[g * am + ka * ak], A[(g + 8) * am + ka * ak], A[g * am + (ka + 4) * ak],
+                                    A[(g + 8) * am + (ka + 4) * ak]);
+        FragB fb;
+        split_tf32<OP>(B[ka * bk + g * bn], fb.h[0], fb.l[0]);
+        split_tf32<OP>(B[(ka + 4) * bk + g * bn], fb.h[1], fb.l[1]);
+        mma<OP>(c, fa, fb);
     }
 }
 
@@ -973,11 +957,11 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
  * the chunk end) in the accumulators. Needs only r, w, a, b and dy. Before
  * chunk c it stores D when c ends a segment (c + 1 = 0 mod seg, or the last
  * chunk), as dstore[b][h][c / seg][i][j]; after chunk 0 it adds D to dS0.
- * EXT: also the value side of the per-token gradients, which needs k too:
+ * Also the value side of the per-token gradients, which needs k too:
  * dsa_t = z_t (fp32, into dsa_out) and dv, with
  *   dV^T = Z^T AK + dY^T QK + D K'^T   (values x tokens, D before the update);
  * the column pass then needs no exchange between threads. */
-template <typename F, int SPLIT, bool EXT>
+template <typename F, int SPLIT>
 __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
     int T, int H, int nck, int seg,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ a,
@@ -999,10 +983,10 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
     float D[N / 8][4];
 #pragma unroll
     for (int nt = 0; nt < N / 8; nt++) D[nt][0] = D[nt][1] = D[nt][2] = D[nt][3] = 0.f;
-    constexpr int NF = EXT ? 5 : 4;
+    constexpr int NF = 5;
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     Raw<F, NF> *stg = reinterpret_cast<Raw<F, NF> *>(dyn_smem); /* two stages: r a b dy (k), w */
-    /* EXT tiles after the stages: K^ and K' [token][key], AK^T and QK^T */
+    /* tiles after the stages: K^ and K' [token][key], AK^T and QK^T */
     float *tk = reinterpret_cast<float *>(dyn_smem + 2 * sizeof(Raw<F, NF>));
     float *tKp = tk + L * LDK, *gAKt = tKp + L * LDK, *gQKt = gAKt + L * LDG;
     const F *const srcs[5] = {r, a, b, dy, k};
@@ -1037,7 +1021,7 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
                 const float rr = ok ? to_f(st->x[0][u * N + j]) : 0.f, ww = ok ? st->w[u * N + j] : 1.f;
                 const float aa = ok ? to_f(st->x[1][u * N + j]) : 0.f;
                 br[u] = ok ? to_f(st->x[2][u * N + j]) : 0.f;
-                kr[u] = EXT && ok ? to_f(st->x[NF - 1][u * N + j]) : 0.f;
+                kr[u] = ok ? to_f(st->x[NF - 1][u * N + j]) : 0.f;
                 wr[u] = ww;
                 const float at = aa * p;
                 ta[u * LDK + j] = at;
@@ -1048,14 +1032,14 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
                 tQt[j * LDT + u] = qt;
                 const float ip = __frcp_rn(p);
                 tb[u * LDK + j] = br[u] * ip;
-                if (EXT) tk[u * LDK + j] = kr[u] * ip;
+                tk[u * LDK + j] = kr[u] * ip;
             }
             pL[j] = p;
             float sfx = 1.f;
 #pragma unroll
             for (int u = L - 1; u >= 0; u--) {
                 tBp[u * LDK + j] = br[u] * sfx;
-                if (EXT) tKp[u * LDK + j] = kr[u] * sfx;
+                tKp[u * LDK + j] = kr[u] * sfx;
                 sfx *= wr[u];
             }
         } else {
@@ -1066,8 +1050,8 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
         __syncthreads();
         if (warp == 0) gram<SPLIT>(ta, tb, gAB, false, false, g, t4);
         else if (warp == 1) gram<SPLIT>(tq, tb, gQBt, true, true, g, t4);
-        else if (EXT && warp == 2) gram<SPLIT>(ta, tk, gAKt, false, true, g, t4);
-        else if (EXT) gram<SPLIT>(tq, tk, gQKt, true, true, g, t4);
+        else if (warp == 2) gram<SPLIT>(ta, tk, gAKt, false, true, g, t4);
+        else gram<SPLIT>(tq, tk, gQKt, true, true, g, t4);
         /* R^T = D B'^T (values x tokens) */
         float RT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
         {
@@ -1110,7 +1094,7 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
         FragA Az[2];
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) Az[ks] = frag_a_acc<SPLIT>(ZT[ks]);
-        if (EXT) {
+        {
             /* dV^T = Z^T AK + dY^T QK + D K'^T; B[s][t] = AK[s][t] = gAKt[t][s] */
             float VT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
             float VC[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -1164,7 +1148,7 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
 }
 
 /* ---- backward, pass 1, warp-specialized --------------------------------------
- * wkv7_bwd_tc_dstate_kernel<F, 3, true> with the state-independent work
+ * wkv7_bwd_tc_dstate_kernel with the state-independent work
  * (loads, p, tiles, the four Gram matrices, T) on 4 producer warps one chunk
  * ahead, as in wkv7_fwd_tcws_kernel (same barrier ids and protocol). */
 struct BwdStage {
@@ -1247,11 +1231,9 @@ __device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, flo
     }
 }
 
-/* NC as in wkv7_fwd_tcws_kernel: D's value rows split over 4 / NC CTAs
- * (each row of dS evolves alone; dv, dsa, dS at chunk ends and dS0 are per
- * value row). */
-template <typename F, int SPLIT, int NC = 4>
-__global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
+/* Threads 0..127 hold D (4 warps), 128..255 are the producers. */
+template <typename F, int SPLIT>
+__global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
     int T, int H, int nck, int seg,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ a,
     const F *__restrict__ b, const F *__restrict__ dy, const F *__restrict__ k,
@@ -1265,8 +1247,8 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
     const size_t head0 = (((size_t)bb * T) * H + h) * N;
     const int nseg = (nck + seg - 1) / seg;
 
-    if (tid >= 32 * NC) { /* ---- producers ---- */
-        const int ptid = tid - 32 * NC, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
+    if (tid >= NTH) { /* ---- producers ---- */
+        const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, a, b, dy, k};
         /* raw inputs two chunks ahead, as in the forward (by TMA when the
          * maps exist, else cp.async groups G(it)) */
@@ -1289,7 +1271,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
         for (int it = 0; it < nck; it++) {
             const int c = nck - 1 - it, s = it & 1, t0 = c * L, n = min(L, T - t0);
             BwdStage &S_ = sm.st[s];
-            if (it >= 2) bar_sync(3 + s, NTH + 32 * NC);
+            if (it >= 2) bar_sync(3 + s, 2 * NTH);
             if (tma)
                 mbar_wait(&sm.mbar[s], (it >> 1) & 1);
             else
@@ -1304,7 +1286,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
             __syncwarp();
             if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gTt, true, lane);
             __syncwarp();
-            bar_release(1 + s, NTH + 32 * NC);
+            bar_release(1 + s, 2 * NTH);
             if (tma) {
                 if (ptid == 0 && c >= 2) stage_tma(&sm.raw[s], maps, h, bb * T + (c - 2) * L, &sm.mbar[s]);
             } else {
@@ -1318,7 +1300,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
 
     /* ---- consumers: D ---- */
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-    const int i0 = 16 * (warp + NC * (int)blockIdx.z); /* value rows split over gridDim.z CTAs */
+    const int i0 = 16 * warp;
     float D[N / 8][4];
 #pragma unroll
     for (int nt = 0; nt < N / 8; nt++) D[nt][0] = D[nt][1] = D[nt][2] = D[nt][3] = 0.f;
@@ -1335,7 +1317,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
             }
         }
         const BwdStage &S_ = sm.st[s];
-        bar_sync(1 + s, NTH + 32 * NC);
+        bar_sync(1 + s, 2 * NTH);
         /* R^T = D B'^T + dY^T QB */
         float RT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -1405,7 +1387,7 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
                 mma<SPLIT>(D[nt], Az[ks], frag_b<SPLIT>(S_.tAt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
             }
         }
-        if (it + 2 < nck) bar_release(3 + s, NTH + 32 * NC);
+        if (it + 2 < nck) bar_release(3 + s, 2 * NTH);
     }
     float *d0 = ds0 + (size_t)h * N * N;
 #pragma unroll
@@ -1418,115 +1400,8 @@ __global__ void __launch_bounds__(NTH + 32 * NC, 2) wkv7_bwd_tcws_dstate_kernel(
     }
 }
 
-/* ---- backward, pass 2: per-token gradients, all segments at once -----------
- * The recurrent backward of wkv7.cu (thread j: column j of S and of dS, row j
- * of dS; exact step-back from the checkpoints with sa), restricted to the
- * chunks of segment blockIdx.z and seeded with the D that pass 1 stored at
- * the segment's end (row-major [i][j]) instead of zero. dS0 comes from
- * pass 1, so nothing is accumulated here. */
-template <typename F>
-__global__ void __launch_bounds__(N) wkv7_bwd_seg_kernel(
-    int T, int H, int nck, int seg,
-    const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
-    const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
-    const float *__restrict__ ckpt, const float *__restrict__ sa_in,
-    const F *__restrict__ dy, const float *__restrict__ dstore,
-    F *__restrict__ dr, float *__restrict__ dw, F *__restrict__ dk, F *__restrict__ dv,
-    F *__restrict__ da, F *__restrict__ db)
-{
-    const int h = blockIdx.x, bb = blockIdx.y, sg = blockIdx.z, j = threadIdx.x;
-    __shared__ __align__(16) float sr[L][N], sw[L][N], sk[L][N], sv[L][N];
-    __shared__ __align__(16) float sa_[L][N], sb[L][N], sdy[L][N], ssa[L][N];
-    __shared__ __align__(16) float sdsa[2][N];
-
-    const int nseg = (nck + seg - 1) / seg;
-    const float *Dst = dstore + ((size_t)(bb * H + h) * nseg + sg) * N * N;
-    float Sc[N], dSc[N], dSr[N];
-#pragma unroll
-    for (int i = 0; i < N; i++) dSc[i] = Dst[i * N + j];
-#pragma unroll
-    for (int i = 0; i < N; i += 4) {
-        const float4 q = *reinterpret_cast<const float4 *>(Dst + j * N + i);
-        dSr[i] = q.x; dSr[i + 1] = q.y; dSr[i + 2] = q.z; dSr[i + 3] = q.w;
-    }
-    const float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
-    const int c_end = min((sg + 1) * seg, nck);
-
-    for (int c = c_end - 1; c >= sg * seg; c--) {
-        const int t0 = c * L;
-        const int n = min(L, T - t0);
-        const float *col = ck + (size_t)c * N * N + (size_t)j * N;
-#pragma unroll
-        for (int i = 0; i < N; i += 4) {
-            const float4 q = *reinterpret_cast<const float4 *>(col + i);
-            Sc[i] = q.x; Sc[i + 1] = q.y; Sc[i + 2] = q.z; Sc[i + 3] = q.w;
-        }
-        __syncthreads();
-        for (int u = 0; u < n; u++) {
-            const size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + j;
-            sr[u][j] = to_f(r[idx]); sw[u][j] = w[idx]; sk[u][j] = to_f(k[idx]);
-            sv[u][j] = to_f(v[idx]); sa_[u][j] = to_f(a[idx]); sb[u][j] = to_f(b[idx]);
-            sdy[u][j] = to_f(dy[idx]); ssa[u][j] = sa_in[idx];
-        }
-        __syncthreads();
-        for (int u = n - 1; u >= 0; u--) {
-            const size_t idx = (((size_t)bb * T + t0 + u) * H + h) * N + j;
-            const int p = (t0 + u) & 1;
-            const float rj = sr[u][j], wj = sw[u][j], kj = sk[u][j], aj = sa_[u][j], bj = sb[u][j];
-            const float dyj = sdy[u][j];
-            const float4 *dy4 = reinterpret_cast<const float4 *>(sdy[u]);
-            const float4 *r4 = reinterpret_cast<const float4 *>(sr[u]);
-            const float4 *k4 = reinterpret_cast<const float4 *>(sk[u]);
-            const float4 *b4 = reinterpret_cast<const float4 *>(sb[u]);
-            float gr = 0.f, gv = 0.f, gsa = 0.f;
-#pragma unroll
-            for (int i = 0; i < N; i += 4) {
-                const float4 d = dy4[i / 4], rr = r4[i / 4], kk = k4[i / 4], bv = b4[i / 4];
-                gr = fmaf(Sc[i], d.x, gr); gr = fmaf(Sc[i + 1], d.y, gr);
-                gr = fmaf(Sc[i + 2], d.z, gr); gr = fmaf(Sc[i + 3], d.w, gr);
-                dSc[i] = fmaf(d.x, rj, dSc[i]); dSc[i + 1] = fmaf(d.y, rj, dSc[i + 1]);
-                dSc[i + 2] = fmaf(d.z, rj, dSc[i + 2]); dSc[i + 3] = fmaf(d.w, rj, dSc[i + 3]);
-                dSr[i] = fmaf(dyj, rr.x, dSr[i]); dSr[i + 1] = fmaf(dyj, rr.y, dSr[i + 1]);
-                dSr[i + 2] = fmaf(dyj, rr.z, dSr[i + 2]); dSr[i + 3] = fmaf(dyj, rr.w, dSr[i + 3]);
-                gv = fmaf(dSr[i], kk.x, gv); gv = fmaf(dSr[i + 1], kk.y, gv);
-                gv = fmaf(dSr[i + 2], kk.z, gv); gv = fmaf(dSr[i + 3], kk.w, gv);
-                gsa = fmaf(dSr[i], bv.x, gsa); gsa = fmaf(dSr[i + 1], bv.y, gsa);
-                gsa = fmaf(dSr[i + 2], bv.z, gsa); gsa = fmaf(dSr[i + 3], bv.w, gsa);
-            }
-            sdsa[p][j] = gsa;
-            __syncthreads();
-            const float iw = 1.f / wj;
-            const float4 *v4 = reinterpret_cast<const float4 *>(sv[u]);
-            const float4 *sa4 = reinterpret_cast<const float4 *>(ssa[u]);
-            const float4 *ds4 = reinterpret_cast<const float4 *>(sdsa[p]);
-            const float4 *w4 = reinterpret_cast<const float4 *>(sw[u]);
-            const float4 *a4 = reinterpret_cast<const float4 *>(sa_[u]);
-            float gk = 0.f, gb = 0.f, gw = 0.f, ga = 0.f;
-#pragma unroll
-            for (int i = 0; i < N; i += 4) {
-                const float4 vv = v4[i / 4], ss = sa4[i / 4], dd = ds4[i / 4], ww = w4[i / 4], aa = a4[i / 4];
-                const float vx[4] = {vv.x, vv.y, vv.z, vv.w}, sx[4] = {ss.x, ss.y, ss.z, ss.w};
-                const float dx[4] = {dd.x, dd.y, dd.z, dd.w}, wx[4] = {ww.x, ww.y, ww.z, ww.w};
-                const float ax[4] = {aa.x, aa.y, aa.z, aa.w};
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    Sc[i + e] = (Sc[i + e] - fmaf(vx[e], kj, sx[e] * bj)) * iw;
-                    gk = fmaf(dSc[i + e], vx[e], gk);
-                    gb = fmaf(dSc[i + e], sx[e], gb);
-                    gw = fmaf(dSc[i + e], Sc[i + e], gw);
-                    ga = fmaf(dx[e], Sc[i + e], ga);
-                    dSc[i + e] = fmaf(dSc[i + e], wj, dx[e] * aj);
-                    dSr[i + e] = fmaf(dSr[i + e], wx[e], gsa * ax[e]);
-                }
-            }
-            dr[idx] = from_f<F>(gr); dw[idx] = gw; dk[idx] = from_f<F>(gk);
-            dv[idx] = from_f<F>(gv); da[idx] = from_f<F>(ga); db[idx] = from_f<F>(gb);
-        }
-    }
-}
-
 /* ---- backward, pass 2 (column form): dr, dw, dk, da, db -------------------
- * Pass 1 (EXT) already wrote dv and dsa_t = z_t for every token, so what is
+ * Pass 1 already wrote dv and dsa_t = z_t for every token, so what is
  * left are the column sums of the recurrent backward: two threads per key
  * column j (32 value rows each) step S back from the checkpoints and carry
  * the dS column, seeded per segment with pass 1's D; with dsa given, no
@@ -1821,11 +1696,11 @@ struct CpSmallSmem {
     float pL[N];
 };
 
-/* ASYNC: S, D and the fp32 token tiles (dsa, sa, w) copied by cp.async,
- * in flight while the bf16 tiles are loaded and converted (one wait before
- * the first barrier) instead of through registers (docs/performance.md
- * 1.4); same arithmetic. */
-template <typename F, int OP, bool ASYNC = false>
+/* S, D and the fp32 token tiles (dsa, sa, w) are copied by cp.async, in
+ * flight while the bf16 tiles are loaded and converted (one wait before the
+ * first barrier), instead of through registers: 3-4% of the backward
+ * (docs/performance.md 1.4). */
+template <typename F, int OP>
 __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     int T, int H, int nck,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
@@ -1851,12 +1726,7 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         const float *src = ckpt + ((size_t)(bb * H + h) * nck + c - 1) * N * N;
         for (int e = tid; e < N * N / 4; e += 256) {
             const int j = (4 * e) / N, i = (4 * e) % N;
-            if constexpr (ASYNC) {
-                cp_async16(&St[j * CLA + i], src + 4 * e);
-            } else {
-                const float4 x = reinterpret_cast<const float4 *>(src)[e];
-                *reinterpret_cast<float4 *>(&St[j * CLA + i]) = x;
-            }
+            cp_async16(&St[j * CLA + i], src + 4 * e);
         }
     } else {
         const float *src = s0 + (size_t)h * N * N;
@@ -1866,12 +1736,7 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         const float *src = dstore + ((size_t)(bb * H + h) * nck + c) * N * N;
         for (int e = tid; e < N * N / 4; e += 256) {
             const int i = (4 * e) / N, j = (4 * e) % N;
-            if constexpr (ASYNC) {
-                cp_async16(&Dm[i * CLA + j], src + 4 * e);
-            } else {
-                const float4 x = reinterpret_cast<const float4 *>(src)[e];
-                *reinterpret_cast<float4 *>(&Dm[i * CLA + j]) = x;
-            }
+            cp_async16(&Dm[i * CLA + j], src + 4 * e);
         }
     }
     { /* token tiles, four consecutive elements per thread (one pass) */
@@ -1880,16 +1745,15 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         const size_t idx = base + (size_t)(ok ? uu : 0) * HN + x;
         const int o = uu * CLA + x;
         const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (ASYNC && ok) {
+        if (ok) {
             cp_async16(&sm.z[o], dsa_in + idx);
             cp_async16(&sm.u[o], sa_in + idx);
             cp_async16(&sm.p[e], w + idx);
             cp_async_commit();
-        } else {
-            *reinterpret_cast<float4 *>(&sm.z[o]) = ok ? *reinterpret_cast<const float4 *>(dsa_in + idx) : zero;
-            *reinterpret_cast<float4 *>(&sm.u[o]) = ok ? *reinterpret_cast<const float4 *>(sa_in + idx) : zero;
-            *reinterpret_cast<float4 *>(&sm.p[e]) = ok ? *reinterpret_cast<const float4 *>(w + idx)
-                                                       : make_float4(1.f, 1.f, 1.f, 1.f);
+        } else { /* identity tokens past T */
+            *reinterpret_cast<float4 *>(&sm.z[o]) = zero;
+            *reinterpret_cast<float4 *>(&sm.u[o]) = zero;
+            *reinterpret_cast<float4 *>(&sm.p[e]) = make_float4(1.f, 1.f, 1.f, 1.f);
         }
         *reinterpret_cast<float4 *>(&sm.dy[o]) = ok ? load4(dy + idx) : zero;
         *reinterpret_cast<float4 *>(&sm.v[o]) = ok ? load4(v + idx) : zero;
@@ -1898,10 +1762,8 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         *reinterpret_cast<float4 *>(&sm.at[o]) = ok ? load4(a + idx) : zero;
         *reinterpret_cast<float4 *>(&sm.bh[o]) = ok ? load4(b + idx) : zero;
     }
-    if constexpr (ASYNC) {
-        cp_async_commit(); /* harmless when this thread issued nothing more */
-        cp_async_wait_0();
-    }
+    cp_async_commit(); /* harmless when this thread issued nothing more */
+    cp_async_wait_0();
     __syncthreads();
     { /* prefix products, four threads per key (tokens 4q .. 4q + 3): local
        * products, then the earlier groups' totals by shuffles */
@@ -2105,11 +1967,13 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
     return ST_OK;
 }
 
-/* The chunk-product backward: pass 1 (tf32 products, 3xTF32 when P1 is 3)
- * with one chunk per segment, then wkv7_bwd_cprod_kernel<F, OP> over every
- * chunk of every head. Workspace: D per chunk (B H nck N^2) and dsa
- * (B T H N) floats from the stream's pool. */
-template <typename F, int P1, int OP, bool WS, bool SMALL = false, int NC = 4, bool ASYNC = false>
+/* The chunk-product backward: pass 1 (products of precision OP: 3xTF32 for
+ * 3, one tf32 product for 1) with one chunk per segment, then pass 2 over
+ * every chunk of every head. CPROD: the plain pass 1 and
+ * wkv7_bwd_cprod_kernel; CPROD1WSSA: the warp-specialized pass 1 (WS) and
+ * the 74 KB pass 2 by cp.async (SMALL). Workspace: D per chunk (B H nck N^2)
+ * and dsa (B T H N) floats from the stream's pool. */
+template <typename F, int OP, bool WS, bool SMALL>
 int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
                    const F *b, const float *s0, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw,
                    F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
@@ -2128,30 +1992,30 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
         memset(&maps, 0, sizeof maps);
         const F *const x[5] = {r, a, b, dy, k}; /* pass 1's stage order */
         const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
-        e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, P1, NC>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem1);
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem1);
         if (e1 == cudaSuccess) {
-            wkv7_bwd_tcws_dstate_kernel<F, P1, NC><<<dim3(H, B, 4 / NC), NTH + 32 * NC, smem1, stream>>>(
+            wkv7_bwd_tcws_dstate_kernel<F, OP><<<dim3(H, B), 2 * NTH, smem1, stream>>>(
                 T, H, nck, 1, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
             e1 = cudaGetLastError();
         }
     } else {
         const int smem1 = (int)(2 * sizeof(Raw<F, 5>) + (2 * L * LDK + 2 * L * LDG) * sizeof(float));
-        e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, P1, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   smem1);
         if (e1 == cudaSuccess) {
-            wkv7_bwd_tc_dstate_kernel<F, P1, true><<<dim3(H, B), NTH, smem1, stream>>>(T, H, nck, 1, r, w, a, b, dy,
-                                                                                       k, dstore, ds0, dsa, dv);
+            wkv7_bwd_tc_dstate_kernel<F, OP><<<dim3(H, B), NTH, smem1, stream>>>(T, H, nck, 1, r, w, a, b, dy, k,
+                                                                                 dstore, ds0, dsa, dv);
             e1 = cudaGetLastError();
         }
     }
     if constexpr (SMALL) {
         const int smem2 = (int)sizeof(CpSmallSmem);
         if (e1 == cudaSuccess)
-            e1 = cudaFuncSetAttribute(wkv7_bwd_cprod_small_kernel<F, OP, ASYNC>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem2);
+            e1 = cudaFuncSetAttribute(wkv7_bwd_cprod_small_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      smem2);
         if (e1 == cudaSuccess) {
-            wkv7_bwd_cprod_small_kernel<F, OP, ASYNC><<<dim3(nck, H, B), 256, smem2, stream>>>(
+            wkv7_bwd_cprod_small_kernel<F, OP><<<dim3(nck, H, B), 256, smem2, stream>>>(
                 T, H, nck, r, w, k, v, a, b, s0, ckpt, sa, dsa, dy, dstore, dr, dw, dk, da, db);
             e1 = cudaGetLastError();
         }
@@ -2176,47 +2040,22 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
 }
 
 template <typename F>
-int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v,
+int backward(int algo, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v,
              const F *a, const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk,
              F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
 {
-    if (mode >= 3) {
+    if (algo == WKV7_BWD_CPROD || algo == WKV7_BWD_CPROD1WSSA) {
         /* chunk 0 starts from s0, which every forward copies behind the
          * checkpoints (wkv7_cuda_ckpt_floats) */
         const float *s0 = ckpt + (size_t)B * H * ((T + L - 1) / L) * N * N;
-        if (mode == 3)
-            return backward_cprod<F, 3, 3, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
-                                                  ds0, stream, err);
-        if (mode == 4)
-            return backward_cprod<F, 1, 1, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
-                                                  ds0, stream, err);
-        if (mode == 7)
-            return backward_cprod<F, 1, 1, true, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da,
-                                                       db, ds0, stream, err);
-        if (mode == 8)
-            return backward_cprod<F, 1, 1, false, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
-                                                        da, db, ds0, stream, err);
-        if (mode == 9) /* mode 7 with pass 1's value rows over 2 CTAs per head */
-            return backward_cprod<F, 1, 1, true, true, 2>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
-                                                          da, db, ds0, stream, err);
-        if (mode == 10) /* over 4 */
-            return backward_cprod<F, 1, 1, true, true, 1>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
-                                                          da, db, ds0, stream, err);
-        if (mode == 11) /* mode 7 with pass 2's fp32 loads by cp.async */
-            return backward_cprod<F, 1, 1, true, true, 4, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw,
-                                                                dk, dv, da, db, ds0, stream, err);
-        if (mode == 12) /* modes 9 and 11 together */
-            return backward_cprod<F, 1, 1, true, true, 2, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw,
-                                                                dk, dv, da, db, ds0, stream, err);
-        if (mode == 13) /* modes 10 and 11 together */
-            return backward_cprod<F, 1, 1, true, true, 1, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw,
-                                                                dk, dv, da, db, ds0, stream, err);
-        if (mode == 6)
-            return backward_cprod<F, 1, 1, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
-                                                 ds0, stream, err);
-        return backward_cprod<F, 1, 16, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
-                                               ds0, stream, err);
+        if (algo == WKV7_BWD_CPROD)
+            return backward_cprod<F, 3, false, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
+                                                      da, db, ds0, stream, err);
+        return backward_cprod<F, 1, true, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
+                                                ds0, stream, err);
     }
+    if (algo != WKV7_BWD_CHUNKED && algo != WKV7_BWD_CHUNKED_WS)
+        return st_fail(err, ST_EINVAL, "wkv7 tensor-core backward: unknown algorithm %d", algo);
     const int nck = (T + L - 1) / L;
     if (seg < 1) seg = 1;
     if (seg > nck) seg = nck;
@@ -2224,16 +2063,15 @@ int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w,
     if (nseg > 65535)
         return st_fail(err, ST_EINVAL, "wkv7 (cuda): T = %d gives %d segments of %d chunks, more than 65535", T,
                        nseg, seg);
-    /* workspace: the segment-end gradients (and, for the column pass, dsa),
-     * from the stream's memory pool, freed in stream order once the passes
-     * are enqueued (the launcher API has no workspace argument) */
-    const bool col = mode >= 1;
-    const size_t nstore = (size_t)B * H * nseg * N * N, ndsa = col ? (size_t)B * T * H * N : 0;
+    /* workspace: the segment-end gradients and dsa, from the stream's memory
+     * pool, freed in stream order once the passes are enqueued (the launcher
+     * API has no workspace argument) */
+    const size_t nstore = (size_t)B * H * nseg * N * N, ndsa = (size_t)B * T * H * N;
     float *ws = NULL;
     ST_CUDA_CHECK(cudaMallocAsync((void **)&ws, (nstore + ndsa) * sizeof(float), stream));
-    float *dstore = ws, *dsa = col ? ws + nstore : NULL;
+    float *dstore = ws, *dsa = ws + nstore;
     cudaError_t e1 = cudaSuccess;
-    if (mode == 2) { /* warp-specialized pass 1, then the column pass */
+    if (algo == WKV7_BWD_CHUNKED_WS) { /* warp-specialized pass 1 */
         const int smem = (int)sizeof(BwdSmem<F>);
         TmaMaps maps;
         memset(&maps, 0, sizeof maps);
@@ -2247,39 +2085,20 @@ int backward(int mode, int seg, int B, int T, int H, const F *r, const float *w,
                                                                                      use_tma);
             e1 = cudaGetLastError();
         }
-        if (e1 == cudaSuccess) {
-            wkv7_bwd_col_kernel<F><<<dim3(H, B, nseg), 2 * N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa,
-                                                                           dsa, dy, dstore, dr, dw, dk, da, db);
-            e1 = cudaGetLastError();
-        }
-    } else if (col) {
+    } else {
         const int smem = (int)(2 * sizeof(Raw<F, 5>) + (2 * L * LDK + 2 * L * LDG) * sizeof(float));
-        e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, 3, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   smem);
         if (e1 == cudaSuccess) {
-            wkv7_bwd_tc_dstate_kernel<F, 3, true><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, seg, r, w, a, b, dy, k,
-                                                                                     dstore, ds0, dsa, dv);
+            wkv7_bwd_tc_dstate_kernel<F, 3><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, seg, r, w, a, b, dy, k,
+                                                                               dstore, ds0, dsa, dv);
             e1 = cudaGetLastError();
         }
-        if (e1 == cudaSuccess) {
-            wkv7_bwd_col_kernel<F><<<dim3(H, B, nseg), 2 * N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa,
-                                                                           dsa, dy, dstore, dr, dw, dk, da, db);
-            e1 = cudaGetLastError();
-        }
-    } else {
-        const int smem = (int)(2 * sizeof(Raw<F, 4>));
-        e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, 3, false>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        if (e1 == cudaSuccess) {
-            wkv7_bwd_tc_dstate_kernel<F, 3, false><<<dim3(H, B), NTH, smem, stream>>>(T, H, nck, seg, r, w, a, b, dy,
-                                                                                      k, dstore, ds0, NULL, dv);
-            e1 = cudaGetLastError();
-        }
-        if (e1 == cudaSuccess) {
-            wkv7_bwd_seg_kernel<F><<<dim3(H, B, nseg), N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa, dy,
-                                                                       dstore, dr, dw, dk, dv, da, db);
-            e1 = cudaGetLastError();
-        }
+    }
+    if (e1 == cudaSuccess) { /* then the column pass over every segment */
+        wkv7_bwd_col_kernel<F><<<dim3(H, B, nseg), 2 * N, 0, stream>>>(T, H, nck, seg, r, w, k, v, a, b, ckpt, sa,
+                                                                       dsa, dy, dstore, dr, dw, dk, da, db);
+        e1 = cudaGetLastError();
     }
     const cudaError_t e3 = cudaFreeAsync(ws, stream);
     if (e1 != cudaSuccess)

@@ -3,13 +3,13 @@
  * checks every variant against the float64 reference on fresh random inputs,
  * then times forward and backward at SPEC section 8's shapes and the
  * engine's: the recurrent pair, the CUDA-core chunked forward with the split
- * backward, the tensor-core variants (TC, TCWS forwards; CHUNKED and
- * its variants, the chunk-product CPROD family backward; the one-product tf32
- * and bf16-operand classes TCWS1/TCWSB + CPROD1/CPRODB, each against its own
- * bounds), pass 1's value-row splits and the cp.async pass 2 (1.4), and
- * what the launchers pick (WKV7_ALGO_AUTO), in bf16, then a few in fp32.
- * All pairs are checked; 1.3's AUTO pair, the 1.4 variants, the recurrent
- * pair and AUTO are timed (docs/performance.md 1.3 has the rest).
+ * backward, the tensor-core variants (TC, TCWS forwards; CHUNKED, CHUNKED_WS
+ * and segment lengths; the chunk-product CPROD backward; the one-product
+ * tf32 class TCWS1 + CPROD1WSSA and the bf16-operand forward TCWSB, each
+ * against its own bounds), and what the launchers pick (WKV7_ALGO_AUTO), in
+ * bf16, then a few in fp32. All pairs are checked; the bf16 AUTO pair by
+ * name, the recurrent pair and AUTO are timed (docs/performance.md 1.2-1.4
+ * timed the rest, and the variants removed since).
  *
  *   dev_wkv7_bench [--seed S] [--reps R] [--check-only] [--one FWD BWD B T H]
  *
@@ -78,27 +78,18 @@ static const char *balgo_name(int algo)
     static const char *seg[] = {"seg0", "seg1", "seg2", "seg3", "seg4", "seg5", "seg6", "seg7", "seg8"};
     if (algo > 16 && algo <= 24) return seg[algo - 16];
     return algo == WKV7_ALGO_AUTO ? "auto" : algo == WKV7_BWD_SPLIT ? "split" : algo == WKV7_BWD_CHUNKED ? "chunked"
-         : algo == WKV7_BWD_CHUNKED_REC ? "chunkrec" : algo == WKV7_BWD_CHUNKED_WS ? "chunkws"
-         : algo == WKV7_BWD_CPROD ? "cprod" : algo == WKV7_BWD_CPROD1 ? "cprod1" : algo == WKV7_BWD_CPRODB ? "cprodb"
-         : algo == WKV7_BWD_CPROD1WS ? "cprod1ws" : algo == WKV7_BWD_CPROD1S ? "cprod1s"
-         : algo == WKV7_BWD_CPROD1WSS ? "cprod1wss" : algo == WKV7_BWD_CPROD1WSSV2 ? "cprod1wssv2"
-         : algo == WKV7_BWD_CPROD1WSSV4 ? "cprod1wssv4" : algo == WKV7_BWD_CPROD1WSSA ? "cprod1wssa"
-         : algo == WKV7_BWD_CPROD1WSSV2A ? "cprod1wssv2a" : algo == WKV7_BWD_CPROD1WSSV4A ? "cprod1wssv4a"
-         : "recurrent";
+         : algo == WKV7_BWD_CHUNKED_WS ? "chunkws" : algo == WKV7_BWD_CPROD ? "cprod"
+         : algo == WKV7_BWD_CPROD1WSSA ? "cprod1wssa" : "recurrent";
 }
 
 /* Precision class of a pair (tests/test_cuda_wkv.c has the same bounds):
- * 0 about fp32 (3xTF32 or fp32 FMAs), 1 one tf32 product (TCWS1/CPROD1),
- * 2 bf16 operands (TCWSB/CPRODB); a class-0 pair's step-back rule applies to
- * dr, dw, da. */
+ * 0 about fp32 (3xTF32 or fp32 FMAs), 1 one tf32 product (TCWS1,
+ * CPROD1WSSA), 2 bf16 operands (TCWSB); a class-0 pair's step-back rule
+ * applies to dr, dw, da. */
 static int pair_class(int algo, int balgo)
 {
-    if (algo == WKV7_FWD_TCWSB || balgo == WKV7_BWD_CPRODB) return 2;
-    if (algo == WKV7_FWD_TCWS1 || balgo == WKV7_BWD_CPROD1 || balgo == WKV7_BWD_CPROD1WS ||
-        balgo == WKV7_BWD_CPROD1S || balgo == WKV7_BWD_CPROD1WSS || balgo == WKV7_BWD_CPROD1WSSV2 ||
-        balgo == WKV7_BWD_CPROD1WSSV4 ||
-        balgo == WKV7_BWD_CPROD1WSSA || balgo == WKV7_BWD_CPROD1WSSV2A || balgo == WKV7_BWD_CPROD1WSSV4A)
-        return 1;
+    if (algo == WKV7_FWD_TCWSB) return 2;
+    if (algo == WKV7_FWD_TCWS1 || balgo == WKV7_BWD_CPROD1WSSA) return 1;
     return 0;
 }
 
@@ -291,18 +282,15 @@ int main(int argc, char **argv)
     bool ok = true;
     const struct { int B, T, H, regime; } cs[] = {{2, 100, 4, 0}, {2, 100, 4, 1}, {2, 100, 4, 2}, {1, 300, 2, 0}};
     /* the last pair is informational: TCWSB with the step-back CHUNKED
-     * backward shows why the bf16-operand forward needs the chunk-product
+     * backward shows why the bf16-operand forward needs a chunk-product
      * backward; its errors are printed, not counted */
-    const int pairs[19][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSV2A}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSV4},
-                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA},
-                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WS}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1S},
-                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS},{WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
-                              {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT}, {WKV7_FWD_TC, WKV7_BWD_CHUNKED},
-                              {WKV7_FWD_TC, WKV7_BWD_RECURRENT}, {WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_SEG(1)},
-                              {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS}, {WKV7_FWD_TCWS, WKV7_BWD_SPLIT},
-                              {WKV7_FWD_TCWS, WKV7_BWD_CPROD}, {WKV7_FWD_RECURRENT, WKV7_BWD_CPROD},
-                              {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1}, {WKV7_FWD_TCWSB, WKV7_BWD_CPRODB},
-                              {WKV7_FWD_TCWSB, WKV7_BWD_CHUNKED}};
+    const int pairs[14][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA}, {WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT},
+                              {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT}, {WKV7_FWD_CHUNKED, WKV7_BWD_SPLIT},
+                              {WKV7_FWD_TC, WKV7_BWD_CHUNKED}, {WKV7_FWD_TC, WKV7_BWD_RECURRENT},
+                              {WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_SEG(1)}, {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS},
+                              {WKV7_FWD_TCWS, WKV7_BWD_SPLIT}, {WKV7_FWD_TCWS, WKV7_BWD_CPROD},
+                              {WKV7_FWD_RECURRENT, WKV7_BWD_CPROD}, {WKV7_FWD_TCWSB, WKV7_BWD_CPROD},
+                              {WKV7_FWD_TCWSB, WKV7_BWD_CPROD1WSSA}, {WKV7_FWD_TCWSB, WKV7_BWD_CHUNKED}};
     for (auto &pr : pairs)
         for (auto &c : cs) {
             const bool counts = !(pr[0] == WKV7_FWD_TCWSB && pr[1] == WKV7_BWD_CHUNKED);
@@ -313,10 +301,10 @@ int main(int argc, char **argv)
     if (check_only) return ok ? 0 : 1;
     /* forward and backward are timed apart, so each row also times its
      * backward against the others' */
-    /* 1.3's AUTO pair, the cp.async pass 2 (1.4), then what the launchers
-     * pick; sections 1.3 and 1.4 timed the other pairs */
-    const int timed[4][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSS}, {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA},
-                             {WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT}, {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
+    /* the bf16 AUTO pair by name, the official pair, then what the
+     * launchers pick; sections 1.2-1.4 timed the other pairs */
+    const int timed[3][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA}, {WKV7_FWD_RECURRENT, WKV7_BWD_RECURRENT},
+                             {WKV7_ALGO_AUTO, WKV7_ALGO_AUTO}};
     for (auto &tp : timed) {
         bench(tp[0], tp[1], 8, 4096, 64, reps, seed, 7.0, 14.4);
         bench(tp[0], tp[1], 8, 1024, 32, reps, seed, 1.5, 2.91);
