@@ -307,9 +307,15 @@ static int test_fp32_chunked(void) { return s_run_cases(WKV7_FWD_CHUNKED, WKV7_B
  * gives dr, dw, da up to 9e-4 in fp32 against 1e-3 and dw up to 7.6e-4 in
  * bf16 against 1e-3 (the step-back amplifies the forward's 3xTF32 rounding
  * by up to 1/p_16); that is why the fp32 launchers keep the recurrent
- * forward (wkv7.cuh). */
+ * forward (wkv7.cuh). In fp32 that pairing is outside the fp32 class: a
+ * fresh seed (1795750534, regime 2) gave da 1.025e-3 on 2026-11-27. So in
+ * fp32 a tensor-core forward is tested with the chunk-product backward (no
+ * step-back; the pair an fp32 user of a tensor-core forward should run),
+ * and the step-back backwards after the recurrent forward, as the fp32
+ * launchers pair them; bf16 keeps both pairings (its bounds are the bf16
+ * outputs' own rounding). */
 static int test_bf16_tc(void) { return s_run_cases(WKV7_FWD_TC, WKV7_BWD_CHUNKED, 1, 1e-5, 5e-3); }
-static int test_fp32_tc(void) { return s_run_cases(WKV7_FWD_TC, WKV7_BWD_CHUNKED, 0, 1e-5, 1e-3); }
+static int test_fp32_tc_cprod(void) { return s_run_cases(WKV7_FWD_TC, WKV7_BWD_CPROD, 0, 1e-5, 1e-3); }
 static int test_bf16_tc_fwd_recurrent_bwd(void)
 {
     return s_run_cases(WKV7_FWD_TC, WKV7_BWD_RECURRENT, 1, 1e-5, 5e-3);
@@ -320,7 +326,10 @@ static int test_fp32_recurrent_fwd_chunked_bwd(void)
 }
 /* The warp-specialized pair. */
 static int test_bf16_tcws(void) { return s_run_cases(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 1, 1e-5, 5e-3); }
-static int test_fp32_tcws(void) { return s_run_cases(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0, 1e-5, 1e-3); }
+static int test_fp32_recurrent_fwd_chunked_ws_bwd(void)
+{
+    return s_run_cases(WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_WS, 0, 1e-5, 1e-3);
+}
 static int test_bf16_chunked_bwd_segments(void)
 {
     int rc = s_run_cases(WKV7_FWD_RECURRENT, WKV7_BWD_CHUNKED_SEG(1), 1, 1e-5, 5e-3);
@@ -471,12 +480,12 @@ int main(int argc, char **argv)
         {"bf16_chunked", test_bf16_chunked},
         {"fp32_chunked", test_fp32_chunked},
         {"bf16_tc", test_bf16_tc},
-        {"fp32_tc", test_fp32_tc},
+        {"fp32_tc_cprod", test_fp32_tc_cprod},
         {"bf16_tc_fwd_recurrent_bwd", test_bf16_tc_fwd_recurrent_bwd},
         {"fp32_recurrent_fwd_chunked_bwd", test_fp32_recurrent_fwd_chunked_bwd},
         {"bf16_chunked_bwd_segments", test_bf16_chunked_bwd_segments},
         {"bf16_tcws", test_bf16_tcws},
-        {"fp32_tcws", test_fp32_tcws},
+        {"fp32_recurrent_fwd_chunked_ws_bwd", test_fp32_recurrent_fwd_chunked_ws_bwd},
         {"fp32_tcws_cprod", test_fp32_tcws_cprod},
         {"bf16_tcws_cprod", test_bf16_tcws_cprod},
         {"fp32_recurrent_cprod", test_fp32_recurrent_cprod},
