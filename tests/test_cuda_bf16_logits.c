@@ -21,6 +21,7 @@
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
 #include "harness.h"
+#include "cuda_test.h"
 
 #include "common/st_err.h"
 #include "engine/engine.h"
@@ -45,22 +46,6 @@ static const char TEXT[] =
     "            key, _, value = line.partition('=')\n"
     "            result[key.strip()] = value.strip()\n"
     "    return result\n";
-
-static uint64_t s_next(uint64_t *s)
-{
-    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
-
-static int s_have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no CUDA device\n");
-        return 0;
-    }
-    return 1;
-}
 
 /* One step (no host logits) on a fresh engine; bf16_logits NULL: the CPU
  * engine in fp32, else the CUDA engine in bf16 with STATETUNE_BF16_LOGITS
@@ -89,7 +74,7 @@ static int s_run(rwkv_model_t *m, const char *bf16_logits, int B, int T, const i
  * TEXT's bytes (targets: the next byte). */
 static int s_compare(const char *fixture)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
@@ -118,13 +103,13 @@ static int s_compare(const char *fixture)
             tok[i] = (unsigned char)TEXT[o];
             tgt[i] = (unsigned char)TEXT[o + 1];
         } else {
-            tok[i] = (int32_t)(s_next(&s) % (uint64_t)c->vocab);
-            tgt[i] = s_next(&s) % 5 == 0 ? -1 : (int32_t)(s_next(&s) % (uint64_t)c->vocab);
+            tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
+            tgt[i] = st_test_next(&s) % 5 == 0 ? -1 : (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
         }
     }
     /* a small state: a tuned state's scale, and the trained models' own
      * predictions stay in charge */
-    for (size_t i = 0; i < ns; i++) s0[i] = 0.1f * (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    for (size_t i = 0; i < ns; i++) s0[i] = 0.1f * (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
     double loss[3];
     int64_t ntg[3];
     const char *sw[3] = {NULL, "0", "1"}, *name[3] = {"cpu fp32", "cuda bf16, fp32 logits", "cuda bf16, bf16 logits"};

@@ -20,6 +20,7 @@
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
 #include "harness.h"
+#include "cuda_test.h"
 
 #include "common/st_err.h"
 #include "engine/dbp_param.h"
@@ -30,22 +31,6 @@
 #include <cuda_runtime_api.h>
 #include <stdint.h>
 #include <time.h>
-
-static uint64_t s_next(uint64_t *s)
-{
-    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
-
-static int s_have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no CUDA device\n");
-        return 0;
-    }
-    return 1;
-}
 
 typedef struct {
     float *logits, *final_state, *dstate0;
@@ -96,7 +81,7 @@ static void s_free(outputs_t *o)
 static int s_compare_model(const char *fixture, engine_precision_t prec, double tl, double tloss, double tg,
                            double ts)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
@@ -127,10 +112,10 @@ static int s_compare_model(const char *fixture, engine_precision_t prec, double 
     float *s0 = malloc(ns * sizeof(float));
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 7;
     for (size_t i = 0; i < R; i++) {
-        tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (s_next(&s) % 5 == 0) ? -1 : (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
+        tgt[i] = (st_test_next(&s) % 5 == 0) ? -1 : (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
     }
-    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
 
     outputs_t cpu = {0}, gpu = {0};
     int rc = s_run(m, ENGINE_CPU, ENGINE_FP32, B, T, tok, tgt, s0, &cpu);
@@ -203,7 +188,7 @@ static int s_dbp_run(rwkv_model_t *m, engine_backend_t be, engine_precision_t pr
 
 static int test_dbp_matches_cpu(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
@@ -219,7 +204,7 @@ static int test_dbp_matches_cpu(void)
     float *s0 = calloc(ns, sizeof(float));
     double *qc = calloc(ns, sizeof(double)), *qg = malloc(ns * sizeof(double));
     uint64_t s = seed | 1;
-    for (size_t i = 0; i < R; i++) tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+    for (size_t i = 0; i < R; i++) tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
     int rc = s_dbp_run(m, ENGINE_CPU, ENGINE_FP32, B, T, tok, s0, rows, qc);
     const double tol[2] = {1e-5, 5e-2};
     for (int prec = 0; prec < 2 && !rc; prec++) {
@@ -253,7 +238,7 @@ static int test_dbp_matches_cpu(void)
  * atomics, may differ in the last bits. */
 static int test_recompute_matches_plain(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     rwkv_config_t cfg = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
                          .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
     char err[ST_ERR_LEN];
@@ -269,10 +254,10 @@ static int test_recompute_matches_plain(void)
     double loss[2] = {0, 0};
     uint64_t s = seed | 1;
     for (size_t i = 0; i < R; i++) {
-        tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
+        tgt[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
     }
-    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
     int rc = 0;
     for (int prec = 0; prec < 2 && !rc; prec++) {
         for (int mode = 0; mode < 2 && !rc; mode++) {
@@ -316,7 +301,7 @@ static int test_recompute_matches_plain(void)
 /* A batch larger than the plan is refused with a sentence, not a crash. */
 static int test_refuses_oversized_batch(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     rwkv_config_t cfg = {.n_layer = 1, .n_embd = 64, .n_head = 1, .head_size = 64, .vocab = 50,
                          .ffn_dim = 128, .d_decay = 8, .d_aaa = 8, .d_mv = 8, .d_gate = 8};
     char err[ST_ERR_LEN];
@@ -371,10 +356,10 @@ static int s_rfix(rfix_t *f, uint64_t seed, int B, int T)
     if (!f->tok || !f->tgt || !f->A0) return 1;
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 3;
     for (int i = 0; i < B * T; i++) {
-        f->tok[i] = (int32_t)(s_next(&s) % 300);
-        f->tgt[i] = s_next(&s) % 5 == 0 ? -1 : (int32_t)(s_next(&s) % 300);
+        f->tok[i] = (int32_t)(st_test_next(&s) % 300);
+        f->tgt[i] = st_test_next(&s) % 5 == 0 ? -1 : (int32_t)(st_test_next(&s) % 300);
     }
-    for (size_t i = 0; i < f->ns; i++) f->A0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    for (size_t i = 0; i < f->ns; i++) f->A0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
     return 0;
 }
 
@@ -420,7 +405,7 @@ static double s_rel_update(const float *a, const float *b, const float *base, si
  * finds the same element. */
 static int test_resident_step_exact(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
@@ -433,14 +418,14 @@ static int test_resident_step_exact(void)
     CHECK(g && m && v && R);
     uint64_t s = seed | 1;
     for (size_t i = 0; i < n; i++) {
-        g[i] = (float)(((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 1e-2);
-        m[i] = (float)(((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 1e-3);
-        v[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 * 1e-5);
+        g[i] = (float)(((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 1e-2);
+        m[i] = (float)(((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 1e-3);
+        v[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 * 1e-5);
     }
     for (int b = 0; b < f.nblk; b++) /* R near the identity */
         for (int i = 0; i < f.N * f.N; i++)
             R[(size_t)b * f.N * f.N + i] = (i / f.N == i % f.N ? 1.0f : 0.0f) +
-                                            (float)(((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 0.1);
+                                            (float)(((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 0.1);
     /* case: 0 plain, 1 clipped, 2 DBP (clipped) */
     const double tol[3] = {0, 1e-6, 1e-5};
     const double max_norm[3] = {0, 0.05, 0.05};
@@ -531,7 +516,7 @@ static int test_resident_step_exact(void)
  * (1e-3), and where A ends up within 1e-2 of how far it moved. */
 static int test_resident_matches_cpu(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
@@ -601,7 +586,7 @@ static int test_resident_matches_cpu(void)
 
 /* ---- DBP on the device: Q resident, R's rule on the GPU ------------------- */
 
-static double s_u(uint64_t *s) { return (double)(s_next(s) >> 11) / 9007199254740992.0; }
+static double s_u(uint64_t *s) { return (double)(st_test_next(s) >> 11) / 9007199254740992.0; }
 
 /* ||a - b|| / ||b|| in double. */
 static double s_rel_dd(const double *a, const double *b, size_t n)
@@ -645,7 +630,7 @@ static void s_rule_inputs(const rfix_t *f, uint64_t seed, int P, float *R, doubl
  * alone; a NaN in Q is reported as a non-finite R by both. */
 static int test_dbp_rule_device(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
@@ -752,7 +737,7 @@ static int s_dbp_loop(engine_t *e, const rfix_t *f, const uint8_t *rows, int fro
  * rounding), and A and R after 4 steps within 1e-2 of how far they moved. */
 static int test_resident_dbp_matches_cpu(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
@@ -814,7 +799,7 @@ static int test_resident_dbp_matches_cpu(void)
  * update, or 10 times that run-to-run spread). */
 static int test_resident_dbp_resume(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *env = getenv("STATETUNE_SEED");
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);

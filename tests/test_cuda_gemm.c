@@ -28,6 +28,7 @@
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
 #include "harness.h"
+#include "cuda_test.h"
 
 #include "common/st_err.h"
 #include "engine/engine_cuda.h"
@@ -36,22 +37,6 @@
 #include <cuda_runtime_api.h>
 #include <stdint.h>
 #include <string.h>
-
-static int s_have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no CUDA device\n");
-        return 0;
-    }
-    return 1;
-}
-
-static uint64_t s_next(uint64_t *s)
-{
-    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
 
 enum { B = 3, T = 77 }; /* T not a multiple of the WKV chunk */
 
@@ -96,7 +81,7 @@ static int s_run(const rwkv_model_t *m, engine_precision_t prec, const char *bat
 
 static int s_variants(engine_precision_t prec, int d_aaa)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     char err[ST_ERR_LEN];
     rwkv_config_t cfg = {3, 128, 2, 64, 300, 512, 32, d_aaa, 32, 64};
     rwkv_model_t *m = rwkv_model_new_random(&cfg, 11, err);
@@ -107,10 +92,10 @@ static int s_variants(engine_precision_t prec, int d_aaa)
     CHECK(s0 != NULL);
     uint64_t s = 99;
     for (int i = 0; i < B * T; i++) {
-        tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
+        tgt[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
     }
-    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
     const int bf = prec == ENGINE_BF16;
     const double tol_loss = bf ? 1e-3 : 1e-5, tol_ds0 = bf ? 2e-2 : 1e-4;
     result_t ref = {{0}, NULL};
@@ -212,7 +197,7 @@ static int s_agree_cmp(const agree_t *a, const agree_t *b, const rwkv_config_t *
  * their own (every product they meet was chosen by engine 0). */
 static int s_lt2_agree(engine_precision_t prec)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     char err[ST_ERR_LEN];
     /* products large enough that several of cuBLASLt's candidates are close */
     rwkv_config_t cfg = {2, 512, 8, 64, 2048, 2048, 64, 64, 32, 128};
@@ -224,10 +209,10 @@ static int s_lt2_agree(engine_precision_t prec)
     CHECK(s0 != NULL);
     uint64_t s = 7;
     for (int i = 0; i < AB * AT; i++) {
-        tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
+        tgt[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
     }
-    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
     engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec, .max_batch = AB, .max_ctx = AT};
     agree_t r[3];
     memset(r, 0, sizeof r);

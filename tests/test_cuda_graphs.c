@@ -19,6 +19,7 @@
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
 #include "harness.h"
+#include "cuda_test.h"
 
 #include "common/st_err.h"
 #include "engine/engine_cuda.h"
@@ -26,22 +27,6 @@
 
 #include <cuda_runtime_api.h>
 #include <stdint.h>
-
-static int s_have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no CUDA device\n");
-        return 0;
-    }
-    return 1;
-}
-
-static uint64_t s_next(uint64_t *s)
-{
-    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
 
 enum { B = 3, T = 77, NB = 3 }; /* T not a multiple of the WKV chunk; NB different batches */
 
@@ -58,11 +43,11 @@ static void s_batches(batches_t *b, const rwkv_config_t *c, uint64_t seed)
     b->ns = (size_t)c->n_layer * rwkv_state_layer_size(c);
     for (int k = 0; k < NB; k++) {
         for (int i = 0; i < B * T; i++) {
-            b->tok[k][i] = (int32_t)(s_next(&s) % (uint64_t)c->vocab);
-            b->tgt[k][i] = s_next(&s) % 7 == 0 ? -1 : (int32_t)(s_next(&s) % (uint64_t)c->vocab);
+            b->tok[k][i] = (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
+            b->tgt[k][i] = st_test_next(&s) % 7 == 0 ? -1 : (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
         }
         b->s0[k] = malloc(b->ns * sizeof(float));
-        for (size_t i = 0; i < b->ns; i++) b->s0[k][i] = (float)((double)(s_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+        for (size_t i = 0; i < b->ns; i++) b->s0[k][i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
     }
     for (int i = 0; i < B; i++) b->rows[i] = i != 1;
 }
@@ -128,7 +113,7 @@ static void s_release(result_t *r)
  * forward-only evaluation in between, DBP on some steps. */
 static int s_sequence(engine_precision_t prec, int recompute)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     char err[ST_ERR_LEN];
     rwkv_config_t cfg = {3, 128, 2, 64, 300, 512, 32, 32, 32, 64};
     rwkv_model_t *m = rwkv_model_new_random(&cfg, 7, err);
@@ -174,7 +159,7 @@ static int t_bf16_recompute(void) { return s_sequence(ENGINE_BF16, 1); }
  * other. */
 static int t_resident(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     char err[ST_ERR_LEN];
     rwkv_config_t cfg = {2, 128, 2, 64, 300, 512, 32, 32, 32, 64};
     rwkv_model_t *m = rwkv_model_new_random(&cfg, 9, err);

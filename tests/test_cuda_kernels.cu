@@ -34,6 +34,7 @@
  */
 extern "C" {
 #include "harness.h"
+#include "cuda_test.h"
 
 #include "common/st_half.h"
 #include "kernels/cpu/dbp.h"
@@ -90,16 +91,6 @@ static uint64_t s_seed(void)
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
     return seed;
-}
-
-static int s_have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no CUDA device\n");
-        return 0;
-    }
-    return 1;
 }
 
 static double s_unif(uint64_t *s) /* splitmix64, [0, 1) */
@@ -1443,7 +1434,7 @@ static int s_gpu(void)
         uint64_t seed = s_seed();                                    \
         if (s_##fn<float>(&seed, gpu) || s_##fn<bf16>(&seed, gpu))   \
             return 1;                                                \
-        return gpu ? 0 : (s_have_gpu(), ST_TEST_SKIP);               \
+        return gpu ? 0 : (st_test_have_gpu(), ST_TEST_SKIP);               \
     }
 BOTH(layernorm_fwd)
 BOTH(layernorm_bwd)
@@ -1464,7 +1455,7 @@ static int test_adam(void)
     const int gpu = s_gpu();
     uint64_t seed = s_seed();
     if (s_adam(&seed, gpu)) return 1;
-    return gpu ? 0 : (s_have_gpu(), ST_TEST_SKIP);
+    return gpu ? 0 : (st_test_have_gpu(), ST_TEST_SKIP);
 }
 
 static int test_dbp_rule(void)
@@ -1472,7 +1463,7 @@ static int test_dbp_rule(void)
     const int gpu = s_gpu();
     uint64_t seed = s_seed();
     if (s_dbp_rule(&seed, gpu)) return 1;
-    return gpu ? 0 : (s_have_gpu(), ST_TEST_SKIP);
+    return gpu ? 0 : (st_test_have_gpu(), ST_TEST_SKIP);
 }
 
 static int test_absmax(void)
@@ -1480,7 +1471,7 @@ static int test_absmax(void)
     const int gpu = s_gpu();
     uint64_t seed = s_seed();
     if (s_absmax(&seed, gpu)) return 1;
-    return gpu ? 0 : (s_have_gpu(), ST_TEST_SKIP);
+    return gpu ? 0 : (st_test_have_gpu(), ST_TEST_SKIP);
 }
 
 int main(int argc, char **argv)

@@ -22,6 +22,7 @@
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
 #include "harness.h"
+#include "cuda_test.h"
 
 #include "common/st_err.h"
 #include "engine/engine.h"
@@ -35,23 +36,7 @@
 enum { METH_OBS = 1, METH_KS = 2, METH_TOPK = 4 };
 enum { TOPK_K = 16 }; /* the teacher's kept logits per row in the random problem (vocab 300) */
 
-static uint64_t s_next(uint64_t *s)
-{
-    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
-}
-
-static double s_unif(uint64_t *s) { return (double)(s_next(s) >> 11) / 9007199254740992.0; }
-
-static int s_have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no CUDA device\n");
-        return 0;
-    }
-    return 1;
-}
+static double s_unif(uint64_t *s) { return (double)(st_test_next(s) >> 11) / 9007199254740992.0; }
 
 static uint64_t s_seed(void)
 {
@@ -136,8 +121,8 @@ static int s_problem(problem_t *p, uint64_t seed, int M)
     if (!p->tok || !p->tgt || !p->s0 || !p->teacher || !p->U0 || !p->sv || !p->tk_val || !p->tk_id) return 1;
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 11;
     for (size_t i = 0; i < p->R; i++) {
-        p->tok[i] = (int32_t)(s_next(&s) % (uint64_t)c->vocab);
-        p->tgt[i] = (s_next(&s) % 5 == 0) ? -1 : (int32_t)(s_next(&s) % (uint64_t)c->vocab);
+        p->tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
+        p->tgt[i] = (st_test_next(&s) % 5 == 0) ? -1 : (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
     }
     for (size_t i = 0; i < p->ns; i++) p->s0[i] = (float)(s_unif(&s) - 0.5);
     for (size_t i = 0; i < p->nl; i++) p->teacher[i] = (float)(6.0 * s_unif(&s) - 3.0);
@@ -261,7 +246,7 @@ static int s_check(const char *what, double e, double tol)
  * target, absolute, for loss, CE and KL alike). */
 static int s_compare(int meth, engine_precision_t prec, int mode, double tl, double tloss, double tg)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
     uint64_t seed = s_seed();
     CHECK(s_problem(&p, seed, 24) == 0);
@@ -352,7 +337,7 @@ static int test_fp32_topk_kstate_recompute(void)
  * vocabulary are refused on CUDA as on the CPU. */
 static int test_topk_full_k_equals_full_rows(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
     CHECK(s_problem(&p, s_seed(), 8) == 0);
     const int V = p.m->cfg.vocab;
@@ -430,7 +415,7 @@ static int test_topk_full_k_equals_full_rows(void)
  * last bits its atomics may change), in both precisions. */
 static int test_neutral_settings_are_plain(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
     CHECK(s_problem(&p, s_seed(), 8) == 0);
     float *zeros = calloc(p.nU, 4);
@@ -481,7 +466,7 @@ static int test_neutral_settings_are_plain(void)
 /* The receptances kstate_support_init's k-means reads (engine_batch_t.receptance). */
 static int test_receptance_matches_cpu(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
     CHECK(s_problem(&p, s_seed(), 8) == 0);
     const rwkv_config_t *c = &p.m->cfg;
@@ -525,7 +510,7 @@ static int test_receptance_matches_cpu(void)
  * random model (3 heads, 2 layers). Misuse is refused with a sentence. */
 static int test_device_teacher_matches_host_logits(void)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
     uint64_t seed = s_seed();
     CHECK(s_problem(&p, seed, 8) == 0);
@@ -646,7 +631,7 @@ static int test_speed(void)
         printf("skipped: set STATETUNE_METHODS_BENCH=1 to time the methods\n");
         return ST_TEST_SKIP;
     }
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     int L = 12, C = 768, B = 8, T = 1024, M = 64;
     const char *shape = getenv("STATETUNE_METHODS_SHAPE");
     if (shape && *shape) sscanf(shape, "%d,%d,%d,%d", &L, &C, &B, &T);
@@ -665,8 +650,8 @@ static int test_speed(void)
     CHECK(tok && tgt && s0 && ds0 && teacher && U0 && sv && dU0);
     uint64_t s = 12345;
     for (size_t i = 0; i < R; i++) {
-        tok[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (int32_t)(s_next(&s) % (uint64_t)cfg.vocab);
+        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
+        tgt[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
     }
     for (size_t i = 0; i < nl; i++) teacher[i] = (float)((i * 2654435761u) % 1000) * 0.004f - 2.0f;
     for (size_t i = 0; i < nU; i++) sv[i] = 0.125f; /* unit: 64 x 0.125^2 = 1 */

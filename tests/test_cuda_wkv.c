@@ -15,6 +15,7 @@
  * CTest label `gpu`: needs a CUDA device; without one every test skips.
  */
 #include "harness.h"
+#include "cuda_test.h"
 
 #include "common/st_err.h"
 #include "common/st_half.h"
@@ -33,16 +34,6 @@ static uint64_t s_seed(void)
     uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
     return seed;
-}
-
-static int s_have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no CUDA device\n");
-        return 0;
-    }
-    return 1;
 }
 
 /* ---- the reference, checked against finite differences ----------------- */
@@ -242,7 +233,7 @@ typedef struct {
 
 static int s_run_tols(int algo, int balgo, int bf16, const tols_t *tol)
 {
-    if (!s_have_gpu()) return ST_TEST_SKIP;
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const uint64_t seed = s_seed();
     const struct { int B, T, H, regime; } cases[] = {
         {2, 37, 3, 0}, {2, 37, 3, 1}, {2, 37, 3, 2}, {1, 5, 1, 0}, {3, 64, 2, 0}, {1, 200, 2, 2},
