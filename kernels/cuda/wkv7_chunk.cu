@@ -649,6 +649,38 @@ struct FwdSmem {
     uint64_t mbar[2]; /* raw[i] landed (TMA staging) */
 };
 
+/* Key j's w over the chunk (1 past T: rows there are garbage), for both
+ * halves of a prep. */
+template <typename F>
+__device__ __forceinline__ void prep_w(const Raw<F, 5> &raw, int n, int j, float wr[L])
+{
+#pragma unroll
+    for (int u = 0; u < L; u++) wr[u] = u < n ? raw.w[u * N + j] : 1.f;
+}
+
+/* The reciprocal side of a prep, the same in the forward and pass 1: key
+ * j's k and b (raw inputs ik, ib) into kr, br (0 past T), and K^ = k / p_u,
+ * B^ = b / p_u into tk, tb ([token][key]). */
+template <typename F>
+__device__ __forceinline__ void prep_recip(const Raw<F, 5> &raw, int ik, int ib, const float wr[L], int n, int j,
+                                           float kr[L], float br[L], float *tk, float *tb)
+{
+#pragma unroll
+    for (int u = 0; u < L; u++) {
+        const bool ok = u < n; /* select, never multiply: rows past T are garbage */
+        kr[u] = ok ? to_f(raw.x[ik][u * N + j]) : 0.f;
+        br[u] = ok ? to_f(raw.x[ib][u * N + j]) : 0.f;
+    }
+    float p = 1.f;
+#pragma unroll
+    for (int u = 0; u < L; u++) {
+        p *= wr[u];
+        const float ip = __frcp_rn(p);
+        tk[u * LDK + j] = kr[u] * ip;
+        tb[u * LDK + j] = br[u] * ip;
+    }
+}
+
 /* The producers' element-wise prep of one chunk, spread over all 128
  * producer threads so that no thread walks a long dependent chain alone (the
  * chain per chunk is what bounds the forward at the engine's 96-256 heads):
@@ -664,8 +696,7 @@ __device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, flo
 {
     const int j = ptid & (N - 1);
     float wr[L];
-#pragma unroll
-    for (int u = 0; u < L; u++) wr[u] = u < n ? raw.w[u * N + j] : 1.f;
+    prep_w(raw, n, j, wr);
     if (ptid < N) {
         float rr[L], aa[L], vv[L];
 #pragma unroll
@@ -686,20 +717,7 @@ __device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, flo
         S_.pL[j] = p;
     } else {
         float kr[L], br[L];
-#pragma unroll
-        for (int u = 0; u < L; u++) {
-            const bool ok = u < n;
-            kr[u] = ok ? to_f(raw.x[1][u * N + j]) : 0.f;
-            br[u] = ok ? to_f(raw.x[4][u * N + j]) : 0.f;
-        }
-        float p = 1.f;
-#pragma unroll
-        for (int u = 0; u < L; u++) {
-            p *= wr[u];
-            const float ip = __frcp_rn(p);
-            tk[u * LDK + j] = kr[u] * ip;
-            tb[u * LDK + j] = br[u] * ip;
-        }
+        prep_recip(raw, 1, 4, wr, n, j, kr, br, tk, tb); /* the forward's stage: r k v a b */
         float kt[L], bt[L], sfx = 1.f;
 #pragma unroll
         for (int u = L - 1; u >= 0; u--) {
@@ -1177,8 +1195,7 @@ __device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, flo
 {
     const int j = ptid & (N - 1);
     float wr[L];
-#pragma unroll
-    for (int u = 0; u < L; u++) wr[u] = u < n ? raw.w[u * N + j] : 1.f;
+    prep_w(raw, n, j, wr);
     if (ptid < N) {
         float rr[L], aa[L], dd[L];
 #pragma unroll
@@ -1207,20 +1224,7 @@ __device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, flo
         }
     } else {
         float kr[L], br[L];
-#pragma unroll
-        for (int u = 0; u < L; u++) {
-            const bool ok = u < n;
-            br[u] = ok ? to_f(raw.x[2][u * N + j]) : 0.f;
-            kr[u] = ok ? to_f(raw.x[4][u * N + j]) : 0.f;
-        }
-        float p = 1.f;
-#pragma unroll
-        for (int u = 0; u < L; u++) {
-            p *= wr[u];
-            const float ip = __frcp_rn(p);
-            tb[u * LDK + j] = br[u] * ip;
-            tk[u * LDK + j] = kr[u] * ip;
-        }
+        prep_recip(raw, 4, 2, wr, n, j, kr, br, tk, tb); /* pass 1's stage: r a b dy k */
         float sfx = 1.f;
 #pragma unroll
         for (int u = L - 1; u >= 0; u--) {
