@@ -23,7 +23,10 @@
 #include "kernels/dev/wkv7_ref.h"
 
 #include <cuda_runtime_api.h>
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
+#include <stdlib.h>
 #include <time.h>
 
 #define N WKV7_REF_N
@@ -432,6 +435,114 @@ static int test_refuses_bad_shapes(void)
  * the pointers here are host dummies, so a launch or copy would fail with
  * another code (no GPU needed). The kept ids are all still accepted by
  * wkv7_cuda_auto_algo_prec's picks (auto_rule). */
+/* The two ways the warp-specialized forward and pass 1 stage their inputs,
+ * TMA (the default for 16-byte aligned operands) and per-thread cp.async
+ * (STATETUNE_WKV7_TMA=0, or unaligned operands), must give the same bits
+ * (docs/performance.md 1.5). T = 100 is not a multiple of 16: the last
+ * chunk's TMA boxes read past T into the next batch row, and past the
+ * tensor's end for the last row (zero-filled); both must stay unused. Every
+ * output is compared bit for bit except dS0, which pass 1 sums over batch
+ * rows with atomics in either order (1e-6 relative). */
+static int s_stage_run(int algo, int balgo, int bf16, int tma, int B, int T, int H, uint64_t seed,
+                       unsigned char **bytes, size_t *nbytes, float **ds0)
+{
+    setenv("STATETUNE_WKV7_TMA", tma ? "1" : "0", 1);
+    const size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N, nf = (size_t)B * H * N * N;
+    const size_t nck = wkv7_cuda_ckpt_floats(B, T, H), nsa = wkv7_cuda_sa_floats(B, T, H);
+    float *h_in[8];
+    for (int i = 0; i < 8; i++) h_in[i] = malloc(sizeof(float) * (i == 6 ? ns : n));
+    wkv7_ref_random_inputs(B, T, H, seed, 2, h_in[0], h_in[1], h_in[2], h_in[3], h_in[4], h_in[5], h_in[6],
+                           h_in[7]);
+#define ESZ(i) ((bf16 && (i) != 1 && (i) != 9) ? 2 : 4)
+    void *d[14];
+    float *d_s0, *d_sf, *d_ck, *d_sa, *d_ds0;
+    for (int i = 0; i < 14; i++) cudaMalloc(&d[i], ESZ(i) * n);
+    cudaMalloc((void **)&d_s0, 4 * ns);
+    cudaMalloc((void **)&d_sf, 4 * nf);
+    cudaMalloc((void **)&d_ck, 4 * nck);
+    cudaMalloc((void **)&d_sa, 4 * nsa);
+    cudaMalloc((void **)&d_ds0, 4 * ns);
+    void *stage = malloc(4 * n);
+    const int src[7] = {0, 1, 2, 3, 4, 5, 7};
+    for (int i = 0; i < 7; i++) {
+        if (ESZ(i) == 2)
+            for (size_t x = 0; x < n; x++) ((uint16_t *)stage)[x] = st_f32_to_bf16(h_in[src[i]][x]);
+        else
+            memcpy(stage, h_in[src[i]], 4 * n);
+        cudaMemcpy(d[i], stage, ESZ(i) * n, cudaMemcpyHostToDevice);
+    }
+    cudaMemcpy(d_s0, h_in[6], 4 * ns, cudaMemcpyHostToDevice);
+    for (int i = 7; i < 14; i++) cudaMemset(d[i], 0xff, ESZ(i) * n);
+    cudaMemset(d_sf, 0xff, 4 * nf);
+    cudaMemset(d_ck, 0xff, 4 * nck);
+    cudaMemset(d_sa, 0xff, 4 * nsa);
+    cudaMemset(d_ds0, 0, 4 * ns);
+    char err[ST_ERR_LEN];
+    int rc = wkv7_forward_cuda_algo(algo, bf16, B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], d_s0, d[7], d_sf, d_ck,
+                                    WKV7_CUDA_CHUNK, d_sa, 0, err);
+    if (!rc)
+        rc = wkv7_backward_cuda_algo(balgo, bf16, B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], d_ck,
+                                     WKV7_CUDA_CHUNK, d_sa, d[6], d[8], d[9], d[10], d[11], d[12], d[13], d_ds0, 0,
+                                     err);
+    cudaError_t ce = cudaDeviceSynchronize();
+    unsetenv("STATETUNE_WKV7_TMA");
+    if (rc || ce != cudaSuccess) {
+        fprintf(stderr, "cuda wkv7 failed: %s\n", rc ? err : cudaGetErrorString(ce));
+        rc = 1;
+    } else {
+        size_t tot = 4 * (nf + nck + nsa);
+        for (int i = 7; i < 14; i++) tot += ESZ(i) * n;
+        unsigned char *out = malloc(tot), *o = out;
+        for (int i = 7; i < 14; i++, o += ESZ(i - 1) * n) cudaMemcpy(o, d[i], ESZ(i) * n, cudaMemcpyDeviceToHost);
+        cudaMemcpy(o, d_sf, 4 * nf, cudaMemcpyDeviceToHost);
+        cudaMemcpy(o + 4 * nf, d_ck, 4 * nck, cudaMemcpyDeviceToHost);
+        cudaMemcpy(o + 4 * (nf + nck), d_sa, 4 * nsa, cudaMemcpyDeviceToHost);
+        *ds0 = malloc(4 * ns);
+        cudaMemcpy(*ds0, d_ds0, 4 * ns, cudaMemcpyDeviceToHost);
+        *bytes = out;
+        *nbytes = tot;
+    }
+#undef ESZ
+    for (int i = 0; i < 14; i++) cudaFree(d[i]);
+    cudaFree(d_s0); cudaFree(d_sf); cudaFree(d_ck); cudaFree(d_sa); cudaFree(d_ds0);
+    for (int i = 0; i < 8; i++) free(h_in[i]);
+    free(stage);
+    return rc;
+}
+
+static int s_stage_same(int algo, int balgo, int bf16)
+{
+    const int B = 2, T = 100, H = 3;
+    const uint64_t seed = s_seed();
+    unsigned char *b1 = NULL, *b0 = NULL;
+    float *g1 = NULL, *g0 = NULL;
+    size_t n1 = 0, n0 = 0;
+    if (s_stage_run(algo, balgo, bf16, 1, B, T, H, seed, &b1, &n1, &g1)) return 1;
+    if (s_stage_run(algo, balgo, bf16, 0, B, T, H, seed, &b0, &n0, &g0)) return 1;
+    size_t diff = 0;
+    for (size_t i = 0; i < n1 && n1 == n0; i++) diff += b1[i] != b0[i];
+    double num = 0, den = 0;
+    for (size_t i = 0; i < (size_t)H * N * N; i++) {
+        num += ((double)g1[i] - g0[i]) * ((double)g1[i] - g0[i]);
+        den += (double)g0[i] * g0[i];
+    }
+    const double rel = sqrt(num / (den > 0 ? den : 1));
+    printf("%s: %zu of %zu output bytes differ between TMA and cp.async staging; dS0 relative %.2e\n",
+           bf16 ? "bf16" : "fp32", diff, n1, rel);
+    free(b1); free(b0); free(g1); free(g0);
+    CHECKF(n1 == n0 && diff == 0, "TMA and cp.async staging differ in %zu bytes", diff);
+    CHECKF(rel <= 1e-6, "dS0 differs by %.2e between TMA and cp.async staging", rel);
+    return 0;
+}
+
+/* AUTO in bf16 (TCWS1 + CPROD1WSSA) and the accurate warp-specialized pair in fp32 */
+static int test_tma_staging_identical(void)
+{
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
+    int rc = s_stage_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1);
+    return rc ? rc : s_stage_same(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0);
+}
+
 static int test_refuses_removed_algorithms(void)
 {
     char err[ST_ERR_LEN] = "";
@@ -486,6 +597,7 @@ int main(int argc, char **argv)
         {"bf16_bf16ops_fwd_cprod1wssa", test_bf16_bf16ops_fwd_cprod1wssa},
         {"refuses_bad_shapes", test_refuses_bad_shapes},
         {"refuses_removed_algorithms", test_refuses_removed_algorithms},
+        {"tma_staging_identical", test_tma_staging_identical},
         {"auto_rule", test_auto_rule},
         {NULL, NULL},
     };
