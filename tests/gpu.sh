@@ -19,7 +19,8 @@
 #       several modes may be given comma-separated;
 #       `sanitize` (not part of all: slow) runs the GPU tests under
 #       compute-sanitizer's memcheck and racecheck.
-#       Logs go to $OUT (the device tool brings it back); a summary is printed
+#       Logs go to $OUT as one archive, logs.tgz (the device tool brings
+#       back only a few files), beside summary.txt; the summary is printed
 #       last. Exit status: nonzero when any check failed.
 #
 # Why not ctest on the GPU machine: the build tree's CTest files hold this
@@ -144,4 +145,8 @@ if has bench || has all; then
 fi
 echo "==== summary ($(date -u +%H:%M:%S) UTC) ===="
 printf '%s\n' "${summary[@]}"
+printf '%s\n' "${summary[@]}" > "$OUT/summary.txt"
+# the device tool brings back only a few files from $OUT: every log travels
+# in one archive (tar -xzf logs.tgz), beside the summary and device.txt
+( cd "$OUT" && ls ./*.log >/dev/null 2>&1 && tar -czf logs.tgz ./*.log && rm -f ./*.log )
 exit $fail

@@ -27,6 +27,7 @@ PY=$py   # state_rel (tests/lib/common.sh) runs $PY
 . "$(dirname "$0")/lib/common.sh"  # before fail(): it defines another
 fail() { echo "FAIL: $*" >&2; exit 1; }
 [ -x "$w" ] || { echo "skipped: no worker in $rt/bin"; exit 77; }
+nvidia-smi -L >/dev/null 2>&1 || { echo "skipped: no CUDA device"; exit 77; }
 rt=$(cd "$rt" && pwd) # the job files name the model and data from a temp folder
 w=$rt/bin/statetune-worker
 model=$rt/data/pysrc-rwkv7-5M.pth
