@@ -18,20 +18,22 @@ struct adam {
     float *v;        /* (n) second moment */
 };
 
+int adam_check_settings(double beta1, double beta2, double eps, char *err)
+{
+    if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
+        return st_fail(err, ST_EINVAL, "adam: beta1 and beta2 must be in [0, 1), got %g and %g", beta1, beta2);
+    if (!(eps > 0) || !isfinite(eps))
+        return st_fail(err, ST_EINVAL, "adam: eps must be a positive number, got %g", eps);
+    return ST_OK;
+}
+
 adam_t *adam_new(size_t n, double beta1, double beta2, double eps, char *err)
 {
     if (n == 0) {
         st_fail(err, ST_EINVAL, "adam: the parameter vector is empty");
         return NULL;
     }
-    if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1)) {
-        st_fail(err, ST_EINVAL, "adam: beta1 and beta2 must be in [0, 1), got %g and %g", beta1, beta2);
-        return NULL;
-    }
-    if (!(eps > 0) || !isfinite(eps)) {
-        st_fail(err, ST_EINVAL, "adam: eps must be a positive number, got %g", eps);
-        return NULL;
-    }
+    if (adam_check_settings(beta1, beta2, eps, err) != ST_OK) return NULL;
     adam_t *self = calloc(1, sizeof *self);
     if (!self) goto oom;
     self->n = n;

@@ -24,6 +24,10 @@ typedef struct adam adam_t;
  * and fills err when the hyper-parameters are out of range (betas in [0, 1),
  * eps > 0) or memory runs out. */
 adam_t *adam_new(size_t n, double beta1, double beta2, double eps, char *err);
+/* ST_OK when beta1, beta2 lie in [0, 1) and eps is a positive finite
+ * number; else ST_EINVAL and one sentence (every Adam, CPU or CUDA, checks
+ * its settings here). */
+int adam_check_settings(double beta1, double beta2, double eps, char *err);
 void adam_destroy(adam_t **self_p);
 
 /* One step: t += 1, then the update above with learning rate lr on param

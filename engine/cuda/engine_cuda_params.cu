@@ -43,6 +43,7 @@
  */
 extern "C" {
 #include "engine/engine_cuda.h"
+#include "engine/adam.h"
 #include "common/st_err.h"
 #include "engine/dbp_param.h"
 }
@@ -210,14 +211,7 @@ static int s_init(engine_cuda_params_t *p, char *err)
 extern "C" engine_cuda_params_t *engine_cuda_params_new(engine_cuda_t *eng, int nblk, int N, int dbp,
                                                         double beta1, double beta2, double eps, char *err)
 {
-    if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1)) {
-        st_fail(err, ST_EINVAL, "adam: beta1 and beta2 must be in [0, 1), got %g and %g", beta1, beta2);
-        return NULL;
-    }
-    if (!(eps > 0) || !isfinite(eps)) {
-        st_fail(err, ST_EINVAL, "adam: eps must be a positive number, got %g", eps);
-        return NULL;
-    }
+    if (adam_check_settings(beta1, beta2, eps, err) != ST_OK) return NULL;
     engine_cuda_params_t *p = (engine_cuda_params_t *)calloc(1, sizeof *p);
     if (!p) {
         st_fail(err, ST_ENOMEM, "out of memory for the tuning parameters");
