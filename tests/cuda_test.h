@@ -1,8 +1,9 @@
 /*
  * cuda_test.h - what every GPU test program shares beside harness.h: whether
  * a CUDA device is there (without one a test skips, it never fails: CI has no
- * GPU and runs the `gpu` label only to see it skip cleanly) and the tests'
- * xorshift* generator for fresh random inputs.
+ * GPU and runs the `gpu` label only to see it skip cleanly), the seed of a
+ * run's fresh random inputs (printed; STATETUNE_SEED replays it) and the
+ * tests' xorshift* generator.
  */
 #ifndef ST_CUDA_TEST_H
 #define ST_CUDA_TEST_H
@@ -10,6 +11,8 @@
 #include <cuda_runtime_api.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
 
 static inline int st_test_have_gpu(void)
 {
@@ -19,6 +22,16 @@ static inline int st_test_have_gpu(void)
         return 0;
     }
     return 1;
+}
+
+/* The seed of this run: STATETUNE_SEED when set, else the clock, printed so
+ * that a failure can be replayed. */
+static inline uint64_t st_test_seed(void)
+{
+    const char *env = getenv("STATETUNE_SEED");
+    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    return seed;
 }
 
 /* xorshift64*: s must start non-zero */

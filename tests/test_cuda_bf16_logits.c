@@ -75,9 +75,7 @@ static int s_run(rwkv_model_t *m, const char *bf16_logits, int B, int T, const i
 static int s_compare(const char *fixture)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    const uint64_t seed = st_test_seed();
     char err[ST_ERR_LEN];
     rwkv_model_t *m;
     if (fixture) {

@@ -82,9 +82,7 @@ static int s_compare_model(const char *fixture, engine_precision_t prec, double 
                            double ts)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    const uint64_t seed = st_test_seed();
     rwkv_config_t cfg0 = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
                           .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
     char err[ST_ERR_LEN];
@@ -189,9 +187,7 @@ static int s_dbp_run(rwkv_model_t *m, engine_backend_t be, engine_precision_t pr
 static int test_dbp_matches_cpu(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    const uint64_t seed = st_test_seed();
     rwkv_config_t cfg = {.n_layer = 2, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
                          .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
     char err[ST_ERR_LEN];
@@ -406,9 +402,7 @@ static double s_rel_update(const float *a, const float *b, const float *base, si
 static int test_resident_step_exact(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
     CHECK(s_rfix(&f, seed, 2, 16) == 0);
     size_t n = f.ns;
@@ -517,9 +511,7 @@ static int test_resident_step_exact(void)
 static int test_resident_matches_cpu(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
     CHECK(s_rfix(&f, seed, 2, 37) == 0);
     size_t n = f.ns;
@@ -631,9 +623,7 @@ static void s_rule_inputs(const rfix_t *f, uint64_t seed, int P, float *R, doubl
 static int test_dbp_rule_device(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
     CHECK(s_rfix(&f, seed, 2, 16) == 0);
     size_t n = f.ns;
@@ -738,9 +728,7 @@ static int s_dbp_loop(engine_t *e, const rfix_t *f, const uint8_t *rows, int fro
 static int test_resident_dbp_matches_cpu(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
     CHECK(s_rfix(&f, seed, 2, 37) == 0);
     size_t n = f.ns;
@@ -800,9 +788,7 @@ static int test_resident_dbp_matches_cpu(void)
 static int test_resident_dbp_resume(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
+    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
     CHECK(s_rfix(&f, seed, 2, 37) == 0);
     size_t n = f.ns;

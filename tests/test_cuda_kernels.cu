@@ -85,14 +85,6 @@ typedef __nv_bfloat16 bf16;
 
 /* ---- host helpers ------------------------------------------------------- */
 
-static uint64_t s_seed(void)
-{
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
-    return seed;
-}
-
 static double s_unif(uint64_t *s) /* splitmix64, [0, 1) */
 {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
@@ -1431,7 +1423,7 @@ static int s_gpu(void)
     static int test_##fn(void)                                       \
     {                                                                \
         const int gpu = s_gpu();                                     \
-        uint64_t seed = s_seed();                                    \
+        uint64_t seed = st_test_seed();                                    \
         if (s_##fn<float>(&seed, gpu) || s_##fn<bf16>(&seed, gpu))   \
             return 1;                                                \
         return gpu ? 0 : (st_test_have_gpu(), ST_TEST_SKIP);               \
@@ -1453,7 +1445,7 @@ BOTH(dbp_q)
 static int test_adam(void)
 {
     const int gpu = s_gpu();
-    uint64_t seed = s_seed();
+    uint64_t seed = st_test_seed();
     if (s_adam(&seed, gpu)) return 1;
     return gpu ? 0 : (st_test_have_gpu(), ST_TEST_SKIP);
 }
@@ -1461,7 +1453,7 @@ static int test_adam(void)
 static int test_dbp_rule(void)
 {
     const int gpu = s_gpu();
-    uint64_t seed = s_seed();
+    uint64_t seed = st_test_seed();
     if (s_dbp_rule(&seed, gpu)) return 1;
     return gpu ? 0 : (st_test_have_gpu(), ST_TEST_SKIP);
 }
@@ -1469,7 +1461,7 @@ static int test_dbp_rule(void)
 static int test_absmax(void)
 {
     const int gpu = s_gpu();
-    uint64_t seed = s_seed();
+    uint64_t seed = st_test_seed();
     if (s_absmax(&seed, gpu)) return 1;
     return gpu ? 0 : (st_test_have_gpu(), ST_TEST_SKIP);
 }

@@ -38,14 +38,6 @@ enum { TOPK_K = 16 }; /* the teacher's kept logits per row in the random problem
 
 static double s_unif(uint64_t *s) { return (double)(st_test_next(s) >> 11) / 9007199254740992.0; }
 
-static uint64_t s_seed(void)
-{
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
-    return seed;
-}
-
 typedef struct problem problem_t;
 static void s_topk_of(const problem_t *p, int K, float *val, int32_t *id);
 
@@ -248,7 +240,7 @@ static int s_compare(int meth, engine_precision_t prec, int mode, double tl, dou
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
-    uint64_t seed = s_seed();
+    uint64_t seed = st_test_seed();
     CHECK(s_problem(&p, seed, 24) == 0);
     const float alpha = 0.3f;
     out_t cpu, gpu;
@@ -339,7 +331,7 @@ static int test_topk_full_k_equals_full_rows(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
-    CHECK(s_problem(&p, s_seed(), 8) == 0);
+    CHECK(s_problem(&p, st_test_seed(), 8) == 0);
     const int V = p.m->cfg.vocab;
     float *val = malloc(p.R * V * 4);
     int32_t *id = malloc(p.R * V * 4);
@@ -417,7 +409,7 @@ static int test_neutral_settings_are_plain(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
-    CHECK(s_problem(&p, s_seed(), 8) == 0);
+    CHECK(s_problem(&p, st_test_seed(), 8) == 0);
     float *zeros = calloc(p.nU, 4);
     CHECK(zeros != NULL);
     engine_kstate_t ks0 = p.ks;
@@ -468,7 +460,7 @@ static int test_receptance_matches_cpu(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
-    CHECK(s_problem(&p, s_seed(), 8) == 0);
+    CHECK(s_problem(&p, st_test_seed(), 8) == 0);
     const rwkv_config_t *c = &p.m->cfg;
     size_t n = (size_t)c->n_layer * p.R * c->n_embd;
     float *rc_cpu = malloc(n * 4), *rc_gpu = malloc(n * 4);
@@ -512,7 +504,7 @@ static int test_device_teacher_matches_host_logits(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     problem_t p;
-    uint64_t seed = s_seed();
+    uint64_t seed = st_test_seed();
     CHECK(s_problem(&p, seed, 8) == 0);
     rwkv_config_t tc = {.n_layer = 2, .n_embd = 192, .n_head = 3, .head_size = 64, .vocab = 300,
                         .ffn_dim = 640, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};

@@ -31,14 +31,6 @@
 
 #define N WKV7_REF_N
 
-static uint64_t s_seed(void)
-{
-    const char *env = getenv("STATETUNE_SEED");
-    uint64_t seed = env && *env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("seed %llu (STATETUNE_SEED replays it)\n", (unsigned long long)seed);
-    return seed;
-}
-
 /* ---- the reference, checked against finite differences ----------------- */
 
 static double s_objective(int T, const float *r, const float *w, const float *k, const float *v,
@@ -60,7 +52,7 @@ static int test_reference_gradients(void)
     float *in[8];
     for (int i = 0; i < 8; i++) in[i] = malloc(sizeof(float) * (i == 6 ? N * N : n));
     float *r = in[0], *w = in[1], *k = in[2], *v = in[3], *a = in[4], *b = in[5], *s0 = in[6], *dy = in[7];
-    uint64_t seed = s_seed();
+    uint64_t seed = st_test_seed();
     wkv7_ref_random_inputs(1, T, 1, seed, 0, r, w, k, v, a, b, s0, dy);
     double *g[7], *ybuf = malloc(sizeof(double) * n);
     for (int i = 0; i < 7; i++) g[i] = malloc(sizeof(double) * (i == 6 ? N * N : n));
@@ -237,7 +229,7 @@ typedef struct {
 static int s_run_tols(int algo, int balgo, int bf16, const tols_t *tol)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const uint64_t seed = s_seed();
+    const uint64_t seed = st_test_seed();
     const struct { int B, T, H, regime; } cases[] = {
         {2, 37, 3, 0}, {2, 37, 3, 1}, {2, 37, 3, 2}, {1, 5, 1, 0}, {3, 64, 2, 0}, {1, 200, 2, 2},
     };
@@ -513,7 +505,7 @@ static int s_stage_run(int algo, int balgo, int bf16, int tma, int B, int T, int
 static int s_stage_same(int algo, int balgo, int bf16)
 {
     const int B = 2, T = 100, H = 3;
-    const uint64_t seed = s_seed();
+    const uint64_t seed = st_test_seed();
     unsigned char *b1 = NULL, *b0 = NULL;
     float *g1 = NULL, *g0 = NULL;
     size_t n1 = 0, n0 = 0;
