@@ -45,19 +45,28 @@ __global__ void grad_div_kernel(size_t n, float *g, double div)
         g[i] = (float)__ddiv_rn((double)g[i], div);
 }
 
-/* Double tree sum of a block's values; every thread gets the total. */
-__device__ __forceinline__ double block_sum_d(double v, double *sh)
+/* The block's values reduced in a fixed tree (the same order every run);
+ * every thread gets the result. op(left, right) combines two entries; sh
+ * holds blockDim.x of them. The norm's double sum and the divergence
+ * check's largest |x| below are this one reduction with two operators. */
+template <typename V, typename Op>
+__device__ __forceinline__ V block_reduce(V v, V *sh, Op op)
 {
     sh[threadIdx.x] = v;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) sh[threadIdx.x] = __dadd_rn(sh[threadIdx.x], sh[threadIdx.x + s]);
+        if (threadIdx.x < s) sh[threadIdx.x] = op(sh[threadIdx.x], sh[threadIdx.x + s]);
         __syncthreads();
     }
-    double r = sh[0];
+    V r = sh[0];
     __syncthreads();
     return r;
 }
+
+/* a + b rounded to nearest (no contraction with a neighbouring multiply) */
+struct dsum_op {
+    __device__ double operator()(double a, double b) const { return __dadd_rn(a, b); }
+};
 
 /* partial[block] = sum over the block's grid-stride slice of g^2, in double
  * (grid ADAM_RED_BLOCKS, block ADAM_THREADS). */
@@ -69,7 +78,7 @@ __global__ void sumsq_partial_kernel(size_t n, const float *g, double *partial)
         double x = g[i];
         s = __dadd_rn(s, __dmul_rn(x, x));
     }
-    s = block_sum_d(s, sh);
+    s = block_reduce(s, sh, dsum_op());
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
@@ -79,7 +88,7 @@ __global__ void sumsq_finish_kernel(int np, const double *partial, double *norm)
     __shared__ double sh[ADAM_THREADS];
     double s = 0;
     for (int i = threadIdx.x; i < np; i += blockDim.x) s = __dadd_rn(s, partial[i]);
-    s = block_sum_d(s, sh);
+    s = block_reduce(s, sh, dsum_op());
     if (threadIdx.x == 0) *norm = __dsqrt_rn(s);
 }
 
@@ -129,18 +138,10 @@ __device__ __forceinline__ bool absmax_better(const absmax_t &a, const absmax_t 
     return a.idx < b.idx;
 }
 
-__device__ __forceinline__ absmax_t block_absmax(absmax_t c, absmax_t *sh)
-{
-    sh[threadIdx.x] = c;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s && absmax_better(sh[threadIdx.x + s], sh[threadIdx.x])) sh[threadIdx.x] = sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    absmax_t r = sh[0];
-    __syncthreads();
-    return r;
-}
+/* the better of two candidates; the left one (lower indices) on a tie */
+struct absmax_op {
+    __device__ absmax_t operator()(const absmax_t &a, const absmax_t &b) const { return absmax_better(b, a) ? b : a; }
+};
 
 /* partial[block]: the block's best candidate over its grid-stride slice. */
 __global__ void absmax_partial_kernel(size_t n, const float *x, absmax_t *partial)
@@ -152,7 +153,7 @@ __global__ void absmax_partial_kernel(size_t n, const float *x, absmax_t *partia
         absmax_t c = {isfinite(a) ? 1 : 2, a, (unsigned long long)i};
         if (absmax_better(c, best)) best = c;
     }
-    best = block_absmax(best, sh);
+    best = block_reduce(best, sh, absmax_op());
     if (threadIdx.x == 0) partial[blockIdx.x] = best;
 }
 
@@ -163,7 +164,7 @@ __global__ void absmax_finish_kernel(int np, const absmax_t *partial, absmax_t *
     absmax_t best = {0, 0.f, ~0ull};
     for (int i = threadIdx.x; i < np; i += blockDim.x)
         if (absmax_better(partial[i], best)) best = partial[i];
-    best = block_absmax(best, sh);
+    best = block_reduce(best, sh, absmax_op());
     if (threadIdx.x == 0) *out = best;
 }
 

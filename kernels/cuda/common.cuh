@@ -112,6 +112,27 @@ __device__ __forceinline__ void store2(__nv_bfloat16 *p, const float *f)
     *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(f[0], f[1]);
 }
 
+/* Where a lane of the warp-per-(row, head) kernels (groupnorm.cuh,
+ * timemix.cuh) works: warp gw of the grid takes (row, head) gw = row H + h
+ * of the RH pairs, and its lane holds channels 2 lane and 2 lane + 1 of the
+ * head (load2 / store2): element i of the (R, C) activations, channel c of
+ * the (C) parameter vectors. False for the warps past RH (the grid's tail),
+ * which return. */
+struct head_pair_t {
+    int gw, lane, c;
+    size_t i;
+};
+
+__device__ __forceinline__ bool head_pair(int RH, int H, head_pair_t &p)
+{
+    p.gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    p.lane = threadIdx.x & 31;
+    if (p.gw >= RH) return false;
+    p.c = (p.gw % H) * 64 + 2 * p.lane;
+    p.i = (size_t)p.gw * 64 + 2 * p.lane;
+    return true;
+}
+
 /* ---- small element-wise kernels over n elements (n a multiple of 8; one
  * thread per 8 elements) ---- */
 

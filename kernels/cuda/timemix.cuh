@@ -128,6 +128,16 @@ __global__ void lora_act_bwd_kernel(size_t n, int act, const T *__restrict__ hid
     store8(dhid + i, d);
 }
 
+/* 1 / max(||kraw k_k||, eps) over a head, from a lane's share ss of the
+ * squared norm (every lane gets it); clamped when eps won, where the
+ * backward's gradient has no projection term. */
+__device__ __forceinline__ float kk_inv_norm(float ss, bool &clamped)
+{
+    const float nrm = sqrtf(warp_sum(ss));
+    clamped = !(nrm > KK_EPS);
+    return 1.f / (nrm > KK_EPS ? nrm : KK_EPS);
+}
+
 /* One warp per (row, head). */
 template <typename T>
 __global__ void timemix_fwd_kernel(int RH, int H, const float *__restrict__ wl, const T *__restrict__ al,
@@ -137,11 +147,10 @@ __global__ void timemix_fwd_kernel(int RH, int H, const float *__restrict__ wl, 
                                    T *__restrict__ kk, T *__restrict__ kf, T *__restrict__ wa,
                                    T *__restrict__ wb)
 {
-    const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (gw >= RH) return;
-    /* lane holds channels 2 lane and 2 lane + 1 of head h (load2/store2) */
-    const int c = (gw % H) * 64 + 2 * lane;
-    const size_t i = (size_t)gw * 64 + 2 * lane; /* (row * H + h) * N + n */
+    head_pair_t p;
+    if (!head_pair(RH, H, p)) return;
+    const int c = p.c;
+    const size_t i = p.i;
     float wlv[2], alv[2], kr[2], w0v[2], a0v[2], kkv[2], kav[2], wv[2], av[2], u[2], o[2];
     load2(wl + i, wlv);
     load2(al + i, alv);
@@ -160,8 +169,8 @@ __global__ void timemix_fwd_kernel(int RH, int H, const float *__restrict__ wl, 
     }
     store2(w + i, wv);
     store2(a + i, av);
-    const float nrm = sqrtf(warp_sum(ss));
-    const float inv = 1.f / (nrm > KK_EPS ? nrm : KK_EPS);
+    bool clamped;
+    const float inv = kk_inv_norm(ss, clamped);
     float qs[2], as[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) {
@@ -192,11 +201,10 @@ __global__ void timemix_bwd_kernel(int RH, int H, const float *__restrict__ wl, 
                                    const T *__restrict__ dwb, T *__restrict__ dwl, T *__restrict__ dal,
                                    T *__restrict__ dkraw)
 {
-    const int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (gw >= RH) return;
-    /* lane holds channels 2 lane and 2 lane + 1 of head h (load2/store2) */
-    const int c = (gw % H) * 64 + 2 * lane;
-    const size_t i = (size_t)gw * 64 + 2 * lane;
+    head_pair_t p;
+    if (!head_pair(RH, H, p)) return;
+    const int c = p.c;
+    const size_t i = p.i;
     float w0v[2], wlv[2], dwv[2], kr[2], kkv[2], kav[2], dwav[2], dwbv[2], av[2], q[2], g[2], gb[2], o[2];
     load2(w0 + c, w0v);
     load2(wl + i, wlv);
@@ -222,11 +230,9 @@ __global__ void timemix_bwd_kernel(int RH, int H, const float *__restrict__ wl, 
         dot += dkk[e] * q[e];
     }
     store2(dwl + i, o);
-    ss = warp_sum(ss);
+    bool clamped;
+    const float inv = kk_inv_norm(ss, clamped);
     dot = warp_sum(dot);
-    const float nrm = sqrtf(ss);
-    const bool clamped = !(nrm > KK_EPS);
-    const float inv = 1.f / (clamped ? KK_EPS : nrm);
     float dkr[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) {
