@@ -30,7 +30,6 @@
 
 #include <cuda_runtime_api.h>
 #include <stdint.h>
-#include <time.h>
 
 typedef struct {
     float *logits, *final_state, *dstate0;
@@ -76,6 +75,14 @@ static void s_free(outputs_t *o)
     free(o->dstate0);
 }
 
+/* The small random model most tests run: n_layer x 128 (2 heads), vocab 300. */
+static rwkv_config_t s_small_config(int n_layer)
+{
+    rwkv_config_t c = {.n_layer = n_layer, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
+                       .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    return c;
+}
+
 /* Compares the CUDA engine at precision prec with the CPU engine on model m
  * (a fresh random one when fixture is NULL). */
 static int s_compare_model(const char *fixture, engine_precision_t prec, double tl, double tloss, double tg,
@@ -83,8 +90,7 @@ static int s_compare_model(const char *fixture, engine_precision_t prec, double 
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const uint64_t seed = st_test_seed();
-    rwkv_config_t cfg0 = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
-                          .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    rwkv_config_t cfg0 = s_small_config(3);
     char err[ST_ERR_LEN];
     rwkv_model_t *m = NULL;
     if (fixture) {
@@ -109,11 +115,8 @@ static int s_compare_model(const char *fixture, engine_precision_t prec, double 
     int32_t *tok = malloc(R * 4), *tgt = malloc(R * 4);
     float *s0 = malloc(ns * sizeof(float));
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 7;
-    for (size_t i = 0; i < R; i++) {
-        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (st_test_next(&s) % 5 == 0) ? -1 : (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-    }
-    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    st_test_tokens(&s, R, cfg.vocab, 5, tok, tgt);
+    st_test_centered(&s, s0, ns);
 
     outputs_t cpu = {0}, gpu = {0};
     int rc = s_run(m, ENGINE_CPU, ENGINE_FP32, B, T, tok, tgt, s0, &cpu);
@@ -188,8 +191,7 @@ static int test_dbp_matches_cpu(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const uint64_t seed = st_test_seed();
-    rwkv_config_t cfg = {.n_layer = 2, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
-                         .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    rwkv_config_t cfg = s_small_config(2);
     char err[ST_ERR_LEN];
     rwkv_model_t *m = rwkv_model_new_random(&cfg, seed, err);
     CHECKF(m != NULL, "%s", err);
@@ -200,19 +202,14 @@ static int test_dbp_matches_cpu(void)
     float *s0 = calloc(ns, sizeof(float));
     double *qc = calloc(ns, sizeof(double)), *qg = malloc(ns * sizeof(double));
     uint64_t s = seed | 1;
-    for (size_t i = 0; i < R; i++) tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
+    st_test_tokens(&s, R, cfg.vocab, 0, tok, NULL);
     int rc = s_dbp_run(m, ENGINE_CPU, ENGINE_FP32, B, T, tok, s0, rows, qc);
     const double tol[2] = {1e-5, 5e-2};
     for (int prec = 0; prec < 2 && !rc; prec++) {
         for (size_t i = 0; i < ns; i++) qg[i] = 0; /* accumulated (+=) by contract */
         rc = s_dbp_run(m, ENGINE_CUDA, prec ? ENGINE_BF16 : ENGINE_FP32, B, T, tok, s0, rows, qg);
         if (rc) break;
-        double num = 0, den = 0;
-        for (size_t i = 0; i < ns; i++) {
-            num += (qg[i] - qc[i]) * (qg[i] - qc[i]);
-            den += qc[i] * qc[i];
-        }
-        double e = sqrt(num / den);
+        double e = st_rel_err_dd(qg, qc, ns);
         printf("%s dbp_q: cuda % .6e % .6e   cpu % .6e % .6e   rel err %.2e\n", prec ? "bf16" : "fp32", qg[0],
                qg[65], qc[0], qc[65], e);
         if (!(e <= tol[prec])) {
@@ -235,10 +232,9 @@ static int test_dbp_matches_cpu(void)
 static int test_recompute_matches_plain(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    rwkv_config_t cfg = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
-                         .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    rwkv_config_t cfg = s_small_config(3);
     char err[ST_ERR_LEN];
-    uint64_t seed = (uint64_t)time(NULL);
+    const uint64_t seed = st_test_seed();
     rwkv_model_t *m = rwkv_model_new_random(&cfg, seed, err);
     CHECKF(m != NULL, "%s", err);
     const int B = 2, T = 37;
@@ -249,11 +245,8 @@ static int test_recompute_matches_plain(void)
     float *out[2][3];
     double loss[2] = {0, 0};
     uint64_t s = seed | 1;
-    for (size_t i = 0; i < R; i++) {
-        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-    }
-    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    st_test_tokens(&s, R, cfg.vocab, 0, tok, tgt);
+    st_test_centered(&s, s0, ns);
     int rc = 0;
     for (int prec = 0; prec < 2 && !rc; prec++) {
         for (int mode = 0; mode < 2 && !rc; mode++) {
@@ -322,21 +315,33 @@ static int test_refuses_oversized_batch(void)
  * The CUDA parameters (engine/cuda/engine_cuda_params.cu) against the CPU
  * ones (engine.c), which test_params.c ties bit for bit to the host loop. */
 
-/* A small random model, tokens, targets and an initial A. */
+/* What every resident test starts from: a small random model, tokens,
+ * targets (one in five masked), an initial A and the identity (DBP's first
+ * R), drawn from the run's printed seed. */
 typedef struct {
+    uint64_t seed;
     rwkv_model_t *m;
     size_t ns;
     int nblk, N, B, T;
     int32_t *tok, *tgt;
-    float *A0;
+    float *A0, *I;
 } rfix_t;
 
-static int s_rfix(rfix_t *f, uint64_t seed, int B, int T)
+static void s_rfix_free(rfix_t *f)
 {
-    rwkv_config_t cfg = {.n_layer = 3, .n_embd = 128, .n_head = 2, .head_size = 64, .vocab = 300,
-                         .ffn_dim = 448, .d_decay = 16, .d_aaa = 16, .d_mv = 8, .d_gate = 32};
+    rwkv_model_destroy(&f->m);
+    free(f->tok), free(f->tgt), free(f->A0), free(f->I);
+}
+
+/* The fixture for a B x T batch: 0, ST_TEST_SKIP without a GPU, 1 (said
+ * on stderr, nothing left allocated) when it cannot be built. */
+static int s_rfix(rfix_t *f, int B, int T)
+{
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
+    f->seed = st_test_seed();
+    rwkv_config_t cfg = s_small_config(3);
     char err[ST_ERR_LEN];
-    f->m = rwkv_model_new_random(&cfg, seed, err);
+    f->m = rwkv_model_new_random(&cfg, f->seed, err);
     if (!f->m) {
         fprintf(stderr, "rwkv_model_new_random: %s\n", err);
         return 1;
@@ -349,36 +354,51 @@ static int s_rfix(rfix_t *f, uint64_t seed, int B, int T)
     f->tok = malloc((size_t)B * T * 4);
     f->tgt = malloc((size_t)B * T * 4);
     f->A0 = malloc(f->ns * 4);
-    if (!f->tok || !f->tgt || !f->A0) return 1;
-    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 3;
-    for (int i = 0; i < B * T; i++) {
-        f->tok[i] = (int32_t)(st_test_next(&s) % 300);
-        f->tgt[i] = st_test_next(&s) % 5 == 0 ? -1 : (int32_t)(st_test_next(&s) % 300);
+    f->I = malloc(f->ns * 4);
+    if (!f->tok || !f->tgt || !f->A0 || !f->I) {
+        fprintf(stderr, "out of memory for the fixture\n");
+        s_rfix_free(f);
+        return 1;
     }
-    for (size_t i = 0; i < f->ns; i++) f->A0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    uint64_t s = f->seed * 0x9E3779B97F4A7C15ull + 3;
+    st_test_tokens(&s, (size_t)B * T, cfg.vocab, 5, f->tok, f->tgt);
+    st_test_centered(&s, f->A0, f->ns);
+    dbp_identity(f->nblk, f->N, f->I);
     return 0;
 }
 
-static void s_rfix_free(rfix_t *f)
-{
-    rwkv_model_destroy(&f->m);
-    free(f->tok), free(f->tgt), free(f->A0);
-}
-
-static engine_t *s_reng(rfix_t *f, engine_backend_t be, engine_precision_t prec, int dbp)
+/* An fp32 engine on the CUDA (cuda 1) or the CPU backend with resident
+ * parameters (DBP when dbp), set to A and R when A is not NULL; NULL (said on
+ * stderr) on failure. */
+static engine_t *s_reng(rfix_t *f, int cuda, int dbp, const float *A, const float *R)
 {
     char err[ST_ERR_LEN];
-    engine_opts_t o = {.backend = be, .precision = prec, .max_batch = f->B, .max_ctx = f->T, .threads = 1};
+    engine_opts_t o = {.backend = cuda ? ENGINE_CUDA : ENGINE_CPU, .precision = ENGINE_FP32, .max_batch = f->B,
+                       .max_ctx = f->T, .threads = 1};
     engine_t *e = engine_new(f->m, &o, err);
     if (!e) {
         fprintf(stderr, "engine_new: %s\n", err);
         return NULL;
     }
-    if (engine_params_init(e, dbp, 0.9, 0.99, 1e-8, err) != ST_OK) {
-        fprintf(stderr, "engine_params_init: %s\n", err);
+    if (engine_params_init(e, dbp, 0.9, 0.99, 1e-8, err) != ST_OK ||
+        (A && engine_params_set(e, A, R, err) != ST_OK)) {
+        fprintf(stderr, "the resident parameters: %s\n", err);
         engine_destroy(&e);
     }
     return e;
+}
+
+/* The resident A and R of e, into host buffers of ns. */
+static int s_get_ar(engine_t *e, float *A, float *R, char *err)
+{
+    int rc = engine_params_get(e, A, NULL, err);
+    return rc ? rc : engine_params_get_R(e, R, err);
+}
+
+/* One N x N block of R near the identity: I + uniform(-0.05, 0.05). */
+static void s_near_identity(uint64_t *s, int N, float *Rb)
+{
+    for (int i = 0; i < N * N; i++) Rb[i] = (i / N == i % N ? 1.0f : 0.0f) + (float)((st_test_unit(s) - 0.5) * 0.1);
 }
 
 /* ||a - b|| / ||b - base|| (how far apart two updates of base landed). */
@@ -401,38 +421,32 @@ static double s_rel_update(const float *a, const float *b, const float *base, si
  * finds the same element. */
 static int test_resident_step_exact(void)
 {
-    if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
-    CHECK(s_rfix(&f, seed, 2, 16) == 0);
+    int rc = s_rfix(&f, 2, 16);
+    if (rc) return rc;
     size_t n = f.ns;
     char err[ST_ERR_LEN];
     float *g = malloc(n * 4), *m = malloc(n * 4), *v = malloc(n * 4), *R = malloc(n * 4);
     float *out[2][4];
     CHECK(g && m && v && R);
-    uint64_t s = seed | 1;
+    uint64_t s = f.seed | 1;
     for (size_t i = 0; i < n; i++) {
-        g[i] = (float)(((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 1e-2);
-        m[i] = (float)(((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 1e-3);
-        v[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 * 1e-5);
+        g[i] = (float)((st_test_unit(&s) - 0.5) * 1e-2);
+        m[i] = (float)((st_test_unit(&s) - 0.5) * 1e-3);
+        v[i] = (float)(st_test_unit(&s) * 1e-5);
     }
-    for (int b = 0; b < f.nblk; b++) /* R near the identity */
-        for (int i = 0; i < f.N * f.N; i++)
-            R[(size_t)b * f.N * f.N + i] = (i / f.N == i % f.N ? 1.0f : 0.0f) +
-                                            (float)(((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5) * 0.1);
+    for (int b = 0; b < f.nblk; b++) s_near_identity(&s, f.N, R + (size_t)b * f.N * f.N);
     /* case: 0 plain, 1 clipped, 2 DBP (clipped) */
     const double tol[3] = {0, 1e-6, 1e-5};
     const double max_norm[3] = {0, 0.05, 0.05};
-    int rc = 0;
     for (int c = 0; c < 3 && !rc; c++) {
         int dbp = c == 2;
         double norm[2] = {0, 0};
         for (int be = 0; be < 2; be++) {
-            engine_t *e = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, dbp);
+            engine_t *e = s_reng(&f, be, dbp, f.A0, dbp ? R : NULL);
             CHECK(e != NULL);
             CHECK(engine_params_grad_on_device(e) == be);
             for (int k = 0; k < 4; k++) out[be][k] = malloc(n * 4);
-            CHECKF(engine_params_set(e, f.A0, dbp ? R : NULL, err) == ST_OK, "%s", err);
             CHECKF(engine_params_set_adam(e, m, v, 41, err) == ST_OK, "%s", err);
             CHECKF(engine_params_get(e, NULL, out[be][3], err) == ST_OK, "%s", err); /* S0 before the step */
             CHECKF(engine_params_set_grad(e, g, err) == ST_OK, "%s", err);
@@ -470,15 +484,14 @@ static int test_resident_step_exact(void)
     }
     /* the divergence check on the device: the first non-finite element, else the largest */
     for (int be = 0; be < 2 && !rc; be++) {
-        engine_t *e = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, 0);
-        CHECK(e != NULL);
         float *A = malloc(n * 4);
         memcpy(A, f.A0, n * 4);
         A[n / 2] = 7;
         A[n - 1] = -7;
+        engine_t *e = s_reng(&f, be, 0, A, NULL);
+        CHECK(e != NULL);
         double big = 0;
         size_t at = 0;
-        CHECK(engine_params_set(e, A, NULL, err) == ST_OK);
         CHECK(engine_params_state_absmax(e, &big, &at, err) == ST_OK);
         printf("%s absmax %g at %zu\n", be ? "cuda" : "cpu", big, at);
         CHECK(big == 7 && at == n / 2);
@@ -503,52 +516,90 @@ static int test_resident_step_exact(void)
     return rc;
 }
 
+/* The two sides of a resident comparison: the CPU engine (0) and the CUDA
+ * engine (1), both with DBP, A = A0 and R = I, and host buffers of ns for
+ * each side's A, R (starting as I) and Q. */
+typedef struct {
+    engine_t *e[2];
+    float *A[2], *R[2];
+    double *Q[2];
+} rpair_t;
+
+static void s_rpair_free(rpair_t *p)
+{
+    for (int be = 0; be < 2; be++) {
+        engine_destroy(&p->e[be]);
+        free(p->A[be]), free(p->R[be]), free(p->Q[be]);
+    }
+}
+
+static int s_rpair(rpair_t *p, rfix_t *f)
+{
+    for (int be = 0; be < 2; be++) {
+        p->e[be] = s_reng(f, be, 1, f->A0, f->I);
+        p->A[be] = malloc(f->ns * 4), p->R[be] = malloc(f->ns * 4), p->Q[be] = calloc(f->ns, 8);
+        if (!p->e[be] || !p->A[be] || !p->R[be] || !p->Q[be]) return 1;
+        memcpy(p->R[be], f->I, f->ns * 4);
+    }
+    return 0;
+}
+
+/* The end of a resident comparison: A and R of both sides read back, the
+ * CUDA side's within 1e-2 of how far the CPU side's moved. */
+static int s_rpair_final(rpair_t *p, const rfix_t *f, int steps)
+{
+    char err[ST_ERR_LEN];
+    for (int be = 0; be < 2; be++)
+        if (s_get_ar(p->e[be], p->A[be], p->R[be], err) != ST_OK) {
+            fprintf(stderr, "reading back A and R: %s\n", err);
+            return 1;
+        }
+    double ea = s_rel_update(p->A[1], p->A[0], f->A0, f->ns), er = s_rel_update(p->R[1], p->R[0], f->I, f->ns);
+    printf("after %d steps: A cuda % .6f % .6f cpu % .6f % .6f, R cuda %.8f cpu %.8f; update rel err A %.2e R %.2e\n",
+           steps, p->A[1][0], p->A[1][1], p->A[0][0], p->A[0][1], p->R[1][1], p->R[0][1], ea, er);
+    if (!(ea <= 1e-2 && er <= 1e-2)) {
+        fprintf(stderr, "after %d steps A (%.2e) or R (%.2e) differs beyond 1e-2 of its update\n", steps, ea, er);
+        return 1;
+    }
+    return 0;
+}
+
 /* A short tuning loop through the resident parameters (two micro-batches per
  * step, DBP's R updated from Q and handed back, clipping on) on the GPU in
  * fp32 against the same loop on the CPU engine: the summed gradient of
  * every step within the fixtures' GPU fp32 tolerance for grad_state0
- * (1e-3), and where A ends up within 1e-2 of how far it moved. */
+ * (1e-3), and where A and R end up within 1e-2 of how far they moved. */
 static int test_resident_matches_cpu(void)
 {
-    if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
-    CHECK(s_rfix(&f, seed, 2, 37) == 0);
+    rpair_t p = {0};
+    int rc = s_rfix(&f, 2, 37);
+    if (rc) return rc;
     size_t n = f.ns;
     char err[ST_ERR_LEN];
-    engine_t *e[2];
-    float *R[2], *grad[2], *A[2];
-    double *Q[2];
+    float *grad[2] = {malloc(n * 4), malloc(n * 4)};
     double *scratch = malloc(3 * (size_t)f.N * f.N * 8);
-    for (int be = 0; be < 2; be++) {
-        e[be] = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, 1);
-        CHECK(e[be] != NULL);
-        R[be] = malloc(n * 4), grad[be] = malloc(n * 4), A[be] = malloc(n * 4), Q[be] = malloc(n * 8);
-        CHECK(R[be] && grad[be] && A[be] && Q[be]);
-        dbp_identity(f.nblk, f.N, R[be]);
-        CHECKF(engine_params_set(e[be], f.A0, R[be], err) == ST_OK, "%s", err);
-    }
+    CHECK(s_rpair(&p, &f) == 0 && grad[0] && grad[1] && scratch);
     const uint8_t rows[2] = {1, 1};
-    int rc = 0;
     for (int step = 0; step < 4 && !rc; step++) {
         double norm[2];
         for (int be = 0; be < 2 && !rc; be++) {
-            CHECKF(engine_params_zero_grad(e[be], err) == ST_OK, "%s", err);
-            memset(Q[be], 0, n * 8);
+            CHECKF(engine_params_zero_grad(p.e[be], err) == ST_OK, "%s", err);
+            memset(p.Q[be], 0, n * 8);
             double ntg = 0;
             for (int k = 0; k < 2; k++) { /* the same micro-batch twice: the gradient accumulates */
                 engine_batch_t b = {.tokens = f.tok, .targets = f.tgt, .B = f.B, .T = f.T, .dbp_rows = rows,
-                                    .dbp_q = Q[be]};
-                CHECKF(engine_params_run(e[be], &b, err) == ST_OK, "%s", err);
+                                    .dbp_q = p.Q[be]};
+                CHECKF(engine_params_run(p.e[be], &b, err) == ST_OK, "%s", err);
                 ntg += (double)b.n_targets;
             }
-            CHECKF(engine_params_get_grad(e[be], grad[be], err) == ST_OK, "%s", err);
+            CHECKF(engine_params_get_grad(p.e[be], grad[be], err) == ST_OK, "%s", err);
             engine_step_info_t info;
-            CHECKF(engine_params_step(e[be], ntg, 1e-3, 0.02, &info, err) == ST_OK, "%s", err);
+            CHECKF(engine_params_step(p.e[be], ntg, 1e-3, 0.02, &info, err) == ST_OK, "%s", err);
             CHECK(info.finite);
             norm[be] = info.grad_norm;
-            dbp_update_R(f.nblk, f.N, R[be], Q[be], 2.0 * f.B * f.T, 1e-3, 0.01, scratch);
-            CHECKF(engine_params_set_R(e[be], R[be], err) == ST_OK, "%s", err);
+            dbp_update_R(f.nblk, f.N, p.R[be], p.Q[be], 2.0 * f.B * f.T, 1e-3, 0.01, scratch);
+            CHECKF(engine_params_set_R(p.e[be], p.R[be], err) == ST_OK, "%s", err);
         }
         double eg = st_rel_err_ff(grad[1], grad[0], n);
         printf("step %d: summed dS0 rel err %.2e, norm cuda %.6g cpu %.6g\n", step, eg, norm[1], norm[0]);
@@ -557,57 +608,30 @@ static int test_resident_matches_cpu(void)
             rc = 1;
         }
     }
-    for (int be = 0; be < 2 && !rc; be++) CHECKF(engine_params_get(e[be], A[be], NULL, err) == ST_OK, "%s", err);
-    if (!rc) {
-        double ea = s_rel_update(A[1], A[0], f.A0, n);
-        printf("after 4 steps: A cuda % .6f % .6f cpu % .6f % .6f; update rel err %.2e\n", A[1][0], A[1][1], A[0][0],
-               A[0][1], ea);
-        if (!(ea <= 1e-2)) {
-            fprintf(stderr, "A after 4 steps differs by %.2e of its update > 1e-2\n", ea);
-            rc = 1;
-        }
-    }
-    for (int be = 0; be < 2; be++) {
-        engine_destroy(&e[be]);
-        free(R[be]), free(grad[be]), free(A[be]), free(Q[be]);
-    }
-    free(scratch);
+    if (!rc) rc = s_rpair_final(&p, &f, 4);
+    s_rpair_free(&p);
+    free(grad[0]), free(grad[1]), free(scratch);
     s_rfix_free(&f);
     return rc;
 }
 
 /* ---- DBP on the device: Q resident, R's rule on the GPU ------------------- */
 
-static double s_u(uint64_t *s) { return (double)(st_test_next(s) >> 11) / 9007199254740992.0; }
-
-/* ||a - b|| / ||b|| in double. */
-static double s_rel_dd(const double *a, const double *b, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += (a[i] - b[i]) * (a[i] - b[i]);
-        den += b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 /* R near the identity and a Q like the engine's: P outer products of
  * vectors whose components span two orders of magnitude (so E is far from
  * the identity and the rule has work to do). */
-static void s_rule_inputs(const rfix_t *f, uint64_t seed, int P, float *R, double *Q)
+static void s_rule_inputs(const rfix_t *f, int P, float *R, double *Q)
 {
-    uint64_t s = seed * 0x2545F4914F6CDD1Dull + 7;
+    uint64_t s = f->seed * 0x2545F4914F6CDD1Dull + 7;
     const int N = f->N;
     double *x = malloc((size_t)N * sizeof *x);
     for (int b = 0; b < f->nblk; b++) {
-        float *Rb = R + (size_t)b * N * N;
         double *Qb = Q + (size_t)b * N * N;
-        for (int i = 0; i < N * N; i++) {
-            Rb[i] = (i / N == i % N ? 1.0f : 0.0f) + (float)((s_u(&s) - 0.5) * 0.1);
-            Qb[i] = 0;
-        }
+        s_near_identity(&s, N, R + (size_t)b * N * N);
+        for (int i = 0; i < N * N; i++) Qb[i] = 0;
         for (int p = 0; p < P; p++) {
-            for (int j = 0; j < N; j++) x[j] = (s_u(&s) - 0.5) * 2 * exp(-j / 14.0) + 0.3 * (s_u(&s) - 0.5);
+            for (int j = 0; j < N; j++)
+                x[j] = (st_test_unit(&s) - 0.5) * 2 * exp(-j / 14.0) + 0.3 * (st_test_unit(&s) - 0.5);
             for (int i = 0; i < N; i++)
                 for (int j = 0; j < N; j++) Qb[i * N + j] += x[i] * x[j];
         }
@@ -622,10 +646,9 @@ static void s_rule_inputs(const rfix_t *f, uint64_t seed, int P, float *R, doubl
  * alone; a NaN in Q is reported as a non-finite R by both. */
 static int test_dbp_rule_device(void)
 {
-    if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
-    CHECK(s_rfix(&f, seed, 2, 16) == 0);
+    int rc = s_rfix(&f, 2, 16);
+    if (rc) return rc;
     size_t n = f.ns;
     char err[ST_ERR_LEN];
     const int P = 300;
@@ -633,14 +656,12 @@ static int test_dbp_rule_device(void)
     float *R0 = malloc(n * 4), *Rout[2], *S0 = malloc(n * 4), *S0ref = malloc(n * 4);
     double *Q = malloc(n * 8), *Qback = malloc(n * 8);
     CHECK(R0 && S0 && S0ref && Q && Qback);
-    s_rule_inputs(&f, seed, P, R0, Q);
-    int rc = 0;
+    s_rule_inputs(&f, P, R0, Q);
     for (int be = 0; be < 2; be++) {
         Rout[be] = malloc(n * 4);
         CHECK(Rout[be] != NULL);
-        engine_t *e = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, 1);
+        engine_t *e = s_reng(&f, be, 1, f.A0, R0);
         CHECK(e != NULL);
-        CHECKF(engine_params_set(e, f.A0, R0, err) == ST_OK, "%s", err);
         CHECKF(engine_params_set_q(e, Q, err) == ST_OK, "%s", err);
         CHECKF(engine_params_get_q(e, Qback, err) == ST_OK, "%s", err);
         CHECK(memcmp(Qback, Q, n * 8) == 0);
@@ -727,53 +748,25 @@ static int s_dbp_loop(engine_t *e, const rfix_t *f, const uint8_t *rows, int fro
  * rounding), and A and R after 4 steps within 1e-2 of how far they moved. */
 static int test_resident_dbp_matches_cpu(void)
 {
-    if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
-    CHECK(s_rfix(&f, seed, 2, 37) == 0);
-    size_t n = f.ns;
+    rpair_t p = {0};
+    int rc = s_rfix(&f, 2, 37);
+    if (rc) return rc;
     char err[ST_ERR_LEN];
-    engine_t *e[2];
-    float *A[2], *R[2], *I = malloc(n * 4);
-    double *Q[2];
-    CHECK(I != NULL);
-    dbp_identity(f.nblk, f.N, I);
+    CHECK(s_rpair(&p, &f) == 0);
     const uint8_t rows[2] = {1, 1};
-    for (int be = 0; be < 2; be++) {
-        e[be] = s_reng(&f, be ? ENGINE_CUDA : ENGINE_CPU, ENGINE_FP32, 1);
-        CHECK(e[be] != NULL);
-        A[be] = malloc(n * 4), R[be] = malloc(n * 4), Q[be] = malloc(n * 8);
-        CHECK(A[be] && R[be] && Q[be]);
-        CHECKF(engine_params_set(e[be], f.A0, I, err) == ST_OK, "%s", err);
-    }
-    int rc = 0;
     for (int step = 0; step < 4 && !rc; step++) {
-        for (int be = 0; be < 2; be++) CHECKF(s_dbp_loop(e[be], &f, rows, step, step + 1, Q[be], err) == ST_OK, "%s", err);
-        double eq = s_rel_dd(Q[1], Q[0], n);
-        printf("step %d: resident Q rel err %.2e (Q[0] cuda %.6e cpu %.6e)\n", step, eq, Q[1][0], Q[0][0]);
+        for (int be = 0; be < 2; be++)
+            CHECKF(s_dbp_loop(p.e[be], &f, rows, step, step + 1, p.Q[be], err) == ST_OK, "%s", err);
+        double eq = st_rel_err_dd(p.Q[1], p.Q[0], f.ns);
+        printf("step %d: resident Q rel err %.2e (Q[0] cuda %.6e cpu %.6e)\n", step, eq, p.Q[1][0], p.Q[0][0]);
         if (!(eq <= 1e-4)) {
             fprintf(stderr, "step %d: the resident Q differs by %.2e > 1e-4\n", step, eq);
             rc = 1;
         }
     }
-    for (int be = 0; be < 2 && !rc; be++) {
-        CHECKF(engine_params_get(e[be], A[be], NULL, err) == ST_OK, "%s", err);
-        CHECKF(engine_params_get_R(e[be], R[be], err) == ST_OK, "%s", err);
-    }
-    if (!rc) {
-        double ea = s_rel_update(A[1], A[0], f.A0, n), er = s_rel_update(R[1], R[0], I, n);
-        printf("after 4 DBP steps: A update rel err %.2e, R update rel err %.2e (R[1] cuda %.8f cpu %.8f)\n", ea, er,
-               R[1][1], R[0][1]);
-        if (!(ea <= 1e-2 && er <= 1e-2)) {
-            fprintf(stderr, "after 4 DBP steps A (%.2e) or R (%.2e) differs beyond 1e-2 of its update\n", ea, er);
-            rc = 1;
-        }
-    }
-    for (int be = 0; be < 2; be++) {
-        engine_destroy(&e[be]);
-        free(A[be]), free(R[be]), free(Q[be]);
-    }
-    free(I);
+    if (!rc) rc = s_rpair_final(&p, &f, 4);
+    s_rpair_free(&p);
     s_rfix_free(&f);
     return rc;
 }
@@ -787,66 +780,57 @@ static int test_resident_dbp_matches_cpu(void)
  * update, or 10 times that run-to-run spread). */
 static int test_resident_dbp_resume(void)
 {
-    if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const uint64_t seed = st_test_seed();
     rfix_t f = {0};
-    CHECK(s_rfix(&f, seed, 2, 37) == 0);
+    int rc = s_rfix(&f, 2, 37);
+    if (rc) return rc;
     size_t n = f.ns;
     char err[ST_ERR_LEN];
     const uint8_t rows[2] = {1, 0};
-    float *I = malloc(n * 4), *A[3], *R[3], *m = malloc(n * 4), *v = malloc(n * 4), *chk = malloc(n * 4);
-    CHECK(I && m && v && chk);
-    dbp_identity(f.nblk, f.N, I);
+    float *A[3], *R[3], *m = malloc(n * 4), *v = malloc(n * 4), *chk = malloc(n * 4);
+    CHECK(m && v && chk);
     for (int k = 0; k < 3; k++) {
         A[k] = malloc(n * 4), R[k] = malloc(n * 4);
         CHECK(A[k] && R[k]);
     }
     /* 0, 1: uninterrupted twice (the run-to-run spread); 2: resumed */
     for (int k = 0; k < 2; k++) {
-        engine_t *e = s_reng(&f, ENGINE_CUDA, ENGINE_FP32, 1);
+        engine_t *e = s_reng(&f, 1, 1, f.A0, f.I);
         CHECK(e != NULL);
-        CHECKF(engine_params_set(e, f.A0, I, err) == ST_OK, "%s", err);
         CHECKF(s_dbp_loop(e, &f, rows, 0, 4, NULL, err) == ST_OK, "%s", err);
-        CHECKF(engine_params_get(e, A[k], NULL, err) == ST_OK, "%s", err);
-        CHECKF(engine_params_get_R(e, R[k], err) == ST_OK, "%s", err);
+        CHECKF(s_get_ar(e, A[k], R[k], err) == ST_OK, "%s", err);
         engine_destroy(&e);
     }
-    engine_t *e = s_reng(&f, ENGINE_CUDA, ENGINE_FP32, 1);
+    engine_t *e = s_reng(&f, 1, 1, f.A0, f.I);
     CHECK(e != NULL);
-    CHECKF(engine_params_set(e, f.A0, I, err) == ST_OK, "%s", err);
     CHECKF(s_dbp_loop(e, &f, rows, 0, 2, NULL, err) == ST_OK, "%s", err);
     int64_t t = 0;
-    CHECKF(engine_params_get(e, A[2], NULL, err) == ST_OK, "%s", err);
-    CHECKF(engine_params_get_R(e, R[2], err) == ST_OK, "%s", err);
+    CHECKF(s_get_ar(e, A[2], R[2], err) == ST_OK, "%s", err);
     CHECKF(engine_params_get_adam(e, m, v, &t, err) == ST_OK, "%s", err);
     engine_destroy(&e);
     CHECK(t == 2);
-    e = s_reng(&f, ENGINE_CUDA, ENGINE_FP32, 1); /* a new process, as after a restart */
+    e = s_reng(&f, 1, 1, A[2], R[2]); /* a new process, as after a restart */
     CHECK(e != NULL);
-    CHECKF(engine_params_set(e, A[2], R[2], err) == ST_OK, "%s", err);
     CHECKF(engine_params_set_adam(e, m, v, t, err) == ST_OK, "%s", err);
     CHECKF(engine_params_get_R(e, chk, err) == ST_OK, "%s", err);
     CHECK(memcmp(chk, R[2], n * 4) == 0);
     CHECKF(engine_params_get(e, chk, NULL, err) == ST_OK, "%s", err);
     CHECK(memcmp(chk, A[2], n * 4) == 0);
     CHECKF(s_dbp_loop(e, &f, rows, 2, 4, NULL, err) == ST_OK, "%s", err);
-    CHECKF(engine_params_get(e, A[2], NULL, err) == ST_OK, "%s", err);
-    CHECKF(engine_params_get_R(e, R[2], err) == ST_OK, "%s", err);
+    CHECKF(s_get_ar(e, A[2], R[2], err) == ST_OK, "%s", err);
     CHECKF(engine_params_get_adam(e, NULL, NULL, &t, err) == ST_OK, "%s", err);
     engine_destroy(&e);
     CHECK(t == 4);
-    double sa = s_rel_update(A[1], A[0], f.A0, n), sr = s_rel_update(R[1], R[0], I, n);
-    double ra = s_rel_update(A[2], A[0], f.A0, n), rr = s_rel_update(R[2], R[0], I, n);
+    double sa = s_rel_update(A[1], A[0], f.A0, n), sr = s_rel_update(R[1], R[0], f.I, n);
+    double ra = s_rel_update(A[2], A[0], f.A0, n), rr = s_rel_update(R[2], R[0], f.I, n);
     int same = !memcmp(A[2], A[0], n * 4) && !memcmp(R[2], R[0], n * 4);
     printf("DBP on the GPU, 4 steps: resumed vs uninterrupted A %.2e R %.2e of the update (%s); two "
            "uninterrupted runs A %.2e R %.2e\n", ra, rr, same ? "identical bits" : "not bit-identical", sa, sr);
-    int rc = 0;
     if (!(ra <= fmax(1e-5, 10 * sa) && rr <= fmax(1e-5, 10 * sr))) {
         fprintf(stderr, "the resumed DBP run differs from the uninterrupted one beyond its run-to-run spread\n");
         rc = 1;
     }
     for (int k = 0; k < 3; k++) free(A[k]), free(R[k]);
-    free(I), free(m), free(v), free(chk);
+    free(m), free(v), free(chk);
     s_rfix_free(&f);
     return rc;
 }

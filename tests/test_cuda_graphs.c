@@ -42,19 +42,58 @@ static void s_batches(batches_t *b, const rwkv_config_t *c, uint64_t seed)
     uint64_t s = seed;
     b->ns = (size_t)c->n_layer * rwkv_state_layer_size(c);
     for (int k = 0; k < NB; k++) {
-        for (int i = 0; i < B * T; i++) {
-            b->tok[k][i] = (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
-            b->tgt[k][i] = st_test_next(&s) % 7 == 0 ? -1 : (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
-        }
+        st_test_tokens(&s, B * T, c->vocab, 7, b->tok[k], b->tgt[k]);
         b->s0[k] = malloc(b->ns * sizeof(float));
-        for (size_t i = 0; i < b->ns; i++) b->s0[k][i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+        st_test_centered(&s, b->s0[k], b->ns);
     }
     for (int i = 0; i < B; i++) b->rows[i] = i != 1;
 }
 
-static void s_free(batches_t *b)
+/* What each test compares: a random model (seed), NB batches for it
+ * (seed2), the reference engine (graphs off) and the engine under test
+ * (graphs on, the given recompute mode), both planned for max_batch x
+ * max_ctx. */
+typedef struct {
+    rwkv_model_t *m;
+    batches_t b;
+    engine_cuda_t *ref, *g;
+} pair_t;
+
+static int s_pair(pair_t *p, int n_layer, uint64_t seed, uint64_t seed2, engine_precision_t prec, int max_batch,
+                  int max_ctx, int recompute)
 {
-    for (int k = 0; k < NB; k++) free(b->s0[k]);
+    char err[ST_ERR_LEN];
+    rwkv_config_t cfg = {n_layer, 128, 2, 64, 300, 512, 32, 32, 32, 64};
+    p->m = rwkv_model_new_random(&cfg, seed, err);
+    if (!p->m) {
+        fprintf(stderr, "rwkv_model_new_random: %s\n", err);
+        return 1;
+    }
+    s_batches(&p->b, &cfg, seed2);
+    engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec, .max_batch = max_batch, .max_ctx = max_ctx};
+    p->ref = engine_cuda_new_mode(p->m, &opts, 0, err);
+    if (p->ref) p->g = engine_cuda_new_mode(p->m, &opts, recompute, err);
+    if (!p->ref || !p->g) {
+        fprintf(stderr, "engine_cuda_new_mode: %s\n", err);
+        return 1;
+    }
+    engine_cuda_set_graphs(p->ref, 0);
+    return 0;
+}
+
+/* The end of a test: everything freed; it passes when ok and at least
+ * min_replays parts of the runs came from graphs. */
+static int s_pair_end(pair_t *p, int ok, long min_replays, const char *what)
+{
+    const long replays = p->g ? engine_cuda_graph_replays(p->g) : 0;
+    engine_cuda_destroy(&p->g);
+    engine_cuda_destroy(&p->ref);
+    for (int k = 0; k < NB; k++) free(p->b.s0[k]);
+    rwkv_model_destroy(&p->m);
+    CHECK(ok);
+    CHECKF(replays >= min_replays, "only %ld parts came from graphs: the captures failed", replays);
+    printf("    %s with graphs equal the eager engine (%ld parts replayed)\n", what, replays);
+    return 0;
 }
 
 typedef struct {
@@ -80,20 +119,10 @@ static int s_step(engine_cuda_t *e, const batches_t *b, int k, int backward, int
     return rc;
 }
 
-static double s_rel_d(const double *a, const double *b, size_t n)
-{
-    double d = 0, r = 0;
-    for (size_t i = 0; i < n; i++) {
-        d += (a[i] - b[i]) * (a[i] - b[i]);
-        r += b[i] * b[i];
-    }
-    return r > 0 ? sqrt(d / r) : sqrt(d);
-}
-
 static int s_same(const result_t *a, const result_t *b, size_t ns, const char *what)
 {
     const double eg = a->ds0 && b->ds0 ? st_rel_err_ff(a->ds0, b->ds0, ns) : 0;
-    const double eq = a->q && b->q ? s_rel_d(a->q, b->q, ns) : 0;
+    const double eq = a->q && b->q ? st_rel_err_dd(a->q, b->q, ns) : 0;
     const int same = a->loss == b->loss && a->n_targets == b->n_targets && a->n_correct == b->n_correct &&
                      eg <= 1e-5 && eq <= 1e-12;
     printf("    %s: loss %.9g vs %.9g, dS0 rel %.2e, Q rel %.2e\n", what, a->loss, b->loss, eg, eq);
@@ -114,18 +143,8 @@ static void s_release(result_t *r)
 static int s_sequence(engine_precision_t prec, int recompute)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    char err[ST_ERR_LEN];
-    rwkv_config_t cfg = {3, 128, 2, 64, 300, 512, 32, 32, 32, 64};
-    rwkv_model_t *m = rwkv_model_new_random(&cfg, 7, err);
-    CHECKF(m != NULL, "%s", err);
-    batches_t b;
-    s_batches(&b, &cfg, 42);
-    engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec, .max_batch = B + 1, .max_ctx = T + 3};
-    engine_cuda_t *ref = engine_cuda_new_mode(m, &opts, 0, err);
-    CHECKF(ref != NULL, "%s", err);
-    engine_cuda_set_graphs(ref, 0);
-    engine_cuda_t *g = engine_cuda_new_mode(m, &opts, recompute, err);
-    CHECKF(g != NULL, "%s", err);
+    pair_t p = {0};
+    CHECK(s_pair(&p, 3, 7, 42, prec, B + 1, T + 3, recompute) == 0);
     /* step i: batch, backward, dbp */
     static const int plan[][3] = {{0, 1, 0}, {1, 1, 0}, {2, 0, 0}, {2, 1, 0}, {0, 0, 0}, {1, 1, 0},
                                   {0, 1, 1}, {1, 1, 1}, {2, 0, 0}, {2, 1, 1}, {0, 1, 0}, {1, 0, 0}};
@@ -134,20 +153,12 @@ static int s_sequence(engine_precision_t prec, int recompute)
         result_t want = {0}, got = {0};
         char what[64];
         snprintf(what, sizeof what, "step %zu (batch %d, backward %d, dbp %d)", i, plan[i][0], plan[i][1], plan[i][2]);
-        ok = !s_step(ref, &b, plan[i][0], plan[i][1], plan[i][2], &want) &&
-             !s_step(g, &b, plan[i][0], plan[i][1], plan[i][2], &got) && s_same(&got, &want, b.ns, what);
+        ok = !s_step(p.ref, &p.b, plan[i][0], plan[i][1], plan[i][2], &want) &&
+             !s_step(p.g, &p.b, plan[i][0], plan[i][1], plan[i][2], &got) && s_same(&got, &want, p.b.ns, what);
         s_release(&want);
         s_release(&got);
     }
-    const long replays = engine_cuda_graph_replays(g);
-    engine_cuda_destroy(&g);
-    engine_cuda_destroy(&ref);
-    s_free(&b);
-    rwkv_model_destroy(&m);
-    CHECK(ok);
-    CHECKF(replays >= 8, "only %ld parts came from graphs: the captures failed", replays);
-    printf("    12 steps with graphs equal the eager engine (%ld parts replayed)\n", replays);
-    return 0;
+    return s_pair_end(&p, ok, 8, "12 steps");
 }
 
 static int t_fp32(void) { return s_sequence(ENGINE_FP32, 0); }
@@ -161,18 +172,10 @@ static int t_resident(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     char err[ST_ERR_LEN];
-    rwkv_config_t cfg = {2, 128, 2, 64, 300, 512, 32, 32, 32, 64};
-    rwkv_model_t *m = rwkv_model_new_random(&cfg, 9, err);
-    CHECKF(m != NULL, "%s", err);
-    batches_t b;
-    s_batches(&b, &cfg, 43);
-    engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = ENGINE_BF16, .max_batch = B, .max_ctx = T};
-    engine_cuda_t *ref = engine_cuda_new(m, &opts, err);
-    CHECKF(ref != NULL, "%s", err);
-    engine_cuda_set_graphs(ref, 0);
-    engine_cuda_t *g = engine_cuda_new(m, &opts, err);
-    CHECKF(g != NULL, "%s", err);
-    const size_t bytes = b.ns * sizeof(float);
+    pair_t p = {0};
+    CHECK(s_pair(&p, 2, 9, 43, ENGINE_BF16, B, T, 0) == 0);
+    const batches_t *b = &p.b;
+    const size_t bytes = b->ns * sizeof(float);
     float *s0d = NULL, *dsd[2] = {NULL, NULL};
     CHECK(cudaMalloc((void **)&s0d, bytes) == cudaSuccess);
     CHECK(cudaMalloc((void **)&dsd[0], bytes) == cudaSuccess);
@@ -181,23 +184,23 @@ static int t_resident(void)
     int ok = 1;
     for (int i = 0; i < 8 && ok; i++) {
         const int k = i % NB, which = (i / 2) % 2;
-        CHECK(cudaMemcpy(s0d, b.s0[k], bytes, cudaMemcpyHostToDevice) == cudaSuccess);
-        engine_batch_t b1 = {.tokens = b.tok[k], .targets = b.tgt[k], .B = B, .T = T};
+        CHECK(cudaMemcpy(s0d, b->s0[k], bytes, cudaMemcpyHostToDevice) == cudaSuccess);
+        engine_batch_t b1 = {.tokens = b->tok[k], .targets = b->tgt[k], .B = B, .T = T};
         engine_batch_t b2 = b1;
         CHECK(cudaMemset(dsd[which], 0, bytes) == cudaSuccess);
-        CHECKF(!engine_cuda_run_resident(ref, &b1, s0d, dsd[which], err), "%s", err);
+        CHECKF(!engine_cuda_run_resident(p.ref, &b1, s0d, dsd[which], err), "%s", err);
         CHECK(cudaMemcpy(want, dsd[which], bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
         CHECK(cudaMemset(dsd[which], 0, bytes) == cudaSuccess);
         CHECK(cudaMemset(dsd[1 - which], 0, bytes) == cudaSuccess);
-        CHECKF(!engine_cuda_run_resident(g, &b2, s0d, dsd[which], err), "%s", err);
+        CHECKF(!engine_cuda_run_resident(p.g, &b2, s0d, dsd[which], err), "%s", err);
         CHECK(cudaMemcpy(got, dsd[which], bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
-        const double eg = st_rel_err_ff(got, want, b.ns);
+        const double eg = st_rel_err_ff(got, want, b->ns);
         printf("    resident step %d: loss %.9g vs %.9g, dS0 rel %.2e\n", i, b2.loss_sum, b1.loss_sum, eg);
         ok = b1.loss_sum == b2.loss_sum && eg <= 1e-5;
         if (!ok) fprintf(stderr, "resident step %d: the graph's dS0 or loss differs from the eager run\n", i);
         /* the other buffer stays untouched */
         CHECK(cudaMemcpy(got, dsd[1 - which], bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
-        for (size_t j = 0; j < b.ns && ok; j++)
+        for (size_t j = 0; j < b->ns && ok; j++)
             if (got[j] != 0.f) {
                 fprintf(stderr, "resident step %d: a graph wrote into the other dS0 buffer\n", i);
                 ok = 0;
@@ -208,15 +211,7 @@ static int t_resident(void)
     cudaFree(s0d);
     cudaFree(dsd[0]);
     cudaFree(dsd[1]);
-    const long replays = engine_cuda_graph_replays(g);
-    engine_cuda_destroy(&g);
-    engine_cuda_destroy(&ref);
-    s_free(&b);
-    rwkv_model_destroy(&m);
-    CHECK(ok);
-    CHECKF(replays >= 6, "only %ld parts came from graphs: the captures failed", replays);
-    printf("    8 resident steps with graphs equal the eager engine (%ld parts replayed)\n", replays);
-    return 0;
+    return s_pair_end(&p, ok, 6, "8 resident steps");
 }
 
 int main(int argc, char **argv)
