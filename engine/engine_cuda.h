@@ -143,7 +143,10 @@ int engine_cuda_lt_choices(engine_cuda_lt_choice_t *out, int max);
  * engine_cuda_run with S0 read from, and dS0 accumulated (+=) into, device
  * memory: batch->state0 and batch->dstate0 must be NULL; state0_dev is
  * (L, H, N, N) on this engine's device, ds0_dev (same shape) may be NULL
- * (forward only). */
+ * (forward only). The backward is queued before the loss is checked, so
+ * when a run fails with ST_ENUMERIC (a non-finite loss) ds0_dev has
+ * received that step's non-finite share: the caller must treat the
+ * accumulated gradient as lost (tuning stops on that error). */
 int engine_cuda_run_resident(engine_cuda_t *self, engine_batch_t *batch, const float *state0_dev, float *ds0_dev,
                              char *err);
 /* The same with DBP's Q resident too: when q_dev (L, H, N, N doubles on the

@@ -45,9 +45,9 @@
  * DBP: when the batch asks for dbp_q, each layer's forward also runs the Q
  * recursion (kernels/cuda/dbp.cuh) on the sampled rows, in double.
  *
- * A step (run): host copies in; the forward and the head (run_forward); the
- * row losses out and checked on the host; the backward (run_backward); dS0
- * out. The two middle parts are replayed from CUDA graphs once a shape has
+ * A step (run): host copies in; the forward and the head (run_forward) and
+ * the backward (run_backward), queued back to back; the row losses out and
+ * checked on the host; dS0 out. The two middle parts are replayed from CUDA graphs once a shape has
  * been seen twice (graphed(); runs that copy to the host mid-step stay
  * eager). Fusions that cross operations: each layer's end computes the next
  * LayerNorm with its residual add (layer_fwd's fuse_out), and every
@@ -1625,9 +1625,9 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
 }
 
 /* ---- CUDA graphs (engine_cuda_set_graphs) ----
- * A step is host copies in, the forward + head, the losses out (the host
- * checks them before any gradient is added), the backward, dS0 out. The two
- * parts between the copies are replayed from graphs: a few thousand launches
+ * A step is host copies in, the forward + head and the backward queued back
+ * to back, the losses out (the host checks them before any gradient reaches
+ * its buffers), dS0 out. The two parts between the copies are replayed from graphs: a few thousand launches
  * of small kernels each, whose launch gaps a graph removes. Every pointer and
  * size a captured launch uses is fixed for the engine's life except those in
  * the key: the part, B, T, whether there are targets, the backward, DBP, the
@@ -1838,6 +1838,15 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     uint64_t key[8];
     graph_key(key, 0, bt, backward, dbp, e);
     RUN(graphed(e, key, eligible, [&]() { return run_forward<T>(e, bt, backward, dbp, err); }, err));
+    /* the backward is queued behind the forward before the host waits for
+     * the losses, so the GPU does not idle between them; a non-finite loss is
+     * still refused below before any dS0 reaches the caller's host buffer
+     * (a resident dS0 has received the failed step's share by then: callers
+     * stop on that error, engine_cuda.h) */
+    if (backward) {
+        graph_key(key, 1, bt, backward, dbp, e);
+        RUN(graphed(e, key, eligible, [&]() { return run_backward<T>(e, B, Tn, err); }, err));
+    }
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_loss, e->row_loss, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
     ST_CUDA_CHECK(cudaMemcpyAsync(e->h_correct, e->row_correct, (size_t)R * 4, cudaMemcpyDeviceToHost, st));
     if (dbp && !e->res_q)
@@ -1861,9 +1870,6 @@ int run(engine_cuda_t *e, engine_batch_t *bt, char *err)
     if (!backward) return ST_OK;
     if (!(loss == loss) || loss == INFINITY)
         return st_fail(err, ST_ENUMERIC, "the loss is not finite: the model or the state holds non-finite values");
-
-    graph_key(key, 1, bt, backward, dbp, e);
-    RUN(graphed(e, key, eligible, [&]() { return run_backward<T>(e, B, Tn, err); }, err));
     if (e->profile) RUN(profile_collect(e, err));
     RUN(methods_end(e, bt, err)); /* dU0 to the host, resident runs included */
     if (e->res_ds0) return ST_OK; /* accumulated on the device (engine_cuda_run_resident) */

@@ -280,9 +280,10 @@ extern "C" int engine_cuda_params_zero_grad(engine_cuda_params_t *p, char *err)
 {
     int rc = s_use(p, err);
     if (rc) return rc;
+    /* no wait: the engine's run is queued behind these on the same stream */
     ST_CUDA_CHECK(cudaMemsetAsync(p->grad, 0, p->n * sizeof(float), p->stream));
     if (p->Q) ST_CUDA_CHECK(cudaMemsetAsync(p->Q, 0, p->n * sizeof(double), p->stream));
-    return s_sync(p, err);
+    return ST_OK;
 }
 
 extern "C" double *engine_cuda_params_q(engine_cuda_params_t *p) { return p ? p->Q : NULL; }
