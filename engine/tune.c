@@ -673,8 +673,12 @@ static int s_step(tune_t *t, int64_t step, double *loss_out, double *tokens_out,
     if (!rc) rc = engine_params_zero_grad(t->engine, err);
     if (rc) return rc;
     if (t->nU) memset(t->dU, 0, t->nU * sizeof(float));
-    memset(t->red, 0, t->nred * sizeof(double));
+    /* only the scalars: every other slot of the buffer is written whole
+     * before the all-reduce reads it (or not used at all when the gradient is
+     * summed on the device); clearing all of it cost 2.5 ms a step at
+     * 24 x 2048 (3.1 M doubles) */
     double *sc = t->red + t->nred - RED_SCALARS;
+    memset(sc, 0, RED_SCALARS * sizeof(double));
     if (t->root && t->cb && t->cb->should_cancel && t->cb->should_cancel(t->cb->ctx)) {
         if (t->world == 1) return st_fail(err, ST_ECANCELLED, "the job was cancelled at step %lld", (long long)step);
         sc[RED_CANCEL] = 1;

@@ -231,8 +231,8 @@ int cmd_bench(int argc, char **argv)
             c0 = s_clock(CLOCK_PROCESS_CPUTIME_ID);
         }
         if (engine_params_zero_grad(eng, err) != ST_OK) goto done;
-        memset(red, 0, nred * sizeof *red);
         double *sc = red + ns + nq; /* loss_sum, n_targets, n_pairs */
+        memset(sc, 0, 3 * sizeof *sc); /* the rest is written whole before it is read (as tune.c) */
         int n_sampled = 0;
         for (int b = 0; b < B; b++) {
             /* as tune.c: a hash of (seed, step, index in the global batch) */
