@@ -435,7 +435,9 @@ static int test_refuses_bad_shapes(void)
  * tensor's end for the last row (zero-filled); both must stay unused. Every
  * output is compared bit for bit except dS0, which pass 1 sums over batch
  * rows with atomics in either order (1e-6 relative). */
-static int s_stage_run(int algo, int balgo, int bf16, int tma, int B, int T, int H, uint64_t seed,
+/* out_off: dr, dk, da and db start that many elements into their
+ * allocations (1: not 16-byte aligned, which pass 2's vector stores need) */
+static int s_stage_run(int algo, int balgo, int bf16, int tma, int out_off, int B, int T, int H, uint64_t seed,
                        unsigned char **bytes, size_t *nbytes, float **ds0)
 {
     setenv("STATETUNE_WKV7_TMA", tma ? "1" : "0", 1);
@@ -446,9 +448,13 @@ static int s_stage_run(int algo, int balgo, int bf16, int tma, int B, int T, int
     wkv7_ref_random_inputs(B, T, H, seed, 2, h_in[0], h_in[1], h_in[2], h_in[3], h_in[4], h_in[5], h_in[6],
                            h_in[7]);
 #define ESZ(i) ((bf16 && (i) != 1 && (i) != 9) ? 2 : 4)
-    void *d[14];
+#define OFF(i) (((i) == 8 || (i) == 10 || (i) == 12 || (i) == 13) ? (size_t)out_off * ESZ(i) : 0)
+    void *d[14], *alloc[14];
     float *d_s0, *d_sf, *d_ck, *d_sa, *d_ds0;
-    for (int i = 0; i < 14; i++) cudaMalloc(&d[i], ESZ(i) * n);
+    for (int i = 0; i < 14; i++) {
+        cudaMalloc(&alloc[i], ESZ(i) * (n + 8));
+        d[i] = (char *)alloc[i] + OFF(i);
+    }
     cudaMalloc((void **)&d_s0, 4 * ns);
     cudaMalloc((void **)&d_sf, 4 * nf);
     cudaMalloc((void **)&d_ck, 4 * nck);
@@ -494,8 +500,9 @@ static int s_stage_run(int algo, int balgo, int bf16, int tma, int B, int T, int
         *bytes = out;
         *nbytes = tot;
     }
+#undef OFF
 #undef ESZ
-    for (int i = 0; i < 14; i++) cudaFree(d[i]);
+    for (int i = 0; i < 14; i++) cudaFree(alloc[i]);
     cudaFree(d_s0); cudaFree(d_sf); cudaFree(d_ck); cudaFree(d_sa); cudaFree(d_ds0);
     for (int i = 0; i < 8; i++) free(h_in[i]);
     free(stage);
@@ -509,8 +516,8 @@ static int s_stage_same(int algo, int balgo, int bf16)
     unsigned char *b1 = NULL, *b0 = NULL;
     float *g1 = NULL, *g0 = NULL;
     size_t n1 = 0, n0 = 0;
-    if (s_stage_run(algo, balgo, bf16, 1, B, T, H, seed, &b1, &n1, &g1)) return 1;
-    if (s_stage_run(algo, balgo, bf16, 0, B, T, H, seed, &b0, &n0, &g0)) return 1;
+    if (s_stage_run(algo, balgo, bf16, 1, 0, B, T, H, seed, &b1, &n1, &g1)) return 1;
+    if (s_stage_run(algo, balgo, bf16, 0, 0, B, T, H, seed, &b0, &n0, &g0)) return 1;
     size_t diff = 0;
     for (size_t i = 0; i < n1 && n1 == n0; i++) diff += b1[i] != b0[i];
     double num = 0, den = 0;
@@ -533,6 +540,42 @@ static int test_tma_staging_identical(void)
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     int rc = s_stage_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1);
     return rc ? rc : s_stage_same(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0);
+}
+
+/* Pass 2 of CPROD1WSSA stages dr, da, dk, db in shared memory and writes
+ * them as 16-byte vectors when all four are 16-byte aligned, element by
+ * element otherwise: both must give the same bits (outputs one element off
+ * alignment here; the forward and pass 1 see the same aligned inputs). */
+static int s_unaligned_same(int bf16)
+{
+    const int B = 2, T = 100, H = 3;
+    const uint64_t seed = st_test_seed();
+    unsigned char *b1 = NULL, *b0 = NULL;
+    float *g1 = NULL, *g0 = NULL;
+    size_t n1 = 0, n0 = 0;
+    if (s_stage_run(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, bf16, 1, 0, B, T, H, seed, &b0, &n0, &g0)) return 1;
+    if (s_stage_run(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, bf16, 1, 1, B, T, H, seed, &b1, &n1, &g1)) return 1;
+    size_t diff = 0;
+    for (size_t i = 0; i < n1 && n1 == n0; i++) diff += b1[i] != b0[i];
+    double num = 0, den = 0;
+    for (size_t i = 0; i < (size_t)H * N * N; i++) {
+        num += ((double)g1[i] - g0[i]) * ((double)g1[i] - g0[i]);
+        den += (double)g0[i] * g0[i];
+    }
+    const double rel = sqrt(num / (den > 0 ? den : 1));
+    printf("%s: %zu of %zu output bytes differ between aligned and unaligned gradients; dS0 relative %.2e\n",
+           bf16 ? "bf16" : "fp32", diff, n1, rel);
+    free(b1); free(b0); free(g1); free(g0);
+    CHECKF(n1 == n0 && diff == 0, "aligned and unaligned gradient buffers differ in %zu bytes", diff);
+    CHECKF(rel <= 1e-6, "dS0 differs by %.2e between aligned and unaligned gradient buffers", rel);
+    return 0;
+}
+
+static int test_unaligned_outputs_identical(void)
+{
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
+    int rc = s_unaligned_same(1);
+    return rc ? rc : s_unaligned_same(0);
 }
 
 static int test_refuses_removed_algorithms(void)
@@ -590,6 +633,7 @@ int main(int argc, char **argv)
         {"refuses_bad_shapes", test_refuses_bad_shapes},
         {"refuses_removed_algorithms", test_refuses_removed_algorithms},
         {"tma_staging_identical", test_tma_staging_identical},
+        {"unaligned_outputs_identical", test_unaligned_outputs_identical},
         {"auto_rule", test_auto_rule},
         {NULL, NULL},
     };

@@ -156,10 +156,11 @@ extern "C" {
  * x N floats from the stream's pool. */
 #define WKV7_BWD_CPROD 5
 /* CPROD1WSSA: the one-tf32-product class (both passes), pass 1
- * warp-specialized (as CHUNKED_WS), pass 2 in 74 KB of shared memory (three
+ * warp-specialized (as CHUNKED_WS), pass 2 in 75 KB of shared memory (three
  * CTAs per SM instead of two) with its fp32 loads (S, D, sa, dsa, w) issued
- * as cp.async, in flight while the bf16 tiles load; the bf16 launchers'
- * AUTO since 1.4. Removed on 2026-11-27, each slower than CPROD1WSSA
+ * as cp.async, in flight while the bf16 tiles load, and its access patterns
+ * laid out for the shared-memory pipe (1.6x faster since 1.7, same bits);
+ * the bf16 launchers' AUTO since 1.4. Removed on 2026-11-27, each slower than CPROD1WSSA
  * (docs/performance.md 1.3, 1.4): 6 CPROD1 (plain pass 1, 103 KB pass 2),
  * 7 CPRODB (CPROD1 with bf16 operands in pass 2: 7-20% slower than CPROD1,
  * dw 1.1e-2), 8 CPROD1WS, 9 CPROD1S and 10 CPROD1WSS (the steps toward

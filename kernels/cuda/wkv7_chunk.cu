@@ -47,7 +47,7 @@
  * recurrent kernel's speed (docs/performance.md 1.2).
  *
  * All gradients from chunk products (no step-back; WKV7_BWD_CPROD*, built
- * 2026-11-27 as wkv7_bwd_cprod_kernel and its 74 KB form
+ * 2026-11-27 as wkv7_bwd_cprod_kernel and its 75 KB form
  * wkv7_bwd_cprod_small_kernel, after pass 1 with one chunk per segment).
  * Per chunk, with S its start state (checkpoint c - 1, or s0) and D, Z, U,
  * X as above (tokens x values unless noted), masks strict for AB, AK and
@@ -1680,30 +1680,127 @@ __device__ __forceinline__ float4 load4(const __nv_bfloat16 *p)
     return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 
-/* ---- CPROD pass 2 in 74 KB (three CTAs per SM instead of two) ------------
- * wkv7_bwd_cprod_kernel's arithmetic with its shared memory cut from 103 to
- * 74 KB: S and D die after the first products, so the four 16 x 16
- * gradients, dpL's partial sums and the dP parts reuse their space (one more
- * barrier); p_{t-1} and w_t are read as p[t - 1] and p_t / p_{t-1} instead
- * of tiles of their own; every tile has the 68-float stride (2-way bank
- * conflicts on some B loads). More resident CTAs overlap one chunk's loads
- * with another's products: pass 2 is bound by latency, not by issue. Also
- * shorter serial parts: one 4-element vector load per thread and tile, and
- * the prefix products and dw's reverse scan on four threads per key (4
- * tokens each, shuffles between them) instead of 16 steps on one. */
-constexpr int CSD = 2 * N * CLA; /* S^T and D, then grams, dpl and dP parts */
+/* ---- CPROD pass 2 in 75 KB (three CTAs per SM instead of two) ------------
+ * wkv7_bwd_cprod_kernel's arithmetic (one tf32 product: CPROD1WSSA) with its
+ * shared memory cut from 103 to 75 KB: S and D die after the first
+ * products, so the 16 x 16 gradients, dpL's partial sums, the dP parts and
+ * the scan's exchange reuse their space; p_{t-1} and w_t are read as
+ * p[t - 1] and p_t / p_{t-1} instead of tiles of their own. More resident
+ * CTAs overlap one chunk's loads with another's products.
+ *
+ * The 1.4 form of this kernel was bound by the shared-memory pipe (ncu at
+ * (8, 4096, 64), docs/performance.md 1.7: L1 95% busy, 38% of its shared
+ * load wavefronts and 67% of its store wavefronts bank conflicts, 2-byte
+ * output stores over 8 rows per instruction; DRAM 50%). So every access
+ * pattern here is chosen for its wavefronts and instructions, with the
+ * arithmetic of every output unchanged (the same operations in the same
+ * order; docs/performance.md 1.7 has the bit-for-bit comparison):
+ * - strides 68 floats (4 mod 32) for tiles read as mma A operands or as B
+ *   stored [n][k] (z, dy, v, u, S^T, the 16 x 16 gradients: 20); 72 (8 mod
+ *   32) for tiles read as B stored [k][n] (D, a~, q~, b^, k^), for p and
+ *   for the dP parts, which the tail reads and writes as float2 pairs;
+ * - the operands that only ever enter products (z, dy, v, u and the 16 x 16
+ *   gradients, which eight warps read each) are rounded to tf32 once, when
+ *   written, and read by ldmatrix: one instruction per fragment instead of
+ *   four loads and four conversions (rounding a tf32 value again is the
+ *   identity, so the products see the same bits); the transposed gradients
+ *   get a copy of their own;
+ * - products that share a B operand (Z S and dY S, V D and U D, the pairs of
+ *   16 x 16 products) load and convert it once;
+ * - the per-key passes (prefix products, dw's reverse scan) give a warp 32
+ *   consecutive keys of one token group, so their column accesses are
+ *   conflict-free; the groups' totals meet through shared memory instead of
+ *   shuffles (two barriers more), and dpL's partial sums read S^T as float4;
+ * - dr, da, dk, db are staged in shared memory (in the dead z..u tiles) and
+ *   written as 16-byte vectors, not as 2-byte stores over 8 rows each. */
+constexpr int CSD = N * CLA + N * CLB; /* S^T and D, then the gradients, dpl, the scan's exchange, dP parts */
 struct CpSmallSmem {
     float sd[CSD];
-    float z[L * CLA], dy[L * CLA], v[L * CLA], u[L * CLA];
-    float at[L * CLA], qt[L * CLA], bh[L * CLA], kh[L * CLA];
-    float p[L * N];
+    float z[L * CLA], dy[L * CLA], v[L * CLA], u[L * CLA]; /* then the four staged outputs */
+    float at[L * CLB], qt[L * CLB], bh[L * CLB], kh[L * CLB];
+    float p[L * CLB];
     float pL[N];
 };
+/* three CTAs, with the 1 KB each reserves, in an SM's 228 KB */
+static_assert(3 * (sizeof(CpSmallSmem) + 1024) <= 233472, "pass 2 must keep three CTAs per SM");
+static_assert(8 * L * CLG + 4 * N * 3 + 3 * L * CLB <= CSD, "pass 2's reused region is too small");
+
+__device__ __forceinline__ float round_tf32(float x)
+{
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return __uint_as_float(r);
+}
+__device__ __forceinline__ float4 round_tf32(float4 x)
+{
+    return make_float4(round_tf32(x.x), round_tf32(x.y), round_tf32(x.z), round_tf32(x.w));
+}
+
+/* ldmatrix on 32-bit data: block i (8 rows x 4 floats, its row addresses
+ * from lanes 8i .. 8i + 7) lands in register i as element (row lane / 4,
+ * column lane % 4): a tf32 mma fragment when the data are tf32 already. */
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const float *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t r[2], const float *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+
+/* c0 += A0 B and c1 += A1 B (16 x 8, one tf32 product, smm's operation
+ * order): A0, A1 are 16 x K, tf32 already, row-major with stride lda, read
+ * by ldmatrix (a0 = (g, t4), a1 = (g + 8, t4), a2 = (g, t4 + 4), a3 = (g + 8,
+ * t4 + 4), as frag_a); B(k, n) = B[k bk + n bn], rounded here, once for both. */
+__device__ __forceinline__ void smm_pair_r(float c0[4], const float *A0, float c1[4], const float *A1, int lda,
+                                           const float *B, int bk, int bn, int K, int g, int t4, int lane)
+{
+    const int ar = (lane & 7) + 8 * ((lane >> 3) & 1), ac = 4 * (lane >> 4); /* this lane's ldmatrix row */
+#pragma unroll
+    for (int k0 = 0; k0 < K; k0 += 8) {
+        const int ka = k0 + t4;
+        uint32_t b[2], a[4];
+        b[0] = __float_as_uint(round_tf32(B[ka * bk + g * bn]));
+        b[1] = __float_as_uint(round_tf32(B[(ka + 4) * bk + g * bn]));
+        ldsm_x4(a, A0 + ar * lda + k0 + ac);
+        mma1(c0, a, b);
+        ldsm_x4(a, A1 + ar * lda + k0 + ac);
+        mma1(c1, a, b);
+    }
+}
+/* c += A B with both tf32 already: A as in smm_pair_r, B stored [n][k]
+ * (B(k, n) = Bn[n ldb + k]), by ldmatrix too. */
+__device__ __forceinline__ void smm_rr(float c[4], const float *A, int lda, const float *Bn, int ldb, int K, int lane)
+{
+    const int ar = (lane & 7) + 8 * ((lane >> 3) & 1), ac = 4 * (lane >> 4);
+    const int br = lane & 7, bc = 4 * ((lane >> 3) & 1);
+#pragma unroll
+    for (int k0 = 0; k0 < K; k0 += 8) {
+        uint32_t b[2], a[4];
+        ldsm_x2(b, Bn + br * ldb + k0 + bc);
+        ldsm_x4(a, A + ar * lda + k0 + ac);
+        mma1(c, a, b);
+    }
+}
+
+/* two adjacent outputs as one 4- (bf16) or 8-byte (fp32) store */
+__device__ __forceinline__ void store2(__nv_bfloat16 *p, float x0, float x1)
+{
+    *reinterpret_cast<__nv_bfloat162 *>(p) = __halves2bfloat162(from_f<__nv_bfloat16>(x0), from_f<__nv_bfloat16>(x1));
+}
+__device__ __forceinline__ void store2(float *p, float x0, float x1) { *reinterpret_cast<float2 *>(p) = make_float2(x0, x1); }
 
 /* S, D and the fp32 token tiles (dsa, sa, w) are copied by cp.async, in
  * flight while the bf16 tiles are loaded and converted (one wait before the
  * first barrier), instead of through registers: 3-4% of the backward
- * (docs/performance.md 1.4). */
+ * (docs/performance.md 1.4). (1-D bulk copies, one per 256-byte row, were
+ * 5% slower: docs/performance.md 1.7.) */
 template <typename F, int OP>
 __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     int T, int H, int nck,
@@ -1713,13 +1810,22 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     const float *__restrict__ dsa_in, const F *__restrict__ dy, const float *__restrict__ dstore,
     F *__restrict__ dr, float *__restrict__ dw, F *__restrict__ dk, F *__restrict__ da, F *__restrict__ db)
 {
+    static_assert(OP == 1, "the 75 KB pass 2 is the one-tf32-product class (CPROD1WSSA)");
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     CpSmallSmem &sm = *reinterpret_cast<CpSmallSmem *>(dyn_smem);
     float *St = sm.sd, *Dm = sm.sd + N * CLA;
-    /* after the first products: */
+    /* after the first products: the 16 x 16 gradients [t][s] and transposed */
     float *gAB = sm.sd, *gAK = gAB + L * CLG, *gQB = gAK + L * CLG, *gQK = gQB + L * CLG;
-    float *dpl = gQK + L * CLG;                                   /* [4][N] */
-    float *eP = dpl + 4 * N, *eA = eP + L * N, *eE = eA + L * N; /* [t][j] */
+    float *gABt = gQK + L * CLG, *gAKt = gABt + L * CLG, *gQBt = gAKt + L * CLG, *gQKt = gQBt + L * CLG;
+    float *dpl = gQKt + L * CLG;                    /* [4][N] */
+    float *xtot = dpl + 4 * N, *xee = xtot + 4 * N; /* [4][N]: the scan's group totals */
+    float *eP = xee + 4 * N, *eA = eP + L * CLB, *eE = eA + L * CLB; /* [t][j], stride CLB */
+    /* the staged outputs dr, da, dk, db: one z-sized tile each, rows of SO
+     * elements (bf16: 36 words = 4 mod 8, so a warp's pair stores hit 32
+     * banks; fp32: 68) */
+    constexpr int SO = sizeof(F) == 2 ? N + 8 : N + 4;
+    F *const so = reinterpret_cast<F *>(sm.z);
+    constexpr int SOT = L * CLA * 4 / (int)sizeof(F); /* elements between staged tiles */
     const int c = blockIdx.x, h = blockIdx.y, bb = blockIdx.z, tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     const size_t HN = (size_t)H * N;
@@ -1727,7 +1833,7 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     const size_t base = (((size_t)bb * T + t0) * H + h) * N;
 
     if (c > 0) {
-        const float *src = ckpt + ((size_t)(bb * H + h) * nck + c - 1) * N * N;
+        const float *src = ckpt + ((size_t)(bb * H + h) * nck + c - 1) * N * N; /* S^T, [j][i] */
         for (int e = tid; e < N * N / 4; e += 256) {
             const int j = (4 * e) / N, i = (4 * e) % N;
             cp_async16(&St[j * CLA + i], src + 4 * e);
@@ -1737,146 +1843,211 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         for (int e = tid; e < N * N; e += 256) St[(e % N) * CLA + e / N] = src[e];
     }
     {
-        const float *src = dstore + ((size_t)(bb * H + h) * nck + c) * N * N;
+        const float *src = dstore + ((size_t)(bb * H + h) * nck + c) * N * N; /* D, [i][j] */
         for (int e = tid; e < N * N / 4; e += 256) {
             const int i = (4 * e) / N, j = (4 * e) % N;
-            cp_async16(&Dm[i * CLA + j], src + 4 * e);
+            cp_async16(&Dm[i * CLB + j], src + 4 * e);
         }
     }
     { /* token tiles, four consecutive elements per thread (one pass) */
         const int e = 4 * tid, uu = e / N, x = e % N;
         const bool ok = uu < n;
         const size_t idx = base + (size_t)(ok ? uu : 0) * HN + x;
-        const int o = uu * CLA + x;
+        const int o = uu * CLA + x, ob = uu * CLB + x;
         const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
         if (ok) {
             cp_async16(&sm.z[o], dsa_in + idx);
             cp_async16(&sm.u[o], sa_in + idx);
-            cp_async16(&sm.p[e], w + idx);
+            cp_async16(&sm.p[ob], w + idx);
             cp_async_commit();
         } else { /* identity tokens past T */
             *reinterpret_cast<float4 *>(&sm.z[o]) = zero;
             *reinterpret_cast<float4 *>(&sm.u[o]) = zero;
-            *reinterpret_cast<float4 *>(&sm.p[e]) = make_float4(1.f, 1.f, 1.f, 1.f);
+            *reinterpret_cast<float4 *>(&sm.p[ob]) = make_float4(1.f, 1.f, 1.f, 1.f);
         }
-        *reinterpret_cast<float4 *>(&sm.dy[o]) = ok ? load4(dy + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.v[o]) = ok ? load4(v + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.qt[o]) = ok ? load4(r + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.kh[o]) = ok ? load4(k + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.at[o]) = ok ? load4(a + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.bh[o]) = ok ? load4(b + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.dy[o]) = ok ? round_tf32(load4(dy + idx)) : zero;
+        *reinterpret_cast<float4 *>(&sm.v[o]) = ok ? round_tf32(load4(v + idx)) : zero;
+        *reinterpret_cast<float4 *>(&sm.qt[ob]) = ok ? load4(r + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.kh[ob]) = ok ? load4(k + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.at[ob]) = ok ? load4(a + idx) : zero;
+        *reinterpret_cast<float4 *>(&sm.bh[ob]) = ok ? load4(b + idx) : zero;
+        cp_async_commit(); /* harmless when this thread issued nothing more */
+        cp_async_wait_0();
+        /* this thread's own copies have landed: round z and u (products only) */
+        float4 *z4 = reinterpret_cast<float4 *>(&sm.z[o]), *u4 = reinterpret_cast<float4 *>(&sm.u[o]);
+        *z4 = round_tf32(*z4);
+        *u4 = round_tf32(*u4);
     }
-    cp_async_commit(); /* harmless when this thread issued nothing more */
-    cp_async_wait_0();
     __syncthreads();
-    { /* prefix products, four threads per key (tokens 4q .. 4q + 3): local
-       * products, then the earlier groups' totals by shuffles */
-        const int j = tid >> 2, q = tid & 3;
-        float lp[4];
-        float x = 1.f;
+    /* per-key passes: key j = tid % 64, token group q = tid / 64 (tokens
+     * 4q .. 4q + 3), uniform over a warp */
+    const int kj = tid & (N - 1), kq = tid >> 6;
+    float pre, xo, lp[4];
+    { /* prefix products: the group's local products, and the earlier
+       * groups' totals x_0 .. x_{q-1}, each as ((w w) w) w, multiplied in
+       * the order the 1.4 kernel's shuffles used (x_{q-1} x_{q-2}) x_{q-3} */
+        float xg[3] = {1.f, 1.f, 1.f};
 #pragma unroll
-        for (int i = 0; i < 4; i++) { x *= sm.p[(4 * q + i) * N + j]; lp[i] = x; }
-        const float g1 = __shfl_up_sync(0xffffffffu, x, 1, 4), g2 = __shfl_up_sync(0xffffffffu, x, 2, 4);
-        const float g3 = __shfl_up_sync(0xffffffffu, x, 3, 4);
-        const float pre = (q >= 1 ? g1 : 1.f) * (q >= 2 ? g2 : 1.f) * (q >= 3 ? g3 : 1.f);
-        const float last = __shfl_sync(0xffffffffu, pre * x, (lane & ~3) | 3); /* p_15 */
+        for (int gq = 0; gq < 4; gq++) {
+            if (gq <= kq) {
+                float x = 1.f;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    x *= sm.p[(4 * gq + i) * CLB + kj];
+                    if (gq == kq) lp[i] = x;
+                }
+                if (gq < 3) xg[gq] = x;
+                if (gq == kq) xo = x;
+            }
+        }
+        const float g1 = kq == 1 ? xg[0] : kq == 2 ? xg[1] : xg[2]; /* x_{q-1} */
+        const float g2 = kq == 2 ? xg[0] : xg[1];                   /* x_{q-2} */
+        const float g3 = xg[0];                                     /* x_{q-3} */
+        pre = (kq >= 1 ? g1 : 1.f) * (kq >= 2 ? g2 : 1.f) * (kq >= 3 ? g3 : 1.f);
+    }
+    float dplv = 0.f;
+    { /* dpL partial sums: column kj of S .* D, rows 16 kq .. 16 kq + 15, S^T
+       * read as float4 rows (conflict-free), the same fma chain */
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            const int i = 16 * kq + 4 * m;
+            const float4 s4 = *reinterpret_cast<const float4 *>(&St[kj * CLA + i]);
+            dplv = fmaf(s4.x, Dm[i * CLB + kj], dplv);
+            dplv = fmaf(s4.y, Dm[(i + 1) * CLB + kj], dplv);
+            dplv = fmaf(s4.z, Dm[(i + 2) * CLB + kj], dplv);
+            dplv = fmaf(s4.w, Dm[(i + 3) * CLB + kj], dplv);
+        }
+    }
+    __syncthreads(); /* every group has read the w it needs; p may be overwritten */
+    {
         float pprev = pre;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int t = 4 * q + i, o = t * CLA + j;
+            const int t = 4 * kq + i, o = t * CLB + kj;
             const float pt = pre * lp[i];
             const float ip = __frcp_rn(pt);
             sm.at[o] *= pprev;
             sm.qt[o] *= pt;
             sm.kh[o] *= ip;
             sm.bh[o] *= ip;
-            sm.p[t * N + j] = pt;
+            sm.p[o] = pt;
             pprev = pt;
         }
-        if (q == 0) sm.pL[j] = last;
+        if (kq == 3) sm.pL[kj] = pre * xo;
     }
-    float dplv;
-    {
-        const int j = tid & (N - 1), q = tid >> 6;
-        float acc = 0.f;
-#pragma unroll
-        for (int i = 16 * q; i < 16 * q + 16; i++) acc = fmaf(St[j * CLA + i], Dm[i * CLA + j], acc);
-        dplv = acc;
-    }
+    /* products from the raw tiles: dA~ = Z S, dQ~ = dY S, dK' = V D, dB' = U D
+     * (keys j0 .. j0 + 7), and one 16 x 8 tile of the 16 x 16 gradients */
     const int j0 = 8 * warp;
     float cA[4] = {0.f, 0.f, 0.f, 0.f}, cQ[4] = {0.f, 0.f, 0.f, 0.f};
     float cKp[4] = {0.f, 0.f, 0.f, 0.f}, cBp[4] = {0.f, 0.f, 0.f, 0.f};
     float cKh[4] = {0.f, 0.f, 0.f, 0.f}, cBh[4] = {0.f, 0.f, 0.f, 0.f};
-    smm<OP>(cA, sm.z, CLA, 1, St + j0 * CLA, 1, CLA, N, g, t4);
-    smm<OP>(cQ, sm.dy, CLA, 1, St + j0 * CLA, 1, CLA, N, g, t4);
-    smm<OP>(cKp, sm.v, CLA, 1, Dm + j0, CLA, 1, N, g, t4);
-    smm<OP>(cBp, sm.u, CLA, 1, Dm + j0, CLA, 1, N, g, t4);
+    smm_pair_r(cA, sm.z, cQ, sm.dy, CLA, St + j0 * CLA, 1, CLA, N, g, t4, lane);
+    smm_pair_r(cKp, sm.v, cBp, sm.u, CLA, Dm + j0, CLB, 1, N, g, t4, lane);
     const int mat = warp >> 1, s0c = 8 * (warp & 1);
     float cg[4] = {0.f, 0.f, 0.f, 0.f};
-    smm<OP>(cg, mat < 2 ? sm.z : sm.dy, CLA, 1, ((mat & 1) ? sm.v : sm.u) + s0c * CLA, 1, CLA, N, g, t4);
+    smm_rr(cg, mat < 2 ? sm.z : sm.dy, CLA, ((mat & 1) ? sm.v : sm.u) + s0c * CLA, CLA, N, lane);
     __syncthreads(); /* S and D are dead; the rescaled tiles are complete */
-    {
-        float *G = mat == 0 ? gAB : mat == 1 ? gAK : mat == 2 ? gQB : gQK;
+    { /* the gradients, rounded to tf32 (products only), and transposed */
+        const int off = mat * L * CLG;
         const bool incl = mat >= 2;
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int t = g + (e >= 2 ? 8 : 0), s = s0c + 2 * t4 + (e & 1);
-            G[t * CLG + s] = (incl ? s <= t : s < t) ? cg[e] : 0.f;
+            const float x = (incl ? s <= t : s < t) ? round_tf32(cg[e]) : 0.f; /* select, never multiply */
+            gAB[off + t * CLG + s] = x;
+            gABt[off + s * CLG + t] = x;
         }
-        dpl[(tid >> 6) * N + (tid & (N - 1))] = dplv;
+        dpl[kq * N + kj] = dplv;
     }
     __syncthreads();
-    smm<OP>(cA, gAB, CLG, 1, sm.bh + j0, CLA, 1, L, g, t4);
-    smm<OP>(cA, gAK, CLG, 1, sm.kh + j0, CLA, 1, L, g, t4);
-    smm<OP>(cQ, gQB, CLG, 1, sm.bh + j0, CLA, 1, L, g, t4);
-    smm<OP>(cQ, gQK, CLG, 1, sm.kh + j0, CLA, 1, L, g, t4);
-    smm<OP>(cBh, gAB, 1, CLG, sm.at + j0, CLA, 1, L, g, t4);
-    smm<OP>(cBh, gQB, 1, CLG, sm.qt + j0, CLA, 1, L, g, t4);
-    smm<OP>(cKh, gAK, 1, CLG, sm.at + j0, CLA, 1, L, g, t4);
-    smm<OP>(cKh, gQK, 1, CLG, sm.qt + j0, CLA, 1, L, g, t4);
+    smm_pair_r(cA, gAB, cQ, gQB, CLG, sm.bh + j0, CLB, 1, L, g, t4, lane);
+    smm_pair_r(cA, gAK, cQ, gQK, CLG, sm.kh + j0, CLB, 1, L, g, t4, lane);
+    smm_pair_r(cBh, gABt, cKh, gAKt, CLG, sm.at + j0, CLB, 1, L, g, t4, lane); /* A(s, t) = dAB[t][s] */
+    smm_pair_r(cBh, gQBt, cKh, gQKt, CLG, sm.qt + j0, CLB, 1, L, g, t4, lane);
+    /* the elementwise tail, two adjacent keys per thread and row (float2
+     * reads and writes); the outputs go to the staging tiles */
 #pragma unroll
-    for (int e = 0; e < 4; e++) {
-        const int t = g + (e >= 2 ? 8 : 0), j = j0 + 2 * t4 + (e & 1);
-        const float pt = sm.p[t * N + j], pl = sm.pL[j];
-        const float pprev = t > 0 ? sm.p[(t - 1) * N + j] : 1.f;
-        const float kh_ = sm.kh[t * CLA + j], bh_ = sm.bh[t * CLA + j];
-        const float ipt = 1.f / pt;
-        if (t < n) {
-            const size_t idx = base + (size_t)t * HN + j;
-            dr[idx] = from_f<F>(cQ[e] * pt);
-            da[idx] = from_f<F>(cA[e] * pprev);
-            dk[idx] = from_f<F>(fmaf(cKp[e], pl, cKh[e]) * ipt);
-            db[idx] = from_f<F>(fmaf(cBp[e], pl, cBh[e]) * ipt);
+    for (int hf = 0; hf < 2; hf++) {
+        const int t = g + 8 * hf, j = j0 + 2 * t4;
+        const float2 pt2 = *reinterpret_cast<const float2 *>(&sm.p[t * CLB + j]);
+        const float2 pp2 = t > 0 ? *reinterpret_cast<const float2 *>(&sm.p[(t - 1) * CLB + j]) : make_float2(1.f, 1.f);
+        const float2 pl2 = *reinterpret_cast<const float2 *>(&sm.pL[j]);
+        const float2 kh2 = *reinterpret_cast<const float2 *>(&sm.kh[t * CLB + j]);
+        const float2 bh2 = *reinterpret_cast<const float2 *>(&sm.bh[t * CLB + j]);
+        const float2 qt2 = *reinterpret_cast<const float2 *>(&sm.qt[t * CLB + j]);
+        const float2 at2 = *reinterpret_cast<const float2 *>(&sm.at[t * CLB + j]);
+        float vr[2], va[2], vk[2], vb[2], vp[2], ve[2], vA[2];
+#pragma unroll
+        for (int cc = 0; cc < 2; cc++) {
+            const int e = 2 * hf + cc;
+            const float pt = cc ? pt2.y : pt2.x, pl = cc ? pl2.y : pl2.x, pprev = cc ? pp2.y : pp2.x;
+            const float kh_ = cc ? kh2.y : kh2.x, bh_ = cc ? bh2.y : bh2.x;
+            const float ipt = 1.f / pt;
+            vr[cc] = cQ[e] * pt;
+            va[cc] = cA[e] * pprev;
+            vk[cc] = fmaf(cKp[e], pl, cKh[e]) * ipt;
+            vb[cc] = fmaf(cBp[e], pl, cBh[e]) * ipt;
+            const float ee = (cKp[e] * kh_ + cBp[e] * bh_) * pl; /* dK' K' + dB' B' */
+            vp[cc] = cQ[e] * (cc ? qt2.y : qt2.x) - cKh[e] * kh_ - cBh[e] * bh_ - ee;
+            ve[cc] = ee;
+            vA[cc] = cA[e] * (cc ? at2.y : at2.x);
         }
-        const float ee = (cKp[e] * kh_ + cBp[e] * bh_) * pl;
-        eP[t * N + j] = cQ[e] * sm.qt[t * CLA + j] - cKh[e] * kh_ - cBh[e] * bh_ - ee;
-        eE[t * N + j] = ee;
-        eA[t * N + j] = cA[e] * sm.at[t * CLA + j];
+        store2(so + t * SO + j, vr[0], vr[1]);
+        store2(so + SOT + t * SO + j, va[0], va[1]);
+        store2(so + 2 * SOT + t * SO + j, vk[0], vk[1]);
+        store2(so + 3 * SOT + t * SO + j, vb[0], vb[1]);
+        *reinterpret_cast<float2 *>(&eP[t * CLB + j]) = make_float2(vp[0], vp[1]);
+        *reinterpret_cast<float2 *>(&eE[t * CLB + j]) = make_float2(ve[0], ve[1]);
+        *reinterpret_cast<float2 *>(&eA[t * CLB + j]) = make_float2(vA[0], vA[1]);
     }
     __syncthreads();
-    { /* dw_u = sum_{t >= u} dP_t / w_u: four threads per key, tokens 4q .. */
-        const int j = tid >> 2, q = tid & 3;
-        float dP[4], ee = 0.f;
+    /* dw_u = sum_{t >= u} dP_t / w_u, per key: the group's own sums first */
+    float dP[4], ee = 0.f;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int t = 4 * q + i;
-            dP[i] = eP[t * N + j] + (t + 1 < L ? eA[(t + 1) * N + j] : 0.f);
-            ee += eE[t * N + j];
+    for (int i = 0; i < 4; i++) {
+        const int t = 4 * kq + i;
+        dP[i] = eP[t * CLB + kj] + (t + 1 < L ? eA[(t + 1) * CLB + kj] : 0.f);
+        ee += eE[t * CLB + kj];
+    }
+    const float tot = dP[0] + dP[1] + dP[2] + dP[3];
+    xtot[kq * N + kj] = tot;
+    xee[kq * N + kj] = ee;
+    { /* the staged outputs as 16-byte rows (rows past T are not written);
+       * element by element when an output is not 16-byte aligned */
+        constexpr int VPR = N * (int)sizeof(F) / 16, EPV = 16 / (int)sizeof(F); /* vectors per row, elements each */
+        const bool vec = ((reinterpret_cast<uintptr_t>(dr) | reinterpret_cast<uintptr_t>(da) |
+                           reinterpret_cast<uintptr_t>(dk) | reinterpret_cast<uintptr_t>(db)) & 15) == 0;
+#pragma unroll
+        for (int e = tid; e < 4 * L * VPR; e += 256) {
+            const int oi = e / (L * VPR), t = (e / VPR) % L, cv = e % VPR;
+            if (t >= n) continue;
+            const F *src = so + oi * SOT + t * SO + cv * EPV;
+            F *const out = oi == 0 ? dr : oi == 1 ? da : oi == 2 ? dk : db; /* selects, not a local array */
+            F *dst = out + base + (size_t)t * HN + cv * EPV;
+            if (vec) {
+                *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+            } else {
+#pragma unroll
+                for (int x = 0; x < EPV; x++) dst[x] = src[x];
+            }
         }
-        ee += __shfl_xor_sync(0xffffffffu, ee, 1);
-        ee += __shfl_xor_sync(0xffffffffu, ee, 2);
-        const float tot = dP[0] + dP[1] + dP[2] + dP[3];
-        const float l1 = __shfl_down_sync(0xffffffffu, tot, 1, 4), l2 = __shfl_down_sync(0xffffffffu, tot, 2, 4);
-        const float l3 = __shfl_down_sync(0xffffffffu, tot, 3, 4);
-        float acc = ee + (dpl[j] + dpl[N + j] + dpl[2 * N + j] + dpl[3 * N + j]) * sm.pL[j] + (q <= 2 ? l1 : 0.f) +
-                    (q <= 1 ? l2 : 0.f) + (q == 0 ? l3 : 0.f);
+    }
+    __syncthreads(); /* the groups' totals are complete */
+    {
+        /* the 1.4 kernel's shuffle sums, in the same order: (ee_0 + ee_1) +
+         * (ee_2 + ee_3) for every group, then the later groups' totals */
+        const float eet = (xee[kj] + xee[N + kj]) + (xee[2 * N + kj] + xee[3 * N + kj]);
+        const float l1 = kq <= 2 ? xtot[(kq + 1) * N + kj] : 0.f;
+        const float l2 = kq <= 1 ? xtot[(kq + 2) * N + kj] : 0.f;
+        const float l3 = kq == 0 ? xtot[3 * N + kj] : 0.f;
+        float acc = eet + (dpl[kj] + dpl[N + kj] + dpl[2 * N + kj] + dpl[3 * N + kj]) * sm.pL[kj] + l1 + l2 + l3;
 #pragma unroll
         for (int i = 3; i >= 0; i--) {
-            const int t = 4 * q + i;
+            const int t = 4 * kq + i;
             acc += dP[i];
             /* dw = acc / w_t with w_t = p_t / p_{t-1} */
-            const float pprev = t > 0 ? sm.p[(t - 1) * N + j] : 1.f;
-            if (t < n) dw[base + (size_t)t * HN + j] = acc * pprev / sm.p[t * N + j];
+            const float pprev = t > 0 ? sm.p[(t - 1) * CLB + kj] : 1.f;
+            if (t < n) dw[base + (size_t)t * HN + kj] = acc * pprev / sm.p[t * CLB + kj];
         }
     }
 }
@@ -1975,7 +2146,7 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
  * 3, one tf32 product for 1) with one chunk per segment, then pass 2 over
  * every chunk of every head. CPROD: the plain pass 1 and
  * wkv7_bwd_cprod_kernel; CPROD1WSSA: the warp-specialized pass 1 (WS) and
- * the 74 KB pass 2 by cp.async (SMALL). Workspace: D per chunk (B H nck N^2)
+ * the 75 KB pass 2 by cp.async (SMALL). Workspace: D per chunk (B H nck N^2)
  * and dsa (B T H N) floats from the stream's pool. */
 template <typename F, int OP, bool WS, bool SMALL>
 int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,

@@ -34,7 +34,7 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
  * start state is the s0 copy behind the checkpoints; seg is ignored): pass
  * 1 with one chunk per segment, then one CTA per (b, h, chunk).
  * WKV7_BWD_CPROD: 3xTF32 in both passes; WKV7_BWD_CPROD1WSSA: one tf32
- * product, pass 1 warp-specialized, pass 2 in 74 KB of shared memory with
+ * product, pass 1 warp-specialized, pass 2 in 75 KB of shared memory with
  * its fp32 loads by cp.async. Any other id: ST_EINVAL. */
 template <typename F>
 int backward(int algo, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,

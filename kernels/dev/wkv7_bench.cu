@@ -11,7 +11,14 @@
  * name, the recurrent pair and AUTO are timed (docs/performance.md 1.2-1.4
  * timed the rest, and the variants removed since).
  *
- *   dev_wkv7_bench [--seed S] [--reps R] [--check-only] [--one FWD BWD B T H]
+ *   dev_wkv7_bench [--seed S] [--reps R] [--check-only] [--one FWD BWD B T H] [--hash]
+ *
+ * --hash runs the bf16 AUTO pair (TCWS1 + CPROD1WSSA) and a pair of every
+ * other kernel family, in both precisions, on the check inputs and prints a
+ * hash of every output's bytes: two builds given the same --seed must print
+ * the same lines when a change keeps the arithmetic (diff the two outputs on
+ * the GPU machine; dS0 is summed with atomics in pass 1, so its hash may
+ * differ from run to run).
  *
  * --one times a single pair of algorithm ids (wkv7.cuh) at one shape, no
  * checks: for profilers (ncu --launch-skip 3 --launch-count 1 ...).
@@ -93,8 +100,20 @@ static int pair_class(int algo, int balgo)
     return 0;
 }
 
-/* One precision's check on fresh inputs; returns the worst relative error. */
-static double check(int algo, int balgo, int B, int T, int H, int regime, bool bf16, uint64_t seed)
+/* FNV-1a over a device buffer's bytes */
+static unsigned long long hash_dev(const void *p, size_t bytes)
+{
+    std::vector<unsigned char> h(bytes);
+    CK(cudaMemcpy(h.data(), p, bytes, cudaMemcpyDeviceToHost));
+    unsigned long long x = 1469598103934665603ull;
+    for (unsigned char c : h) x = (x ^ c) * 1099511628211ull;
+    return x;
+}
+
+/* One precision's check on fresh inputs; returns the worst relative error.
+ * print_hash: also print a hash of every output (--hash). */
+static double check(int algo, int balgo, int B, int T, int H, int regime, bool bf16, uint64_t seed,
+                    bool print_hash = false)
 {
     char err[ST_ERR_LEN];
     size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N, nf = (size_t)B * H * N * N;
@@ -108,11 +127,13 @@ static double check(int algo, int balgo, int B, int T, int H, int regime, bool b
     std::vector<double> ry(n), rsf(nf);
     std::vector<std::vector<double>> rg(7);
     for (int i = 0; i < 7; i++) rg[i].resize(i == 6 ? ns : n);
-    wkv7_ref_forward(B, T, H, in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(),
-                     in[5].data(), in[6].data(), ry.data(), rsf.data());
-    wkv7_ref_backward(B, T, H, in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(),
-                      in[5].data(), in[6].data(), in[7].data(), rg[0].data(), rg[1].data(), rg[2].data(),
-                      rg[3].data(), rg[4].data(), rg[5].data(), rg[6].data());
+    if (!print_hash) { /* (hashes need no reference) */
+        wkv7_ref_forward(B, T, H, in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(),
+                         in[5].data(), in[6].data(), ry.data(), rsf.data());
+        wkv7_ref_backward(B, T, H, in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(),
+                          in[5].data(), in[6].data(), in[7].data(), rg[0].data(), rg[1].data(), rg[2].data(),
+                          rg[3].data(), rg[4].data(), rg[5].data(), rg[6].data());
+    }
     /* device buffers: r w k v a b dy, y, dr dw dk dv da db; w and dw are fp32 always */
     auto esz_of = [&](int i) -> size_t { return (bf16 && i != 1 && i != 9) ? 2 : 4; };
     void *d[14];
@@ -151,6 +172,16 @@ static double check(int algo, int balgo, int B, int T, int H, int regime, bool b
                                      0, err));
     }
     CK(cudaDeviceSynchronize());
+    if (print_hash) {
+        const char *hn[8] = {"y", "dr", "dw", "dk", "dv", "da", "db", "ds0"};
+        printf("hash %s fwd %s bwd %s (%d,%d,%d) regime %d:", bf16 ? "bf16" : "fp32", algo_name(algo),
+               balgo_name(balgo), B, T, H, regime);
+        for (int i = 0; i < 7; i++) printf(" %s %016llx", hn[i], hash_dev(d[7 + i], esz_of(7 + i) * n));
+        printf(" %s %016llx\n", hn[7], hash_dev(ds0, 4 * ns));
+        for (int i = 0; i < 14; i++) CK(cudaFree(d[i]));
+        CK(cudaFree(s0)); CK(cudaFree(sf)); CK(cudaFree(ds0)); CK(cudaFree(ck)); CK(cudaFree(sa));
+        return 0;
+    }
     std::vector<float> got(std::max(n, nf));
     auto fetch = [&](int i) {
         void *p = d[i];
@@ -254,23 +285,38 @@ int main(int argc, char **argv)
 {
     uint64_t seed = (uint64_t)time(NULL);
     int reps = 20;
-    bool check_only = false, have_one = false;
+    bool check_only = false, have_one = false, hash = false;
     int one[5] = {0, 0, 0, 0, 0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--check-only")) check_only = true;
+        else if (!strcmp(argv[i], "--hash")) hash = true;
         else if (!strcmp(argv[i], "--one") && i + 5 < argc) {
             for (int q = 0; q < 5; q++) one[q] = atoi(argv[i + 1 + q]);
             have_one = true;
             i += 5;
         } else {
-            fprintf(stderr, "usage: %s [--seed S] [--reps R] [--check-only] [--one FWD BWD B T H]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seed S] [--reps R] [--check-only] [--one FWD BWD B T H] [--hash]\n",
+                    argv[0]);
             return 2;
         }
     }
     if (have_one) {
         bench(one[0], one[1], one[2], one[3], one[4], reps, seed, 0, 0);
+        return 0;
+    }
+    if (hash) { /* T not a multiple of 16, several heads and batch rows, every regime */
+        const struct { int B, T, H, regime; } hs[] = {{2, 100, 4, 0}, {2, 100, 4, 1}, {2, 100, 4, 2}, {1, 300, 2, 0},
+                                                      {3, 1000, 5, 0}, {2, 4096, 3, 1}};
+        const int hp[6][2] = {{WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA}, {WKV7_FWD_RECURRENT, WKV7_BWD_SPLIT},
+                              {WKV7_FWD_TC, WKV7_BWD_CHUNKED}, {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS},
+                              {WKV7_FWD_TCWSB, WKV7_BWD_CPROD}, {WKV7_FWD_CHUNKED, WKV7_BWD_RECURRENT}};
+        for (auto &pr : hp)
+            for (auto &c : hs) {
+                check(pr[0], pr[1], c.B, c.T, c.H, c.regime, true, seed, true);
+                check(pr[0], pr[1], c.B, c.T, c.H, c.regime, false, seed, true);
+            }
         return 0;
     }
     cudaDeviceProp prop;
