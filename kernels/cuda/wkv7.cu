@@ -528,31 +528,8 @@ __global__ void __launch_bounds__(BT) wkv7_bwd_split_kernel(
                 const float4 *d4 = reinterpret_cast<const float4 *>(BTILE(p, 6) + u * N + i0);
                 const float4 *s4 = reinterpret_cast<const float4 *>(BTILE(p, 7) + u * N + i0);
                 const float4 *g4 = reinterpret_cast<const float4 *>(BTILE(p, 8) + u * N + i0);
-                const float iw = 1.f / wj;
-                float gr = 0.f, gk = 0.f, gb = 0.f, gw = 0.f, ga = 0.f;
-#pragma unroll
-                for (int i = 0; i < N / 2; i += 4) {
-                    const float4 vv = v4[i / 4], dd = d4[i / 4], ss = s4[i / 4], gg = g4[i / 4];
-                    const float vx[4] = {vv.x, vv.y, vv.z, vv.w}, dx[4] = {dd.x, dd.y, dd.z, dd.w};
-                    const float sx[4] = {ss.x, ss.y, ss.z, ss.w}, gx[4] = {gg.x, gg.y, gg.z, gg.w};
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        float &S = X[i + e], &dS = X[N / 2 + i + e];
-                        gr = fmaf(S, dx[e], gr);                 /* dr = S_t^T dy */
-                        dS = fmaf(dx[e], rj, dS);                /* dS_t += dy r^T */
-                        S = (S - fmaf(vx[e], kj, sx[e] * bj)) * iw; /* S_{t-1} */
-                        gk = fmaf(dS, vx[e], gk);
-                        gb = fmaf(dS, sx[e], gb);
-                        gw = fmaf(dS, S, gw);
-                        ga = fmaf(gx[e], S, ga);
-                        dS = fmaf(dS, wj, gx[e] * aj);           /* dS_{t-1} column */
-                    }
-                }
-                gr += __shfl_xor_sync(0xffffffffu, gr, 1);
-                gk += __shfl_xor_sync(0xffffffffu, gk, 1);
-                gb += __shfl_xor_sync(0xffffffffu, gb, 1);
-                gw += __shfl_xor_sync(0xffffffffu, gw, 1);
-                ga += __shfl_xor_sync(0xffffffffu, ga, 1);
+                float gr, gk, gb, gw, ga;
+                wkv7tc::col_step_back(X, X + N / 2, v4, d4, s4, g4, rj, wj, kj, aj, bj, gr, gk, gb, gw, ga);
                 if (i0 == 0) {
                     const size_t idx = base + u * HN + j;
                     dr[idx] = from_f<F>(gr); dw[idx] = from_f<FW>(gw); dk[idx] = from_f<F>(gk);

@@ -444,6 +444,46 @@ __device__ __forceinline__ void invert_unit_lower(const float *AB, float *Tm, bo
     for (int t = 0; t < L; t++) Tm[trans ? cc * LDG + t : t * LDG + cc] = col[t];
 }
 
+/* ---- the forwards' stores (the plain and the warp-specialized kernels,
+ * every operand class): one copy of each index pattern ---------------------
+ * U and Y of a chunk, held as transposed accumulators (UT[nt][e]: token
+ * 8 nt + 2 t4 + (e & 1), value row i0 + g, + 8 for e >= 2), to sa (fp32) and
+ * y; tokens past n are not written. */
+template <typename F>
+__device__ __forceinline__ void store_sa_y(const float UT[2][4], const float YT[2][4], float *sa_out, F *y,
+                                           size_t base, size_t HN, int n, int i0, int g, int t4)
+{
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
+            if (tok < n) {
+                sa_out[base + tok * HN + i] = UT[nt][e];
+                y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
+            }
+        }
+}
+/* State columns 8 nt .. 8 nt + 7 of this warp's rows (an accumulator tile)
+ * to the checkpoint ckc, stored transposed ([j][i]) */
+__device__ __forceinline__ void store_ckpt_cols(float *ckc, const float s[4], int nt, int i0, int g, int t4)
+{
+    const int j = 8 * nt + 2 * t4;
+    ckc[j * N + i0 + g] = s[0];
+    ckc[(j + 1) * N + i0 + g] = s[1];
+    ckc[j * N + i0 + g + 8] = s[2];
+    ckc[(j + 1) * N + i0 + g + 8] = s[3];
+}
+/* This warp's rows of the state to sf ([i][j], as s0) */
+__device__ __forceinline__ void store_state(float *sf, const float S[N / 8][4], int i0, int g, int t4)
+{
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++) {
+        *reinterpret_cast<float2 *>(sf + (i0 + g) * N + 8 * nt + 2 * t4) = make_float2(S[nt][0], S[nt][1]);
+        *reinterpret_cast<float2 *>(sf + (i0 + g + 8) * N + 8 * nt + 2 * t4) = make_float2(S[nt][2], S[nt][3]);
+    }
+}
+
 /* ---- forward ---------------------------------------------------------------
  * Per chunk: (prep) key thread j < 64 loads its column of r, w, k, a, b over
  * the chunk and writes the rescaled tiles, threads 64.. load v; (grams) warp
@@ -588,16 +628,7 @@ __global__ void __launch_bounds__(NTH) wkv7_fwd_tc_kernel(
             for (int nt = 0; nt < 2; nt++)
                 mma<SPLIT>(YT[nt], Au[ks], frag_b<SPLIT>(gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
         }
-#pragma unroll
-        for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
-                if (tok < n) {
-                    sa_out[base + tok * HN + i] = UT[nt][e];
-                    y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
-                }
-            }
+        store_sa_y<F>(UT, YT, sa_out, y, base, HN, n, i0, g, t4);
         /* S <- S diag(pL) + V^T K' + U^T B', then the checkpoint ([j][i]) */
         float *ckc = ck + (size_t)c * N * N;
 #pragma unroll
@@ -609,21 +640,10 @@ __global__ void __launch_bounds__(NTH) wkv7_fwd_tc_kernel(
                 mma<SPLIT>(S[nt], Av[ks], frag_b<SPLIT>(tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
                 mma<SPLIT>(S[nt], Au[ks], frag_b<SPLIT>(tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
             }
-            const int j = 8 * nt + 2 * t4;
-            ckc[j * N + i0 + g] = S[nt][0];
-            ckc[(j + 1) * N + i0 + g] = S[nt][1];
-            ckc[j * N + i0 + g + 8] = S[nt][2];
-            ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
+            store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
         }
     }
-    if (s_final) {
-        float *sf = s_final + (size_t)(bb * H + h) * N * N;
-#pragma unroll
-        for (int nt = 0; nt < N / 8; nt++) {
-            *reinterpret_cast<float2 *>(sf + (i0 + g) * N + 8 * nt + 2 * t4) = make_float2(S[nt][0], S[nt][1]);
-            *reinterpret_cast<float2 *>(sf + (i0 + g + 8) * N + 8 * nt + 2 * t4) = make_float2(S[nt][2], S[nt][3]);
-        }
-    }
+    if (s_final) store_state(s_final + (size_t)(bb * H + h) * N * N, S, i0, g, t4);
 }
 
 /* ---- forward, warp-specialized ---------------------------------------------
@@ -860,16 +880,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
             const FragA16 Au = frag_a16_acc(UT[0], UT[1]);
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) mma16(YT[nt], Au, frag_b16(S_.gQB + (8 * nt + g) * LDG, t4));
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
-                    if (tok < n) {
-                        sa_out[base + tok * HN + i] = UT[nt][e];
-                        y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
-                    }
-                }
+            store_sa_y<F>(UT, YT, sa_out, y, base, HN, n, i0, g, t4);
             /* S <- S diag(pL) + V^T K' + U^T B' (pL in fp32), the checkpoint */
             float *ckc = ck + (size_t)c * N * N;
 #pragma unroll
@@ -878,11 +889,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                 S[nt][0] *= p2.x; S[nt][1] *= p2.y; S[nt][2] *= p2.x; S[nt][3] *= p2.y;
                 mma16(S[nt], Av, frag_b16(S_.tKt + (8 * nt + g) * LDT, t4));
                 mma16(S[nt], Au, frag_b16(S_.tBt + (8 * nt + g) * LDT, t4));
-                const int j = 8 * nt + 2 * t4;
-                ckc[j * N + i0 + g] = S[nt][0];
-                ckc[(j + 1) * N + i0 + g] = S[nt][1];
-                ckc[j * N + i0 + g + 8] = S[nt][2];
-                ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
+                store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
             }
         } else {
             float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -931,16 +938,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                 for (int nt = 0; nt < 2; nt++)
                     mma<SPLIT>(YT[nt], Au[ks], frag_b<SPLIT>(S_.gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
             }
-    #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-    #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
-                    if (tok < n) {
-                        sa_out[base + tok * HN + i] = UT[nt][e];
-                        y[base + tok * HN + i] = from_f<F>(YT[nt][e]);
-                    }
-                }
+            store_sa_y<F>(UT, YT, sa_out, y, base, HN, n, i0, g, t4);
             float *ckc = ck + (size_t)c * N * N;
     #pragma unroll
             for (int nt = 0; nt < N / 8; nt++) {
@@ -951,23 +949,12 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                     mma<SPLIT>(S[nt], Av[ks], frag_b<SPLIT>(S_.tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
                     mma<SPLIT>(S[nt], Au[ks], frag_b<SPLIT>(S_.tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
                 }
-                const int j = 8 * nt + 2 * t4;
-                ckc[j * N + i0 + g] = S[nt][0];
-                ckc[(j + 1) * N + i0 + g] = S[nt][1];
-                ckc[j * N + i0 + g + 8] = S[nt][2];
-                ckc[(j + 1) * N + i0 + g + 8] = S[nt][3];
+                store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
             }
         }
         if (c + 2 < nck) bar_release(3 + s, 2 * NTH); /* stage s is free for chunk c + 2 */
     }
-    if (s_final) {
-        float *sf = s_final + (size_t)(bb * H + h) * N * N;
-#pragma unroll
-        for (int nt = 0; nt < N / 8; nt++) {
-            *reinterpret_cast<float2 *>(sf + (i0 + g) * N + 8 * nt + 2 * t4) = make_float2(S[nt][0], S[nt][1]);
-            *reinterpret_cast<float2 *>(sf + (i0 + g + 8) * N + 8 * nt + 2 * t4) = make_float2(S[nt][2], S[nt][3]);
-        }
-    }
+    if (s_final) store_state(s_final + (size_t)(bb * H + h) * N * N, S, i0, g, t4);
 }
 
 /* ---- backward, pass 1: the dS recursion ------------------------------------
@@ -1462,31 +1449,8 @@ __global__ void __launch_bounds__(2 * N) wkv7_bwd_col_kernel(
             const float4 *d4 = reinterpret_cast<const float4 *>(tl[6] + u * N + i0);
             const float4 *s4 = reinterpret_cast<const float4 *>(tl[7] + u * N + i0);
             const float4 *g4 = reinterpret_cast<const float4 *>(tl[8] + u * N + i0);
-            const float iw = 1.f / wj;
-            float gr = 0.f, gk = 0.f, gb = 0.f, gw = 0.f, ga = 0.f;
-#pragma unroll
-            for (int q = 0; q < N / 2; q += 4) {
-                const float4 vv = v4[q / 4], dd = d4[q / 4], ss = s4[q / 4], gg = g4[q / 4];
-                const float vx[4] = {vv.x, vv.y, vv.z, vv.w}, dx[4] = {dd.x, dd.y, dd.z, dd.w};
-                const float sx[4] = {ss.x, ss.y, ss.z, ss.w}, gx[4] = {gg.x, gg.y, gg.z, gg.w};
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float &S = X[q + e], &G = dS[q + e];
-                    gr = fmaf(S, dx[e], gr);                    /* dr = S_t^T dy */
-                    G = fmaf(dx[e], rj, G);                     /* dS_t += dy r^T */
-                    S = (S - fmaf(vx[e], kj, sx[e] * bj)) * iw; /* S_{t-1} */
-                    gk = fmaf(G, vx[e], gk);
-                    gb = fmaf(G, sx[e], gb);
-                    gw = fmaf(G, S, gw);
-                    ga = fmaf(gx[e], S, ga);
-                    G = fmaf(G, wj, gx[e] * aj);                /* dS_{t-1} column */
-                }
-            }
-            gr += __shfl_xor_sync(0xffffffffu, gr, 1);
-            gk += __shfl_xor_sync(0xffffffffu, gk, 1);
-            gb += __shfl_xor_sync(0xffffffffu, gb, 1);
-            gw += __shfl_xor_sync(0xffffffffu, gw, 1);
-            ga += __shfl_xor_sync(0xffffffffu, ga, 1);
+            float gr, gk, gb, gw, ga;
+            wkv7tc::col_step_back(X, dS, v4, d4, s4, g4, rj, wj, kj, aj, bj, gr, gk, gb, gw, ga);
             if (i0 == 0) {
                 const size_t idx = base + u * HN + j;
                 dr[idx] = from_f<F>(gr); dw[idx] = gw; dk[idx] = from_f<F>(gk);
