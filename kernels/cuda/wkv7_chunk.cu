@@ -427,6 +427,20 @@ __device__ __forceinline__ void gram(const float *X, const float *Y, float *G, b
         }
 }
 
+/* C += X M^T over 16 x 16: X (tokens x tokens) held as two accumulator tiles
+ * and used as the A operand, M a 16 x 16 shared matrix stored [n][k] with
+ * stride LDG (U^T = X^T T^T in the forwards, Z^T = R^T T in pass 1). */
+template <int SPLIT>
+__device__ __forceinline__ void mma_acc16(float C[2][4], const float X[2][4], const float *M, int g, int t4)
+{
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+        const FragA Ax = frag_a_acc<SPLIT>(X[ks]);
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) mma<SPLIT>(C[nt], Ax, frag_b<SPLIT>(M + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+    }
+}
+
 /* T = (I - AB)^-1 by columns (AB strictly lower, so T is unit lower): lane
  * cc < 16 of one warp computes column cc and writes it to Tm[t][cc], or to
  * Tm[cc][t] when `trans`. */
@@ -613,13 +627,7 @@ __global__ void __launch_bounds__(NTH) wkv7_fwd_tc_kernel(
         __syncthreads(); /* T complete */
         /* U^T = X^T T^T: B[s][t] = T[t][s] */
         float UT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            const FragA Ax = frag_a_acc<SPLIT>(XT[ks]);
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-                mma<SPLIT>(UT[nt], Ax, frag_b<SPLIT>(gT + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-        }
+        mma_acc16<SPLIT>(UT, XT, gT, g, t4);
         FragA Au[2];
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) {
@@ -923,13 +931,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                 }
             }
             float UT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-    #pragma unroll
-            for (int ks = 0; ks < 2; ks++) {
-                const FragA Ax = frag_a_acc<SPLIT>(XT[ks]);
-    #pragma unroll
-                for (int nt = 0; nt < 2; nt++)
-                    mma<SPLIT>(UT[nt], Ax, frag_b<SPLIT>(S_.gT + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-            }
+            mma_acc16<SPLIT>(UT, XT, S_.gT, g, t4);
             FragA Au[2];
     #pragma unroll
             for (int ks = 0; ks < 2; ks++) {
@@ -1089,13 +1091,7 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
         __syncthreads(); /* T complete */
         /* Z^T = R^T T: B[s][t] = T[s][t], stored as gTt[t][s] */
         float ZT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            const FragA Ar = frag_a_acc<SPLIT>(RT[ks]);
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-                mma<SPLIT>(ZT[nt], Ar, frag_b<SPLIT>(gTt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-        }
+        mma_acc16<SPLIT>(ZT, RT, gTt, g, t4);
         FragA Az[2];
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) Az[ks] = frag_a_acc<SPLIT>(ZT[ks]);
@@ -1329,13 +1325,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
         }
         /* Z^T = R^T T */
         float ZT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            const FragA Ar = frag_a_acc<SPLIT>(RT[ks]);
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-                mma<SPLIT>(ZT[nt], Ar, frag_b<SPLIT>(S_.gTt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-        }
+        mma_acc16<SPLIT>(ZT, RT, S_.gTt, g, t4);
         FragA Az[2];
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) Az[ks] = frag_a_acc<SPLIT>(ZT[ks]);
