@@ -1944,12 +1944,14 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
     plan_activations(e, &ca);
     RUN(upload_weights(e, err));
     size_t R = (size_t)e->maxB * e->maxT;
-    e->h_loss = (float *)malloc(R * 4);
-    e->h_correct = (int32_t *)malloc(R * 4);
-    e->h_ds0 = (float *)malloc((size_t)c->n_layer * rwkv_state_layer_size(c) * 4);
-    e->h_dbp_q = (double *)malloc((size_t)c->n_layer * rwkv_state_layer_size(c) * 8);
-    if (!e->h_loss || !e->h_correct || !e->h_ds0 || !e->h_dbp_q)
-        return st_fail(err, ST_ENOMEM, "out of host memory for the CUDA engine's staging buffers");
+    /* page-locked: the copies out of every step are then plain DMA, not
+     * staged by the driver through its own buffer while the GPU idles */
+    const size_t ns = (size_t)c->n_layer * rwkv_state_layer_size(c);
+    if (cudaMallocHost((void **)&e->h_loss, R * 4) != cudaSuccess ||
+        cudaMallocHost((void **)&e->h_correct, R * 4) != cudaSuccess ||
+        cudaMallocHost((void **)&e->h_ds0, ns * 4) != cudaSuccess ||
+        cudaMallocHost((void **)&e->h_dbp_q, ns * 8) != cudaSuccess)
+        return st_fail(err, ST_ENOMEM, "out of page-locked host memory for the CUDA engine's staging buffers");
     return ST_OK;
 }
 
@@ -2038,10 +2040,10 @@ extern "C" void engine_cuda_destroy(engine_cuda_t **self_p)
     cudaFree(e->wmem);
     cudaFree(e->amem);
     free(e->L);
-    free(e->h_loss);
-    free(e->h_correct);
-    free(e->h_ds0);
-    free(e->h_dbp_q);
+    cudaFreeHost(e->h_loss); /* NULL is fine */
+    cudaFreeHost(e->h_correct);
+    cudaFreeHost(e->h_ds0);
+    cudaFreeHost(e->h_dbp_q);
     e->tag = 0;
     free(e);
     *self_p = NULL;
