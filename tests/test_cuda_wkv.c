@@ -509,15 +509,18 @@ static int s_stage_run(int algo, int balgo, int bf16, int tma, int out_off, int 
     return rc;
 }
 
-static int s_stage_same(int algo, int balgo, int bf16)
+/* Two runs of the same inputs that must give the same bits: run 1 with
+ * (tma1, unaligned1), run 0 with (tma0, unaligned0); what names the switch
+ * in the messages. dS0 is summed with atomics, so it is compared to 1e-6. */
+static int s_runs_same(int algo, int balgo, int bf16, int tma1, int unal1, int tma0, int unal0, const char *what)
 {
     const int B = 2, T = 100, H = 3;
     const uint64_t seed = st_test_seed();
     unsigned char *b1 = NULL, *b0 = NULL;
     float *g1 = NULL, *g0 = NULL;
     size_t n1 = 0, n0 = 0;
-    if (s_stage_run(algo, balgo, bf16, 1, 0, B, T, H, seed, &b1, &n1, &g1)) return 1;
-    if (s_stage_run(algo, balgo, bf16, 0, 0, B, T, H, seed, &b0, &n0, &g0)) return 1;
+    if (s_stage_run(algo, balgo, bf16, tma1, unal1, B, T, H, seed, &b1, &n1, &g1)) return 1;
+    if (s_stage_run(algo, balgo, bf16, tma0, unal0, B, T, H, seed, &b0, &n0, &g0)) return 1;
     size_t diff = 0;
     for (size_t i = 0; i < n1 && n1 == n0; i++) diff += b1[i] != b0[i];
     double num = 0, den = 0;
@@ -526,11 +529,11 @@ static int s_stage_same(int algo, int balgo, int bf16)
         den += (double)g0[i] * g0[i];
     }
     const double rel = sqrt(num / (den > 0 ? den : 1));
-    printf("%s: %zu of %zu output bytes differ between TMA and cp.async staging; dS0 relative %.2e\n",
-           bf16 ? "bf16" : "fp32", diff, n1, rel);
+    printf("%s: %zu of %zu output bytes differ between %s; dS0 relative %.2e\n", bf16 ? "bf16" : "fp32", diff, n1,
+           what, rel);
     free(b1); free(b0); free(g1); free(g0);
-    CHECKF(n1 == n0 && diff == 0, "TMA and cp.async staging differ in %zu bytes", diff);
-    CHECKF(rel <= 1e-6, "dS0 differs by %.2e between TMA and cp.async staging", rel);
+    CHECKF(n1 == n0 && diff == 0, "%s differ in %zu bytes", what, diff);
+    CHECKF(rel <= 1e-6, "dS0 differs by %.2e between %s", rel, what);
     return 0;
 }
 
@@ -538,44 +541,21 @@ static int s_stage_same(int algo, int balgo, int bf16)
 static int test_tma_staging_identical(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    int rc = s_stage_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1);
-    return rc ? rc : s_stage_same(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0);
+    const char *what = "TMA and cp.async staging";
+    int rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 0, 0, 0, what);
+    return rc ? rc : s_runs_same(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0, 1, 0, 0, 0, what);
 }
 
 /* Pass 2 of CPROD1WSSA stages dr, da, dk, db in shared memory and writes
  * them as 16-byte vectors when all four are 16-byte aligned, element by
  * element otherwise: both must give the same bits (outputs one element off
  * alignment here; the forward and pass 1 see the same aligned inputs). */
-static int s_unaligned_same(int bf16)
-{
-    const int B = 2, T = 100, H = 3;
-    const uint64_t seed = st_test_seed();
-    unsigned char *b1 = NULL, *b0 = NULL;
-    float *g1 = NULL, *g0 = NULL;
-    size_t n1 = 0, n0 = 0;
-    if (s_stage_run(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, bf16, 1, 0, B, T, H, seed, &b0, &n0, &g0)) return 1;
-    if (s_stage_run(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, bf16, 1, 1, B, T, H, seed, &b1, &n1, &g1)) return 1;
-    size_t diff = 0;
-    for (size_t i = 0; i < n1 && n1 == n0; i++) diff += b1[i] != b0[i];
-    double num = 0, den = 0;
-    for (size_t i = 0; i < (size_t)H * N * N; i++) {
-        num += ((double)g1[i] - g0[i]) * ((double)g1[i] - g0[i]);
-        den += (double)g0[i] * g0[i];
-    }
-    const double rel = sqrt(num / (den > 0 ? den : 1));
-    printf("%s: %zu of %zu output bytes differ between aligned and unaligned gradients; dS0 relative %.2e\n",
-           bf16 ? "bf16" : "fp32", diff, n1, rel);
-    free(b1); free(b0); free(g1); free(g0);
-    CHECKF(n1 == n0 && diff == 0, "aligned and unaligned gradient buffers differ in %zu bytes", diff);
-    CHECKF(rel <= 1e-6, "dS0 differs by %.2e between aligned and unaligned gradient buffers", rel);
-    return 0;
-}
-
 static int test_unaligned_outputs_identical(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    int rc = s_unaligned_same(1);
-    return rc ? rc : s_unaligned_same(0);
+    const char *what = "unaligned and aligned gradient buffers";
+    int rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 1, 1, 0, what);
+    return rc ? rc : s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, 1, 1, 1, 0, what);
 }
 
 static int test_refuses_removed_algorithms(void)
