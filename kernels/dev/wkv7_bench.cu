@@ -269,6 +269,25 @@ static void bench(int algo, int balgo, int B, int T, int H, int reps, uint64_t s
         CK(cudaEventElapsedTime(&b2, e1, e2));
         if (it >= 3) { tf.push_back(a); tb.push_back(b2); tt.push_back(a + b2); }
     }
+    /* The same launches back to back, one event pair around all reps of
+     * each: the GPU's own time. The loop above syncs after every rep and
+     * records its first event on an idle GPU, so each of its intervals
+     * also holds the host's preparation of the launch (tensor maps,
+     * attributes, AUTO's device query): docs/performance.md section 0. */
+    float bf_ms = 0, bb_ms = 0;
+    CK(cudaEventRecord(e0));
+    for (int it = 0; it < reps; it++)
+        CKST(wkv7_forward_cuda_algo(algo, !fp32, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], s0, d[7], NULL,
+                                    ck, WKV7_CUDA_CHUNK, sa, 0, err));
+    CK(cudaEventRecord(e1));
+    for (int it = 0; it < reps; it++)
+        CKST(wkv7_backward_cuda_algo(balgo, !fp32, B, T, H, d[0], (float *)d[1], d[2], d[3], d[4], d[5], ck,
+                                     WKV7_CUDA_CHUNK, sa, d[6], d[8], (float *)d[9], d[10], d[11], d[12], d[13], ds0,
+                                     0, err));
+    CK(cudaEventRecord(e2));
+    CK(cudaEventSynchronize(e2));
+    CK(cudaEventElapsedTime(&bf_ms, e0, e1));
+    CK(cudaEventElapsedTime(&bb_ms, e1, e2));
     double rows = (double)B * T * H;
     double bytes = rows * N * (20 + 34) + 2.0 * wkv7_cuda_ckpt_floats(B, T, H) * 4;
     double flops = rows * 34.0 * N * N;
@@ -277,6 +296,8 @@ static void bench(int algo, int balgo, int B, int T, int H, int reps, uint64_t s
            "target %.2f ms, official %.2f ms\n",
            fp32 ? "fp32" : "bf16", algo_name(algo), balgo_name(balgo), B, T, H, median(tf), median(tb), mt, bytes / (mt * 1e-3) / 1e12, flops / (mt * 1e-3) / 1e12,
            target_ms, official_ms);
+    printf("      back to back, mean of %d (%2d,%4d,%2d): fwd %7.3f ms  bwd %7.3f ms  total %7.3f ms\n", reps, B, T, H,
+           bf_ms / reps, bb_ms / reps, (bf_ms + bb_ms) / reps);
     for (int i = 0; i < 14; i++) CK(cudaFree(d[i]));
     CK(cudaFree(s0)); CK(cudaFree(ds0)); CK(cudaFree(ck)); CK(cudaFree(sa));
 }
@@ -301,6 +322,10 @@ int main(int argc, char **argv)
                     argv[0]);
             return 2;
         }
+    }
+    if (reps < 1 || reps > 100000) {
+        fprintf(stderr, "%s: --reps must be 1 .. 100000 (got %d)\n", argv[0], reps);
+        return 2;
     }
     if (have_one) {
         bench(one[0], one[1], one[2], one[3], one[4], reps, seed, 0, 0);
