@@ -12,6 +12,7 @@
  */
 #include "data/batcher.h"
 #include "common/st_err.h"
+#include "common/st_rng.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -47,18 +48,10 @@ typedef struct {
     uint64_t s[4];
 } s_rng_t;
 
-static uint64_t s_splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static void s_rng_seed(s_rng_t *r, uint64_t seed, uint64_t stream)
 {
     uint64_t x = seed ^ (stream * 0xd1342543de82ef95ull);
-    for (int i = 0; i < 4; i++) r->s[i] = s_splitmix(&x);
+    for (int i = 0; i < 4; i++) r->s[i] = st_splitmix64(&x);
 }
 
 static uint64_t s_rotl(uint64_t x, int k)

@@ -16,6 +16,7 @@
 #include "data/dataset.h"
 #include "common/st_err.h"
 #include "common/st_fs.h"
+#include "common/st_rng.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -392,15 +393,6 @@ int dataset_load(const char *path, const tokenizer_t *tok, int ctx_len, job_long
 
 /* ---- held-out split -------------------------------------------------------------- */
 
-static uint64_t s_mix(uint64_t x)
-{
-    /* splitmix64's finaliser */
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 typedef struct {
     uint64_t h;
     int line;
@@ -448,7 +440,7 @@ int dataset_split(const dataset_t *all, double eval_fraction, uint64_t seed, dat
     for (int i = 0, k = 0; i < all->n_samples; i++) {
         if (i > 0 && all->samples[i].line == all->samples[i - 1].line) continue;
         lh[k].line = all->samples[i].line;
-        lh[k].h = s_mix(s_mix(seed) ^ (uint64_t)lh[k].line);
+        lh[k].h = st_mix64(st_mix64(seed) ^ (uint64_t)lh[k].line);
         k++;
     }
     qsort(lh, (size_t)n_lines, sizeof *lh, s_cmp_hash);

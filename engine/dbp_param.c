@@ -15,6 +15,7 @@
  * not depend on it.
  */
 #include "engine/dbp_param.h"
+#include "common/st_rng.h"
 
 #include <cblas.h>
 #include <stdlib.h>
@@ -92,20 +93,11 @@ void dbp_identity(int nblk, int N, float *R)
         for (int i = 0; i < N; i++) R[b * nn + (size_t)i * N + i] = 1.0f;
 }
 
-/* splitmix64's finaliser: a good 64-bit mix of the three inputs. */
-static uint64_t s_mix(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
 int dbp_row_sampled(uint64_t seed, int64_t step, int64_t index, double fraction)
 {
     if (fraction >= 1.0) return 1;
     if (!(fraction > 0.0)) return 0;
-    uint64_t h = s_mix(s_mix(s_mix(seed ^ 0x44425021ULL) ^ (uint64_t)step) ^ (uint64_t)index);
+    uint64_t h = st_mix64(st_mix64(st_mix64(seed ^ 0x44425021ULL) ^ (uint64_t)step) ^ (uint64_t)index);
     double u = (double)(h >> 11) * (1.0 / 9007199254740992.0); /* [0, 1) from 53 bits */
     return u < fraction;
 }

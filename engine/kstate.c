@@ -8,6 +8,7 @@
 
 #include "common/st_err.h"
 #include "common/st_fs.h"
+#include "common/st_rng.h"
 #include "data/dataset.h"
 
 #include <jansson.h>
@@ -24,15 +25,7 @@ struct kstate {
     engine_kstate_t view;
 };
 
-static uint64_t s_next(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double s_unit(uint64_t *x) { return ((s_next(x) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+static double s_unit(uint64_t *x) { return ((st_splitmix64(x) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
 
 static void s_normalise(int n, float *v)
 {

@@ -50,6 +50,7 @@
 
 #include "common/st_err.h"
 #include "common/st_fs.h"
+#include "common/st_rng.h"
 #include "data/batcher.h"
 #include "data/dataset.h"
 #include "data/tokenizer.h"
@@ -129,14 +130,6 @@ static double s_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t s_splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
 }
 
 static json_t *s_num(double x) { return isfinite(x) ? json_real(x) : json_null(); }
@@ -660,7 +653,7 @@ static int s_setup(tune_t *t, char *err)
         engine_set_kstate(t->engine, kstate_view(t->ks)); /* evaluation sees U0 too */
     }
     uint64_t sd = spec->seed;
-    for (int i = 0; i < 4; i++) t->rng[i] = s_splitmix(&sd);
+    for (int i = 0; i < 4; i++) t->rng[i] = st_splitmix64(&sd);
     return ST_OK;
 }
 

@@ -19,6 +19,7 @@
 
 #include "common/st_err.h"
 #include "common/st_fs.h"
+#include "common/st_rng.h"
 #include "model/tensorfile.h"
 
 #include <math.h>
@@ -377,15 +378,6 @@ fail:
 
 /* ---- random models ------------------------------------------------------------ */
 
-/* splitmix64: tiny, seedable, and the same on every platform */
-static uint64_t s_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* Fills x with values uniform in [-lim, lim), two per 64-bit draw: the fill
  * of a 1.5B-parameter benchmark model must take seconds, not minutes. */
 static void s_fill_uniform(float *x, size_t n, double lim, uint64_t *s)
@@ -393,11 +385,11 @@ static void s_fill_uniform(float *x, size_t n, double lim, uint64_t *s)
     const float scale = (float)(2.0 * lim * 0x1p-24), shift = (float)lim;
     size_t i = 0;
     for (; i + 1 < n; i += 2) {
-        uint64_t r = s_next(s);
+        uint64_t r = st_splitmix64(s);
         x[i] = (float)(uint32_t)(r >> 40) * scale - shift;
         x[i + 1] = (float)(uint32_t)((r >> 8) & 0xffffffu) * scale - shift;
     }
-    if (i < n) x[i] = (float)(uint32_t)(s_next(s) >> 40) * scale - shift;
+    if (i < n) x[i] = (float)(uint32_t)(st_splitmix64(s) >> 40) * scale - shift;
 }
 
 /* Zero-mean noise of standard deviation std. Uniform rather than Gaussian
