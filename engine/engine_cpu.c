@@ -289,6 +289,40 @@ size_t engine_cpu_peak_mem_bytes(const engine_cpu_t *self)
     return (self->mem_floats + self->m->arena_floats) * sizeof(float);
 }
 
+/* Layer l's slices of the per-layer activation blocks, which are laid out
+ * for the planned R = maxB * maxT tokens: what the forward pass writes and
+ * the backward pass reads back, so both take them from here. */
+typedef struct {
+    float *xin, *xmid, *xout;                         /* x_res[l], x_mid[l], x_res[l + 1] */
+    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd; /* (R) */
+    float *r, *w, *wl, *kraw, *kf, *kk, *a, *v, *vraw, *vs, *g, *y; /* (R, C) */
+    float *whid, *ghid;                               /* (R, Dw), (R, Dg) */
+    float *gnm, *gnr;                                 /* GroupNorm mean, rstd (R, H) */
+    float *kpre;                                      /* (R, F) */
+    float *ckpt;                                      /* (B, nck, H, N, N) */
+} layer_acts_t;
+
+static layer_acts_t s_layer_acts(const engine_cpu_t *e, int l)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    size_t H = c->n_head, NN = (size_t)c->head_size * c->head_size;
+    size_t Rp = (size_t)e->maxB * e->maxT, RCp = Rp * c->n_embd;
+    layer_acts_t la = {
+        .xin = e->x_res + l * RCp, .xmid = e->x_mid + l * RCp, .xout = e->x_res + (l + 1) * RCp,
+        .ln1_mean = e->ln1_mean + l * Rp, .ln1_rstd = e->ln1_rstd + l * Rp,
+        .ln2_mean = e->ln2_mean + l * Rp, .ln2_rstd = e->ln2_rstd + l * Rp,
+        .r = e->r + l * RCp, .w = e->w + l * RCp, .wl = e->wl + l * RCp,
+        .kraw = e->kraw + l * RCp, .kf = e->kf + l * RCp, .kk = e->kk + l * RCp,
+        .a = e->a + l * RCp, .v = e->v + l * RCp, .vraw = e->vraw + l * RCp,
+        .vs = e->vs + l * RCp, .g = e->g + l * RCp, .y = e->y + l * RCp,
+        .whid = e->whid + l * Rp * c->d_decay, .ghid = e->ghid + l * Rp * c->d_gate,
+        .gnm = e->gn_mean + l * Rp * H, .gnr = e->gn_rstd + l * Rp * H,
+        .kpre = e->kpre + l * Rp * c->ffn_dim,
+        .ckpt = e->ckpt + (size_t)l * e->maxB * e->nck * H * NN,
+    };
+    return la;
+}
+
 /* Forward through layer l; x_res[l] in, x_res[l+1] out. The WKV state
  * checkpoints are written only when a backward pass follows. */
 static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s0,
@@ -299,41 +333,30 @@ static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s
     int C = c->n_embd, H = c->n_head, F = c->ffn_dim, L = c->n_layer;
     int R = B * T;
     size_t RC = (size_t)R * C, NN = (size_t)c->head_size * c->head_size;
-    /* per-layer blocks are laid out for the planned R = maxB * maxT */
-    size_t RCp = (size_t)e->maxB * e->maxT * C, Rp = (size_t)e->maxB * e->maxT;
-    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + l * RCp, *xout = e->x_res + (l + 1) * RCp;
-    float *r = e->r + l * RCp, *w = e->w + l * RCp, *wl = e->wl + l * RCp;
-    float *kraw = e->kraw + l * RCp, *kf = e->kf + l * RCp, *kk = e->kk + l * RCp;
-    float *a = e->a + l * RCp, *v = e->v + l * RCp, *vraw = e->vraw + l * RCp;
-    float *vs = e->vs + l * RCp, *g = e->g + l * RCp, *y = e->y + l * RCp;
-    float *whid = e->whid + l * Rp * c->d_decay, *ghid = e->ghid + l * Rp * c->d_gate;
-    float *gnm = e->gn_mean + l * Rp * H, *gnr = e->gn_rstd + l * Rp * H;
-    float *kpre = e->kpre + l * Rp * F;
-    float *ckpt = e->ckpt + (size_t)l * e->maxB * e->nck * H * NN;
+    layer_acts_t la = s_layer_acts(e, l);
 
-    layernorm_forward_cpu(R, C, xin, p->ln1_w, p->ln1_b, RWKV_LN_EPS, e->h,
-                          e->ln1_mean + l * Rp, e->ln1_rstd + l * Rp);
+    layernorm_forward_cpu(R, C, la.xin, p->ln1_w, p->ln1_b, RWKV_LN_EPS, e->h, la.ln1_mean, la.ln1_rstd);
     const float *mix[6] = {p->x_r, p->x_w, p->x_k, p->x_v, p->x_a, p->x_g};
     tokenshift_forward_cpu(B, T, C, e->h, NULL, 6, mix, e->lerp);
-    linear_forward_cpu(R, C, C, e->lerp[0], p->receptance, r);
-    linear_forward_cpu(R, C, C, e->lerp[2], p->key, kraw);
-    linear_forward_cpu(R, C, C, e->lerp[3], p->value, vraw);
-    lora_forward_cpu(R, C, c->d_decay, e->lerp[1], p->w1, p->w2, LORA_TANH, whid, wl);
+    linear_forward_cpu(R, C, C, e->lerp[0], p->receptance, la.r);
+    linear_forward_cpu(R, C, C, e->lerp[2], p->key, la.kraw);
+    linear_forward_cpu(R, C, C, e->lerp[3], p->value, la.vraw);
+    lora_forward_cpu(R, C, c->d_decay, e->lerp[1], p->w1, p->w2, LORA_TANH, la.whid, la.wl);
     lora_forward_cpu(R, C, c->d_aaa, e->lerp[4], p->a1, p->a2, LORA_NONE, e->hid, e->tmp);
-    timemix_forward_cpu(R, H, c->head_size, wl, e->tmp, kraw, p->w0, p->a0, p->k_k, p->k_a, w, a,
-                        kk, kf, e->wa, e->wb);
+    timemix_forward_cpu(R, H, c->head_size, la.wl, e->tmp, la.kraw, p->w0, p->a0, p->k_k, p->k_a, la.w, la.a,
+                        la.kk, la.kf, e->wa, e->wb);
     if (l == 0) {
-        memcpy(v, vraw, RC * sizeof(float));
+        memcpy(la.v, la.vraw, RC * sizeof(float));
     } else {
-        lora_forward_cpu(R, C, c->d_mv, e->lerp[3], p->v1, p->v2, LORA_NONE, e->hid, vs);
-        vmix_forward_cpu(R, C, vraw, e->v /* layer 0's v is v_first */, p->v0, vs, v);
+        lora_forward_cpu(R, C, c->d_mv, e->lerp[3], p->v1, p->v2, LORA_NONE, e->hid, la.vs);
+        vmix_forward_cpu(R, C, la.vraw, e->v /* layer 0's v is v_first */, p->v0, la.vs, la.v);
     }
-    lora_forward_cpu(R, C, c->d_gate, e->lerp[5], p->g1, p->g2, LORA_SIGMOID, ghid, g);
-    wkv7_forward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, s0, y, final_state ? e->sfin : NULL,
-                     backward ? ckpt : NULL, CKPT_EVERY);
+    lora_forward_cpu(R, C, c->d_gate, e->lerp[5], p->g1, p->g2, LORA_SIGMOID, la.ghid, la.g);
+    wkv7_forward_cpu(B, T, H, la.r, la.w, la.kf, la.v, e->wa, e->wb, s0, la.y, final_state ? e->sfin : NULL,
+                     backward ? la.ckpt : NULL, CKPT_EVERY);
     if (ks) { /* the kernel-expanded state's term joins y before GroupNorm */
         size_t HNM = (size_t)H * c->head_size * ks->M;
-        rbf_forward_cpu(B, T, H, ks->M, ks->gamma, r, w, ks->U0 + l * HNM, ks->support + l * HNM, y);
+        rbf_forward_cpu(B, T, H, ks->M, ks->gamma, la.r, la.w, ks->U0 + l * HNM, ks->support + l * HNM, la.y);
     }
     if (final_state) {
         size_t HNN = (size_t)H * NN;
@@ -341,17 +364,16 @@ static void s_layer_forward(engine_cpu_t *e, int l, int B, int T, const float *s
             memcpy(final_state + ((size_t)b * L + l) * HNN, e->sfin + (size_t)b * HNN,
                    HNN * sizeof(float));
     }
-    groupnorm_forward_cpu(R, H, c->head_size, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, gnm, gnr,
-                          e->oin);
+    groupnorm_forward_cpu(R, H, c->head_size, la.y, p->ln_x_w, p->ln_x_b, la.r, la.kf, la.v, p->r_k, la.g, la.gnm,
+                          la.gnr, e->oin);
     linear_forward_cpu(R, C, C, e->oin, p->output, e->tmp);
 #pragma omp parallel for schedule(dynamic, 8192) if (RC >= 32768)
-    for (size_t i = 0; i < RC; i++) xmid[i] = xin[i] + e->tmp[i];
-    layernorm_forward_cpu(R, C, xmid, p->ln2_w, p->ln2_b, RWKV_LN_EPS, e->h, e->ln2_mean + l * Rp,
-                          e->ln2_rstd + l * Rp);
+    for (size_t i = 0; i < RC; i++) la.xmid[i] = la.xin[i] + e->tmp[i];
+    layernorm_forward_cpu(R, C, la.xmid, p->ln2_w, p->ln2_b, RWKV_LN_EPS, e->h, la.ln2_mean, la.ln2_rstd);
     channelmix_forward_cpu(B, T, C, F, e->h, NULL, p->ffn_x_k, p->ffn_key, p->ffn_value, e->tmp,
-                           kpre, e->act, e->oin);
+                           la.kpre, e->act, e->oin);
 #pragma omp parallel for schedule(dynamic, 8192) if (RC >= 32768)
-    for (size_t i = 0; i < RC; i++) xout[i] = xmid[i] + e->oin[i];
+    for (size_t i = 0; i < RC; i++) la.xout[i] = la.xmid[i] + e->oin[i];
 }
 
 /* Backward through layer l: e->dx holds dL/dx_res[l+1] on entry and
@@ -363,43 +385,33 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0, c
     const rwkv_layer_t *p = &e->m->layers[l];
     int C = c->n_embd, H = c->n_head, F = c->ffn_dim, N = c->head_size;
     int R = B * T;
-    size_t RC = (size_t)R * C, NN = (size_t)N * N;
-    size_t RCp = (size_t)e->maxB * e->maxT * C, Rp = (size_t)e->maxB * e->maxT;
-    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + l * RCp;
-    float *r = e->r + l * RCp, *w = e->w + l * RCp, *wl = e->wl + l * RCp;
-    float *kraw = e->kraw + l * RCp, *kf = e->kf + l * RCp, *kk = e->kk + l * RCp;
-    float *a = e->a + l * RCp, *v = e->v + l * RCp, *vraw = e->vraw + l * RCp;
-    float *vs = e->vs + l * RCp, *g = e->g + l * RCp, *y = e->y + l * RCp;
-    float *whid = e->whid + l * Rp * c->d_decay, *ghid = e->ghid + l * Rp * c->d_gate;
-    float *gnm = e->gn_mean + l * Rp * H, *gnr = e->gn_rstd + l * Rp * H;
-    float *kpre = e->kpre + l * Rp * F;
-    float *ckpt = e->ckpt + (size_t)l * e->maxB * e->nck * H * NN;
+    size_t RC = (size_t)R * C;
+    layer_acts_t la = s_layer_acts(e, l);
     float *dx = e->dx;
 
     /* channel mix: dx += LN2'(CMix'(dx)) */
     memset(e->dh, 0, RC * sizeof(float));
-    channelmix_backward_cpu(B, T, C, F, p->ffn_x_k, p->ffn_key, p->ffn_value, kpre, dx, e->act,
+    channelmix_backward_cpu(B, T, C, F, p->ffn_x_k, p->ffn_key, p->ffn_value, la.kpre, dx, e->act,
                             e->tmp, e->dh);
-    layernorm_backward_cpu(R, C, xmid, p->ln2_w, e->ln2_mean + l * Rp, e->ln2_rstd + l * Rp, e->dh,
-                           dx);
+    layernorm_backward_cpu(R, C, la.xmid, p->ln2_w, la.ln2_mean, la.ln2_rstd, e->dh, dx);
 
     /* output projection, then GroupNorm + bonus + gate (its bonus share of
      * dr, dk, dv goes to dbr, dbk, dbv: the WKV backward needs dy first) */
     linear_backward_to_cpu(R, C, C, dx, p->output, e->oin);
-    groupnorm_backward_cpu(R, H, N, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, gnm, gnr, e->oin,
-                           e->dy, e->dbr, e->dbk, e->dbv, e->dg);
+    groupnorm_backward_cpu(R, H, N, la.y, p->ln_x_w, p->ln_x_b, la.r, la.kf, la.v, p->r_k, la.g, la.gnm, la.gnr,
+                           e->oin, e->dy, e->dbr, e->dbk, e->dbv, e->dg);
 
     /* WKV7: the wkv "a" and "b" inputs are recomputed from kk and a */
 #pragma omp parallel for schedule(dynamic, 8192) if (RC >= 32768)
     for (size_t i = 0; i < RC; i++) {
-        e->wa[i] = -kk[i];
-        e->wb[i] = kk[i] * a[i];
+        e->wa[i] = -la.kk[i];
+        e->wb[i] = la.kk[i] * la.a[i];
     }
-    wkv7_backward_cpu(B, T, H, r, w, kf, v, e->wa, e->wb, ckpt, CKPT_EVERY, e->dy, e->dr, e->dw,
+    wkv7_backward_cpu(B, T, H, la.r, la.w, la.kf, la.v, e->wa, e->wb, la.ckpt, CKPT_EVERY, e->dy, e->dr, e->dw,
                       e->dk, e->dv, e->da, e->db, ds0);
     if (ks) { /* its share of dr and dw keeps the lower layers' dS0 exact; tmp is dead here */
         size_t HNM = (size_t)H * N * ks->M;
-        rbf_backward_cpu(B, T, H, ks->M, ks->gamma, r, w, ks->U0 + l * HNM, ks->support + l * HNM, e->dy,
+        rbf_backward_cpu(B, T, H, ks->M, ks->gamma, la.r, la.w, ks->U0 + l * HNM, ks->support + l * HNM, e->dy,
                          e->dr, e->dw, dU0 ? dU0 + l * HNM : NULL, e->tmp);
     }
     if (l == 0) return; /* nothing below layer 0's WKV depends on S0 */
@@ -413,21 +425,20 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0, c
     /* back to the six lerp outputs (each gradient overwrites its input; the
      * first product into each overwrites, the others add) */
     float **dl = e->lerp;
-    lora_backward_cpu(R, C, c->d_gate, p->g1, p->g2, LORA_SIGMOID, ghid, e->dg, e->hid, dl[5], 0);
+    lora_backward_cpu(R, C, c->d_gate, p->g1, p->g2, LORA_SIGMOID, la.ghid, e->dg, e->hid, dl[5], 0);
     linear_backward_to_cpu(R, C, C, e->dr, p->receptance, dl[0]);
-    timemix_backward_cpu(R, H, N, wl, p->w0, w, a, kk, kraw, p->k_k, p->k_a, e->dw, e->dk, e->da,
+    timemix_backward_cpu(R, H, N, la.wl, p->w0, la.w, la.a, la.kk, la.kraw, p->k_k, p->k_a, e->dw, e->dk, e->da,
                          e->db, e->dwl, e->dal, e->dkraw);
-    lora_backward_cpu(R, C, c->d_decay, p->w1, p->w2, LORA_TANH, whid, e->dwl, e->hid, dl[1], 0);
+    lora_backward_cpu(R, C, c->d_decay, p->w1, p->w2, LORA_TANH, la.whid, e->dwl, e->hid, dl[1], 0);
     lora_backward_cpu(R, C, c->d_aaa, p->a1, p->a2, LORA_NONE, NULL, e->dal, e->hid, dl[4], 0);
     linear_backward_to_cpu(R, C, C, e->dkraw, p->key, dl[2]);
-    vmix_backward_cpu(R, C, vraw, e->v, vs, e->dv, e->dvraw, e->dvfirst, e->dvl);
+    vmix_backward_cpu(R, C, la.vraw, e->v, la.vs, e->dv, e->dvraw, e->dvfirst, e->dvl);
     linear_backward_to_cpu(R, C, C, e->dvraw, p->value, dl[3]);
     lora_backward_cpu(R, C, c->d_mv, p->v1, p->v2, LORA_NONE, NULL, e->dvl, e->hid, dl[3], 1);
     const float *mix[6] = {p->x_r, p->x_w, p->x_k, p->x_v, p->x_a, p->x_g};
     memset(e->dh, 0, RC * sizeof(float));
     tokenshift_backward_cpu(B, T, C, 6, mix, (const float *const *)dl, e->dh);
-    layernorm_backward_cpu(R, C, xin, p->ln1_w, e->ln1_mean + l * Rp, e->ln1_rstd + l * Rp, e->dh,
-                           dx);
+    layernorm_backward_cpu(R, C, la.xin, p->ln1_w, la.ln1_mean, la.ln1_rstd, e->dh, dx);
 }
 
 static double s_now(void)
