@@ -10,13 +10,19 @@
 #include <string.h>
 #include <time.h>
 
+/* The one "statetune: error: <sentence>" line both error printers write. */
+__attribute__((format(printf, 1, 0))) static void s_verror(const char *fmt, va_list ap)
+{
+    fputs("statetune: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 int client_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("statetune: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    s_verror(fmt, ap);
     va_end(ap);
     return CLIENT_FAIL;
 }
@@ -25,9 +31,7 @@ int client_usage_error(const char *usage, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("statetune: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    s_verror(fmt, ap);
     va_end(ap);
     if (usage) fprintf(stderr, "usage: statetune %s\n", usage);
     return CLIENT_USAGE;

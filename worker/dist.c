@@ -235,6 +235,24 @@ int dist_bcast(dist_t *self, void *buf, size_t len, char *err)
     return ST_OK;
 }
 
+/* The string's bytes once every rank knows its length (-1: rank 0 had no
+ * job to send): rank 0 sends *str, the others receive into a new one. */
+static int s_bcast_string_body(dist_t *self, int root, int64_t len, char **str, char *err)
+{
+    if (len < 0) return st_fail(err, ST_ECANCELLED, "rank 0 failed before sending the job");
+    if (root) return dist_bcast(self, *str, (size_t)len, err);
+    char *s = malloc((size_t)len + 1);
+    if (!s) return st_fail(err, ST_ENOMEM, "out of memory for a %lld-byte broadcast", (long long)len);
+    int rc = dist_bcast(self, s, (size_t)len, err);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    s[len] = 0;
+    *str = s;
+    return ST_OK;
+}
+
 int dist_bcast_string(dist_t *self, char **str, char *err)
 {
     int root = dist_is_root(self);
@@ -246,18 +264,7 @@ int dist_bcast_string(dist_t *self, char **str, char *err)
     if (root && *str) len = (int64_t)strlen(*str);
     int rc = dist_bcast(self, &len, sizeof len, err);
     if (rc) return rc;
-    if (len < 0) return st_fail(err, ST_ECANCELLED, "rank 0 failed before sending the job");
-    if (root) return dist_bcast(self, *str, (size_t)len, err);
-    char *s = malloc((size_t)len + 1);
-    if (!s) return st_fail(err, ST_ENOMEM, "out of memory for a %lld-byte broadcast", (long long)len);
-    rc = dist_bcast(self, s, (size_t)len, err);
-    if (rc) {
-        free(s);
-        return rc;
-    }
-    s[len] = 0;
-    *str = s;
-    return ST_OK;
+    return s_bcast_string_body(self, root, len, str, err);
 }
 
 int dist_bcast_string_idle(dist_t *self, char **str, int poll_ms, char *err)
@@ -283,18 +290,7 @@ int dist_bcast_string_idle(dist_t *self, char **str, int poll_ms, char *err)
         }
     }
     if (rc != MPI_SUCCESS) return s_mpi_fail(err, rc, "MPI_Ibcast");
-    if (len < 0) return st_fail(err, ST_ECANCELLED, "rank 0 failed before sending the job");
-    if (root) return dist_bcast(self, *str, (size_t)len, err);
-    char *s = malloc((size_t)len + 1);
-    if (!s) return st_fail(err, ST_ENOMEM, "out of memory for a %lld-byte broadcast", (long long)len);
-    rc = dist_bcast(self, s, (size_t)len, err);
-    if (rc) {
-        free(s);
-        return rc;
-    }
-    s[len] = 0;
-    *str = s;
-    return ST_OK;
+    return s_bcast_string_body(self, root, len, str, err);
 }
 
 static int s_allreduce(dist_t *self, void *buf, size_t n, size_t elem, MPI_Datatype type, char *err)
