@@ -68,6 +68,20 @@ double st_rel_err_ff(const float *a, const float *b, size_t n)
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+double st_rng_uniform(st_rng_t *g)
+{
+    g->s ^= g->s << 13;
+    g->s ^= g->s >> 7;
+    g->s ^= g->s << 17;
+    return (double)(g->s >> 11) / 9007199254740992.0;
+}
+
+float st_rng_normal(st_rng_t *g)
+{
+    double u1 = st_rng_uniform(g) + 1e-12, u2 = st_rng_uniform(g);
+    return (float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
 int st_test_main(int argc, char **argv, const st_test_t *tests)
 {
     int failed = 0, ran = 0, skipped = 0;

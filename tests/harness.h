@@ -12,6 +12,7 @@
 #define ST_TEST_HARNESS_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,19 @@ const char *st_test_tmpdir(void);
 /* ||a - b|| / ||b|| over n elements, in double. */
 double st_rel_err(const float *a, const double *b, size_t n);
 double st_rel_err_ff(const float *a, const float *b, size_t n);
+
+/* A seeded xorshift64 generator for test inputs: the same numbers on every
+ * run and machine, so a failure can be replayed. Seed s with any non-zero
+ * value ({.s = 11}). */
+typedef struct {
+    uint64_t s;
+} st_rng_t;
+
+/* Uniform in [0, 1), 53 bits. */
+double st_rng_uniform(st_rng_t *g);
+
+/* Standard normal (Box-Muller over two uniforms). */
+float st_rng_normal(st_rng_t *g);
 
 int st_test_main(int argc, char **argv, const st_test_t *tests);
 

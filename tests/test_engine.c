@@ -15,30 +15,12 @@
 
 #include <stdint.h>
 
-typedef struct {
-    uint64_t s;
-} rng_t;
-
-static double s_uniform(rng_t *g)
-{
-    g->s ^= g->s << 13;
-    g->s ^= g->s >> 7;
-    g->s ^= g->s << 17;
-    return (double)(g->s >> 11) / 9007199254740992.0;
-}
-
-static float s_normal(rng_t *g)
-{
-    double u1 = s_uniform(g) + 1e-12, u2 = s_uniform(g);
-    return (float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
 /* ---- a random model, carved from one arena like model.c's ------------------ */
 
 typedef struct {
     float *base;
     size_t off, cap;
-    rng_t g;
+    st_rng_t g;
 } arena_t;
 
 static float *s_take(arena_t *a, size_t n)
@@ -52,14 +34,14 @@ static float *s_take(arena_t *a, size_t n)
 static float *s_randn(arena_t *a, size_t n, float mean, float sd)
 {
     float *p = s_take(a, n);
-    for (size_t i = 0; i < n; i++) p[i] = mean + sd * s_normal(&a->g);
+    for (size_t i = 0; i < n; i++) p[i] = mean + sd * st_rng_normal(&a->g);
     return p;
 }
 
 static float *s_unif(arena_t *a, size_t n, float lo, float hi)
 {
     float *p = s_take(a, n);
-    for (size_t i = 0; i < n; i++) p[i] = lo + (hi - lo) * (float)s_uniform(&a->g);
+    for (size_t i = 0; i < n; i++) p[i] = lo + (hi - lo) * (float)st_rng_uniform(&a->g);
     return p;
 }
 
@@ -139,12 +121,12 @@ static int s_setup(fixture_t *f, int L, int C, int V, int B, int T, uint64_t see
     }
     f->B = B, f->T = T;
     f->tok = malloc((size_t)B * T * 4), f->tgt = malloc((size_t)B * T * 4);
-    rng_t g = {seed + 7};
-    for (int i = 0; i < B * T; i++) f->tok[i] = (int32_t)(s_uniform(&g) * V);
+    st_rng_t g = {seed + 7};
+    for (int i = 0; i < B * T; i++) f->tok[i] = (int32_t)(st_rng_uniform(&g) * V);
     for (int i = 0; i < B * T; i++) f->tgt[i] = (i % T == T - 1) ? -1 : f->tok[i + 1];
     f->ns = (size_t)L * rwkv_state_layer_size(&f->m->cfg);
     f->s0 = malloc(f->ns * 4);
-    for (size_t i = 0; i < f->ns; i++) f->s0[i] = 0.5f * s_normal(&g);
+    for (size_t i = 0; i < f->ns; i++) f->s0[i] = 0.5f * st_rng_normal(&g);
     return 0;
 }
 
@@ -181,12 +163,12 @@ static int test_state_grad_fd(void)
     printf("  loss_sum %.6f over %lld targets\n", b.loss_sum, (long long)b.n_targets);
     float *sp = malloc(f.ns * 4);
     size_t S = rwkv_state_layer_size(&f.m->cfg);
-    rng_t g = {99};
+    st_rng_t g = {99};
     int L = f.m->cfg.n_layer;
     for (int l = 0; l < L; l++) {
         /* directional, over the whole layer state */
         float *d = malloc(S * 4);
-        for (size_t i = 0; i < S; i++) d[i] = s_normal(&g);
+        for (size_t i = 0; i < S; i++) d[i] = st_rng_normal(&g);
         double an = 0;
         for (size_t i = 0; i < S; i++) an += (double)ds[l * S + i] * d[i];
         double fd[2];

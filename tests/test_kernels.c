@@ -25,35 +25,17 @@
 
 #define NH 64
 
-typedef struct {
-    uint64_t s;
-} rng_t;
-
-static double s_uniform(rng_t *g)
-{
-    g->s ^= g->s << 13;
-    g->s ^= g->s >> 7;
-    g->s ^= g->s << 17;
-    return (double)(g->s >> 11) / 9007199254740992.0;
-}
-
-static float s_normal(rng_t *g)
-{
-    double u1 = s_uniform(g) + 1e-12, u2 = s_uniform(g);
-    return (float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
-static float *s_randn(rng_t *g, size_t n, float scale)
+static float *s_randn(st_rng_t *g, size_t n, float scale)
 {
     float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = s_normal(g) * scale;
+    for (size_t i = 0; i < n; i++) p[i] = st_rng_normal(g) * scale;
     return p;
 }
 
-static float *s_rand_range(rng_t *g, size_t n, float lo, float hi)
+static float *s_rand_range(st_rng_t *g, size_t n, float lo, float hi)
 {
     float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = lo + (hi - lo) * (float)s_uniform(g);
+    for (size_t i = 0; i < n; i++) p[i] = lo + (hi - lo) * (float)st_rng_uniform(g);
     return p;
 }
 
@@ -70,7 +52,7 @@ typedef double (*loss_fn_t)(void *ctx);
 /* Directional central difference of fn along a random direction over x (n
  * floats) against the analytic gradient; step h, relative tolerance tol. */
 static int s_check_dir(const char *what, void *ctx, loss_fn_t fn, float *x, size_t n,
-                       const float *grad, float h, double tol, rng_t *g)
+                       const float *grad, float h, double tol, st_rng_t *g)
 {
     float *d = s_randn(g, n, 1.0f);
     float *x0 = malloc(n * sizeof(float));
@@ -111,7 +93,7 @@ static double s_ln_loss(void *p)
 
 static int test_layernorm(void)
 {
-    rng_t g = {11};
+    st_rng_t g = {11};
     ln_ctx_t c = {.R = 7, .C = 96};
     size_t n = (size_t)c.R * c.C;
     c.x = s_randn(&g, n, 2.0f);
@@ -150,7 +132,7 @@ static double s_ts_loss(void *p)
 
 static int test_tokenshift(void)
 {
-    rng_t g = {12};
+    st_rng_t g = {12};
     ts_ctx_t c = {.B = 2, .T = 5, .C = 8};
     size_t n = (size_t)c.B * c.T * c.C;
     c.h = s_randn(&g, n, 1.0f);
@@ -189,7 +171,7 @@ static double s_lora_loss(void *p)
 
 static int test_lora(void)
 {
-    rng_t g = {13};
+    st_rng_t g = {13};
     for (int act = 0; act < 3; act++) {
         lora_ctx_t c = {.R = 9, .C = 64, .D = 16, .act = (lora_act_t)act};
         size_t n = (size_t)c.R * c.C;
@@ -210,7 +192,7 @@ static int test_lora(void)
         if (rc) return rc;
     }
     /* linear: forward against a plain loop, backward as an adjoint */
-    rng_t g2 = {14};
+    st_rng_t g2 = {14};
     int R = 5, IN = 12, OUT = 7;
     float *x = s_randn(&g2, (size_t)R * IN, 1), *w = s_randn(&g2, (size_t)OUT * IN, 1);
     float *y = malloc((size_t)R * OUT * sizeof(float)), *dy = s_randn(&g2, (size_t)R * OUT, 1);
@@ -247,7 +229,7 @@ static double s_tm_loss(void *p)
 
 static int test_timemix(void)
 {
-    rng_t g = {15};
+    st_rng_t g = {15};
     tm_ctx_t c = {.R = 3, .H = 2};
     int C = c.H * NH;
     size_t n = (size_t)c.R * C;
@@ -304,7 +286,7 @@ typedef struct {
 
 /* Random WKV inputs shaped like the model's: a = -kk, b = kk * alpha with kk
  * unit per head, so that G stays a contraction. */
-static void s_wkv_inputs(wkv_ctx_t *c, rng_t *g)
+static void s_wkv_inputs(wkv_ctx_t *c, st_rng_t *g)
 {
     int C = c->H * NH;
     size_t n = (size_t)c->B * c->T * C;
@@ -314,11 +296,11 @@ static void s_wkv_inputs(wkv_ctx_t *c, rng_t *g)
     for (size_t row = 0; row < n / NH; row++) {
         double ss = 0;
         float kk[NH];
-        for (int i = 0; i < NH; i++) kk[i] = s_normal(g), ss += (double)kk[i] * kk[i];
+        for (int i = 0; i < NH; i++) kk[i] = st_rng_normal(g), ss += (double)kk[i] * kk[i];
         for (int i = 0; i < NH; i++) {
             kk[i] /= (float)sqrt(ss);
             c->a[row * NH + i] = -kk[i];
-            c->b[row * NH + i] = kk[i] * (float)s_uniform(g);
+            c->b[row * NH + i] = kk[i] * (float)st_rng_uniform(g);
         }
     }
     c->s0 = s_randn(g, (size_t)c->H * NH * NH, 0.3f);
@@ -344,7 +326,7 @@ static double s_wkv_loss(void *p)
 
 static int test_wkv7_forward(void)
 {
-    rng_t g = {21};
+    st_rng_t g = {21};
     wkv_ctx_t c = {.B = 2, .T = 7, .H = 2};
     s_wkv_inputs(&c, &g);
     int C = c.H * NH;
@@ -387,7 +369,7 @@ static int test_wkv7_forward(void)
 
 static int test_wkv7_backward(void)
 {
-    rng_t g = {22};
+    st_rng_t g = {22};
     wkv_ctx_t c = {.B = 2, .T = 19, .H = 2};
     s_wkv_inputs(&c, &g);
     int C = c.H * NH;
@@ -443,7 +425,7 @@ static double s_gn_loss(void *p)
 
 static int test_groupnorm(void)
 {
-    rng_t gg = {31};
+    st_rng_t gg = {31};
     gn_ctx_t c = {.R = 5, .H = 2};
     int C = c.H * NH;
     size_t n = (size_t)c.R * C;
@@ -486,7 +468,7 @@ static double s_cm_loss(void *p)
 
 static int test_channelmix(void)
 {
-    rng_t g = {41};
+    st_rng_t g = {41};
     cm_ctx_t c = {.B = 2, .T = 4, .C = 32, .F = 128};
     size_t n = (size_t)c.B * c.T * c.C, nf = (size_t)c.B * c.T * c.F;
     c.h = s_randn(&g, n, 1), c.xk_mix = s_rand_range(&g, c.C, 0, 1);
@@ -521,13 +503,13 @@ static double s_hd_loss(void *p)
 
 static int test_head(void)
 {
-    rng_t g = {51};
+    st_rng_t g = {51};
     hd_ctx_t c = {.R = 11, .C = 32, .V = 50};
     size_t n = (size_t)c.R * c.C;
     c.x = s_randn(&g, n, 1), c.head = s_randn(&g, (size_t)c.V * c.C, 0.3f);
     c.scratch = malloc((size_t)c.R * c.V * 4);
     c.tg = malloc(c.R * sizeof(int32_t));
-    for (int i = 0; i < c.R; i++) c.tg[i] = i == 3 ? -1 : (int32_t)(s_uniform(&g) * c.V);
+    for (int i = 0; i < c.R; i++) c.tg[i] = i == 3 ? -1 : (int32_t)(st_rng_uniform(&g) * c.V);
     float *logits = malloc((size_t)c.R * c.V * 4), *dx = malloc(n * 4), *dx2 = malloc(n * 4);
     head_result_t r1, r2;
     head_ce_cpu(c.R, c.C, c.V, c.x, c.head, c.tg, logits, dx, c.scratch, 4, &r1);
@@ -561,7 +543,7 @@ static int test_head(void)
 
 static int test_dbp_q(void)
 {
-    rng_t g = {61};
+    st_rng_t g = {61};
     wkv_ctx_t c = {.B = 3, .T = 9, .H = 2};
     s_wkv_inputs(&c, &g);
     int C = c.H * NH;
@@ -603,7 +585,7 @@ static int test_dbp_q(void)
 
 static int test_sgemm_blocks(void)
 {
-    rng_t g = {71};
+    st_rng_t g = {71};
     /* tall (split by rows) and short-wide (split by columns), both op(B) */
     int shapes[2][3] = {{700, 40, 160}, {9, 1000, 480}};
     for (int sh = 0; sh < 2; sh++)

@@ -36,6 +36,41 @@ static const char *s_write_tmp(const char *name, const void *data, size_t len)
     return path;
 }
 
+/* The whole of a file in a malloc'd buffer (its size in *len), or NULL. */
+static unsigned char *s_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    unsigned char *data = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
+        data = malloc((size_t)n + 1);
+    if (data && fread(data, 1, (size_t)n, f) != (size_t)n) {
+        free(data);
+        data = NULL;
+    }
+    fclose(f);
+    if (data) *len = (size_t)n;
+    return data;
+}
+
+/* Copies a fixture's path into out (st_test_fixture's buffer is reused by
+ * the next call); ST_TEST_SKIP when it is absent. */
+static int s_fixture_copy(const char *rel, char *out, size_t out_len)
+{
+    const char *p = st_test_fixture(rel);
+    if (!p) return ST_TEST_SKIP;
+    snprintf(out, out_len, "%s", p);
+    return 0;
+}
+
+/* data.pkl of torch.save({'x': t}) where t views FloatStorage '0' of 4
+ * floats; view is the pickled (storage offset, size, stride) of t. */
+#define S_PKL_X(view)                                                                                  \
+    "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"                          \
+    "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"                      \
+    "X\x03\x00\x00\x00" "cpu" "K\x04tQ" view "\x89" "ccollections\nOrderedDict\n" ")RtRu" "."
+
 /* A safetensors file with the given JSON header and data_len zero bytes. */
 static const char *s_write_safetensors(const char *name, const char *json, size_t data_len)
 {
@@ -201,34 +236,26 @@ static int test_safetensors_hostile(void)
     /* a header length of 2^40: "header claims ... bytes but the file has ..." */
     unsigned char big[16] = {0, 0, 0, 0, 0, 1, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '};
     rc |= s_expect_refusal(s_write_tmp("big.safetensors", big, sizeof big), "header claims");
-    rc |= s_expect_refusal(
-        s_write_safetensors("dtype.safetensors",
-                            "{\"x\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}", 4),
-        "dtype");
-    rc |= s_expect_refusal(
-        s_write_safetensors("range.safetensors",
-                            "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8),
-        "'x'");
-    rc |= s_expect_refusal(
-        s_write_safetensors("size.safetensors",
-                            "{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}", 16),
-        "'x'");
-    rc |= s_expect_refusal(
-        s_write_safetensors("neg.safetensors",
-                            "{\"x\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}", 16),
-        "'x'");
-    rc |= s_expect_refusal(
-        s_write_safetensors("huge.safetensors",
-                            "{\"x\":{\"dtype\":\"F32\",\"shape\":[1048576,1048576,1048576],"
-                            "\"data_offsets\":[0,16]}}", 16),
-        "'x'");
-    rc |= s_expect_refusal(s_write_safetensors("json.safetensors", "{\"x\":{\"dtype\":", 16),
-                           "JSON");
-    rc |= s_expect_refusal(
-        s_write_safetensors("dup.safetensors",
-                            "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-                            "\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
-        "JSON");
+    /* each header is refused with a message naming what is wrong */
+    static const struct {
+        const char *file, *header;
+        size_t data_len;
+        const char *want;
+    } bad[] = {
+        {"dtype.safetensors", "{\"x\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}", 4, "dtype"},
+        {"range.safetensors", "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, "'x'"},
+        {"size.safetensors", "{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}", 16, "'x'"},
+        {"neg.safetensors", "{\"x\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}", 16, "'x'"},
+        {"huge.safetensors",
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[1048576,1048576,1048576],\"data_offsets\":[0,16]}}", 16, "'x'"},
+        {"json.safetensors", "{\"x\":{\"dtype\":", 16, "JSON"},
+        {"dup.safetensors",
+         "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+         "\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+         4, "JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        rc |= s_expect_refusal(s_write_safetensors(bad[i].file, bad[i].header, bad[i].data_len), bad[i].want);
     /* a valid small file with metadata and overlapping tensors is fine */
     const char *ok = s_write_safetensors(
         "ok.safetensors",
@@ -255,12 +282,8 @@ static int test_pth_matches_safetensors(void)
     };
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
         char a[2048], b[2048];
-        const char *p = st_test_fixture(pairs[i][0]);
-        if (!p) return ST_TEST_SKIP;
-        snprintf(a, sizeof a, "%s", p);
-        p = st_test_fixture(pairs[i][1]);
-        if (!p) return ST_TEST_SKIP;
-        snprintf(b, sizeof b, "%s", p);
+        int rc = s_fixture_copy(pairs[i][0], a, sizeof a);
+        if (rc || (rc = s_fixture_copy(pairs[i][1], b, sizeof b))) return rc;
         char err[ST_ERR_LEN];
         tensorfile_t *tf = tensorfile_open(a, err);
         CHECKF(tf != NULL, "%s", err);
@@ -366,11 +389,7 @@ static int test_pth_hostile(void)
     zip_item_t items4[] = {{"e4/data.pkl", evil, 5}};
     rc |= s_expect_refusal(s_write_zip("short.pth", items4, 1), "pickle");
     /* a tensor whose storage entry is shorter than the pickle claims */
-    static const unsigned char one[] =
-        "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
-        "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"
-        "X\x03\x00\x00\x00" "cpu" "K\x04tQK\x00K\x04\x85K\x01\x85\x89" "ccollections\nOrderedDict\n"
-        ")RtRu" ".";
+    static const unsigned char one[] = S_PKL_X("K\x00K\x04\x85K\x01\x85"); /* offset 0, (4,), (1,) */
     float four[4] = {1, 2, 3, 4};
     zip_item_t items5[] = {{"m/data.pkl", one, sizeof one - 1}, {"m/data/0", four, 12}};
     rc |= s_expect_refusal(s_write_zip("storage.pth", items5, 2), "holds 12 bytes");
@@ -387,11 +406,7 @@ static int test_pth_hostile(void)
     tensorfile_close(&tf);
     /* a tensor at storage offset 2 in a deflated entry (libzip's default, unlike
      * torch's stored entries): the reader cannot seek and skips by reading */
-    static const unsigned char off2[] =
-        "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
-        "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"
-        "X\x03\x00\x00\x00" "cpu" "K\x04tQK\x02K\x02\x85K\x01\x85\x89"
-        "ccollections\nOrderedDict\n" ")RtRu" ".";
+    static const unsigned char off2[] = S_PKL_X("K\x02K\x02\x85K\x01\x85"); /* offset 2, (2,), (1,) */
     zip_item_t items8[] = {{"o/data.pkl", off2, sizeof off2 - 1}, {"o/data/0", four, 16}};
     tf = tensorfile_open(s_write_zip("offset.pth", items8, 2), err);
     CHECKF(tf != NULL, "%s", err);
@@ -401,26 +416,16 @@ static int test_pth_hostile(void)
     CHECK(got[0] == 3 && got[1] == 4);
     tensorfile_close(&tf);
     /* a transposed view (strides 1, 2): we read bytes straight through, so refuse */
-    static const unsigned char tr[] =
-        "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
-        "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"
-        "X\x03\x00\x00\x00" "cpu" "K\x04tQK\x00K\x02K\x02\x86K\x01K\x02\x86\x89"
-        "ccollections\nOrderedDict\n" ")RtRu" ".";
+    static const unsigned char tr[] = S_PKL_X("K\x00K\x02K\x02\x86K\x01K\x02\x86"); /* offset 0, (2,2), (1,2) */
     zip_item_t items7[] = {{"t/data.pkl", tr, sizeof tr - 1}, {"t/data/0", four, 16}};
     rc |= s_expect_refusal(s_write_zip("strided.pth", items7, 2), "not stored contiguously");
     /* a checkpoint cut in half: the zip directory is gone */
     const char *src = st_test_fixture("rwkv7/tiny.pth");
     if (src) {
-        char *data = NULL;
-        FILE *f = fopen(src, "rb");
-        CHECK(f);
-        fseek(f, 0, SEEK_END);
-        long len = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        data = malloc((size_t)len);
-        CHECK(data && fread(data, 1, (size_t)len, f) == (size_t)len);
-        fclose(f);
-        rc |= s_expect_refusal(s_write_tmp("half.pth", data, (size_t)len / 2), "zip");
+        size_t len = 0;
+        unsigned char *data = s_read_file(src, &len);
+        CHECK(data);
+        rc |= s_expect_refusal(s_write_tmp("half.pth", data, len / 2), "zip");
         free(data);
     }
     return rc;
@@ -431,13 +436,10 @@ static int test_pth_hostile(void)
 static int test_ggmf_matches_pth(void)
 {
     char pth[2048], b32[2048], b16[2048];
-    const char *p = st_test_fixture("rwkv7/tiny-rwkv7-834K.pth");
-    if (!p) return ST_TEST_SKIP;
-    snprintf(pth, sizeof pth, "%s", p);
-    if (!(p = st_test_fixture("rwkv7/tiny-rwkv7-834K-FP32.bin"))) return ST_TEST_SKIP;
-    snprintf(b32, sizeof b32, "%s", p);
-    if (!(p = st_test_fixture("rwkv7/tiny-rwkv7-834K-FP16.bin"))) return ST_TEST_SKIP;
-    snprintf(b16, sizeof b16, "%s", p);
+    int rc = s_fixture_copy("rwkv7/tiny-rwkv7-834K.pth", pth, sizeof pth);
+    if (rc || (rc = s_fixture_copy("rwkv7/tiny-rwkv7-834K-FP32.bin", b32, sizeof b32)) ||
+        (rc = s_fixture_copy("rwkv7/tiny-rwkv7-834K-FP16.bin", b16, sizeof b16)))
+        return rc;
     char err[ST_ERR_LEN];
     tensorfile_t *tf = tensorfile_open(b32, err);
     CHECKF(tf != NULL, "%s", err);
@@ -470,14 +472,9 @@ static int test_ggmf_hostile(void)
 {
     const char *src = st_test_fixture("rwkv7/tiny-rwkv7-834K-FP32.bin");
     if (!src) return ST_TEST_SKIP;
-    FILE *f = fopen(src, "rb");
-    CHECK(f);
-    fseek(f, 0, SEEK_END);
-    size_t len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *data = malloc(len), *copy = malloc(len);
-    CHECK(data && copy && fread(data, 1, len, f) == len);
-    fclose(f);
+    size_t len = 0;
+    unsigned char *data = s_read_file(src, &len), *copy = malloc(len + 1);
+    CHECK(data && copy);
     int rc = 0;
     memcpy(copy, data, len);
     copy[0] = 'g'; /* "gmgg": no longer a ggmf magic, nor anything else */
@@ -568,11 +565,9 @@ static int64_t s_file_params(const char *path)
  * v0/v1/v2 and others do, and that its identity is the file's sha256. */
 static int s_check_load(const char *rel, const rwkv_config_t *want, rwkv_model_t **out)
 {
-    const char *p = st_test_fixture(rel);
-    if (!p) return ST_TEST_SKIP;
-    char path[2048];
-    snprintf(path, sizeof path, "%s", p);
-    char err[ST_ERR_LEN];
+    char path[2048], err[ST_ERR_LEN];
+    int rc = s_fixture_copy(rel, path, sizeof path);
+    if (rc) return rc;
     rwkv_model_t *m = rwkv_model_load(path, err);
     CHECKF(m != NULL, "%s", err);
     if (s_config_equal(&m->cfg, want, rel)) return 1;
@@ -688,18 +683,9 @@ static const char *s_edited_tiny(const char *name, const char *from, const char 
 {
     const char *src = st_test_fixture("rwkv7/tiny.safetensors");
     if (!src || strlen(from) != strlen(to)) return NULL;
-    FILE *f = fopen(src, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    size_t len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *data = malloc(len + 1);
-    if (!data || fread(data, 1, len, f) != len) {
-        fclose(f);
-        free(data);
-        return NULL;
-    }
-    fclose(f);
+    size_t len = 0;
+    char *data = (char *)s_read_file(src, &len);
+    if (!data) return NULL;
     data[len] = 0;
     char *hit = memmem(data, len, from, strlen(from));
     const char *path = NULL;
@@ -857,11 +843,7 @@ static int test_mutated_files(void)
     CHECK(f);
     lens[0] = fread(seeds[0], 1, sizeof seeds[0], f);
     fclose(f);
-    static const unsigned char one[] =
-        "\x80\x02}q\x00(X\x01\x00\x00\x00x" "ctorch._utils\n_rebuild_tensor_v2\n"
-        "((X\x07\x00\x00\x00storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "0"
-        "X\x03\x00\x00\x00" "cpu" "K\x04tQK\x00K\x04\x85K\x01\x85\x89" "ccollections\nOrderedDict\n"
-        ")RtRu" ".";
+    static const unsigned char one[] = S_PKL_X("K\x00K\x04\x85K\x01\x85"); /* offset 0, (4,), (1,) */
     float four[4] = {1, 2, 3, 4};
     zip_item_t items[] = {{"m/data.pkl", one, sizeof one - 1}, {"m/data/0", four, 16}};
     const char *zp = s_write_zip("seed.pth", items, 2);

@@ -46,6 +46,9 @@ static const char *s_build_dir(void)
     return b && *b ? b : ".";
 }
 
+/* The extra arguments of a coordinator without CURVE. */
+static const char *const s_insecure[] = {"--insecure", NULL};
+
 /* Starts a coordinator in a fresh folder; extra are more arguments. Returns
  * 0 when it answers a ping within 10 s. */
 static int s_coord_start(coord_t *c, const char *const *extra)
@@ -160,6 +163,19 @@ static int s_is_error(json_t *rep, const char *code)
     return type && !strcmp(type, "error") && (!code || (c && !strcmp(c, code))) && e && strlen(e) > 10;
 }
 
+/* Sends text as one frame and returns 1 when the reply is an error with code
+ * (any code when NULL); the reply goes to *out when out is not NULL (the
+ * caller frees it), else it is freed here. */
+static int s_refused(raw_t *r, const char *text, const char *code, json_t **out)
+{
+    zmq_send(r->sock, text, strlen(text), 0);
+    json_t *rep = s_raw_reply(r);
+    int ok = s_is_error(rep, code);
+    if (out) *out = rep;
+    else json_decref(rep);
+    return ok;
+}
+
 static int s_ping(const char *endpoint, const statetune_client_opts_t *opts, int timeout_ms, char *err)
 {
     statetune_client_t *c = statetune_client_new(endpoint, opts, err);
@@ -177,55 +193,25 @@ static int s_ping(const char *endpoint, const statetune_client_opts_t *opts, int
 static int test_malformed_messages(void)
 {
     coord_t c = {0};
-    const char *extra[] = {"--insecure", NULL};
-    CHECK(s_coord_start(&c, extra) == 0);
+    CHECK(s_coord_start(&c, s_insecure) == 0);
     raw_t r;
     CHECK(s_raw_open(&r, c.endpoint) == 0);
     json_t *rep;
 
     /* not JSON at all */
-    zmq_send(r.sock, "\x01\x02{garbage", 10, 0);
-    rep = s_raw_reply(&r);
-    CHECK(s_is_error(rep, "format"));
-    json_decref(rep);
-
+    CHECK(s_refused(&r, "\x01\x02{garbage", "format", NULL));
     /* JSON, but not an object */
-    zmq_send(r.sock, "[1,2,3]", 7, 0);
-    rep = s_raw_reply(&r);
-    CHECK(s_is_error(rep, "format"));
-    json_decref(rep);
-
+    CHECK(s_refused(&r, "[1,2,3]", "format", NULL));
     /* an object without the protocol version */
-    const char *nov = "{\"type\":\"ping\",\"rid\":5}";
-    zmq_send(r.sock, nov, strlen(nov), 0);
-    rep = s_raw_reply(&r);
-    CHECK(s_is_error(rep, "version"));
+    CHECK(s_refused(&r, "{\"type\":\"ping\",\"rid\":5}", "version", &rep));
     CHECK(json_integer_value(json_object_get(rep, "rid")) == 5); /* the reply names the request */
     json_decref(rep);
-
     /* unknown type, and a request without rid */
-    const char *unk = "{\"v\":1,\"type\":\"rm -rf\",\"rid\":6}";
-    zmq_send(r.sock, unk, strlen(unk), 0);
-    rep = s_raw_reply(&r);
-    CHECK(s_is_error(rep, "format"));
-    json_decref(rep);
-    const char *norid = "{\"v\":1,\"type\":\"jobs\"}";
-    zmq_send(r.sock, norid, strlen(norid), 0);
-    rep = s_raw_reply(&r);
-    CHECK(s_is_error(rep, "format"));
-    json_decref(rep);
-
+    CHECK(s_refused(&r, "{\"v\":1,\"type\":\"rm -rf\",\"rid\":6}", "format", NULL));
+    CHECK(s_refused(&r, "{\"v\":1,\"type\":\"jobs\"}", "format", NULL));
     /* wrong field types */
-    const char *badjob = "{\"v\":1,\"type\":\"status\",\"rid\":7,\"job\":\"seven\"}";
-    zmq_send(r.sock, badjob, strlen(badjob), 0);
-    rep = s_raw_reply(&r);
-    CHECK(s_is_error(rep, "format"));
-    json_decref(rep);
-    const char *nojob = "{\"v\":1,\"type\":\"status\",\"rid\":8,\"job\":424242}";
-    zmq_send(r.sock, nojob, strlen(nojob), 0);
-    rep = s_raw_reply(&r);
-    CHECK(s_is_error(rep, "not_found"));
-    json_decref(rep);
+    CHECK(s_refused(&r, "{\"v\":1,\"type\":\"status\",\"rid\":7,\"job\":\"seven\"}", "format", NULL));
+    CHECK(s_refused(&r, "{\"v\":1,\"type\":\"status\",\"rid\":8,\"job\":424242}", "not_found", NULL));
 
     /* three frames after the identity */
     zmq_send(r.sock, "{}", 2, ZMQ_SNDMORE);
@@ -249,11 +235,7 @@ static int test_malformed_messages(void)
     json_decref(rep);
 
     /* a worker-only message from a stranger */
-    const char *res = "{\"v\":1,\"type\":\"result\",\"rid\":10,\"group\":\"nobody\",\"job\":1}";
-    zmq_send(r.sock, res, strlen(res), 0);
-    rep = s_raw_reply(&r);
-    CHECK(s_is_error(rep, NULL));
-    json_decref(rep);
+    CHECK(s_refused(&r, "{\"v\":1,\"type\":\"result\",\"rid\":10,\"group\":\"nobody\",\"job\":1}", NULL, NULL));
     s_raw_close(&r);
 
     /* still serving, and still alive */
@@ -268,8 +250,7 @@ static int test_malformed_messages(void)
 static int test_many_clients(void)
 {
     coord_t c = {0};
-    const char *extra[] = {"--insecure", NULL};
-    CHECK(s_coord_start(&c, extra) == 0);
+    CHECK(s_coord_start(&c, s_insecure) == 0);
     enum { CLIENTS = 100, EACH = 4 };
     statetune_client_t *cl[CLIENTS];
     char err[ST_ERR_LEN];
@@ -313,8 +294,7 @@ static int test_submit_refused(void)
     const char *model = st_test_fixture("rwkv7/tiny.pth");
     if (!model) return ST_TEST_SKIP;
     coord_t c = {0};
-    const char *extra[] = {"--insecure", NULL};
-    CHECK(s_coord_start(&c, extra) == 0);
+    CHECK(s_coord_start(&c, s_insecure) == 0);
     char err[ST_ERR_LEN], train[400];
     snprintf(train, sizeof train, "%s/train.jsonl", c.dir);
     FILE *f = fopen(train, "w");
@@ -438,6 +418,7 @@ static int test_key_files(void)
 /* ---- the scheduler in-process ------------------------------------------------ */
 
 typedef struct {
+    const char *model; /* the tiny.pth fixture every job names */
     registry_t *reg;
     sched_t *sched;
     char dir[256];
@@ -445,8 +426,13 @@ typedef struct {
     char train[300];
 } sched_env_t;
 
-static int s_sched_env(sched_env_t *e, const char *model)
+/* A registry and scheduler in a fresh folder with a small train.jsonl;
+ * returns 0, ST_TEST_SKIP when the fixture model is absent, 1 on failure. */
+static int s_sched_env(sched_env_t *e)
 {
+    memset(e, 0, sizeof *e);
+    e->model = st_test_fixture("rwkv7/tiny.pth");
+    if (!e->model) return ST_TEST_SKIP;
     snprintf(e->dir, sizeof e->dir, "%s", st_test_tmpdir());
     snprintf(e->db, sizeof e->db, "%s/registry.db", e->dir);
     snprintf(e->train, sizeof e->train, "%s/train.jsonl", e->dir);
@@ -463,7 +449,6 @@ static int s_sched_env(sched_env_t *e, const char *model)
     snprintf(jobs, sizeof jobs, "%s/jobs", e->dir);
     e->sched = sched_new(e->reg, jobs, err);
     if (!e->sched) fprintf(stderr, "%s\n", err);
-    (void)model;
     return e->sched ? 0 : 1;
 }
 
@@ -473,14 +458,13 @@ static void s_sched_env_free(sched_env_t *e)
     registry_close(&e->reg);
 }
 
-static int64_t s_submit(sched_env_t *e, const char *model, const char *name, int priority, int gpus,
-                        const char *backend)
+static int64_t s_submit(sched_env_t *e, const char *name, int priority, int gpus, const char *backend)
 {
     char spec[2048], err[ST_ERR_LEN];
     snprintf(spec, sizeof spec,
              "{\"name\":\"%s\",\"model\":\"%s\",\"train\":\"%s\",\"steps\":2,\"ctx_len\":16,\"micro_batch\":1,"
              "\"global_batch\":4,\"priority\":%d,\"gpus\":%d,\"backend\":\"%s\"}",
-             name, model, e->train, priority, gpus, backend);
+             name, e->model, e->train, priority, gpus, backend);
     int64_t id = 0;
     int rc = sched_submit(e->sched, spec, &id, err);
     if (rc) fprintf(stderr, "submit %s: %s\n", name, err);
@@ -500,15 +484,14 @@ static const char *s_status(sched_env_t *e, int64_t id, char *buf)
 
 static int test_sched_order(void)
 {
-    const char *model = st_test_fixture("rwkv7/tiny.pth");
-    if (!model) return ST_TEST_SKIP;
     sched_env_t e;
-    CHECK(s_sched_env(&e, model) == 0);
-    int64_t low = s_submit(&e, model, "low", 1, 1, "cpu");
-    int64_t hi1 = s_submit(&e, model, "hi1", 3, 1, "cpu");
-    int64_t hi2 = s_submit(&e, model, "hi2", 3, 1, "cpu");
-    int64_t big = s_submit(&e, model, "big", 9, 4, "cpu");
-    int64_t gpu = s_submit(&e, model, "gpu", 9, 1, "cuda");
+    int rc = s_sched_env(&e);
+    if (rc) return rc;
+    int64_t low = s_submit(&e, "low", 1, 1, "cpu");
+    int64_t hi1 = s_submit(&e, "hi1", 3, 1, "cpu");
+    int64_t hi2 = s_submit(&e, "hi2", 3, 1, "cpu");
+    int64_t big = s_submit(&e, "big", 9, 4, "cpu");
+    int64_t gpu = s_submit(&e, "gpu", 9, 1, "cuda");
     CHECK(low > 0 && hi1 > 0 && hi2 > 0 && big > 0 && gpu > 0);
     char err[ST_ERR_LEN], st[32];
     sched_assignment_t a;
@@ -521,7 +504,7 @@ static int test_sched_order(void)
     CHECK(sched_assign(e.sched, "g4", 4, "cpu", &a, err) == ST_OK && a.id == big);
     CHECK(sched_assign(e.sched, "gc", 1, "cuda", &a, err) == ST_OK && a.id == gpu);
     /* a 3-rank group cannot split a global batch of 4 evenly */
-    int64_t odd = s_submit(&e, model, "odd", 0, 1, "cpu");
+    int64_t odd = s_submit(&e, "odd", 0, 1, "cpu");
     CHECK(sched_assign(e.sched, "g3", 3, "cpu", &a, err) == ST_ENOTFOUND);
     CHECK(sched_assign(e.sched, "g1", 1, "cpu", &a, err) == ST_OK && a.id == odd);
     CHECK(!strcmp(s_status(&e, hi1, st), "running"));
@@ -532,14 +515,13 @@ static int test_sched_order(void)
 
 static int test_sched_transitions(void)
 {
-    const char *model = st_test_fixture("rwkv7/tiny.pth");
-    if (!model) return ST_TEST_SKIP;
     sched_env_t e;
-    CHECK(s_sched_env(&e, model) == 0);
+    int rc = s_sched_env(&e);
+    if (rc) return rc;
     char err[ST_ERR_LEN], st[32], group[128];
     sched_assignment_t a;
-    int64_t j1 = s_submit(&e, model, "one", 0, 1, "cpu");
-    int64_t j2 = s_submit(&e, model, "two", 0, 1, "cpu");
+    int64_t j1 = s_submit(&e, "one", 0, 1, "cpu");
+    int64_t j2 = s_submit(&e, "two", 0, 1, "cpu");
     CHECK(j1 > 0 && j2 > 0);
     /* queued -> cancelled at once */
     CHECK(sched_cancel(e.sched, j2, group, err) == ST_OK && group[0] == 0);
@@ -588,7 +570,7 @@ static int test_sched_transitions(void)
     json_decref(show);
     CHECK(found);
     /* running -> cancel requested -> the group stops -> cancelled */
-    int64_t j3 = s_submit(&e, model, "three", 0, 1, "cpu");
+    int64_t j3 = s_submit(&e, "three", 0, 1, "cpu");
     CHECK(sched_assign(e.sched, "gb", 1, "cpu", &a, err) == ST_OK && a.id == j3);
     CHECK(sched_cancel(e.sched, j3, group, err) == ST_OK && !strcmp(group, "gb"));
     CHECK(sched_cancel_requested(e.sched, j3));
@@ -596,7 +578,7 @@ static int test_sched_transitions(void)
     CHECK(sched_fail(e.sched, j3, "gb", "cancelled", 1, err) == ST_OK);
     CHECK(!strcmp(s_status(&e, j3, st), "cancelled"));
     /* running -> failed with the group's reason */
-    int64_t j4 = s_submit(&e, model, "four", 0, 1, "cpu");
+    int64_t j4 = s_submit(&e, "four", 0, 1, "cpu");
     CHECK(sched_assign(e.sched, "gb", 1, "cpu", &a, err) == ST_OK && a.id == j4);
     CHECK(sched_fail(e.sched, j4, "gb", "NaN in the loss at step 3", 0, err) == ST_OK);
     json_t *rec = NULL;
@@ -610,15 +592,14 @@ static int test_sched_transitions(void)
 
 static int test_sched_recovery(void)
 {
-    const char *model = st_test_fixture("rwkv7/tiny.pth");
-    if (!model) return ST_TEST_SKIP;
     sched_env_t e;
-    CHECK(s_sched_env(&e, model) == 0);
+    int rc = s_sched_env(&e);
+    if (rc) return rc;
     char err[ST_ERR_LEN], st[32], jobs[400];
     sched_assignment_t a;
-    int64_t run = s_submit(&e, model, "run", 5, 1, "cpu");
-    int64_t wait1 = s_submit(&e, model, "wait1", 1, 1, "cpu");
-    int64_t wait2 = s_submit(&e, model, "wait2", 2, 1, "cpu");
+    int64_t run = s_submit(&e, "run", 5, 1, "cpu");
+    int64_t wait1 = s_submit(&e, "wait1", 1, 1, "cpu");
+    int64_t wait2 = s_submit(&e, "wait2", 2, 1, "cpu");
     CHECK(sched_assign(e.sched, "ga", 1, "cpu", &a, err) == ST_OK && a.id == run);
     /* the coordinator dies: a new scheduler over the same registry */
     sched_destroy(&e.sched);
@@ -641,10 +622,9 @@ static int test_sched_recovery(void)
  * coordinator's thread in open()), inside the data roots when set. */
 static int test_sched_paths(void)
 {
-    const char *model = st_test_fixture("rwkv7/tiny.pth");
-    if (!model) return ST_TEST_SKIP;
     sched_env_t e;
-    CHECK(s_sched_env(&e, model) == 0);
+    int rc = s_sched_env(&e);
+    if (rc) return rc;
     char err[ST_ERR_LEN], fifo[400], root[400], inside[450], outside[450], link[450];
     snprintf(fifo, sizeof fifo, "%s/pipe.jsonl", e.dir);
     CHECK(mkfifo(fifo, 0600) == 0);
@@ -653,7 +633,7 @@ static int test_sched_paths(void)
     CHECK(sched_check_path(e.sched, "train", e.train, 1, err) == ST_OK); /* no roots: anything regular */
     /* a job naming the FIFO is refused at once, with the key */
     char spec[1024];
-    snprintf(spec, sizeof spec, "{\"name\":\"f\",\"model\":\"%s\",\"train\":\"%s\",\"steps\":1}", model, fifo);
+    snprintf(spec, sizeof spec, "{\"name\":\"f\",\"model\":\"%s\",\"train\":\"%s\",\"steps\":1}", e.model, fifo);
     int64_t id = 0;
     CHECK(sched_submit(e.sched, spec, &id, err) == ST_EINVAL && strstr(err, "'train'"));
     /* with a root: inside passes; outside, '..' out of it and a symlink out are refused */
@@ -682,8 +662,7 @@ static int test_sched_paths(void)
 static int test_one_coordinator(void)
 {
     coord_t c = {0};
-    const char *extra[] = {"--insecure", NULL};
-    CHECK(s_coord_start(&c, extra) == 0);
+    CHECK(s_coord_start(&c, s_insecure) == 0);
     char cmd[2048], out[290];
     snprintf(out, sizeof out, "%.270s/second.log", c.dir);
     snprintf(cmd, sizeof cmd,

@@ -362,20 +362,19 @@ static int test_checkpoint_round_trip(void)
 
 /* ---- the loop, on the fixture model ------------------------------------------ */
 
-/* Makes a small tabs dataset and a job in a fresh folder; returns the parsed
- * and checked spec, or NULL (after printing why: fixtures or Python sources
- * absent gives ST_TEST_SKIP in *skip). */
-static jobspec_t *s_small_job(const char *extra_json, char *dir_out, size_t dir_len, int *skip)
+/* Makes a small tabs dataset and a job in a fresh folder; *spec is the
+ * parsed and checked job and out the folder its tuning writes to (DIR/out).
+ * Returns 0, ST_TEST_SKIP when the fixture or the Python sources are absent,
+ * 1 when the job is refused (after printing why). */
+static int s_small_job(const char *extra_json, char *out, size_t out_len, jobspec_t **spec)
 {
-    *skip = 0;
+    *spec = NULL;
     const char *model = st_test_fixture("rwkv7/pysrc-rwkv7-5M.pth");
-    if (!model) {
-        *skip = 1;
-        return NULL;
-    }
+    if (!model) return ST_TEST_SKIP;
     const char *src = getenv("STATETUNE_SOURCE_DIR");
-    char cmd[4096], path[4200], err[ST_ERR_LEN];
-    snprintf(dir_out, dir_len, "%s", st_test_tmpdir());
+    char cmd[4096], path[4200], err[ST_ERR_LEN], dir_out[512];
+    snprintf(dir_out, sizeof dir_out, "%s", st_test_tmpdir());
+    snprintf(out, out_len, "%s/out", dir_out);
     /* the script sits beside this file (CMake passes absolute paths) */
     char here[2048];
     snprintf(here, sizeof here, "%s", __FILE__);
@@ -389,24 +388,35 @@ static jobspec_t *s_small_job(const char *extra_json, char *dir_out, size_t dir_
                  slash ? here : "tests", dir_out);
     if (system(cmd) != 0) {
         printf("skipped: could not make the dataset (%s)\n", cmd);
-        *skip = 1;
-        return NULL;
+        return ST_TEST_SKIP;
     }
     snprintf(path, sizeof path, "%s/job.json", dir_out);
     FILE *f = fopen(path, "w");
-    if (!f) return NULL;
+    if (!f) {
+        fprintf(stderr, "cannot write %s\n", path);
+        return 1;
+    }
     fprintf(f, "{\"name\": \"t\", \"model\": \"%s\", \"train\": \"train.jsonl\", \"eval\": \"eval.jsonl\", "
                "\"ctx_len\": 48, \"micro_batch\": 4, \"global_batch\": 8, \"steps\": 3, \"lr_init\": 1.0, "
                "\"lr_final\": 0.1, \"warmup_steps\": 1, \"eval_every\": 0, \"checkpoint_every\": 0%s%s}\n",
             model, extra_json ? ", " : "", extra_json ? extra_json : "");
     fclose(f);
-    jobspec_t *spec = NULL;
-    if (jobspec_parse_file(path, &spec, err) || jobspec_set_model(spec, NULL, err) || jobspec_check_inputs(spec, err)) {
+    if (jobspec_parse_file(path, spec, err) || jobspec_set_model(*spec, NULL, err) ||
+        jobspec_check_inputs(*spec, err)) {
         fprintf(stderr, "job: %s\n", err);
-        jobspec_destroy(&spec);
-        return NULL;
+        jobspec_destroy(spec);
+        return 1;
     }
-    return spec;
+    return 0;
+}
+
+/* Whether DIR/NAME exists. */
+static int s_exists(const char *dir, const char *name)
+{
+    char path[1024];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return stat(path, &st) == 0;
 }
 
 static int s_cancel_after_two(void *ctx)
@@ -417,49 +427,40 @@ static int s_cancel_after_two(void *ctx)
 
 static int test_tune_cancel_writes_nothing(void)
 {
-    char dir[512], out[600], err[ST_ERR_LEN], path[700];
-    int skip;
-    jobspec_t *spec = s_small_job(NULL, dir, sizeof dir, &skip);
-    if (skip) return ST_TEST_SKIP;
-    CHECK(spec);
-    snprintf(out, sizeof out, "%s/out", dir);
+    char out[600], err[ST_ERR_LEN];
+    jobspec_t *spec;
+    int rc = s_small_job(NULL, out, sizeof out, &spec);
+    if (rc) return rc;
     int calls = 0;
     tune_callbacks_t cb = {.ctx = &calls, .should_cancel = s_cancel_after_two};
     tune_opts_t opts = {.out_dir = out, .threads = 1};
     tune_result_t res;
-    int rc = tune_run(spec, &opts, &cb, &res, err);
+    rc = tune_run(spec, &opts, &cb, &res, err);
     CHECKF(rc == ST_ECANCELLED, "rc %d: %s", rc, err);
     CHECK(strstr(err, "cancelled") && res.state == NULL);
-    struct stat st;
-    snprintf(path, sizeof path, "%s/%s", out, TUNE_STATE_FILE);
-    CHECK(stat(path, &st) != 0);
+    CHECK(!s_exists(out, TUNE_STATE_FILE));
     jobspec_destroy(&spec);
     return 0;
 }
 
 static int test_tune_nan_fails_cleanly(void)
 {
-    char dir[512], out[600], err[ST_ERR_LEN], path[700];
-    int skip;
-    jobspec_t *spec = s_small_job(NULL, dir, sizeof dir, &skip);
-    if (skip) return ST_TEST_SKIP;
-    CHECK(spec);
-    snprintf(out, sizeof out, "%s/out", dir);
+    char out[600], err[ST_ERR_LEN];
+    jobspec_t *spec;
+    int rc = s_small_job(NULL, out, sizeof out, &spec);
+    if (rc) return rc;
     /* a NaN in the initial state poisons the first step's loss */
     size_t n = 6 * 4 * 64 * 64;
     float *init = calloc(n, sizeof(float));
     init[1234] = NAN;
     tune_opts_t opts = {.out_dir = out, .threads = 1, .init_state = init};
     tune_result_t res;
-    int rc = tune_run(spec, &opts, NULL, &res, err);
+    rc = tune_run(spec, &opts, NULL, &res, err);
     CHECKF(rc == ST_ENUMERIC, "rc %d: %s", rc, err);
     CHECKF(strstr(err, "NaN") || strstr(err, "nan"), "%s", err);
     CHECK(res.state == NULL);
-    struct stat st;
-    snprintf(path, sizeof path, "%s/%s", out, TUNE_STATE_FILE);
-    CHECK(stat(path, &st) != 0);
-    snprintf(path, sizeof path, "%s/%s", out, TUNE_METRICS_FILE);
-    CHECK(stat(path, &st) != 0);
+    CHECK(!s_exists(out, TUNE_STATE_FILE));
+    CHECK(!s_exists(out, TUNE_METRICS_FILE));
     free(init);
     jobspec_destroy(&spec);
     return 0;
@@ -470,12 +471,10 @@ static int test_tune_nan_fails_cleanly(void)
  * logits as the GPT-mode engine. */
 static int test_tune_state_rnn_matches_gpt(void)
 {
-    char dir[512], out[600], err[ST_ERR_LEN], path[700];
-    int skip;
-    jobspec_t *spec = s_small_job(NULL, dir, sizeof dir, &skip);
-    if (skip) return ST_TEST_SKIP;
-    CHECK(spec);
-    snprintf(out, sizeof out, "%s/out", dir);
+    char out[600], err[ST_ERR_LEN], path[700];
+    jobspec_t *spec;
+    int rc = s_small_job(NULL, out, sizeof out, &spec);
+    if (rc) return rc;
     tune_opts_t opts = {.out_dir = out, .threads = 1};
     tune_result_t res;
     CHECKF(tune_run(spec, &opts, NULL, &res, err) == ST_OK, "%s", err);
@@ -529,13 +528,11 @@ static int test_tune_state_rnn_matches_gpt(void)
  * training still lowers the loss. */
 static int test_tune_dbp_trains_R(void)
 {
-    char dir[512], out[600], err[ST_ERR_LEN], path[700];
-    int skip;
-    jobspec_t *spec = s_small_job("\"dbp\": {\"enabled\": true, \"lr\": 0.01, \"sample_fraction\": 0.5}", dir,
-                                  sizeof dir, &skip);
-    if (skip) return ST_TEST_SKIP;
-    CHECK(spec);
-    snprintf(out, sizeof out, "%s/out", dir);
+    char out[600], err[ST_ERR_LEN], path[700];
+    jobspec_t *spec;
+    int rc = s_small_job("\"dbp\": {\"enabled\": true, \"lr\": 0.01, \"sample_fraction\": 0.5}", out, sizeof out,
+                         &spec);
+    if (rc) return rc;
     tune_opts_t opts = {.out_dir = out, .threads = 1};
     tune_result_t res;
     CHECKF(tune_run(spec, &opts, NULL, &res, err) == ST_OK, "%s", err);

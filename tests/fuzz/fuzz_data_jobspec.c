@@ -2,7 +2,7 @@
  * fuzz_data_jobspec.c - libFuzzer entry for the job-file parser
  * (data/jobspec.c): the input is the job file's text. Whatever is accepted
  * must survive its canonical JSON: parse(to_json(x)) == x. SPEC section 9.
- * Built and run by tests/fuzz/run_data_fuzz.sh.
+ * Built and run by tests/fuzz/run_all.sh.
  */
 #include "common/st_err.h"
 #include "data/jobspec.h"

@@ -3,7 +3,7 @@
  * batcher behind it (data/dataset.c, data/batcher.c): the first byte picks
  * ctx_len and truncate/split, the rest is the file. Accepted data must keep
  * the sample invariants and batch without error. SPEC section 9. Built and
- * run by tests/fuzz/run_data_fuzz.sh.
+ * run by tests/fuzz/run_all.sh.
  */
 #include "common/st_err.h"
 #include "data/batcher.h"

@@ -3,30 +3,23 @@
  * (data/tokenizer.c): the input is a whole vocabulary file. When it loads, a
  * fixed text must encode and decode back to itself whenever every byte of it
  * has a token. SPEC section 9: no input may crash it under ASan/UBSan. Built
- * and run by tests/fuzz/run_data_fuzz.sh.
+ * and run by tests/fuzz/run_all.sh.
  */
 #include "common/st_err.h"
 #include "data/tokenizer.h"
+#include "tests/fuzz/fuzz_memfile.h"
 
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int fd = memfd_create("vocab", 0);
-    if (fd < 0) return 0;
-    if (size && write(fd, data, size) != (ssize_t)size) {
-        close(fd);
-        return 0;
-    }
     char path[64], err[ST_ERR_LEN];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int fd = fuzz_memfile(data, size, path, sizeof path);
+    if (fd < 0) return 0;
     tokenizer_t *tok = tokenizer_new_world(path, err);
     if (tok) {
         static const char text[] = "ab\0\xe4\xbd\xa0  it's\\n\t\xff";

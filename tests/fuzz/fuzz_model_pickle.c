@@ -2,7 +2,7 @@
  * fuzz_model_pickle.c - libFuzzer entry for the safe pickle subset
  * (model/pickle.c) on its own: inside a zip, most mutations would only trip
  * the CRC check. The input is a data.pkl. Built and run by
- * tests/fuzz/run_model_fuzz.sh.
+ * tests/fuzz/run_all.sh.
  */
 #include "common/st_err.h"
 #include "model/pickle.h"

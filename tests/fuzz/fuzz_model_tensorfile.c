@@ -3,31 +3,22 @@
  * (model/tensorfile.c and the safetensors, .pth and rwkv.cpp readers behind
  * it): the input is a whole file; when it opens, every tensor is read too.
  * SPEC section 9: no input may crash them under ASan/UBSan. Built and run by
- * tests/fuzz/run_model_fuzz.sh.
+ * tests/fuzz/run_all.sh.
  */
 #include "common/st_err.h"
 #include "model/tensorfile.h"
+#include "tests/fuzz/fuzz_memfile.h"
 
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    /* an anonymous in-memory file, so mmap and libzip see a real file */
-    int fd = memfd_create("fuzz", 0);
+    char path[64], err[ST_ERR_LEN];
+    int fd = fuzz_memfile(data, size, path, sizeof path);
     if (fd < 0) return 0;
-    if (size && write(fd, data, size) != (ssize_t)size) {
-        close(fd);
-        return 0;
-    }
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    char err[ST_ERR_LEN];
     tensorfile_t *tf = tensorfile_open(path, err);
     if (tf) {
         for (int i = 0; i < tensorfile_count(tf); i++) {

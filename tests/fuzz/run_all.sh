@@ -13,6 +13,8 @@
 #   protocol_client  the client library's handling of the coordinator's replies
 #
 #   tests/fuzz/run_all.sh [SECONDS] [WORKDIR]
+#   FUZZ_ONLY="vocab jobspec jsonl" tests/fuzz/run_all.sh 60    (the data parsers)
+#   FUZZ_ONLY="tensorfile pickle" tests/fuzz/run_all.sh 60      (the model files)
 #
 # Environment: FUZZ_JOBS (harnesses run at once, default 1), FUZZ_ONLY (a
 # space-separated subset of the names above), FUZZ_NICE (nice level, default
