@@ -102,13 +102,18 @@ start_group_launch() {
     GROUP_PID=$!
 }
 
-status_of() { stc status "$1" --json | json 'd["status"]'; }
+# the job helpers of tests/lib/common.sh (status_of, is_status,
+# checkpoint_at_least, st_resumed_from) ask through the client host
+st_client() { stc "$@"; }
 
-# checkpoint_at_least JOB STEP: a checkpoint event at or past STEP exists
-checkpoint_at_least() {
-    stc events "$1" --json | json "int(max([e['data']['step'] if isinstance(e['data'], dict) else json.loads(e['data'])['step'] for e in d if e['kind']=='checkpoint'] or [0]) >= $2 or exit(1))"
+# one_version NAME: the registry holds one state NAME, at version 1
+one_version() {
+    local n versions
+    n=$(stc states list --json | json "len([s for s in d if s['name'] == '$1'])")
+    versions=$(stc states show "$1@latest" --json | json 'd["version"]')
+    [ "$n" = 1 ] && [ "$versions" = 1 ] ||
+        fail "expected one registered version of '$1', found $n state(s), latest version $versions"
 }
-is_status() { [ "$(status_of "$1")" = "$2" ]; }
 
 case $scenario in
 e2e)
@@ -168,10 +173,7 @@ partition | partition_rank0 | launch)
     t0=$SECONDS
     echo "$CUT's link is down (job $J past its step-20 checkpoint)"
     # the group must end by itself within the bound
-    while kill -0 "$A" 2>/dev/null; do
-        [ $((SECONDS - t0)) -le $BOUND_S ] || fail "the group was still running ${BOUND_S}s after $CUT was cut off"
-        sleep 0.5
-    done
+    wait_for "group a to end after $CUT was cut off" "$BOUND_S" st_gone "$A"
     wait "$A"
     rc=$?
     echo "group a ended $((SECONDS - t0)) s after the cut, exit $rc"
@@ -198,12 +200,8 @@ partition | partition_rank0 | launch)
     stc wait "$J" --timeout 120 >/dev/null || fail "job $J did not finish on the second group"
     stc events "$J" | grep -q "requeued" || fail "no requeue event"
     stc status "$J" --json | json 'int(d["attempt"] == 2 or exit(1))' >/dev/null || fail "the job did not run exactly twice"
-    n=$(stc states list --json | json 'len([s for s in d if s["name"] == "part"])')
-    versions=$(stc states show part@latest --json | json 'd["version"]')
-    [ "$n" = 1 ] && [ "$versions" = 1 ] || fail "expected one registered version of 'part', found $n state(s), latest version $versions"
-    from=$(stc states show part@latest --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
-    echo "second group resumed from step $from"
-    "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= 20 else 1)" "$from" || fail "the second group did not resume from the checkpoint (from $from)"
+    one_version part
+    st_resumed_from part 20
     ;;
 coord_partition)
     # the coordinator's host is cut off for longer than it takes to call the
@@ -222,9 +220,7 @@ coord_partition)
     grep -q "is lost" "$T/coordinator.log" || fail "the coordinator did not call the group lost during a $CUT_S s cut"
     stc wait "$J" --timeout 120 >/dev/null || fail "job $J did not finish after the coordinator's link came back"
     grep -q "carries on with job $J" "$T/coordinator.log" || fail "the group did not take its job back after the cut"
-    n=$(stc states list --json | json 'len([s for s in d if s["name"] == "split"])')
-    versions=$(stc states show split@latest --json | json 'd["version"]')
-    [ "$n" = 1 ] && [ "$versions" = 1 ] || fail "expected one registered version of 'split', found $n state(s), latest version $versions"
+    one_version split
     kill -0 "$GROUP_PID" 2>/dev/null || fail "the group died although only the coordinator's link was down for $CUT_S s"
     ;;
 coord_lost)
@@ -243,10 +239,7 @@ coord_lost)
     netns_cut coord
     t0=$SECONDS
     echo "coord's link is down (job $J past its step-20 checkpoint)"
-    while kill -0 "$A" 2>/dev/null; do
-        [ $((SECONDS - t0)) -le $BOUND_S ] || fail "the group was still running ${BOUND_S}s after losing its coordinator"
-        sleep 0.5
-    done
+    wait_for "group a to end after losing its coordinator" "$BOUND_S" st_gone "$A"
     wait "$A" && fail "the group exited 0 without its coordinator"
     echo "group a ended $((SECONDS - t0)) s after the cut"
     grep -q "has not answered for $COORD_TIMEOUT_S s" "$T/group-a.log" || fail "the group's error is unclear: $(grep -v '^step' "$T/group-a.log" | tail -3)"
@@ -255,12 +248,8 @@ coord_lost)
     [ "$(status_of "$J")" = queued ] || fail "job $J is '$(status_of "$J")' after its group was lost, not queued"
     start_group b
     stc wait "$J" --timeout 120 >/dev/null || fail "job $J did not finish on the second group"
-    n=$(stc states list --json | json 'len([s for s in d if s["name"] == "gone"])')
-    versions=$(stc states show gone@latest --json | json 'd["version"]')
-    [ "$n" = 1 ] && [ "$versions" = 1 ] || fail "expected one registered version of 'gone', found $n state(s), latest version $versions"
-    from=$(stc states show gone@latest --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
-    echo "second group resumed from step $from"
-    "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= 20 else 1)" "$from" || fail "the second group did not resume from the checkpoint (from $from)"
+    one_version gone
+    st_resumed_from gone 20
     ;;
 client_partition)
     # the client's host loses its link while it watches a job: a request

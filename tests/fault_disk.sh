@@ -19,9 +19,8 @@
 set -u
 . "$(dirname "$0")/lib/common.sh"
 st_paths
-MODEL=$FIX/rwkv7/tiny.pth
-st_need_fixture "$MODEL"
-st_need_cmd mpirun
+st_tiny_model
+st_need_py
 st_need_cmd sqlite3 "the sqlite3 shell is not installed"
 
 st_service_dir disk
@@ -42,10 +41,8 @@ job() { # NAME
 EOF
 }
 
-st_start_coordinator --db "$D/registry.db" --jobs-dir "$D/jobs" --insecure --heartbeat-ms 300
-st_wait_coordinator 100
-mpirun -np 1 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 >"$T/group.log" 2>&1 &
-PIDS+=("$!")
+st_coordinator_up --db "$D/registry.db" --jobs-dir "$D/jobs" --insecure --heartbeat-ms 300
+st_start_group group.log 1
 
 # before: one state on a disk with room
 job before

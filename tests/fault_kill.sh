@@ -21,9 +21,7 @@ set -u
 trials=${1:-3}
 . "$(dirname "$0")/lib/common.sh"
 st_paths
-MODEL=$FIX/rwkv7/tiny.pth
-st_need_fixture "$MODEL"
-st_need_cmd mpirun
+st_tiny_model
 st_need_cmd sqlite3 "the sqlite3 shell is not installed"
 st_need_py
 
@@ -43,10 +41,8 @@ WORKER_EXE=$(readlink -f "$B/worker/statetune-worker")
 N_GROUPS=0
 start_group() {
     N_GROUPS=$((N_GROUPS + 1))
-    mpirun -np 2 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 \
-        --coordinator-timeout 60 >"$T/group-$N_GROUPS.log" 2>&1 &
-    PIDS+=("$!")
-    GROUPS_UP+=("$!")
+    st_start_group "group-$N_GROUPS.log" 2 --coordinator-timeout 60
+    GROUPS_UP+=("$GROUP_PID")
 }
 
 N_JOBS=0

@@ -21,18 +21,15 @@ set -u
 scenario=${1:?usage: fault_nan.sh lr|weight|huge}
 . "$(dirname "$0")/lib/common.sh"
 st_paths
-MODEL=$FIX/rwkv7/tiny.pth
-st_need_fixture "$MODEL"
-st_need_cmd mpirun
+st_tiny_model
+st_need_py
 
 st_service_dir nan
 FAIL_WHAT=$scenario
 st_words_data 9 24 alpha beta gamma delta epsilon zeta eta theta
 
-st_start_coordinator --db "$T/registry.db" --insecure --heartbeat-ms 300
-st_wait_coordinator 100
-mpirun -np 1 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 >"$T/group.log" 2>&1 &
-PIDS+=("$!")
+st_coordinator_up --db "$T/registry.db" --insecure --heartbeat-ms 300
+st_start_group group.log 1
 
 job() { # NAME MODEL LR
     cat >"$T/$1.json" <<EOF

@@ -53,17 +53,14 @@ cat >"$T/job.json" <<JEOF
  "checkpoint_every": 0, "warmup_steps": 2, "seed": 7}
 JEOF
 
-st_start_coordinator --db "$T/registry.db" --insecure
-st_wait_coordinator 100 || fail "the coordinator did not come up"
+st_coordinator_up --db "$T/registry.db" --insecure
 
 J=$("$ST" submit "$T/job.json") || fail "submit failed"
 # a report while the job has not run: no state yet, said on the page
 "$ST" report "$J" -o "$T/early.html" >/dev/null || fail "report of a queued job failed"
 grep -q 'id="no-state"' "$T/early.html" || fail "a job without a state does not say so"
 
-mpirun -np 2 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 --coordinator-timeout 30 \
-    >"$T/group.log" 2>&1 &
-PIDS+=("$!")
+st_start_group group.log 2 --coordinator-timeout 30
 "$ST" wait "$J" --timeout 120 >/dev/null || fail "the job did not succeed"
 
 "$ST" events "$J" --json >"$T/events.json" || fail "events failed"

@@ -13,20 +13,15 @@
 set -u
 . "$(dirname "$0")/lib/common.sh"
 st_paths
-MODEL=$FIX/rwkv7/tiny.pth
-st_need_fixture "$MODEL"
-st_need_cmd mpirun
+st_tiny_model
 st_need_py
 st_service_dir kstate
 FAIL_WHAT=service_kstate
 FAIL_TAIL=25
 
 st_tabs_data 3 40 8
-st_start_coordinator --db "$T/registry.db" --insecure --heartbeat-ms 400
-st_wait_coordinator 100 || fail "the coordinator did not come up"
-mpirun -np 2 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 --coordinator-timeout 30 \
-    >"$T/group.log" 2>&1 &
-PIDS+=("$!")
+st_coordinator_up --db "$T/registry.db" --insecure --heartbeat-ms 400
+st_start_group group.log 2 --coordinator-timeout 30
 cat >"$T/ks.json" <<J
 {"name": "ks", "model": "$MODEL", "train": "train.jsonl", "eval": "eval.jsonl",
  "ctx_len": 32, "micro_batch": 2, "global_batch": 4, "steps": 4, "checkpoint_every": 0, "eval_every": 0,

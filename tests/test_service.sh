@@ -20,9 +20,7 @@ set -u
 scenario=${1:?usage: test_service.sh e2e|priority|cancel|kill_group|kill_rank|kill_coordinator|curve|coordinator_gone}
 . "$(dirname "$0")/lib/common.sh"
 st_paths
-MODEL=$FIX/rwkv7/tiny.pth
-st_need_fixture "$MODEL"
-st_need_cmd mpirun
+st_tiny_model
 st_need_py
 
 st_service_dir service
@@ -32,18 +30,10 @@ HB_MS=400          # heartbeat: a group silent for 3 x 400 ms is lost
 
 [ -n "${KEEP:-}" ] && echo "folder: $T"
 
-start_coordinator() {
-    st_start_coordinator --db "$T/registry.db" --insecure --heartbeat-ms $HB_MS
-    st_wait_coordinator 100 || fail "the coordinator did not come up"
-}
+start_coordinator() { st_coordinator_up --db "$T/registry.db" --insecure --heartbeat-ms $HB_MS; }
 
 # start_group NAME RANKS: one worker group under mpirun; its pid in GROUP_PID
-start_group() {
-    mpirun -np "$2" "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 \
-        --coordinator-timeout 30 >"$T/group-$1.log" 2>&1 &
-    GROUP_PID=$!
-    PIDS+=("$GROUP_PID")
-}
+start_group() { st_start_group "group-$1.log" "$2" --coordinator-timeout 30; }
 
 # kill_group PID: SIGKILL the ranks and their launcher
 kill_group() {
@@ -60,13 +50,6 @@ make_job() {
  "ctx_len": 32, "micro_batch": 2, "global_batch": 4, "steps": $2, "priority": $3,
  "checkpoint_every": $4, "eval_every": 0, "warmup_steps": 2, "seed": 7}
 EOF
-}
-
-status_of() { "$ST" status "$1" --json | json 'd["status"]'; }
-
-# checkpoint_at_least JOB STEP: a checkpoint event at or past STEP exists
-checkpoint_at_least() {
-    "$ST" events "$1" --json | json "int(max([e['data']['step'] if isinstance(e['data'], dict) else json.loads(e['data'])['step'] for e in d if e['kind']=='checkpoint'] or [0]) >= $2 or exit(1))"
 }
 
 running_with_progress() {
@@ -162,7 +145,7 @@ cancel)
     wait_for "job $J to run" 60 running_with_progress "$J"
     t0=$(date +%s.%N)
     "$ST" cancel "$J" || fail "cancel failed"
-    wait_for "job $J to be cancelled" 10 sh -c "[ \"\$('$ST' status $J --json | $PY -c 'import json,sys; print(json.load(sys.stdin)[\"status\"])')\" = cancelled ]"
+    wait_for "job $J to be cancelled" 10 is_status "$J" cancelled
     t1=$(date +%s.%N)
     dt=$("$PY" -c "print(round($t1 - $t0, 2))")
     echo "cancelled within $dt s"
@@ -183,14 +166,12 @@ kill_group)
     wait_for "a checkpoint of job $J" 60 checkpoint_at_least "$J" 20
     kill_group "$A"
     echo "killed group a (pid $A) with SIGKILL"
-    wait_for "job $J to go back to the queue" 15 sh -c "[ \"\$('$ST' status $J --json | $PY -c 'import json,sys; print(json.load(sys.stdin)[\"status\"])')\" = queued ]"
+    wait_for "job $J to go back to the queue" 15 is_status "$J" queued
     start_group b 2
     "$ST" wait "$J" --timeout 120 || fail "job $J did not finish on the second group"
     "$ST" events "$J" | grep -q "requeued" || fail "no requeue event"
     "$ST" status "$J" --json | json 'int(d["attempt"] == 2 or exit(1))' || fail "the job did not run twice"
-    from=$("$ST" states show resume@latest --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
-    echo "second group resumed from step $from"
-    "$PY" -c "exit(0 if $from >= 20 else 1)" || fail "the second group did not resume from the checkpoint (from $from)"
+    st_resumed_from resume 20
     ;;
 
 kill_rank)
@@ -207,12 +188,8 @@ kill_rank)
     [ -n "$victim" ] || fail "no rank other than rank 0 ($root) found under mpirun $A"
     kill -9 "$victim"
     echo "killed rank pid $victim (rank 0 is $root)"
-    end=$((SECONDS + 40))
-    while kill -0 "$A" 2>/dev/null; do
-        [ $SECONDS -lt $end ] || fail "the group did not end within 40 s of losing a rank"
-        sleep 0.2
-    done
-    wait_for "job $J to go back to the queue" 15 sh -c "[ \"\$('$ST' status $J --json | $PY -c 'import json,sys; print(json.load(sys.stdin)[\"status\"])')\" = queued ]"
+    wait_for "the group to end after losing a rank" 40 st_gone "$A"
+    wait_for "job $J to go back to the queue" 15 is_status "$J" queued
     start_group b 2
     "$ST" wait "$J" --timeout 120 || fail "job $J did not finish on the second group"
     n=$("$ST" states list --json | json 'len(d)')
@@ -262,9 +239,8 @@ curve)
     [ "$(stat -c %a "$T/allow/alice.key")" = 600 ] || fail "a secret key file is not 0600"
     st_start_coordinator --db "$T/registry.db" --curve-secret "$T/keys/server.key" \
         --allow "$T/allow" --heartbeat-ms $HB_MS
-    mpirun -np 2 "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 --curve-secret "$T/allow/group.key" \
-        --curve-public "$T/allow/group.pub" --server-key "$T/keys/server.pub" >"$T/group-a.log" 2>&1 &
-    PIDS+=("$!")
+    st_start_group group-a.log 2 --curve-secret "$T/allow/group.key" --curve-public "$T/allow/group.pub" \
+        --server-key "$T/keys/server.pub"
     # a client with a key that is not allowed gets nothing, and is told so
     "$ST" jobs --timeout-ms 1500 --curve-secret "$T/keys/mallory.key" --server-key "$T/keys/server.pub" \
         2>"$T/mallory.txt" && fail "a client with a refused key was served"
@@ -280,14 +256,9 @@ curve)
 
 coordinator_gone)
     # a group whose coordinator never answers gives up with a clear error
-    mpirun -np 2 "$B/worker/statetune-worker" --coordinator "$EP" --coordinator-timeout 2 >"$T/group-a.log" 2>&1 &
-    G=$!
-    PIDS+=("$G")
-    end=$((SECONDS + 30))
-    while kill -0 "$G" 2>/dev/null; do
-        [ $SECONDS -lt $end ] || fail "the group did not give up within 30 s"
-        sleep 0.2
-    done
+    st_start_group group-a.log 2 --coordinator-timeout 2
+    G=$GROUP_PID
+    wait_for "the group to give up" 30 st_gone "$G"
     wait "$G" && fail "the group exited 0 without a coordinator"
     grep -q "has not answered for 2 s" "$T/group-a.log" || fail "the group's error is unclear: $(tail -3 "$T/group-a.log")"
     ;;

@@ -25,18 +25,7 @@ set -u
 mode=${1:?usage: tune_local.sh decrease|resume|mpi|kill|hang|validate}
 . "$(dirname "$0")/lib/common.sh"
 st_local_paths
-model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
-
-skip() { echo "skipped: $*"; exit 77; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
-[ -x "$worker" ] || fail "no worker binary at $worker"
-[ -f "$model" ] || skip "fixture model $model not found"
-[ -x "$py" ] || skip "$py not found"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tune-$mode-XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-"$py" "$here/make_tabs_data.py" "$tmp" --train 128 --eval 16 --bytes 100 >/dev/null ||
-    skip "could not make the dataset from Python sources"
+st_local_tabs "$mode" 128 16 100
 
 # job NAME STEPS GLOBAL MICRO [EXTRA_JSON]
 job() {
@@ -49,7 +38,63 @@ EOF
 
 metric() { "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+# tune JOB OUT LOG [ARGS...]: JOB alone with one thread into $tmp/OUT, its
+# stderr in $tmp/LOG; fail()s with that stderr when it does not succeed
+tune() {
+    local job=$1 out=$2 log=$3
+    shift 3
+    "$worker" tune "$tmp/$job.json" --local --out "$tmp/$out" --threads 1 "$@" >/dev/null 2>"$tmp/$log" ||
+        fail "$(cat "$tmp/$log")"
+}
+
+# np2_agrees JOB WHAT: JOB with one process into $tmp/JOB-1 and with mpirun
+# -np 2 into $tmp/JOB-2 (output in $tmp/JOB-2.out and .err): the states agree
+# within 1e-5 relative
+np2_agrees() {
+    tune "$1" "$1-1" "$1-1.err"
+    mpirun -np 2 --oversubscribe "$worker" tune "$tmp/$1.json" --local --out "$tmp/$1-2" >"$tmp/$1-2.out" 2>"$tmp/$1-2.err" ||
+        fail "mpirun -np 2 ($2) failed: $(cat "$tmp/$1-2.err")"
+    rel=$(state_rel "$tmp/$1-1/state.safetensors" "$tmp/$1-2/state.safetensors") || fail "could not compare states"
+    echo "$2, np 2 vs np 1: relative difference $rel"
+    "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-5 else 1)" "$rel" || fail "$2 states differ by $rel"
+}
+
+# group_start JOB [VAR=VALUE...]: mpirun -np 2 of JOB in the background (with
+# the VARs in its environment), its pid in mp, output in $tmp/o and $tmp/e;
+# returns once the group steps, with the pid of one rank in victim
+group_start() {
+    local job=$1
+    shift
+    env "$@" mpirun -np 2 --oversubscribe "$worker" tune "$tmp/$job.json" --local --out "$tmp/out" >"$tmp/o" 2>"$tmp/e" &
+    mp=$!
+    for _ in $(seq 1 120); do
+        grep -q '^step 2/' "$tmp/e" 2>/dev/null && break
+        sleep 0.5
+    done
+    grep -q '^step 2/' "$tmp/e" || { kill -9 $mp; fail "the group never started stepping: $(cat "$tmp/e")"; }
+    victim=$(pgrep -P $mp -f statetune-worker | tail -1)
+    [ -n "$victim" ] || { kill -9 $mp; fail "no rank process found under mpirun $mp"; }
+    t0=$(date +%s)
+}
+
+# group_end WHAT: waits up to 30 s for the group to end after WHAT happened
+# to its victim (else kills it and fail()s); its exit status in rc
+group_end() {
+    for _ in $(seq 1 60); do
+        kill -0 $mp 2>/dev/null || break
+        sleep 0.5
+    done
+    if kill -0 $mp 2>/dev/null; then
+        kill -9 "$victim" $mp
+        fail "the group was still running 30 s after $1"
+    fi
+    rc=0
+    wait $mp || rc=$?
+    t1=$(date +%s)
+    kill -9 "$victim" 2>/dev/null
+}
+
+st_mpi_env
 
 case $mode in
 decrease)
@@ -75,12 +120,11 @@ decrease)
     ;;
 resume)
     job res 10 8 8
-    "$worker" tune "$tmp/res.json" --local --out "$tmp/full" --threads 1 >/dev/null 2>"$tmp/e1" || fail "$(cat "$tmp/e1")"
-    "$worker" tune "$tmp/res.json" --local --out "$tmp/part" --threads 1 --max-steps 4 >/dev/null 2>"$tmp/e2" ||
-        fail "$(cat "$tmp/e2")"
+    tune res full e1
+    tune res part e2 --max-steps 4
     [ -f "$tmp/part/checkpoint.stck" ] || fail "no checkpoint after the interrupted run"
     [ ! -e "$tmp/part/state.safetensors" ] || fail "an interrupted run wrote a state"
-    "$worker" tune "$tmp/res.json" --local --out "$tmp/part" --threads 1 >/dev/null 2>"$tmp/e3" || fail "$(cat "$tmp/e3")"
+    tune res part e3
     grep -q '^step 5/10 ' "$tmp/e3" || fail "the rerun did not continue at step 5: $(head -3 "$tmp/e3")"
     grep -q '^step 1/10 ' "$tmp/e3" && fail "the rerun started over"
     cmp "$tmp/full/state.safetensors" "$tmp/part/state.safetensors" ||
@@ -101,7 +145,7 @@ resume)
     else
         grep -q 'cancelled after step' "$tmp/e5" || fail "unclear message after SIGINT: $(tail -1 "$tmp/e5")"
         [ ! -e "$tmp/sig/state.safetensors" ] || fail "a cancelled run wrote a state"
-        "$worker" tune "$tmp/res.json" --local --out "$tmp/sig" --threads 1 >/dev/null 2>"$tmp/e6" || fail "$(cat "$tmp/e6")"
+        tune res sig e6
         grep -q '^step 1/10 ' "$tmp/e6" && fail "the rerun after SIGINT started over"
         cmp "$tmp/full/state.safetensors" "$tmp/sig/state.safetensors" || fail "state after SIGINT + rerun differs"
         echo "SIGINT at $(grep -o 'after step [0-9]*' "$tmp/e5"), rerun: bit-identical"
@@ -114,52 +158,23 @@ resume)
     echo "resumed state is bit-identical"
     ;;
 mpi)
-    command -v mpirun >/dev/null || skip "mpirun not found"
+    st_need_cmd mpirun
     job mpi 4 8 4
-    "$worker" tune "$tmp/mpi.json" --local --out "$tmp/one" --threads 1 >/dev/null 2>"$tmp/e1" || fail "$(cat "$tmp/e1")"
-    mpirun -np 2 --oversubscribe "$worker" tune "$tmp/mpi.json" --local --out "$tmp/two" >"$tmp/o2" 2>"$tmp/e2" ||
-        fail "mpirun -np 2 failed: $(cat "$tmp/e2")"
-    [ "$(grep -c '^tuned' "$tmp/o2")" = 1 ] || fail "expected one summary (rank 0 only): $(cat "$tmp/o2")"
-    [ "$(grep -c '^step 4/4' "$tmp/e2")" = 1 ] || fail "expected rank 0 alone to print progress"
-    rel=$(state_rel "$tmp/one/state.safetensors" "$tmp/two/state.safetensors") || fail "could not compare states"
-    echo "np 2 vs np 1: relative difference $rel"
-    "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-5 else 1)" "$rel" || fail "states differ by $rel"
-    [ "$(metric "$tmp/two/metrics.json" ranks)" = 2 ] || fail "metrics.json does not say 2 ranks"
+    np2_agrees mpi "plain"
+    [ "$(grep -c '^tuned' "$tmp/mpi-2.out")" = 1 ] || fail "expected one summary (rank 0 only): $(cat "$tmp/mpi-2.out")"
+    [ "$(grep -c '^step 4/4' "$tmp/mpi-2.err")" = 1 ] || fail "expected rank 0 alone to print progress"
+    [ "$(metric "$tmp/mpi-2/metrics.json" ranks)" = 2 ] || fail "metrics.json does not say 2 ranks"
     # with DBP the correlation Q is all-reduced with dS0 and the sampled rows do
     # not depend on the split: the states agree too
     job mpidbp 4 8 4 '"dbp": {"enabled": true, "lr": 0.05, "sample_fraction": 0.5}'
-    "$worker" tune "$tmp/mpidbp.json" --local --out "$tmp/done" --threads 1 >/dev/null 2>"$tmp/e3" || fail "$(cat "$tmp/e3")"
-    mpirun -np 2 --oversubscribe "$worker" tune "$tmp/mpidbp.json" --local --out "$tmp/dtwo" >/dev/null 2>"$tmp/e4" ||
-        fail "mpirun -np 2 with DBP failed: $(cat "$tmp/e4")"
-    rel=$(state_rel "$tmp/done/state.safetensors" "$tmp/dtwo/state.safetensors") || fail "could not compare states"
-    echo "DBP, np 2 vs np 1: relative difference $rel"
-    "$py" -c "import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-5 else 1)" "$rel" || fail "DBP states differ by $rel"
+    np2_agrees mpidbp "DBP"
     ;;
 kill)
-    command -v mpirun >/dev/null || skip "mpirun not found"
+    st_need_cmd mpirun
     job kill 500 8 4
-    mpirun -np 2 --oversubscribe "$worker" tune "$tmp/kill.json" --local --out "$tmp/out" >"$tmp/o" 2>"$tmp/e" &
-    mp=$!
-    for _ in $(seq 1 120); do
-        grep -q '^step 2/' "$tmp/e" 2>/dev/null && break
-        sleep 0.5
-    done
-    grep -q '^step 2/' "$tmp/e" || { kill -9 $mp; fail "the group never started stepping: $(cat "$tmp/e")"; }
-    victim=$(pgrep -P $mp -f statetune-worker | tail -1)
-    [ -n "$victim" ] || { kill -9 $mp; fail "no rank process found under mpirun $mp"; }
-    t0=$(date +%s)
+    group_start kill
     kill -9 "$victim"
-    rc=0
-    for _ in $(seq 1 60); do
-        kill -0 $mp 2>/dev/null || break
-        sleep 0.5
-    done
-    if kill -0 $mp 2>/dev/null; then
-        kill -9 $mp
-        fail "the group was still running 30 s after a rank was killed"
-    fi
-    wait $mp || rc=$?
-    t1=$(date +%s)
+    group_end "a rank was killed"
     echo "group ended $((t1 - t0)) s after kill -9 of rank pid $victim, exit $rc"
     [ $rc -ne 0 ] || fail "the group exited 0 after losing a rank"
     [ ! -e "$tmp/out/state.safetensors" ] || fail "a state was written by a broken group"
@@ -167,32 +182,11 @@ kill)
 hang)
     # a rank that stops answering (SIGSTOP: alive, but never reaches the next
     # all-reduce) is caught by dist.c's watchdog, which aborts the group
-    command -v mpirun >/dev/null || skip "mpirun not found"
+    st_need_cmd mpirun
     job hang 500 8 4
-    STATETUNE_DIST_TIMEOUT_S=5 mpirun -np 2 --oversubscribe "$worker" tune "$tmp/hang.json" --local --out "$tmp/out" \
-        >"$tmp/o" 2>"$tmp/e" &
-    mp=$!
-    for _ in $(seq 1 120); do
-        grep -q '^step 2/' "$tmp/e" 2>/dev/null && break
-        sleep 0.5
-    done
-    grep -q '^step 2/' "$tmp/e" || { kill -9 $mp; fail "the group never started stepping: $(cat "$tmp/e")"; }
-    victim=$(pgrep -P $mp -f statetune-worker | tail -1)
-    [ -n "$victim" ] || { kill -9 $mp; fail "no rank process found under mpirun $mp"; }
-    t0=$(date +%s)
+    group_start hang STATETUNE_DIST_TIMEOUT_S=5
     kill -STOP "$victim"
-    for _ in $(seq 1 60); do
-        kill -0 $mp 2>/dev/null || break
-        sleep 0.5
-    done
-    if kill -0 $mp 2>/dev/null; then
-        kill -9 "$victim" $mp
-        fail "the group was still running 30 s after a rank stopped answering"
-    fi
-    rc=0
-    wait $mp || rc=$?
-    t1=$(date +%s)
-    kill -9 "$victim" 2>/dev/null
+    group_end "a rank stopped answering"
     echo "group ended $((t1 - t0)) s after SIGSTOP of rank pid $victim, exit $rc"
     [ $rc -ne 0 ] || fail "the group exited 0 after a rank hung"
     grep -q 'took longer than 5 s' "$tmp/e" || fail "no watchdog message: $(cat "$tmp/e")"

@@ -16,13 +16,7 @@
 set -u
 . "$(dirname "$0")/lib/common.sh"
 st_local_paths
-model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
-fail() { echo "FAIL: $*" >&2; exit 1; }
-[ -x "$worker" ] || fail "no worker binary at $worker"
-st_need_fixture "$model"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tune-methods-XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-"$py" "$here/make_tabs_data.py" "$tmp" --train 64 --eval 8 --bytes 80 >/dev/null || st_skip "no Python sources to make data from"
+st_local_tabs methods 64 8 80
 
 job() { # out extra
     cat >"$tmp/$1.json" <<J

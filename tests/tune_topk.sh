@@ -17,13 +17,7 @@
 set -u
 . "$(dirname "$0")/lib/common.sh"
 st_local_paths
-model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
-fail() { echo "FAIL: $*" >&2; exit 1; }
-[ -x "$worker" ] || fail "no worker binary at $worker"
-st_need_fixture "$model"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tune-topk-XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-"$py" "$here/make_tabs_data.py" "$tmp" --train 48 --eval 8 --bytes 80 >/dev/null || st_skip "no Python sources to make data from"
+st_local_tabs topk 48 8 80
 head -n 40 "$tmp/train.jsonl" >"$tmp/train2.jsonl"
 
 job() { # name train extra

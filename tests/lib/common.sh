@@ -2,7 +2,9 @@
 # build folder and fixtures (exit 77 with a sentence when something is absent),
 # a fresh temp folder with an ipc:// endpoint, the mpirun-as-root environment,
 # the PID list with its cleanup trap, fail() that dumps the logs, json() over
-# /usr/bin/python3, starting a coordinator, and the small dataset makers.
+# /usr/bin/python3, starting a coordinator and worker groups, a job's status
+# and checkpoints, and the small dataset makers; for the scripts that tune
+# with `statetune-worker tune --local` alone, the paths and a tabs dataset.
 # Sourced, never run: `. "$(dirname "$0")/lib/common.sh"`. Nothing here runs at
 # source time; every script calls what it needs, in its own order.
 
@@ -16,6 +18,14 @@ st_paths() {
     ST="$B/client/statetune"
 }
 
+# st_tiny_model: MODEL, the tiny.pth fixture the service scripts tune; skips
+# when it or mpirun (every one of them starts a worker group) is absent
+st_tiny_model() {
+    MODEL=$FIX/rwkv7/tiny.pth
+    st_need_fixture "$MODEL"
+    st_need_cmd mpirun
+}
+
 # st_local_paths: for the scripts that drive `statetune-worker tune --local`
 # alone (no service): here (the tests folder), build (STATETUNE_BUILD_DIR, or
 # ../build), worker, fixtures, and py = PY = /usr/bin/python3 (the helpers
@@ -27,6 +37,25 @@ st_local_paths() {
     fixtures=${STATETUNE_FIXTURES:-${STATETUNE_FIXTURES_DEFAULT:-$here/../../shared/fixtures}}
     py=/usr/bin/python3
     PY=$py
+}
+
+# st_local_tabs NAME TRAIN EVAL BYTES: after st_local_paths, for the scripts
+# that tune the 5M fixture model alone: model (pysrc-rwkv7-5M.pth), fail()
+# that prints the sentence and exits 1 (there are no service logs to show),
+# tmp (a fresh folder tune-NAME-XXXXXX, removed at exit) holding train.jsonl
+# and eval.jsonl, TRAIN and EVAL samples of BYTES bytes of this machine's
+# Python sources (tests/make_tabs_data.py). Fails without the worker binary;
+# skips without the fixture, /usr/bin/python3 or the Python sources.
+st_local_tabs() {
+    model=$fixtures/rwkv7/pysrc-rwkv7-5M.pth
+    fail() { echo "FAIL: $*" >&2; exit 1; }
+    [ -x "$worker" ] || fail "no worker binary at $worker"
+    st_need_fixture "$model"
+    st_need_py
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/tune-$1-XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    "$py" "$here/make_tabs_data.py" "$tmp" --train "$2" --eval "$3" --bytes "$4" >/dev/null ||
+        st_skip "could not make the dataset from Python sources"
 }
 
 # st_skip SENTENCE: the test cannot run here; CTest counts exit 77 as skipped
@@ -92,6 +121,24 @@ st_start_coordinator() {
     PIDS+=("$COORD")
 }
 
+# st_coordinator_up ARGS...: st_start_coordinator ARGS, then fail()s unless
+# it answers within 10 s
+st_coordinator_up() {
+    st_start_coordinator "$@"
+    st_wait_coordinator 100 || fail "the coordinator did not come up"
+}
+
+# st_start_group LOG NP [ARGS...]: a worker group of NP ranks under mpirun,
+# one thread each, on EP with more worker ARGS (--coordinator-timeout...),
+# its output in $T/LOG; the launcher's pid in GROUP_PID and PIDS
+st_start_group() {
+    local log=$1 np=$2
+    shift 2
+    mpirun -np "$np" "$B/worker/statetune-worker" --coordinator "$EP" --threads 1 "$@" >"$T/$log" 2>&1 &
+    GROUP_PID=$!
+    PIDS+=("$GROUP_PID")
+}
+
 # st_wait_coordinator TRIES: polls `statetune jobs` every 0.1 s, TRIES times;
 # returns 1 when the coordinator never answered (the caller decides)
 st_wait_coordinator() {
@@ -112,6 +159,34 @@ wait_for() {
         [ $SECONDS -lt $end ] || fail "timed out after ${secs}s waiting for $what"
         sleep 0.2
     done
+}
+
+# st_gone PID: whether the process PID has ended (for wait_for)
+st_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# st_client ARGS...: the client as the job helpers below run it; a script
+# whose client runs on another host (tests/cluster_service.sh) redefines it
+st_client() { "$ST" "$@"; }
+
+# status_of JOB: prints the job's status
+status_of() { st_client status "$1" --json | json 'd["status"]'; }
+
+# is_status JOB STATUS: whether the job's status is STATUS (for wait_for)
+is_status() { [ "$(status_of "$1")" = "$2" ]; }
+
+# checkpoint_at_least JOB STEP: a checkpoint event at or past STEP exists
+checkpoint_at_least() {
+    st_client events "$1" --json | json "int(max([e['data']['step'] if isinstance(e['data'], dict) else json.loads(e['data'])['step'] for e in d if e['kind']=='checkpoint'] or [0]) >= $2 or exit(1))"
+}
+
+# st_resumed_from NAME STEP: the state NAME@latest, tuned by a second group
+# after the first was lost, says it resumed from a checkpoint at or past STEP
+st_resumed_from() {
+    local from
+    from=$(st_client states show "$1@latest" --json | json '[m["value"] for m in d["metrics"] if m["name"]=="resumed_from_step"][0]')
+    echo "second group resumed from step $from"
+    "$PY" -c "import sys; sys.exit(0 if float(sys.argv[1]) >= $2 else 1)" "$from" ||
+        fail "the second group did not resume from the checkpoint (from $from)"
 }
 
 # state_rel A B: prints the relative L2 difference of two state.safetensors
