@@ -4,6 +4,7 @@
  * aligned tables.
  */
 #include "client/client.h"
+#include "common/st_err.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -69,11 +70,32 @@ int client_dispatch_sub(const char *cmd, const client_subcmd_t *subs, int argc, 
                     printf("usage: statetune %s\n", subs[i].usage);
                     return CLIENT_OK;
                 }
+            if (!subs[i].fn) /* the registry file is opened read-only: writes go through the coordinator */
+                return client_error("'%s %s' changes the registry, which only the coordinator does; "
+                                    "run it with --endpoint ENDPOINT instead of --db", cmd, subs[i].name);
             return subs[i].fn(argc - 1, argv + 1, db);
         }
     client_error("'%s %s' is not a command", cmd, argv[1]);
     s_sub_usage(stderr, cmd, subs);
     return CLIENT_USAGE;
+}
+
+int client_json_flag(int argc, char **argv, const char *usage, int *json)
+{
+    *json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) *json = 1;
+        else return client_usage_error(usage, "unexpected argument '%s'", argv[i]);
+    }
+    return CLIENT_OK;
+}
+
+registry_t *client_registry_open(const char *db)
+{
+    char err[ST_ERR_LEN];
+    registry_t *r = registry_open(db, 1, err);
+    if (!r) client_error("%s", err);
+    return r;
 }
 
 void client_print_json(json_t *doc)
@@ -92,6 +114,12 @@ void client_format_time(double t, char *buf, size_t n)
     struct tm tm;
     gmtime_r(&s, &tm);
     strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+void client_format_json_time(json_t *v, char *buf, size_t n)
+{
+    if (json_is_string(v)) snprintf(buf, n, "%s", json_string_value(v));
+    else client_format_time(json_is_number(v) ? json_number_value(v) : 0, buf, n);
 }
 
 /* ---- tables -------------------------------------------------------------- */

@@ -12,6 +12,8 @@
 #ifndef ST_CLIENT_H
 #define ST_CLIENT_H
 
+#include "store/registry_read.h"
+
 #include <jansson.h>
 #include <stdio.h>
 
@@ -36,7 +38,8 @@ typedef struct {
 /* A subcommand inside one command's file (states list|show|get|alias). */
 typedef struct {
     const char *name;
-    int (*fn)(int argc, char **argv, const char *db); /* argv[0] is the subcommand */
+    int (*fn)(int argc, char **argv, const char *db); /* argv[0] is the subcommand; NULL: a write that
+                                                         only the coordinator does (--db refuses it) */
     const char *usage;                                /* one usage line */
     const char *summary;
 } client_subcmd_t;
@@ -57,11 +60,22 @@ int client_is_help(const char *arg);
  * "--help" or no subcommand prints the table's usage. */
 int client_dispatch_sub(const char *cmd, const client_subcmd_t *subs, int argc, char **argv, const char *db);
 
+/* Reads the arguments of a subcommand that takes only --json (argv[0] is
+ * its name): CLIENT_OK with *json set, or CLIENT_USAGE (printed). */
+int client_json_flag(int argc, char **argv, const char *usage, int *json);
+
+/* Opens the registry file read-only; NULL (the error printed) on failure. */
+registry_t *client_registry_open(const char *db);
+
 /* Prints one JSON document (indented) followed by a newline on stdout. */
 void client_print_json(json_t *doc);
 
 /* "2026-11-26 22:31:05" (UTC) for unix seconds; "-" for 0. */
 void client_format_time(double t, char *buf, size_t n);
+
+/* A time from a JSON reply: unix seconds as above, a string as it is, "-"
+ * for anything else (absent, null, 0). */
+void client_format_json_time(json_t *v, char *buf, size_t n);
 
 /* ---- aligned tables ----------------------------------------------------- */
 

@@ -62,20 +62,6 @@ static int s_parse(int argc, char **argv, const char *usage, cmd_conn_opts_t *o,
     return 0;
 }
 
-static void s_fmt_time(json_t *v, char *buf, size_t n)
-{
-    if (json_is_number(v) && json_number_value(v) > 0) {
-        time_t t = (time_t)json_number_value(v);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
-    } else if (json_is_string(v)) {
-        snprintf(buf, n, "%s", json_string_value(v));
-    } else {
-        snprintf(buf, n, "-");
-    }
-}
-
 static void s_fmt_eta(double s, char *buf, size_t n)
 {
     if (!(s >= 0) || s > 1e7) {
@@ -175,12 +161,12 @@ int cmd_status(int argc, char **argv, const char *endpoint)
     statetune_client_destroy(&c);
     if (!job) return 1;
     if (o.json) {
-        cmd_print_json(job);
+        client_print_json(job);
     } else {
         char created[32], started[32], finished[32];
-        s_fmt_time(json_object_get(job, "created"), created, sizeof created);
-        s_fmt_time(json_object_get(job, "started"), started, sizeof started);
-        s_fmt_time(json_object_get(job, "finished"), finished, sizeof finished);
+        client_format_json_time(json_object_get(job, "created"), created, sizeof created);
+        client_format_json_time(json_object_get(job, "started"), started, sizeof started);
+        client_format_json_time(json_object_get(job, "finished"), finished, sizeof finished);
         printf("job       %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(job, "id")));
         printf("name      %s\n", s_str(job, "name"));
         printf("status    %s%s\n", s_str(job, "status"),
@@ -436,7 +422,7 @@ int cmd_cancel(int argc, char **argv, const char *endpoint)
     statetune_client_destroy(&c);
     if (rc) return 1;
     if (o.json)
-        cmd_print_json(rep);
+        client_print_json(rep);
     else if (json_is_true(json_object_get(rep, "cancel_requested")))
         printf("%" PRId64 " cancelling (its worker group stops within a few seconds)\n", id);
     else
@@ -474,7 +460,7 @@ int cmd_jobs(int argc, char **argv, const char *endpoint)
     if (rc) return 1;
     json_t *jobs = json_object_get(rep, "jobs");
     if (o.json) {
-        cmd_print_json(jobs);
+        client_print_json(jobs);
     } else {
         printf("%6s  %-10s %4s %4s  %-24s %-19s %-11s %s\n", "ID", "STATUS", "PRI", "GPUS", "NAME", "CREATED", "STEP",
                "GROUP");
@@ -483,7 +469,7 @@ int cmd_jobs(int argc, char **argv, const char *endpoint)
         json_array_foreach(jobs, i, j)
         {
             char created[32], step[32] = "-";
-            s_fmt_time(json_object_get(j, "created"), created, sizeof created);
+            client_format_json_time(json_object_get(j, "created"), created, sizeof created);
             if (json_object_get(j, "step"))
                 snprintf(step, sizeof step, "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
                          json_integer_value(json_object_get(j, "step")), json_integer_value(json_object_get(j, "steps")));
@@ -525,14 +511,14 @@ int cmd_events(int argc, char **argv, const char *endpoint)
     if (rc) return 1;
     json_t *events = json_object_get(rep, "events");
     if (o.json) {
-        cmd_print_json(events);
+        client_print_json(events);
     } else {
         size_t i;
         json_t *ev;
         json_array_foreach(events, i, ev)
         {
             char t[32];
-            s_fmt_time(json_object_get(ev, "time"), t, sizeof t);
+            client_format_json_time(json_object_get(ev, "time"), t, sizeof t);
             json_t *d = json_object_get(ev, "data");
             char *text = json_is_string(d) ? strdup(json_string_value(d)) : json_dumps(d, JSON_COMPACT);
             printf("%5" JSON_INTEGER_FORMAT "  %-19s %-10s %s\n", json_integer_value(json_object_get(ev, "seq")), t,

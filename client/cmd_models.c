@@ -8,14 +8,11 @@
 #include "common/st_err.h"
 #include "store/registry_read.h"
 
-#include <string.h>
-
 static int s_list(int argc, char **argv, const char *db);
-static int s_register(int argc, char **argv, const char *db);
 
 static const client_subcmd_t s_subs[] = {
     {"list", s_list, "[--endpoint ENDPOINT | --db FILE] models list [--json]", "registered models"},
-    {"register", s_register, "[--endpoint ENDPOINT] models register NAME MODEL_FILE", "register a model file"},
+    {"register", NULL, "[--endpoint ENDPOINT] models register NAME MODEL_FILE", "register a model file"},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -40,16 +37,14 @@ static void s_cfg(json_t *m, const char *key, char *buf, size_t n)
 
 static int s_list(int argc, char **argv, const char *db)
 {
-    int json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = 1;
-        else return client_usage_error(s_subs[0].usage, "unexpected argument '%s'", argv[i]);
-    }
+    int json;
+    int rc = client_json_flag(argc, argv, s_subs[0].usage, &json);
+    if (rc) return rc;
+    registry_t *r = client_registry_open(db);
+    if (!r) return CLIENT_FAIL;
     char err[ST_ERR_LEN];
-    registry_t *r = registry_open(db, 1, err);
-    if (!r) return client_error("%s", err);
     json_t *list = NULL;
-    int rc = registry_list_models(r, &list, err);
+    rc = registry_list_models(r, &list, err);
     registry_close(&r);
     if (rc) return client_error("%s", err);
     if (json) {
@@ -82,13 +77,4 @@ static int s_list(int argc, char **argv, const char *db)
     client_table_destroy(&t);
     json_decref(list);
     return CLIENT_OK;
-}
-
-static int s_register(int argc, char **argv, const char *db)
-{
-    (void)argc;
-    (void)argv;
-    (void)db;
-    return client_error("'models register' changes the registry, which only the coordinator does; "
-                        "run it with --endpoint ENDPOINT instead of --db");
 }

@@ -561,6 +561,15 @@ static int s_write(const char *out, const report_data_t *d)
     return CLIENT_OK;
 }
 
+/* The sentence the report shows in place of the state norms. */
+static void s_no_state(report_data_t *d)
+{
+    const char *status = json_string_value(json_object_get(d->job, "status"));
+    snprintf(d->why_no_state, sizeof d->why_no_state,
+             "This job has no registered state yet (status %s), so there are no per-layer state norms.",
+             status ? status : "unknown");
+}
+
 /* ---- arguments ---------------------------------------------------------------- */
 
 /* Takes JOB and -o FILE; connection options go to o when it is not NULL. */
@@ -632,10 +641,7 @@ int cmd_report_remote(int argc, char **argv, const char *endpoint)
     }
     char ref[REGISTRY_NAME_MAX + 24], err[ST_ERR_LEN];
     if (!s_result_ref(d.events, ref, sizeof ref)) {
-        snprintf(d.why_no_state, sizeof d.why_no_state,
-                 "This job has no registered state yet (status %s), so there are no per-layer state norms.",
-                 json_string_value(json_object_get(d.job, "status")) ? json_string_value(json_object_get(d.job, "status"))
-                                                                     : "unknown");
+        s_no_state(&d);
     } else {
         req = json_pack("{s:s, s:s}", "type", "states_show", "ref", ref);
         rep = NULL;
@@ -671,9 +677,9 @@ int cmd_report_local(int argc, char **argv, const char *db)
     const char *out;
     int rc = s_args(argc, argv, NULL, &d.id, &out);
     if (rc) return rc;
+    registry_t *r = client_registry_open(db);
+    if (!r) return CLIENT_FAIL;
     char err[ST_ERR_LEN];
-    registry_t *r = registry_open(db, 1, err);
-    if (!r) return client_error("%s", err);
     int status = CLIENT_FAIL;
     if (registry_job_get(r, d.id, &d.job, err) || registry_job_events(r, d.id, 0, &d.events, err)) {
         client_error("%s", err);
@@ -698,10 +704,7 @@ int cmd_report_local(int argc, char **argv, const char *db)
     registry_state_info_t info;
     rc = registry_state_of_job(r, d.id, &info, err);
     if (rc == ST_ENOTFOUND) {
-        snprintf(d.why_no_state, sizeof d.why_no_state,
-                 "This job has no registered state yet (status %s), so there are no per-layer state norms.",
-                 json_string_value(json_object_get(d.job, "status")) ? json_string_value(json_object_get(d.job, "status"))
-                                                                     : "unknown");
+        s_no_state(&d);
     } else if (rc) {
         client_error("%s", err);
         goto done;

@@ -1,6 +1,6 @@
 /*
  * cmd_service.c - what the coordinator-facing commands share (connection
- * options, one request with its error printed, JSON output, job ids), and the
+ * options, one request with its error printed, job ids, checked stdout), and the
  * --endpoint side of `states`: list, show, get and alias answered by the
  * coordinator from its registry (see cmd_service.h).
  */
@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #define DEFAULT_TIMEOUT_MS 10000
 
@@ -81,12 +80,6 @@ int64_t cmd_job_id(const char *s)
     return (int64_t)v;
 }
 
-void cmd_print_json(json_t *doc)
-{
-    json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    fputc('\n', stdout);
-}
-
 int cmd_finish(int status)
 {
     if (fflush(stdout) != 0 || ferror(stdout)) {
@@ -97,20 +90,6 @@ int cmd_finish(int status)
 }
 
 /* ---- states over the endpoint -------------------------------------------- */
-
-static void s_time(json_t *v, char *buf, size_t n)
-{
-    if (json_is_number(v)) {
-        time_t t = (time_t)json_number_value(v);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
-    } else if (json_is_string(v)) {
-        snprintf(buf, n, "%s", json_string_value(v));
-    } else {
-        snprintf(buf, n, "-");
-    }
-}
 
 /* A value as short text for a table cell. */
 static void s_cell(json_t *v, char *buf, size_t n)
@@ -140,7 +119,7 @@ static int s_states_list(statetune_client_t *c, const cmd_conn_opts_t *o)
     if (rc) return 1;
     json_t *states = json_object_get(rep, "states");
     if (o->json) {
-        cmd_print_json(states);
+        client_print_json(states);
     } else {
         printf("%-32s %7s  %-12s %6s  %-14s %-19s %s\n", "NAME", "VERSION", "MODEL", "JOB", "SHAPE", "CREATED",
                "ALIASES");
@@ -152,7 +131,7 @@ static int s_states_list(statetune_client_t *c, const cmd_conn_opts_t *o)
             s_cell(json_object_get(s, "version"), ver, sizeof ver);
             s_cell(json_object_get(s, "job_id"), job, sizeof job);
             s_cell(json_object_get(s, "shape"), shape, sizeof shape);
-            s_time(json_object_get(s, "created"), created, sizeof created);
+            client_format_json_time(json_object_get(s, "created"), created, sizeof created);
             const char *model = json_string_value(json_object_get(s, "model_sha256"));
             size_t k;
             json_t *a;
@@ -179,7 +158,7 @@ static int s_states_show(statetune_client_t *c, const cmd_conn_opts_t *o, const 
     if (rc) return 1;
     json_t *st = json_object_get(rep, "state");
     if (o->json) {
-        cmd_print_json(st);
+        client_print_json(st);
         json_decref(rep);
         return 0;
     }
@@ -190,7 +169,7 @@ static int s_states_show(statetune_client_t *c, const cmd_conn_opts_t *o, const 
         if (json_is_array(v) || json_is_object(v)) continue; /* tables below */
         char cell[256];
         if (!strcmp(key, "created"))
-            s_time(v, cell, sizeof cell);
+            client_format_json_time(v, cell, sizeof cell);
         else
             s_cell(v, cell, sizeof cell);
         printf("%-14s %s\n", key, cell);
@@ -404,7 +383,7 @@ int cmd_models_remote(int argc, char **argv, const char *endpoint)
     if (is_reg) {
         printf("%s %s\n", json_string_value(json_object_get(rep, "name")), json_string_value(json_object_get(rep, "sha256")));
     } else if (o.json) {
-        cmd_print_json(json_object_get(rep, "models"));
+        client_print_json(json_object_get(rep, "models"));
     } else {
         printf("%-24s %-12s %6s %6s %6s  %s\n", "NAME", "SHA256", "LAYERS", "EMBD", "VOCAB", "PATH");
         size_t i;

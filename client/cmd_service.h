@@ -17,6 +17,7 @@
 #ifndef ST_CLIENT_CMD_SERVICE_H
 #define ST_CLIENT_CMD_SERVICE_H
 
+#include "client/client.h"
 #include "client/statetune_client.h"
 
 int cmd_submit(int argc, char **argv, const char *endpoint); /* submit JOB.json [--json] */
@@ -59,9 +60,6 @@ int cmd_request(statetune_client_t *c, const cmd_conn_opts_t *o, json_t *req, js
 
 /* Parses a job id argument; prints and returns -1 when it is not one. */
 int64_t cmd_job_id(const char *s);
-
-/* Prints one JSON document on stdout. */
-void cmd_print_json(json_t *doc);
 
 /* Flushes and checks stdout (a full disk or closed pipe is an error). */
 int cmd_finish(int status);

@@ -26,7 +26,6 @@
 static int s_list(int argc, char **argv, const char *db);
 static int s_show(int argc, char **argv, const char *db);
 static int s_get(int argc, char **argv, const char *db);
-static int s_alias(int argc, char **argv, const char *db);
 
 static const client_subcmd_t s_subs[] = {
     {"list", s_list, "[--endpoint ENDPOINT | --db FILE] states list [--json]", "every state version"},
@@ -37,7 +36,7 @@ static const client_subcmd_t s_subs[] = {
      "write a version to a file other RWKV tools load (statetune: with its kernel-expanded part)"},
     {"export", s_get, "[--endpoint ENDPOINT | --db FILE] states export NAME[@VERSION|@ALIAS] -o FILE [--format F]",
      "the same as get"},
-    {"alias", s_alias, "[--endpoint ENDPOINT] states alias NAME@ALIAS VERSION", "point an alias at a version"},
+    {"alias", NULL, "[--endpoint ENDPOINT] states alias NAME@ALIAS VERSION", "point an alias at a version"},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -52,14 +51,6 @@ const char *const cmd_states_usage[] = {
 int cmd_states_local(int argc, char **argv, const char *db)
 {
     return client_dispatch_sub("states", s_subs, argc, argv, db);
-}
-
-static registry_t *s_open(const char *db)
-{
-    char err[ST_ERR_LEN];
-    registry_t *r = registry_open(db, 1, err);
-    if (!r) client_error("%s", err);
-    return r;
 }
 
 static const char *s_str(json_t *o, const char *key)
@@ -90,16 +81,14 @@ static void s_join_aliases(json_t *arr, char *buf, size_t n)
 
 static int s_list(int argc, char **argv, const char *db)
 {
-    int json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = 1;
-        else return client_usage_error(s_subs[0].usage, "unexpected argument '%s'", argv[i]);
-    }
-    registry_t *r = s_open(db);
+    int json;
+    int rc = client_json_flag(argc, argv, s_subs[0].usage, &json);
+    if (rc) return rc;
+    registry_t *r = client_registry_open(db);
     if (!r) return CLIENT_FAIL;
     char err[ST_ERR_LEN];
     json_t *list = NULL;
-    int rc = registry_list_states(r, &list, err);
+    rc = registry_list_states(r, &list, err);
     registry_close(&r);
     if (rc) return client_error("%s", err);
     if (json) {
@@ -241,7 +230,7 @@ static int s_show(int argc, char **argv, const char *db)
         else ref = argv[i];
     }
     if (!ref) return client_usage_error(s_subs[1].usage, "which state? give NAME, NAME@VERSION or NAME@ALIAS");
-    registry_t *r = s_open(db);
+    registry_t *r = client_registry_open(db);
     if (!r) return CLIENT_FAIL;
     char err[ST_ERR_LEN];
     json_t *o = NULL;
@@ -278,7 +267,7 @@ static int s_get(int argc, char **argv, const char *db)
     state_format_t fmt;
     if (fmt_name ? state_format_parse(fmt_name, &fmt, err) : state_format_from_path(out, &fmt, err))
         return client_usage_error(usage, "%s", err);
-    registry_t *r = s_open(db);
+    registry_t *r = client_registry_open(db);
     if (!r) return CLIENT_FAIL;
     registry_state_info_t in;
     float *data = NULL, *kst = NULL;
@@ -303,13 +292,4 @@ static int s_get(int argc, char **argv, const char *db)
     printf("wrote %s@%d ([%d, %d, %d, %d] as %s) to %s\n", in.name, in.version, in.n_layer, in.n_head, in.head_size,
            in.head_size, state_format_name(fmt), out);
     return CLIENT_OK;
-}
-
-static int s_alias(int argc, char **argv, const char *db)
-{
-    (void)argc;
-    (void)argv;
-    (void)db;
-    return client_error("'states alias' changes the registry, which only the coordinator does; "
-                        "run it with --endpoint ENDPOINT instead of --db");
 }

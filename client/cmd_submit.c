@@ -87,7 +87,7 @@ int cmd_submit(int argc, char **argv, const char *endpoint)
     if (rc) return 1;
     json_int_t id = json_integer_value(json_object_get(rep, "job"));
     if (o.json)
-        cmd_print_json(rep);
+        client_print_json(rep);
     else
         printf("%" JSON_INTEGER_FORMAT "\n", id);
     json_decref(rep);
