@@ -109,10 +109,8 @@ int cmd_bench(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(s_usage, stdout);
-            return 0;
-        } else if (!v) {
+        if (cmd_help(a, s_usage)) return 0;
+        if (!v) {
             fprintf(stderr, "statetune-worker bench: option '%s' is unknown or needs a value\n%s", a, s_usage);
             return 2;
         } else if (!strcmp(a, "--layers")) bad = s_int_arg(a, v, 1, 512, &L);
@@ -131,19 +129,9 @@ int cmd_bench(int argc, char **argv)
             }
         }
         else if (!strcmp(a, "--backend")) {
-            if (!strcmp(v, "cpu")) backend = ENGINE_CPU;
-            else if (!strcmp(v, "cuda")) backend = ENGINE_CUDA;
-            else {
-                fprintf(stderr, "statetune-worker bench: --backend must be cpu or cuda, not '%s'\n", v);
-                return 2;
-            }
+            bad = cmd_engine_backend("statetune-worker bench", v, &backend);
         } else if (!strcmp(a, "--precision")) {
-            if (!strcmp(v, "fp32")) precision = ENGINE_FP32;
-            else if (!strcmp(v, "bf16")) precision = ENGINE_BF16;
-            else {
-                fprintf(stderr, "statetune-worker bench: --precision must be fp32 or bf16, not '%s'\n", v);
-                return 2;
-            }
+            bad = cmd_engine_precision("statetune-worker bench", v, &precision);
             prec_given = 1;
         } else {
             fprintf(stderr, "statetune-worker bench: unknown option '%s'\n%s", a, s_usage);

@@ -356,10 +356,7 @@ int cmd_serve(int argc, char **argv)
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(s_usage, stdout);
-            return 0;
-        }
+        if (cmd_help(a, s_usage)) return 0;
         if (i + 1 >= argc) {
             fprintf(stderr, "statetune-worker: unknown or incomplete option '%s'\n%s", a, s_usage);
             return 2;
@@ -392,17 +389,11 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "statetune-worker: --coordinator ENDPOINT is required\n%s", s_usage);
         return 2;
     }
-    if (strcmp(backend, "cpu") && strcmp(backend, "cuda")) {
-        fprintf(stderr, "statetune-worker: --backend must be cpu or cuda, got '%s'\n", backend);
-        return 2;
-    }
+    if (!cmd_backend_ok("statetune-worker", backend)) return 2;
 
     char err[ST_ERR_LEN] = "";
-    dist_t *dist = dist_new(NULL, NULL, err);
-    if (!dist) {
-        fprintf(stderr, "statetune-worker: %s\n", err);
-        return 1;
-    }
+    dist_t *dist = cmd_dist_new(err);
+    if (!dist) return 1;
     int root = dist_is_root(dist);
     char group[128] = "";
     serve_link_t *link = NULL;

@@ -42,10 +42,8 @@ int cmd_teacher(int argc, char **argv)
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(s_usage, stdout);
-            return 0;
-        } else if (!strcmp(a, "--out") && i + 1 < argc) {
+        if (cmd_help(a, s_usage)) return 0;
+        if (!strcmp(a, "--out") && i + 1 < argc) {
             out = argv[++i];
         } else if (!strcmp(a, "--dtype") && i + 1 < argc) {
             dtype = argv[++i];

@@ -155,10 +155,8 @@ int cmd_tune(int argc, char **argv)
     tune_resume_t resume = TUNE_RESUME_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(s_usage, stdout);
-            return 0;
-        } else if (!strcmp(a, "--local")) {
+        if (cmd_help(a, s_usage)) return 0;
+        if (!strcmp(a, "--local")) {
             local = 1;
         } else if (!strcmp(a, "--resume")) {
             resume = TUNE_RESUME_REQUIRE;
@@ -201,17 +199,11 @@ int cmd_tune(int argc, char **argv)
                 s_usage);
         return 2;
     }
-    if (backend && strcmp(backend, "cpu") && strcmp(backend, "cuda")) {
-        fprintf(stderr, "statetune-worker tune: --backend must be cpu or cuda, got '%s'\n", backend);
-        return 2;
-    }
+    if (backend && !cmd_backend_ok("statetune-worker tune", backend)) return 2;
 
     char err[ST_ERR_LEN] = "";
-    dist_t *dist = dist_new(NULL, NULL, err);
-    if (!dist) {
-        fprintf(stderr, "statetune-worker: %s\n", err);
-        return 1;
-    }
+    dist_t *dist = cmd_dist_new(err);
+    if (!dist) return 1;
     int root = dist_is_root(dist);
     int collective = 1; /* until the loop starts, every rank fails together */
     jobspec_t *spec = NULL;

@@ -115,25 +115,11 @@ int cmd_verify(int argc, char **argv)
     int tol_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(s_usage, stdout);
-            return 0;
-        } else if (!strcmp(a, "--backend") && i + 1 < argc) {
-            const char *v = argv[++i];
-            if (!strcmp(v, "cpu")) backend = ENGINE_CPU;
-            else if (!strcmp(v, "cuda")) backend = ENGINE_CUDA;
-            else {
-                fprintf(stderr, "statetune-worker verify: --backend must be cpu or cuda, not '%s'\n", v);
-                return 2;
-            }
+        if (cmd_help(a, s_usage)) return 0;
+        if (!strcmp(a, "--backend") && i + 1 < argc) {
+            if (cmd_engine_backend("statetune-worker verify", argv[++i], &backend)) return 2;
         } else if (!strcmp(a, "--precision") && i + 1 < argc) {
-            const char *v = argv[++i];
-            if (!strcmp(v, "fp32")) precision = ENGINE_FP32;
-            else if (!strcmp(v, "bf16")) precision = ENGINE_BF16;
-            else {
-                fprintf(stderr, "statetune-worker verify: --precision must be fp32 or bf16, not '%s'\n", v);
-                return 2;
-            }
+            if (cmd_engine_precision("statetune-worker verify", argv[++i], &precision)) return 2;
         } else if (!strcmp(a, "--tolerances") && i + 1 < argc) {
             if (s_parse_tol(argv[++i], tol) != 0) {
                 fprintf(stderr, "statetune-worker verify: --tolerances needs four non-negative numbers "
