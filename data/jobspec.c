@@ -190,6 +190,30 @@ static char *s_resolve(const s_ctx_t *c, const char *path)
     return out;
 }
 
+/* A path key (required, or optional and null-able), resolved against the
+ * job file's folder; *out stays NULL when an optional one is absent. */
+static int s_path(const s_ctx_t *c, const json_t *obj, const char *key, const char *full, int required, char **out)
+{
+    char *given = NULL;
+    int rc = s_str(c, obj, key, full, required, !required, NULL, &given);
+    if (rc != ST_OK || !given) return rc;
+    *out = s_resolve(c, given);
+    free(given);
+    return *out ? ST_OK : st_fail(c->err, ST_ENOMEM, "out of memory");
+}
+
+/* A nested object ("dbp", "observer", "kernel_state"): *out is NULL when it
+ * is absent (its getters then fill the defaults); anything but an object,
+ * or an unknown key inside it, is refused. */
+static int s_section(const s_ctx_t *c, const json_t *root, const char *key, const char *const *allowed,
+                     const json_t **out)
+{
+    const json_t *o = *out = json_object_get(root, key);
+    if (!o) return ST_OK;
+    if (!json_is_object(o)) return s_bad(c, key, "an object", o);
+    return s_check_keys(c, o, key, allowed);
+}
+
 static int s_is_file(const char *path)
 {
     struct stat st;
@@ -275,24 +299,8 @@ static int s_parse(const s_ctx_t *c, const json_t *root, jobspec_t *j)
     }
     tmp = NULL;
 
-    TRY(s_str(c, root, "train", "train", 1, 0, NULL, &tmp));
-    j->train = s_resolve(c, tmp);
-    free(tmp);
-    tmp = NULL;
-    TRY(s_str(c, root, "eval", "eval", 0, 1, NULL, &tmp));
-    if (tmp) {
-        j->eval = s_resolve(c, tmp);
-        free(tmp);
-        tmp = NULL;
-        if (!j->eval) {
-            rc = st_fail(c->err, ST_ENOMEM, "out of memory");
-            goto done;
-        }
-    }
-    if (!j->train) {
-        rc = st_fail(c->err, ST_ENOMEM, "out of memory");
-        goto done;
-    }
+    TRY(s_path(c, root, "train", "train", 1, &j->train));
+    TRY(s_path(c, root, "eval", "eval", 0, &j->eval));
 
     TRY(s_int32(c, root, "ctx_len", "ctx_len", 1, 1 << 20, 512, "a positive integer", &j->ctx_len));
     TRY(s_int32(c, root, "micro_batch", "micro_batch", 1, 1 << 16, 4, "a positive integer", &j->micro_batch));
@@ -327,24 +335,15 @@ static int s_parse(const s_ctx_t *c, const json_t *root, jobspec_t *j)
     TRY(s_num(c, root, "eps", "eps", 0, 1, INFINITY, 0, 1e-8, "a positive number", &j->eps));
     TRY(s_num(c, root, "eval_fraction", "eval_fraction", 0, 1, 1, 1, 0.1, "a number in (0, 1)", &j->eval_fraction));
 
-    json_t *o = json_object_get(root, "dbp");
-    if (o && !json_is_object(o)) {
-        rc = s_bad(c, "dbp", "an object", o);
-        goto done;
-    }
-    if (o) TRY(s_check_keys(c, o, "dbp", s_dbp_keys));
+    const json_t *o;
+    TRY(s_section(c, root, "dbp", s_dbp_keys, &o));
     TRY(s_bool(c, o, "enabled", "dbp.enabled", 0, &j->dbp.enabled));
     TRY(s_num(c, o, "lr", "dbp.lr", 0, 1, INFINITY, 0, 1e-3, "a positive number", &j->dbp.lr));
     TRY(s_num(c, o, "kappa", "dbp.kappa", 0, 0, 1, 0, 0.01, "a number in [0, 1]", &j->dbp.kappa));
     TRY(s_num(c, o, "sample_fraction", "dbp.sample_fraction", 0, 1, 1, 0, 0.25, "a number in (0, 1]",
               &j->dbp.sample_fraction));
 
-    o = json_object_get(root, "observer");
-    if (o && !json_is_object(o)) {
-        rc = s_bad(c, "observer", "an object", o);
-        goto done;
-    }
-    if (o) TRY(s_check_keys(c, o, "observer", s_observer_keys));
+    TRY(s_section(c, root, "observer", s_observer_keys, &o));
     TRY(s_str(c, o, "teacher", "observer.teacher", 0, 1, NULL, &tmp));
     if (tmp) {
         TRY(s_model_ref(c, tmp, &j->observer.teacher_path, &j->observer.teacher_name));
@@ -356,23 +355,9 @@ static int s_parse(const s_ctx_t *c, const json_t *root, jobspec_t *j)
               &j->observer.temperature));
     TRY(s_int32(c, o, "top_k", "observer.top_k", 0, 1 << 20, 64, "0 (the teacher on the fly) or a positive integer",
                 &j->observer.top_k));
-    TRY(s_str(c, o, "teacher_state", "observer.teacher_state", 0, 1, NULL, &tmp));
-    if (tmp) {
-        j->observer.teacher_state = s_resolve(c, tmp);
-        free(tmp);
-        tmp = NULL;
-        if (!j->observer.teacher_state) {
-            rc = st_fail(c->err, ST_ENOMEM, "out of memory");
-            goto done;
-        }
-    }
+    TRY(s_path(c, o, "teacher_state", "observer.teacher_state", 0, &j->observer.teacher_state));
 
-    o = json_object_get(root, "kernel_state");
-    if (o && !json_is_object(o)) {
-        rc = s_bad(c, "kernel_state", "an object", o);
-        goto done;
-    }
-    if (o) TRY(s_check_keys(c, o, "kernel_state", s_kernel_keys));
+    TRY(s_section(c, root, "kernel_state", s_kernel_keys, &o));
     TRY(s_int32(c, o, "features", "kernel_state.features", 0, 1 << 16, 0, "an integer >= 0",
                 &j->kernel_state.features));
     TRY(s_num(c, o, "gamma", "kernel_state.gamma", 0, 1, INFINITY, 0, 1.0, "a positive number",
@@ -637,9 +622,15 @@ int jobspec_model_vocab(const char *model_path, int *vocab_out, char *err)
     return rc;
 }
 
-/* The tokenizer a model of this vocab takes when the job names none. */
-static int s_tokenizer_for(const char *given, int vocab, const char *model, char *err)
+/* Reads the vocab of the job's model (resolved to a file) into *vocab and
+ * checks that the job's tokenizer gives that many token ids; a job naming
+ * none takes bytes, which only a vocab-256 model fits. */
+static int s_model_fits_tokenizer(const jobspec_t *self, int *vocab_out, char *err)
 {
+    int rc = jobspec_model_vocab(self->model_path, vocab_out, err);
+    if (rc != ST_OK) return rc;
+    const char *given = self->tokenizer, *model = self->model_path;
+    int vocab = *vocab_out;
     if (!given) {
         if (vocab == 256) return ST_OK;
         return st_fail(err, ST_EINVAL,
@@ -665,9 +656,7 @@ int jobspec_set_model(jobspec_t *self, const char *model_path, char *err)
         return st_fail(err, ST_ENOTFOUND, "model '%s' is not resolved to a file",
                        self->model_name ? self->model_name : "?");
     int vocab = 0;
-    int rc = jobspec_model_vocab(self->model_path, &vocab, err);
-    if (rc != ST_OK) return rc;
-    rc = s_tokenizer_for(self->tokenizer, vocab, self->model_path, err);
+    int rc = s_model_fits_tokenizer(self, &vocab, err);
     if (rc != ST_OK) return rc;
     if (!self->tokenizer && !(self->tokenizer = strdup("bytes"))) return st_fail(err, ST_ENOMEM, "out of memory");
     return ST_OK;
@@ -692,9 +681,7 @@ int jobspec_check_inputs_report(const jobspec_t *self, char **report_out, char *
         return st_fail(err, ST_ENOTFOUND, "model '%s' must be resolved to a file before the inputs are checked",
                        self->model_name ? self->model_name : "?");
     int vocab = 0;
-    int rc = jobspec_model_vocab(self->model_path, &vocab, err);
-    if (rc != ST_OK) return rc;
-    rc = s_tokenizer_for(self->tokenizer, vocab, self->model_path, err);
+    int rc = s_model_fits_tokenizer(self, &vocab, err);
     if (rc != ST_OK) return rc;
     if (self->observer.teacher_path) {
         int tv = 0;
