@@ -10,18 +10,29 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float st_bf16_to_f32(uint16_t h)
+/* The bits of an fp32 value and back (memcpy: the type pun C allows). */
+static inline uint32_t st_f32_bits(float f)
 {
-    uint32_t u = (uint32_t)h << 16;
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float st_f32_from_bits(uint32_t u)
+{
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
 }
 
+static inline float st_bf16_to_f32(uint16_t h)
+{
+    return st_f32_from_bits((uint32_t)h << 16);
+}
+
 static inline uint16_t st_f32_to_bf16(float f)
 {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
+    uint32_t u = st_f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a quiet NaN */
         return (uint16_t)((u >> 16) | 0x40);
     u += 0x7fffu + ((u >> 16) & 1u);
@@ -51,15 +62,12 @@ static inline float st_f16_to_f32(uint16_t h)
     } else {
         u = sign | ((exp + 127 - 15) << 23) | (man << 13);
     }
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    return st_f32_from_bits(u);
 }
 
 static inline uint16_t st_f32_to_f16(float f)
 {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
+    uint32_t u = st_f32_bits(f);
     uint32_t sign = (u >> 16) & 0x8000u;
     uint32_t absu = u & 0x7fffffffu;
     if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
