@@ -106,6 +106,18 @@ start_group_launch() {
 # checkpoint_at_least, st_resumed_from) ask through the client host
 st_client() { stc "$@"; }
 
+# job_past_checkpoint NAME STEPS AT: the coordinator, group a (its pid in A)
+# and job NAME of STEPS steps (a checkpoint every 10), its id in J; returns
+# once the job has a checkpoint at step AT or later
+job_past_checkpoint() {
+    start_coordinator
+    start_group a
+    A=$GROUP_PID
+    make_job "$1" "$2" 10
+    J=$(stc submit "$T/$1.json") || fail "submit failed"
+    wait_for "a checkpoint of job $J at step $3" 90 checkpoint_at_least "$J" "$3"
+}
+
 # one_version NAME: the registry holds one state NAME, at version 1
 one_version() {
     local n versions
@@ -161,12 +173,7 @@ partition | partition_rank0 | launch)
         BOUND_S=45
     fi
     [ "$scenario" = partition_rank0 ] && CUT=node1
-    start_coordinator
-    start_group a
-    A=$GROUP_PID
-    make_job part 160 10
-    J=$(stc submit "$T/part.json") || fail "submit failed"
-    wait_for "a checkpoint of job $J at step 20" 90 checkpoint_at_least "$J" 20
+    job_past_checkpoint part 160 20
     grep -q "says hello: 2 ranks" "$T/coordinator.log" || fail "the coordinator never saw a two-rank group"
     [ "$(status_of "$J")" = running ] || fail "job $J was no longer running before the cut (make it longer)"
     netns_cut "$CUT"
@@ -207,11 +214,7 @@ coord_partition)
     # the coordinator's host is cut off for longer than it takes to call the
     # group lost, but shorter than the group's own patience: both sides go
     # on, and must agree again when the link comes back
-    start_coordinator
-    start_group a
-    make_job split 300 10
-    J=$(stc submit "$T/split.json") || fail "submit failed"
-    wait_for "a checkpoint of job $J at step 10" 90 checkpoint_at_least "$J" 10
+    job_past_checkpoint split 300 10
     netns_cut coord
     echo "coord's link is down (job $J past its step-10 checkpoint)"
     sleep "$CUT_S"
@@ -229,12 +232,7 @@ coord_lost)
     # ends; when the link is back, a new group resumes the job from its
     # checkpoint and the registry holds one version
     COORD_TIMEOUT_S=5
-    start_coordinator
-    start_group a
-    A=$GROUP_PID
-    make_job gone 160 10
-    J=$(stc submit "$T/gone.json") || fail "submit failed"
-    wait_for "a checkpoint of job $J at step 20" 90 checkpoint_at_least "$J" 20
+    job_past_checkpoint gone 160 20
     [ "$(status_of "$J")" = running ] || fail "job $J was no longer running before the cut (make it longer)"
     netns_cut coord
     t0=$SECONDS

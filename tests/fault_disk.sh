@@ -123,8 +123,5 @@ fi
 for s in $names; do
     "$ST" states get "$s" -o "$T/check.safetensors" 2>>"$T/get.err" || fail "state $s does not read back: $(tail -1 "$T/get.err")"
 done
-kill -TERM "$COORD"
-wait "$COORD" 2>/dev/null
-ic=$(sqlite3 "file:$D/registry.db?mode=ro" "PRAGMA integrity_check;" 2>&1)
-[ "$ic" = ok ] || fail "registry integrity_check after the full disk: $ic"
+st_registry_ok "$D/registry.db" " after the full disk"
 echo "ok: fault_disk"

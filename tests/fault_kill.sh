@@ -175,10 +175,7 @@ for p in sys.argv[2:]:
     name = p.rsplit("/", 1)[1][:-len(".safetensors")]
     assert hashlib.sha256(raw).hexdigest() == blob[name], (p, "sha256 differs from the registry's blob_sha256")
 EOF
-kill -TERM "$COORD"
-wait "$COORD" 2>/dev/null
-ic=$(sqlite3 "file:$T/registry.db?mode=ro" "PRAGMA integrity_check;" 2>&1)
-[ "$ic" = ok ] || fail "registry integrity_check: $ic"
+st_registry_ok "$T/registry.db" ""
 echo "summary: $trials trials ($kills_coord coordinator kills, $kills_rank rank kills), ${#JOBS[@]} jobs all succeeded with one state each, integrity ok, ${t_done} s"
 echo "ok: fault_kill $trials"
 exit 0

@@ -52,6 +52,18 @@ make_job() {
 EOF
 }
 
+# job_past_checkpoint NAME: the coordinator, group a (2 ranks; its pid in
+# A) and job NAME (1500 steps, a checkpoint every 10), its id in J; returns
+# once the job has a checkpoint at step 20 or later
+job_past_checkpoint() {
+    start_coordinator
+    start_group a 2
+    A=$GROUP_PID
+    make_job "$1" 1500 0 10
+    J=$("$ST" submit "$T/$1.json") || fail "submit failed"
+    wait_for "a checkpoint of job $J" 60 checkpoint_at_least "$J" 20
+}
+
 running_with_progress() {
     "$ST" status "$1" --json | json "int(d['status']=='running' and d.get('step',0) >= 1 or exit(1))"
 }
@@ -158,12 +170,7 @@ cancel)
     ;;
 
 kill_group)
-    start_coordinator
-    start_group a 2
-    A=$GROUP_PID
-    make_job resume 1500 0 10
-    J=$("$ST" submit "$T/resume.json") || fail "submit failed"
-    wait_for "a checkpoint of job $J" 60 checkpoint_at_least "$J" 20
+    job_past_checkpoint resume
     kill_group "$A"
     echo "killed group a (pid $A) with SIGKILL"
     wait_for "job $J to go back to the queue" 15 is_status "$J" queued
@@ -177,12 +184,7 @@ kill_group)
 kill_rank)
     # SIGKILL one rank that is not rank 0: the group must end (MPI sees the
     # dead rank) and the job finish on another group from its checkpoint
-    start_coordinator
-    start_group a 2
-    A=$GROUP_PID
-    make_job rank 1500 0 10
-    J=$("$ST" submit "$T/rank.json") || fail "submit failed"
-    wait_for "a checkpoint of job $J" 60 checkpoint_at_least "$J" 20
+    job_past_checkpoint rank
     root=$(sed -n 's/.*statetune-worker [^ ]*-\([0-9]*\)-[0-9a-f]*: .*/\1/p' "$T/group-a.log" | head -1)
     victim=$(pgrep -P "$A" | grep -v "^$root\$" | head -1)
     [ -n "$victim" ] || fail "no rank other than rank 0 ($root) found under mpirun $A"

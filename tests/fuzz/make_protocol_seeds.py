@@ -21,12 +21,24 @@ G1, G2, ANON, GHOST = 0, 1, 2, 3
 PAYLOAD, EXTRA, TIME, EMPTYJSON, OVERSIZE = 4, 8, 16, 32, 64
 
 
-def rec(ctl, msg, payload=None):
+def rec(ctl, msg, payload=None, payload_bit=PAYLOAD):
+    """One record: the control byte, the message (JSON unless bytes), and
+    the payload after \xfe\xfe with payload_bit set in the control byte."""
     body = msg if isinstance(msg, bytes) else json.dumps(msg, separators=(",", ":")).encode()
     if payload is not None:
-        ctl |= PAYLOAD
+        ctl |= payload_bit
         body += b"\xfe\xfe" + payload
     return bytes([ctl]) + body
+
+
+def write_seeds(folder, seeds):
+    """Each conversation as seeds/FOLDER/NAME.bin, its records joined by SEP."""
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", folder)
+    os.makedirs(out, exist_ok=True)
+    for name, recs in seeds.items():
+        with open(os.path.join(out, name + ".bin"), "wb") as f:
+            f.write(SEP.join(recs))
+    return out
 
 
 def m(type_, rid=None, **kw):
@@ -110,11 +122,7 @@ seeds = {
     ],
 }
 
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "protocol")
-os.makedirs(out, exist_ok=True)
-for name, recs in seeds.items():
-    with open(os.path.join(out, name + ".bin"), "wb") as f:
-        f.write(SEP.join(recs))
+out = write_seeds("protocol", seeds)
 print("wrote %d seeds to %s" % (len(seeds), out), file=sys.stderr)
 
 # ---- seeds of fuzz_protocol_client.c: replies a client may get -------------
@@ -122,11 +130,7 @@ CP, CX = 1, 2  # payload, extra frames
 
 
 def reply(ctl, msg, payload=None):
-    body = msg if isinstance(msg, bytes) else json.dumps(msg, separators=(",", ":")).encode()
-    if payload is not None:
-        ctl |= CP
-        body += b"\xfe\xfe" + payload
-    return bytes([ctl]) + body
+    return rec(ctl, msg, payload, CP)
 
 
 SMALL = struct.pack("<64f", *[i / 64.0 for i in range(64)])  # [1, 1, 8, 8]
@@ -141,9 +145,5 @@ client_seeds = {
     "errors": [reply(0, {"v": 1, "type": "error", "rid": 1, "code": "not_found", "error": "no state 'fuzz'"}),
                reply(0, {"v": 1, "type": "error", "rid": 1, "code": 17})],
 }
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "protocol_client")
-os.makedirs(out, exist_ok=True)
-for name, recs in client_seeds.items():
-    with open(os.path.join(out, name + ".bin"), "wb") as f:
-        f.write(SEP.join(recs))
+out = write_seeds("protocol_client", client_seeds)
 print("wrote %d client seeds to %s" % (len(client_seeds), out), file=sys.stderr)

@@ -161,6 +161,16 @@ wait_for() {
     done
 }
 
+# st_registry_ok DB WHAT: stops the coordinator (SIGTERM) and fail()s unless
+# SQLite's integrity_check of DB passes (WHAT says when, in the sentence)
+st_registry_ok() {
+    local ic
+    kill -TERM "$COORD"
+    wait "$COORD" 2>/dev/null
+    ic=$(sqlite3 "file:$1?mode=ro" "PRAGMA integrity_check;" 2>&1)
+    [ "$ic" = ok ] || fail "registry integrity_check$2: $ic"
+}
+
 # st_gone PID: whether the process PID has ended (for wait_for)
 st_gone() { ! kill -0 "$1" 2>/dev/null; }
 
