@@ -80,22 +80,37 @@ int client_dispatch_sub(const char *cmd, const client_subcmd_t *subs, int argc, 
     return CLIENT_USAGE;
 }
 
-int client_json_flag(int argc, char **argv, const char *usage, int *json)
-{
-    *json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) *json = 1;
-        else return client_usage_error(usage, "unexpected argument '%s'", argv[i]);
-    }
-    return CLIENT_OK;
-}
-
 registry_t *client_registry_open(const char *db)
 {
     char err[ST_ERR_LEN];
     registry_t *r = registry_open(db, 1, err);
     if (!r) client_error("%s", err);
     return r;
+}
+
+int client_registry_list(int argc, char **argv, const char *usage, const char *db,
+                         int (*fn)(registry_t *r, json_t **out, char *err), json_t **list)
+{
+    *list = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else return client_usage_error(usage, "unexpected argument '%s'", argv[i]);
+    }
+    registry_t *r = client_registry_open(db);
+    if (!r) return CLIENT_FAIL;
+    char err[ST_ERR_LEN];
+    json_t *l = NULL;
+    int rc = fn(r, &l, err);
+    registry_close(&r);
+    if (rc) return client_error("%s", err);
+    if (json) {
+        client_print_json(l);
+        json_decref(l);
+        return CLIENT_OK;
+    }
+    *list = l ? l : json_array(); /* an empty table when the store gave nothing */
+    return CLIENT_OK;
 }
 
 void client_print_json(json_t *doc)

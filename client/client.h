@@ -60,12 +60,16 @@ int client_is_help(const char *arg);
  * "--help" or no subcommand prints the table's usage. */
 int client_dispatch_sub(const char *cmd, const client_subcmd_t *subs, int argc, char **argv, const char *db);
 
-/* Reads the arguments of a subcommand that takes only --json (argv[0] is
- * its name): CLIENT_OK with *json set, or CLIENT_USAGE (printed). */
-int client_json_flag(int argc, char **argv, const char *usage, int *json);
-
 /* Opens the registry file read-only; NULL (the error printed) on failure. */
 registry_t *client_registry_open(const char *db);
+
+/* What `models list` and `states list` over --db share: the arguments (only
+ * --json; argv[0] is the subcommand), the registry's list from fn, and with
+ * --json that list printed. Returns CLIENT_OK with *list for the caller's
+ * table (NULL when printed as JSON already), or the failure's exit status
+ * (the sentence printed). */
+int client_registry_list(int argc, char **argv, const char *usage, const char *db,
+                         int (*fn)(registry_t *r, json_t **out, char *err), json_t **list);
 
 /* Prints one JSON document (indented) followed by a newline on stdout. */
 void client_print_json(json_t *doc);

@@ -62,6 +62,28 @@ static int s_parse(int argc, char **argv, const char *usage, cmd_conn_opts_t *o,
     return 0;
 }
 
+/* What every command on one job starts with: its options (s_parse), JOB as
+ * the one positional argument, and the connection. Returns 1 with *id and
+ * *c set; 0 when the command ends here with *exit_status (--help: 0; a usage
+ * error: 2; no connection: 1; the sentence printed). */
+static int s_job_start(int argc, char **argv, const char *usage, const char *endpoint, cmd_conn_opts_t *o,
+                       double *timeout_s, int64_t *since, int64_t *id, statetune_client_t **c, int *exit_status)
+{
+    const char *pos[1];
+    int npos, r = s_parse(argc, argv, usage, o, pos, 1, &npos, timeout_s, since);
+    *exit_status = r < 0 ? 2 : 0;
+    if (r) return 0;
+    *exit_status = 2;
+    if (npos != 1) {
+        fputs(usage, stderr);
+        return 0;
+    }
+    if ((*id = cmd_job_id(pos[0])) < 0) return 0;
+    *exit_status = 1;
+    *c = cmd_connect(endpoint, o);
+    return *c != NULL;
+}
+
 static void s_fmt_eta(double s, char *buf, size_t n)
 {
     if (!(s >= 0) || s > 1e7) {
@@ -146,17 +168,10 @@ static const char *const s_status_usage = "usage: statetune [--endpoint E] statu
 int cmd_status(int argc, char **argv, const char *endpoint)
 {
     cmd_conn_opts_t o = {0};
-    const char *pos[1];
-    int npos, r = s_parse(argc, argv, s_status_usage, &o, pos, 1, &npos, NULL, NULL);
-    if (r) return r < 0 ? 2 : 0;
-    if (npos != 1) {
-        fputs(s_status_usage, stderr);
-        return 2;
-    }
-    int64_t id = cmd_job_id(pos[0]);
-    if (id < 0) return 2;
-    statetune_client_t *c = cmd_connect(endpoint, &o);
-    if (!c) return 1;
+    int64_t id;
+    statetune_client_t *c;
+    int exit_status;
+    if (!s_job_start(argc, argv, s_status_usage, endpoint, &o, NULL, NULL, &id, &c, &exit_status)) return exit_status;
     json_t *job = s_get_job(c, &o, id);
     statetune_client_destroy(&c);
     if (!job) return 1;
@@ -220,18 +235,11 @@ static int s_final(json_t *job)
 int cmd_wait(int argc, char **argv, const char *endpoint)
 {
     cmd_conn_opts_t o = {0};
-    const char *pos[1];
     double timeout = 0;
-    int npos, r = s_parse(argc, argv, s_wait_usage, &o, pos, 1, &npos, &timeout, NULL);
-    if (r) return r < 0 ? 2 : 0;
-    if (npos != 1) {
-        fputs(s_wait_usage, stderr);
-        return 2;
-    }
-    int64_t id = cmd_job_id(pos[0]);
-    if (id < 0) return 2;
-    statetune_client_t *c = cmd_connect(endpoint, &o);
-    if (!c) return 1;
+    int64_t id;
+    statetune_client_t *c;
+    int exit_status;
+    if (!s_job_start(argc, argv, s_wait_usage, endpoint, &o, &timeout, NULL, &id, &c, &exit_status)) return exit_status;
     double t0 = s_now(), outage = 0;
     int status = 1;
     for (;;) {
@@ -341,17 +349,10 @@ static void s_show_event(json_t *ev, int tty, int *bar_shown)
 int cmd_watch(int argc, char **argv, const char *endpoint)
 {
     cmd_conn_opts_t o = {0};
-    const char *pos[1];
-    int npos, r = s_parse(argc, argv, s_watch_usage, &o, pos, 1, &npos, NULL, NULL);
-    if (r) return r < 0 ? 2 : 0;
-    if (npos != 1) {
-        fputs(s_watch_usage, stderr);
-        return 2;
-    }
-    int64_t id = cmd_job_id(pos[0]);
-    if (id < 0) return 2;
-    statetune_client_t *c = cmd_connect(endpoint, &o);
-    if (!c) return 1;
+    int64_t id;
+    statetune_client_t *c;
+    int exit_status;
+    if (!s_job_start(argc, argv, s_watch_usage, endpoint, &o, NULL, NULL, &id, &c, &exit_status)) return exit_status;
     int tty = isatty(STDOUT_FILENO);
     int bar = 0, status = 1;
     int64_t since = 0;
@@ -405,17 +406,10 @@ static const char *const s_cancel_usage = "usage: statetune [--endpoint E] cance
 int cmd_cancel(int argc, char **argv, const char *endpoint)
 {
     cmd_conn_opts_t o = {0};
-    const char *pos[1];
-    int npos, r = s_parse(argc, argv, s_cancel_usage, &o, pos, 1, &npos, NULL, NULL);
-    if (r) return r < 0 ? 2 : 0;
-    if (npos != 1) {
-        fputs(s_cancel_usage, stderr);
-        return 2;
-    }
-    int64_t id = cmd_job_id(pos[0]);
-    if (id < 0) return 2;
-    statetune_client_t *c = cmd_connect(endpoint, &o);
-    if (!c) return 1;
+    int64_t id;
+    statetune_client_t *c;
+    int exit_status;
+    if (!s_job_start(argc, argv, s_cancel_usage, endpoint, &o, NULL, NULL, &id, &c, &exit_status)) return exit_status;
     json_t *req = json_pack("{s:s, s:I}", "type", "cancel", "job", (json_int_t)id), *rep = NULL;
     int rc = cmd_request(c, &o, req, &rep, NULL, NULL);
     json_decref(req);
@@ -491,18 +485,11 @@ static const char *const s_events_usage = "usage: statetune [--endpoint E] event
 int cmd_events(int argc, char **argv, const char *endpoint)
 {
     cmd_conn_opts_t o = {0};
-    const char *pos[1];
     int64_t since = 0;
-    int npos, r = s_parse(argc, argv, s_events_usage, &o, pos, 1, &npos, NULL, &since);
-    if (r) return r < 0 ? 2 : 0;
-    if (npos != 1) {
-        fputs(s_events_usage, stderr);
-        return 2;
-    }
-    int64_t id = cmd_job_id(pos[0]);
-    if (id < 0) return 2;
-    statetune_client_t *c = cmd_connect(endpoint, &o);
-    if (!c) return 1;
+    int64_t id;
+    statetune_client_t *c;
+    int exit_status;
+    if (!s_job_start(argc, argv, s_events_usage, endpoint, &o, NULL, &since, &id, &c, &exit_status)) return exit_status;
     json_t *req = json_pack("{s:s, s:I, s:I}", "type", "events", "job", (json_int_t)id, "since", (json_int_t)since);
     json_t *rep = NULL;
     int rc = cmd_request(c, &o, req, &rep, NULL, NULL);

@@ -81,21 +81,9 @@ static void s_join_aliases(json_t *arr, char *buf, size_t n)
 
 static int s_list(int argc, char **argv, const char *db)
 {
-    int json;
-    int rc = client_json_flag(argc, argv, s_subs[0].usage, &json);
-    if (rc) return rc;
-    registry_t *r = client_registry_open(db);
-    if (!r) return CLIENT_FAIL;
-    char err[ST_ERR_LEN];
-    json_t *list = NULL;
-    rc = registry_list_states(r, &list, err);
-    registry_close(&r);
-    if (rc) return client_error("%s", err);
-    if (json) {
-        client_print_json(list);
-        json_decref(list);
-        return CLIENT_OK;
-    }
+    json_t *list;
+    int rc = client_registry_list(argc, argv, s_subs[0].usage, db, registry_list_states, &list);
+    if (rc || !list) return rc;
     static const char *const titles[] = {"NAME", "VERSION", "ALIASES", "SHAPE", "MODEL", "JOB", "CREATED (UTC)"};
     client_table_t *t = client_table_new(7, titles);
     size_t i;
