@@ -25,26 +25,28 @@ int cmd_backend_ok(const char *who, const char *backend)
     return 0;
 }
 
+/* Which of two words v is (0 or 1); -1 after "<who>: <opt> must be <a> or
+ * <b>, not '<v>'". */
+static int s_one_of_two(const char *who, const char *opt, const char *v, const char *a, const char *b)
+{
+    if (!strcmp(v, a)) return 0;
+    if (!strcmp(v, b)) return 1;
+    fprintf(stderr, "%s: %s must be %s or %s, not '%s'\n", who, opt, a, b, v);
+    return -1;
+}
+
 int cmd_engine_backend(const char *who, const char *v, engine_backend_t *out)
 {
-    if (!strcmp(v, "cpu")) *out = ENGINE_CPU;
-    else if (!strcmp(v, "cuda")) *out = ENGINE_CUDA;
-    else {
-        fprintf(stderr, "%s: --backend must be cpu or cuda, not '%s'\n", who, v);
-        return -1;
-    }
-    return 0;
+    int i = s_one_of_two(who, "--backend", v, "cpu", "cuda");
+    if (i >= 0) *out = i ? ENGINE_CUDA : ENGINE_CPU;
+    return i < 0 ? -1 : 0;
 }
 
 int cmd_engine_precision(const char *who, const char *v, engine_precision_t *out)
 {
-    if (!strcmp(v, "fp32")) *out = ENGINE_FP32;
-    else if (!strcmp(v, "bf16")) *out = ENGINE_BF16;
-    else {
-        fprintf(stderr, "%s: --precision must be fp32 or bf16, not '%s'\n", who, v);
-        return -1;
-    }
-    return 0;
+    int i = s_one_of_two(who, "--precision", v, "fp32", "bf16");
+    if (i >= 0) *out = i ? ENGINE_BF16 : ENGINE_FP32;
+    return i < 0 ? -1 : 0;
 }
 
 dist_t *cmd_dist_new(char *err)
