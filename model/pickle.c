@@ -165,6 +165,16 @@ static uint64_t s_le(const uint8_t *p, int n)
     return v;
 }
 
+/* An opcode's k-byte little-endian argument (k = 1, 2, 4 or 8), consumed. */
+static int s_arg(vm_t *vm, int k, uint64_t *v)
+{
+    int rc = s_need(vm, (size_t)k);
+    if (rc) return rc;
+    *v = s_le(vm->p, k);
+    vm->p += k;
+    return ST_OK;
+}
+
 static int s_memo_put(vm_t *vm, size_t idx)
 {
     pv_t *v = NULL;
@@ -383,6 +393,7 @@ static int s_step(vm_t *vm, uint8_t op, pv_t **result)
     int rc = ST_OK;
     pv_t *a = NULL, *b = NULL, *c = NULL, **items = NULL;
     size_t n = 0;
+    uint64_t u = 0; /* the opcode's argument (s_arg) */
     switch (op) {
     case 0x80: /* PROTO */
         if ((rc = s_need(vm, 1))) return rc;
@@ -392,9 +403,7 @@ static int s_step(vm_t *vm, uint8_t op, pv_t **result)
         vm->p++;
         return ST_OK;
     case 0x95: /* FRAME: a length hint only */
-        if ((rc = s_need(vm, 8))) return rc;
-        vm->p += 8;
-        return ST_OK;
+        return s_arg(vm, 8, &u);
     case '}': return s_push(vm, s_new(vm, V_DICT));
     case ']': return s_push(vm, s_new(vm, V_LIST));
     case ')': return s_push(vm, s_new(vm, V_TUPLE));
@@ -406,76 +415,47 @@ static int s_step(vm_t *vm, uint8_t op, pv_t **result)
         a->i = op == 0x88;
         return s_push(vm, a);
     case 'q': /* BINPUT */
-        if ((rc = s_need(vm, 1))) return rc;
-        n = vm->p[0];
-        vm->p += 1;
-        return s_memo_put(vm, n);
     case 'r': /* LONG_BINPUT */
-        if ((rc = s_need(vm, 4))) return rc;
-        n = (size_t)s_le(vm->p, 4);
-        vm->p += 4;
-        return s_memo_put(vm, n);
+        if ((rc = s_arg(vm, op == 'q' ? 1 : 4, &u))) return rc;
+        return s_memo_put(vm, (size_t)u);
     case 0x94: /* MEMOIZE */
         return s_memo_put(vm, vm->memo_count);
     case 'h': /* BINGET */
-        if ((rc = s_need(vm, 1))) return rc;
-        n = vm->p[0];
-        vm->p += 1;
-        return s_memo_get(vm, n);
     case 'j': /* LONG_BINGET */
-        if ((rc = s_need(vm, 4))) return rc;
-        n = (size_t)s_le(vm->p, 4);
-        vm->p += 4;
-        return s_memo_get(vm, n);
+        if ((rc = s_arg(vm, op == 'h' ? 1 : 4, &u))) return rc;
+        return s_memo_get(vm, (size_t)u);
     case 0x8c: /* SHORT_BINUNICODE */
-        if ((rc = s_need(vm, 1))) return rc;
-        n = vm->p[0];
-        vm->p += 1;
-        return s_string(vm, n);
-    case 'X': /* BINUNICODE */
-        if ((rc = s_need(vm, 4))) return rc;
-        n = (size_t)s_le(vm->p, 4);
-        vm->p += 4;
-        return s_string(vm, n);
-    case 0x8d: { /* BINUNICODE8 */
-        if ((rc = s_need(vm, 8))) return rc;
-        uint64_t len = s_le(vm->p, 8);
-        vm->p += 8;
-        if (len > PK_MAX_STRING)
+    case 'X':  /* BINUNICODE */
+        if ((rc = s_arg(vm, op == 0x8c ? 1 : 4, &u))) return rc;
+        return s_string(vm, (size_t)u);
+    case 0x8d: /* BINUNICODE8 */
+        if ((rc = s_arg(vm, 8, &u))) return rc;
+        if (u > PK_MAX_STRING) /* before the cast: size_t may be narrower */
             return st_fail(vm->err, ST_EFORMAT, "pickle string of %llu bytes is longer than %zu",
-                           (unsigned long long)len, PK_MAX_STRING);
-        return s_string(vm, (size_t)len);
-    }
+                           (unsigned long long)u, PK_MAX_STRING);
+        return s_string(vm, (size_t)u);
     case 'J': /* BININT: signed 32-bit */
-        if ((rc = s_need(vm, 4))) return rc;
-        n = (size_t)s_le(vm->p, 4);
-        vm->p += 4;
-        return s_int(vm, (int32_t)(uint32_t)n);
+        if ((rc = s_arg(vm, 4, &u))) return rc;
+        return s_int(vm, (int32_t)(uint32_t)u);
     case 'K': /* BININT1 */
-        if ((rc = s_need(vm, 1))) return rc;
-        vm->p += 1;
-        return s_int(vm, vm->p[-1]);
-    case 'M': /* BININT2 */
-        if ((rc = s_need(vm, 2))) return rc;
-        vm->p += 2;
-        return s_int(vm, (int64_t)s_le(vm->p - 2, 2));
+    case 'M': /* BININT2: both unsigned */
+        if ((rc = s_arg(vm, op == 'K' ? 1 : 2, &u))) return rc;
+        return s_int(vm, (int64_t)u);
     case 0x8a: { /* LONG1: n bytes of two's complement, little-endian */
-        if ((rc = s_need(vm, 1))) return rc;
-        int len = vm->p[0];
-        vm->p += 1;
+        if ((rc = s_arg(vm, 1, &u))) return rc;
+        int len = (int)u;
         if (len > 8)
             return st_fail(vm->err, ST_EFORMAT, "pickle integer of %d bytes is too large", len);
         if ((rc = s_need(vm, (size_t)len))) return rc;
-        uint64_t u = len ? s_le(vm->p, len) : 0;
-        if (len > 0 && len < 8 && (vm->p[len - 1] & 0x80)) u |= ~(uint64_t)0 << (8 * len);
+        uint64_t bits = len ? s_le(vm->p, len) : 0;
+        if (len > 0 && len < 8 && (vm->p[len - 1] & 0x80)) bits |= ~(uint64_t)0 << (8 * len);
         vm->p += len;
         int64_t x;
-        memcpy(&x, &u, sizeof x);
+        memcpy(&x, &bits, sizeof x);
         return s_int(vm, x);
     }
     case 'G': /* BINFLOAT: big-endian double, kept only as a placeholder */
-        if ((rc = s_need(vm, 8))) return rc;
-        vm->p += 8;
+        if ((rc = s_arg(vm, 8, &u))) return rc;
         return s_push(vm, s_new(vm, V_FLOAT));
     case 't': /* TUPLE */
         if ((rc = s_take_marked(vm, &items, &n))) return rc;
