@@ -68,21 +68,29 @@ typedef struct {
     char *err;
 } vm_t;
 
+/* Room for one more entry in an array of n of *cap values (doubling, first
+ * allocation of `first`): the value pool, a container's items and the stack. */
+static int s_room(vm_t *vm, pv_t ***items, size_t *cap, size_t n, size_t first)
+{
+    if (n < *cap) return ST_OK;
+    size_t c = *cap ? *cap * 2 : first;
+    pv_t **grown = realloc(*items, c * sizeof *grown);
+    if (!grown) return st_fail(vm->err, ST_ENOMEM, "out of memory reading the pickle");
+    *items = grown;
+    *cap = c;
+    return ST_OK;
+}
+
 static pv_t *s_new(vm_t *vm, vkind_t kind)
 {
     if (vm->n_pool >= PK_MAX_VALUES) {
         vm->fail = st_fail(vm->err, ST_EFORMAT, "pickle creates more than %zu objects", PK_MAX_VALUES);
         return NULL;
     }
-    if (vm->n_pool == vm->pool_cap) {
-        size_t cap = vm->pool_cap ? vm->pool_cap * 2 : 256;
-        pv_t **grown = realloc(vm->pool, cap * sizeof *grown);
-        if (!grown) {
-            vm->fail = st_fail(vm->err, ST_ENOMEM, "out of memory reading the pickle");
-            return NULL;
-        }
-        vm->pool = grown;
-        vm->pool_cap = cap;
+    int rc = s_room(vm, &vm->pool, &vm->pool_cap, vm->n_pool, 256);
+    if (rc) {
+        vm->fail = rc;
+        return NULL;
     }
     pv_t *v = calloc(1, sizeof *v);
     if (!v) {
@@ -96,13 +104,8 @@ static pv_t *s_new(vm_t *vm, vkind_t kind)
 
 static int s_append(vm_t *vm, pv_t *c, pv_t *item)
 {
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 4;
-        pv_t **grown = realloc(c->items, cap * sizeof *grown);
-        if (!grown) return st_fail(vm->err, ST_ENOMEM, "out of memory reading the pickle");
-        c->items = grown;
-        c->cap = cap;
-    }
+    int rc = s_room(vm, &c->items, &c->cap, c->n, 4);
+    if (rc) return rc;
     c->items[c->n++] = item;
     return ST_OK;
 }
@@ -112,13 +115,8 @@ static int s_push(vm_t *vm, pv_t *v)
     if (!v) return vm->fail; /* s_new already said why */
     if (vm->sp >= PK_MAX_STACK)
         return st_fail(vm->err, ST_EFORMAT, "pickle stack grows beyond %zu entries", PK_MAX_STACK);
-    if (vm->sp == vm->stack_cap) {
-        size_t cap = vm->stack_cap ? vm->stack_cap * 2 : 64;
-        pv_t **grown = realloc(vm->stack, cap * sizeof *grown);
-        if (!grown) return st_fail(vm->err, ST_ENOMEM, "out of memory reading the pickle");
-        vm->stack = grown;
-        vm->stack_cap = cap;
-    }
+    int rc = s_room(vm, &vm->stack, &vm->stack_cap, vm->sp, 64);
+    if (rc) return rc;
     vm->stack[vm->sp++] = v;
     return ST_OK;
 }
