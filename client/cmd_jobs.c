@@ -13,6 +13,7 @@
  * poll and survive a coordinator restart shorter than the request timeout.
  */
 #include "client/cmd_service.h"
+#include "common/st_time.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -133,8 +134,6 @@ static json_t *s_get_job(statetune_client_t *c, const cmd_conn_opts_t *o, int64_
 #define OUTAGE_S 60.0
 #define POLL_REQUEST_MS 3000
 
-static double s_now(void);
-
 static int s_poll(statetune_client_t *c, const cmd_conn_opts_t *o, json_t *req, json_t **rep, double *outage_t0)
 {
     char err[ST_ERR_LEN];
@@ -149,7 +148,7 @@ static int s_poll(statetune_client_t *c, const cmd_conn_opts_t *o, json_t *req, 
         fprintf(stderr, "statetune: %s\n", err);
         return rc;
     }
-    double now = s_now();
+    double now = st_mono_s();
     if (*outage_t0 == 0) {
         *outage_t0 = now;
         fprintf(stderr, "statetune: the coordinator does not answer; retrying for up to %.0f s\n", OUTAGE_S);
@@ -214,13 +213,6 @@ static const char *const s_wait_usage =
     "usage: statetune [--endpoint E] wait JOB [--timeout S]\n"
     "Waits until the job ends: exit 0 when it succeeded, 1 when it failed or was cancelled (or on timeout).\n";
 
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Exit status for a finished job, with its end reported on stderr. */
 static int s_final(json_t *job)
 {
@@ -240,7 +232,7 @@ int cmd_wait(int argc, char **argv, const char *endpoint)
     statetune_client_t *c;
     int exit_status;
     if (!s_job_start(argc, argv, s_wait_usage, endpoint, &o, &timeout, NULL, &id, &c, &exit_status)) return exit_status;
-    double t0 = s_now(), outage = 0;
+    double t0 = st_mono_s(), outage = 0;
     int status = 1;
     for (;;) {
         json_t *req = json_pack("{s:s, s:I}", "type", "status", "job", (json_int_t)id), *rep = NULL;
@@ -248,7 +240,7 @@ int cmd_wait(int argc, char **argv, const char *endpoint)
         json_decref(req);
         if (rc != ST_OK && rc != ST_EBUSY) break;
         if (rc == ST_EBUSY) {
-            if (timeout > 0 && s_now() - t0 >= timeout) {
+            if (timeout > 0 && st_mono_s() - t0 >= timeout) {
                 fprintf(stderr, "statetune: job %" PRId64 " did not end within %.0f s\n", id, timeout);
                 break;
             }
@@ -271,7 +263,7 @@ int cmd_wait(int argc, char **argv, const char *endpoint)
             break;
         }
         json_decref(job);
-        if (timeout > 0 && s_now() - t0 >= timeout) {
+        if (timeout > 0 && st_mono_s() - t0 >= timeout) {
             fprintf(stderr, "statetune: job %" PRId64 " is still %s after %.0f s\n", id, st, timeout);
             break;
         }

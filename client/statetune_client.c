@@ -8,6 +8,7 @@
  * a state payload is checked against the shape its reply claims.
  */
 #include "client/statetune_client.h"
+#include "common/st_time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,13 +33,6 @@ static const char *s_env(const char *name)
 {
     const char *v = getenv(name);
     return (v && *v) ? v : NULL;
-}
-
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int statetune_key_read(const char *path, char z85_out[ST_CURVE_KEY_LEN + 1], char *err)
@@ -133,7 +127,7 @@ statetune_client_t *statetune_client_new(const char *endpoint, const statetune_c
         return NULL;
     }
     snprintf(self->endpoint, sizeof self->endpoint, "%s", endpoint);
-    self->next_rid = (int64_t)(s_now_ms() % 1000000) * 1000 + (getpid() % 1000);
+    self->next_rid = (int64_t)(st_mono_ms() % 1000000) * 1000 + (getpid() % 1000);
     self->ctx = zmq_ctx_new();
     if (!self->ctx) {
         st_fail(err, ST_ENET, "zmq_ctx_new: %s", zmq_strerror(errno));
@@ -315,9 +309,9 @@ int statetune_client_request(statetune_client_t *self, json_t *req, const void *
     json_object_set_new(req, "rid", json_integer(rid));
     int rc = statetune_client_send(self, req, payload, payload_len, err);
     if (rc) return rc;
-    int64_t deadline = s_now_ms() + timeout_ms;
+    int64_t deadline = st_mono_ms() + timeout_ms;
     for (;;) {
-        int64_t left = deadline - s_now_ms();
+        int64_t left = deadline - st_mono_ms();
         if (left <= 0)
             return st_fail(err, ST_ENET,
                            "the coordinator at '%s' did not answer within %d s (is it running, and with CURVE on, "

@@ -30,6 +30,7 @@
 #include "engine/engine_cpu.h"
 
 #include "common/st_err.h"
+#include "common/st_time.h"
 #include "kernels/cpu/channelmix.h"
 #include "kernels/cpu/dbp.h"
 #include "kernels/cpu/groupnorm.h"
@@ -441,13 +442,6 @@ static void s_layer_backward(engine_cpu_t *e, int l, int B, int T, float *ds0, c
     layernorm_backward_cpu(R, C, la.xin, p->ln1_w, la.ln1_mean, la.ln1_rstd, e->dh, dx);
 }
 
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int s_run(engine_cpu_t *e, engine_batch_t *bt, char *err);
 
 int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
@@ -464,9 +458,9 @@ int engine_cpu_run(engine_cpu_t *e, engine_batch_t *bt, char *err)
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
-    double t0 = s_now();
+    double t0 = st_mono_s();
     int rc = s_run(e, bt, err);
-    double per_tok = (s_now() - t0) / ((double)bt->B * bt->T);
+    double per_tok = (st_mono_s() - t0) / ((double)bt->B * bt->T);
     if (probe == 1) e->probe_s_per_tok[0] = e->probe_s_per_tok[1] = 0;
     if (probe) e->probe_s_per_tok[all ? 0 : 1] += per_tok;
     /* all threads must win by 10%: a tie on a busy machine goes to the

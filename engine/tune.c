@@ -51,6 +51,7 @@
 #include "common/st_err.h"
 #include "common/st_fs.h"
 #include "common/st_rng.h"
+#include "common/st_time.h"
 #include "data/batcher.h"
 #include "data/dataset.h"
 #include "data/tokenizer.h"
@@ -125,13 +126,6 @@ typedef struct {
     double call_eval_s;                 /* seconds of evaluation inside this call's loop */
 } tune_t;
 
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static json_t *s_num(double x) { return isfinite(x) ? json_real(x) : json_null(); }
 
 /* ---- evaluation ------------------------------------------------------------ */
@@ -139,7 +133,7 @@ static json_t *s_num(double x) { return isfinite(x) ? json_real(x) : json_null()
 static int s_evaluate(tune_t *t, const float *state, eval_result_t *res, char *err)
 {
     eval_sums_t sums;
-    double t0 = s_now();
+    double t0 = st_mono_s();
     int rc = eval_run(t->engine, t->model, t->tok, t->eval, state, t->spec->micro_batch, t->rank, t->world, 1,
                       &sums, err);
     if (rc) return st_wrap(err, rc, "evaluating: ");
@@ -149,7 +143,7 @@ static int s_evaluate(tune_t *t, const float *state, eval_result_t *res, char *e
     if (rc) return rc;
     memcpy(&sums, buf, sizeof buf);
     eval_finish(&sums, res);
-    if (t->call_t0 > 0) t->call_eval_s += s_now() - t0; /* training speed leaves evaluation out */
+    if (t->call_t0 > 0) t->call_eval_s += st_mono_s() - t0; /* training speed leaves evaluation out */
     return ST_OK;
 }
 
@@ -228,7 +222,7 @@ static int s_spec_hash(const jobspec_t *spec, char hex[65], char *err)
 static void s_totals(tune_t *t, double *tokens, double *seconds)
 {
     *tokens = t->prior_tokens + t->call_tokens;
-    *seconds = t->prior_seconds + (s_now() - t->call_t0 - t->call_eval_s);
+    *seconds = t->prior_seconds + (st_mono_s() - t->call_t0 - t->call_eval_s);
 }
 
 static int s_write_checkpoint(tune_t *t, int64_t step, char *err)
@@ -861,7 +855,7 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
         s_report_eval(&t, 0, &t.base);
     }
 
-    t.call_t0 = s_now();
+    t.call_t0 = st_mono_s();
     int64_t stop = t.steps;
     if (opts->max_steps > 0 && start + opts->max_steps < stop) stop = start + opts->max_steps;
     json_t *tl = json_object_get(t.metrics, "train_loss");
@@ -884,7 +878,7 @@ int tune_run(const jobspec_t *spec, const tune_opts_t *opts, const tune_callback
         t.train_loss_last = loss;
         int64_t done = step + 1;
         if (t.root && cb && cb->on_progress) {
-            double el = s_now() - t.call_t0 - t.call_eval_s;
+            double el = st_mono_s() - t.call_t0 - t.call_eval_s;
             double per = el / (double)(done - start);
             cb->on_progress(cb->ctx, done, t.steps, loss, el > 0 ? t.call_tokens / el : 0, per * (double)(t.steps - done),
                             schedule_lr(&t.sched, step));

@@ -23,6 +23,7 @@
  * hello reply carries cancel: true and the job is stopped here.
  */
 #include "worker/serve_link.h"
+#include "common/st_time.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -57,13 +58,6 @@ struct serve_link {
     atomic_llong heartbeat_ms;  /* interval told by the coordinator */
 };
 
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- link thread ----------------------------------------------------------- */
 
 static int64_t s_send_hello(serve_link_t *self, int64_t rid)
@@ -75,7 +69,7 @@ static int64_t s_send_hello(serve_link_t *self, int64_t rid)
     char err[ST_ERR_LEN];
     if (m) statetune_client_send(self->client, m, NULL, 0, err);
     json_decref(m);
-    return s_now_ms();
+    return st_mono_ms();
 }
 
 /* Forwards one message from the main thread's pipe to the coordinator.
@@ -115,13 +109,13 @@ static void *s_thread(void *arg)
     serve_link_t *self = arg;
     int64_t hello_rid = 1, hello_sent = s_send_hello(self, hello_rid);
     int awaiting_hello = 1;
-    int64_t now = s_now_ms(), last_heard = now, next_hb = now + atomic_load(&self->heartbeat_ms);
+    int64_t now = st_mono_ms(), last_heard = now, next_hb = now + atomic_load(&self->heartbeat_ms);
     while (!atomic_load(&self->stop)) {
         zmq_pollitem_t items[2] = {{statetune_client_socket(self->client), 0, ZMQ_POLLIN, 0},
                                    {self->pipe_link, 0, ZMQ_POLLIN, 0}};
         int n = zmq_poll(items, 2, LINK_POLL_MS);
         if (n < 0 && errno != EINTR) break;
-        now = s_now_ms();
+        now = st_mono_ms();
         if (n > 0 && (items[1].revents & ZMQ_POLLIN)) s_forward_out(self);
         while (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
             json_t *msg = NULL;
@@ -280,9 +274,9 @@ int serve_link_request(serve_link_t *self, json_t *req, const void *payload, siz
     json_object_set_new(req, "rid", json_integer(rid));
     int rc = s_pipe_send(self, req, payload, plen, err);
     if (rc) return rc;
-    int64_t deadline = s_now_ms() + timeout_ms;
+    int64_t deadline = st_mono_ms() + timeout_ms;
     for (;;) {
-        int64_t left = deadline - s_now_ms();
+        int64_t left = deadline - st_mono_ms();
         if (left <= 0) return st_fail(err, ST_EBUSY, "no reply from the coordinator within %d ms", timeout_ms);
         zmq_pollitem_t item = {self->pipe_main, 0, ZMQ_POLLIN, 0};
         int n = zmq_poll(&item, 1, (long)left);
