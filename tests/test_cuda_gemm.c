@@ -91,11 +91,8 @@ static int s_variants(engine_precision_t prec, int d_aaa)
     float *s0 = malloc(ns * sizeof(float));
     CHECK(s0 != NULL);
     uint64_t s = 99;
-    for (int i = 0; i < B * T; i++) {
-        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-    }
-    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    st_test_tokens(&s, B * T, cfg.vocab, 0, tok, tgt);
+    st_test_centered(&s, s0, ns);
     const int bf = prec == ENGINE_BF16;
     const double tol_loss = bf ? 1e-3 : 1e-5, tol_ds0 = bf ? 2e-2 : 1e-4;
     result_t ref = {{0}, NULL};
@@ -208,11 +205,8 @@ static int s_lt2_agree(engine_precision_t prec)
     float *s0 = malloc(ns * sizeof(float));
     CHECK(s0 != NULL);
     uint64_t s = 7;
-    for (int i = 0; i < AB * AT; i++) {
-        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-    }
-    for (size_t i = 0; i < ns; i++) s0[i] = (float)((double)(st_test_next(&s) >> 11) / 9007199254740992.0 - 0.5);
+    st_test_tokens(&s, AB * AT, cfg.vocab, 0, tok, tgt);
+    st_test_centered(&s, s0, ns);
     engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec, .max_batch = AB, .max_ctx = AT};
     agree_t r[3];
     memset(r, 0, sizeof r);

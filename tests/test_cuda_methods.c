@@ -36,8 +36,6 @@
 enum { METH_OBS = 1, METH_KS = 2, METH_TOPK = 4 };
 enum { TOPK_K = 16 }; /* the teacher's kept logits per row in the random problem (vocab 300) */
 
-static double s_unif(uint64_t *s) { return (double)(st_test_next(s) >> 11) / 9007199254740992.0; }
-
 typedef struct problem problem_t;
 static void s_topk_of(const problem_t *p, int K, float *val, int32_t *id);
 
@@ -112,20 +110,17 @@ static int s_problem(problem_t *p, uint64_t seed, int M)
     p->tk_id = malloc(p->R * TOPK_K * 4);
     if (!p->tok || !p->tgt || !p->s0 || !p->teacher || !p->U0 || !p->sv || !p->tk_val || !p->tk_id) return 1;
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 11;
-    for (size_t i = 0; i < p->R; i++) {
-        p->tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
-        p->tgt[i] = (st_test_next(&s) % 5 == 0) ? -1 : (int32_t)(st_test_next(&s) % (uint64_t)c->vocab);
-    }
-    for (size_t i = 0; i < p->ns; i++) p->s0[i] = (float)(s_unif(&s) - 0.5);
-    for (size_t i = 0; i < p->nl; i++) p->teacher[i] = (float)(6.0 * s_unif(&s) - 3.0);
+    st_test_tokens(&s, p->R, c->vocab, 5, p->tok, p->tgt);
+    st_test_centered(&s, p->s0, p->ns);
+    for (size_t i = 0; i < p->nl; i++) p->teacher[i] = (float)(6.0 * st_test_unit(&s) - 3.0);
     /* U0 of order one, so that the term moves y visibly while d_t is large */
-    for (size_t i = 0; i < p->nU; i++) p->U0[i] = (float)(2.0 * s_unif(&s) - 1.0);
+    for (size_t i = 0; i < p->nU; i++) p->U0[i] = (float)(2.0 * st_test_unit(&s) - 1.0);
     /* unit support vectors, each a random direction */
     for (size_t v = 0; v < p->nU / 64; v++) {
         float *u = p->sv + v * 64;
         double n2 = 0;
         for (int i = 0; i < 64; i++) {
-            u[i] = (float)(s_unif(&s) - 0.5);
+            u[i] = (float)(st_test_unit(&s) - 0.5);
             n2 += (double)u[i] * u[i];
         }
         for (int i = 0; i < 64; i++) u[i] = (float)(u[i] / sqrt(n2));
@@ -641,10 +636,7 @@ static int test_speed(void)
     float *U0 = calloc(nU, 4), *sv = malloc(nU * 4), *dU0 = calloc(nU, 4);
     CHECK(tok && tgt && s0 && ds0 && teacher && U0 && sv && dU0);
     uint64_t s = 12345;
-    for (size_t i = 0; i < R; i++) {
-        tok[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-        tgt[i] = (int32_t)(st_test_next(&s) % (uint64_t)cfg.vocab);
-    }
+    st_test_tokens(&s, R, cfg.vocab, 0, tok, tgt);
     for (size_t i = 0; i < nl; i++) teacher[i] = (float)((i * 2654435761u) % 1000) * 0.004f - 2.0f;
     for (size_t i = 0; i < nU; i++) sv[i] = 0.125f; /* unit: 64 x 0.125^2 = 1 */
     engine_kstate_t ks = {.M = M, .gamma = 1.0f, .U0 = U0, .support = sv};
