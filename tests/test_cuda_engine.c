@@ -9,6 +9,9 @@
  * the float64 fixtures; `statetune-worker verify --backend cuda` checks the
  * CUDA engine against those fixtures directly, see tests/gpu.sh).
  *
+ * A non-finite loss is refused (ST_ENUMERIC) before any dS0 reaches the
+ * caller, although the backward is queued before the losses are read.
+ *
  * The resident tuning parameters (engine_params_*): one optimizer step on
  * the GPU against the CPU's (bit-identical Adam without clipping), and a
  * short tuning loop with DBP against the CPU loop. DBP on the device
@@ -308,6 +311,61 @@ static int test_refuses_oversized_batch(void)
     CHECK(rc == ST_EINVAL);
     CHECK(eng == NULL);
     printf("refused: %s\n", err);
+    return 0;
+}
+
+/* A non-finite loss is refused with ST_ENUMERIC and leaves the caller's dS0
+ * untouched, although the engine queues the backward before it reads the
+ * losses; eager, captured and replayed runs alike (three runs of one key),
+ * and the engine trains normally afterwards. */
+static int test_refuses_nonfinite_loss(void)
+{
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
+    enum { NB = 2, NT = 20 };
+    rwkv_config_t cfg = s_small_config(2);
+    char err[ST_ERR_LEN];
+    rwkv_model_t *m = rwkv_model_new_random(&cfg, 3, err);
+    CHECKF(m != NULL, "%s", err);
+    const size_t ns = (size_t)cfg.n_layer * rwkv_state_layer_size(&cfg);
+    int32_t tok[NB * NT], tgt[NB * NT];
+    float *s0 = malloc(ns * sizeof(float)), *ds0 = malloc(ns * sizeof(float));
+    CHECK(s0 && ds0);
+    uint64_t s = st_test_seed();
+    st_test_tokens(&s, NB * NT, cfg.vocab, 0, tok, tgt);
+    int ok = 1;
+    for (int prec = 0; prec < 2 && ok; prec++) {
+        engine_opts_t opts = {.backend = ENGINE_CUDA, .precision = prec ? ENGINE_BF16 : ENGINE_FP32,
+                              .max_batch = NB, .max_ctx = NT};
+        engine_cuda_t *e = engine_cuda_new(m, &opts, err);
+        CHECKF(e != NULL, "%s", err);
+        for (int run = 0; run < 4 && ok; run++) {
+            const int bad = run < 3; /* three refused runs of one graph key, then a good one */
+            st_test_centered(&s, s0, ns);
+            if (bad) s0[5] = NAN; /* layer 0, head 0: every row's loss turns NaN */
+            /* refused runs: any write shows against 7; the good run adds its
+             * gradient to 0, where even a tiny one shows */
+            const float fill = bad ? 7.0f : 0.0f;
+            for (size_t i = 0; i < ns; i++) ds0[i] = fill;
+            engine_batch_t bt = {.tokens = tok, .targets = tgt, .B = NB, .T = NT, .state0 = s0, .dstate0 = ds0};
+            const int rc = engine_cuda_run(e, &bt, err);
+            size_t touched = 0;
+            for (size_t i = 0; i < ns; i++) touched += !(ds0[i] == fill);
+            printf("    %s run %d: rc %d, loss %g, %zu of %zu dS0 elements changed%s%s\n", prec ? "bf16" : "fp32", run,
+                   rc, bt.loss_sum, touched, ns, rc ? ": " : "", rc ? err : "");
+            if (bad) {
+                ok = rc == ST_ENUMERIC && touched == 0;
+                if (!ok) fprintf(stderr, "a non-finite loss was not refused, or dS0 was written\n");
+            } else {
+                ok = rc == ST_OK && isfinite(bt.loss_sum) && touched > ns / 2;
+                if (!ok) fprintf(stderr, "the engine did not train normally after refusing non-finite losses\n");
+            }
+        }
+        engine_cuda_destroy(&e);
+    }
+    free(s0);
+    free(ds0);
+    rwkv_model_destroy(&m);
+    CHECK(ok);
     return 0;
 }
 
@@ -844,6 +902,7 @@ int main(int argc, char **argv)
         {"dbp_matches_cpu", test_dbp_matches_cpu},
         {"recompute_matches_plain", test_recompute_matches_plain},
         {"refuses_oversized_batch", test_refuses_oversized_batch},
+        {"refuses_nonfinite_loss", test_refuses_nonfinite_loss},
         {"resident_step_exact", test_resident_step_exact},
         {"resident_matches_cpu", test_resident_matches_cpu},
         {"dbp_rule_device", test_dbp_rule_device},

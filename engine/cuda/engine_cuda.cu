@@ -47,9 +47,9 @@
  *
  * A step (run): host copies in; the forward and the head (run_forward) and
  * the backward (run_backward), queued back to back; the row losses out and
- * checked on the host; dS0 out. The two middle parts are replayed from CUDA graphs once a shape has
- * been seen twice (graphed(); runs that copy to the host mid-step stay
- * eager). Fusions that cross operations: each layer's end computes the next
+ * checked on the host; dS0 out. The two middle parts are replayed from CUDA
+ * graphs once a shape has been seen twice (graphed(); runs that copy to the
+ * host mid-step stay eager). Fusions that cross operations: each layer's end computes the next
  * LayerNorm with its residual add (layer_fwd's fuse_out), and every
  * LayerNorm backward also writes the bf16 copy of dx the next product reads.
  * engine_cuda_set_profiling level 2 brackets every operation with events
@@ -1627,8 +1627,9 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
 /* ---- CUDA graphs (engine_cuda_set_graphs) ----
  * A step is host copies in, the forward + head and the backward queued back
  * to back, the losses out (the host checks them before any gradient reaches
- * its buffers), dS0 out. The two parts between the copies are replayed from graphs: a few thousand launches
- * of small kernels each, whose launch gaps a graph removes. Every pointer and
+ * its buffers), dS0 out. The two parts between the copies are replayed from
+ * graphs: a few thousand launches of small kernels each, whose launch gaps a
+ * graph removes. Every pointer and
  * size a captured launch uses is fixed for the engine's life except those in
  * the key: the part, B, T, whether there are targets, the backward, DBP, the
  * address dS0 accumulates into (resident runs pass the caller's) and the
