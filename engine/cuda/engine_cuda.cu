@@ -115,7 +115,13 @@ namespace {
 const uint32_t ENGINE_CUDA_TAG = 0x57435544u; /* "WCUD" */
 const float LN_EPS = 1e-5f;
 const size_t ALIGN = 256;
-const size_t HEAD_CHUNK_BYTES = (size_t)256 << 20; /* logits of one head chunk */
+/* fp32 logits of one head chunk: 4096 rows at V 65536. Measured on the
+ * H100 (docs/performance.md 2.8), bf16, 8 x 1024: 4096-row chunks against
+ * 1024 took 22.75-22.77 against 22.80-22.95 ms a step at 12 x 768 and
+ * 54.45-54.57 against 54.69-54.74 at 24 x 1024 (fewer, larger head
+ * products and CE launches; a chunk is far past L2 either way), for 1.1 GB
+ * more of plan at V 65536. */
+const size_t HEAD_CHUNK_BYTES = (size_t)1024 << 20;
 const int EW_THREADS = 256;                          /* element-wise blocks */
 const size_t LT_WS_BYTES = (size_t)32 << 20;         /* cuBLASLt workspace (split-K, stream-K) */
 const int LT_PLANS = 96;                             /* cached cuBLASLt choices (distinct product shapes) */
