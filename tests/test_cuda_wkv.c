@@ -91,9 +91,11 @@ typedef struct {
     double y, s_final, grad[6], ds0;
 } errs_t;
 
-/* Runs both passes of one precision on fresh inputs and fills e; returns
- * nonzero on a CUDA failure (reported). */
-static int s_compare(int algo, int balgo, int B, int T, int H, int regime, int bf16, uint64_t seed, errs_t *e)
+/* Runs both passes of one precision on fresh inputs, with a checkpoint
+ * every `every` tokens, and fills e; returns nonzero on a CUDA failure
+ * (reported). */
+static int s_compare(int algo, int balgo, int B, int T, int H, int regime, int bf16, int every, uint64_t seed,
+                     errs_t *e)
 {
     size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N, nf = (size_t)B * H * N * N;
     float *h_in[8];
@@ -123,7 +125,7 @@ static int s_compare(int algo, int balgo, int B, int T, int H, int regime, int b
     for (int i = 0; i < 14; i++) cudaMalloc(&d_act[i], ESZ(i) * n);
     cudaMalloc((void **)&d_s0, 4 * ns);
     cudaMalloc((void **)&d_sf, 4 * nf);
-    cudaMalloc((void **)&d_ck, 4 * wkv7_cuda_ckpt_floats(B, T, H));
+    cudaMalloc((void **)&d_ck, 4 * wkv7_cuda_ckpt_floats_every(B, T, H, every));
     cudaMalloc((void **)&d_sa, 4 * wkv7_cuda_sa_floats(B, T, H));
     cudaMalloc((void **)&d_ds0, 4 * ns);
     void *stage = malloc(esz * n);
@@ -141,36 +143,36 @@ static int s_compare(int algo, int balgo, int B, int T, int H, int regime, int b
     /* poison: all-ones bits are NaN in fp32 and in bf16 */
     for (int i = 7; i < 14; i++) cudaMemset(d_act[i], 0xff, ESZ(i) * n);
     cudaMemset(d_sf, 0xff, 4 * nf);
-    cudaMemset(d_ck, 0xff, 4 * wkv7_cuda_ckpt_floats(B, T, H));
+    cudaMemset(d_ck, 0xff, 4 * wkv7_cuda_ckpt_floats_every(B, T, H, every));
     cudaMemset(d_sa, 0xff, 4 * wkv7_cuda_sa_floats(B, T, H));
     cudaMemset(d_ds0, 0, 4 * ns); /* accumulated: starts at zero by contract */
 
     void **A = d_act;
     if (bf16) {
         rc = algo < 0 ? wkv7_forward_cuda_bf16(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7], d_sf,
-                                               d_ck, WKV7_CUDA_CHUNK, d_sa, 0, err)
+                                               d_ck, every, d_sa, 0, err)
                       : wkv7_forward_cuda_algo(algo, 1, B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7],
-                                               d_sf, d_ck, WKV7_CUDA_CHUNK, d_sa, 0, err);
+                                               d_sf, d_ck, every, d_sa, 0, err);
         if (!rc && balgo < 0)
             rc = wkv7_backward_cuda_bf16(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_ck,
-                                         WKV7_CUDA_CHUNK, d_sa, A[6], A[8], A[9], A[10], A[11],
+                                         every, d_sa, A[6], A[8], A[9], A[10], A[11],
                                          A[12], A[13], d_ds0, 0, err);
         else if (!rc)
             rc = wkv7_backward_cuda_algo(balgo, 1, B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_ck,
-                                         WKV7_CUDA_CHUNK, d_sa, A[6], A[8], A[9], A[10], A[11],
+                                         every, d_sa, A[6], A[8], A[9], A[10], A[11],
                                          A[12], A[13], d_ds0, 0, err);
     } else {
         rc = algo < 0 ? wkv7_forward_cuda(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7], d_sf, d_ck,
-                                          WKV7_CUDA_CHUNK, d_sa, 0, err)
+                                          every, d_sa, 0, err)
                       : wkv7_forward_cuda_algo(algo, 0, B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_s0, A[7],
-                                               d_sf, d_ck, WKV7_CUDA_CHUNK, d_sa, 0, err);
+                                               d_sf, d_ck, every, d_sa, 0, err);
         if (!rc && balgo < 0)
             rc = wkv7_backward_cuda(B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_ck,
-                                    WKV7_CUDA_CHUNK, d_sa, A[6], A[8], A[9], A[10], A[11], A[12],
+                                    every, d_sa, A[6], A[8], A[9], A[10], A[11], A[12],
                                     A[13], d_ds0, 0, err);
         else if (!rc)
             rc = wkv7_backward_cuda_algo(balgo, 0, B, T, H, A[0], A[1], A[2], A[3], A[4], A[5], d_ck,
-                                         WKV7_CUDA_CHUNK, d_sa, A[6], A[8], A[9], A[10], A[11], A[12],
+                                         every, d_sa, A[6], A[8], A[9], A[10], A[11], A[12],
                                          A[13], d_ds0, 0, err);
     }
     cudaError_t ce = cudaDeviceSynchronize();
@@ -226,19 +228,27 @@ typedef struct {
     double y, s_final, ds0, grad[6];
 } tols_t;
 
-static int s_run_tols(int algo, int balgo, int bf16, const tols_t *tol)
+/* With a checkpoint every `every` tokens; the pair interval adds chunk
+ * counts the per-chunk cases miss: 2 (a pair whose second chunk is one
+ * token), 3 (T = 48, a multiple of 16 but not of 32) and exactly one pair;
+ * the six above have 3, 1, 4 and 13 chunks (odd counts: a last pair of one
+ * chunk). */
+static int s_run_tols_every(int algo, int balgo, int bf16, int every, const tols_t *tol)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const uint64_t seed = st_test_seed();
     const struct { int B, T, H, regime; } cases[] = {
         {2, 37, 3, 0}, {2, 37, 3, 1}, {2, 37, 3, 2}, {1, 5, 1, 0}, {3, 64, 2, 0}, {1, 200, 2, 2},
+        {2, 17, 2, 2}, {2, 48, 3, 0}, {1, 32, 2, 1},
     };
+    const size_t ncase = sizeof cases / sizeof cases[0] - (every == WKV7_CUDA_CHUNK ? 3 : 0);
     const char *gname[6] = {"dr", "dw", "dk", "dv", "da", "db"};
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    for (size_t c = 0; c < ncase; c++) {
         errs_t e = {0};
-        printf("%s B=%d T=%d H=%d regime %d:\n", bf16 ? "bf16" : "fp32", cases[c].B, cases[c].T,
-               cases[c].H, cases[c].regime);
-        if (s_compare(algo, balgo, cases[c].B, cases[c].T, cases[c].H, cases[c].regime, bf16, seed + c, &e)) return 1;
+        printf("%s B=%d T=%d H=%d regime %d, a checkpoint every %d tokens:\n", bf16 ? "bf16" : "fp32", cases[c].B,
+               cases[c].T, cases[c].H, cases[c].regime, every);
+        if (s_compare(algo, balgo, cases[c].B, cases[c].T, cases[c].H, cases[c].regime, bf16, every, seed + c, &e))
+            return 1;
         printf("    rel err: y %.2e  s_final %.2e  ds0 %.2e  dr %.2e dw %.2e dk %.2e dv %.2e da %.2e db %.2e\n",
                e.y, e.s_final, e.ds0, e.grad[0], e.grad[1], e.grad[2], e.grad[3], e.grad[4], e.grad[5]);
         CHECKF(e.y <= tol->y, "y rel err %.3e > %.1e", e.y, tol->y);
@@ -248,6 +258,11 @@ static int s_run_tols(int algo, int balgo, int bf16, const tols_t *tol)
             CHECKF(e.grad[g] <= tol->grad[g], "%s rel err %.3e > %.1e", gname[g], e.grad[g], tol->grad[g]);
     }
     return 0;
+}
+
+static int s_run_tols(int algo, int balgo, int bf16, const tols_t *tol)
+{
+    return s_run_tols_every(algo, balgo, bf16, WKV7_CUDA_CHUNK, tol);
 }
 
 /* Tolerances, set from the first measurement on an H100 (2026-11-26) and
@@ -275,7 +290,10 @@ static int test_fp32(void) { return s_run_cases(-1, -1, 0, 1e-5, 1e-3); }
  * the fp32 s_final and dS0) stay with the accurate algorithms (bf16_tcws,
  * bf16_tcws_cprod, ...). */
 static const tols_t s_tf32_bf16 = {5e-3, 1e-3, 1e-3, {5e-3, 4e-3, 5e-3, 5e-3, 5e-3, 5e-3}};
-static int test_bf16(void) { return s_run_tols(-1, -1, 1, &s_tf32_bf16); }
+/* at the interval the default launchers are meant to get (wkv7_cuda_ckpt_every) */
+static int test_bf16(void) { return s_run_tols_every(-1, -1, 1, wkv7_cuda_ckpt_every(1), &s_tf32_bf16); }
+/* AUTO at the pair interval, whichever the default */
+static int test_bf16_ckpt_pair(void) { return s_run_tols_every(-1, -1, 1, WKV7_CUDA_CKPT_PAIR, &s_tf32_bf16); }
 
 /* The algorithms by name, whichever the launchers above default to
  * (wkv7.cuh): the official pair (recurrent forward and backward) and the new
@@ -339,12 +357,20 @@ static int test_fp32_recurrent_cprod(void) { return s_run_cases(WKV7_FWD_RECURRE
  * dw 1.3e-3, dk 4.7e-4, dv 4.0e-4, da 6.3e-4, db 6.4e-4. In bf16 the bf16
  * outputs' own rounding (1.7e-3) dominates, so those keep 5e-3. These are
  * the bf16 launchers' AUTO pair by name (test_bf16 runs it through AUTO). */
-static int test_fp32_tf32_class(void)
-{
-    const tols_t t = {1e-3, 1e-3, 1e-3, {1e-3, 4e-3, 1e-3, 1e-3, 2e-3, 2e-3}};
-    return s_run_tols(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, &t);
-}
+static const tols_t s_tf32_fp32 = {1e-3, 1e-3, 1e-3, {1e-3, 4e-3, 1e-3, 1e-3, 2e-3, 2e-3}};
+static int test_fp32_tf32_class(void) { return s_run_tols(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, &s_tf32_fp32); }
 static int test_bf16_tf32_class(void) { return s_run_tols(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, &s_tf32_bf16); }
+/* The same pair with a checkpoint every two chunks (WKV7_CUDA_CKPT_PAIR):
+ * pass 2 recomputes every other start state and end gradient, so the
+ * rounding differs from the per-chunk form; the class's bounds, unchanged. */
+static int test_fp32_tf32_class_ckpt_pair(void)
+{
+    return s_run_tols_every(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, WKV7_CUDA_CKPT_PAIR, &s_tf32_fp32);
+}
+static int test_bf16_tf32_class_ckpt_pair(void)
+{
+    return s_run_tols_every(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, WKV7_CUDA_CKPT_PAIR, &s_tf32_bf16);
+}
 
 /* The bf16-operand forward (TCWSB; notes 3.5: about 3e-3 on y; notes
  * section 4 bounds such a kernel at 1e-2 on y and ds0). Not in AUTO: 3%
@@ -364,10 +390,15 @@ static int test_bf16_bf16ops_fwd_cprod(void)
  * tf32 product): the forward's bounds above, dw that of the tf32 class
  * (the backward's 1.3e-3 after TCWS1, 1.0e-3 after TCWSB with CPROD). Not
  * measured on a GPU yet: the bounds are the two classes' own. */
+static const tols_t s_bf16ops_tf32 = {1e-2, 5e-3, 1e-3, {1e-2, 4e-3, 1e-2, 1e-2, 1e-2, 1e-2}};
 static int test_bf16_bf16ops_fwd_cprod1wssa(void)
 {
-    const tols_t t = {1e-2, 5e-3, 1e-3, {1e-2, 4e-3, 1e-2, 1e-2, 1e-2, 1e-2}};
-    return s_run_tols(WKV7_FWD_TCWSB, WKV7_BWD_CPROD1WSSA, 1, &t);
+    return s_run_tols(WKV7_FWD_TCWSB, WKV7_BWD_CPROD1WSSA, 1, &s_bf16ops_tf32);
+}
+/* ... and with a checkpoint every two chunks (the same forward kernel) */
+static int test_bf16_bf16ops_fwd_cprod1wssa_ckpt_pair(void)
+{
+    return s_run_tols_every(WKV7_FWD_TCWSB, WKV7_BWD_CPROD1WSSA, 1, WKV7_CUDA_CKPT_PAIR, &s_bf16ops_tf32);
 }
 
 /* The automatic choice (no GPU needed), as measured on an H100 (132 SMs,
@@ -437,12 +468,14 @@ static int test_refuses_bad_shapes(void)
  * rows with atomics in either order (1e-6 relative). */
 /* out_off: dr, dk, da and db start that many elements into their
  * allocations (1: not 16-byte aligned, which pass 2's vector stores need) */
-static int s_stage_run(int algo, int balgo, int bf16, int tma, int out_off, int B, int T, int H, uint64_t seed,
-                       unsigned char **bytes, size_t *nbytes, float **ds0)
+/* every: the checkpoint interval. Output bytes: y, dr .. db, s_final, the
+ * checkpoints (with the s0 copy), sa. */
+static int s_stage_run(int algo, int balgo, int bf16, int tma, int out_off, int every, int B, int T, int H,
+                       uint64_t seed, unsigned char **bytes, size_t *nbytes, float **ds0)
 {
     setenv("STATETUNE_WKV7_TMA", tma ? "1" : "0", 1);
     const size_t n = (size_t)B * T * H * N, ns = (size_t)H * N * N, nf = (size_t)B * H * N * N;
-    const size_t nck = wkv7_cuda_ckpt_floats(B, T, H), nsa = wkv7_cuda_sa_floats(B, T, H);
+    const size_t nck = wkv7_cuda_ckpt_floats_every(B, T, H, every), nsa = wkv7_cuda_sa_floats(B, T, H);
     float *h_in[8];
     for (int i = 0; i < 8; i++) h_in[i] = malloc(sizeof(float) * (i == 6 ? ns : n));
     wkv7_ref_random_inputs(B, T, H, seed, 2, h_in[0], h_in[1], h_in[2], h_in[3], h_in[4], h_in[5], h_in[6],
@@ -477,10 +510,10 @@ static int s_stage_run(int algo, int balgo, int bf16, int tma, int out_off, int 
     cudaMemset(d_ds0, 0, 4 * ns);
     char err[ST_ERR_LEN];
     int rc = wkv7_forward_cuda_algo(algo, bf16, B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], d_s0, d[7], d_sf, d_ck,
-                                    WKV7_CUDA_CHUNK, d_sa, 0, err);
+                                    every, d_sa, 0, err);
     if (!rc)
         rc = wkv7_backward_cuda_algo(balgo, bf16, B, T, H, d[0], d[1], d[2], d[3], d[4], d[5], d_ck,
-                                     WKV7_CUDA_CHUNK, d_sa, d[6], d[8], d[9], d[10], d[11], d[12], d[13], d_ds0, 0,
+                                     every, d_sa, d[6], d[8], d[9], d[10], d[11], d[12], d[13], d_ds0, 0,
                                      err);
     cudaError_t ce = cudaDeviceSynchronize();
     unsetenv("STATETUNE_WKV7_TMA");
@@ -512,15 +545,16 @@ static int s_stage_run(int algo, int balgo, int bf16, int tma, int out_off, int 
 /* Two runs of the same inputs that must give the same bits: run 1 with
  * (tma1, unaligned1), run 0 with (tma0, unaligned0); what names the switch
  * in the messages. dS0 is summed with atomics, so it is compared to 1e-6. */
-static int s_runs_same(int algo, int balgo, int bf16, int tma1, int unal1, int tma0, int unal0, const char *what)
+static int s_runs_same(int algo, int balgo, int bf16, int tma1, int unal1, int tma0, int unal0, int every,
+                       const char *what)
 {
     const int B = 2, T = 100, H = 3;
     const uint64_t seed = st_test_seed();
     unsigned char *b1 = NULL, *b0 = NULL;
     float *g1 = NULL, *g0 = NULL;
     size_t n1 = 0, n0 = 0;
-    if (s_stage_run(algo, balgo, bf16, tma1, unal1, B, T, H, seed, &b1, &n1, &g1)) return 1;
-    if (s_stage_run(algo, balgo, bf16, tma0, unal0, B, T, H, seed, &b0, &n0, &g0)) return 1;
+    if (s_stage_run(algo, balgo, bf16, tma1, unal1, every, B, T, H, seed, &b1, &n1, &g1)) return 1;
+    if (s_stage_run(algo, balgo, bf16, tma0, unal0, every, B, T, H, seed, &b0, &n0, &g0)) return 1;
     size_t diff = 0;
     for (size_t i = 0; i < n1 && n1 == n0; i++) diff += b1[i] != b0[i];
     double num = 0, den = 0;
@@ -529,8 +563,8 @@ static int s_runs_same(int algo, int balgo, int bf16, int tma1, int unal1, int t
         den += (double)g0[i] * g0[i];
     }
     const double rel = sqrt(num / (den > 0 ? den : 1));
-    printf("%s: %zu of %zu output bytes differ between %s; dS0 relative %.2e\n", bf16 ? "bf16" : "fp32", diff, n1,
-           what, rel);
+    printf("%s, a checkpoint every %d tokens: %zu of %zu output bytes differ between %s; dS0 relative %.2e\n",
+           bf16 ? "bf16" : "fp32", every, diff, n1, what, rel);
     free(b1); free(b0); free(g1); free(g0);
     CHECKF(n1 == n0 && diff == 0, "%s differ in %zu bytes", what, diff);
     CHECKF(rel <= 1e-6, "dS0 differs by %.2e between %s", rel, what);
@@ -542,8 +576,9 @@ static int test_tma_staging_identical(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *what = "TMA and cp.async staging";
-    int rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 0, 0, 0, what);
-    return rc ? rc : s_runs_same(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0, 1, 0, 0, 0, what);
+    int rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 0, 0, 0, WKV7_CUDA_CHUNK, what);
+    if (!rc) rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 0, 0, 0, WKV7_CUDA_CKPT_PAIR, what);
+    return rc ? rc : s_runs_same(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0, 1, 0, 0, 0, WKV7_CUDA_CHUNK, what);
 }
 
 /* Pass 2 of CPROD1WSSA stages dr, da, dk, db in shared memory and writes
@@ -554,8 +589,122 @@ static int test_unaligned_outputs_identical(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const char *what = "unaligned and aligned gradient buffers";
-    int rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 1, 1, 0, what);
-    return rc ? rc : s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, 1, 1, 1, 0, what);
+    int rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 1, 1, 0, WKV7_CUDA_CHUNK, what);
+    if (!rc) rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 1, 1, 0, WKV7_CUDA_CKPT_PAIR, what);
+    return rc ? rc : s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, 1, 1, 1, 0, WKV7_CUDA_CHUNK, what);
+}
+
+/* The pair interval against the per-chunk form on the same inputs (fp32,
+ * every w near 0.545, 7 chunks: three pairs and a last chunk alone): the
+ * forward's y, sa and s_final and pass 1's dv do not depend on where the
+ * checkpoints are stored, so they are the same bits; checkpoint q of the
+ * pair form is checkpoint min(2q + 1, last) of the per-chunk form, bit for
+ * bit, and the s0 copy follows them; dS0 is pass 1's, summed with atomics
+ * (1e-6); dr, dw, dk, da, db come from the recomputed states and
+ * gradients: they must agree within the class's bounds (s_tf32_fp32). */
+static int test_ckpt_pair_matches_per_chunk(void)
+{
+    if (!st_test_have_gpu()) return ST_TEST_SKIP;
+    const int B = 2, T = 100, H = 3, nck = (T + WKV7_CUDA_CHUNK - 1) / WKV7_CUDA_CHUNK;
+    const uint64_t seed = st_test_seed();
+    unsigned char *b1 = NULL, *b2 = NULL;
+    float *g1 = NULL, *g2 = NULL;
+    size_t n1 = 0, n2 = 0;
+    if (s_stage_run(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, 1, 0, WKV7_CUDA_CHUNK, B, T, H, seed, &b1, &n1, &g1))
+        return 1;
+    if (s_stage_run(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, 1, 0, WKV7_CUDA_CKPT_PAIR, B, T, H, seed, &b2, &n2, &g2))
+        return 1;
+    const size_t n = (size_t)B * T * H * N, nf = (size_t)B * H * N * N, nn = (size_t)N * N;
+    const size_t ck1 = wkv7_cuda_ckpt_floats_every(B, T, H, WKV7_CUDA_CHUNK);
+    const size_t ck2 = wkv7_cuda_ckpt_floats_every(B, T, H, WKV7_CUDA_CKPT_PAIR);
+    CHECK(n1 == 4 * (8 * n + nf + ck1) && n2 == 4 * (8 * n + nf + ck2));
+    const float *o1 = (const float *)b1, *o2 = (const float *)b2; /* y dr dw dk dv da db, s_final, ckpt, sa */
+    CHECKF(!memcmp(o1, o2, 4 * n), "y differs between the checkpoint intervals");
+    CHECKF(!memcmp(o1 + 4 * n, o2 + 4 * n, 4 * n), "dv differs between the checkpoint intervals");
+    CHECKF(!memcmp(o1 + 7 * n, o2 + 7 * n, 4 * nf), "s_final differs between the checkpoint intervals");
+    CHECKF(!memcmp(o1 + 7 * n + nf + ck1, o2 + 7 * n + nf + ck2, 4 * n), "sa differs between the intervals");
+    const int npair = (nck + 1) / 2;
+    size_t ckdiff = 0;
+    for (int bh = 0; bh < B * H; bh++)
+        for (int q = 0; q < npair; q++) {
+            const int c = 2 * q + 1 < nck ? 2 * q + 1 : nck - 1;
+            ckdiff += memcmp(o1 + 7 * n + nf + ((size_t)bh * nck + c) * nn,
+                             o2 + 7 * n + nf + ((size_t)bh * npair + q) * nn, 4 * nn) != 0;
+        }
+    CHECKF(ckdiff == 0, "%zu checkpoints of the pair form differ from the per-chunk form's", ckdiff);
+    CHECKF(!memcmp(o1 + 7 * n + nf + (size_t)B * H * nck * nn, o2 + 7 * n + nf + (size_t)B * H * npair * nn,
+                   4 * (size_t)H * nn),
+           "the s0 copy behind the checkpoints differs");
+    const char *gname[5] = {"dr", "dw", "dk", "da", "db"};
+    const int gi[5] = {1, 2, 3, 5, 6};
+    const double tol[5] = {s_tf32_fp32.grad[0], s_tf32_fp32.grad[1], s_tf32_fp32.grad[2], s_tf32_fp32.grad[4],
+                           s_tf32_fp32.grad[5]};
+    for (int q = 0; q < 5; q++) {
+        double num = 0, den = 0, big = 0;
+        const float *x = o2 + gi[q] * n, *ref = o1 + gi[q] * n;
+        for (size_t i = 0; i < n; i++) {
+            const double d = (double)x[i] - ref[i];
+            num += d * d;
+            den += (double)ref[i] * ref[i];
+            if (!(fabs(d) <= big)) big = fabs(d);
+        }
+        const double rel = sqrt(num / (den > 0 ? den : 1));
+        printf("%s: pair form against the per-chunk form: relative %.2e (bound %.0e), max abs %.2e\n", gname[q], rel,
+               tol[q], big);
+        CHECKF(rel <= tol[q], "%s differs by %.2e relative between the checkpoint intervals", gname[q], rel);
+    }
+    double num = 0, den = 0;
+    for (size_t i = 0; i < (size_t)H * nn; i++) {
+        num += ((double)g2[i] - g1[i]) * ((double)g2[i] - g1[i]);
+        den += (double)g1[i] * g1[i];
+    }
+    const double rel = sqrt(num / (den > 0 ? den : 1));
+    printf("ds0: relative %.2e between the intervals\n", rel);
+    CHECKF(rel <= 1e-6, "dS0 differs by %.2e between the checkpoint intervals", rel);
+    free(b1); free(b2); free(g1); free(g2);
+    return 0;
+}
+
+/* The pair interval is taken only where wkv7.cuh says; anything else is
+ * ST_EINVAL with a sentence naming ckpt_every, before anything is enqueued
+ * (host dummies: no GPU needed). And the sizes and the defaults' interval. */
+static int test_ckpt_pair_refusals(void)
+{
+    char err[ST_ERR_LEN] = "";
+    float d = 0;
+    const int fwd_no[] = {WKV7_FWD_RECURRENT, WKV7_FWD_CHUNKED, WKV7_FWD_TC};
+    const int bwd_no[] = {WKV7_BWD_RECURRENT, WKV7_BWD_SPLIT, WKV7_BWD_CHUNKED, WKV7_BWD_CHUNKED_WS,
+                          WKV7_BWD_CPROD, WKV7_BWD_CHUNKED_SEG(2)};
+    for (int bf16 = 0; bf16 <= 1; bf16++) {
+        for (size_t i = 0; i < sizeof fwd_no / sizeof fwd_no[0]; i++) {
+            err[0] = 0;
+            int rc = wkv7_forward_cuda_algo(fwd_no[i], bf16, 1, 4, 1, &d, &d, &d, &d, &d, &d, &d, &d, NULL, &d,
+                                            WKV7_CUDA_CKPT_PAIR, &d, 0, err);
+            CHECKF(rc == ST_EINVAL && strstr(err, "ckpt_every"), "forward %d: rc %d, err \"%s\"", fwd_no[i], rc, err);
+        }
+        for (size_t i = 0; i < sizeof bwd_no / sizeof bwd_no[0]; i++) {
+            err[0] = 0;
+            int rc = wkv7_backward_cuda_algo(bwd_no[i], bf16, 1, 4, 1, &d, &d, &d, &d, &d, &d, &d,
+                                             WKV7_CUDA_CKPT_PAIR, &d, &d, &d, &d, &d, &d, &d, &d, &d, 0, err);
+            CHECKF(rc == ST_EINVAL && strstr(err, "ckpt_every"), "backward %d: rc %d, err \"%s\"", bwd_no[i], rc,
+                   err);
+        }
+        err[0] = 0;
+        int rc = wkv7_forward_cuda_algo(WKV7_FWD_TCWS1, bf16, 1, 4, 1, &d, &d, &d, &d, &d, &d, &d, &d, NULL, &d, 48,
+                                        &d, 0, err);
+        CHECKF(rc == ST_EINVAL && strstr(err, "ckpt_every"), "ckpt_every 48: rc %d, err \"%s\"", rc, err);
+    }
+    printf("last refusal: %s\n", err);
+    const size_t nn = (size_t)N * N;
+    CHECK(wkv7_cuda_ckpt_floats_every(2, 100, 3, WKV7_CUDA_CKPT_PAIR) == 2 * 3 * 4 * nn + 3 * nn);
+    CHECK(wkv7_cuda_ckpt_floats_every(2, 100, 3, WKV7_CUDA_CHUNK) == 2 * 3 * 7 * nn + 3 * nn);
+    CHECK(wkv7_cuda_ckpt_floats(2, 100, 3) == wkv7_cuda_ckpt_floats_every(2, 100, 3, WKV7_CUDA_CHUNK));
+    CHECK(wkv7_cuda_ckpt_floats_every(1, 32, 1, WKV7_CUDA_CKPT_PAIR) == 2 * nn);
+    /* the defaults: bf16 AUTO (TCWS1 + CPROD1WSSA, auto_rule) takes either interval and gets the measured
+     * faster one, WKV7_CKPT_BF16_DEFAULT; fp32 keeps the recurrent forward, which takes only 16 */
+    CHECK(wkv7_cuda_ckpt_every(1) == WKV7_CKPT_BF16_DEFAULT);
+    CHECK(wkv7_cuda_ckpt_every(0) == WKV7_CUDA_CHUNK);
+    return 0;
 }
 
 static int test_refuses_removed_algorithms(void)
@@ -592,6 +741,7 @@ int main(int argc, char **argv)
         {"reference_gradients", test_reference_gradients},
         {"fp32", test_fp32},
         {"bf16", test_bf16},
+        {"bf16_ckpt_pair", test_bf16_ckpt_pair},
         {"fp32_recurrent", test_fp32_recurrent},
         {"bf16_recurrent", test_bf16_recurrent},
         {"bf16_chunked", test_bf16_chunked},
@@ -608,8 +758,13 @@ int main(int argc, char **argv)
         {"fp32_recurrent_cprod", test_fp32_recurrent_cprod},
         {"fp32_tf32_class", test_fp32_tf32_class},
         {"bf16_tf32_class", test_bf16_tf32_class},
+        {"fp32_tf32_class_ckpt_pair", test_fp32_tf32_class_ckpt_pair},
+        {"bf16_tf32_class_ckpt_pair", test_bf16_tf32_class_ckpt_pair},
+        {"ckpt_pair_matches_per_chunk", test_ckpt_pair_matches_per_chunk},
+        {"ckpt_pair_refusals", test_ckpt_pair_refusals},
         {"bf16_bf16ops_fwd_cprod", test_bf16_bf16ops_fwd_cprod},
         {"bf16_bf16ops_fwd_cprod1wssa", test_bf16_bf16ops_fwd_cprod1wssa},
+        {"bf16_bf16ops_fwd_cprod1wssa_ckpt_pair", test_bf16_bf16ops_fwd_cprod1wssa_ckpt_pair},
         {"refuses_bad_shapes", test_refuses_bad_shapes},
         {"refuses_removed_algorithms", test_refuses_removed_algorithms},
         {"tma_staging_identical", test_tma_staging_identical},

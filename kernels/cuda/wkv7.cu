@@ -553,9 +553,19 @@ int check_shapes(int B, int T, int H, int ckpt_every, char *err)
         return st_fail(err, ST_EINVAL, "wkv7 (cuda): B, T and H must be positive (got %d, %d, %d)", B, T, H);
     if (B > 65535 || H > 65535)
         return st_fail(err, ST_EINVAL, "wkv7 (cuda): B and H must be at most 65535 (got %d, %d)", B, H);
-    if (ckpt_every != CH)
-        return st_fail(err, ST_EINVAL, "wkv7 (cuda): ckpt_every must be %d (got %d)", CH, ckpt_every);
+    if (ckpt_every != CH && ckpt_every != WKV7_CUDA_CKPT_PAIR)
+        return st_fail(err, ST_EINVAL, "wkv7 (cuda): ckpt_every must be %d or %d (got %d)", CH, WKV7_CUDA_CKPT_PAIR,
+                       ckpt_every);
     return ST_OK;
+}
+
+/* Which resolved pairs take a checkpoint every two chunks (wkv7.cuh): the
+ * warp-specialized forwards (one kernel) and the CPROD1WSSA backward; every
+ * other kernel reads or writes one per chunk. */
+bool pair_ok(int forward, int algo)
+{
+    return forward ? algo == WKV7_FWD_TCWS || algo == WKV7_FWD_TCWS1 || algo == WKV7_FWD_TCWSB
+                   : algo == WKV7_BWD_CPROD1WSSA;
 }
 
 /* AUTO: the measured choice (docs/performance.md sections 1.1 and 1.2, H100,
@@ -603,11 +613,18 @@ int launch_fwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
         return st_fail(err, ST_EINVAL,
                        "wkv7_forward_cuda: unknown forward algorithm %d (wkv7.cuh lists the WKV7_FWD_ ids; "
                        "3, 7 and 8 were removed)", algo);
+    if (ckpt_every != CH && !pair_ok(1, algo))
+        return st_fail(err, ST_EINVAL,
+                       "wkv7_forward_cuda: ckpt_every %d (a checkpoint every two chunks) needs a warp-specialized "
+                       "tensor-core forward (TCWS, TCWS1, TCWSB); algorithm %d checkpoints every %d tokens",
+                       ckpt_every, algo, CH);
     /* s0 behind the checkpoints, for the chunk-product backward (wkv7.cuh) */
-    ST_CUDA_CHECK(cudaMemcpyAsync(s_ckpt + (size_t)B * H * nck * N * N, s0, sizeof(float) * H * N * N,
+    const size_t nckpt = (size_t)((T + ckpt_every - 1) / ckpt_every);
+    ST_CUDA_CHECK(cudaMemcpyAsync(s_ckpt + (size_t)B * H * nckpt * N * N, s0, sizeof(float) * H * N * N,
                                   cudaMemcpyDeviceToDevice, stream));
     if (tc) {
-        return wkv7tc::forward<F>(algo, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, sa, stream, err);
+        return wkv7tc::forward<F>(algo, B, T, H, r, w, k, v, a, b, s0, y, s_final, s_ckpt, ckpt_every, sa, stream,
+                                  err);
     } else if (algo == WKV7_FWD_CHUNKED) {
         wkv7_fwd_chunked_kernel<F, FW><<<dim3(H, B), CT, 0, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
                                                                       s_ckpt, sa);
@@ -634,11 +651,18 @@ int launch_bwd(int algo, int B, int T, int H, const F *r, const FW *w, const F *
     rc = resolve_algo(0, sizeof(F) == 2, algo, B, H, &algo, err);
     if (rc) return rc;
     const bool seg = algo > 16 && algo <= 16 + 4096; /* WKV7_BWD_CHUNKED_SEG(s) */
+    const bool known = seg || algo == WKV7_BWD_CHUNKED || algo == WKV7_BWD_CHUNKED_WS || algo == WKV7_BWD_CPROD ||
+                       algo == WKV7_BWD_CPROD1WSSA || algo == WKV7_BWD_SPLIT || algo == WKV7_BWD_RECURRENT;
+    if (known && ckpt_every != CH && !pair_ok(0, algo))
+        return st_fail(err, ST_EINVAL,
+                       "wkv7_backward_cuda: ckpt_every %d (a checkpoint every two chunks) needs the CPROD1WSSA "
+                       "backward (algorithm %d); algorithm %d reads one every %d tokens",
+                       ckpt_every, WKV7_BWD_CPROD1WSSA, algo, CH);
     if (seg || algo == WKV7_BWD_CHUNKED || algo == WKV7_BWD_CHUNKED_WS || algo == WKV7_BWD_CPROD ||
         algo == WKV7_BWD_CPROD1WSSA) {
         /* CHUNKED: segments of 4 chunks (docs/performance.md 1.2) */
         return wkv7tc::backward<F>(seg ? WKV7_BWD_CHUNKED : algo, seg ? algo - 16 : 4, B, T, H, r, w, k, v, a, b,
-                                   s_ckpt, sa, dy, dr, dw, dk, dv, da, db, ds0, stream, err);
+                                   s_ckpt, ckpt_every, sa, dy, dr, dw, dk, dv, da, db, ds0, stream, err);
     } else if (algo == WKV7_BWD_SPLIT) {
         /* 72 KB of tiles: above the 48 KB a launch gets without asking */
         ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_bwd_split_kernel<F, FW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -696,9 +720,30 @@ extern "C" int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int
     return wkv7_cuda_auto_algo(forward, B, H, sms);
 }
 
+extern "C" size_t wkv7_cuda_ckpt_floats_every(int B, int T, int H, int ckpt_every)
+{
+    if (ckpt_every < CH) ckpt_every = CH; /* (the launchers refuse other intervals) */
+    return (size_t)B * H * ((T + ckpt_every - 1) / ckpt_every) * N * N + (size_t)H * N * N;
+}
+
 extern "C" size_t wkv7_cuda_ckpt_floats(int B, int T, int H)
 {
-    return (size_t)B * H * ((T + CH - 1) / CH) * N * N + (size_t)H * N * N;
+    return wkv7_cuda_ckpt_floats_every(B, T, H, CH);
+}
+
+/* WKV7_CKPT_BF16_DEFAULT (wkv7.cuh), where both bf16 defaults take it: a
+ * baseline build with another default (-DWKV7_FWD_BF16_DEFAULT=0,
+ * -DWKV7_AUTO_V12) gets 16. */
+extern "C" int wkv7_cuda_ckpt_every(int bf16)
+{
+#ifndef WKV7_AUTO_V12
+    const int fwd = WKV7_FWD_BF16_DEFAULT, bwd = WKV7_BWD_BF16_DEFAULT;
+    if (bf16 && WKV7_CKPT_BF16_DEFAULT == WKV7_CUDA_CKPT_PAIR && (fwd == WKV7_ALGO_AUTO || pair_ok(1, fwd)) &&
+        (bwd == WKV7_ALGO_AUTO || pair_ok(0, bwd)))
+        return WKV7_CUDA_CKPT_PAIR;
+#endif
+    (void)bf16;
+    return CH;
 }
 
 extern "C" size_t wkv7_cuda_sa_floats(int B, int T, int H)

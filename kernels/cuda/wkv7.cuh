@@ -79,8 +79,31 @@ extern "C" {
 #endif
 
 #define WKV7_CUDA_N 64
-/* Tokens per checkpoint; the launchers refuse any other ckpt_every. */
+/* Tokens per chunk, and per checkpoint: every launcher takes ckpt_every =
+ * WKV7_CUDA_CHUNK. */
 #define WKV7_CUDA_CHUNK 16
+/* A checkpoint every two chunks (32 tokens), an option: taken only by the
+ * warp-specialized tensor-core forwards (TCWS, TCWS1, TCWSB: one kernel)
+ * and the CPROD1WSSA backward, the bf16 AUTO pair; the launchers refuse it
+ * for every other algorithm with a sentence, and any interval but these
+ * two. The forward then stores the state after every odd chunk (and the
+ * last), pass 1 the gradient there, and pass 2 recomputes the states and
+ * gradients between them from the neighbouring chunk's tiles
+ * (wkv7_chunk.cu): half the checkpoint memory (and of pass 1's gradient
+ * store) and about 32 KB less DRAM traffic per chunk of 16 tokens, at the
+ * price of more instructions in pass 2, which is bound by its instruction
+ * issue as much as by DRAM: measured slower on an H100 (docs/performance.md
+ * 1.8: (8, 4096, 64) 8.37 against 7.44 ms), so no default uses it
+ * (WKV7_CKPT_BF16_DEFAULT); it trades that time for memory. The results
+ * are those of the one-product tf32 class (tests/test_cuda_wkv.c: the
+ * same bits as the per-chunk form on its inputs). */
+#define WKV7_CUDA_CKPT_PAIR (2 * WKV7_CUDA_CHUNK)
+/* The interval wkv7_cuda_ckpt_every gives the bf16 default launchers:
+ * WKV7_CUDA_CHUNK (measured faster, above); -DWKV7_CKPT_BF16_DEFAULT=32
+ * builds the pair interval in (benchmarks). */
+#ifndef WKV7_CKPT_BF16_DEFAULT
+#define WKV7_CKPT_BF16_DEFAULT WKV7_CUDA_CHUNK
+#endif
 
 /* Forward algorithms. RECURRENT: the official kernel's, one token after
  * another (above). CHUNKED: 16 tokens at a time as small dense products and a
@@ -191,12 +214,25 @@ int wkv7_cuda_auto_algo(int forward, int B, int H, int sms);
  * for both precisions). */
 int wkv7_cuda_auto_algo_prec(int forward, int bf16, int B, int H, int sms);
 
-/* Floats of the checkpoint workspace: (B, H, ceil(T/16), N, N); entry c is the
- * state after chunk c, transposed ([j][i]); then a copy of s0 (H, N, N) that
+/* Floats of the checkpoint workspace for a checkpoint every ckpt_every
+ * tokens (WKV7_CUDA_CHUNK or WKV7_CUDA_CKPT_PAIR): (B, H, ceil(T /
+ * ckpt_every), N, N); entry c is the state after token min((c + 1)
+ * ckpt_every, T), transposed ([j][i]); then a copy of s0 (H, N, N) that
  * every forward makes, for the chunk-product backward (the backward
- * launchers take no s0). This layout is the CUDA kernels' own (the CPU's
+ * launchers take no s0). The forward and the backward must be given the
+ * same interval. This layout is the CUDA kernels' own (the CPU's
  * checkpoints hold the state before each chunk). */
+size_t wkv7_cuda_ckpt_floats_every(int B, int T, int H, int ckpt_every);
+/* The same for a checkpoint every chunk: enough for either interval. */
 size_t wkv7_cuda_ckpt_floats(int B, int T, int H);
+/* The interval to give the default launchers (wkv7_forward_cuda(_bf16),
+ * wkv7_backward_cuda(_bf16)), by precision (bf16 nonzero: the _bf16 ones):
+ * WKV7_CKPT_BF16_DEFAULT for bf16 where both defaults resolve to a pair
+ * that takes it (TCWS1 + CPROD1WSSA), else WKV7_CUDA_CHUNK (fp32: the
+ * recurrent forward). A caller that sizes its checkpoints with
+ * wkv7_cuda_ckpt_floats_every(B, T, H, wkv7_cuda_ckpt_every(bf16)) and
+ * passes the same value follows the default. */
+int wkv7_cuda_ckpt_every(int bf16);
 /* Floats of the sa workspace: (B, T, H, N). */
 size_t wkv7_cuda_sa_floats(int B, int T, int H);
 
@@ -206,8 +242,8 @@ int wkv7_forward_cuda(int B, int T, int H,
                       const float *s0,      /* (H, N, N) */
                       float *y,             /* (B, T, H, N) out */
                       float *s_final,       /* (B, H, N, N) out, optional */
-                      float *s_ckpt,        /* wkv7_cuda_ckpt_floats out */
-                      int ckpt_every,       /* must be WKV7_CUDA_CHUNK */
+                      float *s_ckpt,        /* wkv7_cuda_ckpt_floats_every out */
+                      int ckpt_every,       /* WKV7_CUDA_CHUNK, or WKV7_CUDA_CKPT_PAIR (above) */
                       float *sa,            /* (B, T, H, N) out */
                       cudaStream_t stream, char *err);
 

@@ -70,6 +70,24 @@
  * step-back reached 9e-4), one tf32 product (CPROD1WSSA, about 3e-4; the
  * bf16 launchers' AUTO with the TCWS1 forward).
  *
+ * A checkpoint every two chunks (ckpt_every = WKV7_CUDA_CKPT_PAIR, 2026-11-27,
+ * docs/performance.md 1.8): the warp-specialized forward stores the state
+ * after every odd chunk and the last, pass 1 stores D at the same places
+ * (its segments of 2 chunks), and pass 2, still one CTA per chunk, rebuilds
+ * what its chunk lacks from the neighbour's tiles: an odd chunk advances
+ * the pair's start state over chunk c - 1,
+ *   S_mid = S diag(pL) + V^T K' + U^T B'       (the forward's update),
+ * an even chunk with a successor steps the pair's end gradient back over
+ * chunk c + 1,
+ *   D_mid = D diag(pL) + dY^T Q~ + Z^T A~      (pass 1's update),
+ * with the same tiles (K', B', Q~, A~, pL by the same products in the same
+ * order) and one tf32 product, so only the products' summation order
+ * differs from the stored bits. Per chunk of 16 tokens that drops the
+ * forward's and pass 1's stores of every other 16 KB matrix and pass 2's
+ * separate reads of them (the two CTAs of a pair read the same S and D,
+ * the second from L2); the neighbour's tiles (about 14 KB) mostly come from
+ * L2 too, read by the neighbour's own CTA at about the same time.
+ *
  * Removed on 2026-11-27 (docs/performance.md 1.2-1.4 has their
  * measurements; git history has the code): TC1 (TC with one tf32
  * product), CHUNKED_REC (pass 2 as the whole recurrent per-token backward
@@ -769,7 +787,8 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
     const float *__restrict__ s0, F *__restrict__ y, float *__restrict__ s_final,
-    float *__restrict__ ckpt, float *__restrict__ sa_out, const __grid_constant__ TmaMaps maps, int use_tma)
+    float *__restrict__ ckpt, float *__restrict__ sa_out, const __grid_constant__ TmaMaps maps, int use_tma,
+    int pair)
 {
     extern __shared__ __align__(128) unsigned char dyn_smem[];
     FwdSmem<F> &sm = *reinterpret_cast<FwdSmem<F> *>(dyn_smem);
@@ -847,11 +866,16 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
             S[nt][0] = lo.x; S[nt][1] = lo.y; S[nt][2] = hi.x; S[nt][3] = hi.y;
         }
     }
-    float *ck = ckpt + (size_t)(bb * H + h) * nck * N * N;
+    /* pair: a checkpoint after every odd chunk and the last one, entry c / 2
+     * (wkv7_cuda_ckpt_floats_every); the chunk-product backward recomputes
+     * the states between them */
+    float *ck = ckpt + (size_t)(bb * H + h) * (pair ? (nck + 1) / 2 : nck) * N * N;
     for (int c = 0; c < nck; c++) {
         const int s = c & 1, t0 = c * L, n = min(L, T - t0);
         const size_t base = head0 + (size_t)t0 * HN;
         const FwdStage &S_ = sm.st[s];
+        const bool keep = !pair || (c & 1) || c == nck - 1;
+        float *ckc = ck + (size_t)(pair ? c >> 1 : c) * N * N;
         bar_sync(1 + s, 2 * NTH); /* stage s holds chunk c */
         if constexpr (SPLIT == 16) {
             /* X^T = S A~^T, Y^T = S Q~^T (values x tokens) over the 64 keys */
@@ -890,14 +914,13 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
             for (int nt = 0; nt < 2; nt++) mma16(YT[nt], Au, frag_b16(S_.gQB + (8 * nt + g) * LDG, t4));
             store_sa_y<F>(UT, YT, sa_out, y, base, HN, n, i0, g, t4);
             /* S <- S diag(pL) + V^T K' + U^T B' (pL in fp32), the checkpoint */
-            float *ckc = ck + (size_t)c * N * N;
 #pragma unroll
             for (int nt = 0; nt < N / 8; nt++) {
                 const float2 p2 = *reinterpret_cast<const float2 *>(S_.pL + 8 * nt + 2 * t4);
                 S[nt][0] *= p2.x; S[nt][1] *= p2.y; S[nt][2] *= p2.x; S[nt][3] *= p2.y;
                 mma16(S[nt], Av, frag_b16(S_.tKt + (8 * nt + g) * LDT, t4));
                 mma16(S[nt], Au, frag_b16(S_.tBt + (8 * nt + g) * LDT, t4));
-                store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
+                if (keep) store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
             }
         } else {
             float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -941,7 +964,6 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                     mma<SPLIT>(YT[nt], Au[ks], frag_b<SPLIT>(S_.gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
             }
             store_sa_y<F>(UT, YT, sa_out, y, base, HN, n, i0, g, t4);
-            float *ckc = ck + (size_t)c * N * N;
     #pragma unroll
             for (int nt = 0; nt < N / 8; nt++) {
                 const float2 p2 = *reinterpret_cast<const float2 *>(S_.pL + 8 * nt + 2 * t4);
@@ -951,7 +973,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                     mma<SPLIT>(S[nt], Av[ks], frag_b<SPLIT>(S_.tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
                     mma<SPLIT>(S[nt], Au[ks], frag_b<SPLIT>(S_.tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
                 }
-                store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
+                if (keep) store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
             }
         }
         if (c + 2 < nck) bar_release(3 + s, 2 * NTH); /* stage s is free for chunk c + 2 */
@@ -1762,7 +1784,7 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
     const float *__restrict__ s0, const float *__restrict__ ckpt, const float *__restrict__ sa_in,
     const float *__restrict__ dsa_in, const F *__restrict__ dy, const float *__restrict__ dstore,
-    F *__restrict__ dr, float *__restrict__ dw, F *__restrict__ dk, F *__restrict__ da, F *__restrict__ db)
+    F *__restrict__ dr, float *__restrict__ dw, F *__restrict__ dk, F *__restrict__ da, F *__restrict__ db, int pair)
 {
     static_assert(OP == 1, "the 75 KB pass 2 is the one-tf32-product class (CPROD1WSSA)");
     extern __shared__ __align__(16) unsigned char dyn_smem[];
@@ -1786,8 +1808,17 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     const int t0 = c * L, n = min(L, T - t0);
     const size_t base = (((size_t)bb * T + t0) * H + h) * N;
 
-    if (c > 0) {
-        const float *src = ckpt + ((size_t)(bb * H + h) * nck + c - 1) * N * N; /* S^T, [j][i] */
+    /* pair (a checkpoint every two chunks): chunk c belongs to pair q = c / 2,
+     * whose start state (entry q - 1, or s0) and end gradient (D at the end
+     * of chunk min(2q + 1, nck - 1), entry q) are stored. An odd chunk first
+     * advances the state over chunk c - 1 (S_mid), an even chunk with a
+     * successor steps D back over chunk c + 1 (D_mid), each from the
+     * neighbour's tiles, with the forward's and pass 1's own per-chunk
+     * updates (this file's header). Otherwise entry c - 1 and entry c. */
+    const int q = pair ? c >> 1 : c, nsv = pair ? (nck + 1) >> 1 : nck;
+    const bool advS = pair && (c & 1), advD = pair && !(c & 1) && c + 1 < nck;
+    if (q > 0) {
+        const float *src = ckpt + ((size_t)(bb * H + h) * nsv + q - 1) * N * N; /* S^T, [j][i] */
         for (int e = tid; e < N * N / 4; e += 256) {
             const int j = (4 * e) / N, i = (4 * e) % N;
             cp_async16(&St[j * CLA + i], src + 4 * e);
@@ -1797,40 +1828,115 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         for (int e = tid; e < N * N; e += 256) St[(e % N) * CLA + e / N] = src[e];
     }
     {
-        const float *src = dstore + ((size_t)(bb * H + h) * nck + c) * N * N; /* D, [i][j] */
+        const float *src = dstore + ((size_t)(bb * H + h) * nsv + q) * N * N; /* D, [i][j] */
         for (int e = tid; e < N * N / 4; e += 256) {
             const int i = (4 * e) / N, j = (4 * e) % N;
             cp_async16(&Dm[i * CLB + j], src + 4 * e);
         }
     }
-    { /* token tiles, four consecutive elements per thread (one pass) */
-        const int e = 4 * tid, uu = e / N, x = e % N;
-        const bool ok = uu < n;
-        const size_t idx = base + (size_t)(ok ? uu : 0) * HN + x;
-        const int o = uu * CLA + x, ob = uu * CLB + x;
+    /* token tiles, four consecutive elements per thread (one pass) of chunk
+     * cc: side 0 the gradient side (z = dsa, dy, r into q~, a into a~),
+     * side 1 the value side (v, u = sa, k into k^, b into b^), w into p */
+    const int e4 = 4 * tid, uu = e4 / N, x4 = e4 % N;
+    const int o = uu * CLA + x4, ob = uu * CLB + x4;
+    auto load_tiles = [&](int cc, bool side0, bool side1, bool with_w) {
+        const int ncc = min(L, T - cc * L);
+        const bool ok = uu < ncc;
+        const size_t idx = (((size_t)bb * T + cc * L + (ok ? uu : 0)) * H + h) * N + x4;
         const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
         if (ok) {
-            cp_async16(&sm.z[o], dsa_in + idx);
-            cp_async16(&sm.u[o], sa_in + idx);
-            cp_async16(&sm.p[ob], w + idx);
+            if (side0) cp_async16(&sm.z[o], dsa_in + idx);
+            if (side1) cp_async16(&sm.u[o], sa_in + idx);
+            if (with_w) cp_async16(&sm.p[ob], w + idx);
             cp_async_commit();
         } else { /* identity tokens past T */
-            *reinterpret_cast<float4 *>(&sm.z[o]) = zero;
-            *reinterpret_cast<float4 *>(&sm.u[o]) = zero;
-            *reinterpret_cast<float4 *>(&sm.p[ob]) = make_float4(1.f, 1.f, 1.f, 1.f);
+            if (side0) *reinterpret_cast<float4 *>(&sm.z[o]) = zero;
+            if (side1) *reinterpret_cast<float4 *>(&sm.u[o]) = zero;
+            if (with_w) *reinterpret_cast<float4 *>(&sm.p[ob]) = make_float4(1.f, 1.f, 1.f, 1.f);
         }
-        *reinterpret_cast<float4 *>(&sm.dy[o]) = ok ? round_tf32(load4(dy + idx)) : zero;
-        *reinterpret_cast<float4 *>(&sm.v[o]) = ok ? round_tf32(load4(v + idx)) : zero;
-        *reinterpret_cast<float4 *>(&sm.qt[ob]) = ok ? load4(r + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.kh[ob]) = ok ? load4(k + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.at[ob]) = ok ? load4(a + idx) : zero;
-        *reinterpret_cast<float4 *>(&sm.bh[ob]) = ok ? load4(b + idx) : zero;
+        if (side0) {
+            *reinterpret_cast<float4 *>(&sm.dy[o]) = ok ? round_tf32(load4(dy + idx)) : zero;
+            *reinterpret_cast<float4 *>(&sm.qt[ob]) = ok ? load4(r + idx) : zero;
+            *reinterpret_cast<float4 *>(&sm.at[ob]) = ok ? load4(a + idx) : zero;
+        }
+        if (side1) {
+            *reinterpret_cast<float4 *>(&sm.v[o]) = ok ? round_tf32(load4(v + idx)) : zero;
+            *reinterpret_cast<float4 *>(&sm.kh[ob]) = ok ? load4(k + idx) : zero;
+            *reinterpret_cast<float4 *>(&sm.bh[ob]) = ok ? load4(b + idx) : zero;
+        }
+    };
+    /* this thread's own copies have landed: round z and u (products only) */
+    auto land = [&](bool side0, bool side1) {
         cp_async_commit(); /* harmless when this thread issued nothing more */
         cp_async_wait_0();
-        /* this thread's own copies have landed: round z and u (products only) */
         float4 *z4 = reinterpret_cast<float4 *>(&sm.z[o]), *u4 = reinterpret_cast<float4 *>(&sm.u[o]);
-        *z4 = round_tf32(*z4);
-        *u4 = round_tf32(*u4);
+        if (side0) *z4 = round_tf32(*z4);
+        if (side1) *u4 = round_tf32(*u4);
+    };
+    if (advS || advD) {
+        /* the neighbour's half and w, and this chunk's other half */
+        load_tiles(advS ? c - 1 : c + 1, advD, advS, true);
+        load_tiles(c, advS, advD, false);
+        land(true, true);
+        __syncthreads();
+        if (tid < N) { /* per key: the forward's (advS) or pass 1's (advD) prep, same products in the same order */
+            const int j = tid;
+            float wr[L];
+#pragma unroll
+            for (int u = 0; u < L; u++) wr[u] = sm.p[u * CLB + j];
+            float pl = 1.f;
+            if (advS) { /* K' = k pL / p_t, B' likewise (suffix products) */
+#pragma unroll
+                for (int u = 0; u < L; u++) pl *= wr[u];
+                float sfx = 1.f;
+#pragma unroll
+                for (int u = L - 1; u >= 0; u--) {
+                    sm.kh[u * CLB + j] *= sfx;
+                    sm.bh[u * CLB + j] *= sfx;
+                    sfx *= wr[u];
+                }
+            } else { /* A~ = a p_{t-1}, Q~ = r p_t */
+#pragma unroll
+                for (int u = 0; u < L; u++) {
+                    sm.at[u * CLB + j] *= pl;
+                    pl *= wr[u];
+                    sm.qt[u * CLB + j] *= pl;
+                }
+            }
+            sm.pL[j] = pl;
+        }
+        __syncthreads();
+        { /* in place, warp w on value rows 16 (w % 4).., keys 32 (w / 4)..:
+           * S_mid = S diag(pL) + V^T K' + U^T B' (St holds S^T), or
+           * D_mid = D diag(pL) + dY^T Q~ + Z^T A~ (Dm holds D) */
+            const int i0 = 16 * (warp & 3), jb = 32 * (warp >> 2);
+            float *Mx = advS ? St : Dm;
+            const int mi = advS ? 1 : CLB, mj = advS ? CLA : 1; /* element (i, j) at Mx[i mi + j mj] */
+            const float *A0 = advS ? sm.v : sm.dy, *A1 = advS ? sm.u : sm.z;
+            const float *B0 = advS ? sm.kh : sm.qt, *B1 = advS ? sm.bh : sm.at;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                const int j = jb + 8 * nt + 2 * t4, i = i0 + g;
+                const float pj0 = sm.pL[j], pj1 = sm.pL[j + 1];
+                float cc[4] = {Mx[i * mi + j * mj] * pj0, Mx[i * mi + (j + 1) * mj] * pj1,
+                               Mx[(i + 8) * mi + j * mj] * pj0, Mx[(i + 8) * mi + (j + 1) * mj] * pj1};
+#pragma unroll
+                for (int k0 = 0; k0 < L; k0 += 8) {
+                    smm<1>(cc, A0 + k0 * CLA + i0, 1, CLA, B0 + k0 * CLB + jb + 8 * nt, CLB, 1, 8, g, t4);
+                    smm<1>(cc, A1 + k0 * CLA + i0, 1, CLA, B1 + k0 * CLB + jb + 8 * nt, CLB, 1, 8, g, t4);
+                }
+                Mx[i * mi + j * mj] = cc[0];
+                Mx[i * mi + (j + 1) * mj] = cc[1];
+                Mx[(i + 8) * mi + j * mj] = cc[2];
+                Mx[(i + 8) * mi + (j + 1) * mj] = cc[3];
+            }
+        }
+        __syncthreads(); /* the neighbour's tiles are dead */
+        load_tiles(c, advD, advS, true);
+        land(advD, advS);
+    } else {
+        load_tiles(c, true, true, true);
+        land(true, true);
     }
     __syncthreads();
     /* per-key passes: key j = tid % 64, token group q = tid / 64 (tokens
@@ -2050,10 +2156,14 @@ static int tma_maps(TmaMaps *m, int B, int T, int H, const F *const x[5], const 
 
 template <typename F>
 int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
-            const F *b, const float *s0, F *y, float *s_final, float *ckpt, float *sa, cudaStream_t stream,
-            char *err)
+            const F *b, const float *s0, F *y, float *s_final, float *ckpt, int ckpt_every, float *sa,
+            cudaStream_t stream, char *err)
 {
     const int nck = (T + L - 1) / L;
+    const int pair = ckpt_every == 2 * L; /* a checkpoint every two chunks (the launchers checked which forward) */
+    if (pair && algo != WKV7_FWD_TCWS && algo != WKV7_FWD_TCWS1 && algo != WKV7_FWD_TCWSB)
+        return st_fail(err, ST_EINVAL, "wkv7 tensor-core forward: algorithm %d has no checkpoint every %d tokens",
+                       algo, ckpt_every);
     /* The warp-specialized kernels come first on purpose: the first kernel
      * instantiated fixes dyn_smem's alignment for the whole file (128, theirs,
      * which lets the compiler fold their TMA alignment check; nvcc warns
@@ -2070,17 +2180,17 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 3>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                              s_final, ckpt, sa, maps, use_tma);
+                                                                              s_final, ckpt, sa, maps, use_tma, pair);
         } else if (algo == WKV7_FWD_TCWS1) {
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 1><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                              s_final, ckpt, sa, maps, use_tma);
+                                                                              s_final, ckpt, sa, maps, use_tma, pair);
         } else {
             ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 16>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             wkv7_fwd_tcws_kernel<F, 16><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                               s_final, ckpt, sa, maps, use_tma);
+                                                                               s_final, ckpt, sa, maps, use_tma, pair);
         }
         ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
         return ST_OK;
@@ -2105,12 +2215,18 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
 template <typename F, int OP, bool WS, bool SMALL>
 int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
                    const F *b, const float *s0, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw,
-                   F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
+                   F *dk, F *dv, F *da, F *db, float *ds0, int pair, cudaStream_t stream, char *err)
 {
     const int nck = (T + L - 1) / L;
     if (B > 65535 || H > 65535) /* grid (nck, H, B) */
         return st_fail(err, ST_EINVAL, "wkv7 chunk-product backward: B = %d or H = %d is above 65535", B, H);
-    const size_t nstore = (size_t)B * H * nck * N * N, ndsa = (size_t)B * T * H * N;
+    if (pair && !SMALL)
+        return st_fail(err, ST_EINVAL, "wkv7 chunk-product backward: only CPROD1WSSA reads a checkpoint every "
+                       "two chunks");
+    /* pass 1 stores D at the end of every chunk, or of every pair of chunks
+     * (and of the last chunk) when the forward checkpointed every pair */
+    const int seg = pair ? 2 : 1;
+    const size_t nstore = (size_t)B * H * ((nck + seg - 1) / seg) * N * N, ndsa = (size_t)B * T * H * N;
     float *ws = NULL;
     ST_CUDA_CHECK(cudaMallocAsync((void **)&ws, (nstore + ndsa) * sizeof(float), stream));
     float *dstore = ws, *dsa = ws + nstore;
@@ -2125,7 +2241,7 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
                                   smem1);
         if (e1 == cudaSuccess) {
             wkv7_bwd_tcws_dstate_kernel<F, OP><<<dim3(H, B), 2 * NTH, smem1, stream>>>(
-                T, H, nck, 1, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
+                T, H, nck, seg, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
             e1 = cudaGetLastError();
         }
     } else {
@@ -2145,7 +2261,7 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
                                       smem2);
         if (e1 == cudaSuccess) {
             wkv7_bwd_cprod_small_kernel<F, OP><<<dim3(nck, H, B), 256, smem2, stream>>>(
-                T, H, nck, r, w, k, v, a, b, s0, ckpt, sa, dsa, dy, dstore, dr, dw, dk, da, db);
+                T, H, nck, r, w, k, v, a, b, s0, ckpt, sa, dsa, dy, dstore, dr, dw, dk, da, db, pair);
             e1 = cudaGetLastError();
         }
     } else {
@@ -2170,18 +2286,22 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
 
 template <typename F>
 int backward(int algo, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v,
-             const F *a, const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk,
-             F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
+             const F *a, const F *b, const float *ckpt, int ckpt_every, const float *sa, const F *dy, F *dr,
+             float *dw, F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err)
 {
+    const int pair = ckpt_every == 2 * L;
+    if (pair && algo != WKV7_BWD_CPROD1WSSA)
+        return st_fail(err, ST_EINVAL, "wkv7 tensor-core backward: algorithm %d reads no checkpoint every %d tokens",
+                       algo, ckpt_every);
     if (algo == WKV7_BWD_CPROD || algo == WKV7_BWD_CPROD1WSSA) {
         /* chunk 0 starts from s0, which every forward copies behind the
-         * checkpoints (wkv7_cuda_ckpt_floats) */
-        const float *s0 = ckpt + (size_t)B * H * ((T + L - 1) / L) * N * N;
+         * checkpoints (wkv7_cuda_ckpt_floats_every) */
+        const float *s0 = ckpt + (size_t)B * H * ((T + ckpt_every - 1) / ckpt_every) * N * N;
         if (algo == WKV7_BWD_CPROD)
             return backward_cprod<F, 3, false, false>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv,
-                                                      da, db, ds0, stream, err);
+                                                      da, db, ds0, 0, stream, err);
         return backward_cprod<F, 1, true, true>(B, T, H, r, w, k, v, a, b, s0, ckpt, sa, dy, dr, dw, dk, dv, da, db,
-                                                ds0, stream, err);
+                                                ds0, pair, stream, err);
     }
     if (algo != WKV7_BWD_CHUNKED && algo != WKV7_BWD_CHUNKED_WS)
         return st_fail(err, ST_EINVAL, "wkv7 tensor-core backward: unknown algorithm %d", algo);
@@ -2238,20 +2358,21 @@ int backward(int algo, int seg, int B, int T, int H, const F *r, const float *w,
 }
 
 template int forward<float>(int, int, int, int, const float *, const float *, const float *, const float *,
-                            const float *, const float *, const float *, float *, float *, float *, float *,
+                            const float *, const float *, const float *, float *, float *, float *, int, float *,
                             cudaStream_t, char *);
 template int forward<__nv_bfloat16>(int, int, int, int, const __nv_bfloat16 *, const float *,
                                     const __nv_bfloat16 *, const __nv_bfloat16 *, const __nv_bfloat16 *,
-                                    const __nv_bfloat16 *, const float *, __nv_bfloat16 *, float *, float *,
+                                    const __nv_bfloat16 *, const float *, __nv_bfloat16 *, float *, float *, int,
                                     float *, cudaStream_t, char *);
 template int backward<float>(int, int, int, int, int, const float *, const float *, const float *, const float *,
-                             const float *, const float *, const float *, const float *, const float *, float *,
-                             float *, float *, float *, float *, float *, float *, cudaStream_t, char *);
+                             const float *, const float *, const float *, int, const float *, const float *,
+                             float *, float *, float *, float *, float *, float *, float *, cudaStream_t, char *);
 template int backward<__nv_bfloat16>(int, int, int, int, int, const __nv_bfloat16 *, const float *,
                                      const __nv_bfloat16 *, const __nv_bfloat16 *, const __nv_bfloat16 *,
-                                     const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
-                                     __nv_bfloat16 *, float *, __nv_bfloat16 *, __nv_bfloat16 *, __nv_bfloat16 *,
-                                     __nv_bfloat16 *, float *, cudaStream_t, char *);
+                                     const __nv_bfloat16 *, const float *, int, const float *,
+                                     const __nv_bfloat16 *, __nv_bfloat16 *, float *, __nv_bfloat16 *,
+                                     __nv_bfloat16 *, __nv_bfloat16 *, __nv_bfloat16 *, float *, cudaStream_t,
+                                     char *);
 
 } // namespace wkv7tc
 

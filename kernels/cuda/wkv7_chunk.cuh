@@ -15,7 +15,12 @@
 
 namespace wkv7tc {
 
-/* Forward on tensor cores; algo is a wkv7.cuh id: WKV7_FWD_TC (every
+/* ckpt_every (both passes): WKV7_CUDA_CHUNK, or WKV7_CUDA_CKPT_PAIR for the
+ * warp-specialized forwards and CPROD1WSSA (wkv7.cuh; ST_EINVAL for the
+ * others); the same interval in both, as the checkpoints' layout and the
+ * s0 copy behind them depend on it.
+ *
+ * Forward on tensor cores; algo is a wkv7.cuh id: WKV7_FWD_TC (every
  * product in 3xTF32: each fp32 operand as a tf32 pair, three products;
  * about fp32), WKV7_FWD_TCWS (the same arithmetic, warp-specialized:
  * producer warps build the next chunk's tiles while the state warps
@@ -23,8 +28,8 @@ namespace wkv7tc {
  * (TCWS with bf16 operands in the state warps). Any other id: ST_EINVAL. */
 template <typename F>
 int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
-            const F *b, const float *s0, F *y, float *s_final, float *ckpt, float *sa, cudaStream_t stream,
-            char *err);
+            const F *b, const float *s0, F *y, float *s_final, float *ckpt, int ckpt_every, float *sa,
+            cudaStream_t stream, char *err);
 
 /* Backward; algo is a wkv7.cuh id. WKV7_BWD_CHUNKED: two passes, the
  * chunked dS recursion on tensor cores (3xTF32), which stores dS at the end
@@ -40,8 +45,8 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
  * its fp32 loads by cp.async. Any other id: ST_EINVAL. */
 template <typename F>
 int backward(int algo, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
-             const F *b, const float *ckpt, const float *sa, const F *dy, F *dr, float *dw, F *dk, F *dv,
-             F *da, F *db, float *ds0, cudaStream_t stream, char *err);
+             const F *b, const float *ckpt, int ckpt_every, const float *sa, const F *dy, F *dr, float *dw,
+             F *dk, F *dv, F *da, F *db, float *ds0, cudaStream_t stream, char *err);
 
 #ifdef __CUDACC__
 /* One token of the per-token step-back's column half, shared by the
