@@ -186,9 +186,11 @@ static void s_weights(uint64_t *s, const shape_t &sh, std::vector<uint16_t> &w1b
     s_rand(s, (size_t)sh.D * sh.C, -a2, a2, w2b, w2);
 }
 
+/* Every shape and case: a failure is counted and the rest still run. */
 static int test_lora_fused_fwd(void)
 {
     uint64_t seed = st_test_seed(), *s = &seed;
+    int fails = 0;
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     char err[ST_ERR_LEN];
     for (const shape_t &sh : SHAPES) {
@@ -217,12 +219,11 @@ static int test_lora_fused_fwd(void)
                 const int kh = 1 + (act != 0) + (act == st::ACT_SIGMOID);
                 char what[64];
                 snprintf(what, sizeof what, "fwd %s out %s", s_actname(act), f32 ? "fp32" : "bf16");
-                if (s_cmp(what, sh, f32 ? s_down_f32(dout, RC) : s_down_bf16(dout, RC), out,
-                          (kh + !f32) * BF16_U + TOL_ACC))
-                    return 1;
+                fails += s_cmp(what, sh, f32 ? s_down_f32(dout, RC) : s_down_bf16(dout, RC), out,
+                               (kh + !f32) * BF16_U + TOL_ACC);
                 if (!f32) {
                     snprintf(what, sizeof what, "fwd %s hid", s_actname(act));
-                    if (s_cmp(what, sh, s_down_bf16(dh, RD), h, kh * BF16_U + TOL_ACC)) return 1;
+                    fails += s_cmp(what, sh, s_down_bf16(dh, RD), h, kh * BF16_U + TOL_ACC);
                 }
             }
         }
@@ -234,14 +235,15 @@ static int test_lora_fused_fwd(void)
         CU(cudaDeviceSynchronize());
         for (size_t i = 0; i < RD; i++) h[i] = tanh(z[i]);
         s_mm(sh.R, sh.D, sh.C, h.data(), w2.data(), false, out.data());
-        if (s_cmp("fwd tanh, no hid", sh, s_down_bf16(dout, RC), out, 3 * BF16_U + TOL_ACC)) return 1;
+        fails += s_cmp("fwd tanh, no hid", sh, s_down_bf16(dout, RC), out, 3 * BF16_U + TOL_ACC);
     }
-    return 0;
+    return fails ? 1 : 0;
 }
 
 static int test_lora_fused_bwd(void)
 {
     uint64_t seed = st_test_seed(), *s = &seed;
+    int fails = 0;
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     char err[ST_ERR_LEN];
     for (const shape_t &sh : SHAPES) {
@@ -277,11 +279,11 @@ static int test_lora_fused_bwd(void)
                 const int k = 2 + (act != 0);
                 char what[64];
                 snprintf(what, sizeof what, "bwd %s beta %d", s_actname(act), beta);
-                if (s_cmp(what, sh, s_down_bf16(ddx, RC), dx, k * BF16_U + TOL_ACC)) return 1;
+                fails += s_cmp(what, sh, s_down_bf16(ddx, RC), dx, k * BF16_U + TOL_ACC);
             }
         }
     }
-    return 0;
+    return fails ? 1 : 0;
 }
 
 /* The shapes the kernel has no instance for are refused before anything is
@@ -311,6 +313,7 @@ static int test_lora_fused_fallback(void)
     CHECK(st::lora_forward_fused(64, 768, 64, buf + 1, buf, buf, 0, NULL, outp, false, 0, err) == ST_EINVAL);
     CHECK(st::lora_forward_fused(64, 768, 64, buf, buf, buf, 7, NULL, outp, false, 0, err) == ST_EINVAL);
     CHECK(st::lora_backward_fused(64, 768, 64, buf, buf, st::ACT_TANH, NULL, buf, outp, 0.f, 0, err) == ST_EINVAL);
+    CHECK(st::lora_forward_fused(64, 768, 64, buf, buf, buf, 0, NULL, outp + 1, false, 0, err) == ST_EINVAL);
     CU(cudaDeviceSynchronize());
     std::vector<float> o = s_down_bf16(outp, n);
     for (size_t i = 0; i < n; i++) CHECKF(isnan(o[i]), "a refused launch wrote element %zu", i);

@@ -168,8 +168,13 @@ const int BF16_LOGITS_DEFAULT = 1;
  * shape kernels/cuda/lora.cuh takes as one fused kernel (down product,
  * activation, up product) instead of two cuBLAS products and an activation
  * kernel; 0 keeps the cuBLAS path (fp32 engines always do). Off: measured
- * slower on the H100 (2026-11-27, 12 x 768, worker bench, same binary): 24.3
- * vs 23.1 ms a step; the LoRAs 3.11 ms (91 launches) vs 1.84 + 0.25 ms. */
+ * slower on the H100 (2026-11-27, worker bench --steps 10, same binary,
+ * docs/performance.md 2.8): 23.78 vs 22.88 ms a step at 12 x 768, 57.12 vs
+ * 54.69 at 24 x 1024, 136.01 vs 127.77 at 24 x 2048; the LoRAs' class 2.69
+ * ms (91 launches) vs 1.84 + 0.25 ms of products and activations at
+ * 12 x 768. Those runs staged the fp32 wl through shared memory too (the
+ * kernel's variant 2); the committed kernel writes wl straight (variant 5's
+ * epilogue), 4.6 us faster per decay LoRA forward at 768 x 64: still slower. */
 const int LORA_FUSED_DEFAULT = 0;
 
 struct dev_layer_t {

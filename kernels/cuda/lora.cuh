@@ -26,25 +26,37 @@
  * rounded once (dx is read only when beta != 0, as cuBLAS does).
  *
  * How: one CTA of 8 warps per 64 rows (R = 8192: 128 CTAs, one wave on 132
- * SMs). Stage 1 streams x's (64, C) rows and W1 in 64-wide k chunks through a
- * 3- or 4-deep cp.async ring and accumulates the (64, D) hidden layer in registers
- * (mma.sync m16n8k16 bf16 -> fp32; warp (wm, wn) owns rows 16 wm.. and
- * columns wn D/2..); the activation then puts it in shared memory (and into
- * hid when the backward will need it); stage 2 streams W2 in 64-column
+ * SMs). Stage 1 streams x's (64, C) rows and W1 in 64-wide k chunks through
+ * a 3- or 4-deep cp.async ring and accumulates the (64, D) hidden layer in
+ * registers (mma.sync m16n8k16 bf16 -> fp32; warp (wm, wn) owns rows 16 wm..
+ * and columns wn D/2..); the activation then puts it in shared memory (and
+ * into hid when the backward will need it); stage 2 streams W2 in 64-column
  * chunks through the same ring (its first chunks load while stage 1 still
  * computes: the weights do not depend on the hidden layer) and writes each
- * (64, 64) piece of out straight from the accumulators. x is read once and
- * out written once; the weights come from L2. The backward is the same
- * kernel with the roles of the weights swapped: stage 1 multiplies by W2^T
- * (W2 as stored is W2^T's [n][k] layout: plain ldmatrix) and stage 2 by W1^T
- * (likewise); the forward reads W1 and W2 as [k][n] through ldmatrix.trans,
- * so no transposed copies exist.
+ * (64, 64) piece of out, through shared memory in whole lines where out is
+ * bf16. In the backward with beta != 0, dx's old tile rides in the ring with
+ * W1's (a plain load in the epilogue cost 14 us of 42 at 768 x 64). x is
+ * read once and out written once; the weights come from L2, each CTA
+ * starting at its own chunk. The backward is the same kernel with the roles
+ * of the weights swapped: stage 1 multiplies by W2^T (W2 as stored is W2^T's
+ * [n][k] layout: plain ldmatrix) and stage 2 by W1^T (likewise); the forward
+ * reads W1 and W2 as [k][n] through ldmatrix.trans, so no transposed copies
+ * exist.
+ *
+ * Status (H100, 2026-11-27, docs/performance.md 2.8): correct (test_cuda_lora,
+ * the engine tests and verify pass with it), but not faster than the cuBLAS
+ * path it replaces: 19-33 us a launch at C = 768 (1.0-1.6 TB/s, about
+ * 1 us per 64-wide chunk whatever the bytes), where cuBLAS's batched w/a
+ * products take 7 us each and its backward products 10 us; a step is 0.9 ms
+ * slower at 12 x 768. So the engine keeps it off by default
+ * (STATETUNE_LORA_FUSED). Only the v LoRA's forward (D = 32: 19.5 vs 28.5
+ * us) wins alone.
  *
  * Supported: C a multiple of 64, D in LORA_FUSED_WIDTHS (every width
  * RWKV-7's formula gives up to C = 4096 and the fixtures' 16..64), bf16
- * operands, 16-byte aligned x, W1, W2 (and hid, out, dx aligned for their
- * pair stores). lora_fused_supported() says whether a shape is; the engine
- * keeps the cuBLAS path for anything else (tiny's D = 8, fp32 engines).
+ * operands, 16-byte aligned x, W1, W2, out and dx (hid 4-byte aligned).
+ * lora_fused_supported() says whether a shape is; the engine keeps the
+ * cuBLAS path for anything else (tiny's D = 8, fp32 engines).
  */
 #ifndef ST_KERNELS_CUDA_LORA_CUH
 #define ST_KERNELS_CUDA_LORA_CUH
@@ -58,29 +70,43 @@
 
 namespace st {
 
-const int LF_BM = 64;       /* rows per CTA */
-const int LF_BK = 64;       /* stage 1: k (C) chunk */
-const int LF_BN = 64;       /* stage 2: n (C) chunk */
-const int LF_THREADS = 256; /* 8 warps: 4 along rows x 2 along columns */
-const int LF_PAD = 8;       /* bf16 per shared-memory row past its width: ldmatrix rows fall on distinct banks */
+const int LF_BK = 64; /* stage 1: k (C) chunk */
+const int LF_BN = 64; /* stage 2: n (C) chunk */
+const int LF_PAD = 8; /* bf16 per shared-memory row past its width: ldmatrix rows fall on distinct banks */
 const int LF_XLD = LF_BK + LF_PAD;
+const int LF_BM = 64;         /* rows per CTA */
+const int LF_THREADS = 256;   /* 8 warps: 4 along rows x 2 along columns */
+const int LF_SLD = LF_BN + 4; /* fp32 staging row of out's tile (COAL) */
 
 /* The widths the kernel is instantiated for (lora_fused_supported) */
 const int LORA_FUSED_WIDTHS[] = {16, 32, 64, 96, 128, 160, 192, 256};
 
-/* Shared memory of one instantiation, in bf16 elements: STAGES ring slots
- * (4 up to D = 128, 3 above, where a slot is larger: at most about 172 KB
- * in all, D = 256), each the larger of a stage 1 chunk (x's tile + W1's /
- * W2^T's tile) and a stage 2 chunk (W2's / W1^T's tile), then the hidden
- * layer. */
-template <int D, bool BWD> struct lf_smem_t {
+/* The ring's depth (4 up to D = 128, 3 above, where a slot is larger), and
+ * whether out's tile goes through shared memory (COAL: each warp store then
+ * writes whole 128-byte lines, 16 bytes a lane, instead of 4 bytes a lane in
+ * eight rows): for bf16 outputs (out, dx), not for the decay LoRA's fp32 wl,
+ * where 8-byte stores fill whole sectors already and the staging measured
+ * slower (docs/performance.md 2.8 compares these and three other variants:
+ * 32-row CTAs, deeper rings, no start offsets). */
+template <int D, bool OUTF32> struct lf_config_t {
     static const int STAGES = D <= 128 ? 4 : 3;
-    static const int B1 = BWD ? D * LF_XLD : LF_BK * (D + LF_PAD);    /* stage 1 weight tile */
-    static const int B2 = BWD ? LF_BN * (D + LF_PAD) : D * LF_XLD;    /* stage 2 weight tile */
+    static const bool COAL = !OUTF32;
+};
+
+/* Shared memory of one instantiation, in bf16 elements: STAGES ring slots
+ * (at most about 172 KB in all, D = 256), each the larger of a stage 1
+ * chunk (x's tile + W1's / W2^T's tile) and a stage 2 chunk (W2's / W1^T's
+ * tile; in the backward also dx's tile, read when beta != 0), then the
+ * hidden layer. */
+template <int D, bool BWD, bool OUTF32> struct lf_smem_t {
+    typedef lf_config_t<D, OUTF32> VT;
+    static const int STAGES = VT::STAGES;
+    static const int B1 = BWD ? D * LF_XLD : LF_BK * (D + LF_PAD);                  /* stage 1 weight tile */
+    static const int B2 = BWD ? LF_BN * (D + LF_PAD) + LF_BM * LF_XLD : D * LF_XLD; /* stage 2 tile (+ dx) */
     static const int S1 = LF_BM * LF_XLD + B1;
     static const int SLOT = S1 > B2 ? S1 : B2;
     static const int HID = LF_BM * (D + LF_PAD);
-    static const size_t BYTES = (size_t)(STAGES * SLOT + HID) * 2;
+    static const size_t BYTES = (size_t)(STAGES * SLOT + HID) * 2 + (VT::COAL ? (size_t)LF_BM * LF_SLD * 4 : 0);
 };
 
 __device__ __forceinline__ uint32_t lf_sptr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -159,12 +185,25 @@ __device__ __forceinline__ float lf_round(float v) { return __bfloat162float(__f
 
 /* Copies a rows x (8 cols) block of 16-byte pieces: global row r at
  * g + r gld, shared row r at s + r sld. */
-template <int ROWS, int PIECES>
+template <int ROWS, int PIECES, int THREADS>
 __device__ __forceinline__ void lf_copy(__nv_bfloat16 *s, int sld, const __nv_bfloat16 *g, size_t gld, int tid)
 {
-    for (int i = tid; i < ROWS * PIECES; i += LF_THREADS) {
+    for (int i = tid; i < ROWS * PIECES; i += THREADS) {
         const int r = i / PIECES, p = i % PIECES;
         lf_cp16(s + r * sld + p * 8, g + (size_t)r * gld + p * 8, true);
+    }
+}
+
+/* Rows row0 .. row0 + ROWS - 1 of a (R, C) tensor, columns c0 .. c0 + 63,
+ * into a [ROWS][LF_XLD] tile; rows past R zero-filled. */
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void lf_copy_rows(__nv_bfloat16 *s, const __nv_bfloat16 *g, int R, int C, int row0, int c0,
+                                             int tid)
+{
+    for (int i = tid; i < ROWS * 8; i += THREADS) {
+        const int r = i >> 3, p = i & 7, row = row0 + r;
+        const bool ok = row < R;
+        lf_cp16(s + r * LF_XLD + p * 8, g + (size_t)(ok ? row : 0) * C + c0 + p * 8, ok);
     }
 }
 
@@ -184,35 +223,43 @@ __global__ void __launch_bounds__(LF_THREADS) lora_fused_kernel(int R, int C, co
                                                                 __nv_bfloat16 *__restrict__ hid_out, void *out,
                                                                 float beta)
 {
-    typedef lf_smem_t<D, BWD> SM;
+    typedef lf_smem_t<D, BWD, OUTF32> SM;
+    typedef lf_config_t<D, OUTF32> VT;
+    const int BM = LF_BM, THREADS = LF_THREADS, WM = BM / 16; /* warps along rows */
     const bool TR = !BWD; /* the forward's weight tiles are [k][n] */
     const int B1LD = BWD ? LF_XLD : D + LF_PAD, B2LD = BWD ? D + LF_PAD : LF_XLD, HLD = D + LF_PAD;
     const int NT1 = D / 16; /* n8 tiles of a warp in stage 1 (D / 2 columns) */
     extern __shared__ __align__(16) unsigned char lf_raw[];
     __nv_bfloat16 *ring = reinterpret_cast<__nv_bfloat16 *>(lf_raw);
     __nv_bfloat16 *hs = ring + SM::STAGES * SM::SLOT;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp & 3, wn = warp >> 2;
+    float *stg = reinterpret_cast<float *>(hs + SM::HID); /* COAL: out's tile in fp32 */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp % WM, wn = warp / WM;
     const int g = lane >> 2, tg = lane & 3;
-    const int row0 = blockIdx.x * LF_BM;
-    const int nK = C / LF_BK, nT = nK + C / LF_BN;
+    const int row0 = blockIdx.x * BM;
+    const int nK = C / LF_BK, nN = C / LF_BN, nT = nK + nN;
+    /* each CTA starts its k and n chunks at an offset of its own: the CTAs
+     * of a wave then read different pieces of W1 and W2 from L2 at a time
+     * and write different columns of out, instead of all the same lines */
+    const int rotk = (int)(blockIdx.x % nK), rotn = (int)(blockIdx.x % nN);
+    const bool with_dx = BWD && beta != 0.f; /* dx's old values come through the ring with W1's tile */
 
-    /* tile t of the ring: t < nK stage 1's k chunk t, else stage 2's n chunk t - nK */
+    /* tile t of the ring: t < nK stage 1's k chunk (t + rotk) % nK, else
+     * stage 2's n chunk (t - nK + rotn) % nN */
     auto issue = [&](int t) {
         __nv_bfloat16 *slot = ring + (t % SM::STAGES) * SM::SLOT;
         if (t < nK) {
-            const int k0 = t * LF_BK;
-            for (int i = tid; i < LF_BM * (LF_BK / 8); i += LF_THREADS) {
-                const int r = i / (LF_BK / 8), p = i % (LF_BK / 8), row = row0 + r;
-                const bool ok = row < R;
-                lf_cp16(slot + r * LF_XLD + p * 8, a + (size_t)(ok ? row : 0) * C + k0 + p * 8, ok);
-            }
-            __nv_bfloat16 *bs = slot + LF_BM * LF_XLD;
-            if (TR) lf_copy<LF_BK, D / 8>(bs, B1LD, b1 + (size_t)k0 * D, D, tid);  /* W1 rows k0.. */
-            else lf_copy<D, LF_BK / 8>(bs, B1LD, b1 + k0, C, tid);                 /* W2 columns k0.. */
+            const int k0 = ((t + rotk) % nK) * LF_BK;
+            lf_copy_rows<BM, THREADS>(slot, a, R, C, row0, k0, tid);
+            __nv_bfloat16 *bs = slot + BM * LF_XLD;
+            if (TR) lf_copy<LF_BK, D / 8, THREADS>(bs, B1LD, b1 + (size_t)k0 * D, D, tid); /* W1 rows k0.. */
+            else lf_copy<D, LF_BK / 8, THREADS>(bs, B1LD, b1 + k0, C, tid);                /* W2 columns k0.. */
         } else {
-            const int n0 = (t - nK) * LF_BN;
-            if (TR) lf_copy<D, LF_BN / 8>(slot, B2LD, b2 + n0, C, tid);           /* W2 columns n0.. */
-            else lf_copy<LF_BN, D / 8>(slot, B2LD, b2 + (size_t)n0 * D, D, tid);  /* W1 rows n0.. */
+            const int n0 = ((t - nK + rotn) % nN) * LF_BN;
+            if (TR) lf_copy<D, LF_BN / 8, THREADS>(slot, B2LD, b2 + n0, C, tid);          /* W2 columns n0.. */
+            else lf_copy<LF_BN, D / 8, THREADS>(slot, B2LD, b2 + (size_t)n0 * D, D, tid); /* W1 rows n0.. */
+            if (with_dx)
+                lf_copy_rows<BM, THREADS>(slot + LF_BN * (D + LF_PAD), (const __nv_bfloat16 *)out, R, C, row0, n0,
+                                          tid);
         }
     };
 
@@ -231,7 +278,7 @@ __global__ void __launch_bounds__(LF_THREADS) lora_fused_kernel(int R, int C, co
         __syncthreads();          /* ... everyone's */
         const __nv_bfloat16 *slot = ring + (t % SM::STAGES) * SM::SLOT;
         if (t < nK) {
-            const __nv_bfloat16 *bs = slot + LF_BM * LF_XLD;
+            const __nv_bfloat16 *bs = slot + BM * LF_XLD;
 #pragma unroll
             for (int ks = 0; ks < LF_BK / 16; ks++) {
                 uint32_t af[4], bf[4];
@@ -274,7 +321,8 @@ __global__ void __launch_bounds__(LF_THREADS) lora_fused_kernel(int R, int C, co
                 }
             }
         } else {
-            const int n0 = (t - nK) * LF_BN;
+            const int n0 = ((t - nK + rotn) % nN) * LF_BN;
+            const __nv_bfloat16 *dxs = slot + LF_BN * (D + LF_PAD); /* with_dx: dx's tile */
             float acc2[4][4];
 #pragma unroll
             for (int j = 0; j < 4; j++) acc2[j][0] = acc2[j][1] = acc2[j][2] = acc2[j][3] = 0.f;
@@ -289,32 +337,49 @@ __global__ void __launch_bounds__(LF_THREADS) lora_fused_kernel(int R, int C, co
                     lf_mma(acc2[j + 1], af, bf[2], bf[3]);
                 }
             }
+            if (VT::COAL) {
+                /* bf16 out or dx: the tile through shared memory, then each
+                 * lane writes 8 consecutive elements (16 bytes) of a row */
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int col = n0 + wn * 32 + j * 8 + tg * 2;
+                for (int j = 0; j < 4; j++)
 #pragma unroll
-                for (int hh = 0; hh < 2; hh++) {
-                    const int row = row0 + wm * 16 + g + hh * 8;
+                    for (int hh = 0; hh < 2; hh++)
+                        *reinterpret_cast<float2 *>(stg + (wm * 16 + g + hh * 8) * LF_SLD + wn * 32 + j * 8 + tg * 2) =
+                            make_float2(acc2[j][2 * hh], acc2[j][2 * hh + 1]);
+                __syncthreads();
+                for (int i = tid; i < BM * (LF_BN / 8); i += THREADS) {
+                    const int m = i >> 3, c8 = (i & 7) * 8, row = row0 + m;
                     if (row >= R) continue;
-                    float v0 = acc2[j][2 * hh], v1 = acc2[j][2 * hh + 1];
-                    const size_t o = (size_t)row * C + col;
-                    if (BWD) {
-                        __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>((__nv_bfloat16 *)out + o);
-                        if (beta != 0.f) {
-                            const float2 old = __bfloat1622float2(*d);
-                            v0 = beta * old.x + v0;
-                            v1 = beta * old.y + v1;
-                        }
-                        *d = __floats2bfloat162_rn(v0, v1);
-                    } else if (OUTF32) {
-                        *reinterpret_cast<float2 *>((float *)out + o) = make_float2(v0, v1);
-                    } else {
-                        *reinterpret_cast<__nv_bfloat162 *>((__nv_bfloat16 *)out + o) = __floats2bfloat162_rn(v0, v1);
+                    float v[8];
+                    const float4 lo = *reinterpret_cast<const float4 *>(stg + m * LF_SLD + c8);
+                    const float4 hi = *reinterpret_cast<const float4 *>(stg + m * LF_SLD + c8 + 4);
+                    v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
+                    v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
+                    if (with_dx) {
+                        float old[8];
+                        load8(dxs + m * LF_XLD + c8, old);
+#pragma unroll
+                        for (int q = 0; q < 8; q++) v[q] = beta * old[q] + v[q];
+                    }
+                    store8((__nv_bfloat16 *)out + (size_t)row * C + n0 + c8, v);
+                }
+            } else {
+                /* fp32 out (the decay LoRA's wl): a lane's pair straight
+                 * from the accumulators, 8 bytes, whole 32-byte sectors */
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int col = n0 + wn * 32 + j * 8 + tg * 2;
+#pragma unroll
+                    for (int hh = 0; hh < 2; hh++) {
+                        const int row = row0 + wm * 16 + g + hh * 8;
+                        if (row < R)
+                            *reinterpret_cast<float2 *>((float *)out + (size_t)row * C + col) =
+                                make_float2(acc2[j][2 * hh], acc2[j][2 * hh + 1]);
                     }
                 }
             }
         }
-        __syncthreads(); /* slot t is refilled at t + 1 */
+        __syncthreads(); /* slot t is refilled at t + 1 (and COAL's staging rewritten) */
     }
 }
 
@@ -336,11 +401,11 @@ int lf_launch(int R, int C, const __nv_bfloat16 *a, const __nv_bfloat16 *b1, con
               const __nv_bfloat16 *hid_in, __nv_bfloat16 *hid_out, void *out, float beta, cudaStream_t stream,
               char *err)
 {
-    const size_t smem = lf_smem_t<D, BWD>::BYTES;
+    const size_t smem = lf_smem_t<D, BWD, OUTF32>::BYTES;
     ST_CUDA_CHECK(cudaFuncSetAttribute(lora_fused_kernel<D, BWD, OUTF32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int)smem));
-    lora_fused_kernel<D, BWD, OUTF32><<<(R + LF_BM - 1) / LF_BM, LF_THREADS, smem, stream>>>(R, C, a, b1, b2, act,
-                                                                                             hid_in, hid_out, out, beta);
+    lora_fused_kernel<D, BWD, OUTF32><<<(R + LF_BM - 1) / LF_BM, LF_THREADS, smem, stream>>>(
+        R, C, a, b1, b2, act, hid_in, hid_out, out, beta);
     ST_CUDA_CHECK_LAUNCH("lora_fused_kernel");
     return ST_OK;
 }
@@ -378,8 +443,8 @@ inline int lora_forward_fused(int R, int C, int D, const __nv_bfloat16 *x, const
     if (act != 0 && act != ACT_TANH && act != ACT_SIGMOID)
         return st_fail(err, ST_EINVAL, "the fused LoRA kernel has no activation %d", act);
     if (!lf_aligned(x, 16) || !lf_aligned(w1, 16) || !lf_aligned(w2, 16) || !lf_aligned(hid, 4) ||
-        !lf_aligned(out, out_f32 ? 8 : 4))
-        return st_fail(err, ST_EINVAL, "the fused LoRA kernel needs 16-byte aligned x, W1 and W2");
+        !lf_aligned(out, 16))
+        return st_fail(err, ST_EINVAL, "the fused LoRA kernel needs 16-byte aligned x, W1, W2 and out");
     if (R == 0) return ST_OK;
     return out_f32 ? lf_dispatch<false, true>(R, C, D, x, w1, w2, act, NULL, hid, out, 0.f, stream, err)
                    : lf_dispatch<false, false>(R, C, D, x, w1, w2, act, NULL, hid, out, 0.f, stream, err);
@@ -397,8 +462,8 @@ inline int lora_backward_fused(int R, int C, int D, const __nv_bfloat16 *w1, con
         return st_fail(err, ST_EINVAL, "the fused LoRA kernel has no activation %d", act);
     if (act && !hid) return st_fail(err, ST_EINVAL, "the fused LoRA backward needs the forward's activation");
     if (!lf_aligned(dout, 16) || !lf_aligned(w1, 16) || !lf_aligned(w2, 16) || !lf_aligned(hid, 4) ||
-        !lf_aligned(dx, 4))
-        return st_fail(err, ST_EINVAL, "the fused LoRA kernel needs 16-byte aligned dout, W1 and W2");
+        !lf_aligned(dx, 16))
+        return st_fail(err, ST_EINVAL, "the fused LoRA kernel needs 16-byte aligned dout, W1, W2 and dx");
     if (R == 0) return ST_OK;
     return lf_dispatch<true, false>(R, C, D, dout, w2, w1, act, hid, NULL, dx, beta, stream, err);
 }
