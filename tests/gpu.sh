@@ -39,7 +39,7 @@ if [ "$mode" = pack ]; then
   # only what the GPU machine runs (other folders may be mid-edit); the
   # worker is optional until the CUDA engine exists
   cmake --build "$build" -j2 --target test_cuda_wkv test_cuda_engine test_cuda_methods test_cuda_graphs \
-    test_cuda_gemm test_cuda_kernels test_cuda_lora test_cuda_bf16_logits dev_wkv7_bench dev_engine_bench
+    test_cuda_gemm test_cuda_kernels test_cuda_bf16_logits dev_wkv7_bench dev_engine_bench
   cmake --build "$build" -j2 --target statetune-worker || echo "gpu.sh: statetune-worker did not build; packing without it" >&2
   rm -rf "$rt"; mkdir -p "$rt/bin" "$rt/fixtures/rwkv7"
   for f in "$build"/tests/test_cuda_* "$build"/kernels/dev_* "$build"/worker/statetune-worker; do

@@ -8,9 +8,7 @@
  * and activations: float (ENGINE_FP32) or bf16 (ENGINE_BF16). Matrix products
  * go through cuBLAS (cublasGemmEx or cuBLASLt, fp32 accumulation, no TF32 in
  * fp32 mode; same-shape products on different inputs as one strided-batched
- * product: gemm_n and the engine's gemm_batch / gemm_lt switches), except a
- * bf16 engine's LoRAs, each one fused kernel (kernels/cuda/lora.cuh; the
- * engine's lora_fused switch);
+ * product: gemm_n and the engine's gemm_batch / gemm_lt switches);
  * everything element-wise is fused into the kernels of kernels/cuda/*.cuh and
  * computes in fp32. Always fp32 whatever T: the residual stream and its
  * gradient, LayerNorm/GroupNorm statistics, the WKV state, its checkpoints and
@@ -87,7 +85,6 @@ extern "C" {
 #include "kernels/cuda/head.cuh"
 #include "kernels/cuda/kstate.cuh"
 #include "kernels/cuda/layernorm.cuh"
-#include "kernels/cuda/lora.cuh"
 #include "kernels/cuda/observer.cuh"
 #include "kernels/cuda/st_cuda.h"
 #include "kernels/cuda/timemix.cuh"
@@ -164,18 +161,6 @@ const int GEMM_LT_DEFAULT_FP32 = 0; /* and fp32 engines */
  * pysrc-rwkv7-5M it moves the mean loss by 4e-4 and dS0 by 0.8% relative
  * against fp32 logits (test_cuda_bf16_logits). */
 const int BF16_LOGITS_DEFAULT = 1;
-/* STATETUNE_LORA_FUSED when unset: 1 runs each LoRA of a bf16 engine whose
- * shape kernels/cuda/lora.cuh takes as one fused kernel (down product,
- * activation, up product) instead of two cuBLAS products and an activation
- * kernel; 0 keeps the cuBLAS path (fp32 engines always do). Off: measured
- * slower on the H100 (2026-11-27, worker bench --steps 10, same binary,
- * docs/performance.md 2.8): 23.78 vs 22.88 ms a step at 12 x 768, 57.12 vs
- * 54.69 at 24 x 1024, 136.01 vs 127.77 at 24 x 2048; the LoRAs' class 2.69
- * ms (91 launches) vs 1.84 + 0.25 ms of products and activations at
- * 12 x 768. Those runs staged the fp32 wl through shared memory too (the
- * kernel's variant 2); the committed kernel writes wl straight (variant 5's
- * epilogue), 4.6 us faster per decay LoRA forward at 768 x 64: still slower. */
-const int LORA_FUSED_DEFAULT = 0;
 
 struct dev_layer_t {
     void *receptance, *key, *value, *output, *ffn_key, *ffn_value; /* T, [out, in] */
@@ -258,9 +243,6 @@ struct engine_cuda {
      * timed on first use, chosen once per process and device (lt_cache); the
      * plan is cached per shape in lt_plan */
     int gemm_batch, gemm_lt;
-    /* bf16 engines: the LoRAs through lora.cuh's fused kernels where it
-     * takes the shape (lora_fused_on); from STATETUNE_LORA_FUSED (0 or 1) */
-    int lora_fused;
     cublasLtHandle_t lt;
     void *lt_ws; /* LT_WS_BYTES, carved in the activation plan */
     struct lt_plan_t *lt_plan; /* LT_PLANS entries, replaced round-robin when full */
@@ -1011,27 +993,10 @@ int linear_bwd_n(engine_cuda_t *e, int n, int R, int IN, int OUT, const void *co
     return ST_OK;
 }
 
-/* Whether this LoRA runs as one fused kernel (kernels/cuda/lora.cuh): bf16
- * engines with lora_fused on, shapes the kernel takes; else cuBLAS. */
-template <typename T> bool lora_fused_on(const engine_cuda_t *e, int C, int D)
-{
-    return sizeof(T) == 2 && e->lora_fused && st::lora_fused_supported(C, D);
-}
-
-/* out (R, C) = act(x w1) w2, hid (R, D) = act(x w1) (the backward reads it
- * when act != 0; the fused kernel writes it only then, the cuBLAS path
- * always, as its scratch) */
 template <typename T>
 int lora_fwd(engine_cuda_t *e, int R, int C, int D, const void *x, const void *w1, const void *w2, int act,
              void *hid, void *out, char *err, bool out_f32 = false)
 {
-    if (lora_fused_on<T>(e, C, D)) {
-        PROF(PC_GEMM_LORA, 1,
-             RUN(st::lora_forward_fused(R, C, D, (const __nv_bfloat16 *)x, (const __nv_bfloat16 *)w1,
-                                        (const __nv_bfloat16 *)w2, act, act ? (__nv_bfloat16 *)hid : NULL, out,
-                                        out_f32, e->stream, err)));
-        return ST_OK;
-    }
     PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1, D, x, C, hid, D, 0.f, err)));
     if (act) {
         size_t n = (size_t)R * D;
@@ -1049,13 +1014,6 @@ template <typename T>
 int lora_bwd(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *w2, int act, const void *hid,
              const void *dout, void *dhid, void *dx, float beta, char *err)
 {
-    if (lora_fused_on<T>(e, C, D)) { /* dhid stays in the kernel: the scratch is not used */
-        PROF(PC_GEMM_LORA, 1,
-             RUN(st::lora_backward_fused(R, C, D, (const __nv_bfloat16 *)w1, (const __nv_bfloat16 *)w2, act,
-                                         (const __nv_bfloat16 *)hid, (const __nv_bfloat16 *)dout, (__nv_bfloat16 *)dx,
-                                         beta, e->stream, err)));
-        return ST_OK;
-    }
     PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2, C, dout, C, dhid, D, 0.f, err)));
     if (act) {
         size_t n = (size_t)R * D;
@@ -1080,7 +1038,7 @@ int lora_wa_fwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, con
 {
     const void *xs[2] = {xw, xa}, *w1s[2] = {p->w1, p->a1};
     void *hs[2] = {whid, ahid};
-    if (products_calls(e, 2, xs, w1s, hs) != 1 || lora_fused_on<T>(e, C, D)) { /* fused: one kernel each */
+    if (products_calls(e, 2, xs, w1s, hs) != 1) {
         RUN(lora_fwd<T>(e, R, C, D, xw, p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
         return lora_fwd<T>(e, R, C, D, xa, p->a1, p->a2, 0, ahid, aout, err);
     }
@@ -1108,8 +1066,7 @@ int lora_wa_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, con
 {
     const void *g2[2] = {dwl, dal}, *w2s[2] = {p->w2, p->a2}, *h1[2] = {dhid_w, dhid_a}, *w1s[2] = {p->w1, p->a1};
     void *h2[2] = {dhid_w, dhid_a}, *dxs[2] = {dxw, dxa};
-    if (products_calls(e, 2, g2, w2s, h2) != 1 || products_calls(e, 2, h1, w1s, dxs) != 1 ||
-        lora_fused_on<T>(e, C, D)) {
+    if (products_calls(e, 2, g2, w2s, h2) != 1 || products_calls(e, 2, h1, w1s, dxs) != 1) {
         RUN(lora_bwd<T>(e, R, C, D, p->w1, p->w2, st::ACT_TANH, whid, dwl, dhid_w, dxw, 0.f, err));
         return lora_bwd<T>(e, R, C, D, p->a1, p->a2, 0, NULL, dal, dhid_a, dxa, 0.f, err);
     }
@@ -1959,8 +1916,6 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
     ST_CUBLAS_CHECK(cublasLtCreate(&e->lt));
     e->lt_plan = (lt_plan_t *)calloc(LT_PLANS, sizeof *e->lt_plan);
     if (!e->lt_plan) return st_fail(err, ST_ENOMEM, "out of host memory for the CUDA engine's product plans");
-    const char *lf = getenv("STATETUNE_LORA_FUSED");
-    e->lora_fused = e->bf16 && (lf && (lf[0] == '0' || lf[0] == '1') && !lf[1] ? lf[0] == '1' : LORA_FUSED_DEFAULT);
 
     carver_t cw = {NULL, 0}, ca = {NULL, 0};
     plan_weights(e, &cw);
