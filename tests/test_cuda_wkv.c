@@ -601,7 +601,11 @@ static int test_unaligned_outputs_identical(void)
  * pair form is checkpoint min(2q + 1, last) of the per-chunk form, bit for
  * bit, and the s0 copy follows them; dS0 is pass 1's, summed with atomics
  * (1e-6); dr, dw, dk, da, db come from the recomputed states and
- * gradients: they must agree within the class's bounds (s_tf32_fp32). */
+ * gradients: they must agree within the class's bounds (s_tf32_fp32).
+ * Measured (H100, 2026-11-27): 0 for all five, the same bits (the
+ * recomputation repeats the forward's and pass 1's products in their
+ * order); the bound is the class's, not equality, since the tensor cores'
+ * summation inside one product is not specified. */
 static int test_ckpt_pair_matches_per_chunk(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;

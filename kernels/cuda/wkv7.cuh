@@ -91,12 +91,13 @@ extern "C" {
  * gradients between them from the neighbouring chunk's tiles
  * (wkv7_chunk.cu): half the checkpoint memory (and of pass 1's gradient
  * store) and about 32 KB less DRAM traffic per chunk of 16 tokens, at the
- * price of more instructions in pass 2, which is bound by its instruction
- * issue as much as by DRAM: measured slower on an H100 (docs/performance.md
- * 1.8: (8, 4096, 64) 8.37 against 7.44 ms), so no default uses it
+ * price of about 21% more instructions in pass 2, which is bound by its
+ * instruction issue as much as by DRAM: measured slower on an H100
+ * (docs/performance.md 1.8: (8, 4096, 64) 7.86 against 7.49 ms, 3-5% at
+ * the engine's shapes, even at (16, 512, 12)), so no default uses it
  * (WKV7_CKPT_BF16_DEFAULT); it trades that time for memory. The results
- * are those of the one-product tf32 class (tests/test_cuda_wkv.c: the
- * same bits as the per-chunk form on its inputs). */
+ * are the per-chunk form's (the same bits on the tests' and the bench's
+ * inputs, dS0's atomics aside): the one-product tf32 class. */
 #define WKV7_CUDA_CKPT_PAIR (2 * WKV7_CUDA_CHUNK)
 /* The interval wkv7_cuda_ckpt_every gives the bf16 default launchers:
  * WKV7_CUDA_CHUNK (measured faster, above); -DWKV7_CKPT_BF16_DEFAULT=32

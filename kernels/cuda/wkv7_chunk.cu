@@ -81,12 +81,21 @@
  * chunk c + 1,
  *   D_mid = D diag(pL) + dY^T Q~ + Z^T A~      (pass 1's update),
  * with the same tiles (K', B', Q~, A~, pL by the same products in the same
- * order) and one tf32 product, so only the products' summation order
- * differs from the stored bits. Per chunk of 16 tokens that drops the
- * forward's and pass 1's stores of every other 16 KB matrix and pass 2's
- * separate reads of them (the two CTAs of a pair read the same S and D,
- * the second from L2); the neighbour's tiles (about 14 KB) mostly come from
- * L2 too, read by the neighbour's own CTA at about the same time.
+ * order) and one tf32 product: measured the same bits as the stored
+ * matrices (dev_wkv7_bench --hash: every output but the atomics' dS0
+ * identical to the per-chunk form's, T up to 4096, both precisions). Per
+ * chunk of 16 tokens that drops the forward's and pass 1's stores of every
+ * other 16 KB matrix and pass 2's separate reads of them (the two CTAs of
+ * a pair read the same S and D, the second from L2); the neighbour's tiles
+ * (about 14 KB) mostly come from L2 too, read by the neighbour's own CTA
+ * at about the same time. Measured on an H100 (docs/performance.md 1.8,
+ * ncu at (8, 4096, 64)): the forward 1.97 -> 1.88 ms and pass 2's DRAM
+ * reads 7.5 -> 5.4 GB, but pass 2 is bound by its instruction issue as
+ * much as by DRAM (0.49 warp instructions per scheduler and cycle at 37.5%
+ * occupancy, 81% of DRAM bandwidth), and the recomputation adds about 21%
+ * to its instructions: 3.36 -> 3.82 ms, so the pair is 5% slower in all
+ * (7.86 against 7.49 ms) and no default uses it; it halves the checkpoint
+ * memory at that price.
  *
  * Removed on 2026-11-27 (docs/performance.md 1.2-1.4 has their
  * measurements; git history has the code): TC1 (TC with one tf32
@@ -1772,6 +1781,110 @@ __device__ __forceinline__ void store2(__nv_bfloat16 *p, float x0, float x1)
 }
 __device__ __forceinline__ void store2(float *p, float x0, float x1) { *reinterpret_cast<float2 *>(p) = make_float2(x0, x1); }
 
+/* One thread's four elements of one side of a chunk's token tiles (pass 2's
+ * load_tiles split in two: the loads into registers, then the stores into
+ * shared memory, with the same conversions and tf32 rounding, so the tiles
+ * hold the same bits). Side 0: dy, r, a (type F), dsa; side 1: v, k, b, sa;
+ * then w. Rows past T: zeros, w = 1. */
+template <typename F> struct Raw4T { typedef float4 type; };
+template <> struct Raw4T<__nv_bfloat16> { typedef uint2 type; };
+template <typename F> struct Held4 {
+    typename Raw4T<F>::type x0, x1, x2; /* dy r a, or v k b: raw */
+    float4 f0, f1;                      /* dsa or sa; w */
+};
+__device__ __forceinline__ float4 raw4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+__device__ __forceinline__ uint2 raw4(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint2 *>(p); }
+__device__ __forceinline__ float4 cvt4(float4 x) { return x; }
+__device__ __forceinline__ float4 cvt4(uint2 x)
+{
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&x.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&x.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+template <typename F>
+__device__ __forceinline__ void hold_fetch(Held4<F> &hd, int side, int cc, int T, int H, int bb, int h, int uu, int x4,
+                                           const F *r, const float *w, const F *k, const F *v, const F *a,
+                                           const F *b, const float *sa, const float *dsa, const F *dy)
+{
+    const bool ok = uu < min(L, T - cc * L);
+    const typename Raw4T<F>::type z{}; /* bf16 and fp32 zeros are all-zero bits */
+    hd.x0 = hd.x1 = hd.x2 = z;
+    hd.f0 = make_float4(0.f, 0.f, 0.f, 0.f);
+    hd.f1 = make_float4(1.f, 1.f, 1.f, 1.f);
+    if (!ok) return;
+    const size_t idx = (((size_t)bb * T + cc * L + uu) * H + h) * N + x4;
+    hd.x0 = raw4((side ? v : dy) + idx);
+    hd.x1 = raw4((side ? k : r) + idx);
+    hd.x2 = raw4((side ? b : a) + idx);
+    hd.f0 = raw4((side ? sa : dsa) + idx);
+    hd.f1 = raw4(w + idx);
+}
+template <typename F>
+__device__ __forceinline__ void hold_put(const Held4<F> &hd, int side, CpSmallSmem &sm, int o, int ob)
+{
+    *reinterpret_cast<float4 *>(side ? &sm.v[o] : &sm.dy[o]) = round_tf32(cvt4(hd.x0));
+    *reinterpret_cast<float4 *>(side ? &sm.kh[ob] : &sm.qt[ob]) = cvt4(hd.x1);
+    *reinterpret_cast<float4 *>(side ? &sm.bh[ob] : &sm.at[ob]) = cvt4(hd.x2);
+    *reinterpret_cast<float4 *>(side ? &sm.u[o] : &sm.z[o]) = round_tf32(hd.f0);
+    *reinterpret_cast<float4 *>(&sm.p[ob]) = hd.f1;
+}
+
+/* Pass 2's recomputation with a checkpoint every two chunks, in place
+ * (ADVS: S_mid = S diag(pL) + V^T K' + U^T B', St holding S^T; else D_mid
+ * = D diag(pL) + dY^T Q~ + Z^T A~, Dm holding D), warp w on value rows 16
+ * (w % 4) .. and keys 32 (w / 4) ..: every operand is tf32 in shared
+ * memory already, so a fragment is plain loads, and a warp's A fragments
+ * serve its four 8-key tiles (pass 2 is bound by its instruction issue;
+ * docs/performance.md 1.8). The products in the forward's and pass 1's
+ * order (V then U, per 8 tokens): the same bits as theirs. */
+template <bool ADVS>
+__device__ __forceinline__ void pair_update(float *Mx, const CpSmallSmem &sm, int warp, int g, int t4)
+{
+    constexpr int MI = ADVS ? 1 : CLB, MJ = ADVS ? CLA : 1; /* element (i, j) at Mx[i MI + j MJ] */
+    const float *A0 = ADVS ? sm.v : sm.dy, *A1 = ADVS ? sm.u : sm.z;   /* [t][i], stride CLA */
+    const float *B0 = ADVS ? sm.kh : sm.qt, *B1 = ADVS ? sm.bh : sm.at; /* [t][j], stride CLB */
+    const int i = 16 * (warp & 3) + g, jb = 32 * (warp >> 2);
+    float cc[4][4];
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+        const int j = jb + 8 * nt + 2 * t4;
+        const float pj0 = sm.pL[j], pj1 = sm.pL[j + 1];
+        cc[nt][0] = Mx[i * MI + j * MJ] * pj0;
+        cc[nt][1] = Mx[i * MI + (j + 1) * MJ] * pj1;
+        cc[nt][2] = Mx[(i + 8) * MI + j * MJ] * pj0;
+        cc[nt][3] = Mx[(i + 8) * MI + (j + 1) * MJ] * pj1;
+    }
+#pragma unroll
+    for (int k0 = 0; k0 < L; k0 += 8) {
+        const int ta = k0 + t4;
+        uint32_t a0[4], a1[4];
+        a0[0] = __float_as_uint(A0[ta * CLA + i]);
+        a0[1] = __float_as_uint(A0[ta * CLA + i + 8]);
+        a0[2] = __float_as_uint(A0[(ta + 4) * CLA + i]);
+        a0[3] = __float_as_uint(A0[(ta + 4) * CLA + i + 8]);
+        a1[0] = __float_as_uint(A1[ta * CLA + i]);
+        a1[1] = __float_as_uint(A1[ta * CLA + i + 8]);
+        a1[2] = __float_as_uint(A1[(ta + 4) * CLA + i]);
+        a1[3] = __float_as_uint(A1[(ta + 4) * CLA + i + 8]);
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            const int jj = jb + 8 * nt + g;
+            const uint32_t b0[2] = {__float_as_uint(B0[ta * CLB + jj]), __float_as_uint(B0[(ta + 4) * CLB + jj])};
+            const uint32_t b1[2] = {__float_as_uint(B1[ta * CLB + jj]), __float_as_uint(B1[(ta + 4) * CLB + jj])};
+            mma1(cc[nt], a0, b0);
+            mma1(cc[nt], a1, b1);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+        const int j = jb + 8 * nt + 2 * t4;
+        Mx[i * MI + j * MJ] = cc[nt][0];
+        Mx[i * MI + (j + 1) * MJ] = cc[nt][1];
+        Mx[(i + 8) * MI + j * MJ] = cc[nt][2];
+        Mx[(i + 8) * MI + (j + 1) * MJ] = cc[nt][3];
+    }
+}
+
 /* S, D and the fp32 token tiles (dsa, sa, w) are copied by cp.async, in
  * flight while the bf16 tiles are loaded and converted (one wait before the
  * first barrier), instead of through registers: 3-4% of the backward
@@ -1874,7 +1987,15 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         if (side1) *u4 = round_tf32(*u4);
     };
     if (advS || advD) {
-        /* the neighbour's half and w, and this chunk's other half */
+        /* this chunk's half that the neighbour's tiles displace (and w)
+         * into registers first, in flight through the recomputation and
+         * stored after it (the first form loaded it after the
+         * recomputation: a DRAM round trip more on each CTA's path); then
+         * the neighbour's half and w, and this chunk's other half, into
+         * shared memory */
+        const int dside = advS ? 1 : 0;
+        Held4<F> hd;
+        hold_fetch<F>(hd, dside, c, T, H, bb, h, uu, x4, r, w, k, v, a, b, sa_in, dsa_in, dy);
         load_tiles(advS ? c - 1 : c + 1, advD, advS, true);
         load_tiles(c, advS, advD, false);
         land(true, true);
@@ -1885,55 +2006,35 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
 #pragma unroll
             for (int u = 0; u < L; u++) wr[u] = sm.p[u * CLB + j];
             float pl = 1.f;
+            /* the products' B operands, rounded to tf32 once here (as the
+             * products would: the same bits) */
             if (advS) { /* K' = k pL / p_t, B' likewise (suffix products) */
 #pragma unroll
                 for (int u = 0; u < L; u++) pl *= wr[u];
                 float sfx = 1.f;
 #pragma unroll
                 for (int u = L - 1; u >= 0; u--) {
-                    sm.kh[u * CLB + j] *= sfx;
-                    sm.bh[u * CLB + j] *= sfx;
+                    sm.kh[u * CLB + j] = round_tf32(sm.kh[u * CLB + j] * sfx);
+                    sm.bh[u * CLB + j] = round_tf32(sm.bh[u * CLB + j] * sfx);
                     sfx *= wr[u];
                 }
             } else { /* A~ = a p_{t-1}, Q~ = r p_t */
 #pragma unroll
                 for (int u = 0; u < L; u++) {
-                    sm.at[u * CLB + j] *= pl;
+                    sm.at[u * CLB + j] = round_tf32(sm.at[u * CLB + j] * pl);
                     pl *= wr[u];
-                    sm.qt[u * CLB + j] *= pl;
+                    sm.qt[u * CLB + j] = round_tf32(sm.qt[u * CLB + j] * pl);
                 }
             }
             sm.pL[j] = pl;
         }
         __syncthreads();
-        { /* in place, warp w on value rows 16 (w % 4).., keys 32 (w / 4)..:
-           * S_mid = S diag(pL) + V^T K' + U^T B' (St holds S^T), or
-           * D_mid = D diag(pL) + dY^T Q~ + Z^T A~ (Dm holds D) */
-            const int i0 = 16 * (warp & 3), jb = 32 * (warp >> 2);
-            float *Mx = advS ? St : Dm;
-            const int mi = advS ? 1 : CLB, mj = advS ? CLA : 1; /* element (i, j) at Mx[i mi + j mj] */
-            const float *A0 = advS ? sm.v : sm.dy, *A1 = advS ? sm.u : sm.z;
-            const float *B0 = advS ? sm.kh : sm.qt, *B1 = advS ? sm.bh : sm.at;
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                const int j = jb + 8 * nt + 2 * t4, i = i0 + g;
-                const float pj0 = sm.pL[j], pj1 = sm.pL[j + 1];
-                float cc[4] = {Mx[i * mi + j * mj] * pj0, Mx[i * mi + (j + 1) * mj] * pj1,
-                               Mx[(i + 8) * mi + j * mj] * pj0, Mx[(i + 8) * mi + (j + 1) * mj] * pj1};
-#pragma unroll
-                for (int k0 = 0; k0 < L; k0 += 8) {
-                    smm<1>(cc, A0 + k0 * CLA + i0, 1, CLA, B0 + k0 * CLB + jb + 8 * nt, CLB, 1, 8, g, t4);
-                    smm<1>(cc, A1 + k0 * CLA + i0, 1, CLA, B1 + k0 * CLB + jb + 8 * nt, CLB, 1, 8, g, t4);
-                }
-                Mx[i * mi + j * mj] = cc[0];
-                Mx[i * mi + (j + 1) * mj] = cc[1];
-                Mx[(i + 8) * mi + j * mj] = cc[2];
-                Mx[(i + 8) * mi + (j + 1) * mj] = cc[3];
-            }
-        }
+        if (advS)
+            pair_update<true>(St, sm, warp, g, t4);
+        else
+            pair_update<false>(Dm, sm, warp, g, t4);
         __syncthreads(); /* the neighbour's tiles are dead */
-        load_tiles(c, advD, advS, true);
-        land(advD, advS);
+        hold_put<F>(hd, dside, sm, o, ob);
     } else {
         load_tiles(c, true, true, true);
         land(true, true);
