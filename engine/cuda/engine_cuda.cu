@@ -243,6 +243,16 @@ struct engine_cuda {
      * timed on first use, chosen once per process and device (lt_cache); the
      * plan is cached per shape in lt_plan */
     int gemm_batch, gemm_lt;
+    /* vbatch: gemm_batch on, w and a LoRAs of one width D and v's no wider:
+     * v's LoRA weights are stored zero-padded to D beside w's and
+     * a's, so that its products join theirs as 3-batch and 2-batch ones
+     * (lora_vwa_fwd/bwd; the padding adds exact zeros). vwidth: v's stored
+     * width. Measured on the H100 (docs/performance.md 2.8), worker bench,
+     * same call: 22.82-22.83 against 22.84-22.88 ms a step at 12 x 768,
+     * 54.58-54.63 against 54.77-54.95 at 24 x 1024, 126.50-126.51 against
+     * 126.85-126.94 at 24 x 2048; the LoRA products' profile 1.85 -> 1.64 ms
+     * and 148 -> 115 launches at 12 x 768. */
+    int vbatch, vwidth;
     cublasLtHandle_t lt;
     void *lt_ws; /* LT_WS_BYTES, carved in the activation plan */
     struct lt_plan_t *lt_plan; /* LT_PLANS entries, replaced round-robin when full */
@@ -259,7 +269,7 @@ struct engine_cuda {
     void *r, *kraw, *kf, *kk, *a, *v, *vraw, *vs, *g, *y, *whid, *ghid, *kpre;
     /* scratch */
     void *v_first; /* layer 0's v, (R, C) T */
-    void *h, *lerp[6], *hid, *hid2, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
+    void *h, *lerp[6], *hid0, *hid, *hid2, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
     float *logits; /* one chunk of rows, fp32 (the bf16 logits of bf16_logits live in dlogits) */
     float *dw;
     void *dh, *dr, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv, *dwl, *dal, *dkraw, *dvraw, *dvl, *dxh;
@@ -323,12 +333,20 @@ void plan_weights(engine_cuda_t *e, carver_t *cv)
         d->output = carve(cv, C * C * es);
         d->ffn_key = carve(cv, F * C * es);
         d->ffn_value = carve(cv, C * F * es);
+        /* with vbatch v1, v2, w1, w2, a1, a2 follow each other at one size, so
+         * (v1, w1, a1) and (v2, w2, a2) lie one stride apart */
+        if (e->vbatch) {
+            d->v1 = p->v1 ? carve(cv, C * e->vwidth * es) : NULL;
+            d->v2 = p->v2 ? carve(cv, C * e->vwidth * es) : NULL;
+        }
         d->w1 = carve(cv, C * c->d_decay * es);
         d->w2 = carve(cv, C * c->d_decay * es);
         d->a1 = carve(cv, C * c->d_aaa * es);
         d->a2 = carve(cv, C * c->d_aaa * es);
-        d->v1 = p->v1 ? carve(cv, C * c->d_mv * es) : NULL;
-        d->v2 = p->v2 ? carve(cv, C * c->d_mv * es) : NULL;
+        if (!e->vbatch) {
+            d->v1 = p->v1 ? carve(cv, C * c->d_mv * es) : NULL;
+            d->v2 = p->v2 ? carve(cv, C * c->d_mv * es) : NULL;
+        }
         d->g1 = carve(cv, C * c->d_gate * es);
         d->g2 = carve(cv, C * c->d_gate * es);
         d->ln0_w = p->ln0_w ? (float *)carve(cv, C * 4) : NULL;
@@ -382,7 +400,8 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     void **per_layer[] = {&e->r, &e->kraw, &e->vraw, &e->kf, &e->kk, &e->a,
                           &e->v, &e->vs, &e->g, &e->y, &e->wa, &e->wb};
     for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) *per_layer[i] = carve(cv, LS * RC * es);
-    e->whid = carve(cv, LS * R * c->d_decay * es);
+    /* with vbatch each slot is [v's hidden | w's | a's] (lora_vwa_fwd) */
+    e->whid = carve(cv, LS * R * c->d_decay * es * (e->vbatch ? 3 : 1));
     e->ghid = carve(cv, LS * R * c->d_gate * es);
     e->kpre = carve(cv, LS * R * F * es);
     e->v_first = carve(cv, RC * es);
@@ -391,10 +410,13 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     void **scratch[] = {&e->h, &e->lerp[0], &e->lerp[2], &e->lerp[3], &e->lerp[1], &e->lerp[4],
                         &e->lerp[5], &e->oin, &e->tmp, &e->lnout, &e->dxT, &e->dh,
                         &e->dr, &e->dkraw, &e->dvraw, &e->dk, &e->dv, &e->da, &e->db, &e->dy, &e->dg,
-                        &e->dbr, &e->dbk, &e->dbv, &e->dwl, &e->dal, &e->dvl, &e->dxh};
+                        &e->dbr, &e->dbk, &e->dbv, &e->dvl, &e->dwl, &e->dal, &e->dxh};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++) *scratch[i] = carve(cv, RC * es);
+    /* v's, w's and a's LoRA hidden gradients, one stride apart (lora_vwa_bwd;
+     * lora_wa_bwd uses the last two) */
+    e->hid0 = carve(cv, R * D * es);
     e->hid = carve(cv, R * D * es);
-    e->hid2 = carve(cv, R * D * es); /* a's LoRA hidden gradient beside w's (lora_wa_bwd) */
+    e->hid2 = carve(cv, R * D * es);
     e->act = carve(cv, R * F * es);
     e->logits = (float *)carve(cv, (size_t)e->head_chunk * V * 4);
     e->dlogits = e->bf16 ? carve(cv, (size_t)e->head_chunk * V * es) : (void *)e->logits;
@@ -428,6 +450,28 @@ int upload(engine_cuda_t *e, void *dst, const float *src, size_t n, bool as_t, u
     return ST_OK;
 }
 
+/* v's LoRA weights zero-padded to e->vwidth (vbatch): v1 (C, d_mv) ->
+ * (C, vwidth) with zero columns, v2 (d_mv, C) -> (vwidth, C) with zero
+ * rows. The products then add exact zeros: the same results as the
+ * unpadded ones up to the products' summation order. */
+int upload_v_padded(engine_cuda_t *e, dev_layer_t *d, const rwkv_layer_t *p, uint16_t *stage, char *err)
+{
+    if (!d->v1) return ST_OK; /* layer 0 has no v LoRA */
+    const size_t C = e->m->cfg.n_embd, dm = e->m->cfg.d_mv, DV = e->vwidth;
+    float *pad = (float *)calloc(C * DV, sizeof(float));
+    if (!pad) return st_fail(err, ST_ENOMEM, "out of host memory staging the weights");
+    if (p->v1)
+        for (size_t i = 0; i < C; i++) memcpy(pad + i * DV, p->v1 + i * dm, dm * sizeof(float));
+    int rc = upload(e, d->v1, p->v1 ? pad : NULL, C * DV, true, stage, err);
+    if (rc == ST_OK) {
+        memset(pad, 0, C * DV * sizeof(float));
+        if (p->v2) memcpy(pad, p->v2, dm * C * sizeof(float));
+        rc = upload(e, d->v2, p->v2 ? pad : NULL, C * DV, true, stage, err);
+    }
+    free(pad);
+    return rc;
+}
+
 int upload_weights(engine_cuda_t *e, char *err)
 {
     const rwkv_model_t *m = e->m;
@@ -456,8 +500,12 @@ int upload_weights(engine_cuda_t *e, char *err)
         UP(d->w2, p->w2, C * c->d_decay, true);
         UP(d->a1, p->a1, C * c->d_aaa, true);
         UP(d->a2, p->a2, C * c->d_aaa, true);
-        UP(d->v1, p->v1, C * c->d_mv, true);
-        UP(d->v2, p->v2, C * c->d_mv, true);
+        if (e->vbatch && rc == ST_OK) {
+            rc = upload_v_padded(e, d, p, stage, err);
+        } else {
+            UP(d->v1, p->v1, C * c->d_mv, true);
+            UP(d->v2, p->v2, C * c->d_mv, true);
+        }
         UP(d->g1, p->g1, C * c->d_gate, true);
         UP(d->g2, p->g2, C * c->d_gate, true);
         UP(d->ln0_w, p->ln0_w, C, false);
@@ -1086,6 +1134,92 @@ int lora_wa_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, con
     return ST_OK;
 }
 
+/* vbatch's forward of the v, w and a LoRAs (layers after the first): the
+ * three first products as one 3-batch product (x: lerps 3, 1, 4, adjacent in
+ * the plan; weights v1, w1, a1; hidden layers in the slot's [v | w | a]
+ * blocks), w's tanh and fp32 second product alone, and a's and v's second
+ * products as one 2-batch product. At R 8192 these thin products cost about
+ * as much batched as alone (dev_engine_bench's product table), so each batch
+ * saves nearly a product's time. Operands that do not lie one stride apart
+ * fall back to one call each. */
+template <typename T>
+int lora_vwa_fwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *xv, const void *xw,
+                 const void *xa, void *vhid, void *whid, void *ahid, float *wl, void *aout, void *vout, char *err)
+{
+    const void *xs[3] = {xv, xw, xa}, *w1s[3] = {p->v1, p->w1, p->a1};
+    void *hs[3] = {vhid, whid, ahid};
+    const size_t es = e->esz;
+    if (products_calls(e, 3, xs, w1s, hs) != 1) {
+        RUN(lora_fwd<T>(e, R, C, D, xv, p->v1, p->v2, 0, vhid, vout, err));
+        RUN(lora_fwd<T>(e, R, C, D, xw, p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
+        return lora_fwd<T>(e, R, C, D, xa, p->a1, p->a2, 0, ahid, aout, err);
+    }
+    PROF(PC_GEMM_LORA, 1,
+         RUN(gemm_n<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1s[0], D, common_stride(w1s, 3, es), xs[0], C,
+                       common_stride(xs, 3, es), hs[0], D, common_stride((const void *const *)hs, 3, es), 3, 0.f,
+                       err)));
+    size_t n = (size_t)R * D;
+    PROF(PC_LORA_ACT, 1,
+         st::lora_act_fwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
+             n, st::ACT_TANH, (T *)whid));
+    ST_CUDA_CHECK_LAUNCH("lora_act_fwd_kernel");
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->w2, C, whid, D, wl, C, 0.f, err, true)));
+    const void *h2[2] = {vhid, ahid}, *w2s[2] = {p->v2, p->a2};
+    void *o2[2] = {vout, aout};
+    if (products_calls(e, 2, h2, w2s, o2) != 1) {
+        PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->v2, C, vhid, D, vout, C, 0.f, err)));
+        PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->a2, C, ahid, D, aout, C, 0.f, err)));
+        return ST_OK;
+    }
+    PROF(PC_GEMM_LORA, 1,
+         RUN(gemm_n<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, w2s[0], C, common_stride(w2s, 2, es), h2[0], D,
+                       common_stride(h2, 2, es), o2[0], C, common_stride((const void *const *)o2, 2, es), 2, 0.f,
+                       err)));
+    return ST_OK;
+}
+
+/* Its backward up to v's dX: the three hidden gradients (dvl, dwl, dal: the
+ * plan keeps them adjacent) as one 3-batch product into hid0, hid, hid2,
+ * w's tanh', then w's and a's dX as one 2-batch product (overwriting dxw,
+ * dxa). v's dX (dx_v += hid0 v1^T) is the caller's, after the r/k/v
+ * products that overwrite its buffer. */
+template <typename T>
+int lora_vwa_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *whid, void *dxw,
+                 void *dxa, char *err)
+{
+    const void *g2[3] = {e->dvl, e->dwl, e->dal}, *w2s[3] = {p->v2, p->w2, p->a2};
+    void *h2[3] = {e->hid0, e->hid, e->hid2};
+    const size_t es = e->esz;
+    if (products_calls(e, 3, g2, w2s, h2) != 1) {
+        PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, p->v2, C, e->dvl, C, e->hid0, D, 0.f,
+                                          err)));
+        return lora_wa_bwd<T>(e, R, C, D, p, whid, e->dwl, e->dal, e->hid, e->hid2, dxw, dxa, err);
+    }
+    PROF(PC_GEMM_LORA, 1,
+         RUN(gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2s[0], C, common_stride(w2s, 3, es), g2[0], C,
+                       common_stride(g2, 3, es), h2[0], D, common_stride((const void *const *)h2, 3, es), 3, 0.f,
+                       err)));
+    size_t n = (size_t)R * D;
+    PROF(PC_LORA_ACT, 1,
+         st::lora_act_bwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
+             n, st::ACT_TANH, (const T *)whid, (T *)e->hid));
+    ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
+    const void *h1[2] = {e->hid, e->hid2}, *w1s[2] = {p->w1, p->a1};
+    void *dxs[2] = {dxw, dxa};
+    if (products_calls(e, 2, h1, w1s, dxs) != 1) {
+        PROF(PC_GEMM_LORA, 1,
+             RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, p->w1, D, e->hid, D, dxw, C, 0.f, err)));
+        PROF(PC_GEMM_LORA, 1,
+             RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, p->a1, D, e->hid2, D, dxa, C, 0.f, err)));
+        return ST_OK;
+    }
+    PROF(PC_GEMM_LORA, 1,
+         RUN(gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1s[0], D, common_stride(w1s, 2, es), h1[0], D,
+                       common_stride(h1, 2, es), dxs[0], C, common_stride((const void *const *)dxs, 2, es), 2, 0.f,
+                       err)));
+    return ST_OK;
+}
+
 /* ---- WKV7 by storage type ---- */
 
 int wkv_fwd(int B, int T, int H, const float *r, const float *w, const float *k, const float *v,
@@ -1378,6 +1512,13 @@ void methods_free(engine_cuda_t *e)
 /* ---- one layer ---- */
 
 template <typename T> T *lay(void *base, int l, size_t per) { return (T *)base + (size_t)l * per; }
+/* Slot sl's decay-LoRA hidden layer (R, d_decay); with vbatch the middle
+ * block of [v | w | a], so v's is whid - Rp D and a's whid + Rp D. */
+template <typename T> T *whid_of(const engine_cuda_t *e, int sl, size_t Rp)
+{
+    const size_t D = e->m->cfg.d_decay;
+    return e->vbatch ? (T *)e->whid + (3 * (size_t)sl + 1) * Rp * D : (T *)e->whid + (size_t)sl * Rp * D;
+}
 
 /* Layer l's forward. ln_in_done: h and layer l's LN1 statistics already hold
  * LN1(x_res[l]) (the previous layer's fused end made them). fuse_out: the
@@ -1402,7 +1543,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     T *kraw = lay<T>(e->kraw, sl, RCp), *kf = lay<T>(e->kf, sl, RCp), *kk = lay<T>(e->kk, sl, RCp);
     T *a = lay<T>(e->a, sl, RCp), *v = lay<T>(e->v, sl, RCp), *vraw = lay<T>(e->vraw, sl, RCp);
     T *vs = lay<T>(e->vs, sl, RCp), *g = lay<T>(e->g, sl, RCp), *y = lay<T>(e->y, sl, RCp);
-    T *whid = lay<T>(e->whid, sl, Rp * c->d_decay), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
+    T *whid = whid_of<T>(e, sl, Rp), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
     T *kpre = lay<T>(e->kpre, sl, Rp * F);
     T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
     float *ckpt = e->ckpt + (size_t)sl * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
@@ -1428,7 +1569,12 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
         void *outs3[3] = {r, kraw, vraw};
         PROF(PC_GEMM_RKV, products_calls(e, 3, xs, ws, outs3), RUN(linear_fwd_n<T>(e, 3, R, C, C, xs, ws, outs3, err)));
     }
-    if (e->gemm_batch && c->d_decay == c->d_aaa) {
+    const bool vwa = e->vbatch && l > 0; /* layer 0 has no v LoRA */
+    if (vwa) {
+        const size_t hb = Rp * c->d_decay; /* the [v | w | a] blocks */
+        RUN(lora_vwa_fwd<T>(e, R, C, c->d_decay, p, lerp[3], lerp[1], lerp[4], whid - hb, whid, whid + hb, wl, tmp,
+                            vs, err));
+    } else if (e->gemm_batch && c->d_decay == c->d_aaa) {
         RUN(lora_wa_fwd<T>(e, R, C, c->d_decay, p, lerp[1], lerp[4], whid, e->hid, wl, tmp, err));
     } else {
         RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
@@ -1444,7 +1590,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
              /* v_first lives apart: in recompute mode layer 0's slot is reused */
              ST_CUDA_CHECK(cudaMemcpyAsync(e->v_first, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st)));
     } else {
-        RUN(lora_fwd<T>(e, R, C, c->d_mv, lerp[3], p->v1, p->v2, 0, e->hid, vs, err));
+        if (!vwa) RUN(lora_fwd<T>(e, R, C, c->d_mv, lerp[3], p->v1, p->v2, 0, e->hid, vs, err));
         PROF(PC_VMIX, 1,
              st::vmix_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, C, vraw, (const T *)e->v_first,
                                                                               p->v0, vs, v));
@@ -1530,7 +1676,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     T *kraw = lay<T>(e->kraw, sl, RCp), *kf = lay<T>(e->kf, sl, RCp), *kk = lay<T>(e->kk, sl, RCp);
     T *a = lay<T>(e->a, sl, RCp), *v = lay<T>(e->v, sl, RCp), *vraw = lay<T>(e->vraw, sl, RCp);
     T *vs = lay<T>(e->vs, sl, RCp), *g = lay<T>(e->g, sl, RCp), *y = lay<T>(e->y, sl, RCp);
-    T *whid = lay<T>(e->whid, sl, Rp * c->d_decay), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
+    T *whid = whid_of<T>(e, sl, Rp), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
     T *kpre = lay<T>(e->kpre, sl, Rp * F);
     T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
     float *ckpt = e->ckpt + (size_t)sl * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
@@ -1595,23 +1741,36 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
                                                                  dk, (const T *)e->dbk, da, db, (T *)e->dwl,
                                                                  (T *)e->dal, (T *)e->dkraw));
     ST_CUDA_CHECK_LAUNCH("timemix_bwd_kernel");
-    if (e->gemm_batch && c->d_decay == c->d_aaa) {
+    /* vbatch: v's gradient first, so that its LoRA joins w's and a's */
+    auto vmix_bwd = [&]() -> int {
+        PROF(PC_VMIX, 1,
+             st::vmix_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
+                                                                              (const T *)e->dbv, (T *)e->dvraw,
+                                                                              (T *)e->dvl));
+        ST_CUDA_CHECK_LAUNCH("vmix_bwd_kernel");
+        return ST_OK;
+    };
+    if (e->vbatch) {
+        RUN(vmix_bwd());
+        RUN(lora_vwa_bwd<T>(e, R, C, c->d_decay, p, whid, dl[1], dl[4], err));
+    } else if (e->gemm_batch && c->d_decay == c->d_aaa) {
         RUN(lora_wa_bwd<T>(e, R, C, c->d_decay, p, whid, e->dwl, e->dal, e->hid, e->hid2, dl[1], dl[4], err));
     } else {
         RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
         RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
     }
     if (!rkv_late) PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err)));
-    PROF(PC_VMIX, 1,
-         st::vmix_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
-                                                                          (const T *)e->dbv, (T *)e->dvraw,
-                                                                          (T *)e->dvl));
-    ST_CUDA_CHECK_LAUNCH("vmix_bwd_kernel");
+    if (!e->vbatch) RUN(vmix_bwd());
     if (rkv_late) {
         const void *gs[3] = {dr, e->dkraw, e->dvraw}, *ws[3] = {p->receptance, p->key, p->value};
         void *dins[3] = {dl[0], dl[2], dl[3]};
         PROF(PC_GEMM_RKV, products_calls(e, 3, gs, ws, dins), RUN(linear_bwd_n<T>(e, 3, R, C, C, gs, ws, dins, err)));
-        RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 1.f, err));
+        const int DV = e->vwidth;
+        if (e->vbatch) /* v's hidden gradient is in hid0 already (lora_vwa_bwd) */
+            PROF(PC_GEMM_LORA, 1,
+                 RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, DV, p->v1, DV, e->hid0, DV, dl[3], C, 1.f, err)));
+        else
+            RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 1.f, err));
     } else {
         RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 0.f, err));
         PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err)));
@@ -1910,6 +2069,8 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
     const char *gb = getenv("STATETUNE_GEMM_BATCH"), *gl = getenv("STATETUNE_GEMM_LT");
     if (gb && (gb[0] == '0' || gb[0] == '1') && !gb[1]) e->gemm_batch = gb[0] - '0';
     if (gl && gl[0] >= '0' && gl[0] <= '2' && !gl[1]) e->gemm_lt = gl[0] - '0';
+    e->vbatch = e->gemm_batch && c->d_decay == c->d_aaa && c->d_mv > 0 && c->d_mv <= c->d_decay;
+    e->vwidth = e->vbatch ? c->d_decay : c->d_mv;
     const char *bl = getenv("STATETUNE_BF16_LOGITS");
     e->bf16_logits = e->bf16 && (bl && (bl[0] == '0' || bl[0] == '1') && !bl[1] ? bl[0] == '1' : BF16_LOGITS_DEFAULT);
     e->lt_device = opts->device;

@@ -108,7 +108,15 @@ static std::vector<fl_gemm> fl_products(const fl_shape *s)
     /* LoRAs: hid (R, D) = x W1, out (R, C) = act(hid) W2; backward dhid =
      * dout W2^T, dx = dhid W1^T */
     const char *lo = "gemm LoRA (w,a,v,g)";
-    if (bw) {
+    /* vbatch (engine_cuda.cu): v's LoRA padded to w's width joins w's and
+     * a's products in layers 1 .. L - 1 (layer 0 has none) */
+    const int vb = bw && s->Dv > 0 && s->Dv <= s->Dw;
+    if (vb) {
+        add(lo, "LoRA w,a down fwd x2 (layer 0)", 0, s->Dw, R, C, 2, 0, 0, 1);
+        add(lo, "LoRA v,w,a down fwd x3", 0, s->Dw, R, C, 3, 0, 0, L - 1);
+        add(lo, "LoRA v,w,a dhid x3", 1, s->Dw, R, C, 3, 0, 0, L - 1);
+        add(lo, "LoRA w,a dX x2", 1, C, R, s->Dw, 2, 0, 0, L - 1);
+    } else if (bw) {
         add(lo, "LoRA w,a down fwd x2", 0, s->Dw, R, C, 2, 0, 0, L);
         add(lo, "LoRA w,a dhid x2", 1, s->Dw, R, C, 2, 0, 0, L - 1);
         add(lo, "LoRA w,a dX x2", 1, C, R, s->Dw, 2, 0, 0, L - 1);
@@ -121,13 +129,19 @@ static std::vector<fl_gemm> fl_products(const fl_shape *s)
         add(lo, "LoRA a dX", 1, C, R, s->Da, 1, 0, 0, L - 1);
     }
     add(lo, "LoRA w up fwd (fp32 out)", 0, C, R, s->Dw, 1, 1, 0, L);
-    add(lo, "LoRA a up fwd", 0, C, R, s->Da, 1, 0, 0, L);
-    add(lo, "LoRA v down fwd", 0, s->Dv, R, C, 1, 0, 0, L - 1);
-    add(lo, "LoRA v up fwd", 0, C, R, s->Dv, 1, 0, 0, L - 1);
+    if (vb) {
+        add(lo, "LoRA a up fwd (layer 0)", 0, C, R, s->Da, 1, 0, 0, 1);
+        add(lo, "LoRA v,a up fwd x2", 0, C, R, s->Dw, 2, 0, 0, L - 1);
+        add(lo, "LoRA v dX (+=, padded)", 1, C, R, s->Dw, 1, 0, 1, L - 1);
+    } else {
+        add(lo, "LoRA a up fwd", 0, C, R, s->Da, 1, 0, 0, L);
+        add(lo, "LoRA v down fwd", 0, s->Dv, R, C, 1, 0, 0, L - 1);
+        add(lo, "LoRA v up fwd", 0, C, R, s->Dv, 1, 0, 0, L - 1);
+        add(lo, "LoRA v dhid", 1, s->Dv, R, C, 1, 0, 0, L - 1);
+        add(lo, "LoRA v dX (+=)", 1, C, R, s->Dv, 1, 0, s->batched, L - 1);
+    }
     add(lo, "LoRA g down fwd", 0, s->Dg, R, C, 1, 0, 0, L);
     add(lo, "LoRA g up fwd", 0, C, R, s->Dg, 1, 0, 0, L);
-    add(lo, "LoRA v dhid", 1, s->Dv, R, C, 1, 0, 0, L - 1);
-    add(lo, "LoRA v dX (+=)", 1, C, R, s->Dv, 1, 0, s->batched, L - 1);
     add(lo, "LoRA g dhid", 1, s->Dg, R, C, 1, 0, 0, L - 1);
     add(lo, "LoRA g dX", 1, C, R, s->Dg, 1, 0, 0, L - 1);
     add("gemm output", "output fwd", 1, C, R, C, 1, 0, 0, L);
