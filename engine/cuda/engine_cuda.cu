@@ -238,7 +238,7 @@ struct engine_cuda {
      * STATETUNE_GEMM_BATCH and STATETUNE_GEMM_LT: gemm_batch 1 runs the
      * same-shape r/k/v projections (forward and dX) as one strided-batched
      * product, and the w and a LoRAs' products as 2-batch ones where their
-     * widths agree (lora_wa_fwd/bwd); gemm_lt 0 is cublasGemmEx, 1 cuBLASLt with a workspace and the
+     * widths agree (lora_wav_fwd/bwd); gemm_lt 0 is cublasGemmEx, 1 cuBLASLt with a workspace and the
      * heuristic's first algorithm, 2 the fastest of its first LT_CANDIDATES
      * timed on first use, chosen once per process and device (lt_cache); the
      * plan is cached per shape in lt_plan */
@@ -246,7 +246,7 @@ struct engine_cuda {
     /* vbatch: gemm_batch on, w and a LoRAs of one width D and v's no wider:
      * v's LoRA weights are stored zero-padded to D beside w's and
      * a's, so that its products join theirs as 3-batch and 2-batch ones
-     * (lora_vwa_fwd/bwd; the padding adds exact zeros). vwidth: v's stored
+     * (lora_wav_fwd/bwd; the padding adds exact zeros). vwidth: v's stored
      * width. Measured on the H100 (docs/performance.md 2.8), worker bench,
      * same call: 22.82-22.83 against 22.84-22.88 ms a step at 12 x 768,
      * 54.58-54.63 against 54.77-54.95 at 24 x 1024, 126.50-126.51 against
@@ -400,7 +400,7 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     void **per_layer[] = {&e->r, &e->kraw, &e->vraw, &e->kf, &e->kk, &e->a,
                           &e->v, &e->vs, &e->g, &e->y, &e->wa, &e->wb};
     for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) *per_layer[i] = carve(cv, LS * RC * es);
-    /* with vbatch each slot is [v's hidden | w's | a's] (lora_vwa_fwd) */
+    /* with vbatch each slot is [v's hidden | w's | a's] (lora_wav_fwd) */
     e->whid = carve(cv, LS * R * c->d_decay * es * (e->vbatch ? 3 : 1));
     e->ghid = carve(cv, LS * R * c->d_gate * es);
     e->kpre = carve(cv, LS * R * F * es);
@@ -412,8 +412,8 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
                         &e->dr, &e->dkraw, &e->dvraw, &e->dk, &e->dv, &e->da, &e->db, &e->dy, &e->dg,
                         &e->dbr, &e->dbk, &e->dbv, &e->dvl, &e->dwl, &e->dal, &e->dxh};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++) *scratch[i] = carve(cv, RC * es);
-    /* v's, w's and a's LoRA hidden gradients, one stride apart (lora_vwa_bwd;
-     * lora_wa_bwd uses the last two) */
+    /* v's, w's and a's LoRA hidden gradients, one stride apart (lora_wav_bwd;
+     * without vbatch it uses the last two) */
     e->hid0 = carve(cv, R * D * es);
     e->hid = carve(cv, R * D * es);
     e->hid2 = carve(cv, R * D * es);
@@ -986,7 +986,7 @@ long long common_stride(const void *const *p, int n, size_t es)
     return d / (long long)es;
 }
 
-/* How many calls linear_fwd_n / linear_bwd_n make for these n products:
+/* How many calls gemm_each makes for these n products:
  * 1 when batching is on and every operand lies a fixed stride apart. */
 int products_calls(const engine_cuda_t *e, int n, const void *const *x, const void *const *W, void *const *out)
 {
@@ -1012,33 +1012,39 @@ int linear_bwd(engine_cuda_t *e, int R, int IN, int OUT, const void *dout, const
     return gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, IN, R, OUT, W, IN, dout, OUT, dinp, IN, beta, err);
 }
 
+/* Cm_i = op(A_i) op(B_i) for i < cnt, same shapes: one strided-batched
+ * product when products_calls says so (the caller profiles it with that
+ * many launches), else one call each. */
+template <typename T>
+int gemm_each(engine_cuda_t *e, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int cnt,
+              const void *const *A, int lda, const void *const *B, int ldb, void *const *Cm, int ldc, float beta,
+              char *err)
+{
+    if (cnt > 1 && products_calls(e, cnt, B, A, Cm) == 1) {
+        const size_t es = e->esz;
+        return gemm_n<T>(e, ta, tb, m, n, k, A[0], lda, common_stride(A, cnt, es), B[0], ldb,
+                         common_stride(B, cnt, es), Cm[0], ldc, common_stride((const void *const *)Cm, cnt, es), cnt,
+                         beta, err);
+    }
+    for (int i = 0; i < cnt; i++) RUN(gemm<T>(e, ta, tb, m, n, k, A[i], lda, B[i], ldb, Cm[i], ldc, beta, err));
+    return ST_OK;
+}
+
 /* out_i (R, OUT) = x_i (R, IN) W_i^T for i < n: same-shape projections on
- * different inputs (r, k and v), one strided-batched product when
- * products_calls says so */
+ * different inputs (r, k and v) */
 template <typename T>
 int linear_fwd_n(engine_cuda_t *e, int n, int R, int IN, int OUT, const void *const *x, const void *const *W,
                  void *const *out, char *err)
 {
-    if (products_calls(e, n, x, W, out) == 1)
-        return gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, OUT, R, IN, W[0], IN, common_stride(W, n, e->esz), x[0], IN,
-                         common_stride(x, n, e->esz), out[0], OUT, common_stride((const void *const *)out, n, e->esz),
-                         n, 0.f, err);
-    for (int i = 0; i < n; i++) RUN(linear_fwd<T>(e, R, IN, OUT, x[i], W[i], out[i], err));
-    return ST_OK;
+    return gemm_each<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, OUT, R, IN, n, W, IN, x, IN, out, OUT, 0.f, err);
 }
 
-/* dinp_i (R, IN) = dout_i (R, OUT) W_i for i < n (overwritten), batched as
- * linear_fwd_n */
+/* dinp_i (R, IN) = dout_i (R, OUT) W_i for i < n (overwritten) */
 template <typename T>
 int linear_bwd_n(engine_cuda_t *e, int n, int R, int IN, int OUT, const void *const *dout, const void *const *W,
                  void *const *dinp, char *err)
 {
-    if (products_calls(e, n, dout, W, dinp) == 1)
-        return gemm_n<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, IN, R, OUT, W[0], IN, common_stride(W, n, e->esz), dout[0], OUT,
-                         common_stride(dout, n, e->esz), dinp[0], IN,
-                         common_stride((const void *const *)dinp, n, e->esz), n, 0.f, err);
-    for (int i = 0; i < n; i++) RUN(linear_bwd<T>(e, R, IN, OUT, dout[i], W[i], dinp[i], 0.f, err));
-    return ST_OK;
+    return gemm_each<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, IN, R, OUT, n, W, IN, dout, OUT, dinp, IN, 0.f, err);
 }
 
 template <typename T>
@@ -1075,89 +1081,25 @@ int lora_bwd(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *
 }
 
 /* The decay (w) and in-context rate (a) LoRAs together, when their widths
- * agree and gemm_batch is on: their first products run as one 2-batch
- * strided product (both read (R, C), write (R, D): a thin product that
- * alone fills half the GPU at R = 8192, D = 64); the second products stay
- * apart (w's output is fp32, a's T). Otherwise lora_fwd twice. ahid is a
- * scratch (R, D) for a's hidden layer. */
+ * agree and gemm_batch is on, and with vbatch the value (v) LoRA too (xv,
+ * vhid, vout given; layers after the first): the first products as one 2-
+ * or 3-batch product (x: lerps 3, 1, 4, adjacent in the plan; weights v1,
+ * w1, a1; with v the hidden layers are the slot's [v | w | a] blocks, else
+ * ahid is a scratch), w's tanh and fp32 second product alone, a's second
+ * product batched with v's. At R 8192 these thin products cost about as
+ * much batched as alone (a 2-batch fills the GPU where one D = 64 product
+ * fills half; dev_engine_bench's product table), so each batch saves
+ * nearly a product's time. Operands that do not lie one stride apart get
+ * one call each (gemm_each). */
 template <typename T>
-int lora_wa_fwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *xw, const void *xa,
-                void *whid, void *ahid, float *wl, void *aout, char *err)
+int lora_wav_fwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *xv, const void *xw,
+                 const void *xa, void *vhid, void *whid, void *ahid, float *wl, void *vout, void *aout, char *err)
 {
-    const void *xs[2] = {xw, xa}, *w1s[2] = {p->w1, p->a1};
-    void *hs[2] = {whid, ahid};
-    if (products_calls(e, 2, xs, w1s, hs) != 1) {
-        RUN(lora_fwd<T>(e, R, C, D, xw, p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
-        return lora_fwd<T>(e, R, C, D, xa, p->a1, p->a2, 0, ahid, aout, err);
-    }
-    const size_t es = e->esz;
-    PROF(PC_GEMM_LORA, 1,
-         RUN(gemm_n<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1s[0], D, common_stride(w1s, 2, es), xs[0], C,
-                       common_stride(xs, 2, es), hs[0], D, common_stride((const void *const *)hs, 2, es), 2, 0.f,
-                       err)));
-    size_t n = (size_t)R * D;
-    PROF(PC_LORA_ACT, 1,
-         st::lora_act_fwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
-             n, st::ACT_TANH, (T *)whid));
-    ST_CUDA_CHECK_LAUNCH("lora_act_fwd_kernel");
-    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->w2, C, whid, D, wl, C, 0.f, err, true)));
-    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->a2, C, ahid, D, aout, C, 0.f, err)));
-    return ST_OK;
-}
-
-/* Their backward (lora_bwd for both, dx overwritten): the two first and
- * the two second products each as one 2-batch product; dhid_w and dhid_a
- * are (R, D) scratch. */
-template <typename T>
-int lora_wa_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *whid, const void *dwl,
-                const void *dal, void *dhid_w, void *dhid_a, void *dxw, void *dxa, char *err)
-{
-    const void *g2[2] = {dwl, dal}, *w2s[2] = {p->w2, p->a2}, *h1[2] = {dhid_w, dhid_a}, *w1s[2] = {p->w1, p->a1};
-    void *h2[2] = {dhid_w, dhid_a}, *dxs[2] = {dxw, dxa};
-    if (products_calls(e, 2, g2, w2s, h2) != 1 || products_calls(e, 2, h1, w1s, dxs) != 1) {
-        RUN(lora_bwd<T>(e, R, C, D, p->w1, p->w2, st::ACT_TANH, whid, dwl, dhid_w, dxw, 0.f, err));
-        return lora_bwd<T>(e, R, C, D, p->a1, p->a2, 0, NULL, dal, dhid_a, dxa, 0.f, err);
-    }
-    const size_t es = e->esz;
-    PROF(PC_GEMM_LORA, 1,
-         RUN(gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2s[0], C, common_stride(w2s, 2, es), g2[0], C,
-                       common_stride(g2, 2, es), h2[0], D, common_stride(h1, 2, es), 2, 0.f, err)));
-    size_t n = (size_t)R * D;
-    PROF(PC_LORA_ACT, 1,
-         st::lora_act_bwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
-             n, st::ACT_TANH, (const T *)whid, (T *)dhid_w));
-    ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
-    PROF(PC_GEMM_LORA, 1,
-         RUN(gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1s[0], D, common_stride(w1s, 2, es), h1[0], D,
-                       common_stride(h1, 2, es), dxs[0], C, common_stride((const void *const *)dxs, 2, es), 2, 0.f,
-                       err)));
-    return ST_OK;
-}
-
-/* vbatch's forward of the v, w and a LoRAs (layers after the first): the
- * three first products as one 3-batch product (x: lerps 3, 1, 4, adjacent in
- * the plan; weights v1, w1, a1; hidden layers in the slot's [v | w | a]
- * blocks), w's tanh and fp32 second product alone, and a's and v's second
- * products as one 2-batch product. At R 8192 these thin products cost about
- * as much batched as alone (dev_engine_bench's product table), so each batch
- * saves nearly a product's time. Operands that do not lie one stride apart
- * fall back to one call each. */
-template <typename T>
-int lora_vwa_fwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *xv, const void *xw,
-                 const void *xa, void *vhid, void *whid, void *ahid, float *wl, void *aout, void *vout, char *err)
-{
+    const int o = xv ? 0 : 1; /* the first operand: v's, or w's */
     const void *xs[3] = {xv, xw, xa}, *w1s[3] = {p->v1, p->w1, p->a1};
     void *hs[3] = {vhid, whid, ahid};
-    const size_t es = e->esz;
-    if (products_calls(e, 3, xs, w1s, hs) != 1) {
-        RUN(lora_fwd<T>(e, R, C, D, xv, p->v1, p->v2, 0, vhid, vout, err));
-        RUN(lora_fwd<T>(e, R, C, D, xw, p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
-        return lora_fwd<T>(e, R, C, D, xa, p->a1, p->a2, 0, ahid, aout, err);
-    }
-    PROF(PC_GEMM_LORA, 1,
-         RUN(gemm_n<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1s[0], D, common_stride(w1s, 3, es), xs[0], C,
-                       common_stride(xs, 3, es), hs[0], D, common_stride((const void *const *)hs, 3, es), 3, 0.f,
-                       err)));
+    PROF(PC_GEMM_LORA, products_calls(e, 3 - o, xs + o, w1s + o, hs + o),
+         RUN(gemm_each<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, 3 - o, w1s + o, D, xs + o, C, hs + o, D, 0.f, err)));
     size_t n = (size_t)R * D;
     PROF(PC_LORA_ACT, 1,
          st::lora_act_fwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
@@ -1166,39 +1108,25 @@ int lora_vwa_fwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, co
     PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->w2, C, whid, D, wl, C, 0.f, err, true)));
     const void *h2[2] = {vhid, ahid}, *w2s[2] = {p->v2, p->a2};
     void *o2[2] = {vout, aout};
-    if (products_calls(e, 2, h2, w2s, o2) != 1) {
-        PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->v2, C, vhid, D, vout, C, 0.f, err)));
-        PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->a2, C, ahid, D, aout, C, 0.f, err)));
-        return ST_OK;
-    }
-    PROF(PC_GEMM_LORA, 1,
-         RUN(gemm_n<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, w2s[0], C, common_stride(w2s, 2, es), h2[0], D,
-                       common_stride(h2, 2, es), o2[0], C, common_stride((const void *const *)o2, 2, es), 2, 0.f,
-                       err)));
+    PROF(PC_GEMM_LORA, products_calls(e, 2 - o, h2 + o, w2s + o, o2 + o),
+         RUN(gemm_each<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, 2 - o, w2s + o, C, h2 + o, D, o2 + o, C, 0.f, err)));
     return ST_OK;
 }
 
-/* Its backward up to v's dX: the three hidden gradients (dvl, dwl, dal: the
- * plan keeps them adjacent) as one 3-batch product into hid0, hid, hid2,
- * w's tanh', then w's and a's dX as one 2-batch product (overwriting dxw,
- * dxa). v's dX (dx_v += hid0 v1^T) is the caller's, after the r/k/v
- * products that overwrite its buffer. */
+/* Their backward up to the dX of the first products: the hidden gradients
+ * from dvl (with_v), dwl and dal (adjacent in the plan) into hid0, hid and
+ * hid2 as one product, w's tanh', then w's and a's dX as one product
+ * (overwriting dxw, dxa). v's dX (dx_v += hid0 v1^T) is the caller's, after
+ * the r/k/v products that overwrite its buffer. */
 template <typename T>
-int lora_vwa_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *whid, void *dxw,
-                 void *dxa, char *err)
+int lora_wav_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, bool with_v, const void *whid,
+                 void *dxw, void *dxa, char *err)
 {
+    const int o = with_v ? 0 : 1;
     const void *g2[3] = {e->dvl, e->dwl, e->dal}, *w2s[3] = {p->v2, p->w2, p->a2};
     void *h2[3] = {e->hid0, e->hid, e->hid2};
-    const size_t es = e->esz;
-    if (products_calls(e, 3, g2, w2s, h2) != 1) {
-        PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, p->v2, C, e->dvl, C, e->hid0, D, 0.f,
-                                          err)));
-        return lora_wa_bwd<T>(e, R, C, D, p, whid, e->dwl, e->dal, e->hid, e->hid2, dxw, dxa, err);
-    }
-    PROF(PC_GEMM_LORA, 1,
-         RUN(gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2s[0], C, common_stride(w2s, 3, es), g2[0], C,
-                       common_stride(g2, 3, es), h2[0], D, common_stride((const void *const *)h2, 3, es), 3, 0.f,
-                       err)));
+    PROF(PC_GEMM_LORA, products_calls(e, 3 - o, g2 + o, w2s + o, h2 + o),
+         RUN(gemm_each<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, 3 - o, w2s + o, C, g2 + o, C, h2 + o, D, 0.f, err)));
     size_t n = (size_t)R * D;
     PROF(PC_LORA_ACT, 1,
          st::lora_act_bwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
@@ -1206,17 +1134,8 @@ int lora_vwa_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, co
     ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
     const void *h1[2] = {e->hid, e->hid2}, *w1s[2] = {p->w1, p->a1};
     void *dxs[2] = {dxw, dxa};
-    if (products_calls(e, 2, h1, w1s, dxs) != 1) {
-        PROF(PC_GEMM_LORA, 1,
-             RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, p->w1, D, e->hid, D, dxw, C, 0.f, err)));
-        PROF(PC_GEMM_LORA, 1,
-             RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, p->a1, D, e->hid2, D, dxa, C, 0.f, err)));
-        return ST_OK;
-    }
-    PROF(PC_GEMM_LORA, 1,
-         RUN(gemm_n<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1s[0], D, common_stride(w1s, 2, es), h1[0], D,
-                       common_stride(h1, 2, es), dxs[0], C, common_stride((const void *const *)dxs, 2, es), 2, 0.f,
-                       err)));
+    PROF(PC_GEMM_LORA, products_calls(e, 2, h1, w1s, dxs),
+         RUN(gemm_each<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, 2, w1s, D, h1, D, dxs, C, 0.f, err)));
     return ST_OK;
 }
 
@@ -1572,10 +1491,10 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     const bool vwa = e->vbatch && l > 0; /* layer 0 has no v LoRA */
     if (vwa) {
         const size_t hb = Rp * c->d_decay; /* the [v | w | a] blocks */
-        RUN(lora_vwa_fwd<T>(e, R, C, c->d_decay, p, lerp[3], lerp[1], lerp[4], whid - hb, whid, whid + hb, wl, tmp,
-                            vs, err));
+        RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, lerp[3], lerp[1], lerp[4], whid - hb, whid, whid + hb, wl, vs,
+                            tmp, err));
     } else if (e->gemm_batch && c->d_decay == c->d_aaa) {
-        RUN(lora_wa_fwd<T>(e, R, C, c->d_decay, p, lerp[1], lerp[4], whid, e->hid, wl, tmp, err));
+        RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, NULL, lerp[1], lerp[4], NULL, whid, e->hid, wl, NULL, tmp, err));
     } else {
         RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
         RUN(lora_fwd<T>(e, R, C, c->d_aaa, lerp[4], p->a1, p->a2, 0, e->hid, tmp, err));
@@ -1752,9 +1671,9 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     };
     if (e->vbatch) {
         RUN(vmix_bwd());
-        RUN(lora_vwa_bwd<T>(e, R, C, c->d_decay, p, whid, dl[1], dl[4], err));
+        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, true, whid, dl[1], dl[4], err));
     } else if (e->gemm_batch && c->d_decay == c->d_aaa) {
-        RUN(lora_wa_bwd<T>(e, R, C, c->d_decay, p, whid, e->dwl, e->dal, e->hid, e->hid2, dl[1], dl[4], err));
+        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, false, whid, dl[1], dl[4], err));
     } else {
         RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
         RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
@@ -1766,7 +1685,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
         void *dins[3] = {dl[0], dl[2], dl[3]};
         PROF(PC_GEMM_RKV, products_calls(e, 3, gs, ws, dins), RUN(linear_bwd_n<T>(e, 3, R, C, C, gs, ws, dins, err)));
         const int DV = e->vwidth;
-        if (e->vbatch) /* v's hidden gradient is in hid0 already (lora_vwa_bwd) */
+        if (e->vbatch) /* v's hidden gradient is in hid0 already (lora_wav_bwd) */
             PROF(PC_GEMM_LORA, 1,
                  RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, DV, p->v1, DV, e->hid0, DV, dl[3], C, 1.f, err)));
         else
