@@ -369,6 +369,14 @@ void plan_weights(engine_cuda_t *e, carver_t *cv)
 }
 
 /* The activation plan for maxB x maxT (see the file comment). */
+/* Floats of one layer's WKV7 checkpoints at the launchers' default
+ * interval (wkv7.cuh: a checkpoint every chunk, or every two in a build
+ * with -DWKV7_CKPT_BF16_DEFAULT=32, which halves them) */
+size_t ckpt_floats(const engine_cuda_t *e)
+{
+    return wkv7_cuda_ckpt_floats_every(e->maxB, e->maxT, e->m->cfg.n_head, wkv7_cuda_ckpt_every(e->bf16));
+}
+
 void plan_activations(engine_cuda_t *e, carver_t *cv)
 {
     const rwkv_config_t *c = &e->m->cfg;
@@ -388,7 +396,7 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     e->ln2_rstd = (float *)carve(cv, LS * R * 4);
     e->gn_mean = (float *)carve(cv, LS * R * H * 4);
     e->gn_rstd = (float *)carve(cv, LS * R * H * 4);
-    e->ckpt = (float *)carve(cv, LS * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, (int)H) * 4);
+    e->ckpt = (float *)carve(cv, LS * ckpt_floats(e) * 4);
     e->sa = (float *)carve(cv, LS * RC * 4);
     e->w = (float *)carve(cv, LS * RC * 4);
     e->wl = (float *)carve(cv, LS * RC * 4);
@@ -1145,19 +1153,19 @@ int wkv_fwd(int B, int T, int H, const float *r, const float *w, const float *k,
             const float *a, const float *b, const float *s0, float *y, float *sf, float *ck, float *sa,
             cudaStream_t st, char *err)
 {
-    return wkv7_forward_cuda(B, T, H, r, w, k, v, a, b, s0, y, sf, ck, WKV7_CUDA_CHUNK, sa, st, err);
+    return wkv7_forward_cuda(B, T, H, r, w, k, v, a, b, s0, y, sf, ck, wkv7_cuda_ckpt_every(0), sa, st, err);
 }
 int wkv_fwd(int B, int T, int H, const __nv_bfloat16 *r, const float *w, const __nv_bfloat16 *k,
             const __nv_bfloat16 *v, const __nv_bfloat16 *a, const __nv_bfloat16 *b, const float *s0,
             __nv_bfloat16 *y, float *sf, float *ck, float *sa, cudaStream_t st, char *err)
 {
-    return wkv7_forward_cuda_bf16(B, T, H, r, w, k, v, a, b, s0, y, sf, ck, WKV7_CUDA_CHUNK, sa, st, err);
+    return wkv7_forward_cuda_bf16(B, T, H, r, w, k, v, a, b, s0, y, sf, ck, wkv7_cuda_ckpt_every(1), sa, st, err);
 }
 int wkv_bwd(int B, int T, int H, const float *r, const float *w, const float *k, const float *v,
             const float *a, const float *b, const float *ck, const float *sa, const float *dy, float *dr,
             float *dw, float *dk, float *dv, float *da, float *db, float *ds0, cudaStream_t st, char *err)
 {
-    return wkv7_backward_cuda(B, T, H, r, w, k, v, a, b, ck, WKV7_CUDA_CHUNK, sa, dy, dr, dw, dk, dv, da, db,
+    return wkv7_backward_cuda(B, T, H, r, w, k, v, a, b, ck, wkv7_cuda_ckpt_every(0), sa, dy, dr, dw, dk, dv, da, db,
                               ds0, st, err);
 }
 int wkv_bwd(int B, int T, int H, const __nv_bfloat16 *r, const float *w, const __nv_bfloat16 *k,
@@ -1166,7 +1174,7 @@ int wkv_bwd(int B, int T, int H, const __nv_bfloat16 *r, const float *w, const _
             __nv_bfloat16 *dk, __nv_bfloat16 *dv, __nv_bfloat16 *da, __nv_bfloat16 *db, float *ds0,
             cudaStream_t st, char *err)
 {
-    return wkv7_backward_cuda_bf16(B, T, H, r, w, k, v, a, b, ck, WKV7_CUDA_CHUNK, sa, dy, dr, dw, dk, dv, da,
+    return wkv7_backward_cuda_bf16(B, T, H, r, w, k, v, a, b, ck, wkv7_cuda_ckpt_every(1), sa, dy, dr, dw, dk, dv, da,
                                    db, ds0, st, err);
 }
 
@@ -1465,7 +1473,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     T *whid = whid_of<T>(e, sl, Rp), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
     T *kpre = lay<T>(e->kpre, sl, Rp * F);
     T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
-    float *ckpt = e->ckpt + (size_t)sl * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
+    float *ckpt = e->ckpt + (size_t)sl * ckpt_floats(e);
     float *sa = e->sa + sl * RCp;
     T *h = (T *)e->h, *tmp = (T *)e->tmp, *oin = (T *)e->oin;
     T **lerp = (T **)e->lerp;
@@ -1598,7 +1606,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     T *whid = whid_of<T>(e, sl, Rp), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
     T *kpre = lay<T>(e->kpre, sl, Rp * F);
     T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
-    float *ckpt = e->ckpt + (size_t)sl * wkv7_cuda_ckpt_floats(e->maxB, e->maxT, H);
+    float *ckpt = e->ckpt + (size_t)sl * ckpt_floats(e);
     float *sa = e->sa + sl * RCp;
     T **dl = (T **)e->lerp; /* the lerp outputs are dead: they hold their gradients now */
     T *dh = (T *)e->dh, *act = (T *)e->act, *oin = (T *)e->oin;
