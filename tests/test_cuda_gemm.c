@@ -9,8 +9,10 @@
  * lerp 3's gradient may differ. So the loss and dS0 agree to rounding: 1e-5
  * and 1e-4 relative in fp32, 1e-3 and 2e-2 in bf16 (products rounded to
  * bf16 in a different order; a product that read the wrong operand or wrote
- * the wrong buffer misses by orders of magnitude more). Two model shapes:
- * w and a LoRAs of one width (batched together) and of two (apart). Each
+ * the wrong buffer misses by orders of magnitude more). Three model shapes:
+ * w and a LoRAs of one width (batched together), of two (apart), and of one
+ * width with a narrower v LoRA (stored zero-padded and batched with them:
+ * the engine's vbatch, which exact zeros must leave at the same step). Each
  * variant also runs the step three times through CUDA graphs (eager,
  * capture, replay) and the replay must give the eager run's loss exactly.
  *
@@ -79,11 +81,14 @@ static int s_run(const rwkv_model_t *m, engine_precision_t prec, const char *bat
     return rc;
 }
 
-static int s_variants(engine_precision_t prec, int d_aaa)
+/* d_aaa != 32: the w and a LoRAs are not batched; d_mv < 32: v's LoRA is
+ * stored zero-padded to w's width and batched with w's and a's (the
+ * engine's vbatch), against the unbatched, unpadded products of batch 0 */
+static int s_variants(engine_precision_t prec, int d_aaa, int d_mv)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     char err[ST_ERR_LEN];
-    rwkv_config_t cfg = {3, 128, 2, 64, 300, 512, 32, d_aaa, 32, 64};
+    rwkv_config_t cfg = {3, 128, 2, 64, 300, 512, 32, d_aaa, d_mv, 64};
     rwkv_model_t *m = rwkv_model_new_random(&cfg, 11, err);
     CHECKF(m != NULL, "%s", err);
     const size_t ns = (size_t)cfg.n_layer * rwkv_state_layer_size(&cfg);
@@ -259,9 +264,11 @@ static int s_lt2_agree(engine_precision_t prec)
 static int lt2_engines_agree_fp32(void) { return s_lt2_agree(ENGINE_FP32); }
 static int lt2_engines_agree_bf16(void) { return s_lt2_agree(ENGINE_BF16); }
 
-static int fp32_variants(void) { return s_variants(ENGINE_FP32, 32); }
-static int bf16_variants(void) { return s_variants(ENGINE_BF16, 32); }
-static int bf16_variants_lora_widths_differ(void) { return s_variants(ENGINE_BF16, 16); }
+static int fp32_variants(void) { return s_variants(ENGINE_FP32, 32, 32); }
+static int bf16_variants(void) { return s_variants(ENGINE_BF16, 32, 32); }
+static int bf16_variants_lora_widths_differ(void) { return s_variants(ENGINE_BF16, 16, 32); }
+static int fp32_variants_v_padded(void) { return s_variants(ENGINE_FP32, 32, 16); }
+static int bf16_variants_v_padded(void) { return s_variants(ENGINE_BF16, 32, 16); }
 
 int main(int argc, char **argv)
 {
@@ -269,6 +276,8 @@ int main(int argc, char **argv)
         {"fp32_variants", fp32_variants},
         {"bf16_variants", bf16_variants},
         {"bf16_variants_lora_widths_differ", bf16_variants_lora_widths_differ},
+        {"fp32_variants_v_padded", fp32_variants_v_padded},
+        {"bf16_variants_v_padded", bf16_variants_v_padded},
         {"lt2_engines_agree_fp32", lt2_engines_agree_fp32},
         {"lt2_engines_agree_bf16", lt2_engines_agree_bf16},
         {NULL, NULL},
