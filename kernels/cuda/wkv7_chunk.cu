@@ -485,11 +485,12 @@ __device__ __forceinline__ void invert_unit_lower(const float *AB, float *Tm, bo
     for (int t = 0; t < L; t++) Tm[trans ? cc * LDG + t : t * LDG + cc] = col[t];
 }
 
-/* ---- the forwards' stores (the plain and the warp-specialized kernels,
- * every operand class): one copy of each index pattern ---------------------
- * U and Y of a chunk, held as transposed accumulators (UT[nt][e]: token
- * 8 nt + 2 t4 + (e & 1), value row i0 + g, + 8 for e >= 2), to sa (fp32) and
- * y; tokens past n are not written. */
+/* ---- the forwards' and pass 1's stores (the plain and the warp-specialized
+ * kernels, every operand class): one copy of each index pattern ------------
+ * Two (tokens, values) tiles of a chunk, held as transposed accumulators
+ * (UT[nt][e]: token 8 nt + 2 t4 + (e & 1), value row i0 + g, + 8 for e >= 2),
+ * to an fp32 array and an F one: the forwards' U and Y to sa and y, pass 1's
+ * Z and dV to dsa and dv; tokens past n are not written. */
 template <typename F>
 __device__ __forceinline__ void store_sa_y(const float UT[2][4], const float YT[2][4], float *sa_out, F *y,
                                            size_t base, size_t HN, int n, int i0, int g, int t4)
@@ -1144,16 +1145,12 @@ __global__ void __launch_bounds__(NTH) wkv7_bwd_tc_dstate_kernel(
                 for (int nt = 0; nt < 2; nt++)
                     mma2<SPLIT>(VT[nt], VC[nt], Ad, frag_b<SPLIT>(tKp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
             }
+            float DV[2][4];
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
-                    if (tok < n) {
-                        dv[base + tok * HN + i] = from_f<F>(VT[nt][e] + VC[nt][e]);
-                        dsa_out[base + tok * HN + i] = ZT[nt][e];
-                    }
-                }
+                for (int e = 0; e < 4; e++) DV[nt][e] = VT[nt][e] + VC[nt][e];
+            store_sa_y<F>(ZT, DV, dsa_out, dv, base, HN, n, i0, g, t4);
         }
         /* D <- D diag(pL) + dY^T Q~ + Z^T A~ */
 #pragma unroll
@@ -1377,16 +1374,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
                 for (int nt = 0; nt < 2; nt++)
                     mma<SPLIT>(VT[nt], Ad, frag_b<SPLIT>(S_.tKp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
             }
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int tok = 8 * nt + 2 * t4 + (e & 1), i = i0 + g + (e >= 2 ? 8 : 0);
-                    if (tok < n) {
-                        dv[base + tok * HN + i] = from_f<F>(VT[nt][e]);
-                        dsa_out[base + tok * HN + i] = ZT[nt][e];
-                    }
-                }
+            store_sa_y<F>(ZT, VT, dsa_out, dv, base, HN, n, i0, g, t4);
         }
         /* D <- D diag(pL) + dY^T Q~ + Z^T A~ */
 #pragma unroll
