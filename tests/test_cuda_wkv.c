@@ -571,14 +571,33 @@ static int s_runs_same(int algo, int balgo, int bf16, int tma1, int unal1, int t
     return 0;
 }
 
-/* AUTO in bf16 (TCWS1 + CPROD1WSSA) and the accurate warp-specialized pair in fp32 */
+/* One pair of runs of s_runs_same: run 1 with (tma1, unal1), run 0 with
+ * (tma0, unal0) */
+typedef struct {
+    int algo, balgo, bf16, tma1, unal1, tma0, unal0, every;
+} same_case_t;
+
+/* Every case in turn, stopping at the first that differs */
+static int s_cases_same(const same_case_t *c, int n, const char *what)
+{
+    for (int i = 0; i < n; i++)
+        if (s_runs_same(c[i].algo, c[i].balgo, c[i].bf16, c[i].tma1, c[i].unal1, c[i].tma0, c[i].unal0, c[i].every,
+                        what))
+            return 1;
+    return 0;
+}
+
+/* AUTO in bf16 (TCWS1 + CPROD1WSSA) at both checkpoint intervals, and the
+ * accurate warp-specialized pair in fp32 */
 static int test_tma_staging_identical(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *what = "TMA and cp.async staging";
-    int rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 0, 0, 0, WKV7_CUDA_CHUNK, what);
-    if (!rc) rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 0, 0, 0, WKV7_CUDA_CKPT_PAIR, what);
-    return rc ? rc : s_runs_same(WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0, 1, 0, 0, 0, WKV7_CUDA_CHUNK, what);
+    static const same_case_t cases[] = {
+        {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 0, 0, 0, WKV7_CUDA_CHUNK},
+        {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 0, 0, 0, WKV7_CUDA_CKPT_PAIR},
+        {WKV7_FWD_TCWS, WKV7_BWD_CHUNKED_WS, 0, 1, 0, 0, 0, WKV7_CUDA_CHUNK},
+    };
+    return s_cases_same(cases, 3, "TMA and cp.async staging");
 }
 
 /* Pass 2 of CPROD1WSSA stages dr, da, dk, db in shared memory and writes
@@ -588,10 +607,12 @@ static int test_tma_staging_identical(void)
 static int test_unaligned_outputs_identical(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
-    const char *what = "unaligned and aligned gradient buffers";
-    int rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 1, 1, 0, WKV7_CUDA_CHUNK, what);
-    if (!rc) rc = s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 1, 1, 0, WKV7_CUDA_CKPT_PAIR, what);
-    return rc ? rc : s_runs_same(WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, 1, 1, 1, 0, WKV7_CUDA_CHUNK, what);
+    static const same_case_t cases[] = {
+        {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 1, 1, 0, WKV7_CUDA_CHUNK},
+        {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 1, 1, 1, 1, 0, WKV7_CUDA_CKPT_PAIR},
+        {WKV7_FWD_TCWS1, WKV7_BWD_CPROD1WSSA, 0, 1, 1, 1, 0, WKV7_CUDA_CHUNK},
+    };
+    return s_cases_same(cases, 3, "unaligned and aligned gradient buffers");
 }
 
 /* The pair interval against the per-chunk form on the same inputs (fp32,
