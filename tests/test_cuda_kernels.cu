@@ -56,6 +56,7 @@ extern "C" {
 #include "kernels/cuda/head.cuh"
 #include "kernels/cuda/kstate.cuh"
 #include "kernels/cuda/layernorm.cuh"
+#include "kernels/cuda/ln_shift.cuh"
 #include "kernels/cuda/observer.cuh"
 #include "kernels/cuda/timemix.cuh"
 
@@ -339,111 +340,206 @@ template <typename T> static int s_layernorm_bwd(uint64_t *s, int gpu)
 struct bt_shape { int B, Tn, C; };
 static const bt_shape EW_SHAPES[] = {{3, 5, 200}, {1, 1, 64}, {2, 1, 24}, {1, 7, 8}};
 
-template <typename T, int NMIX> static int s_tokenshift_one(uint64_t *s, bt_shape sh, int gpu)
+/* ln_shift_fwd_kernel / shift_ln_bwd_kernel: a LayerNorm and the token
+ * shift after it, each way. The reference rounds h and dh to T where the
+ * kernels do (ln_shift.cuh), so an output is within one rounding of it plus
+ * the one that h or dh may take the other way near a rounding boundary. With
+ * resid, xs = a + b (b of type T) and xsum must hold it. */
+template <typename T, int NMIX> static int s_ln_shift_one(uint64_t *s, bt_shape sh, bool resid, int gpu)
 {
     const char *P = s_pname<T>();
-    const int B = sh.B, Tn = sh.Tn, C = sh.C;
-    const size_t n = (size_t)B * Tn * C;
-    std::vector<float> h = s_rand(n, s, -2, 2), mixv[NMIX], go[NMIX];
-    s_round<T>(h);
+    const int B = sh.B, Tn = sh.Tn, C = sh.C, R = B * Tn;
+    const size_t n = (size_t)R * C;
+    const float eps = 1e-5f;
+    std::vector<float> x = s_rand(n, s, -1, 3), bres = s_rand(n, s, -1, 1), w = s_rand(C, s, 0.5, 1.5);
+    std::vector<float> bias = s_rand(C, s, -0.5, 0.5), dx0 = s_rand(n, s, -0.3, 0.3), mixv[NMIX], go[NMIX];
+    s_round<T>(bres);
     for (int m = 0; m < NMIX; m++) {
         mixv[m] = s_rand(C, s, 0, 1);
         go[m] = s_rand(n, s, -1, 1);
         s_round<T>(go[m]);
     }
-    printf("token shift NMIX=%d B=%d T=%d C=%d\n", NMIX, B, Tn, C);
-    std::vector<double> ro[NMIX], rd(n, 0.0);
+    printf("LN + token shift NMIX=%d B=%d T=%d C=%d%s\n", NMIX, B, Tn, C, resid ? " (+res)" : "");
+    auto tround = [](double v) { /* what a T buffer holds of the fp32 value */
+        return sizeof(T) == 4 ? (double)(float)v : (double)st_bf16_to_f32(st_f32_to_bf16((float)v));
+    };
+    /* forward: xs, the statistics (fp32, as stored), h rounded, the lerps */
+    std::vector<double> xs(n), h(n), ro[NMIX], rmean(R), rrstd(R);
+    std::vector<float> mean(R), rstd(R), xsf(n);
+    for (size_t i = 0; i < n; i++) {
+        xsf[i] = x[i] + (resid ? bres[i] : 0.f); /* the fp32 stream the kernel stores */
+        xs[i] = (double)x[i] + (resid ? (double)bres[i] : 0.0);
+    }
+    for (int r = 0; r < R; r++) {
+        double m = 0, v = 0;
+        for (int c = 0; c < C; c++) m += xs[(size_t)r * C + c];
+        m /= C;
+        for (int c = 0; c < C; c++) v += (xs[(size_t)r * C + c] - m) * (xs[(size_t)r * C + c] - m);
+        rmean[r] = m;
+        rrstd[r] = 1.0 / sqrt(v / C + eps);
+        mean[r] = (float)m;
+        rstd[r] = (float)rrstd[r];
+        for (int c = 0; c < C; c++) {
+            size_t i = (size_t)r * C + c;
+            h[i] = tround((xs[i] - m) * rrstd[r] * w[c] + bias[c]);
+        }
+    }
     for (int m = 0; m < NMIX; m++) {
         ro[m].resize(n);
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < Tn; t++)
-                for (int c = 0; c < C; c++) {
-                    size_t i = ((size_t)b * Tn + t) * C + c;
-                    double x = h[i], xp = t > 0 ? h[i - C] : 0.0;
-                    ro[m][i] = x + (xp - x) * mixv[m][c];
-                    rd[i] += go[m][i] * (1.0 - mixv[m][c]) + (t + 1 < Tn ? go[m][i + C] * (double)mixv[m][c] : 0.0);
-                }
+        for (size_t i = 0; i < n; i++) {
+            const int t = (int)(i / C) % Tn, c = (int)(i % C);
+            const double hp = t > 0 ? h[i - C] : 0.0;
+            ro[m][i] = h[i] + (hp - h[i]) * mixv[m][c];
+        }
     }
-    if (sizeof(T) == 4) {
-        std::vector<float> co[NMIX], cd(n, 0.f);
-        const float *cm[NMIX], *cg[NMIX];
+    /* backward from the fp32 statistics the forward stores */
+    std::vector<double> dh(n, 0.0), rdx(n);
+    for (size_t i = 0; i < n; i++) {
+        const int t = (int)(i / C) % Tn, c = (int)(i % C);
+        for (int m = 0; m < NMIX; m++)
+            dh[i] += go[m][i] * (1.0 - mixv[m][c]) + (t + 1 < Tn ? go[m][i + C] * (double)mixv[m][c] : 0.0);
+    }
+    for (size_t i = 0; i < n; i++) dh[i] = tround(dh[i]);
+    for (int r = 0; r < R; r++) {
+        double mg = 0, mgx = 0;
+        for (int c = 0; c < C; c++) {
+            size_t i = (size_t)r * C + c;
+            double xh = ((double)xsf[i] - mean[r]) * rstd[r], g = dh[i] * w[c];
+            mg += g;
+            mgx += g * xh;
+        }
+        mg /= C;
+        mgx /= C;
+        for (int c = 0; c < C; c++) {
+            size_t i = (size_t)r * C + c;
+            double xh = ((double)xsf[i] - mean[r]) * rstd[r], g = dh[i] * w[c];
+            rdx[i] = dx0[i] + rstd[r] * (g - mg - xh * mgx);
+        }
+    }
+    if (sizeof(T) == 4) { /* the CPU path's two kernels in a row agree with the reference */
+        std::vector<float> ch(n), cm(R), cr(R), co[NMIX], cd(n, 0.f), cdx = dx0;
+        const float *cmix[NMIX], *cg[NMIX];
         float *cop[NMIX];
         for (int m = 0; m < NMIX; m++) {
             co[m].resize(n);
             cop[m] = co[m].data();
-            cm[m] = mixv[m].data();
+            cmix[m] = mixv[m].data();
             cg[m] = go[m].data();
         }
-        tokenshift_forward_cpu(B, Tn, C, h.data(), NULL, NMIX, cm, cop);
-        tokenshift_backward_cpu(B, Tn, C, NMIX, cm, cg, cd.data());
+        layernorm_forward_cpu(R, C, xsf.data(), w.data(), bias.data(), eps, ch.data(), cm.data(), cr.data());
+        tokenshift_forward_cpu(B, Tn, C, ch.data(), NULL, NMIX, cmix, cop);
+        tokenshift_backward_cpu(B, Tn, C, NMIX, cmix, cg, cd.data());
+        layernorm_backward_cpu(R, C, xsf.data(), w.data(), mean.data(), rstd.data(), cd.data(), cdx.data());
         for (int m = 0; m < NMIX; m++)
-            if (s_cpu("token shift fwd", co[m], ro[m])) return 1;
-        if (s_cpu("token shift bwd (+=)", cd, rd)) return 1;
+            if (s_cpu("LN + shift fwd", co[m], ro[m])) return 1;
+        if (s_cpu("shift + LN bwd dx (+=)", cdx, rdx)) return 1;
     }
     if (!gpu) return 0;
-    arena_t a;
-    st::mix6_t mix = {};
-    st::ptr6_t<T> outs = {}, douts = {};
-    for (int m = 0; m < NMIX; m++) {
-        mix.m[m] = a.up<float>(mixv[m]);
-        outs.p[m] = a.poison<T>(n);
-        douts.p[m] = a.up<T>(go[m]);
-        CHECK(mix.m[m] && outs.p[m] && douts.p[m]);
+    for (int with_t = 0; with_t < 2; with_t++) {
+        arena_t a;
+        st::mix6_t mix = {};
+        st::ptr6_t<T> outs = {}, douts = {};
+        for (int m = 0; m < NMIX; m++) {
+            mix.m[m] = a.up<float>(mixv[m]);
+            outs.p[m] = a.poison<T>(n);
+            douts.p[m] = a.up<T>(go[m]);
+            CHECK(mix.m[m] && outs.p[m] && douts.p[m]);
+        }
+        float *dxin = a.up<float>(x), *dw = a.up<float>(w), *db = a.up<float>(bias), *ddx = a.up<float>(dx0);
+        float *dm = a.poison<float>(R), *drs = a.poison<float>(R), *dxs = resid ? a.poison<float>(n) : NULL;
+        T *dbres = a.up<T>(bres), *dxt = with_t ? a.poison<T>(n) : NULL;
+        CHECK(dxin && dw && db && ddx && dm && drs && dbres && (dxs || !resid) && (dxt || !with_t));
+        st::ln_shift_fwd_kernel<T, T, NMIX><<<R, st::ln_threads(C)>>>(C, Tn, dxin, resid ? dbres : NULL, dxs, dw, db,
+                                                                       eps, mix, outs, dm, drs);
+        LAUNCHED();
+        for (int m = 0; m < NMIX; m++) {
+            char what[32];
+            snprintf(what, sizeof what, "fwd out[%d]", m);
+            if (s_cmp(what, P, s_down(outs.p[m], n), ro[m], s_tol<T>(2))) return 1;
+        }
+        if (s_cmp("mean", P, s_down(dm, R), rmean, TOL_FP32) || s_cmp("rstd", P, s_down(drs, R), rrstd, TOL_FP32))
+            return 1;
+        if (resid) {
+            std::vector<double> rxs(xsf.begin(), xsf.end());
+            if (s_cmp("xsum", P, s_down(dxs, n), rxs, TOL_FP32)) return 1;
+        }
+        /* the backward reads the residual stream the forward stored (xsf) */
+        float *dxsf = a.up<float>(xsf), *dmean = a.up<float>(mean), *drstd = a.up<float>(rstd);
+        CHECK(dxsf && dmean && drstd);
+        st::shift_ln_bwd_kernel<T, NMIX><<<R, st::ln_threads(C)>>>(C, Tn, dxsf, dw, dmean, drstd, mix, douts, ddx,
+                                                                   dxt);
+        LAUNCHED();
+        if (s_cmp("bwd dx (+=)", P, s_down(ddx, n), rdx, s_tol<T>(1))) return 1;
+        if (with_t && s_cmp("bwd dxt", P, s_down(dxt, n), rdx, s_tol<T>(2))) return 1;
     }
-    T *dh = a.up<T>(h), *ddh = a.poison<T>(n);
-    CHECK(dh && ddh);
-    st::tokenshift_fwd_kernel<T, NMIX><<<st::grid_for8(n), EW>>>(n, Tn, C, dh, mix, outs);
-    LAUNCHED();
-    st::tokenshift_bwd_kernel<T, NMIX><<<st::grid_for8(n), EW>>>(n, Tn, C, mix, douts, ddh);
-    LAUNCHED();
-    for (int m = 0; m < NMIX; m++) {
-        char what[32];
-        snprintf(what, sizeof what, "fwd out[%d]", m);
-        if (s_cmp(what, P, s_down(outs.p[m], n), ro[m], s_tol<T>(1))) return 1;
-    }
-    return s_cmp("bwd dh", P, s_down(ddh, n), rd, s_tol<T>(1));
-}
-
-template <typename T> static int s_tokenshift(uint64_t *s, int gpu)
-{
-    for (const bt_shape &sh : EW_SHAPES)
-        if (s_tokenshift_one<T, 6>(s, sh, gpu) || s_tokenshift_one<T, 1>(s, sh, gpu)) return 1;
     return 0;
 }
 
-/* lora_act_fwd/bwd_kernel (in place; any n, the tail one by one). */
+static const bt_shape LN_SHIFT_SHAPES[] = {{3, 5, 200}, {1, 1, 64}, {2, 3, 1000}, {1, 2, 8192}, {2, 1, 24}};
+
+template <typename T> static int s_ln_shift(uint64_t *s, int gpu)
+{
+    for (const bt_shape &sh : LN_SHIFT_SHAPES)
+        for (int resid = 0; resid < 2; resid++)
+            if (s_ln_shift_one<T, 6>(s, sh, resid, gpu) || s_ln_shift_one<T, 1>(s, sh, resid, gpu)) return 1;
+    return 0;
+}
+
+/* lora_act_fwd/bwd_kernel (in place; any n, the tail one by one), over one
+ * segment or two with different activations and lengths (the second
+ * starting where the first's last group of 8 ends). */
+struct act_case { size_t n1, n2; };
 template <typename T> static int s_lora_act(uint64_t *s, int gpu)
 {
     const char *P = s_pname<T>();
-    const size_t ns[] = {91, 4099, 8, 5};
-    for (size_t n : ns)
+    const act_case cases[] = {{91, 0}, {4099, 0}, {8, 0}, {5, 0}, {91, 4099}, {8, 5}, {4096, 8192}, {3, 1}};
+    for (const act_case &cs : cases)
         for (int act = st::ACT_TANH; act <= st::ACT_SIGMOID; act++) {
-            std::vector<float> z = s_rand(n, s, -3, 3), d = s_rand(n, s, -1, 1);
-            s_round<T>(z);
-            s_round<T>(d);
-            std::vector<double> rh(n), rdh(n);
-            std::vector<float> hst(n); /* the stored activation, as the backward reads it */
-            for (size_t i = 0; i < n; i++) {
-                rh[i] = act == st::ACT_TANH ? tanh((double)z[i]) : sig(z[i]);
-                hst[i] = (float)rh[i];
-            }
-            s_round<T>(hst);
-            for (size_t i = 0; i < n; i++) {
-                double hv = hst[i];
-                rdh[i] = d[i] * (act == st::ACT_TANH ? 1.0 - hv * hv : hv * (1.0 - hv));
+            const size_t ns[2] = {cs.n1, cs.n2};
+            const int acts[2] = {act, act == st::ACT_TANH ? st::ACT_SIGMOID : st::ACT_TANH};
+            std::vector<float> z[2], d[2], hst[2]; /* hst: the stored activation, as the backward reads it */
+            std::vector<double> rh[2], rdh[2];
+            for (int g = 0; g < 2; g++) {
+                const size_t n = ns[g];
+                z[g] = s_rand(n, s, -3, 3);
+                d[g] = s_rand(n, s, -1, 1);
+                s_round<T>(z[g]);
+                s_round<T>(d[g]);
+                rh[g].resize(n);
+                rdh[g].resize(n);
+                hst[g].resize(n);
+                for (size_t i = 0; i < n; i++) {
+                    rh[g][i] = acts[g] == st::ACT_TANH ? tanh((double)z[g][i]) : sig(z[g][i]);
+                    hst[g][i] = (float)rh[g][i];
+                }
+                s_round<T>(hst[g]);
+                for (size_t i = 0; i < n; i++) {
+                    double hv = hst[g][i];
+                    rdh[g][i] = d[g][i] * (acts[g] == st::ACT_TANH ? 1.0 - hv * hv : hv * (1.0 - hv));
+                }
             }
             if (!gpu) continue;
             arena_t a;
-            T *dz = a.up<T>(z), *dhs = a.up<T>(hst), *dd = a.up<T>(d);
-            CHECK(dz && dhs && dd);
-            const size_t n8 = (n + 7) & ~(size_t)7;
-            st::lora_act_fwd_kernel<T><<<st::grid_for8(n8), EW>>>(n, act, dz);
+            st::act_seg_t<T> f[2] = {}, b[2] = {};
+            for (int g = 0; g < 2; g++) {
+                if (!ns[g]) continue;
+                T *dz = a.up<T>(z[g]), *dhs = a.up<T>(hst[g]), *dd = a.up<T>(d[g]);
+                CHECK(dz && dhs && dd);
+                f[g] = {ns[g], acts[g], NULL, dz};
+                b[g] = {ns[g], acts[g], dhs, dd};
+            }
+            const size_t span = st::act_seg_span(f[0]) + st::act_seg_span(f[1]);
+            st::lora_act_fwd_kernel<T><<<st::grid_for8(span), EW>>>(f[0], f[1]);
             LAUNCHED();
-            st::lora_act_bwd_kernel<T><<<st::grid_for8(n8), EW>>>(n, act, dhs, dd);
+            st::lora_act_bwd_kernel<T><<<st::grid_for8(span), EW>>>(b[0], b[1]);
             LAUNCHED();
-            printf("lora act %s n=%zu\n", act == st::ACT_TANH ? "tanh" : "sigmoid", n);
-            if (s_cmp("fwd (in place)", P, s_down(dz, n), rh, s_tol<T>(1))) return 1;
-            if (s_cmp("bwd (in place)", P, s_down(dd, n), rdh, s_tol<T>(1))) return 1;
+            for (int g = 0; g < 2; g++) {
+                if (!ns[g]) continue;
+                printf("lora act segment %d of %s: %s n=%zu\n", g + 1, cs.n2 ? "two" : "one",
+                       acts[g] == st::ACT_TANH ? "tanh" : "sigmoid", ns[g]);
+                if (s_cmp("fwd (in place)", P, s_down(f[g].x, ns[g]), rh[g], s_tol<T>(1))) return 1;
+                if (s_cmp("bwd (in place)", P, s_down(b[g].x, ns[g]), rdh[g], s_tol<T>(1))) return 1;
+            }
         }
     return 0;
 }
@@ -1430,7 +1526,7 @@ static int s_gpu(void)
     }
 BOTH(layernorm_fwd)
 BOTH(layernorm_bwd)
-BOTH(tokenshift)
+BOTH(ln_shift)
 BOTH(lora_act)
 BOTH(vmix)
 BOTH(relu2)
@@ -1469,7 +1565,7 @@ static int test_absmax(void)
 int main(int argc, char **argv)
 {
     static const st_test_t tests[] = {
-        {"layernorm_fwd", test_layernorm_fwd}, {"layernorm_bwd", test_layernorm_bwd}, {"tokenshift", test_tokenshift},
+        {"layernorm_fwd", test_layernorm_fwd}, {"layernorm_bwd", test_layernorm_bwd}, {"ln_shift", test_ln_shift},
         {"lora_act", test_lora_act},           {"vmix", test_vmix},                   {"relu2", test_relu2},
         {"adds", test_adds},                   {"timemix", test_timemix},             {"groupnorm", test_groupnorm},
         {"ce_head", test_ce},                  {"observer", test_observer},

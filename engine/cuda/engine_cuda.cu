@@ -85,6 +85,7 @@ extern "C" {
 #include "kernels/cuda/head.cuh"
 #include "kernels/cuda/kstate.cuh"
 #include "kernels/cuda/layernorm.cuh"
+#include "kernels/cuda/ln_shift.cuh"
 #include "kernels/cuda/observer.cuh"
 #include "kernels/cuda/st_cuda.h"
 #include "kernels/cuda/timemix.cuh"
@@ -169,6 +170,14 @@ struct dev_layer_t {
     float *mix[6]; /* x_r, x_w, x_k, x_v, x_a, x_g */
     float *w0, *a0, *v0, *k_k, *k_a, *r_k, *ln_x_w, *ln_x_b, *ffn_x_k;
 };
+
+/* The time mix's six lerp weights, as the token shift kernels take them. */
+st::mix6_t mix6_of(const dev_layer_t *p)
+{
+    st::mix6_t m;
+    for (int i = 0; i < 6; i++) m.m[i] = p->mix[i];
+    return m;
+}
 
 /* Carves 256-byte aligned pieces out of one allocation; with base NULL it
  * only counts (the dry run that sizes the plan). */
@@ -269,10 +278,10 @@ struct engine_cuda {
     void *r, *kraw, *kf, *kk, *a, *v, *vraw, *vs, *g, *y, *whid, *ghid, *kpre;
     /* scratch */
     void *v_first; /* layer 0's v, (R, C) T */
-    void *h, *lerp[6], *hid0, *hid, *hid2, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
+    void *lerp[6], *hid0, *hid, *hid2, *dghid, *wa, *wb, *oin, *tmp, *act, *lnout, *dlogits, *dxT;
     float *logits; /* one chunk of rows, fp32 (the bf16 logits of bf16_logits live in dlogits) */
     float *dw;
-    void *dh, *dr, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv, *dwl, *dal, *dkraw, *dvraw, *dvl, *dxh;
+    void *dr, *dk, *dv, *da, *db, *dy, *dg, *dbr, *dbk, *dbv, *dwl, *dal, *dkraw, *dvraw, *dvl, *dxh;
     float *dx, *sfin, *lnout_mean, *lnout_rstd, *row_loss, *state0, *ds0;
     int32_t *tokens, *targets, *row_correct;
     double *dbp_q, *h_dbp_q; /* (L, H, N, N) on the device and its host copy */
@@ -415,8 +424,8 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     e->v_first = carve(cv, RC * es);
     /* likewise the inputs of r, k and v (lerps 0, 2, 3) and the gradients
      * their dX products read (dr, dkraw, dvraw) are adjacent */
-    void **scratch[] = {&e->h, &e->lerp[0], &e->lerp[2], &e->lerp[3], &e->lerp[1], &e->lerp[4],
-                        &e->lerp[5], &e->oin, &e->tmp, &e->lnout, &e->dxT, &e->dh,
+    void **scratch[] = {&e->lerp[0], &e->lerp[2], &e->lerp[3], &e->lerp[1], &e->lerp[4],
+                        &e->lerp[5], &e->oin, &e->tmp, &e->lnout, &e->dxT,
                         &e->dr, &e->dkraw, &e->dvraw, &e->dk, &e->dv, &e->da, &e->db, &e->dy, &e->dg,
                         &e->dbr, &e->dbk, &e->dbv, &e->dvl, &e->dwl, &e->dal, &e->dxh};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++) *scratch[i] = carve(cv, RC * es);
@@ -425,6 +434,7 @@ void plan_activations(engine_cuda_t *e, carver_t *cv)
     e->hid0 = carve(cv, R * D * es);
     e->hid = carve(cv, R * D * es);
     e->hid2 = carve(cv, R * D * es);
+    e->dghid = carve(cv, R * c->d_gate * es); /* the gate's, beside them (lora_wav_bwd) */
     e->act = carve(cv, R * F * es);
     e->logits = (float *)carve(cv, (size_t)e->head_chunk * V * 4);
     e->dlogits = e->bf16 ? carve(cv, (size_t)e->head_chunk * V * es) : (void *)e->logits;
@@ -547,14 +557,14 @@ int upload_weights(engine_cuda_t *e, char *err)
 
 enum prof_class {
     PC_GEMM_RKV, PC_GEMM_LORA, PC_GEMM_OUT, PC_GEMM_FFN_K, PC_GEMM_FFN_V, PC_GEMM_HEAD,
-    PC_SHIFT, PC_LN, PC_GN, PC_LORA_ACT, PC_KK, PC_VMIX, PC_RELU2, PC_RESID, PC_CE, PC_CONVERT,
+    PC_LN, PC_GN, PC_LORA_ACT, PC_KK, PC_VMIX, PC_RELU2, PC_RESID, PC_CE, PC_CONVERT,
     PC_WKV, PC_DBP, PC_EMBED, PC_METHODS, PC_COUNT
 };
 const char *const PROF_NAMES[PC_COUNT] = {
     "gemm r/k/v",      "gemm LoRA (w,a,v,g)", "gemm output",       "gemm ffn key",      "gemm ffn value",
-    "gemm head",       "token shift + lerps", "layernorm (+res)",  "groupnorm+bonus+g", "LoRA tanh/sigmoid",
-    "w/a/kk (timemix)", "v mix / v_first",    "relu^2",            "residual/add3",     "CE softmax",
-    "converts/memsets", "WKV7",               "DBP Q",             "embedding",         "methods hooks"};
+    "gemm head",       "layernorm + shift",   "groupnorm+bonus+g", "LoRA tanh/sigmoid", "w/a/kk (timemix)",
+    "v mix / v_first", "relu^2",              "residual/add3",     "CE softmax",        "converts/memsets",
+    "WKV7",            "DBP Q",               "embedding",         "methods hooks"};
 static_assert((int)PC_COUNT <= (int)ENGINE_CUDA_PROF_CLASSES, "engine_cuda.h's profile has too few classes");
 
 void prof_begin(engine_cuda_t *e, int cls, int launches)
@@ -1055,19 +1065,62 @@ int linear_bwd_n(engine_cuda_t *e, int n, int R, int IN, int OUT, const void *co
     return gemm_each<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, IN, R, OUT, n, W, IN, dout, OUT, dinp, IN, 0.f, err);
 }
 
+/* The LoRA activations of one segment, or of two in one launch (s2.n 0:
+ * none); forward in place on x, backward dhid (x) *= act'(h). */
+template <typename T>
+int lora_act(engine_cuda_t *e, bool fwd, st::act_seg_t<T> s1, st::act_seg_t<T> s2, char *err)
+{
+    const unsigned grid = st::grid_for8(st::act_seg_span(s1) + st::act_seg_span(s2));
+    if (fwd)
+        PROF(PC_LORA_ACT, 1, st::lora_act_fwd_kernel<T><<<grid, EW_THREADS, 0, e->stream>>>(s1, s2));
+    else
+        PROF(PC_LORA_ACT, 1, st::lora_act_bwd_kernel<T><<<grid, EW_THREADS, 0, e->stream>>>(s1, s2));
+    ST_CUDA_CHECK_LAUNCH("lora_act_kernel");
+    return ST_OK;
+}
+template <typename T> st::act_seg_t<T> act_seg(int R, int D, int act, const void *h, void *x)
+{
+    return st::act_seg_t<T>{(size_t)R * D, act, (const T *)h, (T *)x};
+}
+
+/* x's LoRA up to its hidden layer (the first product and the activation)
+ * and the second product, apart: lora_wav_fwd runs the gate's between the
+ * others' so that both activations take one launch. */
+template <typename T>
+int lora_down(engine_cuda_t *e, int R, int C, int D, const void *x, const void *w1, void *hid, char *err)
+{
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1, D, x, C, hid, D, 0.f, err)));
+    return ST_OK;
+}
+template <typename T>
+int lora_up(engine_cuda_t *e, int R, int C, int D, const void *hid, const void *w2, void *out, char *err,
+            bool out_f32 = false)
+{
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, w2, C, hid, D, out, C, 0.f, err, out_f32)));
+    return ST_OK;
+}
+
 template <typename T>
 int lora_fwd(engine_cuda_t *e, int R, int C, int D, const void *x, const void *w1, const void *w2, int act,
              void *hid, void *out, char *err, bool out_f32 = false)
 {
-    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, w1, D, x, C, hid, D, 0.f, err)));
-    if (act) {
-        size_t n = (size_t)R * D;
-        PROF(PC_LORA_ACT, 1,
-             st::lora_act_fwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
-                 n, act, (T *)hid));
-        ST_CUDA_CHECK_LAUNCH("lora_act_fwd_kernel");
-    }
-    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, w2, C, hid, D, out, C, 0.f, err, out_f32)));
+    RUN(lora_down<T>(e, R, C, D, x, w1, hid, err));
+    if (act) RUN(lora_act<T>(e, true, act_seg<T>(R, D, act, NULL, hid), st::act_seg_t<T>{}, err));
+    return lora_up<T>(e, R, C, D, hid, w2, out, err, out_f32);
+}
+
+/* The backward in the same halves: dhid = dout w2^T, then (after act') dx
+ * = beta dx + dhid w1^T. */
+template <typename T>
+int lora_dhid(engine_cuda_t *e, int R, int C, int D, const void *w2, const void *dout, void *dhid, char *err)
+{
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2, C, dout, C, dhid, D, 0.f, err)));
+    return ST_OK;
+}
+template <typename T>
+int lora_dx(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *dhid, void *dx, float beta, char *err)
+{
+    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1, D, dhid, D, dx, C, beta, err)));
     return ST_OK;
 }
 
@@ -1076,17 +1129,20 @@ template <typename T>
 int lora_bwd(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *w2, int act, const void *hid,
              const void *dout, void *dhid, void *dx, float beta, char *err)
 {
-    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, w2, C, dout, C, dhid, D, 0.f, err)));
-    if (act) {
-        size_t n = (size_t)R * D;
-        PROF(PC_LORA_ACT, 1,
-             st::lora_act_bwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
-                 n, act, (const T *)hid, (T *)dhid));
-        ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
-    }
-    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, w1, D, dhid, D, dx, C, beta, err)));
-    return ST_OK;
+    RUN(lora_dhid<T>(e, R, C, D, w2, dout, dhid, err));
+    if (act) RUN(lora_act<T>(e, false, act_seg<T>(R, D, act, hid, dhid), st::act_seg_t<T>{}, err));
+    return lora_dx<T>(e, R, C, D, w1, dhid, dx, beta, err);
 }
+
+/* The gate's LoRA (x g1 -> sigmoid -> g2) where lora_wav_fwd/bwd run it
+ * beside the others: its products alone, its activation in their launch. */
+struct gate_lora_t {
+    int D;
+    const void *x;    /* forward: lerp 5 */
+    void *hid, *out;  /* forward: ghid (kept), g */
+    const void *dout; /* backward: dg */
+    void *dhid, *dx;  /* backward: its hidden gradient (scratch), lerp 5's gradient (overwritten) */
+};
 
 /* The decay (w) and in-context rate (a) LoRAs together, when their widths
  * agree and gemm_batch is on, and with vbatch the value (v) LoRA too (xv,
@@ -1098,53 +1154,52 @@ int lora_bwd(engine_cuda_t *e, int R, int C, int D, const void *w1, const void *
  * much batched as alone (a 2-batch fills the GPU where one D = 64 product
  * fills half; dev_engine_bench's product table), so each batch saves
  * nearly a product's time. Operands that do not lie one stride apart get
- * one call each (gemm_each). */
+ * one call each (gemm_each). The gate's LoRA (gl) runs between them, so that
+ * w's tanh and g's sigmoid take one launch. */
 template <typename T>
 int lora_wav_fwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, const void *xv, const void *xw,
-                 const void *xa, void *vhid, void *whid, void *ahid, float *wl, void *vout, void *aout, char *err)
+                 const void *xa, void *vhid, void *whid, void *ahid, float *wl, void *vout, void *aout,
+                 const gate_lora_t &gl, char *err)
 {
     const int o = xv ? 0 : 1; /* the first operand: v's, or w's */
     const void *xs[3] = {xv, xw, xa}, *w1s[3] = {p->v1, p->w1, p->a1};
     void *hs[3] = {vhid, whid, ahid};
     PROF(PC_GEMM_LORA, products_calls(e, 3 - o, xs + o, w1s + o, hs + o),
          RUN(gemm_each<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, D, R, C, 3 - o, w1s + o, D, xs + o, C, hs + o, D, 0.f, err)));
-    size_t n = (size_t)R * D;
-    PROF(PC_LORA_ACT, 1,
-         st::lora_act_fwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
-             n, st::ACT_TANH, (T *)whid));
-    ST_CUDA_CHECK_LAUNCH("lora_act_fwd_kernel");
-    PROF(PC_GEMM_LORA, 1, RUN(gemm<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, p->w2, C, whid, D, wl, C, 0.f, err, true)));
+    RUN(lora_down<T>(e, R, C, gl.D, gl.x, p->g1, gl.hid, err));
+    RUN(lora_act<T>(e, true, act_seg<T>(R, D, st::ACT_TANH, NULL, whid),
+                    act_seg<T>(R, gl.D, st::ACT_SIGMOID, NULL, gl.hid), err));
+    RUN(lora_up<T>(e, R, C, D, whid, p->w2, wl, err, true));
     const void *h2[2] = {vhid, ahid}, *w2s[2] = {p->v2, p->a2};
     void *o2[2] = {vout, aout};
     PROF(PC_GEMM_LORA, products_calls(e, 2 - o, h2 + o, w2s + o, o2 + o),
          RUN(gemm_each<T>(e, CUBLAS_OP_N, CUBLAS_OP_N, C, R, D, 2 - o, w2s + o, C, h2 + o, D, o2 + o, C, 0.f, err)));
-    return ST_OK;
+    return lora_up<T>(e, R, C, gl.D, gl.hid, p->g2, gl.out, err);
 }
 
 /* Their backward up to the dX of the first products: the hidden gradients
  * from dvl (with_v), dwl and dal (adjacent in the plan) into hid0, hid and
  * hid2 as one product, w's tanh', then w's and a's dX as one product
  * (overwriting dxw, dxa). v's dX (dx_v += hid0 v1^T) is the caller's, after
- * the r/k/v products that overwrite its buffer. */
+ * the r/k/v products that overwrite its buffer. The gate's backward (gl)
+ * runs whole in here, its sigmoid' in the tanh's launch. */
 template <typename T>
 int lora_wav_bwd(engine_cuda_t *e, int R, int C, int D, const dev_layer_t *p, bool with_v, const void *whid,
-                 void *dxw, void *dxa, char *err)
+                 void *dxw, void *dxa, const gate_lora_t &gl, char *err)
 {
     const int o = with_v ? 0 : 1;
     const void *g2[3] = {e->dvl, e->dwl, e->dal}, *w2s[3] = {p->v2, p->w2, p->a2};
     void *h2[3] = {e->hid0, e->hid, e->hid2};
+    RUN(lora_dhid<T>(e, R, C, gl.D, p->g2, gl.dout, gl.dhid, err));
     PROF(PC_GEMM_LORA, products_calls(e, 3 - o, g2 + o, w2s + o, h2 + o),
          RUN(gemm_each<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, D, R, C, 3 - o, w2s + o, C, g2 + o, C, h2 + o, D, 0.f, err)));
-    size_t n = (size_t)R * D;
-    PROF(PC_LORA_ACT, 1,
-         st::lora_act_bwd_kernel<T><<<st::grid_for8((n + 7) & ~(size_t)7), EW_THREADS, 0, e->stream>>>(
-             n, st::ACT_TANH, (const T *)whid, (T *)e->hid));
-    ST_CUDA_CHECK_LAUNCH("lora_act_bwd_kernel");
+    RUN(lora_act<T>(e, false, act_seg<T>(R, D, st::ACT_TANH, whid, e->hid),
+                    act_seg<T>(R, gl.D, st::ACT_SIGMOID, gl.hid, gl.dhid), err));
     const void *h1[2] = {e->hid, e->hid2}, *w1s[2] = {p->w1, p->a1};
     void *dxs[2] = {dxw, dxa};
     PROF(PC_GEMM_LORA, products_calls(e, 2, h1, w1s, dxs),
          RUN(gemm_each<T>(e, CUBLAS_OP_T, CUBLAS_OP_N, C, R, D, 2, w1s, D, h1, D, dxs, C, 0.f, err)));
-    return ST_OK;
+    return lora_dx<T>(e, R, C, gl.D, p->g1, gl.dhid, gl.dx, 0.f, err);
 }
 
 /* ---- WKV7 by storage type ---- */
@@ -1447,12 +1502,14 @@ template <typename T> T *whid_of(const engine_cuda_t *e, int sl, size_t Rp)
     return e->vbatch ? (T *)e->whid + (3 * (size_t)sl + 1) * Rp * D : (T *)e->whid + (size_t)sl * Rp * D;
 }
 
-/* Layer l's forward. ln_in_done: h and layer l's LN1 statistics already hold
- * LN1(x_res[l]) (the previous layer's fused end made them). fuse_out: the
- * end-of-layer residual add also computes the next LayerNorm in the same pass
- * (the next layer's LN1 into h and its statistics, or after the last layer
- * ln_out into lnout); the recompute pass in the backward refills one layer
- * alone and passes false to both. */
+/* Layer l's forward. ln_in_done: the six lerps and layer l's LN1 statistics
+ * already hold the token shift of LN1(x_res[l]) (the previous layer's fused
+ * end made them). fuse_out: the end-of-layer residual add also computes the
+ * next LayerNorm in the same pass (the next layer's LN1 and its token shift
+ * into the lerps, or after the last layer ln_out into lnout); the recompute
+ * pass in the backward refills one layer alone and passes false to both.
+ * Every LayerNorm but ln0 and ln_out feeds a token shift alone: they run as
+ * one kernel (ln_shift.cuh), and h never reaches memory. */
 template <typename T>
 int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool dbp, bool ln_in_done, bool fuse_out,
               char *err)
@@ -1475,34 +1532,33 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
     float *ckpt = e->ckpt + (size_t)sl * ckpt_floats(e);
     float *sa = e->sa + sl * RCp;
-    T *h = (T *)e->h, *tmp = (T *)e->tmp, *oin = (T *)e->oin;
+    T *tmp = (T *)e->tmp, *oin = (T *)e->oin;
     T **lerp = (T **)e->lerp;
+    st::ptr6_t<T> outs;
+    for (int i = 0; i < 6; i++) outs.p[i] = lerp[i];
 
     if (!ln_in_done) {
         PROF(PC_LN, 1,
-             st::layernorm_fwd_kernel<float, T><<<R, st::ln_threads(C), 0, st>>>(C, xin, p->ln1_w, p->ln1_b, LN_EPS, h,
-                                                                               e->ln1_mean + sl * Rp,
-                                                                               e->ln1_rstd + sl * Rp));
-        ST_CUDA_CHECK_LAUNCH("layernorm_fwd_kernel");
+             st::ln_shift_fwd_kernel<T, T, 6><<<R, st::ln_threads(C), 0, st>>>(
+                 C, Tn, xin, NULL, NULL, p->ln1_w, p->ln1_b, LN_EPS, mix6_of(p), outs, e->ln1_mean + sl * Rp,
+                 e->ln1_rstd + sl * Rp));
+        ST_CUDA_CHECK_LAUNCH("ln_shift_fwd_kernel");
     }
-    st::mix6_t mix;
-    st::ptr6_t<T> outs;
-    for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; outs.p[i] = lerp[i]; }
-    PROF(PC_SHIFT, 1,
-         st::tokenshift_fwd_kernel<T, 6><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, h, mix, outs));
-    ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
     {
         const void *xs[3] = {lerp[0], lerp[2], lerp[3]}, *ws[3] = {p->receptance, p->key, p->value};
         void *outs3[3] = {r, kraw, vraw};
         PROF(PC_GEMM_RKV, products_calls(e, 3, xs, ws, outs3), RUN(linear_fwd_n<T>(e, 3, R, C, C, xs, ws, outs3, err)));
     }
     const bool vwa = e->vbatch && l > 0; /* layer 0 has no v LoRA */
+    const bool wav = vwa || (e->gemm_batch && c->d_decay == c->d_aaa); /* the gate's LoRA in there */
+    const gate_lora_t gl = {c->d_gate, lerp[5], ghid, g, NULL, NULL, NULL};
     if (vwa) {
         const size_t hb = Rp * c->d_decay; /* the [v | w | a] blocks */
         RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, lerp[3], lerp[1], lerp[4], whid - hb, whid, whid + hb, wl, vs,
-                            tmp, err));
-    } else if (e->gemm_batch && c->d_decay == c->d_aaa) {
-        RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, NULL, lerp[1], lerp[4], NULL, whid, e->hid, wl, NULL, tmp, err));
+                            tmp, gl, err));
+    } else if (wav) {
+        RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, NULL, lerp[1], lerp[4], NULL, whid, e->hid, wl, NULL, tmp, gl,
+                            err));
     } else {
         RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
         RUN(lora_fwd<T>(e, R, C, c->d_aaa, lerp[4], p->a1, p->a2, 0, e->hid, tmp, err));
@@ -1523,7 +1579,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
                                                                               p->v0, vs, v));
         ST_CUDA_CHECK_LAUNCH("vmix_fwd_kernel");
     }
-    RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, ghid, g, err));
+    if (!wav) RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, ghid, g, err));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][l], st));
     PROF(PC_WKV, 1, RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)wa, (const T *)wb, e->state0 + l * HNN, y,
                                 final_state ? e->sfin : NULL, ckpt, sa, st, err)));
@@ -1545,16 +1601,13 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
                                                                    e->gn_rstd + sl * Rp * H, oin));
     ST_CUDA_CHECK_LAUNCH("groupnorm_fwd_kernel");
     PROF(PC_GEMM_OUT, 1, RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err)));
-    PROF(PC_LN, 1,
-         st::residual_layernorm_fwd_kernel<T, T><<<R, st::ln_threads(C), 0, st>>>(
-             C, xin, tmp, xmid, p->ln2_w, p->ln2_b, LN_EPS, h, e->ln2_mean + sl * Rp, e->ln2_rstd + sl * Rp));
-    ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
-    st::mix6_t mk;
-    st::ptr6_t<T> ok;
+    st::mix6_t mk = {};
     mk.m[0] = p->ffn_x_k;
-    ok.p[0] = lerp[0];
-    PROF(PC_SHIFT, 1, st::tokenshift_fwd_kernel<T, 1><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, h, mk, ok));
-    ST_CUDA_CHECK_LAUNCH("tokenshift_fwd_kernel");
+    PROF(PC_LN, 1,
+         st::ln_shift_fwd_kernel<T, T, 1><<<R, st::ln_threads(C), 0, st>>>(C, Tn, xin, tmp, xmid, p->ln2_w, p->ln2_b,
+                                                                          LN_EPS, mk, outs, e->ln2_mean + sl * Rp,
+                                                                          e->ln2_rstd + sl * Rp));
+    ST_CUDA_CHECK_LAUNCH("ln_shift_fwd_kernel");
     PROF(PC_GEMM_FFN_K, 1, RUN(linear_fwd<T>(e, R, C, F, lerp[0], p->ffn_key, kpre, err)));
     size_t RF = (size_t)R * F;
     PROF(PC_RELU2, 1, st::relu2_fwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, (T *)e->act));
@@ -1567,15 +1620,23 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
         return ST_OK;
     }
     /* xout = xmid + tmp and the next LayerNorm of it, one pass (the same
-     * arithmetic as the add and the LayerNorm apart) */
-    const bool last = l + 1 == c->n_layer;
+     * arithmetic as the add and the LayerNorm apart): the next layer's LN1
+     * with its token shift, or ln_out */
+    if (l + 1 == c->n_layer) {
+        PROF(PC_LN, 1,
+             st::residual_layernorm_fwd_kernel<T, T><<<R, st::ln_threads(C), 0, st>>>(
+                 C, xmid, tmp, xout, e->ln_out_w, e->ln_out_b, LN_EPS, (T *)e->lnout, e->lnout_mean,
+                 e->lnout_rstd));
+        ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
+        return ST_OK;
+    }
     const int sn = e->recompute ? 0 : l + 1; /* the next layer's slot */
-    const float *nw = last ? e->ln_out_w : e->L[l + 1].ln1_w, *nb = last ? e->ln_out_b : e->L[l + 1].ln1_b;
-    float *nmean = last ? e->lnout_mean : e->ln1_mean + sn * Rp, *nrstd = last ? e->lnout_rstd : e->ln1_rstd + sn * Rp;
+    const dev_layer_t *pn = &e->L[l + 1];
     PROF(PC_LN, 1,
-         st::residual_layernorm_fwd_kernel<T, T><<<R, st::ln_threads(C), 0, st>>>(
-             C, xmid, tmp, xout, nw, nb, LN_EPS, last ? (T *)e->lnout : h, nmean, nrstd));
-    ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
+         st::ln_shift_fwd_kernel<T, T, 6><<<R, st::ln_threads(C), 0, st>>>(
+             C, Tn, xmid, tmp, xout, pn->ln1_w, pn->ln1_b, LN_EPS, mix6_of(pn), outs, e->ln1_mean + sn * Rp,
+             e->ln1_rstd + sn * Rp));
+    ST_CUDA_CHECK_LAUNCH("ln_shift_fwd_kernel");
     return ST_OK;
 }
 
@@ -1609,7 +1670,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     float *ckpt = e->ckpt + (size_t)sl * ckpt_floats(e);
     float *sa = e->sa + sl * RCp;
     T **dl = (T **)e->lerp; /* the lerp outputs are dead: they hold their gradients now */
-    T *dh = (T *)e->dh, *act = (T *)e->act, *oin = (T *)e->oin;
+    T *act = (T *)e->act, *oin = (T *)e->oin;
     float *dw = e->dw;
     T *dr = (T *)e->dr, *dk = (T *)e->dk, *dv = (T *)e->dv, *da = (T *)e->da, *db = (T *)e->db;
     const int RH = R * H;
@@ -1621,18 +1682,15 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     PROF(PC_RELU2, 1, st::relu2_bwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, act));
     ST_CUDA_CHECK_LAUNCH("relu2_bwd_kernel");
     PROF(PC_GEMM_FFN_K, 1, RUN(linear_bwd<T>(e, R, C, F, act, p->ffn_key, dl[0], 0.f, err)));
-    st::mix6_t mk;
-    st::ptr6_t<T> dk1;
+    st::mix6_t mk = {};
     mk.m[0] = p->ffn_x_k;
-    dk1.p[0] = dl[0];
-    PROF(PC_SHIFT, 1,
-         st::tokenshift_bwd_kernel<T, 1><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, mk, dk1, dh));
-    ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
+    st::ptr6_t<T> douts;
+    for (int i = 0; i < 6; i++) douts.p[i] = dl[i];
     PROF(PC_LN, 1,
-         st::layernorm_bwd_kernel<T><<<R, st::ln_threads(C), 0, st>>>(C, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
-                                                                    e->ln2_rstd + sl * Rp, dh, e->dx,
-                                                                    dxt_out<T>(e)));
-    ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
+         st::shift_ln_bwd_kernel<T, 1><<<R, st::ln_threads(C), 0, st>>>(C, Tn, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
+                                                                      e->ln2_rstd + sl * Rp, mk, douts, e->dx,
+                                                                      dxt_out<T>(e)));
+    ST_CUDA_CHECK_LAUNCH("shift_ln_bwd_kernel");
 
     /* output projection, GroupNorm + bonus + gate */
     PROF(PC_GEMM_OUT, 1, RUN(linear_bwd<T>(e, R, C, C, dxt, p->output, oin, 0.f, err)));
@@ -1661,7 +1719,9 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
      * share to lerp 3; otherwise each runs as soon as its gradient exists
      * (value's then adds to the LoRA's share) */
     const bool rkv_late = e->gemm_batch != 0;
-    RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, ghid, e->dg, e->hid, dl[5], 0.f, err));
+    const bool wav = e->vbatch || (e->gemm_batch && c->d_decay == c->d_aaa); /* the gate's LoRA in there */
+    const gate_lora_t gl = {c->d_gate, NULL, ghid, NULL, e->dg, e->dghid, dl[5]};
+    if (!wav) RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, ghid, e->dg, e->hid, dl[5], 0.f, err));
     if (!rkv_late) PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err)));
     PROF(PC_KK, 1,
          st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, dw,
@@ -1679,9 +1739,9 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     };
     if (e->vbatch) {
         RUN(vmix_bwd());
-        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, true, whid, dl[1], dl[4], err));
+        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, true, whid, dl[1], dl[4], gl, err));
     } else if (e->gemm_batch && c->d_decay == c->d_aaa) {
-        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, false, whid, dl[1], dl[4], err));
+        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, false, whid, dl[1], dl[4], gl, err));
     } else {
         RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
         RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
@@ -1702,17 +1762,11 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
         RUN(lora_bwd<T>(e, R, C, c->d_mv, p->v1, p->v2, 0, NULL, e->dvl, e->hid, dl[3], 0.f, err));
         PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err)));
     }
-    st::mix6_t mix;
-    st::ptr6_t<T> douts;
-    for (int i = 0; i < 6; i++) { mix.m[i] = p->mix[i]; douts.p[i] = dl[i]; }
-    PROF(PC_SHIFT, 1,
-         st::tokenshift_bwd_kernel<T, 6><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, Tn, C, mix, douts, dh));
-    ST_CUDA_CHECK_LAUNCH("tokenshift_bwd_kernel");
     PROF(PC_LN, 1,
-         st::layernorm_bwd_kernel<T><<<R, st::ln_threads(C), 0, st>>>(C, xin, p->ln1_w, e->ln1_mean + sl * Rp,
-                                                                    e->ln1_rstd + sl * Rp, dh, e->dx,
-                                                                    dxt_out<T>(e)));
-    ST_CUDA_CHECK_LAUNCH("layernorm_bwd_kernel");
+         st::shift_ln_bwd_kernel<T, 6><<<R, st::ln_threads(C), 0, st>>>(C, Tn, xin, p->ln1_w, e->ln1_mean + sl * Rp,
+                                                                      e->ln1_rstd + sl * Rp, mix6_of(p), douts,
+                                                                      e->dx, dxt_out<T>(e)));
+    ST_CUDA_CHECK_LAUNCH("shift_ln_bwd_kernel");
     return ST_OK;
 }
 

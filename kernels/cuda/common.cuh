@@ -54,6 +54,21 @@ __device__ __forceinline__ float block_sum(float v, float *sh)
     return warp_sum(t);
 }
 
+/* Two block sums at once (the statistics of two rows, or two sums of one):
+ * each component goes through block_sum's shuffles in block_sum's order, so
+ * each has block_sum's bits, for one pair of barriers instead of two. */
+__device__ __forceinline__ float2 block_sum2(float2 v, float2 *sh)
+{
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v.x = warp_sum(v.x);
+    v.y = warp_sum(v.y);
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    const float2 t = lane < nw ? sh[lane] : make_float2(0.f, 0.f);
+    return make_float2(warp_sum(t.x), warp_sum(t.y));
+}
+
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 
 /* Eight consecutive elements as fp32, in one 16-byte access for bf16 (two

@@ -3,7 +3,8 @@
  * same math as kernels/cpu/tokenshift.c, timemix.c and matmul.c's LoRA
  * activations (see those files for the gradient formulas):
  *
- *   token shift:  out_m,t = h_t + (h_{t-1} - h_t) mix_m   (h_{-1} = 0)
+ *   token shift:  out_m,t = h_t + (h_{t-1} - h_t) mix_m   (h_{-1} = 0;
+ *                 in ln_shift.cuh, fused with the LayerNorm that makes h)
  *   decay:        w = exp(-0.606531 sigmoid(w0 + wl))
  *   in-context lr a = sigmoid(a0 + al)
  *   kk = normalize(kraw * k_k) per head (eps 1e-12), kf = kraw (1 + (a-1) k_a)
@@ -30,101 +31,79 @@ constexpr float KK_EPS = 1e-12f;
 struct mix6_t { const float *m[6]; };
 template <typename T> struct ptr6_t { T *p[6]; };
 
-/* One thread per 8 channels of one row (C % 8 == 0, launch with grid_for8).
- * NMIX (6 for the time mix, 1 for the channel mix) is a template argument so
- * that the loop over outputs unrolls: indexing the pointer tables of the
- * kernel's parameters with a run-time index made the compiler copy them to
- * local memory and serialised the six stores behind it. */
-template <typename T, int NMIX>
-__global__ void tokenshift_fwd_kernel(size_t n, int Tlen, int C, const T *__restrict__ h, mix6_t mix,
-                                      ptr6_t<T> out)
-{
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (i >= n) return;
-    const int c = (int)(i % C);
-    const int t = (int)((i / C) % Tlen);
-    float x[8], xp[8], mm[8], o[8];
-    load8(h + i, x);
-    if (t > 0) load8(h + i - C, xp);
-    else
-#pragma unroll
-        for (int k = 0; k < 8; k++) xp[k] = 0.f;
-#pragma unroll
-    for (int m = 0; m < NMIX; m++) {
-        load8(mix.m[m] + c, mm);
-#pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = x[k] + (xp[k] - x[k]) * mm[k];
-        store8(out.p[m] + i, o);
-    }
-}
-
-/* dh (overwritten) = sum_m dout_m,t (1 - mix_m) + dout_m,t+1 mix_m; one
- * thread per 8 channels (grid_for8), NMIX unrolled as above. */
-template <typename T, int NMIX>
-__global__ void tokenshift_bwd_kernel(size_t n, int Tlen, int C, mix6_t mix, ptr6_t<T> dout, T *__restrict__ dh)
-{
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (i >= n) return;
-    const int c = (int)(i % C);
-    const int t = (int)((i / C) % Tlen);
-    const bool next = t + 1 < Tlen;
-    float d[8], g[8], mm[8];
-#pragma unroll
-    for (int k = 0; k < 8; k++) d[k] = 0.f;
-#pragma unroll
-    for (int m = 0; m < NMIX; m++) {
-        load8(mix.m[m] + c, mm);
-        load8(dout.p[m] + i, g);
-#pragma unroll
-        for (int k = 0; k < 8; k++) d[k] += g[k] * (1.f - mm[k]);
-        if (next) {
-            load8(dout.p[m] + i + C, g);
-#pragma unroll
-            for (int k = 0; k < 8; k++) d[k] += g[k] * mm[k];
-        }
-    }
-    store8(dh + i, d);
-}
+/* The token shift's lerps and their gradients: ln_shift.cuh, fused with
+ * the LayerNorm each one follows (mix6_t / ptr6_t hold its NMIX weight
+ * vectors and outputs: kernel parameters, so that the loops over them
+ * unroll without copying the tables to local memory). */
 
 enum { ACT_TANH = 1, ACT_SIGMOID = 2 };
 
-/* The LoRA activations in place, eight per thread (any n: the last thread
- * takes the tail one by one, since n = R * D need not be a multiple of 8;
- * launch with grid_for8((n + 7) & ~7)). */
+/* The LoRA activations, eight per thread, over one or two segments, each
+ * with its own activation: w's tanh and g's sigmoid in one launch, since
+ * each alone is too small to fill the GPU (R x 64 and R x 128 elements)
+ * and two launches cost twice the latency. Any n: the last thread of a
+ * segment takes its tail one by one, since n = R * D need not be a
+ * multiple of 8; launch with grid_for8(act_seg_span(s1) + act_seg_span(s2)),
+ * s2.n = 0 for one segment. */
 __device__ __forceinline__ float lora_act_f(int act, float z) { return act == ACT_TANH ? tanhf(z) : sigmoidf_(z); }
 __device__ __forceinline__ float lora_act_d(int act, float h) { return act == ACT_TANH ? 1.f - h * h : h * (1.f - h); }
 
+/* forward: x in place; backward: x is dhid (*= act'), h the stored activation */
+template <typename T> struct act_seg_t {
+    size_t n;
+    int act;
+    const T *h;
+    T *x;
+};
+template <typename T> inline size_t act_seg_span(const act_seg_t<T> &s) { return (s.n + 7) & ~(size_t)7; }
+
+/* The segment and the offset in it of the thread's first element. */
 template <typename T>
-__global__ void lora_act_fwd_kernel(size_t n, int act, T *__restrict__ hid)
+__device__ __forceinline__ act_seg_t<T> act_seg_at(const act_seg_t<T> &s1, const act_seg_t<T> &s2, size_t &i)
 {
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (i >= n) return;
-    if (i + 8 > n) {
-        for (; i < n; i++) hid[i] = from_f<T>(lora_act_f(act, to_f(hid[i])));
+    i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    const size_t n1 = (s1.n + 7) & ~(size_t)7;
+    if (i < n1) return s1;
+    i -= n1;
+    return s2;
+}
+
+template <typename T>
+__global__ void lora_act_fwd_kernel(act_seg_t<T> s1, act_seg_t<T> s2)
+{
+    size_t i;
+    const act_seg_t<T> s = act_seg_at(s1, s2, i);
+    if (i >= s.n) return;
+    T *__restrict__ hid = s.x;
+    if (i + 8 > s.n) {
+        for (; i < s.n; i++) hid[i] = from_f<T>(lora_act_f(s.act, to_f(hid[i])));
         return;
     }
     float z[8];
     load8(hid + i, z);
 #pragma unroll
-    for (int k = 0; k < 8; k++) z[k] = lora_act_f(act, z[k]);
+    for (int k = 0; k < 8; k++) z[k] = lora_act_f(s.act, z[k]);
     store8(hid + i, z);
 }
 
 /* dhid *= act'(z), from the stored activation hid (same layout as above) */
 template <typename T>
-__global__ void lora_act_bwd_kernel(size_t n, int act, const T *__restrict__ hid, T *__restrict__ dhid)
+__global__ void lora_act_bwd_kernel(act_seg_t<T> s1, act_seg_t<T> s2)
 {
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (i >= n) return;
-    if (i + 8 > n) {
-        for (; i < n; i++) dhid[i] = from_f<T>(to_f(dhid[i]) * lora_act_d(act, to_f(hid[i])));
+    size_t i;
+    const act_seg_t<T> s = act_seg_at(s1, s2, i);
+    if (i >= s.n) return;
+    const T *__restrict__ hid = s.h;
+    T *__restrict__ dhid = s.x;
+    if (i + 8 > s.n) {
+        for (; i < s.n; i++) dhid[i] = from_f<T>(to_f(dhid[i]) * lora_act_d(s.act, to_f(hid[i])));
         return;
     }
     float hv[8], d[8];
     load8(hid + i, hv);
     load8(dhid + i, d);
 #pragma unroll
-    for (int k = 0; k < 8; k++) d[k] *= lora_act_d(act, hv[k]);
+    for (int k = 0; k < 8; k++) d[k] *= lora_act_d(s.act, hv[k]);
     store8(dhid + i, d);
 }
 

@@ -222,19 +222,22 @@ static std::vector<fl_class> fl_class_model(const fl_shape *s, int sms, const st
     fl_class w = {"WKV7", FL_WKV, 0, 0, 0};
     fl_wkv(s, sms, &w.flop, &w.bytes);
     c.push_back(w);
-    /* token shift: forward h -> six lerps (T), h -> the ffn lerp; backward
-     * the ffn lerp's gradient -> dh every layer, six gradients -> dh in
-     * layers 1.. */
-    c.push_back({"token shift + lerps", FL_EW, 0, es * RC * (L * (7 + 2) + L * 2 + (L - 1) * 7), 0});
-    /* LayerNorms: ln0 in place (fp32 read + write); layer 0's LN1 (fp32 in,
-     * T out); per layer the fused residual + LN2 and residual + next LN1 /
-     * ln_out (read fp32 x and T branch, write fp32 sum and T normalised); the
-     * backwards (ln_out, LN2 every layer, LN1 in layers 1..) read fp32 x, T
-     * dout, fp32 dx and write fp32 dx and its T copy; 8 bytes of statistics
-     * a row each way */
-    const double lnb = (12 + es + dxt) * RC + 8 * R;
-    c.push_back({"layernorm (+res)", FL_EW, 0,
-                 8 * RC + (4 + es) * RC + 8 * R + 2 * L * ((8 + 2 * es) * RC + 8 * R) + (1 + L + (L - 1)) * lnb, 0});
+    /* LayerNorms, each but ln0 and ln_out with the token shift after it
+     * (ln_shift.cuh; the neighbour rows' second reads are left out: they
+     * come from L2). Forward: ln0 in place (fp32 read + write); layer 0's
+     * LN1 reads fp32 x and writes six lerps (T); per layer the residual +
+     * LN2 reads fp32 x and the T branch, writes the fp32 sum and one lerp;
+     * the residual + next LN1 (layers 0..L-2) the same with six lerps, the
+     * last layer's residual + ln_out one T output. Backward: ln_out reads
+     * fp32 x, T dout, fp32 dx, writes fp32 dx and its T copy; LN2 every
+     * layer the same with the one lerp's gradient for dout, LN1 in layers
+     * 1.. with the six. 8 bytes of statistics a row each way. */
+    const double lnb = (12 + dxt) * RC + 8 * R; /* a backward without its dout */
+    c.push_back({"layernorm + shift", FL_EW, 0,
+                 8 * RC + (4 + 6 * es) * RC + 8 * R + L * ((8 + 2 * es) * RC + 8 * R) +
+                     (L - 1) * ((8 + 7 * es) * RC + 8 * R) + (8 + 2 * es) * RC + 8 * R +
+                     (lnb + es * RC) + L * (lnb + es * RC) + (L - 1) * (lnb + 6 * es * RC),
+                 0});
     /* GroupNorm + bonus + gate: forward reads y, r, kf, v, g, writes the
      * gated output and two fp32 statistics per (row, head); backward reads
      * the same five, their statistics and dout, writes dy, dbr, dbk, dbv, dg */
