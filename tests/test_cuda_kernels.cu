@@ -279,6 +279,31 @@ template <typename T> static int s_layernorm_fwd(uint64_t *s, int gpu)
     return 0;
 }
 
+/* The LayerNorm backward in double: ref = dx0 + the input gradient of the
+ * rows of x (with the fp32 statistics the forward stored) for dout = dh. */
+static void s_ln_bwd_ref(int R, int C, const std::vector<float> &x, const std::vector<float> &w,
+                         const std::vector<float> &mean, const std::vector<float> &rstd, const std::vector<double> &dh,
+                         const std::vector<float> &dx0, std::vector<double> &ref)
+{
+    ref.resize((size_t)R * C);
+    for (int r = 0; r < R; r++) {
+        double mg = 0, mgx = 0;
+        for (int c = 0; c < C; c++) {
+            size_t i = (size_t)r * C + c;
+            double xh = ((double)x[i] - mean[r]) * rstd[r], g = dh[i] * w[c];
+            mg += g;
+            mgx += g * xh;
+        }
+        mg /= C;
+        mgx /= C;
+        for (int c = 0; c < C; c++) {
+            size_t i = (size_t)r * C + c;
+            double xh = ((double)x[i] - mean[r]) * rstd[r], g = dh[i] * w[c];
+            ref[i] = dx0[i] + rstd[r] * (g - mg - xh * mgx);
+        }
+    }
+}
+
 /* layernorm_bwd_kernel<T>: dx (fp32) += the input gradient, dxt = dx in T. */
 template <typename T> static int s_layernorm_bwd(uint64_t *s, int gpu)
 {
@@ -297,23 +322,8 @@ template <typename T> static int s_layernorm_bwd(uint64_t *s, int gpu)
             mean[r] = (float)m;
             rstd[r] = (float)(1.0 / sqrt(v / C + 1e-5));
         }
-        std::vector<double> ref(n);
-        for (int r = 0; r < R; r++) {
-            double mg = 0, mgx = 0;
-            for (int c = 0; c < C; c++) {
-                size_t i = (size_t)r * C + c;
-                double xh = ((double)x[i] - mean[r]) * rstd[r], g = (double)go[i] * w[c];
-                mg += g;
-                mgx += g * xh;
-            }
-            mg /= C;
-            mgx /= C;
-            for (int c = 0; c < C; c++) {
-                size_t i = (size_t)r * C + c;
-                double xh = ((double)x[i] - mean[r]) * rstd[r], g = (double)go[i] * w[c];
-                ref[i] = dx0[i] + rstd[r] * (g - mg - xh * mgx);
-            }
-        }
+        std::vector<double> ref;
+        s_ln_bwd_ref(R, C, x, w, mean, rstd, std::vector<double>(go.begin(), go.end()), dx0, ref);
         if (sizeof(T) == 4) {
             std::vector<float> cd = dx0;
             layernorm_backward_cpu(R, C, x.data(), w.data(), mean.data(), rstd.data(), go.data(), cd.data());
@@ -393,29 +403,14 @@ template <typename T, int NMIX> static int s_ln_shift_one(uint64_t *s, bt_shape 
         }
     }
     /* backward from the fp32 statistics the forward stores */
-    std::vector<double> dh(n, 0.0), rdx(n);
+    std::vector<double> dh(n, 0.0), rdx;
     for (size_t i = 0; i < n; i++) {
         const int t = (int)(i / C) % Tn, c = (int)(i % C);
         for (int m = 0; m < NMIX; m++)
             dh[i] += go[m][i] * (1.0 - mixv[m][c]) + (t + 1 < Tn ? go[m][i + C] * (double)mixv[m][c] : 0.0);
     }
     for (size_t i = 0; i < n; i++) dh[i] = tround(dh[i]);
-    for (int r = 0; r < R; r++) {
-        double mg = 0, mgx = 0;
-        for (int c = 0; c < C; c++) {
-            size_t i = (size_t)r * C + c;
-            double xh = ((double)xsf[i] - mean[r]) * rstd[r], g = dh[i] * w[c];
-            mg += g;
-            mgx += g * xh;
-        }
-        mg /= C;
-        mgx /= C;
-        for (int c = 0; c < C; c++) {
-            size_t i = (size_t)r * C + c;
-            double xh = ((double)xsf[i] - mean[r]) * rstd[r], g = dh[i] * w[c];
-            rdx[i] = dx0[i] + rstd[r] * (g - mg - xh * mgx);
-        }
-    }
+    s_ln_bwd_ref(R, C, xsf, w, mean, rstd, dh, dx0, rdx);
     if (sizeof(T) == 4) { /* the CPU path's two kernels in a row agree with the reference */
         std::vector<float> ch(n), cm(R), cr(R), co[NMIX], cd(n, 0.f), cdx = dx0;
         const float *cmix[NMIX], *cg[NMIX];

@@ -50,8 +50,11 @@
  * checked on the host; dS0 out. The two middle parts are replayed from CUDA
  * graphs once a shape has been seen twice (graphed(); runs that copy to the
  * host mid-step stay eager). Fusions that cross operations: each layer's end computes the next
- * LayerNorm with its residual add (layer_fwd's fuse_out), and every
- * LayerNorm backward also writes the bf16 copy of dx the next product reads.
+ * LayerNorm with its residual add (layer_fwd's fuse_out); each LayerNorm but
+ * ln0 and ln_out runs with the token shift it feeds, both ways
+ * (ln_shift.cuh); the gate's LoRA activation shares a launch with w's
+ * (lora_wav_fwd/bwd); and every LayerNorm backward also writes the bf16 copy
+ * of dx the next product reads.
  * engine_cuda_set_profiling level 2 brackets every operation with events
  * (PROF) and sums them by class: docs/performance.md section 2.3.
  *

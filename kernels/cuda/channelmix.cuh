@@ -2,7 +2,7 @@
  * channelmix.cuh - the element-wise part of RWKV-7's channel mix on the GPU
  * (kernels/cpu/channelmix.c): act = relu(kpre)^2 and its gradient
  * dact *= 2 relu(kpre). The token shift and the two matrix products are the
- * engine's (timemix.cuh's token shift, cuBLAS). Shapes (R, F), storage T.
+ * engine's (ln_shift.cuh's token shift, cuBLAS). Shapes (R, F), storage T.
  */
 #ifndef ST_KERNELS_CUDA_CHANNELMIX_CUH
 #define ST_KERNELS_CUDA_CHANNELMIX_CUH

@@ -117,9 +117,24 @@ __global__ void __launch_bounds__(LN_MAX_THREADS) residual_layernorm_fwd_kernel(
     if (threadIdx.x == 0 && mean) { mean[r] = m; rstd[r] = rs; }
 }
 
-/* dxt, when not NULL, gets the updated dx rounded to Td as well: the copy the
- * next matrix product reads, which a separate conversion pass over dx made
- * before (the same rounding, one read of the row fewer). */
+/* The end of a LayerNorm backward, once a thread holds g = dout w and xhat
+ * for its 8 channels at o and the block has mean(g) and mean(g xhat): dx +=
+ * the input gradient; dxt, when not NULL, gets the updated dx rounded to Td
+ * as well: the copy the next matrix product reads, which a separate
+ * conversion pass over dx made before (the same rounding, one read of the
+ * row fewer). Shared with ln_shift.cuh's shift_ln_bwd_kernel. */
+template <typename Td>
+__device__ __forceinline__ void ln_bwd_update(float *__restrict__ dx, Td *__restrict__ dxt, size_t o, float rs,
+                                              const float *g, const float *xh, float mg, float mgx)
+{
+    float d[8];
+    load8(dx + o, d);
+#pragma unroll
+    for (int k = 0; k < 8; k++) d[k] += rs * (g[k] - mg - xh[k] * mgx);
+    store8(dx + o, d);
+    if (dxt) store8(dxt + o, d);
+}
+
 template <typename Td>
 __global__ void __launch_bounds__(LN_MAX_THREADS) layernorm_bwd_kernel(
     int C, const float *__restrict__ xin, const float *__restrict__ w, const float *__restrict__ mean,
@@ -147,14 +162,7 @@ __global__ void __launch_bounds__(LN_MAX_THREADS) layernorm_bwd_kernel(
     }
     const float mg = block_sum(sg, sh) / C;
     const float mgx = block_sum(sgx, sh) / C;
-    if (on) {
-        float d[8];
-        load8(dx + o, d);
-#pragma unroll
-        for (int k = 0; k < 8; k++) d[k] += rs * (g[k] - mg - xh[k] * mgx);
-        store8(dx + o, d);
-        if (dxt) store8(dxt + o, d);
-    }
+    if (on) ln_bwd_update(dx, dxt, o, rs, g, xh, mg, mgx);
 }
 
 } // namespace st

@@ -144,15 +144,7 @@ __global__ void __launch_bounds__(LN_MAX_THREADS) shift_ln_bwd_kernel(
         }
     }
     s = block_sum2(s, sh);
-    const float mg = s.x / C, mgx = s.y / C;
-    if (on) {
-        float d[8];
-        load8(dx + o, d);
-#pragma unroll
-        for (int k = 0; k < 8; k++) d[k] += rs * (g[k] - mg - xh[k] * mgx);
-        store8(dx + o, d);
-        if (dxt) store8(dxt + o, d);
-    }
+    if (on) ln_bwd_update(dx, dxt, o, rs, g, xh, s.x / C, s.y / C);
 }
 
 } // namespace st
