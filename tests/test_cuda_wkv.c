@@ -626,7 +626,10 @@ static int test_unaligned_outputs_identical(void)
  * Measured (H100, 2026-11-27): 0 for all five, the same bits (the
  * recomputation repeats the forward's and pass 1's products in their
  * order); the bound is the class's, not equality, since the tensor cores'
- * summation inside one product is not specified. */
+ * summation inside one product is not specified. It also compares pass 2's
+ * two load paths: the per-chunk form loads in two groups and starts its
+ * first products before the second lands, the pair form in one group
+ * (wkv7_chunk.cu; measured the same bits, 2026-11-27 08:41 UTC). */
 static int test_ckpt_pair_matches_per_chunk(void)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;

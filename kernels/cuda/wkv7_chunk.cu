@@ -1874,10 +1874,21 @@ __device__ __forceinline__ void pair_update(float *Mx, const CpSmallSmem &sm, in
 }
 
 /* S, D and the fp32 token tiles (dsa, sa, w) are copied by cp.async, in
- * flight while the bf16 tiles are loaded and converted (one wait before the
- * first barrier), instead of through registers: 3-4% of the backward
- * (docs/performance.md 1.4). (1-D bulk copies, one per 256-byte row, were
- * 5% slower: docs/performance.md 1.7.) */
+ * flight while the bf16 tiles are loaded and converted, instead of through
+ * registers: 3-4% of the backward (docs/performance.md 1.4). (1-D bulk
+ * copies, one per 256-byte row, were 5% slower: docs/performance.md 1.7.)
+ *
+ * With a checkpoint every chunk the loads go in two groups (split): S, z,
+ * w and dy, r, a first, then D, u and v, k, b. The prefix products and
+ * dA~ = Z S, dQ~ = dY S need only the first group, so they run while the
+ * second lands; dpL, the k^ and b^ rescale and the products with V, U and
+ * D follow one barrier later. Each output is the same operations in the
+ * same order (the same bits; test_cuda_wkv's ckpt_pair_matches_per_chunk
+ * compares this path with the pair path, which loads in one group). ncu
+ * at (8, 4096, 64) had this kernel wait on its loads for 57% of its warp
+ * samples, at 81% of DRAM bandwidth; the split took it to 86% and 3.35 ->
+ * 3.17 ms (docs/performance.md 1.9). The pair path (advS, advD) keeps one
+ * group: its neighbour's tiles are needed first. */
 template <typename F, int OP>
 __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     int T, int H, int nck,
@@ -1920,21 +1931,27 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
     const bool advS = pair && (c & 1), advD = pair && !(c & 1) && c + 1 < nck;
     if (q > 0) {
         const float *src = ckpt + ((size_t)(bb * H + h) * nsv + q - 1) * N * N; /* S^T, [j][i] */
-        for (int e = tid; e < N * N / 4; e += 256) {
-            const int j = (4 * e) / N, i = (4 * e) % N;
-            cp_async16(&St[j * CLA + i], src + 4 * e);
+#pragma unroll
+        for (int m = 0; m < N * N / 4 / 256; m++) { /* rows tid / 16 + 16 m, columns 4 (tid % 16) .. */
+            const int j = tid / 16 + 16 * m, i = 4 * (tid % 16);
+            cp_async16(&St[j * CLA + i], src + j * N + i);
         }
     } else {
         const float *src = s0 + (size_t)h * N * N;
         for (int e = tid; e < N * N; e += 256) St[(e % N) * CLA + e / N] = src[e];
     }
-    {
+    auto load_d = [&]() {
         const float *src = dstore + ((size_t)(bb * H + h) * nsv + q) * N * N; /* D, [i][j] */
-        for (int e = tid; e < N * N / 4; e += 256) {
-            const int i = (4 * e) / N, j = (4 * e) % N;
-            cp_async16(&Dm[i * CLB + j], src + 4 * e);
+#pragma unroll
+        for (int m = 0; m < N * N / 4 / 256; m++) {
+            const int i = tid / 16 + 16 * m, j = 4 * (tid % 16);
+            cp_async16(&Dm[i * CLB + j], src + i * N + j);
         }
-    }
+    };
+    /* one chunk per checkpoint: the loads in two groups, so that the first
+     * products run while the second lands (split, below) */
+    const bool split = !pair;
+    if (!split) load_d();
     /* token tiles, four consecutive elements per thread (one pass) of chunk
      * cc: side 0 the gradient side (z = dsa, dy, r into q~, a into a~),
      * side 1 the value side (v, u = sa, k into k^, b into b^), w into p */
@@ -2023,9 +2040,46 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
             pair_update<false>(Dm, sm, warp, g, t4);
         __syncthreads(); /* the neighbour's tiles are dead */
         hold_put<F>(hd, dside, sm, o, ob);
-    } else {
+    } else if (!split) {
         load_tiles(c, true, true, true);
         land(true, true);
+    }
+    /* split: group 1 = S (above), z, w and the gradient side's bf16 tiles
+     * (dy, r, a, through registers); group 2 = D, u and the value side's
+     * (v, k, b, held in registers until the first products are issued) */
+    typename Raw4T<F>::type xv{}, xk{}, xb{}; /* zero bits: rows past T */
+    if (split) {
+        const bool ok = uu < n;
+        const size_t idx = (((size_t)bb * T + c * L + (ok ? uu : 0)) * H + h) * N + x4;
+        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+        typename Raw4T<F>::type xdy{}, xr{}, xa{};
+        if (ok) {
+            cp_async16(&sm.z[o], dsa_in + idx);
+            cp_async16(&sm.p[ob], w + idx);
+            xdy = raw4(dy + idx);
+            xr = raw4(r + idx);
+            xa = raw4(a + idx);
+        } else {
+            *reinterpret_cast<float4 *>(&sm.z[o]) = zero;
+            *reinterpret_cast<float4 *>(&sm.p[ob]) = make_float4(1.f, 1.f, 1.f, 1.f);
+        }
+        cp_async_commit();
+        load_d();
+        if (ok) {
+            cp_async16(&sm.u[o], sa_in + idx);
+            xv = raw4(v + idx);
+            xk = raw4(k + idx);
+            xb = raw4(b + idx);
+        } else {
+            *reinterpret_cast<float4 *>(&sm.u[o]) = zero;
+        }
+        cp_async_commit();
+        *reinterpret_cast<float4 *>(&sm.dy[o]) = round_tf32(cvt4(xdy));
+        *reinterpret_cast<float4 *>(&sm.qt[ob]) = cvt4(xr);
+        *reinterpret_cast<float4 *>(&sm.at[ob]) = cvt4(xa);
+        cp_async_wait_1(); /* group 1 */
+        float4 *z4 = reinterpret_cast<float4 *>(&sm.z[o]);
+        *z4 = round_tf32(*z4);
     }
     __syncthreads();
     /* per-key passes: key j = tid % 64, token group q = tid / 64 (tokens
@@ -2055,8 +2109,9 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         pre = (kq >= 1 ? g1 : 1.f) * (kq >= 2 ? g2 : 1.f) * (kq >= 3 ? g3 : 1.f);
     }
     float dplv = 0.f;
-    { /* dpL partial sums: column kj of S .* D, rows 16 kq .. 16 kq + 15, S^T
-       * read as float4 rows (conflict-free), the same fma chain */
+    /* dpL partial sums: column kj of S .* D, rows 16 kq .. 16 kq + 15, S^T
+     * read as float4 rows (conflict-free), the same fma chain */
+    auto dpl_partial = [&]() {
 #pragma unroll
         for (int m = 0; m < 4; m++) {
             const int i = 16 * kq + 4 * m;
@@ -2066,6 +2121,17 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
             dplv = fmaf(s4.z, Dm[(i + 2) * CLB + kj], dplv);
             dplv = fmaf(s4.w, Dm[(i + 3) * CLB + kj], dplv);
         }
+    };
+    /* products from the raw tiles: dA~ = Z S, dQ~ = dY S, dK' = V D, dB' = U D
+     * (keys j0 .. j0 + 7), and one 16 x 8 tile of the 16 x 16 gradients */
+    const int j0 = 8 * warp;
+    float cA[4] = {0.f, 0.f, 0.f, 0.f}, cQ[4] = {0.f, 0.f, 0.f, 0.f};
+    float cKp[4] = {0.f, 0.f, 0.f, 0.f}, cBp[4] = {0.f, 0.f, 0.f, 0.f};
+    float cKh[4] = {0.f, 0.f, 0.f, 0.f}, cBh[4] = {0.f, 0.f, 0.f, 0.f};
+    if (split) {
+        smm_pair_r(cA, sm.z, cQ, sm.dy, CLA, St + j0 * CLA, 1, CLA, N, g, t4, lane);
+    } else {
+        dpl_partial();
     }
     __syncthreads(); /* every group has read the w it needs; p may be overwritten */
     {
@@ -2074,23 +2140,37 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         for (int i = 0; i < 4; i++) {
             const int t = 4 * kq + i, o = t * CLB + kj;
             const float pt = pre * lp[i];
-            const float ip = __frcp_rn(pt);
             sm.at[o] *= pprev;
             sm.qt[o] *= pt;
-            sm.kh[o] *= ip;
-            sm.bh[o] *= ip;
+            if (!split) {
+                const float ip = __frcp_rn(pt);
+                sm.kh[o] *= ip;
+                sm.bh[o] *= ip;
+            }
             sm.p[o] = pt;
             pprev = pt;
         }
         if (kq == 3) sm.pL[kj] = pre * xo;
     }
-    /* products from the raw tiles: dA~ = Z S, dQ~ = dY S, dK' = V D, dB' = U D
-     * (keys j0 .. j0 + 7), and one 16 x 8 tile of the 16 x 16 gradients */
-    const int j0 = 8 * warp;
-    float cA[4] = {0.f, 0.f, 0.f, 0.f}, cQ[4] = {0.f, 0.f, 0.f, 0.f};
-    float cKp[4] = {0.f, 0.f, 0.f, 0.f}, cBp[4] = {0.f, 0.f, 0.f, 0.f};
-    float cKh[4] = {0.f, 0.f, 0.f, 0.f}, cBh[4] = {0.f, 0.f, 0.f, 0.f};
-    smm_pair_r(cA, sm.z, cQ, sm.dy, CLA, St + j0 * CLA, 1, CLA, N, g, t4, lane);
+    if (split) { /* group 2: the value side, then D's products */
+        *reinterpret_cast<float4 *>(&sm.v[o]) = round_tf32(cvt4(xv));
+        *reinterpret_cast<float4 *>(&sm.kh[ob]) = cvt4(xk);
+        *reinterpret_cast<float4 *>(&sm.bh[ob]) = cvt4(xb);
+        cp_async_wait_0();
+        float4 *u4 = reinterpret_cast<float4 *>(&sm.u[o]);
+        *u4 = round_tf32(*u4);
+        __syncthreads();
+        dpl_partial();
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int o = (4 * kq + i) * CLB + kj;
+            const float ip = __frcp_rn(pre * lp[i]);
+            sm.kh[o] *= ip;
+            sm.bh[o] *= ip;
+        }
+    } else {
+        smm_pair_r(cA, sm.z, cQ, sm.dy, CLA, St + j0 * CLA, 1, CLA, N, g, t4, lane);
+    }
     smm_pair_r(cKp, sm.v, cBp, sm.u, CLA, Dm + j0, CLB, 1, N, g, t4, lane);
     const int mat = warp >> 1, s0c = 8 * (warp & 1);
     float cg[4] = {0.f, 0.f, 0.f, 0.f};
@@ -2166,9 +2246,10 @@ __global__ void __launch_bounds__(256, 3) wkv7_bwd_cprod_small_kernel(
         constexpr int VPR = N * (int)sizeof(F) / 16, EPV = 16 / (int)sizeof(F); /* vectors per row, elements each */
         const bool vec = ((reinterpret_cast<uintptr_t>(dr) | reinterpret_cast<uintptr_t>(da) |
                            reinterpret_cast<uintptr_t>(dk) | reinterpret_cast<uintptr_t>(db)) & 15) == 0;
+        static_assert(4 * L * VPR % 256 == 0, "pass 2's staged outputs: whole passes of 256 threads");
 #pragma unroll
-        for (int e = tid; e < 4 * L * VPR; e += 256) {
-            const int oi = e / (L * VPR), t = (e / VPR) % L, cv = e % VPR;
+        for (int m = 0; m < 4 * L * VPR / 256; m++) {
+            const int e = tid + 256 * m, oi = e / (L * VPR), t = (e / VPR) % L, cv = e % VPR;
             if (t >= n) continue;
             const F *src = so + oi * SOT + t * SO + cv * EPV;
             F *const out = oi == 0 ? dr : oi == 1 ? da : oi == 2 ? dk : db; /* selects, not a local array */
