@@ -1505,6 +1505,46 @@ template <typename T> T *whid_of(const engine_cuda_t *e, int sl, size_t Rp)
     return e->vbatch ? (T *)e->whid + (3 * (size_t)sl + 1) * Rp * D : (T *)e->whid + (size_t)sl * Rp * D;
 }
 
+/* Layer l's activations that the forward writes and the backward reads:
+ * the fp32 residual stream at its input (xin), after the time mix (xmid)
+ * and at its output (xout), and the per-layer tensors of its slot (one slot
+ * for all layers in recompute mode). */
+template <typename T> struct layer_acts_t {
+    float *xin, *xmid, *xout, *w, *wl, *ckpt, *sa;
+    T *r, *kraw, *kf, *kk, *a, *v, *vraw, *vs, *g, *y, *whid, *ghid, *kpre;
+    T *wa, *wb; /* the WKV's a and b inputs */
+};
+template <typename T> layer_acts_t<T> layer_acts(engine_cuda_t *e, int l)
+{
+    const rwkv_config_t *c = &e->m->cfg;
+    const size_t Rp = (size_t)e->maxB * e->maxT, RCp = Rp * c->n_embd;
+    const int sl = e->recompute ? 0 : l;
+    layer_acts_t<T> A;
+    A.xin = e->x_res + l * RCp;
+    A.xmid = e->x_mid + sl * RCp;
+    A.xout = e->x_res + (l + 1) * RCp;
+    A.w = e->w + sl * RCp;
+    A.wl = e->wl + sl * RCp;
+    A.ckpt = e->ckpt + (size_t)sl * ckpt_floats(e);
+    A.sa = e->sa + sl * RCp;
+    A.r = lay<T>(e->r, sl, RCp);
+    A.kraw = lay<T>(e->kraw, sl, RCp);
+    A.kf = lay<T>(e->kf, sl, RCp);
+    A.kk = lay<T>(e->kk, sl, RCp);
+    A.a = lay<T>(e->a, sl, RCp);
+    A.v = lay<T>(e->v, sl, RCp);
+    A.vraw = lay<T>(e->vraw, sl, RCp);
+    A.vs = lay<T>(e->vs, sl, RCp);
+    A.g = lay<T>(e->g, sl, RCp);
+    A.y = lay<T>(e->y, sl, RCp);
+    A.whid = whid_of<T>(e, sl, Rp);
+    A.ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
+    A.kpre = lay<T>(e->kpre, sl, Rp * c->ffn_dim);
+    A.wa = lay<T>(e->wa, sl, RCp);
+    A.wb = lay<T>(e->wb, sl, RCp);
+    return A;
+}
+
 /* Layer l's forward. ln_in_done: the six lerps and layer l's LN1 statistics
  * already hold the token shift of LN1(x_res[l]) (the previous layer's fused
  * end made them). fuse_out: the end-of-layer residual add also computes the
@@ -1520,21 +1560,11 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     const rwkv_config_t *c = &e->m->cfg;
     const dev_layer_t *p = &e->L[l];
     const int C = c->n_embd, H = c->n_head, F = c->ffn_dim, R = B * Tn;
-    const size_t RC = (size_t)R * C, Rp = (size_t)e->maxB * e->maxT, RCp = Rp * C;
+    const size_t RC = (size_t)R * C, Rp = (size_t)e->maxB * e->maxT;
     const size_t HNN = rwkv_state_layer_size(c);
     cudaStream_t st = e->stream;
     const int sl = e->recompute ? 0 : l; /* slot of the per-layer activations */
-    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + sl * RCp, *xout = e->x_res + (l + 1) * RCp;
-    T *r = lay<T>(e->r, sl, RCp);
-    float *w = e->w + sl * RCp, *wl = e->wl + sl * RCp;
-    T *kraw = lay<T>(e->kraw, sl, RCp), *kf = lay<T>(e->kf, sl, RCp), *kk = lay<T>(e->kk, sl, RCp);
-    T *a = lay<T>(e->a, sl, RCp), *v = lay<T>(e->v, sl, RCp), *vraw = lay<T>(e->vraw, sl, RCp);
-    T *vs = lay<T>(e->vs, sl, RCp), *g = lay<T>(e->g, sl, RCp), *y = lay<T>(e->y, sl, RCp);
-    T *whid = whid_of<T>(e, sl, Rp), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
-    T *kpre = lay<T>(e->kpre, sl, Rp * F);
-    T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
-    float *ckpt = e->ckpt + (size_t)sl * ckpt_floats(e);
-    float *sa = e->sa + sl * RCp;
+    const layer_acts_t<T> A = layer_acts<T>(e, l);
     T *tmp = (T *)e->tmp, *oin = (T *)e->oin;
     T **lerp = (T **)e->lerp;
     st::ptr6_t<T> outs;
@@ -1543,55 +1573,55 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     if (!ln_in_done) {
         PROF(PC_LN, 1,
              st::ln_shift_fwd_kernel<T, T, 6><<<R, st::ln_threads(C), 0, st>>>(
-                 C, Tn, xin, NULL, NULL, p->ln1_w, p->ln1_b, LN_EPS, mix6_of(p), outs, e->ln1_mean + sl * Rp,
+                 C, Tn, A.xin, NULL, NULL, p->ln1_w, p->ln1_b, LN_EPS, mix6_of(p), outs, e->ln1_mean + sl * Rp,
                  e->ln1_rstd + sl * Rp));
         ST_CUDA_CHECK_LAUNCH("ln_shift_fwd_kernel");
     }
     {
         const void *xs[3] = {lerp[0], lerp[2], lerp[3]}, *ws[3] = {p->receptance, p->key, p->value};
-        void *outs3[3] = {r, kraw, vraw};
+        void *outs3[3] = {A.r, A.kraw, A.vraw};
         PROF(PC_GEMM_RKV, products_calls(e, 3, xs, ws, outs3), RUN(linear_fwd_n<T>(e, 3, R, C, C, xs, ws, outs3, err)));
     }
     const bool vwa = e->vbatch && l > 0; /* layer 0 has no v LoRA */
     const bool wav = vwa || (e->gemm_batch && c->d_decay == c->d_aaa); /* the gate's LoRA in there */
-    const gate_lora_t gl = {c->d_gate, lerp[5], ghid, g, NULL, NULL, NULL};
+    const gate_lora_t gl = {c->d_gate, lerp[5], A.ghid, A.g, NULL, NULL, NULL};
     if (vwa) {
         const size_t hb = Rp * c->d_decay; /* the [v | w | a] blocks */
-        RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, lerp[3], lerp[1], lerp[4], whid - hb, whid, whid + hb, wl, vs,
-                            tmp, gl, err));
+        RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, lerp[3], lerp[1], lerp[4], A.whid - hb, A.whid, A.whid + hb, A.wl,
+                            A.vs, tmp, gl, err));
     } else if (wav) {
-        RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, NULL, lerp[1], lerp[4], NULL, whid, e->hid, wl, NULL, tmp, gl,
+        RUN(lora_wav_fwd<T>(e, R, C, c->d_decay, p, NULL, lerp[1], lerp[4], NULL, A.whid, e->hid, A.wl, NULL, tmp, gl,
                             err));
     } else {
-        RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, whid, wl, err, true));
+        RUN(lora_fwd<T>(e, R, C, c->d_decay, lerp[1], p->w1, p->w2, st::ACT_TANH, A.whid, A.wl, err, true));
         RUN(lora_fwd<T>(e, R, C, c->d_aaa, lerp[4], p->a1, p->a2, 0, e->hid, tmp, err));
     }
     const int RH = R * H;
     PROF(PC_KK, 1,
-         st::timemix_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, tmp, kraw, p->w0, p->a0, p->k_k,
-                                                                 p->k_a, w, a, kk, kf, wa, wb));
+         st::timemix_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, A.wl, tmp, A.kraw, p->w0, p->a0, p->k_k,
+                                                                 p->k_a, A.w, A.a, A.kk, A.kf, A.wa, A.wb));
     ST_CUDA_CHECK_LAUNCH("timemix_fwd_kernel");
     if (l == 0) {
-        PROF(PC_VMIX, 2, ST_CUDA_CHECK(cudaMemcpyAsync(v, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
+        PROF(PC_VMIX, 2, ST_CUDA_CHECK(cudaMemcpyAsync(A.v, A.vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st));
              /* v_first lives apart: in recompute mode layer 0's slot is reused */
-             ST_CUDA_CHECK(cudaMemcpyAsync(e->v_first, vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st)));
+             ST_CUDA_CHECK(cudaMemcpyAsync(e->v_first, A.vraw, RC * sizeof(T), cudaMemcpyDeviceToDevice, st)));
     } else {
-        if (!vwa) RUN(lora_fwd<T>(e, R, C, c->d_mv, lerp[3], p->v1, p->v2, 0, e->hid, vs, err));
+        if (!vwa) RUN(lora_fwd<T>(e, R, C, c->d_mv, lerp[3], p->v1, p->v2, 0, e->hid, A.vs, err));
         PROF(PC_VMIX, 1,
-             st::vmix_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, C, vraw, (const T *)e->v_first,
-                                                                              p->v0, vs, v));
+             st::vmix_fwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, C, A.vraw, (const T *)e->v_first,
+                                                                              p->v0, A.vs, A.v));
         ST_CUDA_CHECK_LAUNCH("vmix_fwd_kernel");
     }
-    if (!wav) RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, ghid, g, err));
+    if (!wav) RUN(lora_fwd<T>(e, R, C, c->d_gate, lerp[5], p->g1, p->g2, st::ACT_SIGMOID, A.ghid, A.g, err));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][l], st));
-    PROF(PC_WKV, 1, RUN(wkv_fwd(B, Tn, H, r, w, kf, v, (const T *)wa, (const T *)wb, e->state0 + l * HNN, y,
-                                final_state ? e->sfin : NULL, ckpt, sa, st, err)));
+    PROF(PC_WKV, 1, RUN(wkv_fwd(B, Tn, H, A.r, A.w, A.kf, A.v, (const T *)A.wa, (const T *)A.wb, e->state0 + l * HNN,
+                                A.y, final_state ? e->sfin : NULL, A.ckpt, A.sa, st, err)));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][l], st));
-    if (e->meth.ks || e->meth.rec_out) PROF(PC_METHODS, 1, RUN(methods_fwd<T>(e, l, B, Tn, r, w, y, err)));
+    if (e->meth.ks || e->meth.rec_out) PROF(PC_METHODS, 1, RUN(methods_fwd<T>(e, l, B, Tn, A.r, A.w, A.y, err)));
     if (dbp) {
         PROF(PC_DBP, 1,
-             st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N, 0, st>>>(Tn, H, r, w, (const T *)wa,
-                                                                   (const T *)wb, e->dbp_rows,
+             st::dbp_q_kernel<T><<<dim3(H, B), st::DBP_N, 0, st>>>(Tn, H, A.r, A.w, (const T *)A.wa,
+                                                                   (const T *)A.wb, e->dbp_rows,
                                                                    e->dbp_q + l * HNN));
         ST_CUDA_CHECK_LAUNCH("dbp_q_kernel");
     }
@@ -1599,26 +1629,26 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
         ST_CUDA_CHECK(cudaMemcpy2DAsync(final_state + l * HNN, (size_t)c->n_layer * HNN * 4, e->sfin, HNN * 4,
                                         HNN * 4, B, cudaMemcpyDeviceToHost, st));
     PROF(PC_GN, 1,
-         st::groupnorm_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v,
-                                                                   p->r_k, g, e->gn_mean + sl * Rp * H,
+         st::groupnorm_fwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, A.y, p->ln_x_w, p->ln_x_b, A.r, A.kf, A.v,
+                                                                   p->r_k, A.g, e->gn_mean + sl * Rp * H,
                                                                    e->gn_rstd + sl * Rp * H, oin));
     ST_CUDA_CHECK_LAUNCH("groupnorm_fwd_kernel");
     PROF(PC_GEMM_OUT, 1, RUN(linear_fwd<T>(e, R, C, C, oin, p->output, tmp, err)));
     st::mix6_t mk = {};
     mk.m[0] = p->ffn_x_k;
     PROF(PC_LN, 1,
-         st::ln_shift_fwd_kernel<T, T, 1><<<R, st::ln_threads(C), 0, st>>>(C, Tn, xin, tmp, xmid, p->ln2_w, p->ln2_b,
-                                                                          LN_EPS, mk, outs, e->ln2_mean + sl * Rp,
-                                                                          e->ln2_rstd + sl * Rp));
+         st::ln_shift_fwd_kernel<T, T, 1><<<R, st::ln_threads(C), 0, st>>>(
+             C, Tn, A.xin, tmp, A.xmid, p->ln2_w, p->ln2_b, LN_EPS, mk, outs, e->ln2_mean + sl * Rp,
+             e->ln2_rstd + sl * Rp));
     ST_CUDA_CHECK_LAUNCH("ln_shift_fwd_kernel");
-    PROF(PC_GEMM_FFN_K, 1, RUN(linear_fwd<T>(e, R, C, F, lerp[0], p->ffn_key, kpre, err)));
+    PROF(PC_GEMM_FFN_K, 1, RUN(linear_fwd<T>(e, R, C, F, lerp[0], p->ffn_key, A.kpre, err)));
     size_t RF = (size_t)R * F;
-    PROF(PC_RELU2, 1, st::relu2_fwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, (T *)e->act));
+    PROF(PC_RELU2, 1, st::relu2_fwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, A.kpre, (T *)e->act));
     ST_CUDA_CHECK_LAUNCH("relu2_fwd_kernel");
     PROF(PC_GEMM_FFN_V, 1, RUN(linear_fwd<T>(e, R, F, C, e->act, p->ffn_value, tmp, err)));
     if (!fuse_out) {
         PROF(PC_RESID, 1,
-             st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, xmid, tmp, xout));
+             st::residual_add_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, A.xmid, tmp, A.xout));
         ST_CUDA_CHECK_LAUNCH("residual_add_kernel");
         return ST_OK;
     }
@@ -1628,7 +1658,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     if (l + 1 == c->n_layer) {
         PROF(PC_LN, 1,
              st::residual_layernorm_fwd_kernel<T, T><<<R, st::ln_threads(C), 0, st>>>(
-                 C, xmid, tmp, xout, e->ln_out_w, e->ln_out_b, LN_EPS, (T *)e->lnout, e->lnout_mean,
+                 C, A.xmid, tmp, A.xout, e->ln_out_w, e->ln_out_b, LN_EPS, (T *)e->lnout, e->lnout_mean,
                  e->lnout_rstd));
         ST_CUDA_CHECK_LAUNCH("residual_layernorm_fwd_kernel");
         return ST_OK;
@@ -1637,7 +1667,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
     const dev_layer_t *pn = &e->L[l + 1];
     PROF(PC_LN, 1,
          st::ln_shift_fwd_kernel<T, T, 6><<<R, st::ln_threads(C), 0, st>>>(
-             C, Tn, xmid, tmp, xout, pn->ln1_w, pn->ln1_b, LN_EPS, mix6_of(pn), outs, e->ln1_mean + sn * Rp,
+             C, Tn, A.xmid, tmp, A.xout, pn->ln1_w, pn->ln1_b, LN_EPS, mix6_of(pn), outs, e->ln1_mean + sn * Rp,
              e->ln1_rstd + sn * Rp));
     ST_CUDA_CHECK_LAUNCH("ln_shift_fwd_kernel");
     return ST_OK;
@@ -1657,21 +1687,11 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     const rwkv_config_t *c = &e->m->cfg;
     const dev_layer_t *p = &e->L[l];
     const int C = c->n_embd, H = c->n_head, F = c->ffn_dim, R = B * Tn;
-    const size_t RC = (size_t)R * C, Rp = (size_t)e->maxB * e->maxT, RCp = Rp * C;
+    const size_t RC = (size_t)R * C, Rp = (size_t)e->maxB * e->maxT;
     const size_t HNN = rwkv_state_layer_size(c);
     cudaStream_t st = e->stream;
     const int sl = e->recompute ? 0 : l; /* slot of the per-layer activations */
-    float *xin = e->x_res + l * RCp, *xmid = e->x_mid + sl * RCp;
-    T *r = lay<T>(e->r, sl, RCp);
-    float *w = e->w + sl * RCp, *wl = e->wl + sl * RCp;
-    T *kraw = lay<T>(e->kraw, sl, RCp), *kf = lay<T>(e->kf, sl, RCp), *kk = lay<T>(e->kk, sl, RCp);
-    T *a = lay<T>(e->a, sl, RCp), *v = lay<T>(e->v, sl, RCp), *vraw = lay<T>(e->vraw, sl, RCp);
-    T *vs = lay<T>(e->vs, sl, RCp), *g = lay<T>(e->g, sl, RCp), *y = lay<T>(e->y, sl, RCp);
-    T *whid = whid_of<T>(e, sl, Rp), *ghid = lay<T>(e->ghid, sl, Rp * c->d_gate);
-    T *kpre = lay<T>(e->kpre, sl, Rp * F);
-    T *wa = lay<T>(e->wa, sl, RCp), *wb = lay<T>(e->wb, sl, RCp); /* the WKV's a and b inputs */
-    float *ckpt = e->ckpt + (size_t)sl * ckpt_floats(e);
-    float *sa = e->sa + sl * RCp;
+    const layer_acts_t<T> A = layer_acts<T>(e, l);
     T **dl = (T **)e->lerp; /* the lerp outputs are dead: they hold their gradients now */
     T *act = (T *)e->act, *oin = (T *)e->oin;
     float *dw = e->dw;
@@ -1682,7 +1702,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     void *dxt = dx_as_t<T>(e);
     PROF(PC_GEMM_FFN_V, 1, RUN(linear_bwd<T>(e, R, F, C, dxt, p->ffn_value, act, 0.f, err)));
     size_t RF = (size_t)R * F;
-    PROF(PC_RELU2, 1, st::relu2_bwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, kpre, act));
+    PROF(PC_RELU2, 1, st::relu2_bwd_kernel<T><<<st::grid_for8(RF), EW_THREADS, 0, st>>>(RF, A.kpre, act));
     ST_CUDA_CHECK_LAUNCH("relu2_bwd_kernel");
     PROF(PC_GEMM_FFN_K, 1, RUN(linear_bwd<T>(e, R, C, F, act, p->ffn_key, dl[0], 0.f, err)));
     st::mix6_t mk = {};
@@ -1690,7 +1710,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     st::ptr6_t<T> douts;
     for (int i = 0; i < 6; i++) douts.p[i] = dl[i];
     PROF(PC_LN, 1,
-         st::shift_ln_bwd_kernel<T, 1><<<R, st::ln_threads(C), 0, st>>>(C, Tn, xmid, p->ln2_w, e->ln2_mean + sl * Rp,
+         st::shift_ln_bwd_kernel<T, 1><<<R, st::ln_threads(C), 0, st>>>(C, Tn, A.xmid, p->ln2_w, e->ln2_mean + sl * Rp,
                                                                       e->ln2_rstd + sl * Rp, mk, douts, e->dx,
                                                                       dxt_out<T>(e)));
     ST_CUDA_CHECK_LAUNCH("shift_ln_bwd_kernel");
@@ -1699,17 +1719,17 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
     PROF(PC_GEMM_OUT, 1, RUN(linear_bwd<T>(e, R, C, C, dxt, p->output, oin, 0.f, err)));
     PROF(PC_GN, 1,
          st::groupnorm_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(
-             RH, H, y, p->ln_x_w, p->ln_x_b, r, kf, v, p->r_k, g, e->gn_mean + sl * Rp * H,
+             RH, H, A.y, p->ln_x_w, p->ln_x_b, A.r, A.kf, A.v, p->r_k, A.g, e->gn_mean + sl * Rp * H,
              e->gn_rstd + sl * Rp * H, oin, (T *)e->dy, (T *)e->dbr, (T *)e->dbk, (T *)e->dbv, (T *)e->dg));
     ST_CUDA_CHECK_LAUNCH("groupnorm_bwd_kernel");
 
     /* WKV7, from the a and b inputs the forward kept */
     const int L = c->n_layer;
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[0][L + l], st));
-    PROF(PC_WKV, 1, RUN(wkv_bwd(B, Tn, H, r, w, kf, v, (const T *)wa, (const T *)wb, ckpt, sa,
+    PROF(PC_WKV, 1, RUN(wkv_bwd(B, Tn, H, A.r, A.w, A.kf, A.v, (const T *)A.wa, (const T *)A.wb, A.ckpt, A.sa,
                                 (const T *)e->dy, dr, dw, dk, dv, da, db, e->ds0 + l * HNN, st, err)));
     if (e->profile) ST_CUDA_CHECK(cudaEventRecord(e->wkv_ev[1][L + l], st));
-    if (e->meth.ks) PROF(PC_METHODS, 1, RUN(methods_bwd<T>(e, l, B, Tn, r, w, (const T *)e->dy, dr, dw, err)));
+    if (e->meth.ks) PROF(PC_METHODS, 1, RUN(methods_bwd<T>(e, l, B, Tn, A.r, A.w, (const T *)e->dy, dr, dw, err)));
     if (l == 0) return ST_OK; /* nothing below layer 0's WKV depends on S0 */
     /* the GroupNorm bonus's shares: into dr here; dk's and dv's are added
      * where timemix_bwd and vmix_bwd read them */
@@ -1723,30 +1743,31 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
      * (value's then adds to the LoRA's share) */
     const bool rkv_late = e->gemm_batch != 0;
     const bool wav = e->vbatch || (e->gemm_batch && c->d_decay == c->d_aaa); /* the gate's LoRA in there */
-    const gate_lora_t gl = {c->d_gate, NULL, ghid, NULL, e->dg, e->dghid, dl[5]};
-    if (!wav) RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, ghid, e->dg, e->hid, dl[5], 0.f, err));
-    if (!rkv_late) PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err)));
+    const gate_lora_t gl = {c->d_gate, NULL, A.ghid, NULL, e->dg, e->dghid, dl[5]};
+    if (!wav)
+        RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, A.ghid, e->dg, e->hid, dl[5], 0.f, err));
+if (!rkv_late) PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, dr, p->receptance, dl[0], 0.f, err)));
     PROF(PC_KK, 1,
-         st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, wl, p->w0, a, kk, kraw, p->k_k, p->k_a, dw,
-                                                                 dk, (const T *)e->dbk, da, db, (T *)e->dwl,
+         st::timemix_bwd_kernel<T><<<(RH + 7) / 8, 256, 0, st>>>(RH, H, A.wl, p->w0, A.a, A.kk, A.kraw, p->k_k,
+                                                                 p->k_a, dw, dk, (const T *)e->dbk, da, db, (T *)e->dwl,
                                                                  (T *)e->dal, (T *)e->dkraw));
     ST_CUDA_CHECK_LAUNCH("timemix_bwd_kernel");
     /* vbatch: v's gradient first, so that its LoRA joins w's and a's */
     auto vmix_bwd = [&]() -> int {
         PROF(PC_VMIX, 1,
-             st::vmix_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, vraw, (const T *)e->v_first, vs, dv,
-                                                                              (const T *)e->dbv, (T *)e->dvraw,
+             st::vmix_bwd_kernel<T><<<st::grid_for8(RC), EW_THREADS, 0, st>>>(RC, A.vraw, (const T *)e->v_first, A.vs,
+                                                                              dv, (const T *)e->dbv, (T *)e->dvraw,
                                                                               (T *)e->dvl));
         ST_CUDA_CHECK_LAUNCH("vmix_bwd_kernel");
         return ST_OK;
     };
     if (e->vbatch) {
         RUN(vmix_bwd());
-        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, true, whid, dl[1], dl[4], gl, err));
+        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, true, A.whid, dl[1], dl[4], gl, err));
     } else if (e->gemm_batch && c->d_decay == c->d_aaa) {
-        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, false, whid, dl[1], dl[4], gl, err));
+        RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, false, A.whid, dl[1], dl[4], gl, err));
     } else {
-        RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, whid, e->dwl, e->hid, dl[1], 0.f, err));
+        RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, A.whid, e->dwl, e->hid, dl[1], 0.f, err));
         RUN(lora_bwd<T>(e, R, C, c->d_aaa, p->a1, p->a2, 0, NULL, e->dal, e->hid, dl[4], 0.f, err));
     }
     if (!rkv_late) PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dkraw, p->key, dl[2], 0.f, err)));
@@ -1766,7 +1787,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
         PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, e->dvraw, p->value, dl[3], 1.f, err)));
     }
     PROF(PC_LN, 1,
-         st::shift_ln_bwd_kernel<T, 6><<<R, st::ln_threads(C), 0, st>>>(C, Tn, xin, p->ln1_w, e->ln1_mean + sl * Rp,
+         st::shift_ln_bwd_kernel<T, 6><<<R, st::ln_threads(C), 0, st>>>(C, Tn, A.xin, p->ln1_w, e->ln1_mean + sl * Rp,
                                                                       e->ln1_rstd + sl * Rp, mix6_of(p), douts,
                                                                       e->dx, dxt_out<T>(e)));
     ST_CUDA_CHECK_LAUNCH("shift_ln_bwd_kernel");
