@@ -39,21 +39,16 @@ __global__ void embed_kernel(int C, const int32_t *__restrict__ tokens, const T 
 static inline unsigned ln_threads(int C) { return (unsigned)((C / 8 + 31) / 32 * 32); }
 constexpr int LN_MAX_THREADS = 1024;
 
-/* in may equal out (ln0 runs in place on the residual stream: every thread
- * has read its values before the first block_sum's barrier). */
-template <typename Tin, typename Tout>
-__global__ void __launch_bounds__(LN_MAX_THREADS) layernorm_fwd_kernel(
-    int C, const Tin *in, const float *__restrict__ w, const float *__restrict__ b, float eps,
-    Tout *out, float *__restrict__ mean, float *__restrict__ rstd)
+/* The rest of a LayerNorm forward once each thread holds its 8 values x of
+ * row r (zeros past C): the row's mean and rstd (block sums in fp32, the
+ * variance a second pass over the registers), out = (x - mean) rstd w + b
+ * from channel c, and the statistics when mean is not NULL. Shared by the
+ * two kernels below. */
+template <typename Tout>
+__device__ __forceinline__ void ln_row_fwd(int C, int r, int c, bool on, float *x, const float *__restrict__ w,
+                                           const float *__restrict__ b, float eps, Tout *out, float *__restrict__ mean,
+                                           float *__restrict__ rstd, float *sh)
 {
-    __shared__ float sh[32];
-    const int r = blockIdx.x, c = threadIdx.x * 8;
-    const bool on = c < C;
-    float x[8];
-    if (on) load8(in + (size_t)r * C + c, x);
-    else
-#pragma unroll
-        for (int k = 0; k < 8; k++) x[k] = 0.f;
     float s = 0.f;
 #pragma unroll
     for (int k = 0; k < 8; k++) s += x[k];
@@ -72,6 +67,24 @@ __global__ void __launch_bounds__(LN_MAX_THREADS) layernorm_fwd_kernel(
         store8(out + (size_t)r * C + c, x);
     }
     if (threadIdx.x == 0 && mean) { mean[r] = m; rstd[r] = rs; }
+}
+
+/* in may equal out (ln0 runs in place on the residual stream: every thread
+ * has read its values before the first block_sum's barrier). */
+template <typename Tin, typename Tout>
+__global__ void __launch_bounds__(LN_MAX_THREADS) layernorm_fwd_kernel(
+    int C, const Tin *in, const float *__restrict__ w, const float *__restrict__ b, float eps,
+    Tout *out, float *__restrict__ mean, float *__restrict__ rstd)
+{
+    __shared__ float sh[32];
+    const int r = blockIdx.x, c = threadIdx.x * 8;
+    const bool on = c < C;
+    float x[8];
+    if (on) load8(in + (size_t)r * C + c, x);
+    else
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[k] = 0.f;
+    ln_row_fwd(C, r, c, on, x, w, b, eps, out, mean, rstd, sh);
 }
 
 /* The residual add and the LayerNorm after it in one pass over the row:
@@ -97,24 +110,7 @@ __global__ void __launch_bounds__(LN_MAX_THREADS) residual_layernorm_fwd_kernel(
 #pragma unroll
         for (int k = 0; k < 8; k++) x[k] = 0.f;
     }
-    float s = 0.f;
-#pragma unroll
-    for (int k = 0; k < 8; k++) s += x[k];
-    const float m = block_sum(s, sh) / C;
-    float ss = 0.f;
-    if (on)
-#pragma unroll
-        for (int k = 0; k < 8; k++) ss += (x[k] - m) * (x[k] - m);
-    const float rs = rsqrtf(block_sum(ss, sh) / C + eps);
-    if (on) {
-        float wv[8], bv[8];
-        load8(w + c, wv);
-        load8(bias + c, bv);
-#pragma unroll
-        for (int k = 0; k < 8; k++) x[k] = (x[k] - m) * rs * wv[k] + bv[k];
-        store8(out + o, x);
-    }
-    if (threadIdx.x == 0 && mean) { mean[r] = m; rstd[r] = rs; }
+    ln_row_fwd(C, r, c, on, x, w, bias, eps, out, mean, rstd, sh);
 }
 
 /* The end of a LayerNorm backward, once a thread holds g = dout w and xhat
