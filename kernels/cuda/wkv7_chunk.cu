@@ -97,6 +97,16 @@
  * (7.86 against 7.49 ms) and no default uses it; it halves the checkpoint
  * memory at that price.
  *
+ * The warp-specialized forward and pass 1 at 512 heads (docs/performance.md
+ * 1.10, ncu on an H100): the state warps waited at the stage barrier for
+ * half their time, so the producers' per-key prep was the chain; its
+ * reciprocals were 16 branch regions in a row (one per __frcp_rn) and its
+ * loads selects. Now the reciprocals run unconditionally (rcp_prefix16),
+ * full chunks take a prep without selects, and in the one-product class
+ * (SPLIT 1) every tile is rounded to tf32 once, where it is written, instead
+ * of 3-instruction conversions in each of the four state warps that read it
+ * (pre_tf32, frag_ap, frag_bp). The same bits (dev_wkv7_bench --hash).
+ *
  * Removed on 2026-11-27 (docs/performance.md 1.2-1.4 has their
  * measurements; git history has the code): TC1 (TC with one tf32
  * product), CHUNKED_REC (pass 2 as the whole recurrent per-token backward
@@ -184,6 +194,48 @@ __device__ __forceinline__ FragB frag_b(const float *p)
     split_tf32<SPLIT>(x.x, f.h[0], f.l[0]);
     split_tf32<SPLIT>(x.y, f.h[1], f.l[1]);
     return f;
+}
+
+/* Operands rounded to tf32 once, by the thread that writes them to shared
+ * memory (PRE: the one-product class, SPLIT 1, in the warp-specialized
+ * forward and pass 1). cvt.rna of a tf32 value is that value, so a reader
+ * takes the bits as they are and every product is unchanged; each
+ * conversion is 3 instructions on sm_90, and the four state warps used to
+ * convert every tile element they read (4 times each). */
+__device__ __forceinline__ float round_tf32(float x)
+{
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return __uint_as_float(r);
+}
+template <bool PRE> __device__ __forceinline__ float pre_tf32(float x) { return PRE ? round_tf32(x) : x; }
+template <int SPLIT, bool PRE>
+__device__ __forceinline__ FragA frag_ap(float a0, float a1, float a2, float a3)
+{
+    if constexpr (PRE) {
+        static_assert(SPLIT == 1, "pre-rounded operands are the one-product class");
+        FragA f;
+        f.h[0] = __float_as_uint(a0); f.h[1] = __float_as_uint(a1);
+        f.h[2] = __float_as_uint(a2); f.h[3] = __float_as_uint(a3);
+        f.l[0] = f.l[1] = f.l[2] = f.l[3] = 0;
+        return f;
+    } else {
+        return frag_a<SPLIT>(a0, a1, a2, a3);
+    }
+}
+template <int SPLIT, bool PRE>
+__device__ __forceinline__ FragB frag_bp(const float *p)
+{
+    if constexpr (PRE) {
+        static_assert(SPLIT == 1, "pre-rounded operands are the one-product class");
+        const float2 x = *reinterpret_cast<const float2 *>(p);
+        FragB f;
+        f.h[0] = __float_as_uint(x.x); f.h[1] = __float_as_uint(x.y);
+        f.l[0] = f.l[1] = 0;
+        return f;
+    } else {
+        return frag_b<SPLIT>(p);
+    }
 }
 
 __device__ __forceinline__ void mma1(float c[4], const uint32_t a[4], const uint32_t b[2])
@@ -425,9 +477,9 @@ __device__ __forceinline__ void stage_issue(Raw<F, NF> *st, const F *const src[N
 /* One 16 x 16 Gram matrix G[t][s] = X_t . Y_s over the N keys (X, Y: [token]
  * [key] tiles), causal part only (s < t, or s <= t when inclusive; select,
  * never multiply), written to G[t * LDG + s], or transposed when `trans`. */
-template <int SPLIT>
+template <int SPLIT, bool PRE = false>
 __device__ __forceinline__ void gram(const float *X, const float *Y, float *G, bool inclusive, bool trans, int g,
-                                     int t4)
+                                     int t4, bool round_out = false)
 {
     float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
     float cor[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -435,10 +487,10 @@ __device__ __forceinline__ void gram(const float *X, const float *Y, float *G, b
     for (int ks = 0; ks < N / 8; ks++) {
         const float2 x0 = *reinterpret_cast<const float2 *>(X + g * LDK + 8 * ks + 2 * t4);
         const float2 x1 = *reinterpret_cast<const float2 *>(X + (g + 8) * LDK + 8 * ks + 2 * t4);
-        const FragA A = frag_a<SPLIT>(x0.x, x1.x, x0.y, x1.y);
+        const FragA A = frag_ap<SPLIT, PRE>(x0.x, x1.x, x0.y, x1.y);
 #pragma unroll
         for (int nt = 0; nt < 2; nt++)
-            mma2<SPLIT>(acc[nt], cor[nt], A, frag_b<SPLIT>(Y + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+            mma2<SPLIT>(acc[nt], cor[nt], A, frag_bp<SPLIT, PRE>(Y + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
     }
 #pragma unroll
     for (int nt = 0; nt < 2; nt++)
@@ -450,28 +502,30 @@ __device__ __forceinline__ void gram(const float *X, const float *Y, float *G, b
         for (int e = 0; e < 4; e++) {
             const int t = g + (e >= 2 ? 8 : 0), s = 8 * nt + 2 * t4 + (e & 1);
             const bool keep = inclusive ? s <= t : s < t;
-            G[trans ? s * LDG + t : t * LDG + s] = keep ? acc[nt][e] : 0.f;
+            const float x = round_out ? round_tf32(acc[nt][e]) : acc[nt][e]; /* an operand only: rounded once */
+            G[trans ? s * LDG + t : t * LDG + s] = keep ? x : 0.f;
         }
 }
 
 /* C += X M^T over 16 x 16: X (tokens x tokens) held as two accumulator tiles
  * and used as the A operand, M a 16 x 16 shared matrix stored [n][k] with
  * stride LDG (U^T = X^T T^T in the forwards, Z^T = R^T T in pass 1). */
-template <int SPLIT>
+template <int SPLIT, bool PRE = false>
 __device__ __forceinline__ void mma_acc16(float C[2][4], const float X[2][4], const float *M, int g, int t4)
 {
 #pragma unroll
     for (int ks = 0; ks < 2; ks++) {
         const FragA Ax = frag_a_acc<SPLIT>(X[ks]);
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++) mma<SPLIT>(C[nt], Ax, frag_b<SPLIT>(M + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+        for (int nt = 0; nt < 2; nt++)
+            mma<SPLIT>(C[nt], Ax, frag_bp<SPLIT, PRE>(M + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
     }
 }
 
 /* T = (I - AB)^-1 by columns (AB strictly lower, so T is unit lower): lane
  * cc < 16 of one warp computes column cc and writes it to Tm[t][cc], or to
  * Tm[cc][t] when `trans`. */
-__device__ __forceinline__ void invert_unit_lower(const float *AB, float *Tm, bool trans, int cc)
+__device__ __forceinline__ void invert_unit_lower(const float *AB, float *Tm, bool trans, int cc, bool round_out = false)
 {
     float col[L];
 #pragma unroll
@@ -482,7 +536,7 @@ __device__ __forceinline__ void invert_unit_lower(const float *AB, float *Tm, bo
         col[t] = acc;
     }
 #pragma unroll
-    for (int t = 0; t < L; t++) Tm[trans ? cc * LDG + t : t * LDG + cc] = col[t];
+    for (int t = 0; t < L; t++) Tm[trans ? cc * LDG + t : t * LDG + cc] = round_out ? round_tf32(col[t]) : col[t];
 }
 
 /* ---- the forwards' and pass 1's stores (the plain and the warp-specialized
@@ -706,34 +760,66 @@ struct FwdSmem {
 };
 
 /* Key j's w over the chunk (1 past T: rows there are garbage), for both
- * halves of a prep. */
-template <typename F>
+ * halves of a prep. FULL (n == L, every chunk but a short last one): no
+ * selects, so the loads go out unpredicated and back to back. */
+template <typename F, bool FULL>
 __device__ __forceinline__ void prep_w(const Raw<F, 5> &raw, int n, int j, float wr[L])
 {
 #pragma unroll
-    for (int u = 0; u < L; u++) wr[u] = u < n ? raw.w[u * N + j] : 1.f;
+    for (int u = 0; u < L; u++) wr[u] = FULL || u < n ? raw.w[u * N + j] : 1.f;
+}
+
+/* ip[u] = __frcp_rn(p_u), p_u = w_0 ... w_u, bit for bit, without its
+ * per-call branch. __frcp_rn is MUFU.RCP and one Newton step,
+ *   r = rcp.approx(x), r += r (-(r x - 1)),
+ * for x whose exponent is in range, else a slow call; compiled one by one,
+ * each sat in its own branch region behind the previous product (measured:
+ * the reciprocal side was the producers' longest chain, docs/performance.md
+ * 1.10). Here the 16 fast paths run unconditionally and one test covers
+ * them all (p_u lies in [0.545^16, 1] for valid w; anything else is redone
+ * by __frcp_rn itself). r x - 1 is exact in the fma and never subnormal (0
+ * or at least 2^-48 in size), so __frcp_rn's flush of it changes nothing. */
+__device__ __forceinline__ void rcp_prefix16(const float wr[L], float ip[L])
+{
+    bool fast = true;
+    float p = 1.f;
+#pragma unroll
+    for (int u = 0; u < L; u++) {
+        p *= wr[u];
+        fast &= ((__float_as_uint(p) + 0x1800000u) & 0x7f800000u) > 0x1ffffffu;
+        float r;
+        asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(p));
+        ip[u] = fmaf(r, -fmaf(r, p, -1.f), r);
+    }
+    if (!fast) {
+        p = 1.f;
+#pragma unroll
+        for (int u = 0; u < L; u++) {
+            p *= wr[u];
+            ip[u] = __frcp_rn(p);
+        }
+    }
 }
 
 /* The reciprocal side of a prep, the same in the forward and pass 1: key
  * j's k and b (raw inputs ik, ib) into kr, br (0 past T), and K^ = k / p_u,
  * B^ = b / p_u into tk, tb ([token][key]). */
-template <typename F>
+template <typename F, bool PRE, bool FULL>
 __device__ __forceinline__ void prep_recip(const Raw<F, 5> &raw, int ik, int ib, const float wr[L], int n, int j,
                                            float kr[L], float br[L], float *tk, float *tb)
 {
+    float ip[L];
+    rcp_prefix16(wr, ip);
 #pragma unroll
     for (int u = 0; u < L; u++) {
-        const bool ok = u < n; /* select, never multiply: rows past T are garbage */
+        const bool ok = FULL || u < n; /* select, never multiply: rows past T are garbage */
         kr[u] = ok ? to_f(raw.x[ik][u * N + j]) : 0.f;
         br[u] = ok ? to_f(raw.x[ib][u * N + j]) : 0.f;
     }
-    float p = 1.f;
 #pragma unroll
     for (int u = 0; u < L; u++) {
-        p *= wr[u];
-        const float ip = __frcp_rn(p);
-        tk[u * LDK + j] = kr[u] * ip;
-        tb[u * LDK + j] = br[u] * ip;
+        tk[u * LDK + j] = pre_tf32<PRE>(kr[u] * ip[u]);
+        tb[u * LDK + j] = pre_tf32<PRE>(br[u] * ip[u]);
     }
 }
 
@@ -746,18 +832,23 @@ __device__ __forceinline__ void prep_recip(const Raw<F, 5> &raw, int ik, int ib,
  * p_u by the same sequence of products, so the tiles are bit for bit those
  * of one thread doing everything. Every load is issued before any store:
  * the compiler cannot tell the raw stage and the tiles apart in shared
- * memory, so interleaving them serialised each step behind its stores. */
-template <typename F>
+ * memory, so interleaving them serialised each step behind its stores.
+ * PRE: every tile rounded to tf32 as it is stored (pre_tf32, the
+ * one-product class). FULL: a chunk of L tokens, no selects (the caller
+ * picks it when n == L). This prep is the forward's serial chain: ncu at
+ * (8, 4096, 64) put the state warps at the stage barrier half their time,
+ * waiting for it (docs/performance.md 1.10). */
+template <typename F, bool PRE, bool FULL>
 __device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, float *tk, float *tb, int n, int ptid)
 {
     const int j = ptid & (N - 1);
     float wr[L];
-    prep_w(raw, n, j, wr);
+    prep_w<F, FULL>(raw, n, j, wr);
     if (ptid < N) {
         float rr[L], aa[L], vv[L];
 #pragma unroll
         for (int u = 0; u < L; u++) {
-            const bool ok = u < n; /* select, never multiply: rows past T are garbage */
+            const bool ok = FULL || u < n; /* select, never multiply: rows past T are garbage */
             rr[u] = ok ? to_f(raw.x[0][u * N + j]) : 0.f;
             aa[u] = ok ? to_f(raw.x[3][u * N + j]) : 0.f;
             vv[u] = ok ? to_f(raw.x[2][u * N + j]) : 0.f;
@@ -765,20 +856,20 @@ __device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, flo
         float p = 1.f;
 #pragma unroll
         for (int u = 0; u < L; u++) {
-            S_.ta[u * LDK + j] = aa[u] * p; /* p_{u-1} */
+            S_.ta[u * LDK + j] = pre_tf32<PRE>(aa[u] * p); /* p_{u-1} */
             p *= wr[u];
-            S_.tq[u * LDK + j] = rr[u] * p;
-            S_.tv[u * LDV + j] = vv[u];
+            S_.tq[u * LDK + j] = pre_tf32<PRE>(rr[u] * p);
+            S_.tv[u * LDV + j] = pre_tf32<PRE>(vv[u]);
         }
         S_.pL[j] = p;
     } else {
         float kr[L], br[L];
-        prep_recip(raw, 1, 4, wr, n, j, kr, br, tk, tb); /* the forward's stage: r k v a b */
+        prep_recip<F, PRE, FULL>(raw, 1, 4, wr, n, j, kr, br, tk, tb); /* the forward's stage: r k v a b */
         float kt[L], bt[L], sfx = 1.f;
 #pragma unroll
         for (int u = L - 1; u >= 0; u--) {
-            kt[u] = kr[u] * sfx;
-            bt[u] = br[u] * sfx;
+            kt[u] = pre_tf32<PRE>(kr[u] * sfx);
+            bt[u] = pre_tf32<PRE>(br[u] * sfx);
             sfx *= wr[u];
         }
         static_assert(L % 4 == 0 && LDT % 4 == 0, "K'^T rows are stored as float4");
@@ -809,6 +900,9 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
     /* SPLIT 16: bf16 operands in the state warps, one tf32 product for the
      * Gram matrices (off the serial chain, and well inside bf16's class) */
     constexpr int GS = SPLIT == 16 ? 1 : SPLIT;
+    /* the one-product class: every tile rounded to tf32 where it is written
+     * (not TCWSB's, whose state warps round the fp32 tiles to bf16) */
+    constexpr bool PRE = SPLIT == 1;
     if (tid >= NTH) { /* ---- producers ---- */
         const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, k, v, a, b};
@@ -842,12 +936,16 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
             else
                 cp_async_wait_1(); /* G(c) landed; G(c + 1) may be in flight */
             bar_sync(5, NTH); /* chunk c's raw inputs landed for every producer; scratch free */
-            fwd_prep<F>(sm.raw[s], S_, sm.tk, sm.tb, n, ptid);
+            if (n == L)
+                fwd_prep<F, PRE, true>(sm.raw[s], S_, sm.tk, sm.tb, n, ptid);
+            else
+                fwd_prep<F, PRE, false>(sm.raw[s], S_, sm.tk, sm.tb, n, ptid);
             bar_sync(5, NTH); /* tiles ready, raw[s] consumed */
-            gram<GS>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? sm.tk : sm.tb,
-                        pw == 0 ? sm.gAB : pw == 1 ? S_.gAK : pw == 2 ? S_.gQB : S_.gQK, pw >= 2, false, g, t4);
+            gram<GS, PRE>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? sm.tk : sm.tb,
+                          pw == 0 ? sm.gAB : pw == 1 ? S_.gAK : pw == 2 ? S_.gQB : S_.gQK, pw >= 2, false, g, t4,
+                          PRE && pw != 0); /* AB stays fp32: the inversion reads it */
             __syncwarp();
-            if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gT, false, lane); /* AB is warp 0's own */
+            if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gT, false, lane, PRE); /* AB is warp 0's own */
             __syncwarp();
             bar_release(1 + s, 2 * NTH); /* stage s is full */
             if (tma) {
@@ -943,8 +1041,8 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                     const FragA As = frag_a_acc<SPLIT>(S[ks]);
     #pragma unroll
                     for (int nt = 0; nt < 2; nt++) {
-                        mma2<SPLIT>(XT[nt], XC[nt], As, frag_b<SPLIT>(S_.ta + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
-                        mma2<SPLIT>(YT[nt], YC[nt], As, frag_b<SPLIT>(S_.tq + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                        mma2<SPLIT>(XT[nt], XC[nt], As, frag_bp<SPLIT, PRE>(S_.ta + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                        mma2<SPLIT>(YT[nt], YC[nt], As, frag_bp<SPLIT, PRE>(S_.tq + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
                     }
                 }
     #pragma unroll
@@ -956,22 +1054,22 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
     #pragma unroll
             for (int ks = 0; ks < 2; ks++) {
                 const float *v0 = S_.tv + (8 * ks + 2 * t4) * LDV + i0 + g;
-                Av[ks] = frag_a<SPLIT>(v0[0], v0[8], v0[LDV], v0[LDV + 8]);
+                Av[ks] = frag_ap<SPLIT, PRE>(v0[0], v0[8], v0[LDV], v0[LDV + 8]);
     #pragma unroll
                 for (int nt = 0; nt < 2; nt++) {
-                    mma<SPLIT>(XT[nt], Av[ks], frag_b<SPLIT>(S_.gAK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-                    mma<SPLIT>(YT[nt], Av[ks], frag_b<SPLIT>(S_.gQK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                    mma<SPLIT>(XT[nt], Av[ks], frag_bp<SPLIT, PRE>(S_.gAK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                    mma<SPLIT>(YT[nt], Av[ks], frag_bp<SPLIT, PRE>(S_.gQK + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
                 }
             }
             float UT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-            mma_acc16<SPLIT>(UT, XT, S_.gT, g, t4);
+            mma_acc16<SPLIT, PRE>(UT, XT, S_.gT, g, t4);
             FragA Au[2];
     #pragma unroll
             for (int ks = 0; ks < 2; ks++) {
                 Au[ks] = frag_a_acc<SPLIT>(UT[ks]);
     #pragma unroll
                 for (int nt = 0; nt < 2; nt++)
-                    mma<SPLIT>(YT[nt], Au[ks], frag_b<SPLIT>(S_.gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                    mma<SPLIT>(YT[nt], Au[ks], frag_bp<SPLIT, PRE>(S_.gQB + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
             }
             store_sa_y<F>(UT, YT, sa_out, y, base, HN, n, i0, g, t4);
     #pragma unroll
@@ -980,8 +1078,8 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
                 S[nt][0] *= p2.x; S[nt][1] *= p2.y; S[nt][2] *= p2.x; S[nt][3] *= p2.y;
     #pragma unroll
                 for (int ks = 0; ks < 2; ks++) {
-                    mma<SPLIT>(S[nt], Av[ks], frag_b<SPLIT>(S_.tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
-                    mma<SPLIT>(S[nt], Au[ks], frag_b<SPLIT>(S_.tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                    mma<SPLIT>(S[nt], Av[ks], frag_bp<SPLIT, PRE>(S_.tKt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                    mma<SPLIT>(S[nt], Au[ks], frag_bp<SPLIT, PRE>(S_.tBt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
                 }
                 if (keep) store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
             }
@@ -1199,19 +1297,30 @@ struct BwdSmem {
  * as fwd_prep is: key thread j < 64 the prefix side (A~ and Q~, both also
  * transposed, pL) and dy's column j; thread 64 + j the reciprocal side (B^,
  * K^) and the suffix side (B', K'). Bit for bit the tiles of one thread
- * doing everything. */
-template <typename F>
+ * doing everything. PRE and FULL as in fwd_prep; pass 1 takes FULL only
+ * under WKV7_PASS1_FULL_PREP (below). */
+#ifndef WKV7_PASS1_FULL_PREP
+/* 1: pass 1's prep without selects on full chunks, as the forward's. It
+ * leaves the 128-register pass 1 (bf16) with an 88-byte spill; measured on
+ * an H100 (docs/performance.md 1.10, 09:12 UTC call), against the default:
+ * the backward 7% faster at (8, 1024, 12) and (8, 1024, 16) (0.340-0.339
+ * against 0.370-0.368 ms, 0.388-0.390 against 0.418), the same at
+ * (8, 4096, 64) within that call's noise (5.13-5.19 against 5.06-5.16 ms);
+ * not the default until a longer A/B decides. Same bits either way. */
+#define WKV7_PASS1_FULL_PREP 0
+#endif
+template <typename F, bool PRE, bool FULL>
 __device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, float *ta, float *tq, float *tb,
                                          float *tk, int n, int ptid)
 {
     const int j = ptid & (N - 1);
     float wr[L];
-    prep_w(raw, n, j, wr);
+    prep_w<F, FULL>(raw, n, j, wr);
     if (ptid < N) {
         float rr[L], aa[L], dd[L];
 #pragma unroll
         for (int u = 0; u < L; u++) {
-            const bool ok = u < n;
+            const bool ok = FULL || u < n;
             rr[u] = ok ? to_f(raw.x[0][u * N + j]) : 0.f;
             aa[u] = ok ? to_f(raw.x[1][u * N + j]) : 0.f;
             dd[u] = ok ? to_f(raw.x[3][u * N + j]) : 0.f;
@@ -1219,12 +1328,12 @@ __device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, flo
         float at[L], qt[L], p = 1.f;
 #pragma unroll
         for (int u = 0; u < L; u++) {
-            at[u] = aa[u] * p;
+            at[u] = pre_tf32<PRE>(aa[u] * p);
             ta[u * LDK + j] = at[u];
             p *= wr[u];
-            qt[u] = rr[u] * p;
+            qt[u] = pre_tf32<PRE>(rr[u] * p);
             tq[u * LDK + j] = qt[u];
-            S_.tdy[u * LDV + j] = dd[u];
+            S_.tdy[u * LDV + j] = pre_tf32<PRE>(dd[u]);
         }
         S_.pL[j] = p;
         static_assert(L % 4 == 0 && LDT % 4 == 0, "A~^T rows are stored as float4");
@@ -1235,12 +1344,12 @@ __device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, flo
         }
     } else {
         float kr[L], br[L];
-        prep_recip(raw, 4, 2, wr, n, j, kr, br, tk, tb); /* pass 1's stage: r a b dy k */
+        prep_recip<F, PRE, FULL>(raw, 4, 2, wr, n, j, kr, br, tk, tb); /* pass 1's stage: r a b dy k */
         float sfx = 1.f;
 #pragma unroll
         for (int u = L - 1; u >= 0; u--) {
-            S_.tBp[u * LDK + j] = br[u] * sfx;
-            S_.tKp[u * LDK + j] = kr[u] * sfx;
+            S_.tBp[u * LDK + j] = pre_tf32<PRE>(br[u] * sfx);
+            S_.tKp[u * LDK + j] = pre_tf32<PRE>(kr[u] * sfx);
             sfx *= wr[u];
         }
     }
@@ -1261,6 +1370,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
     const size_t HN = (size_t)H * N;
     const size_t head0 = (((size_t)bb * T) * H + h) * N;
     const int nseg = (nck + seg - 1) / seg;
+    constexpr bool PRE = SPLIT == 1; /* tiles rounded to tf32 where written, as in the forward */
 
     if (tid >= NTH) { /* ---- producers ---- */
         const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
@@ -1292,14 +1402,17 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
             else
                 cp_async_wait_1();
             bar_sync(5, NTH);
-            bwd_prep<F>(sm.raw[s], S_, sm.ta, sm.tq, sm.tb, sm.tk, n, ptid);
+            if (WKV7_PASS1_FULL_PREP && n == L)
+                bwd_prep<F, PRE, true>(sm.raw[s], S_, sm.ta, sm.tq, sm.tb, sm.tk, n, ptid);
+            else
+                bwd_prep<F, PRE, false>(sm.raw[s], S_, sm.ta, sm.tq, sm.tb, sm.tk, n, ptid);
             bar_sync(5, NTH); /* tiles ready, raw[s] consumed */
-            if (pw == 0) gram<SPLIT>(sm.ta, sm.tb, sm.gAB, false, false, g, t4);
-            else if (pw == 1) gram<SPLIT>(sm.tq, sm.tb, S_.gQBt, true, true, g, t4);
-            else if (pw == 2) gram<SPLIT>(sm.ta, sm.tk, S_.gAKt, false, true, g, t4);
-            else gram<SPLIT>(sm.tq, sm.tk, S_.gQKt, true, true, g, t4);
+            if (pw == 0) gram<SPLIT, PRE>(sm.ta, sm.tb, sm.gAB, false, false, g, t4); /* fp32: the inversion reads it */
+            else if (pw == 1) gram<SPLIT, PRE>(sm.tq, sm.tb, S_.gQBt, true, true, g, t4, PRE);
+            else if (pw == 2) gram<SPLIT, PRE>(sm.ta, sm.tk, S_.gAKt, false, true, g, t4, PRE);
+            else gram<SPLIT, PRE>(sm.tq, sm.tk, S_.gQKt, true, true, g, t4, PRE);
             __syncwarp();
-            if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gTt, true, lane);
+            if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gTt, true, lane, PRE);
             __syncwarp();
             bar_release(1 + s, 2 * NTH);
             if (tma) {
@@ -1340,20 +1453,20 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
             const FragA Ad = frag_a_acc<SPLIT>(D[ks]);
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
-                mma<SPLIT>(RT[nt], Ad, frag_b<SPLIT>(S_.tBp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                mma<SPLIT>(RT[nt], Ad, frag_bp<SPLIT, PRE>(S_.tBp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
         }
         FragA Ay[2];
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) {
             const float *d0 = S_.tdy + (8 * ks + 2 * t4) * LDV + i0 + g;
-            Ay[ks] = frag_a<SPLIT>(d0[0], d0[8], d0[LDV], d0[LDV + 8]);
+            Ay[ks] = frag_ap<SPLIT, PRE>(d0[0], d0[8], d0[LDV], d0[LDV + 8]);
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
-                mma<SPLIT>(RT[nt], Ay[ks], frag_b<SPLIT>(S_.gQBt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                mma<SPLIT>(RT[nt], Ay[ks], frag_bp<SPLIT, PRE>(S_.gQBt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
         }
         /* Z^T = R^T T */
         float ZT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-        mma_acc16<SPLIT>(ZT, RT, S_.gTt, g, t4);
+        mma_acc16<SPLIT, PRE>(ZT, RT, S_.gTt, g, t4);
         FragA Az[2];
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) Az[ks] = frag_a_acc<SPLIT>(ZT[ks]);
@@ -1364,15 +1477,15 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
             for (int ks = 0; ks < 2; ks++)
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++) {
-                    mma<SPLIT>(VT[nt], Az[ks], frag_b<SPLIT>(S_.gAKt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
-                    mma<SPLIT>(VT[nt], Ay[ks], frag_b<SPLIT>(S_.gQKt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                    mma<SPLIT>(VT[nt], Az[ks], frag_bp<SPLIT, PRE>(S_.gAKt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
+                    mma<SPLIT>(VT[nt], Ay[ks], frag_bp<SPLIT, PRE>(S_.gQKt + (8 * nt + g) * LDG + 8 * ks + 2 * t4));
                 }
 #pragma unroll
             for (int ks = 0; ks < N / 8; ks++) {
                 const FragA Ad = frag_a_acc<SPLIT>(D[ks]);
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++)
-                    mma<SPLIT>(VT[nt], Ad, frag_b<SPLIT>(S_.tKp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
+                    mma<SPLIT>(VT[nt], Ad, frag_bp<SPLIT, PRE>(S_.tKp + (8 * nt + g) * LDK + 8 * ks + 2 * t4));
             }
             store_sa_y<F>(ZT, VT, dsa_out, dv, base, HN, n, i0, g, t4);
         }
@@ -1383,8 +1496,8 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
             D[nt][0] *= p2.x; D[nt][1] *= p2.y; D[nt][2] *= p2.x; D[nt][3] *= p2.y;
 #pragma unroll
             for (int ks = 0; ks < 2; ks++) {
-                mma<SPLIT>(D[nt], Ay[ks], frag_b<SPLIT>(S_.tQt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
-                mma<SPLIT>(D[nt], Az[ks], frag_b<SPLIT>(S_.tAt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                mma<SPLIT>(D[nt], Ay[ks], frag_bp<SPLIT, PRE>(S_.tQt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
+                mma<SPLIT>(D[nt], Az[ks], frag_bp<SPLIT, PRE>(S_.tAt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
             }
         }
         if (it + 2 < nck) bar_release(3 + s, 2 * NTH);
@@ -1698,12 +1811,6 @@ struct CpSmallSmem {
 static_assert(3 * (sizeof(CpSmallSmem) + 1024) <= 233472, "pass 2 must keep three CTAs per SM");
 static_assert(8 * L * CLG + 4 * N * 3 + 3 * L * CLB <= CSD, "pass 2's reused region is too small");
 
-__device__ __forceinline__ float round_tf32(float x)
-{
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return __uint_as_float(r);
-}
 __device__ __forceinline__ float4 round_tf32(float4 x)
 {
     return make_float4(round_tf32(x.x), round_tf32(x.y), round_tf32(x.z), round_tf32(x.w));
