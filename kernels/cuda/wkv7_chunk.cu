@@ -1298,17 +1298,7 @@ struct BwdSmem {
  * transposed, pL) and dy's column j; thread 64 + j the reciprocal side (B^,
  * K^) and the suffix side (B', K'). Bit for bit the tiles of one thread
  * doing everything. PRE and FULL as in fwd_prep; pass 1 takes FULL only
- * under WKV7_PASS1_FULL_PREP (below). */
-#ifndef WKV7_PASS1_FULL_PREP
-/* 1: pass 1's prep without selects on full chunks, as the forward's. It
- * leaves the 128-register pass 1 (bf16) with an 88-byte spill; measured on
- * an H100 (docs/performance.md 1.10, 09:12 UTC call), against the default:
- * the backward 7% faster at (8, 1024, 12) and (8, 1024, 16) (0.340-0.339
- * against 0.370-0.368 ms, 0.388-0.390 against 0.418), the same at
- * (8, 4096, 64) within that call's noise (5.13-5.19 against 5.06-5.16 ms);
- * not the default until a longer A/B decides. Same bits either way. */
-#define WKV7_PASS1_FULL_PREP 0
-#endif
+ * when it runs one CTA per SM (ONE, below). */
 template <typename F, bool PRE, bool FULL>
 __device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, float *ta, float *tq, float *tb,
                                          float *tk, int n, int ptid)
@@ -1355,9 +1345,15 @@ __device__ __forceinline__ void bwd_prep(const Raw<F, 5> &raw, BwdStage &S_, flo
     }
 }
 
-/* Threads 0..127 hold D (4 warps), 128..255 are the producers. */
-template <typename F, int SPLIT>
-__global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
+/* Threads 0..127 hold D (4 warps), 128..255 are the producers. ONE: the
+ * grid has no more CTAs than the GPU has SMs (the engine's 96-128 heads), so
+ * the kernel may take a whole SM's registers, and the prep of full chunks
+ * drops its selects (bwd_prep's FULL). Under the two-CTA bound that prep
+ * spills (88 bytes at 128 registers, bf16) and measured no faster at 256 and
+ * 512 heads (docs/performance.md 1.10); at 96-128 heads it made the backward
+ * 7-8% faster even with the spill (1.10, section 0). Same bits either way. */
+template <typename F, int SPLIT, bool ONE = false>
+__global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_bwd_tcws_dstate_kernel(
     int T, int H, int nck, int seg,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ a,
     const F *__restrict__ b, const F *__restrict__ dy, const F *__restrict__ k,
@@ -1402,7 +1398,7 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_bwd_tcws_dstate_kernel(
             else
                 cp_async_wait_1();
             bar_sync(5, NTH);
-            if (WKV7_PASS1_FULL_PREP && n == L)
+            if (ONE && n == L)
                 bwd_prep<F, PRE, true>(sm.raw[s], S_, sm.ta, sm.tq, sm.tb, sm.tk, n, ptid);
             else
                 bwd_prep<F, PRE, false>(sm.raw[s], S_, sm.ta, sm.tq, sm.tb, sm.tk, n, ptid);
@@ -2514,13 +2510,23 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
         memset(&maps, 0, sizeof maps);
         const F *const x[5] = {r, a, b, dy, k}; /* pass 1's stage order */
         const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
-        e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  smem1);
-        if (e1 == cudaSuccess) {
-            wkv7_bwd_tcws_dstate_kernel<F, OP><<<dim3(H, B), 2 * NTH, smem1, stream>>>(
-                T, H, nck, seg, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
-            e1 = cudaGetLastError();
+        int dev = 0, sms = 0;
+        ST_CUDA_CHECK(cudaGetDevice(&dev));
+        ST_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        if ((long)B * H <= sms) { /* one CTA per SM: ONE above */
+            e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, OP, true>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem1);
+            if (e1 == cudaSuccess)
+                wkv7_bwd_tcws_dstate_kernel<F, OP, true><<<dim3(H, B), 2 * NTH, smem1, stream>>>(
+                    T, H, nck, seg, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
+        } else {
+            e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      smem1);
+            if (e1 == cudaSuccess)
+                wkv7_bwd_tcws_dstate_kernel<F, OP><<<dim3(H, B), 2 * NTH, smem1, stream>>>(
+                    T, H, nck, seg, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
         }
+        if (e1 == cudaSuccess) e1 = cudaGetLastError();
     } else {
         const int smem1 = (int)(2 * sizeof(Raw<F, 5>) + (2 * L * LDK + 2 * L * LDG) * sizeof(float));
         e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
