@@ -255,6 +255,10 @@ struct engine_cuda {
      * timed on first use, chosen once per process and device (lt_cache); the
      * plan is cached per shape in lt_plan */
     int gemm_batch, gemm_lt;
+    /* wav: gemm_batch on and the w and a LoRAs of one width, so that
+     * lora_wav_fwd/bwd run them (with the gate's beside them); else each
+     * LoRA alone through lora_fwd/bwd */
+    int wav;
     /* vbatch: gemm_batch on, w and a LoRAs of one width D and v's no wider:
      * v's LoRA weights are stored zero-padded to D beside w's and
      * a's, so that its products join theirs as 3-batch and 2-batch ones
@@ -1583,7 +1587,7 @@ int layer_fwd(engine_cuda_t *e, int l, int B, int Tn, float *final_state, bool d
         PROF(PC_GEMM_RKV, products_calls(e, 3, xs, ws, outs3), RUN(linear_fwd_n<T>(e, 3, R, C, C, xs, ws, outs3, err)));
     }
     const bool vwa = e->vbatch && l > 0; /* layer 0 has no v LoRA */
-    const bool wav = vwa || (e->gemm_batch && c->d_decay == c->d_aaa); /* the gate's LoRA in there */
+    const bool wav = e->wav != 0; /* the gate's LoRA in there */
     const gate_lora_t gl = {c->d_gate, lerp[5], A.ghid, A.g, NULL, NULL, NULL};
     if (vwa) {
         const size_t hb = Rp * c->d_decay; /* the [v | w | a] blocks */
@@ -1742,7 +1746,7 @@ int layer_bwd(engine_cuda_t *e, int l, int B, int Tn, char *err)
      * share to lerp 3; otherwise each runs as soon as its gradient exists
      * (value's then adds to the LoRA's share) */
     const bool rkv_late = e->gemm_batch != 0;
-    const bool wav = e->vbatch || (e->gemm_batch && c->d_decay == c->d_aaa); /* the gate's LoRA in there */
+    const bool wav = e->wav != 0; /* the gate's LoRA in there */
     const gate_lora_t gl = {c->d_gate, NULL, A.ghid, NULL, e->dg, e->dghid, dl[5]};
     if (!wav)
         RUN(lora_bwd<T>(e, R, C, c->d_gate, p->g1, p->g2, st::ACT_SIGMOID, A.ghid, e->dg, e->hid, dl[5], 0.f, err));
@@ -1764,7 +1768,7 @@ if (!rkv_late) PROF(PC_GEMM_RKV, 1, RUN(linear_bwd<T>(e, R, C, C, dr, p->recepta
     if (e->vbatch) {
         RUN(vmix_bwd());
         RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, true, A.whid, dl[1], dl[4], gl, err));
-    } else if (e->gemm_batch && c->d_decay == c->d_aaa) {
+    } else if (wav) {
         RUN(lora_wav_bwd<T>(e, R, C, c->d_decay, p, false, A.whid, dl[1], dl[4], gl, err));
     } else {
         RUN(lora_bwd<T>(e, R, C, c->d_decay, p->w1, p->w2, st::ACT_TANH, A.whid, e->dwl, e->hid, dl[1], 0.f, err));
@@ -2074,7 +2078,8 @@ int setup(engine_cuda_t *e, const engine_opts_t *opts, int mode, char *err)
     const char *gb = getenv("STATETUNE_GEMM_BATCH"), *gl = getenv("STATETUNE_GEMM_LT");
     if (gb && (gb[0] == '0' || gb[0] == '1') && !gb[1]) e->gemm_batch = gb[0] - '0';
     if (gl && gl[0] >= '0' && gl[0] <= '2' && !gl[1]) e->gemm_lt = gl[0] - '0';
-    e->vbatch = e->gemm_batch && c->d_decay == c->d_aaa && c->d_mv > 0 && c->d_mv <= c->d_decay;
+    e->wav = e->gemm_batch && c->d_decay == c->d_aaa;
+    e->vbatch = e->wav && c->d_mv > 0 && c->d_mv <= c->d_decay;
     e->vwidth = e->vbatch ? c->d_decay : c->d_mv;
     const char *bl = getenv("STATETUNE_BF16_LOGITS");
     e->bf16_logits = e->bf16 && (bl && (bl[0] == '0' || bl[0] == '1') && !bl[1] ? bl[0] == '1' : BF16_LOGITS_DEFAULT);

@@ -2513,20 +2513,15 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
         int dev = 0, sms = 0;
         ST_CUDA_CHECK(cudaGetDevice(&dev));
         ST_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        if ((long)B * H <= sms) { /* one CTA per SM: ONE above */
-            e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, OP, true>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem1);
-            if (e1 == cudaSuccess)
-                wkv7_bwd_tcws_dstate_kernel<F, OP, true><<<dim3(H, B), 2 * NTH, smem1, stream>>>(
-                    T, H, nck, seg, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
-        } else {
-            e1 = cudaFuncSetAttribute(wkv7_bwd_tcws_dstate_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      smem1);
-            if (e1 == cudaSuccess)
-                wkv7_bwd_tcws_dstate_kernel<F, OP><<<dim3(H, B), 2 * NTH, smem1, stream>>>(
-                    T, H, nck, seg, r, w, a, b, dy, k, dstore, ds0, dsa, dv, maps, use_tma);
+        /* one CTA per SM: ONE above */
+        const auto pass1 = (long)B * H <= sms ? wkv7_bwd_tcws_dstate_kernel<F, OP, true>
+                                              : wkv7_bwd_tcws_dstate_kernel<F, OP, false>;
+        e1 = cudaFuncSetAttribute(pass1, cudaFuncAttributeMaxDynamicSharedMemorySize, smem1);
+        if (e1 == cudaSuccess) {
+            pass1<<<dim3(H, B), 2 * NTH, smem1, stream>>>(T, H, nck, seg, r, w, a, b, dy, k, dstore, ds0, dsa, dv,
+                                                          maps, use_tma);
+            e1 = cudaGetLastError();
         }
-        if (e1 == cudaSuccess) e1 = cudaGetLastError();
     } else {
         const int smem1 = (int)(2 * sizeof(Raw<F, 5>) + (2 * L * LDK + 2 * L * LDG) * sizeof(float));
         e1 = cudaFuncSetAttribute(wkv7_bwd_tc_dstate_kernel<F, OP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
