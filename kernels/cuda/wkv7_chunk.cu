@@ -881,9 +881,17 @@ __device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, flo
     }
 }
 
-/* Threads 0..127 are the 4 state warps, 128..255 the 4 producer warps. */
-template <typename F, int SPLIT>
-__global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
+/* Threads 0..127 are the 4 state warps, 128..255 the 4 producer warps.
+ * ONE: the grid has no more CTAs than the GPU has SMs (the engine's 96-128
+ * heads), one CTA per SM. There a chunk's period is producer warp 0's chain
+ * (clock64 trace at (8, 1024, 16), docs/performance.md 1.11: prep 1,240
+ * cycles, Gram product 660, the inversion of I - AB 710 and the six TMA
+ * copies of chunk c + 2 900, of 4,550 cycles; the other producers waited
+ * for it at the next chunk's barrier, the state warps half the chunk), so
+ * lane 0 of warp 1, which waits there anyway, issues the copies: the
+ * forward 8-11% faster. With two CTAs per SM that measured no faster. */
+template <typename F, int SPLIT, bool ONE>
+__global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_fwd_tcws_kernel(
     int T, int H, int nck,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
@@ -949,7 +957,8 @@ __global__ void __launch_bounds__(2 * NTH, 2) wkv7_fwd_tcws_kernel(
             __syncwarp();
             bar_release(1 + s, 2 * NTH); /* stage s is full */
             if (tma) {
-                if (ptid == 0 && c + 2 < nck) stage_tma(&sm.raw[s], maps, h, bb * T + t0 + 2 * L, &sm.mbar[s]);
+                if (ptid == (ONE ? 32 : 0) && c + 2 < nck)
+                    stage_tma(&sm.raw[s], maps, h, bb * T + t0 + 2 * L, &sm.mbar[s]);
             } else {
                 if (c + 2 < nck)
                     stage_issue<F, 5>(&sm.raw[s], srcs, w, head0 + (size_t)(t0 + 2 * L) * HN, HN,
@@ -2427,6 +2436,30 @@ static int tma_maps(TmaMaps *m, int B, int T, int H, const F *const x[5], const 
 }
 
 
+/* The GPU's SM count: the warp-specialized kernels run one CTA per SM (and
+ * take what that leaves them) when the grid has no more CTAs than SMs. */
+int sm_count(int *sms, char *err)
+{
+    int dev = 0;
+    ST_CUDA_CHECK(cudaGetDevice(&dev));
+    ST_CUDA_CHECK(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev));
+    return ST_OK;
+}
+
+/* The warp-specialized forward, one CTA per SM (ONE) or two. */
+template <typename F, int SPLIT>
+int launch_fwd_tcws(bool one, int smem, cudaStream_t stream, int B, int T, int H, int nck, const F *r,
+                    const float *w, const F *k, const F *v, const F *a, const F *b, const float *s0, F *y,
+                    float *s_final, float *ckpt, float *sa, const TmaMaps &maps, int use_tma, int pair, char *err)
+{
+    const auto kern = one ? wkv7_fwd_tcws_kernel<F, SPLIT, true> : wkv7_fwd_tcws_kernel<F, SPLIT, false>;
+    ST_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    kern<<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa, maps, use_tma,
+                                                pair);
+    ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
+    return ST_OK;
+}
+
 template <typename F>
 int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
             const F *b, const float *s0, F *y, float *s_final, float *ckpt, int ckpt_every, float *sa,
@@ -2449,24 +2482,18 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
         const F *const x[5] = {r, k, v, a, b}; /* the forward's stage order */
         const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
         const int smem = (int)sizeof(FwdSmem<F>);
-        if (algo == WKV7_FWD_TCWS) {
-            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 3>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            wkv7_fwd_tcws_kernel<F, 3><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                              s_final, ckpt, sa, maps, use_tma, pair);
-        } else if (algo == WKV7_FWD_TCWS1) {
-            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 1>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            wkv7_fwd_tcws_kernel<F, 1><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                              s_final, ckpt, sa, maps, use_tma, pair);
-        } else {
-            ST_CUDA_CHECK(cudaFuncSetAttribute(wkv7_fwd_tcws_kernel<F, 16>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            wkv7_fwd_tcws_kernel<F, 16><<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y,
-                                                                               s_final, ckpt, sa, maps, use_tma, pair);
-        }
-        ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
-        return ST_OK;
+        int sms = 0;
+        const int rc = sm_count(&sms, err);
+        if (rc != ST_OK) return rc;
+        const bool one = (long)B * H <= sms; /* one CTA per SM: ONE above */
+        if (algo == WKV7_FWD_TCWS)
+            return launch_fwd_tcws<F, 3>(one, smem, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
+                                         maps, use_tma, pair, err);
+        if (algo == WKV7_FWD_TCWS1)
+            return launch_fwd_tcws<F, 1>(one, smem, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
+                                         maps, use_tma, pair, err);
+        return launch_fwd_tcws<F, 16>(one, smem, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
+                                      maps, use_tma, pair, err);
     }
     if (algo != WKV7_FWD_TC)
         return st_fail(err, ST_EINVAL, "wkv7 tensor-core forward: unknown algorithm %d", algo);
@@ -2510,9 +2537,9 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
         memset(&maps, 0, sizeof maps);
         const F *const x[5] = {r, a, b, dy, k}; /* pass 1's stage order */
         const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
-        int dev = 0, sms = 0;
-        ST_CUDA_CHECK(cudaGetDevice(&dev));
-        ST_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        int sms = 0;
+        const int rc = sm_count(&sms, err);
+        if (rc != ST_OK) return rc;
         /* one CTA per SM: ONE above */
         const auto pass1 = (long)B * H <= sms ? wkv7_bwd_tcws_dstate_kernel<F, OP, true>
                                               : wkv7_bwd_tcws_dstate_kernel<F, OP, false>;
