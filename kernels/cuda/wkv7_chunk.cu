@@ -374,7 +374,12 @@ __device__ __forceinline__ void bar_sync(int id, int count)
     case 2: bar_sync_id<2>(count); break;
     case 3: bar_sync_id<3>(count); break;
     case 4: bar_sync_id<4>(count); break;
-    default: bar_sync_id<5>(count); break;
+    case 5: bar_sync_id<5>(count); break;
+    case 6: bar_sync_id<6>(count); break;
+    case 7: bar_sync_id<7>(count); break;
+    case 8: bar_sync_id<8>(count); break;
+    case 9: bar_sync_id<9>(count); break;
+    default: bar_sync_id<10>(count); break;
     }
 }
 __device__ __forceinline__ void bar_arrive(int id, int count)
@@ -383,7 +388,11 @@ __device__ __forceinline__ void bar_arrive(int id, int count)
     case 1: bar_arrive_id<1>(count); break;
     case 2: bar_arrive_id<2>(count); break;
     case 3: bar_arrive_id<3>(count); break;
-    default: bar_arrive_id<4>(count); break;
+    case 4: bar_arrive_id<4>(count); break;
+    case 5: bar_arrive_id<5>(count); break;
+    case 6: bar_arrive_id<6>(count); break;
+    case 7: bar_arrive_id<7>(count); break;
+    default: bar_arrive_id<8>(count); break;
     }
 }
 /* A hand-off: this thread's shared-memory accesses so far are performed
@@ -751,12 +760,25 @@ struct FwdStage {
     float gAK[L * LDG], gQK[L * LDG], gQB[L * LDG], gT[L * LDG];
     float pL[N];
 };
-template <typename F>
+struct FwdScratch {
+    float tb[L * LDK], tk[L * LDK], gAB[L * LDG];
+};
+/* NST stages, NPG producer groups (the forward's Ws below) */
+template <typename F, int NST, int NPG>
 struct FwdSmem {
-    FwdStage st[2];
-    float tb[L * LDK], tk[L * LDK], gAB[L * LDG]; /* producer scratch */
-    Raw<F, 5> raw[2]; /* chunk c's raw inputs in raw[c & 1], loaded two chunks ahead */
-    uint64_t mbar[2]; /* raw[i] landed (TMA staging) */
+    FwdStage st[NST];
+    FwdScratch scr[NPG]; /* each producer group's own */
+    Raw<F, 5> raw[NST]; /* chunk c's raw inputs in raw[c % NST], loaded NST chunks ahead */
+    uint64_t mbar[NST]; /* raw[i] landed (TMA staging) */
+};
+/* The forward's shape: ONE (one CTA per SM) runs two producer groups of 4
+ * warps over 4 stages, group g preparing chunks c = g mod 2; else one group
+ * over 2 stages. fp32 inputs: one group (4 stages of their raw inputs are
+ * past the 227 KB a CTA may have). */
+template <typename F, bool ONE> struct FwdWs {
+    static constexpr int NPG = ONE && sizeof(F) == 2 ? 2 : 1, NST = 2 * NPG, THREADS = (1 + NPG) * NTH;
+    /* named barrier ids: stage st full, stage st free, a group's own */
+    static constexpr int FULL0 = 1, FREE0 = 1 + NST, GRP0 = 1 + 2 * NST;
 };
 
 /* Key j's w over the chunk (1 past T: rows there are garbage), for both
@@ -881,17 +903,19 @@ __device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, flo
     }
 }
 
-/* Threads 0..127 are the 4 state warps, 128..255 the 4 producer warps.
- * ONE: the grid has no more CTAs than the GPU has SMs (the engine's 96-128
- * heads), one CTA per SM. There a chunk's period is producer warp 0's chain
- * (clock64 trace at (8, 1024, 16), docs/performance.md 1.11: prep 1,240
- * cycles, Gram product 660, the inversion of I - AB 710 and the six TMA
- * copies of chunk c + 2 900, of 4,550 cycles; the other producers waited
- * for it at the next chunk's barrier, the state warps half the chunk), so
- * lane 0 of warp 1, which waits there anyway, issues the copies: the
- * forward 8-11% faster. With two CTAs per SM that measured no faster. */
+/* Threads 0..127 are the 4 state warps, then one or two groups of 4
+ * producer warps (FwdWs). ONE: the grid has no more CTAs than the GPU has
+ * SMs (the engine's 96-128 heads), one CTA per SM. There a chunk's period
+ * was producer warp 0's chain (clock64 trace at (8, 1024, 16),
+ * docs/performance.md 1.11: prep 1,240 cycles, Gram product 660, the
+ * inversion of I - AB 710 and the six TMA copies of chunk c + 2 900, of
+ * 4,550 cycles; the other producers waited for it at the next chunk's
+ * barrier, the state warps half the chunk). A chunk's preparation does not
+ * depend on the one before, so two groups prepare alternate chunks into 4
+ * stages, and lane 0 of a group's warp 1 issues its copies. With two CTAs
+ * per SM (128 registers, 104 KB) one group over 2 stages. */
 template <typename F, int SPLIT, bool ONE>
-__global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_fwd_tcws_kernel(
+__global__ void __launch_bounds__(FwdWs<F, ONE>::THREADS, ONE ? 1 : 2) wkv7_fwd_tcws_kernel(
     int T, int H, int nck,
     const F *__restrict__ r, const float *__restrict__ w, const F *__restrict__ k,
     const F *__restrict__ v, const F *__restrict__ a, const F *__restrict__ b,
@@ -900,10 +924,18 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_fwd_tcws_kernel(
     int pair)
 {
     extern __shared__ __align__(128) unsigned char dyn_smem[];
-    FwdSmem<F> &sm = *reinterpret_cast<FwdSmem<F> *>(dyn_smem);
+    using Ws = FwdWs<F, ONE>;
+    constexpr int NST = Ws::NST, NPG = Ws::NPG;
+    FwdSmem<F, NST, NPG> &sm = *reinterpret_cast<FwdSmem<F, NST, NPG> *>(dyn_smem);
     const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
     const size_t HN = (size_t)H * N;
     const size_t head0 = (((size_t)bb * T) * H + h) * N;
+    const bool tma = use_tma && (smem_u32(sm.raw) & 127) == 0; /* the copies' destination alignment */
+    if (tma && tid == NTH) {
+        for (int i = 0; i < NST; i++) mbar_init(&sm.mbar[i], 1);
+        mbar_fence_init();
+    }
+    __syncthreads(); /* the mbarriers are initialised before anyone waits on them */
 
     /* SPLIT 16: bf16 operands in the state warps, one tf32 product for the
      * Gram matrices (off the serial chain, and well inside bf16's class) */
@@ -912,59 +944,51 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_fwd_tcws_kernel(
      * (not TCWSB's, whose state warps round the fp32 tiles to bf16) */
     constexpr bool PRE = SPLIT == 1;
     if (tid >= NTH) { /* ---- producers ---- */
-        const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
+        const int grp = NPG > 1 ? (tid - NTH) / NTH : 0, ptid = NPG > 1 ? (tid - NTH) % NTH : tid - NTH;
+        const int pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
         const F *const srcs[5] = {r, k, v, a, b};
-        /* raw inputs two chunks ahead (groups G0, G1 here, G(c + 2) after
-         * chunk c): issuing them while the stage's tile stores were still
-         * draining stalled the issuing warps for thousands of cycles, so
-         * chunk c + 2's loads go out after chunk c's hand-off and have a
-         * whole chunk to land */
-        const bool tma = use_tma && (smem_u32(sm.raw) & 127) == 0; /* the copies' destination alignment */
-        if (tma) {
-            if (ptid == 0) {
-                mbar_init(&sm.mbar[0], 1);
-                mbar_init(&sm.mbar[1], 1);
-                mbar_fence_init();
-                stage_tma(&sm.raw[0], maps, h, bb * T, &sm.mbar[0]);
-                if (nck > 1) stage_tma(&sm.raw[1], maps, h, bb * T + L, &sm.mbar[1]);
+        FwdScratch &X = sm.scr[grp];
+        /* raw inputs NST chunks ahead (the group's first two here, chunk
+         * c + NST after chunk c): issuing them while the stage's tile stores
+         * were still draining stalled the issuing warps for thousands of
+         * cycles, so chunk c + NST's loads go out after chunk c's hand-off
+         * and have a whole chunk to land */
+        const auto issue = [&](int c) {
+            if (c >= nck) {
+                if (!tma) cp_async_commit(); /* an empty group keeps the count */
+                return;
             }
-        } else {
-            stage_issue<F, 5>(&sm.raw[0], srcs, w, head0, HN, min(L, T), ptid);
-            cp_async_commit();
-            if (nck > 1) stage_issue<F, 5>(&sm.raw[1], srcs, w, head0 + (size_t)L * HN, HN, min(L, T - L), ptid);
-            cp_async_commit();
-        }
-        bar_sync(5, NTH); /* the barriers are initialised before anyone waits on them */
-        for (int c = 0; c < nck; c++) {
-            const int s = c & 1, t0 = c * L, n = min(L, T - t0);
-            FwdStage &S_ = sm.st[s];
-            if (c >= 2) bar_sync(3 + s, 2 * NTH); /* consumers are done with chunk c - 2 */
-            if (tma)
-                mbar_wait(&sm.mbar[s], (c >> 1) & 1); /* the (c / 2)-th use of raw[s] */
-            else
-                cp_async_wait_1(); /* G(c) landed; G(c + 1) may be in flight */
-            bar_sync(5, NTH); /* chunk c's raw inputs landed for every producer; scratch free */
-            if (n == L)
-                fwd_prep<F, PRE, true>(sm.raw[s], S_, sm.tk, sm.tb, n, ptid);
-            else
-                fwd_prep<F, PRE, false>(sm.raw[s], S_, sm.tk, sm.tb, n, ptid);
-            bar_sync(5, NTH); /* tiles ready, raw[s] consumed */
-            gram<GS, PRE>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? sm.tk : sm.tb,
-                          pw == 0 ? sm.gAB : pw == 1 ? S_.gAK : pw == 2 ? S_.gQB : S_.gQK, pw >= 2, false, g, t4,
-                          PRE && pw != 0); /* AB stays fp32: the inversion reads it */
-            __syncwarp();
-            if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gT, false, lane, PRE); /* AB is warp 0's own */
-            __syncwarp();
-            bar_release(1 + s, 2 * NTH); /* stage s is full */
             if (tma) {
-                if (ptid == (ONE ? 32 : 0) && c + 2 < nck)
-                    stage_tma(&sm.raw[s], maps, h, bb * T + t0 + 2 * L, &sm.mbar[s]);
+                if (ptid == (ONE ? 32 : 0)) stage_tma(&sm.raw[c % NST], maps, h, bb * T + c * L, &sm.mbar[c % NST]);
             } else {
-                if (c + 2 < nck)
-                    stage_issue<F, 5>(&sm.raw[s], srcs, w, head0 + (size_t)(t0 + 2 * L) * HN, HN,
-                                      min(L, T - t0 - 2 * L), ptid);
+                stage_issue<F, 5>(&sm.raw[c % NST], srcs, w, head0 + (size_t)c * L * HN, HN, min(L, T - c * L), ptid);
                 cp_async_commit();
             }
+        };
+        issue(grp);
+        issue(grp + NPG);
+        for (int c = grp; c < nck; c += NPG) {
+            const int st = c % NST, t0 = c * L, n = min(L, T - t0);
+            FwdStage &S_ = sm.st[st];
+            if (c >= NST) bar_sync(Ws::FREE0 + st, 2 * NTH); /* consumers are done with chunk c - NST */
+            if (tma)
+                mbar_wait(&sm.mbar[st], (c / NST) & 1); /* the (c / NST)-th use of raw[st] */
+            else
+                cp_async_wait_1(); /* chunk c landed; the group's next may be in flight */
+            bar_sync(Ws::GRP0 + grp, NTH); /* chunk c's raw inputs landed for the whole group; scratch free */
+            if (n == L)
+                fwd_prep<F, PRE, true>(sm.raw[st], S_, X.tk, X.tb, n, ptid);
+            else
+                fwd_prep<F, PRE, false>(sm.raw[st], S_, X.tk, X.tb, n, ptid);
+            bar_sync(Ws::GRP0 + grp, NTH); /* tiles ready, raw[st] consumed */
+            gram<GS, PRE>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? X.tk : X.tb,
+                          pw == 0 ? X.gAB : pw == 1 ? S_.gAK : pw == 2 ? S_.gQB : S_.gQK, pw >= 2, false, g, t4,
+                          PRE && pw != 0); /* AB stays fp32: the inversion reads it */
+            __syncwarp();
+            if (pw == 0 && lane < L) invert_unit_lower(X.gAB, S_.gT, false, lane, PRE); /* AB is warp 0's own */
+            __syncwarp();
+            bar_release(Ws::FULL0 + st, 2 * NTH); /* stage st is full */
+            issue(c + NST);
         }
         cp_async_wait_0();
         return;
@@ -988,12 +1012,12 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_fwd_tcws_kernel(
      * the states between them */
     float *ck = ckpt + (size_t)(bb * H + h) * (pair ? (nck + 1) / 2 : nck) * N * N;
     for (int c = 0; c < nck; c++) {
-        const int s = c & 1, t0 = c * L, n = min(L, T - t0);
+        const int st = c % NST, t0 = c * L, n = min(L, T - t0);
         const size_t base = head0 + (size_t)t0 * HN;
-        const FwdStage &S_ = sm.st[s];
+        const FwdStage &S_ = sm.st[st];
         const bool keep = !pair || (c & 1) || c == nck - 1;
         float *ckc = ck + (size_t)(pair ? c >> 1 : c) * N * N;
-        bar_sync(1 + s, 2 * NTH); /* stage s holds chunk c */
+        bar_sync(Ws::FULL0 + st, 2 * NTH); /* stage st holds chunk c */
         if constexpr (SPLIT == 16) {
             /* X^T = S A~^T, Y^T = S Q~^T (values x tokens) over the 64 keys */
             float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -1093,7 +1117,7 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_fwd_tcws_kernel(
                 if (keep) store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
             }
         }
-        if (c + 2 < nck) bar_release(3 + s, 2 * NTH); /* stage s is free for chunk c + 2 */
+        if (c + NST < nck) bar_release(Ws::FREE0 + st, 2 * NTH); /* stage st is free for chunk c + NST */
     }
     if (s_final) store_state(s_final + (size_t)(bb * H + h) * N * N, S, i0, g, t4);
 }
@@ -2448,13 +2472,16 @@ int sm_count(int *sms, char *err)
 
 /* The warp-specialized forward, one CTA per SM (ONE) or two. */
 template <typename F, int SPLIT>
-int launch_fwd_tcws(bool one, int smem, cudaStream_t stream, int B, int T, int H, int nck, const F *r,
+int launch_fwd_tcws(bool one, cudaStream_t stream, int B, int T, int H, int nck, const F *r,
                     const float *w, const F *k, const F *v, const F *a, const F *b, const float *s0, F *y,
                     float *s_final, float *ckpt, float *sa, const TmaMaps &maps, int use_tma, int pair, char *err)
 {
     const auto kern = one ? wkv7_fwd_tcws_kernel<F, SPLIT, true> : wkv7_fwd_tcws_kernel<F, SPLIT, false>;
+    using W1 = FwdWs<F, true>;
+    using W2 = FwdWs<F, false>;
+    const int smem = (int)(one ? sizeof(FwdSmem<F, W1::NST, W1::NPG>) : sizeof(FwdSmem<F, W2::NST, W2::NPG>));
     ST_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    kern<<<dim3(H, B), 2 * NTH, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa, maps, use_tma,
+    kern<<<dim3(H, B), one ? W1::THREADS : W2::THREADS, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa, maps, use_tma,
                                                 pair);
     ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
     return ST_OK;
@@ -2481,18 +2508,23 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
         memset(&maps, 0, sizeof maps);
         const F *const x[5] = {r, k, v, a, b}; /* the forward's stage order */
         const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
-        const int smem = (int)sizeof(FwdSmem<F>);
         int sms = 0;
         const int rc = sm_count(&sms, err);
         if (rc != ST_OK) return rc;
-        const bool one = (long)B * H <= sms; /* one CTA per SM: ONE above */
+        /* ONE where its waves lose nothing to quantization: the grid fits
+         * the SMs, or its last wave is at least 7/8 full. Measured on an
+         * H100 (docs/performance.md 1.11): at 256 and 512 heads (last waves
+         * of 124 and 116 CTAs on 132 SMs) 3% faster than two CTAs per SM, at
+         * 192 (60) 4-11% slower. */
+        const long nb = (long)B * H;
+        const bool one = nb <= sms || nb % sms == 0 || nb % sms >= sms - sms / 8;
         if (algo == WKV7_FWD_TCWS)
-            return launch_fwd_tcws<F, 3>(one, smem, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
+            return launch_fwd_tcws<F, 3>(one, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
                                          maps, use_tma, pair, err);
         if (algo == WKV7_FWD_TCWS1)
-            return launch_fwd_tcws<F, 1>(one, smem, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
+            return launch_fwd_tcws<F, 1>(one, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
                                          maps, use_tma, pair, err);
-        return launch_fwd_tcws<F, 16>(one, smem, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
+        return launch_fwd_tcws<F, 16>(one, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
                                       maps, use_tma, pair, err);
     }
     if (algo != WKV7_FWD_TC)
