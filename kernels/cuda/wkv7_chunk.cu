@@ -904,9 +904,9 @@ __device__ __forceinline__ void fwd_prep(const Raw<F, 5> &raw, FwdStage &S_, flo
 }
 
 /* Threads 0..127 are the 4 state warps, then one or two groups of 4
- * producer warps (FwdWs). ONE: the grid has no more CTAs than the GPU has
- * SMs (the engine's 96-128 heads), one CTA per SM. There a chunk's period
- * was producer warp 0's chain (clock64 trace at (8, 1024, 16),
+ * producer warps (FwdWs). ONE: one CTA per SM (one_cta_per_sm: the engine's
+ * 96-128 heads, and grids whose last wave is nearly full). At 96-128 heads
+ * a chunk's period was producer warp 0's chain (clock64 trace at (8, 1024, 16),
  * docs/performance.md 1.11: prep 1,240 cycles, Gram product 660, the
  * inversion of I - AB 710 and the six TMA copies of chunk c + 2 900, of
  * 4,550 cycles; the other producers waited for it at the next chunk's
