@@ -2559,6 +2559,9 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
      * (and of the last chunk) when the forward checkpointed every pair */
     const int seg = pair ? 2 : 1;
     const size_t nstore = (size_t)B * H * ((nck + seg - 1) / seg) * N * N, ndsa = (size_t)B * T * H * N;
+    int sms = 0; /* asked before the workspace is taken, so that failing here leaks nothing */
+    const int rc = sm_count(&sms, err);
+    if (rc != ST_OK) return rc;
     float *ws = NULL;
     ST_CUDA_CHECK(cudaMallocAsync((void **)&ws, (nstore + ndsa) * sizeof(float), stream));
     float *dstore = ws, *dsa = ws + nstore;
@@ -2569,9 +2572,6 @@ int backward_cprod(int B, int T, int H, const F *r, const float *w, const F *k, 
         memset(&maps, 0, sizeof maps);
         const F *const x[5] = {r, a, b, dy, k}; /* pass 1's stage order */
         const int use_tma = tma_maps<F>(&maps, B, T, H, x, w);
-        int sms = 0;
-        const int rc = sm_count(&sms, err);
-        if (rc != ST_OK) return rc;
         /* one CTA per SM: ONE above */
         const auto pass1 = (long)B * H <= sms ? wkv7_bwd_tcws_dstate_kernel<F, OP, true>
                                               : wkv7_bwd_tcws_dstate_kernel<F, OP, false>;
