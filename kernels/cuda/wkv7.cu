@@ -589,9 +589,9 @@ int resolve_algo(int forward, int bf16, int algo, int B, int H, int *out, char *
         *out = algo;
         return ST_OK;
     }
-    int dev = 0, sms = 0;
-    ST_CUDA_CHECK(cudaGetDevice(&dev));
-    ST_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int sms = 0;
+    const int rc = wkv7tc::sm_count(&sms, err);
+    if (rc != ST_OK) return rc;
     *out = wkv7_cuda_auto_algo_prec(forward, bf16, B, H, sms);
     return ST_OK;
 }

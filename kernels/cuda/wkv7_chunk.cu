@@ -2459,15 +2459,24 @@ static int tma_maps(TmaMaps *m, int B, int T, int H, const F *const x[5], const 
     return 1;
 }
 
-
-/* The GPU's SM count: the warp-specialized kernels run one CTA per SM (and
- * take what that leaves them) when the grid has no more CTAs than SMs. */
+/* wkv7_chunk.cuh */
 int sm_count(int *sms, char *err)
 {
     int dev = 0;
     ST_CUDA_CHECK(cudaGetDevice(&dev));
     ST_CUDA_CHECK(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev));
     return ST_OK;
+}
+
+/* Whether the warp-specialized forward runs one CTA per SM (ONE) for nb
+ * heads: where its waves lose nothing to quantization, i.e. the grid fits
+ * the SMs or its last wave is at least 7/8 full. Measured on an H100
+ * (docs/performance.md 1.11): at 256 and 512 heads (last waves of 124 and
+ * 116 CTAs on 132 SMs) 3% faster than two CTAs per SM, at 192 (60) 4-11%
+ * slower. */
+static bool one_cta_per_sm(long nb, int sms)
+{
+    return nb <= sms || nb % sms == 0 || nb % sms >= sms - sms / 8;
 }
 
 /* The warp-specialized forward, one CTA per SM (ONE) or two. */
@@ -2511,13 +2520,7 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
         int sms = 0;
         const int rc = sm_count(&sms, err);
         if (rc != ST_OK) return rc;
-        /* ONE where its waves lose nothing to quantization: the grid fits
-         * the SMs, or its last wave is at least 7/8 full. Measured on an
-         * H100 (docs/performance.md 1.11): at 256 and 512 heads (last waves
-         * of 124 and 116 CTAs on 132 SMs) 3% faster than two CTAs per SM, at
-         * 192 (60) 4-11% slower. */
-        const long nb = (long)B * H;
-        const bool one = nb <= sms || nb % sms == 0 || nb % sms >= sms - sms / 8;
+        const bool one = one_cta_per_sm((long)B * H, sms); /* ONE above */
         if (algo == WKV7_FWD_TCWS)
             return launch_fwd_tcws<F, 3>(one, stream, B, T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa,
                                          maps, use_tma, pair, err);

@@ -43,6 +43,10 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
  * WKV7_BWD_CPROD: 3xTF32 in both passes; WKV7_BWD_CPROD1WSSA: one tf32
  * product, pass 1 warp-specialized, pass 2 in 75 KB of shared memory with
  * its fp32 loads by cp.async. Any other id: ST_EINVAL. */
+/* The current device's SM count (*sms): AUTO's choices and the
+ * warp-specialized kernels' one-CTA-per-SM shape depend on it. */
+int sm_count(int *sms, char *err);
+
 template <typename F>
 int backward(int algo, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
              const F *b, const float *ckpt, int ckpt_every, const float *sa, const F *dy, F *dr, float *dw,
