@@ -31,6 +31,10 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
             const F *b, const float *s0, F *y, float *s_final, float *ckpt, int ckpt_every, float *sa,
             cudaStream_t stream, char *err);
 
+/* The current device's SM count (*sms): AUTO's choices and the
+ * warp-specialized kernels' one-CTA-per-SM shape depend on it. */
+int sm_count(int *sms, char *err);
+
 /* Backward; algo is a wkv7.cuh id. WKV7_BWD_CHUNKED: two passes, the
  * chunked dS recursion on tensor cores (3xTF32), which stores dS at the end
  * of every segment of `seg` chunks, writes dv and dsa and adds dS0, then the
@@ -43,10 +47,6 @@ int forward(int algo, int B, int T, int H, const F *r, const float *w, const F *
  * WKV7_BWD_CPROD: 3xTF32 in both passes; WKV7_BWD_CPROD1WSSA: one tf32
  * product, pass 1 warp-specialized, pass 2 in 75 KB of shared memory with
  * its fp32 loads by cp.async. Any other id: ST_EINVAL. */
-/* The current device's SM count (*sms): AUTO's choices and the
- * warp-specialized kernels' one-CTA-per-SM shape depend on it. */
-int sm_count(int *sms, char *err);
-
 template <typename F>
 int backward(int algo, int seg, int B, int T, int H, const F *r, const float *w, const F *k, const F *v, const F *a,
              const F *b, const float *ckpt, int ckpt_every, const float *sa, const F *dy, F *dr, float *dw,
