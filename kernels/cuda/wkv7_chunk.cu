@@ -763,7 +763,7 @@ struct FwdStage {
 struct FwdScratch {
     float tb[L * LDK], tk[L * LDK], gAB[L * LDG];
 };
-/* NST stages, NPG producer groups (the forward's Ws below) */
+/* NST stages, NPG producer groups (FwdWs below) */
 template <typename F, int NST, int NPG>
 struct FwdSmem {
     FwdStage st[NST];
@@ -775,10 +775,15 @@ struct FwdSmem {
  * warps over 4 stages, group g preparing chunks c = g mod 2; else one group
  * over 2 stages. fp32 inputs: one group (4 stages of their raw inputs are
  * past the 227 KB a CTA may have). */
+/* The named barrier ids of a warp-specialized kernel's ring of NST stages
+ * fed by NPG producer groups: stage st full, stage st free, a group's own.
+ * The forward's FwdWs and pass 1 (one group, two stages) take them here. */
+template <int NST, int NPG> struct WsBars {
+    static constexpr int FULL0 = 1, FREE0 = 1 + NST, GRP0 = 1 + 2 * NST;
+};
 template <typename F, bool ONE> struct FwdWs {
     static constexpr int NPG = ONE && sizeof(F) == 2 ? 2 : 1, NST = 2 * NPG, THREADS = (1 + NPG) * NTH;
-    /* named barrier ids: stage st full, stage st free, a group's own */
-    static constexpr int FULL0 = 1, FREE0 = 1 + NST, GRP0 = 1 + 2 * NST;
+    using Bars = WsBars<NST, NPG>;
 };
 
 /* Key j's w over the chunk (1 past T: rows there are garbage), for both
@@ -925,6 +930,7 @@ __global__ void __launch_bounds__(FwdWs<F, ONE>::THREADS, ONE ? 1 : 2) wkv7_fwd_
 {
     extern __shared__ __align__(128) unsigned char dyn_smem[];
     using Ws = FwdWs<F, ONE>;
+    using Bars = typename Ws::Bars;
     constexpr int NST = Ws::NST, NPG = Ws::NPG;
     FwdSmem<F, NST, NPG> &sm = *reinterpret_cast<FwdSmem<F, NST, NPG> *>(dyn_smem);
     const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
@@ -970,24 +976,24 @@ __global__ void __launch_bounds__(FwdWs<F, ONE>::THREADS, ONE ? 1 : 2) wkv7_fwd_
         for (int c = grp; c < nck; c += NPG) {
             const int st = c % NST, t0 = c * L, n = min(L, T - t0);
             FwdStage &S_ = sm.st[st];
-            if (c >= NST) bar_sync(Ws::FREE0 + st, 2 * NTH); /* consumers are done with chunk c - NST */
+            if (c >= NST) bar_sync(Bars::FREE0 + st, 2 * NTH); /* consumers are done with chunk c - NST */
             if (tma)
                 mbar_wait(&sm.mbar[st], (c / NST) & 1); /* the (c / NST)-th use of raw[st] */
             else
                 cp_async_wait_1(); /* chunk c landed; the group's next may be in flight */
-            bar_sync(Ws::GRP0 + grp, NTH); /* chunk c's raw inputs landed for the whole group; scratch free */
+            bar_sync(Bars::GRP0 + grp, NTH); /* chunk c's raw inputs landed for the whole group; scratch free */
             if (n == L)
                 fwd_prep<F, PRE, true>(sm.raw[st], S_, X.tk, X.tb, n, ptid);
             else
                 fwd_prep<F, PRE, false>(sm.raw[st], S_, X.tk, X.tb, n, ptid);
-            bar_sync(Ws::GRP0 + grp, NTH); /* tiles ready, raw[st] consumed */
+            bar_sync(Bars::GRP0 + grp, NTH); /* tiles ready, raw[st] consumed */
             gram<GS, PRE>(pw < 2 ? S_.ta : S_.tq, (pw & 1) ? X.tk : X.tb,
                           pw == 0 ? X.gAB : pw == 1 ? S_.gAK : pw == 2 ? S_.gQB : S_.gQK, pw >= 2, false, g, t4,
                           PRE && pw != 0); /* AB stays fp32: the inversion reads it */
             __syncwarp();
             if (pw == 0 && lane < L) invert_unit_lower(X.gAB, S_.gT, false, lane, PRE); /* AB is warp 0's own */
             __syncwarp();
-            bar_release(Ws::FULL0 + st, 2 * NTH); /* stage st is full */
+            bar_release(Bars::FULL0 + st, 2 * NTH); /* stage st is full */
             issue(c + NST);
         }
         cp_async_wait_0();
@@ -1017,7 +1023,7 @@ __global__ void __launch_bounds__(FwdWs<F, ONE>::THREADS, ONE ? 1 : 2) wkv7_fwd_
         const FwdStage &S_ = sm.st[st];
         const bool keep = !pair || (c & 1) || c == nck - 1;
         float *ckc = ck + (size_t)(pair ? c >> 1 : c) * N * N;
-        bar_sync(Ws::FULL0 + st, 2 * NTH); /* stage st holds chunk c */
+        bar_sync(Bars::FULL0 + st, 2 * NTH); /* stage st holds chunk c */
         if constexpr (SPLIT == 16) {
             /* X^T = S A~^T, Y^T = S Q~^T (values x tokens) over the 64 keys */
             float XT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -1117,7 +1123,7 @@ __global__ void __launch_bounds__(FwdWs<F, ONE>::THREADS, ONE ? 1 : 2) wkv7_fwd_
                 if (keep) store_ckpt_cols(ckc, S[nt], nt, i0, g, t4);
             }
         }
-        if (c + NST < nck) bar_release(Ws::FREE0 + st, 2 * NTH); /* stage st is free for chunk c + NST */
+        if (c + NST < nck) bar_release(Bars::FREE0 + st, 2 * NTH); /* stage st is free for chunk c + NST */
     }
     if (s_final) store_state(s_final + (size_t)(bb * H + h) * N * N, S, i0, g, t4);
 }
@@ -1400,6 +1406,7 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_bwd_tcws_dstate_ker
     const size_t head0 = (((size_t)bb * T) * H + h) * N;
     const int nseg = (nck + seg - 1) / seg;
     constexpr bool PRE = SPLIT == 1; /* tiles rounded to tf32 where written, as in the forward */
+    using Bars = WsBars<2, 1>;
 
     if (tid >= NTH) { /* ---- producers ---- */
         const int ptid = tid - NTH, pw = ptid >> 5, lane = ptid & 31, g = lane >> 2, t4 = lane & 3;
@@ -1421,21 +1428,21 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_bwd_tcws_dstate_ker
             if (nck > 1) stage_issue<F, 5>(&sm.raw[1], srcs, w, head0 + (size_t)(nck - 2) * L * HN, HN, L, ptid);
             cp_async_commit();
         }
-        bar_sync(5, NTH); /* the barriers are initialised before anyone waits on them */
+        bar_sync(Bars::GRP0, NTH); /* the barriers are initialised before anyone waits on them */
         for (int it = 0; it < nck; it++) {
             const int c = nck - 1 - it, s = it & 1, t0 = c * L, n = min(L, T - t0);
             BwdStage &S_ = sm.st[s];
-            if (it >= 2) bar_sync(3 + s, 2 * NTH);
+            if (it >= 2) bar_sync(Bars::FREE0 + s, 2 * NTH);
             if (tma)
                 mbar_wait(&sm.mbar[s], (it >> 1) & 1);
             else
                 cp_async_wait_1();
-            bar_sync(5, NTH);
+            bar_sync(Bars::GRP0, NTH);
             if (ONE && n == L)
                 bwd_prep<F, PRE, true>(sm.raw[s], S_, sm.ta, sm.tq, sm.tb, sm.tk, n, ptid);
             else
                 bwd_prep<F, PRE, false>(sm.raw[s], S_, sm.ta, sm.tq, sm.tb, sm.tk, n, ptid);
-            bar_sync(5, NTH); /* tiles ready, raw[s] consumed */
+            bar_sync(Bars::GRP0, NTH); /* tiles ready, raw[s] consumed */
             if (pw == 0) gram<SPLIT, PRE>(sm.ta, sm.tb, sm.gAB, false, false, g, t4); /* fp32: the inversion reads it */
             else if (pw == 1) gram<SPLIT, PRE>(sm.tq, sm.tb, S_.gQBt, true, true, g, t4, PRE);
             else if (pw == 2) gram<SPLIT, PRE>(sm.ta, sm.tk, S_.gAKt, false, true, g, t4, PRE);
@@ -1443,7 +1450,7 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_bwd_tcws_dstate_ker
             __syncwarp();
             if (pw == 0 && lane < L) invert_unit_lower(sm.gAB, S_.gTt, true, lane, PRE);
             __syncwarp();
-            bar_release(1 + s, 2 * NTH);
+            bar_release(Bars::FULL0 + s, 2 * NTH);
             if (tma) {
                 if (ptid == 0 && c >= 2) stage_tma(&sm.raw[s], maps, h, bb * T + (c - 2) * L, &sm.mbar[s]);
             } else {
@@ -1474,7 +1481,7 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_bwd_tcws_dstate_ker
             }
         }
         const BwdStage &S_ = sm.st[s];
-        bar_sync(1 + s, 2 * NTH);
+        bar_sync(Bars::FULL0 + s, 2 * NTH);
         /* R^T = D B'^T + dY^T QB */
         float RT[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -1529,7 +1536,7 @@ __global__ void __launch_bounds__(2 * NTH, ONE ? 1 : 2) wkv7_bwd_tcws_dstate_ker
                 mma<SPLIT>(D[nt], Az[ks], frag_bp<SPLIT, PRE>(S_.tAt + (8 * nt + g) * LDT + 8 * ks + 2 * t4));
             }
         }
-        if (it + 2 < nck) bar_release(3 + s, 2 * NTH);
+        if (it + 2 < nck) bar_release(Bars::FREE0 + s, 2 * NTH);
     }
     float *d0 = ds0 + (size_t)h * N * N;
 #pragma unroll
@@ -2490,8 +2497,8 @@ int launch_fwd_tcws(bool one, cudaStream_t stream, int B, int T, int H, int nck,
     using W2 = FwdWs<F, false>;
     const int smem = (int)(one ? sizeof(FwdSmem<F, W1::NST, W1::NPG>) : sizeof(FwdSmem<F, W2::NST, W2::NPG>));
     ST_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    kern<<<dim3(H, B), one ? W1::THREADS : W2::THREADS, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final, ckpt, sa, maps, use_tma,
-                                                pair);
+    kern<<<dim3(H, B), one ? W1::THREADS : W2::THREADS, smem, stream>>>(T, H, nck, r, w, k, v, a, b, s0, y, s_final,
+                                                                        ckpt, sa, maps, use_tma, pair);
     ST_CUDA_CHECK_LAUNCH("wkv7_fwd_tcws_kernel");
     return ST_OK;
 }
