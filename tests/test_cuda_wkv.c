@@ -231,14 +231,17 @@ typedef struct {
 /* With a checkpoint every `every` tokens; the pair interval adds chunk
  * counts the per-chunk cases miss: 2 (a pair whose second chunk is one
  * token), 3 (T = 48, a multiple of 16 but not of 32) and exactly one pair;
- * the six above have 3, 1, 4 and 13 chunks (odd counts: a last pair of one
- * chunk). */
+ * the others have 3, 1, 4 and 13 chunks (odd counts: a last pair of one
+ * chunk). B 16 x H 12 = 192 heads is past an H100's 132 SMs with a last
+ * wave under 7/8 full, so the warp-specialized forward and pass 1 run their
+ * two-CTA-per-SM kernels there (wkv7_chunk.cu's one_cta_per_sm); every
+ * smaller case runs the one-CTA-per-SM ones. */
 static int s_run_tols_every(int algo, int balgo, int bf16, int every, const tols_t *tol)
 {
     if (!st_test_have_gpu()) return ST_TEST_SKIP;
     const uint64_t seed = st_test_seed();
     const struct { int B, T, H, regime; } cases[] = {
-        {2, 37, 3, 0}, {2, 37, 3, 1}, {2, 37, 3, 2}, {1, 5, 1, 0}, {3, 64, 2, 0}, {1, 200, 2, 2},
+        {2, 37, 3, 0}, {2, 37, 3, 1}, {2, 37, 3, 2}, {1, 5, 1, 0}, {3, 64, 2, 0}, {1, 200, 2, 2}, {16, 37, 12, 1},
         {2, 17, 2, 2}, {2, 48, 3, 0}, {1, 32, 2, 1},
     };
     const size_t ncase = sizeof cases / sizeof cases[0] - (every == WKV7_CUDA_CHUNK ? 3 : 0);
